@@ -1,0 +1,1 @@
+"""Reading and writing GPT-SoVITS files, safely and byte-format faithful."""

@@ -1,0 +1,1 @@
+"""Our own GPT-SoVITS models: state_dict keys, shapes and numerics identical to upstream."""
