@@ -1,0 +1,1 @@
+"""Helpers for tests: golden weight rule, tolerances, generated files. Test-only code."""

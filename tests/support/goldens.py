@@ -1,0 +1,65 @@
+"""Read GPT-SoVITS numeric goldens (see ``goldens/README.md`` in the reference folder).
+
+The SoVITS golden weights are not stored; they follow the rule ``gsv-golden-splitmix64-v1``
+(SplitMix64 stream seeded by SHA-256 of the key). This module regenerates them and checks each
+tensor's SHA-256 against the manifest, so a wrong regeneration fails loudly instead of making
+every numeric comparison fail mysteriously.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def rule_tensor(key: str, shape: list[int], offset: float, scale: float) -> np.ndarray:
+    n = int(np.prod(shape)) if shape else 1
+    seed = int.from_bytes(hashlib.sha256(("gsv-golden:" + key).encode("utf-8")).digest()[:8], "little")
+    with np.errstate(over="ignore"):
+        z = np.uint64(seed) + np.arange(1, n + 1, dtype=np.uint64) * _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(40)).astype(np.int64)
+    v = (u - 2**23).astype(np.float64) / 2**23
+    return (offset + scale * v).astype(np.float32).reshape(shape)
+
+
+def manifest_state_dict(manifest_path: Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
+    """State dict (in manifest = upstream state_dict order) regenerated from a ``*.weights.json``."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    entries = manifest["tensors"] if isinstance(manifest, dict) and "tensors" in manifest else manifest
+    out: dict[str, torch.Tensor] = {}
+    for e in entries:
+        arr = rule_tensor(e["key"], e["shape"], e["offset"], e["scale"])
+        if verify:
+            got = hashlib.sha256(np.ascontiguousarray(arr, dtype="<f4").tobytes()).hexdigest()
+            assert got == e["sha256_fp32_le"], f"golden rule mismatch for {e['key']}"
+        out[e["key"]] = torch.from_numpy(arr)
+    return out
+
+
+def load_io(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_close_golden(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    """Goldens' tolerance: floats within 1e-4 * max(1, max|want|); integers exactly."""
+    assert tuple(got.shape) == tuple(want.shape), f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    if not want.is_floating_point():
+        assert torch.equal(got.to(want.dtype), want), f"{name}: integer values differ"
+        return
+    got = got.detach().to(torch.float64)
+    want = want.to(torch.float64)
+    tol = 1e-4 * max(1.0, want.abs().max().item() if want.numel() else 1.0)
+    err = (got - want).abs().max().item() if want.numel() else 0.0
+    assert err <= tol, f"{name}: max abs error {err:.3g} > tolerance {tol:.3g}"
