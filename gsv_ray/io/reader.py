@@ -1,0 +1,115 @@
+"""``read(path)``: one call that safely loads any GPT-SoVITS file and says what it is."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gsv_ray.errors import GsvError
+from gsv_ray.io.identify import NotGsv, identify
+from gsv_ray.io.safeload import safe_load
+
+_STAGE_NAMES = {"sovits": "SoVITS (stage 2, .pth)", "gpt": "GPT (stage 1, .ckpt)"}
+
+
+@dataclass
+class GsvFile:
+    """A GPT-SoVITS file, read safely.
+
+    ``state_dict`` holds the model weights as stored (dtype and key names unchanged, except that
+    a DDP/compile wrapper prefix shared by all keys is stripped); for plain zips the tensors are
+    memory-mapped. ``config`` is plain Python (HParams converted to dicts).
+    """
+
+    path: Path
+    kind: str
+    stage: str
+    versions: list[str]
+    header: str
+    state_dict: dict[str, torch.Tensor]
+    config: dict | None
+    config_type: str | None
+    info: str | None
+    epoch: int | None
+    step: int | None
+    lora_rank: int | None
+    pickle_globals: list[str]
+    evidence: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # other top-level entries (optimizer, ...)
+
+    @property
+    def version(self) -> str | None:
+        return self.versions[0] if len(self.versions) == 1 else None
+
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def parse_info(info: Any) -> tuple[int | None, int | None]:
+    """(epoch, step) from upstream's info strings: "4epoch_40iteration" or "GPT-e15"."""
+    if not isinstance(info, str):
+        return None, None
+    if m := re.fullmatch(r"(\d+)epoch_(\d+)iteration", info.strip()):
+        return int(m.group(1)), int(m.group(2))
+    if m := re.fullmatch(r"GPT-e(\d+)", info.strip()):
+        return int(m.group(1)), None
+    return None, None
+
+
+def read(path: str | Path, *, expect_stage: str | None = None) -> GsvFile:
+    """Safely load and identify a GPT-SoVITS file.
+
+    ``expect_stage`` ("sovits" or "gpt") turns a file of the other stage into a clear error.
+    Raises :class:`GsvError` (one line: file, problem, fix) on any bad input.
+    """
+    path = Path(path)
+    loaded = safe_load(path)
+    try:
+        ident, sd = identify(loaded.obj, loaded.header)
+    except NotGsv as e:
+        raise GsvError(f"not a GPT-SoVITS weights file: {e}", path=path,
+                       fix="pass a SoVITS .pth or GPT .ckpt written by GPT-SoVITS or gsv-ray") from None
+    if expect_stage and ident.stage != expect_stage:
+        other = "gpt" if expect_stage == "sovits" else "sovits"
+        raise GsvError(
+            f"this is a {_STAGE_NAMES[ident.stage]} file ({ident.kind}), but a {_STAGE_NAMES[expect_stage]} "
+            "file is expected here",
+            path=path, fix=f"pass the {_STAGE_NAMES[expect_stage]} file instead, or use --stage {other}",
+        )
+
+    obj = loaded.obj
+    top = obj if isinstance(obj, dict) else {}
+    config = top.get("config") if isinstance(top.get("config"), dict) else None
+    if ident.kind == "gpt-lightning" and isinstance(top.get("hyper_parameters"), dict):
+        config = top["hyper_parameters"].get("config", config)
+    info = top.get("info") if isinstance(top.get("info"), str) else None
+    epoch, step = parse_info(info)
+    if ident.kind == "gpt-lightning":
+        epoch = top.get("epoch") if isinstance(top.get("epoch"), int) else epoch
+        step = top.get("global_step") if isinstance(top.get("global_step"), int) else step
+    elif ident.kind in ("sovits-train-g", "sovits-train-d") and isinstance(top.get("iteration"), int):
+        epoch = top["iteration"]  # upstream stores the epoch under "iteration"
+    lora_rank = top.get("lora_rank")
+    lora_rank = int(lora_rank) if isinstance(lora_rank, (int, str)) and str(lora_rank).isdigit() else None
+    skip = {"weight", "model", "state_dict", "config", "info", "lora_rank"}
+    extra = {k: v for k, v in top.items() if k not in skip}
+    return GsvFile(
+        path=path, kind=ident.kind, stage=ident.stage, versions=ident.versions, header=loaded.header,
+        state_dict=sd, config=config, config_type=loaded.config_type, info=info, epoch=epoch, step=step,
+        lora_rank=lora_rank, pickle_globals=loaded.pickle_globals, evidence=ident.evidence,
+        warnings=ident.warnings, extra=extra,
+    )

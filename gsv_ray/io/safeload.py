@@ -1,0 +1,280 @@
+"""Safe loading of any GPT-SoVITS file.
+
+Upstream loads shared voice files with ``weights_only=False``, so a downloaded ``.pth`` can run
+code. We always use torch's weights-only unpickler. Three upstream quirks need handling first:
+
+* v2Pro/v2ProPlus/LoRA exports have their first two bytes replaced by a version tag ("05", ...),
+  so torch no longer sees a zip. We present the file through a stream that reads "PK" there
+  (no copy of the file in memory); plain zips are memory-mapped instead.
+* SoVITS exports pickle ``utils.HParams`` and Lightning checkpoints ``pathlib.PosixPath``. We
+  allow exactly those names, mapped to inert stand-ins, and convert them to dicts / strings.
+* Anything else unusual is refused *before* torch runs, with the offending global named.
+"""
+
+from __future__ import annotations
+
+import io
+import ntpath
+import pickletools
+import posixpath
+import warnings
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from gsv_ray.errors import GsvError
+
+ZIP_MAGIC = b"PK\x03\x04"
+
+#: What each 2-byte header tag means (upstream ``head2version``; 00/01/02 are reserved, never written).
+HEADER_TAGS: dict[str, str] = {
+    "00": "v1",
+    "01": "v2",
+    "02": "v3",
+    "03": "v3",  # v3 LoRA export
+    "04": "v4",  # v4 LoRA export
+    "05": "v2Pro",
+    "06": "v2ProPlus",
+}
+
+_PATH_CLASSES = {"Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath"}
+
+# Globals a GPT-SoVITS file legitimately contains besides torch's own tensor machinery.
+_PLAIN_GLOBALS = {"collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.complex"}
+
+
+class HParamsStandIn:
+    """Inert stand-in for upstream's ``utils.HParams``: just restores the pickled ``__dict__``."""
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+
+def _posix_path(*parts: Any) -> str:
+    return posixpath.join(*[str(p) for p in parts]) if parts else "."
+
+
+def _windows_path(*parts: Any) -> str:
+    return ntpath.join(*[str(p) for p in parts]) if parts else "."
+
+
+@dataclass
+class Loaded:
+    """The unpickled top-level object (stand-ins already converted) and facts about the file."""
+
+    obj: Any
+    header: str  # first two bytes as text: "PK" for a plain zip, "05" etc. for tagged files
+    pickle_globals: list[str]
+    config_type: str | None  # "utils.HParams" when the top-level config was an HParams object
+
+
+def is_hparams_name(name: str) -> bool:
+    return name == "utils.HParams" or name.endswith(".utils.HParams")
+
+
+def is_path_name(name: str) -> bool:
+    module, _, cls = name.rpartition(".")
+    return cls in _PATH_CLASSES and (module == "pathlib" or module.startswith("pathlib."))
+
+
+class _TagPatchedFile(io.RawIOBase):
+    """Read-only view of a file whose first two bytes read as ``PK`` (strips a version tag)."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        pos = self._f.tell()
+        n = self._f.readinto(b)
+        if n and pos < 2:
+            view = memoryview(b)
+            for i in range(pos, min(2, pos + n)):
+                view[i - pos] = ZIP_MAGIC[i]
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _check_path(path: Path) -> None:
+    fix_missing = "check the path (GPT-SoVITS keeps exports in SoVITS_weights*/ and GPT_weights*/)"
+    if not path.exists():
+        raise GsvError("no such file", path=path, fix=fix_missing)
+    if path.is_dir():
+        raise GsvError("is a directory, not a weights file", path=path, fix="give the .pth/.ckpt file inside it")
+    if path.stat().st_size == 0:
+        raise GsvError("the file is empty (0 bytes)", path=path, fix="re-copy or re-export it")
+
+
+def read_header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def _zip_error(path: Path, what: str) -> GsvError:
+    return GsvError(
+        f"{what}; it is not a readable PyTorch checkpoint",
+        path=path,
+        fix="re-download or re-export the file (a GPT-SoVITS .pth/.ckpt is a zip written by torch.save)",
+    )
+
+
+def _find_data_pkl(zf: zipfile.ZipFile, path: Path) -> str:
+    names = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(names) != 1:
+        raise _zip_error(path, "the zip holds no single data.pkl")
+    return names[0]
+
+
+def scan_globals(pickle_bytes: bytes) -> list[str]:
+    """Every global a pickle references (GLOBAL/INST/STACK_GLOBAL), without executing anything."""
+    found: list[str] = []
+    strings: list[str] = []
+    memo: dict[int, Any] = {}
+    for op, arg, _pos in pickletools.genops(pickle_bytes):
+        name = op.name
+        if name in ("GLOBAL", "INST"):
+            module, _, attr = str(arg).partition(" ")
+            found.append(f"{module}.{attr}")
+        elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"):
+            strings.append(str(arg))
+        elif name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(int(arg)), str):
+            strings.append(memo[int(arg)])
+        elif name == "STACK_GLOBAL":
+            if len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            else:
+                found.append("<unresolvable STACK_GLOBAL>")
+    return sorted(set(found))
+
+
+def _torch_default_globals() -> set[str]:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return set(_get_allowed_globals().keys())
+    except Exception:  # private API moved: torch's own check still applies below
+        return set()
+
+
+def _refused(globals_: list[str]) -> list[str]:
+    allowed = _torch_default_globals()
+    out = []
+    for g in globals_:
+        if is_hparams_name(g) or is_path_name(g) or g in _PLAIN_GLOBALS or g in allowed:
+            continue
+        if not allowed and (g.startswith("torch.") or g.startswith("collections.")):
+            continue
+        out.append(g)
+    return out
+
+
+def to_plain(obj: Any) -> Any:
+    """Convert stand-ins to plain Python: HParams -> dict (recursively). Tensors pass through."""
+    if isinstance(obj, HParamsStandIn):
+        return {k: to_plain(v) for k, v in obj.__dict__.items()}
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, to_plain(v)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(v) for v in obj)
+    return obj
+
+
+def safe_load(path: str | Path) -> Loaded:
+    """Load a GPT-SoVITS file with weights-only semantics. Raises :class:`GsvError` on bad input.
+
+    Plain zips are memory-mapped (tensors are not copied into RAM until used); tagged files are
+    read through a header-patching stream, so at most one copy of the tensors exists.
+    """
+    path = Path(path)
+    _check_path(path)
+    head = read_header(path)
+    if len(head) < 4:
+        raise _zip_error(path, f"the file is only {len(head)} bytes long")
+    if head[2:4] != ZIP_MAGIC[2:4]:
+        if head[:1] in (b"\x80",):
+            raise GsvError(
+                "legacy (pre-zip) torch pickle format is not supported", path=path,
+                fix="re-save it with a current torch (torch.save) or re-export from GPT-SoVITS",
+            )
+        raise _zip_error(path, "the file does not start like a zip archive")
+    tag = head[:2].decode("latin-1")
+    tagged = head[:2] != b"PK"
+    if tagged and not (tag.isascii() and tag.isdigit()):
+        raise _zip_error(path, f"unknown header bytes {head[:2].hex()}")
+
+    with open(path, "rb") as raw:
+        stream: BinaryIO = _TagPatchedFile(raw) if tagged else raw  # type: ignore[assignment]
+        try:
+            with zipfile.ZipFile(stream) as zf:
+                pkl_name = _find_data_pkl(zf, path)
+                pickle_bytes = zf.read(pkl_name)
+        except zipfile.BadZipFile:
+            raise _zip_error(path, "the zip archive is truncated or corrupt") from None
+        except (OSError, EOFError, ValueError, KeyError):
+            raise _zip_error(path, "the zip archive is truncated or corrupt") from None
+        try:
+            globals_ = scan_globals(pickle_bytes)
+        except Exception:
+            raise _zip_error(path, "its pickle (data.pkl) is malformed") from None
+        refused = _refused(globals_)
+        if refused:
+            raise GsvError(
+                f"refusing to load: its pickle references {', '.join(refused)}, which could run code "
+                "(GPT-SoVITS files only hold tensors, dicts, HParams and paths)",
+                path=path, fix="do not use this file; get the weights from a source you trust",
+            )
+        allow = [(HParamsStandIn, g) for g in globals_ if is_hparams_name(g)]
+        allow += [
+            (_windows_path if "Windows" in g else _posix_path, g) for g in globals_ if is_path_name(g)
+        ]
+        stream.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.serialization.safe_globals(allow):
+                    if tagged:
+                        obj = torch.load(stream, map_location="cpu", weights_only=True)
+                    else:
+                        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except GsvError:
+            raise
+        except Exception as e:  # torch raises many types for corrupt data; keep the line short
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "Unsupported global" in first or "unsupported GLOBAL" in first:
+                raise GsvError(f"refusing to load: {first[:160]}", path=path,
+                               fix="do not use this file; get the weights from a source you trust") from None
+            raise _zip_error(path, f"torch could not read it ({type(e).__name__}: {first[:120]})") from None
+
+    config_type = None
+    if isinstance(obj, dict) and isinstance(obj.get("config"), HParamsStandIn):
+        config_type = next((g for g in globals_ if is_hparams_name(g)), "utils.HParams")
+    elif isinstance(obj, dict) and isinstance(obj.get("config"), dict):
+        config_type = "dict"
+    return Loaded(obj=to_plain(obj), header=tag, pickle_globals=globals_, config_type=config_type)
