@@ -51,3 +51,28 @@ def schemas_dir(reference_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def goldens_dir(reference_dir: Path) -> Path:
     return reference_dir / "goldens"
+
+
+@pytest.fixture(scope="session")
+def schema_files(schemas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Full-size files of every kind and version, generated from the schemas on demand."""
+    import shutil
+
+    from tests.support.schemafiles import SchemaFiles
+
+    root = tmp_path_factory.mktemp("schema_files")
+    yield SchemaFiles(schemas_dir, root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
+    """Run the installed ``gsv-ray`` entry point as a user would (a real subprocess)."""
+    import subprocess
+    import sys
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "gsv_ray", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        timeout=timeout,
+    )
