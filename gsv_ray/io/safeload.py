@@ -144,6 +144,14 @@ def _find_data_pkl(zf: zipfile.ZipFile, path: Path) -> str:
     return names[0]
 
 
+# Python-2 module names that protocol <= 2 pickles use (pickle maps them the same way on load).
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
+def _global_name(module: str, attr: str) -> str:
+    return f"{_PY2_MODULES.get(module, module)}.{attr}"
+
+
 def scan_globals(pickle_bytes: bytes) -> list[str]:
     """Every global a pickle references (GLOBAL/INST/STACK_GLOBAL), without executing anything."""
     found: list[str] = []
@@ -153,7 +161,7 @@ def scan_globals(pickle_bytes: bytes) -> list[str]:
         name = op.name
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
-            found.append(f"{module}.{attr}")
+            found.append(_global_name(module, attr))
         elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"):
             strings.append(str(arg))
         elif name == "MEMOIZE" and strings:
@@ -162,7 +170,7 @@ def scan_globals(pickle_bytes: bytes) -> list[str]:
             strings.append(memo[int(arg)])
         elif name == "STACK_GLOBAL":
             if len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
+                found.append(_global_name(strings[-2], strings[-1]))
             else:
                 found.append("<unresolvable STACK_GLOBAL>")
     return sorted(set(found))

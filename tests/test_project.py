@@ -1,0 +1,34 @@
+"""Project wiring: the console script, and CI running exactly README's test command."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from gsv_ray import __version__
+from tests.conftest import REPO_ROOT, run_cli
+
+
+def test_ci_runs_the_readme_test_command():
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    awk = script.split("TEST_CMD=$(", 1)[1].split(" README.md)", 1)[0]
+    out = subprocess.run(["bash", "-c", f"{awk} README.md"], cwd=REPO_ROOT, capture_output=True, text=True)
+    cmd = out.stdout.strip()
+    assert cmd.startswith("python -m pytest"), cmd
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"```bash\n{cmd}\n```" in readme
+    assert 'eval "$TEST_CMD"' in script and "torch==2.13.0" in script
+
+
+def test_console_script_and_version():
+    r = run_cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"gsv-ray {__version__}"
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert f'version = "{__version__}"' in pyproject
+    assert 'gsv-ray = "gsv_ray.cli:main"' in pyproject
+
+
+def test_help_lists_inspect():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "inspect" in r.stdout
+    assert Path(REPO_ROOT / "gsv_ray" / "cli.py").read_text().count("import torch") == 0  # CLI stays thin
