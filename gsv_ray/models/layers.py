@@ -18,7 +18,8 @@ def _split_weight(module: nn.Module, dim: int) -> None:
     """Replace ``module.weight`` by ``weight_g`` (norm over all dims but ``dim``) and ``weight_v``."""
     weight = module.weight
     del module._parameters["weight"]
-    module.weight_g = nn.Parameter(torch._C._VariableFunctions.norm_except_dim(weight.data, 2, dim))
+    others = [d for d in range(weight.dim()) if d != dim]
+    module.weight_g = nn.Parameter(torch.linalg.vector_norm(weight.data, dim=others, keepdim=True))
     module.weight_v = nn.Parameter(weight.data)
 
 
