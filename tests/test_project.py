@@ -32,3 +32,24 @@ def test_help_lists_inspect():
     r = run_cli("--help")
     assert r.returncode == 0 and "inspect" in r.stdout
     assert Path(REPO_ROOT / "gsv_ray" / "cli.py").read_text().count("import torch") == 0  # CLI stays thin
+
+
+def _pytest_one(env_extra: dict) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "GSV_REFERENCE_DIR")}
+    env.update(env_extra)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/io/test_fixtures.py::test_small_pk_v2_export_is_not_called_v1"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_missing_reference_data_skips_locally_and_fails_in_ci(tmp_path):
+    absent = str(tmp_path / "nowhere")
+    local = _pytest_one({"GSV_REFERENCE_DIR": absent})
+    assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout
+    ci = _pytest_one({"GSV_REFERENCE_DIR": absent, "CI": "true"})
+    assert ci.returncode != 0 and "required when CI=true" in ci.stdout, ci.stdout
