@@ -6,19 +6,19 @@ Built from the ``model`` section of an s1 config (``s1longer.yaml`` / ``s1longer
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any, Mapping
+
+from gsv_ray.resources import s1_config
 
 #: Which packaged s1 config each GPT-SoVITS version trains with (only v1 has a different GPT).
 _S1_CONFIG_OF_VERSION: dict[str, str] = {
-    "v1": "s1_v1.json",
-    "v2": "s1_v2.json",
-    "v2Pro": "s1_v2.json",
-    "v2ProPlus": "s1_v2.json",
-    "v3": "s1_v2.json",
-    "v4": "s1_v2.json",
+    "v1": "v1",
+    "v2": "v2",
+    "v2Pro": "v2",
+    "v2ProPlus": "v2",
+    "v3": "v2",
+    "v4": "v2",
 }
 
 #: Width of the BERT features added to the phoneme embeddings (hard-coded upstream).
@@ -83,5 +83,4 @@ class T2SConfig:
         except KeyError:
             known = sorted(_S1_CONFIG_OF_VERSION)
             raise ValueError(f"unknown GPT-SoVITS version {version!r}; known: {known}") from None
-        text = resources.files("gsv_ray").joinpath("data").joinpath(name).read_text(encoding="utf-8")
-        return cls.from_s1_config(json.loads(text))
+        return cls.from_s1_config(s1_config(name))

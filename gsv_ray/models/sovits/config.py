@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
+from gsv_ray.resources import s2_config
 
 VITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
 PRO_VERSIONS = ("v2Pro", "v2ProPlus")
@@ -142,7 +142,7 @@ class SoVITSConfig:
 
     @classmethod
     def default(cls, version: str, **overrides: Any) -> SoVITSConfig:
-        """Upstream's real-size config for ``version`` (the packaged ``gsv_ray/data/s2_<ver>.json``)."""
+        """Upstream's real-size config for ``version`` (the packaged ``gsv_ray/resources/s2_<ver>.json``)."""
         return cls.from_s2_config(load_s2_config(version), version, **overrides)
 
     def model_section(self) -> dict[str, Any]:
@@ -161,7 +161,4 @@ class SoVITSConfig:
 
 def load_s2_config(version: str) -> dict[str, Any]:
     """The packaged upstream s2 json for ``version`` (``v1``..``v4``)."""
-    path = resources.files("gsv_ray") / "data" / f"s2_{version}.json"
-    if not path.is_file():
-        raise ValueError(f"no packaged s2 config for version {version!r}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return s2_config(version)

@@ -1,0 +1,37 @@
+"""Facts carried over from upstream GPT-SoVITS, packaged as JSON: the s2/s1 configs per version
+and the two ordered phone-symbol tables. One place to load them from."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+S2_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4")
+S1_VERSIONS = ("v1", "v2")
+
+
+def load_json(name: str) -> Any:
+    return json.loads(resources.files(__name__).joinpath(name).read_text(encoding="utf-8"))
+
+
+def s2_config(version: str) -> dict:
+    """Upstream's SoVITS (stage 2) json for ``version`` (train/data/model sections), a fresh copy."""
+    if version not in S2_VERSIONS:
+        raise ValueError(f"unknown SoVITS version {version!r}; expected one of {', '.join(S2_VERSIONS)}")
+    return load_json(f"s2_{version}.json")
+
+
+def s1_config(version: str) -> dict:
+    """Upstream's GPT (stage 1) yaml as a dict: "v1" (s1longer.yaml) or "v2" (s1longer-v2.yaml)."""
+    if version not in S1_VERSIONS:
+        raise ValueError(f"unknown GPT config {version!r}; expected v1 or v2")
+    return load_json(f"s1_{version}.json")
+
+
+def symbols(symbol_set: str) -> list[str]:
+    """The ordered phone symbols ("v1": 322, "v2": 732); a phone's id is its index."""
+    table = load_json("symbols.json")
+    if symbol_set not in ("v1", "v2"):
+        raise ValueError(f"unknown symbol set {symbol_set!r}; expected v1 or v2")
+    return list(table[symbol_set]) if isinstance(table[symbol_set], list) else table[symbol_set]
