@@ -12,6 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
+
 from gsv_ray.resources import s2_config
 
 VITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
