@@ -114,7 +114,8 @@ class _TagPatchedFile(io.RawIOBase):
         super().close()
 
 
-def _check_path(path: Path) -> None:
+def check_path(path: Path) -> None:
+    """One-line errors for the common non-file cases: missing, a directory, empty."""
     fix_missing = "check the path (GPT-SoVITS keeps exports in SoVITS_weights*/ and GPT_weights*/)"
     if not path.exists():
         raise GsvError("no such file", path=path, fix=fix_missing)
@@ -221,7 +222,7 @@ def safe_load(path: str | Path) -> Loaded:
     read through a header-patching stream, so at most one copy of the tensors exists.
     """
     path = Path(path)
-    _check_path(path)
+    check_path(path)
     head = read_header(path)
     if len(head) < 4:
         raise _zip_error(path, f"the file is only {len(head)} bytes long")

@@ -1,0 +1,361 @@
+"""``rebuild()``: from any GPT-SoVITS weights file to complete, training-ready fp32 state dicts.
+
+Load (safely) -> identify -> check that init, base and version agree -> normalise keys -> match
+every target key to exactly one source (init first, then base) with equal shapes -> fill the rest
+only where a declared policy allows fresh init -> report every key's fate, judged for the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gsv_ray.errors import GsvError
+from gsv_ray.io import GsvFile, read
+from gsv_ray.rebuild import targets as T
+from gsv_ray.rebuild.report import (
+    ERROR, FILLED_FROM_BASE, INITIALISED, LOADED, KeyFate, RebuildReport, module_prefix,
+)
+from gsv_ray.rebuild.sources import Source, cast_fp32, lora_delta, normalise
+
+TASKS = ("train", "semantic", "infer")
+VITS = ("v1", "v2", "v2Pro", "v2ProPlus")
+BASE_NAMES = {  # upstream's pretrained base G per version (for fix hints)
+    "v1": "s2G488k.pth", "v2": "gsv-v2final-pretrained/s2G2333k.pth", "v2Pro": "v2Pro/s2Gv2Pro.pth",
+    "v2ProPlus": "v2Pro/s2Gv2ProPlus.pth", "v3": "s2Gv3.pth", "v4": "gsv-v4-pretrained/s2Gv4.pth",
+}
+
+_WHY_UNUSED_FOR_SEMANTIC = {
+    "enc_q": "posterior encoder: only used by training, never by semantic extraction",
+    "dec": "HiFi-GAN decoder: synthesises audio; semantic extraction runs only ssl_proj + quantizer",
+    "flow": "normalising flow: synthesis only; semantic extraction runs only ssl_proj + quantizer",
+    "enc_p": "text encoder: synthesis only; semantic extraction runs only ssl_proj + quantizer",
+    "ref_enc": "reference encoder: synthesis only; semantic extraction runs only ssl_proj + quantizer",
+}
+
+
+@dataclass(frozen=True)
+class RebuildPolicy:
+    """What a rebuild may fill by itself. Everything else missing or mis-shaped is an error.
+
+    ``init_missing``: generator key prefixes that may start from a fresh init when neither the init
+    file nor ``base_g`` has them (default: the posterior encoder, which every export drops).
+    ``fresh_discriminator``: build a fresh D when no ``base_d`` is given (exports carry none).
+    ``seed``: seeds the fresh init, so the same inputs always give the same bytes.
+    """
+
+    init_missing: tuple[str, ...] = ("enc_q.",)
+    fresh_discriminator: bool = True
+    seed: int = 1234
+
+    def to_json(self) -> dict[str, Any]:
+        return {"init_missing": list(self.init_missing), "fresh_discriminator": self.fresh_discriminator,
+                "seed": self.seed}
+
+
+@dataclass
+class Rebuilt:
+    """The result: fp32 state dicts per target model, the resolved config, and the report."""
+
+    stage: str
+    version: str | None
+    task: str
+    kind: str  # kind of the init file
+    weights: dict[str, dict[str, torch.Tensor]]  # "generator" / "discriminator" / "gpt" -> state dict
+    config: dict[str, Any]
+    report: RebuildReport
+    path: Path | None = None
+    cache_hit: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def generator(self) -> dict[str, torch.Tensor] | None:
+        return self.weights.get("generator")
+
+    @property
+    def discriminator(self) -> dict[str, torch.Tensor] | None:
+        return self.weights.get("discriminator")
+
+    @property
+    def gpt(self) -> dict[str, torch.Tensor] | None:
+        return self.weights.get("gpt")
+
+
+def _input_facts(f: GsvFile) -> dict[str, Any]:
+    return {"path": str(f.path), "kind": f.kind, "versions": f.versions, "header": f.header, "info": f.info}
+
+
+def _resolve_version(init: GsvFile, version: str | None, base_g: GsvFile | None, base_d: GsvFile | None) -> list[str]:
+    cand = list(init.versions)
+    if not cand:
+        raise GsvError("its tensors fit no known GPT-SoVITS version", path=init.path,
+                       fix="check the file with 'gsv-ray inspect'")
+    if version is not None:
+        if version not in cand:
+            raise GsvError(f"--version {version} does not fit this file (its shapes say {' or '.join(cand)})",
+                           path=init.path, fix=f"drop --version or pass {cand[0]}")
+        cand = [version]
+    if base_g is not None:
+        if base_g.kind in ("sovits-pretrained-d", "sovits-train-d"):
+            raise GsvError("--base must be a generator, but this is a discriminator", path=base_g.path,
+                           fix="pass it with --base-d instead")
+        both = [v for v in cand if v in base_g.versions]
+        if not both:
+            want = BASE_NAMES.get(cand[0], "the base of the same version")
+            raise GsvError(
+                f"--base is {'/'.join(base_g.versions)} but {init.path.name} is {'/'.join(cand)}: a base of another "
+                "version cannot fill it", path=base_g.path, fix=f"pass the {cand[0]} base (GPT-SoVITS: {want})")
+        cand = both
+    if base_d is not None:
+        if base_d.kind not in ("sovits-pretrained-d", "sovits-train-d"):
+            raise GsvError(f"--base-d must be a discriminator, but this is a {base_d.kind}", path=base_d.path,
+                           fix="pass the s2D*.pth / D_*.pth file (or drop --base-d for a fresh D)")
+        both = [v for v in cand if v in base_d.versions]
+        if not both:
+            raise GsvError(
+                f"--base-d is a {'/'.join(base_d.versions)} discriminator but the generator is {'/'.join(cand)}",
+                path=base_d.path, fix="pass the discriminator of the same version (s2D*.pth)")
+        cand = both
+    return cand
+
+
+def _fill(
+    tgt: T.Target, sources: list[tuple[str, Source]], report: RebuildReport,
+    may_init: dict[str, str], used: dict[str, set[str]],
+) -> dict[str, torch.Tensor]:
+    """Give every target key one fate. ``may_init``: key prefix -> reason a fresh init is allowed."""
+    fates: dict[str, KeyFate] = {}
+    out: dict[str, torch.Tensor] = {}
+    init_keys: list[str] = []
+    for key, shape in tgt.shapes.items():
+        for role, src in sources:
+            t = src.tensors.get(key)
+            if t is None:
+                continue
+            if t.shape != shape:
+                fates[key] = KeyFate(ERROR, src.path, f"shape {list(t.shape)} in {Path(src.path).name}, but the "
+                                     f"{report.version} model needs {list(shape)}")
+            else:
+                out[key] = cast_fp32(t)
+                used[src.path].add(key)
+                fates[key] = KeyFate(LOADED if role == "init" else FILLED_FROM_BASE, src.path,
+                                     "" if role == "init" else f"not in the init file; taken from --{role}")
+            break
+        else:
+            reason = next((why for p, why in may_init.items() if key.startswith(p)), None)
+            if reason is not None:
+                fates[key] = KeyFate(INITIALISED, None, reason)
+                init_keys.append(key)
+            else:
+                names = " or ".join(Path(s.path).name for _, s in sources)
+                fates[key] = KeyFate(ERROR, None, f"missing from {names}")
+    if init_keys and not any(f.fate == ERROR for f in fates.values()):
+        fresh = tgt.build().state_dict()
+        for k in init_keys:
+            out[k] = fresh[k].detach().to(torch.float32).clone()
+    report.targets[tgt.name] = fates
+    return {k: out[k] for k in tgt.shapes if k in out}
+
+
+def _record_dropped(report: RebuildReport, sources: list[tuple[str, Source]], used: dict[str, set[str]],
+                    why_unused) -> None:
+    for role, src in sources:
+        dropped = {}
+        for name, stored in src.origin.items():
+            if name not in used[src.path]:
+                dropped[stored] = why_unused(role, name)
+        for module, (ka, kb) in src.lora_origin.items():
+            if module not in used[src.path]:
+                dropped[ka] = dropped[kb] = why_unused(role, module + ".lora")
+        if dropped:
+            report.dropped.setdefault(src.path, {}).update(dropped)
+
+
+def rebuild(
+    init: str | Path,
+    *,
+    base_g: str | Path | None = None,
+    base_d: str | Path | None = None,
+    stage: str | None = None,
+    version: str | None = None,
+    task: str = "train",
+    policy: RebuildPolicy = RebuildPolicy(),
+    config: dict[str, Any] | None = None,
+) -> Rebuilt:
+    """Rebuild complete fp32 weights from ``init`` (any GPT-SoVITS file), judged for ``task``.
+
+    Raises :class:`GsvError` when the inputs do not fit together or the report's verdict is error
+    (the report is attached as ``err.report``). ``config`` overrides the file's embedded config.
+    """
+    if task not in TASKS:
+        raise GsvError(f"unknown task {task!r}", fix=f"use one of {', '.join(TASKS)}")
+    init_f = read(init, expect_stage=stage)
+    stage = init_f.stage
+    if init_f.kind in ("sovits-pretrained-d", "sovits-train-d"):
+        raise GsvError("this is a discriminator; the file to rebuild must be a generator", path=init_f.path,
+                       fix="pass the SoVITS generator as OLD and this file as --base-d")
+    base_g_f = read(base_g, expect_stage=stage) if base_g else None
+    base_d_f = read(base_d, expect_stage="sovits") if base_d else None
+    if stage == "gpt" and base_d_f is not None:
+        raise GsvError("--base-d is for SoVITS; GPT has no discriminator", path=base_d_f.path, fix="drop --base-d")
+    if stage == "gpt" and task == "semantic":
+        raise GsvError("semantic extraction needs a SoVITS model, but this is a GPT file", path=init_f.path,
+                       fix="pass the SoVITS .pth (or its base) for --task semantic")
+    versions = _resolve_version(init_f, version, base_g_f, base_d_f)
+    resolved = versions[0] if len(versions) == 1 else None
+
+    report = RebuildReport(version=resolved or "/".join(versions), stage=stage, task=task)
+    report.inputs["init"] = _input_facts(init_f)
+    if base_g_f:
+        report.inputs["base_g"] = _input_facts(base_g_f)
+    if base_d_f:
+        report.inputs["base_d"] = _input_facts(base_d_f)
+    if "optimizer" in init_f.extra or "optimizer_states" in init_f.extra:
+        report.notes.append("the init file's optimizer state is not used: resumed training starts a fresh "
+                            "optimizer at the reduced learning rate")
+
+    sources = [("init", normalise(str(init_f.path), init_f.state_dict, stage=stage))]
+    if base_g_f:
+        sources.append(("base", normalise(str(base_g_f.path), base_g_f.state_dict, stage=stage)))
+    used: dict[str, set[str]] = {s.path: set() for _, s in sources}
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+
+    if stage == "gpt":
+        cfg = T.gpt_s1_config(versions[0], config, init_f.config, base_g_f.config if base_g_f else None)
+        weights["gpt"] = _fill(T.gpt_target(cfg, policy.seed), sources, report, {}, used)
+        resolved_cfg: dict[str, Any] = {"stage": "gpt", "version": resolved, "task": task, "s1": cfg}
+        _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base"
+                        else "not part of the GPT model")
+    elif task == "semantic":
+        resolved_cfg = _semantic(init_f, versions, sources, used, report, weights)
+    elif versions[0] in ("v3", "v4"):
+        if task == "train":
+            raise GsvError(
+                f"training {'/'.join(versions)} (SynthesizerTrnV3) is not supported yet: gsv-ray trains "
+                "v1, v2, v2Pro and v2ProPlus", path=init_f.path, fix="use --task semantic or --task infer")
+        resolved_cfg = _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
+    else:
+        resolved_cfg = _vits(init_f, base_g_f, base_d_f, resolved or versions[0], task, policy, config,
+                             sources, used, report, weights)
+
+    report.config = resolved_cfg
+    if not report.ok:
+        err = GsvError(report.message(), path=init_f.path, fix=_fix_hint(report, init_f, versions))
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    return Rebuilt(stage=stage, version=resolved, task=task, kind=init_f.kind, weights=weights,
+                   config=resolved_cfg, report=report)
+
+
+def _fix_hint(report: RebuildReport, init_f: GsvFile, versions: list[str]) -> str:
+    errs = [(k, f) for t in report.targets.values() for k, f in t.items() if f.fate == ERROR]
+    if errs and "shape" in errs[0][1].reason:
+        return "the file's version or widths do not match; check it with 'gsv-ray inspect' and pass the matching --base"
+    base = BASE_NAMES.get(versions[0], "the base model of the same version")
+    return f"pass the {versions[0]} base model with --base (GPT-SoVITS: {base}) to fill the missing keys"
+
+
+def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, used, report, weights):
+    cfg = T.sovits_s2_config(version, config, init_f.config, base_g_f.config if base_g_f else None)
+    widths: dict[str, int] = {}
+    for _, src in reversed(sources):  # init's shapes win over the base's
+        widths.update(T.inferred_widths(src.tensors))
+    model_cfg = T.sovits_model_config(cfg, widths)
+    may_init = {p: _init_reason(p, version) for p in policy.init_missing}
+    if task == "infer":  # inference never runs the posterior encoder
+        may_init.setdefault("enc_q.", "posterior encoder: not used at inference; freshly initialised")
+    weights["generator"] = _fill(T.generator_target(model_cfg, policy.seed), sources, report, may_init, used)
+    _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base"
+                    else f"not part of the {version} generator")
+    if any(f.fate == INITIALISED and k.startswith("enc_q.") for k, f in report.targets["generator"].items()):
+        report.notes.append("enc_q (posterior encoder) starts from scratch: expect a higher KL/mel loss for the "
+                            "first steps; keep a warmup, or pass --base to start it from the pretrained one")
+    resolved: dict[str, Any] = {"stage": "sovits", "version": version, "task": task, "s2": cfg, "widths": widths,
+                                "model": T.model_config_json(model_cfg)}
+    if task == "train":
+        d_sources = [("base-d", normalise(str(base_d_f.path), base_d_f.state_dict, stage="sovits"))] if base_d_f else []
+        divisor = T.discriminator_width_divisor(d_sources[0][1].tensors) if d_sources else 1
+        d_may = {"": "no discriminator given (exports carry none): fresh init; pass --base-d for the pretrained D"} \
+            if policy.fresh_discriminator and not d_sources else {}
+        for _, s in d_sources:
+            used[s.path] = set()
+        weights["discriminator"] = _fill(T.discriminator_target(version, divisor, policy.seed), d_sources, report,
+                                         d_may, used)
+        _record_dropped(report, d_sources, used, lambda role, k: "not part of the discriminator")
+        if not d_sources:
+            report.notes.append("the discriminator starts from scratch: its first updates are noise to the "
+                                "generator, so keep the learning-rate warmup (on by default)")
+        resolved["discriminator"] = {"version": version, "width_divisor": divisor}
+    q = weights["generator"].get("quantizer.vq.layers.0._codebook.inited")
+    if q is not None and not bool(q.item()):
+        report.notes.append("the codebook is not initialised (inited = 0): k-means will run on the first batch")
+    return resolved
+
+
+def _init_reason(prefix: str, version: str) -> str:
+    if prefix == "enc_q.":
+        return (f"posterior encoder is training-only and exports drop it: fresh init (pass --base with the "
+                f"{version} base G to start from the pretrained one)")
+    return f"allowed by policy (init_missing={prefix!r}): fresh init"
+
+
+def _semantic(init_f, versions, sources, used, report, weights):
+    """Only ``ssl_proj`` + ``quantizer`` matter; everything else missing is harmless, said why."""
+    weights["generator"] = _fill(T.semantic_target(), sources, report, {}, used)
+    family = "v2" if versions[0] in ("v3", "v4") else versions[0]
+    present = set().union(*(s.tensors.keys() for _, s in sources))
+    widths = T.inferred_widths(sources[0][1].tensors) if versions[0] in VITS else {}
+    try:
+        full = T.target("full", lambda: T.SoVITSGenerator(T.sovits_model_config(
+            T.sovits_s2_config(family, init_f.config if versions[0] in VITS else None), widths)))
+        report.harmless["generator"] = {
+            k: _WHY_UNUSED_FOR_SEMANTIC.get(module_prefix(k).split(".")[0],
+                                            "not used by semantic extraction (only ssl_proj + quantizer run)")
+            for k in full.shapes if k not in present and not k.startswith(T.SEMANTIC_PREFIXES)}
+    except (ValueError, TypeError):
+        pass  # the reference model cannot be built from this config: nothing to compare against
+    _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base" and
+                    k.startswith(T.SEMANTIC_PREFIXES) else "not used by semantic extraction (only ssl_proj + quantizer)")
+    q = weights["generator"].get("quantizer.vq.layers.0._codebook.inited")
+    if q is not None and not bool(q.item()):
+        report.errors.append("the codebook is not initialised (inited = 0): its tokens would match no GPT model")
+    if versions[0] in ("v3", "v4") and any(k.startswith("ssl_proj") and f.fate == ERROR
+                                             for k, f in report.targets["generator"].items()):
+        report.errors.insert(0, "a v3/v4 LoRA export has no ssl_proj; its base model carries it")
+    return {"stage": "sovits", "version": "/".join(versions), "task": "semantic"}
+
+
+def _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights):
+    """Merge a v3/v4 LoRA export onto its base: ``W + B @ A * alpha / r`` (PEFT's merge)."""
+    init_src = sources[0][1]
+    if init_src.lora and base_g_f is None:
+        raise GsvError("a LoRA export holds only the trained deltas; it needs its base model", path=init_f.path,
+                       fix=f"pass --base {BASE_NAMES[versions[0]]} (the {versions[0]} base G)")
+    rank = init_f.lora_rank or (next(iter(init_src.lora.values()))[0].shape[0] if init_src.lora else 1)
+    alpha = rank  # upstream's LoRA config: lora_alpha = r
+    base_src = sources[1][1] if len(sources) > 1 else init_src
+    fates: dict[str, KeyFate] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, t in base_src.tensors.items():
+        module = key.rsplit(".", 1)[0]
+        if key in init_src.tensors and init_src is not base_src:
+            out[key] = cast_fp32(init_src.tensors[key])
+            used[init_src.path].add(key)
+            fates[key] = KeyFate(LOADED, init_src.path, "")
+        elif key.endswith(".weight") and module in init_src.lora:
+            a, b = init_src.lora[module]
+            out[key] = cast_fp32(t) + lora_delta(a, b, alpha, rank)
+            used[init_src.path].add(module)
+            fates[key] = KeyFate(LOADED, init_src.path, f"base weight + LoRA B@A*alpha/r (r={rank}, alpha={alpha})")
+        else:
+            out[key] = cast_fp32(t)
+            fates[key] = KeyFate(LOADED if base_src is init_src else FILLED_FROM_BASE, base_src.path,
+                                 "" if base_src is init_src else "not in the LoRA export; taken from --base")
+        used[base_src.path].add(key)
+    report.targets["generator"] = fates
+    weights["generator"] = out
+    _record_dropped(report, sources, used, lambda role, k: "not part of the v3/v4 generator")
+    return {"stage": "sovits", "version": "/".join(versions), "task": "infer", "lora_rank": rank}

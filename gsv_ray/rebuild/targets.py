@@ -1,0 +1,140 @@
+"""What a rebuild fills: our models for the resolved version and config, as key -> shape.
+
+Configs come from (first found) an explicit override, the init file, the base file, or upstream's
+packaged default for the version. Widths upstream hard-codes — so no config carries them — are
+read off the tensors themselves (MRTE hidden, reference-encoder hidden, ``ge_to512`` width,
+symbol rows, reference bins, discriminator width), so narrowed or custom models rebuild too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
+from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
+from gsv_ray.resources import s1_config, s2_config
+
+SEMANTIC_PREFIXES = ("ssl_proj.", "quantizer.")
+
+
+@dataclass
+class Target:
+    """One model to fill: its key -> shape (state_dict order) and how to build it for fresh init."""
+
+    name: str  # "generator" | "discriminator" | "gpt"
+    shapes: dict[str, torch.Size]
+    build: Callable[[], nn.Module]
+
+
+def _shapes(build: Callable[[], nn.Module]) -> dict[str, torch.Size]:
+    with torch.device("meta"):
+        module = build()
+    return {k: v.shape for k, v in module.state_dict().items()}
+
+
+def target(name: str, build: Callable[[], nn.Module]) -> Target:
+    return Target(name=name, shapes=_shapes(build), build=build)
+
+
+# -- SoVITS ------------------------------------------------------------------------------------
+def inferred_widths(tensors: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Hard-coded upstream widths, read off tensor shapes where the tensors are present."""
+    w: dict[str, int] = {}
+    if (t := tensors.get("enc_p.mrte.c_pre.weight")) is not None:
+        w["mrte_hidden_channels"] = int(t.shape[0])
+    if (t := tensors.get("ref_enc.spectral.0.fc.weight")) is not None:
+        w["ref_hidden_channels"] = int(t.shape[0])
+        w["ref_in_channels"] = int(t.shape[1])
+    if (t := tensors.get("ge_to512.weight")) is not None:
+        w["ge_text_channels"] = int(t.shape[0])
+    if (t := tensors.get("enc_p.text_embedding.weight")) is not None:
+        w["n_symbols"] = int(t.shape[0])
+    return w
+
+
+def sovits_s2_config(version: str, *candidates: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The first usable s2 config (needs a ``model`` section), with its version set."""
+    for c in candidates:
+        if isinstance(c, Mapping) and isinstance(c.get("model"), Mapping):
+            cfg = copy.deepcopy(dict(c))
+            break
+    else:
+        cfg = s2_config(version)
+    cfg["model"] = dict(cfg["model"], version=version)
+    cfg["version"] = version
+    return cfg
+
+
+def sovits_model_config(cfg: Mapping[str, Any], widths: Mapping[str, int]) -> SoVITSConfig:
+    return SoVITSConfig.from_s2_config(dict(cfg), cfg["version"], **widths)
+
+
+def generator_target(model_cfg: SoVITSConfig, seed: int) -> Target:
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        return SoVITSGenerator(model_cfg)
+
+    return target("generator", build)
+
+
+def semantic_target(ssl_dim: int = 768, codebook_size: int = 1024) -> Target:
+    return target("generator", lambda: SemanticExtractor(ssl_dim=ssl_dim, codebook_size=codebook_size))
+
+
+def discriminator_width_divisor(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Upstream's D is 1024 wide in its period discriminators' 4th conv; narrowed files are less."""
+    t = tensors.get("discriminators.1.convs.3.weight_v", tensors.get("discriminators.1.convs.3.weight"))
+    return max(1, 1024 // int(t.shape[0])) if t is not None else 1
+
+
+def discriminator_target(version: str, width_divisor: int, seed: int) -> Target:
+    def build() -> nn.Module:
+        torch.manual_seed(seed + 1)
+        return MultiPeriodDiscriminator(version, width_divisor=width_divisor)
+
+    return target("discriminator", build)
+
+
+# -- GPT ---------------------------------------------------------------------------------------
+def gpt_s1_config(version: str, *candidates: Mapping[str, Any] | None) -> dict[str, Any]:
+    for c in candidates:
+        if isinstance(c, Mapping) and isinstance(c.get("model"), Mapping):
+            return copy.deepcopy(dict(c))
+    return s1_config(version)
+
+
+def gpt_target(cfg: Mapping[str, Any], seed: int) -> Target:
+    model_cfg = T2SConfig.from_s1_config(dict(cfg))
+
+    def build() -> nn.Module:
+        torch.manual_seed(seed)
+        return Text2SemanticDecoder(model_cfg)
+
+    return target("gpt", build)
+
+
+def build_models(config: Mapping[str, Any]) -> dict[str, nn.Module]:
+    """Our models for a rebuild's resolved ``config`` (as stored in ``config.json``), on CPU, fp32."""
+    stage = config["stage"]
+    if stage == "gpt":
+        return {"gpt": Text2SemanticDecoder(T2SConfig.from_s1_config(config["s1"]))}
+    if config.get("task") == "semantic":
+        return {"generator": SemanticExtractor()}
+    model_cfg = sovits_model_config(config["s2"], config.get("widths", {}))
+    models: dict[str, nn.Module] = {"generator": SoVITSGenerator(model_cfg)}
+    if "discriminator" in config:
+        d = config["discriminator"]
+        models["discriminator"] = MultiPeriodDiscriminator(d["version"], width_divisor=d["width_divisor"])
+    return models
+
+
+def model_config_json(cfg: SoVITSConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(cfg)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
