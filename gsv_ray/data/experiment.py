@@ -230,6 +230,8 @@ class Experiment:
     options: ExperimentOptions
     sampling_rate: int = 32000
     hop_length: int = 640
+    #: every name 2-name2text.txt lists (usable or not), e.g. to check a validation names file
+    known_names: frozenset[str] = frozenset()
 
     @property
     def symbol_set(self) -> str:
@@ -305,12 +307,13 @@ def _phone_ids(
                        f"{unknown[0]!r}; upstream skips them)", name, excluded=True)
     if mismatched:
         first_name, first_phone = next(iter(mismatched.items()))
-        examples = ", ".join(list(mismatched)[:3])
+        names = list(mismatched)
+        examples = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         fix = ("train a v2-or-later model with this folder, or re-run GPT-SoVITS preprocessing with version v1"
                if own == "v1" else "train a v1 model with this folder, or re-run preprocessing for " + version)
         raise GsvError(
-            f"phone symbol set mismatch: {len(mismatched)} utterances use phones that exist only in the {other} "
-            f"table (e.g. {first_phone!r} in {first_name}; also {examples}), but a {version} model uses the {own} "
+            f"phone symbol set mismatch: {len(mismatched)} utterance(s) use phones that exist only in the {other} "
+            f"table (e.g. {first_phone!r} in {first_name}; affected: {examples}), but a {version} model uses the {own} "
             "table, so training would read wrong embedding rows",
             path=text_path, fix=fix,
         )
@@ -351,7 +354,7 @@ def _finite(t: torch.Tensor) -> bool:
 # ----------------------------------------------------------------------------- stage scans
 def _scan_sovits(
     root: Path, version: str, opts: ExperimentOptions, report: DataReport, sr: int, hop: int
-) -> list[Utterance]:
+) -> tuple[list[Utterance], set[str]]:
     is_pro = version in PRO_VERSIONS
     text_path = root / NAME2TEXT
     _require(root / HUBERT_DIR, f"{HUBERT_DIR}/ (HuBERT features) folder", "run GPT-SoVITS preprocessing step 1Ab "
@@ -417,7 +420,7 @@ def _scan_sovits(
             name=name, phones=phones, phone_ids=phone_ids, word2ph=name2text[name][1], norm_text=name2text[name][2],
             wav_path=wav_path, wav_bytes=size, num_samples=frames, hubert_path=hubert_path, sv_path=sv_path,
         ))
-    return out
+    return out, set(name2text)
 
 
 def _check_sovits_tensors(
@@ -471,7 +474,9 @@ def _read_semantic_tsv(path: Path, report: DataReport) -> list[tuple[str, str]]:
     return rows
 
 
-def _scan_gpt(root: Path, version: str, opts: ExperimentOptions, report: DataReport) -> list[Utterance]:
+def _scan_gpt(
+    root: Path, version: str, opts: ExperimentOptions, report: DataReport
+) -> tuple[list[Utterance], set[str]]:
     text_path = root / NAME2TEXT
     tsv_path = root / SEMANTIC_TSV
     _require(tsv_path, f"{SEMANTIC_TSV} (semantic tokens, needed to train the GPT)", "run GPT-SoVITS preprocessing "
@@ -536,7 +541,7 @@ def _scan_gpt(root: Path, version: str, opts: ExperimentOptions, report: DataRep
     for name in sorted(listed - seen):
         report.add("missing_semantic", "warning", f"utterances of {NAME2TEXT} without a row in {SEMANTIC_TSV}", name,
                    excluded=True)
-    return out
+    return out, listed
 
 
 def _parse_tokens(tokens: str | None) -> tuple[int, ...] | None:
@@ -590,11 +595,11 @@ def open_experiment(
     sr, hop = int(data["sampling_rate"]), int(data["hop_length"])
     report = DataReport(root=root, stage=stage, version=version, examples=opts.examples)
     if stage == "sovits":
-        utts = _scan_sovits(root, version, opts, report, sr, hop)
+        utts, known = _scan_sovits(root, version, opts, report, sr, hop)
     else:
-        utts = _scan_gpt(root, version, opts, report)
+        utts, known = _scan_gpt(root, version, opts, report)
     report.usable = len(utts)
-    return Experiment(root, stage, version, utts, report, opts, sr, hop)
+    return Experiment(root, stage, version, utts, report, opts, sr, hop, frozenset(known))
 
 
 # ----------------------------------------------------------------------------- validation split

@@ -7,19 +7,21 @@ only where a declared policy allows fresh init -> report every key's fate, judge
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gsv_ray.cache import default_cache_root
 from gsv_ray.errors import GsvError
 from gsv_ray.io import GsvFile, read
 from gsv_ray.rebuild import targets as T
 from gsv_ray.rebuild.report import (
     ERROR, FILLED_FROM_BASE, INITIALISED, LOADED, KeyFate, RebuildReport, module_prefix,
 )
-from gsv_ray.rebuild.sources import Source, cast_fp32, lora_delta, normalise
+from gsv_ray.rebuild.sources import Source, as_fp32, cast_fp32, lora_delta, normalise
 
 TASKS = ("train", "semantic", "infer")
 VITS = ("v1", "v2", "v2Pro", "v2ProPlus")
@@ -124,13 +126,18 @@ def _resolve_version(init: GsvFile, version: str | None, base_g: GsvFile | None,
 
 def _fill(
     tgt: T.Target, sources: list[tuple[str, Source]], report: RebuildReport,
-    may_init: dict[str, str], used: dict[str, set[str]],
+    may_init: dict[str, str], used: dict[str, set[str]], cache_root: Path | None,
 ) -> dict[str, torch.Tensor]:
-    """Give every target key one fate. ``may_init``: key prefix -> reason a fresh init is allowed."""
+    """Give every target key one fate. ``may_init``: key prefix -> reason a fresh init is allowed.
+
+    Only keys that start fresh need a real (seeded) model; everything else is the source tensor
+    cast to fp32 (no copy when it already is: mmapped inputs are private copy-on-write maps).
+    """
     fates: dict[str, KeyFate] = {}
     out: dict[str, torch.Tensor] = {}
-    init_keys: list[str] = []
-    for key, shape in tgt.shapes.items():
+    fresh_keys: list[str] = []
+    shapes = tgt.shapes(cache_root)
+    for key, shape in shapes.items():
         for role, src in sources:
             t = src.tensors.get(key)
             if t is None:
@@ -139,7 +146,7 @@ def _fill(
                 fates[key] = KeyFate(ERROR, src.path, f"shape {list(t.shape)} in {Path(src.path).name}, but the "
                                      f"{report.version} model needs {list(shape)}")
             else:
-                out[key] = cast_fp32(t)
+                out[key] = as_fp32(t)
                 used[src.path].add(key)
                 fates[key] = KeyFate(LOADED if role == "init" else FILLED_FROM_BASE, src.path,
                                      "" if role == "init" else f"not in the init file; taken from --{role}")
@@ -148,16 +155,17 @@ def _fill(
             reason = next((why for p, why in may_init.items() if key.startswith(p)), None)
             if reason is not None:
                 fates[key] = KeyFate(INITIALISED, None, reason)
-                init_keys.append(key)
+                fresh_keys.append(key)
             else:
                 names = " or ".join(Path(s.path).name for _, s in sources)
                 fates[key] = KeyFate(ERROR, None, f"missing from {names}")
-    if init_keys and not any(f.fate == ERROR for f in fates.values()):
-        fresh = tgt.build().state_dict()
-        for k in init_keys:
-            out[k] = fresh[k].detach().to(torch.float32).clone()
     report.targets[tgt.name] = fates
-    return {k: out[k] for k in tgt.shapes if k in out}
+    if fresh_keys and not any(f.fate == ERROR for f in fates.values()):
+        with torch.no_grad():
+            fresh = tgt.build().state_dict()
+        for k in fresh_keys:
+            out[k] = fresh[k].to(torch.float32)
+    return {k: out[k] for k in shapes if k in out}
 
 
 def _record_dropped(report: RebuildReport, sources: list[tuple[str, Source]], used: dict[str, set[str]],
@@ -184,12 +192,16 @@ def rebuild(
     task: str = "train",
     policy: RebuildPolicy = RebuildPolicy(),
     config: dict[str, Any] | None = None,
+    cache_root: str | Path | None = None,
 ) -> Rebuilt:
     """Rebuild complete fp32 weights from ``init`` (any GPT-SoVITS file), judged for ``task``.
 
     Raises :class:`GsvError` when the inputs do not fit together or the report's verdict is error
     (the report is attached as ``err.report``). ``config`` overrides the file's embedded config.
+    ``cache_root`` (default: the gsv-ray cache) only remembers model key/shape schemas here.
+    Returned tensors may alias memory-mapped inputs (copy-on-write): copy, never mutate in place.
     """
+    cache = Path(cache_root) if cache_root is not None else default_cache_root()
     if task not in TASKS:
         raise GsvError(f"unknown task {task!r}", fix=f"use one of {', '.join(TASKS)}")
     init_f = read(init, expect_stage=stage)
@@ -225,12 +237,12 @@ def rebuild(
 
     if stage == "gpt":
         cfg = T.gpt_s1_config(versions[0], config, init_f.config, base_g_f.config if base_g_f else None)
-        weights["gpt"] = _fill(T.gpt_target(cfg, policy.seed), sources, report, {}, used)
+        weights["gpt"] = _fill(T.gpt_target(cfg, policy.seed), sources, report, {}, used, cache)
         resolved_cfg: dict[str, Any] = {"stage": "gpt", "version": resolved, "task": task, "s1": cfg}
         _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base"
                         else "not part of the GPT model")
     elif task == "semantic":
-        resolved_cfg = _semantic(init_f, versions, sources, used, report, weights)
+        resolved_cfg = _semantic(init_f, versions, sources, used, report, weights, cache)
     elif versions[0] in ("v3", "v4"):
         if task == "train":
             raise GsvError(
@@ -239,8 +251,9 @@ def rebuild(
         resolved_cfg = _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
     else:
         resolved_cfg = _vits(init_f, base_g_f, base_d_f, resolved or versions[0], task, policy, config,
-                             sources, used, report, weights)
+                             sources, used, report, weights, cache)
 
+    resolved_cfg = json.loads(json.dumps(resolved_cfg))  # plain JSON types, exactly as config.json stores it
     report.config = resolved_cfg
     if not report.ok:
         err = GsvError(report.message(), path=init_f.path, fix=_fix_hint(report, init_f, versions))
@@ -258,7 +271,7 @@ def _fix_hint(report: RebuildReport, init_f: GsvFile, versions: list[str]) -> st
     return f"pass the {versions[0]} base model with --base (GPT-SoVITS: {base}) to fill the missing keys"
 
 
-def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, used, report, weights):
+def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, used, report, weights, cache):
     cfg = T.sovits_s2_config(version, config, init_f.config, base_g_f.config if base_g_f else None)
     widths: dict[str, int] = {}
     for _, src in reversed(sources):  # init's shapes win over the base's
@@ -267,7 +280,7 @@ def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, us
     may_init = {p: _init_reason(p, version) for p in policy.init_missing}
     if task == "infer":  # inference never runs the posterior encoder
         may_init.setdefault("enc_q.", "posterior encoder: not used at inference; freshly initialised")
-    weights["generator"] = _fill(T.generator_target(model_cfg, policy.seed), sources, report, may_init, used)
+    weights["generator"] = _fill(T.generator_target(model_cfg, policy.seed), sources, report, may_init, used, cache)
     _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base"
                     else f"not part of the {version} generator")
     if any(f.fate == INITIALISED and k.startswith("enc_q.") for k, f in report.targets["generator"].items()):
@@ -283,7 +296,7 @@ def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, us
         for _, s in d_sources:
             used[s.path] = set()
         weights["discriminator"] = _fill(T.discriminator_target(version, divisor, policy.seed), d_sources, report,
-                                         d_may, used)
+                                         d_may, used, cache)
         _record_dropped(report, d_sources, used, lambda role, k: "not part of the discriminator")
         if not d_sources:
             report.notes.append("the discriminator starts from scratch: its first updates are noise to the "
@@ -302,19 +315,19 @@ def _init_reason(prefix: str, version: str) -> str:
     return f"allowed by policy (init_missing={prefix!r}): fresh init"
 
 
-def _semantic(init_f, versions, sources, used, report, weights):
+def _semantic(init_f, versions, sources, used, report, weights, cache):
     """Only ``ssl_proj`` + ``quantizer`` matter; everything else missing is harmless, said why."""
-    weights["generator"] = _fill(T.semantic_target(), sources, report, {}, used)
+    weights["generator"] = _fill(T.semantic_target(), sources, report, {}, used, cache)
     family = "v2" if versions[0] in ("v3", "v4") else versions[0]
     present = set().union(*(s.tensors.keys() for _, s in sources))
     widths = T.inferred_widths(sources[0][1].tensors) if versions[0] in VITS else {}
     try:
-        full = T.target("full", lambda: T.SoVITSGenerator(T.sovits_model_config(
-            T.sovits_s2_config(family, init_f.config if versions[0] in VITS else None), widths)))
+        full = T.generator_target(T.sovits_model_config(
+            T.sovits_s2_config(family, init_f.config if versions[0] in VITS else None), widths), 0)
         report.harmless["generator"] = {
-            k: _WHY_UNUSED_FOR_SEMANTIC.get(module_prefix(k).split(".")[0],
+            k: _WHY_UNUSED_FOR_SEMANTIC.get(module_prefix(k),
                                             "not used by semantic extraction (only ssl_proj + quantizer run)")
-            for k in full.shapes if k not in present and not k.startswith(T.SEMANTIC_PREFIXES)}
+            for k in full.shapes(cache) if k not in present and not k.startswith(T.SEMANTIC_PREFIXES)}
     except (ValueError, TypeError):
         pass  # the reference model cannot be built from this config: nothing to compare against
     _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base" and

@@ -59,6 +59,14 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, alpha: float, rank: int) -> tor
     return (b.float() @ a.float()) * (alpha / rank)
 
 
+def as_fp32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 view of a tensor: a cast when it is fp16/bf16, the tensor itself when already fp32.
+
+    Inputs are memory-mapped copy-on-write, so an alias never writes through to the file.
+    """
+    return t.detach().to(torch.float32)
+
+
 def cast_fp32(t: torch.Tensor) -> torch.Tensor:
     """A private fp32 copy (inputs may be memory-mapped and must never be written through)."""
     return t.detach().to(torch.float32, copy=True).contiguous()

@@ -20,6 +20,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from gsv_ray import __version__
+from gsv_ray.cache import default_cache_root
 from gsv_ray.errors import GsvError
 from gsv_ray.io import sha256_file
 from gsv_ray.io.safeload import check_path
@@ -29,13 +30,6 @@ from gsv_ray.rebuild.report import RebuildReport
 #: Bump when the on-disk layout or the rebuild's semantics change: old entries then miss.
 STORE_FORMAT = 1
 _COMPLETE = "report.json"  # written last inside the temp dir; a dir without it is never used
-
-
-def default_cache_root() -> Path:
-    env = os.environ.get("GSV_RAY_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gsv-ray"
 
 
 def file_sha256(path: str | Path, cache_root: Path) -> str:
@@ -133,7 +127,7 @@ def rebuild_cached(
     if (directory / _COMPLETE).is_file():
         return load_result(directory, cache_hit=True)
     result = rebuild(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task=task, policy=policy,
-                     config=config)
+                     config=config, cache_root=root)
     for role, sha in inputs.items():
         if sha is not None:
             result.report.inputs[role]["sha256"] = sha
@@ -142,7 +136,8 @@ def rebuild_cached(
     except GsvError:
         if not (directory / _COMPLETE).is_file():  # lost a race to an identical writer: theirs is as good
             raise
-    return load_result(directory, cache_hit=False)
+    result.path = directory
+    return result
 
 
 def export_result(result: Rebuilt, out_dir: str | Path) -> Path:

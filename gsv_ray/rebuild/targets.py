@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from gsv_ray import __version__
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
 from gsv_ray.resources import s1_config, s2_config
@@ -26,21 +31,41 @@ SEMANTIC_PREFIXES = ("ssl_proj.", "quantizer.")
 
 @dataclass
 class Target:
-    """One model to fill: its key -> shape (state_dict order) and how to build it for fresh init."""
+    """One model to fill: how to build it (seeded, so a fresh init is reproducible) and a
+    fingerprint of its configuration (what its key/shape schema depends on)."""
 
     name: str  # "generator" | "discriminator" | "gpt"
-    shapes: dict[str, torch.Size]
     build: Callable[[], nn.Module]
+    fingerprint: str
+
+    def shapes(self, cache_root: Path | None = None) -> dict[str, torch.Size]:
+        """Key -> shape in state_dict order, without allocating the model.
+
+        Built on the meta device once per fingerprint and remembered under ``cache_root/schemas``:
+        the first op on a meta tensor costs ~1 s of lazy imports in a fresh process, and a real
+        build costs the model's memory and init time; a stored schema costs neither.
+        """
+        path = None
+        if cache_root is not None:
+            digest = hashlib.sha256(f"{__version__}|{self.fingerprint}".encode()).hexdigest()[:24]
+            path = Path(cache_root) / "schemas" / f"{self.name}-{digest}.json"
+            try:
+                return {k: torch.Size(v) for k, v in json.loads(path.read_text()).items()}
+            except (OSError, ValueError):
+                pass
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in self.build().state_dict().items()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({k: list(v) for k, v in shapes.items()}))
+            os.replace(tmp, path)
+        return shapes
 
 
-def _shapes(build: Callable[[], nn.Module]) -> dict[str, torch.Size]:
-    with torch.device("meta"):
-        module = build()
-    return {k: v.shape for k, v in module.state_dict().items()}
-
-
-def target(name: str, build: Callable[[], nn.Module]) -> Target:
-    return Target(name=name, shapes=_shapes(build), build=build)
+def target(name: str, build: Callable[[], nn.Module], **fingerprint: Any) -> Target:
+    return Target(name=name, build=build, fingerprint=json.dumps({"name": name, **fingerprint}, sort_keys=True,
+                                                                  default=str))
 
 
 # -- SoVITS ------------------------------------------------------------------------------------
@@ -81,11 +106,12 @@ def generator_target(model_cfg: SoVITSConfig, seed: int) -> Target:
         torch.manual_seed(seed)
         return SoVITSGenerator(model_cfg)
 
-    return target("generator", build)
+    return target("generator", build, model=model_config_json(model_cfg))
 
 
 def semantic_target(ssl_dim: int = 768, codebook_size: int = 1024) -> Target:
-    return target("generator", lambda: SemanticExtractor(ssl_dim=ssl_dim, codebook_size=codebook_size))
+    return target("generator", lambda: SemanticExtractor(ssl_dim=ssl_dim, codebook_size=codebook_size),
+                  semantic=[ssl_dim, codebook_size])
 
 
 def discriminator_width_divisor(tensors: Mapping[str, torch.Tensor]) -> int:
@@ -99,7 +125,7 @@ def discriminator_target(version: str, width_divisor: int, seed: int) -> Target:
         torch.manual_seed(seed + 1)
         return MultiPeriodDiscriminator(version, width_divisor=width_divisor)
 
-    return target("discriminator", build)
+    return target("discriminator", build, version=version, width_divisor=width_divisor)
 
 
 # -- GPT ---------------------------------------------------------------------------------------
@@ -117,7 +143,7 @@ def gpt_target(cfg: Mapping[str, Any], seed: int) -> Target:
         torch.manual_seed(seed)
         return Text2SemanticDecoder(model_cfg)
 
-    return target("gpt", build)
+    return target("gpt", build, s1_model=dict(cfg["model"]) if "model" in cfg else dict(cfg))
 
 
 def build_models(config: Mapping[str, Any]) -> dict[str, nn.Module]:
