@@ -1,0 +1,231 @@
+"""``gsv-ray verify``: a small trial on the user's data before the real run.
+
+Rebuild OLD, evaluate it on a few deterministic batches of the user's experiment folder (and,
+optionally, take a few optimizer steps), and put the losses next to those of the base model alone.
+Verdict: pass when every loss is finite and the rebuilt model is not worse than the base on the
+user's data by more than ``margin`` (relative). A voice fine-tuned on this speaker should beat the
+generic base; a rebuild that mixed up symbol tables or versions is far worse and fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gsv_ray.errors import GsvError
+from gsv_ray.rebuild.core import RebuildPolicy
+from gsv_ray.rebuild.store import rebuild_cached
+from gsv_ray.rebuild.targets import build_models
+
+#: Learning rates for the optional trial steps: upstream's base LR x 0.1 (the resumed-training default).
+TRIAL_LR = {"sovits": 1e-4 * 0.1, "gpt": 0.002 * 0.1}
+
+
+@dataclass
+class VerifyResult:
+    stage: str
+    version: str | None
+    rebuild_message: str
+    metric: str  # the loss compared: "mel*c_mel + kl" (SoVITS) or "cross-entropy per token" (GPT)
+    batches: int
+    items: int
+    rebuilt: dict[str, float]
+    base: dict[str, float] | None
+    after_training: dict[str, float] | None
+    train_steps: int
+    margin: float
+    verdict: str = "pass"
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _finite(d: dict[str, float] | None) -> bool:
+    return d is None or all(math.isfinite(v) for v in d.values())
+
+
+# -- evaluation per stage ------------------------------------------------------------------------
+def _sovits_batches(data: Path, version: str, n_batches: int, batch_size: int):
+    from gsv_ray.data.experiment import open_experiment
+    from gsv_ray.data.sovits import SoVITSDataset, collate_sovits
+
+    ds = SoVITSDataset(open_experiment(data, "sovits", version))
+    if len(ds) == 0:
+        raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
+    idx = list(range(min(len(ds), n_batches * batch_size)))
+    return [collate_sovits([ds[i] for i in idx[j:j + batch_size]]) for j in range(0, len(idx), batch_size)]
+
+
+def _sovits_losses(model, batches, config: dict[str, Any], seed: int) -> dict[str, float]:
+    from gsv_ray.models.audio import AudioFrontend
+    from gsv_ray.models.sovits.commons import slice_segments
+    from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss
+
+    s2 = config["s2"]
+    frontend = AudioFrontend.from_data_config(s2["data"])
+    c_mel, c_kl = float(s2["train"].get("c_mel", 45)), float(s2["train"].get("c_kl", 1.0))
+    seg = model.config.segment_frames
+    mel_sum = kl_sum = 0.0
+    for i, b in enumerate(batches):
+        g = torch.Generator().manual_seed(seed + i)  # the same noise for every model compared
+        eps = torch.randn(b.spec.shape[0], s2["model"]["inter_channels"], b.spec.shape[-1], generator=g)
+        slice_u = torch.rand(b.spec.shape[0], generator=g)
+        out = model(b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, b.sv_emb, eps=eps, slice_u=slice_u)
+        z, z_p, m_p, logs_p, m_q, logs_q = out.stats
+        y_mel = slice_segments(frontend.spec_to_mel(b.spec), out.ids_slice, seg)
+        mel_sum += float(mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))))
+        kl_sum += float(kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask))
+    n = len(batches)
+    return {"mel_l1": mel_sum / n, "kl": kl_sum / n, "total": (c_mel * mel_sum + c_kl * kl_sum) / n}
+
+
+def _sovits_train_loss(model, batch, config: dict[str, Any]) -> torch.Tensor:
+    from gsv_ray.models.audio import AudioFrontend
+    from gsv_ray.models.sovits.commons import slice_segments
+    from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss
+
+    s2 = config["s2"]
+    frontend = AudioFrontend.from_data_config(s2["data"])
+    out = model(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb)
+    z, z_p, m_p, logs_p, m_q, logs_q = out.stats
+    y_mel = slice_segments(frontend.spec_to_mel(batch.spec), out.ids_slice, model.config.segment_frames)
+    return float(s2["train"].get("c_mel", 45)) * mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))) + \
+        kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
+
+
+def _gpt_batches(data: Path, version: str, n_batches: int, batch_size: int):
+    from gsv_ray.data.experiment import open_experiment
+    from gsv_ray.data.gpt import GPTDataset, collate_gpt
+
+    ds = GPTDataset(open_experiment(data, "gpt", "v1" if version == "v1" else "v2"))
+    if len(ds) == 0:
+        raise GsvError("no usable utterances for GPT", path=data, fix="check 6-name2semantic.tsv and 2-name2text.txt")
+    idx = list(range(min(len(ds), n_batches * batch_size)))
+    return [collate_gpt([ds[i] for i in idx[j:j + batch_size]]) for j in range(0, len(idx), batch_size)]
+
+
+def _gpt_losses(model, batches, config, seed) -> dict[str, float]:
+    ce = acc = 0.0
+    tokens = 0
+    for b in batches:
+        out = model(*b.model_inputs())
+        ce += float(out.loss)  # upstream's loss: summed over every target position (padding included)
+        tokens += int(out.targets.numel())
+        acc += float(out.acc)
+    return {"ce_per_token": ce / tokens, "top3_acc": acc / len(batches)}
+
+
+def _gpt_train_loss(model, batch, config) -> torch.Tensor:
+    out = model(*batch.model_inputs())
+    return out.loss / out.targets.numel()
+
+
+STAGES = {
+    "sovits": (_sovits_batches, _sovits_losses, _sovits_train_loss, "total", "mel_l1*c_mel + kl"),
+    "gpt": (_gpt_batches, _gpt_losses, _gpt_train_loss, "ce_per_token", "cross-entropy per token"),
+}
+
+
+def _model(rebuilt) -> torch.nn.Module:
+    name = "gpt" if rebuilt.stage == "gpt" else "generator"
+    model = build_models(rebuilt.config)[name]
+    model.load_state_dict(rebuilt.weights[name], strict=True)
+    return model
+
+
+def verify(
+    init: str | Path,
+    *,
+    data: str | Path,
+    base_g: str | Path | None = None,
+    base_d: str | Path | None = None,
+    stage: str | None = None,
+    version: str | None = None,
+    batches: int = 4,
+    batch_size: int = 4,
+    train_steps: int = 0,
+    margin: float = 0.10,
+    seed: int = 0,
+    cache_root: str | Path | None = None,
+) -> VerifyResult:
+    """Evaluate the rebuilt OLD (and the base alone) on the user's data; see the module docstring."""
+    if margin < 0:
+        raise GsvError(f"--margin must be >= 0, got {margin}")
+    rebuilt = rebuild_cached(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task="train",
+                             cache_root=cache_root)
+    make_batches, losses, train_loss, key, metric = STAGES[rebuilt.stage]
+    data = Path(data)
+    data_batches = make_batches(data, rebuilt.version, batches, batch_size)
+    torch.manual_seed(seed)
+    model = _model(rebuilt).eval()
+    with torch.no_grad():
+        got = losses(model, data_batches, rebuilt.config, seed)
+
+    base_losses = None
+    if base_g is not None:
+        # evaluated as the same model (a bare base checkpoint carries no config of its own)
+        same_model = rebuilt.config["s1"] if rebuilt.stage == "gpt" else rebuilt.config["s2"]
+        base = rebuild_cached(base_g, stage=rebuilt.stage, version=rebuilt.version, task="train",
+                              policy=RebuildPolicy(), config=same_model, cache_root=cache_root)
+        with torch.no_grad():
+            base_losses = losses(_model(base).eval(), data_batches, base.config, seed)
+
+    after = None
+    if train_steps > 0:
+        trial = copy.deepcopy(model).train()
+        opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=TRIAL_LR[rebuilt.stage])
+        for step in range(train_steps):
+            loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.config)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            after = losses(trial.eval(), data_batches, rebuilt.config, seed)
+
+    result = VerifyResult(
+        stage=rebuilt.stage, version=rebuilt.version, rebuild_message=rebuilt.report.message(), metric=metric,
+        batches=len(data_batches), items=sum(len(getattr(b, "names", ())) for b in data_batches), rebuilt=got,
+        base=base_losses, after_training=after, train_steps=train_steps, margin=margin,
+    )
+    for name, d in (("rebuilt", got), ("base", base_losses), ("after training steps", after)):
+        if not _finite(d):
+            result.reasons.append(f"{name} losses are not finite: {d}")
+    if base_losses is not None and _finite(base_losses) and _finite(got):
+        limit = base_losses[key] * (1 + margin)
+        if got[key] > limit:
+            result.reasons.append(f"rebuilt {key} {got[key]:.4g} is worse than the base's {base_losses[key]:.4g} "
+                                  f"by more than {margin:.0%} on this data")
+    result.verdict = "fail" if result.reasons else "pass"
+    return result
+
+
+def render(result: VerifyResult) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"verify {result.stage} {result.version or ''}: {result.batches} batches, {result.items} items "
+                    f"({result.metric})", title_justify="left")
+    cols = list(result.rebuilt)
+    t.add_column("model")
+    for c in cols:
+        t.add_column(c, justify="right")
+    t.add_row("rebuilt", *(f"{result.rebuilt[c]:.4f}" for c in cols))
+    if result.base is not None:
+        t.add_row("base alone", *(f"{result.base[c]:.4f}" for c in cols))
+    if result.after_training is not None:
+        t.add_row(f"rebuilt + {result.train_steps} steps", *(f"{result.after_training[c]:.4f}" for c in cols))
+    parts: list[Any] = [Text(result.rebuild_message, style="dim"), t]
+    if result.base is None:
+        parts.append(Text("no --base given: only finiteness was checked", style="yellow"))
+    for r in result.reasons:
+        parts.append(Text(f"! {r}", style="red"))
+    parts.append(Text(f"verdict: {result.verdict.upper()} (margin {result.margin:.0%})",
+                      style="green" if result.verdict == "pass" else "red"))
+    return Group(*parts)
