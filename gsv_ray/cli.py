@@ -47,6 +47,38 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_semantic(args: argparse.Namespace) -> int:
+    from gsv_ray.semantic import extract_semantic, first_names
+
+    r = extract_semantic(args.data, args.model, base_g=args.base, workers=args.workers, half=args.half,
+                         overwrite=args.overwrite, address=args.address, cache_root=args.cache)
+    print(r.report.message())
+    mode = f"{r.workers} Ray tasks" if r.workers > 1 else "in-process"
+    print(f"wrote {r.written} of {r.listed} utterances ({r.tokens} tokens, {r.device} {'fp16' if r.half else 'fp32'}, "
+          f"{mode}, {r.seconds:.1f} s)")
+    if r.missing:
+        print(f"missing features for {len(r.missing)}: {first_names(r.missing)} (not in the TSV)")
+    if r.duplicates:
+        print(f"listed twice in 2-name2text.txt (kept once): {first_names(r.duplicates)}")
+    print(r.path)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from gsv_ray.rebuild.verify import render, verify
+
+    result = verify(args.init, data=args.data, base_g=args.base, base_d=args.base_d, stage=args.stage,
+                    version=args.version, batches=args.batches, batch_size=args.batch_size,
+                    train_steps=args.train_steps, margin=args.margin, cache_root=args.cache)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        Console().print(render(result))
+    return 0 if result.verdict == "pass" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gsv-ray",
@@ -77,6 +109,39 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--cache", metavar="DIR", help="cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)")
     rb.add_argument("--json", action="store_true", help="print report.json (plus path, cache_hit) instead of tables")
     rb.set_defaults(func=_cmd_rebuild)
+
+    se = sub.add_parser(
+        "semantic", help="write 6-name2semantic.tsv (semantic tokens) from 4-cnhubert features",
+        description="Upstream's semantic-token step: read logs/<exp>/4-cnhubert/*.pt in 2-name2text.txt order, run "
+                    "the model's ssl_proj + quantizer, write logs/<exp>/6-name2semantic.tsv in upstream's format.")
+    se.add_argument("--data", required=True, metavar="DIR", help="the experiment folder (logs/<exp>)")
+    se.add_argument("--model", required=True, metavar="FILE", help="any SoVITS .pth (export, base or checkpoint)")
+    se.add_argument("--base", metavar="G", help="same-version base generator (needed for a v3/v4 LoRA export)")
+    se.add_argument("--workers", type=int, default=1, metavar="N", help="Ray tasks (default 1: in-process)")
+    se.add_argument("--address", metavar="ADDR", help="Ray cluster to join with --workers > 1 (default: a local one)")
+    se.add_argument("--half", action="store_true", help="fp16 (CUDA only; default fp32)")
+    se.add_argument("--overwrite", action="store_true", help="replace an existing 6-name2semantic.tsv")
+    se.add_argument("--cache", metavar="DIR", help="rebuild cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)")
+    se.set_defaults(func=_cmd_semantic)
+
+    ve = sub.add_parser(
+        "verify", help="trial-run the rebuilt weights on your data next to the base alone (pass/fail)",
+        description="Rebuild OLD, evaluate it (and the base alone) on a few batches of your experiment folder, "
+                    "optionally take a few optimizer steps. Exit 0 on pass, 1 on fail, 2 on bad input.")
+    ve.add_argument("init", metavar="OLD", help="the SoVITS .pth or GPT .ckpt to continue from")
+    ve.add_argument("--data", required=True, metavar="DIR", help="the GPT-SoVITS experiment folder (logs/<exp>)")
+    ve.add_argument("--base", metavar="G", help="same-version base model: fills OLD and is evaluated alone")
+    ve.add_argument("--base-d", metavar="D", help="same-version discriminator (SoVITS)")
+    ve.add_argument("--stage", choices=["sovits", "gpt"], help="fail unless OLD is of this stage")
+    ve.add_argument("--version", help="pin the version when the file allows several")
+    ve.add_argument("--batches", type=int, default=4, help="evaluation batches (default 4)")
+    ve.add_argument("--batch-size", type=int, default=4, help="items per batch (default 4)")
+    ve.add_argument("--train-steps", type=int, default=0, help="optimizer steps at the reduced LR, then re-evaluate")
+    ve.add_argument("--margin", type=float, default=0.10,
+                    help="how much worse than the base (relative) still passes (default 0.10)")
+    ve.add_argument("--cache", metavar="DIR", help="cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)")
+    ve.add_argument("--json", action="store_true", help="print the result as JSON")
+    ve.set_defaults(func=_cmd_verify)
     return p
 
 

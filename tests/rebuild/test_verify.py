@@ -64,3 +64,21 @@ def test_without_base_only_finiteness_is_checked(fixtures_dir, data, tmp_path):
         tmp_path / "pro", version="v2Pro", num_utterances=8), batches=1, batch_size=4, cache_root=tmp_path)
     assert r.base is None and r.verdict == "pass"
     assert all(math.isfinite(v) for v in r.rebuilt.values())
+
+
+def test_verify_cli_exit_codes(fixtures_dir, data, tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
+    ok = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--base",
+                 str(fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"), "--batches", "1", "--json", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["verdict"] == "pass"
+    table = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--batches", "1",
+                    env=env)
+    assert table.returncode == 0 and "verdict: PASS" in table.stdout and "only finiteness" in " ".join(table.stdout.split())
+    missing = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(tmp_path / "nope"),
+                      env=env)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
