@@ -1,0 +1,132 @@
+"""Training configuration: one dataclass, settable from YAML and from CLI flags (flags win)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gsv_ray.errors import GsvError
+
+#: Upstream's learning rates. SoVITS: s2.json ``train.learning_rate``. GPT: what s1_train.py really
+#: trains with — its scheduler overwrites every step's LR with the constant 0.002 (FORMATS 5.3).
+UPSTREAM_BASE_LR = {"sovits": 1e-4, "gpt": 0.002}
+DEFAULT_DECAY = {"sovits": "exponential", "gpt": "cosine"}
+PRECISIONS = ("no", "bf16", "fp16")
+DECAYS = ("exponential", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a resumed-training run needs. Peak LR = upstream base LR x ``lr_scale``."""
+
+    init: str
+    data: str
+    output_dir: str
+    stage: str | None = None            # "sovits" | "gpt"; detected from the init file when None
+    base_g: str | None = None
+    base_d: str | None = None
+    version: str | None = None
+    # learning rate: reduced peak, linear warmup, then decay
+    lr_scale: float = 0.1
+    warmup_steps: int = 100
+    warmup_start: float = 0.1           # warmup starts at this fraction of the peak
+    decay: str | None = None            # exponential (SoVITS default) | cosine (GPT default) | constant
+    lr_decay: float = 0.999875          # exponential decay per epoch (upstream's s2.json lr_decay)
+    min_lr_ratio: float = 0.1           # cosine floor, as a fraction of the peak
+    # length
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 4
+    grad_accum: int = 1
+    precision: str = "no"               # no | bf16 | fp16 (fp16 needs a GPU)
+    seed: int = 1234
+    # data split and evaluation
+    val_fraction: float = 0.1
+    val_names: str | None = None
+    val_every: int = 50                 # optimizer steps between validations (and at the end)
+    val_batches: int = 4
+    audio_samples: int = 2              # SoVITS: validation utterances rendered to audio
+    # checkpoints and exports
+    save_every: int = 50
+    keep_last: int = 2
+    export_every_epochs: int = 0        # 0: export at the end only
+    name: str | None = None             # export file name stem; default: the output folder's name
+    resume: str | None = None           # a checkpoint dir, or "latest" (newest under output_dir/checkpoints)
+    # tracking
+    log_every: int = 1
+    wandb_project: str = "gsv-ray"
+    wandb_mode: str | None = None       # online | offline | disabled; offline when no API key
+    cpu: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or Path(self.output_dir).resolve().name
+
+    def peak_lr(self, stage: str) -> float:
+        return UPSTREAM_BASE_LR[stage] * self.lr_scale
+
+    def decay_for(self, stage: str) -> str:
+        return self.decay or DEFAULT_DECAY[stage]
+
+    def validate(self) -> None:
+        """Bad values are one-line errors before anything starts."""
+        if not self.lr_scale > 0:
+            raise GsvError(f"--lr-scale must be > 0, got {self.lr_scale}", fix="use e.g. --lr-scale 0.1")
+        if self.warmup_steps < 0:
+            raise GsvError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.warmup_start <= 1:
+            raise GsvError(f"warmup_start must be in [0, 1], got {self.warmup_start}")
+        if self.stage not in (None, "sovits", "gpt"):
+            raise GsvError(f"--stage must be sovits or gpt, got {self.stage!r}")
+        if self.precision not in PRECISIONS:
+            raise GsvError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.decay not in (None, *DECAYS):
+            raise GsvError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+        if self.max_steps is None and self.epochs is None:
+            raise GsvError("say how long to train", fix="pass --max-steps N or --epochs N")
+        for name in ("batch_size", "grad_accum", "save_every", "keep_last", "val_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise GsvError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1 or self.epochs is not None and self.epochs < 1:
+            raise GsvError("--max-steps / --epochs must be >= 1")
+        if not 0 <= self.val_fraction < 1:
+            raise GsvError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    """YAML (keys = field names, dashes allowed) updated by ``overrides`` that are not None."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        p = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except OSError as e:
+            raise GsvError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
+        except yaml.YAMLError as e:
+            raise GsvError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+        if not isinstance(loaded, dict):
+            raise GsvError("the config must be a YAML mapping of option: value", path=p)
+        for k, v in loaded.items():
+            key = str(k).replace("-", "_")
+            if key not in FIELDS:
+                raise GsvError(f"unknown option {k!r}", path=p, fix=f"use one of: {', '.join(sorted(FIELDS - {'extra'}))}")
+            values[key] = v
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [k for k in ("init", "data", "output_dir") if not values.get(k)]
+    if missing:
+        flags = {"init": "--init", "data": "--data", "output_dir": "-o"}
+        raise GsvError(f"missing {', '.join(flags[m] for m in missing)}", fix="give them as flags or in --config")
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,232 @@
+"""The training loop, written once for both stages and every launcher.
+
+``train(cfg)`` runs in-process (local single-GPU or CPU mode); the same function later runs inside
+each Ray Train worker. Stage specifics live in a recipe (``SoVITSRecipe`` / ``GPTRecipe``): models,
+optimizers, one training step, evaluation, audio samples, export. The loop owns everything shared:
+Accelerate, data order, the LR schedule, validation, checkpoints and resume, tracking, exports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from gsv_ray.data.experiment import SplitOptions, open_experiment, split_names
+from gsv_ray.errors import GsvError
+from gsv_ray.rebuild import Rebuilt, rebuild_cached
+from gsv_ray.train import checkpoint as ckpt
+from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.gpt import GPTRecipe
+from gsv_ray.train.schedule import Schedule
+from gsv_ray.train.sovits import SoVITSRecipe
+
+RECIPES = {"sovits": SoVITSRecipe, "gpt": GPTRecipe}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    stage: str
+    version: str | None
+    steps: int
+    epochs: int
+    exports: list[Path]
+    last_checkpoint: Path | None
+    val_history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: Path | None = None
+
+
+def _symbol_version(stage: str, version: str | None) -> str:
+    if stage == "gpt":
+        return "v1" if version == "v1" else "v2"
+    return version or "v2"
+
+
+def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerator:
+    use_cpu = cfg.cpu or not torch.cuda.is_available() if cpu is None else cpu
+    if cfg.precision == "fp16" and use_cpu:
+        raise GsvError("--precision fp16 needs a GPU", fix="use --precision bf16 or no on CPU")
+    return Accelerator(cpu=use_cpu, mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum)
+
+
+def _batches(ds, collate, n: int, batch_size: int, device) -> list:
+    """The first ``n`` batches of ``ds`` in a fixed order (validation: comparable across steps)."""
+    idx = list(range(min(len(ds), n * batch_size)))
+    return [collate([ds[i] for i in idx[j:j + batch_size]]).to(device) for j in range(0, len(idx), batch_size)]
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    rebuilt: Rebuilt | None = None,
+    accelerator: Accelerator | None = None,
+    tracking: Any | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> TrainResult:
+    """Resume training from ``cfg.init`` (rebuilt once, or passed in as ``rebuilt``).
+
+    ``tracking``: an object with ``log(step, metrics)``, ``log_audio(step, items)``, ``finish()``
+    (see :mod:`gsv_ray.train.tracking`); ``on_step(step, metrics)`` is called on every optimizer
+    step on every process (Ray reports from it).
+    """
+    cfg.validate()
+    run_dir = Path(cfg.output_dir)
+    accelerator = accelerator or make_accelerator(cfg)
+    main = accelerator.is_main_process
+    if rebuilt is None:
+        rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage,
+                                 version=cfg.version, task="train")
+    stage = rebuilt.stage
+    if cfg.stage is not None and cfg.stage != stage:
+        raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
+                       fix=f"use --stage {stage} or pass the other file")
+    experiment = open_experiment(cfg.data, stage, _symbol_version(stage, rebuilt.version))
+    train_names, val_names = split_names(experiment.names, SplitOptions(
+        val_fraction=cfg.val_fraction, val_names_file=cfg.val_names, seed=cfg.seed))
+    if not train_names:
+        raise GsvError("no usable training utterances", path=cfg.data, fix="see the data report above")
+
+    set_seed(cfg.seed)
+    recipe = RECIPES[stage](rebuilt, cfg, accelerator, experiment)
+    train_ds = recipe.dataset(train_names)
+    sampler = recipe.sampler(train_ds, shuffle=True, seed=cfg.seed)
+    steps_per_epoch = max(1, len(sampler) // cfg.grad_accum)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    schedule = Schedule(cfg.warmup_steps, cfg.warmup_start, cfg.decay_for(stage), total, steps_per_epoch,
+                        cfg.lr_decay, cfg.min_lr_ratio)
+    schedulers = [schedule.scheduler(opt) for opt in recipe.optimizers]
+    state = ckpt.TrainState()
+    for s in schedulers:
+        accelerator.register_for_checkpointing(s)
+    accelerator.register_for_checkpointing(state)
+
+    ckpt_root = run_dir / "checkpoints"
+    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        if main:
+            say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch + 1})")
+
+    val_ds = recipe.dataset(val_names) if val_names else None
+    val_batches = _batches(val_ds, recipe.collate, cfg.val_batches, cfg.batch_size, accelerator.device) if val_ds else []
+    audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
+        say(f"rebuilt {rebuilt.report.message()}")
+        say(f"data: {len(train_names)} train / {len(val_names)} val utterances of {len(experiment.names)} usable; "
+            f"{experiment.report.listed} listed")
+        for line in experiment.report.lines():
+            say(f"  data: {line}")
+        say(f"global batch = {cfg.batch_size} x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
+            f"accumulation = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}; "
+            f"{steps_per_epoch} steps/epoch, {total} steps; peak LR {cfg.peak_lr(stage):.3g} "
+            f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}")
+
+    val_history: list[dict[str, float]] = []
+    exports: list[Path] = []
+    last_ckpt: Path | None = resume_from
+
+    def validate(step: int) -> None:
+        if not (main and val_batches):
+            return
+        metrics = recipe.evaluate(val_batches, cfg.seed)
+        val_history.append({"step": step, **metrics})
+        if tracking is not None:
+            tracking.log(step, {f"val/{k}": v for k, v in metrics.items()})
+            samples = recipe.audio_samples(audio_items, cfg.seed)
+            if samples:
+                tracking.log_audio(step, samples)
+
+    def export(epoch: int) -> None:
+        nonlocal exports
+        if main:
+            exports.append(recipe.export(run_dir, name=cfg.run_name, epoch=epoch, step=state.step,
+                                         protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))
+        accelerator.wait_for_everyone()
+
+    bar = _progress(total, state.step, enabled=progress and main)
+    t_last, items_since = time.perf_counter(), 0
+    while state.step < total:
+        sampler.set_epoch(state.epoch)
+        epoch_batches = list(sampler)
+        for bi in range(state.batch_in_epoch, len(epoch_batches)):
+            batch = recipe.collate([train_ds[i] for i in epoch_batches[bi]]).to(accelerator.device)
+            items_since += len(epoch_batches[bi])
+            with accelerator.accumulate(*recipe.models):
+                metrics = recipe.train_step(batch)
+            state.batch_in_epoch = bi + 1
+            if not accelerator.sync_gradients:
+                continue
+            lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
+            for s in schedulers:
+                s.step()
+            state.step += 1
+            now = time.perf_counter()
+            metrics.update(lrs, step_time=now - t_last,
+                           samples_per_s=items_since * accelerator.num_processes / max(1e-9, now - t_last),
+                           epoch=state.epoch + 1)
+            t_last, items_since = now, 0
+            if on_step is not None:
+                on_step(state.step, metrics)
+            if main and tracking is not None and (state.step % cfg.log_every == 0 or state.step == total):
+                tracking.log(state.step, {f"train/{k}": v for k, v in metrics.items()})
+            bar.update(state.step, metrics)
+            if state.step % cfg.val_every == 0 or state.step == total:
+                validate(state.step)
+            if state.step % cfg.save_every == 0 or state.step == total:
+                last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last)
+            if state.step >= total:
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if cfg.export_every_epochs and state.epoch % cfg.export_every_epochs == 0:
+                export(state.epoch)
+            continue
+        break
+    bar.close()
+    epochs_done = max(1, state.epoch + (1 if state.batch_in_epoch > 0 else 0))
+    export(epochs_done)
+    if main:
+        for p in exports[-1:]:
+            say(f"exported {p}")
+    return TrainResult(run_dir=run_dir, stage=stage, version=rebuilt.version, steps=state.step, epochs=epochs_done,
+                       exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from)
+
+
+class _progress:
+    """A rich progress bar with loss, LR and it/s on the main process (no-op elsewhere)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                          TimeRemainingColumn(), transient=False)
+        self.p.start()
+        self.task = self.p.add_task("train", total=total, completed=start, info="")
+        self.t0, self.s0 = time.perf_counter(), start
+
+    def update(self, step: int, m: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        lr = next((v for k, v in m.items() if k.startswith("lr/")), 0.0)
+        rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
+        self.p.update(self.task, completed=step, info=f"loss {m.get('loss', float('nan')):.4g}  lr {lr:.3g}  {rate:.2f} it/s")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.p.stop()
