@@ -20,6 +20,7 @@ from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt
 from gsv_ray.io.writers import write_gpt_export
 from gsv_ray.models.gpt import to_upstream_keys
 from gsv_ray.rebuild import Rebuilt, build_models
+from gsv_ray.train.common import read_metrics
 from gsv_ray.train.config import TrainConfig
 
 
@@ -67,10 +68,11 @@ class GPTRecipe:
         grad = (self.accelerator.clip_grad_norm_(self.model.parameters(), float("inf"))
                 if self.accelerator.sync_gradients else None)
         self.opt.step()
-        loss = out.loss.item()
-        metrics = {"loss": loss, "loss_per_token": loss / out.targets.numel(), "top3_acc": float(out.acc)}
+        named = {"loss": out.loss, "top3_acc": out.acc}
         if grad is not None:
-            metrics["grad_norm"] = float(grad)
+            named["grad_norm"] = grad
+        metrics = read_metrics(named)
+        metrics["loss_per_token"] = metrics["loss"] / out.targets.numel()
         return metrics
 
     @torch.no_grad()

@@ -21,6 +21,7 @@ from gsv_ray.models.audio import AudioFrontend
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
+from gsv_ray.train.common import read_metrics
 from gsv_ray.train.config import TrainConfig
 
 TEXT_SIDE = ("enc_p.text_embedding.", "enc_p.encoder_text.", "enc_p.mrte.")
@@ -107,11 +108,11 @@ class SoVITSRecipe:
         acc.backward(losses.total)
         grad_g = acc.clip_grad_norm_(self.g.parameters(), float("inf")) if acc.sync_gradients else None
         self.opt_g.step()
-        metrics = {k: float(v.detach()) for k, v in (("loss", losses.total), ("loss_disc", loss_d), ("loss_gen", losses.gen),
-                                                     ("loss_fm", losses.fm), ("loss_mel", losses.mel), ("loss_kl", losses.kl))}
+        named = {"loss": losses.total, "loss_disc": loss_d, "loss_gen": losses.gen, "loss_fm": losses.fm,
+                 "loss_mel": losses.mel, "loss_kl": losses.kl}
         if grad_g is not None:
-            metrics.update(grad_norm=float(grad_g), grad_norm_d=float(grad_d))
-        return metrics
+            named.update(grad_norm=grad_g, grad_norm_d=grad_d)
+        return read_metrics(named)
 
     # -- validation ----------------------------------------------------------------------------
     @torch.no_grad()
