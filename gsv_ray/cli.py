@@ -79,6 +79,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.verdict == "pass" else 1
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from gsv_ray.train import load_config, train
+    from gsv_ray.train.tracking import Tracking
+
+    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
+    overrides["base_g"], overrides["output_dir"] = args.base, args.output
+    cfg = load_config(args.config, **overrides)
+    with Tracking.for_run(cfg) as tracking:
+        train(cfg, tracking=tracking)
+    return 0
+
+
+TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup_steps", "warmup_start", "decay",
+               "max_steps", "epochs", "batch_size", "grad_accum", "precision", "seed", "val_fraction", "val_names",
+               "val_every", "save_every", "keep_last", "export_every_epochs", "name", "resume", "log_every",
+               "wandb_project", "wandb_mode", "cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gsv-ray",
@@ -142,6 +160,51 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--cache", metavar="DIR", help="cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)")
     ve.add_argument("--json", action="store_true", help="print the result as JSON")
     ve.set_defaults(func=_cmd_verify)
+
+    tr = sub.add_parser(
+        "train", help="continue training OLD (SoVITS or GPT) at a reduced LR with warmup; exports GPT-SoVITS files",
+        description="Resumed training of one stage from any GPT-SoVITS file. Every option can also be given in "
+                    "--config run.yaml (same names, dashes or underscores); flags win.")
+    tr.add_argument("--config", metavar="YAML", help="options file")
+    tr.add_argument("--init", metavar="OLD", help="the SoVITS .pth or GPT .ckpt to continue from")
+    tr.add_argument("--base", metavar="G", help="same-version base generator/GPT to fill what OLD lacks")
+    tr.add_argument("--base-d", metavar="D", help="same-version discriminator (SoVITS)")
+    tr.add_argument("--data", metavar="DIR", help="the GPT-SoVITS experiment folder (logs/<exp>)")
+    tr.add_argument("--stage", choices=["sovits", "gpt"], help="fail unless OLD is of this stage")
+    tr.add_argument("--version", help="pin the version when the file allows several")
+    tr.add_argument("-o", "--output", metavar="DIR", help="run directory (exports, checkpoints, metrics)")
+    g = tr.add_argument_group("learning rate")
+    g.add_argument("--lr-scale", type=float, help="peak LR = upstream's base LR (SoVITS 1e-4, GPT 0.002) x this "
+                                                  "(default 0.1)")
+    g.add_argument("--warmup-steps", type=int, help="linear warmup length in optimizer steps (default 100)")
+    g.add_argument("--warmup-start", type=float, help="warmup starts at this fraction of the peak (default 0.1)")
+    g.add_argument("--decay", choices=["exponential", "cosine", "constant"],
+                   help="after warmup (default: exponential for SoVITS as upstream, cosine for GPT)")
+    g = tr.add_argument_group("length and batches")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--max-steps", type=int, help="optimizer steps to train")
+    length.add_argument("--epochs", type=int, help="epochs to train")
+    g.add_argument("--batch-size", type=int, help="per process (default 4)")
+    g.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    g.add_argument("--precision", choices=["no", "bf16", "fp16"], help="mixed precision (default no)")
+    g.add_argument("--seed", type=int, help="default 1234")
+    g.add_argument("--cpu", action="store_true", default=None, help="train on CPU even if a GPU is present")
+    g = tr.add_argument_group("validation, checkpoints, exports")
+    g.add_argument("--val-fraction", type=float, help="held-out fraction of utterances (default 0.1)")
+    g.add_argument("--val-names", metavar="FILE", help="held-out utterance names, one per line")
+    g.add_argument("--val-every", type=int, help="steps between validations (default 50)")
+    g.add_argument("--save-every", type=int, help="steps between checkpoints (default 50)")
+    g.add_argument("--keep-last", type=int, help="checkpoints kept (default 2)")
+    g.add_argument("--export-every-epochs", type=int, help="also export every E epochs (default: only at the end)")
+    g.add_argument("--name", help="export name stem (default: the run directory's name)")
+    g.add_argument("--resume", metavar="DIR", help="continue from a checkpoint or run directory ('latest' = newest "
+                                                   "in -o)")
+    g = tr.add_argument_group("tracking")
+    g.add_argument("--log-every", type=int, help="steps between metric rows (default 1)")
+    g.add_argument("--wandb-project", help="W&B project (default gsv-ray)")
+    g.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
+                   help="default: online with an API key, else offline (sync later with 'wandb sync')")
+    tr.set_defaults(func=_cmd_train)
     return p
 
 

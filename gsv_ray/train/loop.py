@@ -133,6 +133,10 @@ def train(
             f"{steps_per_epoch} steps/epoch, {total} steps; peak LR {cfg.peak_lr(stage):.3g} "
             f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}")
 
+    if main and tracking is not None:
+        tracking.begin(_run_config(cfg, rebuilt, stage, recipe, schedule, accelerator), rebuilt,
+                       resume_step=state.step)
+
     val_history: list[dict[str, float]] = []
     exports: list[Path] = []
     last_ckpt: Path | None = resume_from
@@ -201,8 +205,23 @@ def train(
     if main:
         for p in exports[-1:]:
             say(f"exported {p}")
+        if tracking is not None:
+            tracking.log_exports(exports, stage=stage, version=rebuilt.version, step=state.step)
     return TrainResult(run_dir=run_dir, stage=stage, version=rebuilt.version, steps=state.step, epochs=epochs_done,
                        exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from)
+
+
+def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule: Schedule, accelerator) -> dict:
+    """The full, resolved configuration a run is logged with."""
+    groups = {g.get("name", str(i)): g["initial_lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
+    inputs = {role: {"path": d.get("path"), "sha256": d.get("sha256"), "kind": d.get("kind")}
+              for role, d in rebuilt.report.inputs.items()}
+    return {**cfg.to_json(), "stage": stage, "version": rebuilt.version, "peak_lr": cfg.peak_lr(stage),
+            "upstream_base_lr": cfg.peak_lr(stage) / cfg.lr_scale, "lr_groups": groups,
+            "decay": schedule.decay, "total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
+            "world_size": accelerator.num_processes,
+            "global_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum, "inputs": inputs,
+            "model": rebuilt.config}
 
 
 class _progress:

@@ -128,12 +128,12 @@ class SoVITSRecipe:
         out = []
         for i, it in enumerate(items):
             dev = self.accelerator.device
-            codes = g.extract_latent(it.ssl[None].to(dev)).transpose(0, 1)
+            codes = g.extract_latent(it.ssl.float().to(dev)).transpose(0, 1)  # ssl is [1, 768, T]
             refer = it.spec[None].to(dev)
-            sv = it.sv_emb[None].to(dev) if it.sv_emb is not None else None
+            sv = it.sv_emb.to(dev) if it.sv_emb is not None else None        # [1, 20480]
             wav = g.decode(codes, it.text[None].to(dev), refer, noise_scale=0.5, sv_emb=sv,
                            noise=_noise_like(g, codes, dev, seed + i))[0, 0]
-            out.append((it.name, wav.float().cpu(), int(self.s2["data"]["sampling_rate"])))
+            out.append((Path(it.name).stem, wav.float().cpu(), int(self.s2["data"]["sampling_rate"])))
         return out
 
     # -- export --------------------------------------------------------------------------------

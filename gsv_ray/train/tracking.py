@@ -1,0 +1,83 @@
+"""What a training run records: always ``metrics.jsonl`` in the run directory; one W&B run when
+enabled (offline without an API key). Logged from the main process only.
+
+The W&B run id is kept in ``<run dir>/wandb_run_id`` so that ``--resume`` continues the same run;
+``metrics.jsonl`` drops rows past the resumed checkpoint's step so no step appears twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from gsv_ray.track import MetricsWriter, Tracker
+
+
+class Tracking:
+    def __init__(self, run_dir: str | Path, *, project: str = "gsv-ray", mode: str | None = None,
+                 group: str | None = None, job_type: str | None = None, name: str | None = None,
+                 run_id: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.project, self.mode, self.group, self.job_type, self.name = project, mode, group, job_type, name
+        self.run_id = run_id
+        self.metrics: MetricsWriter | None = None
+        self.tracker = Tracker()
+
+    @classmethod
+    def for_run(cls, cfg) -> Tracking:
+        return cls(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, name=cfg.run_name)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def begin(self, config: dict[str, Any], rebuilt, *, resume_step: int = 0, rank: int = 0) -> None:
+        """Open metrics.jsonl and the W&B run with the full config and the rebuild report."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsWriter(self.run_dir, drop_after=resume_step if resume_step else None)
+        id_file = self.run_dir / "wandb_run_id"
+        resumed = resume_step > 0 and id_file.is_file()
+        run_id = self.run_id or (id_file.read_text().strip() if resumed else secrets.token_hex(4))
+        self.tracker.start(config, project=self.project, dir=self.run_dir, mode=self.mode, group=self.group,
+                           job_type=self.job_type, name=self.name, run_id=run_id,
+                           resume="allow" if resumed else None, rank=rank)
+        if self.tracker.enabled:
+            id_file.write_text(run_id)
+            if not resumed:
+                self.tracker.log_rebuild(rebuilt.report, step=0)
+            else:
+                self.tracker.update_config(_rebuild_counts(rebuilt))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """``train/...`` and ``val/...`` keys: one metrics.jsonl row per split, one W&B row."""
+        if self.metrics is not None:
+            by_split: dict[str, dict[str, float]] = {}
+            for k, v in metrics.items():
+                split, _, name = k.partition("/")
+                by_split.setdefault(split if name else "train", {})[name or k] = v
+            for split, values in by_split.items():
+                self.metrics.log(step, values, split=split)
+        self.tracker.log(step, metrics)
+
+    def log_audio(self, step: int, items: list) -> None:
+        self.tracker.log_audio(step, items)
+
+    def log_exports(self, paths: list[Path], *, stage: str, version: str | None, step: int) -> None:
+        if paths:
+            self.tracker.log_artifact(paths, name=f"{self.name or self.run_dir.name}-{stage}", type="model",
+                                      metadata={"stage": stage, "version": version, "step": step})
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.tracker.finish(exit_code)
+        if self.metrics is not None:
+            self.metrics.close()
+
+    def __enter__(self) -> Tracking:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish(1 if exc_type is not None else 0)
+
+
+def _rebuild_counts(rebuilt) -> dict[str, Any]:
+    from gsv_ray.track import rebuild_config
+
+    return rebuild_config(rebuilt.report)
