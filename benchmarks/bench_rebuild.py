@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +82,7 @@ def main() -> None:
             ours.append(measure(cmd + [str(d / f"out{i}")], env))
             (d / f"plain{i}").mkdir()
             plain.append(measure([sys.executable, "-c", PLAIN, str(export), str(g), str(dsc), str(d / f"plain{i}")], env))
-        (t_o, r_o), (t_p, r_p) = min(ours), min(plain)
+        t_o, t_p = min(ours)[0], min(plain)[0]
         print(f"inputs: v2 export + base G + base D = {size_mb:.0f} MB (full size)")
         print(f"gsv-ray rebuild, first run     : {first[0]:6.2f} s  peak RSS {first[1]:7.0f} MB  (model schemas cold)")
         print(f"gsv-ray rebuild (whole process): {t_o:6.2f} s  peak RSS {max(r for _, r in ours):7.0f} MB")

@@ -669,3 +669,25 @@ def spec_frames(num_samples: int, hop_length: int = 640) -> int:
     """Frames of upstream's linear spectrogram of ``num_samples`` samples (reflect pad, no centre)."""
     return num_samples // hop_length
 
+
+
+def experiment_split(
+    experiment: Experiment | str | Path,
+    stage: str,
+    version: str | None = None,
+    *,
+    split: SplitOptions | None = None,
+    options: ExperimentOptions | None = None,
+) -> tuple[Experiment, list[str], list[str]]:
+    """Open (when given a path; ``version`` is then required) and split an experiment:
+    ``(experiment, train_names, val_names)``. No usable utterance at all is a :class:`GsvError`."""
+    if not isinstance(experiment, Experiment):
+        if version is None:
+            raise ValueError("version is required when opening an experiment folder")
+        experiment = open_experiment(experiment, stage, version, options)
+    if not experiment.utterances:
+        raise GsvError(f"no usable utterances for {'SoVITS' if stage == 'sovits' else 'GPT'} training: "
+                       + "; ".join(experiment.report.lines()[1:]),
+                       path=experiment.root, fix="fix or re-run preprocessing for the listed problems")
+    train, val = split_names(experiment.names, split or SplitOptions(), known=experiment.known_names)
+    return experiment, train, val

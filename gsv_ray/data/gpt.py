@@ -31,9 +31,8 @@ from gsv_ray.data.experiment import (
     ExperimentOptions,
     SplitOptions,
     Utterance,
-    open_experiment,
+    experiment_split,
     repeat_to_minimum,
-    split_names,
 )
 from gsv_ray.errors import GsvError
 
@@ -269,12 +268,5 @@ def gpt_datasets(
 ) -> tuple[GPTDataset, GPTDataset | None]:
     """``(train, val)`` GPT datasets (the folder is opened here when given a path; ``version``
     is then required). ``val`` is None without a validation split."""
-    if not isinstance(experiment, Experiment):
-        if version is None:
-            raise ValueError("version is required when opening an experiment folder")
-        experiment = open_experiment(experiment, "gpt", version, options)
-    if not experiment.utterances:
-        raise GsvError("no usable utterances for GPT training: " + "; ".join(experiment.report.lines()[1:]),
-                       path=experiment.root, fix="fix or re-run preprocessing for the listed problems")
-    train, val = split_names(experiment.names, split or SplitOptions(), known=experiment.known_names)
+    experiment, train, val = experiment_split(experiment, "gpt", version, split=split, options=options)
     return GPTDataset(experiment, train, min_items=min_items), (GPTDataset(experiment, val) if val else None)

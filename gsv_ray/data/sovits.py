@@ -34,9 +34,8 @@ from gsv_ray.data.experiment import (
     ExperimentOptions,
     SplitOptions,
     Utterance,
-    open_experiment,
+    experiment_split,
     repeat_to_minimum,
-    split_names,
 )
 from gsv_ray.errors import GsvError
 from gsv_ray.models.audio import AudioFrontend
@@ -308,14 +307,6 @@ def sovits_datasets(
 ) -> tuple[SoVITSDataset, SoVITSDataset | None]:
     """``(train, val)`` datasets of an experiment (opened here when given a path; ``version``
     is then required). ``val`` is None without a validation split."""
-    if not isinstance(experiment, Experiment):
-        if version is None:
-            raise ValueError("version is required when opening an experiment folder")
-        experiment = open_experiment(experiment, "sovits", version, options)
-    if not experiment.utterances:
-        raise GsvError("no usable utterances for SoVITS training: " + "; ".join(experiment.report.lines()[1:]),
-                       path=experiment.root, fix="fix or re-run preprocessing for the listed problems")
-    train, val = split_names(experiment.names, split or SplitOptions(), known=experiment.known_names)
-    train_ds = SoVITSDataset(experiment, train, min_items=min_items)
-    return train_ds, (SoVITSDataset(experiment, val) if val else None)
+    experiment, train, val = experiment_split(experiment, "sovits", version, split=split, options=options)
+    return SoVITSDataset(experiment, train, min_items=min_items), (SoVITSDataset(experiment, val) if val else None)
 

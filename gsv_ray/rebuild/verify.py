@@ -64,25 +64,11 @@ def _sovits_batches(data: Path, version: str, n_batches: int, batch_size: int):
 
 def _sovits_losses(model, batches, config: dict[str, Any], seed: int) -> dict[str, float]:
     from gsv_ray.models.audio import AudioFrontend
-    from gsv_ray.models.sovits.commons import slice_segments
-    from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss
+    from gsv_ray.train.sovits import sovits_eval_losses
 
     s2 = config["s2"]
-    frontend = AudioFrontend.from_data_config(s2["data"])
-    c_mel, c_kl = float(s2["train"].get("c_mel", 45)), float(s2["train"].get("c_kl", 1.0))
-    seg = model.config.segment_frames
-    mel_sum = kl_sum = 0.0
-    for i, b in enumerate(batches):
-        g = torch.Generator().manual_seed(seed + i)  # the same noise for every model compared
-        eps = torch.randn(b.spec.shape[0], s2["model"]["inter_channels"], b.spec.shape[-1], generator=g)
-        slice_u = torch.rand(b.spec.shape[0], generator=g)
-        out = model(b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, b.sv_emb, eps=eps, slice_u=slice_u)
-        z, z_p, m_p, logs_p, m_q, logs_q = out.stats
-        y_mel = slice_segments(frontend.spec_to_mel(b.spec), out.ids_slice, seg)
-        mel_sum += float(mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))))
-        kl_sum += float(kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask))
-    n = len(batches)
-    return {"mel_l1": mel_sum / n, "kl": kl_sum / n, "total": (c_mel * mel_sum + c_kl * kl_sum) / n}
+    return sovits_eval_losses(model, batches, AudioFrontend.from_data_config(s2["data"]),
+                              float(s2["train"].get("c_mel", 45)), float(s2["train"].get("c_kl", 1.0)), seed)
 
 
 def _sovits_train_loss(model, batch, config: dict[str, Any]) -> torch.Tensor:
@@ -111,14 +97,9 @@ def _gpt_batches(data: Path, version: str, n_batches: int, batch_size: int):
 
 
 def _gpt_losses(model, batches, config, seed) -> dict[str, float]:
-    ce = acc = 0.0
-    tokens = 0
-    for b in batches:
-        out = model(*b.model_inputs())
-        ce += float(out.loss)  # upstream's loss: summed over every target position (padding included)
-        tokens += int(out.targets.numel())
-        acc += float(out.acc)
-    return {"ce_per_token": ce / tokens, "top3_acc": acc / len(batches)}
+    from gsv_ray.train.gpt import gpt_eval_losses
+
+    return gpt_eval_losses(model, batches)
 
 
 def _gpt_train_loss(model, batch, config) -> torch.Tensor:
@@ -127,8 +108,8 @@ def _gpt_train_loss(model, batch, config) -> torch.Tensor:
 
 
 STAGES = {
-    "sovits": (_sovits_batches, _sovits_losses, _sovits_train_loss, "total", "mel_l1*c_mel + kl"),
-    "gpt": (_gpt_batches, _gpt_losses, _gpt_train_loss, "ce_per_token", "cross-entropy per token"),
+    "sovits": (_sovits_batches, _sovits_losses, _sovits_train_loss, "loss", "mel_l1*c_mel + kl"),
+    "gpt": (_gpt_batches, _gpt_losses, _gpt_train_loss, "loss", "cross-entropy per token"),
 }
 
 

@@ -19,7 +19,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from gsv_ray.data.experiment import SplitOptions, open_experiment, split_names
+from gsv_ray.data.experiment import SplitOptions, experiment_split
 from gsv_ray.errors import GsvError
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
@@ -90,11 +90,9 @@ def train(
     if cfg.stage is not None and cfg.stage != stage:
         raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
                        fix=f"use --stage {stage} or pass the other file")
-    experiment = open_experiment(cfg.data, stage, _symbol_version(stage, rebuilt.version))
-    train_names, val_names = split_names(experiment.names, SplitOptions(
-        val_fraction=cfg.val_fraction, val_names_file=cfg.val_names, seed=cfg.seed))
-    if not train_names:
-        raise GsvError("no usable training utterances", path=cfg.data, fix="see the data report above")
+    experiment, train_names, val_names = experiment_split(
+        cfg.data, stage, _symbol_version(stage, rebuilt.version),
+        split=SplitOptions(val_fraction=cfg.val_fraction, val_names_file=cfg.val_names, seed=cfg.seed))
 
     set_seed(cfg.seed)
     recipe = RECIPES[stage](rebuilt, cfg, accelerator, experiment)
@@ -153,7 +151,6 @@ def train(
                 tracking.log_audio(step, samples)
 
     def export(epoch: int) -> None:
-        nonlocal exports
         if main:
             exports.append(recipe.export(run_dir, name=cfg.run_name, epoch=epoch, step=state.step,
                                          protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))

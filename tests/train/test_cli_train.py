@@ -3,7 +3,6 @@ resumes from its last complete checkpoint, and bad input is refused before train
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ from safetensors.torch import load_file
 
 from gsv_ray.io import read
 from gsv_ray.track import read_metrics
-from tests.conftest import run_cli
 from tests.support import wandb_reader as wr
 
 
