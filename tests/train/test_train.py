@@ -59,3 +59,20 @@ def test_bad_lr_scale_and_stage(gpt_init, synth_v2, tmp_path):
     with pytest.raises(GsvError, match="GPT"):
         train(cfg, progress=False, say=lambda s: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
+    """grad_accum=2: each optimizer step consumes two batches; bf16 autocast trains with finite losses."""
+    seen = []
+    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "acc"), max_steps=3,
+                      batch_size=2, grad_accum=2, precision="bf16", val_fraction=0.0, val_every=100, save_every=100,
+                      warmup_steps=0)
+    r = train(cfg, on_step=lambda s, m: seen.append((s, m)), progress=False, say=lambda s: None)
+    assert r.steps == 3 and [s for s, _ in seen] == [1, 2, 3]
+    assert all(m["samples_per_s"] > 0 and torch.isfinite(torch.tensor(m["loss"])) for _, m in seen)
+    # 16 utterances / batch 2 = 8 batches = 4 optimizer steps per epoch with accumulation 2
+    from gsv_ray.train.checkpoint import TrainState
+
+    state = TrainState()  # registered last: after the one scheduler of the GPT stage
+    state.load_state_dict(torch.load(r.last_checkpoint / "custom_checkpoint_1.pkl", weights_only=False))
+    assert (state.step, state.batch_in_epoch) == (3, 6)
