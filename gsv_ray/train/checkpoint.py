@@ -62,20 +62,31 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
                    fix="pass runs/<name> or runs/<name>/checkpoints/step_<N>")
 
 
+def _delete(path: Path) -> None:
+    """Take ``path`` out of the ``step_<N>`` namespace first (atomic rename), then delete it: a
+    kill during the deletion leaves a hidden leftover, never a half-deleted checkpoint."""
+    hidden = path.with_name(f".del_{path.name}")
+    shutil.rmtree(hidden, ignore_errors=True)
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
 def save(accelerator: Accelerator, root: Path, step: int, keep_last: int) -> Path:
     """Every process calls this (Accelerate saves per-process RNG); the main process renames and prunes."""
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".*_step_*"):  # leftovers of a run killed mid-save or mid-prune
+            shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
-            shutil.rmtree(final)
+            _delete(final)
         os.replace(tmp, final)
         for old in checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _delete(old)
     accelerator.wait_for_everyone()
     return final

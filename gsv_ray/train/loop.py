@@ -78,6 +78,9 @@ def train(
     ``tracking``: an object with ``log(step, metrics)``, ``log_audio(step, items)``, ``finish()``
     (see :mod:`gsv_ray.train.tracking`); ``on_step(step, metrics)`` is called on every optimizer
     step on every process (Ray reports from it).
+
+    Accelerate keeps one state per process: runs in the same process must use the same
+    ``precision`` (the CLI and every Ray worker run one training per process).
     """
     cfg.validate()
     run_dir = Path(cfg.output_dir)

@@ -62,17 +62,25 @@ def test_bad_lr_scale_and_stage(gpt_init, synth_v2, tmp_path):
 
 
 def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
-    """grad_accum=2: each optimizer step consumes two batches; bf16 autocast trains with finite losses."""
-    seen = []
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "acc"), max_steps=3,
-                      batch_size=2, grad_accum=2, precision="bf16", val_fraction=0.0, val_every=100, save_every=100,
-                      warmup_steps=0)
-    r = train(cfg, on_step=lambda s, m: seen.append((s, m)), progress=False, say=lambda s: None)
-    assert r.steps == 3 and [s for s, _ in seen] == [1, 2, 3]
-    assert all(m["samples_per_s"] > 0 and torch.isfinite(torch.tensor(m["loss"])) for _, m in seen)
-    # 16 utterances / batch 2 = 8 batches = 4 optimizer steps per epoch with accumulation 2
+    """grad_accum=2: each optimizer step consumes two batches; bf16 autocast trains with finite losses.
+    (A process of its own: Accelerate's precision is fixed per process.)"""
+    import os
+    import subprocess
+    import sys
+
+    from gsv_ray.track import read_metrics
     from gsv_ray.train.checkpoint import TrainState
 
-    state = TrainState()  # registered last: after the one scheduler of the GPT stage
-    state.load_state_dict(torch.load(r.last_checkpoint / "custom_checkpoint_1.pkl", weights_only=False))
+    run = tmp_path / "acc"
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", "--init", gpt_init, "--data", str(synth_v2), "-o",
+                        str(run), "--max-steps", "3", "--batch-size", "2", "--grad-accum", "2", "--precision", "bf16",
+                        "--val-fraction", "0", "--warmup-steps", "0", "--wandb-mode", "disabled"],
+                       capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "= 2 x 1 process(es) x 2 accumulation = 4" in r.stdout
+    rows = [x for x in read_metrics(run / "metrics.jsonl") if x["split"] == "train"]
+    assert [x["step"] for x in rows] == [1, 2, 3] and all(torch.isfinite(torch.tensor(x["loss"])) for x in rows)
+    # 16 utterances / batch 2 = 8 batches per epoch: 3 optimizer steps consumed 6 of them
+    state = TrainState()  # registered after the GPT stage's one scheduler
+    state.load_state_dict(torch.load(run / "checkpoints/step_00000003/custom_checkpoint_1.pkl", weights_only=False))
     assert (state.step, state.batch_in_epoch) == (3, 6)
