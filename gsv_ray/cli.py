@@ -85,14 +85,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["base_g"], overrides["output_dir"] = args.base, args.output
+    if args.workers:
+        overrides["resume"] = None  # on Ray, --resume means "continue the run of this same command"
     cfg = load_config(args.config, **overrides)
+    if args.workers:
+        from gsv_ray.distributed.launch import RayOptions, train_on_ray
+
+        opts = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker or 0.0,
+                          cpus_per_worker=args.cpus_per_worker or 1.0, address=args.address, storage=args.storage,
+                          max_failures=args.max_failures or 0, resume=args.resume is not None)
+        result = train_on_ray(cfg, opts)
+        for p in result.exports[-1:]:
+            print(f"exported {p}")
+        return 0
     with Tracking.for_run(cfg) as tracking:
         train(cfg, tracking=tracking)
     return 0
 
 
 TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup_steps", "warmup_start", "decay",
-               "max_steps", "epochs", "batch_size", "grad_accum", "precision", "seed", "val_fraction", "val_names",
+               "max_steps", "epochs", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction", "val_names",
                "val_every", "save_every", "keep_last", "export_every_epochs", "name", "resume", "log_every",
                "wandb_project", "wandb_mode", "cpu")
 
@@ -187,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, help="per process (default 4)")
     g.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
     g.add_argument("--precision", choices=["no", "bf16", "fp16"], help="mixed precision (default no)")
+    g.add_argument("--dropout", type=float, help="override every dropout rate (default: upstream's)")
     g.add_argument("--seed", type=int, help="default 1234")
     g.add_argument("--cpu", action="store_true", default=None, help="train on CPU even if a GPU is present")
     g = tr.add_argument_group("validation, checkpoints, exports")
@@ -197,13 +210,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-last", type=int, help="checkpoints kept (default 2)")
     g.add_argument("--export-every-epochs", type=int, help="also export every E epochs (default: only at the end)")
     g.add_argument("--name", help="export name stem (default: the run directory's name)")
-    g.add_argument("--resume", metavar="DIR", help="continue from a checkpoint or run directory ('latest' = newest "
-                                                   "in -o)")
+    g.add_argument("--resume", metavar="DIR", nargs="?", const="latest",
+                   help="continue from a checkpoint or run directory (no value: the newest in -o; with --workers: "
+                        "the Ray run of this same command)")
     g = tr.add_argument_group("tracking")
     g.add_argument("--log-every", type=int, help="steps between metric rows (default 1)")
     g.add_argument("--wandb-project", help="W&B project (default gsv-ray)")
     g.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
                    help="default: online with an API key, else offline (sync later with 'wandb sync')")
+    g = tr.add_argument_group("many GPUs / nodes (Ray Train)")
+    g.add_argument("--workers", type=int, help="train on N Ray Train workers (DDP); without it: local mode, no Ray")
+    g.add_argument("--gpus-per-worker", type=float, help="default 0 (CPU)")
+    g.add_argument("--cpus-per-worker", type=float, help="default 1")
+    g.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a local one")
+    g.add_argument("--storage", metavar="PATH_OR_URI",
+                   help="checkpoint storage shared by all nodes (s3://..., gs://..., a shared path); default -o/ray")
+    g.add_argument("--max-failures", type=int, help="restarts of failed workers before the job fails (default 0)")
     tr.set_defaults(func=_cmd_train)
     return p
 

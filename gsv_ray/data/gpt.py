@@ -139,16 +139,23 @@ class GPTDataset(Dataset):
         return collate_gpt(items, pad_val=self.pad_val)
 
 
-def collate_gpt(items: Sequence[GPTItem], pad_val: int = GPT_PAD) -> GPTBatch:
-    """Upstream's s1 collate: right padding (phones 0, semantic ``pad_val``), BERT zero-padded."""
+def collate_gpt(items: Sequence[GPTItem], pad_val: int = GPT_PAD, *, pad_to: tuple[int, int] | None = None) -> GPTBatch:
+    """Upstream's s1 collate: right padding (phones 0, semantic ``pad_val``), BERT zero-padded.
+
+    ``pad_to=(phones, semantic)`` pads to at least those lengths (data-parallel training pads every
+    micro-batch to its global batch's lengths, because upstream's summed loss counts padded targets).
+    """
     if not items:
         raise ValueError("empty batch")
     b = len(items)
     p_len = torch.tensor([len(it.phoneme_ids) for it in items], dtype=torch.long)
     s_len = torch.tensor([len(it.semantic_ids) for it in items], dtype=torch.long)
-    phones = torch.zeros(b, int(p_len.max()), dtype=torch.long)
-    semantic = torch.full((b, int(s_len.max())), pad_val, dtype=torch.long)
-    bert = torch.zeros(b, BERT_DIM, int(p_len.max()))
+    p_max, s_max = int(p_len.max()), int(s_len.max())
+    if pad_to is not None:
+        p_max, s_max = max(p_max, pad_to[0]), max(s_max, pad_to[1])
+    phones = torch.zeros(b, p_max, dtype=torch.long)
+    semantic = torch.full((b, s_max), pad_val, dtype=torch.long)
+    bert = torch.zeros(b, BERT_DIM, p_max)
     for i, it in enumerate(items):
         phones[i, : len(it.phoneme_ids)] = it.phoneme_ids
         semantic[i, : len(it.semantic_ids)] = it.semantic_ids

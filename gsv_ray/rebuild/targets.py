@@ -146,14 +146,23 @@ def gpt_target(cfg: Mapping[str, Any], seed: int) -> Target:
     return target("gpt", build, s1_model=dict(cfg["model"]) if "model" in cfg else dict(cfg))
 
 
-def build_models(config: Mapping[str, Any]) -> dict[str, nn.Module]:
-    """Our models for a rebuild's resolved ``config`` (as stored in ``config.json``), on CPU, fp32."""
+def build_models(config: Mapping[str, Any], *, dropout: float | None = None) -> dict[str, nn.Module]:
+    """Our models for a rebuild's resolved ``config`` (as stored in ``config.json``), on CPU, fp32.
+
+    ``dropout`` overrides every dropout rate (GPT: upstream's hard-coded 0.1 and the embedding
+    dropout; SoVITS: ``p_dropout``); None keeps upstream's values.
+    """
     stage = config["stage"]
     if stage == "gpt":
-        return {"gpt": Text2SemanticDecoder(T2SConfig.from_s1_config(config["s1"]))}
+        t2s = T2SConfig.from_s1_config(config["s1"])
+        if dropout is not None:
+            t2s = dataclasses.replace(t2s, fixed_dropout=dropout, embedding_dropout=dropout)
+        return {"gpt": Text2SemanticDecoder(t2s)}
     if config.get("task") == "semantic":
         return {"generator": SemanticExtractor()}
     model_cfg = sovits_model_config(config["s2"], config.get("widths", {}))
+    if dropout is not None:
+        model_cfg = dataclasses.replace(model_cfg, p_dropout=dropout)
     models: dict[str, nn.Module] = {"generator": SoVITSGenerator(model_cfg)}
     if "discriminator" in config:
         d = config["discriminator"]

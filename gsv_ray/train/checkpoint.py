@@ -52,7 +52,7 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
             raise GsvError("no checkpoint to resume from", path=root, fix="drop --resume to start a new run")
         return found[-1]
     p = Path(resume)
-    if p.is_dir() and _NAME.match(p.name):
+    if p.is_dir() and (_NAME.match(p.name) or is_state_dir(p)):
         return p
     if p.is_dir() and checkpoints(p / "checkpoints"):  # a run directory
         return checkpoints(p / "checkpoints")[-1]
@@ -69,6 +69,11 @@ def _delete(path: Path) -> None:
     shutil.rmtree(hidden, ignore_errors=True)
     os.replace(path, hidden)
     shutil.rmtree(hidden, ignore_errors=True)
+
+
+def is_state_dir(p: Path) -> bool:
+    """A directory holding Accelerate state (e.g. a Ray Train checkpoint restored elsewhere)."""
+    return (p / "model.safetensors").is_file() and any(p.glob("random_states_*.pkl"))
 
 
 def save(accelerator: Accelerator, root: Path, step: int, keep_last: int) -> Path:

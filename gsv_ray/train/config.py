@@ -43,6 +43,7 @@ class TrainConfig:
     batch_size: int = 4
     grad_accum: int = 1
     precision: str = "no"               # no | bf16 | fp16 (fp16 needs a GPU)
+    dropout: float | None = None        # override every dropout rate; None = upstream's
     seed: int = 1234
     # data split and evaluation
     val_fraction: float = 0.1
@@ -94,6 +95,8 @@ class TrainConfig:
                 raise GsvError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1 or self.epochs is not None and self.epochs < 1:
             raise GsvError("--max-steps / --epochs must be >= 1")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise GsvError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
             raise GsvError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 

@@ -35,7 +35,7 @@ class GPTRecipe:
     def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment):
         self.cfg, self.accelerator, self.version = cfg, accelerator, rebuilt.version
         self.s1: dict[str, Any] = rebuilt.config["s1"]
-        model = build_models(rebuilt.config)["gpt"]
+        model = build_models(rebuilt.config, dropout=cfg.dropout)["gpt"]
         model.load_state_dict(rebuilt.gpt, strict=True)
         peak = cfg.peak_lr("gpt")
         opt = torch.optim.AdamW([{"params": list(model.parameters()), "lr": peak, "name": "gpt"}], lr=peak,
@@ -60,11 +60,23 @@ class GPTRecipe:
 
     collate = staticmethod(collate_gpt)
 
-    def train_step(self, batch) -> dict[str, float]:
+    def train_collate(self, items: list) -> Any:
+        """Under DDP, pad to the global batch's longest phones/semantic (one max all-reduce): the
+        summed loss then equals one process training the whole global batch."""
+        if self.accelerator.num_processes == 1:
+            return collate_gpt(items)
+        longest = torch.tensor([max(len(it.phoneme_ids) for it in items), max(len(it.semantic_ids) for it in items)],
+                               device=self.accelerator.device)
+        torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
+        return collate_gpt(items, pad_to=(int(longest[0]), int(longest[1])))
+
+    def train_step(self, batch, step: int = 0) -> dict[str, float]:
         self.model.train()
         out = self.model(*batch.model_inputs())
         self.opt.zero_grad(set_to_none=True)
-        self.accelerator.backward(out.loss)
+        # upstream's loss is a sum over the batch; DDP averages gradients over processes, so scale
+        # by their number: the update then equals one process training the whole global batch
+        self.accelerator.backward(out.loss * self.accelerator.num_processes)
         grad = (self.accelerator.clip_grad_norm_(self.model.parameters(), float("inf"))
                 if self.accelerator.sync_gradients else None)
         self.opt.step()

@@ -70,6 +70,7 @@ def train(
     accelerator: Accelerator | None = None,
     tracking: Any | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[int, Path, dict[str, float]], None] | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -77,7 +78,8 @@ def train(
 
     ``tracking``: an object with ``log(step, metrics)``, ``log_audio(step, items)``, ``finish()``
     (see :mod:`gsv_ray.train.tracking`); ``on_step(step, metrics)`` is called on every optimizer
-    step on every process (Ray reports from it).
+    step on every process; ``on_checkpoint(step, dir, metrics)`` after every checkpoint, on every
+    process (Ray Train reports from it: all ranks at the same steps).
 
     Accelerate keeps one state per process: runs in the same process must use the same
     ``precision`` (the CLI and every Ray worker run one training per process).
@@ -165,10 +167,10 @@ def train(
         sampler.set_epoch(state.epoch)
         epoch_batches = list(sampler)
         for bi in range(state.batch_in_epoch, len(epoch_batches)):
-            batch = recipe.collate([train_ds[i] for i in epoch_batches[bi]]).to(accelerator.device)
+            batch = recipe.train_collate([train_ds[i] for i in epoch_batches[bi]]).to(accelerator.device)
             items_since += len(epoch_batches[bi])
             with accelerator.accumulate(*recipe.models):
-                metrics = recipe.train_step(batch)
+                metrics = recipe.train_step(batch, step=state.step)
             state.batch_in_epoch = bi + 1
             if not accelerator.sync_gradients:
                 continue
@@ -190,6 +192,8 @@ def train(
                 validate(state.step)
             if state.step % cfg.save_every == 0 or state.step == total:
                 last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last)
+                if on_checkpoint is not None:
+                    on_checkpoint(state.step, last_ckpt, metrics)
             if state.step >= total:
                 break
         else:

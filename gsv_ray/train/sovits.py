@@ -8,6 +8,7 @@ AdamW with upstream's betas/eps; the text side (``enc_p.text_embedding``, ``enc_
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class SoVITSRecipe:
     def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment):
         self.cfg, self.accelerator, self.version = cfg, accelerator, rebuilt.version
         self.s2: dict[str, Any] = rebuilt.config["s2"]
-        models = build_models(rebuilt.config)
+        models = build_models(rebuilt.config, dropout=cfg.dropout)
         g, d = models["generator"], models["discriminator"]
         g.load_state_dict(rebuilt.generator, strict=True)
         d.load_state_dict(rebuilt.discriminator, strict=True)
@@ -50,7 +51,9 @@ class SoVITSRecipe:
         train = self.s2["train"]
         betas, eps = tuple(train.get("betas", (0.8, 0.99))), float(train.get("eps", 1e-9))
         peak, low = cfg.peak_lr("sovits"), float(train.get("text_low_lr_rate", 0.4))
-        named = list(g.named_parameters())
+        if g.freeze_quantizer:  # upstream keeps ssl_proj in the optimizer, but it never gets a gradient
+            g.ssl_proj.requires_grad_(False)
+        named = [(n, p) for n, p in g.named_parameters() if p.requires_grad]
         text = [p for n, p in named if n.startswith(TEXT_SIDE)]
         rest = [p for n, p in named if not n.startswith(TEXT_SIDE)]
         opt_g = torch.optim.AdamW([{"params": rest, "lr": peak, "name": "generator"},
@@ -79,13 +82,16 @@ class SoVITSRecipe:
                                    rank=self.accelerator.process_index, shuffle=shuffle, seed=seed)
 
     collate = staticmethod(collate_sovits)
+    train_collate = staticmethod(collate_sovits)  # padding never reaches the losses (masked)
 
     # -- one step ------------------------------------------------------------------------------
-    def train_step(self, batch) -> dict[str, float]:
+    def train_step(self, batch, step: int = 0) -> dict[str, float]:
         acc = self.accelerator
         self.g.train()
         self.d.train()
-        out = self.g(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb)
+        eps, slice_u = utterance_noise(batch, self.inter_channels, seed=self.cfg.seed, step=step)
+        out = self.g(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb,
+                     eps=eps, slice_u=slice_u)
         z, z_p, m_p, logs_p, m_q, logs_q = out.stats
         y_hat = out.y_hat.float()
         y_mel = slice_segments(self.frontend.spec_to_mel(batch.spec), out.ids_slice, self.segment_frames)
@@ -150,6 +156,20 @@ def _noise_like(g, codes, device, seed: int) -> torch.Tensor:
     frames = codes.shape[-1] * (2 if g.config.semantic_frame_rate == "25hz" else 1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(1, g.config.inter_channels, frames, generator=gen).to(device)
+
+
+def utterance_noise(batch, channels: int, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior's noise and the training window's position, drawn per utterance from a
+    generator keyed by (seed, step, utterance name): the same values whichever process or batch
+    an utterance lands in, so N workers train exactly like one process with the global batch."""
+    eps = torch.zeros(batch.spec.shape[0], channels, batch.spec.shape[-1])
+    u = torch.empty(batch.spec.shape[0])
+    for i, (name, length) in enumerate(zip(batch.names, batch.spec_lengths.tolist())):
+        key = int.from_bytes(hashlib.blake2b(f"{seed}|{step}|{name}".encode(), digest_size=8).digest(), "little")
+        gen = torch.Generator().manual_seed(key)
+        eps[i, :, :length] = torch.randn(channels, length, generator=gen)
+        u[i] = torch.rand(1, generator=gen)
+    return eps.to(batch.spec.device), u.to(batch.spec.device)
 
 
 def sovits_eval_losses(g, batches, frontend, c_mel: float, c_kl: float, seed: int) -> dict[str, float]:

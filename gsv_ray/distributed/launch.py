@@ -1,0 +1,178 @@
+"""Driver side of ``gsv-ray train --workers N``: rebuild once, share it, run a Ray ``TorchTrainer``.
+
+The rebuild happens here, once per job (content-addressed, so a re-run reuses it); workers get a
+reference to the weights in the object store and never the input paths. Checkpoints live in the
+Ray storage path; the run directory ``-o`` ends up as in local mode (exports, metrics, W&B files).
+A deterministic run name (``--resume``) makes a re-run of the same command continue the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from gsv_ray.errors import GsvError
+from gsv_ray.rebuild import rebuild_cached
+from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.loop import TrainResult
+
+
+@dataclass
+class RayOptions:
+    workers: int
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    address: str | None = None        # None: start a local Ray; "auto" or "ray://host:port": join one
+    storage: str | None = None        # checkpoints; default <-o>/ray (node-local: single-node only)
+    max_failures: int = 0
+    resume: bool = False
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise GsvError(f"--workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise GsvError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+        if self.max_failures < 0:
+            raise GsvError(f"--max-failures must be >= 0, got {self.max_failures}")
+
+
+def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
+    """Deterministic with ``resume`` (same command -> same run, which Ray continues), else fresh."""
+    if resume:
+        key = f"{os.path.realpath(cfg.output_dir)}|{init_sha}|{cfg.stage}"
+        return "gsv-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> None:
+    """Join the cluster at ``address`` or start a local Ray sized for the job (one clear line on failure)."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report() waits for this poll
+    if ray.is_initialized():
+        return
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except Exception as e:  # ConnectionError, TimeoutError, RuntimeError, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise GsvError(f"no Ray cluster at --address {address} ({first})",
+                           fix="start one ('ray start --head' or 'ray up cluster.yaml') or drop --address") from None
+        return
+    need = workers * cpus_per_worker + 1  # + the Train controller
+    ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), object_store_memory=None,
+             include_dashboard=False, log_to_driver=True)
+
+
+def check_resources(opts: RayOptions) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = res.get("GPU", 0.0)
+    if opts.gpus_per_worker and opts.workers * opts.gpus_per_worker > gpus:
+        raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but the cluster has {gpus:g}",
+                       fix="lower --workers / --gpus-per-worker, or add GPU nodes")
+    cpus = res.get("CPU", 0.0)
+    if opts.workers * opts.cpus_per_worker + 1 > cpus:
+        raise GsvError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs (+1 for the controller) but the "
+                       f"cluster has {cpus:g}", fix="lower --workers / --cpus-per-worker")
+
+
+def _fault_from_env() -> dict[str, Any] | None:
+    """``GSV_RAY_INJECT_FAULT=raise|exit:<step>[:<rank>]``: make one worker fail once after the
+    checkpoint of that step (for fault-tolerance tests and drills; the failure is not repeated)."""
+    spec = os.environ.get("GSV_RAY_INJECT_FAULT")
+    if not spec:
+        return None
+    kind, step, *rank = spec.split(":")
+    return {"kind": kind, "step": int(step), "rank": int(rank[0]) if rank else 0}
+
+
+def _alive_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
+                 fault: dict[str, Any] | None = None, wandb_group: str | None = None,
+                 wandb_job_type: str | None = None) -> TrainResult:
+    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray Train workers; see the module doc."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gsv_ray.distributed.shared import nbytes, share
+    from gsv_ray.distributed.worker import train_loop_per_worker
+
+    cfg.validate()
+    opts.validate()
+    fault = fault or _fault_from_env()
+    rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage, version=cfg.version,
+                             task="train")
+    say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
+    connect(opts.address, workers=opts.workers, cpus_per_worker=opts.cpus_per_worker)
+    check_resources(opts)
+    storage = opts.storage or str(Path(cfg.output_dir).resolve() / "ray")
+    if _alive_nodes() > 1 and not ("://" in storage and not storage.startswith("file://")):
+        raise GsvError(f"a {_alive_nodes()}-node cluster needs shared checkpoint storage, but --storage {storage} is "
+                       "node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    shared = share(rebuilt)
+    init_sha = rebuilt.report.inputs["init"].get("sha256", "")
+    name = run_name(cfg, init_sha, opts.resume)
+    say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
+        f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
+        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {storage}")
+    loop_config = {
+        "train": {**cfg.to_json(), "resume": None, "name": cfg.run_name},  # exports named after -o, as locally
+        "rebuild": shared,
+        "run_name": name,
+        "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d) if p],
+        "fault": fault,
+        "group": wandb_group,
+        "job_type": wandb_job_type,
+        "wandb_run_id": hashlib.sha256(name.encode()).hexdigest()[:8],
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpus_per_worker > 0,
+                                     resources_per_worker={"CPU": opts.cpus_per_worker,
+                                                           **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=opts.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last + 1)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise GsvError(f"training on Ray failed: {first}",
+                       fix="see the worker log above; raise --max-failures to let Ray restart failed workers") from None
+    return _collect(result, cfg, rebuilt.stage, rebuilt.version)
+
+
+def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> TrainResult:
+    """Place the run's outputs (from the final reported checkpoint) into ``-o`` as local mode does."""
+    out = Path(cfg.output_dir)
+    ckpt = result.checkpoint
+    if ckpt is None:
+        raise GsvError("the Ray run finished without reporting its outputs", path=out)
+    with ckpt.as_directory() as d:
+        src = Path(d) / "run"
+        for item in src.iterdir():
+            dest = out / item.name
+            if item.is_dir():
+                shutil.copytree(item, dest, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, dest)
+    exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))
+    metrics = result.metrics or {}
+    return TrainResult(run_dir=out, stage=stage, version=version, steps=int(metrics.get("step", 0)),
+                       epochs=0, exports=exports, last_checkpoint=Path(result.checkpoint.path))

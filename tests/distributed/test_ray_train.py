@@ -1,0 +1,106 @@
+"""Ray Train: N workers train exactly like one process with the global batch, from one shared
+rebuild that no worker re-reads, and survive worker failures and a driver restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gsv_ray.distributed.launch import RayOptions, train_on_ray
+from gsv_ray.train import load_config, train
+
+FIX = "logs/gsvfix/logs_s2_v2/"
+
+
+def _files(stage, fixtures_dir):
+    if stage == "gpt":
+        return {"init": str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt")}
+    return {"init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+            "base_g": str(fixtures_dir / FIX / "G_233333333333.pth"), "base_d": str(fixtures_dir / FIX / "D_233333333333.pth")}
+
+
+def _cfg(stage, fixtures_dir, synth, out, **kw):
+    base = dict(_files(stage, fixtures_dir), data=str(synth), output_dir=str(out), max_steps=4, dropout=0.0,
+                val_fraction=0.0, val_every=1000, save_every=2, warmup_steps=1, seed=3, wandb_mode="disabled",
+                name="voice")
+    base.update(kw)
+    return load_config(None, **base)
+
+
+def _final_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    d = checkpoint_dir / "state" if (checkpoint_dir / "state").is_dir() else checkpoint_dir
+    return load_file(str(d / "model.safetensors"))
+
+
+@pytest.mark.parametrize("stage", ["gpt", "sovits"])
+def test_two_workers_equal_one_process(stage, ray_local, fixtures_dir, synth, tmp_path):
+    one = train(_cfg(stage, fixtures_dir, synth, tmp_path / "one", batch_size=4), progress=False, say=lambda s: None)
+    two = train_on_ray(_cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=2), RayOptions(workers=2),
+                       say=lambda s: None)
+    a, b = _final_state(one.last_checkpoint), _final_state(two.last_checkpoint)
+    assert a.keys() == b.keys()
+    start = _final_state(train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1),
+                               progress=False, say=lambda s: None).last_checkpoint)
+    moved = max(float((a[k] - start[k]).abs().max()) for k in a)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert moved > 0 and worst <= 1e-4 * max(1.0, max(float(a[k].abs().max()) for k in a)), (worst, moved)
+    assert [p.name for p in two.exports] == [p.name for p in one.exports]  # the same files in -o
+
+
+def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synth, tmp_path):
+    cfg = _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2)
+    train_on_ray(cfg, RayOptions(workers=2), say=lambda s: None)
+    cache = Path(os.environ["GSV_RAY_CACHE"]) / "rebuild"
+    assert len(list(cache.iterdir())) == 1  # one rebuild for the whole job, on the driver
+    # and the guard the workers run under really refuses to open the inputs
+    code = ("from gsv_ray.distributed.worker import forbid_opening; import sys; forbid_opening([sys.argv[1]])\n"
+            "try:\n    open(sys.argv[1], 'rb')\nexcept PermissionError as e:\n    print('refused', e)")
+    probe = subprocess.run([sys.executable, "-c", code, cfg.init], capture_output=True, text=True)
+    assert probe.stdout.startswith("refused") and "rebuild is shared" in probe.stdout
+
+
+@pytest.mark.parametrize("kind", ["raise", "exit"])
+def test_worker_failure_restores_and_matches_uninterrupted(kind, ray_local, fixtures_dir, synth, tmp_path):
+    clean = train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "clean", batch_size=2, max_steps=6),
+                         RayOptions(workers=2), say=lambda s: None)
+    failed = train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "failed", batch_size=2, max_steps=6),
+                          RayOptions(workers=2, max_failures=1), say=lambda s: None,
+                          fault={"kind": kind, "step": 4, "rank": 1})
+    assert (Path(os.environ["GSV_RAY_SCRATCH"])).exists()
+    a, b = _final_state(clean.last_checkpoint), _final_state(failed.last_checkpoint)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_driver_restart_resumes(fixtures_dir, synth, tmp_path):
+    """Kill the driver (and its local Ray) mid-run; the same command with --resume continues."""
+    from tests.distributed.conftest import RAY_ENV
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
+            _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "400",
+            "--batch-size", "2", "--save-every", "20", "--val-every", "1000", "--wandb-mode", "disabled",
+            "--workers", "2", "--resume"]
+    env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(tmp_path / "scratch")}
+    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    storage = out / "ray"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(storage.glob("*/step_00000040")):
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert list(storage.glob("*/step_00000040")), "the first run never reached a checkpoint"
+    args[args.index("400")] = "60"
+    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumed from" in r.stdout + r.stderr
+    assert (out / "GPT_weights_v2").is_dir()
