@@ -98,6 +98,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for p in result.exports[-1:]:
             print(f"exported {p}")
         return 0
+    from gsv_ray.cache import default_cache_root
+
+    cfg = cfg.localised(default_cache_root())
     with Tracking.for_run(cfg) as tracking:
         train(cfg, tracking=tracking)
     return 0

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gsv_ray.distributed.launch import check_reachable
 from gsv_ray.errors import GsvError
 
 NAME2TEXT = "2-name2text.txt"
@@ -195,23 +196,6 @@ def _chunks(n: int, k: int) -> list[tuple[int, int]]:
     return out
 
 
-def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
-    """Fail fast on a ``host:port`` nobody answers (Ray itself would retry for many minutes)."""
-    if not address or address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        raise GsvError("not a Ray address", path=address, fix="use host:port, ray://host:port or auto")
-    import socket
-
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise GsvError(f"no Ray cluster answers there ({e.strerror or type(e).__name__})", path=address,
-                       fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray") from e
-
-
 def _extract_ray(weights: Mapping[str, torch.Tensor], paths: list[str], workers: int, device: str, half: bool,
                  address: str | None) -> list[str]:
     import logging
@@ -223,7 +207,7 @@ def _extract_ray(weights: Mapping[str, torch.Tensor], paths: list[str], workers:
                        "--workers 1") from e
     started = False
     if not ray.is_initialized():
-        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
+        check_reachable(address or os.environ.get("RAY_ADDRESS"))
         kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
         if address is None and not os.environ.get("RAY_ADDRESS"):  # a private local instance sized for this job
             kwargs.update(num_cpus=workers, object_store_memory=256 * 2**20, include_dashboard=False)

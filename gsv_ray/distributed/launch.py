@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,21 @@ def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
     return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody answers (Ray itself would retry for many minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise GsvError("not a Ray address", path=address, fix="use host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise GsvError(f"no Ray cluster answers there ({e.strerror or type(e).__name__})", path=address,
+                       fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray") from e
+
+
 def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> None:
     """Join the cluster at ``address`` or start a local Ray sized for the job (one clear line on failure)."""
     import ray
@@ -57,6 +73,7 @@ def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> Non
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # report() waits for this poll
     if ray.is_initialized():
         return
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
     if address:
         try:
             ray.init(address=address, log_to_driver=True)
@@ -65,9 +82,11 @@ def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> Non
             raise GsvError(f"no Ray cluster at --address {address} ({first})",
                            fix="start one ('ray start --head' or 'ray up cluster.yaml') or drop --address") from None
         return
+    import logging
+
     need = workers * cpus_per_worker + 1  # + the Train controller
     ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), object_store_memory=None,
-             include_dashboard=False, log_to_driver=True)
+             include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
 
 
 def check_resources(opts: RayOptions) -> None:
@@ -110,16 +129,30 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     from gsv_ray.distributed.shared import nbytes, share
     from gsv_ray.distributed.worker import train_loop_per_worker
 
+    from gsv_ray.cache import default_cache_root
+    from gsv_ray.storage import check_writable, is_node_local, resolve
+
     cfg.validate()
     opts.validate()
     fault = fault or _fault_from_env()
+    given = cfg
+    cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage, version=cfg.version,
                              task="train")
     say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
+    storage = opts.storage or str(Path(cfg.output_dir).resolve() / "ray")
+    check_writable(storage)  # before Ray starts: a bad --storage is one line, nothing else happens
+    storage_fs, storage_path = resolve(storage)
+    if not (opts.address or os.environ.get("RAY_ADDRESS")) and opts.gpus_per_worker:  # a local Ray: count now
+        import torch
+
+        have = torch.cuda.device_count()
+        if opts.workers * opts.gpus_per_worker > have:
+            raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
+                           fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
     connect(opts.address, workers=opts.workers, cpus_per_worker=opts.cpus_per_worker)
     check_resources(opts)
-    storage = opts.storage or str(Path(cfg.output_dir).resolve() / "ray")
-    if _alive_nodes() > 1 and not ("://" in storage and not storage.startswith("file://")):
+    if _alive_nodes() > 1 and is_node_local(storage):
         raise GsvError(f"a {_alive_nodes()}-node cluster needs shared checkpoint storage, but --storage {storage} is "
                        "node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -133,7 +166,8 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         "train": {**cfg.to_json(), "resume": None, "name": cfg.run_name},  # exports named after -o, as locally
         "rebuild": shared,
         "run_name": name,
-        "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d) if p],
+        "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d, given.init, given.base_g, given.base_d)
+                            if p and "://" not in p],
         "fault": fault,
         "group": wandb_group,
         "job_type": wandb_job_type,
@@ -145,7 +179,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpus_per_worker > 0,
                                      resources_per_worker={"CPU": opts.cpus_per_worker,
                                                            **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}),
-        run_config=RunConfig(name=name, storage_path=storage,
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last + 1)),
     )

@@ -59,6 +59,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fault = config.get("fault") or {}
 
     cfg = TrainConfig(**{**config["train"], "output_dir": str(run_dir / "run"), "resume": None})
+    from gsv_ray.cache import default_cache_root
+
+    cfg = cfg.localised(default_cache_root())  # a data URI: fetched once per node (a lock serialises workers)
     restored = ray.train.get_checkpoint()
     if restored is not None:
         local = run_dir / f"restore-{rank}"

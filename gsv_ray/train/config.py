@@ -103,6 +103,18 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def localised(self, cache_root: str | Path, *, data: bool = True) -> TrainConfig:
+        """A copy whose ``s3://`` / ``gs://`` / ``file://`` inputs are local files (fetched once into the
+        cache, reused while unchanged). ``data=False`` leaves the experiment folder as given (Ray
+        workers fetch it on their own node)."""
+        from gsv_ray.storage import fetch, is_uri
+
+        def local(p: str | None) -> str | None:
+            return str(fetch(p, cache_root)) if p and is_uri(p) else p
+
+        return dataclasses.replace(self, init=local(self.init), base_g=local(self.base_g), base_d=local(self.base_d),
+                                   data=local(self.data) if data else self.data)
+
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 

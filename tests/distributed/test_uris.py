@@ -1,0 +1,91 @@
+"""--init / --data / --storage as file:// URIs and through a real S3 server on loopback, end to end
+with 2 Ray workers (the CLI starts its own local Ray, as a user's command does)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gsv_ray.io import read
+from tests.distributed.conftest import RAY_ENV
+from tests.support.s3server import loopback_s3
+
+
+@pytest.fixture(scope="module")
+def s3():
+    yield from loopback_s3()
+
+
+def _cli(args, tmp_path, extra_env=None):
+    env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"), "GSV_RAY_SCRATCH": str(tmp_path / "scratch"),
+           **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args, "--max-steps", "4", "--batch-size", "2",
+                           "--save-every", "2", "--val-every", "1000", "--wandb-mode", "disabled", "--workers", "2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_file_uris(fixtures_dir, synth, tmp_path):
+    out, store = tmp_path / "out", tmp_path / "store"
+    r = _cli(["--init", (fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt").as_uri(), "--data", Path(synth).as_uri(),
+              "--storage", store.as_uri(), "-o", str(out)], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (export,) = (out / "GPT_weights_v2").iterdir()
+    assert read(export).kind == "gpt-export"
+    assert list(store.glob("*/step_00000004/model.safetensors"))  # checkpoints live in the storage path
+
+
+def test_s3_uris(s3, fixtures_dir, synth, tmp_path):
+    fs = s3["fs"]
+    with fs.open_output_stream("voices/in/gsvfix-e1.ckpt") as f:
+        f.write((fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt").read_bytes())
+    for p in Path(synth).rglob("*"):
+        if p.is_file():
+            with fs.open_output_stream(f"voices/data/exp/{p.relative_to(synth).as_posix()}") as f:
+                f.write(p.read_bytes())
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                       "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "NO_PROXY")}
+    out = tmp_path / "out"
+    r = _cli(["--init", "s3://voices/in/gsvfix-e1.ckpt", "--data", "s3://voices/data/exp",
+              "--storage", "s3://voices/runs", "-o", str(out)], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (export,) = (out / "GPT_weights_v2").iterdir()
+    assert read(export).version == "v2"
+    from pyarrow.fs import FileSelector
+
+    stored = [i.path for i in fs.get_file_info(FileSelector("voices/runs", recursive=True))]
+    assert any(p.endswith("step_00000004/model.safetensors") for p in stored), stored[:10]
+    # bad storage: a bucket that does not exist is one line before any training
+    bad = _cli(["--init", "s3://voices/in/gsvfix-e1.ckpt", "--data", "s3://voices/data/exp",
+                "--storage", "s3://no-such-bucket/runs", "-o", str(tmp_path / "bad")], tmp_path, env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-2000:]
+
+
+@pytest.mark.parametrize("case", ["no cluster at --address", "more GPUs than exist", "storage not writable"])
+def test_ray_bad_input_is_one_line_before_training(case, fixtures_dir, synth, tmp_path):
+    import socket
+
+    args = ["--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(synth), "-o", str(tmp_path / "o")]
+    if case == "no cluster at --address":
+        with socket.socket() as s:  # a free port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        args += ["--address", f"127.0.0.1:{port}"]
+        needle = "no Ray cluster"
+    elif case == "more GPUs than exist":
+        args += ["--gpus-per-worker", "1"]
+        needle = "GPUs"
+    else:
+        ro = tmp_path / "ro"
+        ro.write_text("a file, not a folder")
+        args += ["--storage", str(ro / "sub")]
+        needle = "storage"
+    r = _cli(args, tmp_path)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not list((tmp_path / "o").glob("*_weights*"))
