@@ -203,7 +203,7 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> Train
         for item in src.iterdir():
             dest = out / item.name
             if item.is_dir():
-                shutil.copytree(item, dest, dirs_exist_ok=True)
+                shutil.copytree(item, dest, dirs_exist_ok=True, symlinks=True)
             else:
                 shutil.copy2(item, dest)
     exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))

@@ -96,7 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         out = run_dir / "final"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
-        shutil.copytree(cfg.output_dir, out / "run", ignore=shutil.ignore_patterns("checkpoints"))
+        shutil.copytree(cfg.output_dir, out / "run", ignore=shutil.ignore_patterns("checkpoints", "latest-run"), symlinks=True)
         if result.last_checkpoint is not None and result.last_checkpoint.is_dir():
             shutil.copytree(result.last_checkpoint, out / "state")
         ray.train.report(final, checkpoint=Checkpoint.from_directory(str(out)), checkpoint_dir_name="final")

@@ -179,8 +179,9 @@ def train(
                 s.step()
             state.step += 1
             now = time.perf_counter()
-            metrics.update(lrs, step_time=now - t_last,
-                           samples_per_s=items_since * accelerator.num_processes / max(1e-9, now - t_last),
+            per_worker = items_since / max(1e-9, now - t_last)
+            metrics.update(lrs, step_time=now - t_last, samples_per_s=per_worker * accelerator.num_processes,
+                           samples_per_s_per_worker=per_worker, world_size=accelerator.num_processes,
                            epoch=state.epoch + 1)
             t_last, items_since = now, 0
             if on_step is not None:

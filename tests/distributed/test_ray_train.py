@@ -56,8 +56,19 @@ def test_two_workers_equal_one_process(stage, ray_local, fixtures_dir, synth, tm
 
 
 def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synth, tmp_path):
-    cfg = _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2)
+    from gsv_ray.track import read_metrics
+    from tests.support import wandb_reader as wr
+
+    cfg = _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, wandb_mode="offline")
     train_on_ray(cfg, RayOptions(workers=2), say=lambda s: None)
+    # W&B and metrics come from world rank 0 only, and end up in -o as in local mode
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["world_size"] == 2 for r in rows)
+    assert all(abs(r["samples_per_s"] - 2 * r["samples_per_s_per_worker"]) < 1e-6 * r["samples_per_s"] for r in rows)
+    (run_file,) = wr.find_run_files(tmp_path / "run" / "wandb")
+    records = wr.read_records(run_file)
+    assert wr.run_config(records)["world_size"] == 2
+    assert [h["_step"] for h in wr.history_rows(records) if "train/loss" in h] == [1, 2, 3, 4]
     cache = Path(os.environ["GSV_RAY_CACHE"]) / "rebuild"
     assert len(list(cache.iterdir())) == 1  # one rebuild for the whole job, on the driver
     # and the guard the workers run under really refuses to open the inputs

@@ -61,7 +61,8 @@ def find_run_files(root: str | Path) -> list[Path]:
     ``offline-run-<time>-<id>-1`` beside the first)."""
     def order(p: Path) -> tuple:
         return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.parent.name))
-    return sorted(Path(root).rglob("run-*.wandb"), key=order)
+    found = (p for p in Path(root).rglob("run-*.wandb") if not any(q.is_symlink() for q in p.parents))
+    return sorted(found, key=order)  # (W&B's "latest-run" is a symlink to one of them)
 
 
 def find_run_file(root: str | Path) -> Path:
