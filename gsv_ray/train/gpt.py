@@ -20,7 +20,7 @@ from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt
 from gsv_ray.io.writers import write_gpt_export
 from gsv_ray.models.gpt import to_upstream_keys
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import read_metrics
+from gsv_ray.train.common import prepare, read_metrics
 from gsv_ray.train.config import TrainConfig
 
 
@@ -40,7 +40,7 @@ class GPTRecipe:
         peak = cfg.peak_lr("gpt")
         opt = torch.optim.AdamW([{"params": list(model.parameters()), "lr": peak, "name": "gpt"}], lr=peak,
                                 betas=(0.9, 0.95), eps=1e-8)
-        self.model, self.opt = accelerator.prepare(model, opt)
+        (self.model,), (self.opt,) = prepare(accelerator, [model], [opt])
         self.experiment = experiment
 
     @property

@@ -22,7 +22,7 @@ from gsv_ray.models.audio import AudioFrontend
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import read_metrics
+from gsv_ray.train.common import prepare, read_metrics
 from gsv_ray.train.config import TrainConfig
 
 TEXT_SIDE = ("enc_p.text_embedding.", "enc_p.encoder_text.", "enc_p.mrte.")
@@ -61,7 +61,7 @@ class SoVITSRecipe:
                                   lr=peak, betas=betas, eps=eps)
         opt_d = torch.optim.AdamW([{"params": list(d.parameters()), "lr": peak, "name": "discriminator"}],
                                   lr=peak, betas=betas, eps=eps)
-        self.g, self.d, self.opt_g, self.opt_d = accelerator.prepare(g, d, opt_g, opt_d)
+        (self.g, self.d), (self.opt_g, self.opt_d) = prepare(accelerator, [g, d], [opt_g, opt_d])
         self.frontend = AudioFrontend.from_data_config(self.s2["data"]).to(accelerator.device)
         self.experiment = experiment
 

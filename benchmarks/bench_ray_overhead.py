@@ -1,0 +1,117 @@
+"""What Ray Train costs over local mode, measured in one run.
+
+Run: ``python benchmarks/bench_ray_overhead.py [--steps 40] [--schemas DIR]``. Prints:
+  1. steady-state step time of `gsv-ray train --workers 1 --cpus-per-worker <cores>` vs local mode
+     (same model, batch, data, threads; medians from each run's metrics.jsonl after warm-up) — goal
+     <= 1.05x. (With Ray's default 1 CPU per worker, torch runs on 1 thread: Ray sets OMP_NUM_THREADS.)
+  2. time from starting the command to the first training step, both modes (goal: Ray within 20 s here);
+  3. private memory per worker for a full-size v2 rebuild (export + base G + D, 361 MB of files):
+     mapping the shared rebuild from the object store vs each worker loading and rebuilding itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _medium_gpt(d: Path) -> Path:
+    from benchmarks.bench_step import _medium_gpt_export
+
+    return _medium_gpt_export(d)
+
+
+def run_cli(args: list[str], env: dict) -> tuple[float, list[dict]]:
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args], env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(r.stderr[-3000:])
+    out = Path(args[args.index("-o") + 1])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return t0, [x for x in rows if x["split"] == "train"]
+
+
+MEMORY_PROBE = r"""
+import json, sys, ray
+from gsv_ray.rebuild import rebuild
+from gsv_ray.distributed.shared import share, materialise
+
+def anon():
+    f = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+    return int(f["RssAnon"].split()[0]) / 1024
+
+@ray.remote(num_cpus=1)
+def shared_worker(shared):
+    before = anon(); rb = materialise(shared)
+    total = sum(float(t.sum()) for sd in rb.weights.values() for t in sd.values())  # touch every page
+    return anon() - before
+
+@ray.remote(num_cpus=1)
+def own_worker(init, base_g, base_d):
+    before = anon(); rb = rebuild(init, base_g=base_g, base_d=base_d)
+    total = sum(float(t.sum()) for sd in rb.weights.values() for t in sd.values())
+    return anon() - before
+
+init, g, d = sys.argv[1:4]
+ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+shared = share(rebuild(init, base_g=g, base_d=d))
+a = ray.get([shared_worker.remote(shared) for _ in range(2)])
+b = ray.get([own_worker.remote(init, g, d) for _ in range(2)])
+print(json.dumps({"shared": a, "own": b}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--schemas", default=str(ROOT.parent / "shared/reference/gpt_sovits/schemas"))
+    args = ap.parse_args()
+    from gsv_ray.data.synthetic import make_synthetic_experiment
+    from tests.support.schemafiles import SchemaFiles
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        env = {**os.environ, "GSV_RAY_CACHE": str(d / "cache"), "GSV_RAY_SCRATCH": str(d / "scratch"),
+               "RAY_AUTH_MODE": "disabled"}
+        data = make_synthetic_experiment(d / "exp", version="v2", num_utterances=24)
+        gpt = _medium_gpt(d)
+        common = ["--init", str(gpt), "--data", str(data), "--max-steps", str(args.steps), "--batch-size", "4",
+                  "--val-fraction", "0", "--save-every", str(args.steps), "--val-every", str(10**6),
+                  "--wandb-mode", "disabled"]
+        t_local, local = run_cli(common + ["-o", str(d / "local")], env)
+        # the worker gets the machine's cores, as local mode has them (Ray sets OMP_NUM_THREADS = its CPUs)
+        t_ray, ray_rows = run_cli(common + ["-o", str(d / "ray"), "--workers", "1",
+                                            "--cpus-per-worker", str(os.cpu_count())], env)
+        m_local = statistics.median(x["step_time"] for x in local[args.warmup:])
+        m_ray = statistics.median(x["step_time"] for x in ray_rows[args.warmup:])
+        print(f"step time (GPT 6x256, batch 4, CPU): local {m_local * 1000:.1f} ms, Ray Train 1 worker "
+              f"{m_ray * 1000:.1f} ms -> {m_ray / m_local:.3f}x (goal <= 1.05x)")
+        print(f"command to first step: local {local[0]['time'] - t_local:.1f} s, Ray Train "
+              f"{ray_rows[0]['time'] - t_ray:.1f} s (goal: within 20 s)")
+
+        sf = SchemaFiles(Path(args.schemas), d / "files")
+        files = [sf.path("sovits-export", "v2"), sf.path("sovits-pretrained-g", "v2"), sf.path("sovits-pretrained-d", "v2")]
+        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *map(str, files)], env=env, capture_output=True,
+                           text=True)
+        if r.returncode:
+            raise SystemExit(r.stderr[-3000:])
+        mem = json.loads(r.stdout.strip().splitlines()[-1])
+        size = sum(p.stat().st_size for p in files) / 2**20
+        print(f"private memory per worker, full-size v2 rebuild ({size:.0f} MB of files, 398 MB fp32): shared via "
+              f"object store {statistics.mean(mem['shared']):.0f} MB vs each worker rebuilding itself "
+              f"{statistics.mean(mem['own']):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
