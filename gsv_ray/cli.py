@@ -112,6 +112,73 @@ TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup
                "wandb_project", "wandb_mode", "cpu")
 
 
+TUNE_FIELDS = ("num_samples", "lr_scale_range", "warmup_choices", "search", "scheduler", "grace_steps", "max_concurrent",
+               "workers_per_trial", "gpus_per_worker", "cpus_per_worker", "max_failures", "address", "storage", "name")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+    from rich.console import Console
+
+    from gsv_ray.errors import GsvError
+    from gsv_ray.tune.run import tune_and_report
+    from gsv_ray.tune.search import TuneOptions
+
+    tune_yaml: dict = {}
+    train_yaml = None
+    if args.config:  # one YAML: tune options (same names) next to the training options
+        from pathlib import Path
+
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise GsvError(f"cannot read the config ({str(e).splitlines()[0]})", path=args.config) from None
+        tune_yaml = {k.replace("-", "_"): v for k, v in loaded.items() if k.replace("-", "_") in TUNE_FIELDS}
+        train_yaml = {k: v for k, v in loaded.items() if k.replace("-", "_") not in TUNE_FIELDS}
+    overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args)}
+    overrides.update(base_g=args.base, output_dir=args.output or f"gsv-ray-runs/{args.name or 'tune'}")
+    cfg = _config_from(train_yaml, overrides)
+    fields = {f.name for f in dataclasses.fields(TuneOptions)}
+    values = {**tune_yaml, **{k: getattr(args, k) for k in TUNE_FIELDS if getattr(args, k, None) is not None}}
+    if "lr_scale_range" in values:
+        values["lr_scale_range"] = tuple(float(x) for x in values["lr_scale_range"])
+    opts = TuneOptions(**{k: v for k, v in values.items() if k in fields}, resume=bool(args.resume))
+    run = tune_and_report(cfg, opts, console=Console())
+    return 130 if run.outcome.interrupted else 0
+
+
+def _config_from(train_yaml, overrides):
+    import tempfile
+
+    import yaml
+
+    from gsv_ray.train import load_config
+
+    if not train_yaml:
+        return load_config(None, **overrides)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=True) as f:
+        yaml.safe_dump(train_yaml, f)
+        f.flush()
+        return load_config(f.name, **overrides)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from gsv_ray.tune.run import demo_config, tune_and_report
+
+    root = Path(args.dir)
+    print(f"gsv-ray demo in {root}: a synthetic voice, a small SoVITS v2 old.pth in GPT-SoVITS's export format, "
+          "and a Ray Tune search over lr_scale and warmup (local Ray, W&B offline)")
+    cfg, opts = demo_config(root, fast=args.fast)
+    run = tune_and_report(cfg, opts, console=Console())
+    return 130 if run.outcome.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gsv-ray",
@@ -230,6 +297,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint storage shared by all nodes (s3://..., gs://..., a shared path); default -o/ray")
     g.add_argument("--max-failures", type=int, help="restarts of failed workers before the job fails (default 0)")
     tr.set_defaults(func=_cmd_train)
+
+    tu = sub.add_parser(
+        "tune", help="Ray Tune over lr_scale and warmup from one shared rebuild; best weights exported",
+        description="Search the reduced learning-rate scale and the warmup with Ray Tune. Every trial trains from "
+                    "the same rebuilt weights (rebuilt once), logs one W&B run, and can be stopped early (ASHA). "
+                    "Every option can also be given in --config tune.yaml.")
+    tu.add_argument("--config", metavar="YAML", help="options file (training and search options)")
+    tu.add_argument("--init", metavar="OLD", help="the SoVITS .pth or GPT .ckpt to continue from")
+    tu.add_argument("--base", metavar="G")
+    tu.add_argument("--base-d", metavar="D")
+    tu.add_argument("--data", metavar="DIR", help="the GPT-SoVITS experiment folder (logs/<exp>)")
+    tu.add_argument("--stage", choices=["sovits", "gpt"])
+    tu.add_argument("--version")
+    tu.add_argument("-o", "--output", metavar="DIR", help="run directory (default gsv-ray-runs/<name>)")
+    tu.add_argument("--max-steps", type=int, help="steps per trial")
+    tu.add_argument("--batch-size", type=int)
+    tu.add_argument("--val-every", type=int, help="steps between validations = when trials are compared")
+    tu.add_argument("--precision", choices=["no", "bf16", "fp16"])
+    tu.add_argument("--seed", type=int)
+    tu.add_argument("--wandb-project")
+    tu.add_argument("--wandb-mode", choices=["online", "offline", "disabled"])
+    g = tu.add_argument_group("search")
+    g.add_argument("--num-samples", type=int, help="trials (default 8)")
+    g.add_argument("--lr-scale-range", type=float, nargs=2, metavar=("LO", "HI"), help="log-uniform (default 0.02 1)")
+    g.add_argument("--warmup-choices", type=int, nargs="+", metavar="STEPS", help="default 0 50 200")
+    g.add_argument("--search", choices=["random", "optuna"])
+    g.add_argument("--scheduler", choices=["asha", "fifo"])
+    g.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped")
+    g.add_argument("--max-concurrent", type=int)
+    g = tu.add_argument_group("resources")
+    g.add_argument("--workers-per-trial", type=int)
+    g.add_argument("--gpus-per-worker", type=float)
+    g.add_argument("--cpus-per-worker", type=float)
+    g.add_argument("--max-failures", type=int, help="per trial")
+    g.add_argument("--address")
+    g.add_argument("--storage", metavar="PATH_OR_URI")
+    g.add_argument("--name", help="the tune run's name (W&B group); default tune-<-o folder>")
+    g.add_argument("--resume", action="store_true", help="continue the tune run of this name after an interruption")
+    tu.set_defaults(func=_cmd_tune)
+
+    de = sub.add_parser("demo", help="the main job on an embedded default: synthetic voice + tune, in minutes")
+    de.add_argument("--dir", default="gsv-ray-demo", help="where to put everything (default ./gsv-ray-demo)")
+    de.add_argument("--fast", action="store_true", help="fewer, shorter trials (for tests)")
+    de.set_defaults(func=_cmd_demo)
     return p
 
 

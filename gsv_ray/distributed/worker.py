@@ -82,7 +82,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tracking = None
     if rank == 0:
-        tracking = Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode, name=cfg.run_name,
+        tracking = Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode,
+                            name=config.get("wandb_name") or cfg.run_name,
                             group=config.get("group"), job_type=config.get("job_type"),
                             run_id=config.get("wandb_run_id"))
     try:

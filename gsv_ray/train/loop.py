@@ -141,6 +141,7 @@ def train(
                        resume_step=state.step)
 
     val_history: list[dict[str, float]] = []
+    last_val: dict[str, float] = {}  # reported with each checkpoint (what a Tune scheduler compares)
     exports: list[Path] = []
     last_ckpt: Path | None = resume_from
 
@@ -149,6 +150,7 @@ def train(
             return
         metrics = recipe.evaluate(val_batches, cfg.seed)
         val_history.append({"step": step, **metrics})
+        last_val.update({f"val/{k}": v for k, v in metrics.items()})
         if tracking is not None:
             tracking.log(step, {f"val/{k}": v for k, v in metrics.items()})
             samples = recipe.audio_samples(audio_items, cfg.seed)
@@ -194,7 +196,7 @@ def train(
             if state.step % cfg.save_every == 0 or state.step == total:
                 last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last)
                 if on_checkpoint is not None:
-                    on_checkpoint(state.step, last_ckpt, metrics)
+                    on_checkpoint(state.step, last_ckpt, {**metrics, **last_val})
             if state.step >= total:
                 break
         else:

@@ -1,0 +1,1 @@
+"""Ray Tune search over the reduced learning-rate scale and warmup (``gsv-ray tune``)."""

@@ -1,0 +1,407 @@
+"""What a finished (or interrupted) ``gsv-ray tune`` search leaves behind, built from plain data.
+
+The search code turns Ray's ``ResultGrid`` into a :class:`TuneOutcome`; everything here works from
+that alone (no Ray import), so the results can be rendered, written and logged the same way whether
+the search finished, was early-stopped trial by trial, or was cut short:
+
+* :func:`results_table` -- a ``rich`` table for the terminal;
+* :func:`write_results` -- ``results.json`` (all fields, NaN -> ``null``) and ``summary.png``
+  (validation loss and LR schedule per trial), each written atomically;
+* :func:`log_summary_run` -- one W&B run (``job_type="tune-summary"``, grouped with the trials)
+  holding the table, the best settings and the figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gsv_ray.io.writers import atomic_write
+
+#: ``results.json`` layout version; bump when fields change meaning.
+RESULTS_FORMAT = "gsv-ray-tune-results/1"
+BEST_MARK = "★"
+SUMMARY_JOB_TYPE = "tune-summary"
+TABLE_KEY = "tune/results"
+IMAGE_KEY = "tune/summary"
+TABLE_COLUMNS = ("trial_id", "lr_scale", "warmup_steps", "best_val_loss", "best_step", "steps", "status",
+                 "wandb_run_id")
+#: Statuses of trials that never got to finish because the search itself stopped.
+INTERRUPTED_STATUSES = ("RUNNING", "PENDING")
+#: Above this many trials the legend names only the best trial (the rest stay as thin lines).
+LEGEND_MAX = 12
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class TrialSummary:
+    """One trial as the search saw it last: its settings, where it got to and how it ended.
+
+    ``status``: ``TERMINATED`` (ran its full budget), ``STOPPED`` (early-stopped by the
+    scheduler), ``ERROR`` (``error`` holds the message) or ``RUNNING`` / ``PENDING`` (the search
+    was interrupted). ``val_history`` / ``lr_history`` are ``(step, value)`` pairs in step order."""
+
+    trial_id: str
+    lr_scale: float
+    warmup_steps: int
+    status: str
+    error: str | None = None
+    steps: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+    lr_history: list[tuple[int, float]] = field(default_factory=list)
+    export_paths: list[str] = field(default_factory=list)
+    wandb_run_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types; non-finite floats become ``None`` (strict JSON has no NaN)."""
+        return _finite(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TrialSummary:
+        """Inverse of :meth:`to_json` (histories come back as lists of tuples; unknown keys ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("val_history", "lr_history"):
+            kw[k] = [(int(s), _float_or_nan(v)) for s, v in kw.get(k) or []]
+        kw["export_paths"] = [str(p) for p in kw.get("export_paths") or []]
+        return cls(**kw)
+
+
+@dataclass
+class TuneOutcome:
+    """A whole search: its name (also the W&B group of its trials), what it optimised, the trials,
+    whether it was interrupted, and the best trial (lowest ``best_val_loss``; see :func:`pick_best`)."""
+
+    name: str
+    stage: str
+    version: str | None
+    metric: str = "val/loss"
+    mode: str = "min"
+    trials: list[TrialSummary] = field(default_factory=list)
+    interrupted: bool = False
+    best: TrialSummary | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, as strict JSON types (NaN -> ``None``)."""
+        return {
+            "format": RESULTS_FORMAT,
+            "name": self.name, "stage": self.stage, "version": self.version,
+            "metric": self.metric, "mode": self.mode, "interrupted": bool(self.interrupted),
+            "best_trial_id": self.best.trial_id if self.best is not None else None,
+            "best": self.best.to_json() if self.best is not None else None,
+            "status_counts": status_counts(self.trials),
+            "trials": [t.to_json() for t in self.trials],
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TuneOutcome:
+        """Inverse of :meth:`to_json`; ``best`` is the trial object from ``trials`` with that id."""
+        trials = [TrialSummary.from_json(t) for t in d.get("trials") or []]
+        best_id = d.get("best_trial_id") or (d.get("best") or {}).get("trial_id")
+        best = next((t for t in trials if t.trial_id == best_id), None)
+        if best is None and d.get("best"):
+            best = TrialSummary.from_json(d["best"])
+        return cls(name=d["name"], stage=d["stage"], version=d.get("version"), metric=d.get("metric", "val/loss"),
+                   mode=d.get("mode", "min"), trials=trials, interrupted=bool(d.get("interrupted")), best=best)
+
+
+def pick_best(trials: Iterable[TrialSummary]) -> TrialSummary | None:
+    """The trial with the lowest finite ``best_val_loss`` (first one on ties), or ``None``.
+
+    Trials of every status count: an early-stopped or interrupted trial's best checkpoint is
+    as real as a finished one's."""
+    cands = [t for t in trials if _is_finite(t.best_val_loss)]
+    return min(cands, key=lambda t: t.best_val_loss) if cands else None  # type: ignore[arg-type,return-value]
+
+
+def status_counts(trials: Iterable[TrialSummary]) -> dict[str, int]:
+    """``{status: number of trials}`` in first-seen order."""
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.status] = out.get(t.status, 0) + 1
+    return out
+
+
+def load_results(path: str | Path) -> TuneOutcome:
+    """Read a ``results.json`` written by :func:`write_results` back into a :class:`TuneOutcome`."""
+    return TuneOutcome.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _is_finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _float_or_nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _finite(obj: Any) -> Any:
+    """Recursively: non-finite floats -> ``None``, tuples -> lists, paths -> str."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy / torch scalars
+        return _finite(obj.item())
+    return obj
+
+
+def first_line(text: str | None, limit: int = 120) -> str:
+    """The first non-empty line of an error message, shortened to ``limit`` characters."""
+    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return format(v, spec) if _is_finite(v) else "—"
+
+
+def _status_text(t: TrialSummary) -> str:
+    if t.status == "ERROR":
+        msg = first_line(t.error)
+        return f"ERROR: {msg}" if msg else "ERROR"
+    if t.status == "STOPPED":
+        return "STOPPED (early)"
+    if t.status in INTERRUPTED_STATUSES:
+        return f"{t.status} (interrupted)"
+    return t.status
+
+
+def trial_label(t: TrialSummary) -> str:
+    """A short legend label: the trial id and its two searched settings."""
+    return f"{t.trial_id}  lr×{_fmt(t.lr_scale, '.3g')}  warmup {t.warmup_steps}"
+
+
+def _title(outcome: TuneOutcome) -> str:
+    what = f"{outcome.stage} {outcome.version}" if outcome.version else outcome.stage
+    title = f"tune {outcome.name} — {what} — {len(outcome.trials)} trials, {outcome.metric} ({outcome.mode})"
+    return title + " — INTERRUPTED" if outcome.interrupted else title
+
+
+# -- 1. terminal table ---------------------------------------------------------------------------
+def results_table(outcome: TuneOutcome) -> Any:
+    """A ``rich.table.Table`` of the trials (best first by ``best_val_loss``, then the rest in the
+    given order), the best row marked with :data:`BEST_MARK`; the title says when the search was
+    interrupted, so a partial table is never mistaken for a finished one."""
+    from rich.table import Table
+
+    table = Table(title=_title(outcome), caption=_caption(outcome), show_lines=False)
+    table.add_column("trial", no_wrap=True)
+    table.add_column("lr_scale", justify="right")
+    table.add_column("warmup", justify="right")
+    table.add_column("best val loss", justify="right")
+    table.add_column("at step", justify="right")
+    table.add_column("steps", justify="right")
+    table.add_column("status", overflow="fold")
+    best_id = outcome.best.trial_id if outcome.best is not None else None
+    for t in _table_order(outcome.trials):
+        is_best = best_id is not None and t.trial_id == best_id
+        style = "bold green" if is_best else ("red" if t.status == "ERROR" else None)
+        table.add_row(
+            f"{BEST_MARK} {t.trial_id}" if is_best else f"  {t.trial_id}",
+            _fmt(t.lr_scale, ".4g"), str(t.warmup_steps),
+            _fmt(t.best_val_loss, ".4f"), "—" if t.best_step is None else str(t.best_step),
+            str(t.steps), _status_text(t), style=style,
+        )
+    return table
+
+
+def _table_order(trials: Sequence[TrialSummary]) -> list[TrialSummary]:
+    """Trials with a loss first, lowest first; the others after, in their original order."""
+    scored = sorted((t for t in trials if _is_finite(t.best_val_loss)),
+                    key=lambda t: float(t.best_val_loss))  # type: ignore[arg-type]
+    return scored + [t for t in trials if not _is_finite(t.best_val_loss)]
+
+
+def _caption(outcome: TuneOutcome) -> str | None:
+    b = outcome.best
+    if b is None:
+        return "no trial reported a validation loss"
+    return (f"{BEST_MARK} best: {b.trial_id} — lr_scale {_fmt(b.lr_scale, '.4g')}, warmup {b.warmup_steps}, "
+            f"{outcome.metric} {_fmt(b.best_val_loss, '.4f')} at step {b.best_step}")
+
+
+# -- 2. files ------------------------------------------------------------------------------------
+def write_results(outcome: TuneOutcome, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``results.json`` and ``summary.png`` into ``out_dir`` (created; existing ones replaced),
+    each through a temp file + rename so a reader never sees half a file. Returns
+    ``{"json": path, "png": path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(outcome.to_json(), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    json_path = atomic_write(out / "results.json", lambda f: f.write(text.encode("utf-8")), overwrite=True)
+    png = render_summary_png(outcome)
+    png_path = atomic_write(out / "summary.png", lambda f: f.write(png), overwrite=True)
+    return {"json": json_path, "png": png_path}
+
+
+def render_summary_png(outcome: TuneOutcome, *, dpi: int = 100) -> bytes:
+    """The two-panel summary figure as PNG bytes: validation loss per trial (best highlighted, its
+    best point marked) and the main group's LR per trial, both over steps.
+
+    Uses a bare ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot, so no global figure
+    registry and no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.6), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_val, ax_lr = fig.subplots(1, 2)
+    best_id = outcome.best.trial_id if outcome.best is not None else None
+    many = len(outcome.trials) > LEGEND_MAX
+    colors = _colors(len(outcome.trials))
+    plotted_val = plotted_lr = False
+    for i, t in enumerate(outcome.trials):
+        is_best = t.trial_id == best_id
+        label = trial_label(t) + ("" if t.status == "TERMINATED" else f" [{t.status.lower()}]")
+        if is_best:
+            label = f"{BEST_MARK} {label}"
+        if many and not is_best:
+            label = "_nolegend_"
+        kw: dict[str, Any] = dict(color=colors[i], label=label)
+        if is_best:
+            kw.update(linewidth=2.6, alpha=1.0, zorder=3)
+        else:
+            kw.update(linewidth=1.1, alpha=0.7, zorder=2, linestyle="--" if t.status != "TERMINATED" else "-")
+        vx, vy = _xy(t.val_history)
+        if vx:
+            ax_val.plot(vx, vy, marker="o" if len(vx) < 30 else None, markersize=3, **kw)
+            plotted_val = True
+            if is_best and t.best_step is not None and _is_finite(t.best_val_loss):
+                ax_val.scatter([t.best_step], [t.best_val_loss], s=90, marker="*", color=colors[i],
+                               edgecolors="black", linewidths=0.6, zorder=4)
+        elif not many or is_best:  # keep the trial in the legend even with no points (e.g. errored)
+            ax_val.plot([], [], **kw)
+        lx, ly = _xy(t.lr_history)
+        if lx:
+            ax_lr.plot(lx, ly, **{**kw, "label": "_nolegend_"})
+            plotted_lr = True
+    ax_val.set_title(f"validation loss ({outcome.metric}) per trial")
+    ax_val.set_xlabel("step")
+    ax_val.set_ylabel(outcome.metric)
+    ax_val.grid(True, alpha=0.3)
+    if not plotted_val:
+        ax_val.text(0.5, 0.5, "no validation results", ha="center", va="center", transform=ax_val.transAxes)
+    if ax_val.get_legend_handles_labels()[0]:
+        ax_val.legend(fontsize="x-small", loc="upper right", framealpha=0.8,
+                      title=f"{len(outcome.trials)} trials" if many else None, title_fontsize="x-small")
+    ax_lr.set_title("learning rate (main group) per trial")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("lr")
+    ax_lr.grid(True, alpha=0.3)
+    if plotted_lr:
+        ys = [y for t in outcome.trials for _, y in t.lr_history if _is_finite(y) and y > 0]
+        if ys and max(ys) / min(ys) > 50:
+            ax_lr.set_yscale("log")
+    else:
+        ax_lr.text(0.5, 0.5, "no learning-rate history", ha="center", va="center", transform=ax_lr.transAxes)
+    fig.suptitle(_title(outcome), fontsize="medium")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _xy(history: Sequence[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    pts = sorted((int(s), float(v)) for s, v in history if _is_finite(v))
+    return [s for s, _ in pts], [v for _, v in pts]
+
+
+def _colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"]
+    if n <= 20:
+        return [cmap(i % cmap.N) for i in range(n)]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+# -- 3. W&B --------------------------------------------------------------------------------------
+def table_rows(outcome: TuneOutcome) -> list[list[Any]]:
+    """One row per trial in :data:`TABLE_COLUMNS` order (non-finite losses -> ``None``)."""
+    return [[t.trial_id, float(t.lr_scale), int(t.warmup_steps),
+             float(t.best_val_loss) if _is_finite(t.best_val_loss) else None,
+             t.best_step, int(t.steps), t.status, t.wandb_run_id] for t in outcome.trials]
+
+
+def best_summary(outcome: TuneOutcome) -> dict[str, Any]:
+    """Run-summary entries: the best settings (``best/*``) plus trial counts and the interrupted flag."""
+    out: dict[str, Any] = {"tune/trials": len(outcome.trials), "tune/interrupted": bool(outcome.interrupted)}
+    for status, n in status_counts(outcome.trials).items():
+        out[f"tune/status/{status}"] = n
+    b = outcome.best
+    if b is not None:
+        out.update({
+            "best/trial_id": b.trial_id, "best/lr_scale": float(b.lr_scale), "best/warmup_steps": int(b.warmup_steps),
+            "best/val_loss": float(b.best_val_loss) if _is_finite(b.best_val_loss) else None,
+            "best/step": b.best_step, "best/steps": int(b.steps), "best/status": b.status,
+            "best/wandb_run_id": b.wandb_run_id, "best/export_paths": list(b.export_paths),
+        })
+    return out
+
+
+def log_summary_run(
+    outcome: TuneOutcome,
+    *,
+    project: str,
+    mode: str | None = None,
+    dir: str | Path,
+    group: str | None = None,
+    name: str | None = None,
+    entity: str | None = None,
+    png_path: str | Path | None = None,
+) -> Any:
+    """Log the search as one W&B run next to its trials: ``job_type="tune-summary"``, grouped with
+    the trials (``group`` defaults to ``outcome.name``), the per-trial table, the best settings in
+    the run summary and the summary figure -- so the comparison is in W&B, not only on disk.
+
+    ``mode`` follows :class:`gsv_ray.track.Tracker` (offline without an API key; ``disabled`` is a
+    no-op). The figure is ``png_path`` when given (e.g. what :func:`write_results` wrote), else it
+    is rendered into ``<dir>/summary.png``. Returns the finished ``Tracker`` (``run_id``,
+    ``run_file``, ``mode``)."""
+    from gsv_ray.track import Tracker
+
+    group = group or outcome.name
+    config = {
+        "tune/name": outcome.name, "stage": outcome.stage, "version": outcome.version,
+        "metric": outcome.metric, "mode": outcome.mode, "num_trials": len(outcome.trials),
+        "interrupted": bool(outcome.interrupted),
+    }
+    tracker = Tracker().start(config, project=project, dir=dir, mode=mode, group=group,
+                              job_type=SUMMARY_JOB_TYPE, name=name or f"{outcome.name}-summary", entity=entity)
+    if not tracker.enabled:
+        return tracker
+    ok = False
+    try:
+        import wandb
+
+        if png_path is None:
+            png = render_summary_png(outcome)
+            png_path = atomic_write(Path(dir) / "summary.png", lambda f: f.write(png), overwrite=True)
+        table = wandb.Table(columns=list(TABLE_COLUMNS), data=table_rows(outcome), allow_mixed_types=True)
+        image = wandb.Image(str(png_path), caption=_title(outcome))
+        tracker.log(0, {TABLE_KEY: table, IMAGE_KEY: image})
+        tracker.set_summary(best_summary(outcome))
+        ok = True
+    finally:
+        tracker.finish(exit_code=0 if ok else 1)
+    return tracker
+
+
+__all__ = [
+    "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "TrialSummary", "TuneOutcome", "best_summary", "first_line",
+    "load_results", "log_summary_run", "pick_best", "render_summary_png", "results_table", "status_counts",
+    "table_rows", "trial_label", "write_results",
+]

@@ -1,0 +1,268 @@
+"""``gsv-ray tune``: Ray Tune over the reduced LR scale and the warmup, from one shared rebuild.
+
+Each trial is a Tune *function* trainable that builds and fits a Ray Train ``TorchTrainer`` over
+the unchanged training loop (``TuneReportCallback`` forwards the workers' reports to Tune; a
+``TorchTrainer`` given to the Tuner directly is refused by Ray 2.60). The rebuild runs once, on
+the driver, before any trial; every trial gets a reference to the shared weights, never the path.
+ASHA compares the validation loss at our own ``step`` counter (Tune's ``training_iteration``
+restarts after a restore). Trial Train runs are named after the trial, so a restored tune run
+continues interrupted trials from their last checkpoints instead of starting them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from gsv_ray.errors import GsvError
+from gsv_ray.train.config import TrainConfig
+
+METRIC, MODE = "val/loss", "min"
+
+
+@dataclass
+class TuneOptions:
+    """The search: space, algorithm, scheduler, resources. Every field is also a YAML key."""
+
+    num_samples: int = 8
+    lr_scale_range: tuple[float, float] = (0.02, 1.0)   # log-uniform
+    warmup_choices: list[int] = field(default_factory=lambda: [0, 50, 200])
+    search: str = "random"             # random | optuna
+    scheduler: str = "asha"            # asha | fifo
+    grace_steps: int | None = None     # ASHA: steps before a trial can be stopped (default: max_steps // 4)
+    reduction_factor: float = 2.0
+    max_concurrent: int | None = None
+    workers_per_trial: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0              # per trial
+    address: str | None = None
+    storage: str | None = None
+    name: str | None = None
+    resume: bool = False
+
+    def validate(self, max_steps: int) -> None:
+        lo, hi = self.lr_scale_range
+        if not (lo > 0 and hi > 0 and lo < hi):
+            raise GsvError(f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
+                           fix="e.g. --lr-scale-range 0.02 1.0")
+        if not self.warmup_choices or any(w < 0 for w in self.warmup_choices):
+            raise GsvError(f"--warmup-choices must be one or more numbers >= 0, got {self.warmup_choices}",
+                           fix="e.g. --warmup-choices 0 100 500")
+        if any(w >= max_steps for w in self.warmup_choices):
+            raise GsvError(f"every warmup must be shorter than --max-steps {max_steps}, got {self.warmup_choices}")
+        if self.num_samples < 1:
+            raise GsvError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.search not in ("random", "optuna"):
+            raise GsvError(f"--search must be random or optuna, got {self.search!r}")
+        if self.scheduler not in ("asha", "fifo"):
+            raise GsvError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise GsvError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+        if self.workers_per_trial < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
+            raise GsvError("--workers-per-trial must be >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0")
+
+
+def param_space(opts: TuneOptions) -> dict[str, Any]:
+    from ray import tune
+
+    lo, hi = opts.lr_scale_range
+    return {"lr_scale": tune.loguniform(lo, hi), "warmup_steps": tune.choice(list(opts.warmup_choices))}
+
+
+def search_algorithm(opts: TuneOptions):
+    if opts.search == "random":
+        return None  # Tune's default: random sampling of the param space
+    try:
+        import optuna  # noqa: F401 -- OptunaSearch imports it lazily; fail here with a clear line
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise GsvError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
+                       "--search random") from None
+    return OptunaSearch(metric=METRIC, mode=MODE)
+
+
+def scheduler(opts: TuneOptions, max_steps: int, val_every: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if opts.scheduler == "fifo":
+        return FIFOScheduler()
+    grace = opts.grace_steps or max(val_every, max_steps // 4)
+    return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=grace,
+                         reduction_factor=opts.reduction_factor)
+
+
+def trial_resources(opts: TuneOptions) -> float:
+    """Logical CPUs one trial holds: its Tune driver (1) + its Train controller (1) + its workers."""
+    return 2 + opts.workers_per_trial * opts.cpus_per_worker
+
+
+def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts: TuneOptions, tune_name: str,
+                   storage_path: str, storage_fs, forbidden: list[str]) -> None:
+    """One trial: a Ray Train run of the training loop at this trial's lr_scale and warmup."""
+    from ray import tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gsv_ray.distributed.worker import train_loop_per_worker
+
+    trial_id = tune.get_context().get_trial_id()
+    train_cfg = {**base, "lr_scale": float(config["lr_scale"]), "warmup_steps": int(config["warmup_steps"]),
+                 "resume": None, "name": base.get("name") or tune_name}
+    loop_config = {
+        "train": train_cfg, "rebuild": shared, "run_name": f"{tune_name}-{trial_id}", "forbidden_paths": forbidden,
+        "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
+    }
+    resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
+    TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=opts.workers_per_trial, use_gpu=opts.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"{tune_name}-{trial_id}", storage_path=storage_path, storage_filesystem=storage_fs,
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=opts.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=base.get("keep_last", 2) + 1)),
+    ).fit()
+
+
+def default_name(cfg: TrainConfig) -> str:
+    return f"tune-{Path(cfg.output_dir).resolve().name}"
+
+
+def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] = print):
+    """Run (or ``--resume``) the search; returns the ``TuneOutcome`` and writes the results to ``-o``."""
+    import ray
+    from ray import tune
+
+    from gsv_ray.cache import default_cache_root
+    from gsv_ray.distributed.launch import check_reachable
+    from gsv_ray.distributed.shared import share
+    from gsv_ray.rebuild import rebuild_cached
+    from gsv_ray.storage import check_writable, resolve
+
+    cfg.validate()
+    if cfg.max_steps is None:
+        raise GsvError("tune needs --max-steps (the scheduler compares trials at the same step counts)")
+    opts.validate(cfg.max_steps)
+    out = Path(cfg.output_dir)
+    name = opts.name or default_name(cfg)
+    storage = opts.storage or str(out.resolve() / "ray")
+    check_writable(storage)
+    storage_fs, storage_path = resolve(storage)
+    experiment_path = storage.rstrip("/") + "/" + name
+    if opts.resume and not _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
+        raise GsvError(f"no tune run named {name!r} to resume", path=experiment_path,
+                       fix="check --name / -o / --storage, or drop --resume to start it")
+
+    # every trial reports at each validation, with the checkpoint taken there
+    cfg = dataclasses.replace(cfg.localised(default_cache_root(), data=False), save_every=cfg.val_every)
+    rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage, version=cfg.version,
+                             task="train")
+    say(f"rebuilt once for every trial ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
+
+    per_trial = trial_resources(opts)
+    if not ray.is_initialized():
+        check_reachable(opts.address or os.environ.get("RAY_ADDRESS"))
+        if opts.address:
+            ray.init(address=opts.address)
+        else:  # local: enough logical CPUs for the concurrent trials (STACK.md: a trial's driver needs one)
+            concurrent = opts.max_concurrent or min(opts.num_samples, 2)
+            import logging
+
+            ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(concurrent * per_trial))),
+                     logging_level=logging.WARNING)  # dashboard on: early-stopped trials then free their workers
+    total_cpu = ray.cluster_resources().get("CPU", 0)
+    if per_trial > total_cpu:
+        raise GsvError(f"one trial needs {per_trial:g} CPUs (its driver, its Train controller and "
+                       f"{opts.workers_per_trial} worker(s) x {opts.cpus_per_worker:g}) but the cluster has "
+                       f"{total_cpu:g}", fix="lower --workers-per-trial / --cpus-per-worker or add nodes")
+    if opts.max_concurrent and opts.max_concurrent * per_trial > total_cpu:
+        fits = int(total_cpu // per_trial)
+        raise GsvError(f"--max-concurrent {opts.max_concurrent} trials need {opts.max_concurrent * per_trial:g} CPUs "
+                       f"but the cluster has {total_cpu:g}", fix=f"use --max-concurrent {fits} or less")
+
+    shared = share(rebuilt)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_function, base={**cfg.to_json()}, shared=shared, opts=opts, tune_name=name,
+                             storage_path=storage_path, storage_fs=storage_fs,
+                             forbidden=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p and "://" not in p]),
+        {"CPU": 1})
+    if opts.resume:
+        say(f"resuming tune run {name} from {experiment_path}")
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                   storage_filesystem=storage_fs)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space(opts),
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=opts.num_samples,
+                                        search_alg=search_algorithm(opts),
+                                        scheduler=scheduler(opts, cfg.max_steps, cfg.val_every),
+                                        max_concurrent_trials=opts.max_concurrent),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs),
+        )
+    say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
+        f"{list(opts.warmup_choices)}, {opts.search} search, {opts.scheduler} scheduler, "
+        f"{opts.workers_per_trial} worker(s)/trial; storage {storage}")
+    grid = tuner.fit()
+    return collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
+
+
+def _exists(fs, path: str) -> bool:
+    from pyarrow.fs import FileType
+
+    return fs.get_file_info(path).type != FileType.NotFound
+
+
+def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path: str):
+    """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
+    from pyarrow.fs import FileType, LocalFileSystem, copy_files
+
+    from gsv_ray.tune.results import TrialSummary, TuneOutcome
+
+    out = Path(cfg.output_dir)
+    trials: list[TrialSummary] = []
+    interrupted = False
+    # ResultGrid holds one Result per trial, in the order of its experiment's trials (whose status
+    # tells a finished or scheduler-stopped trial, TERMINATED, from an interrupted one)
+    for trial, result in zip(grid._experiment_analysis.trials, grid):
+        trial_id = trial.trial_id
+        hist = result.metrics_dataframe
+        has = hist is not None and len(hist) and "step" in hist
+        val = [(int(s), float(v)) for s, v in zip(hist["step"], hist[METRIC]) if v == v] if has and METRIC in hist else []
+        lr_col = next((c for c in hist.columns if c.startswith("lr/")), None) if has else None
+        lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
+        steps = int(hist["step"].max()) if has else 0
+        best = min(val, key=lambda x: x[1]) if val else None
+        if result.error or trial.status == "ERROR":
+            status = "ERROR"
+        elif trial.status == "TERMINATED":
+            status = "TERMINATED" if steps >= (cfg.max_steps or 0) else "STOPPED"
+        else:
+            status, interrupted = "INTERRUPTED", True
+        trial_out = out / "trials" / trial_id
+        final = f"{storage_path.rstrip('/')}/{name}-{trial_id}/final/run"
+        exports: list[str] = []
+        if status == "TERMINATED" and storage_fs.get_file_info(final).type == FileType.Directory:
+            trial_out.mkdir(parents=True, exist_ok=True)
+            copy_files(final, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
+            exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+            wandb_src = trial_out / "wandb"
+            if wandb_src.is_dir():  # one W&B folder for the whole tune run: `wandb sync DIR/wandb/offline-run-*`
+                for run_dir in wandb_src.glob("*run-*"):
+                    shutil.copytree(run_dir, out / "wandb" / run_dir.name, dirs_exist_ok=True)
+        trials.append(TrialSummary(
+            trial_id=trial_id, lr_scale=float(trial.config.get("lr_scale", float("nan"))),
+            warmup_steps=int(trial.config.get("warmup_steps", 0)), status=status,
+            error=(str(result.error).strip().splitlines() or [""])[0][:300] if result.error else None,
+            steps=steps, best_val_loss=best[1] if best else None, best_step=best[0] if best else None,
+            val_history=val, lr_history=lrs, export_paths=exports, wandb_run_id=trial_id))
+    ranked = [t for t in trials if t.best_val_loss is not None and t.status != "ERROR"]
+    best_trial = min(ranked, key=lambda t: t.best_val_loss) if ranked else None
+    return TuneOutcome(name=name, stage=rebuilt.stage, version=rebuilt.version, metric=METRIC, mode=MODE,
+                       trials=trials, interrupted=interrupted, best=best_trial)
