@@ -92,7 +92,7 @@ def scheduler(opts: TuneOptions, max_steps: int, val_every: int):
 
     if opts.scheduler == "fifo":
         return FIFOScheduler()
-    grace = opts.grace_steps or max(val_every, max_steps // 4)
+    grace = min(max_steps, opts.grace_steps or max(min(val_every, max_steps), max_steps // 4))
     return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=grace,
                          reduction_factor=opts.reduction_factor)
 
@@ -171,11 +171,11 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         check_reachable(opts.address or os.environ.get("RAY_ADDRESS"))
         if opts.address:
             ray.init(address=opts.address)
-        else:  # local: enough logical CPUs for the concurrent trials (STACK.md: a trial's driver needs one)
-            concurrent = opts.max_concurrent or min(opts.num_samples, 2)
+        else:  # local: logical CPUs for two concurrent trials at least (a trial's driver needs one,
+            # STACK.md), more only where the machine has the cores
             import logging
 
-            ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(concurrent * per_trial))),
+            ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(min(2, opts.num_samples) * per_trial))),
                      logging_level=logging.WARNING)  # dashboard on: early-stopped trials then free their workers
     total_cpu = ray.cluster_resources().get("CPU", 0)
     if per_trial > total_cpu:

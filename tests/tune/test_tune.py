@@ -1,0 +1,132 @@
+"""`gsv-ray tune`: trials from one shared rebuild, every trial fully in W&B, ASHA, resume, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gsv_ray.io import read
+from gsv_ray.rebuild import rebuild
+from gsv_ray.track import read_metrics
+from tests.support import wandb_reader as wr
+
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.01"}
+
+
+def _env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(RAY_ENV, GSV_RAY_CACHE=str(tmp_path / "cache"), GSV_RAY_SCRATCH=str(tmp_path / "scratch"),
+               WANDB_API_KEY="", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo_inputs(tmp_path_factory):
+    from gsv_ray.tune.run import make_demo_inputs
+
+    return make_demo_inputs(tmp_path_factory.mktemp("demo"))
+
+
+def _tune(tmp_path, inputs, *extra, out="run"):
+    args = [sys.executable, "-m", "gsv_ray", "tune", "--init", str(inputs["init"]), "--base-d", str(inputs["base_d"]),
+            "--data", str(inputs["data"]), "-o", str(tmp_path / out), *extra]
+    return args
+
+
+def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
+    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
+                             "--num-samples", "3", "--warmup-choices", "0", "3", "--lr-scale-range", "0.2", "2",
+                             "--max-concurrent", "2", "--name", "t3", "--grace-steps", "2"),
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "run"
+    assert len(list((tmp_path / "cache" / "rebuild").iterdir())) == 1  # one rebuild for every trial
+    res = json.loads((out / "results.json").read_text())
+    trials = res["trials"]
+    assert len(trials) == 3 and not res["interrupted"]
+    assert {t["status"] for t in trials} <= {"TERMINATED", "STOPPED"} and any(t["status"] == "TERMINATED" for t in trials)
+    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    runs = {}
+    for f in wr.find_run_files(out / "wandb"):
+        recs = wr.read_records(f)
+        runs[wr.run_info(recs)["id"]] = recs
+    for t in trials:  # every trial: one offline run with its settings, per-step loss and LR, the rebuild table
+        recs = runs[t["trial_id"]]
+        info, cfg = wr.run_info(recs), wr.run_config(recs)
+        assert (info["group"], info["job_type"]) == ("t3", "trial")
+        assert cfg["lr_scale"] == pytest.approx(t["lr_scale"]) and cfg["warmup_steps"] == t["warmup_steps"]
+        rows = [h for h in wr.history_rows(recs) if "train/loss" in h]
+        assert [h["_step"] for h in rows] == list(range(1, t["steps"] + 1))
+        peak, w = 1e-4 * t["lr_scale"], t["warmup_steps"]
+        want = [peak * (0.1 + 0.9 * (s - 1) / w) if s - 1 < w else None for s in range(1, len(rows) + 1)]
+        for h, lr in zip(rows, want):
+            if lr is not None:
+                assert h["train/lr/generator"] == pytest.approx(lr, rel=1e-9)
+        assert any(h.get("rebuild/table", {}).get("_type") == "table-file" for h in wr.history_rows(recs))
+    (summary,) = [recs for recs in runs.values() if wr.run_info(recs)["job_type"] == "tune-summary"]
+    assert any(h.get("tune/results", {}).get("_type") == "table-file" for h in wr.history_rows(summary))
+
+    (best,) = list((out / "best").rglob("*.pth"))
+    f = read(best)
+    assert (f.kind, f.version) == ("sovits-export", "v2")
+    back = rebuild(best, task="infer")
+    assert back.report.counts()["generator"]["loaded"] == len(f.state_dict)
+    assert "best weights:" in r.stdout and str(best) in r.stdout
+
+
+def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "12", "--val-every", "3", "--batch-size", "4", "--num-samples",
+                 "3", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "ti",
+                 "--wandb-mode", "disabled")
+    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    scratch = tmp_path / "scratch"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(scratch.glob("ti-*/run/checkpoints/step_00000003")):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    first, _ = p.communicate(timeout=300)
+    assert list(scratch.glob("ti-*/run/checkpoints/step_00000003")), first[-3000:]
+    assert p.returncode == 130 and "interrupted" in first.lower(), first[-3000:]
+    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert len(res["trials"]) == 3 and all(t["status"] == "TERMINATED" for t in res["trials"]), res["trials"]
+    for t in res["trials"]:  # none ran twice from scratch: every step appears once in each trial's metrics
+        steps = [row["step"] for row in read_metrics(tmp_path / "run" / "trials" / t["trial_id"] / "metrics.jsonl")
+                 if row["split"] == "train"]
+        assert steps == list(range(1, 13)), (t["trial_id"], steps)
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", str(tmp_path / "d"), "--fast"],
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "best: trial" in r.stdout and "best weights:" in r.stdout
+    assert (tmp_path / "d/runs/demo/results.json").is_file()
+    assert read(next((tmp_path / "d/runs/demo/best").rglob("*.pth"))).kind == "sovits-export"
+
+
+BAD = {
+    "empty lr range": (["--lr-scale-range", "1", "0.5"], "LO < HI"),
+    "negative warmup": (["--warmup-choices", "-5"], "warmup"),
+    "resume of an unknown run": (["--resume", "--name", "nope"], "no tune run named"),
+    "more concurrency than fits": (["--max-concurrent", "64"], "--max-concurrent"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_tune_bad_input(case, demo_inputs, tmp_path):
+    extra, needle = BAD[case]
+    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--warmup-choices", "0", "2", *extra), env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
