@@ -72,6 +72,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def on_checkpoint(step: int, path: Path, metrics: dict[str, float]) -> None:
         report = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        if rank == 0:  # the run's outputs so far travel with the checkpoint: a trial stopped early keeps them
+            _snapshot_outputs(Path(cfg.output_dir), path / "outputs")
         ray.train.report(report, checkpoint=Checkpoint.from_directory(str(path)) if rank == 0 else None,
                          checkpoint_dir_name=f"step_{step:08d}")
         if fault.get("step") == step and fault.get("rank", 0) == rank and not _already_failed(run_dir, fault):
@@ -103,6 +105,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(final, checkpoint=Checkpoint.from_directory(str(out)), checkpoint_dir_name="final")
     else:
         ray.train.report(final)
+
+
+def _snapshot_outputs(run_dir: Path, dest: Path) -> None:
+    """metrics.jsonl and the W&B files written so far (small), next to a checkpoint's state."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    if (run_dir / "metrics.jsonl").is_file():
+        shutil.copy2(run_dir / "metrics.jsonl", dest / "metrics.jsonl")
+    if (run_dir / "wandb").is_dir():
+        shutil.copytree(run_dir / "wandb", dest / "wandb", ignore=shutil.ignore_patterns("latest-run"), symlinks=True)
 
 
 def _marker(run_dir: Path, fault: dict) -> Path:

@@ -12,6 +12,7 @@ continues interrupted trials from their last checkpoints instead of starting the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import shutil
@@ -209,8 +210,52 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{list(opts.warmup_choices)}, {opts.search} search, {opts.scheduler} scheduler, "
         f"{opts.workers_per_trial} worker(s)/trial; storage {storage}")
-    grid = tuner.fit()
-    return collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
+    with _InterruptWatch() as watch:
+        grid = tuner.fit()
+    outcome = collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
+    if watch.interrupted or (not opts.resume and len(outcome.trials) < opts.num_samples):
+        outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
+        for t in outcome.trials:
+            if t.status == "STOPPED" and t.steps < cfg.max_steps and opts.scheduler == "fifo":
+                t.status = "INTERRUPTED"
+    return outcome
+
+
+class _InterruptWatch(logging.Handler):
+    """Notices Tune's "Stop signal received" warning: on Ctrl-C Ray Tune 2.60 stops the experiment
+    and returns a partial ResultGrid without raising or telling, so we listen for what it logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.interrupted = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Stop signal received" in record.getMessage():
+            self.interrupted = True
+
+    def __enter__(self) -> _InterruptWatch:
+        logging.getLogger("ray.tune").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("ray.tune").removeHandler(self)
+
+
+def _latest_outputs(fs, train_run: str) -> str | None:
+    """A trial's outputs in storage: ``final/run`` when it finished, else the newest checkpoint's
+    ``outputs`` (rank 0 attaches metrics.jsonl and its W&B files to every checkpoint it reports)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    final = f"{train_run}/final/run"
+    if fs.get_file_info(final).type == FileType.Directory:
+        return final
+    if fs.get_file_info(train_run).type != FileType.Directory:
+        return None
+    steps = sorted(i.path for i in fs.get_file_info(FileSelector(train_run)) if i.base_name.startswith("step_"))
+    for step in reversed(steps):
+        if fs.get_file_info(f"{step}/outputs").type == FileType.Directory:
+            return f"{step}/outputs"
+    return None
 
 
 def _exists(fs, path: str) -> bool:
@@ -221,7 +266,7 @@ def _exists(fs, path: str) -> bool:
 
 def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path: str):
     """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
-    from pyarrow.fs import FileType, LocalFileSystem, copy_files
+    from pyarrow.fs import LocalFileSystem, copy_files
 
     from gsv_ray.tune.results import TrialSummary, TuneOutcome
 
@@ -246,11 +291,12 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
         else:
             status, interrupted = "INTERRUPTED", True
         trial_out = out / "trials" / trial_id
-        final = f"{storage_path.rstrip('/')}/{name}-{trial_id}/final/run"
         exports: list[str] = []
-        if status == "TERMINATED" and storage_fs.get_file_info(final).type == FileType.Directory:
-            trial_out.mkdir(parents=True, exist_ok=True)
-            copy_files(final, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
+        src = _latest_outputs(storage_fs, f"{storage_path.rstrip('/')}/{name}-{trial_id}")
+        if src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
+            shutil.rmtree(trial_out, ignore_errors=True)
+            trial_out.mkdir(parents=True)
+            copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
             exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
             wandb_src = trial_out / "wandb"
             if wandb_src.is_dir():  # one W&B folder for the whole tune run: `wandb sync DIR/wandb/offline-run-*`
