@@ -81,3 +81,24 @@ def _rebuild_counts(rebuilt) -> dict[str, Any]:
     from gsv_ray.track import rebuild_config
 
     return rebuild_config(rebuilt.report)
+
+
+def replay_run(rows: list[dict[str, Any]], *, config: dict[str, Any], report, out_dir: str | Path, project: str,
+               mode: str | None, group: str | None, job_type: str | None, run_id: str, name: str) -> None:
+    """Write a W&B run from a ``metrics.jsonl`` record. W&B's offline writer puts records on disk
+    only at ``finish()``; a trial killed by the scheduler never gets there, but its metrics.jsonl
+    (flushed per line, attached to every checkpoint) holds the same history."""
+    tracker = Tracker()
+    tracker.start(config, project=project, dir=out_dir, mode=mode, group=group, job_type=job_type, name=name,
+                  run_id=run_id)
+    if not tracker.enabled:
+        return
+    tracker.log_rebuild(report, step=0)
+    by_step: dict[int, dict[str, float]] = {}
+    for row in rows:
+        split = row.get("split", "train")
+        values = {f"{split}/{k}": v for k, v in row.items() if k not in ("step", "split", "time")}
+        by_step.setdefault(int(row["step"]), {}).update(values)
+    for step in sorted(by_step):
+        tracker.log(step, by_step[step])
+    tracker.finish()

@@ -80,7 +80,7 @@ def search_algorithm(opts: TuneOptions):
     if opts.search == "random":
         return None  # Tune's default: random sampling of the param space
     try:
-        import optuna  # noqa: F401 -- OptunaSearch imports it lazily; fail here with a clear line
+        import optuna  # noqa: F401
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
         raise GsvError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
@@ -94,7 +94,9 @@ def scheduler(opts: TuneOptions, max_steps: int, val_every: int):
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     grace = min(max_steps, opts.grace_steps or max(min(val_every, max_steps), max_steps // 4))
-    return ASHAScheduler(time_attr="step", max_t=max_steps, grace_period=grace,
+    # max_t one past the last step: ASHA stops any trial that reaches max_t, which would kill a trial
+    # at its last checkpoint report, before it writes its export
+    return ASHAScheduler(time_attr="step", max_t=max_steps + 1, grace_period=grace,
                          reduction_factor=opts.reduction_factor)
 
 
@@ -268,6 +270,8 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
     """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
+    from gsv_ray.track import read_metrics
+    from gsv_ray.train.tracking import replay_run
     from gsv_ray.tune.results import TrialSummary, TuneOutcome
 
     out = Path(cfg.output_dir)
@@ -299,9 +303,17 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
             copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
             exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
             wandb_src = trial_out / "wandb"
-            if wandb_src.is_dir():  # one W&B folder for the whole tune run: `wandb sync DIR/wandb/offline-run-*`
-                for run_dir in wandb_src.glob("*run-*"):
+            if src.endswith("/final/run") and wandb_src.is_dir():  # a finished trial closed its own W&B run
+                for run_dir in wandb_src.glob("*run-*"):  # one folder for all: `wandb sync DIR/wandb/offline-run-*`
                     shutil.copytree(run_dir, out / "wandb" / run_dir.name, dirs_exist_ok=True)
+            elif (trial_out / "metrics.jsonl").is_file():  # stopped early: rebuild its W&B run from its metrics
+                shutil.rmtree(wandb_src, ignore_errors=True)
+                replay_run(read_metrics(trial_out / "metrics.jsonl"),
+                           config={**cfg.to_json(), "lr_scale": float(trial.config["lr_scale"]),
+                                   "warmup_steps": int(trial.config["warmup_steps"]), "stage": rebuilt.stage,
+                                   "version": rebuilt.version, "stopped_early": True},
+                           report=rebuilt.report, out_dir=out, project=cfg.wandb_project, mode=cfg.wandb_mode,
+                           group=name, job_type="trial", run_id=trial_id, name=trial_id)
         trials.append(TrialSummary(
             trial_id=trial_id, lr_scale=float(trial.config.get("lr_scale", float("nan"))),
             warmup_steps=int(trial.config.get("warmup_steps", 0)), status=status,
