@@ -146,7 +146,18 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         values["lr_scale_range"] = tuple(float(x) for x in values["lr_scale_range"])
     opts = TuneOptions(**{k: v for k, v in values.items() if k in fields}, resume=bool(args.resume))
     run = tune_and_report(cfg, opts, console=Console())
-    return 130 if run.outcome.interrupted else 0
+    return _tune_exit(run)
+
+
+def _tune_exit(run) -> int:
+    if run.outcome.interrupted:
+        return 130
+    if run.outcome.best is None:
+        errors = [t.error for t in run.outcome.trials if t.error]
+        print(f"gsv-ray: error: no trial produced a validation loss"
+              + (f" (first error: {errors[0]})" if errors else "") + ". Fix: see the trial logs above.", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _config_from(train_yaml, overrides):
@@ -175,8 +186,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"gsv-ray demo in {root}: a synthetic voice, a small SoVITS v2 old.pth in GPT-SoVITS's export format, "
           "and a Ray Tune search over lr_scale and warmup (local Ray, W&B offline)")
     cfg, opts = demo_config(root, fast=args.fast)
-    run = tune_and_report(cfg, opts, console=Console())
-    return 130 if run.outcome.interrupted else 0
+    return _tune_exit(tune_and_report(cfg, opts, console=Console()))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -142,6 +142,9 @@ def load_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainC
     if missing:
         flags = {"init": "--init", "data": "--data", "output_dir": "-o"}
         raise GsvError(f"missing {', '.join(flags[m] for m in missing)}", fix="give them as flags or in --config")
+    for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names"):  # Ray workers run elsewhere:
+        if isinstance(values.get(key), str) and "://" not in values[key]:     # every local path absolute
+            values[key] = str(Path(values[key]).expanduser().absolute())
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg

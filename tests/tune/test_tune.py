@@ -106,7 +106,8 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", str(tmp_path / "d"), "--fast"],
+    """As README runs it: a relative --dir (Ray workers run in other directories)."""
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--fast"], cwd=tmp_path,
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "best: trial" in r.stdout and "best weights:" in r.stdout
