@@ -47,11 +47,33 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+SEMANTIC_FIELDS = ("data", "model", "base", "workers", "half", "overwrite", "address", "cache")
+
+
 def _cmd_semantic(args: argparse.Namespace) -> int:
+    from gsv_ray.errors import GsvError
     from gsv_ray.semantic import extract_semantic, first_names
 
-    r = extract_semantic(args.data, args.model, base_g=args.base, workers=args.workers, half=args.half,
-                         overwrite=args.overwrite, address=args.address, cache_root=args.cache)
+    opts = {"workers": 1, "half": False, "overwrite": False}
+    if args.config:
+        import yaml
+        from pathlib import Path
+
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise GsvError(f"cannot read the config ({str(e).splitlines()[0]})", path=args.config) from None
+        unknown = set(loaded) - set(SEMANTIC_FIELDS)
+        if unknown:
+            raise GsvError(f"unknown option(s) {sorted(unknown)}", path=args.config, fix=f"use {', '.join(SEMANTIC_FIELDS)}")
+        opts.update(loaded)
+    opts.update({k: getattr(args, k) for k in SEMANTIC_FIELDS if getattr(args, k) is not None})
+    for need in ("data", "model"):
+        if not opts.get(need):
+            raise GsvError(f"missing --{need}", fix="give it as a flag or in --config")
+    r = extract_semantic(opts["data"], opts["model"], base_g=opts.get("base"), workers=int(opts["workers"]),
+                         half=bool(opts["half"]), overwrite=bool(opts["overwrite"]), address=opts.get("address"),
+                         cache_root=opts.get("cache"))
     print(r.report.message())
     mode = f"{r.workers} Ray tasks" if r.workers > 1 else "in-process"
     print(f"wrote {r.written} of {r.listed} utterances ({r.tokens} tokens, {r.device} {'fp16' if r.half else 'fp32'}, "
@@ -138,7 +160,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         tune_yaml = {k.replace("-", "_"): v for k, v in loaded.items() if k.replace("-", "_") in TUNE_FIELDS}
         train_yaml = {k: v for k, v in loaded.items() if k.replace("-", "_") not in TUNE_FIELDS}
     overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args)}
-    overrides.update(base_g=args.base, output_dir=args.output or f"gsv-ray-runs/{args.name or 'tune'}")
+    name = args.name or tune_yaml.get("name") or "tune"
+    default_out = None if (train_yaml or {}).get("output_dir") or (train_yaml or {}).get("output-dir") \
+        else f"gsv-ray-runs/{name}"
+    overrides.update(base_g=args.base, output_dir=args.output or default_out)
     cfg = _config_from(train_yaml, overrides)
     fields = {f.name for f in dataclasses.fields(TuneOptions)}
     values = {**tune_yaml, **{k: getattr(args, k) for k in TUNE_FIELDS if getattr(args, k, None) is not None}}
@@ -220,17 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--json", action="store_true", help="print report.json (plus path, cache_hit) instead of tables")
     rb.set_defaults(func=_cmd_rebuild)
 
+    se_help_config = "options file: data, model, base, workers, half, overwrite (flags win)"
     se = sub.add_parser(
         "semantic", help="write 6-name2semantic.tsv (semantic tokens) from 4-cnhubert features",
         description="Upstream's semantic-token step: read logs/<exp>/4-cnhubert/*.pt in 2-name2text.txt order, run "
                     "the model's ssl_proj + quantizer, write logs/<exp>/6-name2semantic.tsv in upstream's format.")
-    se.add_argument("--data", required=True, metavar="DIR", help="the experiment folder (logs/<exp>)")
-    se.add_argument("--model", required=True, metavar="FILE", help="any SoVITS .pth (export, base or checkpoint)")
+    se.add_argument("--config", metavar="YAML", help=se_help_config)
+    se.add_argument("--data", metavar="DIR", help="the experiment folder (logs/<exp>)")
+    se.add_argument("--model", metavar="FILE", help="any SoVITS .pth (export, base or checkpoint)")
     se.add_argument("--base", metavar="G", help="same-version base generator (needed for a v3/v4 LoRA export)")
-    se.add_argument("--workers", type=int, default=1, metavar="N", help="Ray tasks (default 1: in-process)")
+    se.add_argument("--workers", type=int, metavar="N", help="Ray tasks (default 1: in-process)")
     se.add_argument("--address", metavar="ADDR", help="Ray cluster to join with --workers > 1 (default: a local one)")
-    se.add_argument("--half", action="store_true", help="fp16 (CUDA only; default fp32)")
-    se.add_argument("--overwrite", action="store_true", help="replace an existing 6-name2semantic.tsv")
+    se.add_argument("--half", action="store_true", default=None, help="fp16 (CUDA only; default fp32)")
+    se.add_argument("--overwrite", action="store_true", default=None, help="replace an existing 6-name2semantic.tsv")
     se.add_argument("--cache", metavar="DIR", help="rebuild cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)")
     se.set_defaults(func=_cmd_semantic)
 

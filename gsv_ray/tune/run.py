@@ -85,7 +85,18 @@ def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
         write_sovits_export(old, sd, config=s2, info="8epoch_200iteration", version="v2")
         d = MultiPeriodDiscriminator("v2", width_divisor=32)
         atomic_write(base_d, lambda f: torch.save({"weight": d.state_dict()}, f))
-    return {"data": data, "init": old, "base_d": base_d}
+    gpt = root / "GPT_weights_v2" / "demo-e15.ckpt"
+    if not gpt.is_file():  # a small GPT (2 layers, 64 wide) in GPT-SoVITS's export format
+        from gsv_ray.io.writers import write_gpt_export
+        from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder, to_upstream_keys
+        from gsv_ray.resources import s1_config
+
+        s1 = s1_config("v2")
+        s1["model"].update(embedding_dim=64, hidden_dim=64, head=4, n_layer=2, linear_units=256)
+        torch.manual_seed(seed)
+        model = Text2SemanticDecoder(T2SConfig.from_s1_config(s1))
+        write_gpt_export(gpt, to_upstream_keys(model.state_dict()), config=s1, info="GPT-e15")
+    return {"data": data, "init": old, "base_d": base_d, "gpt": gpt}
 
 
 def demo_config(root: Path, *, fast: bool = False) -> tuple[TrainConfig, TuneOptions]:
