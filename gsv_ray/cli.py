@@ -145,6 +145,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from gsv_ray.errors import GsvError
+    from gsv_ray.train import load_config
     from gsv_ray.tune.run import tune_and_report
     from gsv_ray.tune.search import TuneOptions
 
@@ -164,7 +165,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     default_out = None if (train_yaml or {}).get("output_dir") or (train_yaml or {}).get("output-dir") \
         else f"gsv-ray-runs/{name}"
     overrides.update(base_g=args.base, output_dir=args.output or default_out)
-    cfg = _config_from(train_yaml, overrides)
+    cfg = load_config(None, mapping=train_yaml or None, **overrides)
     fields = {f.name for f in dataclasses.fields(TuneOptions)}
     values = {**tune_yaml, **{k: getattr(args, k) for k in TUNE_FIELDS if getattr(args, k, None) is not None}}
     if "lr_scale_range" in values:
@@ -179,25 +180,10 @@ def _tune_exit(run) -> int:
         return 130
     if run.outcome.best is None:
         errors = [t.error for t in run.outcome.trials if t.error]
-        print(f"gsv-ray: error: no trial produced a validation loss"
+        print("gsv-ray: error: no trial produced a validation loss"
               + (f" (first error: {errors[0]})" if errors else "") + ". Fix: see the trial logs above.", file=sys.stderr)
         return 1
     return 0
-
-
-def _config_from(train_yaml, overrides):
-    import tempfile
-
-    import yaml
-
-    from gsv_ray.train import load_config
-
-    if not train_yaml:
-        return load_config(None, **overrides)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=True) as f:
-        yaml.safe_dump(train_yaml, f)
-        f.flush()
-        return load_config(f.name, **overrides)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

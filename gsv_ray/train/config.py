@@ -119,17 +119,21 @@ class TrainConfig:
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def load_config(yaml_path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-    """YAML (keys = field names, dashes allowed) updated by ``overrides`` that are not None."""
+def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] | None = None,
+                **overrides: Any) -> TrainConfig:
+    """YAML file or an already-parsed ``mapping`` (keys = field names, dashes allowed), updated by
+    ``overrides`` that are not None."""
     values: dict[str, Any] = {}
+    p = Path(yaml_path) if yaml_path is not None else Path("<config>")
+    loaded: Any = mapping
     if yaml_path is not None:
-        p = Path(yaml_path)
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except OSError as e:
             raise GsvError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
         except yaml.YAMLError as e:
             raise GsvError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+    if loaded is not None:
         if not isinstance(loaded, dict):
             raise GsvError("the config must be a YAML mapping of option: value", path=p)
         for k, v in loaded.items():

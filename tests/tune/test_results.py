@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -207,7 +206,7 @@ def test_log_summary_run_offline(tmp_path):
 
 def test_log_summary_run_renders_png_when_not_given(tmp_path):
     o = _outcome(interrupted=False)
-    tracker = log_summary_run(o, project="gsv-test", mode="offline", dir=tmp_path, group="g2")
+    log_summary_run(o, project="gsv-test", mode="offline", dir=tmp_path, group="g2")
     assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_SIGNATURE
     recs = wr.read_records(wr.find_run_file(tmp_path / "wandb"))
     assert wr.run_info(recs)["group"] == "g2"
