@@ -56,13 +56,9 @@ def _cmd_semantic(args: argparse.Namespace) -> int:
 
     opts = {"workers": 1, "half": False, "overwrite": False}
     if args.config:
-        import yaml
-        from pathlib import Path
+        from gsv_ray.train.config import read_options_file
 
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise GsvError(f"cannot read the config ({str(e).splitlines()[0]})", path=args.config) from None
+        loaded = read_options_file(args.config)
         unknown = set(loaded) - set(SEMANTIC_FIELDS)
         if unknown:
             raise GsvError(f"unknown option(s) {sorted(unknown)}", path=args.config, fix=f"use {', '.join(SEMANTIC_FIELDS)}")
@@ -141,23 +137,17 @@ TUNE_FIELDS = ("num_samples", "lr_scale_range", "warmup_choices", "search", "sch
 def _cmd_tune(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import yaml
     from rich.console import Console
 
-    from gsv_ray.errors import GsvError
     from gsv_ray.train import load_config
+    from gsv_ray.train.config import read_options_file
     from gsv_ray.tune.run import tune_and_report
     from gsv_ray.tune.search import TuneOptions
 
     tune_yaml: dict = {}
     train_yaml = None
     if args.config:  # one YAML: tune options (same names) next to the training options
-        from pathlib import Path
-
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise GsvError(f"cannot read the config ({str(e).splitlines()[0]})", path=args.config) from None
+        loaded = read_options_file(args.config)
         tune_yaml = {k.replace("-", "_"): v for k, v in loaded.items() if k.replace("-", "_") in TUNE_FIELDS}
         train_yaml = {k: v for k, v in loaded.items() if k.replace("-", "_") not in TUNE_FIELDS}
     overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args)}

@@ -211,4 +211,4 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> Train
     exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))
     metrics = result.metrics or {}
     return TrainResult(run_dir=out, stage=stage, version=version, steps=int(metrics.get("step", 0)),
-                       epochs=0, exports=exports, last_checkpoint=Path(result.checkpoint.path))
+                       epochs=int(metrics.get("epochs", 0)), exports=exports, last_checkpoint=Path(result.checkpoint.path))

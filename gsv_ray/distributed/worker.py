@@ -95,7 +95,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if tracking is not None:
             tracking.finish()
     last_val = {f"val/{k}": v for k, v in (result.val_history[-1] if result.val_history else {}).items() if k != "step"}
-    final = {"step": result.steps, "done": 1, **last_val}  # a Tune search requires its metric in every report
+    final = {"step": result.steps, "epochs": result.epochs, "done": 1, **last_val}  # a Tune search requires its metric in every report
     if rank == 0:  # the run's outputs, next to the last state, so the driver can place them in -o
         out = run_dir / "final"
         shutil.rmtree(out, ignore_errors=True)

@@ -21,6 +21,7 @@ from gsv_ray.errors import GsvError
 from gsv_ray.rebuild.core import RebuildPolicy
 from gsv_ray.rebuild.store import rebuild_cached
 from gsv_ray.rebuild.targets import build_models
+from gsv_ray.train.loop import fixed_batches
 
 #: Learning rates for the optional trial steps: upstream's base LR x 0.1 (the resumed-training default).
 TRIAL_LR = {"sovits": 1e-4 * 0.1, "gpt": 0.002 * 0.1}
@@ -58,8 +59,7 @@ def _sovits_batches(data: Path, version: str, n_batches: int, batch_size: int):
     ds = SoVITSDataset(open_experiment(data, "sovits", version))
     if len(ds) == 0:
         raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
-    idx = list(range(min(len(ds), n_batches * batch_size)))
-    return [collate_sovits([ds[i] for i in idx[j:j + batch_size]]) for j in range(0, len(idx), batch_size)]
+    return fixed_batches(ds, collate_sovits, n_batches, batch_size)
 
 
 def _sovits_losses(model, batches, config: dict[str, Any], seed: int) -> dict[str, float]:
@@ -92,8 +92,7 @@ def _gpt_batches(data: Path, version: str, n_batches: int, batch_size: int):
     ds = GPTDataset(open_experiment(data, "gpt", "v1" if version == "v1" else "v2"))
     if len(ds) == 0:
         raise GsvError("no usable utterances for GPT", path=data, fix="check 6-name2semantic.tsv and 2-name2text.txt")
-    idx = list(range(min(len(ds), n_batches * batch_size)))
-    return [collate_gpt([ds[i] for i in idx[j:j + batch_size]]) for j in range(0, len(idx), batch_size)]
+    return fixed_batches(ds, collate_gpt, n_batches, batch_size)
 
 
 def _gpt_losses(model, batches, config, seed) -> dict[str, float]:

@@ -119,23 +119,28 @@ class TrainConfig:
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+def read_options_file(path: str | Path) -> dict[str, Any]:
+    """A YAML options file as a mapping; unreadable or malformed files are one-line errors."""
+    p = Path(path)
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise GsvError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
+    except yaml.YAMLError as e:
+        raise GsvError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+    if not isinstance(loaded, dict):
+        raise GsvError("the config must be a YAML mapping of option: value", path=p)
+    return loaded
+
+
 def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] | None = None,
                 **overrides: Any) -> TrainConfig:
     """YAML file or an already-parsed ``mapping`` (keys = field names, dashes allowed), updated by
     ``overrides`` that are not None."""
     values: dict[str, Any] = {}
     p = Path(yaml_path) if yaml_path is not None else Path("<config>")
-    loaded: Any = mapping
-    if yaml_path is not None:
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise GsvError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
-        except yaml.YAMLError as e:
-            raise GsvError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+    loaded = read_options_file(p) if yaml_path is not None else mapping
     if loaded is not None:
-        if not isinstance(loaded, dict):
-            raise GsvError("the config must be a YAML mapping of option: value", path=p)
         for k, v in loaded.items():
             key = str(k).replace("-", "_")
             if key not in FIELDS:

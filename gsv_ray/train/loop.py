@@ -57,7 +57,7 @@ def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerato
     return Accelerator(cpu=use_cpu, mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum)
 
 
-def _batches(ds, collate, n: int, batch_size: int, device) -> list:
+def fixed_batches(ds, collate, n: int, batch_size: int, device="cpu") -> list:
     """The first ``n`` batches of ``ds`` in a fixed order (validation: comparable across steps)."""
     idx = list(range(min(len(ds), n * batch_size)))
     return [collate([ds[i] for i in idx[j:j + batch_size]]).to(device) for j in range(0, len(idx), batch_size)]
@@ -121,7 +121,7 @@ def train(
             say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch + 1})")
 
     val_ds = recipe.dataset(val_names) if val_names else None
-    val_batches = _batches(val_ds, recipe.collate, cfg.val_batches, cfg.batch_size, accelerator.device) if val_ds else []
+    val_batches = fixed_batches(val_ds, recipe.collate, cfg.val_batches, cfg.batch_size, accelerator.device) if val_ds else []
     audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
