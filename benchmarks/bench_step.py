@@ -115,6 +115,7 @@ def main() -> None:
     from gsv_ray.rebuild import rebuild
     from gsv_ray.train import load_config, train
     from gsv_ray.train.loop import RECIPES, make_accelerator
+    from gsv_ray.train.precision import Precision
 
     fx = Path(args.fixtures)
     tmp = tempfile.TemporaryDirectory()
@@ -134,14 +135,16 @@ def main() -> None:
         for stage, files in cases.items():
             cfg = load_config(None, **files, data=str(data), output_dir=str(d / f"run_{stage}"), max_steps=args.steps,
                               batch_size=4, warmup_steps=0, val_fraction=0.0, val_every=10**9, save_every=10**9,
-                              log_every=1)
+                              log_every=1, num_workers=0)  # both load in-process: this compares the step
             ours: list[float] = []
             train(cfg, on_step=lambda s, m: ours.append(m["step_time"]), progress=False, say=lambda s: None)
             rebuilt = rebuild(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d)
-            recipe = RECIPES[stage](rebuilt, cfg, make_accelerator(cfg), __import__(
-                "gsv_ray.data.experiment", fromlist=["open_experiment"]).open_experiment(data, stage, "v2"))
+            acc = make_accelerator(cfg)
+            recipe = RECIPES[stage](rebuilt, cfg, acc, __import__(
+                "gsv_ray.data.experiment", fromlist=["open_experiment"]).open_experiment(data, stage, "v2"),
+                Precision(cfg.precision, acc.device))
             ds = recipe.dataset(recipe.experiment.names)
-            sampler = recipe.sampler(ds, shuffle=True, seed=cfg.seed)
+            sampler = recipe.plan(ds, seed=cfg.seed).sampler  # global batches = batches of one process
             bare = (bare_gpt if stage == "gpt" else bare_sovits)(rebuilt, ds, sampler, recipe.collate, args.steps,
                                                                  cfg.peak_lr(stage))
             o, b = statistics.median(ours[args.warmup:]), statistics.median(bare[args.warmup:])

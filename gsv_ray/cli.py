@@ -125,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup_steps", "warmup_start", "decay",
-               "max_steps", "epochs", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction", "val_names",
+               "max_steps", "epochs", "batch_size", "grad_accum", "precision", "num_workers", "dropout", "seed", "val_fraction", "val_names",
                "val_every", "save_every", "keep_last", "export_every_epochs", "name", "resume", "log_every",
                "wandb_project", "wandb_mode", "cpu")
 
@@ -281,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--epochs", type=int, help="epochs to train")
     g.add_argument("--batch-size", type=int, help="per process (default 4)")
     g.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
-    g.add_argument("--precision", choices=["no", "bf16", "fp16"], help="mixed precision (default no)")
+    g.add_argument("--precision", choices=["no", "bf16", "fp16"],
+                   help="mixed precision (default no; fp16 uses one loss scaler per step, as upstream)")
+    g.add_argument("--num-workers", type=int, help="data-loading worker processes per training process (default: "
+                                                   "its CPUs minus one, at most 8; 0 loads in the training process)")
     g.add_argument("--dropout", type=float, help="override every dropout rate (default: upstream's)")
     g.add_argument("--seed", type=int, help="default 1234")
     g.add_argument("--cpu", action="store_true", default=None, help="train on CPU even if a GPU is present")
@@ -328,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--batch-size", type=int)
     tu.add_argument("--val-every", type=int, help="steps between validations = when trials are compared")
     tu.add_argument("--precision", choices=["no", "bf16", "fp16"])
+    tu.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
+    tu.add_argument("--num-workers", type=int, help="data-loading workers per training process")
     tu.add_argument("--seed", type=int)
     tu.add_argument("--wandb-project")
     tu.add_argument("--wandb-mode", choices=["online", "offline", "disabled"])

@@ -48,6 +48,7 @@ __all__ = [
     "SoVITSBatch",
     "SoVITSDataset",
     "collate_sovits",
+    "SoVITSPadding",
     "SoVITSBucketSampler",
     "read_wav_pcm16",
     "sovits_datasets",
@@ -170,18 +171,31 @@ def _round_even_up(n: int) -> int:
     return 2 * (n // 2 + 1)
 
 
-def collate_sovits(items: Sequence[SoVITSItem]) -> SoVITSBatch:
+class SoVITSPadding(NamedTuple):
+    """Lengths a batch is padded to at least (before upstream's even rounding of ssl/spec)."""
+
+    frames: int   # spectrogram frames (the ssl axis is padded to this too)
+    samples: int  # wav samples
+    phones: int   # text length
+
+
+def collate_sovits(items: Sequence[SoVITSItem], *, pad_to: SoVITSPadding | None = None) -> SoVITSBatch:
     """Upstream's ``TextAudioSpeakerCollate``: sort by spectrogram length (descending), zero-pad,
-    ssl/spec time axes rounded up to ``2 * (max // 2 + 1)``; everything float32 / int64."""
+    ssl/spec time axes rounded up to ``2 * (max // 2 + 1)``; everything float32 / int64.
+
+    ``pad_to``: pad to at least these lengths. Upstream's generator is not padding-invariant (its
+    reference encoder convolves over padded frames), so a micro-batch of a bigger global batch
+    (accumulation, data parallelism) is padded as that global batch would be."""
     if not items:
         raise ValueError("empty batch")
     order = torch.sort(torch.tensor([it.spec.shape[1] for it in items], dtype=torch.long), descending=True).indices
     rows = [items[int(i)] for i in order]
     b = len(rows)
-    max_ssl = _round_even_up(max(r.ssl.shape[2] for r in rows))
-    max_spec = _round_even_up(max(r.spec.shape[1] for r in rows))
-    max_wav = max(r.wav.shape[1] for r in rows)
-    max_text = max(r.text.shape[0] for r in rows)
+    least = pad_to or SoVITSPadding(0, 0, 0)
+    max_ssl = _round_even_up(max(max(r.ssl.shape[2] for r in rows), least.frames))
+    max_spec = _round_even_up(max(max(r.spec.shape[1] for r in rows), least.frames))
+    max_wav = max(max(r.wav.shape[1] for r in rows), least.samples)
+    max_text = max(max(r.text.shape[0] for r in rows), least.phones)
     ssl = torch.zeros(b, rows[0].ssl.shape[1], max_ssl)
     spec = torch.zeros(b, rows[0].spec.shape[0], max_spec)
     wav = torch.zeros(b, 1, max_wav)

@@ -13,6 +13,7 @@ import torch
 from gsv_ray.errors import GsvError
 from gsv_ray.io.identify import NotGsv, identify
 from gsv_ray.io.safeload import safe_load
+from gsv_ray.io.writers import PAD_KEY
 
 _STAGE_NAMES = {"sovits": "SoVITS (stage 2, .pth)", "gpt": "GPT (stage 1, .ckpt)"}
 
@@ -105,7 +106,7 @@ def read(path: str | Path, *, expect_stage: str | None = None) -> GsvFile:
         epoch = top["iteration"]  # upstream stores the epoch under "iteration"
     lora_rank = top.get("lora_rank")
     lora_rank = int(lora_rank) if isinstance(lora_rank, (int, str)) and str(lora_rank).isdigit() else None
-    skip = {"weight", "model", "state_dict", "config", "info", "lora_rank"}
+    skip = {"weight", "model", "state_dict", "config", "info", "lora_rank", PAD_KEY}  # PAD_KEY: size padding
     extra = {k: v for k, v in top.items() if k not in skip}
     return GsvFile(
         path=path, kind=ident.kind, stage=ident.stage, versions=ident.versions, header=loaded.header,

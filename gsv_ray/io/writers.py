@@ -5,6 +5,14 @@ SoVITS export: ``OrderedDict(weight=<fp16 dict without enc_q>, config=<utils.HPa
 v4-LoRA "04". GPT export: ``OrderedDict(weight=<fp16 OrderedDict, "model." keys>, config=<dict>,
 info="GPT-e<N>")``, a plain zip. Every write goes to a temp file in the target folder, is fsynced
 and renamed into place, and refuses to replace an existing file unless told to (never an input).
+
+v1 and v2 exports are untagged "PK" zips, so GPT-SoVITS tells them apart by FILE SIZE (FORMATS 2.3,
+2.4): ``get_sovits_version_from_path_fast`` says v1 below 82978 KiB and v2 below 700 MiB;
+``3-get-semantic.py`` says v1 below 82978 KiB, v2 below 100 MiB, v1 again below 103520 KiB, v2
+below 700 MiB. A full-size v2 export lands only ~21 KB above the v1 line, so v2 exports get one
+extra top-level entry after weight/config/info, :data:`PAD_KEY` (a float16 tensor of zeros), sized
+so the file clears the line by :data:`SIZE_MARGIN`. Every loader reads only weight/config/info
+and ignores it; on filesystems with sparse files the zeros are a hole and take no disk space.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
 from gsv_ray.errors import GsvError
@@ -24,6 +33,21 @@ from gsv_ray.errors import GsvError
 #: Version tags written by upstream's ``my_save2`` (FORMATS section 2.1).
 EXPORT_TAGS = {"v2Pro": b"05", "v2ProPlus": b"06"}
 LORA_EXPORT_TAGS = {"v3": b"03", "v4": b"04"}
+
+#: Upstream's size rules for untagged SoVITS files (FORMATS 2.3, 2.4), in bytes.
+V1_SIZE_LINE = 82978 * 1024  # below: "v1" for both get_sovits_version_from_path_fast and 3-get-semantic
+SEMANTIC_V1_WINDOW = (100 * 1024 * 1024, 103520 * 1024)  # 3-get-semantic's second "v1" range [lo, hi)
+V3_SIZE_LINE = 700 * 1024 * 1024  # at or above: "v3" for both
+#: How far a padded v2 export clears a size line.
+SIZE_MARGIN = 1024 * 1024
+#: Top-level key of the zero padding in v2 exports (after weight/config/info; no loader reads it).
+#: It is float16 like the weights, so the pickle references no global an export lacks otherwise.
+PAD_KEY = "gsv_ray_pad"
+# Pad sizes (bytes) are whole multiples of this (any power-of-two storage alignment up to 4 KiB
+# divides it), and at least _PAD_MIN (so the pickle encodes the element count with the same 4-byte
+# opcode): then the file grows by exactly the pad's growth, and one probe predicts the final size.
+_PAD_STEP = 4096
+_PAD_MIN = 1 << 17
 
 
 class HParams:
@@ -108,6 +132,125 @@ def _torch_save(obj: Any, tag: bytes | None = None, pickle_module: Any = pickle)
     return write
 
 
+class _CountingSink:
+    """A write-only stream that keeps nothing but the byte count (to learn a serialised size)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, b: Any) -> int:
+        n = memoryview(b).nbytes
+        self.size += n
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:  # torch skips metadata-only records
+        self.size = offset if whence == os.SEEK_SET else self.size + offset
+        return self.size
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+
+def serialised_size(obj: Any, pickle_module: Any = pickle) -> int:
+    """Bytes ``torch.save`` writes for ``obj`` into a file object (what the writers produce)."""
+    sink = _CountingSink()
+    torch.save(obj, sink, pickle_module=pickle_module, pickle_protocol=2)  # type: ignore[arg-type]
+    return sink.size
+
+
+class _SparseZeroWriter:
+    """Wraps a fresh, empty file for ``torch.save``: a long all-zero write becomes a seek, leaving
+    a hole (sparse file) where the filesystem supports it, plain zeros otherwise. Call
+    :meth:`finish` afterwards so a trailing skipped range still counts in the file size."""
+
+    MIN_HOLE = 1 << 16
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        try:
+            self._sparse = f.tell() == 0 and os.fstat(f.fileno()).st_size == 0
+        except (AttributeError, OSError, ValueError):
+            self._sparse = False
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        n = view.nbytes
+        if self._sparse and n >= self.MIN_HOLE and not np.frombuffer(view, dtype=np.uint8).any():
+            self._f.seek(n, os.SEEK_CUR)  # we only ever append to a fresh file: skipped bytes read as 0
+        else:
+            self._f.write(view)
+        return n
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def finish(self) -> int:
+        end = self._f.tell()
+        self._f.truncate(end)  # extends the file when the last thing written was a hole
+        return end
+
+
+def v2_padded_size(natural: int) -> int | None:
+    """The size an untagged v2 export of ``natural`` bytes is padded to, or None if it needs none.
+
+    Below 100 MiB it must clear the v1 line by the margin (V1_SIZE_LINE + margin is far below
+    100 MiB, so padding never pushes a file into 3-get-semantic's [100 MiB, 103520 KiB) "v1"
+    window); inside that window (plus margin) it is padded past the window's top. A file of
+    700 MiB or more is called "v3" by upstream whatever we do; padding cannot help there.
+    """
+    lo, hi = SEMANTIC_V1_WINDOW
+    if natural < lo:
+        return V1_SIZE_LINE + SIZE_MARGIN if natural < V1_SIZE_LINE + SIZE_MARGIN else None
+    if natural < hi + SIZE_MARGIN:
+        return hi + SIZE_MARGIN
+    return None
+
+
+def _ceil_step(n: int) -> int:
+    return -(-n // _PAD_STEP) * _PAD_STEP
+
+
+def _with_pad(obj: Mapping[str, Any], nbytes: int) -> OrderedDict[str, Any]:
+    out: OrderedDict[str, Any] = OrderedDict(obj)
+    out[PAD_KEY] = torch.zeros(nbytes // 2, dtype=torch.float16)
+    return out
+
+
+def _padded_torch_save(obj: Mapping[str, Any], pickle_module: Any) -> Callable[[BinaryIO], None]:
+    """``torch.save`` of an untagged v2 export, padded (see :func:`v2_padded_size`) when needed."""
+
+    def write(f: BinaryIO) -> None:
+        target = v2_padded_size(serialised_size(obj, pickle_module))
+        if target is None:
+            torch.save(obj, f, pickle_module=pickle_module, pickle_protocol=2)
+            return
+        probe = serialised_size(_with_pad(obj, _PAD_MIN), pickle_module)
+        pad = _PAD_MIN + max(0, _ceil_step(target - probe))
+        for _ in range(2):  # the probe is exact; the second round is only a safety net
+            f.seek(0)
+            f.truncate(0)
+            out = _SparseZeroWriter(f)
+            padded = _with_pad(obj, pad)
+            torch.save(padded, out, pickle_module=pickle_module, pickle_protocol=2)  # type: ignore[arg-type]
+            size = out.finish()
+            if size >= target:
+                return
+            pad += _ceil_step(target - size)
+        raise GsvError(f"could not pad the v2 export to {target} bytes (got {size})",
+                       fix="report this as a gsv-ray bug")
+
+    return write
+
+
 def _fp16(sd: Mapping[str, torch.Tensor], drop: Callable[[str], bool] = lambda k: False) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float16).contiguous().clone() for k, v in sd.items() if not drop(k)}
 
@@ -138,7 +281,11 @@ def write_sovits_export(
     overwrite: bool = False,
     protect: Iterable[str | Path] = (),
 ) -> Path:
-    """Write a SoVITS export as upstream's ``savee`` does: fp16, no ``enc_q``, HParams config."""
+    """Write a SoVITS export as upstream's ``savee`` does: fp16, no ``enc_q``, HParams config.
+
+    A v2 export additionally carries the zero padding :data:`PAD_KEY` when it would otherwise be
+    small enough for GPT-SoVITS's size rules to call it v1 (see the module docstring).
+    """
     tag = sovits_export_tag(version, lora_rank is not None)
     obj: OrderedDict[str, Any] = OrderedDict()
     obj["weight"] = _fp16(state_dict, drop=lambda k: "enc_q" in k)
@@ -146,7 +293,11 @@ def write_sovits_export(
     obj["info"] = info
     if lora_rank is not None:
         obj["lora_rank"] = int(lora_rank)
-    return atomic_write(path, _torch_save(obj, tag, _UpstreamPickleModule), overwrite=overwrite, protect=protect)
+    if version == "v2" and tag is None and lora_rank is None:  # untagged: upstream decides by size
+        write = _padded_torch_save(obj, _UpstreamPickleModule)
+    else:
+        write = _torch_save(obj, tag, _UpstreamPickleModule)
+    return atomic_write(path, write, overwrite=overwrite, protect=protect)
 
 
 def write_gpt_export(

@@ -41,10 +41,17 @@ class Target:
     def shapes(self, cache_root: Path | None = None) -> dict[str, torch.Size]:
         """Key -> shape in state_dict order, without allocating the model.
 
-        Built on the meta device once per fingerprint and remembered under ``cache_root/schemas``:
-        the first op on a meta tensor costs ~1 s of lazy imports in a fresh process, and a real
+        Looked up first among the schemas shipped with the package (upstream's default configs,
+        see :mod:`gsv_ray.rebuild.schemas`), then under ``cache_root/schemas``; only an unusual
+        config is built on the meta device (once per fingerprint, then remembered there): the
+        first op on a meta tensor costs ~1-2 s of lazy imports in a fresh process, and a real
         build costs the model's memory and init time; a stored schema costs neither.
         """
+        from gsv_ray.rebuild.schemas import shipped_shapes  # lazy: keeps ``python -m ...schemas`` clean
+
+        shipped = shipped_shapes(self.name, self.fingerprint)
+        if shipped is not None:
+            return shipped
         path = None
         if cache_root is not None:
             digest = hashlib.sha256(f"{__version__}|{self.fingerprint}".encode()).hexdigest()[:24]
@@ -53,14 +60,18 @@ class Target:
                 return {k: torch.Size(v) for k, v in json.loads(path.read_text()).items()}
             except (OSError, ValueError):
                 pass
-        with torch.device("meta"):
-            shapes = {k: v.shape for k, v in self.build().state_dict().items()}
+        shapes = self.meta_shapes()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({k: list(v) for k, v in shapes.items()}))
             os.replace(tmp, path)
         return shapes
+
+    def meta_shapes(self) -> dict[str, torch.Size]:
+        """Key -> shape computed now, by building the model on the meta device (no stored schema)."""
+        with torch.device("meta"):
+            return {k: v.shape for k, v in self.build().state_dict().items()}
 
 
 def target(name: str, build: Callable[[], nn.Module], **fingerprint: Any) -> Target:
@@ -162,7 +173,7 @@ def build_models(config: Mapping[str, Any], *, dropout: float | None = None) -> 
         return {"generator": SemanticExtractor()}
     model_cfg = sovits_model_config(config["s2"], config.get("widths", {}))
     if dropout is not None:
-        model_cfg = dataclasses.replace(model_cfg, p_dropout=dropout)
+        model_cfg = dataclasses.replace(model_cfg, p_dropout=dropout, ref_dropout=dropout)
     models: dict[str, nn.Module] = {"generator": SoVITSGenerator(model_cfg)}
     if "discriminator" in config:
         d = config["discriminator"]

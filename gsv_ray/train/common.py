@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -22,3 +24,35 @@ def prepare(accelerator, models: list, optimizers: list) -> tuple[list, list]:
         return models, optimizers
     prepared = accelerator.prepare(*models, *optimizers)
     return list(prepared[:len(models)]), list(prepared[len(models):])
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Parameters of ``module`` take no gradient inside the block (inputs still do): the generator's
+    adversarial loss reaches G through D without leaving gradients in D."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def rng_state(device: torch.device) -> tuple:
+    """The global RNG state(s) a forward pass draws from (CPU, and the CUDA device's)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def set_rng_state(state: tuple, device: torch.device) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def sync_context(accelerator, model, last: bool):
+    """DDP gradient sync only on the last micro-batch of a step (``no_sync`` before it)."""
+    return contextlib.nullcontext() if last else accelerator.no_sync(model)

@@ -42,7 +42,8 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int = 4
     grad_accum: int = 1
-    precision: str = "no"               # no | bf16 | fp16 (fp16 needs a GPU)
+    precision: str = "no"               # no | bf16 | fp16 (fp16: one shared loss scaler, as upstream)
+    num_workers: int | None = None      # DataLoader worker processes; None: the process's CPUs - 1, at most 8
     dropout: float | None = None        # override every dropout rate; None = upstream's
     seed: int = 1234
     # data split and evaluation
@@ -95,6 +96,8 @@ class TrainConfig:
                 raise GsvError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1 or self.epochs is not None and self.epochs < 1:
             raise GsvError("--max-steps / --epochs must be >= 1")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise GsvError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise GsvError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:

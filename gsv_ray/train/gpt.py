@@ -17,11 +17,13 @@ from accelerate import Accelerator
 
 from gsv_ray.data.experiment import Experiment
 from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt
+from gsv_ray.data.loader import MicroBatch, StepPlan
 from gsv_ray.io.writers import write_gpt_export
 from gsv_ray.models.gpt import to_upstream_keys
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import prepare, read_metrics
+from gsv_ray.train.common import prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.precision import Precision
 
 
 def export_dir_name(version: str) -> str:
@@ -29,11 +31,17 @@ def export_dir_name(version: str) -> str:
     return "GPT_weights" if version == "v1" else f"GPT_weights_{version}"
 
 
+def gpt_micro_batch(items: list, mb: MicroBatch):
+    """A loader item: upstream's collate, padded to the step's global lengths."""
+    return collate_gpt(items, pad_to=mb.context)
+
+
 class GPTRecipe:
     stage = "gpt"
 
-    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment):
-        self.cfg, self.accelerator, self.version = cfg, accelerator, rebuilt.version
+    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
+                 precision: Precision):
+        self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, rebuilt.version, precision
         self.s1: dict[str, Any] = rebuilt.config["s1"]
         model = build_models(rebuilt.config, dropout=cfg.dropout)["gpt"]
         model.load_state_dict(rebuilt.gpt, strict=True)
@@ -54,37 +62,40 @@ class GPTRecipe:
     def dataset(self, names: list[str]) -> GPTDataset:
         return GPTDataset(self.experiment, names)
 
-    def sampler(self, ds: GPTDataset, *, shuffle: bool, seed: int) -> GPTBucketSampler:
-        return GPTBucketSampler(ds.durations, self.cfg.batch_size, num_replicas=self.accelerator.num_processes,
-                                rank=self.accelerator.process_index, shuffle=shuffle, seed=seed)
+    def plan(self, ds: GPTDataset, *, seed: int) -> StepPlan:
+        """Global batches of ``batch_size x processes x grad_accum``; every micro-batch of a step is
+        padded to its global batch's longest phones/semantic (known from the metadata, no all-reduce):
+        upstream's summed loss counts padded targets, so this makes the step's loss exactly that of
+        one process training the whole global batch."""
+        acc, n = self.accelerator, self.cfg.grad_accum
+        sampler = GPTBucketSampler(ds.durations, self.cfg.batch_size * acc.num_processes * n, shuffle=True, seed=seed)
+        phones = [len(u.phone_ids) for u in ds.utterances]
+        semantic = [len(u.semantic_ids or ()) for u in ds.utterances]
+        return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n,
+                        context=lambda idx: (max(phones[i] for i in idx), max(semantic[i] for i in idx)))
 
     collate = staticmethod(collate_gpt)
+    make_batch = staticmethod(gpt_micro_batch)
 
-    def train_collate(self, items: list) -> Any:
-        """Under DDP, pad to the global batch's longest phones/semantic (one max all-reduce): the
-        summed loss then equals one process training the whole global batch."""
-        if self.accelerator.num_processes == 1:
-            return collate_gpt(items)
-        longest = torch.tensor([max(len(it.phoneme_ids) for it in items), max(len(it.semantic_ids) for it in items)],
-                               device=self.accelerator.device)
-        torch.distributed.all_reduce(longest, op=torch.distributed.ReduceOp.MAX)
-        return collate_gpt(items, pad_to=(int(longest[0]), int(longest[1])))
-
-    def train_step(self, batch, step: int = 0) -> dict[str, float]:
+    def train_step(self, batches: list, step: int = 0) -> dict[str, float]:
+        """Upstream's loss is a sum over the batch: the micro-batches' sums add up to the global
+        batch's, and DDP's gradient mean is undone by scaling with the process count."""
+        acc, prec, world, n = self.accelerator, self.precision, self.accelerator.num_processes, len(batches)
         self.model.train()
-        out = self.model(*batch.model_inputs())
-        self.opt.zero_grad(set_to_none=True)
-        # upstream's loss is a sum over the batch; DDP averages gradients over processes, so scale
-        # by their number: the update then equals one process training the whole global batch
-        self.accelerator.backward(out.loss * self.accelerator.num_processes)
-        grad = (self.accelerator.clip_grad_norm_(self.model.parameters(), float("inf"))
-                if self.accelerator.sync_gradients else None)
-        self.opt.step()
-        named = {"loss": out.loss, "top3_acc": out.acc}
-        if grad is not None:
-            named["grad_norm"] = grad
-        metrics = read_metrics(named)
-        metrics["loss_per_token"] = metrics["loss"] / out.targets.numel()
+        loss = acc3 = 0.0
+        targets = 0
+        for i, (batch, mb) in enumerate(batches):
+            with sync_context(acc, self.model, i == n - 1):
+                with prec.autocast():
+                    out = self.model(*batch.model_inputs())
+                prec.backward(out.loss * world)
+            loss = loss + out.loss.detach().float()
+            acc3 = acc3 + out.acc.detach().float() * (world * mb.share)
+            targets += out.targets.numel()
+        grad = prec.step(self.opt, self.model.parameters())
+        prec.update()
+        metrics = read_metrics({"loss": loss, "top3_acc": acc3, "grad_norm": grad})
+        metrics["loss_per_token"] = metrics["loss"] / targets
         return metrics
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ Accelerate, data order, the LR schedule, validation, checkpoints and resume, tra
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from gsv_ray.data.experiment import SplitOptions, experiment_split
+from gsv_ray.data.loader import MicroBatchSource, PlannedSampler, available_cpus, default_loader_workers, make_loader
 from gsv_ray.errors import GsvError
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.gpt import GPTRecipe
+from gsv_ray.train.precision import Precision
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe
 
@@ -51,10 +54,10 @@ def _symbol_version(stage: str, version: str | None) -> str:
 
 
 def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerator:
+    """Device placement, DDP and checkpoint state. Mixed precision and gradient accumulation are
+    ours (:mod:`gsv_ray.train.precision`, the recipes' ``train_step``), not Accelerate's: see there."""
     use_cpu = cfg.cpu or not torch.cuda.is_available() if cpu is None else cpu
-    if cfg.precision == "fp16" and use_cpu:
-        raise GsvError("--precision fp16 needs a GPU", fix="use --precision bf16 or no on CPU")
-    return Accelerator(cpu=use_cpu, mixed_precision=cfg.precision, gradient_accumulation_steps=cfg.grad_accum)
+    return Accelerator(cpu=use_cpu)
 
 
 def fixed_batches(ds, collate, n: int, batch_size: int, device="cpu") -> list:
@@ -100,10 +103,15 @@ def train(
         split=SplitOptions(val_fraction=cfg.val_fraction, val_names_file=cfg.val_names, seed=cfg.seed))
 
     set_seed(cfg.seed)
-    recipe = RECIPES[stage](rebuilt, cfg, accelerator, experiment)
+    precision = Precision(cfg.precision, accelerator.device)
+    recipe = RECIPES[stage](rebuilt, cfg, accelerator, experiment, precision)
     train_ds = recipe.dataset(train_names)
-    sampler = recipe.sampler(train_ds, shuffle=True, seed=cfg.seed)
-    steps_per_epoch = max(1, len(sampler) // cfg.grad_accum)
+    plan = recipe.plan(train_ds, seed=cfg.seed)
+    steps_per_epoch = plan.steps_per_epoch()
+    if steps_per_epoch == 0:
+        raise GsvError(f"{len(train_names)} training utterances do not fill one global batch of {cfg.batch_size} x "
+                       f"{accelerator.num_processes} process(es) x {cfg.grad_accum} accumulation",
+                       path=cfg.data, fix="lower --batch-size or --grad-accum, or add utterances")
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     schedule = Schedule(cfg.warmup_steps, cfg.warmup_start, cfg.decay_for(stage), total, steps_per_epoch,
                         cfg.lr_decay, cfg.min_lr_ratio)
@@ -112,6 +120,13 @@ def train(
     for s in schedulers:
         accelerator.register_for_checkpointing(s)
     accelerator.register_for_checkpointing(state)
+    accelerator.register_for_checkpointing(precision.scaler)
+    num_workers = cfg.num_workers if cfg.num_workers is not None else default_loader_workers(
+        available_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes if
+                                              accelerator.num_processes > 1 else 1)))
+    planned = PlannedSampler()
+    loader = make_loader(MicroBatchSource(train_ds, recipe.make_batch), planned, num_workers=num_workers,
+                         seed=cfg.seed, pin_memory=accelerator.device.type == "cuda")
 
     ckpt_root = run_dir / "checkpoints"
     resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)
@@ -133,7 +148,8 @@ def train(
             say(f"  data: {line}")
         say(f"global batch = {cfg.batch_size} x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
             f"accumulation = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}; "
-            f"{steps_per_epoch} steps/epoch, {total} steps; peak LR {cfg.peak_lr(stage):.3g} "
+            f"{steps_per_epoch} steps/epoch, {total} steps; {num_workers} loader worker(s); "
+            f"precision {cfg.precision}; peak LR {cfg.peak_lr(stage):.3g} "
             f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}")
 
     if main and tracking is not None:
@@ -164,28 +180,32 @@ def train(
         accelerator.wait_for_everyone()
 
     bar = _progress(total, state.step, enabled=progress and main)
-    t_last, items_since = time.perf_counter(), 0
+    n = cfg.grad_accum
+    non_blocking = accelerator.device.type == "cuda"
+    t_last = time.perf_counter()
     while state.step < total:
-        sampler.set_epoch(state.epoch)
-        epoch_batches = list(sampler)
-        for bi in range(state.batch_in_epoch, len(epoch_batches)):
-            batch = recipe.train_collate([train_ds[i] for i in epoch_batches[bi]]).to(accelerator.device)
-            items_since += len(epoch_batches[bi])
-            with accelerator.accumulate(*recipe.models):
-                metrics = recipe.train_step(batch, step=state.step)
-            state.batch_in_epoch = bi + 1
-            if not accelerator.sync_gradients:
-                continue
+        steps = plan.steps(state.epoch)
+        done = state.batch_in_epoch // n  # steps of this epoch already taken (resume mid-epoch)
+        planned.items = [mb for group in steps[done:] for mb in group]
+        batches = iter(loader)
+        for _ in range(done, len(steps)):
+            t_wait = time.perf_counter()
+            micro = [next(batches) for _ in range(n)]
+            data_wait = time.perf_counter() - t_wait
+            micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
+            items = sum(len(mb.indices) for _, mb in micro)
+            metrics = recipe.train_step(micro, step=state.step)
+            state.batch_in_epoch += n
             lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
             for s in schedulers:
                 s.step()
             state.step += 1
             now = time.perf_counter()
-            per_worker = items_since / max(1e-9, now - t_last)
-            metrics.update(lrs, step_time=now - t_last, samples_per_s=per_worker * accelerator.num_processes,
-                           samples_per_s_per_worker=per_worker, world_size=accelerator.num_processes,
-                           epoch=state.epoch + 1)
-            t_last, items_since = now, 0
+            step_time = now - t_last
+            per_worker = items / max(1e-9, step_time)
+            metrics.update(lrs, step_time=step_time, data_wait=data_wait, data_wait_share=data_wait / max(1e-9, step_time),
+                           samples_per_s=per_worker * accelerator.num_processes, samples_per_s_per_worker=per_worker,
+                           world_size=accelerator.num_processes, epoch=state.epoch + 1)
             if on_step is not None:
                 on_step(state.step, metrics)
             if main and tracking is not None and (state.step % cfg.log_every == 0 or state.step == total):
@@ -197,6 +217,7 @@ def train(
                 last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last)
                 if on_checkpoint is not None:
                     on_checkpoint(state.step, last_ckpt, {**metrics, **last_val})
+            t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
             if state.step >= total:
                 break
         else:

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from accelerate import Accelerator
 
-from gsv_ray.data.experiment import Experiment
-from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, collate_sovits
+from gsv_ray.data.experiment import Experiment, spec_frames
+from gsv_ray.data.loader import MicroBatch, StepPlan
+from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSPadding, collate_sovits
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.models.audio import AudioFrontend
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import prepare, read_metrics
+from gsv_ray.train.common import frozen, prepare, read_metrics, rng_state, set_rng_state, sync_context
 from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.precision import Precision
 
 TEXT_SIDE = ("enc_p.text_embedding.", "enc_p.encoder_text.", "enc_p.mrte.")
 
@@ -33,11 +35,24 @@ def export_dir_name(version: str) -> str:
     return "SoVITS_weights" if version == "v1" else f"SoVITS_weights_{version}"
 
 
+class SoVITSStep(NamedTuple):
+    """What a micro-batch needs from its step's global batch."""
+
+    frames: int             # spectrogram frames of the whole global batch (KL normaliser)
+    padding: SoVITSPadding  # the global batch's padded lengths
+
+
+def sovits_micro_batch(items: list, mb: MicroBatch):
+    """A loader item: the micro-batch collated as upstream's collate does, padded like its global batch."""
+    return collate_sovits(items, pad_to=mb.context.padding)
+
+
 class SoVITSRecipe:
     stage = "sovits"
 
-    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment):
-        self.cfg, self.accelerator, self.version = cfg, accelerator, rebuilt.version
+    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
+                 precision: Precision):
+        self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, rebuilt.version, precision
         self.s2: dict[str, Any] = rebuilt.config["s2"]
         models = build_models(rebuilt.config, dropout=cfg.dropout)
         g, d = models["generator"], models["discriminator"]
@@ -77,55 +92,107 @@ class SoVITSRecipe:
     def dataset(self, names: list[str]) -> SoVITSDataset:
         return SoVITSDataset(self.experiment, names)
 
-    def sampler(self, ds: SoVITSDataset, *, shuffle: bool, seed: int) -> SoVITSBucketSampler:
-        return SoVITSBucketSampler(ds.lengths, self.cfg.batch_size, num_replicas=self.accelerator.num_processes,
-                                   rank=self.accelerator.process_index, shuffle=shuffle, seed=seed)
+    def plan(self, ds: SoVITSDataset, *, seed: int) -> StepPlan:
+        """Global batches of ``batch_size x processes x grad_accum``; each step's context is its
+        global batch's spectrogram frames (the KL is averaged over them, as one process would) and
+        padded lengths (every micro-batch is padded as the global batch would be)."""
+        acc, n = self.accelerator, self.cfg.grad_accum
+        sampler = SoVITSBucketSampler(ds.lengths, self.cfg.batch_size * acc.num_processes * n, shuffle=True,
+                                      seed=seed)
+        frames = [spec_frames(u.num_samples, ds.hop_length) for u in ds.utterances]
+        samples = [u.num_samples for u in ds.utterances]
+        phones = [len(u.phone_ids) for u in ds.utterances]
+
+        def context(idx: list[int]) -> SoVITSStep:
+            return SoVITSStep(sum(frames[i] for i in idx), SoVITSPadding(
+                max(frames[i] for i in idx), max(samples[i] for i in idx), max(phones[i] for i in idx)))
+
+        return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n, context=context)
 
     collate = staticmethod(collate_sovits)
-    train_collate = staticmethod(collate_sovits)  # padding never reaches the losses (masked)
+    make_batch = staticmethod(sovits_micro_batch)
 
     # -- one step ------------------------------------------------------------------------------
-    def train_step(self, batch, step: int = 0) -> dict[str, float]:
-        acc = self.accelerator
-        self.g.train()
-        self.d.train()
+    def _generate(self, g, batch, step: int):
+        """G's forward and what both losses compare (window of real audio, mels), in fp32 after G."""
         eps, slice_u = utterance_noise(batch, self.inter_channels, seed=self.cfg.seed, step=step)
-        out = self.g(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb,
-                     eps=eps, slice_u=slice_u)
-        z, z_p, m_p, logs_p, m_q, logs_q = out.stats
+        with self.precision.autocast():
+            out = g(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb,
+                    eps=eps, slice_u=slice_u)
         y_hat = out.y_hat.float()
         y_mel = slice_segments(self.frontend.spec_to_mel(batch.spec), out.ids_slice, self.segment_frames)
-        y_hat_mel = self.frontend.mel(y_hat.squeeze(1))
         y = slice_segments(batch.wav, out.ids_slice * self.hop, self.segment_frames * self.hop)
+        return _Generated(out, y, y_hat, y_mel, self.frontend.mel(y_hat.squeeze(1)))
 
-        y_d_r, y_d_g, _, _ = self.d(y, y_hat.detach())
-        loss_d, _, _ = discriminator_loss([t.float() for t in y_d_r], [t.float() for t in y_d_g])
-        self.opt_d.zero_grad(set_to_none=True)
-        acc.backward(loss_d)
-        grad_d = acc.clip_grad_norm_(self.d.parameters(), float("inf")) if acc.sync_gradients else None
-        self.opt_d.step()
+    def train_step(self, batches: list, step: int = 0) -> dict[str, float]:
+        """One optimizer step over this process's micro-batches, as upstream's step on the whole
+        global batch: D is updated first on every micro-batch's detached output, then G against the
+        *updated* D. With accumulation, G's forward is recomputed in the second pass (same noise, same
+        dropout: the RNG state is replayed) instead of keeping every micro-batch's graph alive.
 
-        y_d_r, y_d_g, fmap_r, fmap_g = self.d(y, y_hat)
-        losses = generator_total_loss(
-            [t.float() for t in y_d_g], [[f.float() for f in fm] for fm in fmap_r], [[f.float() for f in fm] for fm in fmap_g],
-            y_mel, y_hat_mel, z_p.float(), logs_q.float(), m_p.float(), logs_p.float(), out.z_mask,
-            kl_ssl=out.kl_ssl, c_mel=self.c_mel, c_kl=self.c_kl)
-        self.opt_g.zero_grad(set_to_none=True)
-        acc.backward(losses.total)
-        grad_g = acc.clip_grad_norm_(self.g.parameters(), float("inf")) if acc.sync_gradients else None
-        self.opt_g.step()
-        named = {"loss": losses.total, "loss_disc": loss_d, "loss_gen": losses.gen, "loss_fm": losses.fm,
-                 "loss_mel": losses.mel, "loss_kl": losses.kl}
-        if grad_g is not None:
-            named.update(grad_norm=grad_g, grad_norm_d=grad_d)
-        return read_metrics(named)
+        Losses are weighted by each micro-batch's share of the global batch (the KL by its share of
+        the spectrogram frames), times the process count that DDP's gradient mean divides by. G's
+        adversarial loss goes through D with D's parameters frozen: G's loss leaves no gradient in D.
+        """
+        acc, prec, world, n = self.accelerator, self.precision, self.accelerator.num_processes, len(batches)
+        self.g.train()
+        self.d.train()
+        g_raw, d_raw = acc.unwrap_model(self.g), acc.unwrap_model(self.d)
+        keep = n == 1  # no accumulation: keep G's graph from the first pass, nothing is recomputed
+        kept: list[_Generated | None] = [None] * n
+        rng: list[tuple] = []
+        sums: dict[str, torch.Tensor] = {}
+
+        def add(name: str, value: torch.Tensor, weight: float) -> None:
+            sums[name] = sums.get(name, 0.0) + value.detach().float() * weight
+
+        for i, (batch, mb) in enumerate(batches):
+            rng.append(rng_state(acc.device))
+            with sync_context(acc, self.d, i == n - 1):
+                with torch.set_grad_enabled(keep):
+                    gen = self._generate(self.g if keep else g_raw, batch, step)
+                with prec.autocast():
+                    y_d_r, y_d_g, _, _ = self.d(gen.y, gen.y_hat.detach())
+                loss_d, _, _ = discriminator_loss([t.float() for t in y_d_r], [t.float() for t in y_d_g])
+                prec.backward(loss_d * (world * mb.share))
+            add("loss_disc", loss_d, world * mb.share)
+            if keep:
+                kept[i] = gen
+        grad_d = prec.step(self.opt_d, self.d.parameters())
+
+        for i, (batch, mb) in enumerate(batches):
+            with sync_context(acc, self.g, i == n - 1):
+                gen = kept[i]
+                if gen is None:
+                    set_rng_state(rng[i], acc.device)
+                    gen = self._generate(self.g, batch, step)
+                with frozen(d_raw), prec.autocast():
+                    _, y_d_g, fmap_r, fmap_g = d_raw(gen.y, gen.y_hat)
+                z, z_p, m_p, logs_p, m_q, logs_q = gen.out.stats
+                losses = generator_total_loss(
+                    [t.float() for t in y_d_g], [[f.float() for f in fm] for fm in fmap_r],
+                    [[f.float() for f in fm] for fm in fmap_g], gen.y_mel, gen.y_hat_mel, z_p.float(), logs_q.float(),
+                    m_p.float(), logs_p.float(), gen.out.z_mask, kl_ssl=gen.out.kl_ssl, c_mel=self.c_mel,
+                    c_kl=self.c_kl)
+                w = world * mb.share
+                w_kl = world * float(batch.spec_lengths.sum()) / mb.context.frames  # share of the global frames
+                prec.backward(w * (losses.total - losses.kl) + w_kl * losses.kl)
+            for name, value in (("loss_gen", losses.gen), ("loss_fm", losses.fm), ("loss_mel", losses.mel)):
+                add(name, value, w)
+            add("loss_kl", losses.kl, w_kl)
+            add("loss", losses.total - losses.kl, w)
+            add("loss", losses.kl, w_kl)
+            kept[i] = None  # free the graph as soon as it is used
+        grad_g = prec.step(self.opt_g, self.g.parameters())
+        prec.update()
+        return read_metrics({**sums, "grad_norm": grad_g, "grad_norm_d": grad_d})
 
     # -- validation ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batches: list, seed: int) -> dict[str, float]:
         """mel L1 x c_mel + KL on held-out batches, with fixed noise (comparable across steps)."""
         g = self.accelerator.unwrap_model(self.g).eval()
-        return sovits_eval_losses(g, batches, self.frontend, self.c_mel, self.c_kl, seed)
+        return sovits_eval_losses(g, batches, self.frontend, self.c_mel, self.c_kl, seed)  # fp32: comparable
 
     @torch.no_grad()
     def audio_samples(self, items: list, seed: int) -> list[tuple[str, torch.Tensor, int]]:
@@ -149,6 +216,14 @@ class SoVITSRecipe:
         path = Path(out_dir) / export_dir_name(self.version) / f"{name}_e{epoch}_s{step}.pth"
         return write_sovits_export(path, g.state_dict(), config=cfg, info=f"{epoch}epoch_{step}iteration",
                                    version=self.version, overwrite=True, protect=protect)
+
+
+class _Generated(NamedTuple):
+    out: Any            # the generator's forward output
+    y: torch.Tensor     # the real audio window
+    y_hat: torch.Tensor
+    y_mel: torch.Tensor
+    y_hat_mel: torch.Tensor
 
 
 def _noise_like(g, codes, device, seed: int) -> torch.Tensor:
