@@ -126,7 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup_steps", "warmup_start", "decay",
                "max_steps", "epochs", "batch_size", "grad_accum", "precision", "num_workers", "dropout", "seed", "val_fraction", "val_names",
-               "val_every", "save_every", "keep_last", "export_every_epochs", "name", "resume", "log_every",
+               "val_every", "save_every", "keep_last", "export_every_epochs", "name", "restart_counters", "resume", "log_every",
                "wandb_project", "wandb_mode", "cpu")
 
 
@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-last", type=int, help="checkpoints kept (default 2)")
     g.add_argument("--export-every-epochs", type=int, help="also export every E epochs (default: only at the end)")
     g.add_argument("--name", help="export name stem (default: the run directory's name)")
+    g.add_argument("--restart-counters", action="store_true", default=None,
+                   help="exports count epochs/steps from 0 (default: continue the init file's, e.g. "
+                        "xxx_e8_s200.pth + 1 epoch of 50 steps -> _e9_s250.pth; GPT-e15 -> -e16)")
     g.add_argument("--resume", metavar="DIR", nargs="?", const="latest",
                    help="continue from a checkpoint or run directory (no value: the newest in -o; with --workers: "
                         "the Ray run of this same command)")

@@ -21,6 +21,7 @@ from gsv_ray.data.experiment import (
     split_names,
 )
 from gsv_ray.data.gpt import GPTBatch, GPTBucketSampler, GPTDataset, GPTItem, collate_gpt, gpt_batch_size, gpt_datasets
+from gsv_ray.data.index import experiment_key, open_experiment_cached
 from gsv_ray.data.sovits import (
     SOVITS_BOUNDARIES,
     SoVITSBatch,
@@ -41,6 +42,8 @@ __all__ = [
     "Utterance",
     "open_experiment",
     "split_names",
+    "experiment_key",
+    "open_experiment_cached",
     "GPTBatch",
     "GPTBucketSampler",
     "GPTDataset",

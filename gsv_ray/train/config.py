@@ -57,6 +57,7 @@ class TrainConfig:
     keep_last: int = 2
     export_every_epochs: int = 0        # 0: export at the end only
     name: str | None = None             # export file name stem; default: the output folder's name
+    restart_counters: bool = False      # exports count epochs/steps from 0 instead of continuing the init file's
     resume: str | None = None           # a checkpoint dir, or "latest" (newest under output_dir/checkpoints)
     # tracking
     log_every: int = 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from gsv_ray.data.experiment import SplitOptions, experiment_split
+from gsv_ray.cache import default_cache_root as cache_root
+from gsv_ray.data.experiment import Experiment, SplitOptions, experiment_split
+from gsv_ray.data.index import open_experiment_cached
 from gsv_ray.data.loader import MicroBatchSource, PlannedSampler, available_cpus, default_loader_workers, make_loader
 from gsv_ray.errors import GsvError
+from gsv_ray.io.reader import parse_info
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
 from gsv_ray.train.config import TrainConfig
@@ -45,6 +49,45 @@ class TrainResult:
     last_checkpoint: Path | None
     val_history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (see Phases)
+
+
+class Phases:
+    """Wall time per phase of a run (rebuild, scan, build, steps, validation, ...): where a short
+    run's time goes. ``with phases("name"):`` adds to that phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        return _Phase(self, name)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def line(self) -> str:
+        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+
+
+class _Phase:
+    def __init__(self, phases: Phases, name: str):
+        self.phases, self.name = phases, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.phases.add(self.name, time.perf_counter() - self.t0)
+
+
+def continued_counters(rebuilt: Rebuilt, restart: bool) -> tuple[int, int]:
+    """(epochs, steps) the init file had already trained, from its ``info`` ("8epoch_200iteration",
+    "GPT-e15"): exports continue them, so GPT-SoVITS's weight lists sort a continued model after
+    its parent. (0, 0) with ``restart`` or when the file says nothing."""
+    if restart:
+        return 0, 0
+    epoch, step = parse_info(rebuilt.report.inputs.get("init", {}).get("info"))
+    return epoch or 0, step or 0
 
 
 def _symbol_version(stage: str, version: str | None) -> str:
@@ -74,6 +117,7 @@ def train(
     tracking: Any | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     on_checkpoint: Callable[[int, Path, dict[str, float]], None] | None = None,
+    experiment: Experiment | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -88,23 +132,31 @@ def train(
     ``precision`` (the CLI and every Ray worker run one training per process).
     """
     cfg.validate()
+    phases = Phases()
     run_dir = Path(cfg.output_dir)
     accelerator = accelerator or make_accelerator(cfg)
     main = accelerator.is_main_process
     if rebuilt is None:
-        rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage,
-                                 version=cfg.version, task="train")
+        with phases("rebuild"):
+            rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage,
+                                     version=cfg.version, task="train")
     stage = rebuilt.stage
     if cfg.stage is not None and cfg.stage != stage:
         raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
                        fix=f"use --stage {stage} or pass the other file")
-    experiment, train_names, val_names = experiment_split(
-        cfg.data, stage, _symbol_version(stage, rebuilt.version),
-        split=SplitOptions(val_fraction=cfg.val_fraction, val_names_file=cfg.val_names, seed=cfg.seed))
+    with phases("scan"):
+        if experiment is None:
+            experiment = open_experiment_cached(cfg.data, stage, _symbol_version(stage, rebuilt.version),
+                                                cache_root=cache_root())
+        experiment, train_names, val_names = experiment_split(
+            experiment, stage, split=SplitOptions(val_fraction=cfg.val_fraction, val_names_file=cfg.val_names,
+                                                  seed=cfg.seed))
+    epoch0, step0 = continued_counters(rebuilt, cfg.restart_counters)
 
     set_seed(cfg.seed)
     precision = Precision(cfg.precision, accelerator.device)
-    recipe = RECIPES[stage](rebuilt, cfg, accelerator, experiment, precision)
+    with phases("build"):
+        recipe = RECIPES[stage](rebuilt, cfg, accelerator, experiment, precision)
     train_ds = recipe.dataset(train_names)
     plan = recipe.plan(train_ds, seed=cfg.seed)
     steps_per_epoch = plan.steps_per_epoch()
@@ -131,7 +183,8 @@ def train(
     ckpt_root = run_dir / "checkpoints"
     resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        with phases("resume"):
+            accelerator.load_state(str(resume_from))
         if main:
             say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch + 1})")
 
@@ -153,8 +206,9 @@ def train(
             f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}")
 
     if main and tracking is not None:
-        tracking.begin(_run_config(cfg, rebuilt, stage, recipe, schedule, accelerator), rebuilt,
-                       resume_step=state.step)
+        with phases("tracking"):
+            tracking.begin(_run_config(cfg, rebuilt, stage, recipe, schedule, accelerator), rebuilt,
+                           resume_step=state.step)
 
     val_history: list[dict[str, float]] = []
     last_val: dict[str, float] = {}  # reported with each checkpoint (what a Tune scheduler compares)
@@ -164,20 +218,23 @@ def train(
     def validate(step: int) -> None:
         if not (main and val_batches):
             return
-        metrics = recipe.evaluate(val_batches, cfg.seed)
+        with phases("validation"):
+            metrics = recipe.evaluate(val_batches, cfg.seed)
         val_history.append({"step": step, **metrics})
         last_val.update({f"val/{k}": v for k, v in metrics.items()})
         if tracking is not None:
             tracking.log(step, {f"val/{k}": v for k, v in metrics.items()})
-            samples = recipe.audio_samples(audio_items, cfg.seed)
+            with phases("audio samples"):
+                samples = recipe.audio_samples(audio_items, cfg.seed)
             if samples:
                 tracking.log_audio(step, samples)
 
     def export(epoch: int) -> None:
-        if main:
-            exports.append(recipe.export(run_dir, name=cfg.run_name, epoch=epoch, step=state.step,
-                                         protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))
-        accelerator.wait_for_everyone()
+        with phases("export"):
+            if main:
+                exports.append(recipe.export(run_dir, name=cfg.run_name, epoch=epoch0 + epoch, step=step0 + state.step,
+                                             protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))
+            accelerator.wait_for_everyone()
 
     bar = _progress(total, state.step, enabled=progress and main)
     n = cfg.grad_accum
@@ -195,10 +252,14 @@ def train(
             micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
             items = sum(len(mb.indices) for _, mb in micro)
             metrics = recipe.train_step(micro, step=state.step)
+            if precision.scaler.is_enabled():
+                metrics["loss_scale"] = precision.scale
             state.batch_in_epoch += n
             lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
-            for s in schedulers:
-                s.step()
+            with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                for s in schedulers:
+                    s.step()
             state.step += 1
             now = time.perf_counter()
             step_time = now - t_last
@@ -213,8 +274,10 @@ def train(
             bar.update(state.step, metrics)
             if state.step % cfg.val_every == 0 or state.step == total:
                 validate(state.step)
+            phases.add("steps", step_time)
             if state.step % cfg.save_every == 0 or state.step == total:
-                last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last)
+                with phases("checkpoint"):
+                    last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last)
                 if on_checkpoint is not None:
                     on_checkpoint(state.step, last_ckpt, {**metrics, **last_val})
             t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
@@ -225,6 +288,7 @@ def train(
             state.batch_in_epoch = 0
             if cfg.export_every_epochs and state.epoch % cfg.export_every_epochs == 0:
                 export(state.epoch)
+                t_last = time.perf_counter()
             continue
         break
     bar.close()
@@ -234,9 +298,12 @@ def train(
         for p in exports[-1:]:
             say(f"exported {p}")
         if tracking is not None:
-            tracking.log_exports(exports, stage=stage, version=rebuilt.version, step=state.step)
+            with phases("tracking"):
+                tracking.log_exports(exports, stage=stage, version=rebuilt.version, step=state.step)
+        say(f"time: {phases.line()}")
     return TrainResult(run_dir=run_dir, stage=stage, version=rebuilt.version, steps=state.step, epochs=epochs_done,
-                       exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from)
+                       exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from,
+                       timings=dict(phases.seconds))
 
 
 def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule: Schedule, accelerator) -> dict:

@@ -62,7 +62,9 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     assert audio and all(k.startswith("val/audio/") for k in audio)
     assert "model" in [a.type for a in wr.artifacts(records)]
     (export,) = (run / "SoVITS_weights_v2").iterdir()
-    assert export.name == "myvoice_e1_s4.pth"  # 14 train utterances / batch 4 = one epoch and read(export).version == "v2"
+    # 14 train utterances / batch 4 = one epoch (4 padded buckets' batches), continuing the init file's
+    # counters (gsvfix_e1_s2.pth: "1epoch_2iteration"): e1 + 1, s2 + 4
+    assert export.name == "myvoice_e2_s6.pth" and read(export).version == "v2"
 
 
 def test_killed_run_resumes_from_last_complete_checkpoint(gpt_init, synth_v2, tmp_path):

@@ -20,9 +20,10 @@ def test_gpt_trains_and_exports(gpt_init, synth_v2, tmp_path):
     losses = [v["loss"] for v in r.val_history]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2] and losses[-1] < 0.9 * losses[0], losses
     (export,) = r.exports
-    assert export.relative_to(tmp_path) .as_posix() == f"myvoice/GPT_weights_v2/myvoice-e{r.epochs}.ckpt"
+    # the init file is "GPT-e1": the export continues its epoch count
+    assert export.relative_to(tmp_path) .as_posix() == f"myvoice/GPT_weights_v2/myvoice-e{1 + r.epochs}.ckpt"
     f = read(export)
-    assert (f.kind, f.version, f.info) == ("gpt-export", "v2", f"GPT-e{r.epochs}")
+    assert (f.kind, f.version, f.info) == ("gpt-export", "v2", f"GPT-e{1 + r.epochs}")
     assert all(t.dtype == torch.float16 for t in f.state_dict.values()) and f.config["data"]["max_sec"]
     model = Text2SemanticDecoder(T2SConfig.from_s1_config(f.config))
     model.load_state_dict(from_upstream_keys(f.state_dict), strict=True)
@@ -37,9 +38,11 @@ def test_sovits_trains_and_exports(sovits_files, synth_v2, tmp_path):
     losses = [v["loss"] for v in r.val_history]
     assert losses[-1] < losses[0], losses
     (export,) = r.exports
-    assert export.relative_to(tmp_path).as_posix() == f"myvoice/SoVITS_weights_v2/myvoice_e{r.epochs}_s24.pth"
+    # the init file is gsvfix_e1_s2.pth ("1epoch_2iteration"): the export continues both counters
+    e = 1 + r.epochs
+    assert export.relative_to(tmp_path).as_posix() == f"myvoice/SoVITS_weights_v2/myvoice_e{e}_s26.pth"
     f = read(export)
-    assert (f.kind, f.version, f.header, f.info) == ("sovits-export", "v2", "PK", f"{r.epochs}epoch_24iteration")
+    assert (f.kind, f.version, f.header, f.info) == ("sovits-export", "v2", "PK", f"{e}epoch_26iteration")
     assert not any("enc_q" in k for k in f.state_dict) and f.config_type == "utils.HParams"
     # strict load into our generator minus enc_q, via the rebuild step (which reads the narrow widths)
     back = rebuild(export, task="infer")
@@ -84,3 +87,10 @@ def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     state = TrainState()  # registered after the GPT stage's one scheduler
     state.load_state_dict(torch.load(run / "checkpoints/step_00000003/custom_checkpoint_1.pkl", weights_only=False))
     assert (state.step, state.batch_in_epoch) == (3, 6)
+
+
+def test_restart_counters(gpt_init, synth_v2, tmp_path):
+    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "v"), max_steps=2,
+                      val_fraction=0.0, restart_counters=True, wandb_mode="disabled")
+    (export,) = train(cfg, progress=False, say=lambda s: None).exports
+    assert export.name == "v-e1.ckpt" and read(export).info == "GPT-e1"
