@@ -115,6 +115,15 @@ def _fault_from_env() -> dict[str, Any] | None:
     return {"kind": kind, "step": int(step), "rank": int(rank[0]) if rank else 0}
 
 
+def driver_experiment(cfg: TrainConfig, rebuilt):
+    """The experiment folder scanned once here, for every worker (and trial); None when the data is
+    a URI (each node fetches it and reads the scan from its own cache)."""
+    from gsv_ray.storage import is_uri
+    from gsv_ray.train.loop import open_run_experiment
+
+    return None if is_uri(cfg.data) else open_run_experiment(cfg.data, rebuilt)
+
+
 def _alive_nodes() -> int:
     import ray
 
@@ -167,6 +176,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     loop_config = {
         "train": {**cfg.to_json(), "resume": None, "name": cfg.run_name},  # exports named after -o, as locally
         "rebuild": shared,
+        "experiment": driver_experiment(cfg, rebuilt),
         "run_name": name,
         "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d, given.init, given.base_g, given.base_d)
                             if p and "://" not in p],

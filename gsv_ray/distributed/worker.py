@@ -9,6 +9,7 @@ report the run's outputs (exports, metrics.jsonl, W&B files) so the driver can p
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -62,6 +63,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from gsv_ray.cache import default_cache_root
 
     cfg = cfg.localised(default_cache_root())  # a data URI: fetched once per node (a lock serialises workers)
+    if cfg.num_workers is None:  # loader workers from the CPUs Ray gave this worker
+        from gsv_ray.data.loader import default_loader_workers
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        cfg = dataclasses.replace(cfg, num_workers=default_loader_workers(cpus))
     restored = ray.train.get_checkpoint()
     if restored is not None:
         local = run_dir / f"restore-{rank}"
@@ -90,6 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             run_id=config.get("wandb_run_id"))
     try:
         result = train(cfg, rebuilt=rebuilt, tracking=tracking, on_checkpoint=on_checkpoint, progress=False,
+                       experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
                        say=(lambda s: print(f"[rank 0/{world}] {s}", flush=True)) if rank == 0 else (lambda s: None))
     finally:
         if tracking is not None:

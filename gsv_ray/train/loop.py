@@ -96,6 +96,13 @@ def _symbol_version(stage: str, version: str | None) -> str:
     return version or "v2"
 
 
+def open_run_experiment(data: str | Path, rebuilt: Rebuilt) -> Experiment:
+    """The experiment folder as this run's stage and version read it: scanned once, then served from
+    the content-addressed index (launchers scan on the driver and hand it to workers and trials)."""
+    return open_experiment_cached(data, rebuilt.stage, _symbol_version(rebuilt.stage, rebuilt.version),
+                                  cache_root=cache_root())
+
+
 def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerator:
     """Device placement, DDP and checkpoint state. Mixed precision and gradient accumulation are
     ours (:mod:`gsv_ray.train.precision`, the recipes' ``train_step``), not Accelerate's: see there."""
@@ -146,8 +153,7 @@ def train(
                        fix=f"use --stage {stage} or pass the other file")
     with phases("scan"):
         if experiment is None:
-            experiment = open_experiment_cached(cfg.data, stage, _symbol_version(stage, rebuilt.version),
-                                                cache_root=cache_root())
+            experiment = open_run_experiment(cfg.data, rebuilt)
         experiment, train_names, val_names = experiment_split(
             experiment, stage, split=SplitOptions(val_fraction=cfg.val_fraction, val_names_file=cfg.val_names,
                                                   seed=cfg.seed))

@@ -106,7 +106,7 @@ def trial_resources(opts: TuneOptions) -> float:
 
 
 def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts: TuneOptions, tune_name: str,
-                   storage_path: str, storage_fs, forbidden: list[str]) -> None:
+                   storage_path: str, storage_fs, forbidden: list[str], experiment=None) -> None:
     """One trial: a Ray Train run of the training loop at this trial's lr_scale and warmup."""
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -119,7 +119,8 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
     train_cfg = {**base, "lr_scale": float(config["lr_scale"]), "warmup_steps": int(config["warmup_steps"]),
                  "resume": None, "name": base.get("name") or tune_name}
     loop_config = {
-        "train": train_cfg, "rebuild": shared, "run_name": f"{tune_name}-{trial_id}", "forbidden_paths": forbidden,
+        "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
+        "forbidden_paths": forbidden,
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
     }
     resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
@@ -144,7 +145,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     from ray import tune
 
     from gsv_ray.cache import default_cache_root
-    from gsv_ray.distributed.launch import check_reachable
+    from gsv_ray.distributed.launch import check_reachable, driver_experiment
     from gsv_ray.distributed.shared import share
     from gsv_ray.rebuild import rebuild_cached
     from gsv_ray.storage import check_writable, resolve
@@ -194,6 +195,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, base={**cfg.to_json()}, shared=shared, opts=opts, tune_name=name,
                              storage_path=storage_path, storage_fs=storage_fs,
+                             experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
                              forbidden=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p and "://" not in p]),
         {"CPU": 1})
     if opts.resume:

@@ -55,6 +55,23 @@ def test_two_workers_equal_one_process(stage, ray_local, fixtures_dir, synth, tm
     assert [p.name for p in two.exports] == [p.name for p in one.exports]  # the same files in -o
 
 
+@pytest.mark.parametrize("stage", ["gpt", "sovits"])
+def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, fixtures_dir, synth, tmp_path):
+    """2 workers x batch 1 x grad-accum 2 update on the utterances of one process's batch of 4, to
+    the same weights (every model: G and D, or the GPT)."""
+    from tests.train.test_accumulation import assert_same_weights, weights
+
+    kw = dict(max_steps=3, save_every=3, lr_scale=1.0, warmup_steps=0)
+    one = train(_cfg(stage, fixtures_dir, synth, tmp_path / "one", batch_size=4, **kw), progress=False,
+                say=lambda s: None)
+    two = train_on_ray(_cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=1, grad_accum=2, **kw),
+                       RayOptions(workers=2), say=lambda s: None)
+    start = train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1, lr_scale=1e-9),
+                  progress=False, say=lambda s: None)
+    state = two.last_checkpoint / "state" if (two.last_checkpoint / "state").is_dir() else two.last_checkpoint
+    assert_same_weights(weights(one.last_checkpoint), weights(state), weights(start.last_checkpoint))
+
+
 def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synth, tmp_path):
     from gsv_ray.track import read_metrics
     from tests.support import wandb_reader as wr

@@ -34,9 +34,10 @@ def without_key_biases(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def assert_same_weights(a: dict, b: dict, start: dict, rel: float = 1e-3) -> None:
+def assert_same_weights(a: dict, b: dict, start: dict, rel: float = 1e-2) -> None:
     """The two runs' updates agree: ``|a - b| <= rel * |a - start|`` over all parameters (L2), and
-    training really moved them. (Per element, zero-gradient parameters would only show noise.)"""
+    training really moved them. (Per element, zero-gradient parameters would only show noise; the old
+    accumulation missed by 65 %.)"""
     a, b, start = without_key_biases(a), without_key_biases(b), without_key_biases(start)
     assert a.keys() == b.keys() == start.keys() and a
     diff = sum(float((a[k] - b[k]).double().pow(2).sum()) for k in a) ** 0.5
