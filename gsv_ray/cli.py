@@ -87,13 +87,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     from gsv_ray.rebuild.verify import render, verify
 
+    out = Console()
     result = verify(args.init, data=args.data, base_g=args.base, base_d=args.base_d, stage=args.stage,
                     version=args.version, batches=args.batches, batch_size=args.batch_size,
-                    train_steps=args.train_steps, margin=args.margin, cache_root=args.cache)
+                    train_steps=args.train_steps, margin=args.margin, cache_root=args.cache,
+                    say=(lambda s: None) if args.json else (lambda s: out.print(s, style="dim", highlight=False)))
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
-        Console().print(render(result))
+        out.print(render(result))
     return 0 if result.verdict == "pass" else 1
 
 

@@ -22,12 +22,12 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import stat as stat_mod
 from pathlib import Path
 from typing import Any
 
 from gsv_ray import __version__
+from gsv_ray.io.writers import atomic_write
 from gsv_ray.data.experiment import (
     BERT_DIR,
     HUBERT_DIR,
@@ -315,24 +315,10 @@ def _read_entry(path: Path, key: str, root: Path, stage: str, version: str,
 
 # ----------------------------------------------------------------------------- write
 def _write_atomic(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` via a uniquely named temp file in the same folder and ``os.replace``.
-    The file is created with mode 0o666 minus the umask (like any normal file). Several processes
-    writing the same key each replace the file with identical bytes; readers see old or new, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """``data`` into ``path`` atomically (temp file, fsync, rename; mode from the umask). Several
+    processes writing the same key each replace the file with identical bytes; readers see old or
+    new, whole."""
+    atomic_write(path, lambda f: f.write(data), overwrite=True)
 
 
 # ----------------------------------------------------------------------------- entry point

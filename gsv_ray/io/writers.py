@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -105,7 +105,10 @@ def atomic_write(
     if path.exists() and not overwrite:
         raise GsvError("already exists; not overwriting", path=path, fix="choose another output path or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # a unique temp name created like any new file (mode 0o666 minus the umask; mkstemp's 0o600 would
+    # survive the rename and hide exports from GPT-SoVITS running as another user)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w+b") as f:
             write(f)

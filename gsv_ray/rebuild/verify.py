@@ -52,11 +52,17 @@ def _finite(d: dict[str, float] | None) -> bool:
 
 
 # -- evaluation per stage ------------------------------------------------------------------------
-def _sovits_batches(data: Path, version: str, n_batches: int, batch_size: int):
-    from gsv_ray.data.experiment import open_experiment
+def _open(data: Path, stage: str, version: str, cache_root: Path | None):
+    from gsv_ray.cache import default_cache_root
+    from gsv_ray.data.index import open_experiment_cached
+
+    return open_experiment_cached(data, stage, version, cache_root=cache_root or default_cache_root())
+
+
+def _sovits_batches(data: Path, version: str, n_batches: int, batch_size: int, cache_root: Path | None = None):
     from gsv_ray.data.sovits import SoVITSDataset, collate_sovits
 
-    ds = SoVITSDataset(open_experiment(data, "sovits", version))
+    ds = SoVITSDataset(_open(data, "sovits", version, cache_root))
     if len(ds) == 0:
         raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
     return fixed_batches(ds, collate_sovits, n_batches, batch_size)
@@ -85,11 +91,10 @@ def _sovits_train_loss(model, batch, config: dict[str, Any]) -> torch.Tensor:
         kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
 
 
-def _gpt_batches(data: Path, version: str, n_batches: int, batch_size: int):
-    from gsv_ray.data.experiment import open_experiment
+def _gpt_batches(data: Path, version: str, n_batches: int, batch_size: int, cache_root: Path | None = None):
     from gsv_ray.data.gpt import GPTDataset, collate_gpt
 
-    ds = GPTDataset(open_experiment(data, "gpt", "v1" if version == "v1" else "v2"))
+    ds = GPTDataset(_open(data, "gpt", "v1" if version == "v1" else "v2", cache_root))
     if len(ds) == 0:
         raise GsvError("no usable utterances for GPT", path=data, fix="check 6-name2semantic.tsv and 2-name2text.txt")
     return fixed_batches(ds, collate_gpt, n_batches, batch_size)
@@ -133,17 +138,23 @@ def verify(
     margin: float = 0.10,
     seed: int = 0,
     cache_root: str | Path | None = None,
+    say: Any = lambda s: None,
 ) -> VerifyResult:
-    """Evaluate the rebuilt OLD (and the base alone) on the user's data; see the module docstring."""
+    """Evaluate the rebuilt OLD (and the base alone) on the user's data; see the module docstring.
+    ``say(line)`` reports progress (one line per phase)."""
     if margin < 0:
         raise GsvError(f"--margin must be >= 0, got {margin}")
+    say(f"rebuilding {init} ...")
     rebuilt = rebuild_cached(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task="train",
                              cache_root=cache_root)
     make_batches, losses, train_loss, key, metric = STAGES[rebuilt.stage]
     data = Path(data)
-    data_batches = make_batches(data, rebuilt.version, batches, batch_size)
+    say(f"reading {batches} batch(es) of {batch_size} from {data} ...")
+    data_batches = make_batches(data, rebuilt.version, batches, batch_size,
+                                Path(cache_root) if cache_root is not None else None)
     torch.manual_seed(seed)
     model = _model(rebuilt).eval()
+    say(f"evaluating the rebuilt {rebuilt.stage} model ...")
     with torch.no_grad():
         got = losses(model, data_batches, rebuilt.config, seed)
 
@@ -153,6 +164,7 @@ def verify(
         same_model = rebuilt.config["s1"] if rebuilt.stage == "gpt" else rebuilt.config["s2"]
         base = rebuild_cached(base_g, stage=rebuilt.stage, version=rebuilt.version, task="train",
                               policy=RebuildPolicy(), config=same_model, cache_root=cache_root)
+        say("evaluating the base alone ...")
         with torch.no_grad():
             base_losses = losses(_model(base).eval(), data_batches, base.config, seed)
 
@@ -161,6 +173,7 @@ def verify(
         trial = copy.deepcopy(model).train()
         opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=TRIAL_LR[rebuilt.stage])
         for step in range(train_steps):
+            say(f"trial step {step + 1}/{train_steps} ...")
             loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.config)
             opt.zero_grad(set_to_none=True)
             loss.backward()

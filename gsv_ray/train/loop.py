@@ -9,7 +9,6 @@ Accelerate, data order, the LR schedule, validation, checkpoints and resume, tra
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -133,10 +132,8 @@ def train(
     ``tracking``: an object with ``log(step, metrics)``, ``log_audio(step, items)``, ``finish()``
     (see :mod:`gsv_ray.train.tracking`); ``on_step(step, metrics)`` is called on every optimizer
     step on every process; ``on_checkpoint(step, dir, metrics)`` after every checkpoint, on every
-    process (Ray Train reports from it: all ranks at the same steps).
-
-    Accelerate keeps one state per process: runs in the same process must use the same
-    ``precision`` (the CLI and every Ray worker run one training per process).
+    process (Ray Train reports from it: all ranks at the same steps). ``experiment``: the folder
+    already scanned (launchers scan once for every worker and trial); scanned here when None.
     """
     cfg.validate()
     phases = Phases()
@@ -180,8 +177,7 @@ def train(
     accelerator.register_for_checkpointing(state)
     accelerator.register_for_checkpointing(precision.scaler)
     num_workers = cfg.num_workers if cfg.num_workers is not None else default_loader_workers(
-        available_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes if
-                                              accelerator.num_processes > 1 else 1)))
+        available_cpus(), accelerator.num_processes)  # Ray workers set it from their own CPU resources
     planned = PlannedSampler()
     loader = make_loader(MicroBatchSource(train_ds, recipe.make_batch), planned, num_workers=num_workers,
                          seed=cfg.seed, pin_memory=accelerator.device.type == "cuda")

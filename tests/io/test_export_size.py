@@ -243,3 +243,17 @@ def test_inspect_cli_on_a_padded_export(tmp_path):
     assert (d["kind"], d["version"], d["header"], d["num_tensors"], d["info"]) == ("sovits-export", "v2", "PK", 3,
                                                                                   "1epoch_2iteration")
     assert d["warnings"] == [] and d["has_optimizer"] is False and d["size_bytes"] == os.path.getsize(p)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_exports_honour_the_umask(umask, mode, tmp_path):
+    """Outputs are created like any new file (temp file + rename used to keep mkstemp's 0600, hiding
+    exports from GPT-SoVITS running as another user)."""
+    old = os.umask(umask)
+    try:
+        path = write_sovits_export(tmp_path / "v_e1_s1.pth", _narrow_sd("v1"), config={"model": {"version": "v1"}},
+                                   info="1epoch_1iteration", version="v1")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left

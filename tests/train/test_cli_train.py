@@ -46,6 +46,9 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     peak = 1e-4 * 0.5
     assert [x["lr/generator"] for x in train_rows] == pytest.approx([peak * 0.25, peak * 0.5, peak * 0.75, peak])
     assert [x["step"] for x in rows if x["split"] == "val"] == [2, 4]
+    # the input pipeline's wait per step, in seconds and as a share of the step
+    assert all(0 <= x["data_wait"] <= x["step_time"] and 0 <= x["data_wait_share"] <= 1 for x in train_rows)
+    assert "loader worker(s)" in r.stdout and r.stdout.strip().splitlines()[-1].startswith("time: rebuild")
 
     records = wr.read_records(wr.find_run_file(run / "wandb"))
     cfg = wr.run_config(records)
@@ -56,6 +59,7 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     hist = wr.history_rows(records)
     steps = [h for h in hist if "train/loss" in h]
     assert [h["_step"] for h in steps] == [1, 2, 3, 4]
+    assert [h["train/data_wait"] for h in steps] == pytest.approx([x["data_wait"] for x in train_rows])
     assert [h["train/lr/generator"] for h in steps] == pytest.approx([x["lr/generator"] for x in train_rows])
     assert any(h.get("rebuild/table", {}).get("_type") == "table-file" for h in hist)
     audio = [k for h in hist for k, v in h.items() if isinstance(v, dict) and v.get("_type") == "audio-file"]
