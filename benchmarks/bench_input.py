@@ -70,26 +70,26 @@ def plans(root: Path, batch: int):
 
 
 def run(ds, plan, make_batch, workers: int, epochs: int, step_s: float = 0.0):
-    """Consume ``epochs`` epochs the way the training loop does; (batches/s, waits, step times)."""
+    """Consume ``epochs`` epochs the way the training loop does (one iterator for the whole run);
+    (batches/s from the second epoch on, per-batch waits, per-step times)."""
     planned = PlannedSampler()
+    planned.start(plan, epoch=0)
     loader = make_loader(MicroBatchSource(ds, make_batch), planned, num_workers=workers, seed=0)
-    waits, steps, n = [], [], 0
+    per_epoch = sum(len(s) for s in plan.steps(0))
+    waits, steps = [], []
+    it = iter(loader)
     t0 = time.perf_counter()
-    for epoch in range(epochs):
-        if epoch == 1:  # the first epoch pays for starting the workers: throughput from the second on
-            t0, n = time.perf_counter(), 0
-        planned.items = [mb for group in plan.steps(epoch) for mb in group]
-        it = iter(loader)
-        for _ in range(len(planned.items)):
-            t = time.perf_counter()
-            next(it)
-            waits.append(time.perf_counter() - t)
-            if step_s:
-                time.sleep(step_s)
-            steps.append(time.perf_counter() - t)
-            n += 1
-    rate = n / (time.perf_counter() - t0)
-    del loader
+    for k in range(epochs * per_epoch):
+        if k == per_epoch:  # the first epoch pays for starting the workers: throughput from the second on
+            t0 = time.perf_counter()
+        t = time.perf_counter()
+        next(it)
+        waits.append(time.perf_counter() - t)
+        if step_s:
+            time.sleep(step_s)
+        steps.append(time.perf_counter() - t)
+    rate = (epochs - 1) * per_epoch / (time.perf_counter() - t0)
+    del it, loader
     return rate, waits, steps
 
 

@@ -104,18 +104,26 @@ class MicroBatchSource(Dataset):
 
 
 class PlannedSampler(Sampler[MicroBatch]):
-    """Yields the micro-batches the loop planned for the coming pass (set before each ``iter``).
-    Iterated in the training process, so persistent workers see each new plan."""
+    """Yields the plan's micro-batches epoch after epoch, from a start position, without end: one
+    DataLoader iterator then serves the whole run, and its workers keep prefetching across epoch
+    boundaries (re-creating the iterator each epoch stalled the first batches of every epoch).
+    Iterated in the training process, lazily, as the workers ask for more."""
 
-    def __init__(self) -> None:
-        self.items: list[MicroBatch] = []
+    def __init__(self, plan: StepPlan | None = None, *, epoch: int = 0, skip_steps: int = 0):
+        self.plan, self.epoch, self.skip_steps = plan, epoch, skip_steps
+
+    def start(self, plan: StepPlan, *, epoch: int, skip_steps: int = 0) -> None:
+        """Where the next iterator begins: ``epoch``, after its first ``skip_steps`` steps (resume)."""
+        self.plan, self.epoch, self.skip_steps = plan, epoch, skip_steps
 
     def __iter__(self) -> Iterator[MicroBatch]:
-        return iter(list(self.items))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
+        plan, epoch, skip = self.plan, self.epoch, self.skip_steps
+        if plan is None:
+            return
+        while True:
+            for step in plan.steps(epoch)[skip:]:
+                yield from step
+            epoch, skip = epoch + 1, 0
 
 def _passthrough(x: Any) -> Any:
     return x

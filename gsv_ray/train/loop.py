@@ -65,7 +65,7 @@ class Phases:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
 
     def line(self) -> str:
-        return ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items())
+        return ", ".join(f"{k} {v:.2f} s" for k, v in self.seconds.items())
 
 
 class _Phase:
@@ -242,12 +242,11 @@ def train(
     n = cfg.grad_accum
     non_blocking = accelerator.device.type == "cuda"
     t_last = time.perf_counter()
+    planned.start(plan, epoch=state.epoch, skip_steps=state.batch_in_epoch // n)
+    batches = iter(loader)  # one iterator for the whole run: the workers prefetch across epochs
     while state.step < total:
-        steps = plan.steps(state.epoch)
         done = state.batch_in_epoch // n  # steps of this epoch already taken (resume mid-epoch)
-        planned.items = [mb for group in steps[done:] for mb in group]
-        batches = iter(loader)
-        for _ in range(done, len(steps)):
+        for _ in range(done, steps_per_epoch):
             t_wait = time.perf_counter()
             micro = [next(batches) for _ in range(n)]
             data_wait = time.perf_counter() - t_wait

@@ -28,17 +28,20 @@ def _plan(ds, world=1, rank=0, accum=1, batch=4):
                         max(len(ds.utterances[i].phone_ids) for i in idx))))
 
 
-def _consume(ds, items, workers):
+def _consume(ds, plan, count, workers, *, epoch=0, skip_steps=0):
+    """The first ``count`` loader items of a run starting at ``epoch`` after ``skip_steps`` steps."""
     planned = PlannedSampler()
-    planned.items = items
+    planned.start(plan, epoch=epoch, skip_steps=skip_steps)
     loader = make_loader(MicroBatchSource(ds, sovits_micro_batch), planned, num_workers=workers, seed=0)
-    return [(batch, mb) for batch, mb in loader]
+    it = iter(loader)
+    return [next(it) for _ in range(count)]
 
 
 def test_workers_deliver_the_plan_in_order(sovits_ds):
-    items = [mb for step in _plan(sovits_ds).steps(0) for mb in step]
+    plan = _plan(sovits_ds)
+    items = [mb for epoch in (0, 1) for step in plan.steps(epoch) for mb in step]  # across an epoch boundary
     rng_before = torch.get_rng_state()
-    inline, forked = _consume(sovits_ds, items, 0), _consume(sovits_ds, items, 2)
+    inline, forked = _consume(sovits_ds, plan, len(items), 0), _consume(sovits_ds, plan, len(items), 2)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the loader never draws from the global RNG
     assert [mb for _, mb in inline] == [mb for _, mb in forked] == items
     for (a, _), (b, _) in zip(inline, forked):
@@ -70,11 +73,14 @@ def test_split_global_batch_rules():
 
 
 def test_resumed_plan_continues_the_epoch(sovits_ds):
-    steps = _plan(sovits_ds, batch=2, accum=2).steps(0)
+    plan = _plan(sovits_ds, batch=2, accum=2)
+    per_epoch = len(plan.steps(0)) * 2
     done = 2
-    tail = _consume(sovits_ds, [mb for s in steps[done:] for mb in s], 1)
-    full = _consume(sovits_ds, [mb for s in steps for mb in s], 1)
+    full = _consume(sovits_ds, plan, 2 * per_epoch, 1)
+    tail = _consume(sovits_ds, plan, 2 * per_epoch - 2 * done, 1, skip_steps=done)
     assert [b.names for b, _ in tail] == [b.names for b, _ in full[2 * done:]]
+    next_epoch = _consume(sovits_ds, plan, per_epoch, 1, epoch=1)
+    assert [b.names for b, _ in next_epoch] == [b.names for b, _ in full[per_epoch:]]
 
 
 def test_default_worker_count():
