@@ -69,8 +69,6 @@ def test_gpt_bf16_trains(gpt_init, synth_v2, tmp_path):
     cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "bf16"), max_steps=3,
                       batch_size=2, grad_accum=2, precision="bf16", val_fraction=0.0, num_workers=0,
                       wandb_mode="disabled")
+    losses: list[float] = []
     r = train(cfg, on_step=lambda s, m: losses.append(m["loss"]), progress=False, say=lambda s: None)
     assert r.steps == 3 and len(losses) == 3 and all(math.isfinite(v) for v in losses)
-
-
-losses: list[float] = []

@@ -65,8 +65,8 @@ def test_bad_lr_scale_and_stage(gpt_init, synth_v2, tmp_path):
 
 
 def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
-    """grad_accum=2: each optimizer step consumes two batches; bf16 autocast trains with finite losses.
-    (A process of its own: Accelerate's precision is fixed per process.)"""
+    """grad_accum=2 through the CLI: each optimizer step consumes two micro-batches; bf16 autocast
+    trains with finite losses. (Equal weights to the bigger batch: test_accumulation.py.)"""
     import os
     import subprocess
     import sys
