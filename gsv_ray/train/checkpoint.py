@@ -1,9 +1,11 @@
-"""Resumable checkpoints with Accelerate's ``save_state`` / ``load_state``.
+"""Resumable checkpoints: our own state format (:mod:`gsv_ray.train.state`), written atomically.
 
-Accelerate saves the prepared models and optimizers, the grad scaler, every process's RNG states
-and whatever we register (our schedulers and :class:`TrainState`: step, epoch, position in the
-epoch). We add atomicity — the state is written to a temp dir and renamed, so a run killed at any
-moment leaves only complete checkpoints under ``step_<N>`` names — and keep the last K.
+A checkpoint holds the models, optimizers, schedulers, loss scaler, every process's RNG states and
+the position in training (step, epoch, batch in the epoch), plus a manifest of sizes and checksums.
+It is written into a temp dir and renamed, so a run killed at any moment leaves only complete
+checkpoints under ``step_<N>`` names; the last K are kept. On resume a checkpoint is verified
+against its manifest before anything is loaded, and ``latest`` falls back to the newest one that
+verifies, saying which were skipped and why.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import Accelerator
-
 from gsv_ray.errors import GsvError
+from gsv_ray.train import state as state_io
 
 _NAME = re.compile(r"^step_(\d{8})$")
 
@@ -36,28 +37,51 @@ class TrainState:
         self.step, self.epoch, self.batch_in_epoch = int(d["step"]), int(d["epoch"]), int(d["batch_in_epoch"])
 
 
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint to resume from and the newer ones skipped (path, why)."""
+
+    path: Path
+    skipped: tuple[tuple[Path, str], ...] = ()
+
+
 def checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
+    """Checkpoint folders under ``root`` (complete by name; verified on use), oldest first."""
     if not root.is_dir():
         return []
     return sorted((p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=lambda p: p.name)
 
 
-def resolve_resume(resume: str | None, root: Path) -> Path | None:
+def _newest_good(candidates: list[Path], where: Path) -> Resume:
+    skipped = []
+    for p in reversed(candidates):
+        why = state_io.problem(p)
+        if why is None:
+            return Resume(p, tuple(skipped))
+        skipped.append((p, why))
+    detail = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+    raise GsvError(f"no usable checkpoint to resume from ({detail})", path=where,
+                   fix="drop --resume to start a new run")
+
+
+def resolve_resume(resume: str | None, root: Path) -> Resume | None:
     if resume is None:
         return None
     if resume == "latest":
         found = checkpoints(root)
         if not found:
             raise GsvError("no checkpoint to resume from", path=root, fix="drop --resume to start a new run")
-        return found[-1]
+        return _newest_good(found, root)
     p = Path(resume)
-    if p.is_dir() and (_NAME.match(p.name) or is_state_dir(p)):
-        return p
-    if p.is_dir() and checkpoints(p / "checkpoints"):  # a run directory
-        return checkpoints(p / "checkpoints")[-1]
-    if p.is_dir() and checkpoints(p):
-        return checkpoints(p)[-1]
+    if p.is_dir() and (_NAME.match(p.name) or state_io.is_state_dir(p)):
+        why = state_io.problem(p)
+        if why is not None:
+            raise GsvError(f"not a usable checkpoint: {why}", path=p,
+                           fix="pass the run directory to resume from its newest complete checkpoint")
+        return Resume(p)
+    for candidate in (p / "checkpoints", p):  # a run directory, or its checkpoints folder
+        if p.is_dir() and checkpoints(candidate):
+            return _newest_good(checkpoints(candidate), candidate)
     raise GsvError("not a gsv-ray checkpoint or run directory", path=p,
                    fix="pass runs/<name> or runs/<name>/checkpoints/step_<N>")
 
@@ -72,12 +96,12 @@ def _delete(path: Path) -> None:
 
 
 def is_state_dir(p: Path) -> bool:
-    """A directory holding Accelerate state (e.g. a Ray Train checkpoint restored elsewhere)."""
-    return (p / "model.safetensors").is_file() and any(p.glob("random_states_*.pkl"))
+    """A directory holding a checkpoint's state (e.g. a Ray Train checkpoint restored elsewhere)."""
+    return state_io.is_state_dir(p)
 
 
-def save(accelerator: Accelerator, root: Path, step: int, keep_last: int) -> Path:
-    """Every process calls this (Accelerate saves per-process RNG); the main process renames and prunes."""
+def save(accelerator, root: Path, step: int, keep_last: int, *, models, optimizers, state: dict) -> Path:
+    """Every process calls this (each saves its RNG states); the main process renames and prunes."""
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
     if accelerator.is_main_process:
@@ -85,8 +109,7 @@ def save(accelerator: Accelerator, root: Path, step: int, keep_last: int) -> Pat
         for stale in root.glob(".*_step_*"):  # leftovers of a run killed mid-save or mid-prune
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    state_io.save(accelerator, tmp, models=models, optimizers=optimizers, state=state)
     if accelerator.is_main_process:
         if final.exists():
             _delete(final)

@@ -28,6 +28,7 @@ from gsv_ray.errors import GsvError
 from gsv_ray.io.reader import parse_info
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
+from gsv_ray.train import state as state_io
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import Precision
@@ -172,10 +173,6 @@ def train(
                         cfg.lr_decay, cfg.min_lr_ratio)
     schedulers = [schedule.scheduler(opt) for opt in recipe.optimizers]
     state = ckpt.TrainState()
-    for s in schedulers:
-        accelerator.register_for_checkpointing(s)
-    accelerator.register_for_checkpointing(state)
-    accelerator.register_for_checkpointing(precision.scaler)
     num_workers = cfg.num_workers if cfg.num_workers is not None else default_loader_workers(
         available_cpus(), accelerator.num_processes)  # Ray workers set it from their own CPU resources
     planned = PlannedSampler()
@@ -183,12 +180,27 @@ def train(
                          seed=cfg.seed, pin_memory=accelerator.device.type == "cuda")
 
     ckpt_root = run_dir / "checkpoints"
-    resume_from = ckpt.resolve_resume(cfg.resume, ckpt_root)
-    if resume_from is not None:
+    resume = ckpt.resolve_resume(cfg.resume, ckpt_root)  # verified against its manifest
+    resume_from = resume.path if resume is not None else None
+    if resume is not None:
         with phases("resume"):
-            accelerator.load_state(str(resume_from))
+            try:
+                loaded = state_io.load(accelerator, resume.path, models=recipe.models, optimizers=recipe.optimizers)
+            except (ValueError, KeyError, RuntimeError) as e:  # parses as data, but not as this run's state
+                raise GsvError(f"cannot resume from this checkpoint: {e}", path=resume.path,
+                               fix="resume from another checkpoint (pass it), or drop --resume") from None
+            state.load_state_dict(loaded["train"])
+            for s, sd in zip(schedulers, loaded["schedulers"]):
+                s.load_state_dict(sd)
+            if loaded.get("scaler"):
+                precision.scaler.load_state_dict(loaded["scaler"])
         if main:
-            say(f"resumed from {resume_from} (step {state.step}, epoch {state.epoch + 1})")
+            for skipped, why in resume.skipped:
+                say(f"warning: skipped {skipped}: {why}")
+            say(f"resumed from {resume.path} (step {state.step}, epoch {state.epoch + 1})")
+            if not loaded["rng_restored"]:
+                say("warning: the checkpoint has no RNG state for this process (another process count?): "
+                    "training continues correctly but not bit-identically")
 
     val_ds = recipe.dataset(val_names) if val_names else None
     val_batches = fixed_batches(val_ds, recipe.collate, cfg.val_batches, cfg.batch_size, accelerator.device) if val_ds else []
@@ -278,7 +290,11 @@ def train(
             phases.add("steps", step_time)
             if state.step % cfg.save_every == 0 or state.step == total:
                 with phases("checkpoint"):
-                    last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last)
+                    last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last, models=recipe.models,
+                                          optimizers=recipe.optimizers, state={
+                                              "train": state.state_dict(),
+                                              "schedulers": [s.state_dict() for s in schedulers],
+                                              "scaler": precision.scaler.state_dict()})
                 if on_checkpoint is not None:
                     on_checkpoint(state.step, last_ckpt, {**metrics, **last_val})
             t_last = time.perf_counter()  # validation and checkpoints are not the next step's time

@@ -85,7 +85,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint(gpt_init, synth_v2, tm
     done = sorted((run / "checkpoints").glob("step_*"))
     assert done, "no checkpoint was written before the kill"
     for c in done:  # every checkpoint under a final name is complete
-        assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= {f.name for f in c.iterdir()}
+        assert {"model.safetensors", "optimizer.pt", "rng_0.json", "state.json", "manifest.json"} <= {f.name for f in c.iterdir()}
         load_file(str(c / "model.safetensors"))
     last = int(done[-1].name.split("_")[1])
     r = _run(args[:8] + ["40" if last < 40 else str(last + 2)] + args[9:] + ["--resume", "latest"], tmp_path)

@@ -67,6 +67,7 @@ def test_bad_lr_scale_and_stage(gpt_init, synth_v2, tmp_path):
 def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     """grad_accum=2 through the CLI: each optimizer step consumes two micro-batches; bf16 autocast
     trains with finite losses. (Equal weights to the bigger batch: test_accumulation.py.)"""
+    import json
     import os
     import subprocess
     import sys
@@ -84,8 +85,8 @@ def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     rows = [x for x in read_metrics(run / "metrics.jsonl") if x["split"] == "train"]
     assert [x["step"] for x in rows] == [1, 2, 3] and all(torch.isfinite(torch.tensor(x["loss"])) for x in rows)
     # 16 utterances / batch 2 = 8 batches per epoch: 3 optimizer steps consumed 6 of them
-    state = TrainState()  # registered after the GPT stage's one scheduler
-    state.load_state_dict(torch.load(run / "checkpoints/step_00000003/custom_checkpoint_1.pkl", weights_only=False))
+    state = TrainState()
+    state.load_state_dict(json.loads((run / "checkpoints/step_00000003/state.json").read_text())["train"])
     assert (state.step, state.batch_in_epoch) == (3, 6)
 
 
