@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ class TrainConfig:
         return self.decay or DEFAULT_DECAY[stage]
 
     def validate(self) -> None:
-        """Bad values are one-line errors before anything starts."""
+        """Bad values are one-line errors before anything starts (flags and YAML alike)."""
+        check_types(self)
         if not self.lr_scale > 0:
             raise GsvError(f"--lr-scale must be > 0, got {self.lr_scale}", fix="use e.g. --lr-scale 0.1")
         if self.warmup_steps < 0:
@@ -122,12 +124,37 @@ class TrainConfig:
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
+_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def check_types(cfg: Any) -> None:
+    """Every field of a config dataclass holds its declared type (``int``, ``float``, ``str``,
+    ``bool``, optionally ``| None``): YAML can say ``max_steps: three``, ``lr_scale: true`` or
+    ``batch_size: 2.5``, and ``.inf``. Floats must be finite; a bool is not a number."""
+    for f in dataclasses.fields(cfg):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        value = getattr(cfg, f.name)
+        if value is None and "None" in kinds:
+            continue
+        base = next((k for k in kinds if k in _KINDS), None)
+        if base is None:  # containers (extra): not user options
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        ok = isinstance(value, _KINDS[base]) and (base == "bool" or not isinstance(value, bool))
+        if not ok:
+            want = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}[base]
+            raise GsvError(f"{flag} must be {want}, got {value!r}", fix=f"set {f.name} to {want}")
+        if base == "float" and not math.isfinite(value):
+            raise GsvError(f"{flag} must be a finite number, got {value!r}", fix=f"set {f.name} to a finite value")
+
 
 def read_options_file(path: str | Path) -> dict[str, Any]:
     """A YAML options file as a mapping; unreadable or malformed files are one-line errors."""
     p = Path(path)
     try:
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise GsvError(f"not UTF-8 text (byte {e.start})", path=p, fix="save the config as UTF-8") from None
     except OSError as e:
         raise GsvError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
     except yaml.YAMLError as e:

@@ -31,7 +31,7 @@ from gsv_ray.train import checkpoint as ckpt
 from gsv_ray.train import state as state_io
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.gpt import GPTRecipe
-from gsv_ray.train.precision import Precision
+from gsv_ray.train.precision import NonFiniteGradient, Precision
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe
 
@@ -244,6 +244,7 @@ def train(
                 tracking.log_audio(step, samples)
 
     def export(epoch: int) -> None:
+        _require_finite(recipe.models, state.step, cfg, stage, last_ckpt)
         with phases("export"):
             if main:
                 exports.append(recipe.export(run_dir, name=cfg.run_name, epoch=epoch0 + epoch, step=step0 + state.step,
@@ -254,6 +255,7 @@ def train(
     n = cfg.grad_accum
     non_blocking = accelerator.device.type == "cuda"
     t_last = time.perf_counter()
+    skipped_in_a_row = 0
     planned.start(plan, epoch=state.epoch, skip_steps=state.batch_in_epoch // n)
     batches = iter(loader)  # one iterator for the whole run: the workers prefetch across epochs
     while state.step < total:
@@ -264,9 +266,17 @@ def train(
             data_wait = time.perf_counter() - t_wait
             micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
             items = sum(len(mb.indices) for _, mb in micro)
-            metrics = recipe.train_step(micro, step=state.step)
+            scale_before = precision.scale
+            try:
+                metrics = recipe.train_step(micro, step=state.step)
+            except NonFiniteGradient as e:
+                raise _diverged(state.step + 1, str(e), cfg, stage, last_ckpt) from None
             if precision.scaler.is_enabled():
                 metrics["loss_scale"] = precision.scale
+                skipped_in_a_row = skipped_in_a_row + 1 if precision.scale < scale_before else 0
+                if skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
+                    raise _diverged(state.step + 1, f"{skipped_in_a_row} fp16 steps in a row overflowed (loss scale "
+                                    f"{precision.scale:g})", cfg, stage, last_ckpt)
             state.batch_in_epoch += n
             lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
             with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
@@ -290,6 +300,7 @@ def train(
             phases.add("steps", step_time)
             if state.step % cfg.save_every == 0 or state.step == total:
                 with phases("checkpoint"):
+                    _require_finite(recipe.models, state.step, cfg, stage, last_ckpt)
                     last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last, models=recipe.models,
                                           optimizers=recipe.optimizers, state={
                                               "train": state.state_dict(),
@@ -321,6 +332,27 @@ def train(
     return TrainResult(run_dir=run_dir, stage=stage, version=rebuilt.version, steps=state.step, epochs=epochs_done,
                        exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from,
                        timings=dict(phases.seconds))
+
+
+#: fp16: the loss scaler skips overflowing steps (counted in ``loss_scale`` halvings); this many in a
+#: row means the run is not recovering.
+MAX_SKIPPED_FP16_STEPS = 25
+
+
+def _diverged(step: int, what: str, cfg: TrainConfig, stage: str, last_ckpt: Path | None) -> GsvError:
+    keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt is not None else "no checkpoint was written"
+    return GsvError(f"training diverged at step {step}: {what}; nothing of that step was applied or saved, {keep}. "
+                    f"Likely cause: the learning rate (peak {cfg.peak_lr(stage):.3g}), fp16 overflow, or bad data",
+                    path=cfg.output_dir, fix="lower --lr-scale or use --precision bf16/no, then --resume")
+
+
+def _require_finite(models, step: int, cfg: TrainConfig, stage: str, last_ckpt: Path | None) -> None:
+    """No non-finite weight ever reaches a checkpoint or an export."""
+    named = [(n, p) for m in models for n, p in m.named_parameters()]
+    if bool(torch.stack([torch.isfinite(p).all() for _, p in named]).all()):  # one device sync
+        return
+    name = next(n for n, p in named if not bool(torch.isfinite(p).all()))
+    raise _diverged(step, f"weight {name} is not finite", cfg, stage, last_ckpt)
 
 
 def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule: Schedule, accelerator) -> dict:

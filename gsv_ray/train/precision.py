@@ -18,6 +18,10 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class NonFiniteGradient(Exception):
+    """A step's gradient norm is NaN/inf without a loss scaler to skip it: the step is not taken."""
+
+
 class Precision:
     def __init__(self, mode: str, device: torch.device):
         self.mode = mode
@@ -35,10 +39,14 @@ class Precision:
 
     def step(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
         """Unscale, measure the gradient norm, step (skipped by the scaler on inf/NaN), zero the
-        gradients. Returns the (unscaled) gradient norm."""
+        gradients. Returns the (unscaled) gradient norm. Without a scaler a non-finite gradient raises
+        :class:`NonFiniteGradient` *before* the update, so the weights stay as they were."""
         self.scaler.unscale_(optimizer)
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):  # one sync per optimizer step
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteGradient(f"gradient norm {float(norm)}")
         self.scaler.step(optimizer)  # the object the LR scheduler wraps (it counts steps)
         optimizer.zero_grad(set_to_none=True)
         return norm
