@@ -107,6 +107,34 @@ def main() -> None:
               f"(goal <= 1.3x); CPU cold {cpu['cold'] / cpu['plain']:.2f}x, warm {cpu['warm'] / cpu['plain']:.2f}x; "
               f"peak RSS {max(r[1] for r in cold + warm) / size_mb:.2f}x the files' size (goal <= 2x)")
         print(f"schemas computed by the cold runs: {schemas_computed} (shipped ones cover upstream's default configs)")
+        hit_and_verify(export, g, dsc, d / "hit-cache", args.repeat)
+
+
+def hit_and_verify(export: Path, g: Path, dsc: Path, cache: Path, repeat: int) -> None:
+    """In one process: the first rebuild, a cache hit (verified by sizes, and checksums of any file
+    whose identity changed), a hit with full checksums (``--verify-inputs``), and the checksum pass
+    alone on the full-size entry."""
+    import time
+
+    from gsv_ray.rebuild import rebuild_cached
+    from gsv_ray.rebuild.store import entry_problem
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    first = timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache))
+    entry = rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache).path
+    size = sum(p.stat().st_size for p in entry.iterdir()) / 2**20
+    hit = statistics.median(timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache))
+                            for _ in range(repeat))
+    full = statistics.median(timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache,
+                                                          verify_inputs=True)) for _ in range(repeat))
+    crc = statistics.median(timed(lambda: entry_problem(entry, full=True)) for _ in range(repeat))
+    print(f"in-process, entry {size:.0f} MB: first rebuild {first:.2f} s; hit {hit:.3f} s ({first / hit:.0f}x faster, "
+          f"goal >= 10x); hit with full checksums {full:.3f} s ({first / full:.1f}x); the checksum pass alone "
+          f"{crc:.3f} s")
 
 
 if __name__ == "__main__":

@@ -35,15 +35,26 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
     from gsv_ray.rebuild import export_result, rebuild_cached
 
-    result = rebuild_cached(args.init, base_g=args.base, base_d=args.base_d, stage=args.stage, version=args.version,
-                            task=args.task, cache_root=args.cache)
-    out = export_result(result, args.output) if args.output else result.path
+    if args.no_cache:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="gsv-ray-nocache-") as scratch:  # nothing read from or left in a cache
+            result = rebuild_cached(args.init, base_g=args.base, base_d=args.base_d, stage=args.stage,
+                                    version=args.version, task=args.task, cache_root=scratch)
+            out = export_result(result, args.output) if args.output else None
+            result.path = out
+    else:
+        result = rebuild_cached(args.init, base_g=args.base, base_d=args.base_d, stage=args.stage,
+                                version=args.version, task=args.task, cache_root=args.cache,
+                                verify_inputs=args.verify_inputs)
+        out = export_result(result, args.output) if args.output else result.path
     if args.json:
         print(json.dumps({"path": str(out), "cache_hit": result.cache_hit, **result.report.to_json()}, indent=1))
         return 0
     console = Console()
     console.print(result.report.render())
-    console.print(f"{'reused' if result.cache_hit else 'wrote'} {out}")
+    console.print(f"{'reused' if result.cache_hit else 'wrote'} {out}" if out else
+                  "nothing written (--no-cache without -o)")
     return 0
 
 
@@ -220,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what the weights are for; decides which missing keys matter (default: train)")
     rb.add_argument("-o", "--output", metavar="DIR", help="also place the result at DIR (a new directory)")
     rb.add_argument("--cache", metavar="DIR", help="cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)")
+    rb.add_argument("--verify-inputs", action="store_true",
+                    help="re-hash the input files instead of trusting their path, size, mtime and inode")
+    rb.add_argument("--no-cache", action="store_true", help="rebuild from scratch, reading and writing no cache")
     rb.add_argument("--json", action="store_true", help="print report.json (plus path, cache_hit) instead of tables")
     rb.set_defaults(func=_cmd_rebuild)
 

@@ -5,15 +5,25 @@ A result directory holds ``<target>.safetensors`` (fp32, mmap-friendly), ``confi
 always land in the same place and a second call reuses it without unpickling any input. Input
 hashes are remembered by (path, size, mtime, inode), so an unchanged file is not even re-hashed.
 Directories appear atomically (built under a temp name, then renamed): never half-written.
+
+Every entry ends with ``manifest.json`` (each file's size and CRC-32, written last). A hit is used only
+when the entry verifies against it; a damaged entry (a flipped block, a truncated or deleted file,
+unreadable JSON) is reported in one line and rebuilt. CRC-32 guards against corruption, not
+tampering: nothing in an entry can run code anyway (safetensors and JSON). What the cache trusts
+about the *inputs* is their identity (path, size, mtime, inode); ``verify_inputs=True`` re-hashes them.
+Losing the rename race to an identical concurrent writer is success: the winner's entry is used.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +38,75 @@ from gsv_ray.rebuild.core import RebuildPolicy, Rebuilt, rebuild
 from gsv_ray.rebuild.report import RebuildReport
 
 #: Bump when the on-disk layout or the rebuild's semantics change: old entries then miss.
-STORE_FORMAT = 1
-_COMPLETE = "report.json"  # written last inside the temp dir; a dir without it is never used
+STORE_FORMAT = 2
+_COMPLETE = "manifest.json"  # written last inside the temp dir; a dir without it is never used
+_log = logging.getLogger(__name__)
 
 
-def file_sha256(path: str | Path, cache_root: Path) -> str:
-    """sha256 of a file, remembered by (realpath, size, mtime_ns, inode) in the cache root."""
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _write_manifest(directory: Path) -> None:
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != _COMPLETE)
+    manifest = {"format": STORE_FORMAT, "files": {p.name: {"size": p.stat().st_size, "crc32": _crc32(p),
+                                                           **_identity(p)} for p in files}}
+    (directory / _COMPLETE).write_text(json.dumps(manifest))
+
+
+def _identity(p: Path) -> dict[str, int]:
+    st = p.stat()
+    return {"mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+
+
+def entry_problem(directory: Path, *, full: bool = False) -> str | None:
+    """Why a stored entry cannot be used (None when every file matches its manifest).
+
+    Sizes are always checked. Checksums are checked for every file whose identity (mtime, inode)
+    differs from when it was written — any write, truncation or replacement changes it — or for
+    all files with ``full``. (A full check of a full-size v2 entry costs ~0.2 s; see
+    ``benchmarks/bench_rebuild.py``.)"""
+    try:
+        files = json.loads((Path(directory) / _COMPLETE).read_text())["files"]
+        items = list(files.items())
+    except FileNotFoundError:
+        return "incomplete (no manifest)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"unreadable manifest ({type(e).__name__})"
+    if not {"config.json", "report.json"} <= set(files):
+        return "the manifest lists no config/report"
+    for name, meta in items:
+        p = Path(directory) / str(name)
+        try:
+            if "/" in str(name) or p.stat().st_size != meta["size"]:
+                return f"{name} differs from the manifest (damaged)"
+            if (full or _identity(p) != {"mtime_ns": meta["mtime_ns"], "ino": meta["ino"]}) and \
+                    _crc32(p) != meta["crc32"]:
+                return f"{name} differs from the manifest (damaged)"
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, KeyError, TypeError) as e:
+            return f"{name}: {type(e).__name__}"
+    return None
+
+
+def _discard(directory: Path) -> None:
+    """Move a damaged entry out of the way (atomic rename), then delete it."""
+    hidden = directory.with_name(f".bad-{directory.name}-{os.getpid()}")
+    try:
+        os.replace(directory, hidden)
+    except OSError:
+        return  # another process already moved it
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def file_sha256(path: str | Path, cache_root: Path, *, trust_index: bool = True) -> str:
+    """sha256 of a file, remembered by (realpath, size, mtime_ns, inode) in the cache root
+    (``trust_index=False`` re-hashes the file and refreshes what is remembered)."""
     p = Path(path)
     st = p.stat()
     key = f"{os.path.realpath(p)}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
@@ -42,7 +115,9 @@ def file_sha256(path: str | Path, cache_root: Path) -> str:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError):
         index = {}
-    if key in index:
+    if not isinstance(index, dict) or not all(isinstance(v, str) for v in index.values()):
+        index = {}  # malformed: start over
+    if trust_index and key in index:
         return index[key]
     digest = sha256_file(p)
     index[key] = digest
@@ -79,8 +154,14 @@ def write_result(result: Rebuilt, directory: Path) -> Path:
             save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"gsv_ray": __version__, "target": name})
             (tmp / f"{name}.safetensors").chmod(0o644)
         (tmp / "config.json").write_text(json.dumps(result.config, indent=1))
-        (tmp / _COMPLETE).write_text(json.dumps(result.report.to_json(), indent=1))
-        os.replace(tmp, directory)
+        (tmp / "report.json").write_text(json.dumps(result.report.to_json(), indent=1))
+        _write_manifest(tmp)
+        try:
+            os.replace(tmp, directory)
+        except OSError as e:  # a concurrent identical writer renamed first: theirs is as good
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or entry_problem(directory) is not None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -90,10 +171,10 @@ def write_result(result: Rebuilt, directory: Path) -> Path:
 def load_result(directory: str | Path, *, cache_hit: bool = False) -> Rebuilt:
     """Load a stored result. Tensors come from safetensors (the inputs are never opened)."""
     directory = Path(directory)
-    if not (directory / _COMPLETE).is_file():
-        raise GsvError("not a complete rebuild result (no report.json)", path=directory,
-                       fix="run 'gsv-ray rebuild' again")
-    report_json = json.loads((directory / _COMPLETE).read_text())
+    why = entry_problem(directory)
+    if why is not None:
+        raise GsvError(f"not a usable rebuild result: {why}", path=directory, fix="run 'gsv-ray rebuild' again")
+    report_json = json.loads((directory / "report.json").read_text())
     config = json.loads((directory / "config.json").read_text())
     weights = {p.stem: load_file(str(p)) for p in sorted(directory.glob("*.safetensors"))}
     report = RebuildReport.from_json(report_json)
@@ -114,18 +195,26 @@ def rebuild_cached(
     policy: RebuildPolicy = RebuildPolicy(),
     config: dict[str, Any] | None = None,
     cache_root: str | Path | None = None,
+    verify_inputs: bool = False,
 ) -> Rebuilt:
-    """``rebuild`` once per distinct input: the result lives under ``cache_root/rebuild/<key>``."""
+    """``rebuild`` once per distinct input: the result lives under ``cache_root/rebuild/<key>``.
+    A stored entry is verified before use and rebuilt when damaged. ``verify_inputs``: re-hash the
+    inputs instead of trusting their remembered identity (path, size, mtime, inode), and checksum
+    every file of the entry."""
     root = Path(cache_root) if cache_root else default_cache_root()
     for p in (init, base_g, base_d):
         if p is not None:
             check_path(Path(p))  # missing / directory / empty: the precise one-line error before hashing
-    inputs = {role: (file_sha256(p, root) if p is not None else None)
+    inputs = {role: (file_sha256(p, root, trust_index=not verify_inputs) if p is not None else None)
               for role, p in (("init", init), ("base_g", base_g), ("base_d", base_d))}
     options = {"stage": stage, "version": version, "task": task, "policy": policy.to_json(), "config": config}
     directory = root / "rebuild" / cache_key(inputs, options)
-    if (directory / _COMPLETE).is_file():
-        return load_result(directory, cache_hit=True)
+    if directory.exists():
+        why = entry_problem(directory, full=verify_inputs)
+        if why is None:
+            return load_result(directory, cache_hit=True)
+        _log.warning("cache entry %s is damaged (%s): rebuilding it", directory, why)
+        _discard(directory)
     result = rebuild(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task=task, policy=policy,
                      config=config, cache_root=root)
     for role, sha in inputs.items():
@@ -134,18 +223,32 @@ def rebuild_cached(
     try:
         write_result(result, directory)
     except GsvError:
-        if not (directory / _COMPLETE).is_file():  # lost a race to an identical writer: theirs is as good
+        if entry_problem(directory) is not None:  # lost a race to an identical writer: theirs is as good
             raise
     result.path = directory
     return result
 
 
+def _clone(src: Path, dst: Path) -> None:
+    """A copy that shares no inode with the cache (damage to one is not damage to the other): a
+    reflink where the filesystem has them (btrfs, XFS: instant, no extra space), else a plain copy."""
+    with open(src, "rb") as fs, open(dst, "wb") as fd:
+        try:
+            import fcntl
+
+            fcntl.ioctl(fd.fileno(), 0x40049409, fs.fileno())  # FICLONE
+            return
+        except (ImportError, OSError):
+            pass
+    shutil.copyfile(src, dst)  # in-kernel copy (sendfile) on Linux
+
+
 def export_result(result: Rebuilt, out_dir: str | Path) -> Path:
-    """Materialise a stored result at ``out_dir`` (hard links where possible, else copies), atomically."""
+    """Materialise a stored result at ``out_dir`` as copies (reflinks where possible), atomically."""
     out = Path(out_dir)
     if out.exists():
         if (out / _COMPLETE).is_file() and result.path is not None and \
-                (out / _COMPLETE).read_bytes() == (result.path / _COMPLETE).read_bytes():
+                (out / _COMPLETE).read_bytes() == (result.path / _COMPLETE).read_bytes() and entry_problem(out) is None:
             return out  # the same result is already there
         raise GsvError("output directory already exists", path=out, fix="choose a new -o directory or remove it")
     if result.path is None:
@@ -153,11 +256,8 @@ def export_result(result: Rebuilt, out_dir: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp_dir(out)
     try:
-        for f in sorted(result.path.iterdir(), key=lambda p: p.name == _COMPLETE):  # report last
-            try:
-                os.link(f, tmp / f.name)
-            except OSError:
-                shutil.copy2(f, tmp / f.name)
+        for f in sorted(result.path.iterdir(), key=lambda p: p.name == _COMPLETE):  # manifest last
+            _clone(f, tmp / f.name)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,7 +42,7 @@ def test_rebuild_cli_writes_report_and_weights(fixtures_dir, tmp_path):
     assert _tree(work) == before  # nothing written into the inputs' folders
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "discriminator.safetensors",
-                                                     "generator.safetensors", "report.json"]
+                                                     "generator.safetensors", "manifest.json", "report.json"]
     rep = json.loads((out / "report.json").read_text())
     for field in ("version", "stage", "task", "verdict", "message", "targets", "dropped", "counts"):
         assert field in rep
