@@ -163,7 +163,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         loaded = read_options_file(args.config)
         tune_yaml = {k.replace("-", "_"): v for k, v in loaded.items() if k.replace("-", "_") in TUNE_FIELDS}
         train_yaml = {k: v for k, v in loaded.items() if k.replace("-", "_") not in TUNE_FIELDS}
-    overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args)}
+    # tune's --resume (continue this search) is not the training option resume (a checkpoint to start from)
+    overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args) and k != "resume"}
     name = args.name or tune_yaml.get("name") or "tune"
     default_out = None if (train_yaml or {}).get("output_dir") or (train_yaml or {}).get("output-dir") \
         else f"gsv-ray-runs/{name}"
