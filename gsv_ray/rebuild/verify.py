@@ -42,6 +42,7 @@ class VerifyResult:
     margin: float
     verdict: str = "pass"
     reasons: list[str] = field(default_factory=list)
+    data_report: list[str] = field(default_factory=list)  # the experiment's problems, as `train` reports them
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -59,10 +60,10 @@ def _open(data: Path, stage: str, version: str, cache_root: Path | None):
     return open_experiment_cached(data, stage, version, cache_root=cache_root or default_cache_root())
 
 
-def _sovits_batches(data: Path, version: str, n_batches: int, batch_size: int, cache_root: Path | None = None):
+def _sovits_batches(experiment, data: Path, n_batches: int, batch_size: int):
     from gsv_ray.data.sovits import SoVITSDataset, collate_sovits
 
-    ds = SoVITSDataset(_open(data, "sovits", version, cache_root))
+    ds = SoVITSDataset(experiment)
     if len(ds) == 0:
         raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
     return fixed_batches(ds, collate_sovits, n_batches, batch_size)
@@ -91,10 +92,10 @@ def _sovits_train_loss(model, batch, config: dict[str, Any]) -> torch.Tensor:
         kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
 
 
-def _gpt_batches(data: Path, version: str, n_batches: int, batch_size: int, cache_root: Path | None = None):
+def _gpt_batches(experiment, data: Path, n_batches: int, batch_size: int):
     from gsv_ray.data.gpt import GPTDataset, collate_gpt
 
-    ds = GPTDataset(_open(data, "gpt", "v1" if version == "v1" else "v2", cache_root))
+    ds = GPTDataset(experiment)
     if len(ds) == 0:
         raise GsvError("no usable utterances for GPT", path=data, fix="check 6-name2semantic.tsv and 2-name2text.txt")
     return fixed_batches(ds, collate_gpt, n_batches, batch_size)
@@ -150,8 +151,12 @@ def verify(
     make_batches, losses, train_loss, key, metric = STAGES[rebuilt.stage]
     data = Path(data)
     say(f"reading {batches} batch(es) of {batch_size} from {data} ...")
-    data_batches = make_batches(data, rebuilt.version, batches, batch_size,
-                                Path(cache_root) if cache_root is not None else None)
+    symbols = ("v1" if rebuilt.version == "v1" else "v2") if rebuilt.stage == "gpt" else rebuilt.version
+    experiment = _open(data, rebuilt.stage, symbols, Path(cache_root) if cache_root is not None else None)
+    data_report = experiment.report.lines()  # the same report, the same way, as `train` prints it
+    for line in data_report:
+        say(f"data: {line}")
+    data_batches = make_batches(experiment, data, batches, batch_size)
     torch.manual_seed(seed)
     model = _model(rebuilt).eval()
     say(f"evaluating the rebuilt {rebuilt.stage} model ...")
@@ -184,6 +189,7 @@ def verify(
     result = VerifyResult(
         stage=rebuilt.stage, version=rebuilt.version, rebuild_message=rebuilt.report.message(), metric=metric,
         batches=len(data_batches), items=sum(len(getattr(b, "names", ())) for b in data_batches), rebuilt=got,
+        data_report=data_report,
         base=base_losses, after_training=after, train_steps=train_steps, margin=margin,
     )
     for name, d in (("rebuilt", got), ("base", base_losses), ("after training steps", after)):
@@ -214,7 +220,7 @@ def render(result: VerifyResult) -> Any:
         t.add_row("base alone", *(f"{result.base[c]:.4f}" for c in cols))
     if result.after_training is not None:
         t.add_row(f"rebuilt + {result.train_steps} steps", *(f"{result.after_training[c]:.4f}" for c in cols))
-    parts: list[Any] = [Text(result.rebuild_message, style="dim"), t]
+    parts: list[Any] = [Text(result.rebuild_message, style="dim"), t]  # data lines: printed as progress
     if result.base is None:
         parts.append(Text("no --base given: only finiteness was checked", style="yellow"))
     for r in result.reasons:

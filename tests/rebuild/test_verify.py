@@ -82,3 +82,30 @@ def test_verify_cli_exit_codes(fixtures_dir, data, tmp_path):
     missing = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(tmp_path / "nope"),
                       env=env)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_verify_names_data_problems_like_train(fixtures_dir, tmp_path):
+    """A missing, a zero-length and a garbage wav: verify names all three (it used to evaluate the
+    rest silently and pass), with the same report lines train prints."""
+    import json
+    import os
+
+    from tests.conftest import run_cli
+
+    exp = make_synthetic_experiment(tmp_path / "exp", version="v2", num_utterances=12)
+    wavs = sorted((exp / "5-wav32k").iterdir())
+    wavs[0].unlink()
+    wavs[1].write_bytes(b"")
+    wavs[2].write_bytes(os.urandom(5000))
+    init = str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth")
+    env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
+    table = run_cli("verify", init, "--data", str(exp), "--batches", "1", env=env)
+    assert table.returncode == 0, table.stderr
+    for w in wavs[:3]:
+        assert w.name in table.stdout, (w.name, table.stdout)
+    as_json = json.loads(run_cli("verify", init, "--data", str(exp), "--batches", "1", "--json", env=env).stdout)
+    report = "\n".join(as_json["data_report"])
+    assert all(w.name in report for w in wavs[:3])
+    from gsv_ray.data.experiment import open_experiment
+
+    assert as_json["data_report"] == open_experiment(exp, "sovits", "v2").report.lines()  # what train prints
