@@ -17,6 +17,7 @@ import io
 import ntpath
 import pickletools
 import posixpath
+import stat
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -114,6 +115,10 @@ class _TagPatchedFile(io.RawIOBase):
         super().close()
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 def check_path(path: Path) -> None:
     """One-line errors for the common non-file cases: missing, a directory, empty."""
     fix_missing = "check the path (GPT-SoVITS keeps exports in SoVITS_weights*/ and GPT_weights*/)"
@@ -121,6 +126,10 @@ def check_path(path: Path) -> None:
         raise GsvError("no such file", path=path, fix=fix_missing)
     if path.is_dir():
         raise GsvError("is a directory, not a weights file", path=path, fix="give the .pth/.ckpt file inside it")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # never opened: reading a FIFO would block, a device never ends
+        kind = next((what for test, what in _SPECIAL if test(mode)), "not a regular file")
+        raise GsvError(f"is {kind}, not a weights file", path=path, fix="give the path of the .pth/.ckpt file itself")
     if path.stat().st_size == 0:
         raise GsvError("the file is empty (0 bytes)", path=path, fix="re-copy or re-export it")
 
@@ -138,6 +147,21 @@ def _zip_error(path: Path, what: str) -> GsvError:
     )
 
 
+#: The largest data.pkl we read. A full-size GPT-SoVITS file's pickle is tens of KB (a Lightning
+#: checkpoint with optimizer states: under 1 MiB); a 3 MB zip inflating to 3 GiB took 30 s and 6.5 GB.
+MAX_PICKLE_BYTES = 64 << 20
+
+
+def _check_entries(zf: zipfile.ZipFile, path: Path) -> None:
+    """torch.save stores every entry uncompressed; a compressed entry can only be a decompression
+    bomb or not torch's. Stored entries cannot be larger than the file, so nothing read is."""
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise _zip_error(path, f"its zip entry {info.filename[:80]!r} is compressed (torch.save never compresses)")
+        if info.file_size != info.compress_size:
+            raise _zip_error(path, f"its zip entry {info.filename[:80]!r} declares a size that does not match")
+
+
 def _find_data_pkl(zf: zipfile.ZipFile, path: Path) -> str:
     names = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(names) != 1:
@@ -153,27 +177,67 @@ def _global_name(module: str, attr: str) -> str:
     return f"{_PY2_MODULES.get(module, module)}.{attr}"
 
 
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+_MARK = object()
+_UNKNOWN = object()
+
+
 def scan_globals(pickle_bytes: bytes) -> list[str]:
-    """Every global a pickle references (GLOBAL/INST/STACK_GLOBAL), without executing anything."""
+    """Every global a pickle references (GLOBAL/INST/STACK_GLOBAL), without executing anything.
+
+    STACK_GLOBAL takes its module and name from the stack, where they may have come through the
+    memo (``BINPUT`` ... ``BINGET``), so we keep a shadow of the stack and memo with the strings'
+    values (everything else is a placeholder): the global is named as the unpickler would see it.
+    Raises ValueError on a malformed pickle (stack underflow, unknown opcode)."""
     found: list[str] = []
-    strings: list[str] = []
+    stack: list[Any] = []
     memo: dict[int, Any] = {}
     for op, arg, _pos in pickletools.genops(pickle_bytes):
         name = op.name
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
             found.append(_global_name(module, attr))
-        elif name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"):
-            strings.append(str(arg))
-        elif name == "MEMOIZE" and strings:
-            memo[len(memo)] = strings[-1]
-        elif name in ("BINGET", "LONG_BINGET", "GET") and isinstance(memo.get(int(arg)), str):
-            strings.append(memo[int(arg)])
-        elif name == "STACK_GLOBAL":
-            if len(strings) >= 2:
-                found.append(_global_name(strings[-2], strings[-1]))
+        if name == "MEMOIZE":
+            if not stack:
+                raise ValueError("MEMOIZE on an empty stack")
+            memo[len(memo)] = stack[-1]
+            continue
+        if name in _PUT_OPS:
+            if not stack:
+                raise ValueError(f"{name} on an empty stack")
+            memo[int(arg)] = stack[-1]
+            continue
+        if name in _GET_OPS:
+            stack.append(memo.get(int(arg), _UNKNOWN))
+            continue
+        if name == "STACK_GLOBAL":
+            if len(stack) < 2:
+                raise ValueError("STACK_GLOBAL on a short stack")
+            module, attr = stack[-2], stack[-1]
+            found.append(_global_name(module, attr) if isinstance(module, str) and isinstance(attr, str)
+                         else "<unresolvable STACK_GLOBAL>")
+        before = op.stack_before
+        if pickletools.markobject in before:  # pop the items above the mark, the mark, and those below it
+            while stack and stack[-1] is not _MARK:
+                stack.pop()
+            if not stack:
+                raise ValueError(f"{name} without a MARK")
+            stack.pop()
+            below = before.index(pickletools.markobject)
+        else:
+            below = len(before)
+        if below > len(stack):
+            raise ValueError(f"{name} on a short stack")
+        del stack[len(stack) - below:]
+        for item in op.stack_after:
+            if item is pickletools.markobject:
+                stack.append(_MARK)
+            elif name in _STRING_OPS:
+                stack.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
             else:
-                found.append("<unresolvable STACK_GLOBAL>")
+                stack.append(_UNKNOWN)
     return sorted(set(found))
 
 
@@ -198,21 +262,36 @@ def _refused(globals_: list[str]) -> list[str]:
     return out
 
 
-def to_plain(obj: Any) -> Any:
-    """Convert stand-ins to plain Python: HParams -> dict (recursively). Tensors pass through."""
-    if isinstance(obj, HParamsStandIn):
-        return {k: to_plain(v) for k, v in obj.__dict__.items()}
-    if isinstance(obj, torch.Tensor):
+#: How deep a file's containers may nest. Real files nest 4 levels (checkpoint > config > train >
+#: value); a crafted pickle can nest 10^5 levels or refer to itself, which recursive code (ours,
+#: json, repr) turns into a RecursionError with a 3000-line traceback.
+MAX_DEPTH = 64
+
+
+class StructureError(ValueError):
+    """The unpickled object is cyclic or nested deeper than MAX_DEPTH."""
+
+
+def to_plain(obj: Any, _depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:
+    """Convert stand-ins to plain Python: HParams -> dict (recursively). Tensors pass through.
+    Raises StructureError on a cycle or nesting deeper than ``MAX_DEPTH``."""
+    if isinstance(obj, torch.Tensor) or not isinstance(obj, (HParamsStandIn, dict, list, tuple)):
         return obj
+    if id(obj) in _path:
+        raise StructureError("it contains a container that contains itself (a cycle)")
+    if _depth >= MAX_DEPTH:
+        raise StructureError(f"its containers nest deeper than {MAX_DEPTH} levels")
+    path = _path | {id(obj)}
+    sub = lambda v: to_plain(v, _depth + 1, path)  # noqa: E731
+    if isinstance(obj, HParamsStandIn):
+        return {k: sub(v) for k, v in obj.__dict__.items()}
     if isinstance(obj, OrderedDict):
-        return OrderedDict((k, to_plain(v)) for k, v in obj.items())
+        return OrderedDict((k, sub(v)) for k, v in obj.items())
     if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
+        return {k: sub(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_plain(v) for v in obj)
-    return obj
+        return [sub(v) for v in obj]
+    return tuple(sub(v) for v in obj)
 
 
 def safe_load(path: str | Path) -> Loaded:
@@ -242,8 +321,12 @@ def safe_load(path: str | Path) -> Loaded:
         stream: BinaryIO = _TagPatchedFile(raw) if tagged else raw  # type: ignore[assignment]
         try:
             with zipfile.ZipFile(stream) as zf:
+                _check_entries(zf, path)
                 pkl_name = _find_data_pkl(zf, path)
-                pickle_bytes = zf.read(pkl_name)
+                with zf.open(pkl_name) as f:
+                    pickle_bytes = f.read(MAX_PICKLE_BYTES + 1)
+                if len(pickle_bytes) > MAX_PICKLE_BYTES:
+                    raise _zip_error(path, f"its data.pkl is larger than {MAX_PICKLE_BYTES >> 20} MiB")
         except zipfile.BadZipFile:
             raise _zip_error(path, "the zip archive is truncated or corrupt") from None
         except (OSError, EOFError, ValueError, KeyError):
@@ -281,9 +364,14 @@ def safe_load(path: str | Path) -> Loaded:
                                fix="do not use this file; get the weights from a source you trust") from None
             raise _zip_error(path, f"torch could not read it ({type(e).__name__}: {first[:120]})") from None
 
+    try:
+        plain = to_plain(obj)
+    except StructureError as e:
+        raise GsvError(f"refusing to load: {e} (GPT-SoVITS files hold shallow dicts of tensors)", path=path,
+                       fix="do not use this file; re-export it or get it from a source you trust") from None
     config_type = None
     if isinstance(obj, dict) and isinstance(obj.get("config"), HParamsStandIn):
         config_type = next((g for g in globals_ if is_hparams_name(g)), "utils.HParams")
     elif isinstance(obj, dict) and isinstance(obj.get("config"), dict):
         config_type = "dict"
-    return Loaded(obj=to_plain(obj), header=tag, pickle_globals=globals_, config_type=config_type)
+    return Loaded(obj=plain, header=tag, pickle_globals=globals_, config_type=config_type)

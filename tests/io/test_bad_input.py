@@ -153,3 +153,114 @@ def test_malicious_global_hidden_next_to_hparams(fixtures_dir, tmp_path):
     r = run_cli("inspect", "--json", str(p))
     _assert_clean_failure(r, p, "os.system")
     assert not marker.exists()
+
+
+def _torch_zip_with_pickle(path: Path, pickle_bytes: bytes, compress: bool = False) -> Path:
+    """A real torch.save zip (its layout, version record, ...) whose data.pkl is replaced."""
+    buf = io.BytesIO()
+    torch.save({"weight": {}}, buf)
+    buf.seek(0)
+    with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if info.filename.endswith("data.pkl"):
+                dst.writestr(info.filename, pickle_bytes, zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
+            else:
+                dst.writestr(info, src.read(info.filename))
+    return path
+
+
+def _cli_all(path: Path, *needles: str, tmp_path: Path):
+    """inspect, rebuild and train each refuse it in one line, exit 2, the file untouched."""
+    _check(path, *needles)
+    before = _snapshot(path)
+    r = run_cli("rebuild", str(path), "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    _assert_clean_failure(r, path, *needles)
+    data = tmp_path / "exp"
+    data.mkdir(exist_ok=True)
+    r = run_cli("train", "--init", str(path), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2",
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    _assert_clean_failure(r, path, *needles)
+    assert _snapshot(path) == before
+
+
+@pytest.mark.parametrize("kind", ["HParams", "dict"])
+def test_cyclic_config_is_one_line(kind, tmp_path):
+    """A config that contains itself (pickle's memo makes cycles cheap): upstream's HParams, or a dict."""
+    from tests.support.schemafiles import _upstream_utils_module
+
+    utils = _upstream_utils_module()
+    if kind == "HParams":
+        cfg = utils.HParams(train={"learning_rate": 1e-4})
+        cfg.train.parent = cfg
+    else:
+        cfg = {"train": {"learning_rate": 1e-4}}
+        cfg["train"]["parent"] = cfg
+    p = tmp_path / "cyclic.pth"
+    saved = sys.modules.get("utils")
+    sys.modules["utils"] = utils  # pickled as utils.HParams, like upstream's
+    try:
+        torch.save({"weight": {"enc_p.text_embedding.weight": torch.zeros(732, 4)}, "config": cfg, "info": "x"}, p)
+    finally:
+        sys.modules.pop("utils") if saved is None else sys.modules.__setitem__("utils", saved)
+    _cli_all(p, "refusing to load", "cycle", tmp_path=tmp_path)
+
+
+def test_deeply_nested_pickle_is_one_line(tmp_path):
+    depth = 100_000  # EMPTY_LIST x N, then APPEND x (N-1): lists nested N deep, 200 KB of pickle
+    body = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+    p = _torch_zip_with_pickle(tmp_path / "deep.pth", body)
+    _cli_all(p, "refusing to load", "deeper than", tmp_path=tmp_path)
+
+
+def test_decompression_bomb_is_refused_before_inflating(tmp_path):
+    """A 3 MiB zip whose data.pkl inflates to 3 GiB: refused at once, without inflating it (before:
+    30 s at 6.5 GB RSS)."""
+    p = tmp_path / "bomb.pth"
+    size = 3 << 30
+    chunk = bytes(64 << 20)
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        with zf.open("bomb/data.pkl", "w", force_zip64=True) as f:
+            for _ in range(size // len(chunk)):
+                f.write(chunk)
+    assert p.stat().st_size < 4 << 20
+    with zipfile.ZipFile(p) as zf:  # a valid zip, declaring the 3 GiB
+        assert zf.getinfo("bomb/data.pkl").file_size == size
+    code = ("import resource, sys, time; from gsv_ray.cli import main; t = time.time(); rc = main(['inspect', sys.argv[1]]);"
+            "print('RESULT', rc, time.time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+    rc, seconds, rss_kb = r.stdout.split("RESULT")[1].split()
+    assert int(rc) == 2 and "compressed" in r.stderr and str(p) in r.stderr, r.stderr
+    assert float(seconds) < 10 and int(rss_kb) < 2 * 2**20, (seconds, rss_kb)  # no inflating: well under 2 GB
+
+
+def test_global_fetched_through_the_memo_is_named(tmp_path):
+    """Protocol 4 with the module and name memoised (BINPUT), popped, decoy strings pushed, then
+    fetched back (BINGET) for STACK_GLOBAL: refused as os.system before torch runs anything."""
+    marker = tmp_path / "PWNED3"
+    cmd = f"touch {marker}".encode()
+    body = (b"\x80\x04"
+            + b"\x8c\x02os" + b"q\x00" + b"\x8c\x06system" + b"q\x01" + b"00"  # memoise, then pop both
+            + b"\x8c\x0bcollections" + b"\x8c\x0bOrderedDict" + b"00"       # decoys a naive scan would pair
+            + b"h\x00" + b"h\x01" + b"\x93"                                  # BINGET 0, BINGET 1, STACK_GLOBAL
+            + b"\x8c" + bytes([len(cmd)]) + cmd + b"\x85" + b"R" + b".")
+    p = _torch_zip_with_pickle(tmp_path / "memo.pth", body)
+    _check(p, "refusing to load", "os.system")
+    assert not marker.exists()
+    probe = tmp_path / "probe.pth"  # the payload is live for an unsafe loader
+    probe.write_bytes(p.read_bytes())
+    import pickle
+
+    with zipfile.ZipFile(probe) as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    pickle.loads(data)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "char device"])
+def test_special_files_are_named_for_what_they_are(kind, tmp_path):
+    if kind == "fifo":
+        p = tmp_path / "pipe.pth"
+        os.mkfifo(p)
+        _check(p, "FIFO")
+    else:
+        _check(Path("/dev/null"), "character device")
