@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,11 @@ from safetensors.torch import load_file, save_file
 
 from gsv_ray import __version__
 from gsv_ray.cache import default_cache_root
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.io import sha256_file
 from gsv_ray.io.safeload import check_path
+from gsv_ray.io.writers import rust_os_error
+from gsv_ray.owned import OWNER, Owner, owned_temp_dir, sweep
 from gsv_ray.rebuild.core import RebuildPolicy, Rebuilt, rebuild
 from gsv_ray.rebuild.report import RebuildReport
 
@@ -52,7 +53,7 @@ def _crc32(path: Path) -> int:
 
 
 def _write_manifest(directory: Path) -> None:
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != _COMPLETE)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name not in (_COMPLETE, OWNER))
     manifest = {"format": STORE_FORMAT, "files": {p.name: {"size": p.stat().st_size, "crc32": _crc32(p),
                                                            **_identity(p)} for p in files}}
     (directory / _COMPLETE).write_text(json.dumps(manifest))
@@ -134,12 +135,27 @@ def cache_key(inputs: dict[str, str | None], options: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _new_temp_dir(final: Path) -> Path:
-    """A temp dir beside ``final`` (same filesystem, so the rename is atomic), world-readable like a
-    normal directory (mkdtemp makes it private)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    tmp.chmod(0o755)
-    return tmp
+def _new_temp_dir(final: Path) -> tuple[Path, Owner]:
+    """An owned temp dir beside ``final``; first remove the orphans of writers killed mid-write
+    (a killed rebuild left a 173 MB ``.<key>.*`` dir that nothing ever removed)."""
+    sweep(final.parent, lambda n: n.startswith(f".{final.name}."))
+    if _is_temp_entry(f".{final.name}.x"):  # in the cache: also entries of versions before the lock file, once stale
+        sweep(final.parent, _is_temp_entry, unlocked_after=3600.0)
+    return owned_temp_dir(final)
+
+
+def _is_temp_entry(name: str) -> bool:
+    """A rebuild entry's temp dir: ``.<24 hex>.<random>``."""
+    parts = name.split(".")
+    return len(parts) == 3 and parts[0] == "" and len(parts[1]) == 24 and all(c in "0123456789abcdef" for c in parts[1])
+
+
+def _rename_into_place(tmp: Path, owner: Owner, final: Path) -> None:
+    owner.disown()
+    try:
+        os.replace(tmp, final)
+    finally:
+        owner.release()
 
 
 def write_result(result: Rebuilt, directory: Path) -> Path:
@@ -148,22 +164,29 @@ def write_result(result: Rebuilt, directory: Path) -> Path:
     if directory.exists():
         raise GsvError("output directory already exists", path=directory, fix="choose a new -o directory or remove it")
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_dir(directory)
+    tmp, owner = _new_temp_dir(directory)
     try:
         for name, sd in result.weights.items():
-            save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"gsv_ray": __version__, "target": name})
+            try:
+                save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"gsv_ray": __version__, "target": name})
+            except Exception as e:  # a full disk is a SafetensorError: give it back its errno
+                err = rust_os_error(e, directory.parent)
+                if err is None:
+                    raise
+                raise err from e
             (tmp / f"{name}.safetensors").chmod(0o644)
         (tmp / "config.json").write_text(json.dumps(result.config, indent=1))
         (tmp / "report.json").write_text(json.dumps(result.report.to_json(), indent=1))
         _write_manifest(tmp)
         try:
-            os.replace(tmp, directory)
+            _rename_into_place(tmp, owner, directory)
         except OSError as e:  # a concurrent identical writer renamed first: theirs is as good
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or entry_problem(directory) is not None:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        owner.release()
         raise
     return directory
 
@@ -246,6 +269,7 @@ def _clone(src: Path, dst: Path) -> None:
 def export_result(result: Rebuilt, out_dir: str | Path) -> Path:
     """Materialise a stored result at ``out_dir`` as copies (reflinks where possible), atomically."""
     out = Path(out_dir)
+    check_output_path(out)
     if out.exists():
         if (out / _COMPLETE).is_file() and result.path is not None and \
                 (out / _COMPLETE).read_bytes() == (result.path / _COMPLETE).read_bytes() and entry_problem(out) is None:
@@ -254,12 +278,13 @@ def export_result(result: Rebuilt, out_dir: str | Path) -> Path:
     if result.path is None:
         return write_result(result, out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_temp_dir(out)
+    tmp, owner = _new_temp_dir(out)
     try:
         for f in sorted(result.path.iterdir(), key=lambda p: p.name == _COMPLETE):  # manifest last
             _clone(f, tmp / f.name)
-        os.replace(tmp, out)
+        _rename_into_place(tmp, owner, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        owner.release()
         raise
     return out

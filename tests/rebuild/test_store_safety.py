@@ -100,3 +100,44 @@ def test_concurrent_identical_rebuilds_all_succeed(files, tmp_path):
     entries = list((tmp_path / "cache" / "rebuild").iterdir())
     assert len([e for e in entries if not e.name.startswith(".")]) == 1
     assert all(entry_problem(tmp_path / f"out{i}", full=True) is None for i in range(3))
+
+
+def _hidden_dirs(d):
+    return sorted(p.name for p in d.iterdir() if p.name.startswith(".") and p.is_dir()) if d.is_dir() else []
+
+
+def test_a_rebuild_killed_mid_write_leaves_an_orphan_the_next_run_removes(schema_files, tmp_path):
+    """SIGKILL `gsv-ray rebuild` (from outside, by PID) while it writes a full-size entry: the temp
+    dir it leaves is removed by the next rebuild that writes into the cache, once older than the
+    grace period (aged here); a temp dir whose writer is alive is never touched."""
+    import signal
+    import time
+
+    from gsv_ray.owned import OWNER, GRACE_S, Owner
+
+    gpt = schema_files.path("gpt-export", "v2")
+    env = {**os.environ, "GSV_RAY_CACHE": str(tmp_path / "cache")}
+    store = tmp_path / "cache" / "rebuild"
+    p = subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", str(gpt), "-o", str(tmp_path / "out")],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        temps = [d for d in _hidden_dirs(store)]
+        if temps and any(f.stat().st_size > 2**20 for f in (store / temps[0]).glob("*.safetensors")):
+            break
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    (orphan,) = _hidden_dirs(store)
+    size = sum(f.stat().st_size for f in (store / orphan).iterdir())
+    assert size > 2**20, "killed too late or too early to leave a half-written entry"
+    old = time.time() - 2 * GRACE_S
+    os.utime(store / orphan / OWNER, (old, old))
+    live = store / ".0123456789abcdef01234567.live"  # another writer, alive (this process holds it)
+    with Owner(live):
+        os.utime(live / OWNER, (old, old))
+        r = subprocess.run([sys.executable, "-m", "gsv_ray", "rebuild", str(gpt), "-o", str(tmp_path / "out2")],
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert _hidden_dirs(store) == [live.name]  # the orphan is gone, the live one kept
+    assert entry_problem(tmp_path / "out2") is None

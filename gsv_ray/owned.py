@@ -1,0 +1,153 @@
+"""Temporary directories that know whether their owner is still alive, so orphans get cleaned.
+
+A process killed mid-write (SIGKILL, OOM, a node lost) cannot clean up after itself: its temp dir
+(a half-written rebuild entry, a half-copied ``-o``, a run's node scratch) would stay forever. So
+every such directory holds a lock file, ``.gsv-owner``, locked (``flock``) by its owners while they
+use it. The kernel drops the lock when the owner dies, however it dies; a directory whose lock can
+be taken exclusively, and that is older than a grace period, is an orphan and :func:`sweep` removes
+it. (``flock`` is per node: these directories are all node-local temp dirs or a cache directory,
+never shared checkpoint storage.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+OWNER = ".gsv-owner"
+GRACE_S = 60.0  # never sweep a directory touched this recently (its owner may be between mkdir and lock)
+
+
+class Owner:
+    """A held lock on ``<directory>/.gsv-owner`` (shared: several processes of one run may hold it)."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, shared: bool = False):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        lock = self.directory / OWNER
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:  # a sweeper may have removed the directory while we waited: lock the file that is there now
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+            self.directory.mkdir(parents=True, exist_ok=True)
+        os.utime(fd)  # fresh: inside the grace period
+        self._fd: int | None = fd
+
+    def disown(self) -> None:
+        """Remove the lock file (keeping the lock) before the directory is renamed into place."""
+        (self.directory / OWNER).unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def release_and_remove_if_last(self) -> bool:
+        """Drop our lock; remove the directory if no other owner holds it (the last one out cleans)."""
+        self.release()
+        return _remove_if_orphan(self.directory, grace_s=0.0)
+
+    def __enter__(self) -> Owner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def owned_temp_dir(final: Path) -> tuple[Path, Owner]:
+    """A temp dir beside ``final`` (same filesystem: the rename into place is atomic), readable like
+    a normal directory (mkdtemp makes it private), owned by this process until released."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())
+    return tmp, Owner(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_when_orphaned(directory: str | os.PathLike[str], *, wait_s: float = 0.0) -> bool:
+    """Remove ``directory`` once no owner holds it (waiting up to ``wait_s`` for owners that are
+    exiting); False if an owner is still alive then."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        if not Path(directory).exists() or _remove_if_orphan(Path(directory), grace_s=0.0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _remove_if_orphan(directory: Path, *, grace_s: float, unlocked_after: float | None = None) -> bool:
+    lock = directory / OWNER
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:  # no lock file: a temp dir from before locks, or killed between mkdir and lock
+        if unlocked_after is None:
+            return False
+        try:
+            age = time.time() - directory.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age < max(grace_s, unlocked_after):
+            return False
+        shutil.rmtree(directory, ignore_errors=True)
+        return True
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its owner is alive
+        if time.time() - os.fstat(fd).st_mtime < grace_s:
+            return False
+        hidden = directory.with_name(f".del-{directory.name.lstrip('.')}")
+        try:
+            os.replace(directory, hidden)  # out of its namespace first: a kill mid-delete leaves no half dir
+        except OSError:
+            return False
+        shutil.rmtree(hidden, ignore_errors=True)
+        return True
+    finally:
+        os.close(fd)
+
+
+def sweep(parent: str | os.PathLike[str], match: Callable[[str], bool], *, grace_s: float = GRACE_S,
+          unlocked_after: float | None = None) -> list[Path]:
+    """Remove the orphaned directories under ``parent`` whose names ``match`` (and leftovers of an
+    interrupted sweep); returns what was removed. A matching directory without a lock file is
+    removed only with ``unlocked_after`` (seconds since its last change). Never raises: cleaning is
+    best effort."""
+    parent = Path(parent)
+    removed = []
+    try:
+        children = list(parent.iterdir())
+    except OSError:
+        return removed
+    for d in children:
+        try:
+            if not d.is_dir() or d.is_symlink():
+                continue
+        except OSError:
+            continue
+        if d.name.startswith(".del-"):  # a sweep interrupted mid-delete
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        elif match(d.name) and _remove_if_orphan(d, grace_s=grace_s, unlocked_after=unlocked_after):
+            removed.append(d)
+    return removed
