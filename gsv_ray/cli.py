@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 
 from gsv_ray import __version__
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, os_error
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -391,8 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GsvError as e:
         print(f"gsv-ray: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or foreign directory: the user's to fix, in one line
+        err = os_error(e)
+        if err is None:
+            raise
+        print(f"gsv-ray: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("gsv-ray: interrupted", file=sys.stderr)
+        hint = ("; every complete checkpoint is kept: the same command with --resume continues"
+                if args.func in (_cmd_train, _cmd_tune) else "")
+        print(f"gsv-ray: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ A deterministic run name (``--resume``) makes a re-run of the same command conti
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
-from gsv_ray.train.loop import TrainResult
+from gsv_ray.io.writers import atomic_write
+from gsv_ray.train.loop import TrainResult, check_new_run
 
 
 @dataclass
@@ -51,6 +53,17 @@ def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
     return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+RUN_RECORD = "ray_run.json"  # in -o: which Ray run (name, storage) it is, so --resume finds it after any stop
+
+
+def _recorded_run(out: str | Path) -> str | None:
+    try:
+        name = json.loads((Path(out) / RUN_RECORD).read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) and name.startswith("gsv-") and "/" not in name else None
+
+
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail fast on a ``host:port`` nobody answers (Ray itself would retry for many minutes)."""
     if not address or address in ("auto", "local"):
@@ -66,15 +79,16 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
                        fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray") from e
 
 
-def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> None:
-    """Join the cluster at ``address`` or start a local Ray sized for the job (one clear line on failure)."""
+def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> bool:
+    """Join the cluster at ``address`` or start a local Ray sized for the job (one clear line on
+    failure). True when this call started a local Ray (the caller then owns it)."""
     import ray
 
     # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and
     # report() waits for that poll. We report only at checkpoints, so we keep the default: a 0.1 s poll
     # made every training step 15-20 % slower on a 2-core machine (bench_ray_overhead.py).
     if ray.is_initialized():
-        return
+        return False
     check_reachable(address or os.environ.get("RAY_ADDRESS"))
     if address:
         try:
@@ -83,12 +97,13 @@ def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> Non
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise GsvError(f"no Ray cluster at --address {address} ({first})",
                            fix="start one ('ray start --head' or 'ray up cluster.yaml') or drop --address") from None
-        return
+        return False
     import logging
 
     need = workers * cpus_per_worker + 1  # + the Train controller
     ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), object_store_memory=None,
              include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    return True
 
 
 def check_resources(opts: RayOptions) -> None:
@@ -145,6 +160,9 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
 
     cfg.validate()
     opts.validate()
+    check_output_path(cfg.output_dir)
+    if not opts.resume:
+        check_new_run(cfg.output_dir)
     fault = fault or _fault_from_env()
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
@@ -161,7 +179,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         if opts.workers * opts.gpus_per_worker > have:
             raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
                            fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
-    connect(opts.address, workers=opts.workers, cpus_per_worker=opts.cpus_per_worker)
+    started = connect(opts.address, workers=opts.workers, cpus_per_worker=opts.cpus_per_worker)
     check_resources(opts)
     if _alive_nodes() > 1 and is_node_local(storage):
         raise GsvError(f"a {_alive_nodes()}-node cluster needs shared checkpoint storage, but --storage {storage} is "
@@ -169,7 +187,10 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
-    name = run_name(cfg, init_sha, opts.resume)
+    name = _recorded_run(cfg.output_dir) if opts.resume else None
+    name = name or run_name(cfg, init_sha, opts.resume)
+    atomic_write(Path(cfg.output_dir) / RUN_RECORD,
+                 lambda f: f.write(json.dumps({"name": name, "storage": storage}).encode()), overwrite=True)
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
         f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {storage}")
@@ -178,6 +199,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         "rebuild": shared,
         "experiment": driver_experiment(cfg, rebuilt),
         "run_name": name,
+        "storage_path": storage_path, "storage_fs": storage_fs,  # a restarted worker group looks there too
         "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d, given.init, given.base_g, given.base_d)
                             if p and "://" not in p],
         "fault": fault,
@@ -197,11 +219,29 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     )
     try:
         result = trainer.fit()
+    except SystemExit:  # Ray Train's own SIGINT handler aborts the run, then calls sys.exit
+        raise KeyboardInterrupt from None
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise GsvError(f"training on Ray failed: {first}",
                        fix="see the worker log above; raise --max-failures to let Ray restart failed workers") from None
+    finally:
+        if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
+            _end_local_ray(name)
     return _collect(result, cfg, rebuilt.stage, rebuilt.version)
+
+
+def _end_local_ray(name: str) -> None:
+    """After success, failure or Ctrl-C: shut our local Ray down (its workers exit and drop their
+    hold on the run's node scratch), then remove that scratch. Runs on a cluster are cleaned by
+    their last worker, or as orphans by the next run on the node."""
+    import ray
+
+    from gsv_ray.distributed.worker import scratch
+    from gsv_ray.owned import remove_when_orphaned
+
+    ray.shutdown()
+    remove_when_orphaned(scratch(name), wait_s=10.0)
 
 
 def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> TrainResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -33,11 +34,26 @@ def forbid_opening(paths: list[str]) -> None:
     sys.addaudithook(hook)
 
 
-def _scratch(run_name: str) -> Path:
+def scratch_root() -> Path:
+    """Where runs keep node-local files: ``$GSV_RAY_SCRATCH``, else a per-user folder in the system
+    temp dir (one shared by every user grew to GBs and could not be cleaned by anyone but its owner)."""
+    env = os.environ.get("GSV_RAY_SCRATCH")
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"gsv-ray-scratch-{os.getuid()}"
+
+
+def scratch(run_name: str) -> Path:
     """A node-local run directory, the same path for every worker of this run on this node: all
-    ranks then save their Accelerate state (incl. their RNG states) into one checkpoint folder."""
-    root = Path(os.environ.get("GSV_RAY_SCRATCH", Path(tempfile.gettempdir()) / "gsv-ray-scratch"))
-    return root / run_name
+    ranks then save their state (incl. their RNG states) into one checkpoint folder. Its workers hold
+    it (:class:`gsv_ray.owned.Owner`); the last one out removes it, and a run that dies leaves an
+    orphan the next run on the node removes."""
+    return scratch_root() / run_name
+
+
+def claim_scratch(run_name: str):
+    from gsv_ray.owned import Owner, sweep
+
+    sweep(scratch_root(), lambda n: True)  # runs that died on this node (only folders with our lock file)
+    return Owner(scratch(run_name), shared=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -56,7 +72,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     rebuilt = materialise(config["rebuild"])
-    run_dir = _scratch(config["run_name"])
+    owner = claim_scratch(config["run_name"])
+    run_dir = owner.directory
     fault = config.get("fault") or {}
 
     cfg = TrainConfig(**{**config["train"], "output_dir": str(run_dir / "run"), "resume": None})
@@ -68,13 +85,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         cfg = dataclasses.replace(cfg, num_workers=default_loader_workers(cpus))
-    restored = ray.train.get_checkpoint()
+    restored = _restore(config, ctx, run_dir, say=print if rank == 0 else (lambda s: None))
     if restored is not None:
-        local = run_dir / f"restore-{rank}"
-        shutil.rmtree(local, ignore_errors=True)
-        restored.to_directory(str(local))
-        state = local / "state" if (local / "state").is_dir() else local
-        cfg.resume = str(state)
+        cfg.resume = str(restored)
 
     def on_checkpoint(step: int, path: Path, metrics: dict[str, float]) -> None:
         report = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
@@ -113,6 +126,90 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(final, checkpoint=Checkpoint.from_directory(str(out)), checkpoint_dir_name="final")
     else:
         ray.train.report(final)
+    owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
+
+
+def _step_of(name: str) -> int | None:
+    m = re.fullmatch(r"step_(\d{8})", name)
+    return int(m.group(1)) if m else None
+
+
+def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
+    """The state to continue from after Ray restarted the worker group, or None for a fresh start.
+
+    Ray registers a reported checkpoint only when its controller next polls the workers (every
+    ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``); a worker killed before that poll loses the newest reports
+    although their folders are complete on storage, and ``ray.train.get_checkpoint()`` then gives an
+    older checkpoint or None (seen: a SIGKILL after step_20 restarted from step 1). So rank 0 takes
+    the newest ``step_<N>`` folder on storage that verifies against its manifest (Ray's registered
+    checkpoint is one of them), tells every rank which one (``broadcast_from_rank_zero``), and each
+    rank reads it. Rank 0 also puts back the run's outputs as of that checkpoint (metrics.jsonl, W&B
+    files), so no metrics row is written twice; a fresh start begins from an empty run folder.
+    """
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.collective import broadcast_from_rank_zero
+
+    import pyarrow.fs as pafs
+
+    from gsv_ray.train import state as state_io
+
+    rank = ctx.get_world_rank()
+    if ctx.get_local_rank() == 0:  # this node's copy of the run folder restarts from the checkpoint
+        shutil.rmtree(run_dir / "run", ignore_errors=True)
+        shutil.rmtree(run_dir / "restore", ignore_errors=True)
+    registered = ray.train.get_checkpoint()
+    fs, root = config["storage_fs"], f"{config['storage_path'].rstrip('/')}/{config['run_name']}"
+
+    def fetch(name: str, tag: str) -> Path:
+        src = f"{root}/{name}"
+        if isinstance(fs, pafs.LocalFileSystem):
+            return Path(src)  # read in place
+        dest = run_dir / "restore" / f"{name}-{tag}"
+        Checkpoint(src, filesystem=fs).to_directory(str(dest))
+        return dest
+
+    def state_dir(d: Path) -> Path:
+        return d / "state" if (d / "state").is_dir() else d
+
+    choice: dict[str, Any] | None = None
+    if rank == 0:
+        names = sorted((n for n in _listdir(fs, root) if _step_of(n) is not None), key=_step_of, reverse=True)
+        skipped = []
+        for name in names:
+            why = state_io.problem(state_dir(fetch(name, "0")))
+            if why is None:
+                choice = {"name": name, "skipped": skipped}
+                break
+            skipped.append(f"{name}: {why}")
+        if choice is not None or registered is not None or skipped:
+            regd = Path(registered.path).name if registered is not None else "none"
+            say(f"restart: continuing from {choice['name'] if choice else 'the start'} on storage (Ray's newest "
+                f"registered checkpoint: {regd})" + "".join(f"; skipped {s}" for s in skipped))
+    choice = broadcast_from_rank_zero(choice)
+    if choice is None:
+        return None
+    local = fetch(choice["name"], str(rank))
+    if rank == 0:  # the run's outputs as they were at that checkpoint
+        snap, run = local / "outputs", run_dir / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        if (snap / "metrics.jsonl").is_file():
+            shutil.copy2(snap / "metrics.jsonl", run / "metrics.jsonl")
+        if (snap / "wandb").is_dir():
+            shutil.copytree(snap / "wandb", run / "wandb", symlinks=True, dirs_exist_ok=True)
+        if (snap / "wandb_run_id").is_file():
+            shutil.copy2(snap / "wandb_run_id", run / "wandb_run_id")
+    return state_dir(local)
+
+
+def _listdir(fs, path: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
 
 
 def _snapshot_outputs(run_dir: Path, dest: Path) -> None:
@@ -121,6 +218,8 @@ def _snapshot_outputs(run_dir: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
     if (run_dir / "metrics.jsonl").is_file():
         shutil.copy2(run_dir / "metrics.jsonl", dest / "metrics.jsonl")
+    if (run_dir / "wandb_run_id").is_file():
+        shutil.copy2(run_dir / "wandb_run_id", dest / "wandb_run_id")
     if (run_dir / "wandb").is_dir():
         shutil.copytree(run_dir / "wandb", dest / "wandb", ignore=shutil.ignore_patterns("latest-run"), symlinks=True)
 

@@ -24,7 +24,7 @@ from gsv_ray.cache import default_cache_root as cache_root
 from gsv_ray.data.experiment import Experiment, SplitOptions, experiment_split
 from gsv_ray.data.index import open_experiment_cached
 from gsv_ray.data.loader import MicroBatchSource, PlannedSampler, available_cpus, default_loader_workers, make_loader
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.io.reader import parse_info
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
@@ -103,6 +103,29 @@ def open_run_experiment(data: str | Path, rebuilt: Rebuilt) -> Experiment:
                                   cache_root=cache_root())
 
 
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "ray_run.json", "ray")
+
+
+def existing_run(run_dir: str | Path) -> str | None:
+    """What says ``run_dir`` already holds a run (None when it does not exist, is empty, or holds
+    none of a run's files)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return None
+    found = [n for n in RUN_FILES if (d / n).exists()]
+    found += sorted(p.name for p in d.glob("*_weights*") if p.is_dir())
+    return ", ".join(found) or None
+
+
+def check_new_run(run_dir: str | Path) -> None:
+    """A run started without ``--resume`` never writes into another run's folder (it would append
+    to its metrics, replace its exports and mix two runs in one W&B run)."""
+    found = existing_run(run_dir)
+    if found:
+        raise GsvError(f"-o already holds a run ({found})", path=run_dir,
+                       fix="continue it with --resume, or choose a new -o")
+
+
 def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerator:
     """Device placement, DDP and checkpoint state. Mixed precision and gradient accumulation are
     ours (:mod:`gsv_ray.train.precision`, the recipes' ``train_step``), not Accelerate's: see there."""
@@ -141,6 +164,10 @@ def train(
     run_dir = Path(cfg.output_dir)
     accelerator = accelerator or make_accelerator(cfg)
     main = accelerator.is_main_process
+    if main:
+        check_output_path(run_dir)
+    if main and cfg.resume is None:  # before anything is written (other ranks write only at checkpoints)
+        check_new_run(run_dir)
     if rebuilt is None:
         with phases("rebuild"):
             rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage,

@@ -30,6 +30,7 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
         console.print(results_table(outcome))
     files = write_results(outcome, out)
     best_exports: list[Path] = []
+    shutil.rmtree(out / "best", ignore_errors=True)  # ours: a resumed search's best may be another trial
     if outcome.best is not None and outcome.best.export_paths:
         trial_dir = out / "trials" / outcome.best.trial_id
         for p in map(Path, outcome.best.export_paths):

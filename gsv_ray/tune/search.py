@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.train.config import TrainConfig
 
 METRIC, MODE = "val/loss", "min"
@@ -120,7 +120,7 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
                  "resume": None, "name": base.get("name") or tune_name}
     loop_config = {
         "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
-        "forbidden_paths": forbidden,
+        "storage_path": storage_path, "storage_fs": storage_fs, "forbidden_paths": forbidden,
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
     }
     resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
@@ -155,6 +155,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         raise GsvError("tune needs --max-steps (the scheduler compares trials at the same step counts)")
     opts.validate(cfg.max_steps)
     out = Path(cfg.output_dir)
+    check_output_path(out)
     name = opts.name or default_name(cfg)
     storage = opts.storage or str(out.resolve() / "ray")
     check_writable(storage)
@@ -163,6 +164,14 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     if opts.resume and not _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
         raise GsvError(f"no tune run named {name!r} to resume", path=experiment_path,
                        fix="check --name / -o / --storage, or drop --resume to start it")
+    if not opts.resume:  # a new search never replaces another's results or joins its W&B group
+        if _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
+            raise GsvError(f"a tune run named {name!r} already exists", path=experiment_path,
+                           fix="continue it with --resume, or start a new one with another --name")
+        done = [n for n in ("results.json", "best", "trials", "summary.png") if (out / n).exists()]
+        if done:
+            raise GsvError(f"-o already holds a tune run's results ({', '.join(done)})", path=out,
+                           fix="continue it with --resume (and its --name), or choose a new -o")
 
     # every trial reports at each validation, with the checkpoint taken there
     cfg = dataclasses.replace(cfg.localised(default_cache_root(), data=False), save_every=cfg.val_every)
@@ -171,7 +180,8 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     say(f"rebuilt once for every trial ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
 
     per_trial = trial_resources(opts)
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         check_reachable(opts.address or os.environ.get("RAY_ADDRESS"))
         if opts.address:
             ray.init(address=opts.address)
@@ -214,15 +224,30 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{list(opts.warmup_choices)}, {opts.search} search, {opts.scheduler} scheduler, "
         f"{opts.workers_per_trial} worker(s)/trial; storage {storage}")
-    with _InterruptWatch() as watch:
-        grid = tuner.fit()
-    outcome = collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
+    try:
+        with _InterruptWatch() as watch:
+            grid = tuner.fit()
+        outcome = collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
+    finally:
+        if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
+            _end_local_ray(name)
     if watch.interrupted or (not opts.resume and len(outcome.trials) < opts.num_samples):
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
         for t in outcome.trials:
             if t.status == "STOPPED" and t.steps < cfg.max_steps and opts.scheduler == "fifo":
                 t.status = "INTERRUPTED"
     return outcome
+
+
+def _end_local_ray(name: str) -> None:
+    import ray
+
+    from gsv_ray.distributed.worker import scratch_root
+    from gsv_ray.owned import remove_when_orphaned
+
+    ray.shutdown()
+    for d in scratch_root().glob(f"{name}-*"):
+        remove_when_orphaned(d, wait_s=10.0)
 
 
 class _InterruptWatch(logging.Handler):
@@ -266,6 +291,16 @@ def _exists(fs, path: str) -> bool:
     from pyarrow.fs import FileType
 
     return fs.get_file_info(path).type != FileType.NotFound
+
+
+def _history(rows: list[dict]) -> tuple[int, list[tuple[int, float]], list[tuple[int, float]]]:
+    """(last step, validation losses, LR per step) from a trial's metrics.jsonl rows."""
+    train = [r for r in rows if r.get("split") == "train"]
+    val = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("split") == "val" and "loss" in r
+           and r["loss"] == r["loss"]]
+    lr_key = next((k for r in train for k in r if k.startswith("lr/")), None)
+    lrs = [(int(r["step"]), float(r[lr_key])) for r in train if lr_key in r] if lr_key else []
+    return max((int(r["step"]) for r in train), default=0), val, lrs
 
 
 def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path: str):
@@ -316,6 +351,12 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
                                    "version": rebuilt.version, "stopped_early": True},
                            report=rebuilt.report, out_dir=out, project=cfg.wandb_project, mode=cfg.wandb_mode,
                            group=name, job_type="trial", run_id=trial_id, name=trial_id)
+        if (trial_out / "metrics.jsonl").is_file():  # what the trial wrote (Tune's own record of an
+            # interrupted trial can be empty: Ctrl-C came before it was saved)
+            steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"))
+            best = min(val, key=lambda x: x[1]) if val else None
+            if status == "TERMINATED" and steps < (cfg.max_steps or 0):
+                status = "STOPPED"
         trials.append(TrialSummary(
             trial_id=trial_id, lr_scale=float(trial.config.get("lr_scale", float("nan"))),
             warmup_steps=int(trial.config.get("warmup_steps", 0)), status=status,

@@ -132,3 +132,122 @@ def test_driver_restart_resumes(fixtures_dir, synth, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from" in r.stdout + r.stderr
     assert (out / "GPT_weights_v2").is_dir()
+
+
+def _ray_train_workers(session: int) -> list[int]:
+    """PIDs of the Ray Train worker processes a CLI run (its own session) started."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            title = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            sid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid == session and title.startswith("ray::RayTrainWorker"):
+            pids.append(int(d.name))
+    return sorted(pids)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's worker processes through /proc (Linux)")
+def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(fixtures_dir, synth, tmp_path):
+    """`train --workers 2 --max-failures 2`: SIGKILL one Ray Train worker process from outside once
+    step_20 is on storage. Ray had not registered the newest reports (it polls every 2 s; these steps
+    take milliseconds), so before the fix the new worker group started from step 1 and metrics.jsonl
+    held steps 1-20 twice. Now it continues from the newest checkpoint on storage that verifies, no
+    metrics row is written twice, and the weights equal an uninterrupted run's."""
+    from tests.distributed.conftest import RAY_ENV
+
+    from gsv_ray.track import read_metrics
+
+    def args(out):
+        return [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
+                _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "60",
+                "--batch-size", "2", "--save-every", "10", "--val-every", "1000", "--wandb-mode", "disabled",
+                "--workers", "2", "--max-failures", "2", "--seed", "3"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "GSV_RAY_SCRATCH": str(tmp_path / "scratch")}
+    env.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)  # Ray's default poll, as users run it
+    killed = tmp_path / "killed"
+    log = open(tmp_path / "killed.log", "w")
+    p = subprocess.Popen(args(killed), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and not list((killed / "ray").glob("*/step_00000020")):
+            time.sleep(0.05)
+        assert list((killed / "ray").glob("*/step_00000020")), open(tmp_path / "killed.log").read()[-3000:]
+        workers = _ray_train_workers(p.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[-1], signal.SIGKILL)
+        assert p.wait(timeout=400) == 0, open(tmp_path / "killed.log").read()[-3000:]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    text = open(tmp_path / "killed.log").read()
+    m = [line for line in text.splitlines() if "restart: continuing from step_" in line]
+    assert m and int(m[0].split("continuing from step_")[1][:8]) >= 20, text[-3000:]
+    steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == list(range(1, 61))  # every step once
+    r = subprocess.run(args(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from gsv_ray.io.reader import read  # the exports GPT-SoVITS would load
+    (a,), (b,) = [list((d / "GPT_weights_v2").glob("*.ckpt")) for d in (tmp_path / "clean", killed)]
+    wa, wb = read(a).state_dict, read(b).state_dict
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.parametrize("how", ["success", "ctrl-c"])
+def test_node_scratch_is_removed_when_the_run_ends(how, fixtures_dir, synth, tmp_path):
+    """A run's node scratch (per run, per user) is gone when `train --workers 2` ends, also after
+    Ctrl-C (SIGINT to the terminal's process group); orphans of runs that died (their workers no
+    longer hold them) are removed by the next run, live ones never."""
+    from tests.distributed.conftest import RAY_ENV
+
+    from gsv_ray.owned import GRACE_S, OWNER, Owner
+
+    root = tmp_path / "scratch"
+    orphan = root / "gsv-20000101-000000-dead00"
+    orphan.mkdir(parents=True)
+    (orphan / OWNER).touch()
+    (orphan / "run").mkdir()
+    old = time.time() - 2 * GRACE_S
+    os.utime(orphan / OWNER, (old, old))
+    live = Owner(root / "gsv-live-run", shared=True)  # another run on this node, alive
+    os.utime(live.directory / OWNER, (old, old))
+    steps = "30" if how == "success" else "100000"
+    args = [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
+            _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(tmp_path / "run"),
+            "--max-steps", steps, "--batch-size", "2", "--save-every", "10", "--val-every", "1000",
+            "--wandb-mode", "disabled", "--workers", "2"]
+    env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(root)}
+    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        if how == "ctrl-c":
+            deadline = time.time() + 300
+            while time.time() < deadline and p.poll() is None and not list((tmp_path / "run" / "ray").glob("*/step_*")):
+                time.sleep(0.1)
+            assert any(d.name not in (orphan.name, "gsv-live-run") for d in root.iterdir())  # the run's scratch
+            os.killpg(p.pid, signal.SIGINT)
+        out, _ = p.communicate(timeout=400)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == (0 if how == "success" else 130), out[-3000:]
+    assert sorted(d.name for d in root.iterdir()) == ["gsv-live-run"], out[-2000:]
+    live.release()
+    if how == "ctrl-c":
+        assert "the same command with --resume continues" in out
+        # without --resume the interrupted run is not overwritten; with it, it continues
+        again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
+        assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
+        args[args.index(steps)] = "40"
+        again = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "restart: continuing from step_" in again.stdout + again.stderr or "resumed from" in again.stdout + again.stderr
+        from gsv_ray.track import read_metrics
+
+        assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"] == \
+            list(range(1, 41))

@@ -80,28 +80,57 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     assert back.report.counts()["generator"]["loaded"] == len(f.state_dict)
     assert "best weights:" in r.stdout and str(best) in r.stdout
 
+    # the same command again, without --resume: refused in one line, nothing of the first search touched
+    before = {p: p.stat().st_mtime_ns for p in [out / "results.json", out / "summary.png", best]}
+    again = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
+                                 "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3"),
+                           env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr[-2000:]
+    assert "already exists" in again.stderr and "--resume" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    other = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--warmup-choices",
+                                 "0", "--name", "another"), env=_env(tmp_path), capture_output=True, text=True,
+                           timeout=300)  # a new name into the same -o would still replace best/ and results.json
+    assert other.returncode == 2 and "already holds a tune run" in other.stderr, other.stderr[-2000:]
+
 
 def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     args = _tune(tmp_path, demo_inputs, "--max-steps", "12", "--val-every", "3", "--batch-size", "4", "--num-samples",
                  "3", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "ti",
                  "--wandb-mode", "disabled")
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    scratch = tmp_path / "scratch"
+    storage = tmp_path / "run" / "ray"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(scratch.glob("ti-*/run/checkpoints/step_00000003")):
+    while time.time() < deadline and not list(storage.glob("ti-*/step_00000003")):
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
     first, _ = p.communicate(timeout=300)
-    assert list(scratch.glob("ti-*/run/checkpoints/step_00000003")), first[-3000:]
+    assert list(storage.glob("ti-*/step_00000003")), first[-3000:]
     assert p.returncode == 130 and "interrupted" in first.lower(), first[-3000:]
+    assert not list((tmp_path / "scratch").glob("ti-*")), "the trials' node scratch outlived the run"
+    interrupted_at = time.time()
+    from gsv_ray.train.state import problem
+
+    complete = {d.name[len("ti-"):]: [int(c.name[5:]) for c in d.glob("step_*") if problem(c) is None]
+                for d in storage.glob("ti-*")}
+    saved = {trial_id: max(steps) for trial_id, steps in complete.items() if steps}
+    # results.json after Ctrl-C shows what each trial had checkpointed: its steps and validations
+    res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
+    for trial_id, step in saved.items():
+        t = res[trial_id]
+        assert t["steps"] >= step and t["best_val_loss"] is not None and len(t["val_history"]) >= step // 3, t
+        assert t["status"] == "INTERRUPTED"
     r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(res["trials"]) == 3 and all(t["status"] == "TERMINATED" for t in res["trials"]), res["trials"]
     for t in res["trials"]:  # none ran twice from scratch: every step appears once in each trial's metrics
-        steps = [row["step"] for row in read_metrics(tmp_path / "run" / "trials" / t["trial_id"] / "metrics.jsonl")
-                 if row["split"] == "train"]
-        assert steps == list(range(1, 13)), (t["trial_id"], steps)
+        rows = [row for row in read_metrics(tmp_path / "run" / "trials" / t["trial_id"] / "metrics.jsonl")
+                if row["split"] == "train"]
+        assert [row["step"] for row in rows] == list(range(1, 13)), (t["trial_id"], rows)
+        # and each continued from its newest complete checkpoint: steps up to it are the first run's
+        done = saved.get(t["trial_id"], 0)
+        assert all(row["time"] < interrupted_at for row in rows if row["step"] <= done), (t["trial_id"], done)
 
 
 def test_demo_runs_end_to_end(tmp_path):
