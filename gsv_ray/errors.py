@@ -22,3 +22,51 @@ class GsvError(Exception):
         line += "."
         super().__init__(" ".join(line.split()))  # guarantee a single line
         self.path = None if path is None else str(path)
+
+
+#: What a filesystem failure means to the user, and what to do (errno name -> (problem, fix)).
+_OS_ERRORS = {
+    "ENOSPC": ("no space left on the filesystem that holds it", "free space there, or choose another -o / cache "
+               "(GSV_RAY_CACHE) / --storage"),
+    "EDQUOT": ("disk quota exceeded on the filesystem that holds it", "free space there, or choose another -o / cache "
+               "(GSV_RAY_CACHE) / --storage"),
+    "EROFS": ("the filesystem that holds it is read-only", "choose a writable -o / cache (GSV_RAY_CACHE) / --storage"),
+    "EACCES": ("permission denied", "choose a location you can write (or read), or fix its permissions"),
+    "EPERM": ("operation not permitted", "choose a location you can write (or read), or fix its permissions"),
+    "ENOTDIR": ("a parent of it is a file, not a directory", "choose another path"),
+    "ELOOP": ("too many levels of symbolic links", "fix the symlinks or give the real path"),
+    "ENAMETOOLONG": ("the path is too long", "choose a shorter path"),
+    "EISDIR": ("is a directory where a file was expected", "choose another path"),
+}
+
+
+def os_error(e: OSError) -> GsvError | None:
+    """The one-line error for a filesystem failure the user can fix (None for anything else)."""
+    import errno as _errno
+
+    name = _errno.errorcode.get(e.errno or -1, "")
+    if name not in _OS_ERRORS:
+        return None
+    problem, fix = _OS_ERRORS[name]
+    where = e.filename
+    if name in ("ENOSPC", "EDQUOT", "EROFS") and e.filename2 is not None:
+        where = e.filename2  # a copy (shutil.copyfile): the destination is what is full
+    if where is not None and name in ("ENOSPC", "EDQUOT", "EROFS"):
+        p = Path(str(where))
+        where = p.parent if p.name.startswith(".") else p  # our hidden temp name: the directory is what matters
+    return GsvError(problem, path=where, fix=fix)
+
+
+def check_output_path(path: str | Path) -> None:
+    """One line before anything is written, for an output path that cannot be one: a dangling
+    symlink (creating it would follow or replace the link), or a path under a regular file."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise GsvError(f"is a symbolic link to {p.readlink()}, which does not exist", path=p,
+                       fix="create the link's target directory, remove the link, or choose another path")
+    for parent in [p, *p.parents]:
+        if parent.exists():
+            if not parent.is_dir() and parent != p:
+                raise GsvError("a parent of it is a file, not a directory", path=p,
+                               fix=f"choose another path ({parent} is a file)")
+            break

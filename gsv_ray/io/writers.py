@@ -86,6 +86,33 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+class _WriteErrors:
+    """A file object that remembers the first OSError a write hit: torch.save reports a full disk as
+    "unexpected pos ..." (a RuntimeError), which would hide ENOSPC from the user's one-line error."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, b) -> int:
+        try:
+            return self._f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def rust_os_error(e: Exception, path: str | Path) -> OSError | None:
+    """The OSError inside a Rust library's error (safetensors: "... (os error 28)"), if any."""
+    import re
+
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) if m else None
+
+
 def atomic_write(
     path: str | Path,
     write: Callable[[BinaryIO], None],
@@ -111,7 +138,13 @@ def atomic_write(
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w+b") as f:
-            write(f)
+            sink = _WriteErrors(f)
+            try:
+                write(sink)  # type: ignore[arg-type]
+            except Exception as e:
+                if sink.error is not None and not isinstance(e, OSError):  # the real cause, with its errno
+                    raise OSError(sink.error.errno, sink.error.strerror, str(path)) from e
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

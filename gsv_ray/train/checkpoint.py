@@ -109,7 +109,11 @@ def save(accelerator, root: Path, step: int, keep_last: int, *, models, optimize
         for stale in root.glob(".*_step_*"):  # leftovers of a run killed mid-save or mid-prune
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    state_io.save(accelerator, tmp, models=models, optimizers=optimizers, state=state)
+    try:
+        state_io.save(accelerator, tmp, models=models, optimizers=optimizers, state=state)
+    except BaseException:  # a full disk, say: leave no partial checkpoint behind, keep the complete ones
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
         if final.exists():
             _delete(final)
