@@ -258,12 +258,25 @@ def _require(path: Path, what: str, fix: str, *, is_dir: bool) -> None:
         raise GsvError(f"{what} not found", path=path, fix=fix)
 
 
+def _utf8_lines(path: Path, report: DataReport, what: str) -> list[tuple[int, str]]:
+    """``(line number, text)`` of every line that is UTF-8; the others are counted and named (by
+    line number) as a data problem. Upstream reads the whole file as UTF-8 and stops at the first
+    bad byte; we keep the good lines and say which are not."""
+    out = []
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            out.append((lineno, raw.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            report.add(f"not_utf8_{what}", "warning", f"lines of {path.name} that are not UTF-8 text (skipped; "
+                       f"re-save the file as UTF-8)", f"line {lineno} (byte {e.start})", excluded=True)
+    return out
+
+
 def _read_name2text(path: Path, report: DataReport) -> dict[str, tuple[str, str, str]]:
     """``{name: (phones, word2ph, norm_text)}`` as both upstream loaders build it: lines split on
     tabs, lines without exactly 4 fields ignored, a repeated name keeps its last line."""
-    text = path.read_text(encoding="utf-8")
     out: dict[str, tuple[str, str, str]] = {}
-    for lineno, line in enumerate(text.strip("\n").split("\n"), start=1):
+    for lineno, line in _utf8_lines(path, report, "text"):
         if not line:
             continue
         fields = line.split("\t")
@@ -459,7 +472,10 @@ def _check_sovits_tensors(
 def _read_semantic_tsv(path: Path, report: DataReport) -> list[tuple[str, str]]:
     """Rows ``(name, tokens)`` as upstream's ``pandas.read_csv(sep='\\t')``: the first line is the
     header whatever it says, blank lines are skipped, every other row is kept (duplicates too)."""
-    lines = path.read_text(encoding="utf-8").split("\n")
+    numbered = _utf8_lines(path, report, "semantic")
+    lines = [line for _, line in numbered]
+    if numbered and numbered[0][0] != 1:  # the header line itself is not UTF-8: it is skipped all the same
+        lines.insert(0, "")
     if lines and lines[0].rstrip("\r") != SEMANTIC_HEADER:
         report.add("semantic_header", "warning", f"{SEMANTIC_TSV} whose first line is not the header "
                    f"{SEMANTIC_HEADER!r} (upstream reads the first line as the header, so it is skipped)",
@@ -636,7 +652,10 @@ def split_names(
         path = Path(split.val_names_file)
         if not path.is_file():
             raise GsvError("validation names file not found", path=path, fix="pass a text file with one name per line")
-        listed = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        try:
+            listed = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except UnicodeDecodeError as e:
+            raise GsvError(f"not UTF-8 text (byte {e.start})", path=path, fix="re-save it as UTF-8") from None
         pool = set(known) if known is not None else set(unique)
         unknown = [n for n in listed if n not in pool]
         if unknown:

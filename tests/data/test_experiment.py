@@ -227,3 +227,37 @@ def test_split_is_deterministic_and_names_file(synth_root, tmp_path: Path) -> No
     names_file.write_text("typo.wav\n")
     with pytest.raises(GsvError, match="typo.wav"):
         split_names(exp.names, SplitOptions(val_names_file=names_file), known=exp.known_names)
+
+
+def test_non_utf8_lines_are_counted_and_named(mutable_exp, fixtures_dir, tmp_path) -> None:
+    """GBK bytes in 2 lines of 2-name2text.txt and 1 row of 6-name2semantic.tsv (before: a
+    UnicodeDecodeError traceback): the lines are named by number, the rest of the data trains."""
+    from tests.conftest import run_cli
+
+    root = mutable_exp("v2")
+    names = _names(root)
+    text = root / "2-name2text.txt"
+    raw = text.read_bytes().split(b"\n")
+    raw[3] = raw[3].replace(b"\t", "\t中文".encode("gbk"), 1)
+    raw[8] = raw[8] + "好".encode("gbk")
+    text.write_bytes(b"\n".join(raw))
+    tsv = root / "6-name2semantic.tsv"
+    rows = tsv.read_bytes().split(b"\n")
+    rows[2] = rows[2] + b"\xff"
+    tsv.write_bytes(b"\n".join(rows))
+    exp = open_experiment(root, "gpt", "v2")
+    assert [n.split(" (")[0] for n in exp.report.get("not_utf8_text").names] == ["line 4", "line 9"]
+    assert [n.split(" (")[0] for n in exp.report.get("not_utf8_semantic").names] == ["line 3"]
+    assert names[3] not in exp.names and names[8] not in exp.names and len(exp.names) >= N_UTTS - 4
+    # as a user meets it: train names the lines and trains on the rest
+    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(root),
+                "-o", str(tmp_path / "run"), "--max-steps", "1", "--wandb-mode", "disabled",
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "not UTF-8" in r.stdout and "line 4" in r.stdout and "line 9" in r.stdout and "line 3" in r.stdout
+    names_file = tmp_path / "val.txt"
+    names_file.write_bytes(names[0].encode() + b"\n\xff\xfe\n")
+    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(root),
+                "-o", str(tmp_path / "run2"), "--max-steps", "1", "--val-names", str(names_file),
+                "--wandb-mode", "disabled", env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not UTF-8" in r.stderr and str(names_file) in r.stderr
