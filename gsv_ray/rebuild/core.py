@@ -90,6 +90,40 @@ def _input_facts(f: GsvFile) -> dict[str, Any]:
     return {"path": str(f.path), "kind": f.kind, "versions": f.versions, "header": f.header, "info": f.info}
 
 
+_STAGE = {"sovits": "SoVITS (stage 2)", "gpt": "GPT (stage 1)"}
+GPT_BASE_NAMES = {"v1": "s1bert25hz-2kh-longer-epoch=68e-step=50232.ckpt",
+                  "v2": "gsv-v2final-pretrained/s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt, or s1v3.ckpt"}
+
+
+def _what(flag: str, f: GsvFile) -> str:
+    """``OLD /x/a.pth (SoVITS (stage 2) v2 export)``: a file and what it is, for conflict messages."""
+    return f"{flag} {f.path} ({_STAGE[f.stage]} {'/'.join(f.versions) or '?'} {f.kind})"
+
+
+def _conflict(files: list[tuple[str, GsvFile]], change: GsvFile, fix: str) -> GsvError:
+    """One line naming every input involved in a conflict, and which one to change."""
+    return GsvError("these inputs do not fit together: " + "; ".join(_what(flag, f) for flag, f in files),
+                    path=change.path, fix=fix)
+
+
+def _base_name(stage: str, version: str) -> str:
+    names = GPT_BASE_NAMES if stage == "gpt" else BASE_NAMES
+    return names.get(version, "the pretrained base of that version")
+
+
+def _check_stages(init: GsvFile, base_g: GsvFile | None, base_d: GsvFile | None) -> None:
+    """Every base is of the init file's stage (a discriminator: SoVITS), else one line naming them all."""
+    files = [("OLD", init)] + ([("--base", base_g)] if base_g else []) + ([("--base-d", base_d)] if base_d else [])
+    if base_g is not None and base_g.stage != init.stage:
+        v = init.versions[0] if init.versions else "v2"
+        raise _conflict(files, base_g, f"change --base to the {_STAGE[init.stage]} base of {v} "
+                        f"(GPT-SoVITS: {_base_name(init.stage, v)})"
+                        + (", or drop it (a GPT file is complete)" if init.stage == "gpt" else ""))
+    if base_d is not None and base_d.stage != "sovits":
+        raise _conflict(files, base_d, "change --base-d to a SoVITS discriminator (s2D*.pth / D_*.pth)"
+                        + (", or drop it: a GPT has no discriminator" if init.stage == "gpt" else ""))
+
+
 def _resolve_version(init: GsvFile, version: str | None, base_g: GsvFile | None, base_d: GsvFile | None) -> list[str]:
     cand = list(init.versions)
     if not cand:
@@ -105,11 +139,10 @@ def _resolve_version(init: GsvFile, version: str | None, base_g: GsvFile | None,
             raise GsvError("--base must be a generator, but this is a discriminator", path=base_g.path,
                            fix="pass it with --base-d instead")
         both = [v for v in cand if v in base_g.versions]
-        if not both:
-            want = BASE_NAMES.get(cand[0], "the base of the same version")
-            raise GsvError(
-                f"--base is {'/'.join(base_g.versions)} but {init.path.name} is {'/'.join(cand)}: a base of another "
-                "version cannot fill it", path=base_g.path, fix=f"pass the {cand[0]} base (GPT-SoVITS: {want})")
+        if not both:  # a base of another version cannot fill the init file
+            raise _conflict([("OLD", init), ("--base", base_g)], base_g,
+                            f"change --base to the {cand[0]} base (GPT-SoVITS: {_base_name(init.stage, cand[0])})"
+                            + (f", or --version if OLD is not {'/'.join(cand)}" if version else ""))
         cand = both
     if base_d is not None:
         if base_d.kind not in ("sovits-pretrained-d", "sovits-train-d"):
@@ -117,9 +150,8 @@ def _resolve_version(init: GsvFile, version: str | None, base_g: GsvFile | None,
                            fix="pass the s2D*.pth / D_*.pth file (or drop --base-d for a fresh D)")
         both = [v for v in cand if v in base_d.versions]
         if not both:
-            raise GsvError(
-                f"--base-d is a {'/'.join(base_d.versions)} discriminator but the generator is {'/'.join(cand)}",
-                path=base_d.path, fix="pass the discriminator of the same version (s2D*.pth)")
+            files = [("OLD", init)] + ([("--base", base_g)] if base_g else []) + [("--base-d", base_d)]
+            raise _conflict(files, base_d, f"change --base-d to the {'/'.join(cand)} discriminator (s2D*.pth)")
         cand = both
     return cand
 
@@ -209,8 +241,9 @@ def rebuild(
     if init_f.kind in ("sovits-pretrained-d", "sovits-train-d"):
         raise GsvError("this is a discriminator; the file to rebuild must be a generator", path=init_f.path,
                        fix="pass the SoVITS generator as OLD and this file as --base-d")
-    base_g_f = read(base_g, expect_stage=stage) if base_g else None
-    base_d_f = read(base_d, expect_stage="sovits") if base_d else None
+    base_g_f = read(base_g) if base_g else None
+    base_d_f = read(base_d) if base_d else None
+    _check_stages(init_f, base_g_f, base_d_f)
     if stage == "gpt" and base_d_f is not None:
         raise GsvError("--base-d is for SoVITS; GPT has no discriminator", path=base_d_f.path, fix="drop --base-d")
     if stage == "gpt" and task == "semantic":

@@ -225,12 +225,12 @@ def test_decompression_bomb_is_refused_before_inflating(tmp_path):
     assert p.stat().st_size < 4 << 20
     with zipfile.ZipFile(p) as zf:  # a valid zip, declaring the 3 GiB
         assert zf.getinfo("bomb/data.pkl").file_size == size
-    code = ("import resource, sys, time; from gsv_ray.cli import main; t = time.time(); rc = main(['inspect', sys.argv[1]]);"
-            "print('RESULT', rc, time.time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    code = ("import resource, sys; from gsv_ray.cli import main; rc = main(['inspect', sys.argv[1]]);"
+            "print('RESULT', rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
-    rc, seconds, rss_kb = r.stdout.split("RESULT")[1].split()
+    rc, rss_kb = r.stdout.split("RESULT")[1].split()
     assert int(rc) == 2 and "compressed" in r.stderr and str(p) in r.stderr, r.stderr
-    assert float(seconds) < 10 and int(rss_kb) < 2 * 2**20, (seconds, rss_kb)  # no inflating: well under 2 GB
+    assert int(rss_kb) < 2**20, rss_kb  # nothing inflated: the process peaked under 1 GiB (3 GiB before)
 
 
 def test_global_fetched_through_the_memo_is_named(tmp_path):

@@ -78,11 +78,17 @@ def test_rebuild_cli_table(fixtures_dir, tmp_path):
 BAD = {
     "v1 export with a v2 base": (
         ["SoVITS_weights/gsvfix_e1_s2.pth", "--base", "logs/gsvfix/logs_s2_v2/G_233333333333.pth"],
-        ["another version", "v1 base"]),
+        ["do not fit together", "change --base to the v1 base", "s2G488k.pth"]),
     "GPT file given as SoVITS": (["GPT_weights_v2/gsvfix-e1.ckpt", "--stage", "sovits"], ["GPT", "SoVITS"]),
     "discriminator of another version": (
         ["SoVITS_weights_v2Pro/gsvfix_e1_s2.pth", "--base-d", "logs/gsvfix/logs_s2_v2/D_233333333333.pth"],
-        ["discriminator of the same version"]),
+        ["do not fit together", "change --base-d to the v2Pro discriminator"]),
+    "GPT file with a SoVITS base": (["GPT_weights_v2/gsvfix-e1.ckpt", "--base", "SoVITS_weights_v2/gsvfix_e1_s2.pth"],
+                                    ["do not fit together", "change --base to the GPT (stage 1) base", "or drop it"]),
+    "SoVITS file with a GPT base": (["SoVITS_weights_v2/gsvfix_e1_s2.pth", "--base", "GPT_weights_v2/gsvfix-e1.ckpt"],
+                                    ["do not fit together", "change --base to the SoVITS (stage 2) base"]),
+    "GPT file as the discriminator": (["SoVITS_weights_v2/gsvfix_e1_s2.pth", "--base-d", "GPT_weights_v2/gsvfix-e1.ckpt"],
+                                      ["do not fit together", "change --base-d to a SoVITS discriminator"]),
     "LoRA file without its base": (["SoVITS_weights_v4/gsvfix_e1_s2_l32.pth", "--task", "semantic"],
                                    ["ssl_proj", "--base"]),
     "discriminator given as OLD": (["logs/gsvfix/logs_s2_v2/D_233333333333.pth"], ["discriminator", "--base-d"]),
@@ -98,6 +104,9 @@ def test_rebuild_bad_input(case, fixtures_dir, tmp_path):
     full = [str(fixtures_dir / a) if (fixtures_dir / a).exists() and not a.startswith("-") else a for a in args]
     r = run_cli("rebuild", *full, "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
     _one_line_exit_2(r, *needles)
+    if "do not fit together" in needles:  # a conflict names every input, and starts with the one to change
+        assert all(str(p) in r.stderr for p in paths), r.stderr
+        assert r.stderr.startswith(f"gsv-ray: error: {paths[-1]}:"), r.stderr
     assert not (tmp_path / "out").exists()
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths} == before
 
