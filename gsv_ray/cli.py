@@ -6,7 +6,9 @@ Every user error is a :class:`gsv_ray.errors.GsvError`: one line on stderr, exit
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -112,7 +114,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from gsv_ray.train import load_config, train
-    from gsv_ray.train.tracking import Tracking
+    from gsv_ray.train.tracking import Tracking, run_summary
 
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["base_g"], overrides["output_dir"] = args.base, args.output
@@ -126,14 +128,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                           cpus_per_worker=args.cpus_per_worker or 1.0, address=args.address, storage=args.storage,
                           max_failures=args.max_failures or 0, resume=args.resume is not None)
         result = train_on_ray(cfg, opts)
-        for p in result.exports[-1:]:
-            print(f"exported {p}")
-        return 0
-    from gsv_ray.cache import default_cache_root
+    else:
+        from gsv_ray.cache import default_cache_root
 
-    cfg = cfg.localised(default_cache_root())
-    with Tracking.for_run(cfg) as tracking:
-        train(cfg, tracking=tracking)
+        cfg = cfg.localised(default_cache_root())
+        with Tracking.for_run(cfg) as tracking:
+            result = train(cfg, tracking=tracking)
+    for line in run_summary(result):
+        print(line)
     return 0
 
 
@@ -204,15 +206,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _tune_exit(tune_and_report(cfg, opts, console=Console()))
 
 
+def _d(cls: type, name: str) -> str:
+    """``default X`` from the dataclass field itself (the one place a default lives)."""
+    import dataclasses
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    return f"default {value}"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from gsv_ray.train.config import TrainConfig
+    from gsv_ray.tune.search import WARMUP_FRACTIONS, TuneOptions
+
     p = argparse.ArgumentParser(
         prog="gsv-ray",
         description="Continue training GPT-SoVITS voices from exported weights.",
+        allow_abbrev=False,  # `--lr 1e-5` silently meant --lr-scale 1e-5 (a peak LR of 1e-9)
     )
     p.add_argument("--version", action="version", version=f"gsv-ray {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
 
-    ins = sub.add_parser("inspect", help="identify GPT-SoVITS files: kind, version and evidence, info, sha256")
+    ins = sub.add_parser(
+        "inspect", help="identify GPT-SoVITS files: kind, version and evidence, info, sha256",
+        description="Identify GPT-SoVITS files safely (nothing in them runs): stage, kind (export, pretrained base, "
+                    "training checkpoint, ...), version with the shapes that decide it, info, sha256.")
     ins.add_argument("files", nargs="+", metavar="FILE", help="SoVITS .pth or GPT .ckpt files")
     ins.add_argument("--json", action="store_true", help="one JSON object per file (a list for several)")
     ins.add_argument("--stage", choices=["sovits", "gpt"], help="fail unless every file is of this stage")
@@ -341,41 +360,55 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every option can also be given in --config tune.yaml.")
     tu.add_argument("--config", metavar="YAML", help="options file (training and search options)")
     tu.add_argument("--init", metavar="OLD", help="the SoVITS .pth or GPT .ckpt to continue from")
-    tu.add_argument("--base", metavar="G")
-    tu.add_argument("--base-d", metavar="D")
+    tu.add_argument("--base", metavar="G", help="same-version base generator/GPT to fill what OLD lacks")
+    tu.add_argument("--base-d", metavar="D", help="same-version discriminator (SoVITS)")
     tu.add_argument("--data", metavar="DIR", help="the GPT-SoVITS experiment folder (logs/<exp>)")
-    tu.add_argument("--stage", choices=["sovits", "gpt"])
-    tu.add_argument("--version")
+    tu.add_argument("--stage", choices=["sovits", "gpt"], help="fail unless OLD is of this stage")
+    tu.add_argument("--version", help="pin the version when the file allows several")
     tu.add_argument("-o", "--output", metavar="DIR", help="run directory (default gsv-ray-runs/<name>)")
-    tu.add_argument("--max-steps", type=int, help="steps per trial")
-    tu.add_argument("--batch-size", type=int)
-    tu.add_argument("--val-every", type=int, help="steps between validations = when trials are compared")
-    tu.add_argument("--precision", choices=["no", "bf16", "fp16"])
-    tu.add_argument("--grad-accum", type=int, help="gradient accumulation steps (default 1)")
-    tu.add_argument("--num-workers", type=int, help="data-loading workers per training process")
-    tu.add_argument("--seed", type=int)
-    tu.add_argument("--wandb-project")
-    tu.add_argument("--wandb-mode", choices=["online", "offline", "disabled"])
+    tu.add_argument("--max-steps", type=int, help="optimizer steps per trial (required)")
+    tu.add_argument("--batch-size", type=int, help=f"per process ({_d(TrainConfig, 'batch_size')})")
+    tu.add_argument("--val-every", type=int,
+                    help=f"steps between validations = when trials are compared ({_d(TrainConfig, 'val_every')})")
+    tu.add_argument("--precision", choices=["no", "bf16", "fp16"], help=f"mixed precision ({_d(TrainConfig, 'precision')})")
+    tu.add_argument("--grad-accum", type=int, help=f"gradient accumulation steps ({_d(TrainConfig, 'grad_accum')})")
+    tu.add_argument("--num-workers", type=int, help="data-loading workers per training process (default: its CPUs "
+                                                    "minus one, at most 8)")
+    tu.add_argument("--seed", type=int, help=_d(TrainConfig, "seed"))
+    tu.add_argument("--wandb-project", help=f"W&B project ({_d(TrainConfig, 'wandb_project')})")
+    tu.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
+                    help="default: online with an API key, else offline (sync later with 'wandb sync')")
     g = tu.add_argument_group("search")
-    g.add_argument("--num-samples", type=int, help="trials (default 8)")
-    g.add_argument("--lr-scale-range", type=float, nargs=2, metavar=("LO", "HI"), help="log-uniform (default 0.02 1)")
-    g.add_argument("--warmup-choices", type=int, nargs="+", metavar="STEPS", help="default 0 50 200")
-    g.add_argument("--search", choices=["random", "optuna"])
-    g.add_argument("--scheduler", choices=["asha", "fifo"])
-    g.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped")
-    g.add_argument("--max-concurrent", type=int)
+    g.add_argument("--num-samples", type=int, help=f"trials ({_d(TuneOptions, 'num_samples')})")
+    lo, hi = TuneOptions().lr_scale_range
+    g.add_argument("--lr-scale-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   help=f"lr_scale searched log-uniformly in [LO, HI] (default {lo:g} {hi:g}: at most upstream's LR)")
+    g.add_argument("--warmup-choices", type=int, nargs="+", metavar="STEPS",
+                   help="warmup lengths searched (default: " + ", ".join(f"{f * 100:g}%%" for f in WARMUP_FRACTIONS)
+                        + " of --max-steps)")
+    g.add_argument("--search", choices=["random", "optuna"], help=f"search algorithm ({_d(TuneOptions, 'search')})")
+    g.add_argument("--scheduler", choices=["asha", "fifo"],
+                   help=f"asha stops weak trials early; fifo runs all to the end ({_d(TuneOptions, 'scheduler')})")
+    g.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default --max-steps / 4)")
+    g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the CPUs/GPUs allow)")
     g = tu.add_argument_group("resources")
-    g.add_argument("--workers-per-trial", type=int)
-    g.add_argument("--gpus-per-worker", type=float)
-    g.add_argument("--cpus-per-worker", type=float)
-    g.add_argument("--max-failures", type=int, help="per trial")
-    g.add_argument("--address")
-    g.add_argument("--storage", metavar="PATH_OR_URI")
+    g.add_argument("--workers-per-trial", type=int, help=f"Ray Train workers per trial ({_d(TuneOptions, 'workers_per_trial')})")
+    g.add_argument("--gpus-per-worker", type=float, help=_d(TuneOptions, "gpus_per_worker"))
+    g.add_argument("--cpus-per-worker", type=float, help=_d(TuneOptions, "cpus_per_worker"))
+    g.add_argument("--max-failures", type=int, help=f"restarts of a trial's failed workers ({_d(TuneOptions, 'max_failures')})")
+    g.add_argument("--address", help="join a Ray cluster ('auto' or 'ray://host:10001'); default: start a local one")
+    g.add_argument("--storage", metavar="PATH_OR_URI",
+                   help="checkpoint storage shared by all nodes (s3://..., gs://..., a shared path); default -o/ray")
     g.add_argument("--name", help="the tune run's name (W&B group); default tune-<-o folder>")
     g.add_argument("--resume", action="store_true", help="continue the tune run of this name after an interruption")
     tu.set_defaults(func=_cmd_tune)
 
-    de = sub.add_parser("demo", help="the main job on an embedded default: synthetic voice + tune, in minutes")
+    de = sub.add_parser(
+        "demo", help="the main job on an embedded default: synthetic voice + tune, in minutes",
+        description="Make a small synthetic voice (an old SoVITS v2 export, its discriminator, a preprocessed "
+                    "experiment folder), then search lr_scale and warmup for continuing it with Ray Tune on a local "
+                    "Ray, W&B offline. Nothing is downloaded; a second demo in the same --dir is a new run beside "
+                    "the first.")
     de.add_argument("--dir", default="gsv-ray-demo", help="where to put everything (default ./gsv-ray-demo)")
     de.add_argument("--fast", action="store_true", help="fewer, shorter trials (for tests)")
     de.set_defaults(func=_cmd_demo)
@@ -387,7 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # library deprecation chatter is not for users
-            return args.func(args)
+            rc = args.func(args)
+            sys.stdout.flush()  # here, so a closed pipe (`gsv-ray rebuild --json | head`) is caught below
+            return rc
+    except BrokenPipeError:  # the reader went away: stop quietly (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except GsvError as e:
         print(f"gsv-ray: error: {e}", file=sys.stderr)
         return 2

@@ -221,14 +221,39 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         result = trainer.fit()
     except SystemExit:  # Ray Train's own SIGINT handler aborts the run, then calls sys.exit
         raise KeyboardInterrupt from None
+    except GsvError:
+        raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise GsvError(f"training on Ray failed: {first}",
-                       fix="see the worker log above; raise --max-failures to let Ray restart failed workers") from None
+        raise ray_failure(e) from e
     finally:
         if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
             _end_local_ray(name)
     return _collect(result, cfg, rebuilt.stage, rebuilt.version)
+
+
+def ray_failure(e: BaseException) -> GsvError:
+    """One line with the real cause of a failed Ray Train run: the first failing rank's exception
+    (``ray.train.WorkerGroupError.worker_failures``), its own line when it is one of ours. Ray's
+    message alone was "Training failed due to worker errors:." with the cause in 100 lines above."""
+    from ray.train import WorkerGroupError
+
+    if isinstance(e, WorkerGroupError) and e.worker_failures:
+        rank, exc = min(e.worker_failures.items())
+        cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, GsvError):
+            return GsvError(f"training on Ray failed on rank {rank}: {cause}")
+        return GsvError(f"training on Ray failed on rank {rank}: {_one_line(cause)}",
+                        fix="see that worker's log above; raise --max-failures to let Ray restart failed workers")
+    return GsvError(f"training on Ray failed: {_one_line(e)}", fix="see the log above")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception (for a RayTaskError, the last line of its remote traceback)."""
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    tail = [ln for ln in lines if not ln.startswith((" ", "\t"))]
+    if len(lines) > 1 and tail:  # a traceback: its last unindented line names the exception
+        return tail[-1].strip()[:240]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:240]
 
 
 def _end_local_ray(name: str) -> None:

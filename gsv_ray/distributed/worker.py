@@ -166,7 +166,8 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
         if isinstance(fs, pafs.LocalFileSystem):
             return Path(src)  # read in place
         dest = run_dir / "restore" / f"{name}-{tag}"
-        Checkpoint(src, filesystem=fs).to_directory(str(dest))
+        if not dest.is_dir():  # rank 0 already has the one it verified
+            Checkpoint(src, filesystem=fs).to_directory(str(dest))
         return dest
 
     def state_dir(d: Path) -> Path:
@@ -179,7 +180,7 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
         for name in names:
             why = state_io.problem(state_dir(fetch(name, "0")))
             if why is None:
-                choice = {"name": name, "skipped": skipped}
+                choice = {"name": name}  # broadcast_from_rank_zero takes < 1 KB
                 break
             skipped.append(f"{name}: {why}")
         if choice is not None or registered is not None or skipped:

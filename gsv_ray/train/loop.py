@@ -349,9 +349,7 @@ def train(
     bar.close()
     epochs_done = max(1, state.epoch + (1 if state.batch_in_epoch > 0 else 0))
     export(epochs_done)
-    if main:
-        for p in exports[-1:]:
-            say(f"exported {p}")
+    if main:  # the exports are named in the run's summary (where they end up: -o, also on Ray)
         if tracking is not None:
             with phases("tracking"):
                 tracking.log_exports(exports, stage=stage, version=rebuilt.version, step=state.step)

@@ -102,3 +102,24 @@ def replay_run(rows: list[dict[str, Any]], *, config: dict[str, Any], report, ou
     for step in sorted(by_step):
         tracker.log(step, by_step[step])
     tracker.finish()
+
+
+def offline_runs(run_dir: str | Path) -> list[Path]:
+    """W&B's offline run folders under ``<run_dir>/wandb``, oldest first."""
+    return sorted((Path(run_dir) / "wandb").glob("offline-run-*"), key=lambda p: p.name)
+
+
+def run_summary(result) -> list[str]:
+    """What a finished ``train`` ends with: steps, final and best validation loss, the exports, and
+    where the W&B run is with the exact command that uploads it."""
+    lines = [f"done: {result.steps} steps, {result.epochs} epochs"]
+    if result.val_history:
+        key = "loss" if "loss" in result.val_history[-1] else next(k for k in result.val_history[-1] if k != "step")
+        vals = [(h["step"], h[key]) for h in result.val_history if key in h]
+        best = min(vals, key=lambda sv: sv[1])
+        lines[0] += f"; val {key} {vals[-1][1]:.4g} at the end, best {best[1]:.4g} at step {best[0]}"
+    lines += [f"exported: {p}" for p in result.exports]
+    runs = offline_runs(result.run_dir)
+    if runs:
+        lines.append(f"W&B (offline): {runs[-1]}; upload it with: wandb sync {runs[-1]}")
+    return lines

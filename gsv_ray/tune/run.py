@@ -48,6 +48,9 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     for p in best_exports:
         say(f"best weights: {p}")
     say(f"results: {files['json']}  plot: {files['png']}")
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    if runs:
+        say(f"W&B (offline): {len(runs)} runs in {out / 'wandb'}; upload them with: wandb sync {out / 'wandb'}/offline-run-*")
     if outcome.interrupted:
         say(f"interrupted: resume with the same command plus --resume (tune run {outcome.name})")
     return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
@@ -104,9 +107,13 @@ def demo_config(root: Path, *, fast: bool = False) -> tuple[TrainConfig, TuneOpt
     from gsv_ray.train.config import load_config
 
     inputs = make_demo_inputs(root)
+    name, n = "demo", 1
+    while (root / "runs" / name).exists():  # run the demo again: a new run beside the old one (never over it)
+        n += 1
+        name = f"demo-{n}"
     cfg = load_config(None, init=str(inputs["init"]), base_d=str(inputs["base_d"]), data=str(inputs["data"]),
-                      output_dir=str(root / "runs" / "demo"), max_steps=6 if fast else 24, batch_size=4,
+                      output_dir=str(root / "runs" / name), max_steps=6 if fast else 24, batch_size=4,
                       val_every=2 if fast else 6, val_fraction=0.15, audio_samples=1, wandb_mode=None)
-    opts = TuneOptions(num_samples=2 if fast else 4, lr_scale_range=(0.1, 3.0), warmup_choices=[0, 2] if fast else [0, 6],
-                       max_concurrent=2, name="demo")
+    opts = TuneOptions(num_samples=2 if fast else 4, lr_scale_range=(0.05, 1.0), warmup_choices=[0, 2] if fast else [0, 6],
+                       max_concurrent=2, name=name)
     return cfg, opts

@@ -26,13 +26,17 @@ from gsv_ray.train.config import TrainConfig
 METRIC, MODE = "val/loss", "min"
 
 
+#: Default warmup lengths searched, as fractions of --max-steps.
+WARMUP_FRACTIONS = (0.0, 0.05, 0.2)
+
+
 @dataclass
 class TuneOptions:
     """The search: space, algorithm, scheduler, resources. Every field is also a YAML key."""
 
     num_samples: int = 8
     lr_scale_range: tuple[float, float] = (0.02, 1.0)   # log-uniform
-    warmup_choices: list[int] = field(default_factory=lambda: [0, 50, 200])
+    warmup_choices: list[int] | None = None  # steps; default: WARMUP_FRACTIONS of --max-steps
     search: str = "random"             # random | optuna
     scheduler: str = "asha"            # asha | fifo
     grace_steps: int | None = None     # ASHA: steps before a trial can be stopped (default: max_steps // 4)
@@ -47,16 +51,25 @@ class TuneOptions:
     name: str | None = None
     resume: bool = False
 
+    def warmups(self, max_steps: int) -> list[int]:
+        """The warmup lengths searched: the given list, else WARMUP_FRACTIONS of ``max_steps`` (a fixed
+        default of 0/50/200 steps did not fit a short search: `tune --max-steps 4` failed)."""
+        if self.warmup_choices is not None:
+            return list(self.warmup_choices)
+        return sorted({int(max_steps * f) for f in WARMUP_FRACTIONS})
+
     def validate(self, max_steps: int) -> None:
         lo, hi = self.lr_scale_range
         if not (lo > 0 and hi > 0 and lo < hi):
             raise GsvError(f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
                            fix="e.g. --lr-scale-range 0.02 1.0")
-        if not self.warmup_choices or any(w < 0 for w in self.warmup_choices):
-            raise GsvError(f"--warmup-choices must be one or more numbers >= 0, got {self.warmup_choices}",
+        warmups = self.warmups(max_steps)
+        if not warmups or any(w < 0 for w in warmups):
+            raise GsvError(f"--warmup-choices must be one or more numbers >= 0, got {warmups}",
                            fix="e.g. --warmup-choices 0 100 500")
-        if any(w >= max_steps for w in self.warmup_choices):
-            raise GsvError(f"every warmup must be shorter than --max-steps {max_steps}, got {self.warmup_choices}")
+        if any(w >= max_steps for w in warmups):
+            raise GsvError(f"every warmup must be shorter than --max-steps {max_steps}, got {warmups}",
+                           fix="shorten the warmups or drop --warmup-choices (default: 0, 5 % and 20 % of --max-steps)")
         if self.num_samples < 1:
             raise GsvError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.search not in ("random", "optuna"):
@@ -69,11 +82,11 @@ class TuneOptions:
             raise GsvError("--workers-per-trial must be >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0")
 
 
-def param_space(opts: TuneOptions) -> dict[str, Any]:
+def param_space(opts: TuneOptions, max_steps: int) -> dict[str, Any]:
     from ray import tune
 
     lo, hi = opts.lr_scale_range
-    return {"lr_scale": tune.loguniform(lo, hi), "warmup_steps": tune.choice(list(opts.warmup_choices))}
+    return {"lr_scale": tune.loguniform(lo, hi), "warmup_steps": tune.choice(opts.warmups(max_steps))}
 
 
 def search_algorithm(opts: TuneOptions):
@@ -214,7 +227,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                                    storage_filesystem=storage_fs)
     else:
         tuner = tune.Tuner(
-            trainable, param_space=param_space(opts),
+            trainable, param_space=param_space(opts, cfg.max_steps),
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=opts.num_samples,
                                         search_alg=search_algorithm(opts),
                                         scheduler=scheduler(opts, cfg.max_steps, cfg.val_every),
@@ -222,7 +235,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs),
         )
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
-        f"{list(opts.warmup_choices)}, {opts.search} search, {opts.scheduler} scheduler, "
+        f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
         f"{opts.workers_per_trial} worker(s)/trial; storage {storage}")
     try:
         with _InterruptWatch() as watch:

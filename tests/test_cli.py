@@ -1,0 +1,84 @@
+"""The command line a person meets: no abbreviation traps, help for every option with its default,
+search defaults that fit any --max-steps and stay at or below upstream's LR, a summary at the end of a
+run, and no traceback when the reader of our output goes away."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from gsv_ray.cli import build_parser
+from tests.conftest import run_cli
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_abbreviations_are_not_options(fixtures_dir):
+    """`--lr 1e-5` used to be taken as `--lr-scale 1e-5` (a peak LR of 1e-9, silently)."""
+    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--lr", "1e-5")
+    assert r.returncode == 2 and "unrecognized arguments: --lr 1e-5" in r.stderr
+    for name, sub in _subparsers(build_parser()).items():
+        assert sub.allow_abbrev is False, name
+
+
+def test_every_option_has_help_and_every_command_a_description():
+    for name, sub in _subparsers(build_parser()).items():
+        assert sub.description, f"{name} --help has no description"
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings[0]} has no help"
+    tune = " ".join(run_cli("tune", "--help").stdout.split())
+    assert "(default 8)" in tune and "default 0.02 1" in tune and "of --max-steps" in tune
+
+
+def test_search_defaults_fit_short_runs_and_stay_at_or_below_upstream_lr():
+    from gsv_ray.tune.run import demo_config
+    from gsv_ray.tune.search import TuneOptions
+
+    opts = TuneOptions()
+    assert opts.warmups(4) == [0] and opts.warmups(400) == [0, 20, 80]
+    opts.validate(4)  # `tune --max-steps 4` used to fail on the 0/50/200 default
+    with pytest.raises(Exception, match="shorter than --max-steps"):
+        TuneOptions(warmup_choices=[0, 10]).validate(4)  # an explicit list that does not fit still fails
+    assert opts.lr_scale_range[1] <= 1.0
+
+
+def test_demo_searches_at_or_below_upstream_lr(tmp_path):
+    from gsv_ray.tune.run import demo_config
+
+    _, opts = demo_config(tmp_path, fast=True)
+    assert opts.lr_scale_range[1] <= 1.0
+
+
+def test_no_traceback_when_the_reader_goes_away(fixtures_dir, tmp_path):
+    """`gsv-ray rebuild --json | head -1`: the pipe closes early; no BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**__import__("os").environ, "GSV_RAY_CACHE": str(tmp_path / "cache")})
+    p.stdout.readline()
+    p.stdout.close()  # what `head -1` does
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
+    from gsv_ray.data.synthetic import make_synthetic_experiment
+
+    data = make_synthetic_experiment(tmp_path / "exp", version="v2", num_utterances=8)
+    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data),
+                "-o", str(tmp_path / "run"), "--max-steps", "4", "--val-every", "2", "--wandb-mode", "offline",
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    done = next(i for i, line in enumerate(lines) if line.startswith("done: 4 steps"))
+    assert "at the end, best" in lines[done]
+    assert lines[done + 1].startswith(f"exported: {tmp_path / 'run'}")
+    sync = lines[-1]
+    assert sync.startswith("W&B (offline): ") and "wandb sync " + str(tmp_path / "run" / "wandb" / "offline-run-") in sync
