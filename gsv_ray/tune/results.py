@@ -32,8 +32,13 @@ TABLE_KEY = "tune/results"
 IMAGE_KEY = "tune/summary"
 TABLE_COLUMNS = ("trial_id", "lr_scale", "warmup_steps", "best_val_loss", "best_step", "steps", "status",
                  "wandb_run_id")
-#: Statuses of trials that never got to finish because the search itself stopped.
-INTERRUPTED_STATUSES = ("RUNNING", "PENDING")
+#: How a trial ended (its ``status``): ran its whole budget; stopped by the scheduler (ASHA) for a
+#: poor validation loss; stopped because the search was (Ctrl-C, a dead driver); raised; never ran.
+COMPLETED, EARLY_STOPPED, INTERRUPTED, FAILED, NOT_STARTED = (
+    "completed", "early-stopped", "interrupted", "failed", "not-started")
+FATES = (COMPLETED, EARLY_STOPPED, INTERRUPTED, FAILED, NOT_STARTED)
+#: Fates of trials that never got to finish because the search itself stopped.
+INTERRUPTED_STATUSES = (INTERRUPTED, NOT_STARTED)
 #: Above this many trials the legend names only the best trial (the rest stay as thin lines).
 LEGEND_MAX = 12
 
@@ -43,9 +48,8 @@ LEGEND_MAX = 12
 class TrialSummary:
     """One trial as the search saw it last: its settings, where it got to and how it ended.
 
-    ``status``: ``TERMINATED`` (ran its full budget), ``STOPPED`` (early-stopped by the
-    scheduler), ``ERROR`` (``error`` holds the message) or ``RUNNING`` / ``PENDING`` (the search
-    was interrupted). ``val_history`` / ``lr_history`` are ``(step, value)`` pairs in step order."""
+    ``status``: its fate, one of :data:`FATES` (``failed``: ``error`` holds the message).
+    ``val_history`` / ``lr_history`` are ``(step, value)`` pairs in step order."""
 
     trial_id: str
     lr_scale: float
@@ -170,13 +174,9 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def _status_text(t: TrialSummary) -> str:
-    if t.status == "ERROR":
+    if t.status == FAILED:
         msg = first_line(t.error)
-        return f"ERROR: {msg}" if msg else "ERROR"
-    if t.status == "STOPPED":
-        return "STOPPED (early)"
-    if t.status in INTERRUPTED_STATUSES:
-        return f"{t.status} (interrupted)"
+        return f"failed: {msg}" if msg else FAILED
     return t.status
 
 
@@ -209,7 +209,7 @@ def results_table(outcome: TuneOutcome) -> Any:
     best_id = outcome.best.trial_id if outcome.best is not None else None
     for t in _table_order(outcome.trials):
         is_best = best_id is not None and t.trial_id == best_id
-        style = "bold green" if is_best else ("red" if t.status == "ERROR" else None)
+        style = "bold green" if is_best else ("red" if t.status == FAILED else None)
         table.add_row(
             f"{BEST_MARK} {t.trial_id}" if is_best else f"  {t.trial_id}",
             _fmt(t.lr_scale, ".4g"), str(t.warmup_steps),
@@ -266,7 +266,7 @@ def render_summary_png(outcome: TuneOutcome, *, dpi: int = 100) -> bytes:
     plotted_val = plotted_lr = False
     for i, t in enumerate(outcome.trials):
         is_best = t.trial_id == best_id
-        label = trial_label(t) + ("" if t.status == "TERMINATED" else f" [{t.status.lower()}]")
+        label = trial_label(t) + ("" if t.status == COMPLETED else f" [{t.status}]")
         if is_best:
             label = f"{BEST_MARK} {label}"
         if many and not is_best:
@@ -275,7 +275,7 @@ def render_summary_png(outcome: TuneOutcome, *, dpi: int = 100) -> bytes:
         if is_best:
             kw.update(linewidth=2.6, alpha=1.0, zorder=3)
         else:
-            kw.update(linewidth=1.1, alpha=0.7, zorder=2, linestyle="--" if t.status != "TERMINATED" else "-")
+            kw.update(linewidth=1.1, alpha=0.7, zorder=2, linestyle="--" if t.status != COMPLETED else "-")
         vx, vy = _xy(t.val_history)
         if vx:
             ax_val.plot(vx, vy, marker="o" if len(vx) < 30 else None, markersize=3, **kw)

@@ -101,16 +101,21 @@ def search_algorithm(opts: TuneOptions):
     return OptunaSearch(metric=METRIC, mode=MODE)
 
 
-def scheduler(opts: TuneOptions, max_steps: int, val_every: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+EARLY_STOPPED_RECORD = ".gsv-early-stopped"  # in -o: trial ids ASHA stopped, one per line
+
+
+def scheduler(opts: TuneOptions, max_steps: int, val_every: int, record: Path):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from gsv_ray.tune.asha import RecordingASHA
 
     if opts.scheduler == "fifo":
         return FIFOScheduler()
     grace = min(max_steps, opts.grace_steps or max(min(val_every, max_steps), max_steps // 4))
     # max_t one past the last step: ASHA stops any trial that reaches max_t, which would kill a trial
     # at its last checkpoint report, before it writes its export
-    return ASHAScheduler(time_attr="step", max_t=max_steps + 1, grace_period=grace,
-                         reduction_factor=opts.reduction_factor)
+    return RecordingASHA(time_attr="step", max_t=max_steps + 1, grace_period=grace,
+                         reduction_factor=opts.reduction_factor, record=record)
 
 
 def trial_resources(opts: TuneOptions) -> float:
@@ -230,7 +235,8 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             trainable, param_space=param_space(opts, cfg.max_steps),
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=opts.num_samples,
                                         search_alg=search_algorithm(opts),
-                                        scheduler=scheduler(opts, cfg.max_steps, cfg.val_every),
+                                        scheduler=scheduler(opts, cfg.max_steps, cfg.val_every,
+                                                  out.resolve() / EARLY_STOPPED_RECORD),
                                         max_concurrent_trials=opts.max_concurrent),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs),
         )
@@ -246,9 +252,6 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             _end_local_ray(name)
     if watch.interrupted or (not opts.resume and len(outcome.trials) < opts.num_samples):
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
-        for t in outcome.trials:
-            if t.status == "STOPPED" and t.steps < cfg.max_steps and opts.scheduler == "fifo":
-                t.status = "INTERRUPTED"
     return outcome
 
 
@@ -322,9 +325,12 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
 
     from gsv_ray.track import read_metrics
     from gsv_ray.train.tracking import replay_run
-    from gsv_ray.tune.results import TrialSummary, TuneOutcome
+    from gsv_ray.tune.asha import stopped_trials
+    from gsv_ray.tune.results import (COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, NOT_STARTED, TrialSummary,
+                                      TuneOutcome)
 
     out = Path(cfg.output_dir)
+    stopped_early = stopped_trials(out / EARLY_STOPPED_RECORD)
     trials: list[TrialSummary] = []
     interrupted = False
     # ResultGrid holds one Result per trial, in the order of its experiment's trials (whose status
@@ -338,12 +344,9 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
         lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
         steps = int(hist["step"].max()) if has else 0
         best = min(val, key=lambda x: x[1]) if val else None
-        if result.error or trial.status == "ERROR":
-            status = "ERROR"
-        elif trial.status == "TERMINATED":
-            status = "TERMINATED" if steps >= (cfg.max_steps or 0) else "STOPPED"
-        else:
-            status, interrupted = "INTERRUPTED", True
+        failed = bool(result.error) or trial.status == "ERROR"
+        if trial.status == "PENDING":
+            interrupted = True
         trial_out = out / "trials" / trial_id
         exports: list[str] = []
         src = _latest_outputs(storage_fs, f"{storage_path.rstrip('/')}/{name}-{trial_id}")
@@ -361,22 +364,31 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
                 replay_run(read_metrics(trial_out / "metrics.jsonl"),
                            config={**cfg.to_json(), "lr_scale": float(trial.config["lr_scale"]),
                                    "warmup_steps": int(trial.config["warmup_steps"]), "stage": rebuilt.stage,
-                                   "version": rebuilt.version, "stopped_early": True},
+                                   "version": rebuilt.version,
+                                   "fate": EARLY_STOPPED if trial_id in stopped_early else INTERRUPTED},
                            report=rebuilt.report, out_dir=out, project=cfg.wandb_project, mode=cfg.wandb_mode,
                            group=name, job_type="trial", run_id=trial_id, name=trial_id)
         if (trial_out / "metrics.jsonl").is_file():  # what the trial wrote (Tune's own record of an
             # interrupted trial can be empty: Ctrl-C came before it was saved)
             steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"))
             best = min(val, key=lambda x: x[1]) if val else None
-            if status == "TERMINATED" and steps < (cfg.max_steps or 0):
-                status = "STOPPED"
+        if failed:
+            status = FAILED
+        elif steps >= (cfg.max_steps or 0):
+            status = COMPLETED
+        elif trial_id in stopped_early:
+            status = EARLY_STOPPED
+        elif trial.status == "PENDING" and steps == 0:
+            status = NOT_STARTED
+        else:  # neither finished nor stopped by the scheduler: the search itself was stopped
+            status, interrupted = INTERRUPTED, True
         trials.append(TrialSummary(
             trial_id=trial_id, lr_scale=float(trial.config.get("lr_scale", float("nan"))),
             warmup_steps=int(trial.config.get("warmup_steps", 0)), status=status,
             error=(str(result.error).strip().splitlines() or [""])[0][:300] if result.error else None,
             steps=steps, best_val_loss=best[1] if best else None, best_step=best[0] if best else None,
             val_history=val, lr_history=lrs, export_paths=exports, wandb_run_id=trial_id))
-    ranked = [t for t in trials if t.best_val_loss is not None and t.status != "ERROR"]
+    ranked = [t for t in trials if t.best_val_loss is not None and t.status != FAILED]
     best_trial = min(ranked, key=lambda t: t.best_val_loss) if ranked else None
     return TuneOutcome(name=name, stage=rebuilt.stage, version=rebuilt.version, metric=METRIC, mode=MODE,
                        trials=trials, interrupted=interrupted, best=best_trial)

@@ -47,7 +47,7 @@ def _warmup_lr(base: float, warmup: int, steps: int) -> list[tuple[int, float]]:
 
 def _outcome(interrupted: bool = True) -> TuneOutcome:
     best = TrialSummary(
-        trial_id="a1b2_00000", lr_scale=0.3, warmup_steps=50, status="TERMINATED", steps=400,
+        trial_id="a1b2_00000", lr_scale=0.3, warmup_steps=50, status="completed", steps=400,
         best_val_loss=0.812, best_step=300,
         val_history=[(100, 1.2), (200, 0.9), (300, 0.812), (400, 0.83)],
         lr_history=_warmup_lr(3e-5, 50, 400),
@@ -55,17 +55,17 @@ def _outcome(interrupted: bool = True) -> TuneOutcome:
         wandb_run_id="run00000",
     )
     stopped = TrialSummary(
-        trial_id="a1b2_00001", lr_scale=1.0, warmup_steps=0, status="STOPPED", steps=200,
+        trial_id="a1b2_00001", lr_scale=1.0, warmup_steps=0, status="early-stopped", steps=200,
         best_val_loss=1.05, best_step=100, val_history=[(100, 1.05), (200, float("nan"))],
         lr_history=_warmup_lr(1e-4, 0, 200), wandb_run_id="run00001",
     )
     errored = TrialSummary(
-        trial_id="a1b2_00002", lr_scale=0.05, warmup_steps=200, status="ERROR",
+        trial_id="a1b2_00002", lr_scale=0.05, warmup_steps=200, status="failed",
         error="RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\nTraceback (most recent call last):\n  ...",
         steps=12, lr_history=_warmup_lr(5e-6, 200, 12),
     )
     running = TrialSummary(
-        trial_id="a1b2_00003", lr_scale=0.1, warmup_steps=100, status="RUNNING", steps=150,
+        trial_id="a1b2_00003", lr_scale=0.1, warmup_steps=100, status="interrupted", steps=150,
         best_val_loss=0.95, best_step=100, val_history=[(100, 0.95)], lr_history=_warmup_lr(1e-5, 100, 150),
         wandb_run_id="run00003",
     )
@@ -77,7 +77,7 @@ def _outcome(interrupted: bool = True) -> TuneOutcome:
 def test_pick_best_ignores_missing_and_nan():
     o = _outcome()
     assert o.best is not None and o.best.trial_id == "a1b2_00000"
-    nan = TrialSummary("x", 1.0, 0, "TERMINATED", best_val_loss=float("nan"))
+    nan = TrialSummary("x", 1.0, 0, "completed", best_val_loss=float("nan"))
     assert pick_best([nan, o.trials[1]]) is None
     assert pick_best([]) is None
 
@@ -95,7 +95,7 @@ def test_write_results_json_and_png(tmp_path):
     assert data["name"] == "tune-voiceA" and data["stage"] == "sovits" and data["version"] == "v2"
     assert data["metric"] == "val/loss" and data["mode"] == "min" and data["interrupted"] is True
     assert data["best_trial_id"] == "a1b2_00000" and data["best"]["lr_scale"] == 0.3
-    assert data["status_counts"] == {"STOPPED": 1, "ERROR": 1, "TERMINATED": 1, "RUNNING": 1}
+    assert data["status_counts"] == {"early-stopped": 1, "failed": 1, "completed": 1, "interrupted": 1}
     by_id = {t["trial_id"]: t for t in data["trials"]}
     assert by_id["a1b2_00001"]["val_history"] == [[100, 1.05], [200, None]]  # NaN -> null
     assert by_id["a1b2_00002"]["best_val_loss"] is None and by_id["a1b2_00002"]["error"].startswith("RuntimeError")
@@ -130,7 +130,7 @@ def test_write_results_json_and_png(tmp_path):
 
 def test_write_results_with_no_losses(tmp_path):
     """Every trial errored before validating: still a valid JSON and figure."""
-    t = TrialSummary("z_00000", 0.5, 10, "ERROR", error="ValueError: bad data")
+    t = TrialSummary("z_00000", 0.5, 10, "failed", error="ValueError: bad data")
     o = TuneOutcome(name="t", stage="gpt", version=None, trials=[t], best=pick_best([t]))
     paths = write_results(o, tmp_path)
     assert json.loads(paths["json"].read_text())["best"] is None
@@ -149,7 +149,7 @@ def test_results_table_text():
     assert f"{BEST_MARK} a1b2_00000" in text
     assert "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in text
     assert "Traceback" not in text  # only the error's first line
-    assert "INTERRUPTED" in text and "STOPPED (early)" in text and "RUNNING (interrupted)" in text
+    assert "INTERRUPTED" in text and "early-stopped" in text and "interrupted" in text and "failed: " in text
     for col in ("trial", "lr_scale", "warmup", "best val loss", "at step", "steps", "status"):
         assert col in text
     best_line = next(ln for ln in text.splitlines() if "a1b2_00000" in ln and BEST_MARK in ln)
@@ -190,8 +190,8 @@ def test_log_summary_run_offline(tmp_path):
     by_id = {r[0]: dict(zip(TABLE_COLUMNS, r)) for r in table["data"]}
     assert by_id["a1b2_00000"] == {"trial_id": "a1b2_00000", "lr_scale": 0.3, "warmup_steps": 50,
                                    "best_val_loss": 0.812, "best_step": 300, "steps": 400,
-                                   "status": "TERMINATED", "wandb_run_id": "run00000"}
-    assert by_id["a1b2_00002"]["best_val_loss"] is None and by_id["a1b2_00002"]["status"] == "ERROR"
+                                   "status": "completed", "wandb_run_id": "run00000"}
+    assert by_id["a1b2_00002"]["best_val_loss"] is None and by_id["a1b2_00002"]["status"] == "failed"
 
     img = rows[0]["tune/summary"]
     assert img["_type"] == "image-file" and img["format"] == "png"
@@ -200,7 +200,7 @@ def test_log_summary_run_offline(tmp_path):
     s = wr.summary(recs)
     assert s["best/trial_id"] == "a1b2_00000" and s["best/lr_scale"] == 0.3 and s["best/warmup_steps"] == 50
     assert s["best/val_loss"] == 0.812 and s["best/step"] == 300 and s["best/wandb_run_id"] == "run00000"
-    assert s["tune/trials"] == 4 and s["tune/interrupted"] is True and s["tune/status/ERROR"] == 1
+    assert s["tune/trials"] == 4 and s["tune/interrupted"] is True and s["tune/status/failed"] == 1
     assert s["tune/results"]["_type"] == "table-file" and s["tune/summary"]["_type"] == "image-file"
 
 
