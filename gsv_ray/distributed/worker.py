@@ -106,7 +106,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracking = Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode,
                             name=config.get("wandb_name") or cfg.run_name,
                             group=config.get("group"), job_type=config.get("job_type"),
-                            run_id=config.get("wandb_run_id"))
+                            run_id=config.get("wandb_run_id"),
+                            config_overrides={"output_dir": config.get("output_dir_shown", cfg.output_dir)})
     try:
         result = train(cfg, rebuilt=rebuilt, tracking=tracking, on_checkpoint=on_checkpoint, progress=False,
                        experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)

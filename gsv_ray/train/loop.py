@@ -388,7 +388,7 @@ def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule
     return {**cfg.to_json(), "stage": stage, "version": rebuilt.version, "peak_lr": cfg.peak_lr(stage),
             "upstream_base_lr": cfg.peak_lr(stage) / cfg.lr_scale, "lr_groups": groups,
             "decay": schedule.decay, "total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
-            "world_size": accelerator.num_processes,
+            "world_size": accelerator.num_processes, "device": accelerator.device.type,  # `cpu` is only the flag
             "global_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum, "inputs": inputs,
             "model": rebuilt.config}
 

@@ -17,8 +17,9 @@ from gsv_ray.track import MetricsWriter, Tracker
 class Tracking:
     def __init__(self, run_dir: str | Path, *, project: str = "gsv-ray", mode: str | None = None,
                  group: str | None = None, job_type: str | None = None, name: str | None = None,
-                 run_id: str | None = None):
+                 run_id: str | None = None, config_overrides: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
+        self.config_overrides = dict(config_overrides or {})  # e.g. a Ray worker's real -o, not its scratch
         self.project, self.mode, self.group, self.job_type, self.name = project, mode, group, job_type, name
         self.run_id = run_id
         self.metrics: MetricsWriter | None = None
@@ -31,6 +32,7 @@ class Tracking:
     # -- lifecycle -----------------------------------------------------------------------------
     def begin(self, config: dict[str, Any], rebuilt, *, resume_step: int = 0, rank: int = 0) -> None:
         """Open metrics.jsonl and the W&B run with the full config and the rebuild report."""
+        config = {**config, **self.config_overrides}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsWriter(self.run_dir, drop_after=resume_step if resume_step else None)
         id_file = self.run_dir / "wandb_run_id"

@@ -139,6 +139,7 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
     loop_config = {
         "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
         "storage_path": storage_path, "storage_fs": storage_fs, "forbidden_paths": forbidden,
+        "output_dir_shown": str(Path(base["output_dir"]).resolve() / "trials" / trial_id),
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
     }
     resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
