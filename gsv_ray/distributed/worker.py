@@ -68,6 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import logging
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise here
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a TrainingReport(...) dump per checkpoint and rank
     forbid_opening(config["forbidden_paths"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

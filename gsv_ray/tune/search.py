@@ -239,7 +239,10 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                                         scheduler=scheduler(opts, cfg.max_steps, cfg.val_every,
                                                   out.resolve() / EARLY_STOPPED_RECORD),
                                         max_concurrent_trials=opts.max_concurrent),
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs),
+            # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
+            # people; we print the results table at the end
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                      verbose=0),
         )
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
