@@ -86,7 +86,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         cfg = dataclasses.replace(cfg, num_workers=default_loader_workers(cpus))
-    restored = _restore(config, ctx, run_dir, say=print if rank == 0 else (lambda s: None))
+    say = _say(f"[rank 0/{world}] ") if rank == 0 else (lambda s: None)
+    restored = _restore(config, ctx, run_dir, say=say)
     if restored is not None:
         cfg.resume = str(restored)
 
@@ -112,7 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         result = train(cfg, rebuilt=rebuilt, tracking=tracking, on_checkpoint=on_checkpoint, progress=False,
                        experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
-                       say=(lambda s: print(f"[rank 0/{world}] {s}", flush=True)) if rank == 0 else (lambda s: None))
+                       say=say)
     finally:
         if tracking is not None:
             tracking.finish()
@@ -129,6 +130,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     else:
         ray.train.report(final)
     owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
+
+
+def _say(prefix: str):
+    """Lines for the driver's console, written to stdout once. (Not ``print``: Ray Train patches
+    ``print`` to log through its root logger *and*, when something such as W&B wraps stdout, to print
+    too, so every line reached the console twice.)"""
+
+    def say(line: str) -> None:
+        sys.stdout.write(f"{prefix}{line}\n")
+        sys.stdout.flush()
+
+    return say
 
 
 def _step_of(name: str) -> int | None:
