@@ -23,7 +23,7 @@ from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.io.writers import atomic_write
-from gsv_ray.train.loop import TrainResult, check_new_run
+from gsv_ray.train.loop import RAY_RUN_RECORD, TrainResult, check_new_run
 
 
 @dataclass
@@ -53,12 +53,9 @@ def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
     return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-RUN_RECORD = "ray_run.json"  # in -o: which Ray run (name, storage) it is, so --resume finds it after any stop
-
-
 def _recorded_run(out: str | Path) -> str | None:
     try:
-        name = json.loads((Path(out) / RUN_RECORD).read_text())["name"]
+        name = json.loads((Path(out) / RAY_RUN_RECORD).read_text())["name"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return name if isinstance(name, str) and name.startswith("gsv-") and "/" not in name else None
@@ -189,7 +186,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
     name = _recorded_run(cfg.output_dir) if opts.resume else None
     name = name or run_name(cfg, init_sha, opts.resume)
-    atomic_write(Path(cfg.output_dir) / RUN_RECORD,
+    atomic_write(Path(cfg.output_dir) / RAY_RUN_RECORD,
                  lambda f: f.write(json.dumps({"name": name, "storage": storage}).encode()), overwrite=True)
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
@@ -228,7 +225,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         raise ray_failure(e) from e
     finally:
         if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
-            _end_local_ray(name)
+            end_local_ray(name)
     return _collect(result, cfg, rebuilt.stage, rebuilt.version)
 
 
@@ -257,17 +254,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:240]
 
 
-def _end_local_ray(name: str) -> None:
+def end_local_ray(runs: str) -> None:
     """After success, failure or Ctrl-C: shut our local Ray down (its workers exit and drop their
-    hold on the run's node scratch), then remove that scratch. Runs on a cluster are cleaned by
-    their last worker, or as orphans by the next run on the node."""
+    hold on the runs' node scratch), then remove the scratch of the runs matching ``runs`` (a run
+    name, or a glob such as ``<tune name>-*``). Runs on a cluster are cleaned by their last worker,
+    or as orphans by the next run on the node."""
     import ray
 
-    from gsv_ray.distributed.worker import scratch
+    from gsv_ray.distributed.worker import scratch_root
     from gsv_ray.owned import remove_when_orphaned
 
     ray.shutdown()
-    remove_when_orphaned(scratch(name), wait_s=10.0)
+    for d in scratch_root().glob(runs):
+        remove_when_orphaned(d, wait_s=10.0)
 
 
 def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> TrainResult:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -144,11 +143,6 @@ def _say(prefix: str):
     return say
 
 
-def _step_of(name: str) -> int | None:
-    m = re.fullmatch(r"step_(\d{8})", name)
-    return int(m.group(1)) if m else None
-
-
 def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
     """The state to continue from after Ray restarted the worker group, or None for a fresh start.
 
@@ -168,6 +162,7 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
     import pyarrow.fs as pafs
 
     from gsv_ray.train import state as state_io
+    from gsv_ray.train.checkpoint import step_of
 
     rank = ctx.get_world_rank()
     if ctx.get_local_rank() == 0:  # this node's copy of the run folder restarts from the checkpoint
@@ -190,7 +185,7 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
 
     choice: dict[str, Any] | None = None
     if rank == 0:
-        names = sorted((n for n in _listdir(fs, root) if _step_of(n) is not None), key=_step_of, reverse=True)
+        names = sorted((n for n in _listdir(fs, root) if step_of(n) is not None), key=step_of, reverse=True)
         skipped = []
         for name in names:
             why = state_io.problem(state_dir(fetch(name, "0")))

@@ -139,15 +139,20 @@ def _new_temp_dir(final: Path) -> tuple[Path, Owner]:
     """An owned temp dir beside ``final``; first remove the orphans of writers killed mid-write
     (a killed rebuild left a 173 MB ``.<key>.*`` dir that nothing ever removed)."""
     sweep(final.parent, lambda n: n.startswith(f".{final.name}."))
-    if _is_temp_entry(f".{final.name}.x"):  # in the cache: also entries of versions before the lock file, once stale
+    if _is_key(final.name):  # in the cache: also temp entries of versions before the lock file, once stale
         sweep(final.parent, _is_temp_entry, unlocked_after=3600.0)
     return owned_temp_dir(final)
 
 
+def _is_key(name: str) -> bool:
+    """A rebuild entry's name (:func:`cache_key`: 24 hex digits)."""
+    return len(name) == 24 and all(c in "0123456789abcdef" for c in name)
+
+
 def _is_temp_entry(name: str) -> bool:
-    """A rebuild entry's temp dir: ``.<24 hex>.<random>``."""
+    """A rebuild entry's temp dir: ``.<key>.<random>``."""
     parts = name.split(".")
-    return len(parts) == 3 and parts[0] == "" and len(parts[1]) == 24 and all(c in "0123456789abcdef" for c in parts[1])
+    return len(parts) == 3 and parts[0] == "" and _is_key(parts[1])
 
 
 def _rename_into_place(tmp: Path, owner: Owner, final: Path) -> None:

@@ -22,6 +22,12 @@ from gsv_ray.train import state as state_io
 _NAME = re.compile(r"^step_(\d{8})$")
 
 
+def step_of(name: str) -> int | None:
+    """The step of a ``step_<N>`` checkpoint folder name (None for any other name)."""
+    m = _NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
 @dataclass
 class TrainState:
     """Where training is: optimizer steps taken, epoch index, batches consumed in that epoch."""

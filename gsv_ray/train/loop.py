@@ -103,7 +103,8 @@ def open_run_experiment(data: str | Path, rebuilt: Rebuilt) -> Experiment:
                                   cache_root=cache_root())
 
 
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", "ray_run.json", "ray")
+RAY_RUN_RECORD = "ray_run.json"  # in -o of a Ray run: its name and storage, so --resume finds it after any stop
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", RAY_RUN_RECORD, "ray")
 
 
 def existing_run(run_dir: str | Path) -> str | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.tracking import offline_runs
 from gsv_ray.tune.results import TuneOutcome, log_summary_run, results_table, write_results
 from gsv_ray.tune.search import TuneOptions, run_tune
 
@@ -48,7 +49,7 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     for p in best_exports:
         say(f"best weights: {p}")
     say(f"results: {files['json']}  plot: {files['png']}")
-    runs = sorted((out / "wandb").glob("offline-run-*"))
+    runs = offline_runs(out)
     if runs:
         say(f"W&B (offline): {len(runs)} runs in {out / 'wandb'}; upload them with: wandb sync {out / 'wandb'}/offline-run-*")
     if outcome.interrupted:

@@ -164,7 +164,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     from ray import tune
 
     from gsv_ray.cache import default_cache_root
-    from gsv_ray.distributed.launch import check_reachable, driver_experiment
+    from gsv_ray.distributed.launch import check_reachable, driver_experiment, end_local_ray
     from gsv_ray.distributed.shared import share
     from gsv_ray.rebuild import rebuild_cached
     from gsv_ray.storage import check_writable, resolve
@@ -253,21 +253,10 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         outcome = collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
     finally:
         if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
-            _end_local_ray(name)
+            end_local_ray(f"{name}-*")
     if watch.interrupted or (not opts.resume and len(outcome.trials) < opts.num_samples):
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
     return outcome
-
-
-def _end_local_ray(name: str) -> None:
-    import ray
-
-    from gsv_ray.distributed.worker import scratch_root
-    from gsv_ray.owned import remove_when_orphaned
-
-    ray.shutdown()
-    for d in scratch_root().glob(f"{name}-*"):
-        remove_when_orphaned(d, wait_s=10.0)
 
 
 class _InterruptWatch(logging.Handler):
