@@ -126,7 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         opts = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker or 0.0,
                           cpus_per_worker=args.cpus_per_worker or 1.0, address=args.address, storage=args.storage,
-                          max_failures=args.max_failures or 0, resume=args.resume is not None)
+                          max_failures=args.max_failures or 0, resume=args.resume is not None,
+                          placement_strategy=args.placement_strategy or "PACK")
         result = train_on_ray(cfg, opts)
     else:
         from gsv_ray.cache import default_cache_root
@@ -351,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--storage", metavar="PATH_OR_URI",
                    help="checkpoint storage shared by all nodes (s3://..., gs://..., a shared path); default -o/ray")
     g.add_argument("--max-failures", type=int, help="restarts of failed workers before the job fails (default 0)")
+    g.add_argument("--placement-strategy", choices=["PACK", "SPREAD"],
+                   help="PACK: workers on as few nodes as fit (default); SPREAD: one per node where possible")
     tr.set_defaults(func=_cmd_train)
 
     tu = sub.add_parser(

@@ -35,6 +35,7 @@ class RayOptions:
     storage: str | None = None        # checkpoints; default <-o>/ray (node-local: single-node only)
     max_failures: int = 0
     resume: bool = False
+    placement_strategy: str = "PACK"  # Ray's ScalingConfig: PACK (fewest nodes) or SPREAD (one per node)
 
     def validate(self) -> None:
         if self.workers < 1:
@@ -43,6 +44,8 @@ class RayOptions:
             raise GsvError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
         if self.max_failures < 0:
             raise GsvError(f"--max-failures must be >= 0, got {self.max_failures}")
+        if self.placement_strategy not in ("PACK", "SPREAD"):
+            raise GsvError(f"--placement-strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -97,7 +100,7 @@ def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> boo
         return False
     import logging
 
-    need = workers * cpus_per_worker + 1  # + the Train controller
+    need = workers * cpus_per_worker  # Ray Train's controller takes no CPU (num_cpus=0, on this node)
     ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), object_store_memory=None,
              include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     return True
@@ -112,9 +115,9 @@ def check_resources(opts: RayOptions) -> None:
         raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but the cluster has {gpus:g}",
                        fix="lower --workers / --gpus-per-worker, or add GPU nodes")
     cpus = res.get("CPU", 0.0)
-    if opts.workers * opts.cpus_per_worker + 1 > cpus:
-        raise GsvError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs (+1 for the controller) but the "
-                       f"cluster has {cpus:g}", fix="lower --workers / --cpus-per-worker")
+    if opts.workers * opts.cpus_per_worker > cpus:
+        raise GsvError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs but the cluster has {cpus:g}",
+                       fix="lower --workers / --cpus-per-worker")
 
 
 def _fault_from_env() -> dict[str, Any] | None:
@@ -136,10 +139,12 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
     return None if is_uri(cfg.data) else open_run_experiment(cfg.data, rebuilt)
 
 
-def _alive_nodes() -> int:
+def _alive_hosts() -> set[str]:
+    """The machines the cluster's live nodes run on: node-local storage is shared by nodes on one
+    machine (several raylets, as in ``ray.cluster_utils.Cluster``), not across machines."""
     import ray
 
-    return sum(1 for n in ray.nodes() if n.get("Alive"))
+    return {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
 
 
 def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
@@ -178,9 +183,10 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
                            fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
     started = connect(opts.address, workers=opts.workers, cpus_per_worker=opts.cpus_per_worker)
     check_resources(opts)
-    if _alive_nodes() > 1 and is_node_local(storage):
-        raise GsvError(f"a {_alive_nodes()}-node cluster needs shared checkpoint storage, but --storage {storage} is "
-                       "node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
+    hosts = _alive_hosts()
+    if len(hosts) > 1 and is_node_local(storage):
+        raise GsvError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {storage} "
+                       "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
@@ -209,10 +215,12 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpus_per_worker > 0,
+                                     placement_strategy=opts.placement_strategy,
                                      resources_per_worker={"CPU": opts.cpus_per_worker,
                                                            **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
+                             # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last + 1)),
     )
     try:
@@ -285,5 +293,7 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> Train
                 shutil.copy2(item, dest)
     exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))
     metrics = result.metrics or {}
-    return TrainResult(run_dir=out, stage=stage, version=version, steps=int(metrics.get("step", 0)),
-                       epochs=int(metrics.get("epochs", 0)), exports=exports, last_checkpoint=Path(result.checkpoint.path))
+    steps = int(metrics.get("step", 0))
+    last = Path(ckpt.path).parent / f"step_{steps:08d}"  # the training state (``final`` holds the outputs)
+    return TrainResult(run_dir=out, stage=stage, version=version, steps=steps,
+                       epochs=int(metrics.get("epochs", 0)), exports=exports, last_checkpoint=last)

@@ -2,9 +2,10 @@
 
 Per worker: refuse (audit hook) any attempt to open the job's input weight files — the rebuild is
 shared, so a worker opening ``old.pth`` would be a bug that costs memory and time on every worker;
-materialise the shared weights; restore from ``ray.train.get_checkpoint()`` when Ray restarted us;
-train; report at every checkpoint (all ranks, same steps; rank 0 attaches the checkpoint); finally
-report the run's outputs (exports, metrics.jsonl, W&B files) so the driver can place them in -o.
+materialise the shared weights; restore from the run's newest complete checkpoint when Ray restarted
+us; train; at every checkpoint each rank reports its own part of it (:class:`RayCheckpoints`);
+finally rank 0 reports the run's outputs (exports, metrics.jsonl, W&B files) for the driver to place
+in -o. Nothing is left in the node scratch after the run.
 """
 
 from __future__ import annotations
@@ -90,18 +91,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored is not None:
         cfg.resume = str(restored)
 
-    def on_checkpoint(step: int, path: Path, metrics: dict[str, float]) -> None:
-        report = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-        if rank == 0:  # the run's outputs so far travel with the checkpoint: a trial stopped early keeps them
-            _snapshot_outputs(Path(cfg.output_dir), path / "outputs")
-        ray.train.report(report, checkpoint=Checkpoint.from_directory(str(path)) if rank == 0 else None,
-                         checkpoint_dir_name=f"step_{step:08d}")
-        if fault.get("step") == step and fault.get("rank", 0) == rank and not _already_failed(run_dir, fault):
-            _mark_failed(run_dir, fault)
-            if fault["kind"] == "exit":
-                os._exit(1)
-            raise RuntimeError(f"injected failure at step {step}")
-
+    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), rank=rank, run_uri=_run_uri(config), fault=fault)
     tracking = None
     if rank == 0:
         tracking = Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode,
@@ -110,7 +100,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             run_id=config.get("wandb_run_id"),
                             config_overrides={"output_dir": config.get("output_dir_shown", cfg.output_dir)})
     try:
-        result = train(cfg, rebuilt=rebuilt, tracking=tracking, on_checkpoint=on_checkpoint, progress=False,
+        result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=False,
                        experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
                        say=say)
     finally:
@@ -118,17 +108,73 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tracking.finish()
     last_val = {f"val/{k}": v for k, v in (result.val_history[-1] if result.val_history else {}).items() if k != "step"}
     final = {"step": result.steps, "epochs": result.epochs, "done": 1, **last_val}  # a Tune search requires its metric in every report
-    if rank == 0:  # the run's outputs, next to the last state, so the driver can place them in -o
-        out = run_dir / "final"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        shutil.copytree(cfg.output_dir, out / "run", ignore=shutil.ignore_patterns("checkpoints", "latest-run"), symlinks=True)
-        if result.last_checkpoint is not None and result.last_checkpoint.is_dir():
-            shutil.copytree(result.last_checkpoint, out / "state")
-        ray.train.report(final, checkpoint=Checkpoint.from_directory(str(out)), checkpoint_dir_name="final")
+    if rank == 0:  # the run's outputs (exports, metrics.jsonl, W&B files), for the driver to place in -o;
+        # the training state is already on storage in the last step_<N> checkpoint
+        with _report_dir(run_dir) as out:
+            shutil.copytree(cfg.output_dir, out / "run", symlinks=True,
+                            ignore=shutil.ignore_patterns("checkpoints", "latest-run"))
+            ray.train.report(final, checkpoint=Checkpoint.from_directory(str(out)), checkpoint_dir_name="final",
+                             delete_local_checkpoint_after_upload=True)
     else:
         ray.train.report(final)
     owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
+
+
+class RayCheckpoints:
+    """Checkpoints the way Ray Train documents them: at each checkpoint every rank writes what it
+    owns (rank 0: models, optimizers, schedulers, position, manifest; every rank: its RNG states)
+    into its own temporary folder and hands it to ``ray.train.report``, which uploads every rank's
+    folder into the one ``step_<N>`` checkpoint on storage (whichever node each rank is on) and
+    deletes the local folder. ``CheckpointConfig(num_to_keep)`` is the only retention. Rank 0's
+    folder also carries the run's small outputs so far (metrics.jsonl, W&B files): a run restarted on
+    another node, or a trial stopped early, continues from them."""
+
+    def __init__(self, scratch_dir: Path, outputs: Path, *, rank: int, run_uri: str, fault: dict[str, Any]):
+        self.scratch, self.outputs, self.rank, self.run_uri, self.fault = scratch_dir, outputs, rank, run_uri, fault
+
+    def save(self, accelerator, step: int, *, models, optimizers, state: dict, metrics: dict) -> Path:
+        import ray.train
+        from ray.train import Checkpoint
+
+        from gsv_ray.train import state as state_io
+
+        name = f"step_{step:08d}"
+        report = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        with _report_dir(self.scratch) as tmp:
+            state_io.save(accelerator, tmp, models=models, optimizers=optimizers, state=state, own_directory=True)
+            if self.rank == 0:
+                _snapshot_outputs(self.outputs, tmp / "outputs")
+            ray.train.report(report, checkpoint=Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name,
+                             delete_local_checkpoint_after_upload=True)
+        self._maybe_fail(step)
+        return Path(f"{self.run_uri}/{name}")
+
+    def _maybe_fail(self, step: int) -> None:
+        fault = self.fault
+        if fault.get("step") == step and fault.get("rank", 0) == self.rank and not _already_failed(self.scratch, fault):
+            _mark_failed(self.scratch, fault)
+            if fault["kind"] == "exit":
+                os._exit(1)
+            raise RuntimeError(f"injected failure at step {step}")
+
+
+class _report_dir:
+    """A fresh folder in the run's node scratch for one report; gone afterwards (Ray deletes it after
+    the upload; this removes it when the report never happened)."""
+
+    def __init__(self, parent: Path):
+        self.parent = parent
+
+    def __enter__(self) -> Path:
+        self.path = Path(tempfile.mkdtemp(prefix=".report-", dir=self.parent))
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _run_uri(config: dict[str, Any]) -> str:
+    return f"{config['storage_path'].rstrip('/')}/{config['run_name']}"
 
 
 def _say(prefix: str):
@@ -169,7 +215,7 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
         shutil.rmtree(run_dir / "run", ignore_errors=True)
         shutil.rmtree(run_dir / "restore", ignore_errors=True)
     registered = ray.train.get_checkpoint()
-    fs, root = config["storage_fs"], f"{config['storage_path'].rstrip('/')}/{config['run_name']}"
+    fs, root = config["storage_fs"], _run_uri(config)
 
     def fetch(name: str, tag: str) -> Path:
         src = f"{root}/{name}"
@@ -180,15 +226,12 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
             Checkpoint(src, filesystem=fs).to_directory(str(dest))
         return dest
 
-    def state_dir(d: Path) -> Path:
-        return d / "state" if (d / "state").is_dir() else d
-
     choice: dict[str, Any] | None = None
     if rank == 0:
         names = sorted((n for n in _listdir(fs, root) if step_of(n) is not None), key=step_of, reverse=True)
         skipped = []
         for name in names:
-            why = state_io.problem(state_dir(fetch(name, "0")))
+            why = state_io.problem(fetch(name, "0"))
             if why is None:
                 choice = {"name": name}  # broadcast_from_rank_zero takes < 1 KB
                 break
@@ -210,7 +253,7 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
             shutil.copytree(snap / "wandb", run / "wandb", symlinks=True, dirs_exist_ok=True)
         if (snap / "wandb_run_id").is_file():
             shutil.copy2(snap / "wandb_run_id", run / "wandb_run_id")
-    return state_dir(local)
+    return local
 
 
 def _listdir(fs, path: str) -> list[str]:

@@ -128,3 +128,15 @@ def save(accelerator, root: Path, step: int, keep_last: int, *, models, optimize
             _delete(old)
     accelerator.wait_for_everyone()
     return final
+
+
+class LocalCheckpoints:
+    """Where a local run keeps its checkpoints: ``<run>/checkpoints/step_<N>``, the last
+    ``keep_last`` kept. (On Ray Train the worker hands each checkpoint to Ray instead:
+    :class:`gsv_ray.distributed.worker.RayCheckpoints`, same ``save`` signature.)"""
+
+    def __init__(self, root: Path, keep_last: int):
+        self.root, self.keep_last = Path(root), keep_last
+
+    def save(self, accelerator, step: int, *, models, optimizers, state: dict, metrics: dict) -> Path:
+        return save(accelerator, self.root, step, self.keep_last, models=models, optimizers=optimizers, state=state)

@@ -147,7 +147,7 @@ def train(
     accelerator: Accelerator | None = None,
     tracking: Any | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
-    on_checkpoint: Callable[[int, Path, dict[str, float]], None] | None = None,
+    checkpoints: Any | None = None,
     experiment: Experiment | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
@@ -156,8 +156,7 @@ def train(
 
     ``tracking``: an object with ``log(step, metrics)``, ``log_audio(step, items)``, ``finish()``
     (see :mod:`gsv_ray.train.tracking`); ``on_step(step, metrics)`` is called on every optimizer
-    step on every process; ``on_checkpoint(step, dir, metrics)`` after every checkpoint, on every
-    process (Ray Train reports from it: all ranks at the same steps). ``experiment``: the folder
+    step on every process (Ray Train reports from it: all ranks at the same steps). ``experiment``: the folder
     already scanned (launchers scan once for every worker and trial); scanned here when None.
     """
     cfg.validate()
@@ -208,6 +207,7 @@ def train(
                          seed=cfg.seed, pin_memory=accelerator.device.type == "cuda")
 
     ckpt_root = run_dir / "checkpoints"
+    checkpoints = checkpoints if checkpoints is not None else ckpt.LocalCheckpoints(ckpt_root, cfg.keep_last)
     resume = ckpt.resolve_resume(cfg.resume, ckpt_root)  # verified against its manifest
     resume_from = resume.path if resume is not None else None
     if resume is not None:
@@ -222,13 +222,16 @@ def train(
                 s.load_state_dict(sd)
             if loaded.get("scaler"):
                 precision.scaler.load_state_dict(loaded["scaler"])
+        from accelerate.utils import gather_object
+
+        missing = [r for r, ok in enumerate(gather_object([bool(loaded["rng_restored"])])) if not ok]
         if main:
             for skipped, why in resume.skipped:
                 say(f"warning: skipped {skipped}: {why}")
             say(f"resumed from {resume.path} (step {state.step}, epoch {state.epoch + 1})")
-            if not loaded["rng_restored"]:
-                say("warning: the checkpoint has no RNG state for this process (another process count?): "
-                    "training continues correctly but not bit-identically")
+            if missing:
+                say(f"warning: the checkpoint has no RNG state for rank(s) {', '.join(map(str, missing))} (another "
+                    "process count?): training continues correctly but not bit-identically")
 
     val_ds = recipe.dataset(val_names) if val_names else None
     val_batches = fixed_batches(val_ds, recipe.collate, cfg.val_batches, cfg.batch_size, accelerator.device) if val_ds else []
@@ -329,13 +332,11 @@ def train(
             if state.step % cfg.save_every == 0 or state.step == total:
                 with phases("checkpoint"):
                     _require_finite(recipe.models, state.step, cfg, stage, last_ckpt)
-                    last_ckpt = ckpt.save(accelerator, ckpt_root, state.step, cfg.keep_last, models=recipe.models,
-                                          optimizers=recipe.optimizers, state={
-                                              "train": state.state_dict(),
-                                              "schedulers": [s.state_dict() for s in schedulers],
-                                              "scaler": precision.scaler.state_dict()})
-                if on_checkpoint is not None:
-                    on_checkpoint(state.step, last_ckpt, {**metrics, **last_val})
+                    last_ckpt = checkpoints.save(accelerator, state.step, models=recipe.models,
+                                                 optimizers=recipe.optimizers, metrics={**metrics, **last_val}, state={
+                                                     "train": state.state_dict(),
+                                                     "schedulers": [s.state_dict() for s in schedulers],
+                                                     "scaler": precision.scaler.state_dict()})
             t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
             if state.step >= total:
                 break

@@ -74,30 +74,49 @@ def set_rng_states(d: dict[str, Any]) -> None:
 
 # -- save --------------------------------------------------------------------------------------
 def save(accelerator, directory: Path, *, models: Sequence[torch.nn.Module], optimizers: Sequence[Any],
-         state: dict[str, Any]) -> None:
+         state: dict[str, Any], own_directory: bool = False) -> None:
     """Every process calls this: each writes its RNG states; the main process writes the models,
-    optimizers, ``state`` (JSON-able: position, schedulers, scaler) and, after all, the manifest."""
+    optimizers, ``state`` (JSON-able: position, schedulers, scaler) and, after all, the manifest.
+
+    ``own_directory``: each process writes into its own ``directory`` (Ray Train: every rank hands
+    its folder to ``ray.train.report`` and Ray merges them into one checkpoint on storage, whatever
+    node each rank ran on). The main process's manifest lists every rank's RNG file (size and
+    sha256 gathered from the ranks), so a checkpoint missing one rank's file does not verify.
+    """
+    from accelerate.utils import gather_object
+
     directory = Path(directory)
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if own_directory or main:
         directory.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    _write_json(directory / f"rng_{accelerator.process_index}.json", rng_states())
-    if accelerator.is_main_process:
+    rng = directory / f"rng_{accelerator.process_index}.json"
+    _write_json(rng, rng_states())
+    entries = gather_object([{rng.name: _entry(rng)}])  # every rank's, in rank order
+    if main:
+        written = []
         for i, m in enumerate(models):
             sd = {k: v.detach().cpu().contiguous().clone() for k, v in accelerator.unwrap_model(m).state_dict().items()}
             path = directory / _name("model", i, "safetensors")
             atomic_write(path, lambda f, sd=sd: f.write(_safetensors_bytes(sd)), overwrite=True)
+            written.append(path)
         for i, opt in enumerate(optimizers):
             sd = opt.state_dict()
-            atomic_write(directory / _name("optimizer", i, "pt"), lambda f, sd=sd: torch.save(sd, f), overwrite=True)
+            path = directory / _name("optimizer", i, "pt")
+            atomic_write(path, lambda f, sd=sd: torch.save(sd, f), overwrite=True)
+            written.append(path)
         _write_json(directory / STATE, {"format": FORMAT, **state})
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+        written.append(directory / STATE)
+        files = {p.name: _entry(p) for p in written}
+        for e in entries:
+            files.update(e)
         _write_json(directory / MANIFEST, {"format": FORMAT, "world_size": accelerator.num_processes,
-                                           "files": {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
-                                                     for p in files}})
+                                           "files": dict(sorted(files.items()))})
     accelerator.wait_for_everyone()
+
+
+def _entry(path: Path) -> dict[str, Any]:
+    return {"size": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def _safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:

@@ -119,8 +119,9 @@ def scheduler(opts: TuneOptions, max_steps: int, val_every: int, record: Path):
 
 
 def trial_resources(opts: TuneOptions) -> float:
-    """Logical CPUs one trial holds: its Tune driver (1) + its Train controller (1) + its workers."""
-    return 2 + opts.workers_per_trial * opts.cpus_per_worker
+    """Logical CPUs one trial holds: its Tune driver (1) + its workers (Ray Train's controller takes
+    none: ``num_cpus=0``)."""
+    return 1 + opts.workers_per_trial * opts.cpus_per_worker
 
 
 def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts: TuneOptions, tune_name: str,
@@ -212,7 +213,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                      logging_level=logging.WARNING)  # dashboard on: early-stopped trials then free their workers
     total_cpu = ray.cluster_resources().get("CPU", 0)
     if per_trial > total_cpu:
-        raise GsvError(f"one trial needs {per_trial:g} CPUs (its driver, its Train controller and "
+        raise GsvError(f"one trial needs {per_trial:g} CPUs (its driver and "
                        f"{opts.workers_per_trial} worker(s) x {opts.cpus_per_worker:g}) but the cluster has "
                        f"{total_cpu:g}", fix="lower --workers-per-trial / --cpus-per-worker or add nodes")
     if opts.max_concurrent and opts.max_concurrent * per_trial > total_cpu:
