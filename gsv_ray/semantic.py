@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gsv_ray.distributed.launch import check_reachable
+from gsv_ray.distributed.cluster import connect
 from gsv_ray.errors import GsvError
 
 NAME2TEXT = "2-name2text.txt"
@@ -205,19 +205,8 @@ def _extract_ray(weights: Mapping[str, torch.Tensor], paths: list[str], workers:
     except ImportError as e:  # pragma: no cover - ray is a dependency
         raise GsvError("--workers > 1 needs Ray, which is not installed", fix="pip install 'ray>=2.60' or use "
                        "--workers 1") from e
-    started = False
-    if not ray.is_initialized():
-        check_reachable(address or os.environ.get("RAY_ADDRESS"))
-        kwargs: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-        if address is None and not os.environ.get("RAY_ADDRESS"):  # a private local instance sized for this job
-            kwargs.update(num_cpus=workers, object_store_memory=256 * 2**20, include_dashboard=False)
-        try:
-            ray.init(address=address, **kwargs)
-        except Exception as e:
-            where = address or os.environ.get("RAY_ADDRESS")
-            raise GsvError(f"cannot start/join Ray ({_first_line(e)})", path=where,
-                           fix="check --address / RAY_ADDRESS (or unset both for a local Ray), or use --workers 1") from e
-        started = True
+    started = connect(address, num_cpus=workers, logging_level=logging.ERROR, log_to_driver=False,
+                      object_store_memory=256 * 2**20)
     try:
         num_gpus = 0.0
         if device.startswith("cuda"):

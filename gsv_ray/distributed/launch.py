@@ -13,12 +13,12 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray
 from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
@@ -64,48 +64,6 @@ def _recorded_run(out: str | Path) -> str | None:
     return name if isinstance(name, str) and name.startswith("gsv-") and "/" not in name else None
 
 
-def check_reachable(address: str | None, timeout: float = 5.0) -> None:
-    """Fail fast on a ``host:port`` nobody answers (Ray itself would retry for many minutes)."""
-    if not address or address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        raise GsvError("not a Ray address", path=address, fix="use host:port, ray://host:port or auto")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise GsvError(f"no Ray cluster answers there ({e.strerror or type(e).__name__})", path=address,
-                       fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray") from e
-
-
-def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> bool:
-    """Join the cluster at ``address`` or start a local Ray sized for the job (one clear line on
-    failure). True when this call started a local Ray (the caller then owns it)."""
-    import ray
-
-    # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and
-    # report() waits for that poll. We report only at checkpoints, so we keep the default: a 0.1 s poll
-    # made every training step 15-20 % slower on a 2-core machine (bench_ray_overhead.py).
-    if ray.is_initialized():
-        return False
-    check_reachable(address or os.environ.get("RAY_ADDRESS"))
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except Exception as e:  # ConnectionError, TimeoutError, RuntimeError, ...
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise GsvError(f"no Ray cluster at --address {address} ({first})",
-                           fix="start one ('ray start --head' or 'ray up cluster.yaml') or drop --address") from None
-        return False
-    import logging
-
-    need = workers * cpus_per_worker  # Ray Train's controller takes no CPU (num_cpus=0, on this node)
-    ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), object_store_memory=None,
-             include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
-    return True
-
-
 def check_resources(opts: RayOptions) -> None:
     import ray
 
@@ -137,14 +95,6 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
     from gsv_ray.train.loop import open_run_experiment
 
     return None if is_uri(cfg.data) else open_run_experiment(cfg.data, rebuilt)
-
-
-def _alive_hosts() -> set[str]:
-    """The machines the cluster's live nodes run on: node-local storage is shared by nodes on one
-    machine (several raylets, as in ``ray.cluster_utils.Cluster``), not across machines."""
-    import ray
-
-    return {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
 
 
 def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
@@ -181,9 +131,9 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         if opts.workers * opts.gpus_per_worker > have:
             raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
                            fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
-    started = connect(opts.address, workers=opts.workers, cpus_per_worker=opts.cpus_per_worker)
+    started = connect(opts.address, num_cpus=opts.workers * opts.cpus_per_worker)
     check_resources(opts)
-    hosts = _alive_hosts()
+    hosts = alive_hosts()
     if len(hosts) > 1 and is_node_local(storage):
         raise GsvError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {storage} "
                        "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
@@ -260,21 +210,6 @@ def _one_line(exc: BaseException) -> str:
     if len(lines) > 1 and tail:  # a traceback: its last unindented line names the exception
         return tail[-1].strip()[:240]
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:240]
-
-
-def end_local_ray(runs: str) -> None:
-    """After success, failure or Ctrl-C: shut our local Ray down (its workers exit and drop their
-    hold on the runs' node scratch), then remove the scratch of the runs matching ``runs`` (a run
-    name, or a glob such as ``<tune name>-*``). Runs on a cluster are cleaned by their last worker,
-    or as orphans by the next run on the node."""
-    import ray
-
-    from gsv_ray.distributed.worker import scratch_root
-    from gsv_ray.owned import remove_when_orphaned
-
-    ray.shutdown()
-    for d in scratch_root().glob(runs):
-        remove_when_orphaned(d, wait_s=10.0)
 
 
 def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> TrainResult:

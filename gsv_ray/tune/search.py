@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -165,7 +164,8 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     from ray import tune
 
     from gsv_ray.cache import default_cache_root
-    from gsv_ray.distributed.launch import check_reachable, driver_experiment, end_local_ray
+    from gsv_ray.distributed.cluster import connect, end_local_ray
+    from gsv_ray.distributed.launch import driver_experiment
     from gsv_ray.distributed.shared import share
     from gsv_ray.rebuild import rebuild_cached
     from gsv_ray.storage import check_writable, resolve
@@ -200,17 +200,10 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     say(f"rebuilt once for every trial ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
 
     per_trial = trial_resources(opts)
-    started = not ray.is_initialized()
-    if started:
-        check_reachable(opts.address or os.environ.get("RAY_ADDRESS"))
-        if opts.address:
-            ray.init(address=opts.address)
-        else:  # local: logical CPUs for two concurrent trials at least (a trial's driver needs one,
-            # STACK.md), more only where the machine has the cores
-            import logging
-
-            ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(min(2, opts.num_samples) * per_trial))),
-                     logging_level=logging.WARNING)  # dashboard on: early-stopped trials then free their workers
+    # a local Ray: logical CPUs for two concurrent trials at least (a trial's driver needs one,
+    # STACK.md), more only where the machine has the cores; the dashboard on: early-stopped trials
+    # then free their workers
+    started = connect(opts.address, num_cpus=min(2, opts.num_samples) * per_trial, dashboard=True)
     total_cpu = ray.cluster_resources().get("CPU", 0)
     if per_trial > total_cpu:
         raise GsvError(f"one trial needs {per_trial:g} CPUs (its driver and "

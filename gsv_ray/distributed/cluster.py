@@ -1,0 +1,160 @@
+"""Joining a Ray cluster or starting our own: one place for ``train --workers``, ``tune`` and
+``semantic --workers``.
+
+``ray.init()`` without an address attaches to whatever ``ray start`` cluster runs on the machine
+(Ray reads ``/tmp/ray/ray_current_cluster``): a user's other Ray then received our job, and
+``num_cpus`` made ``ray.init`` fail. We start a private instance with ``address="local"`` (Ray's
+documented way to start a new one even when another exists) unless the user names a cluster
+(``--address``, or ``RAY_ADDRESS``, which Ray's job tooling sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+
+from gsv_ray.errors import GsvError
+
+
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody answers (Ray itself would retry for many minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise GsvError("not a Ray address", path=address, fix="use host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise GsvError(f"no Ray cluster answers there ({e.strerror or type(e).__name__})", path=address,
+                       fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray") from e
+
+
+def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> bool:
+    """Join the cluster at ``address`` or start a local Ray sized for the job (one clear line on
+    failure). True when this call started a local Ray (the caller then owns it)."""
+    import ray
+
+    # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and
+    # report() waits for that poll. We report only at checkpoints, so we keep the default: a 0.1 s poll
+    # made every training step 15-20 % slower on a 2-core machine (bench_ray_overhead.py).
+    if ray.is_initialized():
+        return False
+    check_reachable(address or os.environ.get("RAY_ADDRESS"))
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except Exception as e:  # ConnectionError, TimeoutError, RuntimeError, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise GsvError(f"no Ray cluster at --address {address} ({first})",
+                           fix="start one ('ray start --head' or 'ray up cluster.yaml') or drop --address") from None
+        return False
+    import logging
+
+    need = workers * cpus_per_worker  # Ray Train's controller takes no CPU (num_cpus=0, on this node)
+    ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), object_store_memory=None,
+             include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    return True
+
+
+def joined_address(address: str | None) -> str | None:
+    """The cluster the user asked to join (``--address``, else ``RAY_ADDRESS``), or None: our own."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def connect(address: str | None, *, num_cpus: float, dashboard: bool = False,
+            logging_level: int = logging.WARNING, log_to_driver: bool = True,
+            object_store_memory: int | None = None) -> bool:
+    """Join the cluster the user named or start a private local Ray with at least ``num_cpus``
+    logical CPUs (one clear line on failure). True when this call started a local Ray (the caller
+    then owns it and ends it with :func:`end_local_ray`). ``dashboard``: Tune needs it (with it, a
+    trial stopped early frees its workers' placement group; STACK.md)."""
+    import ray
+
+    # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and
+    # report() waits for that poll. We report only at checkpoints, so we keep the default: a 0.1 s poll
+    # made every training step 15-20 % slower on a 2-core machine (bench_ray_overhead.py).
+    if ray.is_initialized():
+        return False
+    join = joined_address(address)
+    check_reachable(join)
+    if join:
+        try:
+            ray.init(address=join, log_to_driver=log_to_driver, logging_level=logging_level)
+        except Exception as e:  # ConnectionError, TimeoutError, RuntimeError, ...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            flag = "--address" if address else "RAY_ADDRESS"
+            raise GsvError(f"no Ray cluster at {flag} {join} ({first})",
+                           fix=f"start one ('ray start --head' or 'ray up cluster.yaml') or unset {flag} for a "
+                               "local Ray") from None
+        return False
+    _pin_own_address()
+    try:
+        ray.init(address="local", num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1),
+                 object_store_memory=object_store_memory, include_dashboard=dashboard,
+                 log_to_driver=log_to_driver, logging_level=logging_level)
+    except Exception as e:  # noqa: BLE001 -- e.g. no room in /dev/shm or /tmp for a new instance
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise GsvError(f"cannot start a local Ray ({first})",
+                       fix="free space in /tmp and /dev/shm, or join a running cluster with --address") from None
+    return True
+
+
+def _pin_own_address() -> None:
+    """Make every process of our local Ray find *our* cluster when it looks one up.
+
+    ``address="local"`` starts a new instance, but Ray's own helper actors (Ray Train's
+    PlacementGroupCleaner, the state API) locate "their" cluster through ``RAY_ADDRESS`` or else the
+    newest ``ray start`` cluster on the machine: with another Ray running they queried that one
+    ("Found multiple active Ray instances") and, had it a dashboard, would have judged our Train
+    controller dead and removed our workers' placement group. There is no ``ray.init`` option for
+    the GCS port, so we choose a free port, give it to Ray through ``RAY_GCS_SERVER_PORT`` (the
+    variable Ray's head start reads) and put the address in ``RAY_ADDRESS`` before the raylet and its
+    workers are spawned (they inherit it). Undone by :func:`end_local_ray`."""
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    _saved_env.update({k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")})
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+
+
+_saved_env: dict[str, str | None] = {}  # what _pin_own_address replaced, for end_local_ray
+
+
+def _unpin() -> None:
+    for k, v in _saved_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _saved_env.clear()
+
+
+def alive_hosts() -> set[str]:
+    """The machines the cluster's live nodes run on: node-local storage is shared by nodes on one
+    machine (several raylets, as in ``ray.cluster_utils.Cluster``), not across machines."""
+    import ray
+
+    return {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+
+
+def end_local_ray(runs: str) -> None:
+    """After success, failure or Ctrl-C: shut our local Ray down (its workers exit and drop their
+    hold on the runs' node scratch), then remove the scratch of the runs matching ``runs`` (a run
+    name, or a glob such as ``<tune name>-*``). Runs on a cluster are cleaned by their last worker,
+    or as orphans by the next run on the node."""
+    import ray
+
+    from gsv_ray.distributed.worker import scratch_root
+    from gsv_ray.owned import remove_when_orphaned
+
+    ray.shutdown()
+    _unpin()
+    for d in scratch_root().glob(runs):
+        remove_when_orphaned(d, wait_s=10.0)
