@@ -63,7 +63,7 @@ def own_worker(init, base_g, base_d):
     return anon() - before
 
 init, g, d = sys.argv[1:4]
-ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR")
+ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="ERROR")
 shared = share(rebuild(init, base_g=g, base_d=d))
 a = ray.get([shared_worker.remote(shared) for _ in range(2)])
 b = ray.get([own_worker.remote(init, g, d) for _ in range(2)])

@@ -39,7 +39,7 @@ class Trial:
         return anon() - before
 
 files = sys.argv[1:4]
-ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", object_store_memory=1200 * 2**20)
+ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", object_store_memory=1200 * 2**20)
 rb = rebuild(*files[:1], base_g=files[1], base_d=files[2])
 shared = share(rb)
 store_mb = sum(t.numel() * t.element_size() for sd in rb.weights.values() for t in sd.values()) / 2**20

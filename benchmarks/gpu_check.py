@@ -133,7 +133,7 @@ def run_ray(stage: str, inputs, out: Path, args, cuda: bool) -> dict:
     if not ray.is_initialized():
         import logging
 
-        ray.init(num_cpus=cpus, num_gpus=1 if cuda else 0, include_dashboard=False, log_to_driver=True,
+        ray.init(address="local", num_cpus=cpus, num_gpus=1 if cuda else 0, include_dashboard=False, log_to_driver=True,
                  logging_level=logging.WARNING)
     cfg = make_cfg(stage, "bf16", inputs, out, args, cpu=not cuda)
     opts = RayOptions(workers=1, gpus_per_worker=1 if cuda else 0, cpus_per_worker=max(1, min(8, cpus - 2)))

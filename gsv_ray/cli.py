@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from gsv_ray import __version__
 from gsv_ray.errors import GsvError, os_error
@@ -121,23 +122,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.workers:
         overrides["resume"] = None  # on Ray, --resume means "continue the run of this same command"
     cfg = load_config(args.config, **overrides)
-    if args.workers:
-        from gsv_ray.distributed.launch import RayOptions, train_on_ray
+    from gsv_ray.console import Chatter, ProgressDisplay, shown
 
-        opts = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker or 0.0,
-                          cpus_per_worker=args.cpus_per_worker or 1.0, address=args.address, storage=args.storage,
-                          max_failures=args.max_failures or 0, resume=args.resume is not None,
-                          placement_strategy=args.placement_strategy or "PACK")
-        result = train_on_ray(cfg, opts)
-    else:
-        from gsv_ray.cache import default_cache_root
+    with Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
+        if args.workers:
+            from gsv_ray.distributed.launch import RayOptions, train_on_ray
 
-        cfg = cfg.localised(default_cache_root())
-        with Tracking.for_run(cfg) as tracking:
-            result = train(cfg, tracking=tracking)
-    for line in run_summary(result):
-        print(line)
+            opts = RayOptions(workers=args.workers, gpus_per_worker=args.gpus_per_worker or 0.0,
+                              cpus_per_worker=args.cpus_per_worker or 1.0, address=args.address,
+                              storage=args.storage, max_failures=args.max_failures or 0,
+                              resume=args.resume is not None, placement_strategy=args.placement_strategy or "PACK")
+            result = train_on_ray(cfg, opts, say=console.say, console=console)
+        else:
+            from gsv_ray.cache import default_cache_root
+
+            cfg = cfg.localised(default_cache_root())
+            with Tracking.for_run(cfg) as tracking:
+                result = train(cfg, tracking=tracking, say=console.say, progress=ProgressDisplay(console))
+        if console.used:
+            console.say(f"log (Ray, W&B): {shown(console.log_file)}")
+        for line in run_summary(result):
+            console.say(line)
     return 0
+
+
+def log_file(output_dir: str | Path) -> Path:
+    """Where a command's library chatter goes: the run directory's ``logs/gsv-ray.log``."""
+    return Path(output_dir) / "logs" / "gsv-ray.log"
 
 
 TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup_steps", "warmup_start", "decay",
@@ -153,11 +164,8 @@ TUNE_FIELDS = ("num_samples", "lr_scale_range", "warmup_choices", "search", "sch
 def _cmd_tune(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from rich.console import Console
-
     from gsv_ray.train import load_config
     from gsv_ray.train.config import read_options_file
-    from gsv_ray.tune.run import tune_and_report
     from gsv_ray.tune.search import TuneOptions
 
     tune_yaml: dict = {}
@@ -178,8 +186,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     if "lr_scale_range" in values:
         values["lr_scale_range"] = tuple(float(x) for x in values["lr_scale_range"])
     opts = TuneOptions(**{k: v for k, v in values.items() if k in fields}, resume=bool(args.resume))
-    run = tune_and_report(cfg, opts, console=Console())
-    return _tune_exit(run)
+    return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
+
+
+def _run_tune(cfg, opts, *, verbose: bool):
+    from gsv_ray.console import Chatter
+    from gsv_ray.tune.run import tune_and_report
+
+    with Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
+        return tune_and_report(cfg, opts, console=console)
 
 
 def _tune_exit(run) -> int:
@@ -194,17 +209,14 @@ def _tune_exit(run) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from gsv_ray.tune.run import demo_config, tune_and_report
+    from gsv_ray.tune.run import demo_config
 
     root = Path(args.dir)
-    print(f"gsv-ray demo in {root}: a synthetic voice, a small SoVITS v2 old.pth in GPT-SoVITS's export format, "
-          "and a Ray Tune search over lr_scale and warmup (local Ray, W&B offline)")
+    print(f"gsv-ray demo in {root}: a synthetic voice and a small SoVITS v2 old.pth in")
+    print("GPT-SoVITS's formats; Ray Tune searches lr_scale and warmup on a local Ray,")
+    print("tracked in W&B offline.")
     cfg, opts = demo_config(root, fast=args.fast)
-    return _tune_exit(tune_and_report(cfg, opts, console=Console()))
+    return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
 
 
 def _d(cls: type, name: str) -> str:
@@ -354,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-failures", type=int, help="restarts of failed workers before the job fails (default 0)")
     g.add_argument("--placement-strategy", choices=["PACK", "SPREAD"],
                    help="PACK: workers on as few nodes as fit (default); SPREAD: one per node where possible")
+    tr.add_argument("--verbose", action="store_true", help="also show Ray's and W&B's own output (always in "
+                    "-o/logs/gsv-ray.log)")
     tr.set_defaults(func=_cmd_train)
 
     tu = sub.add_parser(
@@ -404,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint storage shared by all nodes (s3://..., gs://..., a shared path); default -o/ray")
     g.add_argument("--name", help="the tune run's name (W&B group); default tune-<-o folder>")
     g.add_argument("--resume", action="store_true", help="continue the tune run of this name after an interruption")
+    tu.add_argument("--verbose", action="store_true", help="also show Ray's and W&B's own output (always in "
+                    "-o/logs/gsv-ray.log)")
     tu.set_defaults(func=_cmd_tune)
 
     de = sub.add_parser(
@@ -414,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the first.")
     de.add_argument("--dir", default="gsv-ray-demo", help="where to put everything (default ./gsv-ray-demo)")
     de.add_argument("--fast", action="store_true", help="fewer, shorter trials (for tests)")
+    de.add_argument("--verbose", action="store_true", help="also show Ray's and W&B's own output (always in the "
+                    "run's logs/gsv-ray.log)")
     de.set_defaults(func=_cmd_demo)
     return p
 

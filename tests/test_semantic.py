@@ -191,7 +191,8 @@ def test_ray_joins_initialised_cluster_and_reports_bad_features(tmp_path: Path, 
     want = extract_semantic(exp, golden_model, cache_root=cache_dir, output=tmp_path / "local.tsv")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
+                 log_to_driver=False)
     try:
         r = extract_semantic(exp, golden_model, workers=3, cache_root=cache_dir)
         assert r.workers == 3 and ray.is_initialized()

@@ -33,33 +33,6 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
                        fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray") from e
 
 
-def connect(address: str | None, *, workers: int, cpus_per_worker: float) -> bool:
-    """Join the cluster at ``address`` or start a local Ray sized for the job (one clear line on
-    failure). True when this call started a local Ray (the caller then owns it)."""
-    import ray
-
-    # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and
-    # report() waits for that poll. We report only at checkpoints, so we keep the default: a 0.1 s poll
-    # made every training step 15-20 % slower on a 2-core machine (bench_ray_overhead.py).
-    if ray.is_initialized():
-        return False
-    check_reachable(address or os.environ.get("RAY_ADDRESS"))
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=True)
-        except Exception as e:  # ConnectionError, TimeoutError, RuntimeError, ...
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            raise GsvError(f"no Ray cluster at --address {address} ({first})",
-                           fix="start one ('ray start --head' or 'ray up cluster.yaml') or drop --address") from None
-        return False
-    import logging
-
-    need = workers * cpus_per_worker  # Ray Train's controller takes no CPU (num_cpus=0, on this node)
-    ray.init(num_cpus=max(int(need + 0.999), os.cpu_count() or 1), object_store_memory=None,
-             include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
-    return True
-
-
 def joined_address(address: str | None) -> str | None:
     """The cluster the user asked to join (``--address``, else ``RAY_ADDRESS``), or None: our own."""
     return address or os.environ.get("RAY_ADDRESS") or None

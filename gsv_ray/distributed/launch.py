@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from gsv_ray.console import shown
 from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray
 from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
@@ -99,8 +100,9 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
 
 def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
                  fault: dict[str, Any] | None = None, wandb_group: str | None = None,
-                 wandb_job_type: str | None = None) -> TrainResult:
-    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray Train workers; see the module doc."""
+                 wandb_job_type: str | None = None, console: Any = None) -> TrainResult:
+    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray Train workers; see the module doc.
+    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines and progress are shown there."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -146,8 +148,10 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
                  lambda f: f.write(json.dumps({"name": name, "storage": storage}).encode()), overwrite=True)
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
-        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {storage}")
+        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(storage)}")
+    relay, display = _console_relay(console)
     loop_config = {
+        "relay": relay.queue if relay is not None else None,
         "train": {**cfg.to_json(), "resume": None, "name": cfg.run_name},  # exports named after -o, as locally
         "rebuild": shared,
         "experiment": driver_experiment(cfg, rebuilt),
@@ -182,9 +186,31 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     except Exception as e:
         raise ray_failure(e) from e
     finally:
+        if relay is not None:
+            relay.close()
+            display.close()
         if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
             end_local_ray(name)
     return _collect(result, cfg, rebuilt.stage, rebuilt.version)
+
+
+def _console_relay(console):
+    """Rank 0's lines and progress, relayed to the driver's console (none without a console)."""
+    if console is None:
+        return None, None
+    from gsv_ray.console import ProgressDisplay, Relay
+
+    display = ProgressDisplay(console, label="train")
+
+    def handle(e: dict[str, Any]) -> None:
+        if e["kind"] == "line":
+            display.say(f"[rank 0] {e['text']}")
+        elif e["kind"] == "start":
+            display.start(int(e["total"]), int(e["step"]))
+        elif e["kind"] == "step":
+            display.update(int(e["step"]), {k: e[k] for k in ("loss", "lr") if e.get(k) is not None})
+
+    return Relay(handle), display
 
 
 def ray_failure(e: BaseException) -> GsvError:
@@ -230,5 +256,9 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> Train
     metrics = result.metrics or {}
     steps = int(metrics.get("step", 0))
     last = Path(ckpt.path).parent / f"step_{steps:08d}"  # the training state (``final`` holds the outputs)
+    from gsv_ray.track import read_metrics
+
+    val = [{k: v for k, v in r.items() if k not in ("split", "time")}
+           for r in (read_metrics(out / "metrics.jsonl", split="val") if (out / "metrics.jsonl").is_file() else [])]
     return TrainResult(run_dir=out, stage=stage, version=version, steps=steps,
-                       epochs=int(metrics.get("epochs", 0)), exports=exports, last_checkpoint=last)
+                       epochs=int(metrics.get("epochs", 0)), exports=exports, last_checkpoint=last, val_history=val)

@@ -86,7 +86,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         cfg = dataclasses.replace(cfg, num_workers=default_loader_workers(cpus))
-    say = _say(f"[rank 0/{world}] ") if rank == 0 else (lambda s: None)
+    relay = config.get("relay")  # the driver's console (None: lines only in the worker's log)
+    progress: Any = False
+    say = (lambda s: None)
+    if rank == 0:
+        from gsv_ray.console import RelayedProgress
+
+        progress = RelayedProgress(relay, config.get("relay_run")) if relay is not None else False
+        say = _say(f"[rank 0/{world}] ", progress if relay is not None else None)
     restored = _restore(config, ctx, run_dir, say=say)
     if restored is not None:
         cfg.resume = str(restored)
@@ -100,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                             run_id=config.get("wandb_run_id"),
                             config_overrides={"output_dir": config.get("output_dir_shown", cfg.output_dir)})
     try:
-        result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=False,
+        result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=progress,
                        experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
                        say=say)
     finally:
@@ -177,14 +184,17 @@ def _run_uri(config: dict[str, Any]) -> str:
     return f"{config['storage_path'].rstrip('/')}/{config['run_name']}"
 
 
-def _say(prefix: str):
-    """Lines for the driver's console, written to stdout once. (Not ``print``: Ray Train patches
-    ``print`` to log through its root logger *and*, when something such as W&B wraps stdout, to print
-    too, so every line reached the console twice.)"""
+def _say(prefix: str, relay=None):
+    """Lines for people: to the driver's console through ``relay`` (when the driver has one), and to
+    this worker's stdout, which Ray forwards to the driver's log file. (Not ``print``: Ray Train
+    patches ``print`` to log through its root logger *and*, when something such as W&B wraps stdout,
+    to print too, so every line reached the console twice.)"""
 
     def say(line: str) -> None:
         sys.stdout.write(f"{prefix}{line}\n")
         sys.stdout.flush()
+        if relay is not None:
+            relay.say(line)
 
     return say
 

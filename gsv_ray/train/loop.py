@@ -149,7 +149,7 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     checkpoints: Any | None = None,
     experiment: Experiment | None = None,
-    progress: bool = True,
+    progress: Any = True,
     say: Callable[[str], None] = print,
 ) -> TrainResult:
     """Resume training from ``cfg.init`` (rebuilt once, or passed in as ``rebuilt``).
@@ -266,6 +266,8 @@ def train(
         with phases("validation"):
             metrics = recipe.evaluate(val_batches, cfg.seed)
         val_history.append({"step": step, **metrics})
+        if hasattr(bar, "validated"):
+            bar.validated(step, metrics.get("loss"))
         last_val.update({f"val/{k}": v for k, v in metrics.items()})
         if tracking is not None:
             tracking.log(step, {f"val/{k}": v for k, v in metrics.items()})
@@ -282,73 +284,76 @@ def train(
                                              protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))
             accelerator.wait_for_everyone()
 
-    bar = _progress(total, state.step, enabled=progress and main)
+    bar = _display(progress, main)
+    bar.start(total, state.step)
     n = cfg.grad_accum
     non_blocking = accelerator.device.type == "cuda"
     t_last = time.perf_counter()
     skipped_in_a_row = 0
     planned.start(plan, epoch=state.epoch, skip_steps=state.batch_in_epoch // n)
     batches = iter(loader)  # one iterator for the whole run: the workers prefetch across epochs
-    while state.step < total:
-        done = state.batch_in_epoch // n  # steps of this epoch already taken (resume mid-epoch)
-        for _ in range(done, steps_per_epoch):
-            t_wait = time.perf_counter()
-            micro = [next(batches) for _ in range(n)]
-            data_wait = time.perf_counter() - t_wait
-            micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
-            items = sum(len(mb.indices) for _, mb in micro)
-            scale_before = precision.scale
-            try:
-                metrics = recipe.train_step(micro, step=state.step)
-            except NonFiniteGradient as e:
-                raise _diverged(state.step + 1, str(e), cfg, stage, last_ckpt) from None
-            if precision.scaler.is_enabled():
-                metrics["loss_scale"] = precision.scale
-                skipped_in_a_row = skipped_in_a_row + 1 if precision.scale < scale_before else 0
-                if skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
-                    raise _diverged(state.step + 1, f"{skipped_in_a_row} fp16 steps in a row overflowed (loss scale "
-                                    f"{precision.scale:g})", cfg, stage, last_ckpt)
-            state.batch_in_epoch += n
-            lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
-            with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                for s in schedulers:
-                    s.step()
-            state.step += 1
-            now = time.perf_counter()
-            step_time = now - t_last
-            per_worker = items / max(1e-9, step_time)
-            metrics.update(lrs, step_time=step_time, data_wait=data_wait, data_wait_share=data_wait / max(1e-9, step_time),
-                           samples_per_s=per_worker * accelerator.num_processes, samples_per_s_per_worker=per_worker,
-                           world_size=accelerator.num_processes, epoch=state.epoch + 1)
-            if on_step is not None:
-                on_step(state.step, metrics)
-            if main and tracking is not None and (state.step % cfg.log_every == 0 or state.step == total):
-                tracking.log(state.step, {f"train/{k}": v for k, v in metrics.items()})
-            bar.update(state.step, metrics)
-            if state.step % cfg.val_every == 0 or state.step == total:
-                validate(state.step)
-            phases.add("steps", step_time)
-            if state.step % cfg.save_every == 0 or state.step == total:
-                with phases("checkpoint"):
-                    _require_finite(recipe.models, state.step, cfg, stage, last_ckpt)
-                    last_ckpt = checkpoints.save(accelerator, state.step, models=recipe.models,
-                                                 optimizers=recipe.optimizers, metrics={**metrics, **last_val}, state={
-                                                     "train": state.state_dict(),
-                                                     "schedulers": [s.state_dict() for s in schedulers],
-                                                     "scaler": precision.scaler.state_dict()})
-            t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
-            if state.step >= total:
-                break
-        else:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            if cfg.export_every_epochs and state.epoch % cfg.export_every_epochs == 0:
-                export(state.epoch)
-                t_last = time.perf_counter()
-            continue
-        break
-    bar.close()
+    try:
+        while state.step < total:
+            done = state.batch_in_epoch // n  # steps of this epoch already taken (resume mid-epoch)
+            for _ in range(done, steps_per_epoch):
+                t_wait = time.perf_counter()
+                micro = [next(batches) for _ in range(n)]
+                data_wait = time.perf_counter() - t_wait
+                micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
+                items = sum(len(mb.indices) for _, mb in micro)
+                scale_before = precision.scale
+                try:
+                    metrics = recipe.train_step(micro, step=state.step)
+                except NonFiniteGradient as e:
+                    raise _diverged(state.step + 1, str(e), cfg, stage, last_ckpt) from None
+                if precision.scaler.is_enabled():
+                    metrics["loss_scale"] = precision.scale
+                    skipped_in_a_row = skipped_in_a_row + 1 if precision.scale < scale_before else 0
+                    if skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
+                        raise _diverged(state.step + 1, f"{skipped_in_a_row} fp16 steps in a row overflowed (loss scale "
+                                        f"{precision.scale:g})", cfg, stage, last_ckpt)
+                state.batch_in_epoch += n
+                lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
+                with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                    for s in schedulers:
+                        s.step()
+                state.step += 1
+                now = time.perf_counter()
+                step_time = now - t_last
+                per_worker = items / max(1e-9, step_time)
+                metrics.update(lrs, step_time=step_time, data_wait=data_wait, data_wait_share=data_wait / max(1e-9, step_time),
+                               samples_per_s=per_worker * accelerator.num_processes, samples_per_s_per_worker=per_worker,
+                               world_size=accelerator.num_processes, epoch=state.epoch + 1)
+                if on_step is not None:
+                    on_step(state.step, metrics)
+                if main and tracking is not None and (state.step % cfg.log_every == 0 or state.step == total):
+                    tracking.log(state.step, {f"train/{k}": v for k, v in metrics.items()})
+                bar.update(state.step, metrics)
+                if state.step % cfg.val_every == 0 or state.step == total:
+                    validate(state.step)
+                phases.add("steps", step_time)
+                if state.step % cfg.save_every == 0 or state.step == total:
+                    with phases("checkpoint"):
+                        _require_finite(recipe.models, state.step, cfg, stage, last_ckpt)
+                        last_ckpt = checkpoints.save(accelerator, state.step, models=recipe.models,
+                                                     optimizers=recipe.optimizers, metrics={**metrics, **last_val}, state={
+                                                         "train": state.state_dict(),
+                                                         "schedulers": [s.state_dict() for s in schedulers],
+                                                         "scaler": precision.scaler.state_dict()})
+                t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
+                if state.step >= total:
+                    break
+            else:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if cfg.export_every_epochs and state.epoch % cfg.export_every_epochs == 0:
+                    export(state.epoch)
+                    t_last = time.perf_counter()
+                continue
+            break
+    finally:
+        bar.close()
     epochs_done = max(1, state.epoch + (1 if state.batch_in_epoch > 0 else 0))
     export(epochs_done)
     if main:  # the exports are named in the run's summary (where they end up: -o, also on Ray)
@@ -395,28 +400,20 @@ def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule
             "model": rebuilt.config}
 
 
-class _progress:
-    """A rich progress bar with loss, LR and it/s on the main process (no-op elsewhere)."""
+class _NoDisplay:
+    def start(self, total: int, done: int = 0) -> None: ...
 
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def update(self, step: int, metrics: dict[str, float]) -> None: ...
 
-        self.p = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                          TimeRemainingColumn(), transient=False)
-        self.p.start()
-        self.task = self.p.add_task("train", total=total, completed=start, info="")
-        self.t0, self.s0 = time.perf_counter(), start
+    def close(self) -> None: ...
 
-    def update(self, step: int, m: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        lr = next((v for k, v in m.items() if k.startswith("lr/")), 0.0)
-        rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
-        self.p.update(self.task, completed=step, info=f"loss {m.get('loss', float('nan')):.4g}  lr {lr:.3g}  {rate:.2f} it/s")
 
-    def close(self) -> None:
-        if self.enabled:
-            self.p.stop()
+def _display(progress: Any, main: bool):
+    """The progress display on the main process (none elsewhere)."""
+    if not main or not progress:
+        return _NoDisplay()
+    if progress is True:
+        from gsv_ray.console import ProgressDisplay
+
+        return ProgressDisplay()
+    return progress

@@ -21,14 +21,20 @@ class TuneRun:
     best_exports: list[Path]
 
 
-def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] = print,
+def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] | None = None,
                     console: Any = None) -> TuneRun:
     """Run the search, print the results table, write results.json / summary.png, copy the best
-    trial's GPT-SoVITS files to ``-o/best/``, and log the W&B summary run."""
-    outcome = run_tune(cfg, opts, say=say)
+    trial's GPT-SoVITS files to ``-o/best/``, and log the W&B summary run. ``console``: a
+    :class:`gsv_ray.console.Chatter` (lines, live trial rows and the table go there)."""
+    say = say or (console.say if console is not None else print)
+    outcome = run_tune(cfg, opts, say=say, console=console)
     out = Path(cfg.output_dir)
     if console is not None:
-        console.print(results_table(outcome))
+        from rich.console import Console
+
+        from gsv_ray.console import WIDTH
+
+        Console(file=console.out, width=WIDTH).print(results_table(outcome))
     files = write_results(outcome, out)
     best_exports: list[Path] = []
     shutil.rmtree(out / "best", ignore_errors=True)  # ours: a resumed search's best may be another trial
@@ -42,18 +48,23 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     wandb_dir = out  # W&B writes under $WANDB_DIR when set, else <-o>/wandb
     log_summary_run(outcome, project=cfg.wandb_project, mode=cfg.wandb_mode, dir=wandb_dir, group=outcome.name,
                     png_path=files.get("png"))
-    if outcome.best is not None:
-        b = outcome.best
-        say(f"best: trial {b.trial_id}: lr_scale {b.lr_scale:.4g} (peak LR {cfg.peak_lr(outcome.stage) / cfg.lr_scale * b.lr_scale:.3g}), "
-            f"warmup {b.warmup_steps} -> val loss {b.best_val_loss:.4g} at step {b.best_step}")
-    for p in best_exports:
-        say(f"best weights: {p}")
-    say(f"results: {files['json']}  plot: {files['png']}")
-    runs = offline_runs(out)
-    if runs:
-        say(f"W&B (offline): {len(runs)} runs in {out / 'wandb'}; upload them with: wandb sync {out / 'wandb'}/offline-run-*")
+    from gsv_ray.console import shown
+
+    say(f"results: {shown(files['json'])}, {shown(files['png'])}")
+    if console is not None and console.used:
+        say(f"log (Ray, W&B): {shown(console.log_file)}")
     if outcome.interrupted:
         say(f"interrupted: resume with the same command plus --resume (tune run {outcome.name})")
+    if outcome.best is not None:  # the last lines: what to use, where it is, how to upload the runs
+        b = outcome.best
+        peak = cfg.peak_lr(outcome.stage) / cfg.lr_scale * b.lr_scale
+        say(f"best: lr_scale {b.lr_scale:.4g} (peak LR {peak:.3g}), warmup {b.warmup_steps}: val loss "
+            f"{b.best_val_loss:.4g} at step {b.best_step}")
+    for p in best_exports:
+        say(f"best weights: {shown(p)}")
+    runs = offline_runs(out)
+    if runs:
+        say(f"W&B: {len(runs)} offline runs; upload: wandb sync {shown(out / 'wandb')}/offline-run-*")
     return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
 
 

@@ -124,7 +124,7 @@ def trial_resources(opts: TuneOptions) -> float:
 
 
 def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts: TuneOptions, tune_name: str,
-                   storage_path: str, storage_fs, forbidden: list[str], experiment=None) -> None:
+                   storage_path: str, storage_fs, forbidden: list[str], experiment=None, relay=None) -> None:
     """One trial: a Ray Train run of the training loop at this trial's lr_scale and warmup."""
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -141,6 +141,7 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
         "storage_path": storage_path, "storage_fs": storage_fs, "forbidden_paths": forbidden,
         "output_dir_shown": str(Path(base["output_dir"]).resolve() / "trials" / trial_id),
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
+        "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
     }
     resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
     TorchTrainer(
@@ -158,12 +159,13 @@ def default_name(cfg: TrainConfig) -> str:
     return f"tune-{Path(cfg.output_dir).resolve().name}"
 
 
-def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] = print):
+def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] = print, console: Any = None):
     """Run (or ``--resume``) the search; returns the ``TuneOutcome`` and writes the results to ``-o``."""
     import ray
     from ray import tune
 
     from gsv_ray.cache import default_cache_root
+    from gsv_ray.console import shown
     from gsv_ray.distributed.cluster import connect, end_local_ray
     from gsv_ray.distributed.launch import driver_experiment
     from gsv_ray.distributed.shared import share
@@ -215,10 +217,12 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                        f"but the cluster has {total_cpu:g}", fix=f"use --max-concurrent {fits} or less")
 
     shared = share(rebuilt)
+    relay, rows = _console_relay(console, cfg.max_steps)
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, base={**cfg.to_json()}, shared=shared, opts=opts, tune_name=name,
                              storage_path=storage_path, storage_fs=storage_fs,
                              experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
+                             relay=relay.queue if relay is not None else None,
                              forbidden=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p and "://" not in p]),
         {"CPU": 1})
     if opts.resume:
@@ -236,14 +240,21 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
             # people; we print the results table at the end
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                      verbose=0),
+                                      verbose=0, callbacks=[_TrialRows(rows, cfg.max_steps)] if rows else None),
         )
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
-        f"{opts.workers_per_trial} worker(s)/trial; storage {storage}")
+        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(storage)}")
     try:
         with _InterruptWatch() as watch:
-            grid = tuner.fit()
+            if rows is not None:
+                rows.start()
+            try:
+                grid = tuner.fit()
+            finally:
+                if relay is not None:
+                    relay.close()
+                    rows.close()
         outcome = collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
     finally:
         if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
@@ -251,6 +262,61 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     if watch.interrupted or (not opts.resume and len(outcome.trials) < opts.num_samples):
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
     return outcome
+
+
+def _console_relay(console, max_steps: int):
+    """Each trial's rank 0 sends its steps and validation losses to one row of the driver's console."""
+    if console is None:
+        return None, None
+    from gsv_ray.console import Relay, TrialsDisplay
+
+    rows = TrialsDisplay(console, total=max_steps)
+
+    def handle(e: dict[str, Any]) -> None:
+        if e.get("run") is None or e["kind"] == "line":  # a trial's own lines: in the log only
+            return
+        if e["kind"] == "val":
+            rows.update(e["run"], step=e["step"], val=e["val"])
+        elif e["kind"] in ("start", "step"):
+            rows.update(e["run"], step=e["step"], status="running")
+
+    return Relay(handle), rows
+
+
+def _trial_row_callback():
+    from ray.tune import Callback
+
+    class TrialRows(Callback):
+        """Trial settings and ends (Tune's public callback API, on the driver) for the console rows."""
+
+        def __init__(self, rows, max_steps: int):
+            self.rows, self.max_steps = rows, max_steps
+
+        def __getstate__(self):  # Tune saves its run config: the live console stays in this process
+            return {"rows": None, "max_steps": self.max_steps}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if self.rows is None:
+                return
+            self.rows.update(trial.trial_id, lr_scale=trial.config.get("lr_scale"),
+                             warmup=trial.config.get("warmup_steps"), status="starting")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if self.rows is None:
+                return
+            step = int((trial.last_result or {}).get("step", 0))
+            self.rows.update(trial.trial_id, status="done" if step >= self.max_steps else "stopped")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            if self.rows is None:
+                return
+            self.rows.update(trial.trial_id, status="failed")
+
+    return TrialRows
+
+
+def _TrialRows(rows, max_steps: int):
+    return _trial_row_callback()(rows, max_steps)
 
 
 class _InterruptWatch(logging.Handler):

@@ -18,7 +18,8 @@ def ray_local(tmp_path_factory):
     for k, v in RAY_ENV.items():
         os.environ[k] = v
     os.environ["GSV_RAY_SCRATCH"] = str(tmp_path_factory.mktemp("scratch"))
-    ray.init(num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
+    ray.init(address="local",  # our own, whatever other Ray the machine runs (or ran: a stale record)
+             num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
              runtime_env={"env_vars": {**RAY_ENV, "GSV_RAY_SCRATCH": os.environ["GSV_RAY_SCRATCH"]}})
     yield ray
     ray.shutdown()

@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,8 @@ def other_ray(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, **RAY_ENV}
     env.pop("RAY_ADDRESS", None)
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"  # Ray's "newest cluster" note
+    before = record.read_bytes() if record.is_file() else None
     log = open(tmp_path / "other-ray.log", "w")
     # a user's own cluster, started the usual way (default temp dir: it becomes Ray's "newest cluster")
     p = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(port),
@@ -46,6 +50,12 @@ def other_ray(tmp_path):
             p.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+        # `ray stop` would remove its note (and every Ray on the machine); we put back what was there,
+        # else a plain `ray.init()` elsewhere tries to join the cluster we stopped
+        if before is None:
+            record.unlink(missing_ok=True)
+        else:
+            record.write_bytes(before)
 
 
 def test_train_workers_starts_its_own_ray_beside_another(other_ray, fixtures_dir, synth, tmp_path):

@@ -84,7 +84,7 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     assert (f.kind, f.version) == ("sovits-export", "v2")
     back = rebuild(best, task="infer")
     assert back.report.counts()["generator"]["loaded"] == len(f.state_dict)
-    assert "best weights:" in r.stdout and str(best) in r.stdout
+    assert "best weights:" in r.stdout and str(best) in r.stdout.replace("\n  ", " ")
 
     # the same command again, without --resume: refused in one line, nothing of the first search touched
     before = {p: p.stat().st_mtime_ns for p in [out / "results.json", out / "summary.png", best]}
@@ -140,13 +140,25 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """As README runs it: a relative --dir (Ray workers run in other directories)."""
+    """As README runs it: a relative --dir (Ray workers run in other directories). The console is
+    for people: at most 40 lines, none wider than 80 columns, no traceback, ending with the best
+    settings, the best export and the command that uploads the W&B runs; Ray's and W&B's own output
+    is in the run's log file."""
     r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--fast"], cwd=tmp_path,
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "best: trial" in r.stdout and "best weights:" in r.stdout
+    lines = (r.stdout + r.stderr).rstrip("\n").splitlines()
+    assert len(lines) <= 40, "\n".join(lines)
+    assert max(len(line) for line in lines) <= 80, "\n".join(line for line in lines if len(line) > 80)
+    assert "Traceback" not in r.stdout + r.stderr
+    best = next((tmp_path / "d/runs/demo/best").rglob("*.pth"))
+    assert lines[-3].startswith("best: lr_scale ")
+    assert lines[-2] == f"best weights: {best.relative_to(tmp_path)}"
+    assert lines[-1] == "W&B: 3 offline runs; upload: wandb sync d/runs/demo/wandb/offline-run-*"
     assert (tmp_path / "d/runs/demo/results.json").is_file()
-    assert read(next((tmp_path / "d/runs/demo/best").rglob("*.pth"))).kind == "sovits-export"
+    assert read(best).kind == "sovits-export"
+    log = (tmp_path / "d/runs/demo/logs/gsv-ray.log").read_text()
+    assert "TrainController" in log  # Ray's chatter went there
 
 
 BAD = {

@@ -1,0 +1,377 @@
+"""The console of a command: our lines and one live progress display for people; the chatter of
+Ray, W&B and other libraries into a log file in the run directory (``--verbose`` shows it too).
+
+Ray forwards every worker's stdout/stderr to the driver and prints it through ``sys.stdout`` /
+``sys.stderr``; Ray's and W&B's own loggers write to the stream they were given at import. While a
+:class:`Chatter` is active both are pointed at the log file, so the demo printed 342 lines before
+and prints a few dozen now. Our own lines (``Chatter.say``) and the progress display go to the real
+terminal. Workers reach the console through :class:`Relay` (a Ray queue the driver drains), never
+through their stdout.
+
+Only the standard library and ``rich``: every layer may use this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+#: Non-TTY output (a log file, CI): one plain progress line at most this often.
+PLAIN_EVERY_S = 30.0
+WIDTH = 80
+
+
+class _Sink:
+    """A text stream that writes to the log file (opened on first write) and, verbose, to the terminal."""
+
+    def __init__(self, chatter: Chatter, tee: TextIO | None):
+        self.chatter, self.tee = chatter, tee
+
+    def write(self, s: str) -> int:
+        if s:
+            self.chatter._log(s)
+            if self.tee is not None:
+                self.tee.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        if self.chatter._file is not None:
+            self.chatter._file.flush()
+        if self.tee is not None:
+            self.tee.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:  # faulthandler, subprocess: the real stream's descriptor
+        return (self.tee or sys.__stderr__).fileno()
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class Chatter:
+    """``with Chatter(log_file, verbose) as c:`` routes library output to ``log_file`` while
+    ``c.say(line)`` and ``c.out`` reach the terminal. The log file is created on the first line
+    written to it (a command refused for bad input creates nothing)."""
+
+    def __init__(self, log_file: str | os.PathLike[str] | None, *, verbose: bool = False):
+        self.log_file = Path(log_file) if log_file is not None else None
+        self.verbose = verbose
+        self._file: TextIO | None = None
+        self._lock = threading.Lock()
+        self._saved: list[tuple[Any, str, Any]] = []
+        self.out: TextIO = sys.stdout
+        self.err: TextIO = sys.stderr
+
+    # -- routing -----------------------------------------------------------------------------
+    def __enter__(self) -> Chatter:
+        self.out, self.err = sys.stdout, sys.stderr
+        if self.log_file is None:
+            return self
+        sink_out, sink_err = _Sink(self, self.out if self.verbose else None), _Sink(self, self.err if self.verbose else None)
+        self._swap(sys, "stdout", sink_out)
+        self._swap(sys, "stderr", sink_err)
+        for logger in [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values()
+                                                if isinstance(v, logging.Logger)]:
+            for h in logger.handlers:  # handlers made at import hold the stream they were given then
+                if isinstance(h, logging.StreamHandler) and h.stream in (self.out, self.err):
+                    self._swap(h, "stream", sink_err if h.stream is self.err else sink_out)
+        return self
+
+    def _swap(self, obj: Any, attr: str, value: Any) -> None:
+        self._saved.append((obj, attr, getattr(obj, attr)))
+        setattr(obj, attr, value)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        for obj, attr, value in reversed(self._saved):
+            setattr(obj, attr, value)
+        self._saved.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if exc_type is not None and self.used:  # the error line follows: the details are in the log
+            self.err.write(f"log (Ray, W&B): {shown(self.log_file)}\n")
+
+    def _log(self, s: str) -> None:
+        if self.log_file is None:
+            return
+        with self._lock:
+            if self._file is None:
+                self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.log_file, "a", encoding="utf-8", errors="replace")
+            self._file.write(s)
+
+    # -- our lines -----------------------------------------------------------------------------
+    def say(self, line: str) -> None:
+        """One line for people, wrapped at 80 columns (also kept in the log, in order with the
+        chatter around it)."""
+        with self._lock:
+            self.out.write(wrap(line) + "\n")
+            self.out.flush()
+        if self.log_file is not None and self._saved:
+            self._log(f"{line}\n")
+
+    @property
+    def used(self) -> bool:
+        return self.log_file is not None and self.log_file.exists()
+
+    def is_tty(self) -> bool:
+        return bool(getattr(self.out, "isatty", lambda: False)())
+
+
+def wrap(line: str, width: int = WIDTH) -> str:
+    """``line`` in lines of at most ``width`` columns, continuations indented (a word longer than
+    that, such as a long path, stays whole)."""
+    import textwrap
+
+    if len(line) <= width:
+        return line
+    indent = " " * min(len(line) - len(line.lstrip(" ")) + 2, 8)
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                                   break_on_hyphens=False)) or line
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as people read it: relative to the current directory when inside it."""
+    if "://" in os.fspath(path):
+        return os.fspath(path)
+    p = Path(path)
+    try:
+        rel = p.resolve().relative_to(Path.cwd().resolve())
+    except (ValueError, OSError):
+        return str(p)
+    return str(rel) if str(rel) != "." else "."
+
+
+def fit(line: str, width: int = WIDTH) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _eta(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "--:--"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def progress_text(step: int, total: int, m: dict[str, float], rate: float) -> str:
+    """``12/24  ETA 00:31  loss 1.234  lr 2.0e-04  1.9 it/s``: what one run's progress shows."""
+    lr = next((v for k, v in m.items() if k.startswith("lr/")), m.get("lr"))
+    parts = [f"{step}/{total}", f"ETA {_eta((total - step) / rate) if rate > 0 else '--:--'}"]
+    if "loss" in m:
+        parts.append(f"loss {m['loss']:.4g}")
+    if lr is not None:
+        parts.append(f"lr {lr:.2g}")
+    parts.append(f"{rate:.2f} it/s")
+    return "  ".join(parts)
+
+
+class ProgressDisplay:
+    """One run's progress: a live bar on a terminal; a plain line every ``every_s`` seconds (and at
+    the end) elsewhere. ``start(total, done)``, ``update(step, metrics)``, ``close()``; ``say(line)``
+    prints a line above the bar."""
+
+    def __init__(self, chatter: Chatter | None = None, *, label: str = "train", every_s: float = PLAIN_EVERY_S):
+        self.chatter = chatter
+        self.label, self.every_s = label, every_s
+        self._bar = None
+        self._last_plain = 0.0
+        self._line = ""
+        self.total = self.s0 = self.step = 0
+        self.t0 = time.perf_counter()
+
+    def _out(self) -> TextIO:
+        return self.chatter.out if self.chatter is not None else sys.stdout
+
+    def _say(self, line: str) -> None:
+        if self._bar is not None:  # above the live bar
+            self._bar.console.print(line, highlight=False, markup=False, soft_wrap=True)
+            if self.chatter is not None and self.chatter.log_file is not None:
+                self.chatter._log(f"{line}\n")
+        elif self.chatter is not None:
+            self.chatter.say(line)
+        else:
+            print(line)
+
+    def say(self, line: str) -> None:
+        self._say(line)
+
+    def start(self, total: int, done: int = 0) -> None:
+        self.close()
+        self.total, self.s0, self.t0 = total, done, time.perf_counter()
+        self.step, self.metrics = done, {}
+        tty = self.chatter.is_tty() if self.chatter is not None else sys.stdout.isatty()
+        if tty:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            console = Console(file=self._out(), width=min(WIDTH, Console(file=self._out()).width))
+            self._bar = Progress(TextColumn(self.label), BarColumn(bar_width=16), TextColumn("{task.fields[info]}"),
+                                 console=console, transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=total, completed=done, info="")
+        self._last_plain = time.monotonic()
+
+    def rate(self) -> float:
+        return (self.step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        self.step, self.metrics = step, metrics
+        text = progress_text(step, self.total, metrics, self.rate())
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=fit(text, WIDTH - len(self.label) - 18))
+        elif time.monotonic() - self._last_plain >= self.every_s:
+            self._last_plain = time.monotonic()
+            self._say(fit(f"{self.label} {text}"))
+        self._line = text
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        elif self._line:
+            self._say(fit(f"{self.label} {self._line}"))
+            self._line = ""
+
+
+class TrialsDisplay:
+    """Tune: one row per trial (step, best validation loss, status), live on a terminal; a plain
+    summary line every ``every_s`` seconds elsewhere."""
+
+    def __init__(self, chatter: Chatter, *, total: int, every_s: float = PLAIN_EVERY_S):
+        self.chatter, self.total, self.every_s = chatter, total, every_s
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._live = None
+        self._last_plain = time.monotonic()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._last_plain = time.monotonic()
+        if self.chatter.is_tty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self._table(), console=Console(file=self.chatter.out, width=WIDTH),
+                              refresh_per_second=2, transient=True)
+            self._live.start()
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(box=None, pad_edge=False, width=WIDTH)
+        for col in ("trial", "lr_scale", "warmup", "step", "best val", "status"):
+            t.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
+        for tid, r in self.rows.items():
+            t.add_row(tid, _g(r.get("lr_scale")), str(r.get("warmup", "")), f"{r.get('step', 0)}/{self.total}",
+                      _g(r.get("best_val"), ".4f"), r.get("status", "running"))
+        return t
+
+    def update(self, trial: str, **fields: Any) -> None:
+        with self._lock:
+            row = self.rows.setdefault(trial, {})
+            if "val" in fields and fields["val"] is not None:
+                best = row.get("best_val")
+                row["best_val"] = fields["val"] if best is None else min(best, fields["val"])
+            row.update({k: v for k, v in fields.items() if k != "val" and v is not None})
+            if self._live is not None:
+                self._live.update(self._table())
+            elif time.monotonic() - self._last_plain >= self.every_s:
+                self._last_plain = time.monotonic()
+                self.chatter.say(fit(self.summary()))
+
+    def summary(self) -> str:
+        states: dict[str, int] = {}
+        for r in self.rows.values():
+            states[r.get("status", "running")] = states.get(r.get("status", "running"), 0) + 1
+        steps = sum(int(r.get("step", 0)) for r in self.rows.values())
+        bests = [r["best_val"] for r in self.rows.values() if r.get("best_val") is not None]
+        return (f"tune: {', '.join(f'{n} {s}' for s, n in states.items())}; {steps} steps so far"
+                + (f"; best val loss {min(bests):.4f}" if bests else ""))
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def _g(v: Any, spec: str = ".3g") -> str:
+    return "—" if v is None else format(float(v), spec)
+
+
+class Relay:
+    """Lines and progress from Ray workers and trials to the driver's console: a ``ray.util.queue``
+    the workers put small events into (rate-limited) and a driver thread drains into ``handle``."""
+
+    def __init__(self, handle: Callable[[dict[str, Any]], None]):
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.handle = handle
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="gsv-ray-relay", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        from ray.util.queue import Empty
+
+        while True:
+            try:
+                events = self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []
+            except (Empty, Exception):  # noqa: BLE001 -- the queue actor is gone (Ray shut down)
+                events = []
+                if self._stop.is_set():
+                    return
+            for e in events:
+                try:
+                    self.handle(e)
+                except Exception:  # noqa: BLE001 -- the console never stops a run
+                    logging.getLogger(__name__).exception("console relay")
+            if self._stop.is_set() and not events:
+                return
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class RelayedProgress:
+    """The progress display's interface on a Ray worker: forwards at most every ``every_s`` seconds
+    (and the last step) to the driver's :class:`Relay` queue, tagged with ``run``."""
+
+    def __init__(self, queue, run: str | None, every_s: float = 0.5):
+        self.queue, self.run, self.every_s = queue, run, every_s
+        self._last = 0.0
+
+    def _put(self, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait({"run": self.run, **event})
+        except Exception:  # noqa: BLE001 -- a full or gone queue never stops training
+            pass
+
+    def start(self, total: int, done: int = 0) -> None:
+        self.total = total
+        self._put({"kind": "start", "total": total, "step": done})
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s or step >= self.total:
+            self._last = now
+            lr = next((v for k, v in metrics.items() if k.startswith("lr/")), None)
+            self._put({"kind": "step", "step": step, "loss": metrics.get("loss"), "lr": lr})
+
+    def validated(self, step: int, loss: float | None) -> None:
+        self._put({"kind": "val", "step": step, "val": loss})
+
+    def say(self, line: str) -> None:
+        self._put({"kind": "line", "text": line})
+
+    def close(self) -> None:
+        pass
