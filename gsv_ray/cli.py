@@ -123,8 +123,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["resume"] = None  # on Ray, --resume means "continue the run of this same command"
     cfg = load_config(args.config, **overrides)
     from gsv_ray.console import Chatter, ProgressDisplay, shown
+    from gsv_ray.owned import private_temp_dir
 
-    with Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
+    with private_temp_dir(), Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
         if args.workers:
             from gsv_ray.distributed.launch import RayOptions, train_on_ray
 
@@ -157,7 +158,7 @@ TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup
                "wandb_project", "wandb_mode", "cpu")
 
 
-TUNE_FIELDS = ("num_samples", "lr_scale_range", "warmup_choices", "search", "scheduler", "grace_steps", "max_concurrent",
+TUNE_FIELDS = ("num_samples", "lr_scale_range", "warmup_choices", "search", "search_seed", "scheduler", "grace_steps", "max_concurrent",
                "workers_per_trial", "gpus_per_worker", "cpus_per_worker", "max_failures", "address", "storage", "name")
 
 
@@ -191,9 +192,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _run_tune(cfg, opts, *, verbose: bool):
     from gsv_ray.console import Chatter
+    from gsv_ray.owned import private_temp_dir
     from gsv_ray.tune.run import tune_and_report
 
-    with Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
+    with private_temp_dir(), Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
         return tune_and_report(cfg, opts, console=console)
 
 
@@ -404,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="warmup lengths searched (default: " + ", ".join(f"{f * 100:g}%%" for f in WARMUP_FRACTIONS)
                         + " of --max-steps)")
     g.add_argument("--search", choices=["random", "optuna"], help=f"search algorithm ({_d(TuneOptions, 'search')})")
+    g.add_argument("--search-seed", type=int, help="seed of the search: the same seed samples the same settings "
+                   "(default: none, a new sample each time)")
     g.add_argument("--scheduler", choices=["asha", "fifo"],
                    help=f"asha stops weak trials early; fifo runs all to the end ({_d(TuneOptions, 'scheduler')})")
     g.add_argument("--grace-steps", type=int, help="ASHA: steps before a trial may be stopped (default --max-steps / 4)")

@@ -34,6 +34,7 @@ class _Sink:
 
     def write(self, s: str) -> int:
         if s:
+            self.chatter.chattered = True
             self.chatter._log(s)
             if self.tee is not None:
                 self.tee.write(s)
@@ -65,6 +66,7 @@ class Chatter:
         self.log_file = Path(log_file) if log_file is not None else None
         self.verbose = verbose
         self._file: TextIO | None = None
+        self.chattered = False  # something other than our own lines went to the log in this command
         self._lock = threading.Lock()
         self._saved: list[tuple[Any, str, Any]] = []
         self.out: TextIO = sys.stdout
@@ -120,7 +122,8 @@ class Chatter:
 
     @property
     def used(self) -> bool:
-        return self.log_file is not None and self.log_file.exists()
+        """Whether this command put library output in the log (then its path is worth showing)."""
+        return self.chattered
 
     def is_tty(self) -> bool:
         return bool(getattr(self.out, "isatty", lambda: False)())

@@ -11,12 +11,13 @@ never shared checkpoint storage.)
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 OWNER = ".gsv-owner"
@@ -151,3 +152,42 @@ def sweep(parent: str | os.PathLike[str], match: Callable[[str], bool], *, grace
         elif match(d.name) and _remove_if_orphan(d, grace_s=grace_s, unlocked_after=unlocked_after):
             removed.append(d)
     return removed
+
+
+PRIVATE_TMP_PREFIX = "gsvr-"  # short: Ray puts Unix sockets under $TMPDIR/ray/session_<time>_<pid>/sockets/
+#: Ray's longest socket path past its temp dir is ~69 bytes of the 107 Unix allows
+_RAY_SOCKET_TAIL = 69
+
+
+@contextlib.contextmanager
+def private_temp_dir() -> Iterator[Path]:
+    """Run a command with its own temp dir (``$TMPDIR`` for it and every process it starts),
+    removed at the end, on success, failure or Ctrl-C.
+
+    Libraries leave files in the temp dir (W&B: its media/artifact/table temp folders and service
+    sockets; Python multiprocessing: ``pymp-*``; torch: ``torchinductor_<user>``; a local Ray: its
+    session folder and the "newest cluster" record that a plain ``ray.init()`` elsewhere would then
+    join). With a private temp dir nothing of a run is left outside ``-o``, the storage, the cache
+    and W&B's own folders. ``RAY_TMPDIR`` set by the user still wins for Ray. A command killed
+    before it could clean up leaves an orphan, removed by the next command (its lock is gone)."""
+    parent = Path(tempfile.gettempdir())
+    sweep(parent, lambda n: n.startswith(PRIVATE_TMP_PREFIX))
+    d = Path(tempfile.mkdtemp(prefix=PRIVATE_TMP_PREFIX, dir=parent))
+    owner = Owner(d)
+    saved = {k: os.environ.get(k) for k in ("TMPDIR", "RAY_TMPDIR")}
+    cached = tempfile.tempdir
+    os.environ["TMPDIR"] = str(d)
+    if saved["RAY_TMPDIR"] is None and len(str(d)) + _RAY_SOCKET_TAIL > 107:
+        os.environ["RAY_TMPDIR"] = str(parent)  # a long temp path: Ray's sockets would not fit in ours
+    tempfile.tempdir = None  # recomputed from $TMPDIR on next use
+    try:
+        yield d
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        tempfile.tempdir = cached
+        owner.release()
+        shutil.rmtree(d, ignore_errors=True)

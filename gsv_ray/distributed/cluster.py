@@ -71,8 +71,10 @@ def connect(address: str | None, *, num_cpus: float, dashboard: bool = False,
                  log_to_driver=log_to_driver, logging_level=logging_level)
     except Exception as e:  # noqa: BLE001 -- e.g. no room in /dev/shm or /tmp for a new instance
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise GsvError(f"cannot start a local Ray ({first})",
-                       fix="free space in /tmp and /dev/shm, or join a running cluster with --address") from None
+        fix = "free space in /tmp and /dev/shm, or join a running cluster with --address"
+        if "AF_UNIX path length" in str(e):  # Ray's sockets live in its session dir under the temp dir
+            fix = "point TMPDIR (or RAY_TMPDIR) at a short path such as /tmp: Ray's socket paths must fit 107 bytes"
+        raise GsvError(f"cannot start a local Ray ({first})", fix=fix) from None
     return True
 
 
@@ -129,5 +131,10 @@ def end_local_ray(runs: str) -> None:
 
     ray.shutdown()
     _unpin()
-    for d in scratch_root().glob(runs):
+    root = scratch_root()
+    for d in root.glob(runs):
         remove_when_orphaned(d, wait_s=10.0)
+    try:
+        root.rmdir()  # nothing of ours left behind when no other run uses it
+    except OSError:
+        pass

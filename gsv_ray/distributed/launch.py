@@ -213,20 +213,31 @@ def _console_relay(console):
     return Relay(handle), display
 
 
-def ray_failure(e: BaseException) -> GsvError:
-    """One line with the real cause of a failed Ray Train run: the first failing rank's exception
-    (``ray.train.WorkerGroupError.worker_failures``), its own line when it is one of ours. Ray's
-    message alone was "Training failed due to worker errors:." with the cause in 100 lines above."""
+def worker_cause(e: BaseException) -> tuple[int | None, BaseException | str]:
+    """(rank, cause) of a failed Ray Train run: the first failing rank's exception
+    (``ray.train.WorkerGroupError.worker_failures``; a ``RayTaskError`` around it, as Tune gives a
+    failed trial, is unwrapped), else (None, one line of ``e``)."""
     from ray.train import WorkerGroupError
 
-    if isinstance(e, WorkerGroupError) and e.worker_failures:
-        rank, exc = min(e.worker_failures.items())
+    inner = e if isinstance(e, WorkerGroupError) else getattr(e, "cause", None)
+    if isinstance(inner, WorkerGroupError) and inner.worker_failures:
+        rank, exc = min(inner.worker_failures.items())
         cause = getattr(exc, "cause", None) or exc
-        if isinstance(cause, GsvError):
-            return GsvError(f"training on Ray failed on rank {rank}: {cause}")
-        return GsvError(f"training on Ray failed on rank {rank}: {_one_line(cause)}",
-                        fix="see that worker's log above; raise --max-failures to let Ray restart failed workers")
-    return GsvError(f"training on Ray failed: {_one_line(e)}", fix="see the log above")
+        return rank, cause if isinstance(cause, GsvError) else _one_line(cause)
+    return None, _one_line(e)
+
+
+def ray_failure(e: BaseException) -> GsvError:
+    """One line with the real cause of a failed Ray Train run (:func:`worker_cause`), its own line
+    when it is one of ours. Ray's message alone was "Training failed due to worker errors:." with
+    the cause in 100 lines above."""
+    rank, cause = worker_cause(e)
+    if isinstance(cause, GsvError):
+        return GsvError(f"training on Ray failed on rank {rank}: {cause}")
+    if rank is None:
+        return GsvError(f"training on Ray failed: {cause}", fix="see the log")
+    return GsvError(f"training on Ray failed on rank {rank}: {cause}",
+                    fix="see that worker's lines in the log; raise --max-failures to let Ray restart failed workers")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -98,23 +98,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored is not None:
         cfg.resume = str(restored)
 
-    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), rank=rank, run_uri=_run_uri(config), fault=fault)
+    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), rank=rank, run_uri=_run_uri(config), fault=fault,
+                                 stop_board=config.get("stop_board"), trial_id=config.get("relay_run"))
     tracking = None
     if rank == 0:
         tracking = Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode,
                             name=config.get("wandb_name") or cfg.run_name,
                             group=config.get("group"), job_type=config.get("job_type"),
                             run_id=config.get("wandb_run_id"),
-                            config_overrides={"output_dir": config.get("output_dir_shown", cfg.output_dir)})
+                            config_overrides={"output_dir": config.get("output_dir_shown", cfg.output_dir)},
+                            replay_on_resume=True, stage_artifacts=True)
     try:
         result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=progress,
                        experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
                        say=say)
-    finally:
+    except BaseException:
         if tracking is not None:
-            tracking.finish()
+            tracking.finish(1)
+        raise
+    if tracking is not None:
+        tracking.finish()
     last_val = {f"val/{k}": v for k, v in (result.val_history[-1] if result.val_history else {}).items() if k != "step"}
-    final = {"step": result.steps, "epochs": result.epochs, "done": 1, **last_val}  # a Tune search requires its metric in every report
+    final = {"step": result.steps, "epochs": result.epochs, "done": 1, "stopped_early": int(result.stopped_early),
+             **last_val}  # a Tune search requires its metric in every report
     if rank == 0:  # the run's outputs (exports, metrics.jsonl, W&B files), for the driver to place in -o;
         # the training state is already on storage in the last step_<N> checkpoint
         with _report_dir(run_dir) as out:
@@ -136,8 +142,15 @@ class RayCheckpoints:
     folder also carries the run's small outputs so far (metrics.jsonl, W&B files): a run restarted on
     another node, or a trial stopped early, continues from them."""
 
-    def __init__(self, scratch_dir: Path, outputs: Path, *, rank: int, run_uri: str, fault: dict[str, Any]):
+    def __init__(self, scratch_dir: Path, outputs: Path, *, rank: int, run_uri: str, fault: dict[str, Any],
+                 stop_board: str | None = None, trial_id: str | None = None):
         self.scratch, self.outputs, self.rank, self.run_uri, self.fault = scratch_dir, outputs, rank, run_uri, fault
+        self.stop_board, self.trial_id = stop_board, trial_id
+        self._stop = False
+
+    def stop_requested(self) -> bool:
+        """Whether the tune scheduler stopped this trial at the last checkpoint (every rank agrees)."""
+        return self._stop
 
     def save(self, accelerator, step: int, *, models, optimizers, state: dict, metrics: dict) -> Path:
         import ray.train
@@ -153,6 +166,13 @@ class RayCheckpoints:
                 _snapshot_outputs(self.outputs, tmp / "outputs")
             ray.train.report(report, checkpoint=Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name,
                              delete_local_checkpoint_after_upload=True)
+        if self.stop_board is not None:  # a tune trial under ASHA: did the scheduler stop it here?
+            from ray.train.collective import broadcast_from_rank_zero
+
+            from gsv_ray.tune.asha import wait_for_decision
+
+            stop = wait_for_decision(self.stop_board, self.trial_id, step) if self.rank == 0 else None
+            self._stop = bool(broadcast_from_rank_zero(stop))
         self._maybe_fail(step)
         return Path(f"{self.run_uri}/{name}")
 
@@ -259,10 +279,11 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
         run.mkdir(parents=True, exist_ok=True)
         if (snap / "metrics.jsonl").is_file():
             shutil.copy2(snap / "metrics.jsonl", run / "metrics.jsonl")
-        if (snap / "wandb").is_dir():
-            shutil.copytree(snap / "wandb", run / "wandb", symlinks=True, dirs_exist_ok=True)
-        if (snap / "wandb_run_id").is_file():
-            shutil.copy2(snap / "wandb_run_id", run / "wandb_run_id")
+        for name in ("wandb_run_id", "run_config.json"):
+            if (snap / name).is_file():
+                shutil.copy2(snap / name, run / name)
+        if (snap / "samples").is_dir():
+            shutil.copytree(snap / "samples", run / "samples", dirs_exist_ok=True)
     return local
 
 
@@ -277,15 +298,19 @@ def _listdir(fs, path: str) -> list[str]:
 
 
 def _snapshot_outputs(run_dir: Path, dest: Path) -> None:
-    """metrics.jsonl and the W&B files written so far (small), next to a checkpoint's state."""
+    """What the run wrote so far that a restart needs (small): metrics.jsonl, the run config and
+    W&B run id, the audio samples."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     if (run_dir / "metrics.jsonl").is_file():
         shutil.copy2(run_dir / "metrics.jsonl", dest / "metrics.jsonl")
-    if (run_dir / "wandb_run_id").is_file():
-        shutil.copy2(run_dir / "wandb_run_id", dest / "wandb_run_id")
-    if (run_dir / "wandb").is_dir():
-        shutil.copytree(run_dir / "wandb", dest / "wandb", ignore=shutil.ignore_patterns("latest-run"), symlinks=True)
+    for name in ("wandb_run_id", "run_config.json"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
+    if (run_dir / "samples").is_dir():  # audio of each validation (small)
+        shutil.copytree(run_dir / "samples", dest / "samples", dirs_exist_ok=True)
+    # not the live W&B folder: an offline run has no records on disk before finish(); a restarted
+    # worker gives its resumed W&B run this history again (Tracking(replay_on_resume=True))
 
 
 def _marker(run_dir: Path, fault: dict) -> Path:

@@ -367,6 +367,14 @@ class Tracker:
             self._log_row(row, step)
         return out
 
+    def log_audio_files(self, step: int, files: Iterable[tuple[str, Path]], *, key: str = "val/audio") -> None:
+        """Log WAV files written earlier (``(name, path)``) as ``wandb.Audio`` at ``step``."""
+        if self._run is None:
+            return
+        row = {f"{key}/{name}": self._wandb.Audio(str(p), caption=str(name)) for name, p in files}
+        if row:
+            self._log_row(row, step)
+
     def log_artifact(
         self,
         paths: Iterable[str | Path],
@@ -374,10 +382,13 @@ class Tracker:
         type: str = "model",
         metadata: Mapping[str, Any] | None = None,
         aliases: Sequence[str] | None = None,
+        copy: bool = False,
     ) -> Any:
         """Log files as one artifact (``name`` sanitised). Files are referenced in place
         (``policy="immutable"``: no staging copy), so they must not change afterwards -- true of
-        exported weights. Returns the ``wandb.Artifact`` (None when disabled)."""
+        exported weights -- nor move: ``copy=True`` stages a copy in W&B's folder instead, for files
+        that will not stay where they are (a Ray worker's node scratch). Returns the
+        ``wandb.Artifact`` (None when disabled)."""
         if self._run is None:
             return None
         paths = [Path(p) for p in paths]
@@ -385,7 +396,7 @@ class Tracker:
         meta.update(jsonable(dict(metadata or {})))
         art = self._wandb.Artifact(safe_name(name), type=type, metadata=meta)
         for p in paths:
-            art.add_file(str(p), name=p.name, policy="immutable")
+            art.add_file(str(p), name=p.name, policy="mutable" if copy else "immutable")
         self._run.log_artifact(art, aliases=list(aliases) if aliases else None)
         return art
 

@@ -140,3 +140,7 @@ class LocalCheckpoints:
 
     def save(self, accelerator, step: int, *, models, optimizers, state: dict, metrics: dict) -> Path:
         return save(accelerator, self.root, step, self.keep_last, models=models, optimizers=optimizers, state=state)
+
+    def stop_requested(self) -> bool:
+        """Whoever runs the training may end it after a checkpoint (a tune scheduler does); not here."""
+        return False

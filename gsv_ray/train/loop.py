@@ -49,6 +49,7 @@ class TrainResult:
     last_checkpoint: Path | None
     val_history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: Path | None = None
+    stopped_early: bool = False  # ended after a checkpoint because its scheduler said so (tune)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (see Phases)
 
 
@@ -286,6 +287,7 @@ def train(
 
     bar = _display(progress, main)
     bar.start(total, state.step)
+    stopped_early = False
     n = cfg.grad_accum
     non_blocking = accelerator.device.type == "cuda"
     t_last = time.perf_counter()
@@ -341,6 +343,10 @@ def train(
                                                          "train": state.state_dict(),
                                                          "schedulers": [s.state_dict() for s in schedulers],
                                                          "scaler": precision.scaler.state_dict()})
+                    if checkpoints.stop_requested():  # a tune scheduler ended this trial: export and finish
+                        stopped_early = True
+                        say(f"stopped early by the scheduler at step {state.step}")
+                        break
                 t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
                 if state.step >= total:
                     break
@@ -360,9 +366,11 @@ def train(
         if tracking is not None:
             with phases("tracking"):
                 tracking.log_exports(exports, stage=stage, version=rebuilt.version, step=state.step)
+                tracking.set_summary({"fate": "early-stopped" if stopped_early else "completed", "steps": state.step})
         say(f"time: {phases.line()}")
     return TrainResult(run_dir=run_dir, stage=stage, version=rebuilt.version, steps=state.step, epochs=epochs_done,
                        exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from,
+                       stopped_early=stopped_early,
                        timings=dict(phases.seconds))
 
 

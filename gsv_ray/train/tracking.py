@@ -7,21 +7,30 @@ The W&B run id is kept in ``<run dir>/wandb_run_id`` so that ``--resume`` contin
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
 
 from gsv_ray.track import MetricsWriter, Tracker
 
+RUN_CONFIG = "run_config.json"  # the W&B config of the run, in its run directory
+
 
 class Tracking:
     def __init__(self, run_dir: str | Path, *, project: str = "gsv-ray", mode: str | None = None,
                  group: str | None = None, job_type: str | None = None, name: str | None = None,
-                 run_id: str | None = None, config_overrides: dict[str, Any] | None = None):
+                 run_id: str | None = None, config_overrides: dict[str, Any] | None = None,
+                 replay_on_resume: bool = False, stage_artifacts: bool = False):
         self.run_dir = Path(run_dir)
         self.config_overrides = dict(config_overrides or {})  # e.g. a Ray worker's real -o, not its scratch
         self.project, self.mode, self.group, self.job_type, self.name = project, mode, group, job_type, name
         self.run_id = run_id
+        # a Ray worker restarted after a kill: the killed segment's W&B records are lost (they reach
+        # disk only at finish), so the resumed run is given the history up to the checkpoint again
+        self.replay_on_resume = replay_on_resume
+        # files logged as artifacts leave this folder (a Ray worker's scratch): W&B keeps a copy
+        self.stage_artifacts = stage_artifacts
         self.metrics: MetricsWriter | None = None
         self.tracker = Tracker()
 
@@ -34,6 +43,11 @@ class Tracking:
         """Open metrics.jsonl and the W&B run with the full config and the rebuild report."""
         config = {**config, **self.config_overrides}
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        from gsv_ray.track.wandb_run import jsonable
+
+        # the full config, beside metrics.jsonl: a run whose W&B records were lost (a killed trial) is
+        # rebuilt from both with the same config keys (replay_run)
+        (self.run_dir / RUN_CONFIG).write_text(json.dumps(jsonable(config), indent=1))
         self.metrics = MetricsWriter(self.run_dir, drop_after=resume_step if resume_step else None)
         id_file = self.run_dir / "wandb_run_id"
         resumed = resume_step > 0 and id_file.is_file()
@@ -45,6 +59,9 @@ class Tracking:
             id_file.write_text(run_id)
             if not resumed:
                 self.tracker.log_rebuild(rebuilt.report, step=0)
+            elif self.replay_on_resume:
+                self.tracker.log_rebuild(rebuilt.report, step=0)
+                _replay_history(self.tracker, self.run_dir, upto=resume_step)
             else:
                 self.tracker.update_config(_rebuild_counts(rebuilt))
 
@@ -65,9 +82,15 @@ class Tracking:
     def log_exports(self, paths: list[Path], *, stage: str, version: str | None, step: int) -> None:
         if paths:
             self.tracker.log_artifact(paths, name=f"{self.name or self.run_dir.name}-{stage}", type="model",
-                                      metadata={"stage": stage, "version": version, "step": step})
+                                      metadata={"stage": stage, "version": version, "step": step},
+                                      copy=self.stage_artifacts)
+
+    def set_summary(self, values: dict[str, Any]) -> None:
+        self.tracker.set_summary(values)
 
     def finish(self, exit_code: int = 0) -> None:
+        if exit_code:
+            self.tracker.set_summary({"fate": "failed"})
         self.tracker.finish(exit_code)
         if self.metrics is not None:
             self.metrics.close()
@@ -85,25 +108,52 @@ def _rebuild_counts(rebuilt) -> dict[str, Any]:
     return rebuild_config(rebuilt.report)
 
 
-def replay_run(rows: list[dict[str, Any]], *, config: dict[str, Any], report, out_dir: str | Path, project: str,
-               mode: str | None, group: str | None, job_type: str | None, run_id: str, name: str) -> None:
-    """Write a W&B run from a ``metrics.jsonl`` record. W&B's offline writer puts records on disk
-    only at ``finish()``; a trial killed by the scheduler never gets there, but its metrics.jsonl
-    (flushed per line, attached to every checkpoint) holds the same history."""
+def replay_run(run_dir: str | Path, *, config: dict[str, Any], report, out_dir: str | Path, project: str,
+               mode: str | None, group: str | None, job_type: str | None, run_id: str, name: str,
+               fate: str) -> None:
+    """Write the W&B run of a run whose own W&B records were lost, from what its run directory kept.
+
+    W&B's offline writer puts records on disk only at ``finish()``: a trial killed from outside
+    (Ctrl-C of the search, a failure) never gets there. Its run directory (attached to every
+    checkpoint) keeps ``run_config.json`` (the full config it was logged with), ``metrics.jsonl``
+    (every step, flushed per line) and ``samples/`` (the audio of each validation): the same
+    config keys, history and audio. ``config`` fills in when ``run_config.json`` is missing."""
+    run_dir = Path(run_dir)
+    try:
+        config = {**config, **json.loads((run_dir / RUN_CONFIG).read_text())}
+    except (OSError, ValueError):
+        pass
     tracker = Tracker()
-    tracker.start(config, project=project, dir=out_dir, mode=mode, group=group, job_type=job_type, name=name,
-                  run_id=run_id)
+    tracker.start({**config, "fate": fate}, project=project, dir=out_dir, mode=mode, group=group, job_type=job_type,
+                  name=name, run_id=run_id)
     if not tracker.enabled:
         return
     tracker.log_rebuild(report, step=0)
-    by_step: dict[int, dict[str, float]] = {}
+    steps = _replay_history(tracker, run_dir)
+    tracker.set_summary({"fate": fate, "steps": steps})
+    tracker.finish()
+
+
+def _replay_history(tracker: Tracker, run_dir: Path, upto: int | None = None) -> int:
+    """Log a run directory's ``metrics.jsonl`` rows and ``samples/`` audio (up to step ``upto``)
+    into ``tracker``; returns the last step."""
+    from gsv_ray.track import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    by_step: dict[int, dict[str, Any]] = {}
     for row in rows:
         split = row.get("split", "train")
         values = {f"{split}/{k}": v for k, v in row.items() if k not in ("step", "split", "time")}
         by_step.setdefault(int(row["step"]), {}).update(values)
-    for step in sorted(by_step):
-        tracker.log(step, by_step[step])
-    tracker.finish()
+    audio: dict[int, list[tuple[str, Path]]] = {}
+    for wav in sorted(run_dir.glob("samples/step_*/*.wav")):
+        audio.setdefault(int(wav.parent.name[5:]), []).append((wav.stem, wav))
+    steps = sorted(s for s in set(by_step) | set(audio) if upto is None or s <= upto)
+    for step in steps:
+        tracker.log(step, by_step.get(step, {}))
+        if step in audio:
+            tracker.log_audio_files(step, audio[step])
+    return max(steps, default=0)
 
 
 def offline_runs(run_dir: str | Path) -> list[Path]:

@@ -174,10 +174,12 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def _status_text(t: TrialSummary) -> str:
-    if t.status == FAILED:
-        msg = first_line(t.error)
-        return f"failed: {msg}" if msg else FAILED
-    return t.status
+    return t.status  # a failed trial's cause: one line each under the table (failure_lines)
+
+
+def failure_lines(outcome: TuneOutcome) -> list[str]:
+    """One line per failed trial with its cause (the first exception of its workers)."""
+    return [f"trial {t.trial_id} failed: {first_line(t.error)}" for t in outcome.trials if t.status == FAILED]
 
 
 def trial_label(t: TrialSummary) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.tracking import offline_runs
-from gsv_ray.tune.results import TuneOutcome, log_summary_run, results_table, write_results
+from gsv_ray.tune.results import TuneOutcome, failure_lines, log_summary_run, results_table, write_results
 from gsv_ray.tune.search import TuneOptions, run_tune
 
 
@@ -35,6 +35,8 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
         from gsv_ray.console import WIDTH
 
         Console(file=console.out, width=WIDTH).print(results_table(outcome))
+    for line in failure_lines(outcome):
+        say(line)
     files = write_results(outcome, out)
     best_exports: list[Path] = []
     shutil.rmtree(out / "best", ignore_errors=True)  # ours: a resumed search's best may be another trial

@@ -12,7 +12,6 @@ continues interrupted trials from their last checkpoints instead of starting the
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ class TuneOptions:
     lr_scale_range: tuple[float, float] = (0.02, 1.0)   # log-uniform
     warmup_choices: list[int] | None = None  # steps; default: WARMUP_FRACTIONS of --max-steps
     search: str = "random"             # random | optuna
+    search_seed: int | None = None     # the same seed samples the same trial settings
     scheduler: str = "asha"            # asha | fifo
     grace_steps: int | None = None     # ASHA: steps before a trial can be stopped (default: max_steps // 4)
     reduction_factor: float = 2.0
@@ -90,20 +90,28 @@ def param_space(opts: TuneOptions, max_steps: int) -> dict[str, Any]:
 
 def search_algorithm(opts: TuneOptions):
     if opts.search == "random":
-        return None  # Tune's default: random sampling of the param space
+        if opts.search_seed is None:
+            return None  # Tune's default: random sampling of the param space
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=opts.search_seed)
     try:
         import optuna  # noqa: F401
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
         raise GsvError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
                        "--search random") from None
-    return OptunaSearch(metric=METRIC, mode=MODE)
+    if opts.search_seed is None:
+        return OptunaSearch(metric=METRIC, mode=MODE)
+    import optuna
+
+    return OptunaSearch(metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
 
 
 EARLY_STOPPED_RECORD = ".gsv-early-stopped"  # in -o: trial ids ASHA stopped, one per line
 
 
-def scheduler(opts: TuneOptions, max_steps: int, val_every: int, record: Path):
+def scheduler(opts: TuneOptions, max_steps: int, val_every: int, record: Path, board: str | None = None):
     from ray.tune.schedulers import FIFOScheduler
 
     from gsv_ray.tune.asha import RecordingASHA
@@ -114,7 +122,7 @@ def scheduler(opts: TuneOptions, max_steps: int, val_every: int, record: Path):
     # max_t one past the last step: ASHA stops any trial that reaches max_t, which would kill a trial
     # at its last checkpoint report, before it writes its export
     return RecordingASHA(time_attr="step", max_t=max_steps + 1, grace_period=grace,
-                         reduction_factor=opts.reduction_factor, record=record)
+                         reduction_factor=opts.reduction_factor, record=record, board=board)
 
 
 def trial_resources(opts: TuneOptions) -> float:
@@ -132,6 +140,7 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from gsv_ray.distributed.worker import train_loop_per_worker
+    from gsv_ray.tune.asha import board_name
 
     trial_id = tune.get_context().get_trial_id()
     train_cfg = {**base, "lr_scale": float(config["lr_scale"]), "warmup_steps": int(config["warmup_steps"]),
@@ -142,6 +151,7 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
         "output_dir_shown": str(Path(base["output_dir"]).resolve() / "trials" / trial_id),
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
         "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
+        "stop_board": board_name(tune_name) if opts.scheduler == "asha" else None,  # ASHA's decisions
     }
     resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
     TorchTrainer(
@@ -153,6 +163,12 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
                              failure_config=FailureConfig(max_failures=opts.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=base.get("keep_last", 2) + 1)),
     ).fit()
+
+
+def trial_dirname(trial) -> str:
+    """Each trial's Tune folder is named by its id: a ``Result`` (public API) then says which trial
+    it is (``Path(result.path).name``), also for a trial that never reported."""
+    return trial.trial_id
 
 
 def default_name(cfg: TrainConfig) -> str:
@@ -217,6 +233,9 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                        f"but the cluster has {total_cpu:g}", fix=f"use --max-concurrent {fits} or less")
 
     shared = share(rebuilt)
+    from gsv_ray.tune.asha import board_name, start_board
+
+    board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
     relay, rows = _console_relay(console, cfg.max_steps)
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, base={**cfg.to_json()}, shared=shared, opts=opts, tune_name=name,
@@ -235,8 +254,9 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=opts.num_samples,
                                         search_alg=search_algorithm(opts),
                                         scheduler=scheduler(opts, cfg.max_steps, cfg.val_every,
-                                                  out.resolve() / EARLY_STOPPED_RECORD),
-                                        max_concurrent_trials=opts.max_concurrent),
+                                                            out.resolve() / EARLY_STOPPED_RECORD, board_name(name)),
+                                        max_concurrent_trials=opts.max_concurrent,
+                                        trial_dirname_creator=trial_dirname),
             # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
             # people; we print the results table at the end
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
@@ -246,20 +266,19 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
         f"{opts.workers_per_trial} worker(s)/trial; storage {shown(storage)}")
     try:
-        with _InterruptWatch() as watch:
-            if rows is not None:
-                rows.start()
-            try:
-                grid = tuner.fit()
-            finally:
-                if relay is not None:
-                    relay.close()
-                    rows.close()
+        if rows is not None:
+            rows.start()
+        try:
+            grid = tuner.fit()
+        finally:
+            if relay is not None:
+                relay.close()
+                rows.close()
         outcome = collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
     finally:
         if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
             end_local_ray(f"{name}-*")
-    if watch.interrupted or (not opts.resume and len(outcome.trials) < opts.num_samples):
+    if not opts.resume and len(outcome.trials) < opts.num_samples:
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
     return outcome
 
@@ -319,26 +338,6 @@ def _TrialRows(rows, max_steps: int):
     return _trial_row_callback()(rows, max_steps)
 
 
-class _InterruptWatch(logging.Handler):
-    """Notices Tune's "Stop signal received" warning: on Ctrl-C Ray Tune 2.60 stops the experiment
-    and returns a partial ResultGrid without raising or telling, so we listen for what it logs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.interrupted = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "Stop signal received" in record.getMessage():
-            self.interrupted = True
-
-    def __enter__(self) -> _InterruptWatch:
-        logging.getLogger("ray.tune").addHandler(self)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        logging.getLogger("ray.tune").removeHandler(self)
-
-
 def _latest_outputs(fs, train_run: str) -> str | None:
     """A trial's outputs in storage: ``final/run`` when it finished, else the newest checkpoint's
     ``outputs`` (rank 0 attaches metrics.jsonl and its W&B files to every checkpoint it reports)."""
@@ -354,6 +353,15 @@ def _latest_outputs(fs, train_run: str) -> str | None:
         if fs.get_file_info(f"{step}/outputs").type == FileType.Directory:
             return f"{step}/outputs"
     return None
+
+
+def trial_error(error: BaseException) -> str:
+    """The real cause of a failed trial, one line: its first failing worker's exception (Tune gives
+    ``RayTaskError(WorkerGroupError)`` whose first line is only "ray::ImplicitFunc.train() (pid=...)")."""
+    from gsv_ray.distributed.launch import worker_cause
+
+    rank, cause = worker_cause(error)
+    return f"rank {rank}: {cause}" if rank is not None else str(cause)
 
 
 def _exists(fs, path: str) -> bool:
@@ -386,10 +394,11 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
     stopped_early = stopped_trials(out / EARLY_STOPPED_RECORD)
     trials: list[TrialSummary] = []
     interrupted = False
-    # ResultGrid holds one Result per trial, in the order of its experiment's trials (whose status
-    # tells a finished or scheduler-stopped trial, TERMINATED, from an interrupted one)
-    for trial, result in zip(grid._experiment_analysis.trials, grid):
-        trial_id = trial.trial_id
+    # one public Result per trial (its folder is named by its trial id: trial_dirname); its fate
+    # comes from what it did (steps, ASHA's record, its error), not from Tune's internal status
+    for result in grid:
+        trial_id = Path(result.path).name
+        trial_config = result.config or {}
         hist = result.metrics_dataframe
         has = hist is not None and len(hist) and "step" in hist
         val = [(int(s), float(v)) for s, v in zip(hist["step"], hist[METRIC]) if v == v] if has and METRIC in hist else []
@@ -397,9 +406,7 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
         lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
         steps = int(hist["step"].max()) if has else 0
         best = min(val, key=lambda x: x[1]) if val else None
-        failed = bool(result.error) or trial.status == "ERROR"
-        if trial.status == "PENDING":
-            interrupted = True
+        failed = bool(result.error)
         trial_out = out / "trials" / trial_id
         exports: list[str] = []
         src = _latest_outputs(storage_fs, f"{storage_path.rstrip('/')}/{name}-{trial_id}")
@@ -412,15 +419,15 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
             if src.endswith("/final/run") and wandb_src.is_dir():  # a finished trial closed its own W&B run
                 for run_dir in wandb_src.glob("*run-*"):  # one folder for all: `wandb sync DIR/wandb/offline-run-*`
                     shutil.copytree(run_dir, out / "wandb" / run_dir.name, dirs_exist_ok=True)
-            elif (trial_out / "metrics.jsonl").is_file():  # stopped early: rebuild its W&B run from its metrics
+            elif (trial_out / "metrics.jsonl").is_file():  # killed (Ctrl-C, a failure): its W&B records
+                # were lost with it; rebuild its run from what its last checkpoint carried
                 shutil.rmtree(wandb_src, ignore_errors=True)
-                replay_run(read_metrics(trial_out / "metrics.jsonl"),
-                           config={**cfg.to_json(), "lr_scale": float(trial.config["lr_scale"]),
-                                   "warmup_steps": int(trial.config["warmup_steps"]), "stage": rebuilt.stage,
-                                   "version": rebuilt.version,
-                                   "fate": EARLY_STOPPED if trial_id in stopped_early else INTERRUPTED},
+                replay_run(trial_out, config={**cfg.to_json(), "lr_scale": float(trial_config["lr_scale"]),
+                                              "warmup_steps": int(trial_config["warmup_steps"]), "stage": rebuilt.stage,
+                                              "version": rebuilt.version},
                            report=rebuilt.report, out_dir=out, project=cfg.wandb_project, mode=cfg.wandb_mode,
-                           group=name, job_type="trial", run_id=trial_id, name=trial_id)
+                           group=name, job_type="trial", run_id=trial_id, name=trial_id,
+                           fate=FAILED if failed else INTERRUPTED)
         if (trial_out / "metrics.jsonl").is_file():  # what the trial wrote (Tune's own record of an
             # interrupted trial can be empty: Ctrl-C came before it was saved)
             steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"))
@@ -431,14 +438,14 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
             status = COMPLETED
         elif trial_id in stopped_early:
             status = EARLY_STOPPED
-        elif trial.status == "PENDING" and steps == 0:
-            status = NOT_STARTED
+        elif steps == 0 and src is None:
+            status, interrupted = NOT_STARTED, True
         else:  # neither finished nor stopped by the scheduler: the search itself was stopped
             status, interrupted = INTERRUPTED, True
         trials.append(TrialSummary(
-            trial_id=trial_id, lr_scale=float(trial.config.get("lr_scale", float("nan"))),
-            warmup_steps=int(trial.config.get("warmup_steps", 0)), status=status,
-            error=(str(result.error).strip().splitlines() or [""])[0][:300] if result.error else None,
+            trial_id=trial_id, lr_scale=float(trial_config.get("lr_scale", float("nan"))),
+            warmup_steps=int(trial_config.get("warmup_steps", 0)), status=status,
+            error=trial_error(result.error) if result.error else None,
             steps=steps, best_val_loss=best[1] if best else None, best_step=best[0] if best else None,
             val_history=val, lr_history=lrs, export_paths=exports, wandb_run_id=trial_id))
     ranked = [t for t in trials if t.best_val_loss is not None and t.status != FAILED]

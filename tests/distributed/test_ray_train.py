@@ -190,7 +190,7 @@ def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(fixtu
     assert m and int(m[0].split("continuing from step_")[1][:8]) >= 20, text[-3000:]
     steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, 61))  # every step once
-    assert list((tmp_path / "scratch").iterdir()) == []  # the run's node scratch went with it
+    assert not (tmp_path / "scratch").exists()  # the run's node scratch went with it (and the empty root)
     r = subprocess.run(args(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     from gsv_ray.io.reader import read  # the exports GPT-SoVITS would load

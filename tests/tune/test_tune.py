@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,9 +43,14 @@ def _tune(tmp_path, inputs, *extra, out="run"):
 
 
 def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
+    """Every trial's W&B run is complete whatever its fate: ASHA's stop is graceful (the trial reads
+    the decision after its report and ends like a finished one), so a trial stopped early has the
+    same config keys, per-step loss and LR, validation rows, audio, its export as an artifact and a
+    real runtime. (Before: stopped trials were replayed from metrics.jsonl without peak_lr,
+    lr_groups, the model config, audio or artifact, and a 0-1 s runtime.)"""
     r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                             "--num-samples", "3", "--warmup-choices", "0", "3", "--lr-scale-range", "0.2", "2",
-                             "--max-concurrent", "2", "--name", "t3", "--grace-steps", "2"),
+                             "--num-samples", "3", "--warmup-choices", "0", "3", "--lr-scale-range", "0.05", "1",
+                             "--max-concurrent", "1", "--name", "t3", "--grace-steps", "2", "--search-seed", "7"),
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
@@ -50,7 +58,8 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     res = json.loads((out / "results.json").read_text())
     trials = res["trials"]
     assert len(trials) == 3 and not res["interrupted"]
-    assert {t["status"] for t in trials} <= {"completed", "early-stopped"} and any(t["status"] == "completed" for t in trials)
+    fates = {t["status"] for t in trials}
+    assert fates == {"completed", "early-stopped"}, trials  # the seed samples settings ASHA tells apart
     # fates: a trial short of its budget here was stopped by ASHA, which wrote it down
     from gsv_ray.tune.asha import stopped_trials
 
@@ -63,19 +72,33 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     for f in wr.find_run_files(out / "wandb"):
         recs = wr.read_records(f)
         runs[wr.run_info(recs)["id"]] = recs
+    keys = None
     for t in trials:  # every trial: one offline run with its settings, per-step loss and LR, the rebuild table
         recs = runs[t["trial_id"]]
         info, cfg = wr.run_info(recs), wr.run_config(recs)
         assert (info["group"], info["job_type"]) == ("t3", "trial")
         assert cfg["lr_scale"] == pytest.approx(t["lr_scale"]) and cfg["warmup_steps"] == t["warmup_steps"]
-        rows = [h for h in wr.history_rows(recs) if "train/loss" in h]
+        keys = keys or set(cfg)
+        assert set(cfg) == keys and {"peak_lr", "lr_groups", "inputs", "model", "world_size", "total_steps"} <= keys
+        assert cfg["decay"] is not None and cfg["total_steps"] == 6
+        history = wr.history_rows(recs)
+        rows = [h for h in history if "train/loss" in h]
         assert [h["_step"] for h in rows] == list(range(1, t["steps"] + 1))
         peak, w = 1e-4 * t["lr_scale"], t["warmup_steps"]
         want = [peak * (0.1 + 0.9 * (s - 1) / w) if s - 1 < w else None for s in range(1, len(rows) + 1)]
         for h, lr in zip(rows, want):
+            assert "train/lr/generator" in h
             if lr is not None:
                 assert h["train/lr/generator"] == pytest.approx(lr, rel=1e-9)
-        assert any(h.get("rebuild/table", {}).get("_type") == "table-file" for h in wr.history_rows(recs))
+        assert [h["_step"] for h in history if "val/loss" in h] == list(range(2, t["steps"] + 1, 2))
+        assert any(k.startswith("val/audio/") for h in history for k in h)
+        assert any(h.get("rebuild/table", {}).get("_type") == "table-file" for h in history)
+        assert wr.artifacts(recs), t["trial_id"]  # its export
+        for a in wr.artifacts(recs):  # every file `wandb sync` will upload is still there (not in a node's scratch)
+            assert all(Path(c.local_path).is_file() for c in a.manifest.contents), a.name
+        summary = wr.summary(recs)
+        assert summary["fate"] == t["status"]
+        assert summary["_runtime"] >= 1.0, summary  # the run really ran (a replay took 0-1 s)
     (summary,) = [recs for recs in runs.values() if wr.run_info(recs)["job_type"] == "tune-summary"]
     assert any(h.get("tune/results", {}).get("_type") == "table-file" for h in wr.history_rows(summary))
 
@@ -144,9 +167,23 @@ def test_demo_runs_end_to_end(tmp_path):
     for people: at most 40 lines, none wider than 80 columns, no traceback, ending with the best
     settings, the best export and the command that uploads the W&B runs; Ray's and W&B's own output
     is in the run's log file."""
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--fast"], cwd=tmp_path,
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    home = tmp_path / "home"
+    home.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix="gsv-t-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    env = _env(tmp_path, HOME=str(home), TMPDIR=str(tmp))
+    env.pop("GSV_RAY_SCRATCH")  # the default: a per-user folder in the temp dir
+    try:
+        r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--fast"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        # nothing of ours outside the demo folder (-o and the storage in it), the cache and W&B's
+        # folders; the temp dir keeps only Ray's own session logs
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "d", "home"]
+        assert sorted(p.name for p in tmp.iterdir()) in (["ray"], []), list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    outside = [p for p in home.rglob("*") if p.is_file() and not {"wandb", "matplotlib"} & set(p.parts)]  # their caches
+    assert outside == [], outside
     lines = (r.stdout + r.stderr).rstrip("\n").splitlines()
     assert len(lines) <= 40, "\n".join(lines)
     assert max(len(line) for line in lines) <= 80, "\n".join(line for line in lines if len(line) > 80)
