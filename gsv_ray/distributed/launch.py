@@ -249,20 +249,38 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:240]
 
 
+def is_local_checkpoint(ckpt) -> bool:
+    import pyarrow.fs as pafs
+
+    return isinstance(ckpt.filesystem, pafs.LocalFileSystem)
+
+
+def place_outputs(src: Path, out: Path, *, move: bool) -> None:
+    """The run's outputs (``final/run`` of its last report) into ``out``: moved when the storage is
+    a local folder (the run is over; its ``final`` checkpoint is no longer needed), else copied."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        dest = out / item.name
+        if move and not dest.exists():
+            try:
+                os.replace(item, dest)  # same filesystem: a rename, nothing written again
+                continue
+            except OSError:  # another filesystem: copy below
+                pass
+        if item.is_dir():
+            shutil.copytree(item, dest, dirs_exist_ok=True, symlinks=True)
+        else:
+            shutil.copy2(item, dest)
+
+
 def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> TrainResult:
     """Place the run's outputs (from the final reported checkpoint) into ``-o`` as local mode does."""
     out = Path(cfg.output_dir)
     ckpt = result.checkpoint
     if ckpt is None:
         raise GsvError("the Ray run finished without reporting its outputs", path=out)
-    with ckpt.as_directory() as d:
-        src = Path(d) / "run"
-        for item in src.iterdir():
-            dest = out / item.name
-            if item.is_dir():
-                shutil.copytree(item, dest, dirs_exist_ok=True, symlinks=True)
-            else:
-                shutil.copy2(item, dest)
+    with ckpt.as_directory() as d:  # in place for local storage, else downloaded
+        place_outputs(Path(d) / "run", out, move=is_local_checkpoint(ckpt))
     exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))
     metrics = result.metrics or {}
     steps = int(metrics.get("step", 0))

@@ -123,9 +123,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
              **last_val}  # a Tune search requires its metric in every report
     if rank == 0:  # the run's outputs (exports, metrics.jsonl, W&B files), for the driver to place in -o;
         # the training state is already on storage in the last step_<N> checkpoint
-        with _report_dir(run_dir) as out:
-            shutil.copytree(cfg.output_dir, out / "run", symlinks=True,
-                            ignore=shutil.ignore_patterns("checkpoints", "latest-run"))
+        with _report_dir(run_dir) as out:  # moved, not copied: the run is over
+            os.replace(cfg.output_dir, out / "run")
+            for link in (out / "run").glob("wandb/latest-run"):  # a symlink W&B keeps; not an output
+                link.unlink()
             ray.train.report(final, checkpoint=Checkpoint.from_directory(str(out)), checkpoint_dir_name="final",
                              delete_local_checkpoint_after_upload=True)
     else:

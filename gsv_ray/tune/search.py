@@ -384,6 +384,8 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
     """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
+    from gsv_ray.distributed.launch import place_outputs
+
     from gsv_ray.track import read_metrics
     from gsv_ray.train.tracking import replay_run
     from gsv_ray.tune.asha import stopped_trials
@@ -413,7 +415,10 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
         if src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
             shutil.rmtree(trial_out, ignore_errors=True)
             trial_out.mkdir(parents=True)
-            copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
+            if isinstance(storage_fs, LocalFileSystem) and src.endswith("/final/run"):
+                place_outputs(Path(src), trial_out, move=True)  # a finished trial's outputs: moved, not copied
+            else:  # remote storage, or a checkpoint's outputs (a --resume reads them again): copied
+                copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
             exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
             wandb_src = trial_out / "wandb"
             if src.endswith("/final/run") and wandb_src.is_dir():  # a finished trial closed its own W&B run

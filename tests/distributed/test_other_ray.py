@@ -32,7 +32,7 @@ def other_ray(tmp_path):
     log = open(tmp_path / "other-ray.log", "w")
     # a user's own cluster, started the usual way (default temp dir: it becomes Ray's "newest cluster")
     p = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(port),
-                          "--num-cpus", "1", "--block"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                          "--num-cpus", "1", "--include-dashboard", "false", "--block"], env=env, stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -45,11 +45,8 @@ def other_ray(tmp_path):
     try:
         yield port
     finally:  # stop that cluster only (never `ray stop`: it stops every Ray on the machine)
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+        os.killpg(p.pid, signal.SIGKILL)  # its own session: that cluster's processes only
+        p.wait(timeout=60)
         # `ray stop` would remove its note (and every Ray on the machine); we put back what was there,
         # else a plain `ray.init()` elsewhere tries to join the cluster we stopped
         if before is None:
