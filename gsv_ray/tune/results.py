@@ -200,14 +200,13 @@ def results_table(outcome: TuneOutcome) -> Any:
     interrupted, so a partial table is never mistaken for a finished one."""
     from rich.table import Table
 
-    table = Table(title=_title(outcome), caption=_caption(outcome), show_lines=False)
-    table.add_column("trial", no_wrap=True)
-    table.add_column("lr_scale", justify="right")
-    table.add_column("warmup", justify="right")
-    table.add_column("best val loss", justify="right")
-    table.add_column("at step", justify="right")
-    table.add_column("steps", justify="right")
-    table.add_column("status", overflow="fold")
+    from rich import box
+
+    # no vertical rules: the table fits 80 columns with whole numbers in every cell
+    table = Table(title=_title(outcome), caption=_caption(outcome), show_lines=False, box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1))
+    for col in ("trial", "lr_scale", "warmup", "best val", "at step", "steps", "status"):
+        table.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
     best_id = outcome.best.trial_id if outcome.best is not None else None
     for t in _table_order(outcome.trials):
         is_best = best_id is not None and t.trial_id == best_id

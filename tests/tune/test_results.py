@@ -154,7 +154,7 @@ def test_results_table_text():
     (line,) = failure_lines(o)
     assert "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in line and "\n" not in line
     assert "Traceback" not in line  # only the error's first line
-    for col in ("trial", "lr_scale", "warmup", "best val loss", "at step", "steps", "status"):
+    for col in ("trial", "lr_scale", "warmup", "best val", "at step", "steps", "status"):
         assert col in text
     best_line = next(ln for ln in text.splitlines() if "a1b2_00000" in ln and BEST_MARK in ln)
     assert "0.8120" in best_line and "300" in best_line and "400" in best_line
