@@ -217,7 +217,8 @@ class ProgressDisplay:
 
             console = Console(file=self._out(), width=min(WIDTH, Console(file=self._out()).width))
             self._bar = Progress(TextColumn(self.label), BarColumn(bar_width=16), TextColumn("{task.fields[info]}"),
-                                 console=console, transient=False)
+                                 console=console, transient=False,
+                                 redirect_stdout=False, redirect_stderr=False)  # chatter stays in the log
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=total, completed=done, info="")
         self._last_plain = time.monotonic()
@@ -233,6 +234,7 @@ class ProgressDisplay:
         elif time.monotonic() - self._last_plain >= self.every_s:
             self._last_plain = time.monotonic()
             self._say(fit(f"{self.label} {text}"))
+            text = ""  # shown already: close() does not repeat it
         self._line = text
 
     def close(self) -> None:
@@ -262,7 +264,8 @@ class TrialsDisplay:
             from rich.live import Live
 
             self._live = Live(self._table(), console=Console(file=self.chatter.out, width=WIDTH),
-                              refresh_per_second=2, transient=True)
+                              refresh_per_second=2, transient=True,
+                              redirect_stdout=False, redirect_stderr=False)  # chatter stays in the log
             self._live.start()
 
     def _table(self):
@@ -315,7 +318,7 @@ class Relay:
     def __init__(self, handle: Callable[[dict[str, Any]], None]):
         from ray.util.queue import Queue
 
-        self.queue = Queue(actor_options={"num_cpus": 0})
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_this_node()})
         self.handle = handle
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="gsv-ray-relay", daemon=True)
@@ -343,6 +346,15 @@ class Relay:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def on_this_node():
+    """A scheduling strategy that keeps a helper actor on the driver's node: one placed on a worker
+    node died with it (seen in the two-node test: the console went silent after the node was lost)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 class RelayedProgress:

@@ -133,6 +133,9 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         if opts.workers * opts.gpus_per_worker > have:
             raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
                            fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
+    import ray
+
+    joined = not ray.is_initialized() and bool(opts.address or os.environ.get("RAY_ADDRESS"))
     started = connect(opts.address, num_cpus=opts.workers * opts.cpus_per_worker)
     check_resources(opts)
     hosts = alive_hosts()
@@ -191,6 +194,8 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
             display.close()
         if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
             end_local_ray(name)
+        elif joined:  # a cluster we joined: disconnect now (its late log lines then stay out of the console)
+            ray.shutdown()
     return _collect(result, cfg, rebuilt.stage, rebuilt.version)
 
 

@@ -47,7 +47,10 @@ def start_board(tune_name: str):
     pickled scheduler and the trials know). Keep the handle: the actor lives as long as it."""
     import ray
 
-    return ray.remote(num_cpus=0)(StopBoard).options(name=board_name(tune_name), get_if_exists=True).remote()
+    from gsv_ray.console import on_this_node
+
+    return ray.remote(num_cpus=0)(StopBoard).options(name=board_name(tune_name), get_if_exists=True,
+                                                     scheduling_strategy=on_this_node()).remote()
 
 
 def wait_for_decision(name: str, trial_id: str, step: int, *, timeout_s: float = 60.0) -> bool:

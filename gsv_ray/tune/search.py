@@ -260,7 +260,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
             # people; we print the results table at the end
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                      verbose=0, callbacks=[_TrialRows(rows, cfg.max_steps)] if rows else None),
+                                      verbose=0, callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None),
         )
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
@@ -302,7 +302,9 @@ def _console_relay(console, max_steps: int):
     return Relay(handle), rows
 
 
-def _trial_row_callback():
+def _trial_rows(rows, max_steps: int):
+    """A Tune ``Callback`` (public API, run on the driver) feeding trial settings and ends to the
+    console's rows; defined here so this module imports without Ray."""
     from ray.tune import Callback
 
     class TrialRows(Callback):
@@ -331,11 +333,7 @@ def _trial_row_callback():
                 return
             self.rows.update(trial.trial_id, status="failed")
 
-    return TrialRows
-
-
-def _TrialRows(rows, max_steps: int):
-    return _trial_row_callback()(rows, max_steps)
+    return TrialRows(rows, max_steps)
 
 
 def _latest_outputs(fs, train_run: str) -> str | None:

@@ -1,0 +1,80 @@
+"""The console: on a real pseudo-terminal and off one, library output goes to the log file and our
+lines and progress to the terminal, at most 80 columns wide."""
+
+from __future__ import annotations
+
+import os
+import pty
+import sys
+
+import pytest
+
+from gsv_ray.console import WIDTH, wrap
+
+CHATTY = r'''
+import logging, sys, time
+from gsv_ray.console import Chatter, ProgressDisplay, TrialsDisplay
+with Chatter(sys.argv[1]) as c:
+    d = ProgressDisplay(c, every_s=0.0)
+    d.start(5, 0)
+    for i in range(1, 6):
+        print("LIBRARY CHATTER")
+        logging.getLogger("ray").warning("RAY WARNING")
+        d.update(i, {"loss": 1.0 / i, "lr/generator": 1e-4})
+        time.sleep(0.02)
+    d.close()
+    t = TrialsDisplay(c, total=5, every_s=0.0)
+    t.start()
+    t.update("a1b2_00000", step=3, status="running", val=1.5)
+    print("MORE CHATTER", file=sys.stderr)
+    t.close()
+    c.say("our line " + "word " * 30)
+'''
+
+
+def _run_on_pty(args: list[str]) -> str:
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execv(sys.executable, [sys.executable, *args])
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.skipif(not hasattr(pty, "fork"), reason="needs a pseudo-terminal (POSIX)")
+def test_on_a_terminal_chatter_goes_to_the_log(tmp_path):
+    log = tmp_path / "logs" / "gsv-ray.log"
+    text = _run_on_pty(["-c", CHATTY, str(log)])
+    assert "CHATTER" not in text and "RAY WARNING" not in text, text  # rich's live displays must not
+    assert "our line" in text  # capture stdout into the terminal
+    kept = log.read_text()
+    assert kept.count("LIBRARY CHATTER") == 5 and "MORE CHATTER" in kept and "RAY WARNING" in kept
+
+
+def test_off_a_terminal_plain_progress_lines(tmp_path):
+    import subprocess
+
+    log = tmp_path / "gsv-ray.log"
+    r = subprocess.run([sys.executable, "-c", CHATTY, str(log)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "CHATTER" not in r.stdout + r.stderr
+    assert any(line.startswith("train 5/5  ETA") and "loss 0.2" in line for line in lines), lines
+    assert any(line.startswith("tune: 1 running") for line in lines), lines
+    assert all(len(line) <= WIDTH for line in lines), lines
+
+
+def test_wrap_keeps_words_whole():
+    path = "/very/long/" + "p" * 100
+    out = wrap(f"best weights: {path}")
+    assert out.splitlines() == ["best weights:", f"  {path}"]
+    assert wrap("short") == "short"
+    assert all(len(line) <= WIDTH for line in wrap("word " * 60).splitlines())
