@@ -34,7 +34,7 @@ class _Sink:
 
     def write(self, s: str) -> int:
         if s:
-            self.chatter.chattered = True
+            self.chatter.used = True
             self.chatter._log(s)
             if self.tee is not None:
                 self.tee.write(s)
@@ -66,7 +66,7 @@ class Chatter:
         self.log_file = Path(log_file) if log_file is not None else None
         self.verbose = verbose
         self._file: TextIO | None = None
-        self.chattered = False  # something other than our own lines went to the log in this command
+        self.used = False  # library output went to the log in this command (its path is worth showing)
         self._lock = threading.Lock()
         self._saved: list[tuple[Any, str, Any]] = []
         self.out: TextIO = sys.stdout
@@ -119,11 +119,6 @@ class Chatter:
             self.out.flush()
         if self.log_file is not None and self._saved:
             self._log(f"{line}\n")
-
-    @property
-    def used(self) -> bool:
-        """Whether this command put library output in the log (then its path is worth showing)."""
-        return self.chattered
 
     def is_tty(self) -> bool:
         return bool(getattr(self.out, "isatty", lambda: False)())

@@ -91,24 +91,25 @@ def _pin_own_address() -> None:
     workers are spawned (they inherit it). Undone by :func:`end_local_ray`."""
     import ray
 
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    _saved_env.update({k: os.environ.get(k) for k in ("RAY_GCS_SERVER_PORT", "RAY_ADDRESS")})
-    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    port = os.environ.get("RAY_GCS_SERVER_PORT")  # the user's choice stays theirs
+    if not port:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = str(s.getsockname()[1])
+        os.environ["RAY_GCS_SERVER_PORT"] = os.environ[_CHOSEN_PORT] = port
     os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
 
 
-_saved_env: dict[str, str | None] = {}  # what _pin_own_address replaced, for end_local_ray
+#: set beside RAY_GCS_SERVER_PORT when we chose that port, so _unpin takes back only what we set
+_CHOSEN_PORT = "GSV_RAY_CHOSEN_GCS_PORT"
 
 
 def _unpin() -> None:
-    for k, v in _saved_env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    _saved_env.clear()
+    """Undo :func:`_pin_own_address` (called only when we started a local Ray: ``RAY_ADDRESS`` was
+    unset then, or we would have joined that cluster)."""
+    os.environ.pop("RAY_ADDRESS", None)
+    if os.environ.pop(_CHOSEN_PORT, None) is not None:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
 
 
 def alive_hosts() -> set[str]:

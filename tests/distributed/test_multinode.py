@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.distributed.conftest import RAY_ENV
+from tests.distributed.test_ray_train import assert_same_gpt_exports
 from tests.support.s3server import loopback_s3
 
 
@@ -124,11 +124,5 @@ def test_two_nodes_survive_losing_one(cluster, s3, fixtures_dir, synth, tmp_path
 
     r = subprocess.run(args(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    from gsv_ray.io.reader import read
-
-    (a,), (b,) = [list((d / "GPT_weights_v2").glob("*.ckpt")) for d in (tmp_path / "clean", killed)]
-    wa, wb = read(a).state_dict, read(b).state_dict
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    assert_same_gpt_exports(tmp_path / "clean", killed)
 

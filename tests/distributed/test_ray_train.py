@@ -193,8 +193,14 @@ def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(fixtu
     assert not (tmp_path / "scratch").exists()  # the run's node scratch went with it (and the empty root)
     r = subprocess.run(args(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    from gsv_ray.io.reader import read  # the exports GPT-SoVITS would load
-    (a,), (b,) = [list((d / "GPT_weights_v2").glob("*.ckpt")) for d in (tmp_path / "clean", killed)]
+    assert_same_gpt_exports(tmp_path / "clean", killed)
+
+
+def assert_same_gpt_exports(a_dir: Path, b_dir: Path) -> None:
+    """The GPT exports (the files GPT-SoVITS would load) of two runs hold bit-identical weights."""
+    from gsv_ray.io.reader import read
+
+    (a,), (b,) = [list((d / "GPT_weights_v2").glob("*.ckpt")) for d in (a_dir, b_dir)]
     wa, wb = read(a).state_dict, read(b).state_dict
     assert wa.keys() == wb.keys()
     for k in wa:
