@@ -1,8 +1,8 @@
 """Shared test fixtures.
 
-Reference data (the GPT-SoVITS compatibility contract) lives outside the repo, in
-``../shared/reference/gpt_sovits`` next to the checkout; ``GSV_REFERENCE_DIR`` overrides it.
-Where it is absent tests skip with a reason, except under ``CI=true``, where its absence fails.
+Reference data (the GPT-SoVITS compatibility contract) is part of the repository, in
+``tests/reference/gpt_sovits``; ``GSV_REFERENCE_DIR`` points the tests at another copy. Missing data
+fails the tests (never skips them): a fresh clone checks everything.
 """
 
 from __future__ import annotations
@@ -15,26 +15,22 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def find_reference_dir() -> Path | None:
+#: The copy committed with the tests (see tests/reference/README.md).
+BUNDLED_REFERENCE = REPO_ROOT / "tests" / "reference" / "gpt_sovits"
+
+
+def find_reference_dir() -> Path:
+    """``GSV_REFERENCE_DIR`` if set, else the bundled copy."""
     env = os.environ.get("GSV_REFERENCE_DIR")
-    candidates = [Path(env)] if env else [REPO_ROOT.parent / "shared" / "reference" / "gpt_sovits"]
-    for c in candidates:
-        if (c / "FORMATS.md").is_file():
-            return c
-    return None
+    return Path(env) if env else BUNDLED_REFERENCE
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     ref = find_reference_dir()
-    if ref is None:
-        msg = (
-            "GPT-SoVITS reference data not found (set GSV_REFERENCE_DIR or place it at "
-            f"{REPO_ROOT.parent / 'shared' / 'reference' / 'gpt_sovits'})"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg + " -- required when CI=true")
-        pytest.skip(msg)
+    if not (ref / "FORMATS.md").is_file():
+        pytest.fail(f"GPT-SoVITS reference data not found at {ref} (no FORMATS.md): unset GSV_REFERENCE_DIR "
+                    f"to use the copy in {BUNDLED_REFERENCE.relative_to(REPO_ROOT)}, or point it at a full copy")
     return ref
 
 

@@ -21,7 +21,6 @@ from gsv_ray import storage
 from tests.support.s3server import loopback_s3
 from gsv_ray.errors import GsvError
 
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is a test dependency")
 
 EXPERIMENT = {
     "2-name2text.txt": b"a.wav\tphones\tword2ph\ttext\n",

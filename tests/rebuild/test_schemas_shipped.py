@@ -83,7 +83,8 @@ def test_unusual_config_falls_back_to_meta_build_then_cache(tmp_path):
 
 
 def test_package_data_includes_shipped_schemas():
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    import tomllib
+
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gsv_ray"]
     for p in S.default_dir().glob("*.json"):
         rel = p.relative_to(REPO / "gsv_ray").as_posix()
