@@ -22,7 +22,6 @@ import time
 import wave
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent

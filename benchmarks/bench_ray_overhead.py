@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--schemas", default=str(ROOT.parent / "shared/reference/gpt_sovits/schemas"))
+    ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
     args = ap.parse_args()
     from gsv_ray.data.synthetic import make_synthetic_experiment
     from tests.support.schemafiles import SchemaFiles

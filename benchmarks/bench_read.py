@@ -42,7 +42,7 @@ print(json.dumps({"kind": f.kind, "version": f.version, "read_s": dt,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--schemas", default=str(ROOT.parent / "shared/reference/gpt_sovits/schemas"))
+    ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.support.schemafiles import SchemaFiles

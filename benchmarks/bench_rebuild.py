@@ -65,7 +65,7 @@ def measure(cmd: list[str], env: dict) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--schemas", default=str(ROOT.parent / "shared/reference/gpt_sovits/schemas"))
+    ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))

@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    from gsv_ray.tune.run import make_demo_inputs
+    from gsv_ray.demo import make_demo_inputs
 
     py = sys.executable
     with tempfile.TemporaryDirectory() as d:

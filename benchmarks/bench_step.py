@@ -48,7 +48,7 @@ def bare_gpt(rebuilt, ds, sampler, collate, steps: int, lr: float) -> list[float
 
 
 def bare_sovits(rebuilt, ds, sampler, collate, steps: int, lr: float) -> list[float]:
-    from gsv_ray.models.audio import AudioFrontend
+    from gsv_ray.audio import AudioFrontend
     from gsv_ray.models.sovits.commons import slice_segments
     from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss
     from gsv_ray.rebuild import build_models
@@ -109,7 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5, help="first steps excluded from the median")
-    ap.add_argument("--fixtures", default=str(ROOT.parent / "shared/reference/gpt_sovits/fixtures"))
+    ap.add_argument("--fixtures", default=str(ROOT / "tests/reference/gpt_sovits/fixtures"))
     args = ap.parse_args()
     from gsv_ray.data.synthetic import make_synthetic_experiment
     from gsv_ray.rebuild import rebuild

@@ -57,7 +57,7 @@ print(json.dumps(out))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--schemas", default=str(ROOT.parent / "shared/reference/gpt_sovits/schemas"))
+    ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
     args = ap.parse_args()
     from tests.support.schemafiles import SchemaFiles
 
@@ -78,7 +78,7 @@ def main() -> None:
                   f"(store {m['store_mb']:.0f} + private {m[f'shared_{n}']:.0f})   each loading old.pth "
                   f"{m[f'own_{n}']:6.0f} MB")
 
-        from gsv_ray.tune.run import make_demo_inputs
+        from gsv_ray.demo import make_demo_inputs
 
         inputs = make_demo_inputs(d / "demo")
         out = d / "tune"

@@ -47,7 +47,8 @@ def make_inputs(root: Path, utterances: int, narrow: bool = False) -> dict[str, 
     """Full-size v2 files in GPT-SoVITS's formats (random weights) and a synthetic experiment.
     ``narrow``: the demo's narrowed widths (CPU smoke only: full size takes minutes per CPU step)."""
     from gsv_ray.data.synthetic import make_synthetic_experiment
-    from gsv_ray.io.writers import atomic_write, write_gpt_export, write_sovits_export
+    from gsv_ray.atomic import atomic_write
+    from gsv_ray.io.writers import write_gpt_export, write_sovits_export
     from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder, to_upstream_keys
     from gsv_ray.models.sovits import MultiPeriodDiscriminator, SoVITSConfig, SoVITSGenerator
     from gsv_ray.resources import s1_config, s2_config

@@ -99,7 +99,7 @@ def _cmd_semantic(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from gsv_ray.rebuild.verify import render, verify
+    from gsv_ray.train.verify import render, verify
 
     out = Console()
     result = verify(args.init, data=args.data, base_g=args.base, base_d=args.base_d, stage=args.stage,
@@ -211,13 +211,11 @@ def _tune_exit(run) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gsv_ray.tune.run import demo_config
+    from gsv_ray.demo import HEADER, DemoSize, demo_config
 
     root = Path(args.dir)
-    print(f"gsv-ray demo in {root}: a synthetic voice and a small SoVITS v2 old.pth in")
-    print("GPT-SoVITS's formats; Ray Tune searches lr_scale and warmup on a local Ray,")
-    print("tracked in W&B offline.")
-    cfg, opts = demo_config(root, fast=args.fast)
+    print(HEADER.format(root=root))
+    cfg, opts = demo_config(root, DemoSize(max_steps=args.max_steps, num_samples=args.num_samples))
     return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
 
 
@@ -231,6 +229,7 @@ def _d(cls: type, name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gsv_ray.demo import DemoSize
     from gsv_ray.train.config import TrainConfig
     from gsv_ray.tune.search import WARMUP_FRACTIONS, TuneOptions
 
@@ -433,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Ray, W&B offline. Nothing is downloaded; a second demo in the same --dir is a new run beside "
                     "the first.")
     de.add_argument("--dir", default="gsv-ray-demo", help="where to put everything (default ./gsv-ray-demo)")
-    de.add_argument("--fast", action="store_true", help="fewer, shorter trials (for tests)")
+    de.add_argument("--max-steps", type=int, default=DemoSize.max_steps, metavar="N",
+                    help=f"steps per trial (default {DemoSize.max_steps}; validation every quarter)")
+    de.add_argument("--num-samples", type=int, default=DemoSize.num_samples, metavar="N",
+                    help=f"trials (default {DemoSize.num_samples})")
     de.add_argument("--verbose", action="store_true", help="also show Ray's and W&B's own output (always in the "
                     "run's logs/gsv-ray.log)")
     de.set_defaults(func=_cmd_demo)

@@ -21,7 +21,6 @@ upstream), in fp32 unless ``half`` (CUDA only).
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -311,7 +310,7 @@ def extract_semantic(
     assert len(lines) == len(present)
 
     data_bytes = render_tsv(list(zip(present, lines)))
-    from gsv_ray.io.writers import atomic_write
+    from gsv_ray.atomic import atomic_write
 
     protect = [data / NAME2TEXT, model] + ([base_g] if base_g is not None else [])
     atomic_write(out, lambda f: f.write(data_bytes), overwrite=overwrite, protect=protect)

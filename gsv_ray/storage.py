@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
+from gsv_ray.atomic import atomic_dir
 from gsv_ray.errors import GsvError
 
 REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs"})
@@ -322,23 +323,21 @@ def fetch(uri_or_path: str | os.PathLike[str], cache_root: str | os.PathLike[str
     with _locked(base / ".lock"):
         if final.exists():
             return final
-        for stale in base.glob(".tmp-*"):  # left by a crashed fetch (we hold the lock, so nobody owns them)
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = base / f".tmp-{uuid.uuid4().hex}"
-        dest = tmp / name
-        tmp.mkdir(parents=True)
+        for stale in base.glob(".*"):  # left by a crashed fetch (we hold the lock, so nobody owns them)
+            if stale.name != ".lock":
+                shutil.rmtree(stale, ignore_errors=True)
         try:
-            if info.type == pafs.FileType.Directory:
-                dest.mkdir()  # copy_files creates nothing for an empty remote folder
-            pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(),
-                            use_threads=True)
-            for rel, size, _mtime in listing:
-                got = (dest / rel if rel else dest).stat().st_size
-                if got != size:
-                    raise OSError(f"short copy of {rel or name}: {got} of {size} bytes (it changed while copying?)")
-            os.rename(tmp, base / version)
+            with atomic_dir(base / version, sweep_orphans=False) as tmp:
+                dest = tmp / name
+                if info.type == pafs.FileType.Directory:
+                    dest.mkdir()  # copy_files creates nothing for an empty remote folder
+                pafs.copy_files(path, str(dest), source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+                for rel, size, _mtime in listing:
+                    got = (dest / rel if rel else dest).stat().st_size
+                    if got != size:
+                        raise OSError(f"short copy of {rel or name}: {got} of {size} bytes (it changed while copying?)")
         except Exception as exc:  # noqa: BLE001
-            shutil.rmtree(tmp, ignore_errors=True)
             raise _explain(exc, s, "download") from None
         for old in base.iterdir():  # older versions of this URI: superseded, free the disk
             if old.is_dir() and old.name != version and not old.name.startswith("."):

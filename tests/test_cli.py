@@ -38,7 +38,6 @@ def test_every_option_has_help_and_every_command_a_description():
 
 
 def test_search_defaults_fit_short_runs_and_stay_at_or_below_upstream_lr():
-    from gsv_ray.tune.run import demo_config
     from gsv_ray.tune.search import TuneOptions
 
     opts = TuneOptions()
@@ -50,9 +49,9 @@ def test_search_defaults_fit_short_runs_and_stay_at_or_below_upstream_lr():
 
 
 def test_demo_searches_at_or_below_upstream_lr(tmp_path):
-    from gsv_ray.tune.run import demo_config
+    from gsv_ray.demo import demo_config
 
-    _, opts = demo_config(tmp_path, fast=True)
+    _, opts = demo_config(tmp_path)
     assert opts.lr_scale_range[1] <= 1.0
 
 

@@ -79,7 +79,7 @@ def test_every_readme_command_parses():
 @pytest.fixture(scope="module")
 def demo_cwd(tmp_path_factory):
     """A folder where `gsv-ray demo`'s inputs exist as the examples expect them (./gsv-ray-demo)."""
-    from gsv_ray.tune.run import make_demo_inputs
+    from gsv_ray.demo import make_demo_inputs
 
     cwd = tmp_path_factory.mktemp("cwd")
     make_demo_inputs(cwd / "gsv-ray-demo")

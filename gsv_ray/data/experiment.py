@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from gsv_ray.audio import wav_info
 from gsv_ray.errors import GsvError
 from gsv_ray.resources import S2_VERSIONS, s2_config, symbols
 
@@ -347,12 +348,6 @@ def _listing(directory: Path, suffix: str = "") -> set[str]:
     return names
 
 
-def _wav_info(path: Path) -> tuple[int, int, int, int]:
-    """(channels, sample width bytes, rate, frames) from a WAV header."""
-    with wave.open(str(path), "rb") as w:
-        return w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-
-
 def _load_tensor(path: Path) -> torch.Tensor:
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, torch.Tensor):
@@ -408,7 +403,7 @@ def _scan_sovits(
         wav_path = root / WAV_DIR / name
         size = wav_path.stat().st_size
         try:
-            channels, width, rate, frames = _wav_info(wav_path)
+            channels, width, rate, frames = wav_info(wav_path)
         except (wave.Error, EOFError, OSError) as exc:
             report.add("bad_wav", "error", f"unreadable WAV files ({exc})", name, excluded=True)
             continue

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gsv_ray import __version__
-from gsv_ray.io.writers import atomic_write
+from gsv_ray.atomic import atomic_write
 from gsv_ray.data.experiment import (
     BERT_DIR,
     HUBERT_DIR,

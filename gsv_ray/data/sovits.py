@@ -19,11 +19,9 @@ experiment scan already left out every file it found broken.
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -38,7 +36,7 @@ from gsv_ray.data.experiment import (
     repeat_to_minimum,
 )
 from gsv_ray.errors import GsvError
-from gsv_ray.models.audio import AudioFrontend
+from gsv_ray.audio import AudioFrontend, read_wav_pcm16
 from gsv_ray.resources import s2_config
 
 __all__ = [
@@ -50,7 +48,6 @@ __all__ = [
     "collate_sovits",
     "SoVITSPadding",
     "SoVITSBucketSampler",
-    "read_wav_pcm16",
     "sovits_datasets",
 ]
 
@@ -58,19 +55,6 @@ __all__ = [
 SOVITS_BOUNDARIES: tuple[int, ...] = (32,) + tuple(range(300, 2000, 100))
 #: v3/v4 trainers stop at 1000 frames (20 s).
 SOVITS_BOUNDARIES_V3: tuple[int, ...] = (32,) + tuple(range(300, 1100, 100))
-
-
-def read_wav_pcm16(path: str | Path) -> torch.Tensor:
-    """A 16-bit PCM WAV as float32 ``[channels, N]`` in [-1, 1) (``x / 32768``, what upstream's
-    ffmpeg decode to float gives for a 32 kHz mono file)."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise GsvError(f"{w.getsampwidth() * 8}-bit WAV, expected 16-bit PCM", path=path,
-                           fix="re-run GPT-SoVITS preprocessing step 1Ab")
-        channels = w.getnchannels()
-        raw = w.readframes(w.getnframes())
-    data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    return torch.from_numpy(data.reshape(-1, channels).T.copy())
 
 
 class SoVITSItem(NamedTuple):

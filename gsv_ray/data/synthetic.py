@@ -24,7 +24,6 @@ Every fixed table (sounds, projection, codebook, token ids, BERT vectors) is ind
 
 from __future__ import annotations
 
-import wave
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from gsv_ray.data.experiment import (
     SV_DIR,
     WAV_DIR,
 )
+from gsv_ray.audio import write_wav
 from gsv_ray.resources import S2_VERSIONS, symbols
 
 __all__ = [
@@ -250,14 +250,6 @@ def synthesize_utterances(num_utterances: int, seed: int = 0, prefix: str = "syn
     return out
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLING_RATE)
-        w.writeframes(samples.astype("<i2").tobytes())
-
-
 def _save(tensor: torch.Tensor, path: Path, half: bool) -> None:
     torch.save((tensor.half() if half else tensor.float()).contiguous().clone(), path)
 
@@ -299,7 +291,7 @@ def make_synthetic_experiment(
 
     text_lines, tsv_lines = [], [SEMANTIC_HEADER]
     for u in utts:
-        _write_wav(root / WAV_DIR / u.name, u.audio)
+        write_wav(root / WAV_DIR / u.name, u.audio, SAMPLING_RATE)
         feats = hubert_features(u.audio.astype(np.float64) / 32768.0, tables.projection)
         _save(torch.from_numpy(feats).unsqueeze(0), root / HUBERT_DIR / f"{u.name}.pt", half)
         chars = list(u.norm_text)

@@ -23,7 +23,7 @@ from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray
 from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
-from gsv_ray.io.writers import atomic_write
+from gsv_ray.atomic import atomic_write
 from gsv_ray.train.loop import RAY_RUN_RECORD, TrainResult, check_new_run
 
 

@@ -170,7 +170,7 @@ class RayCheckpoints:
         if self.stop_board is not None:  # a tune trial under ASHA: did the scheduler stop it here?
             from ray.train.collective import broadcast_from_rank_zero
 
-            from gsv_ray.tune.asha import wait_for_decision
+            from gsv_ray.distributed.stopboard import wait_for_decision
 
             stop = wait_for_decision(self.stop_board, self.trial_id, step) if self.rank == 0 else None
             self._stop = bool(broadcast_from_rank_zero(stop))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from gsv_ray.atomic import atomic_write
 from gsv_ray.errors import GsvError
 
 #: Version tags written by upstream's ``my_save2`` (FORMATS section 2.1).
@@ -77,84 +77,6 @@ class _UpstreamPickleModule:
     Pickler = _UpstreamPickler
     Unpickler = pickle.Unpickler
     __name__ = "gsv_ray_upstream_pickle"
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-class _WriteErrors:
-    """A file object that remembers the first OSError a write hit: torch.save reports a full disk as
-    "unexpected pos ..." (a RuntimeError), which would hide ENOSPC from the user's one-line error."""
-
-    def __init__(self, f: BinaryIO):
-        self._f = f
-        self.error: OSError | None = None
-
-    def write(self, b) -> int:
-        try:
-            return self._f.write(b)
-        except OSError as e:
-            self.error = self.error or e
-            raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-
-def rust_os_error(e: Exception, path: str | Path) -> OSError | None:
-    """The OSError inside a Rust library's error (safetensors: "... (os error 28)"), if any."""
-    import re
-
-    m = re.search(r"\(os error (\d+)\)", str(e))
-    return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) if m else None
-
-
-def atomic_write(
-    path: str | Path,
-    write: Callable[[BinaryIO], None],
-    *,
-    overwrite: bool = False,
-    protect: Iterable[str | Path] = (),
-) -> Path:
-    """Write via ``write(fileobj)`` into a temp file beside ``path``, fsync, then rename.
-
-    Refuses to replace an existing file unless ``overwrite``, and never replaces any file in
-    ``protect`` (the inputs of the current job). A crash leaves no half-written file under the name.
-    """
-    path = Path(path)
-    for p in protect:
-        if _same_file(path, Path(p)):
-            raise GsvError("refusing to write over an input file", path=path, fix="choose another output path")
-    if path.exists() and not overwrite:
-        raise GsvError("already exists; not overwriting", path=path, fix="choose another output path or remove it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique temp name created like any new file (mode 0o666 minus the umask; mkstemp's 0o600 would
-    # survive the rename and hide exports from GPT-SoVITS running as another user)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            sink = _WriteErrors(f)
-            try:
-                write(sink)  # type: ignore[arg-type]
-            except Exception as e:
-                if sink.error is not None and not isinstance(e, OSError):  # the real cause, with its errno
-                    raise OSError(sink.error.errno, sink.error.strerror, str(path)) from e
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _torch_save(obj: Any, tag: bytes | None = None, pickle_module: Any = pickle) -> Callable[[BinaryIO], None]:

@@ -16,7 +16,6 @@ Losing the rename race to an identical concurrent writer is success: the winner'
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -29,12 +28,12 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from gsv_ray import __version__
+from gsv_ray.atomic import atomic_dir, lost_race, remove_dir, rust_os_error
 from gsv_ray.cache import default_cache_root
 from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.io import sha256_file
 from gsv_ray.io.safeload import check_path
-from gsv_ray.io.writers import rust_os_error
-from gsv_ray.owned import OWNER, Owner, owned_temp_dir, sweep
+from gsv_ray.owned import OWNER, sweep
 from gsv_ray.rebuild.core import RebuildPolicy, Rebuilt, rebuild
 from gsv_ray.rebuild.report import RebuildReport
 
@@ -95,16 +94,6 @@ def entry_problem(directory: Path, *, full: bool = False) -> str | None:
     return None
 
 
-def _discard(directory: Path) -> None:
-    """Move a damaged entry out of the way (atomic rename), then delete it."""
-    hidden = directory.with_name(f".bad-{directory.name}-{os.getpid()}")
-    try:
-        os.replace(directory, hidden)
-    except OSError:
-        return  # another process already moved it
-    shutil.rmtree(hidden, ignore_errors=True)
-
-
 def file_sha256(path: str | Path, cache_root: Path, *, trust_index: bool = True) -> str:
     """sha256 of a file, remembered by (realpath, size, mtime_ns, inode) in the cache root
     (``trust_index=False`` re-hashes the file and refreshes what is remembered)."""
@@ -135,13 +124,11 @@ def cache_key(inputs: dict[str, str | None], options: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def _new_temp_dir(final: Path) -> tuple[Path, Owner]:
-    """An owned temp dir beside ``final``; first remove the orphans of writers killed mid-write
-    (a killed rebuild left a 173 MB ``.<key>.*`` dir that nothing ever removed)."""
-    sweep(final.parent, lambda n: n.startswith(f".{final.name}."))
-    if _is_key(final.name):  # in the cache: also temp entries of versions before the lock file, once stale
+def _sweep_old_entries(final: Path) -> None:
+    """In the cache, also the temp entries of versions before the lock file, once stale (a killed
+    rebuild left a 173 MB ``.<key>.*`` dir that nothing ever removed); :func:`atomic_dir` sweeps the rest."""
+    if _is_key(final.name):
         sweep(final.parent, _is_temp_entry, unlocked_after=3600.0)
-    return owned_temp_dir(final)
 
 
 def _is_key(name: str) -> bool:
@@ -155,44 +142,29 @@ def _is_temp_entry(name: str) -> bool:
     return len(parts) == 3 and parts[0] == "" and _is_key(parts[1])
 
 
-def _rename_into_place(tmp: Path, owner: Owner, final: Path) -> None:
-    owner.disown()
-    try:
-        os.replace(tmp, final)
-    finally:
-        owner.release()
-
-
 def write_result(result: Rebuilt, directory: Path) -> Path:
     """Write a result into a new ``directory`` atomically (fails if it exists)."""
     directory = Path(directory)
     if directory.exists():
         raise GsvError("output directory already exists", path=directory, fix="choose a new -o directory or remove it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp, owner = _new_temp_dir(directory)
+    _sweep_old_entries(directory)
     try:
-        for name, sd in result.weights.items():
-            try:
-                save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"gsv_ray": __version__, "target": name})
-            except Exception as e:  # a full disk is a SafetensorError: give it back its errno
-                err = rust_os_error(e, directory.parent)
-                if err is None:
-                    raise
-                raise err from e
-            (tmp / f"{name}.safetensors").chmod(0o644)
-        (tmp / "config.json").write_text(json.dumps(result.config, indent=1))
-        (tmp / "report.json").write_text(json.dumps(result.report.to_json(), indent=1))
-        _write_manifest(tmp)
-        try:
-            _rename_into_place(tmp, owner, directory)
-        except OSError as e:  # a concurrent identical writer renamed first: theirs is as good
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or entry_problem(directory) is not None:
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        owner.release()
-        raise
+        with atomic_dir(directory) as tmp:
+            for name, sd in result.weights.items():
+                try:
+                    save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"gsv_ray": __version__, "target": name})
+                except Exception as e:  # a full disk is a SafetensorError: give it back its errno
+                    err = rust_os_error(e, directory.parent)
+                    if err is None:
+                        raise
+                    raise err from e
+                (tmp / f"{name}.safetensors").chmod(0o644)
+            (tmp / "config.json").write_text(json.dumps(result.config, indent=1))
+            (tmp / "report.json").write_text(json.dumps(result.report.to_json(), indent=1))
+            _write_manifest(tmp)
+    except OSError as e:  # a concurrent identical writer renamed first: theirs is as good
+        if not lost_race(e) or entry_problem(directory) is not None:
+            raise
     return directory
 
 
@@ -242,7 +214,7 @@ def rebuild_cached(
         if why is None:
             return load_result(directory, cache_hit=True)
         _log.warning("cache entry %s is damaged (%s): rebuilding it", directory, why)
-        _discard(directory)
+        remove_dir(directory)
     result = rebuild(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task=task, policy=policy,
                      config=config, cache_root=root)
     for role, sha in inputs.items():
@@ -282,14 +254,7 @@ def export_result(result: Rebuilt, out_dir: str | Path) -> Path:
         raise GsvError("output directory already exists", path=out, fix="choose a new -o directory or remove it")
     if result.path is None:
         return write_result(result, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, owner = _new_temp_dir(out)
-    try:
+    with atomic_dir(out) as tmp:
         for f in sorted(result.path.iterdir(), key=lambda p: p.name == _COMPLETE):  # manifest last
             _clone(f, tmp / f.name)
-        _rename_into_place(tmp, owner, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        owner.release()
-        raise
     return out

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gsv_ray.io.writers import atomic_write
+from gsv_ray.atomic import atomic_write
 
 RESERVED = ("step", "split", "time")
 FILENAME = "metrics.jsonl"

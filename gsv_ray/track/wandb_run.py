@@ -25,15 +25,13 @@ import re
 import sys
 import time
 import warnings
-import wave
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import numpy as np
 
-from gsv_ray.io.writers import atomic_write
+from gsv_ray.audio import to_pcm16, write_wav
 from gsv_ray.track.wandb_file import wait_until_closed
 
 MODES = ("online", "offline", "disabled")
@@ -120,34 +118,6 @@ def safe_name(name: str) -> str:
     """A file / artifact name: letters, digits, ``._-`` only."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip("-.")
     return s or "unnamed"
-
-
-def to_pcm16(waveform: Any) -> np.ndarray:
-    """A mono waveform ``[T]`` (or ``[1, T]``; numpy or torch; float in [-1, 1] or int16) as int16."""
-    if hasattr(waveform, "detach"):
-        waveform = waveform.detach().to("cpu").float().numpy()
-    a = np.asarray(waveform)
-    a = a.reshape(-1) if a.ndim == 2 and 1 in a.shape else a
-    if a.ndim != 1:
-        raise ValueError(f"audio must be mono [T] (or [1, T]), got shape {tuple(a.shape)}")
-    if a.dtype == np.int16:
-        return a
-    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
-    return np.round(np.clip(a, -1.0, 1.0) * 32767.0).astype("<i2")
-
-
-def write_wav(path: str | Path, waveform: Any, sample_rate: int) -> Path:
-    """Write a 16-bit mono PCM WAV with the stdlib ``wave`` module (atomically; replaces)."""
-    pcm = to_pcm16(waveform)
-
-    def write(f: BinaryIO) -> None:
-        with wave.open(f, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(int(sample_rate))
-            w.writeframes(pcm.astype("<i2").tobytes())
-
-    return atomic_write(path, write, overwrite=True)
 
 
 def rebuild_table_rows(report: Any) -> list[list[Any]]:

@@ -10,12 +10,12 @@ verifies, saying which were skipped and why.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from gsv_ray.atomic import commit_dir, remove_dir
 from gsv_ray.errors import GsvError
 from gsv_ray.train import state as state_io
 
@@ -92,15 +92,6 @@ def resolve_resume(resume: str | None, root: Path) -> Resume | None:
                    fix="pass runs/<name> or runs/<name>/checkpoints/step_<N>")
 
 
-def _delete(path: Path) -> None:
-    """Take ``path`` out of the ``step_<N>`` namespace first (atomic rename), then delete it: a
-    kill during the deletion leaves a hidden leftover, never a half-deleted checkpoint."""
-    hidden = path.with_name(f".del_{path.name}")
-    shutil.rmtree(hidden, ignore_errors=True)
-    os.replace(path, hidden)
-    shutil.rmtree(hidden, ignore_errors=True)
-
-
 def is_state_dir(p: Path) -> bool:
     """A directory holding a checkpoint's state (e.g. a Ray Train checkpoint restored elsewhere)."""
     return state_io.is_state_dir(p)
@@ -121,11 +112,9 @@ def save(accelerator, root: Path, step: int, keep_last: int, *, models, optimize
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if accelerator.is_main_process:
-        if final.exists():
-            _delete(final)
-        os.replace(tmp, final)
+        commit_dir(tmp, final, replace=True)
         for old in checkpoints(root)[:-keep_last]:
-            _delete(old)
+            remove_dir(old)
     accelerator.wait_for_everyone()
     return final
 

@@ -15,6 +15,8 @@ from gsv_ray.errors import GsvError
 #: Upstream's learning rates. SoVITS: s2.json ``train.learning_rate``. GPT: what s1_train.py really
 #: trains with — its scheduler overwrites every step's LR with the constant 0.002 (FORMATS 5.3).
 UPSTREAM_BASE_LR = {"sovits": 1e-4, "gpt": 0.002}
+#: Resumed training's default peak: a tenth of upstream's LR.
+DEFAULT_LR_SCALE = 0.1
 DEFAULT_DECAY = {"sovits": "exponential", "gpt": "cosine"}
 PRECISIONS = ("no", "bf16", "fp16")
 DECAYS = ("exponential", "cosine", "constant")
@@ -32,7 +34,7 @@ class TrainConfig:
     base_d: str | None = None
     version: str | None = None
     # learning rate: reduced peak, linear warmup, then decay
-    lr_scale: float = 0.1
+    lr_scale: float = DEFAULT_LR_SCALE
     warmup_steps: int = 100
     warmup_start: float = 0.1           # warmup starts at this fraction of the peak
     decay: str | None = None            # exponential (SoVITS default) | cosine (GPT default) | constant

@@ -19,7 +19,7 @@ from gsv_ray.data.experiment import Experiment, spec_frames
 from gsv_ray.data.loader import MicroBatch, StepPlan
 from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSPadding, collate_sovits
 from gsv_ray.io.writers import write_sovits_export
-from gsv_ray.models.audio import AudioFrontend
+from gsv_ray.audio import AudioFrontend
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models

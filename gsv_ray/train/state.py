@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from gsv_ray.io.writers import atomic_write
+from gsv_ray.atomic import atomic_write
 
 FORMAT = 1
 MANIFEST = "manifest.json"

@@ -7,7 +7,7 @@ of the scheduler's own decisions: the id of every stopped trial is appended to a
 Tune stops a trial by killing its actor, and with it the trial's Ray Train workers; a W&B offline
 run killed that way keeps nothing (its records reach disk only at ``finish()``: measured with
 wandb 0.31, SIGKILL after 10 logged rows left 0 records). So our ASHA does not ask Tune to stop a
-trial: it posts every decision on a :class:`StopBoard` (a named Ray actor), answers Tune
+trial: it posts every decision on a ``StopBoard`` (a named Ray actor, ``gsv_ray.distributed.stopboard``), answers Tune
 "continue", and the trial, which reads the decision right after each report, ends itself like a
 finished one: it exports, logs its export as an artifact and finishes its W&B run (real runtime,
 the same config keys, audio samples). ASHA's bookkeeping is unchanged: the decision is ASHA's own,
@@ -18,54 +18,14 @@ Module-level classes: Tune pickles its scheduler with the experiment state (``Tu
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
+from gsv_ray.distributed.stopboard import StopBoard, board_name, start_board
 
-class StopBoard:
-    """The scheduler's decision for each (trial, step) it saw, for the trials to read."""
-
-    def __init__(self) -> None:
-        self._decisions: dict[tuple[str, int], bool] = {}
-
-    def decide(self, trial_id: str, step: int, stop: bool) -> None:
-        self._decisions[(trial_id, int(step))] = bool(stop)
-
-    def decision(self, trial_id: str, step: int) -> bool | None:
-        return self._decisions.get((trial_id, int(step)))
-
-
-def board_name(tune_name: str) -> str:
-    return f"gsv-ray-stopboard-{tune_name}"
-
-
-def start_board(tune_name: str):
-    """The search's :class:`StopBoard` actor (a new one on ``--resume``: the name is what the
-    pickled scheduler and the trials know). Keep the handle: the actor lives as long as it."""
-    import ray
-
-    from gsv_ray.console import on_this_node
-
-    return ray.remote(num_cpus=0)(StopBoard).options(name=board_name(tune_name), get_if_exists=True,
-                                                     scheduling_strategy=on_this_node()).remote()
-
-
-def wait_for_decision(name: str, trial_id: str, step: int, *, timeout_s: float = 60.0) -> bool:
-    """Whether the scheduler stopped ``trial_id`` at ``step`` (waits until Tune has passed it the
-    result of that report; False after ``timeout_s``: the trial goes on)."""
-    import ray
-
-    board = ray.get_actor(name)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        d = ray.get(board.decision.remote(trial_id, step))
-        if d is not None:
-            return d
-        time.sleep(0.05)
-    return False
+__all__ = ["RecordingASHA", "StopBoard", "board_name", "start_board", "stopped_trials"]
 
 
 class RecordingASHA(AsyncHyperBandScheduler):

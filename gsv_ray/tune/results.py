@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gsv_ray.io.writers import atomic_write
+from gsv_ray.atomic import atomic_write
 
 #: ``results.json`` layout version; bump when fields change meaning.
 RESULTS_FORMAT = "gsv-ray-tune-results/1"

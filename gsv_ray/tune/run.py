@@ -1,5 +1,4 @@
-"""The whole ``gsv-ray tune`` workflow around the search: results, best export, summary run; and
-``gsv-ray demo``, which runs it on an embedded default for a newcomer with nothing downloaded."""
+"""The whole ``gsv-ray tune`` workflow around the search: results, best export, summary run."""
 
 from __future__ import annotations
 
@@ -68,66 +67,3 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     if runs:
         say(f"W&B: {len(runs)} offline runs; upload: wandb sync {shown(out / 'wandb')}/offline-run-*")
     return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
-
-
-def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
-    """A synthetic experiment folder and a small SoVITS v2 ``old.pth`` + base D in the real formats.
-
-    The generator is GPT-SoVITS's v2 architecture at narrowed widths (as the reference fixtures
-    are), so the demo trains in minutes on a laptop CPU; every file is what GPT-SoVITS writes.
-    """
-    import torch
-
-    from gsv_ray.data.synthetic import make_synthetic_experiment
-    from gsv_ray.io.writers import atomic_write, write_sovits_export
-    from gsv_ray.models.sovits import MultiPeriodDiscriminator, SoVITSConfig, SoVITSGenerator
-    from gsv_ray.resources import s2_config
-
-    root.mkdir(parents=True, exist_ok=True)
-    data = root / "logs" / "demo"
-    if not (data / "2-name2text.txt").is_file():
-        make_synthetic_experiment(data, version="v2", num_utterances=24, seed=seed)
-    old = root / "SoVITS_weights_v2" / "demo_e8_s200.pth"
-    base_d = root / "pretrained" / "s2D_demo.pth"
-    if not old.is_file():
-        s2 = s2_config("v2")
-        s2["model"].update(inter_channels=32, hidden_channels=32, filter_channels=64, n_layers=2,
-                           upsample_initial_channel=32, gin_channels=32)
-        s2.update(name="demo", version="v2")
-        torch.manual_seed(seed)
-        g = SoVITSGenerator(SoVITSConfig.from_s2_config(s2, "v2", mrte_hidden_channels=32, ref_hidden_channels=32,
-                                                        kmeans_iters=1))
-        sd = g.state_dict()
-        sd["quantizer.vq.layers.0._codebook.inited"].fill_(1.0)  # a trained model's codebook is initialised
-        sd["quantizer.vq.layers.0._codebook.embed"].normal_()
-        write_sovits_export(old, sd, config=s2, info="8epoch_200iteration", version="v2")
-        d = MultiPeriodDiscriminator("v2", width_divisor=32)
-        atomic_write(base_d, lambda f: torch.save({"weight": d.state_dict()}, f))
-    gpt = root / "GPT_weights_v2" / "demo-e15.ckpt"
-    if not gpt.is_file():  # a small GPT (2 layers, 64 wide) in GPT-SoVITS's export format
-        from gsv_ray.io.writers import write_gpt_export
-        from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder, to_upstream_keys
-        from gsv_ray.resources import s1_config
-
-        s1 = s1_config("v2")
-        s1["model"].update(embedding_dim=64, hidden_dim=64, head=4, n_layer=2, linear_units=256)
-        torch.manual_seed(seed)
-        model = Text2SemanticDecoder(T2SConfig.from_s1_config(s1))
-        write_gpt_export(gpt, to_upstream_keys(model.state_dict()), config=s1, info="GPT-e15")
-    return {"data": data, "init": old, "base_d": base_d, "gpt": gpt}
-
-
-def demo_config(root: Path, *, fast: bool = False) -> tuple[TrainConfig, TuneOptions]:
-    from gsv_ray.train.config import load_config
-
-    inputs = make_demo_inputs(root)
-    name, n = "demo", 1
-    while (root / "runs" / name).exists():  # run the demo again: a new run beside the old one (never over it)
-        n += 1
-        name = f"demo-{n}"
-    cfg = load_config(None, init=str(inputs["init"]), base_d=str(inputs["base_d"]), data=str(inputs["data"]),
-                      output_dir=str(root / "runs" / name), max_steps=6 if fast else 24, batch_size=4,
-                      val_every=2 if fast else 6, val_fraction=0.15, audio_samples=1, wandb_mode=None)
-    opts = TuneOptions(num_samples=2 if fast else 4, lr_scale_range=(0.05, 1.0), warmup_choices=[0, 2] if fast else [0, 6],
-                       max_concurrent=2, name=name)
-    return cfg, opts

@@ -12,9 +12,8 @@ continues interrupted trials from their last checkpoints instead of starting the
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,15 +95,13 @@ def search_algorithm(opts: TuneOptions):
 
         return BasicVariantGenerator(random_state=opts.search_seed)
     try:
-        import optuna  # noqa: F401
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
         raise GsvError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
                        "--search random") from None
     if opts.search_seed is None:
         return OptunaSearch(metric=METRIC, mode=MODE)
-    import optuna
-
     return OptunaSearch(metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
 
 

@@ -11,10 +11,9 @@ from gsv_ray.data.sovits import (
     SoVITSBucketSampler,
     SoVITSDataset,
     collate_sovits,
-    read_wav_pcm16,
     sovits_datasets,
 )
-from gsv_ray.models.audio import AudioFrontend, linear_spectrogram
+from gsv_ray.audio import AudioFrontend, linear_spectrogram, read_wav_pcm16
 from gsv_ray.models.sovits import SoVITSConfig, SoVITSGenerator
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss

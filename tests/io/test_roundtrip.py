@@ -14,7 +14,8 @@ import torch
 
 from gsv_ray.errors import GsvError
 from gsv_ray.io import read
-from gsv_ray.io.writers import atomic_write, write_gpt_export, write_sovits_export
+from gsv_ray.atomic import atomic_write
+from gsv_ray.io.writers import write_gpt_export, write_sovits_export
 from gsv_ray.io.safeload import _TagPatchedFile
 
 FIXTURE_EXPORTS = [

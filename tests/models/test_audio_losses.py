@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from gsv_ray.models.audio import (
+from gsv_ray.audio import (
     AudioFrontend,
     linear_spectrogram,
     mel_filterbank,

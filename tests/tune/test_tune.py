@@ -31,7 +31,7 @@ def _env(tmp_path, **extra):
 
 @pytest.fixture(scope="module")
 def demo_inputs(tmp_path_factory):
-    from gsv_ray.tune.run import make_demo_inputs
+    from gsv_ray.demo import make_demo_inputs
 
     return make_demo_inputs(tmp_path_factory.mktemp("demo"))
 
@@ -173,7 +173,7 @@ def test_demo_runs_end_to_end(tmp_path):
     env = _env(tmp_path, HOME=str(home), TMPDIR=str(tmp))
     env.pop("GSV_RAY_SCRATCH")  # the default: a per-user folder in the temp dir
     try:
-        r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--fast"], cwd=tmp_path,
+        r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--max-steps", "6", "--num-samples", "2"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         # nothing of ours outside the demo folder (-o and the storage in it), the cache and W&B's

@@ -21,10 +21,8 @@ from gsv_ray.errors import GsvError
 from gsv_ray.rebuild.core import RebuildPolicy
 from gsv_ray.rebuild.store import rebuild_cached
 from gsv_ray.rebuild.targets import build_models
+from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR
 from gsv_ray.train.loop import fixed_batches
-
-#: Learning rates for the optional trial steps: upstream's base LR x 0.1 (the resumed-training default).
-TRIAL_LR = {"sovits": 1e-4 * 0.1, "gpt": 0.002 * 0.1}
 
 
 @dataclass
@@ -70,7 +68,7 @@ def _sovits_batches(experiment, data: Path, n_batches: int, batch_size: int):
 
 
 def _sovits_losses(model, batches, config: dict[str, Any], seed: int) -> dict[str, float]:
-    from gsv_ray.models.audio import AudioFrontend
+    from gsv_ray.audio import AudioFrontend
     from gsv_ray.train.sovits import sovits_eval_losses
 
     s2 = config["s2"]
@@ -79,7 +77,7 @@ def _sovits_losses(model, batches, config: dict[str, Any], seed: int) -> dict[st
 
 
 def _sovits_train_loss(model, batch, config: dict[str, Any]) -> torch.Tensor:
-    from gsv_ray.models.audio import AudioFrontend
+    from gsv_ray.audio import AudioFrontend
     from gsv_ray.models.sovits.commons import slice_segments
     from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss
 
@@ -176,7 +174,7 @@ def verify(
     after = None
     if train_steps > 0:
         trial = copy.deepcopy(model).train()
-        opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=TRIAL_LR[rebuilt.stage])
+        opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=UPSTREAM_BASE_LR[rebuilt.stage] * DEFAULT_LR_SCALE)
         for step in range(train_steps):
             say(f"trial step {step + 1}/{train_steps} ...")
             loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.config)

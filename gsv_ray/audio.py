@@ -1,4 +1,8 @@
-"""Audio front-end of SoVITS training: linear spectrogram, slaney mel filterbank, log-mel.
+"""Audio for everyone above it (data, models, training, tracking): 16-bit PCM WAV I/O, and the
+front-end of SoVITS training (linear spectrogram, slaney mel filterbank, log-mel).
+
+WAV files are what GPT-SoVITS's preprocessing writes (``5-wav32k/``: 16-bit PCM) and what we write
+for W&B audio samples; the stdlib ``wave`` module reads and writes them (no soundfile/librosa).
 
 Numerically this is GPT-SoVITS's ``module/mel_processing.py`` (``spectrogram_torch``,
 ``spec_to_mel_torch``, ``mel_spectrogram_torch``) with the s2 data config:
@@ -20,11 +24,16 @@ plain functions build what they need per call.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+import wave
+from pathlib import Path
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 import torch
 from torch import nn
+
+from gsv_ray.atomic import atomic_write
+from gsv_ray.errors import GsvError
 
 __all__ = [
     "hz_to_mel_slaney",
@@ -34,6 +43,10 @@ __all__ = [
     "spec_to_mel",
     "mel_spectrogram",
     "AudioFrontend",
+    "read_wav_pcm16",
+    "to_pcm16",
+    "wav_info",
+    "write_wav",
 ]
 
 _MAG_EPS = 1e-8
@@ -214,3 +227,51 @@ class AudioFrontend(nn.Module):
             f"sampling_rate={self.sampling_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
             f"win_length={self.win_length}, n_mels={self.n_mels}, fmin={self.fmin}, fmax={self.fmax}"
         )
+
+
+# ----------------------------------------------------------------------------- WAV I/O
+def wav_info(path: str | Path) -> tuple[int, int, int, int]:
+    """(channels, sample width in bytes, rate, frames) from a WAV header."""
+    with wave.open(str(path), "rb") as w:
+        return w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
+
+
+def read_wav_pcm16(path: str | Path) -> torch.Tensor:
+    """A 16-bit PCM WAV as float32 ``[channels, N]`` in [-1, 1) (``x / 32768``, what upstream's
+    ffmpeg decode to float gives for a 32 kHz mono file)."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise GsvError(f"{w.getsampwidth() * 8}-bit WAV, expected 16-bit PCM", path=path,
+                           fix="re-run GPT-SoVITS preprocessing step 1Ab")
+        channels = w.getnchannels()
+        raw = w.readframes(w.getnframes())
+    data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    return torch.from_numpy(data.reshape(-1, channels).T.copy())
+
+
+def to_pcm16(waveform: Any) -> np.ndarray:
+    """A mono waveform ``[T]`` (or ``[1, T]``; numpy or torch; float in [-1, 1] or int16) as int16."""
+    if hasattr(waveform, "detach"):
+        waveform = waveform.detach().to("cpu").float().numpy()
+    a = np.asarray(waveform)
+    a = a.reshape(-1) if a.ndim == 2 and 1 in a.shape else a
+    if a.ndim != 1:
+        raise ValueError(f"audio must be mono [T] (or [1, T]), got shape {tuple(a.shape)}")
+    if a.dtype == np.int16:
+        return a
+    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.round(np.clip(a, -1.0, 1.0) * 32767.0).astype("<i2")
+
+
+def write_wav(path: str | Path, waveform: Any, sample_rate: int, *, overwrite: bool = True) -> Path:
+    """Write a 16-bit mono PCM WAV (atomically)."""
+    pcm = to_pcm16(waveform)
+
+    def write(f: BinaryIO) -> None:
+        with wave.open(f, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(sample_rate))
+            w.writeframes(pcm.astype("<i2").tobytes())
+
+    return atomic_write(path, write, overwrite=overwrite)

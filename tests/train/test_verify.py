@@ -10,7 +10,7 @@ import torch
 from gsv_ray.data.synthetic import make_synthetic_experiment
 from gsv_ray.io import read
 from gsv_ray.io.writers import write_gpt_export, write_sovits_export
-from gsv_ray.rebuild.verify import verify
+from gsv_ray.train.verify import verify
 
 
 @pytest.fixture(scope="module")

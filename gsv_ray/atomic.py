@@ -1,0 +1,152 @@
+"""Atomic filesystem writes: the one place files and directories appear whole or not at all.
+
+Everything we write that someone reads back (exports, rebuild entries, checkpoints, downloads,
+metrics, W&B staging) is built under a temp name beside its final path (same filesystem: the
+rename is atomic), then renamed into place; a failure or a kill leaves no half-written file under
+the final name. Temp files and folders are created like any new file (mode from the umask, not
+``mkstemp``'s private 0600, which would survive the rename and hide exports from a GPT-SoVITS
+running as another user). Temp folders hold an owner lock (:mod:`gsv_ray.owned`), so the orphans
+of a killed writer are recognised and swept by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from gsv_ray.errors import GsvError
+from gsv_ray.owned import owned_temp_dir, sweep
+
+__all__ = ["atomic_dir", "atomic_write", "commit_dir", "remove_dir", "rust_os_error"]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+class _WriteErrors:
+    """A file object that remembers the first OSError a write hit: torch.save reports a full disk as
+    "unexpected pos ..." (a RuntimeError), which would hide ENOSPC from the user's one-line error."""
+
+    def __init__(self, f: BinaryIO):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, b) -> int:
+        try:
+            return self._f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def rust_os_error(e: Exception, path: str | Path) -> OSError | None:
+    """The OSError inside a Rust library's error (safetensors: "... (os error 28)"), if any."""
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) if m else None
+
+
+def atomic_write(
+    path: str | Path,
+    write: Callable[[BinaryIO], None],
+    *,
+    overwrite: bool = False,
+    protect: Iterable[str | Path] = (),
+) -> Path:
+    """Write via ``write(fileobj)`` into a temp file beside ``path``, fsync, then rename.
+
+    Refuses to replace an existing file unless ``overwrite``, and never replaces any file in
+    ``protect`` (the inputs of the current job). A crash leaves no half-written file under the name.
+    """
+    path = Path(path)
+    for p in protect:
+        if _same_file(path, Path(p)):
+            raise GsvError("refusing to write over an input file", path=path, fix="choose another output path")
+    if path.exists() and not overwrite:
+        raise GsvError("already exists; not overwriting", path=path, fix="choose another output path or remove it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            sink = _WriteErrors(f)
+            try:
+                write(sink)  # type: ignore[arg-type]
+            except Exception as e:
+                if sink.error is not None and not isinstance(e, OSError):  # the real cause, with its errno
+                    raise OSError(sink.error.errno, sink.error.strerror, str(path)) from e
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete a directory by first renaming it out of its namespace (``.del_<name>.<unique>``): a
+    kill during the deletion leaves a hidden leftover, never a half-deleted entry under the real
+    name; two processes removing the same entry do not collide (the second finds nothing)."""
+    path = Path(path)
+    hidden = path.with_name(f".del_{path.name.lstrip('.')}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        os.replace(path, hidden)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def commit_dir(tmp: str | Path, final: str | Path, *, replace: bool = False) -> None:
+    """Rename a finished temp folder into place; with ``replace`` an existing ``final`` is first
+    removed (:func:`remove_dir`). Without it an existing non-empty ``final`` raises OSError
+    (ENOTEMPTY/EEXIST): the caller decides whether a concurrent writer's result is as good."""
+    if replace and Path(final).exists():
+        remove_dir(final)
+    os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, *, sweep_orphans: bool = True) -> Iterator[Path]:
+    """Build a directory under a temp name beside ``final`` and rename it into place on success.
+
+    Yields the temp folder (owned: a later writer sweeps it if this process is killed); on an
+    exception it is removed and ``final`` untouched. ``final`` must not exist when the block ends:
+    the rename raises OSError (ENOTEMPTY/EEXIST) if another writer got there first, after removing
+    our copy; callers for whom an identical winner is success catch that (:func:`lost_race`)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if sweep_orphans:
+        sweep(final.parent, lambda n: n.startswith(f".{final.name}."))
+    tmp, owner = owned_temp_dir(final)
+    try:
+        yield tmp
+        owner.disown()
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        owner.release()
+
+
+def lost_race(e: OSError) -> bool:
+    """Whether an :func:`atomic_dir` rename failed because ``final`` was already there."""
+    return e.errno in (errno.ENOTEMPTY, errno.EEXIST)

@@ -1,0 +1,97 @@
+"""``gsv-ray demo``: the main job on an embedded default, for a newcomer with nothing downloaded.
+
+A small synthetic voice in GPT-SoVITS's own formats (an old SoVITS v2 export at narrowed widths, its
+discriminator, a preprocessed experiment folder; a small GPT export too, for the examples), then
+``gsv-ray tune`` over ``lr_scale`` and warmup on a local Ray, W&B offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gsv_ray.train.config import TrainConfig
+from gsv_ray.tune.search import TuneOptions
+
+HEADER = ("gsv-ray demo in {root}: a synthetic voice and a small SoVITS v2 old.pth in\n"
+          "GPT-SoVITS's formats; Ray Tune searches lr_scale and warmup on a local Ray,\n"
+          "tracked in W&B offline.")
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big a demo: the default takes about a minute on a laptop CPU; smaller ones are for a
+    quick look (and the tests)."""
+
+    max_steps: int = 24
+    num_samples: int = 4
+
+    @property
+    def val_every(self) -> int:
+        return max(2, self.max_steps // 4)
+
+
+def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
+    """A synthetic experiment folder and a small SoVITS v2 ``old.pth`` + base D in the real formats.
+
+    The generator is GPT-SoVITS's v2 architecture at narrowed widths (as the reference fixtures
+    are), so the demo trains in minutes on a laptop CPU; every file is what GPT-SoVITS writes.
+    """
+    import torch
+
+    from gsv_ray.atomic import atomic_write
+    from gsv_ray.data.synthetic import make_synthetic_experiment
+    from gsv_ray.io.writers import write_sovits_export
+    from gsv_ray.models.sovits import MultiPeriodDiscriminator, SoVITSConfig, SoVITSGenerator
+    from gsv_ray.resources import s2_config
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "logs" / "demo"
+    if not (data / "2-name2text.txt").is_file():
+        make_synthetic_experiment(data, version="v2", num_utterances=24, seed=seed)
+    old = root / "SoVITS_weights_v2" / "demo_e8_s200.pth"
+    base_d = root / "pretrained" / "s2D_demo.pth"
+    if not old.is_file():
+        s2 = s2_config("v2")
+        s2["model"].update(inter_channels=32, hidden_channels=32, filter_channels=64, n_layers=2,
+                           upsample_initial_channel=32, gin_channels=32)
+        s2.update(name="demo", version="v2")
+        torch.manual_seed(seed)
+        g = SoVITSGenerator(SoVITSConfig.from_s2_config(s2, "v2", mrte_hidden_channels=32, ref_hidden_channels=32,
+                                                        kmeans_iters=1))
+        sd = g.state_dict()
+        sd["quantizer.vq.layers.0._codebook.inited"].fill_(1.0)  # a trained model's codebook is initialised
+        sd["quantizer.vq.layers.0._codebook.embed"].normal_()
+        write_sovits_export(old, sd, config=s2, info="8epoch_200iteration", version="v2")
+        d = MultiPeriodDiscriminator("v2", width_divisor=32)
+        atomic_write(base_d, lambda f: torch.save({"weight": d.state_dict()}, f))
+    gpt = root / "GPT_weights_v2" / "demo-e15.ckpt"
+    if not gpt.is_file():  # a small GPT (2 layers, 64 wide) in GPT-SoVITS's export format
+        from gsv_ray.io.writers import write_gpt_export
+        from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder, to_upstream_keys
+        from gsv_ray.resources import s1_config
+
+        s1 = s1_config("v2")
+        s1["model"].update(embedding_dim=64, hidden_dim=64, head=4, n_layer=2, linear_units=256)
+        torch.manual_seed(seed)
+        model = Text2SemanticDecoder(T2SConfig.from_s1_config(s1))
+        write_gpt_export(gpt, to_upstream_keys(model.state_dict()), config=s1, info="GPT-e15")
+    return {"data": data, "init": old, "base_d": base_d, "gpt": gpt}
+
+
+def demo_config(root: Path, size: DemoSize = DemoSize()) -> tuple[TrainConfig, TuneOptions]:
+    """The demo's training config and search (inputs made on first use; a demo run again in the same
+    folder is a new run beside the old one, never over it)."""
+    from gsv_ray.train.config import load_config
+
+    inputs = make_demo_inputs(root)
+    name, n = "demo", 1
+    while (root / "runs" / name).exists():
+        n += 1
+        name = f"demo-{n}"
+    cfg = load_config(None, init=str(inputs["init"]), base_d=str(inputs["base_d"]), data=str(inputs["data"]),
+                      output_dir=str(root / "runs" / name), max_steps=size.max_steps, batch_size=4,
+                      val_every=size.val_every, val_fraction=0.15, audio_samples=1, wandb_mode=None)
+    opts = TuneOptions(num_samples=size.num_samples, lr_scale_range=(0.05, 1.0),
+                       warmup_choices=[0, size.val_every], max_concurrent=2, name=name)
+    return cfg, opts
