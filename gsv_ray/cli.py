@@ -1,6 +1,8 @@
 """The ``gsv-ray`` command. Thin by design: parse arguments, call library functions, print.
 
-Every user error is a :class:`gsv_ray.errors.GsvError`: one line on stderr, exit status 2.
+Every error we raise is a :class:`gsv_ray.errors.GsvError`: one line on stderr; exit status 2 for
+bad input and options, 1 for infrastructure (its traceback in the run's log; ``--debug`` prints
+every traceback).
 """
 
 from __future__ import annotations
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # `--lr 1e-5` silently meant --lr-scale 1e-5 (a peak LR of 1e-9)
     )
     p.add_argument("--version", action="version", version=f"gsv-ray {__version__}")
+    p.add_argument("--debug", action="store_true", help="on an error, also print its full traceback")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = functools.partial(sub.add_parser, allow_abbrev=False)  # type: ignore[method-assign]
 
@@ -442,11 +445,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Warnings known to be noise for our users (libraries warning each other about deprecations, at
+#: import or on every call); anything else is shown (inside train/tune: in the run's log).
+_NOISY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    (DeprecationWarning, r"(ray|wandb|pydantic|google|pkg_resources|setuptools|torch)(\.|$)"),
+    (FutureWarning, r"(ray|wandb|torch|accelerate)(\.|$)"),
+    (UserWarning, r"ray(\.|$)"),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # library deprecation chatter is not for users
+            for category, module in _NOISY_WARNINGS:
+                warnings.filterwarnings("ignore", category=category, module=module)
             rc = args.func(args)
             sys.stdout.flush()  # here, so a closed pipe (`gsv-ray rebuild --json | head`) is caught below
             return rc
@@ -454,12 +467,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except GsvError as e:
+        _debug_traceback(args)
         print(f"gsv-ray: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except OSError as e:  # a full disk, a read-only or foreign directory: the user's to fix, in one line
         err = os_error(e)
         if err is None:
             raise
+        _debug_traceback(args)
         print(f"gsv-ray: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -467,6 +482,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.func in (_cmd_train, _cmd_tune) else "")
         print(f"gsv-ray: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _debug_traceback(args: argparse.Namespace) -> None:
+    if args.debug:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 if __name__ == "__main__":

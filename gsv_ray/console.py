@@ -57,6 +57,16 @@ class _Sink:
         return "utf-8"
 
 
+def _wants_traceback(exc: BaseException | None) -> bool:
+    """A failure whose traceback belongs in the run's log: anything but the user's own bad input or
+    option (one line says it all) and Ctrl-C."""
+    from gsv_ray.errors import GsvError
+
+    if exc is None or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return False
+    return not (isinstance(exc, GsvError) and exc.exit_code == 2)
+
+
 class Chatter:
     """``with Chatter(log_file, verbose) as c:`` routes library output to ``log_file`` while
     ``c.say(line)`` and ``c.out`` reach the terminal. The log file is created on the first line
@@ -91,15 +101,22 @@ class Chatter:
         self._saved.append((obj, attr, getattr(obj, attr)))
         setattr(obj, attr, value)
 
-    def __exit__(self, exc_type, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         for obj, attr, value in reversed(self._saved):
             setattr(obj, attr, value)
         self._saved.clear()
+        traced = _wants_traceback(exc) and self.log_file is not None
+        if traced:  # the machinery failed: the whole story goes to the log
+            import traceback
+
+            self._log("".join(traceback.format_exception(exc)))
+            self.used = True
         if self._file is not None:
             self._file.close()
             self._file = None
         if exc_type is not None and self.used:  # the error line follows: the details are in the log
-            self.err.write(f"log (Ray, W&B): {shown(self.log_file)}\n")
+            what = "log and traceback" if traced else "log (Ray, W&B)"
+            self.err.write(f"{what}: {shown(self.log_file)}\n")
 
     def _log(self, s: str) -> None:
         if self.log_file is None:

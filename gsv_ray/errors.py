@@ -1,4 +1,13 @@
-"""The one error type users see: a single line naming the file, the problem and the fix."""
+"""The errors users see: a single line naming the file, the problem and the fix.
+
+Three kinds, by what the user does next (the CLI's exit status says which):
+
+* :class:`GsvError` itself (alias :data:`InputError`): a bad input file or folder, exit 2;
+* :class:`ConfigError`: an option or config value that cannot work, exit 2;
+* :class:`InfraError`: the machinery failed (Ray workers, a cluster, a trial), exit 1. Raised
+  ``from`` the real exception, so the cause is kept: the full traceback goes to the run's log
+  (and to the terminal with ``gsv-ray --debug``).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,10 @@ from pathlib import Path
 class GsvError(Exception):
     """A user-facing failure. ``str(err)`` is one line: what, where, and what to do.
 
-    The CLI prints it to stderr and exits with status 2; library callers can catch it.
+    The CLI prints it to stderr and exits with :attr:`exit_code`; library callers can catch it.
     """
+
+    exit_code = 2
 
     def __init__(self, message: str, *, path: str | Path | None = None, fix: str | None = None):
         parts = []
@@ -22,6 +33,21 @@ class GsvError(Exception):
         line += "."
         super().__init__(" ".join(line.split()))  # guarantee a single line
         self.path = None if path is None else str(path)
+
+
+#: A bad input file or folder (the base class's own meaning).
+InputError = GsvError
+
+
+class ConfigError(GsvError):
+    """An option or config value that cannot work (exit 2)."""
+
+
+class InfraError(GsvError):
+    """The machinery failed, not the user's input: Ray workers, a cluster, a trial (exit 1). Raise it
+    ``from`` the real exception; the CLI points at the full traceback."""
+
+    exit_code = 1
 
 
 #: What a filesystem failure means to the user, and what to do (errno name -> (problem, fix)).

@@ -146,7 +146,8 @@ def _build_extractor(weights: Mapping[str, Any], device: str, half: bool):
         warnings.simplefilter("ignore")  # torch.from_numpy on read-only (shared) arrays: we only read them
         for k, v in weights.items():
             state[k] = torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-    ext = SemanticExtractor()
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the caller's RNG alone
+        ext = SemanticExtractor()
     ext.load_state_dict(state, strict=True)  # copies: the shared arrays are never written
     if not ext.is_initialised:
         raise GsvError("the quantizer's codebook is not initialised (inited = 0): extraction would run k-means "
@@ -163,6 +164,7 @@ def _extract_chunk(weights: Mapping[str, Any], feature_paths: Sequence[str], dev
     """
     # fp32 means fp32 on a GPU too: cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere+
     tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    threads_before = torch.get_num_threads()  # in-process, the caller's settings are put back
     try:
         if threads:
             torch.set_num_threads(threads)
@@ -180,6 +182,7 @@ def _extract_chunk(weights: Mapping[str, Any], feature_paths: Sequence[str], dev
         return {"lines": None, "error": str(e)}
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.set_num_threads(threads_before)
 
 
 # ---------------------------------------------------------------- Ray

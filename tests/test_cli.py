@@ -82,3 +82,16 @@ def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
     assert "at the end, best" in flat[done:]
     assert flat.index(f"exported: {tmp_path / 'run'}") > done
     assert flat.endswith(tuple(f"wandb sync {p}" for p in (tmp_path / "run" / "wandb").glob("offline-run-*")))
+
+
+def test_exit_status_says_who_fixes_it_and_debug_shows_the_traceback(tmp_path):
+    """Bad input and options exit 2 with one line; ``--debug`` adds the full traceback before it."""
+    missing = tmp_path / "nope.pth"
+    plain = run_cli("inspect", str(missing))
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1 and str(missing) in plain.stderr
+    debug = run_cli("--debug", "inspect", str(missing))
+    assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
+    bad = run_cli("train", "--init", str(missing), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
+                  "--max-steps", "2", "--lr-scale", "-1")
+    assert bad.returncode == 2 and "--lr-scale must be > 0" in bad.stderr and bad.stderr.count("\n") == 1

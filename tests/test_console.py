@@ -78,3 +78,34 @@ def test_wrap_keeps_words_whole():
     assert out.splitlines() == ["best weights:", f"  {path}"]
     assert wrap("short") == "short"
     assert all(len(line) <= WIDTH for line in wrap("word " * 60).splitlines())
+
+
+FAILING = r'''
+import sys
+from gsv_ray.console import Chatter
+from gsv_ray.errors import ConfigError, InfraError
+kind = sys.argv[2]
+with Chatter(sys.argv[1]):
+    try:
+        raise RuntimeError("the real cause")
+    except RuntimeError as e:
+        if kind == "infra":
+            raise InfraError("training on Ray failed on rank 1: RuntimeError: the real cause") from e
+        raise ConfigError("--lr-scale must be > 0, got -1") from None
+'''
+
+
+@pytest.mark.parametrize("kind", ["infra", "config"])
+def test_an_infrastructure_failure_keeps_its_traceback_in_the_log(kind, tmp_path):
+    """Exit 1 errors (the machinery failed) keep their cause: its traceback goes to the run's log and
+    the terminal says where; a user's own bad option (exit 2) creates no log at all."""
+    import subprocess
+
+    log = tmp_path / "logs" / "gsv-ray.log"
+    r = subprocess.run([sys.executable, "-c", FAILING, str(log), kind], capture_output=True, text=True, timeout=60)
+    if kind == "infra":
+        text = log.read_text()
+        assert "RuntimeError: the real cause" in text and "The above exception was the direct cause" in text
+        assert f"log and traceback: {log}" in r.stderr
+    else:
+        assert not log.exists() and "log" not in r.stderr.split("Traceback")[0]

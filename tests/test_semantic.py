@@ -115,7 +115,9 @@ def test_golden_fp16_features_same_tokens(tmp_path: Path, golden_model: Path, go
                                           cache_dir: Path) -> None:
     """Library call; fp16 feature files (upstream's is_half output) are read as fp32."""
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl, "b.wav": golden_ssl.half()})
+    rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
     r = extract_semantic(exp, golden_model, cache_root=cache_dir)
+    assert torch.equal(torch.random.get_rng_state(), rng) and torch.get_num_threads() == threads  # left as found
     assert (r.written, r.listed, r.missing, r.workers, r.device, r.half) == (2, 2, [], 1, "cpu", False)
     assert r.report.ok and r.version == "v2" and r.tokens == 48
     rows = tsv_rows(r.path)

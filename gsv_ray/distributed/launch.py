@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from gsv_ray.console import shown
 from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray
-from gsv_ray.errors import GsvError, check_output_path
+from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import atomic_write
@@ -40,13 +40,13 @@ class RayOptions:
 
     def validate(self) -> None:
         if self.workers < 1:
-            raise GsvError(f"--workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
         if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise GsvError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
+            raise ConfigError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
         if self.max_failures < 0:
-            raise GsvError(f"--max-failures must be >= 0, got {self.max_failures}")
+            raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         if self.placement_strategy not in ("PACK", "SPREAD"):
-            raise GsvError(f"--placement-strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
+            raise ConfigError(f"--placement-strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -71,22 +71,12 @@ def check_resources(opts: RayOptions) -> None:
     res = ray.cluster_resources()
     gpus = res.get("GPU", 0.0)
     if opts.gpus_per_worker and opts.workers * opts.gpus_per_worker > gpus:
-        raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but the cluster has {gpus:g}",
+        raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but the cluster has {gpus:g}",
                        fix="lower --workers / --gpus-per-worker, or add GPU nodes")
     cpus = res.get("CPU", 0.0)
     if opts.workers * opts.cpus_per_worker > cpus:
-        raise GsvError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs but the cluster has {cpus:g}",
+        raise ConfigError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs but the cluster has {cpus:g}",
                        fix="lower --workers / --cpus-per-worker")
-
-
-def _fault_from_env() -> dict[str, Any] | None:
-    """``GSV_RAY_INJECT_FAULT=raise|exit:<step>[:<rank>]``: make one worker fail once after the
-    checkpoint of that step (for fault-tolerance tests and drills; the failure is not repeated)."""
-    spec = os.environ.get("GSV_RAY_INJECT_FAULT")
-    if not spec:
-        return None
-    kind, step, *rank = spec.split(":")
-    return {"kind": kind, "step": int(step), "rank": int(rank[0]) if rank else 0}
 
 
 def driver_experiment(cfg: TrainConfig, rebuilt):
@@ -99,7 +89,7 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
 
 
 def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
-                 fault: dict[str, Any] | None = None, wandb_group: str | None = None,
+                 wandb_group: str | None = None,
                  wandb_job_type: str | None = None, console: Any = None) -> TrainResult:
     """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray Train workers; see the module doc.
     ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines and progress are shown there."""
@@ -117,7 +107,6 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     check_output_path(cfg.output_dir)
     if not opts.resume:
         check_new_run(cfg.output_dir)
-    fault = fault or _fault_from_env()
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage, version=cfg.version,
@@ -131,7 +120,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
 
         have = torch.cuda.device_count()
         if opts.workers * opts.gpus_per_worker > have:
-            raise GsvError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
+            raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
                            fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
     import ray
 
@@ -140,7 +129,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     check_resources(opts)
     hosts = alive_hosts()
     if len(hosts) > 1 and is_node_local(storage):
-        raise GsvError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {storage} "
+        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {storage} "
                        "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     shared = share(rebuilt)
@@ -163,7 +152,6 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         "output_dir_shown": str(Path(cfg.output_dir).resolve()),  # where the outputs end up (W&B config)
         "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d, given.init, given.base_g, given.base_d)
                             if p and "://" not in p],
-        "fault": fault,
         "group": wandb_group,
         "job_type": wandb_job_type,
         "wandb_run_id": hashlib.sha256(name.encode()).hexdigest()[:8],
@@ -237,11 +225,11 @@ def ray_failure(e: BaseException) -> GsvError:
     when it is one of ours. Ray's message alone was "Training failed due to worker errors:." with
     the cause in 100 lines above."""
     rank, cause = worker_cause(e)
-    if isinstance(cause, GsvError):
-        return GsvError(f"training on Ray failed on rank {rank}: {cause}")
+    if isinstance(cause, GsvError):  # ours: the user's to fix, as it would be in local mode
+        return type(cause)(f"training on Ray failed on rank {rank}: {cause}")
     if rank is None:
-        return GsvError(f"training on Ray failed: {cause}", fix="see the log")
-    return GsvError(f"training on Ray failed on rank {rank}: {cause}",
+        return InfraError(f"training on Ray failed: {cause}", fix="see the log")
+    return InfraError(f"training on Ray failed on rank {rank}: {cause}",
                     fix="see that worker's lines in the log; raise --max-failures to let Ray restart failed workers")
 
 
@@ -283,7 +271,7 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> Train
     out = Path(cfg.output_dir)
     ckpt = result.checkpoint
     if ckpt is None:
-        raise GsvError("the Ray run finished without reporting its outputs", path=out)
+        raise InfraError("the Ray run finished without reporting its outputs", path=out)
     with ckpt.as_directory() as d:  # in place for local storage, else downloaded
         place_outputs(Path(d) / "run", out, move=is_local_checkpoint(ckpt))
     exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))

@@ -75,7 +75,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rebuilt = materialise(config["rebuild"])
     owner = claim_scratch(config["run_name"])
     run_dir = owner.directory
-    fault = config.get("fault") or {}
 
     cfg = TrainConfig(**{**config["train"], "output_dir": str(run_dir / "run"), "resume": None})
     from gsv_ray.cache import default_cache_root
@@ -98,7 +97,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored is not None:
         cfg.resume = str(restored)
 
-    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), rank=rank, run_uri=_run_uri(config), fault=fault,
+    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), rank=rank, run_uri=_run_uri(config),
                                  stop_board=config.get("stop_board"), trial_id=config.get("relay_run"))
     tracking = None
     if rank == 0:
@@ -143,9 +142,9 @@ class RayCheckpoints:
     folder also carries the run's small outputs so far (metrics.jsonl, W&B files): a run restarted on
     another node, or a trial stopped early, continues from them."""
 
-    def __init__(self, scratch_dir: Path, outputs: Path, *, rank: int, run_uri: str, fault: dict[str, Any],
+    def __init__(self, scratch_dir: Path, outputs: Path, *, rank: int, run_uri: str,
                  stop_board: str | None = None, trial_id: str | None = None):
-        self.scratch, self.outputs, self.rank, self.run_uri, self.fault = scratch_dir, outputs, rank, run_uri, fault
+        self.scratch, self.outputs, self.rank, self.run_uri = scratch_dir, outputs, rank, run_uri
         self.stop_board, self.trial_id = stop_board, trial_id
         self._stop = False
 
@@ -174,16 +173,7 @@ class RayCheckpoints:
 
             stop = wait_for_decision(self.stop_board, self.trial_id, step) if self.rank == 0 else None
             self._stop = bool(broadcast_from_rank_zero(stop))
-        self._maybe_fail(step)
         return Path(f"{self.run_uri}/{name}")
-
-    def _maybe_fail(self, step: int) -> None:
-        fault = self.fault
-        if fault.get("step") == step and fault.get("rank", 0) == self.rank and not _already_failed(self.scratch, fault):
-            _mark_failed(self.scratch, fault)
-            if fault["kind"] == "exit":
-                os._exit(1)
-            raise RuntimeError(f"injected failure at step {step}")
 
 
 class _report_dir:
@@ -312,16 +302,3 @@ def _snapshot_outputs(run_dir: Path, dest: Path) -> None:
         shutil.copytree(run_dir / "samples", dest / "samples", dirs_exist_ok=True)
     # not the live W&B folder: an offline run has no records on disk before finish(); a restarted
     # worker gives its resumed W&B run this history again (Tracking(replay_on_resume=True))
-
-
-def _marker(run_dir: Path, fault: dict) -> Path:
-    return run_dir / f".fault-{fault['kind']}-{fault['step']}-{fault.get('rank', 0)}"
-
-
-def _already_failed(run_dir: Path, fault: dict) -> bool:
-    return _marker(run_dir, fault).exists()
-
-
-def _mark_failed(run_dir: Path, fault: dict) -> None:
-    _marker(run_dir, fault).parent.mkdir(parents=True, exist_ok=True)
-    _marker(run_dir, fault).touch()

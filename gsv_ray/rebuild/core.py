@@ -193,7 +193,7 @@ def _fill(
                 fates[key] = KeyFate(ERROR, None, f"missing from {names}")
     report.targets[tgt.name] = fates
     if fresh_keys and not any(f.fate == ERROR for f in fates.values()):
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
             fresh = tgt.build().state_dict()
         for k in fresh_keys:
             out[k] = fresh[k].to(torch.float32)

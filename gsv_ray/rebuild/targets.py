@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from gsv_ray import __version__
+from gsv_ray.atomic import atomic_write
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
 from gsv_ray.resources import s1_config, s2_config
@@ -62,10 +62,8 @@ class Target:
                 pass
         shapes = self.meta_shapes()
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({k: list(v) for k, v in shapes.items()}))
-            os.replace(tmp, path)
+            data = json.dumps({k: list(v) for k, v in shapes.items()}).encode()
+            atomic_write(path, lambda f: f.write(data), overwrite=True)
         return shapes
 
     def meta_shapes(self) -> dict[str, torch.Size]:
@@ -114,8 +112,9 @@ def sovits_model_config(cfg: Mapping[str, Any], widths: Mapping[str, int]) -> So
 
 def generator_target(model_cfg: SoVITSConfig, seed: int) -> Target:
     def build() -> nn.Module:
-        torch.manual_seed(seed)
-        return SoVITSGenerator(model_cfg)
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+            torch.manual_seed(seed)
+            return SoVITSGenerator(model_cfg)
 
     return target("generator", build, model=model_config_json(model_cfg))
 
@@ -133,8 +132,9 @@ def discriminator_width_divisor(tensors: Mapping[str, torch.Tensor]) -> int:
 
 def discriminator_target(version: str, width_divisor: int, seed: int) -> Target:
     def build() -> nn.Module:
-        torch.manual_seed(seed + 1)
-        return MultiPeriodDiscriminator(version, width_divisor=width_divisor)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            return MultiPeriodDiscriminator(version, width_divisor=width_divisor)
 
     return target("discriminator", build, version=version, width_divisor=width_divisor)
 
@@ -151,8 +151,9 @@ def gpt_target(cfg: Mapping[str, Any], seed: int) -> Target:
     model_cfg = T2SConfig.from_s1_config(dict(cfg))
 
     def build() -> nn.Module:
-        torch.manual_seed(seed)
-        return Text2SemanticDecoder(model_cfg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Text2SemanticDecoder(model_cfg)
 
     return target("gpt", build, s1_model=dict(cfg["model"]) if "model" in cfg else dict(cfg))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import ConfigError
 
 #: Upstream's learning rates. SoVITS: s2.json ``train.learning_rate``. GPT: what s1_train.py really
 #: trains with — its scheduler overwrites every step's LR with the constant 0.002 (FORMATS 5.3).
@@ -83,30 +83,30 @@ class TrainConfig:
         """Bad values are one-line errors before anything starts (flags and YAML alike)."""
         check_types(self)
         if not self.lr_scale > 0:
-            raise GsvError(f"--lr-scale must be > 0, got {self.lr_scale}", fix="use e.g. --lr-scale 0.1")
+            raise ConfigError(f"--lr-scale must be > 0, got {self.lr_scale}", fix="use e.g. --lr-scale 0.1")
         if self.warmup_steps < 0:
-            raise GsvError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.warmup_start <= 1:
-            raise GsvError(f"warmup_start must be in [0, 1], got {self.warmup_start}")
+            raise ConfigError(f"warmup_start must be in [0, 1], got {self.warmup_start}")
         if self.stage not in (None, "sovits", "gpt"):
-            raise GsvError(f"--stage must be sovits or gpt, got {self.stage!r}")
+            raise ConfigError(f"--stage must be sovits or gpt, got {self.stage!r}")
         if self.precision not in PRECISIONS:
-            raise GsvError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.decay not in (None, *DECAYS):
-            raise GsvError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+            raise ConfigError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
         if self.max_steps is None and self.epochs is None:
-            raise GsvError("say how long to train", fix="pass --max-steps N or --epochs N")
+            raise ConfigError("say how long to train", fix="pass --max-steps N or --epochs N")
         for name in ("batch_size", "grad_accum", "save_every", "keep_last", "val_every", "log_every"):
             if getattr(self, name) < 1:
-                raise GsvError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1 or self.epochs is not None and self.epochs < 1:
-            raise GsvError("--max-steps / --epochs must be >= 1")
+            raise ConfigError("--max-steps / --epochs must be >= 1")
         if self.num_workers is not None and self.num_workers < 0:
-            raise GsvError(f"--num-workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise GsvError(f"--dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.val_fraction < 1:
-            raise GsvError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,9 +145,9 @@ def check_types(cfg: Any) -> None:
         ok = isinstance(value, _KINDS[base]) and (base == "bool" or not isinstance(value, bool))
         if not ok:
             want = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}[base]
-            raise GsvError(f"{flag} must be {want}, got {value!r}", fix=f"set {f.name} to {want}")
+            raise ConfigError(f"{flag} must be {want}, got {value!r}", fix=f"set {f.name} to {want}")
         if base == "float" and not math.isfinite(value):
-            raise GsvError(f"{flag} must be a finite number, got {value!r}", fix=f"set {f.name} to a finite value")
+            raise ConfigError(f"{flag} must be a finite number, got {value!r}", fix=f"set {f.name} to a finite value")
 
 
 def read_options_file(path: str | Path) -> dict[str, Any]:
@@ -156,13 +156,13 @@ def read_options_file(path: str | Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
-        raise GsvError(f"not UTF-8 text (byte {e.start})", path=p, fix="save the config as UTF-8") from None
+        raise ConfigError(f"not UTF-8 text (byte {e.start})", path=p, fix="save the config as UTF-8") from None
     except OSError as e:
-        raise GsvError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
+        raise ConfigError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
     except yaml.YAMLError as e:
-        raise GsvError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
     if not isinstance(loaded, dict):
-        raise GsvError("the config must be a YAML mapping of option: value", path=p)
+        raise ConfigError("the config must be a YAML mapping of option: value", path=p)
     return loaded
 
 
@@ -177,13 +177,13 @@ def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] 
         for k, v in loaded.items():
             key = str(k).replace("-", "_")
             if key not in FIELDS:
-                raise GsvError(f"unknown option {k!r}", path=p, fix=f"use one of: {', '.join(sorted(FIELDS - {'extra'}))}")
+                raise ConfigError(f"unknown option {k!r}", path=p, fix=f"use one of: {', '.join(sorted(FIELDS - {'extra'}))}")
             values[key] = v
     values.update({k: v for k, v in overrides.items() if v is not None})
     missing = [k for k in ("init", "data", "output_dir") if not values.get(k)]
     if missing:
         flags = {"init": "--init", "data": "--data", "output_dir": "-o"}
-        raise GsvError(f"missing {', '.join(flags[m] for m in missing)}", fix="give them as flags or in --config")
+        raise ConfigError(f"missing {', '.join(flags[m] for m in missing)}", fix="give them as flags or in --config")
     for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names"):  # Ray workers run elsewhere:
         if isinstance(values.get(key), str) and "://" not in values[key]:     # every local path absolute
             values[key] = str(Path(values[key]).expanduser().absolute())

@@ -146,7 +146,7 @@ def verify(
     say(f"rebuilding {init} ...")
     rebuilt = rebuild_cached(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task="train",
                              cache_root=cache_root)
-    make_batches, losses, train_loss, key, metric = STAGES[rebuilt.stage]
+    make_batches = STAGES[rebuilt.stage][0]
     data = Path(data)
     say(f"reading {batches} batch(es) of {batch_size} from {data} ...")
     symbols = ("v1" if rebuilt.version == "v1" else "v2") if rebuilt.stage == "gpt" else rebuilt.version
@@ -155,7 +155,14 @@ def verify(
     for line in data_report:
         say(f"data: {line}")
     data_batches = make_batches(experiment, data, batches, batch_size)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
+        torch.manual_seed(seed)
+        return _evaluate(rebuilt, data_batches, data_report, base_g=base_g, cache_root=cache_root, seed=seed,
+                         train_steps=train_steps, margin=margin, say=say)
+
+
+def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, train_steps, margin, say) -> VerifyResult:
+    _make_batches, losses, train_loss, key, metric = STAGES[rebuilt.stage]
     model = _model(rebuilt).eval()
     say(f"evaluating the rebuilt {rebuilt.stage} model ...")
     with torch.no_grad():
@@ -174,7 +181,8 @@ def verify(
     after = None
     if train_steps > 0:
         trial = copy.deepcopy(model).train()
-        opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=UPSTREAM_BASE_LR[rebuilt.stage] * DEFAULT_LR_SCALE)
+        lr = UPSTREAM_BASE_LR[rebuilt.stage] * DEFAULT_LR_SCALE  # the resumed-training default
+        opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=lr)
         for step in range(train_steps):
             say(f"trial step {step + 1}/{train_steps} ...")
             loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.config)

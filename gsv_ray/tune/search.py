@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gsv_ray.errors import GsvError, check_output_path
+from gsv_ray.errors import ConfigError, check_output_path
 from gsv_ray.train.config import TrainConfig
 
 METRIC, MODE = "val/loss", "min"
@@ -59,25 +59,25 @@ class TuneOptions:
     def validate(self, max_steps: int) -> None:
         lo, hi = self.lr_scale_range
         if not (lo > 0 and hi > 0 and lo < hi):
-            raise GsvError(f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
+            raise ConfigError(f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
                            fix="e.g. --lr-scale-range 0.02 1.0")
         warmups = self.warmups(max_steps)
         if not warmups or any(w < 0 for w in warmups):
-            raise GsvError(f"--warmup-choices must be one or more numbers >= 0, got {warmups}",
+            raise ConfigError(f"--warmup-choices must be one or more numbers >= 0, got {warmups}",
                            fix="e.g. --warmup-choices 0 100 500")
         if any(w >= max_steps for w in warmups):
-            raise GsvError(f"every warmup must be shorter than --max-steps {max_steps}, got {warmups}",
+            raise ConfigError(f"every warmup must be shorter than --max-steps {max_steps}, got {warmups}",
                            fix="shorten the warmups or drop --warmup-choices (default: 0, 5 % and 20 % of --max-steps)")
         if self.num_samples < 1:
-            raise GsvError(f"--num-samples must be >= 1, got {self.num_samples}")
+            raise ConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.search not in ("random", "optuna"):
-            raise GsvError(f"--search must be random or optuna, got {self.search!r}")
+            raise ConfigError(f"--search must be random or optuna, got {self.search!r}")
         if self.scheduler not in ("asha", "fifo"):
-            raise GsvError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
+            raise ConfigError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise GsvError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+            raise ConfigError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
         if self.workers_per_trial < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise GsvError("--workers-per-trial must be >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0")
+            raise ConfigError("--workers-per-trial must be >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0")
 
 
 def param_space(opts: TuneOptions, max_steps: int) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def search_algorithm(opts: TuneOptions):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise GsvError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
+        raise ConfigError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
                        "--search random") from None
     if opts.search_seed is None:
         return OptunaSearch(metric=METRIC, mode=MODE)
@@ -187,7 +187,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
 
     cfg.validate()
     if cfg.max_steps is None:
-        raise GsvError("tune needs --max-steps (the scheduler compares trials at the same step counts)")
+        raise ConfigError("tune needs --max-steps (the scheduler compares trials at the same step counts)")
     opts.validate(cfg.max_steps)
     out = Path(cfg.output_dir)
     check_output_path(out)
@@ -197,15 +197,15 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     storage_fs, storage_path = resolve(storage)
     experiment_path = storage.rstrip("/") + "/" + name
     if opts.resume and not _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
-        raise GsvError(f"no tune run named {name!r} to resume", path=experiment_path,
+        raise ConfigError(f"no tune run named {name!r} to resume", path=experiment_path,
                        fix="check --name / -o / --storage, or drop --resume to start it")
     if not opts.resume:  # a new search never replaces another's results or joins its W&B group
         if _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
-            raise GsvError(f"a tune run named {name!r} already exists", path=experiment_path,
+            raise ConfigError(f"a tune run named {name!r} already exists", path=experiment_path,
                            fix="continue it with --resume, or start a new one with another --name")
         done = [n for n in ("results.json", "best", "trials", "summary.png") if (out / n).exists()]
         if done:
-            raise GsvError(f"-o already holds a tune run's results ({', '.join(done)})", path=out,
+            raise ConfigError(f"-o already holds a tune run's results ({', '.join(done)})", path=out,
                            fix="continue it with --resume (and its --name), or choose a new -o")
 
     # every trial reports at each validation, with the checkpoint taken there
@@ -221,12 +221,12 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     started = connect(opts.address, num_cpus=min(2, opts.num_samples) * per_trial, dashboard=True)
     total_cpu = ray.cluster_resources().get("CPU", 0)
     if per_trial > total_cpu:
-        raise GsvError(f"one trial needs {per_trial:g} CPUs (its driver and "
+        raise ConfigError(f"one trial needs {per_trial:g} CPUs (its driver and "
                        f"{opts.workers_per_trial} worker(s) x {opts.cpus_per_worker:g}) but the cluster has "
                        f"{total_cpu:g}", fix="lower --workers-per-trial / --cpus-per-worker or add nodes")
     if opts.max_concurrent and opts.max_concurrent * per_trial > total_cpu:
         fits = int(total_cpu // per_trial)
-        raise GsvError(f"--max-concurrent {opts.max_concurrent} trials need {opts.max_concurrent * per_trial:g} CPUs "
+        raise ConfigError(f"--max-concurrent {opts.max_concurrent} trials need {opts.max_concurrent * per_trial:g} CPUs "
                        f"but the cluster has {total_cpu:g}", fix=f"use --max-concurrent {fits} or less")
 
     shared = share(rebuilt)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from pathlib import Path
 
 import pytest
 
 from gsv_ray.data.synthetic import make_synthetic_experiment
+from tests.support.faults import ENV, inject
+
+REPO = Path(__file__).resolve().parents[2]
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.01"}
 
@@ -18,11 +23,22 @@ def ray_local(tmp_path_factory):
     for k, v in RAY_ENV.items():
         os.environ[k] = v
     os.environ["GSV_RAY_SCRATCH"] = str(tmp_path_factory.mktemp("scratch"))
+    faults = tmp_path_factory.mktemp("faults") / "faults.json"
+    # every worker can fail on request (tests/support/faults.py: `inject_fault`), without a switch in the package
+    env = {**RAY_ENV, "GSV_RAY_SCRATCH": os.environ["GSV_RAY_SCRATCH"], ENV: str(faults),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     ray.init(address="local",  # our own, whatever other Ray the machine runs (or ran: a stale record)
              num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
-             runtime_env={"env_vars": {**RAY_ENV, "GSV_RAY_SCRATCH": os.environ["GSV_RAY_SCRATCH"]}})
+             runtime_env={"env_vars": env, "worker_process_setup_hook": "tests.support.faults.install"})
+    ray.faults_file = faults  # type: ignore[attr-defined]
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def inject_fault(ray_local):
+    """``inject_fault(output_dir, kind="raise"|"exit", step=N, rank=R)``: that run's worker fails once."""
+    return functools.partial(inject, ray_local.faults_file)
 
 
 @pytest.fixture(scope="module")

@@ -98,12 +98,17 @@ def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synt
 
 
 @pytest.mark.parametrize("kind", ["raise"])  # a worker dying hard: the SIGKILL-from-outside test below
-def test_worker_failure_restores_and_matches_uninterrupted(kind, ray_local, fixtures_dir, synth, tmp_path):
+def test_worker_failure_restores_and_matches_uninterrupted(kind, ray_local, inject_fault, fixtures_dir, synth,
+                                                           tmp_path):
     clean = train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "clean", batch_size=2, max_steps=6),
                          RayOptions(workers=2), say=lambda s: None)
+    happened = inject_fault(tmp_path / "failed", kind=kind, step=4, rank=1)
+    # max_failures 2, not 1: on a loaded machine Ray 2.60's PlacementGroupCleaner may take the live
+    # controller for dead (a State API miss) and remove the restarted group's placement group (seen
+    # here; ray-project/ray#65447 review): one more restart from the same checkpoint, same weights
     failed = train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "failed", batch_size=2, max_steps=6),
-                          RayOptions(workers=2, max_failures=1), say=lambda s: None,
-                          fault={"kind": kind, "step": 4, "rank": 1})
+                          RayOptions(workers=2, max_failures=2), say=lambda s: None)
+    assert happened.exists()  # rank 1 did fail after step 4, and Ray restarted the group from that checkpoint
     assert (Path(os.environ["GSV_RAY_SCRATCH"])).exists()
     a, b = _final_state(clean.last_checkpoint), _final_state(failed.last_checkpoint)
     for k in a:
@@ -112,8 +117,6 @@ def test_worker_failure_restores_and_matches_uninterrupted(kind, ray_local, fixt
 
 def test_driver_restart_resumes(fixtures_dir, synth, tmp_path):
     """Kill the driver (and its local Ray) mid-run; the same command with --resume continues."""
-    from tests.distributed.conftest import RAY_ENV
-
     out = tmp_path / "run"
     args = [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
             _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "400",
@@ -159,8 +162,6 @@ def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(fixtu
     take milliseconds), so before the fix the new worker group started from step 1 and metrics.jsonl
     held steps 1-20 twice. Now it continues from the newest checkpoint on storage that verifies, no
     metrics row is written twice, and the weights equal an uninterrupted run's."""
-    from tests.distributed.conftest import RAY_ENV
-
     from gsv_ray.track import read_metrics
 
     def args(out):
@@ -212,8 +213,6 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
     to the terminal's process group; the SIGKILL test checks it after a successful run); orphans of
     runs that died (their workers no longer hold them) are removed by the next run, live ones never.
     Then the same command without --resume is refused, and with it continues the run."""
-    from tests.distributed.conftest import RAY_ENV
-
     from gsv_ray.owned import GRACE_S, OWNER, Owner
 
     root = tmp_path / "scratch"
@@ -261,12 +260,15 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
         list(range(1, done + 11))
 
 
-def test_a_failed_worker_is_reported_with_its_cause(ray_local, fixtures_dir, synth, tmp_path):
-    """Ray's own message was "Training failed due to worker errors:." (the cause only in the log)."""
-    from gsv_ray.errors import GsvError
+def test_a_failed_worker_is_reported_with_its_cause(ray_local, inject_fault, fixtures_dir, synth, tmp_path):
+    """Ray's own message was "Training failed due to worker errors:." (the cause only in the log).
+    An infrastructure failure: exit 1 (not the user's input), its cause kept for the traceback."""
+    from gsv_ray.errors import InfraError
 
-    with pytest.raises(GsvError) as e:
+    inject_fault(tmp_path / "run", kind="raise", step=2, rank=1)
+    with pytest.raises(InfraError) as e:
         train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, max_steps=4),
-                     RayOptions(workers=2), say=lambda s: None, fault={"kind": "raise", "step": 2, "rank": 1})
+                     RayOptions(workers=2), say=lambda s: None)
     line = str(e.value)
     assert "\n" not in line and "on rank 1" in line and "RuntimeError: injected failure at step 2" in line, line
+    assert e.value.exit_code == 1 and e.value.__cause__ is not None  # the real exception, for the log

@@ -42,7 +42,10 @@ def assert_loads_strictly(result):
 @pytest.mark.parametrize("version", VITS)
 def test_fixture_export_train_without_base(version, fixtures_dir):
     sub = "SoVITS_weights" if version == "v1" else f"SoVITS_weights_{version}"
+    torch.manual_seed(1234)
+    rng = torch.random.get_rng_state()
     r = rebuild(fixtures_dir / sub / "gsvfix_e1_s2.pth")
+    assert torch.equal(torch.random.get_rng_state(), rng)  # enc_q and D initialised at their own seed (was: reseeded)
     f = fates(r)
     exported = len(read(fixtures_dir / sub / "gsvfix_e1_s2.pth").state_dict)
     assert Counter(f.values()) == {LOADED: exported, INITIALISED: ENC_Q}
@@ -62,7 +65,10 @@ def test_fixture_export_train_without_base(version, fixtures_dir):
 def test_fixture_export_with_base_g_and_d(fixtures_dir):
     g = fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"
     d = fixtures_dir / "logs/gsvfix/logs_s2_v2/D_233333333333.pth"
+    torch.manual_seed(1234)
+    rng = torch.random.get_rng_state()
     r = rebuild(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth", base_g=g, base_d=d)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # built at its own seed; the caller's RNG untouched
     f = fates(r)
     assert Counter(f.values()) == {LOADED: 529, FILLED_FROM_BASE: ENC_Q}
     assert {k for k, v in f.items() if v == FILLED_FROM_BASE} == {k for k in f if k.startswith("enc_q.")}

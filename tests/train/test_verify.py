@@ -19,6 +19,8 @@ def data(tmp_path_factory):
 
 
 def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
+    torch.manual_seed(1234)
+    rng = torch.random.get_rng_state()
     r = verify(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth", data=data,
                base_g=fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
                batches=2, batch_size=4, train_steps=2, cache_root=tmp_path)
@@ -28,6 +30,7 @@ def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
     assert math.isclose(r.rebuilt["loss"], r.base["loss"], rel_tol=0.01)
     assert r.after_training["loss"] < r.rebuilt["loss"]  # two reduced-LR steps on these batches help
     assert "103 from base" in r.rebuild_message
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the caller's global RNG is left as it was (was reseeded)
 
 
 def test_damaged_sovits_export_fails(fixtures_dir, data, tmp_path):
