@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from gsv_ray.distributed.launch import RayOptions, train_on_ray
 from gsv_ray.train import load_config, train
+from tests.distributed.conftest import RAY_ENV
 
 FIX = "logs/gsvfix/logs_s2_v2/"
 
