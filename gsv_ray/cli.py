@@ -38,20 +38,19 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from gsv_ray.rebuild import export_result, rebuild_cached
+    from gsv_ray.rebuild import RebuildSpec, export_result, rebuild_cached
 
+    spec = RebuildSpec(init=args.init, base_g=args.base, base_d=args.base_d, stage=args.stage, version=args.version,
+                       task=args.task)
     if args.no_cache:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="gsv-ray-nocache-") as scratch:  # nothing read from or left in a cache
-            result = rebuild_cached(args.init, base_g=args.base, base_d=args.base_d, stage=args.stage,
-                                    version=args.version, task=args.task, cache_root=scratch)
+            result = rebuild_cached(spec, cache_root=scratch)
             out = export_result(result, args.output) if args.output else None
             result.path = out
     else:
-        result = rebuild_cached(args.init, base_g=args.base, base_d=args.base_d, stage=args.stage,
-                                version=args.version, task=args.task, cache_root=args.cache,
-                                verify_inputs=args.verify_inputs)
+        result = rebuild_cached(spec, cache_root=args.cache, verify_inputs=args.verify_inputs)
         out = export_result(result, args.output) if args.output else result.path
     if args.json:
         print(json.dumps({"path": str(out), "cache_hit": result.cache_hit, **result.report.to_json()}, indent=1))

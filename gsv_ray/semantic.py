@@ -289,9 +289,9 @@ def extract_semantic(
         raise GsvError(f"no {HUBERT_DIR}/ folder of HuBERT features", path=data,
                        fix="run the HuBERT step (2-get-hubert-wav32k) for this experiment first")
 
-    from gsv_ray.rebuild import rebuild_cached
+    from gsv_ray.rebuild import RebuildSpec, rebuild_cached
 
-    rebuilt = rebuild_cached(model, base_g=base_g, task="semantic", cache_root=cache_root)
+    rebuilt = rebuild_cached(RebuildSpec(init=str(model), base_g=base_g, task="semantic"), cache_root=cache_root)
     weights = rebuilt.weights.get("generator")
     if not weights:
         raise GsvError("has no SoVITS generator weights", path=model, fix="pass a SoVITS .pth file as --model")

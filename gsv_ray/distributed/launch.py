@@ -8,6 +8,7 @@ A deterministic run name (``--resume``) makes a re-run of the same command conti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -109,8 +110,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         check_new_run(cfg.output_dir)
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
-    rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage, version=cfg.version,
-                             task="train")
+    rebuilt = rebuild_cached(cfg.rebuild_spec())
     say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
     storage = opts.storage or str(Path(cfg.output_dir).resolve() / "ray")
     check_writable(storage)  # before Ray starts: a bad --storage is one line, nothing else happens
@@ -144,7 +144,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     relay, display = _console_relay(console)
     loop_config = {
         "relay": relay.queue if relay is not None else None,
-        "train": {**cfg.to_json(), "resume": None, "name": cfg.run_name},  # exports named after -o, as locally
+        "train": dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
         "rebuild": shared,
         "experiment": driver_experiment(cfg, rebuilt),
         "run_name": name,

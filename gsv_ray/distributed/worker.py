@@ -76,7 +76,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     owner = claim_scratch(config["run_name"])
     run_dir = owner.directory
 
-    cfg = TrainConfig(**{**config["train"], "output_dir": str(run_dir / "run"), "resume": None})
+    cfg: TrainConfig = dataclasses.replace(config["train"], output_dir=str(run_dir / "run"), resume=None)
     from gsv_ray.cache import default_cache_root
 
     cfg = cfg.localised(default_cache_root())  # a data URI: fetched once per node (a lock serialises workers)

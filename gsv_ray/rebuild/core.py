@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -56,6 +57,48 @@ class RebuildPolicy:
     def to_json(self) -> dict[str, Any]:
         return {"init_missing": list(self.init_missing), "fresh_discriminator": self.fresh_discriminator,
                 "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class RebuildSpec:
+    """One rebuild's inputs and options: what :func:`rebuild` takes, and what the store's cache key
+    is made of (the inputs by content, the options by value). Build it once where the request is
+    made (``TrainConfig.rebuild_spec()``, the CLI) and hand it on."""
+
+    init: str
+    base_g: str | None = None
+    base_d: str | None = None
+    stage: str | None = None
+    version: str | None = None
+    task: str = "train"
+    policy: RebuildPolicy = RebuildPolicy()
+    config: Mapping[str, Any] | None = field(default=None, hash=False)  # overrides the file's embedded config
+
+    def __post_init__(self) -> None:
+        for name in ("init", "base_g", "base_d"):  # paths as given (str), whatever the caller held
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, str(value))
+        if self.task not in TASKS:
+            raise GsvError(f"unknown task {self.task!r}", fix=f"use one of {', '.join(TASKS)}")
+
+    @classmethod
+    def of(cls, init: RebuildSpec | str | Path, **options: Any) -> RebuildSpec:
+        """``init`` itself when it is a spec (then no options), else a spec of ``init`` and ``options``."""
+        if isinstance(init, RebuildSpec):
+            if options:
+                raise TypeError(f"options {sorted(options)} given with a RebuildSpec: put them in the spec")
+            return init
+        return cls(init=str(init), **options)
+
+    def inputs(self) -> dict[str, str | None]:
+        """The input files by role (``init``, ``base_g``, ``base_d``)."""
+        return {"init": self.init, "base_g": self.base_g, "base_d": self.base_d}
+
+    def options_json(self) -> dict[str, Any]:
+        """Everything but the input files, as JSON (the options half of the cache key)."""
+        return {"stage": self.stage, "version": self.version, "task": self.task, "policy": self.policy.to_json(),
+                "config": None if self.config is None else json.loads(json.dumps(self.config))}
 
 
 @dataclass
@@ -214,28 +257,19 @@ def _record_dropped(report: RebuildReport, sources: list[tuple[str, Source]], us
             report.dropped.setdefault(src.path, {}).update(dropped)
 
 
-def rebuild(
-    init: str | Path,
-    *,
-    base_g: str | Path | None = None,
-    base_d: str | Path | None = None,
-    stage: str | None = None,
-    version: str | None = None,
-    task: str = "train",
-    policy: RebuildPolicy = RebuildPolicy(),
-    config: dict[str, Any] | None = None,
-    cache_root: str | Path | None = None,
-) -> Rebuilt:
-    """Rebuild complete fp32 weights from ``init`` (any GPT-SoVITS file), judged for ``task``.
+def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = None, **options: Any) -> Rebuilt:
+    """Rebuild complete fp32 weights from ``spec.init`` (any GPT-SoVITS file), judged for ``spec.task``.
 
+    ``spec``: a :class:`RebuildSpec`, or the init path with the spec's other fields as keywords.
     Raises :class:`GsvError` when the inputs do not fit together or the report's verdict is error
     (the report is attached as ``err.report``). ``config`` overrides the file's embedded config.
     ``cache_root`` (default: the gsv-ray cache) only remembers model key/shape schemas here.
     Returned tensors may alias memory-mapped inputs (copy-on-write): copy, never mutate in place.
     """
+    spec = RebuildSpec.of(spec, **options)
+    init, base_g, base_d, stage, version = spec.init, spec.base_g, spec.base_d, spec.stage, spec.version
+    task, policy, config = spec.task, spec.policy, (dict(spec.config) if spec.config is not None else None)
     cache = Path(cache_root) if cache_root is not None else default_cache_root()
-    if task not in TASKS:
-        raise GsvError(f"unknown task {task!r}", fix=f"use one of {', '.join(TASKS)}")
     init_f = read(init, expect_stage=stage)
     stage = init_f.stage
     if init_f.kind in ("sovits-pretrained-d", "sovits-train-d"):

@@ -34,7 +34,7 @@ from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.io import sha256_file
 from gsv_ray.io.safeload import check_path
 from gsv_ray.owned import OWNER, sweep
-from gsv_ray.rebuild.core import RebuildPolicy, Rebuilt, rebuild
+from gsv_ray.rebuild.core import RebuildSpec, Rebuilt, rebuild
 from gsv_ray.rebuild.report import RebuildReport
 
 #: Bump when the on-disk layout or the rebuild's semantics change: old entries then miss.
@@ -185,38 +185,32 @@ def load_result(directory: str | Path, *, cache_hit: bool = False) -> Rebuilt:
 
 
 def rebuild_cached(
-    init: str | Path,
+    spec: RebuildSpec | str | Path,
     *,
-    base_g: str | Path | None = None,
-    base_d: str | Path | None = None,
-    stage: str | None = None,
-    version: str | None = None,
-    task: str = "train",
-    policy: RebuildPolicy = RebuildPolicy(),
-    config: dict[str, Any] | None = None,
     cache_root: str | Path | None = None,
     verify_inputs: bool = False,
+    **options: Any,
 ) -> Rebuilt:
-    """``rebuild`` once per distinct input: the result lives under ``cache_root/rebuild/<key>``.
-    A stored entry is verified before use and rebuilt when damaged. ``verify_inputs``: re-hash the
-    inputs instead of trusting their remembered identity (path, size, mtime, inode), and checksum
-    every file of the entry."""
+    """``rebuild`` once per distinct :class:`RebuildSpec` (inputs by content, options by value): the
+    result lives under ``cache_root/rebuild/<key>``. A stored entry is verified before use and
+    rebuilt when damaged. ``verify_inputs``: re-hash the inputs instead of trusting their remembered
+    identity (path, size, mtime, inode), and checksum every file of the entry. ``spec`` may be the
+    init path with the spec's other fields as keywords."""
+    spec = RebuildSpec.of(spec, **options)
     root = Path(cache_root) if cache_root else default_cache_root()
-    for p in (init, base_g, base_d):
+    for p in spec.inputs().values():
         if p is not None:
             check_path(Path(p))  # missing / directory / empty: the precise one-line error before hashing
     inputs = {role: (file_sha256(p, root, trust_index=not verify_inputs) if p is not None else None)
-              for role, p in (("init", init), ("base_g", base_g), ("base_d", base_d))}
-    options = {"stage": stage, "version": version, "task": task, "policy": policy.to_json(), "config": config}
-    directory = root / "rebuild" / cache_key(inputs, options)
+              for role, p in spec.inputs().items()}
+    directory = root / "rebuild" / cache_key(inputs, spec.options_json())
     if directory.exists():
         why = entry_problem(directory, full=verify_inputs)
         if why is None:
             return load_result(directory, cache_hit=True)
         _log.warning("cache entry %s is damaged (%s): rebuilding it", directory, why)
         remove_dir(directory)
-    result = rebuild(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task=task, policy=policy,
-                     config=config, cache_root=root)
+    result = rebuild(spec, cache_root=root)
     for role, sha in inputs.items():
         if sha is not None:
             result.report.inputs[role]["sha256"] = sha

@@ -6,11 +6,14 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from gsv_ray.errors import ConfigError
+
+if TYPE_CHECKING:  # the options stay light (--help builds from them): torch only when a spec is made
+    from gsv_ray.rebuild.core import RebuildSpec
 
 #: Upstream's learning rates. SoVITS: s2.json ``train.learning_rate``. GPT: what s1_train.py really
 #: trains with — its scheduler overwrites every step's LR with the constant 0.002 (FORMATS 5.3).
@@ -72,6 +75,13 @@ class TrainConfig:
     @property
     def run_name(self) -> str:
         return self.name or Path(self.output_dir).resolve().name
+
+    def rebuild_spec(self) -> RebuildSpec:
+        """What this run rebuilds: the init file with its bases, for training (one spec, every caller)."""
+        from gsv_ray.rebuild.core import RebuildSpec
+
+        return RebuildSpec(init=self.init, base_g=self.base_g, base_d=self.base_d, stage=self.stage,
+                           version=self.version, task="train")
 
     def peak_lr(self, stage: str) -> float:
         return UPSTREAM_BASE_LR[stage] * self.lr_scale

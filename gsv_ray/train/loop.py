@@ -171,8 +171,7 @@ def train(
         check_new_run(run_dir)
     if rebuilt is None:
         with phases("rebuild"):
-            rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage,
-                                     version=cfg.version, task="train")
+            rebuilt = rebuild_cached(cfg.rebuild_spec())
     stage = rebuilt.stage
     if cfg.stage is not None and cfg.stage != stage:
         raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from gsv_ray.errors import GsvError
-from gsv_ray.rebuild.core import RebuildPolicy
+from gsv_ray.rebuild.core import RebuildSpec
 from gsv_ray.rebuild.store import rebuild_cached
 from gsv_ray.rebuild.targets import build_models
 from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR
@@ -144,8 +144,8 @@ def verify(
     if margin < 0:
         raise GsvError(f"--margin must be >= 0, got {margin}")
     say(f"rebuilding {init} ...")
-    rebuilt = rebuild_cached(init, base_g=base_g, base_d=base_d, stage=stage, version=version, task="train",
-                             cache_root=cache_root)
+    rebuilt = rebuild_cached(RebuildSpec(init=str(init), base_g=base_g, base_d=base_d, stage=stage, version=version,
+                                         task="train"), cache_root=cache_root)
     make_batches = STAGES[rebuilt.stage][0]
     data = Path(data)
     say(f"reading {batches} batch(es) of {batch_size} from {data} ...")
@@ -172,8 +172,8 @@ def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, t
     if base_g is not None:
         # evaluated as the same model (a bare base checkpoint carries no config of its own)
         same_model = rebuilt.config["s1"] if rebuilt.stage == "gpt" else rebuilt.config["s2"]
-        base = rebuild_cached(base_g, stage=rebuilt.stage, version=rebuilt.version, task="train",
-                              policy=RebuildPolicy(), config=same_model, cache_root=cache_root)
+        base = rebuild_cached(RebuildSpec(init=str(base_g), stage=rebuilt.stage, version=rebuilt.version,
+                                          task="train", config=same_model), cache_root=cache_root)
         say("evaluating the base alone ...")
         with torch.no_grad():
             base_losses = losses(_model(base).eval(), data_batches, base.config, seed)

@@ -128,7 +128,7 @@ def trial_resources(opts: TuneOptions) -> float:
     return 1 + opts.workers_per_trial * opts.cpus_per_worker
 
 
-def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts: TuneOptions, tune_name: str,
+def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: TuneOptions, tune_name: str,
                    storage_path: str, storage_fs, forbidden: list[str], experiment=None, relay=None) -> None:
     """One trial: a Ray Train run of the training loop at this trial's lr_scale and warmup."""
     from ray import tune
@@ -140,12 +140,12 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
     from gsv_ray.tune.asha import board_name
 
     trial_id = tune.get_context().get_trial_id()
-    train_cfg = {**base, "lr_scale": float(config["lr_scale"]), "warmup_steps": int(config["warmup_steps"]),
-                 "resume": None, "name": base.get("name") or tune_name}
+    train_cfg = dataclasses.replace(base, lr_scale=float(config["lr_scale"]), warmup_steps=int(config["warmup_steps"]),
+                                    resume=None, name=base.name or tune_name)
     loop_config = {
         "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
         "storage_path": storage_path, "storage_fs": storage_fs, "forbidden_paths": forbidden,
-        "output_dir_shown": str(Path(base["output_dir"]).resolve() / "trials" / trial_id),
+        "output_dir_shown": str(Path(base.output_dir).resolve() / "trials" / trial_id),
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
         "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
         "stop_board": board_name(tune_name) if opts.scheduler == "asha" else None,  # ASHA's decisions
@@ -158,7 +158,7 @@ def trial_function(config: dict[str, Any], *, base: dict[str, Any], shared, opts
         run_config=RunConfig(name=f"{tune_name}-{trial_id}", storage_path=storage_path, storage_filesystem=storage_fs,
                              callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=opts.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=base.get("keep_last", 2) + 1)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=base.keep_last + 1)),
     ).fit()
 
 
@@ -210,8 +210,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
 
     # every trial reports at each validation, with the checkpoint taken there
     cfg = dataclasses.replace(cfg.localised(default_cache_root(), data=False), save_every=cfg.val_every)
-    rebuilt = rebuild_cached(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, stage=cfg.stage, version=cfg.version,
-                             task="train")
+    rebuilt = rebuild_cached(cfg.rebuild_spec())
     say(f"rebuilt once for every trial ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
 
     per_trial = trial_resources(opts)
@@ -235,7 +234,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
     relay, rows = _console_relay(console, cfg.max_steps)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_function, base={**cfg.to_json()}, shared=shared, opts=opts, tune_name=name,
+        tune.with_parameters(trial_function, base=cfg, shared=shared, opts=opts, tune_name=name,
                              storage_path=storage_path, storage_fs=storage_fs,
                              experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
                              relay=relay.queue if relay is not None else None,

@@ -13,7 +13,7 @@ from gsv_ray.errors import GsvError
 from gsv_ray.io import read
 from gsv_ray.models.gpt import Text2SemanticDecoder, T2SConfig
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSGenerator
-from gsv_ray.rebuild import build_models, load_result, rebuild, rebuild_cached
+from gsv_ray.rebuild import RebuildSpec, build_models, load_result, rebuild, rebuild_cached
 from gsv_ray.rebuild.report import FILLED_FROM_BASE, INITIALISED, LOADED
 
 VITS = ["v1", "v2", "v2Pro", "v2ProPlus"]
@@ -227,6 +227,12 @@ def test_cache_hit_does_not_reread_inputs(schema_files, tmp_path, monkeypatch):
         m.setattr(store, "rebuild", refuse)
         second = rebuild_cached(export, base_g=g, base_d=d, cache_root=tmp_path)
     assert not first.cache_hit and second.cache_hit and second.path == first.path
+    # the spec is the request and the cache key: the same request as a RebuildSpec is the same entry
+    spec = RebuildSpec(init=export, base_g=g, base_d=d)
+    assert spec == RebuildSpec.of(str(export), base_g=str(g), base_d=str(d))
+    assert rebuild_cached(spec, cache_root=tmp_path).path == first.path
+    with pytest.raises(TypeError):
+        RebuildSpec.of(spec, task="infer")  # options belong in the spec
     for name in first.weights:
         assert all(torch.equal(first.weights[name][k], second.weights[name][k]) for k in first.weights[name])
     stored = json.loads((first.path / "report.json").read_text())
