@@ -35,6 +35,16 @@ class GsvError(Exception):
         self.path = None if path is None else str(path)
 
 
+def first_line(e: BaseException | str, limit: int = 160) -> str:
+    """The first non-empty line of an error (a library's message, never its traceback), trimmed to
+    ``limit`` characters; the exception's type name when it says nothing."""
+    text = str(e).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line:
+        return type(e).__name__ if isinstance(e, BaseException) else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 #: A bad input file or folder (the base class's own meaning).
 InputError = GsvError
 

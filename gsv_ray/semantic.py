@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from gsv_ray.distributed.cluster import connect
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, first_line
 
 NAME2TEXT = "2-name2text.txt"
 HUBERT_DIR = "4-cnhubert"
@@ -110,18 +110,13 @@ def read_names(data_dir: str | Path) -> tuple[list[str], int, list[str]]:
     return names, ignored, duplicates
 
 
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:limit] if text else type(e).__name__
-
-
 def _load_features(path: Path) -> torch.Tensor:
     """``4-cnhubert/<name>.pt`` -> fp32 ``[1, 768, T50]``; anything else is a one-line error naming it."""
     fix = "delete it and re-run the HuBERT step (2-get-hubert-wav32k) for this utterance"
     try:
         t = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, pickle with objects, empty file...
-        raise GsvError(f"cannot read HuBERT features ({_first_line(e)})", path=path, fix=fix) from e
+        raise GsvError(f"cannot read HuBERT features ({first_line(e)})", path=path, fix=fix) from e
     if not isinstance(t, torch.Tensor):
         raise GsvError(f"holds a {type(t).__name__}, not a feature tensor", path=path, fix=fix)
     if t.dim() != 3 or t.shape[0] != 1 or t.shape[1] != SSL_DIM:

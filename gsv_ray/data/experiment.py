@@ -31,11 +31,10 @@ import torch
 
 from gsv_ray.audio import wav_info
 from gsv_ray.errors import GsvError
-from gsv_ray.resources import S2_VERSIONS, s2_config, symbols
+from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE, PRO_VERSIONS, S2_VERSIONS, SSL_DIM, SV_DIM, s2_config, symbols
 
 __all__ = [
     "STAGES",
-    "PRO_VERSIONS",
     "NAME2TEXT",
     "BERT_DIR",
     "HUBERT_DIR",
@@ -43,9 +42,6 @@ __all__ = [
     "SEMANTIC_TSV",
     "SV_DIR",
     "SEMANTIC_HEADER",
-    "SSL_DIM",
-    "BERT_DIM",
-    "SV_DIM",
     "SEMANTIC_VOCAB",
     "ExperimentOptions",
     "Problem",
@@ -61,7 +57,6 @@ __all__ = [
 ]
 
 STAGES = ("sovits", "gpt")
-PRO_VERSIONS = ("v2Pro", "v2ProPlus")
 
 NAME2TEXT = "2-name2text.txt"
 BERT_DIR = "3-bert"
@@ -71,10 +66,7 @@ SEMANTIC_TSV = "6-name2semantic.tsv"
 SV_DIR = "7-sv_cn"
 SEMANTIC_HEADER = "item_name\tsemantic_audio"
 
-SSL_DIM = 768        # chinese-hubert-base hidden size
-BERT_DIM = 1024      # chinese-roberta-wwm-ext-large hidden size
-SV_DIM = 20480       # ERes2NetV2 embedding width (v2Pro / v2ProPlus)
-SEMANTIC_VOCAB = 1024  # codebook size; 1024 itself is the GPT's EOS / padding value
+SEMANTIC_VOCAB = CODEBOOK_SIZE  # 1024 itself is the GPT's EOS / padding value
 
 
 def symbol_set_of(version: str) -> str:

@@ -26,7 +26,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from gsv_ray.data.experiment import (
-    BERT_DIM,
     Experiment,
     ExperimentOptions,
     SplitOptions,
@@ -34,6 +33,7 @@ from gsv_ray.data.experiment import (
     experiment_split,
     repeat_to_minimum,
 )
+from gsv_ray.resources import BERT_DIM
 from gsv_ray.errors import GsvError
 
 __all__ = [

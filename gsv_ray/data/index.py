@@ -32,7 +32,6 @@ from gsv_ray.data.experiment import (
     BERT_DIR,
     HUBERT_DIR,
     NAME2TEXT,
-    PRO_VERSIONS,
     SEMANTIC_TSV,
     SEVERITIES,
     STAGES,
@@ -45,6 +44,7 @@ from gsv_ray.data.experiment import (
     Utterance,
     open_experiment,
 )
+from gsv_ray.resources import PRO_VERSIONS
 
 __all__ = ["INDEX_FORMAT", "INDEX_DIR", "experiment_key", "index_path", "open_experiment_cached"]
 

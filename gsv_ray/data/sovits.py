@@ -26,8 +26,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from gsv_ray.data.experiment import (
-    SSL_DIM,
-    SV_DIM,
     Experiment,
     ExperimentOptions,
     SplitOptions,
@@ -37,7 +35,7 @@ from gsv_ray.data.experiment import (
 )
 from gsv_ray.errors import GsvError
 from gsv_ray.audio import AudioFrontend, read_wav_pcm16
-from gsv_ray.resources import s2_config
+from gsv_ray.resources import SSL_DIM, SV_DIM, s2_config
 
 __all__ = [
     "SOVITS_BOUNDARIES",

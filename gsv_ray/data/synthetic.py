@@ -32,20 +32,16 @@ import numpy as np
 import torch
 
 from gsv_ray.data.experiment import (
-    BERT_DIM,
     BERT_DIR,
     HUBERT_DIR,
     NAME2TEXT,
-    PRO_VERSIONS,
     SEMANTIC_HEADER,
     SEMANTIC_TSV,
-    SSL_DIM,
-    SV_DIM,
     SV_DIR,
     WAV_DIR,
 )
 from gsv_ray.audio import write_wav
-from gsv_ray.resources import S2_VERSIONS, symbols
+from gsv_ray.resources import BERT_DIM, PRO_VERSIONS, S2_VERSIONS, SSL_DIM, SV_DIM, symbols
 
 __all__ = [
     "SAMPLING_RATE",

@@ -15,7 +15,7 @@ import math
 import os
 import socket
 
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, first_line
 
 
 def check_reachable(address: str | None, timeout: float = 5.0) -> None:
@@ -58,7 +58,7 @@ def connect(address: str | None, *, num_cpus: float, dashboard: bool = False,
         try:
             ray.init(address=join, log_to_driver=log_to_driver, logging_level=logging_level)
         except Exception as e:  # ConnectionError, TimeoutError, RuntimeError, ...
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            first = first_line(e)
             flag = "--address" if address else "RAY_ADDRESS"
             raise GsvError(f"no Ray cluster at {flag} {join} ({first})",
                            fix=f"start one ('ray start --head' or 'ray up cluster.yaml') or unset {flag} for a "
@@ -70,7 +70,7 @@ def connect(address: str | None, *, num_cpus: float, dashboard: bool = False,
                  object_store_memory=object_store_memory, include_dashboard=dashboard,
                  log_to_driver=log_to_driver, logging_level=logging_level)
     except Exception as e:  # noqa: BLE001 -- e.g. no room in /dev/shm or /tmp for a new instance
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)
         fix = "free space in /tmp and /dev/shm, or join a running cluster with --address"
         if "AF_UNIX path length" in str(e):  # Ray's sockets live in its session dir under the temp dir
             fix = "point TMPDIR (or RAY_TMPDIR) at a short path such as /tmp: Ray's socket paths must fit 107 bytes"

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from gsv_ray.io.safeload import HEADER_TAGS
+from gsv_ray.resources import PRO_VERSIONS, S1_VERSIONS, S2_VERSIONS, VITS_VERSIONS
 
-SOVITS_VERSIONS = ["v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4"]
-GPT_VERSIONS = ["v1", "v2"]
+SOVITS_VERSIONS = list(S2_VERSIONS)
+GPT_VERSIONS = list(S1_VERSIONS)
 
 KINDS = (
     "sovits-export",
@@ -118,7 +119,7 @@ def _sovits_g_versions(sd: Mapping[str, torch.Tensor], keys: list[str], ident: I
             ident.evidence.append(f"{n} LoRA A matrices on cfm")
         return ["v3", "v4"], is_lora
 
-    candidates = ["v1", "v2", "v2Pro", "v2ProPlus"]
+    candidates = list(VITS_VERSIONS)
     emb = sd.get("enc_p.text_embedding.weight")
     if emb is not None:
         rows = emb.shape[0]
@@ -161,7 +162,7 @@ def _sovits_g_versions(sd: Mapping[str, torch.Tensor], keys: list[str], ident: I
                 candidates = [c for c in candidates if c == "v2Pro"]
     elif candidates:
         ident.evidence.append("no sv_emb/ge_to512/prelu: not a Pro model")
-        candidates = [c for c in candidates if c in ("v1", "v2")]
+        candidates = [c for c in candidates if c not in PRO_VERSIONS]
     return candidates, is_lora
 
 
@@ -170,10 +171,10 @@ def _discriminator_versions(keys: list[str], ident: Identity) -> list[str]:
     n = max(idx) + 1 if idx else 0
     if n == 6:
         ident.evidence.append("6 sub-discriminators (scale + periods 2,3,5,7,11): v1 or v2")
-        return ["v1", "v2"]
+        return [v for v in VITS_VERSIONS if v not in PRO_VERSIONS]
     if n == 8:
         ident.evidence.append("8 sub-discriminators (adds periods 17, 23): v2Pro or v2ProPlus")
-        return ["v2Pro", "v2ProPlus"]
+        return list(PRO_VERSIONS)
     ident.warnings.append(f"{n} sub-discriminators (expected 6 or 8)")
     return []
 

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, first_line
 
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -358,7 +358,7 @@ def safe_load(path: str | Path) -> Loaded:
         except GsvError:
             raise
         except Exception as e:  # torch raises many types for corrupt data; keep the line short
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e, limit=10**6)
             if "Unsupported global" in first or "unsupported GLOBAL" in first:
                 raise GsvError(f"refusing to load: {first[:160]}", path=path,
                                fix="do not use this file; get the weights from a source you trust") from None

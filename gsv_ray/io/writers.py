@@ -29,6 +29,7 @@ import torch
 
 from gsv_ray.atomic import atomic_write
 from gsv_ray.errors import GsvError
+from gsv_ray.resources import VITS_VERSIONS
 
 #: Version tags written by upstream's ``my_save2`` (FORMATS section 2.1).
 EXPORT_TAGS = {"v2Pro": b"05", "v2ProPlus": b"06"}
@@ -223,7 +224,7 @@ def sovits_export_tag(version: str, lora: bool) -> bytes | None:
             f"a full (non-LoRA) {version} export cannot be expressed in a form GPT-SoVITS reads as {version}",
             fix="export v3/v4 as LoRA",
         )
-    if version not in ("v1", "v2", "v2Pro", "v2ProPlus"):
+    if version not in VITS_VERSIONS:
         raise GsvError(f"unknown SoVITS version {version!r}")
     return EXPORT_TAGS.get(version)
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from gsv_ray.cache import default_cache_root
+from gsv_ray.resources import VITS_VERSIONS
 from gsv_ray.errors import GsvError
 from gsv_ray.io import GsvFile, read
 from gsv_ray.rebuild import targets as T
@@ -25,7 +26,6 @@ from gsv_ray.rebuild.report import (
 from gsv_ray.rebuild.sources import Source, as_fp32, cast_fp32, lora_delta, normalise
 
 TASKS = ("train", "semantic", "infer")
-VITS = ("v1", "v2", "v2Pro", "v2ProPlus")
 BASE_NAMES = {  # upstream's pretrained base G per version (for fix hints)
     "v1": "s2G488k.pth", "v2": "gsv-v2final-pretrained/s2G2333k.pth", "v2Pro": "v2Pro/s2Gv2Pro.pth",
     "v2ProPlus": "v2Pro/s2Gv2ProPlus.pth", "v3": "s2Gv3.pth", "v4": "gsv-v4-pretrained/s2Gv4.pth",
@@ -387,10 +387,10 @@ def _semantic(init_f, versions, sources, used, report, weights, cache):
     weights["generator"] = _fill(T.semantic_target(), sources, report, {}, used, cache)
     family = "v2" if versions[0] in ("v3", "v4") else versions[0]
     present = set().union(*(s.tensors.keys() for _, s in sources))
-    widths = T.inferred_widths(sources[0][1].tensors) if versions[0] in VITS else {}
+    widths = T.inferred_widths(sources[0][1].tensors) if versions[0] in VITS_VERSIONS else {}
     try:
         full = T.generator_target(T.sovits_model_config(
-            T.sovits_s2_config(family, init_f.config if versions[0] in VITS else None), widths), 0)
+            T.sovits_s2_config(family, init_f.config if versions[0] in VITS_VERSIONS else None), widths), 0)
         report.harmless["generator"] = {
             k: _WHY_UNUSED_FOR_SEMANTIC.get(module_prefix(k),
                                             "not used by semantic extraction (only ssl_proj + quantizer run)")

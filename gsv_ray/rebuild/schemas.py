@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from gsv_ray.resources import S1_VERSIONS, VITS_VERSIONS
+
 if TYPE_CHECKING:
     from gsv_ray.rebuild.targets import Target
 
@@ -76,14 +78,14 @@ def shipped_targets() -> list[Target]:
     from gsv_ray.rebuild import targets as T
 
     out: list[Target] = []
-    for version in ("v1", "v2", "v2Pro", "v2ProPlus"):
+    for version in VITS_VERSIONS:
         cfg = T.sovits_s2_config(version)
         with torch.device("meta"):
             full_size = SoVITSGenerator(T.sovits_model_config(cfg, {})).state_dict()
         out.append(T.generator_target(T.sovits_model_config(cfg, T.inferred_widths(full_size)), 0))
         out.append(T.discriminator_target(version, 1, 0))  # v1/v2: 6 sub-discriminators, Pro: 8
     out.append(T.semantic_target())
-    for version in ("v1", "v2"):
+    for version in S1_VERSIONS:
         out.append(T.gpt_target(T.gpt_s1_config(version), 0))
     return out
 

@@ -1,5 +1,6 @@
-"""Facts carried over from upstream GPT-SoVITS, packaged as JSON: the s2/s1 configs per version
-and the two ordered phone-symbol tables. One place to load them from."""
+"""Facts carried over from upstream GPT-SoVITS: the versions and feature widths (here, the one
+place they are stated), and, packaged as JSON, the s2/s1 configs per version and the two ordered
+phone-symbol tables. One place to load them from."""
 
 from __future__ import annotations
 
@@ -7,8 +8,22 @@ import json
 from importlib import resources
 from typing import Any
 
+#: SoVITS (stage 2) versions: the VITS family, then v3/v4 (CFM/DiT generators).
 S2_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4")
+#: The VITS-family SoVITS versions (what gsv-ray trains); "Pro" ones add a speaker-verification input.
+VITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
+PRO_VERSIONS = ("v2Pro", "v2ProPlus")
+#: GPT (stage 1) configs, and the phone-symbol sets (v1: 322 symbols; v2 and later: 732).
 S1_VERSIONS = ("v1", "v2")
+SYMBOL_SETS = ("v1", "v2")
+
+#: Feature widths: chinese-hubert-base's hidden size (SSL features, the codebook's vectors), the
+#: codebook's size, chinese-roberta-wwm-ext-large's hidden size (BERT features), ERes2NetV2's
+#: embedding (v2Pro/v2ProPlus speaker vectors).
+SSL_DIM = 768
+CODEBOOK_SIZE = 1024
+BERT_DIM = 1024
+SV_DIM = 20480
 
 
 def load_json(name: str) -> Any:
@@ -32,6 +47,6 @@ def s1_config(version: str) -> dict:
 def symbols(symbol_set: str) -> list[str]:
     """The ordered phone symbols ("v1": 322, "v2": 732); a phone's id is its index."""
     table = load_json("symbols.json")
-    if symbol_set not in ("v1", "v2"):
+    if symbol_set not in SYMBOL_SETS:
         raise ValueError(f"unknown symbol set {symbol_set!r}; expected v1 or v2")
     return list(table[symbol_set]) if isinstance(table[symbol_set], list) else table[symbol_set]

@@ -32,6 +32,7 @@ from typing import Any
 
 
 from gsv_ray.audio import to_pcm16, write_wav
+from gsv_ray.errors import first_line
 from gsv_ray.track.wandb_file import wait_until_closed
 
 MODES = ("online", "offline", "disabled")
@@ -249,7 +250,7 @@ class Tracker:
             if self.mode != "online":
                 raise
             self.mode = "offline"
-            self.notice = (f"W&B: online start failed ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}) "
+            self.notice = (f"W&B: online start failed ({type(e).__name__}: {first_line(e)}) "
                            "-- logging offline; upload later with `wandb sync <run folder>`")
             print(self.notice, file=sys.stderr, flush=True)
             # wandb 0.31 leaves the failed stream registered in wandb-core ("run ID ... is in use"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gsv_ray.errors import ConfigError
+from gsv_ray.errors import ConfigError, first_line
 
 if TYPE_CHECKING:  # the options stay light (--help builds from them): torch only when a spec is made
     from gsv_ray.rebuild.core import RebuildSpec
@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # the options stay light (--help builds from them): torch onl
 #: Upstream's learning rates. SoVITS: s2.json ``train.learning_rate``. GPT: what s1_train.py really
 #: trains with — its scheduler overwrites every step's LR with the constant 0.002 (FORMATS 5.3).
 UPSTREAM_BASE_LR = {"sovits": 1e-4, "gpt": 0.002}
+#: SoVITS's exponential LR decay per epoch (s2.json ``train.lr_decay``).
+UPSTREAM_LR_DECAY = 0.999875
 #: Resumed training's default peak: a tenth of upstream's LR.
 DEFAULT_LR_SCALE = 0.1
 DEFAULT_DECAY = {"sovits": "exponential", "gpt": "cosine"}
@@ -41,7 +43,7 @@ class TrainConfig:
     warmup_steps: int = 100
     warmup_start: float = 0.1           # warmup starts at this fraction of the peak
     decay: str | None = None            # exponential (SoVITS default) | cosine (GPT default) | constant
-    lr_decay: float = 0.999875          # exponential decay per epoch (upstream's s2.json lr_decay)
+    lr_decay: float = UPSTREAM_LR_DECAY  # exponential decay per epoch
     min_lr_ratio: float = 0.1           # cosine floor, as a fraction of the peak
     # length
     max_steps: int | None = None
@@ -170,7 +172,7 @@ def read_options_file(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"not valid YAML ({str(e).splitlines()[0]})", path=p, fix="fix the YAML syntax") from None
+        raise ConfigError(f"not valid YAML ({first_line(e)})", path=p, fix="fix the YAML syntax") from None
     if not isinstance(loaded, dict):
         raise ConfigError("the config must be a YAML mapping of option: value", path=p)
     return loaded

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gsv_ray.train.config import UPSTREAM_LR_DECAY
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -19,7 +21,7 @@ class Schedule:
     decay: str                # exponential | cosine | constant
     total_steps: int
     steps_per_epoch: int
-    lr_decay: float = 0.999875  # per epoch (exponential)
+    lr_decay: float = UPSTREAM_LR_DECAY  # per epoch (exponential)
     min_lr_ratio: float = 0.1   # cosine floor
 
     def factor(self, step: int) -> float:

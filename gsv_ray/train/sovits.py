@@ -21,7 +21,7 @@ from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSPaddin
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.audio import AudioFrontend
 from gsv_ray.models.sovits.commons import slice_segments
-from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
+from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, loss_weights, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
 from gsv_ray.train.common import frozen, prepare, read_metrics, rng_state, set_rng_state, sync_context
 from gsv_ray.train.config import TrainConfig
@@ -60,8 +60,7 @@ class SoVITSRecipe:
         d.load_state_dict(rebuilt.discriminator, strict=True)
         self.segment_frames = g.config.segment_frames
         self.hop = int(self.s2["data"]["hop_length"])
-        self.c_mel = float(self.s2["train"].get("c_mel", 45))
-        self.c_kl = float(self.s2["train"].get("c_kl", 1.0))
+        self.c_mel, self.c_kl = loss_weights(self.s2)
         self.inter_channels = int(self.s2["model"]["inter_channels"])
         train = self.s2["train"]
         betas, eps = tuple(train.get("betas", (0.8, 0.99))), float(train.get("eps", 1e-9))

@@ -69,25 +69,26 @@ def _sovits_batches(experiment, data: Path, n_batches: int, batch_size: int):
 
 def _sovits_losses(model, batches, config: dict[str, Any], seed: int) -> dict[str, float]:
     from gsv_ray.audio import AudioFrontend
+    from gsv_ray.models.sovits.losses import loss_weights
     from gsv_ray.train.sovits import sovits_eval_losses
 
     s2 = config["s2"]
-    return sovits_eval_losses(model, batches, AudioFrontend.from_data_config(s2["data"]),
-                              float(s2["train"].get("c_mel", 45)), float(s2["train"].get("c_kl", 1.0)), seed)
+    return sovits_eval_losses(model, batches, AudioFrontend.from_data_config(s2["data"]), *loss_weights(s2), seed)
 
 
 def _sovits_train_loss(model, batch, config: dict[str, Any]) -> torch.Tensor:
     from gsv_ray.audio import AudioFrontend
     from gsv_ray.models.sovits.commons import slice_segments
-    from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss
+    from gsv_ray.models.sovits.losses import kl_loss, loss_weights, mel_l1_loss
 
     s2 = config["s2"]
     frontend = AudioFrontend.from_data_config(s2["data"])
     out = model(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb)
     z, z_p, m_p, logs_p, m_q, logs_q = out.stats
     y_mel = slice_segments(frontend.spec_to_mel(batch.spec), out.ids_slice, model.config.segment_frames)
-    return float(s2["train"].get("c_mel", 45)) * mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))) + \
-        kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
+    c_mel, c_kl = loss_weights(s2)
+    return c_mel * mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))) + \
+        c_kl * kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
 
 
 def _gpt_batches(experiment, data: Path, n_batches: int, batch_size: int):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping, TypeVar
 
-from .config import BERT_DIM, T2SConfig
+from .config import T2SConfig
 from .sampling import sample_next_token
 from .t2s import (
     MAX_DECODE_STEPS,
@@ -51,7 +51,6 @@ def load_upstream_state_dict(
 
 
 __all__ = [
-    "BERT_DIM",
     "MAX_DECODE_STEPS",
     "MIN_STEPS_BEFORE_EOS",
     "UPSTREAM_PREFIX",

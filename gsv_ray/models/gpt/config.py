@@ -22,7 +22,6 @@ _S1_CONFIG_OF_VERSION: dict[str, str] = {
 }
 
 #: Width of the BERT features added to the phoneme embeddings (hard-coded upstream).
-BERT_DIM = 1024
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BERT_DIM, T2SConfig
+from gsv_ray.resources import BERT_DIM
+
+from .config import T2SConfig
 from .modules import KV, SinePositionalEmbedding, TokenEmbedding, TransformerStack
 from .sampling import sample_next_token
 

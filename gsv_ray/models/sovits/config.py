@@ -13,10 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from gsv_ray.resources import s2_config
+from gsv_ray.resources import CODEBOOK_SIZE, PRO_VERSIONS, SSL_DIM, VITS_VERSIONS, s2_config  # noqa: F401 -- the versions re-exported for the models
 
-VITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
-PRO_VERSIONS = ("v2Pro", "v2ProPlus")
 
 # Keys of an s2 json ``model`` section that map 1:1 onto config fields.
 _MODEL_KEYS = (
@@ -65,8 +63,8 @@ class SoVITSConfig:
     n_speakers: int = 300              # passed by the trainer, unused by the model
     # widths upstream hard-codes
     n_symbols: int | None = None       # text embedding rows: 322 (v1) / 732 (later)
-    ssl_dim: int = 768                 # HuBERT feature width
-    codebook_size: int = 1024
+    ssl_dim: int = SSL_DIM             # HuBERT feature width
+    codebook_size: int = CODEBOOK_SIZE
     n_codebooks: int = 1
     attn_window_size: int = 4          # relative-position window of the text-encoder attention
     mrte_hidden_channels: int = 512    # MRTE(192 in, 512 hidden, 192 out)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsv_ray.models.layers import WNConv1d, WNConv2d
+from gsv_ray.resources import PRO_VERSIONS, VITS_VERSIONS
 
 __all__ = [
     "LRELU_SLOPE",
@@ -53,10 +54,10 @@ _PERIOD_CHANNELS = (1, 32, 128, 512, 1024, 1024)
 
 def periods_for_version(version: str) -> tuple[int, ...]:
     """Periods GPT-SoVITS uses for a model version (v3/v4 train no discriminator)."""
-    if version in ("v1", "v2"):
-        return BASE_PERIODS
-    if version in ("v2Pro", "v2ProPlus"):
+    if version in PRO_VERSIONS:
         return PRO_PERIODS
+    if version in VITS_VERSIONS:
+        return BASE_PERIODS
     raise ValueError(f"no SoVITS discriminator for version {version!r} (expected v1, v2, v2Pro, v2ProPlus)")
 
 
