@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gsv_ray import __version__
-from gsv_ray.errors import GsvError, os_error
+from gsv_ray.errors import ConfigError, GsvError, os_error
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -121,7 +121,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
     overrides["base_g"], overrides["output_dir"] = args.base, args.output
     if args.workers:
-        overrides["resume"] = None  # on Ray, --resume means "continue the run of this same command"
+        if args.resume not in (None, "latest"):  # one meaning: continue this -o's run from its newest checkpoint
+            raise ConfigError(f"--resume {args.resume}: with --workers, --resume takes no folder (it continues the "
+                              "Ray run of this -o from its newest checkpoint)", fix="drop the folder, or drop --workers")
+        overrides["resume"] = None  # the Ray run of this -o is found by its record there
     cfg = load_config(args.config, **overrides)
     from gsv_ray.console import Chatter, ProgressDisplay, shown
     from gsv_ray.owned import private_temp_dir
@@ -176,8 +179,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         loaded = read_options_file(args.config)
         tune_yaml = {k.replace("-", "_"): v for k, v in loaded.items() if k.replace("-", "_") in TUNE_FIELDS}
         train_yaml = {k: v for k, v in loaded.items() if k.replace("-", "_") not in TUNE_FIELDS}
-    # tune's --resume (continue this search) is not the training option resume (a checkpoint to start from)
-    overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args) and k != "resume"}
+    # tune's --resume (continue this search) is not the training option resume (a checkpoint to start from),
+    # and tune's --name names the search, not the exports (those are named after -o, as train's)
+    overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args) and k not in ("resume", "name")}
     name = args.name or tune_yaml.get("name") or "tune"
     default_out = None if (train_yaml or {}).get("output_dir") or (train_yaml or {}).get("output-dir") \
         else f"gsv-ray-runs/{name}"
@@ -352,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exports count epochs/steps from 0 (default: continue the init file's, e.g. "
                         "xxx_e8_s200.pth + 1 epoch of 50 steps -> _e9_s250.pth; GPT-e15 -> -e16)")
     g.add_argument("--resume", metavar="DIR", nargs="?", const="latest",
-                   help="continue from a checkpoint or run directory (no value: the newest in -o; with --workers: "
-                        "the Ray run of this same command)")
+                   help="continue from the newest checkpoint of -o's run (or of the given checkpoint or run "
+                        "directory; not with --workers)")
     g = tr.add_argument_group("tracking")
     g.add_argument("--log-every", type=int, help=f"steps between metric rows ({_d(TrainConfig, 'log_every')})")
     g.add_argument("--wandb-project", help=f"W&B project ({_d(TrainConfig, 'wandb_project')})")

@@ -95,3 +95,11 @@ def test_exit_status_says_who_fixes_it_and_debug_shows_the_traceback(tmp_path):
     bad = run_cli("train", "--init", str(missing), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
                   "--max-steps", "2", "--lr-scale", "-1")
     assert bad.returncode == 2 and "--lr-scale must be > 0" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_resume_means_one_thing(tmp_path):
+    """``--resume`` continues a run from its newest checkpoint; with --workers it takes no folder (it
+    used to accept one and silently ignore it)."""
+    r = run_cli("train", "--init", str(tmp_path / "x.pth"), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
+                "--max-steps", "2", "--workers", "2", "--resume", str(tmp_path / "elsewhere"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "takes no folder" in r.stderr, r.stderr

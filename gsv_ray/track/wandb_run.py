@@ -214,19 +214,18 @@ class Tracker:
         resume: str | None = None,
         entity: str | None = None,
         tags: Sequence[str] | None = None,
-        rank: int | None = None,
+        rank: int = 0,
         settings: Mapping[str, Any] | None = None,
     ) -> Tracker:
         """Start the run (or do nothing when disabled / not rank 0). ``dir`` is the gsv-ray run
-        directory; ``rank`` defaults to ``$RANK`` (0 when unset). ``settings`` overrides
+        directory; ``rank``: this process's world rank (only rank 0 logs; the caller knows it, from its launcher). ``settings`` overrides
         ``wandb.Settings`` fields. Returns ``self``."""
         if self._run is not None:
             raise RuntimeError("Tracker already started; finish() it first")
         if resume is not None and resume not in RESUME:
             raise ValueError(f"resume must be one of {', '.join(RESUME)} (or None), got {resume!r}")
         self.dir = Path(dir)
-        rank = int(os.environ.get("RANK", "0") or 0) if rank is None else int(rank)
-        if rank != 0:  # only world rank 0 logs: every other rank gets the no-op tracker
+        if int(rank) != 0:  # only world rank 0 logs: every other rank gets the no-op tracker
             self.mode, self.notice = "disabled", None
             return self
         self.mode, self.notice = resolve_mode(mode)

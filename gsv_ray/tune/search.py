@@ -141,7 +141,7 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
 
     trial_id = tune.get_context().get_trial_id()
     train_cfg = dataclasses.replace(base, lr_scale=float(config["lr_scale"]), warmup_steps=int(config["warmup_steps"]),
-                                    resume=None, name=base.name or tune_name)
+                                    resume=None, name=base.run_name)  # exports named like train's, after -o
     loop_config = {
         "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
         "storage_path": storage_path, "storage_fs": storage_fs, "forbidden_paths": forbidden,
