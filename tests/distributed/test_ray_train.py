@@ -116,30 +116,6 @@ def test_worker_failure_restores_and_matches_uninterrupted(kind, ray_local, inje
         assert torch.equal(a[k], b[k]), k
 
 
-def test_driver_restart_resumes(fixtures_dir, synth, tmp_path):
-    """Kill the driver (and its local Ray) mid-run; the same command with --resume continues."""
-    out = tmp_path / "run"
-    args = [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
-            _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "400",
-            "--batch-size", "2", "--save-every", "20", "--val-every", "1000", "--wandb-mode", "disabled",
-            "--workers", "2", "--resume"]
-    env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(tmp_path / "scratch")}
-    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
-    storage = out / "ray"
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(storage.glob("*/step_00000040")):
-        time.sleep(0.2)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    assert list(storage.glob("*/step_00000040")), "the first run never reached a checkpoint"
-    args[args.index("400")] = "60"
-    r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "resumed from" in r.stdout + r.stderr
-    assert (out / "GPT_weights_v2").is_dir()
-
-
 def _ray_train_workers(session: int) -> list[int]:
     """PIDs of the Ray Train worker processes a CLI run (its own session) started."""
     pids = []
@@ -213,7 +189,8 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
     """A run's node scratch (per run, per user) is gone after Ctrl-C of `train --workers 2` (SIGINT
     to the terminal's process group; the SIGKILL test checks it after a successful run); orphans of
     runs that died (their workers no longer hold them) are removed by the next run, live ones never.
-    Then the same command without --resume is refused, and with it continues the run."""
+    Then the same command without --resume is refused; with it, it continues the run, and when that
+    driver is killed (SIGKILL of its process group, its local Ray with it), continues again."""
     from gsv_ray.owned import GRACE_S, OWNER, Owner
 
     root = tmp_path / "scratch"
@@ -251,14 +228,29 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
     done = max(int(c.name[5:]) for c in (tmp_path / "run" / "ray").glob("*/step_*"))
-    args[args.index(steps)] = str(done + 10)
+    # the resumed run's driver (and its local Ray) is killed: the same command continues again
+    p = subprocess.Popen(args + ["--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and \
+                not list((tmp_path / "run" / "ray").glob(f"*/step_{done + 20:08d}")):
+            time.sleep(0.1)
+        assert list((tmp_path / "run" / "ray").glob(f"*/step_{done + 20:08d}")), p.stdout.read()[-3000:]
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    args[args.index(steps)] = str(done + 40)
     again = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restart: continuing from step_" in again.stdout + again.stderr
+    assert (tmp_path / "run" / "GPT_weights_v2").is_dir()
     from gsv_ray.track import read_metrics
 
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"] == \
-        list(range(1, done + 11))
+        list(range(1, done + 41))
 
 
 def test_a_failed_worker_is_reported_with_its_cause(ray_local, inject_fault, fixtures_dir, synth, tmp_path):
