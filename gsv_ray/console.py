@@ -60,9 +60,11 @@ class _Sink:
 def _wants_traceback(exc: BaseException | None) -> bool:
     """A failure whose traceback belongs in the run's log: anything but the user's own bad input or
     option (one line says it all) and Ctrl-C."""
-    from gsv_ray.errors import GsvError
+    from gsv_ray.errors import GsvError, os_error
 
     if exc is None or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return False
+    if isinstance(exc, OSError) and os_error(exc) is not None:  # a full disk, a read-only folder: the user's
         return False
     return not (isinstance(exc, GsvError) and exc.exit_code == 2)
 
