@@ -40,6 +40,7 @@ def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
     import torch
 
     from gsv_ray.atomic import atomic_write
+    from gsv_ray.data.experiment import NAME2TEXT
     from gsv_ray.data.synthetic import make_synthetic_experiment
     from gsv_ray.io.writers import write_sovits_export
     from gsv_ray.models.sovits import MultiPeriodDiscriminator, SoVITSConfig, SoVITSGenerator
@@ -47,7 +48,7 @@ def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
 
     root.mkdir(parents=True, exist_ok=True)
     data = root / "logs" / "demo"
-    if not (data / "2-name2text.txt").is_file():
+    if not (data / NAME2TEXT).is_file():
         make_synthetic_experiment(data, version="v2", num_utterances=24, seed=seed)
     old = root / "SoVITS_weights_v2" / "demo_e8_s200.pth"
     base_d = root / "pretrained" / "s2D_demo.pth"

@@ -32,12 +32,11 @@ import numpy as np
 import torch
 
 from gsv_ray.distributed.cluster import connect
+from gsv_ray.data.experiment import HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, name2text_fields
 from gsv_ray.errors import GsvError, first_line
 
-NAME2TEXT = "2-name2text.txt"
-HUBERT_DIR = "4-cnhubert"
-OUTPUT = "6-name2semantic.tsv"
-HEADER = "item_name\tsemantic_audio"
+OUTPUT = SEMANTIC_TSV
+HEADER = SEMANTIC_HEADER
 SSL_DIM = 768
 
 __all__ = ["HEADER", "HUBERT_DIR", "NAME2TEXT", "OUTPUT", "SemanticResult", "extract_semantic", "first_names",
@@ -91,8 +90,8 @@ def read_names(data_dir: str | Path) -> tuple[list[str], int, list[str]]:
     duplicates: list[str] = []
     ignored = 0
     for lineno, line in enumerate(text.strip("\n").split("\n"), 1):
-        fields = line.split("\t")
-        if len(fields) != 4:
+        fields = name2text_fields(line)
+        if fields is None:
             ignored += bool(line.strip())
             continue
         name = fields[0]

@@ -35,6 +35,7 @@ from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE, PRO_VERSIONS, S2_VERSIONS
 
 __all__ = [
     "STAGES",
+    "name2text_fields",
     "NAME2TEXT",
     "BERT_DIR",
     "HUBERT_DIR",
@@ -265,6 +266,13 @@ def _utf8_lines(path: Path, report: DataReport, what: str) -> list[tuple[int, st
     return out
 
 
+def name2text_fields(line: str) -> tuple[str, str, str, str] | None:
+    """``(name, phones, word2ph, norm_text)`` of a ``2-name2text.txt`` line, as both upstream loaders
+    split it (on tabs); None for a line without exactly 4 fields (upstream ignores those)."""
+    fields = line.split("\t")
+    return (fields[0], fields[1], fields[2], fields[3]) if len(fields) == 4 else None
+
+
 def _read_name2text(path: Path, report: DataReport) -> dict[str, tuple[str, str, str]]:
     """``{name: (phones, word2ph, norm_text)}`` as both upstream loaders build it: lines split on
     tabs, lines without exactly 4 fields ignored, a repeated name keeps its last line."""
@@ -272,8 +280,8 @@ def _read_name2text(path: Path, report: DataReport) -> dict[str, tuple[str, str,
     for lineno, line in _utf8_lines(path, report, "text"):
         if not line:
             continue
-        fields = line.split("\t")
-        if len(fields) != 4:
+        fields = name2text_fields(line)
+        if fields is None:
             report.add("bad_text_line", "warning", f"lines of {NAME2TEXT} without exactly 4 tab-separated fields "
                        "(ignored, as upstream does)", f"line {lineno}", excluded=True)
             continue
