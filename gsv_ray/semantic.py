@@ -32,12 +32,11 @@ import numpy as np
 import torch
 
 from gsv_ray.distributed.cluster import connect
-from gsv_ray.data.experiment import HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, name2text_fields
+from gsv_ray.data.experiment import HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, name2text_fields, ssl_features_problem
 from gsv_ray.errors import GsvError, first_line
 
 OUTPUT = SEMANTIC_TSV
 HEADER = SEMANTIC_HEADER
-SSL_DIM = 768
 
 __all__ = ["HEADER", "HUBERT_DIR", "NAME2TEXT", "OUTPUT", "SemanticResult", "extract_semantic", "first_names",
            "read_names", "render_tsv"]
@@ -116,19 +115,13 @@ def _load_features(path: Path) -> torch.Tensor:
         t = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, pickle with objects, empty file...
         raise GsvError(f"cannot read HuBERT features ({first_line(e)})", path=path, fix=fix) from e
-    if not isinstance(t, torch.Tensor):
-        raise GsvError(f"holds a {type(t).__name__}, not a feature tensor", path=path, fix=fix)
-    if t.dim() != 3 or t.shape[0] != 1 or t.shape[1] != SSL_DIM:
-        raise GsvError(f"features have shape {list(t.shape)}, expected [1, {SSL_DIM}, frames]", path=path, fix=fix)
-    if not t.is_floating_point():
-        raise GsvError(f"features are {str(t.dtype).replace('torch.', '')}, expected float16/32", path=path, fix=fix)
+    problem = ssl_features_problem(t)
+    if problem is not None:
+        raise GsvError(f"HuBERT features {problem[1]}", path=path, fix=fix)
     if t.shape[2] < 2:
         raise GsvError(f"only {t.shape[2]} feature frame(s): too short for a single 25 Hz token", path=path,
                        fix="remove this utterance from the dataset (it is under 40 ms)")
-    t = t.float()
-    if not torch.isfinite(t).all():
-        raise GsvError("features contain NaN/inf", path=path, fix=fix)
-    return t
+    return t.float()
 
 
 # ---------------------------------------------------------------- extraction (one chunk)

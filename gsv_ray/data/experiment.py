@@ -25,7 +25,7 @@ import os
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -36,6 +36,7 @@ from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE, PRO_VERSIONS, S2_VERSIONS
 __all__ = [
     "STAGES",
     "name2text_fields",
+    "ssl_features_problem",
     "NAME2TEXT",
     "BERT_DIR",
     "HUBERT_DIR",
@@ -431,6 +432,21 @@ def _scan_sovits(
     return out, set(name2text)
 
 
+def ssl_features_problem(t: Any) -> tuple[str, str] | None:
+    """What is wrong with a loaded ``4-cnhubert/<name>.pt`` (``(kind, what)``; None: usable): the one
+    check of HuBERT features, for the scan, the dataset and ``semantic``. Usable is a floating
+    ``[1, SSL_DIM, T]`` tensor of finite values."""
+    if not isinstance(t, torch.Tensor):
+        return "hubert_type", f"holds a {type(t).__name__}, not a feature tensor"
+    if t.dim() != 3 or t.shape[0] != 1 or t.shape[1] != SSL_DIM:
+        return "hubert_shape", f"shaped {list(t.shape)}, not [1, {SSL_DIM}, T]"
+    if not t.is_floating_point():
+        return "hubert_dtype", f"{str(t.dtype).replace('torch.', '')}, not float16/32"
+    if not _finite(t):
+        return "nan_hubert", "contains NaN/inf"
+    return None
+
+
 def _check_sovits_tensors(
     name: str, hubert_path: Path, sv_path: Path | None, spec_frames: int, report: DataReport
 ) -> bool:
@@ -439,11 +455,11 @@ def _check_sovits_tensors(
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is reported, not raised
         report.add("bad_hubert", "error", f"unreadable {HUBERT_DIR} files ({type(exc).__name__})", name, excluded=True)
         return False
-    if ssl.dim() != 3 or ssl.shape[0] != 1 or ssl.shape[1] != SSL_DIM:
-        report.add("hubert_shape", "error", f"{HUBERT_DIR} tensors not shaped [1, {SSL_DIM}, T]", name, excluded=True)
-        return False
-    if not _finite(ssl):
-        report.add("nan_hubert", "error", f"{HUBERT_DIR} tensors containing NaN/inf", name, excluded=True)
+    problem = ssl_features_problem(ssl)
+    if problem is not None:
+        kind = problem[0]
+        what = {"nan_hubert": "containing NaN/inf", "hubert_shape": f"not shaped [1, {SSL_DIM}, T]"}.get(kind, "not float")
+        report.add(kind, "error", f"{HUBERT_DIR} tensors {what}", name, excluded=True)
         return False
     frames = ssl.shape[-1] + (1 if ssl.shape[-1] != spec_frames else 0)  # upstream's one-frame fix-up
     if frames != spec_frames:

@@ -32,10 +32,11 @@ from gsv_ray.data.experiment import (
     Utterance,
     experiment_split,
     repeat_to_minimum,
+    ssl_features_problem,
 )
 from gsv_ray.errors import GsvError
 from gsv_ray.audio import AudioFrontend, read_wav_pcm16
-from gsv_ray.resources import SSL_DIM, SV_DIM, s2_config
+from gsv_ray.resources import SV_DIM, s2_config
 
 __all__ = [
     "SOVITS_BOUNDARIES",
@@ -137,9 +138,10 @@ class SoVITSDataset(Dataset):
         with torch.no_grad():
             spec = self.frontend.spectrogram(wav).squeeze(0)
             ssl = torch.load(u.hubert_path, map_location="cpu", weights_only=True)
-            if ssl.dim() != 3 or ssl.shape[:2] != (1, SSL_DIM):
-                raise GsvError(f"HuBERT features shaped {list(ssl.shape)}, expected [1, {SSL_DIM}, T]",
-                               path=u.hubert_path)
+            problem = ssl_features_problem(ssl)
+            if problem is not None:  # the scan checked it; the file changed since
+                raise GsvError(f"HuBERT features {problem[1]}", path=u.hubert_path,
+                               fix="re-run the HuBERT step (2-get-hubert-wav32k) for this utterance")
             if ssl.shape[-1] != spec.shape[-1]:  # upstream: one replicated frame, whatever the difference
                 ssl = torch.cat([ssl, ssl[..., -1:]], dim=-1)
             sv = None
