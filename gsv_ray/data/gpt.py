@@ -33,7 +33,7 @@ from gsv_ray.data.experiment import (
     experiment_split,
     repeat_to_minimum,
 )
-from gsv_ray.resources import BERT_DIM
+from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE
 from gsv_ray.errors import GsvError
 
 __all__ = [
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Semantic padding value (s1 ``data.pad_val``), equal to the GPT's EOS id.
-GPT_PAD = 1024
+GPT_PAD = CODEBOOK_SIZE
 
 
 class GPTItem(NamedTuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from gsv_ray.resources import s1_config
+from gsv_ray.resources import CODEBOOK_SIZE, s1_config
 
 #: Which packaged s1 config each GPT-SoVITS version trains with (only v1 has a different GPT).
 _S1_CONFIG_OF_VERSION: dict[str, str] = {
@@ -40,7 +40,7 @@ class T2SConfig:
     num_heads: int = 16
     num_layers: int = 24
     embedding_dropout: float = 0.0
-    eos: int = 1024
+    eos: int = CODEBOOK_SIZE  # the token after the codebook's ids
 
     #: Dropout that upstream hard-codes for attention weights, residual branches and positions.
     fixed_dropout: float = 0.1
