@@ -118,7 +118,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gsv_ray.train import load_config, train
     from gsv_ray.train.tracking import Tracking, run_summary
 
-    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS}
+    from gsv_ray.train.config import TrainConfig
+
+    overrides = {k: getattr(args, k) for k in _fields(TrainConfig) if k in vars(args)}
     overrides["base_g"], overrides["output_dir"] = args.base, args.output
     if args.workers:
         if args.resume not in (None, "latest"):  # one meaning: continue this -o's run from its newest checkpoint
@@ -156,14 +158,12 @@ def log_file(output_dir: str | Path) -> Path:
     return Path(output_dir) / "logs" / "gsv-ray.log"
 
 
-TRAIN_FLAGS = ("init", "base_d", "data", "stage", "version", "lr_scale", "warmup_steps", "warmup_start", "decay",
-               "max_steps", "epochs", "batch_size", "grad_accum", "precision", "num_workers", "dropout", "seed", "val_fraction", "val_names",
-               "val_every", "save_every", "keep_last", "export_every_epochs", "name", "restart_counters", "resume", "log_every",
-               "wandb_project", "wandb_mode", "cpu")
+def _fields(cls: type, *, without: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The options a config dataclass declares (the one place each is named; a flag's dest is the
+    field's name)."""
+    import dataclasses
 
-
-TUNE_FIELDS = ("num_samples", "lr_scale_range", "warmup_choices", "search", "search_seed", "scheduler", "grace_steps", "max_concurrent",
-               "workers_per_trial", "gpus_per_worker", "cpus_per_worker", "max_failures", "address", "storage", "name")
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in without)
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
@@ -173,22 +173,25 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from gsv_ray.train.config import read_options_file
     from gsv_ray.tune.search import TuneOptions
 
+    from gsv_ray.train.config import TrainConfig
+
+    tune_fields = _fields(TuneOptions, without=("resume",))  # tune's --resume is a flag, never YAML
     tune_yaml: dict = {}
     train_yaml = None
     if args.config:  # one YAML: tune options (same names) next to the training options
         loaded = read_options_file(args.config)
-        tune_yaml = {k.replace("-", "_"): v for k, v in loaded.items() if k.replace("-", "_") in TUNE_FIELDS}
-        train_yaml = {k: v for k, v in loaded.items() if k.replace("-", "_") not in TUNE_FIELDS}
+        tune_yaml = {k.replace("-", "_"): v for k, v in loaded.items() if k.replace("-", "_") in tune_fields}
+        train_yaml = {k: v for k, v in loaded.items() if k.replace("-", "_") not in tune_fields}
     # tune's --resume (continue this search) is not the training option resume (a checkpoint to start from),
     # and tune's --name names the search, not the exports (those are named after -o, as train's)
-    overrides = {k: getattr(args, k, None) for k in TRAIN_FLAGS if k in vars(args) and k not in ("resume", "name")}
+    overrides = {k: getattr(args, k) for k in _fields(TrainConfig, without=("resume", "name")) if k in vars(args)}
     name = args.name or tune_yaml.get("name") or "tune"
     default_out = None if (train_yaml or {}).get("output_dir") or (train_yaml or {}).get("output-dir") \
         else f"gsv-ray-runs/{name}"
     overrides.update(base_g=args.base, output_dir=args.output or default_out)
     cfg = load_config(None, mapping=train_yaml or None, **overrides)
     fields = {f.name for f in dataclasses.fields(TuneOptions)}
-    values = {**tune_yaml, **{k: getattr(args, k) for k in TUNE_FIELDS if getattr(args, k, None) is not None}}
+    values = {**tune_yaml, **{k: getattr(args, k) for k in tune_fields if getattr(args, k, None) is not None}}
     if "lr_scale_range" in values:
         values["lr_scale_range"] = tuple(float(x) for x in values["lr_scale_range"])
     opts = TuneOptions(**{k: v for k, v in values.items() if k in fields}, resume=bool(args.resume))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +72,6 @@ class TrainConfig:
     wandb_project: str = "gsv-ray"
     wandb_mode: str | None = None       # online | offline | disabled; offline when no API key
     cpu: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def run_name(self) -> str:
@@ -189,7 +188,7 @@ def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] 
         for k, v in loaded.items():
             key = str(k).replace("-", "_")
             if key not in FIELDS:
-                raise ConfigError(f"unknown option {k!r}", path=p, fix=f"use one of: {', '.join(sorted(FIELDS - {'extra'}))}")
+                raise ConfigError(f"unknown option {k!r}", path=p, fix=f"use one of: {', '.join(sorted(FIELDS))}")
             values[key] = v
     values.update({k: v for k, v in overrides.items() if v is not None})
     missing = [k for k in ("init", "data", "output_dir") if not values.get(k)]
