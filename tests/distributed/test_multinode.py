@@ -35,11 +35,26 @@ def cluster(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")  # Ray's default 2 s poll: the kill lands mid-run
     nodes = {}
 
+    # Ray's own helpers (Ray Train's PlacementGroupCleaner asks the State API whether the controller
+    # lives) find their cluster through RAY_ADDRESS, else the machine's newest Ray: with another Ray
+    # running beside this test they asked that one, took our controller for dead and removed our
+    # placement group. So the GCS port is chosen here and every node is told its own address.
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+
     def node_env(name: str) -> dict[str, str]:
-        return {"GSV_RAY_CACHE": str(tmp_path / name / "cache"), "GSV_RAY_SCRATCH": str(tmp_path / name / "scratch")}
+        return {"GSV_RAY_CACHE": str(tmp_path / name / "cache"), "GSV_RAY_SCRATCH": str(tmp_path / name / "scratch"),
+                "RAY_ADDRESS": address}
 
     c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 2, "env_vars": node_env("head"), "include_dashboard": False})
+                head_node_args={"num_cpus": 2, "gcs_server_port": port, "env_vars": node_env("head"), "include_dashboard": False})
+    assert c.address == address, (c.address, address)
     nodes["second"] = c.add_node(num_cpus=1, env_vars=node_env("second"))
     c.wait_for_nodes()
     try:
