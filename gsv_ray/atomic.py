@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 from gsv_ray.errors import GsvError
 from gsv_ray.owned import owned_temp_dir, sweep
 
-__all__ = ["atomic_dir", "atomic_write", "commit_dir", "remove_dir", "rust_os_error"]
+__all__ = ["atomic_dir", "atomic_write", "commit_dir", "lost_race", "remove_dir", "rust_os_error"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
