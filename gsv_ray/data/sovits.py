@@ -20,7 +20,7 @@ experiment scan already left out every file it found broken.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -109,14 +109,17 @@ class SoVITSDataset(Dataset):
         names: Sequence[str] | None = None,
         *,
         min_items: int | None = None,
+        data_config: Mapping[str, Any] | None = None,
     ) -> None:
+        """``data_config``: the s2 ``data`` section the model trains with (the rebuilt config's, so
+        spectrograms match the recipe's mel front-end); default: upstream's for the version."""
         if experiment.stage != "sovits":
             raise ValueError(f"experiment was opened for stage {experiment.stage!r}, not 'sovits'")
         utts = experiment.utterances if names is None else experiment.subset(names)
         self.version = experiment.version
         self.is_pro = experiment.is_pro
         self.utterances: list[Utterance] = repeat_to_minimum(utts, min_items)
-        data = s2_config(experiment.version)["data"]
+        data = dict(data_config) if data_config is not None else s2_config(experiment.version)["data"]
         self.hop_length = int(data["hop_length"])
         self.sampling_rate = int(data["sampling_rate"])
         self.frontend = AudioFrontend.from_data_config(data)

@@ -89,7 +89,7 @@ class SoVITSRecipe:
         return (self.opt_g, self.opt_d)
 
     def dataset(self, names: list[str]) -> SoVITSDataset:
-        return SoVITSDataset(self.experiment, names)
+        return SoVITSDataset(self.experiment, names, data_config=self.s2["data"])  # the recipe's own front-end
 
     def plan(self, ds: SoVITSDataset, *, seed: int) -> StepPlan:
         """Global batches of ``batch_size x processes x grad_accum``; each step's context is its

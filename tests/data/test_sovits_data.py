@@ -165,3 +165,15 @@ def test_dataloader_with_batch_sampler(synth_root) -> None:
     batches = list(loader)
     assert len(batches) == len(sampler) and all(b.ssl.shape[0] == 4 for b in batches)
     assert batches[0].sv_emb.shape == (4, 20480)
+
+
+def test_dataset_uses_the_models_data_config(synth_root) -> None:
+    """The recipe hands the dataset the rebuilt model's ``data`` section: its spectrograms come from
+    that front-end, not from the packaged default (they used to, whatever the file's config said)."""
+    from gsv_ray.resources import s2_config
+
+    exp = open_experiment(synth_root("v2"), "sovits", "v2")
+    data = {**s2_config("v2")["data"], "filter_length": 1024, "win_length": 1024}
+    default, own = SoVITSDataset(exp)[0], SoVITSDataset(exp, data_config=data)[0]
+    assert default.spec.shape[0] == 1025 and own.spec.shape[0] == 513
+    assert own.spec.shape[1] == default.spec.shape[1]  # same hop: same frames
