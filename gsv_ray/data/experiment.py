@@ -432,6 +432,11 @@ def _scan_sovits(
     return out, set(name2text)
 
 
+#: What each kind of HuBERT-feature problem says for a group of files (the data report's line).
+_SSL_PROBLEM_GROUPS = {"hubert_type": "files holding no tensor", "hubert_shape": f"tensors not shaped [1, {SSL_DIM}, T]",
+                       "hubert_dtype": "tensors not float", "nan_hubert": "tensors containing NaN/inf"}
+
+
 def ssl_features_problem(t: Any) -> tuple[str, str] | None:
     """What is wrong with a loaded ``4-cnhubert/<name>.pt`` (``(kind, what)``; None: usable): the one
     check of HuBERT features, for the scan, the dataset and ``semantic``. Usable is a floating
@@ -457,9 +462,7 @@ def _check_sovits_tensors(
         return False
     problem = ssl_features_problem(ssl)
     if problem is not None:
-        kind = problem[0]
-        what = {"nan_hubert": "containing NaN/inf", "hubert_shape": f"not shaped [1, {SSL_DIM}, T]"}.get(kind, "not float")
-        report.add(kind, "error", f"{HUBERT_DIR} tensors {what}", name, excluded=True)
+        report.add(problem[0], "error", f"{HUBERT_DIR} {_SSL_PROBLEM_GROUPS[problem[0]]}", name, excluded=True)
         return False
     frames = ssl.shape[-1] + (1 if ssl.shape[-1] != spec_frames else 0)  # upstream's one-frame fix-up
     if frames != spec_frames:
