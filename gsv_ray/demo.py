@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gsv_ray.options import check, option
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.tune.search import TuneOptions
 
@@ -19,12 +20,13 @@ HEADER = ("gsv-ray demo in {root}: a synthetic voice and a small SoVITS v2 old.p
 
 
 @dataclass(frozen=True)
-class DemoSize:
-    """How big a demo: the default takes about a minute on a laptop CPU; smaller ones are for a
-    quick look (and the tests)."""
+class DemoOptions:
+    """Where and how big a demo: the default takes about a minute on a laptop CPU; smaller ones are
+    for a quick look (and the tests)."""
 
-    max_steps: int = 24
-    num_samples: int = 4
+    dir: str = option("gsv-ray-demo", metavar="DIR", help="where to put everything")
+    max_steps: int = option(24, low=2, metavar="N", help="steps per trial (validation every quarter)")
+    num_samples: int = option(4, low=1, metavar="N", help="trials")
 
     @property
     def val_every(self) -> int:
@@ -80,10 +82,13 @@ def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
     return {"data": data, "init": old, "base_d": base_d, "gpt": gpt}
 
 
-def demo_config(root: Path, size: DemoSize = DemoSize()) -> tuple[TrainConfig, TuneOptions]:
-    """The demo's training config and search (inputs made on first use; a demo run again in the same
-    folder is a new run beside the old one, never over it)."""
+def demo_config(size: DemoOptions = DemoOptions()) -> tuple[TrainConfig, TuneOptions]:
+    """The demo's training config and search (inputs made in ``size.dir`` on first use; a demo run
+    again in the same folder is a new run beside the old one, never over it)."""
     from gsv_ray.train.config import load_config
+
+    check(size)
+    root = Path(size.dir)
 
     inputs = make_demo_inputs(root)
     name, n = "demo", 1

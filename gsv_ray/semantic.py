@@ -34,12 +34,34 @@ import torch
 from gsv_ray.distributed.cluster import connect
 from gsv_ray.data.experiment import HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, name2text_fields, ssl_features_problem
 from gsv_ray.errors import GsvError, first_line
+from gsv_ray.options import check, option
 
 OUTPUT = SEMANTIC_TSV
 HEADER = SEMANTIC_HEADER
 
-__all__ = ["HEADER", "HUBERT_DIR", "NAME2TEXT", "OUTPUT", "SemanticResult", "extract_semantic", "first_names",
+__all__ = ["HEADER", "HUBERT_DIR", "NAME2TEXT", "OUTPUT", "SemanticOptions", "SemanticResult", "extract_semantic", "first_names",
            "read_names", "render_tsv"]
+
+
+@dataclass(frozen=True)
+class SemanticOptions:
+    """``gsv-ray semantic``'s options (flags and YAML keys): :func:`extract_semantic`'s arguments."""
+
+    data: str = option(metavar="DIR", help="the experiment folder (logs/<exp>)")
+    model: str = option(metavar="FILE", help="any SoVITS .pth (export, base or checkpoint)")
+    base: str | None = option(None, metavar="G", help="same-version base generator (needed for a v3/v4 LoRA export)")
+    workers: int = option(1, low=1, metavar="N", help="Ray tasks; 1 runs in-process")
+    address: str | None = option(None, metavar="ADDR",
+                                 help="Ray cluster to join with --workers > 1 (default: a local one)")
+    half: bool = option(False, help="fp16 (CUDA only; default fp32)")
+    overwrite: bool = option(False, help="replace an existing 6-name2semantic.tsv")
+    cache: str | None = option(None, metavar="DIR", help="rebuild cache root (default: $GSV_RAY_CACHE or "
+                                                         "~/.cache/gsv-ray)")
+
+    def run(self) -> SemanticResult:
+        check(self)
+        return extract_semantic(self.data, self.model, base_g=self.base, workers=self.workers, half=self.half,
+                                overwrite=self.overwrite, address=self.address, cache_root=self.cache)
 
 
 @dataclass

@@ -49,9 +49,9 @@ def test_search_defaults_fit_short_runs_and_stay_at_or_below_upstream_lr():
 
 
 def test_demo_searches_at_or_below_upstream_lr(tmp_path):
-    from gsv_ray.demo import demo_config
+    from gsv_ray.demo import DemoOptions, demo_config
 
-    _, opts = demo_config(tmp_path)
+    _, opts = demo_config(DemoOptions(dir=str(tmp_path)))
     assert opts.lr_scale_range[1] <= 1.0
 
 
@@ -103,3 +103,10 @@ def test_resume_means_one_thing(tmp_path):
     r = run_cli("train", "--init", str(tmp_path / "x.pth"), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
                 "--max-steps", "2", "--workers", "2", "--resume", str(tmp_path / "elsewhere"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "takes no folder" in r.stderr, r.stderr
+
+
+def test_rebuild_task_choices_are_the_library_tasks():
+    from gsv_ray.cli import REBUILD_TASKS
+    from gsv_ray.rebuild import TASKS
+
+    assert tuple(REBUILD_TASKS) == tuple(TASKS)

@@ -95,17 +95,10 @@ EXAMPLES = ["sovits-train.yaml", "semantic.yaml"]
 
 @pytest.mark.parametrize("example", ["sovits-tune.yaml", "gpt-tune.yaml"])
 def test_tune_example_is_valid(example, demo_cwd, monkeypatch):
-    from gsv_ray.train.config import load_config, read_options_file
-    from gsv_ray.tune.search import TuneOptions
-
-    import dataclasses
+    from gsv_ray.tune.search import load_tune_config
 
     monkeypatch.chdir(demo_cwd)  # its paths are relative to where the demo ran
-    loaded = read_options_file(REPO_ROOT / "examples" / example)
-    fields = {f.name for f in dataclasses.fields(TuneOptions)}
-    opts = TuneOptions(**{k: (tuple(v) if k == "lr_scale_range" else v) for k, v in loaded.items() if k in fields})
-    cfg = load_config(None, mapping={k: v for k, v in loaded.items() if k not in fields})
-    opts.validate(cfg.max_steps)
+    cfg, opts = load_tune_config(REPO_ROOT / "examples" / example)  # as `gsv-ray tune --config` reads it
     assert opts.lr_scale_range[1] <= 1.0  # at or below upstream's LR, as the defaults
     for path in (cfg.init, cfg.data, cfg.base_d):  # the files it names are what the demo makes
         assert path is None or Path(path).exists(), path

@@ -31,7 +31,7 @@ import torch
 
 from gsv_ray.audio import wav_info
 from gsv_ray.errors import GsvError
-from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE, PRO_VERSIONS, S2_VERSIONS, SSL_DIM, SV_DIM, s2_config, symbols
+from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE, PRO_VERSIONS, S2_VERSIONS, SSL_DIM, STAGES, SV_DIM, s2_config, symbols
 
 __all__ = [
     "STAGES",
@@ -58,7 +58,6 @@ __all__ = [
     "spec_frames",
 ]
 
-STAGES = ("sovits", "gpt")
 
 NAME2TEXT = "2-name2text.txt"
 BERT_DIR = "3-bert"

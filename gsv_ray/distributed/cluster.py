@@ -127,7 +127,7 @@ def end_local_ray(runs: str) -> None:
     or as orphans by the next run on the node."""
     import ray
 
-    from gsv_ray.distributed.worker import scratch_root
+    from gsv_ray.cache import scratch_root
     from gsv_ray.owned import remove_when_orphaned
 
     ray.shutdown()

@@ -15,39 +15,17 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.console import shown
 from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray
+from gsv_ray.distributed.options import RayOptions
 from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import atomic_write
 from gsv_ray.train.loop import RAY_RUN_RECORD, TrainResult, check_new_run
-
-
-@dataclass
-class RayOptions:
-    workers: int
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    address: str | None = None        # None: start a local Ray; "auto" or "ray://host:port": join one
-    storage: str | None = None        # checkpoints; default <-o>/ray (node-local: single-node only)
-    max_failures: int = 0
-    resume: bool = False
-    placement_strategy: str = "PACK"  # Ray's ScalingConfig: PACK (fewest nodes) or SPREAD (one per node)
-
-    def validate(self) -> None:
-        if self.workers < 1:
-            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise ConfigError("--gpus-per-worker must be >= 0 and --cpus-per-worker > 0")
-        if self.max_failures < 0:
-            raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
-        if self.placement_strategy not in ("PACK", "SPREAD"):
-            raise ConfigError(f"--placement-strategy must be PACK or SPREAD, got {self.placement_strategy!r}")
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:

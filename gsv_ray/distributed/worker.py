@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gsv_ray.cache import scratch_root
+
 
 def forbid_opening(paths: list[str]) -> None:
     """Install an audit hook that raises when this process opens any of ``paths``."""
@@ -32,13 +34,6 @@ def forbid_opening(paths: list[str]) -> None:
                 raise PermissionError(f"gsv-ray worker must not open input weights {target}: the rebuild is shared")
 
     sys.addaudithook(hook)
-
-
-def scratch_root() -> Path:
-    """Where runs keep node-local files: ``$GSV_RAY_SCRATCH``, else a per-user folder in the system
-    temp dir (one shared by every user grew to GBs and could not be cleaned by anyone but its owner)."""
-    env = os.environ.get("GSV_RAY_SCRATCH")
-    return Path(env) if env else Path(tempfile.gettempdir()) / f"gsv-ray-scratch-{os.getuid()}"
 
 
 def scratch(run_name: str) -> Path:

@@ -8,6 +8,8 @@ import json
 from importlib import resources
 from typing import Any
 
+#: The two trained stages: SoVITS (stage 2, the acoustic model) and GPT (stage 1, text -> semantic tokens).
+STAGES = ("sovits", "gpt")
 #: SoVITS (stage 2) versions: the VITS family, then v3/v4 (CFM/DiT generators).
 S2_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4")
 #: The VITS-family SoVITS versions (what gsv-ray trains); "Pro" ones add a speaker-verification input.
@@ -24,6 +26,9 @@ SSL_DIM = 768
 CODEBOOK_SIZE = 1024
 BERT_DIM = 1024
 SV_DIM = 20480
+
+#: ``wandb.init(mode=...)``'s values (a fact of W&B, stated once for the option and the tracker).
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 def load_json(name: str) -> Any:

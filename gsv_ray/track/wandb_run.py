@@ -33,9 +33,10 @@ from typing import Any
 
 from gsv_ray.audio import to_pcm16, write_wav
 from gsv_ray.errors import first_line
+from gsv_ray.resources import WANDB_MODES
 from gsv_ray.track.wandb_file import wait_until_closed
 
-MODES = ("online", "offline", "disabled")
+MODES = WANDB_MODES
 RESUME = ("allow", "must", "never", "auto")
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 TABLE_COLUMNS = ["target", "keys", "fate", "count", "reason", "source"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from gsv_ray.errors import ConfigError, first_line
+from gsv_ray.options import check, flag, option, split_mapping
+from gsv_ray.resources import STAGES, WANDB_MODES
 
 if TYPE_CHECKING:  # the options stay light (--help builds from them): torch only when a spec is made
     from gsv_ray.rebuild.core import RebuildSpec
@@ -27,51 +28,72 @@ PRECISIONS = ("no", "bf16", "fp16")
 DECAYS = ("exponential", "cosine", "constant")
 
 
+LR, LENGTH, CHECKS, TRACK = "learning rate", "length and batches", "validation, checkpoints, exports", "tracking"
+
+
 @dataclass
 class TrainConfig:
-    """Everything a resumed-training run needs. Peak LR = upstream base LR x ``lr_scale``."""
+    """Everything a resumed-training run needs. Peak LR = upstream base LR x ``lr_scale``. Each field
+    is a flag and a YAML key at once (:mod:`gsv_ray.options`)."""
 
-    init: str
-    data: str
-    output_dir: str
-    stage: str | None = None            # "sovits" | "gpt"; detected from the init file when None
-    base_g: str | None = None
-    base_d: str | None = None
-    version: str | None = None
+    init: str = option(help="the SoVITS .pth or GPT .ckpt to continue from", metavar="OLD")
+    data: str = option(help="the GPT-SoVITS experiment folder (logs/<exp>)", metavar="DIR")
+    output_dir: str = option(help="run directory (exports, checkpoints, metrics)", flags=("-o", "--output"),
+                             metavar="DIR")
+    stage: str | None = option(None, help="fail unless OLD is of this stage (default: detected)",
+                               choices=STAGES)
+    base_g: str | None = option(None, help="same-version base generator/GPT to fill what OLD lacks",
+                                flags=("--base",), metavar="G")
+    base_d: str | None = option(None, help="same-version discriminator (SoVITS)", metavar="D")
+    version: str | None = option(None, metavar="V", help="pin the version when the file allows several (v3/v4)")
     # learning rate: reduced peak, linear warmup, then decay
-    lr_scale: float = DEFAULT_LR_SCALE
-    warmup_steps: int = 100
-    warmup_start: float = 0.1           # warmup starts at this fraction of the peak
-    decay: str | None = None            # exponential (SoVITS default) | cosine (GPT default) | constant
-    lr_decay: float = UPSTREAM_LR_DECAY  # exponential decay per epoch
-    min_lr_ratio: float = 0.1           # cosine floor, as a fraction of the peak
+    lr_scale: float = option(DEFAULT_LR_SCALE, low=0, low_open=True, group=LR,
+                             help="peak LR = upstream's base LR (SoVITS 1e-4, GPT 0.002) x this")
+    warmup_steps: int = option(100, low=0, group=LR, help="linear warmup length in optimizer steps")
+    warmup_start: float = option(0.1, low=0, high=1, group=LR, help="warmup starts at this fraction of the peak")
+    decay: str | None = option(None, choices=DECAYS, group=LR,
+                               help="after warmup (default: exponential for SoVITS as upstream, cosine for GPT)")
+    lr_decay: float = option(UPSTREAM_LR_DECAY, low=0, low_open=True, high=1, group=LR,
+                             help="exponential decay per epoch, as upstream")
+    min_lr_ratio: float = option(0.1, low=0, high=1, group=LR, help="cosine floor, as a fraction of the peak")
     # length
-    max_steps: int | None = None
-    epochs: int | None = None
-    batch_size: int = 4
-    grad_accum: int = 1
-    precision: str = "no"               # no | bf16 | fp16 (fp16: one shared loss scaler, as upstream)
-    num_workers: int | None = None      # DataLoader worker processes; None: the process's CPUs - 1, at most 8
-    dropout: float | None = None        # override every dropout rate; None = upstream's
-    seed: int = 1234
+    max_steps: int | None = option(None, low=1, group=LENGTH, help="optimizer steps to train")
+    epochs: int | None = option(None, low=1, group=LENGTH, help="epochs to train (instead of --max-steps)")
+    batch_size: int = option(4, low=1, group=LENGTH, help="items per process")
+    grad_accum: int = option(1, low=1, group=LENGTH, help="gradient accumulation steps")
+    precision: str = option("no", choices=PRECISIONS, group=LENGTH,
+                            help="mixed precision; fp16 uses one loss scaler per step, as upstream")
+    num_workers: int | None = option(None, low=0, group=LENGTH,
+                                     help="data-loading worker processes per training process (default: its CPUs "
+                                          "minus one, at most 8; 0 loads in the training process)")
+    dropout: float | None = option(None, low=0, high=1, high_open=True, group=LENGTH,
+                                   help="override every dropout rate (default: upstream's)")
+    seed: int = option(1234, group=LENGTH, help="seed of the weights' fresh parts, data order and draws")
+    cpu: bool = option(False, group=LENGTH, help="train on CPU even if a GPU is present")
     # data split and evaluation
-    val_fraction: float = 0.1
-    val_names: str | None = None
-    val_every: int = 50                 # optimizer steps between validations (and at the end)
-    val_batches: int = 4
-    audio_samples: int = 2              # SoVITS: validation utterances rendered to audio
+    val_fraction: float = option(0.1, low=0, high=1, high_open=True, group=CHECKS,
+                                 help="held-out fraction of utterances")
+    val_names: str | None = option(None, metavar="FILE", group=CHECKS, help="held-out utterance names, one per line")
+    val_every: int = option(50, low=1, group=CHECKS, help="steps between validations, and one at the end")
+    val_batches: int = option(4, low=1, group=CHECKS, help="batches per validation")
+    audio_samples: int = option(2, low=0, group=CHECKS, help="SoVITS: validation utterances rendered to audio")
     # checkpoints and exports
-    save_every: int = 50
-    keep_last: int = 2
-    export_every_epochs: int = 0        # 0: export at the end only
-    name: str | None = None             # export file name stem; default: the output folder's name
-    restart_counters: bool = False      # exports count epochs/steps from 0 instead of continuing the init file's
-    resume: str | None = None           # a checkpoint dir, or "latest" (newest under output_dir/checkpoints)
+    save_every: int = option(50, low=1, group=CHECKS, help="steps between checkpoints")
+    keep_last: int = option(2, low=1, group=CHECKS, help="checkpoints kept")
+    export_every_epochs: int = option(0, low=0, group=CHECKS, show_default=False,
+                                      help="also export every E epochs (default: only at the end)")
+    name: str | None = option(None, metavar="STEM", group=CHECKS, help="export name stem (default: the run directory's name)")
+    restart_counters: bool = option(False, group=CHECKS,
+                                    help="exports count epochs/steps from 0 (default: continue the init file's, e.g. "
+                                         "xxx_e8_s200.pth + 1 epoch of 50 steps -> _e9_s250.pth; GPT-e15 -> -e16)")
+    resume: str | None = option(None, metavar="DIR", nargs="?", const="latest", group=CHECKS,
+                                help="continue from the newest checkpoint of -o's run (or of the given checkpoint "
+                                     "or run directory; not with --workers)")
     # tracking
-    log_every: int = 1
-    wandb_project: str = "gsv-ray"
-    wandb_mode: str | None = None       # online | offline | disabled; offline when no API key
-    cpu: bool = False
+    log_every: int = option(1, low=1, group=TRACK, help="steps between metric rows")
+    wandb_project: str = option("gsv-ray", metavar="NAME", group=TRACK, help="W&B project")
+    wandb_mode: str | None = option(None, choices=WANDB_MODES, group=TRACK,
+                                    help="default: online with an API key, else offline (sync later with 'wandb sync')")
 
     @property
     def run_name(self) -> str:
@@ -91,33 +113,14 @@ class TrainConfig:
         return self.decay or DEFAULT_DECAY[stage]
 
     def validate(self) -> None:
-        """Bad values are one-line errors before anything starts (flags and YAML alike)."""
-        check_types(self)
-        if not self.lr_scale > 0:
-            raise ConfigError(f"--lr-scale must be > 0, got {self.lr_scale}", fix="use e.g. --lr-scale 0.1")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.warmup_start <= 1:
-            raise ConfigError(f"warmup_start must be in [0, 1], got {self.warmup_start}")
-        if self.stage not in (None, "sovits", "gpt"):
-            raise ConfigError(f"--stage must be sovits or gpt, got {self.stage!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.decay not in (None, *DECAYS):
-            raise ConfigError(f"decay must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+        """Bad values are one-line errors before anything starts (flags and YAML alike): each option's
+        type, choices and range as declared, then what involves several."""
+        check(self)
         if self.max_steps is None and self.epochs is None:
             raise ConfigError("say how long to train", fix="pass --max-steps N or --epochs N")
-        for name in ("batch_size", "grad_accum", "save_every", "keep_last", "val_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1 or self.epochs is not None and self.epochs < 1:
-            raise ConfigError("--max-steps / --epochs must be >= 1")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.max_steps is not None and self.epochs is not None:
+            raise ConfigError(f"--max-steps {self.max_steps} and --epochs {self.epochs} both say how long to train",
+                              fix="give one of them")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,32 +136,6 @@ class TrainConfig:
 
         return dataclasses.replace(self, init=local(self.init), base_g=local(self.base_g), base_d=local(self.base_d),
                                    data=local(self.data) if data else self.data)
-
-
-FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-
-_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-
-
-def check_types(cfg: Any) -> None:
-    """Every field of a config dataclass holds its declared type (``int``, ``float``, ``str``,
-    ``bool``, optionally ``| None``): YAML can say ``max_steps: three``, ``lr_scale: true`` or
-    ``batch_size: 2.5``, and ``.inf``. Floats must be finite; a bool is not a number."""
-    for f in dataclasses.fields(cfg):
-        kinds = [k.strip() for k in str(f.type).split("|")]
-        value = getattr(cfg, f.name)
-        if value is None and "None" in kinds:
-            continue
-        base = next((k for k in kinds if k in _KINDS), None)
-        if base is None:  # containers (extra): not user options
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        ok = isinstance(value, _KINDS[base]) and (base == "bool" or not isinstance(value, bool))
-        if not ok:
-            want = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}[base]
-            raise ConfigError(f"{flag} must be {want}, got {value!r}", fix=f"set {f.name} to {want}")
-        if base == "float" and not math.isfinite(value):
-            raise ConfigError(f"{flag} must be a finite number, got {value!r}", fix=f"set {f.name} to a finite value")
 
 
 def read_options_file(path: str | Path) -> dict[str, Any]:
@@ -181,20 +158,13 @@ def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] 
                 **overrides: Any) -> TrainConfig:
     """YAML file or an already-parsed ``mapping`` (keys = field names, dashes allowed), updated by
     ``overrides`` that are not None."""
-    values: dict[str, Any] = {}
     p = Path(yaml_path) if yaml_path is not None else Path("<config>")
     loaded = read_options_file(p) if yaml_path is not None else mapping
-    if loaded is not None:
-        for k, v in loaded.items():
-            key = str(k).replace("-", "_")
-            if key not in FIELDS:
-                raise ConfigError(f"unknown option {k!r}", path=p, fix=f"use one of: {', '.join(sorted(FIELDS))}")
-            values[key] = v
+    (values,) = split_mapping(loaded or {}, TrainConfig, path=p)
     values.update({k: v for k, v in overrides.items() if v is not None})
     missing = [k for k in ("init", "data", "output_dir") if not values.get(k)]
     if missing:
-        flags = {"init": "--init", "data": "--data", "output_dir": "-o"}
-        raise ConfigError(f"missing {', '.join(flags[m] for m in missing)}", fix="give them as flags or in --config")
+        raise ConfigError(f"missing {', '.join(flag(TrainConfig, m) for m in missing)}", fix="give them as flags or in --config")
     for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names"):  # Ray workers run elsewhere:
         if isinstance(values.get(key), str) and "://" not in values[key]:     # every local path absolute
             values[key] = str(Path(values[key]).expanduser().absolute())

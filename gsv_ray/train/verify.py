@@ -18,11 +18,23 @@ from typing import Any
 import torch
 
 from gsv_ray.errors import GsvError
+from gsv_ray.options import check, option
 from gsv_ray.rebuild.core import RebuildSpec
 from gsv_ray.rebuild.store import rebuild_cached
 from gsv_ray.rebuild.targets import build_models
 from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR
 from gsv_ray.train.loop import fixed_batches
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How big the trial is and what passes (each a flag of ``gsv-ray verify``)."""
+
+    batches: int = option(4, low=1, help="evaluation batches")
+    batch_size: int = option(4, low=1, help="items per batch")
+    train_steps: int = option(0, low=0, help="optimizer steps at the reduced LR, then re-evaluate")
+    margin: float = option(0.10, low=0, help="how much worse than the base (relative) still passes")
+    seed: int = option(0, help="seed of the evaluation's random draws")
 
 
 @dataclass
@@ -132,18 +144,15 @@ def verify(
     base_d: str | Path | None = None,
     stage: str | None = None,
     version: str | None = None,
-    batches: int = 4,
-    batch_size: int = 4,
-    train_steps: int = 0,
-    margin: float = 0.10,
-    seed: int = 0,
     cache_root: str | Path | None = None,
     say: Any = lambda s: None,
+    **options: Any,
 ) -> VerifyResult:
     """Evaluate the rebuilt OLD (and the base alone) on the user's data; see the module docstring.
-    ``say(line)`` reports progress (one line per phase)."""
-    if margin < 0:
-        raise GsvError(f"--margin must be >= 0, got {margin}")
+    ``options`` are :class:`VerifyOptions` fields; ``say(line)`` reports progress (one line per phase)."""
+    opts = VerifyOptions(**options)
+    check(opts)
+    batches, batch_size, seed = opts.batches, opts.batch_size, opts.seed
     say(f"rebuilding {init} ...")
     rebuilt = rebuild_cached(RebuildSpec(init=str(init), base_g=base_g, base_d=base_d, stage=stage, version=version,
                                          task="train"), cache_root=cache_root)
@@ -159,7 +168,7 @@ def verify(
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
         return _evaluate(rebuilt, data_batches, data_report, base_g=base_g, cache_root=cache_root, seed=seed,
-                         train_steps=train_steps, margin=margin, say=say)
+                         train_steps=opts.train_steps, margin=opts.margin, say=say)
 
 
 def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, train_steps, margin, say) -> VerifyResult:

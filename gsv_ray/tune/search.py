@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from gsv_ray.distributed.options import RayOptions
 from gsv_ray.errors import ConfigError, check_output_path
+from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
 
 METRIC, MODE = "val/loss", "min"
@@ -27,27 +29,42 @@ METRIC, MODE = "val/loss", "min"
 WARMUP_FRACTIONS = (0.0, 0.05, 0.2)
 
 
+SEARCH, RESOURCES = "search", "resources"
+SEARCHES, SCHEDULERS = ("random", "optuna"), ("asha", "fifo")
+
+
 @dataclass
 class TuneOptions:
-    """The search: space, algorithm, scheduler, resources. Every field is also a YAML key."""
+    """The search: space, algorithm, scheduler, resources. Every field is also a flag and a YAML key."""
 
-    num_samples: int = 8
-    lr_scale_range: tuple[float, float] = (0.02, 1.0)   # log-uniform
-    warmup_choices: list[int] | None = None  # steps; default: WARMUP_FRACTIONS of --max-steps
-    search: str = "random"             # random | optuna
-    search_seed: int | None = None     # the same seed samples the same trial settings
-    scheduler: str = "asha"            # asha | fifo
-    grace_steps: int | None = None     # ASHA: steps before a trial can be stopped (default: max_steps // 4)
-    reduction_factor: float = 2.0
-    max_concurrent: int | None = None
-    workers_per_trial: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
-    max_failures: int = 0              # per trial
-    address: str | None = None
-    storage: str | None = None
-    name: str | None = None
-    resume: bool = False
+    num_samples: int = option(8, low=1, group=SEARCH, help="trials")
+    lr_scale_range: tuple[float, float] = option((0.02, 1.0), low=0, low_open=True, group=SEARCH, metavar=("LO", "HI"),
+                                                 help="lr_scale searched log-uniformly in [LO, HI]; 1 is "
+                                                      "upstream's LR")
+    warmup_choices: list[int] | None = option(None, low=0, group=SEARCH, metavar="STEPS",
+                                              help="warmup lengths searched (default: "
+                                                   + ", ".join(f"{f * 100:g}%" for f in WARMUP_FRACTIONS)
+                                                   + " of --max-steps)")
+    search: str = option("random", choices=SEARCHES, group=SEARCH, help="search algorithm")
+    search_seed: int | None = option(None, group=SEARCH, help="seed of the search: the same seed samples the same "
+                                                              "settings (default: none, a new sample each time)")
+    scheduler: str = option("asha", choices=SCHEDULERS, group=SEARCH,
+                            help="asha stops weak trials early; fifo runs all to the end")
+    grace_steps: int | None = option(None, low=1, group=SEARCH,
+                                     help="ASHA: steps before a trial may be stopped (default --max-steps / 4)")
+    reduction_factor: float = option(2.0, low=1, low_open=True, group=SEARCH,
+                                     help="ASHA: 1/this of the trials go on at each rung")
+    max_concurrent: int | None = option(None, low=1, group=SEARCH,
+                                        help="trials at once (default: as many as the CPUs/GPUs allow)")
+    workers_per_trial: int = option(1, low=1, group=RESOURCES, help="Ray Train workers per trial")
+    gpus_per_worker: float = same_as(RayOptions, "gpus_per_worker", group=RESOURCES)
+    cpus_per_worker: float = same_as(RayOptions, "cpus_per_worker", group=RESOURCES)
+    max_failures: int = same_as(RayOptions, "max_failures", group=RESOURCES, help="restarts of a trial's failed workers")
+    address: str | None = same_as(RayOptions, "address", group=RESOURCES)
+    storage: str | None = same_as(RayOptions, "storage", group=RESOURCES)
+    name: str | None = option(None, metavar="NAME", group=RESOURCES, help="the tune run's name (W&B group); default tune-<-o folder>")
+    resume: bool = option(False, yaml=False, group=RESOURCES,
+                          help="continue the tune run of this name after an interruption")
 
     def warmups(self, max_steps: int) -> list[int]:
         """The warmup lengths searched: the given list, else WARMUP_FRACTIONS of ``max_steps`` (a fixed
@@ -57,27 +74,50 @@ class TuneOptions:
         return sorted({int(max_steps * f) for f in WARMUP_FRACTIONS})
 
     def validate(self, max_steps: int) -> None:
+        check(self)
         lo, hi = self.lr_scale_range
-        if not (lo > 0 and hi > 0 and lo < hi):
+        if not lo < hi:
             raise ConfigError(f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
-                           fix="e.g. --lr-scale-range 0.02 1.0")
+                              fix="e.g. --lr-scale-range 0.02 1.0")
         warmups = self.warmups(max_steps)
-        if not warmups or any(w < 0 for w in warmups):
-            raise ConfigError(f"--warmup-choices must be one or more numbers >= 0, got {warmups}",
-                           fix="e.g. --warmup-choices 0 100 500")
+        if not warmups:
+            raise ConfigError("--warmup-choices must be one or more numbers >= 0, got none", fix="e.g. --warmup-choices 0 100 500")
         if any(w >= max_steps for w in warmups):
             raise ConfigError(f"every warmup must be shorter than --max-steps {max_steps}, got {warmups}",
-                           fix="shorten the warmups or drop --warmup-choices (default: 0, 5 % and 20 % of --max-steps)")
-        if self.num_samples < 1:
-            raise ConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if self.search not in ("random", "optuna"):
-            raise ConfigError(f"--search must be random or optuna, got {self.search!r}")
-        if self.scheduler not in ("asha", "fifo"):
-            raise ConfigError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ConfigError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
-        if self.workers_per_trial < 1 or self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise ConfigError("--workers-per-trial must be >= 1, --cpus-per-worker > 0, --gpus-per-worker >= 0")
+                              fix="shorten the warmups or drop --warmup-choices (default: 0, 5 % and 20 % of --max-steps)")
+
+
+#: TrainConfig fields a search does not take: searched per trial, or named differently for tune
+#: (tune's --resume continues the search; --name names the search, exports are named after -o).
+NOT_TUNE_OPTIONS = ("lr_scale", "warmup_steps", "resume", "name", "epochs")
+
+
+def load_tune_config(yaml_path: str | Path | None = None, *, train: dict[str, Any] | None = None,
+                     search: dict[str, Any] | None = None) -> tuple[TrainConfig, TuneOptions]:
+    """The base training config and the search from one YAML file (training and search options side
+    by side) updated by flag values (``train``: TrainConfig fields; ``search``: TuneOptions fields).
+    ``-o`` defaults to ``gsv-ray-runs/<name>``."""
+    from gsv_ray.options import split_mapping
+    from gsv_ray.train.config import load_config, read_options_file
+
+    loaded = read_options_file(yaml_path) if yaml_path is not None else {}
+    search_yaml, train_yaml = split_mapping(loaded, TuneOptions, (TrainConfig, NOT_TUNE_OPTIONS),
+                                            path=yaml_path or "<config>")
+    values = {**search_yaml, **{k: v for k, v in (search or {}).items() if v is not None}}
+    opts = TuneOptions(**values)
+    train = dict(train or {})
+    if not train.get("output_dir") and not train_yaml.get("output_dir"):
+        train["output_dir"] = f"gsv-ray-runs/{opts.name or 'tune'}"
+    cfg = load_config(None, mapping=train_yaml, **train)
+    _check_search(cfg, opts)
+    return cfg, opts
+
+
+def _check_search(cfg: TrainConfig, opts: TuneOptions) -> None:
+    if cfg.max_steps is None:
+        raise ConfigError("tune needs --max-steps (the scheduler compares trials at the same step counts)",
+                          fix="pass --max-steps N")
+    opts.validate(cfg.max_steps)
 
 
 def param_space(opts: TuneOptions, max_steps: int) -> dict[str, Any]:
@@ -186,9 +226,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     from gsv_ray.storage import check_writable, resolve
 
     cfg.validate()
-    if cfg.max_steps is None:
-        raise ConfigError("tune needs --max-steps (the scheduler compares trials at the same step counts)")
-    opts.validate(cfg.max_steps)
+    _check_search(cfg, opts)
     out = Path(cfg.output_dir)
     check_output_path(out)
     name = opts.name or default_name(cfg)

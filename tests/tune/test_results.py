@@ -226,10 +226,10 @@ def test_log_summary_run_disabled_is_noop(tmp_path):
 def test_the_demo_never_runs_over_an_earlier_demo(tmp_path):
     """`gsv-ray demo` twice in one folder: the second is a new run beside the first (a search never
     writes into another's results)."""
-    from gsv_ray.demo import DemoSize, demo_config
+    from gsv_ray.demo import DemoOptions, demo_config
 
-    cfg, opts = demo_config(tmp_path, DemoSize(max_steps=6))
+    cfg, opts = demo_config(DemoOptions(dir=str(tmp_path), max_steps=6))
     assert opts.name == "demo" and cfg.output_dir.endswith("runs/demo")
     (tmp_path / "runs" / "demo").mkdir(parents=True)
-    cfg, opts = demo_config(tmp_path, DemoSize(max_steps=6))
+    cfg, opts = demo_config(DemoOptions(dir=str(tmp_path), max_steps=6))
     assert opts.name == "demo-2" and cfg.output_dir.endswith("runs/demo-2")
