@@ -23,8 +23,10 @@ plain functions build what they need per call.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import wave
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Mapping
 
@@ -157,6 +159,33 @@ def mel_spectrogram(
     return spec_to_mel(linear_spectrogram(y, n_fft, hop_length, win_length), basis)
 
 
+@dataclass(frozen=True)
+class AudioConfig:
+    """The audio side of an s2 json's ``data`` section, typed (what the datasets and the mel loss use).
+    Defaults are upstream's v2 values."""
+
+    sampling_rate: int = 32000
+    n_fft: int = 2048          # data.filter_length
+    hop_length: int = 640
+    win_length: int = 2048
+    n_mels: int = 128          # data.n_mel_channels
+    fmin: float = 0.0
+    fmax: float | None = None
+
+    @classmethod
+    def from_s2_data(cls, data: Mapping[str, Any]) -> AudioConfig:
+        """From an s2 json ``"data"`` section (``filter_length``, ``hop_length``, ...)."""
+        return cls(
+            sampling_rate=int(data["sampling_rate"]),
+            n_fft=int(data["filter_length"]),
+            hop_length=int(data["hop_length"]),
+            win_length=int(data["win_length"]),
+            n_mels=int(data["n_mel_channels"]),
+            fmin=float(data.get("mel_fmin", 0.0) or 0.0),
+            fmax=None if data.get("mel_fmax") is None else float(data["mel_fmax"]),
+        )
+
+
 class AudioFrontend(nn.Module):
     """Spectrogram / mel front-end with its Hann window and filterbank as non-persistent buffers.
 
@@ -193,17 +222,13 @@ class AudioFrontend(nn.Module):
         )
 
     @classmethod
-    def from_data_config(cls, data: Mapping[str, Any]) -> "AudioFrontend":
+    def from_config(cls, cfg: AudioConfig) -> AudioFrontend:
+        return cls(**dataclasses.asdict(cfg))
+
+    @classmethod
+    def from_data_config(cls, data: Mapping[str, Any]) -> AudioFrontend:
         """Build from an s2 json ``"data"`` section (``filter_length``, ``hop_length``, ...)."""
-        return cls(
-            sampling_rate=int(data["sampling_rate"]),
-            n_fft=int(data["filter_length"]),
-            hop_length=int(data["hop_length"]),
-            win_length=int(data["win_length"]),
-            n_mels=int(data["n_mel_channels"]),
-            fmin=float(data.get("mel_fmin", 0.0) or 0.0),
-            fmax=None if data.get("mel_fmax") is None else float(data["mel_fmax"]),
-        )
+        return cls.from_config(AudioConfig.from_s2_data(data))
 
     def spectrogram(self, y: torch.Tensor) -> torch.Tensor:
         """Waveform ``[..., T]`` -> linear magnitude ``[..., n_fft // 2 + 1, T // hop]``."""

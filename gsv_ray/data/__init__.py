@@ -5,7 +5,7 @@ Typical use::
 
     exp = open_experiment("logs/my_voice", "sovits", "v2")   # raises GsvError if a part is missing
     print(exp.report)                                        # what was left out, and why
-    train, val = sovits_datasets(exp, split=SplitOptions(val_fraction=0.05))
+    train, val = split_datasets(SoVITSDataset, exp, split=SplitOptions(val_fraction=0.05))
     loader = DataLoader(train, batch_sampler=SoVITSBucketSampler(train.lengths, 8),
                         collate_fn=collate_sovits)
 """
@@ -18,9 +18,10 @@ from gsv_ray.data.experiment import (
     SplitOptions,
     Utterance,
     open_experiment,
+    split_datasets,
     split_names,
 )
-from gsv_ray.data.gpt import GPTBatch, GPTBucketSampler, GPTDataset, GPTItem, collate_gpt, gpt_batch_size, gpt_datasets
+from gsv_ray.data.gpt import GPTBatch, GPTBucketSampler, GPTDataset, GPTItem, collate_gpt, gpt_batch_size
 from gsv_ray.data.index import experiment_key, open_experiment_cached
 from gsv_ray.data.sovits import (
     SOVITS_BOUNDARIES,
@@ -29,7 +30,6 @@ from gsv_ray.data.sovits import (
     SoVITSDataset,
     SoVITSItem,
     collate_sovits,
-    sovits_datasets,
 )
 from gsv_ray.data.synthetic import make_synthetic_experiment
 
@@ -41,6 +41,7 @@ __all__ = [
     "SplitOptions",
     "Utterance",
     "open_experiment",
+    "split_datasets",
     "split_names",
     "experiment_key",
     "open_experiment_cached",
@@ -50,13 +51,11 @@ __all__ = [
     "GPTItem",
     "collate_gpt",
     "gpt_batch_size",
-    "gpt_datasets",
     "SOVITS_BOUNDARIES",
     "SoVITSBatch",
     "SoVITSBucketSampler",
     "SoVITSDataset",
     "SoVITSItem",
     "collate_sovits",
-    "sovits_datasets",
     "make_synthetic_experiment",
 ]

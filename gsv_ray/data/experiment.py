@@ -25,7 +25,7 @@ import os
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -54,6 +54,8 @@ __all__ = [
     "symbol_set_of",
     "SplitOptions",
     "split_names",
+    "split_datasets",
+    "experiment_split",
     "repeat_to_minimum",
     "spec_frames",
 ]
@@ -723,3 +725,15 @@ def experiment_split(
                        path=experiment.root, fix="fix or re-run preprocessing for the listed problems")
     train, val = split_names(experiment.names, split or SplitOptions(), known=experiment.known_names)
     return experiment, train, val
+
+
+def split_datasets(dataset: Callable[..., Any], experiment: Experiment | str | Path, version: str | None = None, *,
+                   split: SplitOptions | None = None, options: ExperimentOptions | None = None,
+                   min_items: int | None = None, **kwargs: Any) -> tuple[Any, Any | None]:
+    """``(train, val)`` datasets of the class ``dataset`` (``GPTDataset``, ``SoVITSDataset``: its
+    ``stage`` says how to open the folder; opened here when given a path, ``version`` is then
+    required). ``val`` is None without a validation split; ``kwargs`` go to both datasets."""
+    experiment, train, val = experiment_split(experiment, dataset.stage, version, split=split,  # type: ignore[attr-defined]
+                                              options=options)
+    return (dataset(experiment, train, min_items=min_items, **kwargs),
+            dataset(experiment, val, **kwargs) if val else None)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import torch
@@ -27,10 +26,7 @@ from torch.utils.data import Dataset, Sampler
 
 from gsv_ray.data.experiment import (
     Experiment,
-    ExperimentOptions,
-    SplitOptions,
     Utterance,
-    experiment_split,
     repeat_to_minimum,
 )
 from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE
@@ -44,7 +40,6 @@ __all__ = [
     "collate_gpt",
     "GPTBucketSampler",
     "gpt_batch_size",
-    "gpt_datasets",
 ]
 
 #: Semantic padding value (s1 ``data.pad_val``), equal to the GPT's EOS id.
@@ -91,6 +86,8 @@ class GPTDataset(Dataset):
     ``len // 4`` batch-size cap and per-epoch checkpoints work on tiny sets). Off by default: we
     count steps, and repetition would make one "epoch" several passes; pass 100 to reproduce it.
     """
+
+    stage = "gpt"
 
     def __init__(
         self,
@@ -263,17 +260,3 @@ class GPTBucketSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return math.ceil(self.num_samples / self.batch_size)
-
-
-def gpt_datasets(
-    experiment: Experiment | str | Path,
-    version: str | None = None,
-    *,
-    split: SplitOptions | None = None,
-    options: ExperimentOptions | None = None,
-    min_items: int | None = None,
-) -> tuple[GPTDataset, GPTDataset | None]:
-    """``(train, val)`` GPT datasets (the folder is opened here when given a path; ``version``
-    is then required). ``val`` is None without a validation split."""
-    experiment, train, val = experiment_split(experiment, "gpt", version, split=split, options=options)
-    return GPTDataset(experiment, train, min_items=min_items), (GPTDataset(experiment, val) if val else None)

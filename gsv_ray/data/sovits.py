@@ -19,23 +19,19 @@ experiment scan already left out every file it found broken.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from gsv_ray.data.experiment import (
     Experiment,
-    ExperimentOptions,
-    SplitOptions,
     Utterance,
-    experiment_split,
     repeat_to_minimum,
     ssl_features_problem,
 )
 from gsv_ray.errors import GsvError
-from gsv_ray.audio import AudioFrontend, read_wav_pcm16
+from gsv_ray.audio import AudioConfig, AudioFrontend, read_wav_pcm16
 from gsv_ray.resources import SV_DIM, s2_config
 
 __all__ = [
@@ -47,7 +43,6 @@ __all__ = [
     "collate_sovits",
     "SoVITSPadding",
     "SoVITSBucketSampler",
-    "sovits_datasets",
 ]
 
 #: ``s2_train.py`` bucket boundaries (frames at 50 Hz): (32, 300], (300, 400], ..., (1800, 1900].
@@ -103,26 +98,28 @@ class SoVITSDataset(Dataset):
     would also make "an epoch" mean several passes, so it is off unless asked for (pass 100).
     """
 
+    stage = "sovits"
+
     def __init__(
         self,
         experiment: Experiment,
         names: Sequence[str] | None = None,
         *,
         min_items: int | None = None,
-        data_config: Mapping[str, Any] | None = None,
+        audio: AudioConfig | None = None,
     ) -> None:
-        """``data_config``: the s2 ``data`` section the model trains with (the rebuilt config's, so
-        spectrograms match the recipe's mel front-end); default: upstream's for the version."""
+        """``audio``: the front-end the model trains with (the rebuilt config's, so spectrograms
+        match the recipe's mel loss); default: upstream's for the version."""
         if experiment.stage != "sovits":
             raise ValueError(f"experiment was opened for stage {experiment.stage!r}, not 'sovits'")
         utts = experiment.utterances if names is None else experiment.subset(names)
         self.version = experiment.version
         self.is_pro = experiment.is_pro
         self.utterances: list[Utterance] = repeat_to_minimum(utts, min_items)
-        data = dict(data_config) if data_config is not None else s2_config(experiment.version)["data"]
-        self.hop_length = int(data["hop_length"])
-        self.sampling_rate = int(data["sampling_rate"])
-        self.frontend = AudioFrontend.from_data_config(data)
+        audio = audio or AudioConfig.from_s2_data(s2_config(experiment.version)["data"])
+        self.hop_length = audio.hop_length
+        self.sampling_rate = audio.sampling_rate
+        self.frontend = AudioFrontend.from_config(audio)
         #: upstream's sampler lengths: file size // (2 * hop), header bytes included.
         self.lengths: list[int] = [u.bucket_length(self.hop_length) for u in self.utterances]
 
@@ -296,18 +293,3 @@ class SoVITSBucketSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.num_samples // self.batch_size
-
-
-def sovits_datasets(
-    experiment: Experiment | str | Path,
-    version: str | None = None,
-    *,
-    split: SplitOptions | None = None,
-    options: ExperimentOptions | None = None,
-    min_items: int | None = None,
-) -> tuple[SoVITSDataset, SoVITSDataset | None]:
-    """``(train, val)`` datasets of an experiment (opened here when given a path; ``version``
-    is then required). ``val`` is None without a validation split."""
-    experiment, train, val = experiment_split(experiment, "sovits", version, split=split, options=options)
-    return SoVITSDataset(experiment, train, min_items=min_items), (SoVITSDataset(experiment, val) if val else None)
-

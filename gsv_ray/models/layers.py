@@ -24,44 +24,33 @@ def _split_weight(module: nn.Module, dim: int) -> None:
 
 
 class _WeightNormMixin:
+    """Put before the ``nn`` layer class: its ``weight`` becomes ``weight_g`` / ``weight_v``."""
+
     wn_dim: int
+
+    def __init__(self, *args, wn_dim: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wn_dim = wn_dim
+        _split_weight(self, wn_dim)  # type: ignore[arg-type]
 
     def normed_weight(self) -> torch.Tensor:
         return torch._weight_norm(self.weight_v, self.weight_g, self.wn_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # Conv1d/Conv2d; ConvTranspose1d has its own
+        return self._conv_forward(x, self.normed_weight(), self.bias)  # type: ignore[attr-defined]
 
 
 class WNConv1d(_WeightNormMixin, nn.Conv1d):
     """``weight_norm(nn.Conv1d(...))`` with upstream's state_dict names."""
 
-    def __init__(self, *args, wn_dim: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.wn_dim = wn_dim
-        _split_weight(self, wn_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.normed_weight(), self.bias)
-
 
 class WNConv2d(_WeightNormMixin, nn.Conv2d):
     """``weight_norm(nn.Conv2d(...))`` with upstream's state_dict names."""
-
-    def __init__(self, *args, wn_dim: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.wn_dim = wn_dim
-        _split_weight(self, wn_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.normed_weight(), self.bias)
 
 
 class WNConvTranspose1d(_WeightNormMixin, nn.ConvTranspose1d):
     """``weight_norm(nn.ConvTranspose1d(...))``: ``dim=0`` normalises per *input* channel
     (weight is ``[in, out, k]``, so ``weight_g`` is ``[in, 1, 1]``), as upstream's decoder does."""
-
-    def __init__(self, *args, wn_dim: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.wn_dim = wn_dim
-        _split_weight(self, wn_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose1d(

@@ -7,6 +7,7 @@ only where a declared policy allows fresh init -> report every key's fate, judge
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from gsv_ray.resources import VITS_VERSIONS
 from gsv_ray.errors import GsvError
 from gsv_ray.io import GsvFile, read
 from gsv_ray.rebuild import targets as T
+from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.report import (
     ERROR, FILLED_FROM_BASE, INITIALISED, LOADED, KeyFate, RebuildReport, module_prefix,
 )
@@ -115,6 +117,11 @@ class Rebuilt:
     path: Path | None = None
     cache_hit: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def resolved(self) -> Resolved:
+        """:attr:`config`, typed: what models, datasets and recipes take."""
+        return Resolved.from_json(self.config)
 
     @property
     def generator(self) -> dict[str, torch.Tensor] | None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from gsv_ray import __version__
 from gsv_ray.atomic import atomic_write
+from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
 from gsv_ray.resources import s1_config, s2_config
@@ -158,27 +159,28 @@ def gpt_target(cfg: Mapping[str, Any], seed: int) -> Target:
     return target("gpt", build, s1_model=dict(cfg["model"]) if "model" in cfg else dict(cfg))
 
 
-def build_models(config: Mapping[str, Any], *, dropout: float | None = None) -> dict[str, nn.Module]:
-    """Our models for a rebuild's resolved ``config`` (as stored in ``config.json``), on CPU, fp32.
+def build_models(resolved: Resolved, *, dropout: float | None = None) -> dict[str, nn.Module]:
+    """Our models for a rebuild's resolved configuration (:attr:`Rebuilt.resolved`), on CPU, fp32.
 
     ``dropout`` overrides every dropout rate (GPT: upstream's hard-coded 0.1 and the embedding
     dropout; SoVITS: ``p_dropout``); None keeps upstream's values.
     """
-    stage = config["stage"]
-    if stage == "gpt":
-        t2s = T2SConfig.from_s1_config(config["s1"])
+    if resolved.gpt is not None:
+        t2s = resolved.gpt.model
         if dropout is not None:
             t2s = dataclasses.replace(t2s, fixed_dropout=dropout, embedding_dropout=dropout)
         return {"gpt": Text2SemanticDecoder(t2s)}
-    if config.get("task") == "semantic":
+    if resolved.task == "semantic":
         return {"generator": SemanticExtractor()}
-    model_cfg = sovits_model_config(config["s2"], config.get("widths", {}))
+    if resolved.sovits is None:
+        raise ValueError(f"no model to build for a {resolved.version} rebuild for {resolved.task}")
+    model_cfg = resolved.sovits.model
     if dropout is not None:
         model_cfg = dataclasses.replace(model_cfg, p_dropout=dropout, ref_dropout=dropout)
     models: dict[str, nn.Module] = {"generator": SoVITSGenerator(model_cfg)}
-    if "discriminator" in config:
-        d = config["discriminator"]
-        models["discriminator"] = MultiPeriodDiscriminator(d["version"], width_divisor=d["width_divisor"])
+    d = resolved.sovits.discriminator
+    if d is not None:
+        models["discriminator"] = MultiPeriodDiscriminator(d.version, width_divisor=d.width_divisor)
     return models
 
 

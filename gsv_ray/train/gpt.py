@@ -10,7 +10,6 @@ is what Accelerate/FSDP and every tool downstream understand, and keeps the LR s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -42,8 +41,9 @@ class GPTRecipe:
     def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
                  precision: Precision):
         self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, rebuilt.version, precision
-        self.s1: dict[str, Any] = rebuilt.config["s1"]
-        model = build_models(rebuilt.config, dropout=cfg.dropout)["gpt"]
+        assert rebuilt.resolved.gpt is not None, "a GPT rebuild"
+        self.s1 = rebuilt.resolved.gpt.s1  # embedded in the exports as upstream wrote it
+        model = build_models(rebuilt.resolved, dropout=cfg.dropout)["gpt"]
         model.load_state_dict(rebuilt.gpt, strict=True)
         peak = cfg.peak_lr("gpt")
         opt = torch.optim.AdamW([{"params": list(model.parameters()), "lr": peak, "name": "gpt"}], lr=peak,

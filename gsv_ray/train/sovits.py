@@ -21,7 +21,7 @@ from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSPaddin
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.audio import AudioFrontend
 from gsv_ray.models.sovits.commons import slice_segments
-from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, loss_weights, mel_l1_loss
+from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
 from gsv_ray.train.common import frozen, prepare, read_metrics, rng_state, set_rng_state, sync_context
 from gsv_ray.train.config import TrainConfig
@@ -53,18 +53,19 @@ class SoVITSRecipe:
     def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
                  precision: Precision):
         self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, rebuilt.version, precision
-        self.s2: dict[str, Any] = rebuilt.config["s2"]
-        models = build_models(rebuilt.config, dropout=cfg.dropout)
+        settings = rebuilt.resolved.sovits
+        assert settings is not None, "a VITS-family SoVITS rebuild"
+        self.settings = settings
+        models = build_models(rebuilt.resolved, dropout=cfg.dropout)
         g, d = models["generator"], models["discriminator"]
         g.load_state_dict(rebuilt.generator, strict=True)
         d.load_state_dict(rebuilt.discriminator, strict=True)
         self.segment_frames = g.config.segment_frames
-        self.hop = int(self.s2["data"]["hop_length"])
-        self.c_mel, self.c_kl = loss_weights(self.s2)
-        self.inter_channels = int(self.s2["model"]["inter_channels"])
-        train = self.s2["train"]
-        betas, eps = tuple(train.get("betas", (0.8, 0.99))), float(train.get("eps", 1e-9))
-        peak, low = cfg.peak_lr("sovits"), float(train.get("text_low_lr_rate", 0.4))
+        self.hop = settings.audio.hop_length
+        self.c_mel, self.c_kl = settings.train.c_mel, settings.train.c_kl
+        self.inter_channels = settings.model.inter_channels
+        betas, eps = settings.train.betas, settings.train.eps
+        peak, low = cfg.peak_lr("sovits"), settings.train.text_low_lr_rate
         if g.freeze_quantizer:  # upstream keeps ssl_proj in the optimizer, but it never gets a gradient
             g.ssl_proj.requires_grad_(False)
         named = [(n, p) for n, p in g.named_parameters() if p.requires_grad]
@@ -76,7 +77,7 @@ class SoVITSRecipe:
         opt_d = torch.optim.AdamW([{"params": list(d.parameters()), "lr": peak, "name": "discriminator"}],
                                   lr=peak, betas=betas, eps=eps)
         (self.g, self.d), (self.opt_g, self.opt_d) = prepare(accelerator, [g, d], [opt_g, opt_d])
-        self.frontend = AudioFrontend.from_data_config(self.s2["data"]).to(accelerator.device)
+        self.frontend = AudioFrontend.from_config(settings.audio).to(accelerator.device)
         self.experiment = experiment
 
     # -- wiring for the loop -------------------------------------------------------------------
@@ -89,7 +90,7 @@ class SoVITSRecipe:
         return (self.opt_g, self.opt_d)
 
     def dataset(self, names: list[str]) -> SoVITSDataset:
-        return SoVITSDataset(self.experiment, names, data_config=self.s2["data"])  # the recipe's own front-end
+        return SoVITSDataset(self.experiment, names, audio=self.settings.audio)  # the recipe's own front-end
 
     def plan(self, ds: SoVITSDataset, *, seed: int) -> StepPlan:
         """Global batches of ``batch_size x processes x grad_accum``; each step's context is its
@@ -205,13 +206,13 @@ class SoVITSRecipe:
             sv = it.sv_emb.to(dev) if it.sv_emb is not None else None        # [1, 20480]
             wav = g.decode(codes, it.text[None].to(dev), refer, noise_scale=0.5, sv_emb=sv,
                            noise=_noise_like(g, codes, dev, seed + i))[0, 0]
-            out.append((Path(it.name).stem, wav.float().cpu(), int(self.s2["data"]["sampling_rate"])))
+            out.append((Path(it.name).stem, wav.float().cpu(), self.settings.audio.sampling_rate))
         return out
 
     # -- export --------------------------------------------------------------------------------
     def export(self, out_dir: Path, *, name: str, epoch: int, step: int, protect=()) -> Path:
         g = self.accelerator.unwrap_model(self.g)
-        cfg = dict(self.s2, name=name, version=self.version, save_weight_dir=export_dir_name(self.version))
+        cfg = dict(self.settings.s2, name=name, version=self.version, save_weight_dir=export_dir_name(self.version))
         path = Path(out_dir) / export_dir_name(self.version) / f"{name}_e{epoch}_s{step}.pth"
         return write_sovits_export(path, g.state_dict(), config=cfg, info=f"{epoch}epoch_{step}iteration",
                                    version=self.version, overwrite=True, protect=protect)

@@ -20,6 +20,7 @@ import torch
 from gsv_ray.errors import GsvError
 from gsv_ray.options import check, option
 from gsv_ray.rebuild.core import RebuildSpec
+from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.store import rebuild_cached
 from gsv_ray.rebuild.targets import build_models
 from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR
@@ -70,40 +71,38 @@ def _open(data: Path, stage: str, version: str, cache_root: Path | None):
     return open_experiment_cached(data, stage, version, cache_root=cache_root or default_cache_root())
 
 
-def _sovits_batches(experiment, data: Path, n_batches: int, batch_size: int):
+def _sovits_batches(experiment, data: Path, n_batches: int, batch_size: int, resolved: Resolved):
     from gsv_ray.data.sovits import SoVITSDataset, collate_sovits
 
-    ds = SoVITSDataset(experiment)
+    ds = SoVITSDataset(experiment, audio=resolved.sovits.audio)  # the model's own front-end, as training's
     if len(ds) == 0:
         raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
     return fixed_batches(ds, collate_sovits, n_batches, batch_size)
 
 
-def _sovits_losses(model, batches, config: dict[str, Any], seed: int) -> dict[str, float]:
+def _sovits_losses(model, batches, resolved: Resolved, seed: int) -> dict[str, float]:
     from gsv_ray.audio import AudioFrontend
-    from gsv_ray.models.sovits.losses import loss_weights
     from gsv_ray.train.sovits import sovits_eval_losses
 
-    s2 = config["s2"]
-    return sovits_eval_losses(model, batches, AudioFrontend.from_data_config(s2["data"]), *loss_weights(s2), seed)
+    st = resolved.sovits
+    return sovits_eval_losses(model, batches, AudioFrontend.from_config(st.audio), st.train.c_mel, st.train.c_kl, seed)
 
 
-def _sovits_train_loss(model, batch, config: dict[str, Any]) -> torch.Tensor:
+def _sovits_train_loss(model, batch, resolved: Resolved) -> torch.Tensor:
     from gsv_ray.audio import AudioFrontend
     from gsv_ray.models.sovits.commons import slice_segments
-    from gsv_ray.models.sovits.losses import kl_loss, loss_weights, mel_l1_loss
+    from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss
 
-    s2 = config["s2"]
-    frontend = AudioFrontend.from_data_config(s2["data"])
+    st = resolved.sovits
+    frontend = AudioFrontend.from_config(st.audio)
     out = model(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb)
     z, z_p, m_p, logs_p, m_q, logs_q = out.stats
     y_mel = slice_segments(frontend.spec_to_mel(batch.spec), out.ids_slice, model.config.segment_frames)
-    c_mel, c_kl = loss_weights(s2)
-    return c_mel * mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))) + \
-        c_kl * kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
+    return st.train.c_mel * mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))) + \
+        st.train.c_kl * kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
 
 
-def _gpt_batches(experiment, data: Path, n_batches: int, batch_size: int):
+def _gpt_batches(experiment, data: Path, n_batches: int, batch_size: int, resolved: Resolved):
     from gsv_ray.data.gpt import GPTDataset, collate_gpt
 
     ds = GPTDataset(experiment)
@@ -112,13 +111,13 @@ def _gpt_batches(experiment, data: Path, n_batches: int, batch_size: int):
     return fixed_batches(ds, collate_gpt, n_batches, batch_size)
 
 
-def _gpt_losses(model, batches, config, seed) -> dict[str, float]:
+def _gpt_losses(model, batches, resolved, seed) -> dict[str, float]:
     from gsv_ray.train.gpt import gpt_eval_losses
 
     return gpt_eval_losses(model, batches)
 
 
-def _gpt_train_loss(model, batch, config) -> torch.Tensor:
+def _gpt_train_loss(model, batch, resolved) -> torch.Tensor:
     out = model(*batch.model_inputs())
     return out.loss / out.targets.numel()
 
@@ -131,7 +130,7 @@ STAGES = {
 
 def _model(rebuilt) -> torch.nn.Module:
     name = "gpt" if rebuilt.stage == "gpt" else "generator"
-    model = build_models(rebuilt.config)[name]
+    model = build_models(rebuilt.resolved)[name]
     model.load_state_dict(rebuilt.weights[name], strict=True)
     return model
 
@@ -164,7 +163,7 @@ def verify(
     data_report = experiment.report.lines()  # the same report, the same way, as `train` prints it
     for line in data_report:
         say(f"data: {line}")
-    data_batches = make_batches(experiment, data, batches, batch_size)
+    data_batches = make_batches(experiment, data, batches, batch_size, rebuilt.resolved)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
         return _evaluate(rebuilt, data_batches, data_report, base_g=base_g, cache_root=cache_root, seed=seed,
@@ -176,17 +175,17 @@ def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, t
     model = _model(rebuilt).eval()
     say(f"evaluating the rebuilt {rebuilt.stage} model ...")
     with torch.no_grad():
-        got = losses(model, data_batches, rebuilt.config, seed)
+        got = losses(model, data_batches, rebuilt.resolved, seed)
 
     base_losses = None
     if base_g is not None:
         # evaluated as the same model (a bare base checkpoint carries no config of its own)
-        same_model = rebuilt.config["s1"] if rebuilt.stage == "gpt" else rebuilt.config["s2"]
+        same_model = rebuilt.resolved.gpt.s1 if rebuilt.stage == "gpt" else rebuilt.resolved.sovits.s2
         base = rebuild_cached(RebuildSpec(init=str(base_g), stage=rebuilt.stage, version=rebuilt.version,
                                           task="train", config=same_model), cache_root=cache_root)
         say("evaluating the base alone ...")
         with torch.no_grad():
-            base_losses = losses(_model(base).eval(), data_batches, base.config, seed)
+            base_losses = losses(_model(base).eval(), data_batches, base.resolved, seed)
 
     after = None
     if train_steps > 0:
@@ -195,12 +194,12 @@ def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, t
         opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=lr)
         for step in range(train_steps):
             say(f"trial step {step + 1}/{train_steps} ...")
-            loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.config)
+            loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.resolved)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
-            after = losses(trial.eval(), data_batches, rebuilt.config, seed)
+            after = losses(trial.eval(), data_batches, rebuilt.resolved, seed)
 
     result = VerifyResult(
         stage=rebuilt.stage, version=rebuilt.version, rebuild_message=rebuilt.report.message(), metric=metric,

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gsv_ray.data.experiment import SplitOptions, open_experiment
-from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt, gpt_batch_size, gpt_datasets
+from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt, gpt_batch_size
+from gsv_ray.data.experiment import split_datasets
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.resources import symbols
 from tests.data.conftest import N_UTTS
@@ -79,9 +80,9 @@ def test_split(synth_root, tmp_path: Path) -> None:
     names_file = tmp_path / "val.list"
     exp = open_experiment(root, "gpt", "v2")
     names_file.write_text("\n".join(exp.names[:2]) + "\n")
-    train, val = gpt_datasets(exp, split=SplitOptions(val_names_file=names_file))
+    train, val = split_datasets(GPTDataset, exp, split=SplitOptions(val_names_file=names_file))
     assert val.names == exp.names[:2] and train.names == exp.names[2:]
-    train, val = gpt_datasets(root, "v2")
+    train, val = split_datasets(GPTDataset, root, "v2")
     assert val is None and len(train) == N_UTTS
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gsv_ray.data.experiment import SplitOptions, open_experiment
+from gsv_ray.data.experiment import SplitOptions, open_experiment, split_datasets
 from gsv_ray.data.sovits import (
     SOVITS_BOUNDARIES,
     SoVITSBucketSampler,
     SoVITSDataset,
     collate_sovits,
-    sovits_datasets,
 )
 from gsv_ray.audio import AudioFrontend, linear_spectrogram, read_wav_pcm16
 from gsv_ray.models.sovits import SoVITSConfig, SoVITSGenerator
@@ -118,9 +117,9 @@ def test_sampler_deterministic_sharded_bucketed() -> None:
 
 
 def test_split_and_min_items(synth_root) -> None:
-    train, val = sovits_datasets(synth_root("v2"), "v2", split=SplitOptions(val_fraction=0.25))
+    train, val = split_datasets(SoVITSDataset, synth_root("v2"), "v2", split=SplitOptions(val_fraction=0.25))
     assert len(train) == N_UTTS - 3 and len(val) == 3 and not set(train.names) & set(val.names)
-    rep, none = sovits_datasets(synth_root("v2"), "v2", min_items=100)
+    rep, none = split_datasets(SoVITSDataset, synth_root("v2"), "v2", min_items=100)
     assert none is None and len(rep) == N_UTTS * 8  # upstream: max(2, int(100 / 12)) copies
 
 
@@ -170,10 +169,11 @@ def test_dataloader_with_batch_sampler(synth_root) -> None:
 def test_dataset_uses_the_models_data_config(synth_root) -> None:
     """The recipe hands the dataset the rebuilt model's ``data`` section: its spectrograms come from
     that front-end, not from the packaged default (they used to, whatever the file's config said)."""
+    from gsv_ray.audio import AudioConfig
     from gsv_ray.resources import s2_config
 
     exp = open_experiment(synth_root("v2"), "sovits", "v2")
-    data = {**s2_config("v2")["data"], "filter_length": 1024, "win_length": 1024}
-    default, own = SoVITSDataset(exp)[0], SoVITSDataset(exp, data_config=data)[0]
+    audio = AudioConfig.from_s2_data({**s2_config("v2")["data"], "filter_length": 1024, "win_length": 1024})
+    default, own = SoVITSDataset(exp)[0], SoVITSDataset(exp, audio=audio)[0]
     assert default.spec.shape[0] == 1025 and own.spec.shape[0] == 513
     assert own.spec.shape[1] == default.spec.shape[1]  # same hop: same frames

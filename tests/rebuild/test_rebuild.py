@@ -32,7 +32,7 @@ def by_prefix(result, target="generator") -> Counter:
 
 def assert_loads_strictly(result):
     """The rebuilt weights load strictly into fresh models built from the resolved config."""
-    models = build_models(result.config)
+    models = build_models(result.resolved)
     for name, module in models.items():
         module.load_state_dict(result.weights[name], strict=True)
         assert all(t.dtype == torch.float32 for t in result.weights[name].values())
@@ -127,7 +127,7 @@ def test_full_size_export_with_bases(version, schema_files):
     assert Counter(fates(r, "discriminator").values()) == {FILLED_FROM_BASE: D_KEYS[version]}
     counts = r.report.to_json()["counts"]
     assert counts["generator"][FILLED_FROM_BASE] == ENC_Q and counts["discriminator"]["error"] == 0
-    models = build_models(r.config)
+    models = build_models(r.resolved)
     assert isinstance(models["generator"], SoVITSGenerator) and isinstance(models["discriminator"], MultiPeriodDiscriminator)
     models["generator"].load_state_dict(r.generator, strict=True)
     models["discriminator"].load_state_dict(r.discriminator, strict=True)
@@ -245,3 +245,24 @@ def test_cache_hit_does_not_reread_inputs(schema_files, tmp_path, monkeypatch):
     assert a.path != first.path and torch.equal(a.discriminator["discriminators.0.convs.0.bias"],
                                                 b.discriminator["discriminators.0.convs.0.bias"])
     assert load_result(a.path).report.to_json() == a.report.to_json()
+
+
+def test_resolved_config_is_typed_and_round_trips_through_the_store(fixtures_dir, tmp_path):
+    """The rebuild's config is read once, at the store boundary, into typed settings: the model the
+    store describes is the model that is built (config.json's ``model`` section used to be ignored in
+    favour of ``s2`` + widths), the audio front-end and the training constants come from ``s2``."""
+    from gsv_ray.rebuild import rebuild_cached
+    from gsv_ray.rebuild.resolved import Resolved
+
+    spec = dict(base_g=str(fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"))
+    fresh = rebuild_cached(str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), cache_root=tmp_path, **spec)
+    again = rebuild_cached(str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), cache_root=tmp_path, **spec)
+    assert again.cache_hit and again.resolved == fresh.resolved == Resolved.from_json(fresh.config)
+    st = fresh.resolved.sovits
+    s2 = fresh.config["s2"]
+    assert st.model.inter_channels == s2["model"]["inter_channels"]
+    assert st.audio.hop_length == s2["data"]["hop_length"] and st.audio.n_fft == s2["data"]["filter_length"]
+    assert st.train.c_mel == s2["train"]["c_mel"] and st.train.betas == tuple(s2["train"]["betas"])
+    g = build_models(fresh.resolved)["generator"]
+    assert g.config == st.model
+    g.load_state_dict(fresh.generator, strict=True)

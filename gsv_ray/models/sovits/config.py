@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from gsv_ray.resources import CODEBOOK_SIZE, PRO_VERSIONS, SSL_DIM, VITS_VERSIONS, s2_config  # noqa: F401 -- the versions re-exported for the models
@@ -161,3 +162,27 @@ class SoVITSConfig:
 def load_s2_config(version: str) -> dict[str, Any]:
     """The packaged upstream s2 json for ``version`` (``v1``..``v4``)."""
     return s2_config(version)
+
+
+#: Upstream's s2.json ``train`` constants the SoVITS step uses (its values when a config has none).
+C_MEL, C_KL = 45.0, 1.0
+
+
+@dataclass(frozen=True)
+class SoVITSTrainConstants:
+    """The s2 json ``train`` section's constants of the SoVITS step, typed."""
+
+    c_mel: float = C_MEL                        # mel L1 weight
+    c_kl: float = C_KL                          # KL weight
+    betas: tuple[float, float] = (0.8, 0.99)    # AdamW
+    eps: float = 1e-9
+    text_low_lr_rate: float = 0.4               # the text side's LR, as a fraction of the peak
+
+    @classmethod
+    def from_s2(cls, s2: Mapping[str, Any]) -> SoVITSTrainConstants:
+        train = s2.get("train") or {}
+        d = cls()
+        return cls(c_mel=float(train.get("c_mel", d.c_mel)), c_kl=float(train.get("c_kl", d.c_kl)),
+                   betas=tuple(float(b) for b in train.get("betas", d.betas)),  # type: ignore[arg-type]
+                   eps=float(train.get("eps", d.eps)),
+                   text_low_lr_rate=float(train.get("text_low_lr_rate", d.text_low_lr_rate)))

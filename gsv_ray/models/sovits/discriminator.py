@@ -87,13 +87,19 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``x`` ``[B, 1, T]`` -> (logits ``[B, N]``, feature maps incl. the pre-flatten logits)."""
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
+        return _conv_stack(self.convs, self.conv_post, x)
+
+
+def _conv_stack(convs: nn.ModuleList, post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Both sub-discriminators' body: leaky-ReLU convs, the post conv, every output kept as a
+    feature map; the flattened last one is the logits."""
+    fmap = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
         fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+    x = post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
 
 
 class PeriodDiscriminator(nn.Module):
@@ -122,14 +128,7 @@ class PeriodDiscriminator(nn.Module):
             # Reflect-pad the end so the waveform folds exactly into whole periods.
             x = F.pad(x, (0, self.period - rest), mode="reflect")
             t = x.shape[-1]
-        x = x.view(b, c, t // self.period, self.period)
-        fmap = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self.convs, self.conv_post, x.view(b, c, t // self.period, self.period))
 
 
 class MultiPeriodDiscriminator(nn.Module):

@@ -12,15 +12,16 @@ reduction) so float32 results match upstream bit for bit. Every term is computed
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from gsv_ray.models.sovits.config import C_KL, C_MEL
+
 __all__ = [
     "C_MEL",
     "C_KL",
-    "loss_weights",
     "discriminator_loss",
     "generator_loss",
     "feature_loss",
@@ -29,15 +30,6 @@ __all__ = [
     "GeneratorLosses",
     "generator_total_loss",
 ]
-
-C_MEL = 45.0  # s2.json train.c_mel
-C_KL = 1.0  # s2.json train.c_kl
-
-
-def loss_weights(s2: Mapping[str, Any]) -> tuple[float, float]:
-    """``(c_mel, c_kl)`` of an s2 config (its ``train`` section), upstream's values when it has none."""
-    train = s2.get("train") or {}
-    return float(train.get("c_mel", C_MEL)), float(train.get("c_kl", C_KL))
 
 
 def discriminator_loss(

@@ -1,0 +1,71 @@
+"""A rebuild's resolved configuration, typed: what the models, datasets and recipes consume.
+
+The rebuild writes it as JSON (``config.json`` in the store, :attr:`Rebuilt.config`); this is the one
+place that reads that JSON. Everything downstream takes these dataclasses, never the dict. The
+upstream config itself (``s2``/``s1``, as GPT-SoVITS wrote it, unknown keys included) travels
+alongside, untouched, because the exports embed it for GPT-SoVITS's loaders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gsv_ray.audio import AudioConfig
+from gsv_ray.models.gpt.config import T2SConfig
+from gsv_ray.models.sovits.config import SoVITSConfig, SoVITSTrainConstants
+
+
+@dataclass(frozen=True)
+class DiscriminatorSpec:
+    """Which multi-period discriminator: its version and how much narrower than upstream's it is."""
+
+    version: str
+    width_divisor: int = 1
+
+
+@dataclass(frozen=True)
+class SoVITSSettings:
+    """A VITS-family SoVITS model with its audio front-end and training constants."""
+
+    model: SoVITSConfig
+    audio: AudioConfig
+    train: SoVITSTrainConstants
+    discriminator: DiscriminatorSpec | None  # None unless rebuilt for training
+    s2: Mapping[str, Any]                    # upstream's s2 json, embedded in exports as is
+
+
+@dataclass(frozen=True)
+class GPTSettings:
+    model: T2SConfig
+    s1: Mapping[str, Any]                    # upstream's s1 config, embedded in exports as is
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a rebuild resolved: the stage, version and task, and the typed settings of its model
+    (``sovits`` for a VITS-family generator, ``gpt`` for the GPT; neither for semantic extraction,
+    whose model has fixed widths, or v3/v4 inference, which builds no model)."""
+
+    stage: str
+    version: str | None
+    task: str
+    sovits: SoVITSSettings | None = None
+    gpt: GPTSettings | None = None
+
+    @classmethod
+    def from_json(cls, config: Mapping[str, Any]) -> Resolved:
+        """From the JSON the rebuild stored (the store boundary)."""
+        stage, task = config["stage"], config["task"]
+        common = {"stage": stage, "version": config.get("version"), "task": task}
+        if stage == "gpt":
+            return cls(**common, gpt=GPTSettings(model=T2SConfig.from_s1_config(config["s1"]), s1=config["s1"]))
+        if "model" not in config or "s2" not in config:  # semantic extraction, v3/v4 inference
+            return cls(**common)
+        s2 = config["s2"]
+        d = config.get("discriminator")
+        return cls(**common, sovits=SoVITSSettings(
+            model=SoVITSConfig(**config["model"]), audio=AudioConfig.from_s2_data(s2["data"]),
+            train=SoVITSTrainConstants.from_s2(s2),
+            discriminator=DiscriminatorSpec(d["version"], int(d["width_divisor"])) if d else None, s2=s2))
