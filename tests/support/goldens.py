@@ -63,3 +63,22 @@ def assert_close_golden(name: str, got: torch.Tensor, want: torch.Tensor) -> Non
     tol = 1e-4 * max(1.0, want.abs().max().item() if want.numel() else 1.0)
     err = (got - want).abs().max().item() if want.numel() else 0.0
     assert err <= tol, f"{name}: max abs error {err:.3g} > tolerance {tol:.3g}"
+
+
+def v3_state_dict(goldens_dir: Path, version: str, *, lora: bool = False, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The v3/v4 golden generator's state dict (section 9.2), in upstream's state_dict order: the plain
+    manifest's rule tensors plus its fixed tensor (``rotary_embed.inv_freq``, real values); with
+    ``lora``, the LoRA r=32 model's keys (plain tensors renamed by ``base_key_map`` + the LoRA rule)."""
+    plain_manifest = json.loads((goldens_dir / f"sovits_G_{version}.weights.json").read_text())
+    plain = manifest_state_dict(goldens_dir / f"sovits_G_{version}.weights.json", verify=verify)
+    for e in plain_manifest.get("fixed_tensors", []):
+        plain[e["key"]] = torch.tensor(e["values"], dtype=torch.float32).reshape(e["shape"])
+    order = [e["key"] for e in plain_manifest["tensors"]]
+    for e in plain_manifest.get("fixed_tensors", []):
+        order.insert(e["index_in_state_dict"], e["key"])
+    if not lora:
+        return {k: plain[k] for k in order}
+    m = json.loads((goldens_dir / f"sovits_G_{version}_lora32.weights.json").read_text())
+    adapters = manifest_state_dict(goldens_dir / f"sovits_G_{version}_lora32.weights.json", verify=verify)
+    base = dict(m["base_key_map"])
+    return {k: adapters[k] if k in adapters else plain[base[k]] for k in m["state_dict_order"]}

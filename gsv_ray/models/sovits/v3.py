@@ -1,0 +1,228 @@
+"""The v3/v4 SoVITS generator (GPT-SoVITS ``SynthesizerTrnV3``): a flow-matching mel decoder.
+
+Shared with v2: the frozen semantic front end (``ssl_proj`` + ``quantizer``), the text encoder
+``enc_p`` and the reference encoder ``ref_enc``. New: ``bridge`` (1x1 conv + LeakyReLU to 512
+channels), upsampled to the mel rate (nearest, x1.875 for v3's 24 kHz/hop-256 mel, x2 for v4's
+32 kHz/hop-320), ``wns1`` (a WaveNet encoder conditioned on the detached ``ge``), and the CFM with
+its DiT estimator. ``linear_mel`` is built (it is in every file) but never used.
+
+Training (:meth:`forward`) returns the CFM loss. With ``freeze_quantizer`` (every upstream config)
+``ssl_proj``, ``quantizer`` and ``enc_p`` run in eval mode without gradient, so they never change;
+``ref_enc`` gets no gradient either (its output reaches the loss only through those and through
+``wns1``'s detached conditioning). What trains: ``bridge``, ``wns1`` and the CFM (its LoRA adapters
+when fine-tuned as upstream does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gsv_ray.models.lora import PeftWrapper, add_lora
+from gsv_ray.models.sovits.cfm import CFM, CFMDraws
+from gsv_ray.models.sovits.commons import length_mask
+from gsv_ray.models.sovits.dit import DiT, DiTConfig
+from gsv_ray.models.sovits.reference import MelStyleEncoder
+from gsv_ray.models.sovits.semantic import build_quantizer, build_ssl_proj
+from gsv_ray.models.sovits.text_encoder import TextEncoder
+from gsv_ray.models.sovits.wavenet import WaveNet
+from gsv_ray.resources import CODEBOOK_SIZE, SSL_DIM
+
+__all__ = ["CFM_VERSIONS", "LORA_TARGETS", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator", "V3Trace"]
+
+CFM_VERSIONS = ("v3", "v4")
+#: Mel frames per 50 Hz feature frame: v3's mel is 24 kHz / hop 256 (93.75 Hz), v4's 32 kHz / hop 320.
+MEL_SCALE = {"v3": 1.875, "v4": 2.0}
+#: What upstream's LoRA adapts (``s2_train_v3_lora.py``).
+LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+
+
+@dataclass(frozen=True)
+class SoVITSV3Config:
+    """Every width of ``SynthesizerTrnV3``: the s2 json ``model`` section's, then those upstream
+    hard-codes (its values by default, so narrow test models can be built with the same code)."""
+
+    version: str = "v4"
+    inter_channels: int = 192
+    hidden_channels: int = 192
+    filter_channels: int = 768
+    n_heads: int = 2
+    n_layers: int = 6
+    kernel_size: int = 3
+    p_dropout: float = 0.1
+    gin_channels: int = 512
+    semantic_frame_rate: str = "25hz"
+    freeze_quantizer: bool = True
+    # hard-coded upstream
+    n_symbols: int = 732
+    ssl_dim: int = SSL_DIM
+    codebook_size: int = CODEBOOK_SIZE
+    mrte_hidden_channels: int = 512
+    mrte_heads: int = 4
+    attn_window_size: int = 4
+    ref_in_channels: int = 704
+    ref_hidden_channels: int = 128
+    ref_heads: int = 2
+    ref_kernel_size: int = 5
+    ref_dropout: float = 0.1
+    bridge_channels: int = 512      # = the DiT's text_dim
+    wns1_layers: int = 8
+    wns1_kernel_size: int = 5
+    mel_channels: int = 100
+    dit: DiTConfig = DiTConfig()
+
+    def __post_init__(self) -> None:
+        if self.version not in CFM_VERSIONS:
+            raise ValueError(f"SynthesizerTrnV3 version must be one of {CFM_VERSIONS}, got {self.version!r}")
+        if self.dit.text_dim != self.bridge_channels or self.dit.mel_dim != self.mel_channels:
+            raise ValueError("the DiT's text_dim / mel_dim must equal bridge_channels / mel_channels")
+
+    @property
+    def mel_scale(self) -> float:
+        return MEL_SCALE[self.version]
+
+    @classmethod
+    def from_s2_config(cls, s2: Mapping[str, Any], version: str | None = None, **overrides: Any) -> SoVITSV3Config:
+        """From an s2 json (its ``model`` section; the rest is hard-coded upstream) and overrides."""
+        model = s2.get("model", s2)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in model.items() if k in fields}
+        kwargs["version"] = version or model.get("version") or "v4"
+        if isinstance(overrides.get("dit"), Mapping):
+            overrides = {**overrides, "dit": DiTConfig(**overrides["dit"])}
+        return cls(**{**kwargs, **overrides})
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SoVITSV3Config:
+        return cls(**{**d, "dit": DiTConfig(**d["dit"])})
+
+
+class Wns1(nn.Module):
+    """``wns1``: 1x1 conv, WaveNet conditioned on the *detached* ``g``, 1x1 conv, masked."""
+
+    def __init__(self, channels: int, kernel_size: int, n_layers: int, gin_channels: int):
+        super().__init__()
+        self.pre = nn.Conv1d(channels, channels, 1)
+        self.enc = WaveNet(channels, kernel_size, 1, n_layers, gin_channels=gin_channels)
+        self.proj = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = length_mask(lengths, x.size(2), x.dtype)
+        x = self.pre(x) * mask
+        x = self.enc(x, mask, g=g.detach())
+        return self.proj(x) * mask, mask
+
+
+@dataclass
+class V3Trace:
+    """Intermediates of a training forward (for tests and inspection)."""
+
+    values: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+
+class SoVITSV3Generator(nn.Module):
+    def __init__(self, config: SoVITSV3Config = SoVITSV3Config()):
+        super().__init__()
+        c = config
+        self.config = c
+        self.version = c.version
+        self.freeze_quantizer = bool(c.freeze_quantizer)
+        self.enc_p = TextEncoder(
+            c.inter_channels, c.hidden_channels, c.filter_channels, c.n_heads, c.n_layers, c.kernel_size,
+            c.p_dropout, n_symbols=c.n_symbols, ssl_dim=c.ssl_dim, mrte_hidden_channels=c.mrte_hidden_channels,
+            mrte_heads=c.mrte_heads, window_size=c.attn_window_size,
+        )
+        self.ref_enc = MelStyleEncoder(c.ref_in_channels, c.ref_hidden_channels, c.gin_channels, c.ref_kernel_size,
+                                       c.ref_heads, c.ref_dropout)
+        self.ssl_proj = build_ssl_proj(c.ssl_dim, c.semantic_frame_rate)
+        self.quantizer = build_quantizer(c.ssl_dim, c.codebook_size)
+        self.bridge = nn.Sequential(nn.Conv1d(c.inter_channels, c.bridge_channels, 1), nn.LeakyReLU(0.01))
+        self.wns1 = Wns1(c.bridge_channels, c.wns1_kernel_size, c.wns1_layers, c.gin_channels)
+        self.linear_mel = nn.Conv1d(c.bridge_channels, c.mel_channels, 1)  # in every file; never used
+        self.cfm: CFM | PeftWrapper = CFM(c.mel_channels, DiT(c.dit))
+        for m in self.frozen_front_end():  # never trained: upstream freezes them with the quantizer
+            m.requires_grad_(False)
+
+    # ------------------------------------------------------------------ LoRA
+    @property
+    def lora_rank(self) -> int | None:
+        if not isinstance(self.cfm, PeftWrapper):
+            return None
+        return next(m.rank for m in self.cfm.modules() if hasattr(m, "rank"))
+
+    def add_lora(self, rank: int) -> SoVITSV3Generator:
+        """Fine-tune as upstream does: LoRA (``r = alpha = rank``) on the CFM's attention
+        projections; the CFM's own weights frozen, the rest of the model as it was."""
+        self.cfm = add_lora(self.cfm, LORA_TARGETS, rank)
+        return self
+
+    @property
+    def flow(self) -> CFM:
+        """The CFM itself, with or without its LoRA wrapper."""
+        return self.cfm.inner if isinstance(self.cfm, PeftWrapper) else self.cfm  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> SoVITSV3Generator:
+        """With ``freeze_quantizer`` the frozen front end (``ssl_proj``, ``quantizer``, ``enc_p``)
+        stays in eval mode, as upstream's forward forces it."""
+        super().train(mode)
+        if self.freeze_quantizer:
+            for m in (self.ssl_proj, self.quantizer, self.enc_p):
+                m.eval()
+        return self
+
+    def frozen_front_end(self) -> tuple[nn.Module, ...]:
+        return (self.ssl_proj, self.quantizer, self.enc_p) if self.freeze_quantizer else ()
+
+    # -------------------------------------------------------------- training
+    def features(self, ssl: torch.Tensor, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
+                 text_lengths: torch.Tensor, mel_lengths: torch.Tensor,
+                 trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The CFM's condition ``mu`` ``[B, 512, T_mel']`` (``T_mel'`` = the spectrogram frames x the
+        version's mel scale, floor)."""
+        y_mask = length_mask(spec_lengths, spec.size(2), spec.dtype)
+        ge = self.ref_enc(spec[:, : self.config.ref_in_channels] * y_mask, y_mask)
+        with torch.autocast(device_type=ssl.device.type, enabled=False), \
+                torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_quantizer):
+            for m in self.frozen_front_end():
+                m.eval()
+            proj = self.ssl_proj(ssl)
+            quantized, codes, commit_loss, _ = self.quantizer(proj, layers=[0])
+            up = F.interpolate(quantized, scale_factor=2, mode="nearest")
+            x, m_p, logs_p, enc_mask = self.enc_p(up, spec_lengths, text, text_lengths, ge)
+        fea = self.bridge(x)
+        fea_up = F.interpolate(fea, scale_factor=self.config.mel_scale, mode="nearest")
+        mu, wns_mask = self.wns1(fea_up, mel_lengths, ge)
+        if trace is not None:
+            trace.update({"ge": ge, "ssl_proj": proj, "quantized": quantized, "codes": codes,
+                          "commit_loss": commit_loss, "enc_p.x": x, "enc_p.m_p": m_p, "enc_p.logs_p": logs_p,
+                          "enc_p.y_mask": enc_mask, "bridge": fea, "bridge_interp": fea_up, "wns1.fea": mu,
+                          "wns1.mask": wns_mask})
+        return mu
+
+    def forward(self, ssl: torch.Tensor, spec: torch.Tensor, mel: torch.Tensor, spec_lengths: torch.Tensor,
+                text: torch.Tensor, text_lengths: torch.Tensor, mel_lengths: torch.Tensor, *,
+                prompt_u: torch.Tensor | None = None, draws: CFMDraws = CFMDraws(),
+                trace: dict[str, torch.Tensor] | None = None,
+                on_call: Callable[[str, dict[str, torch.Tensor]], None] | None = None) -> torch.Tensor:
+        """The CFM loss of a batch (upstream's ``SynthesizerTrnV3.forward``). ``mel`` ``[B, 100, T]`` is
+        the normalised target; ``prompt_u`` ``[B]`` replaces the uniform draw of the prompt lengths
+        (``floor(u * mel_lengths * 2/3)``), ``draws`` the CFM's."""
+        mu = self.features(ssl, spec, spec_lengths, text, text_lengths, mel_lengths, trace)
+        b = ssl.size(0)
+        u = prompt_u if prompt_u is not None else torch.rand([b], device=mu.device)
+        prompt_len = (u * (mel_lengths * 2 / 3)).floor().to(torch.long)
+        n = min(mel.size(-1), mu.size(-1))
+        x1, mu = mel[:, :, :n], mu[:, :, :n]
+        if trace is not None:
+            trace.update({"prompt_len": prompt_len, "cfm_in.x1": x1})
+        return self.cfm(x1, mel_lengths, prompt_len, mu, draws, on_call)
