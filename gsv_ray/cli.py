@@ -40,7 +40,7 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
     from gsv_ray.rebuild import RebuildSpec, export_result, rebuild_cached
 
     spec = RebuildSpec(init=args.init, base_g=args.base_g, base_d=args.base_d, stage=args.stage, version=args.version,
-                       task=args.task)
+                       task=args.task, lora_rank=args.lora_rank)
     if args.no_cache:
         import tempfile
 
@@ -93,7 +93,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     out = Console()
     result = verify(args.init, data=args.data, base_g=args.base_g, base_d=args.base_d, stage=args.stage,
-                    version=args.version, cache_root=args.cache, **flag_values(args, VerifyOptions),
+                    version=args.version, lora_rank=args.lora_rank, cache_root=args.cache, **flag_values(args, VerifyOptions),
                     say=(lambda s: None) if args.json else (lambda s: out.print(s, style="dim", highlight=False)))
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
@@ -180,7 +180,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
 
 
-INPUTS = ("init", "base_g", "base_d", "stage", "version")  # TrainConfig's fields naming what to rebuild from
+INPUTS = ("init", "base_g", "base_d", "stage", "version", "lora_rank")  # TrainConfig's fields: what to rebuild from
 VERBOSE = "also show Ray's and W&B's own output (always in -o/logs/gsv-ray.log)"
 CACHE = "cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)"
 

@@ -82,6 +82,58 @@ def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
     return {"data": data, "init": old, "base_d": base_d, "gpt": gpt}
 
 
+#: A narrow v3/v4 generator (upstream's architecture, small widths) for quick runs and the tests.
+NARROW_V3 = {"inter_channels": 32, "hidden_channels": 32, "filter_channels": 64, "n_layers": 2,
+             "gin_channels": 32}
+NARROW_V3_WIDTHS = {"mrte_hidden_channels": 32, "ref_hidden_channels": 32, "bridge_channels": 64, "wns1_layers": 2,
+                    "dit": {"dim": 64, "depth": 2, "heads": 2, "dim_head": 32, "text_dim": 64, "conv_layers": 1,
+                            "conv_pos_groups": 4, "freq_embed_dim": 32}}
+
+
+def make_v3_inputs(root: Path, version: str = "v4", *, lora_rank: int = 4, seed: int = 0) -> dict[str, Path]:
+    """A narrow ``version`` base G (``s2Gv4.pth``-like: the plain 685-key model, fp16 "weight" +
+    config) and a LoRA export trained on top of it (``..._e2_s40_l<rank>.pth``, tag ``"04"``), in
+    GPT-SoVITS's formats, plus a synthetic experiment folder."""
+    import torch
+
+    from gsv_ray.atomic import atomic_write
+    from gsv_ray.data.experiment import NAME2TEXT
+    from gsv_ray.data.synthetic import make_synthetic_experiment
+    from gsv_ray.io.writers import write_sovits_export
+    from gsv_ray.models.sovits.v3 import SoVITSV3Config, SoVITSV3Generator, lora_export_state_dict
+    from gsv_ray.resources import s2_config
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "logs" / f"demo-{version}"
+    if not (data / NAME2TEXT).is_file():
+        make_synthetic_experiment(data, version="v2", num_utterances=16, seed=seed)
+    base = root / "pretrained" / f"s2G{version}_narrow.pth"
+    lora = root / f"SoVITS_weights_{version}" / f"demo_e2_s40_l{lora_rank}.pth"
+    if not (base.is_file() and lora.is_file()):
+        s2 = s2_config(version)
+        s2["model"].update(NARROW_V3, version=version)
+        from gsv_ray.models.sovits.dit import DiTConfig
+
+        cfg = SoVITSV3Config.from_s2_config(s2, version, **{**NARROW_V3_WIDTHS,
+                                                            "dit": DiTConfig(**NARROW_V3_WIDTHS["dit"])})
+        torch.manual_seed(seed)
+        g = SoVITSV3Generator(cfg)
+        sd = g.state_dict()
+        sd["quantizer.vq.layers.0._codebook.inited"].fill_(1.0)
+        sd["quantizer.vq.layers.0._codebook.embed"].normal_()
+        fp16 = {k: v.detach().half() for k, v in sd.items()}
+        atomic_write(base, lambda f: torch.save({"weight": fp16, "config": s2, "info": "pretrained"}, f))
+        g.add_lora(lora_rank)
+        with torch.no_grad():  # a trained adapter: B no longer zero
+            for n, p in g.named_parameters():
+                if ".lora_B." in n:
+                    p.normal_(std=0.02)
+        s2.update(name="demo", version=version)
+        write_sovits_export(lora, lora_export_state_dict(g), config=s2, info="2epoch_40iteration", version=version,
+                            lora_rank=lora_rank)
+    return {"data": data, "base": base, "init": lora}
+
+
 def demo_config(size: DemoOptions = DemoOptions()) -> tuple[TrainConfig, TuneOptions]:
     """The demo's training config and search (inputs made in ``size.dir`` on first use; a demo run
     again in the same folder is a new run beside the old one, never over it)."""

@@ -25,7 +25,8 @@ from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.report import (
     ERROR, FILLED_FROM_BASE, INITIALISED, LOADED, KeyFate, RebuildReport, module_prefix,
 )
-from gsv_ray.rebuild.sources import Source, as_fp32, cast_fp32, lora_delta, normalise
+from gsv_ray.models.sovits.v3 import DEFAULT_LORA_RANK
+from gsv_ray.rebuild.sources import PEFT_CFM, Source, as_fp32, cast_fp32, lora_delta, normalise, peft_view
 
 TASKS = ("train", "semantic", "infer")
 BASE_NAMES = {  # upstream's pretrained base G per version (for fix hints)
@@ -73,6 +74,7 @@ class RebuildSpec:
     stage: str | None = None
     version: str | None = None
     task: str = "train"
+    lora_rank: int | None = None  # v3/v4 training: rank of a fresh LoRA (a LoRA export has its own)
     policy: RebuildPolicy = RebuildPolicy()
     config: Mapping[str, Any] | None = field(default=None, hash=False)  # overrides the file's embedded config
 
@@ -99,7 +101,8 @@ class RebuildSpec:
 
     def options_json(self) -> dict[str, Any]:
         """Everything but the input files, as JSON (the options half of the cache key)."""
-        return {"stage": self.stage, "version": self.version, "task": self.task, "policy": self.policy.to_json(),
+        return {"stage": self.stage, "version": self.version, "task": self.task, "lora_rank": self.lora_rank,
+                "policy": self.policy.to_json(),
                 "config": None if self.config is None else json.loads(json.dumps(self.config))}
 
 
@@ -319,10 +322,10 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
         resolved_cfg = _semantic(init_f, versions, sources, used, report, weights, cache)
     elif versions[0] in ("v3", "v4"):
         if task == "train":
-            raise GsvError(
-                f"training {'/'.join(versions)} (SynthesizerTrnV3) is not supported yet: gsv-ray trains "
-                "v1, v2, v2Pro and v2ProPlus", path=init_f.path, fix="use --task semantic or --task infer")
-        resolved_cfg = _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
+            resolved_cfg = _v3v4_train(init_f, base_g_f, base_d_f, versions, spec.lora_rank, policy, config,
+                                       sources, used, report, weights, cache)
+        else:
+            resolved_cfg = _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
     else:
         resolved_cfg = _vits(init_f, base_g_f, base_d_f, resolved or versions[0], task, policy, config,
                              sources, used, report, weights, cache)
@@ -413,6 +416,49 @@ def _semantic(init_f, versions, sources, used, report, weights, cache):
                                              for k, f in report.targets["generator"].items()):
         report.errors.insert(0, "a v3/v4 LoRA export has no ssl_proj; its base model carries it")
     return {"stage": "sovits", "version": "/".join(versions), "task": "semantic"}
+
+
+def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config, sources, used, report, weights,
+                cache):
+    """The v3/v4 generator with upstream's LoRA on its CFM, for training. From a LoRA export + its
+    base (the adapters and the trained parts loaded, the rest from the base), from a base or a plain
+    export alone (a fresh, seeded LoRA: ``B = 0``, so it starts as the file's model)."""
+    if len(versions) > 1:
+        raise GsvError("v3 and v4 generators have the same shapes and this file does not say which it is",
+                       path=init_f.path, fix="pass --version v3 or --version v4")
+    version = versions[0]
+    if base_d_f is not None:
+        raise GsvError(f"{version} trains no discriminator (the CFM loss only)", path=base_d_f.path,
+                       fix="drop --base-d")
+    init_src = sources[0][1]
+    if init_src.lora and base_g_f is None:
+        raise GsvError("a LoRA export holds only the trained parts; it needs its base model", path=init_f.path,
+                       fix=f"pass --base {BASE_NAMES[version]} (the {version} base G)")
+    file_rank = init_f.lora_rank or (int(next(iter(init_src.lora.values()))[0].shape[0]) if init_src.lora else None)
+    if file_rank is not None and lora_rank is not None and lora_rank != file_rank:
+        raise GsvError(f"--lora-rank {lora_rank}, but this LoRA export has rank {file_rank}", path=init_f.path,
+                       fix="drop --lora-rank (a LoRA export continues with its own rank)")
+    rank = file_rank or lora_rank or DEFAULT_LORA_RANK
+    cfg = T.sovits_s2_config(version, config, init_f.config, base_g_f.config if base_g_f else None)
+    widths: dict[str, Any] = {}
+    for _, src in reversed(sources):  # init's shapes win over the base's
+        found = T.inferred_v3_widths(src.tensors)
+        widths.update({**found, "dit": {**widths.get("dit", {}), **found.get("dit", {})}})
+    model_cfg = T.v3_model_config(cfg, widths)
+    tgt = T.v3_generator_target(model_cfg, rank, policy.seed)
+    shapes = tgt.shapes(cache)
+    adapted = {k[: -len(".base_layer.weight")].replace(PEFT_CFM, "cfm.", 1) for k in shapes
+               if k.endswith(".base_layer.weight")}
+    views = [(role, peft_view(src, adapted)) for role, src in sources]
+    for _, v in views:
+        used.setdefault(v.path, set())
+    fresh_lora = f"fresh LoRA r={rank} (alpha = r, B = 0: it starts as the loaded model, as upstream's)"
+    may_init = {} if init_src.lora else {k: fresh_lora for k in shapes if ".lora_" in k}
+    weights["generator"] = _fill(tgt, views, report, may_init, used, cache)
+    _record_dropped(report, views, used, lambda role, k: "superseded by the init file" if role == "base"
+                    else f"not part of the {version} generator")
+    return {"stage": "sovits", "version": version, "task": "train", "s2": cfg, "model_v3": model_cfg.to_json(),
+            "lora_rank": rank}
 
 
 def _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights):

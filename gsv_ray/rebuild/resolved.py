@@ -15,6 +15,7 @@ from typing import Any
 from gsv_ray.audio import AudioConfig
 from gsv_ray.models.gpt.config import T2SConfig
 from gsv_ray.models.sovits.config import SoVITSConfig, SoVITSTrainConstants
+from gsv_ray.models.sovits.v3 import MEL_FRONTENDS, SoVITSV3Config
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,18 @@ class SoVITSSettings:
 
 
 @dataclass(frozen=True)
+class SoVITSV3Settings:
+    """A v3/v4 generator (CFM/DiT) with upstream's LoRA on its CFM, and what trains it."""
+
+    model: SoVITSV3Config
+    lora_rank: int
+    spec: AudioConfig                        # the linear spectrogram (reference encoder, lengths)
+    mel: AudioConfig                         # the CFM's mel target, at the version's rate
+    train: SoVITSTrainConstants              # betas, eps (upstream's v3/v4 optimiser: one group)
+    s2: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class GPTSettings:
     model: T2SConfig
     s1: Mapping[str, Any]                    # upstream's s1 config, embedded in exports as is
@@ -45,13 +58,15 @@ class GPTSettings:
 @dataclass(frozen=True)
 class Resolved:
     """What a rebuild resolved: the stage, version and task, and the typed settings of its model
-    (``sovits`` for a VITS-family generator, ``gpt`` for the GPT; neither for semantic extraction,
+    (``sovits`` for a VITS-family generator, ``sovits_v3`` for a v3/v4 one trained with LoRA, ``gpt``
+    for the GPT; none for semantic extraction,
     whose model has fixed widths, or v3/v4 inference, which builds no model)."""
 
     stage: str
     version: str | None
     task: str
     sovits: SoVITSSettings | None = None
+    sovits_v3: SoVITSV3Settings | None = None
     gpt: GPTSettings | None = None
 
     @classmethod
@@ -61,6 +76,12 @@ class Resolved:
         common = {"stage": stage, "version": config.get("version"), "task": task}
         if stage == "gpt":
             return cls(**common, gpt=GPTSettings(model=T2SConfig.from_s1_config(config["s1"]), s1=config["s1"]))
+        if "model_v3" in config:
+            s2 = config["s2"]
+            model = SoVITSV3Config.from_json(config["model_v3"])
+            return cls(**common, sovits_v3=SoVITSV3Settings(
+                model=model, lora_rank=int(config["lora_rank"]), spec=AudioConfig.from_s2_data(s2["data"]),
+                mel=MEL_FRONTENDS[model.version], train=SoVITSTrainConstants.from_s2(s2), s2=s2))
         if "model" not in config or "s2" not in config:  # semantic extraction, v3/v4 inference
             return cls(**common)
         s2 = config["s2"]

@@ -70,3 +70,30 @@ def as_fp32(t: torch.Tensor) -> torch.Tensor:
 def cast_fp32(t: torch.Tensor) -> torch.Tensor:
     """A private fp32 copy (inputs may be memory-mapped and must never be written through)."""
     return t.detach().to(torch.float32, copy=True).contiguous()
+
+
+PEFT_CFM = "cfm.base_model.model."
+
+
+def peft_view(src: Source, adapted: set[str]) -> Source:
+    """``src`` under the key names of the v3/v4 model with LoRA on its CFM (peft's layout): ``cfm.X``
+    -> ``cfm.base_model.model.X``, an adapted Linear's ``weight``/``bias`` -> ``base_layer.*``, and
+    the file's LoRA pairs as ``lora_A/lora_B.default.weight``. ``adapted``: the adapted modules'
+    plain names (``cfm.estimator.transformer_blocks.0.attn.to_q``, ...)."""
+    tensors: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for name, t in src.tensors.items():
+        new = name
+        if name.startswith("cfm."):
+            module, _, leaf = name.rpartition(".")
+            rest = name[len("cfm."):]
+            if module in adapted and leaf in ("weight", "bias"):
+                rest = f"{module[len('cfm.'):]}.base_layer.{leaf}"
+            new = PEFT_CFM + rest
+        tensors[new], origin[new] = t, src.origin[name]
+    for module, (a, b) in src.lora.items():
+        rest = module[len("cfm."):] if module.startswith("cfm.") else module
+        ka, kb = src.lora_origin[module]
+        tensors[f"{PEFT_CFM}{rest}.lora_A.default.weight"], origin[f"{PEFT_CFM}{rest}.lora_A.default.weight"] = a, ka
+        tensors[f"{PEFT_CFM}{rest}.lora_B.default.weight"], origin[f"{PEFT_CFM}{rest}.lora_B.default.weight"] = b, kb
+    return Source(path=src.path, tensors=tensors, origin=origin)

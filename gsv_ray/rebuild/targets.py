@@ -25,6 +25,8 @@ from gsv_ray.atomic import atomic_write
 from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
+from gsv_ray.models.sovits.dit import DiTConfig
+from gsv_ray.models.sovits.v3 import SoVITSV3Config, SoVITSV3Generator
 from gsv_ray.resources import s1_config, s2_config
 
 SEMANTIC_PREFIXES = ("ssl_proj.", "quantizer.")
@@ -159,6 +161,64 @@ def gpt_target(cfg: Mapping[str, Any], seed: int) -> Target:
     return target("gpt", build, s1_model=dict(cfg["model"]) if "model" in cfg else dict(cfg))
 
 
+# -- SoVITS v3/v4 -----------------------------------------------------------------------------
+def inferred_v3_widths(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The widths ``SynthesizerTrnV3`` hard-codes, read off the tensors present (plain key names),
+    so narrowed models rebuild; ``dit`` holds the DiT's as a dict."""
+    w: dict[str, Any] = {k: v for k, v in inferred_widths(tensors).items() if k != "ge_text_channels"}
+    dit: dict[str, int] = {}
+    blocks = {k.split(".")[3] for k in tensors if k.startswith("cfm.estimator.transformer_blocks.")}
+    if (t := tensors.get("cfm.estimator.time_embed.time_mlp.0.weight")) is not None:
+        dit["dim"], dit["freq_embed_dim"] = int(t.shape[0]), int(t.shape[1])
+    if blocks:
+        dit["depth"] = len(blocks)
+    if (t := tensors.get("cfm.estimator.rotary_embed.inv_freq")) is not None:
+        dit["dim_head"] = 2 * int(t.shape[0])
+        if "dim" in dit:
+            dit["heads"] = dit["dim"] // dit["dim_head"]
+    if (t := tensors.get("cfm.estimator.transformer_blocks.0.ff.ff.0.0.weight")) is not None:
+        dit["ff_mult"] = int(t.shape[0]) // int(t.shape[1])
+    if (t := tensors.get("cfm.estimator.proj_out.weight")) is not None:
+        dit["mel_dim"] = int(t.shape[0])
+    text_blocks = {k.split(".")[4] for k in tensors if k.startswith("cfm.estimator.text_embed.text_blocks.")}
+    if text_blocks:
+        dit["conv_layers"] = len(text_blocks)
+    if (t := tensors.get("cfm.estimator.text_embed.text_blocks.0.pwconv1.weight")) is not None:
+        dit["text_dim"] = int(t.shape[1])
+        dit["conv_mult"] = int(t.shape[0]) // int(t.shape[1])
+    if (t := tensors.get("cfm.estimator.input_embed.conv_pos_embed.conv1d.0.weight")) is not None:
+        dit["conv_pos_kernel"] = int(t.shape[2])
+        dit["conv_pos_groups"] = int(t.shape[0]) // int(t.shape[1])
+    if dit:
+        w["dit"] = dit
+    if (t := tensors.get("bridge.0.weight")) is not None:
+        w["bridge_channels"] = int(t.shape[0])
+    wn = {k.split(".")[3] for k in tensors if k.startswith("wns1.enc.in_layers.")}
+    if wn:
+        w["wns1_layers"] = len(wn)
+    if (t := tensors.get("wns1.enc.in_layers.0.weight_v")) is not None:
+        w["wns1_kernel_size"] = int(t.shape[2])
+    if (t := tensors.get("linear_mel.weight")) is not None:
+        w["mel_channels"] = int(t.shape[0])
+    return w
+
+
+def v3_model_config(cfg: Mapping[str, Any], widths: Mapping[str, Any]) -> SoVITSV3Config:
+    dit = dict(DiTConfig().__dict__)
+    dit.update(widths.get("dit", {}))
+    return SoVITSV3Config.from_s2_config(cfg, cfg["version"], **{**widths, "dit": dit})
+
+
+def v3_generator_target(model_cfg: SoVITSV3Config, lora_rank: int, seed: int) -> Target:
+    """The v3/v4 generator with upstream's LoRA on its CFM (the model that trains)."""
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return SoVITSV3Generator(model_cfg).add_lora(lora_rank)
+
+    return target("generator", build, model=model_cfg.to_json(), lora_rank=lora_rank)
+
+
 def build_models(resolved: Resolved, *, dropout: float | None = None) -> dict[str, nn.Module]:
     """Our models for a rebuild's resolved configuration (:attr:`Rebuilt.resolved`), on CPU, fp32.
 
@@ -172,6 +232,12 @@ def build_models(resolved: Resolved, *, dropout: float | None = None) -> dict[st
         return {"gpt": Text2SemanticDecoder(t2s)}
     if resolved.task == "semantic":
         return {"generator": SemanticExtractor()}
+    if resolved.sovits_v3 is not None:
+        v3 = resolved.sovits_v3.model
+        if dropout is not None:
+            v3 = dataclasses.replace(v3, p_dropout=dropout, ref_dropout=dropout,
+                                     dit=dataclasses.replace(v3.dit, dropout=dropout))
+        return {"generator": SoVITSV3Generator(v3).add_lora(resolved.sovits_v3.lora_rank)}
     if resolved.sovits is None:
         raise ValueError(f"no model to build for a {resolved.version} rebuild for {resolved.task}")
     model_cfg = resolved.sovits.model

@@ -46,6 +46,9 @@ class TrainConfig:
                                 flags=("--base",), metavar="G")
     base_d: str | None = option(None, help="same-version discriminator (SoVITS)", metavar="D")
     version: str | None = option(None, metavar="V", help="pin the version when the file allows several (v3/v4)")
+    lora_rank: int | None = option(None, low=1, metavar="R",
+                                   help="v3/v4: rank of a fresh LoRA when OLD is a base or plain model (default 32; "
+                                        "a LoRA export keeps its own)")
     # learning rate: reduced peak, linear warmup, then decay
     lr_scale: float = option(DEFAULT_LR_SCALE, low=0, low_open=True, group=LR,
                              help="peak LR = upstream's base LR (SoVITS 1e-4, GPT 0.002) x this")
@@ -104,7 +107,7 @@ class TrainConfig:
         from gsv_ray.rebuild.core import RebuildSpec
 
         return RebuildSpec(init=self.init, base_g=self.base_g, base_d=self.base_d, stage=self.stage,
-                           version=self.version, task="train")
+                           version=self.version, task="train", lora_rank=self.lora_rank)
 
     def peak_lr(self, stage: str) -> float:
         return UPSTREAM_BASE_LR[stage] * self.lr_scale

@@ -30,12 +30,18 @@ from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
 from gsv_ray.train import state as state_io
 from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.cfm import CFMRecipe
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe
 
-RECIPES = {"sovits": SoVITSRecipe, "gpt": GPTRecipe}
+RECIPES = {"sovits": SoVITSRecipe, "sovits-cfm": CFMRecipe, "gpt": GPTRecipe}
+
+
+def recipe_for(rebuilt: Rebuilt):
+    """The stage's recipe: SoVITS v3/v4 (a CFM decoder) train differently from v1-v2ProPlus."""
+    return RECIPES["sovits-cfm" if rebuilt.resolved.sovits_v3 is not None else rebuilt.stage]
 
 
 @dataclass
@@ -187,7 +193,7 @@ def train(
     set_seed(cfg.seed)
     precision = Precision(cfg.precision, accelerator.device)
     with phases("build"):
-        recipe = RECIPES[stage](rebuilt, cfg, accelerator, experiment, precision)
+        recipe = recipe_for(rebuilt)(rebuilt, cfg, accelerator, experiment, precision)
     train_ds = recipe.dataset(train_names)
     plan = recipe.plan(train_ds, seed=cfg.seed)
     steps_per_epoch = plan.steps_per_epoch()

@@ -143,6 +143,7 @@ def verify(
     base_d: str | Path | None = None,
     stage: str | None = None,
     version: str | None = None,
+    lora_rank: int | None = None,
     cache_root: str | Path | None = None,
     say: Any = lambda s: None,
     **options: Any,
@@ -154,7 +155,7 @@ def verify(
     batches, batch_size, seed = opts.batches, opts.batch_size, opts.seed
     say(f"rebuilding {init} ...")
     rebuilt = rebuild_cached(RebuildSpec(init=str(init), base_g=base_g, base_d=base_d, stage=stage, version=version,
-                                         task="train"), cache_root=cache_root)
+                                         task="train", lora_rank=lora_rank), cache_root=cache_root)
     make_batches = STAGES[rebuilt.stage][0]
     data = Path(data)
     say(f"reading {batches} batch(es) of {batch_size} from {data} ...")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv_ray.audio import AudioConfig
 from gsv_ray.models.lora import PeftWrapper, add_lora
 from gsv_ray.models.sovits.cfm import CFM, CFMDraws
 from gsv_ray.models.sovits.commons import length_mask
@@ -34,11 +35,21 @@ from gsv_ray.models.sovits.text_encoder import TextEncoder
 from gsv_ray.models.sovits.wavenet import WaveNet
 from gsv_ray.resources import CODEBOOK_SIZE, SSL_DIM
 
-__all__ = ["CFM_VERSIONS", "LORA_TARGETS", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator", "V3Trace"]
+__all__ = ["lora_export_state_dict", "CFM_VERSIONS", "DEFAULT_LORA_RANK", "LORA_TARGETS", "MEL_FRONTENDS", "MEL_NORM", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator", "V3Trace"]
 
 CFM_VERSIONS = ("v3", "v4")
 #: Mel frames per 50 Hz feature frame: v3's mel is 24 kHz / hop 256 (93.75 Hz), v4's 32 kHz / hop 320.
 MEL_SCALE = {"v3": 1.875, "v4": 2.0}
+#: The mel the CFM learns (upstream's ``TextAudioSpeakerLoaderV3/V4``): v3 from the wav resampled to
+#: 24 kHz, v4 from the 32 kHz wav; 100 slaney mels, fmin 0, no fmax; then normalised by MEL_NORM.
+MEL_FRONTENDS = {
+    "v3": AudioConfig(sampling_rate=24000, n_fft=1024, hop_length=256, win_length=1024, n_mels=100),
+    "v4": AudioConfig(sampling_rate=32000, n_fft=1280, hop_length=320, win_length=1280, n_mels=100),
+}
+#: ``(spec_min, spec_max)``: log-mel -> ``(x - spec_min) / (spec_max - spec_min) * 2 - 1``.
+MEL_NORM = (-12.0, 2.0)
+#: Fresh LoRA rank when neither the file nor the user says (the WebUI's default).
+DEFAULT_LORA_RANK = 32
 #: What upstream's LoRA adapts (``s2_train_v3_lora.py``).
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 
@@ -223,6 +234,15 @@ class SoVITSV3Generator(nn.Module):
         prompt_len = (u * (mel_lengths * 2 / 3)).floor().to(torch.long)
         n = min(mel.size(-1), mu.size(-1))
         x1, mu = mel[:, :, :n], mu[:, :, :n]
+        if draws.x0 is not None and draws.x0.size(-1) != n:  # noise drawn for the padded mel: crop as x1
+            draws = dataclasses.replace(draws, x0=draws.x0[..., :n])
         if trace is not None:
             trace.update({"prompt_len": prompt_len, "cfm_in.x1": x1})
         return self.cfm(x1, mel_lengths, prompt_len, mu, draws, on_call)
+
+
+def lora_export_state_dict(model: SoVITSV3Generator) -> dict[str, torch.Tensor]:
+    """What upstream's LoRA trainer exports: every state_dict entry that is not a frozen parameter
+    (the adapters, ``ref_enc``, ``bridge``, ``wns1``, ``linear_mel`` and every buffer)."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}

@@ -1,0 +1,164 @@
+"""SoVITS v3/v4: the flow-matching step as upstream's ``s2_train_v3_lora.py`` takes it.
+
+The CFM loss only (no discriminator); AdamW over every parameter that requires grad (the LoRA
+adapters, ``ref_enc``, ``bridge``, ``wns1``, ``linear_mel``: upstream's optimiser holds them all,
+though only the adapters, ``bridge`` and ``wns1`` ever get a gradient), one group, upstream's betas
+and eps and weight decay 0.01 (torch's default), at upstream's 1e-4 x ``lr_scale`` with our warmup
+and the exponential decay per epoch.
+
+Random draws: upstream draws the prompt lengths, CFM times, noise and shortcut coin per process per
+micro-batch. We draw them per utterance from a generator keyed by (seed, step, utterance) — and
+the shortcut coin per step — so N processes with accumulation compute exactly the loss one process
+computes on the whole global batch (and validation uses fixed draws).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from accelerate import Accelerator
+
+from gsv_ray.data.cfm import CFM_BOUNDARIES, CFMDataset, CFMPadding, collate_cfm
+from gsv_ray.data.experiment import Experiment, spec_frames
+from gsv_ray.data.loader import MicroBatch, StepPlan
+from gsv_ray.data.sovits import SoVITSBucketSampler
+from gsv_ray.io.writers import write_sovits_export
+from gsv_ray.models.sovits.cfm import CFMDraws
+from gsv_ray.models.sovits.v3 import lora_export_state_dict
+from gsv_ray.rebuild import Rebuilt, build_models
+from gsv_ray.train.common import prepare, read_metrics, sync_context
+from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.precision import Precision
+from gsv_ray.train.sovits import export_dir_name
+
+#: Upstream's v3/v4 AdamW uses torch's default weight decay.
+WEIGHT_DECAY = 0.01
+
+
+class CFMStep(NamedTuple):
+    padding: CFMPadding
+
+
+def cfm_micro_batch(items: list, mb: MicroBatch, version: str):
+    return collate_cfm(items, version, pad_to=mb.context.padding)
+
+
+def _generator(*parts: object) -> torch.Generator:
+    key = int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
+    return torch.Generator().manual_seed(key)
+
+
+def batch_draws(batch, mel_channels: int, *, seed: int, step: int | str,
+                shortcut: bool = True) -> tuple[torch.Tensor, CFMDraws]:
+    """``(prompt_u, CFMDraws)`` for a batch, each utterance's drawn from its own keyed generator (the
+    same values whichever process or micro-batch it lands in; the padded width is the global
+    batch's). ``shortcut=False``: never the shortcut branch (validation: one comparable loss)."""
+    b = batch.mel.shape[0]
+    prompt_u, t, base = torch.empty(b), torch.empty(b), torch.empty(b, dtype=torch.long)
+    x0 = torch.empty(b, mel_channels, batch.mel.shape[-1])
+    for i, name in enumerate(batch.names):
+        gen = _generator(seed, step, name)
+        prompt_u[i] = torch.rand(1, generator=gen)
+        t[i] = torch.rand(1, generator=gen)
+        base[i] = torch.randint(2, 8, (1,), generator=gen)
+        x0[i] = torch.randn(mel_channels, batch.mel.shape[-1], generator=gen)
+    coin = float(torch.rand(1, generator=_generator(seed, step, "shortcut"))) if shortcut else 1.0  # one per step
+    dev = batch.mel.device
+    return prompt_u.to(dev), CFMDraws(t=t.to(dev), x0=x0.to(dev), shortcut_u=coin, base=base.to(dev))
+
+
+class CFMRecipe:
+    stage = "sovits"
+
+    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
+                 precision: Precision):
+        settings = rebuilt.resolved.sovits_v3
+        assert settings is not None, "a v3/v4 rebuild for training"
+        self.settings, self.cfg, self.accelerator, self.precision = settings, cfg, accelerator, precision
+        self.version = rebuilt.version
+        g = build_models(rebuilt.resolved, dropout=cfg.dropout)["generator"]
+        g.load_state_dict(rebuilt.generator, strict=True)
+        params = [p for p in g.parameters() if p.requires_grad]
+        peak = cfg.peak_lr("sovits")
+        opt = torch.optim.AdamW([{"params": params, "lr": peak, "name": "generator"}], lr=peak,
+                                betas=settings.train.betas, eps=settings.train.eps, weight_decay=WEIGHT_DECAY)
+        (self.g,), (self.opt,) = prepare(accelerator, [g], [opt])
+        self.experiment = experiment
+        self.mel_channels = settings.model.mel_channels
+
+    @property
+    def models(self) -> tuple[torch.nn.Module, ...]:
+        return (self.g,)
+
+    @property
+    def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        return (self.opt,)
+
+    def dataset(self, names: list[str]) -> CFMDataset:
+        return CFMDataset(self.experiment, names, version=self.version, spec=self.settings.spec)
+
+    def plan(self, ds: CFMDataset, *, seed: int) -> StepPlan:
+        acc, n = self.accelerator, self.cfg.grad_accum
+        sampler = SoVITSBucketSampler(ds.lengths, self.cfg.batch_size * acc.num_processes * n, CFM_BOUNDARIES,
+                                      shuffle=True, seed=seed)
+        frames = [spec_frames(u.num_samples, ds.hop_length) for u in ds.utterances]
+        phones = [len(u.phone_ids) for u in ds.utterances]
+        return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n,
+                        context=lambda idx: CFMStep(CFMPadding(max(frames[i] for i in idx),
+                                                               max(phones[i] for i in idx))))
+
+    def collate(self, items: list):
+        return collate_cfm(items, self.version)
+
+    @property
+    def make_batch(self):
+        import functools
+
+        return functools.partial(cfm_micro_batch, version=self.version)
+
+    def _loss(self, g, batch, *, seed: int, step: int | str, shortcut: bool = True) -> torch.Tensor:
+        prompt_u, draws = batch_draws(batch, self.mel_channels, seed=seed, step=step, shortcut=shortcut)
+        return g(batch.ssl, batch.spec, batch.mel, batch.spec_lengths, batch.text, batch.text_lengths,
+                 batch.mel_lengths, prompt_u=prompt_u, draws=draws)
+
+    def train_step(self, batches: list, step: int = 0) -> dict[str, float]:
+        """Upstream's loss is a mean over the batch's items: each micro-batch's is weighted by its
+        share of the global batch (times the process count DDP's gradient mean divides by)."""
+        acc, prec, world, n = self.accelerator, self.precision, self.accelerator.num_processes, len(batches)
+        self.g.train()
+        total = torch.zeros((), device=acc.device)
+        for i, (batch, mb) in enumerate(batches):
+            with sync_context(acc, self.g, i == n - 1):
+                with prec.autocast():
+                    loss = self._loss(self.g, batch, seed=self.cfg.seed, step=step)
+                prec.backward(loss.float() * (world * mb.share))
+            total = total + loss.detach().float() * (world * mb.share)
+        grad = prec.step(self.opt, [p for p in self.g.parameters() if p.requires_grad])
+        prec.update()
+        return read_metrics({"loss": total, "grad_norm": grad})
+
+    @torch.no_grad()
+    def evaluate(self, batches: list, seed: int) -> dict[str, float]:
+        """The CFM loss on held-out batches with fixed draws and never the shortcut branch (one
+        comparable number across steps), fp32."""
+        g = self.accelerator.unwrap_model(self.g).eval()
+        losses = [float(self._loss(g, b, seed=seed, step=f"val{i}", shortcut=False)) for i, b in enumerate(batches)]
+        return {"loss": sum(losses) / max(1, len(losses))}
+
+    def audio_samples(self, items: list, seed: int) -> list:
+        return []  # audio needs the version's vocoder (not part of the SoVITS file)
+
+    def export(self, out_dir: Path, *, name: str, epoch: int, step: int, protect=()) -> Path:
+        """Upstream's LoRA export: fp16, everything but frozen parameters, ``lora_rank``, tag 03/04."""
+        g = self.accelerator.unwrap_model(self.g)
+        rank = self.settings.lora_rank
+        cfg = dict(self.settings.s2, name=name, version=self.version, save_weight_dir=export_dir_name(self.version))
+        cfg.setdefault("train", {})
+        cfg["train"] = dict(cfg["train"], lora_rank=str(rank))
+        path = Path(out_dir) / export_dir_name(self.version) / f"{name}_e{epoch}_s{step}_l{rank}.pth"
+        return write_sovits_export(path, lora_export_state_dict(g), config=cfg, info=f"{epoch}epoch_{step}iteration",
+                                   version=self.version, lora_rank=rank, overwrite=True, protect=protect)
+
