@@ -61,6 +61,15 @@ def schema_files(schemas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def v4_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A narrow v4 base G and a LoRA export (rank 4) trained on it, in GPT-SoVITS's formats, and a
+    synthetic experiment folder (``gsv_ray.demo.make_v3_inputs``)."""
+    from gsv_ray.demo import make_v3_inputs
+
+    return make_v3_inputs(tmp_path_factory.mktemp("v4"), "v4")
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
     """Run the installed ``gsv-ray`` entry point as a user would (a real subprocess)."""
     import subprocess

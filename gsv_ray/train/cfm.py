@@ -1,10 +1,10 @@
 """SoVITS v3/v4: the flow-matching step as upstream's ``s2_train_v3_lora.py`` takes it.
 
-The CFM loss only (no discriminator); AdamW over every parameter that requires grad (the LoRA
-adapters, ``ref_enc``, ``bridge``, ``wns1``, ``linear_mel``: upstream's optimiser holds them all,
-though only the adapters, ``bridge`` and ``wns1`` ever get a gradient), one group, upstream's betas
-and eps and weight decay 0.01 (torch's default), at upstream's 1e-4 x ``lr_scale`` with our warmup
-and the exponential decay per epoch.
+The CFM loss only (no discriminator); AdamW over what trains: the LoRA adapters, ``bridge`` and
+``wns1`` (upstream's optimiser also holds ``ref_enc`` and ``linear_mel``, which never get a gradient,
+so AdamW never moves them: we freeze them instead, same numbers, no DDP unused-parameter search);
+one group, upstream's betas and eps and weight decay 0.01 (torch's default), at upstream's 1e-4 x
+``lr_scale`` with our warmup and the exponential decay per epoch. Exports carry upstream's key set.
 
 Random draws: upstream draws the prompt lengths, CFM times, noise and shortcut coin per process per
 micro-batch. We draw them per utterance from a generator keyed by (seed, step, utterance) — and
@@ -27,7 +27,7 @@ from gsv_ray.data.loader import MicroBatch, StepPlan
 from gsv_ray.data.sovits import SoVITSBucketSampler
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.models.sovits.cfm import CFMDraws
-from gsv_ray.models.sovits.v3 import lora_export_state_dict
+from gsv_ray.models.sovits.v3 import NEVER_TRAINED, lora_export_state_dict
 from gsv_ray.rebuild import Rebuilt, build_models
 from gsv_ray.train.common import prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
@@ -81,6 +81,9 @@ class CFMRecipe:
         self.version = rebuilt.version
         g = build_models(rebuilt.resolved, dropout=cfg.dropout)["generator"]
         g.load_state_dict(rebuilt.generator, strict=True)
+        for n, p in g.named_parameters():
+            if n.startswith(NEVER_TRAINED):  # no gradient ever reaches them (see NEVER_TRAINED)
+                p.requires_grad_(False)
         params = [p for p in g.parameters() if p.requires_grad]
         peak = cfg.peak_lr("sovits")
         opt = torch.optim.AdamW([{"params": params, "lr": peak, "name": "generator"}], lr=peak,

@@ -35,7 +35,7 @@ from gsv_ray.models.sovits.text_encoder import TextEncoder
 from gsv_ray.models.sovits.wavenet import WaveNet
 from gsv_ray.resources import CODEBOOK_SIZE, SSL_DIM
 
-__all__ = ["lora_export_state_dict", "CFM_VERSIONS", "DEFAULT_LORA_RANK", "LORA_TARGETS", "MEL_FRONTENDS", "MEL_NORM", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator", "V3Trace"]
+__all__ = ["NEVER_TRAINED", "lora_export_state_dict", "CFM_VERSIONS", "DEFAULT_LORA_RANK", "LORA_TARGETS", "MEL_FRONTENDS", "MEL_NORM", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator", "V3Trace"]
 
 CFM_VERSIONS = ("v3", "v4")
 #: Mel frames per 50 Hz feature frame: v3's mel is 24 kHz / hop 256 (93.75 Hz), v4's 32 kHz / hop 320.
@@ -241,8 +241,18 @@ class SoVITSV3Generator(nn.Module):
         return self.cfm(x1, mel_lengths, prompt_len, mu, draws, on_call)
 
 
+#: Trainable upstream, but never given a gradient (9.7 of the goldens' README): ``ref_enc``'s output
+#: reaches the loss only through the no-grad front end and wns1's detached condition; ``linear_mel``
+#: is unused. Freezing them changes no number (AdamW skips gradient-less parameters) and spares DDP
+#: an unused-parameter search every step.
+NEVER_TRAINED = ("ref_enc.", "linear_mel.")
+
+
 def lora_export_state_dict(model: SoVITSV3Generator) -> dict[str, torch.Tensor]:
-    """What upstream's LoRA trainer exports: every state_dict entry that is not a frozen parameter
-    (the adapters, ``ref_enc``, ``bridge``, ``wns1``, ``linear_mel`` and every buffer)."""
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+    """What upstream's LoRA trainer exports: every state_dict entry that is not a parameter upstream
+    freezes (``ssl_proj``, ``enc_p``, the CFM's own weights) — so the adapters, ``ref_enc``,
+    ``bridge``, ``wns1``, ``linear_mel`` and every buffer."""
+    params = dict(model.named_parameters())
+    frozen_upstream = {n for n in params if n.startswith(("ssl_proj.", "enc_p.")) or
+                       (n.startswith("cfm.") and ".lora_" not in n)}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen_upstream}
