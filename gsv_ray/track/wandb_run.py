@@ -338,6 +338,30 @@ class Tracker:
             self._log_row(row, step)
         return out
 
+    def log_images(self, step: int, items: Iterable[tuple[str, Any]], *, key: str = "val/mel") -> list[Path]:
+        """Write each ``(name, 2-D array)`` (e.g. a mel spectrogram, low frequencies at the bottom) as
+        ``<dir>/samples/step_<N>/<name>.png`` and log it as ``wandb.Image`` under ``<key>/<name>``."""
+        if self._run is None:
+            return []
+        assert self.dir is not None
+        import numpy as np
+
+        out, row = [], {}
+        for name, array in items:
+            a = np.asarray(getattr(array, "numpy", lambda: array)(), dtype=np.float32)[::-1]
+            lo, hi = float(a.min()), float(a.max())
+            pixels = ((a - lo) / (hi - lo if hi > lo else 1.0) * 255).astype(np.uint8)
+            p = self.dir / "samples" / f"step_{int(step):08d}" / f"{safe_name(name)}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            from PIL import Image
+
+            Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(p)
+            out.append(p)
+            row[f"{key}/{name}"] = self._wandb.Image(str(p), caption=str(name))
+        if row:
+            self._log_row(row, step)
+        return out
+
     def log_audio_files(self, step: int, files: Iterable[tuple[str, Path]], *, key: str = "val/audio") -> None:
         """Log WAV files written earlier (``(name, path)``) as ``wandb.Audio`` at ``step``."""
         if self._run is None:

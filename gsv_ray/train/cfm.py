@@ -91,6 +91,9 @@ class CFMRecipe:
         (self.g,), (self.opt,) = prepare(accelerator, [g], [opt])
         self.experiment = experiment
         self.mel_channels = settings.model.mel_channels
+        #: said once at the start of a run
+        self.notes = (f"{self.version}: validation samples are mel images (W&B val/mel: the target below, the "
+                      "model's mel above); audio would need the version's vocoder",)
 
     @property
     def models(self) -> tuple[torch.nn.Module, ...]:
@@ -151,8 +154,24 @@ class CFMRecipe:
         losses = [float(self._loss(g, b, seed=seed, step=f"val{i}", shortcut=False)) for i, b in enumerate(batches)]
         return {"loss": sum(losses) / max(1, len(losses))}
 
+    @torch.no_grad()
     def audio_samples(self, items: list, seed: int) -> list:
-        return []  # audio needs the version's vocoder (not part of the SoVITS file)
+        """Each fixed validation utterance's mel as the model makes it (4 Euler steps from fixed noise,
+        its first third given as the prompt, as upstream's inference): images, since audio needs the
+        version's vocoder, which is not part of the SoVITS file."""
+        g = self.accelerator.unwrap_model(self.g).eval()
+        out = []
+        for i, it in enumerate(items):
+            b = collate_cfm([it], self.version).to(self.accelerator.device)
+            mu = g.features(b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, b.mel_lengths)
+            n = min(int(b.mel_lengths[0]), mu.size(-1))
+            prompt = b.mel[:, :, : n // 3]
+            noise = torch.randn(1, self.mel_channels, n, generator=_generator(seed, "sample", it.name))
+            mel = g.flow.inference(mu[:, :, :n].transpose(1, 2), b.mel_lengths.clamp(max=n), prompt, 4,
+                                   noise=noise.to(mu.device))
+            mel[:, :, : prompt.size(-1)] = prompt  # shown as heard: the prompt, then what the model made
+            out.append((Path(it.name).stem, torch.cat([b.mel[0, :, :n], mel[0]], dim=0).float().cpu()))
+        return out
 
     def export(self, out_dir: Path, *, name: str, epoch: int, step: int, protect=()) -> Path:
         """Upstream's LoRA export: fp16, everything but frozen parameters, ``lora_rank``, tag 03/04."""

@@ -250,6 +250,8 @@ def train(
             f"{experiment.report.listed} listed")
         for line in experiment.report.lines():
             say(f"  data: {line}")
+        for line in getattr(recipe, "notes", ()):
+            say(line)
         say(f"global batch = {cfg.batch_size} x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
             f"accumulation = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}; "
             f"{steps_per_epoch} steps/epoch, {total} steps; {num_workers} loader worker(s); "

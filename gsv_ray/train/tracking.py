@@ -77,7 +77,9 @@ class Tracking:
         self.tracker.log(step, metrics)
 
     def log_audio(self, step: int, items: list) -> None:
-        self.tracker.log_audio(step, items)
+        """Validation samples: ``(name, waveform, rate)`` as audio, ``(name, mel [n_mels, T])`` as images."""
+        self.tracker.log_audio(step, [it for it in items if len(it) == 3])
+        self.tracker.log_images(step, [it for it in items if len(it) == 2])
 
     def log_exports(self, paths: list[Path], *, stage: str, version: str | None, step: int) -> None:
         if paths:

@@ -22,6 +22,8 @@ FIX = "logs/gsvfix/logs_s2_v2/"
 
 
 def _files(stage, fixtures_dir):
+    if isinstance(stage, dict):  # narrow v4 inputs: a LoRA export + its base
+        return {"init": str(stage["init"]), "base_g": str(stage["base"])}
     if stage == "gpt":
         return {"init": str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt")}
     return {"init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
@@ -41,8 +43,10 @@ def _final_state(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(d / "model.safetensors"))
 
 
-@pytest.mark.parametrize("stage", ["gpt", "sovits"])
-def test_two_workers_equal_one_process(stage, ray_local, fixtures_dir, synth, tmp_path):
+@pytest.mark.parametrize("stage", ["gpt", "sovits", "v4"])
+def test_two_workers_equal_one_process(stage, ray_local, fixtures_dir, synth, tmp_path, request):
+    if stage == "v4":
+        stage = request.getfixturevalue("v4_inputs")
     one = train(_cfg(stage, fixtures_dir, synth, tmp_path / "one", batch_size=4), progress=False, say=lambda s: None)
     two = train_on_ray(_cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=2), RayOptions(workers=2),
                        say=lambda s: None)
