@@ -223,7 +223,7 @@ def test_v4_tune_three_trials_every_trial_tracked(v4_inputs, tmp_path):
     r = subprocess.run([sys.executable, "-m", "gsv_ray", "tune", "--init", str(v4_inputs["init"]), "--base",
                         str(v4_inputs["base"]), "--data", str(v4_inputs["data"]), "-o", str(tmp_path / "run"),
                         "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples", "3",
-                        "--scheduler", "fifo", "--max-concurrent", "1", "--name", "v4", "--search-seed", "3",
+                        "--scheduler", "fifo", "--max-concurrent", "2", "--name", "v4", "--search-seed", "3",
                         "--val-batches", "1"],
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
