@@ -24,6 +24,7 @@ from accelerate import Accelerator
 from gsv_ray.data.cfm import CFM_BOUNDARIES, CFMDataset, CFMPadding, collate_cfm
 from gsv_ray.data.experiment import Experiment, spec_frames
 from gsv_ray.data.loader import MicroBatch, StepPlan
+from gsv_ray.errors import GsvError
 from gsv_ray.data.sovits import SoVITSBucketSampler
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.models.sovits.cfm import CFMDraws
@@ -91,9 +92,18 @@ class CFMRecipe:
         (self.g,), (self.opt,) = prepare(accelerator, [g], [opt])
         self.experiment = experiment
         self.mel_channels = settings.model.mel_channels
+        self.vocoder = None
+        if cfg.vocoder is not None:
+            if self.version != "v4":
+                raise GsvError(f"{self.version}'s vocoder (BigVGAN) is not supported; --vocoder takes the v4 "
+                               "vocoder", path=cfg.vocoder, fix="drop --vocoder (validation logs mel images)")
+            from gsv_ray.models.sovits.vocoder import load_v4_vocoder
+
+            self.vocoder = load_v4_vocoder(cfg.vocoder).eval()
         #: said once at the start of a run
-        self.notes = (f"{self.version}: validation samples are mel images (W&B val/mel: the target below, the "
-                      "model's mel above); audio would need the version's vocoder",)
+        self.notes = () if self.vocoder is not None else (
+            f"{self.version}: validation samples are mel images (W&B val/mel: the target below, the model's mel "
+            "above); pass --vocoder (v4) for audio",)
 
     @property
     def models(self) -> tuple[torch.nn.Module, ...]:
@@ -157,8 +167,8 @@ class CFMRecipe:
     @torch.no_grad()
     def audio_samples(self, items: list, seed: int) -> list:
         """Each fixed validation utterance's mel as the model makes it (4 Euler steps from fixed noise,
-        its first third given as the prompt, as upstream's inference): images, since audio needs the
-        version's vocoder, which is not part of the SoVITS file."""
+        its first third given as the prompt, as upstream's inference): audio through the v4 vocoder
+        when given, else images (the vocoder is not part of the SoVITS file)."""
         g = self.accelerator.unwrap_model(self.g).eval()
         out = []
         for i, it in enumerate(items):
@@ -170,7 +180,14 @@ class CFMRecipe:
             mel = g.flow.inference(mu[:, :, :n].transpose(1, 2), b.mel_lengths.clamp(max=n), prompt, 4,
                                    noise=noise.to(mu.device))
             mel[:, :, : prompt.size(-1)] = prompt  # shown as heard: the prompt, then what the model made
-            out.append((Path(it.name).stem, torch.cat([b.mel[0, :, :n], mel[0]], dim=0).float().cpu()))
+            name = Path(it.name).stem
+            if self.vocoder is not None:
+                from gsv_ray.models.sovits.vocoder import V4_VOCODER_RATE
+
+                wav = self.vocoder.to(mel.device)(mel.float())[0, 0]
+                out.append((name, wav.cpu(), V4_VOCODER_RATE))
+            else:
+                out.append((name, torch.cat([b.mel[0, :, :n], mel[0]], dim=0).float().cpu()))
         return out
 
     def export(self, out_dir: Path, *, name: str, epoch: int, step: int, protect=()) -> Path:

@@ -80,6 +80,9 @@ class TrainConfig:
     val_every: int = option(50, low=1, group=CHECKS, help="steps between validations, and one at the end")
     val_batches: int = option(4, low=1, group=CHECKS, help="batches per validation")
     audio_samples: int = option(2, low=0, group=CHECKS, help="SoVITS: validation utterances rendered to audio")
+    vocoder: str | None = option(None, metavar="FILE", group=CHECKS,
+                                 help="v4: upstream's vocoder (pretrained_models/gsv-v4-pretrained/vocoder.pth) to "
+                                      "render validation samples as audio (default: mel images)")
     # checkpoints and exports
     save_every: int = option(50, low=1, group=CHECKS, help="steps between checkpoints")
     keep_last: int = option(2, low=1, group=CHECKS, help="checkpoints kept")
@@ -138,7 +141,7 @@ class TrainConfig:
             return str(fetch(p, cache_root)) if p and is_uri(p) else p
 
         return dataclasses.replace(self, init=local(self.init), base_g=local(self.base_g), base_d=local(self.base_d),
-                                   data=local(self.data) if data else self.data)
+                                   vocoder=local(self.vocoder), data=local(self.data) if data else self.data)
 
 
 def read_options_file(path: str | Path) -> dict[str, Any]:
@@ -168,7 +171,7 @@ def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] 
     missing = [k for k in ("init", "data", "output_dir") if not values.get(k)]
     if missing:
         raise ConfigError(f"missing {', '.join(flag(TrainConfig, m) for m in missing)}", fix="give them as flags or in --config")
-    for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names"):  # Ray workers run elsewhere:
+    for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names", "vocoder"):  # Ray workers run elsewhere:
         if isinstance(values.get(key), str) and "://" not in values[key]:     # every local path absolute
             values[key] = str(Path(values[key]).expanduser().absolute())
     cfg = TrainConfig(**values)

@@ -136,3 +136,17 @@ def test_inference_unmerged_plain_and_merged(golden_model):
     w = merged.estimator.transformer_blocks[0].attn.to_q.weight[:8]
     assert_close_golden("merged rows", w, io["out.merged.cfm.estimator.transformer_blocks.0.attn.to_q.weight.rows0to7"])
     assert_close_golden("lora_merged", merged.inference(**args), io["out.infer.lora_merged"])
+
+
+def test_v4_vocoder_has_upstreams_keys_and_shapes(schemas_dir):
+    """The file upstream loads strictly into its v4 vocoder (weight norm removed) is what ours reads
+    and writes."""
+    from gsv_ray.models.sovits.vocoder import V4Vocoder
+
+    schema = json.loads((schemas_dir / "vocoder_v4_hifigan.json").read_text())["state_dict"]
+    v = V4Vocoder()
+    plain = v.plain_state_dict()
+    assert {k: list(t.shape) for k, t in plain.items()} == {k: e["shape"] for k, e in schema.items()}
+    again = V4Vocoder().load_plain(plain)
+    x = torch.randn(1, 100, 8) * 0.3
+    assert float((again(x) - v(x)).abs().max()) < 1e-5 and v(x).shape[-1] == 8 * 480

@@ -132,3 +132,42 @@ def test_a_base_alone_starts_a_fresh_lora(v4_inputs, tmp_path):
     assert r.resolved.sovits_v3.lora_rank == 8
     b = [v for k, v in r.generator.items() if ".lora_B." in k]
     assert all(float(t.abs().max()) == 0 for t in b)  # B = 0: the fresh adapter changes nothing yet
+
+
+def test_validation_audio_through_the_v4_vocoder(v4_inputs, tmp_path):
+    """With --vocoder (upstream's v4 vocoder file: a plain state dict), validation samples are 48 kHz
+    audio in W&B; without it, mel images (the other tests)."""
+    from gsv_ray.models.sovits.vocoder import V4Vocoder
+    from tests.support import wandb_reader as wr
+
+    torch.manual_seed(0)
+    voc = tmp_path / "vocoder.pth"
+    torch.save(V4Vocoder(upsample_initial_channel=32).plain_state_dict(), voc)  # narrow, as upstream saves it
+    r = run_cli("train", "--init", str(v4_inputs["init"]), "--base", str(v4_inputs["base"]), "--data",
+                str(v4_inputs["data"]), "-o", str(tmp_path / "run"), "--max-steps", "2", "--val-every", "2",
+                "--batch-size", "4", "--val-fraction", "0.25", "--vocoder", str(voc), "--wandb-mode", "offline",
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": ""}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    wavs = sorted((tmp_path / "run" / "samples" / "step_00000002").glob("*.wav"))
+    assert len(wavs) == 2
+    from gsv_ray.audio import wav_info
+
+    assert wav_info(wavs[0])[2] == 48000
+    (run_file,) = wr.find_run_files(tmp_path / "run" / "wandb")
+    assert any(k.startswith("val/audio/") for h in wr.history_rows(wr.read_records(run_file)) for k in h)
+
+
+def test_v3_trains_and_refuses_a_vocoder_in_one_line(tmp_path):
+    from gsv_ray.demo import make_v3_inputs
+
+    v3 = make_v3_inputs(tmp_path / "in", "v3")
+    common = ["train", "--init", str(v3["init"]), "--base", str(v3["base"]), "--data", str(v3["data"]),
+              "--max-steps", "2", "--batch-size", "4", "--wandb-mode", "disabled"]
+    env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
+    r = run_cli(*common, "-o", str(tmp_path / "ok"), env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (export,) = (tmp_path / "ok" / "SoVITS_weights_v3").glob("*_l4.pth")
+    info = json.loads(run_cli("inspect", str(export), "--json").stdout)
+    assert (info["kind"], info["version"], info["header"]) == ("sovits-lora-export", "v3", "03")
+    bad = run_cli(*common, "-o", str(tmp_path / "bad"), "--vocoder", str(v3["base"]), env=env)
+    assert bad.returncode == 2 and "BigVGAN" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -67,6 +67,7 @@ class HiFiGANGenerator(nn.Module):
         upsample_initial_channel: int,
         upsample_kernel_sizes: Sequence[int],
         gin_channels: int = 0,
+        post_bias: bool = False,
     ):
         super().__init__()
         self.num_kernels = len(resblock_kernel_sizes)
@@ -84,7 +85,7 @@ class HiFiGANGenerator(nn.Module):
             ch = upsample_initial_channel // 2 ** (i + 1)
             for k, d in zip(resblock_kernel_sizes, resblock_dilation_sizes):
                 self.resblocks.append(block(ch, k, d))
-        self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
+        self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=post_bias)  # the v4 vocoder has a bias
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
 
