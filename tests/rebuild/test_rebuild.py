@@ -172,8 +172,14 @@ def test_full_size_v4_lora_merged_onto_base_for_infer(schema_files):
     assert r.report.targets["generator"]["wns1.enc.in_layers.0.bias"].fate == LOADED  # trained part from the LoRA file
     assert r.report.targets["generator"]["enc_p.ssl_proj.weight"].fate == FILLED_FROM_BASE
     assert len(r.generator) == 685
-    with pytest.raises(GsvError, match="not supported yet"):
-        rebuild(lora_path, base_g=base_path, task="train")
+    # for training: the LoRA model (861 keys, peft's layout), the adapters and trained parts from the
+    # export, the frozen rest from the base, nothing fresh
+    t = rebuild(lora_path, base_g=base_path, task="train")
+    counts = Counter(f.fate for f in t.report.targets["generator"].values())
+    assert len(t.generator) == 861 and counts == {LOADED: 258, FILLED_FROM_BASE: 861 - 258}, counts
+    assert t.resolved.sovits_v3.lora_rank == 32 and t.resolved.sovits_v3.model.dit.depth == 22
+    with pytest.raises(GsvError, match="rank 32"):
+        rebuild(lora_path, base_g=base_path, task="train", lora_rank=16)
     schema_files.delete("sovits-pretrained-g", "v4")
 
 
