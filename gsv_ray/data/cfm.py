@@ -20,10 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gsv_ray.audio import AudioConfig, AudioFrontend, read_wav_pcm16
-from gsv_ray.data.experiment import Experiment, Utterance, repeat_to_minimum, ssl_features_problem
-from gsv_ray.data.sovits import SOVITS_BOUNDARIES_V3
-from gsv_ray.errors import GsvError
+from gsv_ray.audio import AudioConfig, AudioFrontend
+from gsv_ray.data.experiment import Experiment, Utterance, repeat_to_minimum
+from gsv_ray.data.sovits import SOVITS_BOUNDARIES_V3, read_audio_and_features
 from gsv_ray.models.sovits.v3 import MEL_FRONTENDS, MEL_NORM, MEL_SCALE
 from gsv_ray.resources import s2_config
 
@@ -102,18 +101,8 @@ class CFMDataset(Dataset):
 
     def __getitem__(self, index: int) -> CFMItem:
         u = self.utterances[index]
-        wav = read_wav_pcm16(u.wav_path)
-        if wav.shape[0] != 1:
-            raise GsvError(f"{wav.shape[0]}-channel WAV, expected mono", path=u.wav_path)
+        wav, spec, ssl = read_audio_and_features(u, self.spec_frontend)
         with torch.no_grad():
-            spec = self.spec_frontend.spectrogram(wav).squeeze(0)
-            ssl = torch.load(u.hubert_path, map_location="cpu", weights_only=True)
-            problem = ssl_features_problem(ssl)
-            if problem is not None:
-                raise GsvError(f"HuBERT features {problem[1]}", path=u.hubert_path,
-                               fix="re-run the HuBERT step (2-get-hubert-wav32k) for this utterance")
-            if ssl.shape[-1] != spec.shape[-1]:  # upstream: one replicated frame
-                ssl = torch.cat([ssl, ssl[..., -1:]], dim=-1)
             mel_wav = resample(wav, WAV_RATE, self.mel_config.sampling_rate)
             mel = normalise_mel(self.mel_frontend.mel(mel_wav)).squeeze(0)
         return CFMItem(ssl.float(), spec, mel, torch.tensor(u.phone_ids, dtype=torch.long), u.name)

@@ -132,23 +132,31 @@ class SoVITSDataset(Dataset):
 
     def __getitem__(self, index: int) -> SoVITSItem:
         u = self.utterances[index]
-        wav = read_wav_pcm16(u.wav_path)
-        if wav.shape[0] != 1:
-            raise GsvError(f"{wav.shape[0]}-channel WAV, expected mono", path=u.wav_path)
-        with torch.no_grad():
-            spec = self.frontend.spectrogram(wav).squeeze(0)
-            ssl = torch.load(u.hubert_path, map_location="cpu", weights_only=True)
-            problem = ssl_features_problem(ssl)
-            if problem is not None:  # the scan checked it; the file changed since
-                raise GsvError(f"HuBERT features {problem[1]}", path=u.hubert_path,
-                               fix="re-run the HuBERT step (2-get-hubert-wav32k) for this utterance")
-            if ssl.shape[-1] != spec.shape[-1]:  # upstream: one replicated frame, whatever the difference
-                ssl = torch.cat([ssl, ssl[..., -1:]], dim=-1)
-            sv = None
-            if self.is_pro:
-                sv = torch.load(u.sv_path, map_location="cpu", weights_only=True).reshape(1, SV_DIM)
+        wav, spec, ssl = read_audio_and_features(u, self.frontend)
+        sv = None
+        if self.is_pro:
+            sv = torch.load(u.sv_path, map_location="cpu", weights_only=True).reshape(1, SV_DIM)
         text = torch.tensor(u.phone_ids, dtype=torch.long)
         return SoVITSItem(ssl, spec, wav, text, sv, u.name)
+
+
+def read_audio_and_features(u: Utterance, frontend: AudioFrontend) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(wav [1, N], spec [bins, T], ssl [1, 768, T])`` of an utterance as upstream's SoVITS loaders
+    read them (every version): the mono 16-bit wav, its linear spectrogram, the HuBERT features
+    with one frame replicated when their length differs from the spectrogram's."""
+    wav = read_wav_pcm16(u.wav_path)
+    if wav.shape[0] != 1:
+        raise GsvError(f"{wav.shape[0]}-channel WAV, expected mono", path=u.wav_path)
+    with torch.no_grad():
+        spec = frontend.spectrogram(wav).squeeze(0)
+        ssl = torch.load(u.hubert_path, map_location="cpu", weights_only=True)
+    problem = ssl_features_problem(ssl)
+    if problem is not None:  # the scan checked it; the file changed since
+        raise GsvError(f"HuBERT features {problem[1]}", path=u.hubert_path,
+                       fix="re-run the HuBERT step (2-get-hubert-wav32k) for this utterance")
+    if ssl.shape[-1] != spec.shape[-1]:  # upstream: one replicated frame, whatever the difference
+        ssl = torch.cat([ssl, ssl[..., -1:]], dim=-1)
+    return wav, spec, ssl
 
 
 def _round_even_up(n: int) -> int:
