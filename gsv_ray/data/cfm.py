@@ -18,13 +18,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from gsv_ray.audio import AudioConfig, AudioFrontend
-from gsv_ray.data.experiment import Experiment, Utterance, repeat_to_minimum
-from gsv_ray.data.sovits import SOVITS_BOUNDARIES_V3, read_audio_and_features
+from gsv_ray.data.experiment import Experiment
+from gsv_ray.data.sovits import SOVITS_BOUNDARIES_V3, SoVITSDataset, read_audio_and_features
 from gsv_ray.models.sovits.v3 import MEL_FRONTENDS, MEL_NORM, MEL_SCALE
-from gsv_ray.resources import s2_config
 
 __all__ = ["CFM_BOUNDARIES", "CFMBatch", "CFMDataset", "CFMItem", "CFMPadding", "collate_cfm", "normalise_mel",
            "resample"]
@@ -73,35 +71,20 @@ class CFMBatch(NamedTuple):
         return CFMBatch(*[t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t for t in self])
 
 
-class CFMDataset(Dataset):
-    """The v3/v4 items of the given utterances of a SoVITS-stage :class:`Experiment`."""
+class CFMDataset(SoVITSDataset):
+    """The v3/v4 items of the given utterances of a SoVITS-stage :class:`Experiment` (opened for
+    v3 or v4): the utterances, lengths and spectrogram as every SoVITS version reads them, plus
+    the version's mel target."""
 
-    stage = "sovits"
-
-    def __init__(self, experiment: Experiment, names: Sequence[str] | None = None, *, version: str,
+    def __init__(self, experiment: Experiment, names: Sequence[str] | None = None, *,
                  spec: AudioConfig | None = None, min_items: int | None = None) -> None:
-        if experiment.stage != "sovits":
-            raise ValueError(f"experiment was opened for stage {experiment.stage!r}, not 'sovits'")
-        self.version = version
-        utts = experiment.utterances if names is None else experiment.subset(names)
-        self.utterances: list[Utterance] = repeat_to_minimum(utts, min_items)
-        spec = spec or AudioConfig.from_s2_data(s2_config(version)["data"])
-        self.spec_frontend = AudioFrontend.from_config(spec)
-        self.mel_config = MEL_FRONTENDS[version]
+        super().__init__(experiment, names, min_items=min_items, audio=spec)
+        self.mel_config = MEL_FRONTENDS[self.version]
         self.mel_frontend = AudioFrontend.from_config(self.mel_config)
-        self.hop_length = spec.hop_length
-        self.lengths: list[int] = [u.bucket_length(self.hop_length) for u in self.utterances]
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    @property
-    def names(self) -> list[str]:
-        return [u.name for u in self.utterances]
 
     def __getitem__(self, index: int) -> CFMItem:
         u = self.utterances[index]
-        wav, spec, ssl = read_audio_and_features(u, self.spec_frontend)
+        wav, spec, ssl = read_audio_and_features(u, self.frontend)
         with torch.no_grad():
             mel_wav = resample(wav, WAV_RATE, self.mel_config.sampling_rate)
             mel = normalise_mel(self.mel_frontend.mel(mel_wav)).squeeze(0)

@@ -114,7 +114,7 @@ class CFMRecipe:
         return (self.opt,)
 
     def dataset(self, names: list[str]) -> CFMDataset:
-        return CFMDataset(self.experiment, names, version=self.version, spec=self.settings.spec)
+        return CFMDataset(self.experiment, names, spec=self.settings.spec)
 
     def plan(self, ds: CFMDataset, *, seed: int) -> StepPlan:
         acc, n = self.accelerator, self.cfg.grad_accum

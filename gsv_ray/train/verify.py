@@ -125,7 +125,7 @@ def _gpt_train_loss(model, batch, resolved) -> torch.Tensor:
 def _cfm_batches(experiment, data: Path, n_batches: int, batch_size: int, resolved: Resolved):
     from gsv_ray.data.cfm import CFMDataset, collate_cfm
 
-    ds = CFMDataset(experiment, version=resolved.version, spec=resolved.sovits_v3.spec)
+    ds = CFMDataset(experiment, spec=resolved.sovits_v3.spec)
     if len(ds) == 0:
         raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
     return fixed_batches(ds, lambda items: collate_cfm(items, resolved.version), n_batches, batch_size)
