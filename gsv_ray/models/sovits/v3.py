@@ -28,12 +28,12 @@ from gsv_ray.audio import AudioConfig
 from gsv_ray.models.lora import PeftWrapper, add_lora
 from gsv_ray.models.sovits.cfm import CFM, CFMDraws
 from gsv_ray.models.sovits.commons import length_mask
+from gsv_ray.models.sovits.config import SoVITSConfig
 from gsv_ray.models.sovits.dit import DiT, DiTConfig
 from gsv_ray.models.sovits.reference import MelStyleEncoder
 from gsv_ray.models.sovits.semantic import build_quantizer, build_ssl_proj
 from gsv_ray.models.sovits.text_encoder import TextEncoder
 from gsv_ray.models.sovits.wavenet import WaveNet
-from gsv_ray.resources import CODEBOOK_SIZE, SSL_DIM
 
 __all__ = ["NEVER_TRAINED", "lora_export_state_dict", "CFM_VERSIONS", "DEFAULT_LORA_RANK", "LORA_TARGETS", "MEL_FRONTENDS", "MEL_NORM", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator", "V3Trace"]
 
@@ -54,34 +54,38 @@ DEFAULT_LORA_RANK = 32
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
 
 
+_V2 = SoVITSConfig  # its defaults are upstream's v2 values
+
+
 @dataclass(frozen=True)
 class SoVITSV3Config:
     """Every width of ``SynthesizerTrnV3``: the s2 json ``model`` section's, then those upstream
     hard-codes (its values by default, so narrow test models can be built with the same code)."""
 
     version: str = "v4"
-    inter_channels: int = 192
-    hidden_channels: int = 192
-    filter_channels: int = 768
-    n_heads: int = 2
-    n_layers: int = 6
-    kernel_size: int = 3
-    p_dropout: float = 0.1
-    gin_channels: int = 512
-    semantic_frame_rate: str = "25hz"
-    freeze_quantizer: bool = True
-    # hard-coded upstream
-    n_symbols: int = 732
-    ssl_dim: int = SSL_DIM
-    codebook_size: int = CODEBOOK_SIZE
-    mrte_hidden_channels: int = 512
-    mrte_heads: int = 4
-    attn_window_size: int = 4
-    ref_in_channels: int = 704
-    ref_hidden_channels: int = 128
-    ref_heads: int = 2
-    ref_kernel_size: int = 5
-    ref_dropout: float = 0.1
+    # the s2 json model section and the text/reference encoders' widths: v2's (stated once, there)
+    inter_channels: int = _V2.inter_channels
+    hidden_channels: int = _V2.hidden_channels
+    filter_channels: int = _V2.filter_channels
+    n_heads: int = _V2.n_heads
+    n_layers: int = _V2.n_layers
+    kernel_size: int = _V2.kernel_size
+    p_dropout: float = _V2.p_dropout
+    gin_channels: int = _V2.gin_channels
+    semantic_frame_rate: str = _V2.semantic_frame_rate
+    freeze_quantizer: bool = _V2.freeze_quantizer
+    n_symbols: int = 732                # v2's symbol table
+    ssl_dim: int = _V2.ssl_dim
+    codebook_size: int = _V2.codebook_size
+    mrte_hidden_channels: int = _V2.mrte_hidden_channels
+    mrte_heads: int = _V2.mrte_heads
+    attn_window_size: int = _V2.attn_window_size
+    ref_in_channels: int = 704          # upstream builds MelStyleEncoder(704, ...) for v3/v4
+    ref_hidden_channels: int = _V2.ref_hidden_channels
+    ref_heads: int = _V2.ref_heads
+    ref_kernel_size: int = _V2.ref_kernel_size
+    ref_dropout: float = _V2.ref_dropout
+    # new in v3/v4
     bridge_channels: int = 512      # = the DiT's text_dim
     wns1_layers: int = 8
     wns1_kernel_size: int = 5
