@@ -171,3 +171,12 @@ def test_v3_trains_and_refuses_a_vocoder_in_one_line(tmp_path):
     assert (info["kind"], info["version"], info["header"]) == ("sovits-lora-export", "v3", "03")
     bad = run_cli(*common, "-o", str(tmp_path / "bad"), "--vocoder", str(v3["base"]), env=env)
     assert bad.returncode == 2 and "BigVGAN" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_verify_takes_a_v4_lora_export(v4_inputs, tmp_path):
+    from gsv_ray.train.verify import verify
+
+    r = verify(v4_inputs["init"], data=v4_inputs["data"], base_g=v4_inputs["base"], batches=1, batch_size=4,
+               train_steps=1, cache_root=tmp_path)
+    assert r.version == "v4" and r.verdict == "pass", r.reasons
+    assert r.base is not None and r.after_training is not None and all(v == v for v in r.rebuilt.values())
