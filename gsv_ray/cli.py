@@ -171,11 +171,11 @@ def _tune_exit(run) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gsv_ray.demo import HEADER, DemoOptions, demo_config
+    from gsv_ray.demo import HEADER, WHAT, DemoOptions, demo_config
     from gsv_ray.options import flag_values
 
     size = DemoOptions(**flag_values(args, DemoOptions))
-    print(HEADER.format(root=Path(size.dir)))
+    print(HEADER.format(root=Path(size.dir), what=WHAT[size.version]))
     cfg, opts = demo_config(size)
     return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
 

@@ -14,9 +14,11 @@ from gsv_ray.options import check, option
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.tune.search import TuneOptions
 
-HEADER = ("gsv-ray demo in {root}: a synthetic voice and a small SoVITS v2 old.pth in\n"
-          "GPT-SoVITS's formats; Ray Tune searches lr_scale and warmup on a local Ray,\n"
+HEADER = ("gsv-ray demo in {root}: a synthetic voice and {what}\n"
+          "in GPT-SoVITS's formats; Ray Tune searches lr_scale and warmup on a local Ray,\n"
           "tracked in W&B offline.")
+#: What the demo continues, per version (HEADER's ``what``).
+WHAT = {"v2": "a small SoVITS v2 old.pth", "v4": "a small v4 base + LoRA export"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class DemoOptions:
     dir: str = option("gsv-ray-demo", metavar="DIR", help="where to put everything")
     max_steps: int = option(24, low=2, metavar="N", help="steps per trial (validation every quarter)")
     num_samples: int = option(4, low=1, metavar="N", help="trials")
+    version: str = option("v2", choices=("v2", "v4"), help="the voice's SoVITS version: v2 (a GAN generator) "
+                                                           "or v4 (a CFM decoder fine-tuned with LoRA)")
 
     @property
     def val_every(self) -> int:
@@ -142,14 +146,20 @@ def demo_config(size: DemoOptions = DemoOptions()) -> tuple[TrainConfig, TuneOpt
     check(size)
     root = Path(size.dir)
 
-    inputs = make_demo_inputs(root)
-    name, n = "demo", 1
+    name, n = ("demo" if size.version == "v2" else f"demo-{size.version}"), 1
+    stem = name
     while (root / "runs" / name).exists():
         n += 1
-        name = f"demo-{n}"
-    cfg = load_config(None, init=str(inputs["init"]), base_d=str(inputs["base_d"]), data=str(inputs["data"]),
-                      output_dir=str(root / "runs" / name), max_steps=size.max_steps, batch_size=4,
-                      val_every=size.val_every, val_fraction=0.15, audio_samples=1, wandb_mode=None)
+        name = f"{stem}-{n}"
+    if size.version == "v2":
+        inputs = make_demo_inputs(root)
+        files = dict(init=str(inputs["init"]), base_d=str(inputs["base_d"]))
+    else:  # a LoRA export and its base, as GPT-SoVITS's v4 training leaves them
+        inputs = make_v3_inputs(root, size.version)
+        files = dict(init=str(inputs["init"]), base_g=str(inputs["base"]))
+    cfg = load_config(None, **files, data=str(inputs["data"]), output_dir=str(root / "runs" / name),
+                      max_steps=size.max_steps, batch_size=4, val_every=size.val_every, val_fraction=0.15,
+                      audio_samples=1, wandb_mode=None)
     opts = TuneOptions(num_samples=size.num_samples, lr_scale_range=(0.05, 1.0),
                        warmup_choices=[0, size.val_every], max_concurrent=2, name=name)
     return cfg, opts

@@ -216,27 +216,25 @@ def test_tune_bad_input(case, demo_inputs, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
 
 
-def test_v4_tune_three_trials_every_trial_tracked(v4_inputs, tmp_path):
-    """A search over a narrow v4 model from a LoRA export + its base: every trial trains the CFM with
-    LoRA, has its W&B run (config, per-step LR, validation, mel images, its export as an artifact),
-    and the best export is a v4 LoRA file."""
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "tune", "--init", str(v4_inputs["init"]), "--base",
-                        str(v4_inputs["base"]), "--data", str(v4_inputs["data"]), "-o", str(tmp_path / "run"),
-                        "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples", "3",
-                        "--scheduler", "fifo", "--max-concurrent", "2", "--name", "v4", "--search-seed", "3",
-                        "--val-batches", "1"],
+def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
+    """`gsv-ray demo --version v4`: a search over a narrow v4 model from a LoRA export + its base;
+    every trial trains the CFM with LoRA and has its W&B run (config, per-step LR, validation, mel
+    images, its export as an artifact), and the best export is a v4 LoRA file."""
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--version", "v4", "--dir", str(tmp_path / "d"),
+                        "--max-steps", "4", "--num-samples", "3"],
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = tmp_path / "run"
+    assert r.stdout.startswith(f"gsv-ray demo in {tmp_path / 'd'}: a synthetic voice and a small v4 base + LoRA")
+    out = tmp_path / "d" / "runs" / "demo-v4"
     trials = json.loads((out / "results.json").read_text())["trials"]
-    assert len(trials) == 3 and {t["status"] for t in trials} == {"completed"}
+    assert len(trials) == 3 and {t["status"] for t in trials} <= {"completed", "early-stopped"}
     runs = {wr.run_info(recs)["id"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
-    for t in trials:
+    for t in trials:  # ASHA (the demo's scheduler) may stop some after step 2: their runs are as complete
         recs = runs[t["trial_id"]]
         cfg, history = wr.run_config(recs), wr.history_rows(recs)
         assert cfg["version"] == "v4" and cfg["lr_scale"] == pytest.approx(t["lr_scale"])
-        assert [h["_step"] for h in history if "train/lr/generator" in h] == [1, 2, 3, 4]
-        assert [h["_step"] for h in history if "val/loss" in h] == [2, 4]
+        assert [h["_step"] for h in history if "train/lr/generator" in h] == list(range(1, t["steps"] + 1))
+        assert [h["_step"] for h in history if "val/loss" in h] == list(range(2, t["steps"] + 1, 2))
         assert any(k.startswith("val/mel/") for h in history for k in h)
         assert wr.artifacts(recs), t["trial_id"]
     (best,) = list((out / "best").rglob("*.pth"))
