@@ -14,7 +14,6 @@ computes on the whole global batch (and validation uses fixed draws).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +29,7 @@ from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.models.sovits.cfm import CFMDraws
 from gsv_ray.models.sovits.v3 import NEVER_TRAINED, lora_export_state_dict
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import prepare, read_metrics, sync_context
+from gsv_ray.train.common import keyed_generator, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
 from gsv_ray.train.sovits import export_dir_name
@@ -47,11 +46,6 @@ def cfm_micro_batch(items: list, mb: MicroBatch, version: str):
     return collate_cfm(items, version, pad_to=mb.context.padding)
 
 
-def _generator(*parts: object) -> torch.Generator:
-    key = int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
-    return torch.Generator().manual_seed(key)
-
-
 def batch_draws(batch, mel_channels: int, *, seed: int, step: int | str,
                 shortcut: bool = True) -> tuple[torch.Tensor, CFMDraws]:
     """``(prompt_u, CFMDraws)`` for a batch, each utterance's drawn from its own keyed generator (the
@@ -61,12 +55,12 @@ def batch_draws(batch, mel_channels: int, *, seed: int, step: int | str,
     prompt_u, t, base = torch.empty(b), torch.empty(b), torch.empty(b, dtype=torch.long)
     x0 = torch.empty(b, mel_channels, batch.mel.shape[-1])
     for i, name in enumerate(batch.names):
-        gen = _generator(seed, step, name)
+        gen = keyed_generator(seed, step, name)
         prompt_u[i] = torch.rand(1, generator=gen)
         t[i] = torch.rand(1, generator=gen)
         base[i] = torch.randint(2, 8, (1,), generator=gen)
         x0[i] = torch.randn(mel_channels, batch.mel.shape[-1], generator=gen)
-    coin = float(torch.rand(1, generator=_generator(seed, step, "shortcut"))) if shortcut else 1.0  # one per step
+    coin = float(torch.rand(1, generator=keyed_generator(seed, step, "shortcut"))) if shortcut else 1.0  # one per step
     dev = batch.mel.device
     return prompt_u.to(dev), CFMDraws(t=t.to(dev), x0=x0.to(dev), shortcut_u=coin, base=base.to(dev))
 
@@ -176,7 +170,7 @@ class CFMRecipe:
             mu = g.features(b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, b.mel_lengths)
             n = min(int(b.mel_lengths[0]), mu.size(-1))
             prompt = b.mel[:, :, : n // 3]
-            noise = torch.randn(1, self.mel_channels, n, generator=_generator(seed, "sample", it.name))
+            noise = torch.randn(1, self.mel_channels, n, generator=keyed_generator(seed, "sample", it.name))
             mel = g.flow.inference(mu[:, :, :n].transpose(1, 2), b.mel_lengths.clamp(max=n), prompt, 4,
                                    noise=noise.to(mu.device))
             mel[:, :, : prompt.size(-1)] = prompt  # shown as heard: the prompt, then what the model made

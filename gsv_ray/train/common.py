@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
+
+
+def keyed_generator(*parts: object) -> torch.Generator:
+    """A CPU generator seeded from ``parts`` (e.g. seed, step, utterance name): draws that depend on
+    what they are for, not on which process or batch makes them."""
+    key = int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
+    return torch.Generator().manual_seed(key)
 
 
 def read_metrics(named: dict[str, torch.Tensor]) -> dict[str, float]:

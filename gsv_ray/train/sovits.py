@@ -8,7 +8,6 @@ AdamW with upstream's betas/eps; the text side (``enc_p.text_embedding``, ``enc_
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +22,7 @@ from gsv_ray.audio import AudioFrontend
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import frozen, prepare, read_metrics, rng_state, set_rng_state, sync_context
+from gsv_ray.train.common import frozen, keyed_generator, prepare, read_metrics, rng_state, set_rng_state, sync_context
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
 
@@ -240,8 +239,7 @@ def utterance_noise(batch, channels: int, *, seed: int, step: int) -> tuple[torc
     eps = torch.zeros(batch.spec.shape[0], channels, batch.spec.shape[-1])
     u = torch.empty(batch.spec.shape[0])
     for i, (name, length) in enumerate(zip(batch.names, batch.spec_lengths.tolist())):
-        key = int.from_bytes(hashlib.blake2b(f"{seed}|{step}|{name}".encode(), digest_size=8).digest(), "little")
-        gen = torch.Generator().manual_seed(key)
+        gen = keyed_generator(seed, step, name)
         eps[i, :, :length] = torch.randn(channels, length, generator=gen)
         u[i] = torch.rand(1, generator=gen)
     return eps.to(batch.spec.device), u.to(batch.spec.device)
