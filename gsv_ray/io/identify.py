@@ -89,8 +89,9 @@ def _narrow(versions: list[str], claim: str | None, source: str, ident: Identity
     if claim is None:
         return versions
     if claim in versions:
-        if len(versions) > 1:
-            ident.evidence.append(f"{source} says {claim}")
+        said = f"{source} says {claim}"
+        if len(versions) > 1 and not any(e.startswith(source) for e in ident.evidence):  # said once
+            ident.evidence.append(said)
         return [claim]
     ident.warnings.append(
         f"{source} says {claim}, but the tensor shapes say {' or '.join(versions) or 'no known version'}; "
