@@ -106,12 +106,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gsv_ray.console import Chatter, ProgressDisplay, shown
     from gsv_ray.distributed.options import RayOptions, load_run_config
     from gsv_ray.options import flag_values
+    from gsv_ray.owned import private_temp_dir
     from gsv_ray.train.config import TrainConfig
 
+    # before torch is imported: a bad option is a quick one-line error
     cfg, ray_opts = load_run_config(args.config, train=flag_values(args, TrainConfig),
                                     ray=flag_values(args, RayOptions))
-    from gsv_ray.owned import private_temp_dir
-
     with private_temp_dir(), Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
         if ray_opts is not None:
             from gsv_ray.distributed.launch import train_on_ray
@@ -119,11 +119,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             result = train_on_ray(cfg, ray_opts, say=console.say, console=console)
         else:
             from gsv_ray.cache import default_cache_root
-
-            cfg = cfg.localised(default_cache_root())
             from gsv_ray.train import train
             from gsv_ray.train.tracking import Tracking
 
+            cfg = cfg.localised(default_cache_root())
             with Tracking.for_run(cfg) as tracking:
                 result = train(cfg, tracking=tracking, say=console.say, progress=ProgressDisplay(console))
         if console.used:
@@ -307,8 +306,8 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None], C
         _tune_flags, _cmd_tune),
     "demo": (
         "the main job on an embedded default: synthetic voice + tune, in minutes",
-        "Make a small synthetic voice (an old SoVITS v2 export, its discriminator, a preprocessed experiment "
-        "folder), then search lr_scale and warmup for continuing it with Ray Tune on a local Ray, W&B offline. "
+        "Make a small synthetic voice (an old SoVITS v2 export and its discriminator, or with --version v4 a v4 "
+        "base and LoRA export; a preprocessed experiment folder), then search lr_scale and warmup for continuing it with Ray Tune on a local Ray, W&B offline. "
         "Nothing is downloaded; a second demo in the same --dir is a new run beside the first.",
         _demo_flags, _cmd_demo),
 }

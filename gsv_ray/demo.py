@@ -116,10 +116,7 @@ def make_v3_inputs(root: Path, version: str = "v4", *, lora_rank: int = 4, seed:
     if not (base.is_file() and lora.is_file()):
         s2 = s2_config(version)
         s2["model"].update(NARROW_V3, version=version)
-        from gsv_ray.models.sovits.dit import DiTConfig
-
-        cfg = SoVITSV3Config.from_s2_config(s2, version, **{**NARROW_V3_WIDTHS,
-                                                            "dit": DiTConfig(**NARROW_V3_WIDTHS["dit"])})
+        cfg = SoVITSV3Config.from_s2_config(s2, version, **NARROW_V3_WIDTHS)
         torch.manual_seed(seed)
         g = SoVITSV3Generator(cfg)
         sd = g.state_dict()

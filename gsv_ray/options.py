@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gsv_ray.errors import ConfigError
 
@@ -95,12 +95,24 @@ def default_of(f: dataclasses.Field) -> Any:
     return MISSING
 
 
-def _kinds(f: dataclasses.Field) -> tuple[str, bool]:
-    """``(base type name, None allowed)`` from the annotation text (``from __future__ import annotations``)."""
+class _Type(NamedTuple):
+    """A field's annotation, read from its text (``from __future__ import annotations``):
+    ``tuple[float, float] | None`` -> container ``tuple``, element ``float``, 2 items, optional."""
+
+    container: str | None   # None, "tuple" or "list"
+    element: str            # int, float, str or bool
+    items: int | None       # a tuple's length
+    optional: bool
+
+
+def _type_of(f: dataclasses.Field) -> _Type:
     parts = [p.strip() for p in str(f.type).split("|")]
-    optional = "None" in parts
     base = next(p for p in parts if p != "None")
-    return base, optional
+    if "[" not in base:
+        return _Type(None, base, None, "None" in parts)
+    container, args = base.split("[", 1)
+    elements = [a.strip(" ]") for a in args.split(",")]
+    return _Type(container, elements[0], len(elements) if container == "tuple" else None, "None" in parts)
 
 
 def _shown(value: Any) -> str:
@@ -134,18 +146,18 @@ def add_flags(parser: argparse.ArgumentParser, cls: Any, *, without: Iterable[st
         if opt.show_default and default is not None and default is not MISSING and default is not False \
                 and "default" not in text:
             text += f" (default {_shown(default)})"
-        base, _ = _kinds(f)
+        kind = _type_of(f)
+        element = kind.element
         kw: dict[str, Any] = {"help": text.replace("%", "%%")}
-        if base == "bool":
+        if element == "bool":
             kw.update(action="store_true", default=None)
         else:
-            element = base.split("[", 1)[1].split(",")[0].strip(" ]") if "[" in base else base
             kw.update(type={"int": int, "float": float, "str": str}[element], default=None)
             if opt.choices is not None:
                 kw["choices"] = list(opt.choices)
-            if base.startswith("tuple["):
-                kw["nargs"] = base.count(",") + 1
-            elif base.startswith("list["):
+            if kind.container == "tuple":
+                kw["nargs"] = kind.items
+            elif kind.container == "list":
                 kw["nargs"] = "+"
             if opt.nargs is not None:
                 kw["nargs"] = opt.nargs
@@ -171,7 +183,7 @@ def flag_values(args: argparse.Namespace, cls: Any, *, without: Iterable[str] = 
     for f, _ in options(cls):
         value = getattr(args, f.name, None)
         if f.name not in skip and value is not None:
-            values[f.name] = tuple(value) if str(f.type).startswith("tuple[") else value
+            values[f.name] = tuple(value) if _type_of(f).container == "tuple" else value
     return values
 
 
@@ -181,23 +193,19 @@ def split_mapping(mapping: Mapping[str, Any], *classes: Any, path: str | Path = 
     unknown or command-line-only key is a one-line error naming the file."""
     pairs = [c if isinstance(c, tuple) else (c, ()) for c in classes]
     classes = tuple(c for c, _ in pairs)
-    owners: list[set[str]] = [{f.name for f, opt in options(c) if opt.yaml and f.name not in skip}
-                              for c, skip in pairs]
+    owners: list[dict[str, dataclasses.Field]] = [
+        {f.name: f for f, opt in options(c) if opt.yaml and f.name not in skip} for c, skip in pairs]
     out: list[dict[str, Any]] = [{} for _ in classes]
     for k, v in mapping.items():
         key = str(k).replace("-", "_")
-        for names, values in zip(owners, out):
-            if key in names:
-                values[key] = tuple(v) if isinstance(v, list) and _is_tuple(classes, key) else v
+        for fields, values in zip(owners, out):
+            if key in fields:  # YAML has lists only: a tuple option's list becomes its tuple
+                values[key] = tuple(v) if isinstance(v, list) and _type_of(fields[key]).container == "tuple" else v
                 break
         else:
-            known = sorted(set().union(*owners))
+            known = sorted(set().union(*(set(o) for o in owners)))
             raise ConfigError(f"unknown option {k!r}", path=Path(path), fix=f"use one of: {', '.join(known)}")
     return out
-
-
-def _is_tuple(classes: Iterable[Any], key: str) -> bool:
-    return any(f.name == key and str(f.type).startswith("tuple[") for c in classes for f in dataclasses.fields(c))
 
 
 _KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
@@ -210,18 +218,17 @@ def check(obj: Any) -> None:
     one of its choices and lies in its range. The error is one line naming the flag."""
     for f, opt in options(obj):
         value = getattr(obj, f.name)
-        base, optional = _kinds(f)
-        if value is None and optional:
+        kind = _type_of(f)
+        if value is None and kind.optional:
             continue
         name = flag(type(obj), f.name)
-        items, element = [value], base
-        if base.startswith(("tuple[", "list[")):
-            element = base.split("[", 1)[1].split(",")[0].strip(" ]")
+        items = [value]
+        if kind.container is not None:
             if not isinstance(value, (tuple, list)):
-                raise ConfigError(f"{name} must be a list of {_WANT[element]}s, got {value!r}")
+                raise ConfigError(f"{name} must be a list of {_WANT[kind.element]}s, got {value!r}")
             items = list(value)
         for item in items:
-            _check_one(name, f.name, element, opt, item)
+            _check_one(name, f.name, kind.element, opt, item)
 
 
 def _check_one(name: str, key: str, base: str, opt: Opt, value: Any) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["ADAPTER", "LoRALinear", "PeftWrapper", "adapters_disabled", "add_lora", "lora_parameters", "merge_lora"]
+__all__ = ["ADAPTER", "LoRALinear", "PeftWrapper", "adapters_disabled", "add_lora", "merge_lora"]
 
 ADAPTER = "default"  # peft's adapter name, part of every LoRA key
 
@@ -121,8 +121,3 @@ def adapters_disabled(module: nn.Module) -> Iterator[None]:
     finally:
         for m in layers:
             m.active = True
-
-
-def lora_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The adapters' parameters, by name."""
-    return [(n, p) for n, p in module.named_parameters() if ".lora_A." in n or ".lora_B." in n]

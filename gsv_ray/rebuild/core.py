@@ -25,7 +25,7 @@ from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.report import (
     ERROR, FILLED_FROM_BASE, INITIALISED, LOADED, KeyFate, RebuildReport, module_prefix,
 )
-from gsv_ray.models.sovits.v3 import DEFAULT_LORA_RANK
+from gsv_ray.models.sovits.v3 import DEFAULT_LORA_RANK, SoVITSV3Config
 from gsv_ray.rebuild.sources import PEFT_CFM, Source, as_fp32, cast_fp32, lora_delta, normalise, peft_view
 
 TASKS = ("train", "semantic", "infer")
@@ -418,6 +418,13 @@ def _semantic(init_f, versions, sources, used, report, weights, cache):
     return {"stage": "sovits", "version": "/".join(versions), "task": "semantic"}
 
 
+def _lora_rank(init_f: GsvFile, src: Source) -> int | None:
+    """A LoRA export's rank: its ``lora_rank``, else the rows of its A matrices (None: no LoRA)."""
+    if init_f.lora_rank:
+        return init_f.lora_rank
+    return int(next(iter(src.lora.values()))[0].shape[0]) if src.lora else None
+
+
 def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config, sources, used, report, weights,
                 cache):
     """The v3/v4 generator with upstream's LoRA on its CFM, for training. From a LoRA export + its
@@ -434,7 +441,7 @@ def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config,
     if init_src.lora and base_g_f is None:
         raise GsvError("a LoRA export holds only the trained parts; it needs its base model", path=init_f.path,
                        fix=f"pass --base {BASE_NAMES[version]} (the {version} base G)")
-    file_rank = init_f.lora_rank or (int(next(iter(init_src.lora.values()))[0].shape[0]) if init_src.lora else None)
+    file_rank = _lora_rank(init_f, init_src)
     if file_rank is not None and lora_rank is not None and lora_rank != file_rank:
         raise GsvError(f"--lora-rank {lora_rank}, but this LoRA export has rank {file_rank}", path=init_f.path,
                        fix="drop --lora-rank (a LoRA export continues with its own rank)")
@@ -444,14 +451,12 @@ def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config,
     for _, src in reversed(sources):  # init's shapes win over the base's
         found = T.inferred_v3_widths(src.tensors)
         widths.update({**found, "dit": {**widths.get("dit", {}), **found.get("dit", {})}})
-    model_cfg = T.v3_model_config(cfg, widths)
+    model_cfg = SoVITSV3Config.from_s2_config(cfg, version, **widths)
     tgt = T.v3_generator_target(model_cfg, rank, policy.seed)
     shapes = tgt.shapes(cache)
     adapted = {k[: -len(".base_layer.weight")].replace(PEFT_CFM, "cfm.", 1) for k in shapes
                if k.endswith(".base_layer.weight")}
     views = [(role, peft_view(src, adapted)) for role, src in sources]
-    for _, v in views:
-        used.setdefault(v.path, set())
     fresh_lora = f"fresh LoRA r={rank} (alpha = r, B = 0: it starts as the loaded model, as upstream's)"
     may_init = {} if init_src.lora else {k: fresh_lora for k in shapes if ".lora_" in k}
     weights["generator"] = _fill(tgt, views, report, may_init, used, cache)
@@ -467,7 +472,7 @@ def _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights):
     if init_src.lora and base_g_f is None:
         raise GsvError("a LoRA export holds only the trained deltas; it needs its base model", path=init_f.path,
                        fix=f"pass --base {BASE_NAMES[versions[0]]} (the {versions[0]} base G)")
-    rank = init_f.lora_rank or (next(iter(init_src.lora.values()))[0].shape[0] if init_src.lora else 1)
+    rank = _lora_rank(init_f, init_src) or 1
     alpha = rank  # upstream's LoRA config: lora_alpha = r
     base_src = sources[1][1] if len(sources) > 1 else init_src
     fates: dict[str, KeyFate] = {}

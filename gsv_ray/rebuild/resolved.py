@@ -69,6 +69,20 @@ class Resolved:
     sovits_v3: SoVITSV3Settings | None = None
     gpt: GPTSettings | None = None
 
+    @property
+    def family(self) -> str:
+        """How the model trains: ``gpt``, ``sovits`` (the GAN step) or ``sovits-cfm`` (v3/v4: the CFM
+        loss with LoRA). Recipes and verify's evaluations are keyed by it."""
+        return "sovits-cfm" if self.sovits_v3 is not None else self.stage
+
+    @property
+    def upstream(self) -> Mapping[str, Any] | None:
+        """The upstream config the model was built from (``s1`` / ``s2``), as GPT-SoVITS wrote it."""
+        settings = self.gpt or self.sovits_v3 or self.sovits
+        if settings is None:
+            return None
+        return settings.s1 if isinstance(settings, GPTSettings) else settings.s2
+
     @classmethod
     def from_json(cls, config: Mapping[str, Any]) -> Resolved:
         """From the JSON the rebuild stored (the store boundary)."""

@@ -91,9 +91,9 @@ def peft_view(src: Source, adapted: set[str]) -> Source:
                 rest = f"{module[len('cfm.'):]}.base_layer.{leaf}"
             new = PEFT_CFM + rest
         tensors[new], origin[new] = t, src.origin[name]
-    for module, (a, b) in src.lora.items():
+    for module, pair in src.lora.items():
         rest = module[len("cfm."):] if module.startswith("cfm.") else module
-        ka, kb = src.lora_origin[module]
-        tensors[f"{PEFT_CFM}{rest}.lora_A.default.weight"], origin[f"{PEFT_CFM}{rest}.lora_A.default.weight"] = a, ka
-        tensors[f"{PEFT_CFM}{rest}.lora_B.default.weight"], origin[f"{PEFT_CFM}{rest}.lora_B.default.weight"] = b, kb
+        for which, t, stored in zip("AB", pair, src.lora_origin[module]):
+            key = f"{PEFT_CFM}{rest}.lora_{which}.default.weight"
+            tensors[key], origin[key] = t, stored
     return Source(path=src.path, tensors=tensors, origin=origin)

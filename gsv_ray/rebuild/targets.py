@@ -25,7 +25,6 @@ from gsv_ray.atomic import atomic_write
 from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
-from gsv_ray.models.sovits.dit import DiTConfig
 from gsv_ray.models.sovits.v3 import SoVITSV3Config, SoVITSV3Generator
 from gsv_ray.resources import s1_config, s2_config
 
@@ -201,12 +200,6 @@ def inferred_v3_widths(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     if (t := tensors.get("linear_mel.weight")) is not None:
         w["mel_channels"] = int(t.shape[0])
     return w
-
-
-def v3_model_config(cfg: Mapping[str, Any], widths: Mapping[str, Any]) -> SoVITSV3Config:
-    dit = dict(DiTConfig().__dict__)
-    dit.update(widths.get("dit", {}))
-    return SoVITSV3Config.from_s2_config(cfg, cfg["version"], **{**widths, "dit": dit})
 
 
 def v3_generator_target(model_cfg: SoVITSV3Config, lora_rank: int, seed: int) -> Target:

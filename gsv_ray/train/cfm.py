@@ -14,8 +14,9 @@ computes on the whole global batch (and validation uses fixed draws).
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -28,6 +29,7 @@ from gsv_ray.data.sovits import SoVITSBucketSampler
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.models.sovits.cfm import CFMDraws
 from gsv_ray.models.sovits.v3 import NEVER_TRAINED, lora_export_state_dict
+from gsv_ray.models.sovits.vocoder import V4_VOCODER_RATE, load_v4_vocoder
 from gsv_ray.rebuild import Rebuilt, build_models
 from gsv_ray.train.common import keyed_generator, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
@@ -38,31 +40,34 @@ from gsv_ray.train.sovits import export_dir_name
 WEIGHT_DECAY = 0.01
 
 
-class CFMStep(NamedTuple):
-    padding: CFMPadding
-
-
 def cfm_micro_batch(items: list, mb: MicroBatch, version: str):
-    return collate_cfm(items, version, pad_to=mb.context.padding)
+    """A loader item: the micro-batch collated as upstream does, padded like its global batch."""
+    return collate_cfm(items, version, pad_to=mb.context)
 
 
-def batch_draws(batch, mel_channels: int, *, seed: int, step: int | str,
-                shortcut: bool = True) -> tuple[torch.Tensor, CFMDraws]:
+def batch_draws(batch, *, seed: int, step: int | str, shortcut: bool = True) -> tuple[torch.Tensor, CFMDraws]:
     """``(prompt_u, CFMDraws)`` for a batch, each utterance's drawn from its own keyed generator (the
     same values whichever process or micro-batch it lands in; the padded width is the global
     batch's). ``shortcut=False``: never the shortcut branch (validation: one comparable loss)."""
-    b = batch.mel.shape[0]
+    b, mel_channels, frames = batch.mel.shape
     prompt_u, t, base = torch.empty(b), torch.empty(b), torch.empty(b, dtype=torch.long)
-    x0 = torch.empty(b, mel_channels, batch.mel.shape[-1])
+    x0 = torch.empty(b, mel_channels, frames)
     for i, name in enumerate(batch.names):
         gen = keyed_generator(seed, step, name)
         prompt_u[i] = torch.rand(1, generator=gen)
         t[i] = torch.rand(1, generator=gen)
         base[i] = torch.randint(2, 8, (1,), generator=gen)
-        x0[i] = torch.randn(mel_channels, batch.mel.shape[-1], generator=gen)
+        x0[i] = torch.randn(mel_channels, frames, generator=gen)
     coin = float(torch.rand(1, generator=keyed_generator(seed, step, "shortcut"))) if shortcut else 1.0  # one per step
     dev = batch.mel.device
     return prompt_u.to(dev), CFMDraws(t=t.to(dev), x0=x0.to(dev), shortcut_u=coin, base=base.to(dev))
+
+
+def cfm_loss(g, batch, *, seed: int, step: int | str, shortcut: bool = True) -> torch.Tensor:
+    """The CFM loss of ``batch`` with its keyed draws (``shortcut=False``: the plain flow-matching loss)."""
+    prompt_u, draws = batch_draws(batch, seed=seed, step=step, shortcut=shortcut)
+    return g(batch.ssl, batch.spec, batch.mel, batch.spec_lengths, batch.text, batch.text_lengths, batch.mel_lengths,
+             prompt_u=prompt_u, draws=draws)
 
 
 class CFMRecipe:
@@ -86,13 +91,12 @@ class CFMRecipe:
         (self.g,), (self.opt,) = prepare(accelerator, [g], [opt])
         self.experiment = experiment
         self.mel_channels = settings.model.mel_channels
+        self.make_batch = functools.partial(cfm_micro_batch, version=self.version)
         self.vocoder = None
         if cfg.vocoder is not None:
             if self.version != "v4":
                 raise GsvError(f"{self.version}'s vocoder (BigVGAN) is not supported; --vocoder takes the v4 "
                                "vocoder", path=cfg.vocoder, fix="drop --vocoder (validation logs mel images)")
-            from gsv_ray.models.sovits.vocoder import load_v4_vocoder
-
             self.vocoder = load_v4_vocoder(cfg.vocoder).eval()
         #: said once at the start of a run
         self.notes = () if self.vocoder is not None else (
@@ -117,22 +121,10 @@ class CFMRecipe:
         frames = [spec_frames(u.num_samples, ds.hop_length) for u in ds.utterances]
         phones = [len(u.phone_ids) for u in ds.utterances]
         return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n,
-                        context=lambda idx: CFMStep(CFMPadding(max(frames[i] for i in idx),
-                                                               max(phones[i] for i in idx))))
+                        context=lambda idx: CFMPadding(max(frames[i] for i in idx), max(phones[i] for i in idx)))
 
     def collate(self, items: list):
         return collate_cfm(items, self.version)
-
-    @property
-    def make_batch(self):
-        import functools
-
-        return functools.partial(cfm_micro_batch, version=self.version)
-
-    def _loss(self, g, batch, *, seed: int, step: int | str, shortcut: bool = True) -> torch.Tensor:
-        prompt_u, draws = batch_draws(batch, self.mel_channels, seed=seed, step=step, shortcut=shortcut)
-        return g(batch.ssl, batch.spec, batch.mel, batch.spec_lengths, batch.text, batch.text_lengths,
-                 batch.mel_lengths, prompt_u=prompt_u, draws=draws)
 
     def train_step(self, batches: list, step: int = 0) -> dict[str, float]:
         """Upstream's loss is a mean over the batch's items: each micro-batch's is weighted by its
@@ -143,7 +135,7 @@ class CFMRecipe:
         for i, (batch, mb) in enumerate(batches):
             with sync_context(acc, self.g, i == n - 1):
                 with prec.autocast():
-                    loss = self._loss(self.g, batch, seed=self.cfg.seed, step=step)
+                    loss = cfm_loss(self.g, batch, seed=self.cfg.seed, step=step)
                 prec.backward(loss.float() * (world * mb.share))
             total = total + loss.detach().float() * (world * mb.share)
         grad = prec.step(self.opt, [p for p in self.g.parameters() if p.requires_grad])
@@ -155,7 +147,7 @@ class CFMRecipe:
         """The CFM loss on held-out batches with fixed draws and never the shortcut branch (one
         comparable number across steps), fp32."""
         g = self.accelerator.unwrap_model(self.g).eval()
-        losses = [float(self._loss(g, b, seed=seed, step=f"val{i}", shortcut=False)) for i, b in enumerate(batches)]
+        losses = [float(cfm_loss(g, b, seed=seed, step=f"val{i}", shortcut=False)) for i, b in enumerate(batches)]
         return {"loss": sum(losses) / max(1, len(losses))}
 
     @torch.no_grad()
@@ -165,7 +157,7 @@ class CFMRecipe:
         when given, else images (the vocoder is not part of the SoVITS file)."""
         g = self.accelerator.unwrap_model(self.g).eval()
         out = []
-        for i, it in enumerate(items):
+        for it in items:
             b = collate_cfm([it], self.version).to(self.accelerator.device)
             mu = g.features(b.ssl, b.spec, b.spec_lengths, b.text, b.text_lengths, b.mel_lengths)
             n = min(int(b.mel_lengths[0]), mu.size(-1))
@@ -176,8 +168,6 @@ class CFMRecipe:
             mel[:, :, : prompt.size(-1)] = prompt  # shown as heard: the prompt, then what the model made
             name = Path(it.name).stem
             if self.vocoder is not None:
-                from gsv_ray.models.sovits.vocoder import V4_VOCODER_RATE
-
                 wav = self.vocoder.to(mel.device)(mel.float())[0, 0]
                 out.append((name, wav.cpu(), V4_VOCODER_RATE))
             else:
@@ -189,8 +179,7 @@ class CFMRecipe:
         g = self.accelerator.unwrap_model(self.g)
         rank = self.settings.lora_rank
         cfg = dict(self.settings.s2, name=name, version=self.version, save_weight_dir=export_dir_name(self.version))
-        cfg.setdefault("train", {})
-        cfg["train"] = dict(cfg["train"], lora_rank=str(rank))
+        cfg["train"] = dict(cfg.get("train") or {}, lora_rank=str(rank))  # upstream's WebUI writes it as a string
         path = Path(out_dir) / export_dir_name(self.version) / f"{name}_e{epoch}_s{step}_l{rank}.pth"
         return write_sovits_export(path, lora_export_state_dict(g), config=cfg, info=f"{epoch}epoch_{step}iteration",
                                    version=self.version, lora_rank=rank, overwrite=True, protect=protect)

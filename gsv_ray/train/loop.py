@@ -36,12 +36,9 @@ from gsv_ray.train.precision import NonFiniteGradient, Precision
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe
 
+#: One recipe per way of training (:attr:`Resolved.family`): SoVITS v3/v4 (a CFM decoder) train
+#: differently from v1-v2ProPlus.
 RECIPES = {"sovits": SoVITSRecipe, "sovits-cfm": CFMRecipe, "gpt": GPTRecipe}
-
-
-def recipe_for(rebuilt: Rebuilt):
-    """The stage's recipe: SoVITS v3/v4 (a CFM decoder) train differently from v1-v2ProPlus."""
-    return RECIPES["sovits-cfm" if rebuilt.resolved.sovits_v3 is not None else rebuilt.stage]
 
 
 @dataclass
@@ -193,7 +190,7 @@ def train(
     set_seed(cfg.seed)
     precision = Precision(cfg.precision, accelerator.device)
     with phases("build"):
-        recipe = recipe_for(rebuilt)(rebuilt, cfg, accelerator, experiment, precision)
+        recipe = RECIPES[rebuilt.resolved.family](rebuilt, cfg, accelerator, experiment, precision)
     train_ds = recipe.dataset(train_names)
     plan = recipe.plan(train_ds, seed=cfg.seed)
     steps_per_epoch = plan.steps_per_epoch()

@@ -131,21 +131,17 @@ def _cfm_batches(experiment, data: Path, n_batches: int, batch_size: int, resolv
     return fixed_batches(ds, lambda items: collate_cfm(items, resolved.version), n_batches, batch_size)
 
 
-def _cfm_loss(model, batch, seed: int, i: int, shortcut: bool) -> torch.Tensor:
-    from gsv_ray.train.cfm import batch_draws
-
-    prompt_u, draws = batch_draws(batch, model.config.mel_channels, seed=seed, step=f"verify{i}", shortcut=shortcut)
-    return model(batch.ssl, batch.spec, batch.mel, batch.spec_lengths, batch.text, batch.text_lengths,
-                 batch.mel_lengths, prompt_u=prompt_u, draws=draws)
-
-
 def _cfm_losses(model, batches, resolved: Resolved, seed: int) -> dict[str, float]:
-    losses = [float(_cfm_loss(model, b, seed, i, shortcut=False)) for i, b in enumerate(batches)]
+    from gsv_ray.train.cfm import cfm_loss
+
+    losses = [float(cfm_loss(model, b, seed=seed, step=f"verify{i}", shortcut=False)) for i, b in enumerate(batches)]
     return {"loss": sum(losses) / max(1, len(losses))}
 
 
 def _cfm_train_loss(model, batch, resolved: Resolved) -> torch.Tensor:
-    return _cfm_loss(model, batch, 0, 0, shortcut=True)
+    from gsv_ray.train.cfm import cfm_loss
+
+    return cfm_loss(model, batch, seed=0, step="verify0")
 
 
 STAGES = {
@@ -153,11 +149,6 @@ STAGES = {
     "sovits-cfm": (_cfm_batches, _cfm_losses, _cfm_train_loss, "loss", "flow-matching MSE (fixed draws)"),
     "gpt": (_gpt_batches, _gpt_losses, _gpt_train_loss, "loss", "cross-entropy per token"),
 }
-
-
-def _kind(rebuilt) -> str:
-    """The key of :data:`STAGES`: v3/v4 SoVITS (a CFM decoder) are evaluated differently."""
-    return "sovits-cfm" if rebuilt.resolved.sovits_v3 is not None else rebuilt.stage
 
 
 def _model(rebuilt) -> torch.nn.Module:
@@ -188,7 +179,7 @@ def verify(
     say(f"rebuilding {init} ...")
     rebuilt = rebuild_cached(RebuildSpec(init=str(init), base_g=base_g, base_d=base_d, stage=stage, version=version,
                                          task="train", lora_rank=lora_rank), cache_root=cache_root)
-    make_batches = STAGES[_kind(rebuilt)][0]
+    make_batches = STAGES[rebuilt.resolved.family][0]
     data = Path(data)
     say(f"reading {batches} batch(es) of {batch_size} from {data} ...")
     symbols = ("v1" if rebuilt.version == "v1" else "v2") if rebuilt.stage == "gpt" else rebuilt.version
@@ -204,7 +195,7 @@ def verify(
 
 
 def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, train_steps, margin, say) -> VerifyResult:
-    _make_batches, losses, train_loss, key, metric = STAGES[_kind(rebuilt)]
+    _make_batches, losses, train_loss, key, metric = STAGES[rebuilt.resolved.family]
     model = _model(rebuilt).eval()
     say(f"evaluating the rebuilt {rebuilt.stage} model ...")
     with torch.no_grad():
@@ -214,10 +205,9 @@ def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, t
     if base_g is not None:
         # evaluated as the same model (a bare base checkpoint carries no config of its own)
         r = rebuilt.resolved
-        same_model = r.gpt.s1 if r.gpt else (r.sovits_v3.s2 if r.sovits_v3 else r.sovits.s2)
         rank = r.sovits_v3.lora_rank if r.sovits_v3 else None  # v3/v4: the base with a fresh (B = 0) adapter
         base = rebuild_cached(RebuildSpec(init=str(base_g), stage=rebuilt.stage, version=rebuilt.version,
-                                          task="train", config=same_model, lora_rank=rank), cache_root=cache_root)
+                                          task="train", config=r.upstream, lora_rank=rank), cache_root=cache_root)
         say("evaluating the base alone ...")
         with torch.no_grad():
             base_losses = losses(_model(base).eval(), data_batches, base.resolved, seed)

@@ -35,7 +35,7 @@ from gsv_ray.models.sovits.semantic import build_quantizer, build_ssl_proj
 from gsv_ray.models.sovits.text_encoder import TextEncoder
 from gsv_ray.models.sovits.wavenet import WaveNet
 
-__all__ = ["NEVER_TRAINED", "lora_export_state_dict", "CFM_VERSIONS", "DEFAULT_LORA_RANK", "LORA_TARGETS", "MEL_FRONTENDS", "MEL_NORM", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator", "V3Trace"]
+__all__ = ["NEVER_TRAINED", "lora_export_state_dict", "CFM_VERSIONS", "DEFAULT_LORA_RANK", "LORA_TARGETS", "MEL_FRONTENDS", "MEL_NORM", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator"]
 
 CFM_VERSIONS = ("v3", "v4")
 #: Mel frames per 50 Hz feature frame: v3's mel is 24 kHz / hop 256 (93.75 Hz), v4's 32 kHz / hop 320.
@@ -137,13 +137,6 @@ class Wns1(nn.Module):
         return self.proj(x) * mask, mask
 
 
-@dataclass
-class V3Trace:
-    """Intermediates of a training forward (for tests and inspection)."""
-
-    values: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
-
-
 class SoVITSV3Generator(nn.Module):
     def __init__(self, config: SoVITSV3Config = SoVITSV3Config()):
         super().__init__()
@@ -168,12 +161,6 @@ class SoVITSV3Generator(nn.Module):
             m.requires_grad_(False)
 
     # ------------------------------------------------------------------ LoRA
-    @property
-    def lora_rank(self) -> int | None:
-        if not isinstance(self.cfm, PeftWrapper):
-            return None
-        return next(m.rank for m in self.cfm.modules() if hasattr(m, "rank"))
-
     def add_lora(self, rank: int) -> SoVITSV3Generator:
         """Fine-tune as upstream does: LoRA (``r = alpha = rank``) on the CFM's attention
         projections; the CFM's own weights frozen, the rest of the model as it was."""
@@ -190,9 +177,8 @@ class SoVITSV3Generator(nn.Module):
         """With ``freeze_quantizer`` the frozen front end (``ssl_proj``, ``quantizer``, ``enc_p``)
         stays in eval mode, as upstream's forward forces it."""
         super().train(mode)
-        if self.freeze_quantizer:
-            for m in (self.ssl_proj, self.quantizer, self.enc_p):
-                m.eval()
+        for m in self.frozen_front_end():
+            m.eval()
         return self
 
     def frozen_front_end(self) -> tuple[nn.Module, ...]:
