@@ -49,16 +49,32 @@ def goldens_dir(reference_dir: Path) -> Path:
     return reference_dir / "goldens"
 
 
+#: Disk the generated full-size files may keep between tests (the least recently used go first).
+SCHEMA_FILES_BUDGET = 1536 * 2**20
+_SCHEMA_FILES = pytest.StashKey[object]()
+
+
 @pytest.fixture(scope="session")
-def schema_files(schemas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Full-size files of every kind and version, generated from the schemas on demand."""
+def schema_files(request, schemas_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Full-size files of every kind and version, generated from the schemas on demand; at most
+    SCHEMA_FILES_BUDGET of them kept between tests (:func:`_trim_schema_files`)."""
     import shutil
 
     from tests.support.schemafiles import SchemaFiles
 
     root = tmp_path_factory.mktemp("schema_files")
-    yield SchemaFiles(schemas_dir, root)
+    files = request.config.stash[_SCHEMA_FILES] = SchemaFiles(schemas_dir, root)
+    yield files
+    del request.config.stash[_SCHEMA_FILES]
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _trim_schema_files(request):
+    yield
+    files = request.config.stash.get(_SCHEMA_FILES, None)
+    if files is not None:
+        files.trim(SCHEMA_FILES_BUDGET)
 
 
 @pytest.fixture(scope="session")

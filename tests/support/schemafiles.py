@@ -14,6 +14,7 @@ import json
 import pathlib
 import sys
 import types
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,9 @@ class SchemaFiles:
     def __init__(self, schemas_dir: Path, root: Path, seed: int = 0):
         self.schemas_dir = Path(schemas_dir)
         self.root = Path(root)
+        self.seed = seed
         self.gen = torch.Generator().manual_seed(seed)
-        self._cache: dict[tuple[str, str], Path] = {}
+        self._cache: dict[tuple[str, str], Path] = {}  # in order of use, the most recent last
 
     # -- schema access -------------------------------------------------------------------------
     def schema(self, name: str) -> dict:
@@ -114,10 +116,28 @@ class SchemaFiles:
 
     # -- the file kinds ------------------------------------------------------------------------
     def path(self, kind: str, version: str) -> Path:
+        """The file, generated on first use (or again after :meth:`trim` removed it: the same bytes,
+        each file's values come from its own seed)."""
         key = (kind, version)
-        if key not in self._cache:
+        if key in self._cache and self._cache[key].is_file():
+            self._cache[key] = self._cache.pop(key)  # most recently used
+        else:
+            self._cache.pop(key, None)
+            self.gen.manual_seed(self.seed * 1_000_003 + zlib.crc32(f"{kind}/{version}".encode()))
             self._cache[key] = getattr(self, "_" + kind.replace("-", "_"))(version)
         return self._cache[key]
+
+    def trim(self, budget_bytes: int) -> None:
+        """Remove the least recently used files until the rest fit in ``budget_bytes``: every kind and
+        version together is ~5.5 GB, more than a CI machine may have free (a run failed with ENOSPC).
+        Called between tests, so a test's own files stay while it runs."""
+        sizes = {k: p.stat().st_size for k, p in self._cache.items() if p.is_file()}
+        total = sum(sizes.values())
+        for key in list(self._cache):
+            if total <= budget_bytes:
+                break
+            total -= sizes.get(key, 0)
+            self.delete(*key)
 
     def delete(self, kind: str, version: str) -> None:
         p = self._cache.pop((kind, version), None)
