@@ -187,7 +187,8 @@ def _console_relay(console):
 def worker_cause(e: BaseException) -> tuple[int | None, BaseException | str]:
     """(rank, cause) of a failed Ray Train run: the first failing rank's exception
     (``ray.train.WorkerGroupError.worker_failures``; a ``RayTaskError`` around it, as Tune gives a
-    failed trial, is unwrapped), else (None, one line of ``e``)."""
+    failed trial, is unwrapped), else (None, the exception a ``RayTaskError`` carries, or one line of
+    ``e``)."""
     from ray.train import WorkerGroupError
 
     inner = e if isinstance(e, WorkerGroupError) else getattr(e, "cause", None)
@@ -195,6 +196,8 @@ def worker_cause(e: BaseException) -> tuple[int | None, BaseException | str]:
         rank, exc = min(inner.worker_failures.items())
         cause = getattr(exc, "cause", None) or exc
         return rank, cause if isinstance(cause, GsvError) else _one_line(cause)
+    if isinstance(inner, BaseException):  # a trial that trained in its own actor: its exception
+        return None, inner if isinstance(inner, GsvError) else _one_line(inner)
     return None, _one_line(e)
 
 

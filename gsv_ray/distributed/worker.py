@@ -11,6 +11,7 @@ in -o. Nothing is left in the node scratch after the run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -51,9 +52,76 @@ def claim_scratch(run_name: str):
     return Owner(scratch(run_name), shared=True)
 
 
+class TrainSession:
+    """A Ray Train worker's side of the run (``ray.train``): its ranks, its reports, its collectives.
+    Checkpoints are the Train run's ``step_<N>`` folders in ``<storage>/<run name>``."""
+
+    def __init__(self, config: dict[str, Any]):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
+        self.run_uri = f"{config['storage_path'].rstrip('/')}/{config['run_name']}"
+
+    def report(self, metrics: dict[str, Any], directory: Path | None = None, name: str | None = None) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        if directory is None:
+            ray.train.report(metrics)
+        else:  # Ray uploads every rank's folder into the one checkpoint ``name`` and deletes ours
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)), checkpoint_dir_name=name,
+                             delete_local_checkpoint_after_upload=True)
+
+    def registered(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def broadcast(self, obj: Any) -> Any:
+        from ray.train.collective import broadcast_from_rank_zero
+
+        return broadcast_from_rank_zero(obj)
+
+
+class TrialSession:
+    """A one-worker tune trial that trains in its own Tune actor (``ray.tune``): no Train controller
+    and worker group to start (measured: they took ~10 s of the ~30 s before a tune's first step
+    on 2 cores). Checkpoints are the trial's (Tune names them ``checkpoint_<i>``) in
+    ``<storage>/<tune name>/<trial id>``; the same retention (``CheckpointConfig``) and restore."""
+
+    rank, world, local_rank = 0, 1, 0
+
+    def __init__(self, config: dict[str, Any]):
+        self.run_uri = config["run_uri"]
+
+    def report(self, metrics: dict[str, Any], directory: Path | None = None, name: str | None = None) -> None:
+        from ray import tune
+
+        # Tune copies the folder to storage before report returns (we remove ours afterwards)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(directory)) if directory else None)
+
+    def registered(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    from ray.train import Checkpoint
+    """A Ray Train worker (``TorchTrainer``'s loop function)."""
+    run_worker(config, TrainSession(config))
+
+
+def trial_loop(config: dict[str, Any]) -> None:
+    """A one-worker tune trial, run in the trial's own actor."""
+    run_worker(config, TrialSession(config))
+
+
+def run_worker(config: dict[str, Any], session) -> None:
+    import ray
 
     from gsv_ray.distributed.shared import materialise
     from gsv_ray.train.config import TrainConfig
@@ -65,8 +133,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise here
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a TrainingReport(...) dump per checkpoint and rank
     forbid_opening(config["forbidden_paths"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     rebuilt = materialise(config["rebuild"])
     owner = claim_scratch(config["run_name"])
     run_dir = owner.directory
@@ -88,11 +155,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         progress = RelayedProgress(relay, config.get("relay_run")) if relay is not None else False
         say = _say(f"[rank 0/{world}] ", progress if relay is not None else None)
-    restored = _restore(config, ctx, run_dir, say=say)
+    restored = _restore(config, session, run_dir, say=say)
     if restored is not None:
         cfg.resume = str(restored)
 
-    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), rank=rank, run_uri=_run_uri(config),
+    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), session=session,
                                  stop_board=config.get("stop_board"), trial_id=config.get("relay_run"))
     tracking = None
     if rank == 0:
@@ -118,14 +185,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:  # the run's outputs (exports, metrics.jsonl, W&B files), for the driver to place in -o;
         # the training state is already on storage in the last step_<N> checkpoint
         with _report_dir(run_dir) as out:  # moved, not copied: the run is over
-            os.replace(cfg.output_dir, out / "run")
-            for link in (out / "run").glob("wandb/latest-run"):  # a symlink W&B keeps; not an output
+            os.replace(cfg.output_dir, out / FINAL_RUN)
+            for link in (out / FINAL_RUN).glob("wandb/latest-run"):  # a symlink W&B keeps; not an output
                 link.unlink()
-            ray.train.report(final, checkpoint=Checkpoint.from_directory(str(out)), checkpoint_dir_name="final",
-                             delete_local_checkpoint_after_upload=True)
+            session.report(final, out, FINAL)
     else:
-        ray.train.report(final)
+        session.report(final)
     owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
+
+
+#: the last report's checkpoint (a Train run's is named so; a trial's is its newest) holds the run's
+#: outputs in FINAL_RUN; every step checkpoint holds its outputs so far in OUTPUTS
+FINAL, FINAL_RUN, OUTPUTS = "final", "run", "outputs"
+
+
+def checkpoint_folders(fs, root: str) -> list[tuple[int, str]]:
+    """(step, folder name) of the training-state checkpoints under ``root``, the newest first: a
+    Train run's ``step_<N>`` folders, a trial's ``checkpoint_<i>`` folders (their step read from
+    ``state.json``: Tune chooses those names). Folders being written or unreadable are left out."""
+    from gsv_ray.train.checkpoint import step_of
+    from gsv_ray.train.state import STATE
+
+    found = []
+    for name in _listdir(fs, root):
+        step = step_of(name)
+        if step is None and name.startswith("checkpoint_"):
+            try:
+                with fs.open_input_stream(f"{root}/{name}/{STATE}") as f:
+                    step = int(json.loads(f.read(1 << 20))["train"]["step"])
+            except (OSError, ValueError, KeyError, TypeError):
+                step = None
+        if step is not None:
+            found.append((step, name))
+    return sorted(found, reverse=True)
+
+
+def latest_outputs(fs, root: str) -> str | None:
+    """A run's outputs on storage: the final report's ``run`` when it finished, else the newest
+    checkpoint's ``outputs`` (rank 0 attaches metrics.jsonl and its samples to every checkpoint)."""
+    from pyarrow.fs import FileType
+
+    def is_dir(path: str) -> bool:
+        return fs.get_file_info(path).type == FileType.Directory
+
+    if is_dir(f"{root}/{FINAL}/{FINAL_RUN}"):
+        return f"{root}/{FINAL}/{FINAL_RUN}"
+    finals = sorted(n for n in _listdir(fs, root) if n.startswith("checkpoint_") and is_dir(f"{root}/{n}/{FINAL_RUN}"))
+    if finals:
+        return f"{root}/{finals[-1]}/{FINAL_RUN}"
+    for _, name in checkpoint_folders(fs, root):
+        if is_dir(f"{root}/{name}/{OUTPUTS}"):
+            return f"{root}/{name}/{OUTPUTS}"
+    return None
 
 
 class RayCheckpoints:
@@ -137,9 +248,10 @@ class RayCheckpoints:
     folder also carries the run's small outputs so far (metrics.jsonl, W&B files): a run restarted on
     another node, or a trial stopped early, continues from them."""
 
-    def __init__(self, scratch_dir: Path, outputs: Path, *, rank: int, run_uri: str,
-                 stop_board: str | None = None, trial_id: str | None = None):
-        self.scratch, self.outputs, self.rank, self.run_uri = scratch_dir, outputs, rank, run_uri
+    def __init__(self, scratch_dir: Path, outputs: Path, *, session, stop_board: str | None = None,
+                 trial_id: str | None = None):
+        self.scratch, self.outputs, self.session = scratch_dir, outputs, session
+        self.rank, self.run_uri = session.rank, session.run_uri
         self.stop_board, self.trial_id = stop_board, trial_id
         self._stop = False
 
@@ -148,9 +260,6 @@ class RayCheckpoints:
         return self._stop
 
     def save(self, accelerator, step: int, *, models, optimizers, state: dict, metrics: dict) -> Path:
-        import ray.train
-        from ray.train import Checkpoint
-
         from gsv_ray.train import state as state_io
 
         name = f"step_{step:08d}"
@@ -158,16 +267,13 @@ class RayCheckpoints:
         with _report_dir(self.scratch) as tmp:
             state_io.save(accelerator, tmp, models=models, optimizers=optimizers, state=state, own_directory=True)
             if self.rank == 0:
-                _snapshot_outputs(self.outputs, tmp / "outputs")
-            ray.train.report(report, checkpoint=Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name,
-                             delete_local_checkpoint_after_upload=True)
+                _snapshot_outputs(self.outputs, tmp / OUTPUTS)
+            self.session.report(report, tmp, name)
         if self.stop_board is not None:  # a tune trial under ASHA: did the scheduler stop it here?
-            from ray.train.collective import broadcast_from_rank_zero
-
             from gsv_ray.distributed.stopboard import wait_for_decision
 
             stop = wait_for_decision(self.stop_board, self.trial_id, step) if self.rank == 0 else None
-            self._stop = bool(broadcast_from_rank_zero(stop))
+            self._stop = bool(self.session.broadcast(stop))
         return Path(f"{self.run_uri}/{name}")
 
 
@@ -186,10 +292,6 @@ class _report_dir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _run_uri(config: dict[str, Any]) -> str:
-    return f"{config['storage_path'].rstrip('/')}/{config['run_name']}"
-
-
 def _say(prefix: str, relay=None):
     """Lines for people: to the driver's console through ``relay`` (when the driver has one), and to
     this worker's stdout, which Ray forwards to the driver's log file. (Not ``print``: Ray Train
@@ -205,7 +307,7 @@ def _say(prefix: str, relay=None):
     return say
 
 
-def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
+def _restore(config: dict[str, Any], session, run_dir: Path, *, say) -> Path | None:
     """The state to continue from after Ray restarted the worker group, or None for a fresh start.
 
     Ray registers a reported checkpoint only when its controller next polls the workers (every
@@ -217,21 +319,18 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
     rank reads it. Rank 0 also puts back the run's outputs as of that checkpoint (metrics.jsonl, W&B
     files), so no metrics row is written twice; a fresh start begins from an empty run folder.
     """
-    import ray.train
     from ray.train import Checkpoint
-    from ray.train.collective import broadcast_from_rank_zero
 
     import pyarrow.fs as pafs
 
     from gsv_ray.train import state as state_io
-    from gsv_ray.train.checkpoint import step_of
 
-    rank = ctx.get_world_rank()
-    if ctx.get_local_rank() == 0:  # this node's copy of the run folder restarts from the checkpoint
+    rank = session.rank
+    if session.local_rank == 0:  # this node's copy of the run folder restarts from the checkpoint
         shutil.rmtree(run_dir / "run", ignore_errors=True)
         shutil.rmtree(run_dir / "restore", ignore_errors=True)
-    registered = ray.train.get_checkpoint()
-    fs, root = config["storage_fs"], _run_uri(config)
+    registered = session.registered()
+    fs, root = config["storage_fs"], session.run_uri
 
     def fetch(name: str, tag: str) -> Path:
         src = f"{root}/{name}"
@@ -244,9 +343,8 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
 
     choice: dict[str, Any] | None = None
     if rank == 0:
-        names = sorted((n for n in _listdir(fs, root) if step_of(n) is not None), key=step_of, reverse=True)
         skipped = []
-        for name in names:
+        for _, name in checkpoint_folders(fs, root):
             why = state_io.problem(fetch(name, "0"))
             if why is None:
                 choice = {"name": name}  # broadcast_from_rank_zero takes < 1 KB
@@ -256,12 +354,12 @@ def _restore(config: dict[str, Any], ctx, run_dir: Path, *, say) -> Path | None:
             regd = Path(registered.path).name if registered is not None else "none"
             say(f"restart: continuing from {choice['name'] if choice else 'the start'} on storage (Ray's newest "
                 f"registered checkpoint: {regd})" + "".join(f"; skipped {s}" for s in skipped))
-    choice = broadcast_from_rank_zero(choice)
+    choice = session.broadcast(choice)
     if choice is None:
         return None
     local = fetch(choice["name"], str(rank))
     if rank == 0:  # the run's outputs as they were at that checkpoint
-        snap, run = local / "outputs", run_dir / "run"
+        snap, run = local / OUTPUTS, run_dir / "run"
         run.mkdir(parents=True, exist_ok=True)
         if (snap / "metrics.jsonl").is_file():
             shutil.copy2(snap / "metrics.jsonl", run / "metrics.jsonl")

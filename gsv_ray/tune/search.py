@@ -162,21 +162,37 @@ def scheduler(opts: TuneOptions, max_steps: int, val_every: int, record: Path, b
                          reduction_factor=opts.reduction_factor, record=record, board=board)
 
 
-def trial_resources(opts: TuneOptions) -> float:
-    """Logical CPUs one trial holds: its Tune driver (1) + its workers (Ray Train's controller takes
-    none: ``num_cpus=0``)."""
-    return 1 + opts.workers_per_trial * opts.cpus_per_worker
+def runs_in_trial(opts: TuneOptions) -> bool:
+    """Whether each trial trains in its own Tune actor (one worker per trial) rather than through a
+    Ray Train worker group (``--workers-per-trial`` > 1): the same loop, checkpoints, restore and
+    W&B run, without a Train controller and worker group to start (~10 s of ~30 s to a tune's first
+    step on 2 cores, measured: README)."""
+    return opts.workers_per_trial == 1
+
+
+def trial_resources(opts: TuneOptions) -> dict[str, float]:
+    """What one trial holds: in its own actor, one worker's CPUs and GPUs; otherwise its Tune actor
+    (1 CPU) + its workers' (Ray Train's controller takes none: ``num_cpus=0``)."""
+    if runs_in_trial(opts):
+        return {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
+    return {"CPU": 1 + opts.workers_per_trial * opts.cpus_per_worker,
+            **({"GPU": opts.workers_per_trial * opts.gpus_per_worker} if opts.gpus_per_worker else {})}
+
+
+def trial_run_uri(storage_path: str, tune_name: str, trial_id: str, opts: TuneOptions) -> str:
+    """Where a trial's checkpoints and outputs are on storage: its Tune trial folder when it runs in
+    its own actor, else its Ray Train run (named after the trial, so a restored search continues it)."""
+    if runs_in_trial(opts):
+        return f"{storage_path.rstrip('/')}/{tune_name}/{trial_id}"
+    return f"{storage_path.rstrip('/')}/{tune_name}-{trial_id}"
 
 
 def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: TuneOptions, tune_name: str,
                    storage_path: str, storage_fs, forbidden: list[str], experiment=None, relay=None) -> None:
-    """One trial: a Ray Train run of the training loop at this trial's lr_scale and warmup."""
+    """One trial: the training loop at this trial's lr_scale and warmup, in this actor
+    (:func:`runs_in_trial`) or on a Ray Train worker group."""
     from ray import tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gsv_ray.distributed.worker import train_loop_per_worker
     from gsv_ray.tune.asha import board_name
 
     trial_id = tune.get_context().get_trial_id()
@@ -184,12 +200,24 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
                                     resume=None, name=base.run_name)  # exports named like train's, after -o
     loop_config = {
         "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
+        "run_uri": trial_run_uri(storage_path, tune_name, trial_id, opts),
         "storage_path": storage_path, "storage_fs": storage_fs, "forbidden_paths": forbidden,
         "output_dir_shown": str(Path(base.output_dir).resolve() / "trials" / trial_id),
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
         "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
         "stop_board": board_name(tune_name) if opts.scheduler == "asha" else None,  # ASHA's decisions
     }
+    if runs_in_trial(opts):
+        from gsv_ray.distributed.worker import trial_loop
+
+        trial_loop(loop_config)
+        return
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from gsv_ray.distributed.worker import train_loop_per_worker
+
     resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
     TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
@@ -251,16 +279,16 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     rebuilt = rebuild_cached(cfg.rebuild_spec())
     say(f"rebuilt once for every trial ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
 
-    per_trial = trial_resources(opts)
-    # a local Ray: logical CPUs for two concurrent trials at least (a trial's driver needs one,
-    # STACK.md), more only where the machine has the cores; the dashboard on: early-stopped trials
-    # then free their workers
+    resources = trial_resources(opts)
+    per_trial = resources["CPU"]
+    # a local Ray: logical CPUs for two concurrent trials at least, more only where the machine has
+    # the cores; the dashboard on: early-stopped trials then free their workers
     started = connect(opts.address, num_cpus=min(2, opts.num_samples) * per_trial, dashboard=True)
     total_cpu = ray.cluster_resources().get("CPU", 0)
     if per_trial > total_cpu:
-        raise ConfigError(f"one trial needs {per_trial:g} CPUs (its driver and "
-                       f"{opts.workers_per_trial} worker(s) x {opts.cpus_per_worker:g}) but the cluster has "
-                       f"{total_cpu:g}", fix="lower --workers-per-trial / --cpus-per-worker or add nodes")
+        held = "its worker" if runs_in_trial(opts) else f"its driver and {opts.workers_per_trial} worker(s)"
+        raise ConfigError(f"one trial needs {per_trial:g} CPUs ({held} x {opts.cpus_per_worker:g}) but the cluster "
+                          f"has {total_cpu:g}", fix="lower --workers-per-trial / --cpus-per-worker or add nodes")
     if opts.max_concurrent and opts.max_concurrent * per_trial > total_cpu:
         fits = int(total_cpu // per_trial)
         raise ConfigError(f"--max-concurrent {opts.max_concurrent} trials need {opts.max_concurrent * per_trial:g} CPUs "
@@ -277,7 +305,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                              experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
                              relay=relay.queue if relay is not None else None,
                              forbidden=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p and "://" not in p]),
-        {"CPU": 1})
+        resources)
     if opts.resume:
         say(f"resuming tune run {name} from {experiment_path}")
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
@@ -294,7 +322,8 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
             # people; we print the results table at the end
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                      verbose=0, callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None),
+                                      verbose=0, callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None,
+                                      **_trial_checkpoints(opts, cfg)),
         )
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
@@ -308,13 +337,24 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             if relay is not None:
                 relay.close()
                 rows.close()
-        outcome = collect(grid, cfg, name, rebuilt, storage_fs, storage_path)
+        outcome = collect(grid, cfg, opts, name, rebuilt, storage_fs, storage_path)
     finally:
         if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
             end_local_ray(f"{name}-*")
     if not opts.resume and len(outcome.trials) < opts.num_samples:
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
     return outcome
+
+
+def _trial_checkpoints(opts: TuneOptions, cfg: TrainConfig) -> dict[str, Any]:
+    """Retention and restarts of trials that train in their own actor (Tune's, as a Train run's are
+    Train's): the last ``--keep-last`` checkpoints + the final report; ``--max-failures`` restarts."""
+    from ray import tune
+
+    if not runs_in_trial(opts):
+        return {}
+    return {"checkpoint_config": tune.CheckpointConfig(num_to_keep=cfg.keep_last + 1),
+            "failure_config": tune.FailureConfig(max_failures=opts.max_failures)}
 
 
 def _console_relay(console, max_steps: int):
@@ -370,23 +410,6 @@ def _trial_rows(rows, max_steps: int):
     return TrialRows(rows, max_steps)
 
 
-def _latest_outputs(fs, train_run: str) -> str | None:
-    """A trial's outputs in storage: ``final/run`` when it finished, else the newest checkpoint's
-    ``outputs`` (rank 0 attaches metrics.jsonl and its W&B files to every checkpoint it reports)."""
-    from pyarrow.fs import FileSelector, FileType
-
-    final = f"{train_run}/final/run"
-    if fs.get_file_info(final).type == FileType.Directory:
-        return final
-    if fs.get_file_info(train_run).type != FileType.Directory:
-        return None
-    steps = sorted(i.path for i in fs.get_file_info(FileSelector(train_run)) if i.base_name.startswith("step_"))
-    for step in reversed(steps):
-        if fs.get_file_info(f"{step}/outputs").type == FileType.Directory:
-            return f"{step}/outputs"
-    return None
-
-
 def trial_error(error: BaseException) -> str:
     """The real cause of a failed trial, one line: its first failing worker's exception (Tune gives
     ``RayTaskError(WorkerGroupError)`` whose first line is only "ray::ImplicitFunc.train() (pid=...)")."""
@@ -412,11 +435,12 @@ def _history(rows: list[dict]) -> tuple[int, list[tuple[int, float]], list[tuple
     return max((int(r["step"]) for r in train), default=0), val, lrs
 
 
-def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path: str):
+def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str):
     """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
     from gsv_ray.distributed.launch import place_outputs
+    from gsv_ray.distributed.worker import FINAL_RUN, latest_outputs
 
     from gsv_ray.track import read_metrics
     from gsv_ray.train.tracking import replay_run
@@ -443,17 +467,18 @@ def collect(grid, cfg: TrainConfig, name: str, rebuilt, storage_fs, storage_path
         failed = bool(result.error)
         trial_out = out / "trials" / trial_id
         exports: list[str] = []
-        src = _latest_outputs(storage_fs, f"{storage_path.rstrip('/')}/{name}-{trial_id}")
+        src = latest_outputs(storage_fs, trial_run_uri(storage_path, name, trial_id, opts))
+        finished = src is not None and src.endswith(f"/{FINAL_RUN}")
         if src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
             shutil.rmtree(trial_out, ignore_errors=True)
             trial_out.mkdir(parents=True)
-            if isinstance(storage_fs, LocalFileSystem) and src.endswith("/final/run"):
+            if isinstance(storage_fs, LocalFileSystem) and finished:
                 place_outputs(Path(src), trial_out, move=True)  # a finished trial's outputs: moved, not copied
             else:  # remote storage, or a checkpoint's outputs (a --resume reads them again): copied
                 copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
             exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
             wandb_src = trial_out / "wandb"
-            if src.endswith("/final/run") and wandb_src.is_dir():  # a finished trial closed its own W&B run
+            if finished and wandb_src.is_dir():  # a finished trial closed its own W&B run
                 for run_dir in wandb_src.glob("*run-*"):  # one folder for all: `wandb sync DIR/wandb/offline-run-*`
                     shutil.copytree(run_dir, out / "wandb" / run_dir.name, dirs_exist_ok=True)
             elif (trial_out / "metrics.jsonl").is_file():  # killed (Ctrl-C, a failure): its W&B records

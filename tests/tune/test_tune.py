@@ -123,6 +123,19 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     assert other.returncode == 2 and "already holds a tune run" in other.stderr, other.stderr[-2000:]
 
 
+def _trial_checkpoints(experiment: Path) -> dict[str, list[int]]:
+    """{trial id: steps of its complete checkpoints} in a search's storage folder (a one-worker trial
+    keeps them in its Tune trial folder, named by Tune)."""
+    from pyarrow.fs import LocalFileSystem
+
+    from gsv_ray.distributed.worker import checkpoint_folders
+    from gsv_ray.train.state import problem
+
+    trials = [d for d in experiment.iterdir() if d.is_dir()] if experiment.is_dir() else []
+    return {d.name: [step for step, name in checkpoint_folders(LocalFileSystem(), str(d)) if problem(d / name) is None]
+            for d in trials}
+
+
 def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     args = _tune(tmp_path, demo_inputs, "--max-steps", "12", "--val-every", "3", "--batch-size", "4", "--num-samples",
                  "3", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "ti",
@@ -130,19 +143,15 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = tmp_path / "run" / "ray"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(storage.glob("ti-*/step_00000003")):
+    while time.time() < deadline and not any(3 in steps for steps in _trial_checkpoints(storage / "ti").values()):
         time.sleep(0.2)
     p.send_signal(signal.SIGINT)
     first, _ = p.communicate(timeout=300)
-    assert list(storage.glob("ti-*/step_00000003")), first[-3000:]
+    assert any(3 in steps for steps in _trial_checkpoints(storage / "ti").values()), first[-3000:]
     assert p.returncode == 130 and "interrupted" in first.lower(), first[-3000:]
     assert not list((tmp_path / "scratch").glob("ti-*")), "the trials' node scratch outlived the run"
     interrupted_at = time.time()
-    from gsv_ray.train.state import problem
-
-    complete = {d.name[len("ti-"):]: [int(c.name[5:]) for c in d.glob("step_*") if problem(c) is None]
-                for d in storage.glob("ti-*")}
-    saved = {trial_id: max(steps) for trial_id, steps in complete.items() if steps}
+    saved = {trial_id: max(steps) for trial_id, steps in _trial_checkpoints(storage / "ti").items() if steps}
     # results.json after Ctrl-C shows what each trial had checkpointed: its steps and validations
     res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
     for trial_id, step in saved.items():
@@ -195,7 +204,28 @@ def test_demo_runs_end_to_end(tmp_path):
     assert (tmp_path / "d/runs/demo/results.json").is_file()
     assert read(best).kind == "sovits-export"
     log = (tmp_path / "d/runs/demo/logs/gsv-ray.log").read_text()
-    assert "TrainController" in log  # Ray's chatter went there
+    assert "Configuration for experiment" in log and "[rank 0/1]" in log  # Tune's chatter and the trials' lines
+
+
+def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
+    """`--workers-per-trial 2`: each trial is a Ray Train run (a worker group under the trial) with
+    its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's."""
+    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "2",
+                             "--num-samples", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent",
+                             "1", "--workers-per-trial", "2", "--name", "tw"),
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "run"
+    trials = json.loads((out / "results.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["completed", "completed"], trials
+    for t in trials:
+        train_run = out / "ray" / f"tw-{t['trial_id']}"  # the trial's Ray Train run
+        assert sorted(p.name for p in train_run.glob("step_*")) == ["step_00000002", "step_00000004"]
+        assert list((out / "trials" / t["trial_id"]).glob("SoVITS_weights_v2/*.pth")), t
+        rows = read_metrics(out / "trials" / t["trial_id"] / "metrics.jsonl")
+        assert [row["step"] for row in rows if row["split"] == "train"] == [1, 2, 3, 4]
+    runs = [wr.run_config(wr.read_records(f)) for f in wr.find_run_files(out / "wandb")]
+    assert sorted(c.get("world_size") for c in runs if "lr_scale" in c) == [2, 2]
 
 
 BAD = {
