@@ -341,13 +341,17 @@ class Relay:
     def _drain(self) -> None:
         from ray.util.queue import Empty
 
+        # one blocking get at a time (it waits inside the queue actor): no polling. Polling qsize()
+        # five times a second cost two remote calls each time, on cores that also train.
         while True:
             try:
-                events = self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []
-            except (Empty, Exception):  # noqa: BLE001 -- the queue actor is gone (Ray shut down)
+                events = [self.queue.get(block=True, timeout=0.5)]
+            except Empty:
                 events = []
-                if self._stop.is_set():
-                    return
+            except Exception:  # noqa: BLE001 -- the queue actor is gone (Ray shut down)
+                events = []
+                if not self._stop.is_set():
+                    time.sleep(0.2)
             for e in events:
                 try:
                     self.handle(e)
@@ -355,7 +359,6 @@ class Relay:
                     logging.getLogger(__name__).exception("console relay")
             if self._stop.is_set() and not events:
                 return
-            time.sleep(0.2)
 
     def close(self) -> None:
         self._stop.set()
