@@ -171,7 +171,9 @@ def private_temp_dir() -> Iterator[Path]:
     and W&B's own folders. ``RAY_TMPDIR`` set by the user still wins for Ray. A command killed
     before it could clean up leaves an orphan, removed by the next command (its lock is gone)."""
     parent = Path(tempfile.gettempdir())
-    sweep(parent, lambda n: n.startswith(PRIVATE_TMP_PREFIX))
+    # unlocked_after: a folder of ours without a lock file is a leftover too (seen: a Ray process of
+    # an ended command recreated ``ray/session_*`` in it after it was removed)
+    sweep(parent, lambda n: n.startswith(PRIVATE_TMP_PREFIX), unlocked_after=GRACE_S)
     d = Path(tempfile.mkdtemp(prefix=PRIVATE_TMP_PREFIX, dir=parent))
     owner = Owner(d)
     saved = {k: os.environ.get(k) for k in ("TMPDIR", "RAY_TMPDIR")}
