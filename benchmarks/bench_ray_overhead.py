@@ -6,7 +6,8 @@ Run: ``python benchmarks/bench_ray_overhead.py [--steps 40] [--pairs 3] [--schem
      median ratio over --pairs runs side by side: one pair alone varied 0.98-1.29x on 2 cores) — goal
      <= 1.05x. Twice: torch on every core in both modes (Ray's own ~15 processes then take CPU from
      the training threads), and torch on one thread in both modes (a core left for Ray's processes:
-     what Ray itself adds to a step). (With Ray's default 1 CPU per worker, torch runs on 1 thread: Ray sets OMP_NUM_THREADS.)
+     what Ray itself adds to a step); and local mode beside an idle local Ray (no job at all): what a
+     running Ray costs a job that uses every core of the machine. (With Ray's default 1 CPU per worker, torch runs on 1 thread: Ray sets OMP_NUM_THREADS.)
   2. time from starting the command to the first training step, both modes, and for `gsv-ray tune`
      (the demo's inputs and search, 2 trials at once; goal: tune within 20 s);
   3. private memory per worker for a full-size v2 rebuild (export + base G + D, 361 MB of files):
@@ -16,6 +17,7 @@ Run: ``python benchmarks/bench_ray_overhead.py [--steps 40] [--pairs 3] [--schem
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -43,6 +45,28 @@ def run_cli(args: list[str], env: dict) -> tuple[float, list[dict]]:
     out = Path(args[args.index("-o") + 1])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return t0, [x for x in rows if x["split"] == "train"]
+
+
+IDLE_RAY = r"""
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+print("up", flush=True)
+sys.stdin.read()  # until the benchmark closes our stdin
+"""
+
+
+@contextlib.contextmanager
+def idle_ray(env: dict):
+    """A local Ray started as ours is (``ray.init(address="local")``) with nothing to run."""
+    p = subprocess.Popen([sys.executable, "-c", IDLE_RAY], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stdout.readline().strip() == "up"
+        time.sleep(3)  # its prestarted workers settle
+        yield
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
 
 
 def tune_first_step(d: Path, env: dict) -> tuple[float, float]:
@@ -114,7 +138,7 @@ def main() -> None:
                   "--wandb-mode", "disabled"]
         cores = os.cpu_count() or 1
         one_thread = {**env, "OMP_NUM_THREADS": "1"}
-        ratios: dict[str, list[float]] = {"all": [], "one": []}
+        ratios: dict[str, list[float]] = {"all": [], "one": [], "idle": []}
         firsts = []
         for i in range(args.pairs):  # side by side, alternating: a slow moment of the machine hits both
             # (a) torch on every core in both modes (Ray sets OMP_NUM_THREADS to the worker's CPUs)
@@ -124,16 +148,23 @@ def main() -> None:
             # (b) torch on one thread in both modes: a core is left for Ray's own processes
             _, local1 = run_cli(common + ["-o", str(d / f"local1-{i}")], one_thread)
             _, ray1 = run_cli(common + ["-o", str(d / f"ray1-{i}"), "--workers", "1", "--cpus-per-worker", "1"], env)
-            m = [statistics.median(x["step_time"] for x in rows[args.warmup:]) for rows in (local, ray_rows, local1, ray1)]
+            # (c) local mode while an idle local Ray (no job at all) runs beside it
+            with idle_ray(env):
+                _, beside = run_cli(common + ["-o", str(d / f"beside{i}")], env)
+            m = [statistics.median(x["step_time"] for x in rows[args.warmup:])
+                 for rows in (local, ray_rows, local1, ray1, beside)]
             ratios["all"].append(m[1] / m[0])
             ratios["one"].append(m[3] / m[2])
+            ratios["idle"].append(m[4] / m[0])
             firsts.append((local[0]["time"] - t_local, ray_rows[0]["time"] - t_ray))
             print(f"  pair {i + 1}: {cores} threads: local {m[0] * 1000:.1f} ms, Ray {m[1] * 1000:.1f} ms -> "
                   f"{m[1] / m[0]:.3f}x; 1 thread: local {m[2] * 1000:.1f} ms, Ray {m[3] * 1000:.1f} ms -> "
-                  f"{m[3] / m[2]:.3f}x; first step local {firsts[-1][0]:.1f} s, Ray {firsts[-1][1]:.1f} s")
+                  f"{m[3] / m[2]:.3f}x; local beside an idle Ray {m[4] * 1000:.1f} ms -> {m[4] / m[0]:.3f}x; "
+                  f"first step local {firsts[-1][0]:.1f} s, Ray {firsts[-1][1]:.1f} s")
         print(f"step time (GPT 6x256, batch 4, CPU), Ray Train 1 worker / local, median of {args.pairs} pairs "
               f"(goal <= 1.05x): torch on all {cores} cores {statistics.median(ratios['all']):.3f}x; on 1 thread, "
-              f"a core left for Ray's processes, {statistics.median(ratios['one']):.3f}x")
+              f"a core left for Ray's processes, {statistics.median(ratios['one']):.3f}x; local mode beside an idle "
+              f"local Ray / local mode alone {statistics.median(ratios['idle']):.3f}x")
         print(f"command to first step, median: local {statistics.median(f[0] for f in firsts):.1f} s, Ray Train "
               f"{statistics.median(f[1] for f in firsts):.1f} s (goal: within 20 s)")
         t_tune, first = tune_first_step(d, env)
