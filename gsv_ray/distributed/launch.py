@@ -126,7 +126,8 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         "rebuild": shared,
         "experiment": driver_experiment(cfg, rebuilt),
         "run_name": name,
-        "storage_path": storage_path, "storage_fs": storage_fs,  # a restarted worker group looks there too
+        "run_uri": f"{storage_path.rstrip('/')}/{name}",  # the Train run RunConfig(name, storage_path) makes
+        "storage_fs": storage_fs,  # a restarted worker group looks in run_uri there too
         "output_dir_shown": str(Path(cfg.output_dir).resolve()),  # where the outputs end up (W&B config)
         "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d, given.init, given.base_g, given.base_d)
                             if p and "://" not in p],

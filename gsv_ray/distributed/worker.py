@@ -54,14 +54,14 @@ def claim_scratch(run_name: str):
 
 class TrainSession:
     """A Ray Train worker's side of the run (``ray.train``): its ranks, its reports, its collectives.
-    Checkpoints are the Train run's ``step_<N>`` folders in ``<storage>/<run name>``."""
+    Checkpoints are the Train run's ``step_<N>`` folders in ``config["run_uri"]``."""
 
     def __init__(self, config: dict[str, Any]):
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank, self.world, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
-        self.run_uri = f"{config['storage_path'].rstrip('/')}/{config['run_name']}"
+        self.run_uri = config["run_uri"]  # where the driver's RunConfig puts the run
 
     def report(self, metrics: dict[str, Any], directory: Path | None = None, name: str | None = None) -> None:
         import ray.train

@@ -201,7 +201,7 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
     loop_config = {
         "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
         "run_uri": trial_run_uri(storage_path, tune_name, trial_id, opts),
-        "storage_path": storage_path, "storage_fs": storage_fs, "forbidden_paths": forbidden,
+        "storage_fs": storage_fs, "forbidden_paths": forbidden,
         "output_dir_shown": str(Path(base.output_dir).resolve() / "trials" / trial_id),
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
         "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
