@@ -1,13 +1,15 @@
-"""What Ray Train costs over local mode, measured in one run.
+"""What Ray costs over local mode, measured in one run.
 
-Run: ``python benchmarks/bench_ray_overhead.py [--steps 40] [--pairs 3] [--schemas DIR]``. Prints:
-  1. steady-state step time of `gsv-ray train --workers 1 --cpus-per-worker <cores>` vs local mode
-     (same model, batch, data, threads; medians from each run's metrics.jsonl after warm-up; the
-     median ratio over --pairs runs side by side: one pair alone varied 0.98-1.29x on 2 cores) — goal
-     <= 1.05x. Twice: torch on every core in both modes (Ray's own ~15 processes then take CPU from
-     the training threads), and torch on one thread in both modes (a core left for Ray's processes:
-     what Ray itself adds to a step); and local mode beside an idle local Ray (no job at all): what a
-     running Ray costs a job that uses every core of the machine. (With Ray's default 1 CPU per worker, torch runs on 1 thread: Ray sets OMP_NUM_THREADS.)
+Run: ``python benchmarks/bench_ray_overhead.py [--steps 40] [--pairs 5] [--schemas DIR]``. Prints:
+  1. steady-state step time of `gsv-ray train --workers 1 --cpus-per-worker <cores>` (one Ray actor
+     trains: launch.runs_in_actor) vs local mode (same model, batch, data, threads; medians from each
+     run's metrics.jsonl after warm-up; the median ratio over --pairs runs side by side: one pair
+     alone varied 0.95-1.29x on 2 cores) — goal <= 1.05x. Twice: torch on every core in both modes
+     (Ray's own processes then take CPU from the training threads), and torch on one thread in both
+     modes (a core left for Ray's processes: what the Ray path itself adds to a step); and local
+     mode beside an idle local Ray (no job at all): what a running Ray costs a job that uses every
+     core of the machine. (With Ray's default 1 CPU per worker, torch runs on 1 thread: Ray sets
+     OMP_NUM_THREADS.)
   2. time from starting the command to the first training step, both modes, and for `gsv-ray tune`
      (the demo's inputs and search, 2 trials at once; goal: tune within 20 s);
   3. private memory per worker for a full-size v2 rebuild (export + base G + D, 361 MB of files):
@@ -121,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--pairs", type=int, default=3, help="local/Ray runs side by side (the median ratio is the figure)")
+    ap.add_argument("--pairs", type=int, default=5, help="local/Ray runs side by side (the median ratio is the figure)")
     ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
     args = ap.parse_args()
     from gsv_ray.data.synthetic import make_synthetic_experiment
@@ -161,11 +163,11 @@ def main() -> None:
                   f"{m[1] / m[0]:.3f}x; 1 thread: local {m[2] * 1000:.1f} ms, Ray {m[3] * 1000:.1f} ms -> "
                   f"{m[3] / m[2]:.3f}x; local beside an idle Ray {m[4] * 1000:.1f} ms -> {m[4] / m[0]:.3f}x; "
                   f"first step local {firsts[-1][0]:.1f} s, Ray {firsts[-1][1]:.1f} s")
-        print(f"step time (GPT 6x256, batch 4, CPU), Ray Train 1 worker / local, median of {args.pairs} pairs "
+        print(f"step time (GPT 6x256, batch 4, CPU), train --workers 1 / local, median of {args.pairs} pairs "
               f"(goal <= 1.05x): torch on all {cores} cores {statistics.median(ratios['all']):.3f}x; on 1 thread, "
               f"a core left for Ray's processes, {statistics.median(ratios['one']):.3f}x; local mode beside an idle "
               f"local Ray / local mode alone {statistics.median(ratios['idle']):.3f}x")
-        print(f"command to first step, median: local {statistics.median(f[0] for f in firsts):.1f} s, Ray Train "
+        print(f"command to first step, median: local {statistics.median(f[0] for f in firsts):.1f} s, --workers 1 "
               f"{statistics.median(f[1] for f in firsts):.1f} s (goal: within 20 s)")
         t_tune, first = tune_first_step(d, env)
         print(f"gsv-ray tune (demo inputs, 2 trials at once): first training step {first - t_tune:.1f} s after "

@@ -1,5 +1,6 @@
-"""Ray glue: the local training loop spread over N workers with Ray Train, from one shared rebuild.
+"""Ray glue: the local training loop on Ray workers, from one shared rebuild.
 
-``launch.train_on_ray`` runs on the driver (rebuild once, share it, start a ``TorchTrainer``);
-``worker.train_loop_per_worker`` runs in each worker (the unchanged ``gsv_ray.train.loop.train``).
+``launch.train_on_ray`` runs on the driver (rebuild once, share it, start a Ray Train
+``TorchTrainer`` for N > 1 workers, one Tune trial for one worker); ``worker.run_worker`` runs in
+each worker (the unchanged ``gsv_ray.train.loop.train``).
 """

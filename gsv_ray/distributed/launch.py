@@ -1,4 +1,5 @@
-"""Driver side of ``gsv-ray train --workers N``: rebuild once, share it, run a Ray ``TorchTrainer``.
+"""Driver side of ``gsv-ray train --workers N``: rebuild once, share it, run it on Ray: N > 1
+workers as a Ray Train ``TorchTrainer``, one worker in a single Ray actor (:func:`runs_in_actor`).
 
 The rebuild happens here, once per job (content-addressed, so a re-run reuses it); workers get a
 reference to the weights in the object store and never the input paths. Checkpoints live in the
@@ -36,12 +37,37 @@ def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
     return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def _recorded_run(out: str | Path) -> str | None:
+def _recorded_run(out: str | Path) -> tuple[str, str] | None:
+    """(name, layout) of the Ray run this -o records: layout "actor" (one worker) or "train"."""
     try:
-        name = json.loads((Path(out) / RAY_RUN_RECORD).read_text())["name"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((Path(out) / RAY_RUN_RECORD).read_text())
+        name, layout = record["name"], record.get("layout", "train")  # a record without it: a Train run
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return name if isinstance(name, str) and name.startswith("gsv-") and "/" not in name else None
+    ok = isinstance(name, str) and name.startswith("gsv-") and "/" not in name and layout in ("actor", "train")
+    return (name, layout) if ok else None
+
+
+def runs_in_actor(opts: RayOptions) -> bool:
+    """One worker trains in a single Ray actor, run by Ray Tune as one trial with no search
+    (``Tuner``, ``CheckpointConfig``, ``FailureConfig``, ``Tuner.restore``: the same checkpoints,
+    retention, restarts and resume) rather than by Ray Train. Ray Train adds a controller and five
+    helper actors to a run (placement-group cleaner, synchronisation, preemption watcher,
+    autoscaling coordinator, dataset manager); the main thread of every Ray worker process wakes
+    ~100 times a second, and on 2 cores those ~700 wakeups/s made each training step ~10 % slower
+    (bench_ray_overhead.py, README). One worker has no collectives that need Train."""
+    return opts.workers == 1
+
+
+#: the folder of a one-actor run's only trial: its checkpoints are ``<storage>/<run>/run/checkpoint_<i>``
+ACTOR_TRIAL = "run"
+
+
+def run_uri(storage_path: str, name: str, opts: RayOptions) -> str:
+    """Where the run's checkpoints are on storage: the Train run ``RunConfig(name, storage_path)``
+    makes, or the folder of the one trial (:func:`runs_in_actor`)."""
+    root = f"{storage_path.rstrip('/')}/{name}"
+    return f"{root}/{ACTOR_TRIAL}" if runs_in_actor(opts) else root
 
 
 def check_resources(opts: RayOptions) -> None:
@@ -70,13 +96,9 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
 def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
                  wandb_group: str | None = None,
                  wandb_job_type: str | None = None, console: Any = None) -> TrainResult:
-    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray Train workers; see the module doc.
+    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc.
     ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines and progress are shown there."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from gsv_ray.distributed.shared import nbytes, share
-    from gsv_ray.distributed.worker import train_loop_per_worker
 
     from gsv_ray.cache import default_cache_root
     from gsv_ray.storage import check_writable, is_node_local, resolve
@@ -86,6 +108,13 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     check_output_path(cfg.output_dir)
     if not opts.resume:
         check_new_run(cfg.output_dir)
+    layout = "actor" if runs_in_actor(opts) else "train"
+    recorded = _recorded_run(cfg.output_dir) if opts.resume else None
+    if recorded is not None and recorded[1] != layout:  # one Tune trial's checkpoints vs a Train run's
+        was = "--workers 1" if recorded[1] == "actor" else "--workers 2 or more"
+        raise ConfigError(f"this run was started with {was} and continues only so",
+                          path=Path(cfg.output_dir) / RAY_RUN_RECORD,
+                          fix=f"resume it with {was}, or start a new -o with --init its latest export")
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.rebuild_spec())
@@ -112,10 +141,10 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
-    name = _recorded_run(cfg.output_dir) if opts.resume else None
-    name = name or run_name(cfg, init_sha, opts.resume)
+    name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)
     atomic_write(Path(cfg.output_dir) / RAY_RUN_RECORD,
-                 lambda f: f.write(json.dumps({"name": name, "storage": storage}).encode()), overwrite=True)
+                 lambda f: f.write(json.dumps({"name": name, "storage": storage, "layout": layout}).encode()),
+                 overwrite=True)
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
         f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(storage)}")
@@ -126,7 +155,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         "rebuild": shared,
         "experiment": driver_experiment(cfg, rebuilt),
         "run_name": name,
-        "run_uri": f"{storage_path.rstrip('/')}/{name}",  # the Train run RunConfig(name, storage_path) makes
+        "run_uri": run_uri(storage_path, name, opts),  # where the run's RunConfig puts it
         "storage_fs": storage_fs,  # a restarted worker group looks in run_uri there too
         "output_dir_shown": str(Path(cfg.output_dir).resolve()),  # where the outputs end up (W&B config)
         "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d, given.init, given.base_g, given.base_d)
@@ -135,23 +164,14 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         "job_type": wandb_job_type,
         "wandb_run_id": hashlib.sha256(name.encode()).hexdigest()[:8],
     }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpus_per_worker > 0,
-                                     placement_strategy=opts.placement_strategy,
-                                     resources_per_worker={"CPU": opts.cpus_per_worker,
-                                                           **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}),
-        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                             failure_config=FailureConfig(max_failures=opts.max_failures),
-                             # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last + 1)),
-    )
+    fit = _fit_in_actor if runs_in_actor(opts) else _fit_on_ray_train
     try:
-        result = trainer.fit()
+        result = fit(loop_config, cfg, opts, name, storage, storage_fs, storage_path)
     except SystemExit:  # Ray Train's own SIGINT handler aborts the run, then calls sys.exit
         raise KeyboardInterrupt from None
     except GsvError:
+        raise
+    except KeyboardInterrupt:
         raise
     except Exception as e:
         raise ray_failure(e) from e
@@ -163,7 +183,68 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
             end_local_ray(name)
         elif joined:  # a cluster we joined: disconnect now (its late log lines then stay out of the console)
             ray.shutdown()
-    return _collect(result, cfg, rebuilt.stage, rebuilt.version)
+    return _collect(result, cfg, rebuilt.stage, rebuilt.version, storage_fs, loop_config["run_uri"])
+
+
+def _fit_on_ray_train(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOptions, name: str, storage: str,
+                      storage_fs, storage_path: str):
+    """N workers: a ``TorchTrainer`` run named ``name`` (a re-run of that name continues it)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from gsv_ray.distributed.worker import train_loop_per_worker
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpus_per_worker > 0,
+                                     placement_strategy=opts.placement_strategy,
+                                     resources_per_worker=_worker_resources(opts)),
+        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             failure_config=FailureConfig(max_failures=opts.max_failures),
+                             # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last + 1)),
+    )
+    return trainer.fit()
+
+
+def _fit_in_actor(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOptions, name: str, storage: str,
+                  storage_fs, storage_path: str):
+    """One worker: a Tune experiment ``name`` of one trial, no search (:func:`runs_in_actor`);
+    ``--resume`` restores the experiment (its trial continues from its newest checkpoint). Tune
+    stops on Ctrl-C and returns; that is raised here as the ``KeyboardInterrupt`` local mode gets."""
+    from ray import tune
+
+    from gsv_ray.distributed.worker import one_actor_loop
+
+    trainable = tune.with_resources(tune.with_parameters(one_actor_loop, loop_config=loop_config),
+                                    _worker_resources(opts))
+    experiment = f"{storage.rstrip('/')}/{name}"
+    if opts.resume and tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=storage_fs)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={},
+            tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_actor_trial_dirname),
+            # verbose=0: no Tune status tables (our console shows the progress)
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_last + 1)))
+    (result,) = tuner.fit()
+    if result.error is not None:
+        raise ray_failure(result.error, rank=0) from result.error
+    if not (result.metrics or {}).get("done"):  # Tune stopped on Ctrl-C (SIGINT) and returned
+        raise KeyboardInterrupt
+    return result
+
+
+def _actor_trial_dirname(trial) -> str:
+    return ACTOR_TRIAL
+
+
+def _worker_resources(opts: RayOptions) -> dict[str, float]:
+    return {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
 
 
 def _console_relay(console):
@@ -202,11 +283,12 @@ def worker_cause(e: BaseException) -> tuple[int | None, BaseException | str]:
     return None, _one_line(e)
 
 
-def ray_failure(e: BaseException) -> GsvError:
-    """One line with the real cause of a failed Ray Train run (:func:`worker_cause`), its own line
+def ray_failure(e: BaseException, rank: int | None = None) -> GsvError:
+    """One line with the real cause of a failed Ray run (:func:`worker_cause`), its own line
     when it is one of ours. Ray's message alone was "Training failed due to worker errors:." with
-    the cause in 100 lines above."""
-    rank, cause = worker_cause(e)
+    the cause in 100 lines above. ``rank``: the failing rank when the caller knows it (one actor)."""
+    found, cause = worker_cause(e)
+    rank = found if found is not None else rank
     if isinstance(cause, GsvError):  # ours: the user's to fix, as it would be in local mode
         return type(cause)(f"training on Ray failed on rank {rank}: {cause}")
     if rank is None:
@@ -248,8 +330,10 @@ def place_outputs(src: Path, out: Path, *, move: bool) -> None:
             shutil.copy2(item, dest)
 
 
-def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> TrainResult:
+def _collect(result, cfg: TrainConfig, stage: str, version: str | None, storage_fs, uri: str) -> TrainResult:
     """Place the run's outputs (from the final reported checkpoint) into ``-o`` as local mode does."""
+    from gsv_ray.distributed.worker import checkpoint_folders
+
     out = Path(cfg.output_dir)
     ckpt = result.checkpoint
     if ckpt is None:
@@ -259,7 +343,8 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None) -> Train
     exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))
     metrics = result.metrics or {}
     steps = int(metrics.get("step", 0))
-    last = Path(ckpt.path).parent / f"step_{steps:08d}"  # the training state (``final`` holds the outputs)
+    newest = checkpoint_folders(storage_fs, uri)  # the training state (the final report holds the outputs)
+    last = Path(uri) / newest[0][1] if newest else Path(uri)
     from gsv_ray.track import read_metrics
 
     val = [{k: v for k, v in r.items() if k not in ("split", "time")}

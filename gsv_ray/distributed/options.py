@@ -1,4 +1,4 @@
-"""Ray Train options of ``gsv-ray train --workers N`` (light: ``--help`` builds from them), also
+"""Ray options of ``gsv-ray train --workers N`` (light: ``--help`` builds from them), also
 declared once for ``tune``'s trials (:func:`gsv_ray.options.same_as`)."""
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ from typing import Any
 from gsv_ray.options import check, option, split_mapping
 from gsv_ray.train.config import TrainConfig, load_config, read_options_file
 
-RAY = "many GPUs / nodes (Ray Train)"
+RAY = "many GPUs / nodes (Ray)"
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD")  # Ray's ScalingConfig.placement_strategy values we offer
 
 
 @dataclass(frozen=True)
 class RayOptions:
-    """Where and how wide a Ray Train job runs."""
+    """Where and how wide a Ray job runs."""
 
     workers: int = option(low=1, group=RAY, metavar="N",
-                          help="train on N Ray Train workers (DDP); without it: local mode, no Ray")
+                          help="train on N Ray workers (N > 1: Ray Train, DDP; 1: one Ray actor); "
+                               "without it: local mode, no Ray")
     gpus_per_worker: float = option(0.0, low=0, group=RAY, help="GPUs per worker; 0 trains on CPU")
     cpus_per_worker: float = option(1.0, low=0, low_open=True, group=RAY, help="CPUs per worker")
     address: str | None = option(None, metavar="ADDR", group=RAY,

@@ -117,6 +117,9 @@ def _check_search(cfg: TrainConfig, opts: TuneOptions) -> None:
     if cfg.max_steps is None:
         raise ConfigError("tune needs --max-steps (the scheduler compares trials at the same step counts)",
                           fix="pass --max-steps N")
+    if not cfg.val_fraction and not cfg.val_names:  # else Tune fails after the first trial's training
+        raise ConfigError("tune compares trials by their validation loss, but --val-fraction 0 holds out nothing",
+                          fix="drop --val-fraction 0 (default 0.1) or name held-out utterances with --val-names FILE")
     opts.validate(cfg.max_steps)
 
 

@@ -233,6 +233,8 @@ BAD = {
     "negative warmup": (["--warmup-choices", "-5"], "warmup"),
     "resume of an unknown run": (["--resume", "--name", "nope"], "no tune run named"),
     "more concurrency than fits": (["--max-concurrent", "64"], "--max-concurrent"),
+    # trials are compared by validation loss: nothing held out was a Tune traceback after training
+    "nothing held out": (["--val-fraction", "0"], "--val-fraction 0"),
 }
 
 

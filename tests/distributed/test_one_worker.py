@@ -1,0 +1,138 @@
+"""`train --workers 1`: one Ray actor trains (no Ray Train controller, helper actors or worker
+group: on 2 cores they made every step ~10 % slower, bench_ray_overhead.py), with the same numbers
+as local mode, Ray's restarts from the newest checkpoint, Ctrl-C + --resume, and one-line causes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gsv_ray.distributed.launch import RayOptions, train_on_ray
+from gsv_ray.train import train
+from tests.distributed.conftest import RAY_ENV
+from tests.distributed.test_ray_train import _cfg, _files, _final_state, assert_same_gpt_exports
+
+#: process titles of Ray Train's controller, its helper actors and its workers
+TRAIN_TITLES = ("ray::TrainController", "ray::RayTrainWorker", "ray::PlacementGroupCleaner",
+                "ray::SynchronizationActor", "ray::PreemptionWatcher")
+
+
+def test_one_worker_equals_local_mode(ray_local, fixtures_dir, synth, tmp_path):
+    """The same weights as local mode (one process, the same batch), and the same files in -o."""
+    one = train(_cfg("sovits", fixtures_dir, synth, tmp_path / "local", batch_size=2), progress=False,
+                say=lambda s: None)
+    ray_run = train_on_ray(_cfg("sovits", fixtures_dir, synth, tmp_path / "ray", batch_size=2), RayOptions(workers=1),
+                           say=lambda s: None)
+    a, b = _final_state(one.last_checkpoint), _final_state(ray_run.last_checkpoint)
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-5 * max(1.0, max(float(t.abs().max()) for t in a.values())), worst
+    assert [p.name for p in ray_run.exports] == [p.name for p in one.exports]
+    assert ray_run.steps == 4 and (tmp_path / "ray" / "metrics.jsonl").is_file()
+    # its checkpoints are one Tune trial's: --resume with Ray Train workers is refused in one line
+    from gsv_ray.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="started with --workers 1 and continues only so") as e:
+        train_on_ray(_cfg("sovits", fixtures_dir, synth, tmp_path / "ray", batch_size=2),
+                     RayOptions(workers=2, resume=True), say=lambda s: None)
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+
+
+def test_one_worker_failure_is_reported_with_its_cause(ray_local, inject_fault, fixtures_dir, synth, tmp_path):
+    from gsv_ray.errors import InfraError
+
+    inject_fault(tmp_path / "run", kind="raise", step=2, rank=0)
+    with pytest.raises(InfraError) as e:
+        train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, max_steps=4),
+                     RayOptions(workers=1), say=lambda s: None)
+    line = str(e.value)
+    assert "\n" not in line and "on rank 0" in line and "RuntimeError: injected failure at step 2" in line, line
+    assert e.value.exit_code == 1 and e.value.__cause__ is not None
+
+
+def _titles(session: int) -> dict[int, str]:
+    """Process titles of the Ray processes a CLI run (its own session) started."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            title = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            sid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, ValueError, IndexError):
+            continue
+        if sid == session and title.startswith("ray::"):
+            found[int(d.name)] = title
+    return found
+
+
+def _newest_step(out: Path) -> int:
+    from gsv_ray.distributed.worker import checkpoint_folders
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    steps = [s for run in (out / "ray").glob("gsv-*/run") for s, _ in checkpoint_folders(fs, str(run))]
+    return max(steps, default=0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's processes through /proc (Linux)")
+def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, synth, tmp_path):
+    """`train --workers 1 --max-failures 1`: SIGKILL the training actor from outside after step 20
+    (Ray restarts it; it continues from the newest checkpoint on storage), then Ctrl-C 20 steps on
+    (exit 130, the resume hint), then the same command with --resume finishes: every step once in
+    metrics.jsonl, GPT exports bit-identical to local mode's, and no Ray Train process ever ran."""
+    from gsv_ray.track import read_metrics
+
+    def args(out, *extra):
+        return [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
+                _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "300",
+                "--batch-size", "2", "--save-every", "10", "--val-every", "1000", "--wandb-mode", "disabled",
+                "--seed", "3", "--num-workers", "0", *extra]
+    # one torch thread in both modes (Ray gives its 1-CPU worker OMP_NUM_THREADS=1): the same sums
+    env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ray"
+    log = open(tmp_path / "ray.log", "w")
+    seen: dict[int, str] = {}
+
+    def wait_for(step: int, p) -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and _newest_step(out) < step:
+            seen.update(_titles(p.pid))
+            time.sleep(0.05)
+        assert _newest_step(out) >= step, open(tmp_path / "ray.log").read()[-3000:]
+
+    p = subprocess.Popen(args(out, "--workers", "1", "--max-failures", "1"), env=env, stdout=log,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(20, p)
+        killed_at = _newest_step(out)
+        trainers = [pid for pid, t in _titles(p.pid).items() if t.startswith("ray::ImplicitFunc")]
+        assert len(trainers) == 1, _titles(p.pid)
+        os.kill(trainers[0], signal.SIGKILL)
+        wait_for(killed_at + 20, p)
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(timeout=300) == 130, open(tmp_path / "ray.log").read()[-3000:]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    text = open(tmp_path / "ray.log").read()
+    assert "the same command with --resume continues" in text, text[-3000:]
+    restarts = [line for line in text.splitlines() if "restart: continuing from checkpoint_" in line]
+    assert restarts, text[-3000:]  # the killed actor's successor continued from storage
+    again = subprocess.run(args(out, "--workers", "1", "--resume"), env=env, capture_output=True, text=True,
+                           timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "restart: continuing from checkpoint_" in again.stdout + again.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 301))
+    assert not any(t.startswith(TRAIN_TITLES) for t in seen.values()), sorted(set(seen.values()))
+    assert any(t.startswith("ray::ImplicitFunc") for t in seen.values())
+    assert not (tmp_path / "scratch").exists()  # the run's node scratch went with it
+    local = subprocess.run(args(tmp_path / "local"), env=env, capture_output=True, text=True, timeout=400)
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    assert_same_gpt_exports(tmp_path / "local", out)
