@@ -13,9 +13,12 @@ Only the standard library and ``rich``: every layer may use this module.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -326,17 +329,56 @@ def _g(v: Any, spec: str = ".3g") -> str:
 
 
 class Relay:
-    """Lines and progress from Ray workers and trials to the driver's console: a ``ray.util.queue``
-    the workers put small events into (rate-limited) and a driver thread drains into ``handle``."""
+    """Lines and progress from Ray workers and trials to the driver's console: the workers put small
+    events (rate-limited) into ``queue`` and a driver thread hands them to ``handle``.
 
-    def __init__(self, handle: Callable[[dict[str, Any]], None]):
-        from ray.util.queue import Queue
+    ``local`` (our own Ray, every worker on this machine): ``queue`` is a :class:`FileQueue`, an
+    append-only file the driver tails. Otherwise a ``ray.util.queue.Queue``, i.e. one more actor:
+    the main thread of every Ray actor wakes ~100 times a second, and this one's blocking gets made
+    ~250 wakeups/s and ~1.7 % of a core, taken from the training threads of a 2-core machine."""
 
-        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_this_node()})
+    def __init__(self, handle: Callable[[dict[str, Any]], None], *, local: bool = False):
         self.handle = handle
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain, name="gsv-ray-relay", daemon=True)
+        if local:
+            fd, path = tempfile.mkstemp(prefix="gsv-ray-console-", suffix=".jsonl")  # our private temp dir
+            os.close(fd)
+            self.queue: Any = FileQueue(path)
+            target = self._tail
+        else:
+            from ray.util.queue import Queue
+
+            self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_this_node()})
+            target = self._drain
+        self._thread = threading.Thread(target=target, name="gsv-ray-relay", daemon=True)
         self._thread.start()
+
+    def _give(self, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            try:
+                self.handle(e)
+            except Exception:  # noqa: BLE001 -- the console never stops a run
+                logging.getLogger(__name__).exception("console relay")
+
+    def _tail(self) -> None:
+        """Read the events file as it grows (4 reads a second), whole lines only; after ``close``
+        one last read takes what the workers wrote before the run ended."""
+        rest = b""
+        with open(self.queue.path, "rb") as f:
+            while True:
+                stopping = self._stop.is_set()
+                rest += f.read()
+                *lines, rest = rest.split(b"\n")
+                events = []
+                for line in lines:
+                    try:
+                        events.append(json.loads(line))
+                    except ValueError:  # not ours, or damaged: skipped
+                        continue
+                self._give(events)
+                if stopping:
+                    return
+                self._stop.wait(0.25)
 
     def _drain(self) -> None:
         from ray.util.queue import Empty
@@ -352,17 +394,31 @@ class Relay:
                 events = []
                 if not self._stop.is_set():
                     time.sleep(0.2)
-            for e in events:
-                try:
-                    self.handle(e)
-                except Exception:  # noqa: BLE001 -- the console never stops a run
-                    logging.getLogger(__name__).exception("console relay")
+            self._give(events)
             if self._stop.is_set() and not events:
                 return
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if isinstance(self.queue, FileQueue):
+            with contextlib.suppress(OSError):
+                os.unlink(self.queue.path)
+
+
+class FileQueue:
+    """The workers' end of a local :class:`Relay`: each event is one JSON line appended with one
+    ``write`` (``O_APPEND``: lines from several workers never interleave)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def put_nowait(self, event: dict[str, Any]) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)  # never created here: gone means the run ended
+        try:
+            os.write(fd, (json.dumps(event) + "\n").encode())
+        finally:
+            os.close(fd)
 
 
 def on_this_node():

@@ -148,7 +148,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
         f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(storage)}")
-    relay, display = _console_relay(console)
+    relay, display = _console_relay(console, local=started)
     loop_config = {
         "relay": relay.queue if relay is not None else None,
         "train": dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
@@ -247,8 +247,9 @@ def _worker_resources(opts: RayOptions) -> dict[str, float]:
     return {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
 
 
-def _console_relay(console):
-    """Rank 0's lines and progress, relayed to the driver's console (none without a console)."""
+def _console_relay(console, *, local: bool):
+    """Rank 0's lines and progress, relayed to the driver's console (none without a console);
+    ``local``: our own Ray on this machine (see :class:`gsv_ray.console.Relay`)."""
     if console is None:
         return None, None
     from gsv_ray.console import ProgressDisplay, Relay
@@ -263,7 +264,7 @@ def _console_relay(console):
         elif e["kind"] == "step":
             display.update(int(e["step"]), {k: e[k] for k in ("loss", "lr") if e.get(k) is not None})
 
-    return Relay(handle), display
+    return Relay(handle, local=local), display
 
 
 def worker_cause(e: BaseException) -> tuple[int | None, BaseException | str]:

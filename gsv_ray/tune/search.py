@@ -301,7 +301,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     from gsv_ray.tune.asha import board_name, start_board
 
     board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
-    relay, rows = _console_relay(console, cfg.max_steps)
+    relay, rows = _console_relay(console, cfg.max_steps, local=started)
     trainable = tune.with_resources(
         tune.with_parameters(trial_function, base=cfg, shared=shared, opts=opts, tune_name=name,
                              storage_path=storage_path, storage_fs=storage_fs,
@@ -360,8 +360,9 @@ def _trial_checkpoints(opts: TuneOptions, cfg: TrainConfig) -> dict[str, Any]:
             "failure_config": tune.FailureConfig(max_failures=opts.max_failures)}
 
 
-def _console_relay(console, max_steps: int):
-    """Each trial's rank 0 sends its steps and validation losses to one row of the driver's console."""
+def _console_relay(console, max_steps: int, *, local: bool):
+    """Each trial's rank 0 sends its steps and validation losses to one row of the driver's console
+    (``local``: our own Ray on this machine, see :class:`gsv_ray.console.Relay`)."""
     if console is None:
         return None, None
     from gsv_ray.console import Relay, TrialsDisplay
@@ -376,7 +377,7 @@ def _console_relay(console, max_steps: int):
         elif e["kind"] in ("start", "step"):
             rows.update(e["run"], step=e["step"], status="running")
 
-    return Relay(handle), rows
+    return Relay(handle, local=local), rows
 
 
 def _trial_rows(rows, max_steps: int):
