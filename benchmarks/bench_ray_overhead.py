@@ -144,9 +144,14 @@ def main() -> None:
         firsts = []
         for i in range(args.pairs):  # side by side, alternating: a slow moment of the machine hits both
             # (a) torch on every core in both modes (Ray sets OMP_NUM_THREADS to the worker's CPUs)
-            t_local, local = run_cli(common + ["-o", str(d / f"local{i}")], env)
-            t_ray, ray_rows = run_cli(common + ["-o", str(d / f"ray{i}"), "--workers", "1",
+            # (every other pair runs Ray first: a machine slowing down or speeding up hits both ways)
+            local_run = lambda: run_cli(common + ["-o", str(d / f"local{i}")], env)  # noqa: E731
+            ray_run = lambda: run_cli(common + ["-o", str(d / f"ray{i}"), "--workers", "1",  # noqa: E731
                                                 "--cpus-per-worker", str(cores)], env)
+            if i % 2:
+                (t_ray, ray_rows), (t_local, local) = ray_run(), local_run()
+            else:
+                (t_local, local), (t_ray, ray_rows) = local_run(), ray_run()
             # (b) torch on one thread in both modes: a core is left for Ray's own processes
             _, local1 = run_cli(common + ["-o", str(d / f"local1-{i}")], one_thread)
             _, ray1 = run_cli(common + ["-o", str(d / f"ray1-{i}"), "--workers", "1", "--cpus-per-worker", "1"], env)
