@@ -1,6 +1,6 @@
 """What Ray costs over local mode, measured in one run.
 
-Run: ``python benchmarks/bench_ray_overhead.py [--steps 40] [--pairs 5] [--schemas DIR]``. Prints:
+Run: ``python benchmarks/bench_ray_overhead.py [--steps 150] [--pairs 5] [--schemas DIR]``. Prints:
   1. steady-state step time of `gsv-ray train --workers 1 --cpus-per-worker <cores>` (one Ray actor
      trains: launch.runs_in_actor) vs local mode (same model, batch, data, threads; medians from each
      run's metrics.jsonl after warm-up; the median ratio over --pairs runs side by side: one pair
@@ -121,7 +121,7 @@ print(json.dumps({"shared": a, "own": b}))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=150)  # long enough to meet Ray's periodic work
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=5, help="local/Ray runs side by side (the median ratio is the figure)")
     ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
