@@ -171,8 +171,6 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         raise KeyboardInterrupt from None
     except GsvError:
         raise
-    except KeyboardInterrupt:
-        raise
     except Exception as e:
         raise ray_failure(e) from e
     finally:
@@ -199,7 +197,7 @@ def _fit_on_ray_train(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOp
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpus_per_worker > 0,
                                      placement_strategy=opts.placement_strategy,
-                                     resources_per_worker=_worker_resources(opts)),
+                                     resources_per_worker=worker_resources(opts)),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=opts.max_failures),
                              # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
@@ -218,7 +216,7 @@ def _fit_in_actor(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOption
     from gsv_ray.distributed.worker import one_actor_loop
 
     trainable = tune.with_resources(tune.with_parameters(one_actor_loop, loop_config=loop_config),
-                                    _worker_resources(opts))
+                                    worker_resources(opts))
     experiment = f"{storage.rstrip('/')}/{name}"
     if opts.resume and tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True,
@@ -229,8 +227,7 @@ def _fit_in_actor(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOption
             tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_actor_trial_dirname),
             # verbose=0: no Tune status tables (our console shows the progress)
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.keep_last + 1)))
+                                      **trial_checkpoints(cfg.keep_last, opts.max_failures)))
     (result,) = tuner.fit()
     if result.error is not None:
         raise ray_failure(result.error, rank=0) from result.error
@@ -243,8 +240,19 @@ def _actor_trial_dirname(trial) -> str:
     return ACTOR_TRIAL
 
 
-def _worker_resources(opts: RayOptions) -> dict[str, float]:
+def worker_resources(opts) -> dict[str, float]:
+    """One worker's Ray resources (``RayOptions`` or tune's options: the same fields)."""
     return {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
+
+
+def trial_checkpoints(keep_last: int, max_failures: int) -> dict[str, Any]:
+    """``tune.RunConfig`` arguments for workers that train in Tune trials (a Train run's come from
+    Train's ``RunConfig``): the last ``--keep-last`` checkpoints + the final report's, and
+    ``--max-failures`` restarts."""
+    from ray import tune
+
+    return {"checkpoint_config": tune.CheckpointConfig(num_to_keep=keep_last + 1),
+            "failure_config": tune.FailureConfig(max_failures=max_failures)}
 
 
 def _console_relay(console, *, local: bool):

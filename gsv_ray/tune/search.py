@@ -176,8 +176,10 @@ def runs_in_trial(opts: TuneOptions) -> bool:
 def trial_resources(opts: TuneOptions) -> dict[str, float]:
     """What one trial holds: in its own actor, one worker's CPUs and GPUs; otherwise its Tune actor
     (1 CPU) + its workers' (Ray Train's controller takes none: ``num_cpus=0``)."""
+    from gsv_ray.distributed.launch import worker_resources
+
     if runs_in_trial(opts):
-        return {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
+        return worker_resources(opts)
     return {"CPU": 1 + opts.workers_per_trial * opts.cpus_per_worker,
             **({"GPU": opts.workers_per_trial * opts.gpus_per_worker} if opts.gpus_per_worker else {})}
 
@@ -219,13 +221,13 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from gsv_ray.distributed.launch import worker_resources
     from gsv_ray.distributed.worker import train_loop_per_worker
 
-    resources = {"CPU": opts.cpus_per_worker, **({"GPU": opts.gpus_per_worker} if opts.gpus_per_worker else {})}
     TorchTrainer(
         train_loop_per_worker, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=opts.workers_per_trial, use_gpu=opts.gpus_per_worker > 0,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=worker_resources(opts)),
         run_config=RunConfig(name=f"{tune_name}-{trial_id}", storage_path=storage_path, storage_filesystem=storage_fs,
                              callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=opts.max_failures),
@@ -351,13 +353,10 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
 
 def _trial_checkpoints(opts: TuneOptions, cfg: TrainConfig) -> dict[str, Any]:
     """Retention and restarts of trials that train in their own actor (Tune's, as a Train run's are
-    Train's): the last ``--keep-last`` checkpoints + the final report; ``--max-failures`` restarts."""
-    from ray import tune
+    Train's)."""
+    from gsv_ray.distributed.launch import trial_checkpoints
 
-    if not runs_in_trial(opts):
-        return {}
-    return {"checkpoint_config": tune.CheckpointConfig(num_to_keep=cfg.keep_last + 1),
-            "failure_config": tune.FailureConfig(max_failures=opts.max_failures)}
+    return trial_checkpoints(cfg.keep_last, opts.max_failures) if runs_in_trial(opts) else {}
 
 
 def _console_relay(console, max_steps: int, *, local: bool):

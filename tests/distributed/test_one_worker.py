@@ -17,6 +17,7 @@ from gsv_ray.distributed.launch import RayOptions, train_on_ray
 from gsv_ray.train import train
 from tests.distributed.conftest import RAY_ENV
 from tests.distributed.test_ray_train import _cfg, _files, _final_state, assert_same_gpt_exports
+from tests.support.procs import ray_processes
 
 #: process titles of Ray Train's controller, its helper actors and its workers
 TRAIN_TITLES = ("ray::TrainController", "ray::RayTrainWorker", "ray::PlacementGroupCleaner",
@@ -56,22 +57,6 @@ def test_one_worker_failure_is_reported_with_its_cause(ray_local, inject_fault, 
     assert e.value.exit_code == 1 and e.value.__cause__ is not None
 
 
-def _titles(session: int) -> dict[int, str]:
-    """Process titles of the Ray processes a CLI run (its own session) started."""
-    found = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            title = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            sid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[3])
-        except (OSError, ValueError, IndexError):
-            continue
-        if sid == session and title.startswith("ray::"):
-            found[int(d.name)] = title
-    return found
-
-
 def _newest_step(out: Path) -> int:
     from gsv_ray.distributed.worker import checkpoint_folders
     import pyarrow.fs as pafs
@@ -103,7 +88,7 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
     def wait_for(step: int, p) -> None:
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None and _newest_step(out) < step:
-            seen.update(_titles(p.pid))
+            seen.update(ray_processes(p.pid))
             time.sleep(0.05)
         assert _newest_step(out) >= step, open(tmp_path / "ray.log").read()[-3000:]
 
@@ -112,8 +97,8 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
     try:
         wait_for(20, p)
         killed_at = _newest_step(out)
-        trainers = [pid for pid, t in _titles(p.pid).items() if t.startswith("ray::ImplicitFunc")]
-        assert len(trainers) == 1, _titles(p.pid)
+        trainers = [pid for pid, t in ray_processes(p.pid).items() if t.startswith("ray::ImplicitFunc")]
+        assert len(trainers) == 1, ray_processes(p.pid)
         os.kill(trainers[0], signal.SIGKILL)
         wait_for(killed_at + 20, p)
         os.killpg(p.pid, signal.SIGINT)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from gsv_ray.distributed.launch import RayOptions, train_on_ray
 from gsv_ray.train import load_config, train
 from tests.distributed.conftest import RAY_ENV
+from tests.support.procs import ray_processes
 
 FIX = "logs/gsvfix/logs_s2_v2/"
 
@@ -122,18 +123,7 @@ def test_worker_failure_restores_and_matches_uninterrupted(kind, ray_local, inje
 
 def _ray_train_workers(session: int) -> list[int]:
     """PIDs of the Ray Train worker processes a CLI run (its own session) started."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            title = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            sid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[3])
-        except (OSError, ValueError, IndexError):
-            continue
-        if sid == session and title.startswith("ray::RayTrainWorker"):
-            pids.append(int(d.name))
-    return sorted(pids)
+    return sorted(pid for pid, title in ray_processes(session).items() if title.startswith("ray::RayTrainWorker"))
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's worker processes through /proc (Linux)")
