@@ -1,10 +1,14 @@
 """What Ray costs over local mode, measured in one run.
 
-Run: ``python benchmarks/bench_ray_overhead.py [--steps 150] [--pairs 5] [--schemas DIR]``. Prints:
+Run: ``python benchmarks/bench_ray_overhead.py [--steps 150] [--rounds 5] [--schemas DIR]``. Prints:
   1. steady-state step time of `gsv-ray train --workers 1 --cpus-per-worker <cores>` (one Ray actor
      trains: launch.runs_in_actor) vs local mode (same model, batch, data, threads; medians from each
-     run's metrics.jsonl after warm-up; the median ratio over --pairs runs side by side: one pair
-     alone varied 0.95-1.29x on 2 cores) — goal <= 1.05x. Twice: torch on every core in both modes
+     run's metrics.jsonl after warm-up) — goal <= 1.05x. Each round runs local, Ray, local again: the
+     Ray run is compared with the mean of the local runs around it (a machine speeding up or slowing
+     down hits both sides), and the two local runs with each other (an A/A control: how far two runs
+     of the *same* command differ on this machine, i.e. the precision of one round). Figures: the
+     median of the rounds' ratios, and the ratio of the medians of every step of every run of each
+     mode (pooled). Twice: torch on every core in both modes
      (Ray's own processes then take CPU from the training threads), and torch on one thread in both
      modes (a core left for Ray's processes: what the Ray path itself adds to a step); and local
      mode beside an idle local Ray (no job at all): what a running Ray costs a job that uses every
@@ -123,7 +127,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=150)  # long enough to meet Ray's periodic work
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--pairs", type=int, default=5, help="local/Ray runs side by side (the median ratio is the figure)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of runs side by side (local, Ray, local again; the median ratio is the figure)")
     ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
     args = ap.parse_args()
     from gsv_ray.data.synthetic import make_synthetic_experiment
@@ -140,38 +145,46 @@ def main() -> None:
                   "--wandb-mode", "disabled"]
         cores = os.cpu_count() or 1
         one_thread = {**env, "OMP_NUM_THREADS": "1"}
-        ratios: dict[str, list[float]] = {"all": [], "one": [], "idle": []}
+        ratios: dict[str, list[float]] = {"all": [], "aa": [], "one": [], "idle": []}
+        steps: dict[str, list[float]] = {"local": [], "ray": []}  # every step of every run, pooled
         firsts = []
-        for i in range(args.pairs):  # side by side, alternating: a slow moment of the machine hits both
-            # (a) torch on every core in both modes (Ray sets OMP_NUM_THREADS to the worker's CPUs)
-            # (every other pair runs Ray first: a machine slowing down or speeding up hits both ways)
-            local_run = lambda: run_cli(common + ["-o", str(d / f"local{i}")], env)  # noqa: E731
-            ray_run = lambda: run_cli(common + ["-o", str(d / f"ray{i}"), "--workers", "1",  # noqa: E731
-                                                "--cpus-per-worker", str(cores)], env)
-            if i % 2:
-                (t_ray, ray_rows), (t_local, local) = ray_run(), local_run()
-            else:
-                (t_local, local), (t_ray, ray_rows) = local_run(), ray_run()
+        med = lambda rows: statistics.median(x["step_time"] for x in rows[args.warmup:])  # noqa: E731
+        for i in range(args.rounds):
+            # (a) torch on every core in both modes (Ray sets OMP_NUM_THREADS to the worker's CPUs):
+            # local, Ray, local again
+            t_local, local = run_cli(common + ["-o", str(d / f"local{i}")], env)
+            t_ray, ray_rows = run_cli(common + ["-o", str(d / f"ray{i}"), "--workers", "1",
+                                               "--cpus-per-worker", str(cores)], env)
+            _, local_b = run_cli(common + ["-o", str(d / f"local{i}b")], env)
             # (b) torch on one thread in both modes: a core is left for Ray's own processes
             _, local1 = run_cli(common + ["-o", str(d / f"local1-{i}")], one_thread)
             _, ray1 = run_cli(common + ["-o", str(d / f"ray1-{i}"), "--workers", "1", "--cpus-per-worker", "1"], env)
             # (c) local mode while an idle local Ray (no job at all) runs beside it
             with idle_ray(env):
                 _, beside = run_cli(common + ["-o", str(d / f"beside{i}")], env)
-            m = [statistics.median(x["step_time"] for x in rows[args.warmup:])
-                 for rows in (local, ray_rows, local1, ray1, beside)]
-            ratios["all"].append(m[1] / m[0])
-            ratios["one"].append(m[3] / m[2])
-            ratios["idle"].append(m[4] / m[0])
+            m_la, m_ray, m_lb, m1l, m1r, m_beside = map(med, (local, ray_rows, local_b, local1, ray1, beside))
+            m_local = (m_la + m_lb) / 2
+            ratios["all"].append(m_ray / m_local)
+            ratios["aa"].append(m_lb / m_la)
+            ratios["one"].append(m1r / m1l)
+            ratios["idle"].append(m_beside / m_local)
+            steps["local"] += [x["step_time"] for rows in (local, local_b) for x in rows[args.warmup:]]
+            steps["ray"] += [x["step_time"] for x in ray_rows[args.warmup:]]
             firsts.append((local[0]["time"] - t_local, ray_rows[0]["time"] - t_ray))
-            print(f"  pair {i + 1}: {cores} threads: local {m[0] * 1000:.1f} ms, Ray {m[1] * 1000:.1f} ms -> "
-                  f"{m[1] / m[0]:.3f}x; 1 thread: local {m[2] * 1000:.1f} ms, Ray {m[3] * 1000:.1f} ms -> "
-                  f"{m[3] / m[2]:.3f}x; local beside an idle Ray {m[4] * 1000:.1f} ms -> {m[4] / m[0]:.3f}x; "
+            print(f"  round {i + 1}: {cores} threads: local {m_la * 1000:.1f} ms, Ray {m_ray * 1000:.1f} ms, local "
+                  f"{m_lb * 1000:.1f} ms -> {ratios['all'][-1]:.3f}x (local/local {ratios['aa'][-1]:.3f}x); "
+                  f"1 thread: local {m1l * 1000:.1f} ms, Ray {m1r * 1000:.1f} ms -> {ratios['one'][-1]:.3f}x; "
+                  f"local beside an idle Ray {m_beside * 1000:.1f} ms -> {ratios['idle'][-1]:.3f}x; "
                   f"first step local {firsts[-1][0]:.1f} s, Ray {firsts[-1][1]:.1f} s")
-        print(f"step time (GPT 6x256, batch 4, CPU), train --workers 1 / local, median of {args.pairs} pairs "
-              f"(goal <= 1.05x): torch on all {cores} cores {statistics.median(ratios['all']):.3f}x; on 1 thread, "
-              f"a core left for Ray's processes, {statistics.median(ratios['one']):.3f}x; local mode beside an idle "
-              f"local Ray / local mode alone {statistics.median(ratios['idle']):.3f}x")
+        span = lambda xs: f"{min(xs):.2f}-{max(xs):.2f}"  # noqa: E731
+        pooled = statistics.median(steps["ray"]) / statistics.median(steps["local"])
+        print(f"step time (GPT 6x256, batch 4, CPU), train --workers 1 / local over {args.rounds} rounds "
+              f"(goal <= 1.05x): torch on all {cores} cores: median {statistics.median(ratios['all']):.3f}x "
+              f"(rounds {span(ratios['all'])}), pooled steps {pooled:.3f}x; the same local command twice "
+              f"(A/A): {statistics.median(ratios['aa']):.3f}x (rounds {span(ratios['aa'])}); on 1 thread, a "
+              f"core left for Ray's processes: {statistics.median(ratios['one']):.3f}x (rounds "
+              f"{span(ratios['one'])}); local mode beside an idle local Ray / local mode alone "
+              f"{statistics.median(ratios['idle']):.3f}x (rounds {span(ratios['idle'])})")
         print(f"command to first step, median: local {statistics.median(f[0] for f in firsts):.1f} s, --workers 1 "
               f"{statistics.median(f[1] for f in firsts):.1f} s (goal: within 20 s)")
         t_tune, first = tune_first_step(d, env)
