@@ -148,7 +148,7 @@ def main() -> None:
         ratios: dict[str, list[float]] = {"all": [], "aa": [], "one": [], "idle": []}
         steps: dict[str, list[float]] = {"local": [], "ray": []}  # every step of every run, pooled
         firsts = []
-        med = lambda rows: statistics.median(x["step_time"] for x in rows[args.warmup:])  # noqa: E731
+        steady = lambda rows: [x["step_time"] for x in rows[args.warmup:]]  # noqa: E731 -- after warm-up
         for i in range(args.rounds):
             # (a) torch on every core in both modes (Ray sets OMP_NUM_THREADS to the worker's CPUs):
             # local, Ray, local again
@@ -162,14 +162,15 @@ def main() -> None:
             # (c) local mode while an idle local Ray (no job at all) runs beside it
             with idle_ray(env):
                 _, beside = run_cli(common + ["-o", str(d / f"beside{i}")], env)
-            m_la, m_ray, m_lb, m1l, m1r, m_beside = map(med, (local, ray_rows, local_b, local1, ray1, beside))
+            m_la, m_ray, m_lb, m1l, m1r, m_beside = (statistics.median(steady(rows)) for rows in
+                                                     (local, ray_rows, local_b, local1, ray1, beside))
             m_local = (m_la + m_lb) / 2
             ratios["all"].append(m_ray / m_local)
             ratios["aa"].append(m_lb / m_la)
             ratios["one"].append(m1r / m1l)
             ratios["idle"].append(m_beside / m_local)
-            steps["local"] += [x["step_time"] for rows in (local, local_b) for x in rows[args.warmup:]]
-            steps["ray"] += [x["step_time"] for x in ray_rows[args.warmup:]]
+            steps["local"] += steady(local) + steady(local_b)
+            steps["ray"] += steady(ray_rows)
             firsts.append((local[0]["time"] - t_local, ray_rows[0]["time"] - t_ray))
             print(f"  round {i + 1}: {cores} threads: local {m_la * 1000:.1f} ms, Ray {m_ray * 1000:.1f} ms, local "
                   f"{m_lb * 1000:.1f} ms -> {ratios['all'][-1]:.3f}x (local/local {ratios['aa'][-1]:.3f}x); "
