@@ -1,21 +1,28 @@
 """What Ray costs over local mode, measured in one run.
 
-Run: ``python benchmarks/bench_ray_overhead.py [--steps 150] [--rounds 5] [--schemas DIR]``. Prints:
+Run: ``python benchmarks/bench_ray_overhead.py [--cycles 30] [--slice 2] [--schemas DIR]``. Prints:
   1. steady-state step time of `gsv-ray train --workers 1 --cpus-per-worker <cores>` (one Ray actor
-     trains: launch.runs_in_actor) vs local mode (same model, batch, data, threads; medians from each
-     run's metrics.jsonl after warm-up) — goal <= 1.05x. Each round runs local, Ray, local again: the
-     Ray run is compared with the mean of the local runs around it (a machine speeding up or slowing
-     down hits both sides), and the two local runs with each other (an A/A control: how far two runs
-     of the *same* command differ on this machine, i.e. the precision of one round). Figures: the
-     median of the rounds' ratios, and the ratio of the medians of every step of every run of each
-     mode (pooled). Twice: torch on every core in both modes
-     (Ray's own processes then take CPU from the training threads), and torch on one thread in both
-     modes (a core left for Ray's processes: what the Ray path itself adds to a step); and local
-     mode beside an idle local Ray (no job at all): what a running Ray costs a job that uses every
-     core of the machine. (With Ray's default 1 CPU per worker, torch runs on 1 thread: Ray sets
-     OMP_NUM_THREADS.)
-  2. time from starting the command to the first training step, both modes, and for `gsv-ray tune`
-     (the demo's inputs and search, 2 trials at once; goal: tune within 20 s);
+     trains: launch.runs_in_actor) vs local mode (same model, batch, data, threads) — goal <= 1.05x.
+     The two runs are **interleaved**: both are started (one at a time, each alone on the machine) and
+     then take turns, ``--slice`` seconds each for ``--cycles`` cycles, the other one frozen whole
+     (SIGSTOP/SIGCONT to every process of its tree: the CLI, and for Ray its GCS, raylet, agents, the
+     training actor and the data workers). On a shared VM the speed of the host drifts by ~20 % on a
+     scale of seconds to minutes; runs one after the other measured that drift (two runs of the *same*
+     local command differed by 0.85-1.20x), turns of a few seconds share it. A step counts when it
+     began and ended inside its run's turn, less the first of each turn (caches cold after the other
+     run). Figures: the median over cycles of (the Ray turn's median step / the adjacent local turn's),
+     and the ratio of the medians of every counted step (pooled). Four pairs, each the same way:
+       - local vs local (A/A control: what the method resolves; should be 1.00x),
+       - local vs Ray, torch on every core in both modes (Ray's own processes then take CPU from the
+         training threads) — the goal,
+       - torch on one thread in both modes (a core left for Ray's processes: what the Ray path itself
+         adds to a step; with Ray's default 1 CPU per worker torch runs on 1 thread, Ray sets
+         OMP_NUM_THREADS),
+       - local mode alone vs local mode beside an idle local Ray (no job at all, frozen with it): what a
+         running Ray costs a job that uses every core.
+     Each run ends by Ctrl-C to its process group (exit 130, as a user stops it).
+  2. time from starting the command to the first training step, both modes (each started alone), and
+     for `gsv-ray tune` (the demo's inputs and search, 2 trials at once; goal: tune within 20 s);
   3. private memory per worker for a full-size v2 rebuild (export + base G + D, 361 MB of files):
      mapping the shared rebuild from the object store vs each worker loading and rebuilding itself.
 """
@@ -26,11 +33,13 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,14 +52,139 @@ def _medium_gpt(d: Path) -> Path:
     return _medium_gpt_export(d)
 
 
-def run_cli(args: list[str], env: dict) -> tuple[float, list[dict]]:
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args], env=env, capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(r.stderr[-3000:])
-    out = Path(args[args.index("-o") + 1])
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return t0, [x for x in rows if x["split"] == "train"]
+def process_tree(roots: list[int]) -> list[int]:
+    """The processes ``roots`` and all their descendants (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def signal_tree(roots: list[int], sig: int) -> None:
+    for pid in process_tree(roots):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+@dataclass
+class Run:
+    """One `gsv-ray train` command, frozen and thawed as a whole (with ``beside``: other processes that
+    belong to its side, e.g. an idle Ray)."""
+
+    name: str
+    args: list[str]
+    env: dict
+    metrics: tuple[Path, str]  # (folder, glob) of the metrics.jsonl that grows while it runs (Ray: the actor's)
+    beside: list[int] = field(default_factory=list)
+    turns: list[tuple[float, float]] = field(default_factory=list)
+
+    def start(self) -> None:
+        out = Path(self.args[self.args.index("-o") + 1])
+        self.log = out.with_name(out.name + ".console")  # a file, not a pipe: nothing blocks on a full pipe
+        self.t0 = time.time()
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gsv_ray", "train", *self.args], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # its own process group: Ctrl-C reaches it alone
+
+    def console(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def rows(self) -> list[dict]:
+        files = sorted(self.metrics[0].glob(self.metrics[1]))
+        if not files:
+            return []
+        lines = files[0].read_text().splitlines()
+        return [r for r in map(json.loads, (x for x in lines if x.endswith("}"))) if r["split"] == "train"]
+
+    def wait_steps(self, n: int) -> None:
+        while len(self.rows()) < n:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} ended before training:\n{self.console()}")
+            time.sleep(0.2)
+
+    def freeze(self) -> None:
+        signal_tree([self.proc.pid, *self.beside], signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        signal_tree([self.proc.pid, *self.beside], signal.SIGCONT)
+
+    def turn(self, seconds: float) -> None:
+        self.thaw()
+        t0 = time.time()
+        time.sleep(seconds)
+        self.freeze()
+        self.turns.append((t0, time.time()))
+
+    def stop(self) -> None:
+        """Ctrl-C, the way a user stops a run (our CLI exits 130)."""
+        self.thaw()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            stuck = subprocess.run(["ps", "-o", "pid,stat,wchan:24,args", "--pid",
+                                    ",".join(map(str, process_tree([self.proc.pid])))], capture_output=True, text=True)
+            signal_tree([self.proc.pid], signal.SIGKILL)
+            raise SystemExit(f"{self.name} did not stop 120 s after Ctrl-C:\n{stuck.stdout}\n{self.console()}") from None
+        if self.proc.returncode not in (0, 130):
+            raise SystemExit(f"{self.name}: exit {self.proc.returncode}:\n{self.console()}")
+
+    def per_turn(self, rows: list[dict]) -> list[list[float]]:
+        """Step times of the steps that began and ended inside each turn, less each turn's first."""
+        return [[r["step_time"] for r in rows if r["time"] - r["step_time"] >= t0 and r["time"] <= t1][1:]
+                for t0, t1 in self.turns]
+
+
+@dataclass(frozen=True)
+class Pair:
+    ratio: float  # median over cycles of b's turn median / a's adjacent turn median
+    lo: float
+    hi: float
+    pooled: float  # median of every counted step of b / of a
+    ms_a: float
+    ms_b: float
+    first_a: float  # command to first training step, s
+    first_b: float
+
+
+def interleaved(a: Run, b: Run, cycles: int, seconds: float) -> Pair:
+    """Start b, then a (each alone: the other is frozen), then alternate turns; a's turn first in even
+    cycles, b's in odd ones, so each pair of turns is adjacent in time."""
+    b.start()
+    b.wait_steps(10)
+    b.freeze()
+    a.start()
+    a.wait_steps(10)
+    a.freeze()
+    for k in range(cycles):
+        for run in (a, b) if k % 2 == 0 else (b, a):
+            run.turn(seconds)
+    rows_a, rows_b = a.rows(), b.rows()
+    for run in (a, b):
+        run.stop()
+    ta, tb = a.per_turn(rows_a), b.per_turn(rows_b)
+    ratios = [statistics.median(y) / statistics.median(x) for x, y in zip(ta, tb) if x and y]
+    ms_a = statistics.median(s for turn in ta for s in turn)
+    ms_b = statistics.median(s for turn in tb for s in turn)
+    return Pair(statistics.median(ratios), min(ratios), max(ratios), ms_b / ms_a, ms_a, ms_b,
+                rows_a[0]["time"] - a.t0, rows_b[0]["time"] - b.t0)
+
+
+def helper_env(env: dict) -> dict:
+    """For this script's own Ray helpers: their Ray session folder inside our temp dir (our CLI puts its own
+    there already), not in /tmp/ray."""
+    return {**env, "RAY_TMPDIR": str(Path(env["GSV_RAY_CACHE"]).parent / "ray")}
 
 
 IDLE_RAY = r"""
@@ -64,12 +198,12 @@ sys.stdin.read()  # until the benchmark closes our stdin
 @contextlib.contextmanager
 def idle_ray(env: dict):
     """A local Ray started as ours is (``ray.init(address="local")``) with nothing to run."""
-    p = subprocess.Popen([sys.executable, "-c", IDLE_RAY], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", IDLE_RAY], env=helper_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True)
     try:
         assert p.stdout.readline().strip() == "up"
         time.sleep(3)  # its prestarted workers settle
-        yield
+        yield p.pid
     finally:
         p.stdin.close()
         p.wait(timeout=60)
@@ -125,10 +259,8 @@ print(json.dumps({"shared": a, "own": b}))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=150)  # long enough to meet Ray's periodic work
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=5,
-                    help="rounds of runs side by side (local, Ray, local again; the median ratio is the figure)")
+    ap.add_argument("--cycles", type=int, default=30, help="turns each run takes in each pair (default 30)")
+    ap.add_argument("--slice", type=float, default=2.0, help="seconds of one turn (default 2)")
     ap.add_argument("--schemas", default=str(ROOT / "tests/reference/gpt_sovits/schemas"))
     args = ap.parse_args()
     from gsv_ray.data.synthetic import make_synthetic_experiment
@@ -140,61 +272,51 @@ def main() -> None:
                "RAY_AUTH_MODE": "disabled"}
         data = make_synthetic_experiment(d / "exp", version="v2", num_utterances=24)
         gpt = _medium_gpt(d)
-        common = ["--init", str(gpt), "--data", str(data), "--max-steps", str(args.steps), "--batch-size", "4",
-                  "--val-fraction", "0", "--save-every", str(args.steps), "--val-every", str(10**6),
-                  "--wandb-mode", "disabled"]
+        common = ["--init", str(gpt), "--data", str(data), "--max-steps", "100000", "--batch-size", "4",
+                  "--val-fraction", "0", "--save-every", "100000", "--val-every", "100000", "--wandb-mode", "disabled"]
         cores = os.cpu_count() or 1
-        one_thread = {**env, "OMP_NUM_THREADS": "1"}
-        ratios: dict[str, list[float]] = {"all": [], "aa": [], "one": [], "idle": []}
-        steps: dict[str, list[float]] = {"local": [], "ray": []}  # every step of every run, pooled
-        firsts = []
-        steady = lambda rows: [x["step_time"] for x in rows[args.warmup:]]  # noqa: E731 -- after warm-up
-        for i in range(args.rounds):
-            # (a) torch on every core in both modes (Ray sets OMP_NUM_THREADS to the worker's CPUs):
-            # local, Ray, local again
-            t_local, local = run_cli(common + ["-o", str(d / f"local{i}")], env)
-            t_ray, ray_rows = run_cli(common + ["-o", str(d / f"ray{i}"), "--workers", "1",
-                                               "--cpus-per-worker", str(cores)], env)
-            _, local_b = run_cli(common + ["-o", str(d / f"local{i}b")], env)
-            # (b) torch on one thread in both modes: a core is left for Ray's own processes
-            _, local1 = run_cli(common + ["-o", str(d / f"local1-{i}")], one_thread)
-            _, ray1 = run_cli(common + ["-o", str(d / f"ray1-{i}"), "--workers", "1", "--cpus-per-worker", "1"], env)
-            # (c) local mode while an idle local Ray (no job at all) runs beside it
-            with idle_ray(env):
-                _, beside = run_cli(common + ["-o", str(d / f"beside{i}")], env)
-            m_la, m_ray, m_lb, m1l, m1r, m_beside = (statistics.median(steady(rows)) for rows in
-                                                     (local, ray_rows, local_b, local1, ray1, beside))
-            m_local = (m_la + m_lb) / 2
-            ratios["all"].append(m_ray / m_local)
-            ratios["aa"].append(m_lb / m_la)
-            ratios["one"].append(m1r / m1l)
-            ratios["idle"].append(m_beside / m_local)
-            steps["local"] += steady(local) + steady(local_b)
-            steps["ray"] += steady(ray_rows)
-            firsts.append((local[0]["time"] - t_local, ray_rows[0]["time"] - t_ray))
-            print(f"  round {i + 1}: {cores} threads: local {m_la * 1000:.1f} ms, Ray {m_ray * 1000:.1f} ms, local "
-                  f"{m_lb * 1000:.1f} ms -> {ratios['all'][-1]:.3f}x (local/local {ratios['aa'][-1]:.3f}x); "
-                  f"1 thread: local {m1l * 1000:.1f} ms, Ray {m1r * 1000:.1f} ms -> {ratios['one'][-1]:.3f}x; "
-                  f"local beside an idle Ray {m_beside * 1000:.1f} ms -> {ratios['idle'][-1]:.3f}x; "
-                  f"first step local {firsts[-1][0]:.1f} s, Ray {firsts[-1][1]:.1f} s")
-        span = lambda xs: f"{min(xs):.2f}-{max(xs):.2f}"  # noqa: E731
-        pooled = statistics.median(steps["ray"]) / statistics.median(steps["local"])
-        print(f"step time (GPT 6x256, batch 4, CPU), train --workers 1 / local over {args.rounds} rounds "
-              f"(goal <= 1.05x): torch on all {cores} cores: median {statistics.median(ratios['all']):.3f}x "
-              f"(rounds {span(ratios['all'])}), pooled steps {pooled:.3f}x; the same local command twice "
-              f"(A/A): {statistics.median(ratios['aa']):.3f}x (rounds {span(ratios['aa'])}); on 1 thread, a "
-              f"core left for Ray's processes: {statistics.median(ratios['one']):.3f}x (rounds "
-              f"{span(ratios['one'])}); local mode beside an idle local Ray / local mode alone "
-              f"{statistics.median(ratios['idle']):.3f}x (rounds {span(ratios['idle'])})")
-        print(f"command to first step, median: local {statistics.median(f[0] for f in firsts):.1f} s, --workers 1 "
-              f"{statistics.median(f[1] for f in firsts):.1f} s (goal: within 20 s)")
+        runs = iter(range(100))
+
+        def local(threads: int | None = None) -> Run:
+            o = d / f"run{next(runs)}"
+            extra = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+            return Run("local", common + ["-o", str(o)], {**env, **extra}, (o, "metrics.jsonl"))
+
+        def on_ray(cpus: int) -> Run:
+            o = d / f"run{next(runs)}"
+            scratch = d / f"{o.name}-scratch"  # the node scratch of this run alone: its live metrics.jsonl
+            return Run("Ray", common + ["-o", str(o), "--workers", "1", "--cpus-per-worker", str(cpus)],
+                       {**env, "GSV_RAY_SCRATCH": str(scratch)}, (scratch, "*/run/metrics.jsonl"))
+
+        def show(label: str, r: Pair) -> None:
+            print(f"  {label}: {r.ms_b * 1000:.1f} / {r.ms_a * 1000:.1f} ms per step -> {r.ratio:.3f}x (cycles "
+                  f"{r.lo:.2f}-{r.hi:.2f}; pooled steps {r.pooled:.3f}x)", flush=True)
+
+        print(f"step time (GPT 6x256, batch 4, CPU, {cores} cores), {args.cycles} cycles of {args.slice:g} s "
+              f"turns per pair, second run / first:", flush=True)
+        aa = interleaved(local(), local(), args.cycles, args.slice)
+        show("local / local (A/A control)", aa)
+        full = interleaved(local(), on_ray(cores), args.cycles, args.slice)
+        show(f"train --workers 1 / local, torch on all {cores} cores (goal <= 1.05x)", full)
+        one = interleaved(local(1), on_ray(1), args.cycles, args.slice)
+        show("train --workers 1 / local, torch on 1 thread (a core left for Ray)", one)
+        with idle_ray(env) as idle:
+            beside = local()
+            beside.beside = [idle]
+            signal_tree([idle], signal.SIGSTOP)  # frozen and thawed with the run beside it
+            alone = local()
+            idle_pair = interleaved(alone, beside, args.cycles, args.slice)
+            signal_tree([idle], signal.SIGCONT)
+        show("local beside an idle local Ray / local alone", idle_pair)
+        print(f"command to first step (each started alone): local {full.first_a:.1f} s, --workers 1 "
+              f"{full.first_b:.1f} s (goal: within 20 s)")
         t_tune, first = tune_first_step(d, env)
         print(f"gsv-ray tune (demo inputs, 2 trials at once): first training step {first - t_tune:.1f} s after "
               f"the command (goal <= 20 s)")
 
         sf = SchemaFiles(Path(args.schemas), d / "files")
         files = [sf.path("sovits-export", "v2"), sf.path("sovits-pretrained-g", "v2"), sf.path("sovits-pretrained-d", "v2")]
-        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *map(str, files)], env=env, capture_output=True,
+        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *map(str, files)], env=helper_env(env), capture_output=True,
                            text=True)
         if r.returncode:
             raise SystemExit(r.stderr[-3000:])
