@@ -5,7 +5,7 @@ Run: ``python benchmarks/bench_ray_overhead.py [--cycles 30] [--slice 2] [--sche
      trains: launch.runs_in_actor) vs local mode (same model, batch, data, threads) — goal <= 1.05x.
      The two runs are **interleaved**: both are started (one at a time, each alone on the machine) and
      then take turns, ``--slice`` seconds each for ``--cycles`` cycles, the other one frozen whole
-     (SIGSTOP/SIGCONT to every process of its tree: the CLI, and for Ray its GCS, raylet, agents, the
+     (SIGSTOP/SIGCONT to every process of its session: the CLI, and for Ray its GCS, raylet, agents, the
      training actor and the data workers). On a shared VM the speed of the host drifts by ~20 % on a
      scale of seconds to minutes; runs one after the other measured that drift (two runs of the *same*
      local command differed by 0.85-1.20x), turns of a few seconds share it. A step counts when it
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -45,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.procs import session_processes  # noqa: E402 -- after the path: the repository's tests
+
 
 def _medium_gpt(d: Path) -> Path:
     from benchmarks.bench_step import _medium_gpt_export
@@ -52,48 +55,33 @@ def _medium_gpt(d: Path) -> Path:
     return _medium_gpt_export(d)
 
 
-def process_tree(roots: list[int]) -> list[int]:
-    """The processes ``roots`` and all their descendants (from /proc's parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue  # gone meanwhile
-            children.setdefault(parent, []).append(int(entry))
-    out, todo = [], list(roots)
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
-def signal_tree(roots: list[int], sig: int) -> None:
-    for pid in process_tree(roots):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+def signal_sessions(sessions: list[int], sig: int) -> None:
+    """``sig`` to every process of these sessions (each run, and the idle Ray, is started in its own)."""
+    for session in sessions:
+        for pid in session_processes(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
 
 @dataclass
 class Run:
-    """One `gsv-ray train` command, frozen and thawed as a whole (with ``beside``: other processes that
-    belong to its side, e.g. an idle Ray)."""
+    """One `gsv-ray train` command into ``out``, frozen and thawed as a whole (with ``beside``: the
+    sessions of other processes that belong to its side, e.g. an idle Ray)."""
 
     name: str
-    args: list[str]
+    args: list[str]  # all but -o
     env: dict
+    out: Path
     metrics: tuple[Path, str]  # (folder, glob) of the metrics.jsonl that grows while it runs (Ray: the actor's)
     beside: list[int] = field(default_factory=list)
     turns: list[tuple[float, float]] = field(default_factory=list)
 
     def start(self) -> None:
-        out = Path(self.args[self.args.index("-o") + 1])
-        self.log = out.with_name(out.name + ".console")  # a file, not a pipe: nothing blocks on a full pipe
+        self.log = self.out.with_name(self.out.name + ".console")  # a file, not a pipe: nothing blocks on it
         self.t0 = time.time()
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gsv_ray", "train", *self.args], env=self.env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "gsv_ray", "train", *self.args, "-o", str(self.out)],
+                                         env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # its own process group: Ctrl-C reaches it alone
 
@@ -114,10 +102,10 @@ class Run:
             time.sleep(0.2)
 
     def freeze(self) -> None:
-        signal_tree([self.proc.pid, *self.beside], signal.SIGSTOP)
+        signal_sessions([self.proc.pid, *self.beside], signal.SIGSTOP)
 
     def thaw(self) -> None:
-        signal_tree([self.proc.pid, *self.beside], signal.SIGCONT)
+        signal_sessions([self.proc.pid, *self.beside], signal.SIGCONT)
 
     def turn(self, seconds: float) -> None:
         self.thaw()
@@ -133,9 +121,9 @@ class Run:
         try:
             self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            stuck = subprocess.run(["ps", "-o", "pid,stat,wchan:24,args", "--pid",
-                                    ",".join(map(str, process_tree([self.proc.pid])))], capture_output=True, text=True)
-            signal_tree([self.proc.pid], signal.SIGKILL)
+            stuck = subprocess.run(["ps", "-o", "pid,stat,wchan:24,args", "--sid", str(self.proc.pid)],
+                                   capture_output=True, text=True)
+            signal_sessions([self.proc.pid], signal.SIGKILL)
             raise SystemExit(f"{self.name} did not stop 120 s after Ctrl-C:\n{stuck.stdout}\n{self.console()}") from None
         if self.proc.returncode not in (0, 130):
             raise SystemExit(f"{self.name}: exit {self.proc.returncode}:\n{self.console()}")
@@ -199,7 +187,7 @@ sys.stdin.read()  # until the benchmark closes our stdin
 def idle_ray(env: dict):
     """A local Ray started as ours is (``ray.init(address="local")``) with nothing to run."""
     p = subprocess.Popen([sys.executable, "-c", IDLE_RAY], env=helper_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True)
+                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # its session: frozen as one
     try:
         assert p.stdout.readline().strip() == "up"
         time.sleep(3)  # its prestarted workers settle
@@ -275,18 +263,18 @@ def main() -> None:
         common = ["--init", str(gpt), "--data", str(data), "--max-steps", "100000", "--batch-size", "4",
                   "--val-fraction", "0", "--save-every", "100000", "--val-every", "100000", "--wandb-mode", "disabled"]
         cores = os.cpu_count() or 1
-        runs = iter(range(100))
+        runs = itertools.count()
 
         def local(threads: int | None = None) -> Run:
             o = d / f"run{next(runs)}"
             extra = {"OMP_NUM_THREADS": str(threads)} if threads else {}
-            return Run("local", common + ["-o", str(o)], {**env, **extra}, (o, "metrics.jsonl"))
+            return Run("local", common, {**env, **extra}, o, (o, "metrics.jsonl"))
 
         def on_ray(cpus: int) -> Run:
             o = d / f"run{next(runs)}"
             scratch = d / f"{o.name}-scratch"  # the node scratch of this run alone: its live metrics.jsonl
-            return Run("Ray", common + ["-o", str(o), "--workers", "1", "--cpus-per-worker", str(cpus)],
-                       {**env, "GSV_RAY_SCRATCH": str(scratch)}, (scratch, "*/run/metrics.jsonl"))
+            return Run("Ray", common + ["--workers", "1", "--cpus-per-worker", str(cpus)],
+                       {**env, "GSV_RAY_SCRATCH": str(scratch)}, o, (scratch, "*/run/metrics.jsonl"))
 
         def show(label: str, r: Pair) -> None:
             print(f"  {label}: {r.ms_b * 1000:.1f} / {r.ms_a * 1000:.1f} ms per step -> {r.ratio:.3f}x (cycles "
@@ -303,10 +291,8 @@ def main() -> None:
         with idle_ray(env) as idle:
             beside = local()
             beside.beside = [idle]
-            signal_tree([idle], signal.SIGSTOP)  # frozen and thawed with the run beside it
-            alone = local()
-            idle_pair = interleaved(alone, beside, args.cycles, args.slice)
-            signal_tree([idle], signal.SIGCONT)
+            signal_sessions([idle], signal.SIGSTOP)  # frozen and thawed with the run beside it (its stop thaws it)
+            idle_pair = interleaved(local(), beside, args.cycles, args.slice)
         show("local beside an idle local Ray / local alone", idle_pair)
         print(f"command to first step (each started alone): local {full.first_a:.1f} s, --workers 1 "
               f"{full.first_b:.1f} s (goal: within 20 s)")
