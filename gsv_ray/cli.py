@@ -344,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(command).parse_args(argv)
+    _mask_argv()
     try:
         with warnings.catch_warnings():
             for category, module in _NOISY_WARNINGS:
@@ -370,6 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.func in (_cmd_train, _cmd_tune) else "")
         print(f"gsv-ray: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _mask_argv() -> None:
+    """Mask credentials given inside URIs in ``sys.argv`` once it is parsed: W&B records the
+    command line (``wandb-metadata.json``, the ``.wandb`` file) and Ray its driver's; neither has
+    an option to leave it out."""
+    from gsv_ray.masking import mask
+
+    sys.argv[:] = [mask(a) for a in sys.argv]
 
 
 def _debug_traceback(args: argparse.Namespace) -> None:

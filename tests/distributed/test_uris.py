@@ -89,3 +89,68 @@ def test_ray_bad_input_is_one_line_before_training(case, fixtures_dir, synth, tm
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     assert not list((tmp_path / "o").glob("*_weights*"))
+
+
+#: credentials a user put in the storage URI (pyarrow accepts ``s3://KEY:SECRET@bucket/path``)
+LEAK_KEY, LEAK_SECRET = "AKIALEAKCHECK7Q", "sEcReTleakCHECK9zZ"
+
+
+def _files_holding(roots, needle: bytes) -> list[str]:
+    """Every file under ``roots`` whose bytes contain ``needle`` (binary W&B/pickle files included)."""
+    hits = []
+    for root in roots:
+        for p in Path(root).rglob("*"):
+            try:
+                if p.is_file() and not p.is_symlink() and needle in p.read_bytes():
+                    hits.append(str(p))
+            except OSError:
+                pass
+    return hits
+
+
+def test_storage_credentials_in_uri_are_never_printed_or_stored(s3, fixtures_dir, synth, tmp_path):
+    """Issue 24.1: keys given inside ``--storage s3://KEY:SECRET@bucket/...`` appear in no output, log,
+    run record, W&B file, temp or home file, and a --resume with the same flag continues the run."""
+    import tempfile
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with tempfile.TemporaryDirectory(prefix="gsvleak-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
+        _no_credentials_anywhere(s3, fixtures_dir, synth, tmp_path, home, Path(tmpdir))
+
+
+def _no_credentials_anywhere(s3, fixtures_dir, synth, tmp_path, home, tmpdir):
+    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "NO_PROXY")}
+    env.update(HOME=str(home), TMPDIR=str(tmpdir), AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
+    out = tmp_path / "out"
+    storage = f"s3://{LEAK_KEY}:{LEAK_SECRET}@voices/leak"
+    args = ["--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(synth), "--storage", storage,
+            "-o", str(out), "--max-steps", "4", "--batch-size", "2", "--save-every", "2", "--val-every", "1000",
+            "--wandb-mode", "offline", "--workers", "1"]
+    run_env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"),
+               "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), **env}
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args], env=run_env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B's binary run file was written
+    from pyarrow.fs import FileSelector
+
+    fs = s3["fs"]
+    stored = [i.path for i in fs.get_file_info(FileSelector("voices/leak", recursive=True)) if i.type.name == "File"]
+    assert stored
+    leaks = {}
+    for needle in (LEAK_SECRET, LEAK_KEY):
+        found = ["stdout/stderr"] if needle in r.stdout + r.stderr else []
+        found += _files_holding([tmp_path, tmpdir], needle.encode())  # -o, logs, W&B, cache, scratch, HOME, TMPDIR
+        # the storage itself: Ray's experiment state there holds no keys either
+        found += [f"s3://{p}" for p in stored if needle.encode() in fs.open_input_stream(p).read()]
+        if found:
+            leaks[needle] = found
+    assert leaks == {}
+    assert "s3://***@voices/leak" in r.stdout  # shown masked
+    # a --resume without the keys: one line saying where to give them
+    again = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args[:args.index("--storage")],
+                            *args[args.index("-o"):], "--resume"], env=run_env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
+    assert len(again.stderr.strip().splitlines()) == 1 and "--storage" in again.stderr, again.stderr
