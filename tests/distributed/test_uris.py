@@ -108,49 +108,46 @@ def _files_holding(roots, needle: bytes) -> list[str]:
     return hits
 
 
-def test_storage_credentials_in_uri_are_never_printed_or_stored(s3, fixtures_dir, synth, tmp_path):
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_storage_credentials_in_uri_are_never_printed_or_stored(command, s3, fixtures_dir, synth, tmp_path):
     """Issue 24.1: keys given inside ``--storage s3://KEY:SECRET@bucket/...`` appear in no output, log,
-    run record, W&B file, temp or home file, and a --resume with the same flag continues the run."""
+    run record, W&B file (binary ones too), temp or home file, nor in Ray's state on the storage;
+    the run uses them (no keys in the environment) and a train --resume without them says, in one
+    line, to give them again."""
     import tempfile
 
-    home = tmp_path / "home"
-    home.mkdir()
-    with tempfile.TemporaryDirectory(prefix="gsvleak-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
-        _no_credentials_anywhere(s3, fixtures_dir, synth, tmp_path, home, Path(tmpdir))
-
-
-def _no_credentials_anywhere(s3, fixtures_dir, synth, tmp_path, home, tmpdir):
-    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "NO_PROXY")}
-    env.update(HOME=str(home), TMPDIR=str(tmpdir), AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
-    out = tmp_path / "out"
-    storage = f"s3://{LEAK_KEY}:{LEAK_SECRET}@voices/leak"
-    args = ["--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(synth), "--storage", storage,
-            "-o", str(out), "--max-steps", "4", "--batch-size", "2", "--save-every", "2", "--val-every", "1000",
-            "--wandb-mode", "offline", "--workers", "1"]
-    run_env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"),
-               "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), **env}
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args], env=run_env, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B's binary run file was written
     from pyarrow.fs import FileSelector
 
-    fs = s3["fs"]
-    stored = [i.path for i in fs.get_file_info(FileSelector("voices/leak", recursive=True)) if i.type.name == "File"]
-    assert stored
-    leaks = {}
-    for needle in (LEAK_SECRET, LEAK_KEY):
-        found = ["stdout/stderr"] if needle in r.stdout + r.stderr else []
-        found += _files_holding([tmp_path, tmpdir], needle.encode())  # -o, logs, W&B, cache, scratch, HOME, TMPDIR
-        # the storage itself: Ray's experiment state there holds no keys either
-        found += [f"s3://{p}" for p in stored if needle.encode() in fs.open_input_stream(p).read()]
-        if found:
-            leaks[needle] = found
-    assert leaks == {}
-    assert "s3://***@voices/leak" in r.stdout  # shown masked
-    # a --resume without the keys: one line saying where to give them
-    again = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args[:args.index("--storage")],
-                            *args[args.index("-o"):], "--resume"], env=run_env, capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
-    assert len(again.stderr.strip().splitlines()) == 1 and "--storage" in again.stderr, again.stderr
+    home, out, prefix = tmp_path / "home", tmp_path / "out", f"voices/leak-{command}"
+    home.mkdir()
+    args = ["--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(synth),
+            "--storage", f"s3://{LEAK_KEY}:{LEAK_SECRET}@{prefix}", "-o", str(out), "--max-steps", "2",
+            "--batch-size", "2", "--wandb-mode", "offline"]
+    args += (["--workers", "1", "--save-every", "2", "--val-every", "1000"] if command == "train" else
+             ["--num-samples", "1", "--val-every", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--name", "leak"])
+    with tempfile.TemporaryDirectory(prefix="gsvleak-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
+        env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": "",
+               "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), "HOME": str(home), "TMPDIR": tmpdir,
+               "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+        r = subprocess.run([sys.executable, "-m", "gsv_ray", command, *args], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B's binary run file was written
+        fs = s3["fs"]
+        stored = [i.path for i in fs.get_file_info(FileSelector(prefix, recursive=True)) if i.type.name == "File"]
+        assert stored
+        leaks = {}
+        for needle in (LEAK_SECRET, LEAK_KEY):
+            found = ["stdout/stderr"] if needle in r.stdout + r.stderr else []
+            found += _files_holding([tmp_path, tmpdir], needle.encode())  # -o, logs, W&B, cache, scratch, HOME, TMPDIR
+            found += [f"s3://{p}" for p in stored if needle.encode() in fs.open_input_stream(p).read()]
+            if found:
+                leaks[needle] = found
+        assert leaks == {}
+        assert f"s3://***@{prefix}" in r.stdout  # shown masked
+        if command == "train":  # a --resume without the keys: one line saying where to give them
+            again = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args[:args.index("--storage")],
+                                    *args[args.index("-o"):], "--resume"], env=env, capture_output=True, text=True,
+                                   timeout=600)
+            assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
+            assert len(again.stderr.strip().splitlines()) == 1 and "--storage" in again.stderr, again.stderr
