@@ -286,3 +286,11 @@ def test_s3_unreachable_endpoint_is_one_line(s3: dict, tmp_path: Path) -> None:
         storage.fetch(f"s3://voices/x.ckpt?endpoint_override=127.0.0.1:{dead}&scheme=http", tmp_path)
     assert "s3://voices/x.ckpt" in one_line(err)
     assert time.monotonic() - t0 < 30
+
+
+def test_run_records_mask_credentials_in_input_uris() -> None:
+    """config.json, run_config.json and W&B's config come from TrainConfig.to_json: no keys in them."""
+    from gsv_ray.train.config import TrainConfig
+
+    rec = TrainConfig(init="s3://AK:SK@b/i.pth", data="s3://b/exp?secret_key=SK", output_dir="o").to_json()
+    assert rec["init"] == "s3://***@b/i.pth" and rec["data"] == "s3://b/exp?secret_key=***"
