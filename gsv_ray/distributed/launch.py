@@ -101,7 +101,32 @@ def run_uri(storage_path: str, name: str, opts: RayOptions) -> str:
     return f"{root}/{ACTOR_TRIAL}" if runs_in_actor(opts) else root
 
 
+def check_machine(opts: RayOptions) -> None:
+    """On our own local Ray (no ``--address``/``RAY_ADDRESS``): refuse, before anything starts,
+    more worker CPUs than this machine has (the local Ray would be started with that many logical
+    CPUs and oversubscribe, or run out of memory after minutes) and more GPUs than it has."""
+    import ray
+
+    if joined_address(opts.address) or ray.is_initialized():
+        return  # a cluster, or a Ray this process runs already: check_resources counts it
+    have = os.cpu_count() or 1
+    if opts.workers * opts.cpus_per_worker > have:
+        fits = int(have // opts.cpus_per_worker)
+        raise ConfigError(f"--workers {opts.workers} x {opts.cpus_per_worker:g} CPUs per worker need "
+                          f"{opts.workers * opts.cpus_per_worker:g} CPUs but this machine has {have}",
+                          fix=(f"use --workers {fits} or less" if fits else "lower --cpus-per-worker")
+                          + ", or join a larger cluster with --address")
+    if opts.gpus_per_worker:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if opts.workers * opts.gpus_per_worker > gpus:
+            raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {gpus}",
+                              fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
+
+
 def check_resources(opts: RayOptions) -> None:
+    """On the cluster (joined or ours): the workers' CPUs and GPUs fit in it, before the run starts."""
     import ray
 
     res = ray.cluster_resources()
@@ -111,8 +136,9 @@ def check_resources(opts: RayOptions) -> None:
                        fix="lower --workers / --gpus-per-worker, or add GPU nodes")
     cpus = res.get("CPU", 0.0)
     if opts.workers * opts.cpus_per_worker > cpus:
+        fits = int(cpus // opts.cpus_per_worker)
         raise ConfigError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs but the cluster has {cpus:g}",
-                       fix="lower --workers / --cpus-per-worker")
+                       fix=f"use --workers {fits} or less" if fits else "lower --cpus-per-worker, or add nodes")
 
 
 def driver_experiment(cfg: TrainConfig, rebuilt):
@@ -136,6 +162,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
 
     cfg.validate()
     opts.validate()
+    check_machine(opts)
     check_output_path(cfg.output_dir)
     if not opts.resume:
         check_new_run(cfg.output_dir)
@@ -154,13 +181,6 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
     check_writable(storage)  # before Ray starts: a bad --storage is one line, nothing else happens
     storage_fs, storage_path = resolve(storage)
-    if not (opts.address or os.environ.get("RAY_ADDRESS")) and opts.gpus_per_worker:  # a local Ray: count now
-        import torch
-
-        have = torch.cuda.device_count()
-        if opts.workers * opts.gpus_per_worker > have:
-            raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
-                           fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
     import ray
 
     joined = not ray.is_initialized() and bool(opts.address or os.environ.get("RAY_ADDRESS"))

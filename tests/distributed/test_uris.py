@@ -91,6 +91,26 @@ def test_ray_bad_input_is_one_line_before_training(case, fixtures_dir, synth, tm
     assert not list((tmp_path / "o").glob("*_weights*"))
 
 
+def test_more_workers_than_cpus_is_refused_before_ray_starts(fixtures_dir, synth, tmp_path):
+    """Issue 24.5: ``--workers`` x ``--cpus-per-worker`` beyond this machine's CPUs on our own local
+    Ray is one line, exit 2, at once (it trained oversubscribed, or ran 455 s into Ray's OOM text)."""
+    import time
+
+    workers = (os.cpu_count() or 1) + 1
+    env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"), "GSV_RAY_SCRATCH": str(tmp_path / "s")}
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+                        "--data", str(synth), "-o", str(tmp_path / "o"), "--max-steps", "2", "--wandb-mode", "disabled",
+                        "--workers", str(workers)], env=env, capture_output=True, text=True, timeout=300)
+    took = time.monotonic() - t0
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"--workers {workers}" in lines[0] and f"--workers {workers - 1}" in lines[0], lines
+    assert "rebuilt" not in r.stdout and not (tmp_path / "o").exists()  # refused before anything ran
+    assert took < 30, took
+
+
 #: credentials a user put in the storage URI (pyarrow accepts ``s3://KEY:SECRET@bucket/path``)
 LEAK_KEY, LEAK_SECRET = "AKIALEAKCHECK7Q", "sEcReTleakCHECK9zZ"
 
