@@ -72,7 +72,10 @@ def _cmd_semantic(args: argparse.Namespace) -> int:
     missing = [k for k in ("data", "model") if not values.get(k)]
     if missing:
         raise ConfigError(f"missing {', '.join('--' + k for k in missing)}", fix="give it as a flag or in --config")
-    r = SemanticOptions(**values).run()
+    from gsv_ray.owned import private_temp_dir
+
+    with private_temp_dir():  # --workers N: our local Ray's session folder, torch's inductor cache
+        r = SemanticOptions(**values).run()
     print(r.report.message())
     mode = f"{r.workers} Ray tasks" if r.workers > 1 else "in-process"
     print(f"wrote {r.written} of {r.listed} utterances ({r.tokens} tokens, {r.device} {'fp16' if r.half else 'fp32'}, "
