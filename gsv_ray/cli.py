@@ -39,18 +39,21 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
     from gsv_ray.rebuild import RebuildSpec, export_result, rebuild_cached
 
+    from gsv_ray.owned import private_temp_dir
+
     spec = RebuildSpec(init=args.init, base_g=args.base_g, base_d=args.base_d, stage=args.stage, version=args.version,
                        task=args.task, lora_rank=args.lora_rank)
-    if args.no_cache:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="gsv-ray-nocache-") as scratch:  # nothing read from or left in a cache
+    # the private temp dir holds torch's inductor cache and --no-cache's scratch: removed at the end,
+    # and by the next command when this one is killed (its lock is gone)
+    with private_temp_dir() as tmp:
+        if args.no_cache:
+            scratch = tmp / "nocache"  # nothing read from or left in a cache
             result = rebuild_cached(spec, cache_root=scratch)
             out = export_result(result, args.output) if args.output else None
             result.path = out
-    else:
-        result = rebuild_cached(spec, cache_root=args.cache, verify_inputs=args.verify_inputs)
-        out = export_result(result, args.output) if args.output else result.path
+        else:
+            result = rebuild_cached(spec, cache_root=args.cache, verify_inputs=args.verify_inputs)
+            out = export_result(result, args.output) if args.output else result.path
     if args.json:
         print(json.dumps({"path": str(out), "cache_hit": result.cache_hit, **result.report.to_json()}, indent=1))
         return 0
