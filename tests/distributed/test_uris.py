@@ -171,3 +171,24 @@ def test_storage_credentials_in_uri_are_never_printed_or_stored(command, s3, fix
                                    timeout=600)
             assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
             assert len(again.stderr.strip().splitlines()) == 1 and "--storage" in again.stderr, again.stderr
+
+
+def test_resume_takes_the_recorded_storage_unless_its_credentials_were_masked(tmp_path):
+    """``--resume`` without ``--storage``: the storage ``ray_run.json`` records (keys never are);
+    a masked one is one line asking for them; the default ``-o/ray`` is not recorded (it moves with -o)."""
+    import json
+
+    from gsv_ray.distributed.launch import RayOptions, _recorded_run, _recorded_storage, run_storage
+    from gsv_ray.errors import ConfigError
+
+    out, opts = tmp_path / "o", RayOptions(workers=1, resume=True)
+    out.mkdir()
+    for kept, want in (("s3://b/p", "s3://b/p"), (None, str(out.resolve() / "ray"))):
+        (out / "ray_run.json").write_text(json.dumps({"name": "gsv-x", "layout": "actor", "storage": kept}))
+        assert run_storage(opts, out, _recorded_run(out)) == want
+    assert run_storage(RayOptions(workers=1, resume=True, storage="s3://K:S@b/q"), out, _recorded_run(out)) == "s3://K:S@b/q"
+    assert _recorded_storage("s3://K:S@b/q", out) == "s3://***@b/q" and _recorded_storage(str(out / "ray"), out) is None
+    (out / "ray_run.json").write_text(json.dumps({"name": "gsv-x", "layout": "actor", "storage": "s3://***@b/q"}))
+    with pytest.raises(ConfigError, match="pass --storage again") as e:
+        run_storage(opts, out, _recorded_run(out))
+    assert "\n" not in str(e.value)
