@@ -39,18 +39,21 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
 
     from gsv_ray.rebuild import RebuildSpec, export_result, rebuild_cached
 
+    from gsv_ray.owned import private_temp_dir
+
     spec = RebuildSpec(init=args.init, base_g=args.base_g, base_d=args.base_d, stage=args.stage, version=args.version,
                        task=args.task, lora_rank=args.lora_rank)
-    if args.no_cache:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="gsv-ray-nocache-") as scratch:  # nothing read from or left in a cache
+    # the private temp dir holds torch's inductor cache and --no-cache's scratch: removed at the end,
+    # and by the next command when this one is killed (its lock is gone)
+    with private_temp_dir() as tmp:
+        if args.no_cache:
+            scratch = tmp / "nocache"  # nothing read from or left in a cache
             result = rebuild_cached(spec, cache_root=scratch)
             out = export_result(result, args.output) if args.output else None
             result.path = out
-    else:
-        result = rebuild_cached(spec, cache_root=args.cache, verify_inputs=args.verify_inputs)
-        out = export_result(result, args.output) if args.output else result.path
+        else:
+            result = rebuild_cached(spec, cache_root=args.cache, verify_inputs=args.verify_inputs)
+            out = export_result(result, args.output) if args.output else result.path
     if args.json:
         print(json.dumps({"path": str(out), "cache_hit": result.cache_hit, **result.report.to_json()}, indent=1))
         return 0
@@ -72,7 +75,10 @@ def _cmd_semantic(args: argparse.Namespace) -> int:
     missing = [k for k in ("data", "model") if not values.get(k)]
     if missing:
         raise ConfigError(f"missing {', '.join('--' + k for k in missing)}", fix="give it as a flag or in --config")
-    r = SemanticOptions(**values).run()
+    from gsv_ray.owned import private_temp_dir
+
+    with private_temp_dir():  # --workers N: our local Ray's session folder, torch's inductor cache
+        r = SemanticOptions(**values).run()
     print(r.report.message())
     mode = f"{r.workers} Ray tasks" if r.workers > 1 else "in-process"
     print(f"wrote {r.written} of {r.listed} utterances ({r.tokens} tokens, {r.device} {'fp16' if r.half else 'fp32'}, "
@@ -344,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(command).parse_args(argv)
+    _mask_argv()
     try:
         with warnings.catch_warnings():
             for category, module in _NOISY_WARNINGS:
@@ -370,6 +377,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.func in (_cmd_train, _cmd_tune) else "")
         print(f"gsv-ray: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _mask_argv() -> None:
+    """Mask credentials given inside URIs in ``sys.argv`` once it is parsed: W&B records the
+    command line (``wandb-metadata.json``, the ``.wandb`` file) and Ray its driver's; neither has
+    an option to leave it out."""
+    from gsv_ray.masking import mask
+
+    sys.argv[:] = [mask(a) for a in sys.argv]
 
 
 def _debug_traceback(args: argparse.Namespace) -> None:

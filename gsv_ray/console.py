@@ -159,9 +159,12 @@ def wrap(line: str, width: int = WIDTH) -> str:
 
 
 def shown(path: str | os.PathLike[str]) -> str:
-    """A path as people read it: relative to the current directory when inside it."""
+    """A path as people read it: relative to the current directory when inside it; a URI with its
+    credentials masked (:func:`gsv_ray.masking.mask`)."""
     if "://" in os.fspath(path):
-        return os.fspath(path)
+        from gsv_ray.masking import mask
+
+        return mask(path)
     p = Path(path)
     try:
         rel = p.resolve().relative_to(Path.cwd().resolve())

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gsv_ray.masking import mask
+
 
 class GsvError(Exception):
     """A user-facing failure. ``str(err)`` is one line: what, where, and what to do.
@@ -31,8 +33,8 @@ class GsvError(Exception):
         if fix:
             line += f". Fix: {fix.rstrip('.')}"
         line += "."
-        super().__init__(" ".join(line.split()))  # guarantee a single line
-        self.path = None if path is None else str(path)
+        super().__init__(mask(" ".join(line.split())))  # a single line; no credentials of a URI in it
+        self.path = None if path is None else mask(path)
 
 
 def first_line(e: BaseException | str, limit: int = 160) -> str:

@@ -20,12 +20,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
 from gsv_ray.atomic import atomic_dir
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import ConfigError, GsvError
+from gsv_ray.masking import SECRET_QUERY_KEYS, has_credentials, mask
 
 REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs"})
 SUPPORTED_SCHEMES = frozenset({"file"}) | REMOTE_SCHEMES
@@ -34,7 +35,6 @@ NETWORK_FS_TYPES = frozenset({
     "nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "glusterfs",
     "afs", "ocfs2", "gfs2", "panfs", "wekafs", "orangefs", "pvfs2", "quobyte",
 })
-_SECRET_QUERY_KEYS = frozenset({"access_key", "secret_key", "session_token"})
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _PROBE_PREFIX = ".gsv-ray-write-probe-"
 
@@ -49,17 +49,47 @@ def _scheme(uri: str) -> str:
 
 
 def display(uri_or_path: str | os.PathLike[str]) -> str:
-    """The URI as it may be shown in messages: credentials in the query or user part are masked."""
-    s = os.fspath(uri_or_path)
-    if not is_uri(s):
-        return s
-    parts = urlsplit(s)
-    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
-    query = urlencode(
-        [(k, "***" if k in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-        safe=":/",
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """The URI as it may be shown in messages, logs and records: credentials masked (:func:`gsv_ray.masking.mask`)."""
+    return mask(uri_or_path)
+
+
+#: the AWS SDK's environment variables for what an ``s3://`` URI may carry (user:secret@, query keys)
+_S3_CREDENTIAL_ENV = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+                      "session_token": "AWS_SESSION_TOKEN"}
+
+
+def take_credentials(uri: str, *, flag: str, joined: bool) -> str:
+    """``uri`` without the credentials written into it; they go into this process's ``AWS_*``
+    environment instead, which the local Ray we start (and its workers) inherit.
+
+    Why: a filesystem built from a URI with keys carries them, and Ray pickles the filesystem into
+    its experiment state on the storage (``tuner.pkl``, the searcher state); from the environment
+    pyarrow's S3 filesystem reads them itself and pickles none. On a cluster we joined, the other
+    nodes cannot see this environment: refused with one line (their instance role or environment
+    must hold the keys). ``flag`` names the option in that line."""
+    if not is_uri(uri) or not has_credentials(uri):
+        return uri
+    parts = urlsplit(uri)
+    if _scheme(uri) != "s3":
+        raise ConfigError(f"credentials inside the {flag} URI are not supported for {parts.scheme}://",
+                          path=display(uri), fix="remove them and use GOOGLE_APPLICATION_CREDENTIALS")
+    if joined:
+        raise ConfigError(f"credentials inside the {flag} URI would reach only this machine, not the cluster's nodes",
+                          path=display(uri), fix="give the nodes an instance role or AWS_ACCESS_KEY_ID/"
+                                                 f"AWS_SECRET_ACCESS_KEY, and pass {flag} without them")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = {k: v for k, v in query if k in _S3_CREDENTIAL_ENV}
+    if parts.username is not None:
+        found.setdefault("access_key", unquote(parts.username))
+    if parts.password is not None:
+        found.setdefault("secret_key", unquote(parts.password))
+    if "access_key" in found or "secret_key" in found:
+        os.environ.pop("AWS_SESSION_TOKEN", None)  # a token of the environment's keys would not match these
+    for key, value in found.items():
+        os.environ[_S3_CREDENTIAL_ENV[key]] = value
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    kept = urlencode([(k, v) for k, v in query if k not in SECRET_QUERY_KEYS], safe=":/")
+    return urlunsplit((parts.scheme, netloc, parts.path, kept, parts.fragment))
 
 
 def _check_scheme(uri: str) -> str:
@@ -270,7 +300,7 @@ def _cache_key(uri: str, path: str) -> str:
     """One folder per remote location: scheme, bucket/key and endpoint (credentials left out)."""
     scheme = _scheme(uri)
     target = _with_env_endpoint(uri) if scheme == "s3" else uri
-    query = sorted((k, v) for k, v in parse_qsl(urlsplit(target).query) if k not in _SECRET_QUERY_KEYS)
+    query = sorted((k, v) for k, v in parse_qsl(urlsplit(target).query) if k not in SECRET_QUERY_KEYS)
     return _hash(f"{scheme}://{path}?{urlencode(query)}")
 
 

@@ -4,11 +4,14 @@ also when Ray writes into it after it was removed."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from gsv_ray.owned import GRACE_S, OWNER, PRIVATE_TMP_PREFIX, private_temp_dir
 
@@ -53,3 +56,30 @@ def test_leftovers_of_ended_commands_are_removed_by_the_next(tmp_path, monkeypat
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_rebuild_no_cache_scratch_of_a_killed_command_is_swept(sig, tmp_path, fixtures_dir):
+    """Issue 24.12: ``rebuild --no-cache`` killed from outside by PID mid-run left
+    ``$TMPDIR/gsv-ray-nocache-*`` (and ``torchinductor_<user>``) forever; its scratch is now in the
+    command's private temp dir (owned: flock) and the next command removes it once its owner is dead
+    (and it has been still for the grace period)."""
+    init = fixtures_dir / "SoVITS_weights_v2" / "gsvfix_e1_s2.pth"
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "gsv_ray", "rebuild", "--no-cache", str(init)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (left := [p for p in tmp_path.iterdir() if list(p.glob("*nocache*"))]):  # the scratch, mid-run
+            assert proc.poll() is None and time.monotonic() < deadline, "the scratch dir never appeared"
+            time.sleep(0.01)
+        os.kill(proc.pid, sig)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -sig
+    (scratch,) = left
+    assert scratch.is_dir()  # killed mid-run: left behind
+    _aged(scratch, GRACE_S + 5)  # a later command, after the grace period
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in tmp_path.iterdir()] == []

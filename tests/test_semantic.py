@@ -183,6 +183,20 @@ def test_workers_2_byte_identical_to_in_process(tmp_path: Path, golden_model: Pa
     print(f"\n16 utterances: in-process {t_local:.1f} s, --workers 2 {t_ray:.1f} s (CLI wall time)")
 
 
+def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
+    """Issue 24.12: ``semantic --workers 2`` left ``$TMPDIR/ray/session_*`` and ``torchinductor_<user>``
+    behind; it now runs in a private temp dir removed at the end (as train and tune do)."""
+    import tempfile
+
+    exp = make_experiment(tmp_path / "exp", {"golden.wav": golden_ssl, **random_items(3, seed=3)})
+    with tempfile.TemporaryDirectory(prefix="gsvsem-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
+        proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--workers", "2",
+                       env={**env, "TMPDIR": tmpdir})
+        assert proc.returncode == 0, proc.stderr
+        assert "2 Ray tasks" in proc.stdout
+        assert sorted(p.name for p in Path(tmpdir).iterdir()) == []
+
+
 def test_ray_joins_initialised_cluster_and_reports_bad_features(tmp_path: Path, golden_model: Path, golden_ssl,
                                                                  cache_dir: Path, monkeypatch) -> None:
     """Library in a process that already runs Ray (num_cpus 4): reused, not shut down; errors stay one line."""

@@ -170,6 +170,24 @@ def test_gs_uri_resolves_offline() -> None:
 def test_display_masks_secrets() -> None:
     shown = storage.display("s3://AK:SK@b/k?access_key=AK&secret_key=SK&endpoint_override=127.0.0.1:9")
     assert "SK" not in shown and "AK" not in shown and "endpoint_override=127.0.0.1:9" in shown
+    assert shown.startswith("s3://***@b/k?")  # the user sees that credentials were given, not which
+
+
+def test_credentials_in_a_uri_move_to_the_environment(monkeypatch) -> None:
+    """Issue 24.1: the URI Ray and our records get holds no keys; pyarrow then reads them from AWS_*."""
+    from gsv_ray.errors import ConfigError
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "old")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    clean = storage.take_credentials("s3://AK:S%2FK@b/p?endpoint_override=h:9", flag="--storage", joined=False)
+    assert clean == "s3://b/p?endpoint_override=h:9"
+    assert (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]) == ("AK", "S/K")
+    assert "AWS_SESSION_TOKEN" not in os.environ
+    assert storage.take_credentials("s3://b/p", flag="--storage", joined=True) == "s3://b/p"
+    with pytest.raises(ConfigError, match="cluster") as e:
+        storage.take_credentials("s3://b/p?secret_key=SK", flag="--storage", joined=True)
+    assert "SK" not in str(e.value)
 
 
 # --------------------------------------------------------------------------------------------- S3 on loopback
@@ -268,3 +286,11 @@ def test_s3_unreachable_endpoint_is_one_line(s3: dict, tmp_path: Path) -> None:
         storage.fetch(f"s3://voices/x.ckpt?endpoint_override=127.0.0.1:{dead}&scheme=http", tmp_path)
     assert "s3://voices/x.ckpt" in one_line(err)
     assert time.monotonic() - t0 < 30
+
+
+def test_run_records_mask_credentials_in_input_uris() -> None:
+    """config.json, run_config.json and W&B's config come from TrainConfig.to_json: no keys in them."""
+    from gsv_ray.train.config import TrainConfig
+
+    rec = TrainConfig(init="s3://AK:SK@b/i.pth", data="s3://b/exp?secret_key=SK", output_dir="o").to_json()
+    assert rec["init"] == "s3://***@b/i.pth" and rec["data"] == "s3://b/exp?secret_key=***"

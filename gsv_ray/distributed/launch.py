@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.console import shown
-from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray
+from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray, joined_address
 from gsv_ray.distributed.options import RayOptions
 from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path
+from gsv_ray.masking import has_credentials
+from gsv_ray.storage import display
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import atomic_write
@@ -37,15 +39,44 @@ def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
     return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def _recorded_run(out: str | Path) -> tuple[str, str] | None:
-    """(name, layout) of the Ray run this -o records: layout "actor" (one worker) or "train"."""
+def _recorded_run(out: str | Path) -> tuple[str, str, str | None] | None:
+    """(name, layout, storage) of the Ray run this -o records: layout "actor" (one worker) or
+    "train"; storage as recorded (credentials masked), None if not recorded."""
     try:
         record = json.loads((Path(out) / RAY_RUN_RECORD).read_text())
         name, layout = record["name"], record.get("layout", "train")  # a record without it: a Train run
+        storage = record.get("storage")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     ok = isinstance(name, str) and name.startswith("gsv-") and "/" not in name and layout in ("actor", "train")
-    return (name, layout) if ok else None
+    return (name, layout, storage if isinstance(storage, str) and storage else None) if ok else None
+
+
+def default_storage(out: str | Path) -> str:
+    """Checkpoints without ``--storage``: ``-o/ray`` (not recorded: it moves with ``-o``)."""
+    return str(Path(out).resolve() / "ray")
+
+
+def run_storage(opts: RayOptions, out: str | Path, recorded: tuple[str, str, str | None] | None) -> str:
+    """The storage a run uses, as given (credentials included): ``--storage``; on ``--resume``
+    without it, the one ``-o/ray_run.json`` records, unless its credentials were masked there (one
+    line: give them again); else ``-o/ray``."""
+    if opts.storage:
+        return opts.storage
+    kept = recorded[2] if recorded is not None else None
+    if kept is None:
+        return default_storage(out)
+    if has_credentials(kept):
+        raise ConfigError(f"this run's checkpoints are in {kept}, whose credentials are never recorded",
+                          path=Path(out) / RAY_RUN_RECORD,
+                          fix="pass --storage again with them, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
+                              "pass --storage without them")
+    return kept
+
+
+def _recorded_storage(storage: str, out: str | Path) -> str | None:
+    """What ``ray_run.json`` keeps of the storage: its masked form, None for the default ``-o/ray``."""
+    return None if storage == default_storage(out) else display(storage)
 
 
 def runs_in_actor(opts: RayOptions) -> bool:
@@ -70,7 +101,32 @@ def run_uri(storage_path: str, name: str, opts: RayOptions) -> str:
     return f"{root}/{ACTOR_TRIAL}" if runs_in_actor(opts) else root
 
 
+def check_machine(opts: RayOptions) -> None:
+    """On our own local Ray (no ``--address``/``RAY_ADDRESS``): refuse, before anything starts,
+    more worker CPUs than this machine has (the local Ray would be started with that many logical
+    CPUs and oversubscribe, or run out of memory after minutes) and more GPUs than it has."""
+    import ray
+
+    if joined_address(opts.address) or ray.is_initialized():
+        return  # a cluster, or a Ray this process runs already: check_resources counts it
+    have = os.cpu_count() or 1
+    if opts.workers * opts.cpus_per_worker > have:
+        fits = int(have // opts.cpus_per_worker)
+        raise ConfigError(f"--workers {opts.workers} x {opts.cpus_per_worker:g} CPUs per worker need "
+                          f"{opts.workers * opts.cpus_per_worker:g} CPUs but this machine has {have}",
+                          fix=(f"use --workers {fits} or less" if fits else "lower --cpus-per-worker")
+                          + ", or join a larger cluster with --address")
+    if opts.gpus_per_worker:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if opts.workers * opts.gpus_per_worker > gpus:
+            raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {gpus}",
+                              fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
+
+
 def check_resources(opts: RayOptions) -> None:
+    """On the cluster (joined or ours): the workers' CPUs and GPUs fit in it, before the run starts."""
     import ray
 
     res = ray.cluster_resources()
@@ -80,8 +136,9 @@ def check_resources(opts: RayOptions) -> None:
                        fix="lower --workers / --gpus-per-worker, or add GPU nodes")
     cpus = res.get("CPU", 0.0)
     if opts.workers * opts.cpus_per_worker > cpus:
+        fits = int(cpus // opts.cpus_per_worker)
         raise ConfigError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs but the cluster has {cpus:g}",
-                       fix="lower --workers / --cpus-per-worker")
+                       fix=f"use --workers {fits} or less" if fits else "lower --cpus-per-worker, or add nodes")
 
 
 def driver_experiment(cfg: TrainConfig, rebuilt):
@@ -101,10 +158,11 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     from gsv_ray.distributed.shared import nbytes, share
 
     from gsv_ray.cache import default_cache_root
-    from gsv_ray.storage import check_writable, is_node_local, resolve
+    from gsv_ray.storage import check_writable, is_node_local, resolve, take_credentials
 
     cfg.validate()
     opts.validate()
+    check_machine(opts)
     check_output_path(cfg.output_dir)
     if not opts.resume:
         check_new_run(cfg.output_dir)
@@ -119,16 +177,10 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.rebuild_spec())
     say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
-    storage = opts.storage or str(Path(cfg.output_dir).resolve() / "ray")
+    given_storage = run_storage(opts, cfg.output_dir, recorded)
+    storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
     check_writable(storage)  # before Ray starts: a bad --storage is one line, nothing else happens
     storage_fs, storage_path = resolve(storage)
-    if not (opts.address or os.environ.get("RAY_ADDRESS")) and opts.gpus_per_worker:  # a local Ray: count now
-        import torch
-
-        have = torch.cuda.device_count()
-        if opts.workers * opts.gpus_per_worker > have:
-            raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {have}",
-                           fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
     import ray
 
     joined = not ray.is_initialized() and bool(opts.address or os.environ.get("RAY_ADDRESS"))
@@ -136,18 +188,19 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     check_resources(opts)
     hosts = alive_hosts()
     if len(hosts) > 1 and is_node_local(storage):
-        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {storage} "
+        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
                        "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
     name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)
     atomic_write(Path(cfg.output_dir) / RAY_RUN_RECORD,
-                 lambda f: f.write(json.dumps({"name": name, "storage": storage, "layout": layout}).encode()),
+                 lambda f: f.write(json.dumps({"name": name, "storage": _recorded_storage(given_storage, cfg.output_dir),
+                                               "layout": layout}).encode()),
                  overwrite=True)
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
-        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(storage)}")
+        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}")
     relay, display = _console_relay(console, local=started)
     loop_config = {
         "relay": relay.queue if relay is not None else None,

@@ -207,7 +207,11 @@ def rebuild_cached(
     if directory.exists():
         why = entry_problem(directory, full=verify_inputs)
         if why is None:
-            return load_result(directory, cache_hit=True)
+            hit = load_result(directory, cache_hit=True)
+            for role, p in spec.inputs().items():  # the entry holds the paths of the run that filled it
+                if p is not None and role in hit.report.inputs:
+                    hit.report.inputs[role]["path"] = str(Path(p))
+            return hit
         _log.warning("cache entry %s is damaged (%s): rebuilding it", directory, why)
         remove_dir(directory)
     result = rebuild(spec, cache_root=root)

@@ -129,7 +129,11 @@ class TrainConfig:
                               fix="give one of them")
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as recorded (``config.json``, ``run_config.json``, W&B's config): credentials
+        written into a URI (``--data s3://KEY:SECRET@...``) masked."""
+        from gsv_ray.masking import mask
+
+        return {k: mask(v) if isinstance(v, str) else v for k, v in dataclasses.asdict(self).items()}
 
     def localised(self, cache_root: str | Path, *, data: bool = True) -> TrainConfig:
         """A copy whose ``s3://`` / ``gs://`` / ``file://`` inputs are local files (fetched once into the

@@ -252,21 +252,23 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
 
     from gsv_ray.cache import default_cache_root
     from gsv_ray.console import shown
-    from gsv_ray.distributed.cluster import connect, end_local_ray
+    from gsv_ray.distributed.cluster import connect, end_local_ray, joined_address
     from gsv_ray.distributed.launch import driver_experiment
     from gsv_ray.distributed.shared import share
     from gsv_ray.rebuild import rebuild_cached
-    from gsv_ray.storage import check_writable, resolve
+    from gsv_ray.storage import check_writable, resolve, take_credentials
 
     cfg.validate()
     _check_search(cfg, opts)
     out = Path(cfg.output_dir)
     check_output_path(out)
     name = opts.name or default_name(cfg)
-    storage = opts.storage or str(out.resolve() / "ray")
+    given_storage = opts.storage or str(out.resolve() / "ray")
+    storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
+    opts = dataclasses.replace(opts, storage=storage)  # the options Ray gets (trials) hold no credentials
     check_writable(storage)
     storage_fs, storage_path = resolve(storage)
-    experiment_path = storage.rstrip("/") + "/" + name
+    experiment_path = shown(given_storage).rstrip("/") + "/" + name  # for messages (credentials masked)
     if opts.resume and not _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
         raise ConfigError(f"no tune run named {name!r} to resume", path=experiment_path,
                        fix="check --name / -o / --storage, or drop --resume to start it")
@@ -313,7 +315,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         resources)
     if opts.resume:
         say(f"resuming tune run {name} from {experiment_path}")
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(storage.rstrip("/") + "/" + name, trainable=trainable, resume_unfinished=True,
                                    storage_filesystem=storage_fs)
     else:
         tuner = tune.Tuner(
@@ -332,7 +334,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         )
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
-        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(storage)}")
+        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(given_storage)}")
     try:
         if rows is not None:
             rows.start()

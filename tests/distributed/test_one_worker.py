@@ -121,3 +121,16 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
     local = subprocess.run(args(tmp_path / "local"), env=env, capture_output=True, text=True, timeout=400)
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
     assert_same_gpt_exports(tmp_path / "local", out)
+
+
+def test_more_workers_than_the_cluster_has_is_refused_before_the_run(ray_local, fixtures_dir, synth, tmp_path):
+    """Issue 24.5, on a Ray we did not start (a joined cluster: here the module's): its CPUs are
+    counted before the run starts, and the line names the --workers that fits."""
+    from gsv_ray.errors import ConfigError
+
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    with pytest.raises(ConfigError, match=f"the cluster has {cpus}. Fix: use --workers {cpus} or less") as e:
+        train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "o", batch_size=2), RayOptions(workers=cpus + 1),
+                     say=lambda s: None)
+    assert "\n" not in str(e.value) and e.value.exit_code == 2
+    assert not (tmp_path / "o" / "ray_run.json").exists()  # nothing of a run started

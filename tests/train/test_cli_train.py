@@ -138,3 +138,22 @@ def test_bad_input_before_training(case, gpt_init, synth_v2, fixtures_dir, tmp_p
     for n in needles:
         assert n in lines[0], lines[0]
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_run_config_records_this_runs_init_path(gpt_init, synth_v2, tmp_path):
+    """Issue 24.11: two copies of one file (same sha256, one rebuild cache entry): each run records
+    the init path it was given, not the path of the run that first filled the cache."""
+    import json
+    import shutil
+
+    paths = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        paths.append(str(shutil.copy(gpt_init, tmp_path / name / "voice.ckpt")))
+    for i, path in enumerate(paths):
+        r = _run(["train", "--init", path, "--data", str(synth_v2), "-o", str(tmp_path / f"run{i}"), "--max-steps", "1",
+                  "--batch-size", "2", "--val-every", "1000", "--wandb-mode", "disabled"], tmp_path)
+        assert r.returncode == 0, r.stderr
+        inputs = json.loads((tmp_path / f"run{i}" / "run_config.json").read_text())["inputs"]
+        assert inputs["init"]["path"] == path, (i, inputs["init"])
+    assert len(list((tmp_path / "cache" / "rebuild").iterdir())) == 1  # the second run reused the first's rebuild
