@@ -183,10 +183,10 @@ def run_summary(result) -> list[str]:
         vals = [(h["step"], h[key]) for h in result.val_history if key in h]
         best = min(vals, key=lambda sv: sv[1])
         lines[0] += f"; val {key} {vals[-1][1]:.4g} at the end, best {best[1]:.4g} at step {best[0]}"
-    from gsv_ray.console import shown
+    from gsv_ray.console import Copyable, command, shown
 
     lines += [f"exported: {shown(p)}" for p in result.exports]
     runs = offline_runs(result.run_dir)
     if runs:
-        lines.append(f"W&B (offline), upload with: wandb sync {shown(runs[-1])}")
+        lines.append(Copyable("W&B (offline), upload with:", command("wandb", "sync", shown(runs[-1]))))
     return lines

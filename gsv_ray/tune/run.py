@@ -49,7 +49,7 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     wandb_dir = out  # W&B writes under $WANDB_DIR when set, else <-o>/wandb
     log_summary_run(outcome, project=cfg.wandb_project, mode=cfg.wandb_mode, dir=wandb_dir, group=outcome.name,
                     png_path=files.get("png"))
-    from gsv_ray.console import shown
+    from gsv_ray.console import Copyable, command, shown
 
     say(f"results: {shown(files['json'])}, {shown(files['png'])}")
     if console is not None and console.used:
@@ -65,5 +65,6 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
         say(f"best weights: {shown(p)}")
     runs = offline_runs(out)
     if runs:
-        say(f"W&B: {len(runs)} offline runs; upload: wandb sync {shown(out / 'wandb')}/offline-run-*")
+        say(Copyable(f"W&B: {len(runs)} offline runs; upload:",
+                     command("wandb", "sync", shown(out / "wandb"), glob="/offline-run-*")))
     return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
