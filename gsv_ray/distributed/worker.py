@@ -206,7 +206,8 @@ def _final_dir(config: dict[str, Any]) -> Path | None:
     runs on the driver's node, else None (another node cannot reach it)."""
     import ray
 
-    same_node = config.get("driver_node") is not None and config.get("driver_node") == ray.get_runtime_context().get_node_id()
+    driver = config.get("driver_node")
+    same_node = driver is not None and driver == ray.get_runtime_context().get_node_id()
     return Path(config["output_dir_shown"]) if same_node and config.get("output_dir_shown") else None
 
 

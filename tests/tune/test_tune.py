@@ -212,7 +212,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def _padding_stays_sparse(run: Path, home: Path) -> None:
-    """Disk use (README "Disk use"): each trial's v2 export and the best/ copy keep the zero
+    """Disk use (README, the demo's "Disk use"): each trial's v2 export and the best/ copy keep the zero
     padding a hole (86 MB files, a few MB on disk) with the bytes the trial logged (its W&B
     artifact's md5), which names the export in -o, so W&B staged no copy in its data folder."""
     import base64
@@ -224,8 +224,8 @@ def _padding_stays_sparse(run: Path, home: Path) -> None:
         st = p.stat()
         assert st.st_blocks * 512 < st.st_size // 4, (p, st.st_blocks * 512, st.st_size)
     for p in run.glob("trials/*/SoVITS_weights_v2/*.pth"):
-        (art,) = [a for a in wr.artifacts(wr.read_records(wr.find_run_file(next((run / "wandb").glob(f"offline-run-*-{p.parts[-3]}")))))
-                  if a.type == "model"]
+        folder = next((run / "wandb").glob(f"offline-run-*-{p.parts[-3]}"))  # the trial's run (id = trial id)
+        (art,) = [a for a in wr.artifacts(wr.read_records(wr.find_run_file(folder))) if a.type == "model"]
         (entry,) = art.manifest.contents
         assert Path(entry.local_path).resolve() == p.resolve()
         assert entry.digest == base64.b64encode(hashlib.md5(p.read_bytes()).digest()).decode()
