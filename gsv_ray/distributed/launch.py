@@ -342,7 +342,8 @@ def place_outputs(src: Path, out: Path, *, move: bool) -> None:
             except OSError:  # another filesystem: copy below
                 pass
         if not placed and item.is_dir():
-            shutil.copytree(item, dest, symlinks=True, copy_function=lambda s, d: copy_sparse(s, d))
+            shutil.copytree(item, dest, symlinks=True, dirs_exist_ok=True,
+                            copy_function=lambda s, d: copy_sparse(s, d, overwrite=True))
         elif not placed:
             copy_sparse(item, dest, overwrite=True)
         for f in ([dest] if dest.is_file() else dest.rglob("*")):

@@ -90,10 +90,11 @@ class Tracking:
         if not paths or not self.tracker.enabled:
             return
         stage_copy = self.stage_artifacts
-        if self.final_dir is not None:
+        finals = [self.final_dir / Path(p).relative_to(self.run_dir) for p in paths] if self.final_dir else []
+        if finals and not any(f.exists() for f in finals):  # never replace a file there (an input?)
             from gsv_ray.atomic import link_or_copy
 
-            paths = [link_or_copy(p, self.final_dir / Path(p).relative_to(self.run_dir)) for p in paths]
+            paths = [link_or_copy(p, f) for p, f in zip(paths, finals)]
             stage_copy = False
         self.tracker.log_artifact(paths, name=f"{self.name or self.run_dir.name}-{stage}", type="model",
                                   metadata={"stage": stage, "version": version, "step": step}, copy=stage_copy)
