@@ -24,7 +24,8 @@ from typing import Any, BinaryIO
 from gsv_ray.errors import GsvError
 from gsv_ray.owned import owned_temp_dir, sweep
 
-__all__ = ["atomic_dir", "atomic_write", "commit_dir", "lost_race", "remove_dir", "rust_os_error"]
+__all__ = ["atomic_dir", "atomic_write", "commit_dir", "copy_sparse", "link_or_copy", "lost_race", "make_sparse",
+           "remove_dir", "rust_os_error"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -150,3 +151,101 @@ def atomic_dir(final: str | Path, *, sweep_orphans: bool = True) -> Iterator[Pat
 def lost_race(e: OSError) -> bool:
     """Whether an :func:`atomic_dir` rename failed because ``final`` was already there."""
     return e.errno in (errno.ENOTEMPTY, errno.EEXIST)
+
+
+# -- sparse copies ------------------------------------------------------------------------------
+#: Granularity of the zero runs a sparse copy leaves as holes (a multiple of every common block size).
+HOLE_BLOCK = 1 << 16
+_ZEROS = bytes(HOLE_BLOCK)
+
+
+def _data_ranges(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the ranges of ``fd`` that may hold data: SEEK_DATA/SEEK_HOLE where the
+    filesystem reports holes, else the whole file."""
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after pos: the rest is a hole
+                return
+            yield pos, size  # no SEEK_DATA here (EINVAL): read it all
+            return
+        yield start, min(end, size)
+        pos = end
+
+
+def _sparse_copier(src: Path) -> Callable[[BinaryIO], None]:
+    """A writer for :func:`atomic_write` (a fresh, empty file) copying ``src``: the source's holes
+    are skipped without reading them, and aligned all-zero blocks of :data:`HOLE_BLOCK` are left as
+    holes, so a file whose zeros were written out (Ray's checkpoint upload, pyarrow's copy) becomes
+    sparse again; bytes read back are identical."""
+
+    def write(f: BinaryIO) -> None:
+        with open(src, "rb") as s:
+            size = os.fstat(s.fileno()).st_size
+            for start, end in _data_ranges(s.fileno(), size):
+                s.seek(start)
+                pos = start
+                while pos < end:
+                    block = s.read(min(HOLE_BLOCK - pos % HOLE_BLOCK, end - pos))
+                    if not block:
+                        raise OSError(errno.EIO, "file shrank while being copied", str(src))
+                    if block != _ZEROS[:len(block)]:
+                        f.seek(pos)
+                        f.write(block)
+                    pos += len(block)
+            f.truncate(size)  # the end of the file may be a hole
+
+    return write
+
+
+def copy_sparse(src: str | Path, dst: str | Path, *, overwrite: bool = False) -> Path:
+    """Copy ``src`` to ``dst`` atomically (:func:`atomic_write`), keeping holes: skipped source holes
+    and zero blocks become holes of ``dst`` (st_blocks counts only the data). Mode bits and times
+    follow ``shutil.copy2``."""
+    dst = atomic_write(dst, _sparse_copier(Path(src)), overwrite=overwrite)
+    shutil.copystat(src, dst)
+    return dst
+
+
+def make_sparse(path: str | Path, *, min_saving: int = 1 << 20) -> bool:
+    """Rewrite ``path`` in place of itself (atomic rename) with its zero blocks as holes, when that
+    frees at least ``min_saving`` bytes of disk; returns whether it did. The bytes read are unchanged."""
+    path = Path(path)
+    st = path.stat()
+    if st.st_blocks * 512 < st.st_size // 2 or st.st_size < min_saving:  # already sparse, or small
+        return False
+    zero = 0
+    with open(path, "rb") as f:
+        for start, end in _data_ranges(f.fileno(), st.st_size):
+            f.seek(start - start % HOLE_BLOCK)
+            for _ in range(start - start % HOLE_BLOCK, end, HOLE_BLOCK):
+                block = f.read(HOLE_BLOCK)
+                zero += len(block) if block == _ZEROS[:len(block)] else 0
+    if zero < min_saving:
+        return False
+    copy_sparse(path, path, overwrite=True)
+    return True
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> Path:
+    """``dst`` as a hard link of ``src`` (no data written), or a sparse copy where links are not
+    possible (another filesystem, no link support). Only for files nobody writes into in place:
+    every writer here replaces files by renaming (:func:`atomic_write`). An existing ``dst`` is
+    replaced atomically."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        return copy_sparse(src, dst, overwrite=True)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return dst

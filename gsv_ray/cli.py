@@ -180,7 +180,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from gsv_ray.options import flag_values
 
     size = DemoOptions(**flag_values(args, DemoOptions))
-    print(HEADER.format(root=Path(size.dir), what=WHAT[size.version]))
+    from gsv_ray.console import wrap
+
+    print("\n".join(wrap(line) for line in HEADER.format(root=Path(size.dir), what=WHAT[size.version]).splitlines()))
     cfg, opts = demo_config(size)
     return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
 

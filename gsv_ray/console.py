@@ -134,10 +134,11 @@ class Chatter:
 
     # -- our lines -----------------------------------------------------------------------------
     def say(self, line: str) -> None:
-        """One line for people, wrapped at 80 columns (also kept in the log, in order with the
-        chatter around it)."""
+        """One line for people, wrapped to the terminal (80 columns off one; a :class:`Copyable`
+        keeps its command whole on a line of its own), also kept in the log, in order with the
+        chatter around it."""
         with self._lock:
-            self.out.write(wrap(line) + "\n")
+            self.out.write(wrap(line, self.width()) + "\n")
             self.out.flush()
         if self.log_file is not None and self._saved:
             self._log(f"{line}\n")
@@ -145,14 +146,51 @@ class Chatter:
     def is_tty(self) -> bool:
         return bool(getattr(self.out, "isatty", lambda: False)())
 
+    def width(self) -> int:
+        """Columns to wrap prose at: the terminal's (``COLUMNS`` wins) on one, else :data:`WIDTH`."""
+        if not self.is_tty():
+            return WIDTH
+        import shutil
+
+        return max(40, shutil.get_terminal_size((WIDTH, 24)).columns)
+
+
+class Copyable(str):
+    """A line that ends in something to copy whole: ``prose`` (wrapped like any line) and
+    ``text`` (a command, a path), which is never split: when the two do not fit on one line,
+    ``text`` gets a line of its own, as long as it is. As a plain ``str`` it is ``prose text``, so
+    any ``say`` callable prints it as before."""
+
+    prose: str
+    text: str
+
+    def __new__(cls, prose: str, text: str) -> Copyable:
+        self = super().__new__(cls, f"{prose} {text}" if prose else text)
+        self.prose, self.text = prose, text
+        return self
+
+    def __reduce__(self):  # pickles (a Ray queue) as itself, not as "prose text"
+        return (Copyable, (self.prose, self.text))
+
+
+def command(*words: str | os.PathLike[str], glob: str = "") -> str:
+    """A shell command to print: each word quoted where the shell needs it (a path with spaces),
+    ``glob`` (e.g. ``/offline-run-*``) appended unquoted to the last word so the shell expands it."""
+    import shlex
+
+    return " ".join(shlex.quote(os.fspath(w)) for w in words) + glob
+
 
 def wrap(line: str, width: int = WIDTH) -> str:
     """``line`` in lines of at most ``width`` columns, continuations indented (a word longer than
-    that, such as a long path, stays whole)."""
+    that, such as a long path, stays whole). A :class:`Copyable` line's text is never split: it
+    follows its prose on the same line when both fit, else on a line of its own."""
     import textwrap
 
     if len(line) <= width:
-        return line
+        return str(line)
+    if isinstance(line, Copyable) and line.prose:
+        return f"{wrap(line.prose, width)}\n  {line.text}"
     indent = " " * min(len(line) - len(line.lstrip(" ")) + 2, 8)
     return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
                                    break_on_hyphens=False)) or line

@@ -5,8 +5,10 @@ run, and no traceback when the reader of our output goes away."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,20 +70,36 @@ def test_no_traceback_when_the_reader_goes_away(fixtures_dir, tmp_path):
 
 
 def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
+    """With a long -o (a 60-character path and more): prose wrapped at 80 columns, every path and
+    the ``wandb sync`` command whole on one line, and that command runs as printed."""
+    import shlex
+
     from gsv_ray.data.synthetic import make_synthetic_experiment
 
     data = make_synthetic_experiment(tmp_path / "exp", version="v2", num_utterances=8)
+    run = tmp_path / "a long output folder, with spaces" / "run"
+    assert len(str(run)) >= 60
     r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data),
-                "-o", str(tmp_path / "run"), "--max-steps", "4", "--val-every", "2", "--wandb-mode", "offline",
+                "-o", str(run), "--max-steps", "4", "--val-every", "2", "--wandb-mode", "offline",
                 env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": ""})
     assert r.returncode == 0, r.stderr[-2000:]
     text = r.stdout.strip()
-    assert all(len(line) <= 80 or " " not in line.strip() for line in text.splitlines())  # wrapped for people
+    (sync,) = [line.strip() for line in text.splitlines() if "wandb sync" in line]
+    assert sync.startswith("wandb sync "), text  # the command on a line of its own (too long to follow its prose)
+    prose = [line for line in text.splitlines() if line.strip() != sync and str(run) not in line]
+    assert prose and all(len(line) <= 80 for line in prose), prose  # wrapped for people
     flat = " ".join(text.split())  # wrapped lines joined back
     done = flat.index("done: 4 steps")
     assert "at the end, best" in flat[done:]
-    assert flat.index(f"exported: {tmp_path / 'run'}") > done
-    assert flat.endswith(tuple(f"wandb sync {p}" for p in (tmp_path / "run" / "wandb").glob("offline-run-*")))
+    assert flat.index(f"exported: {run}") > done
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    assert shlex.split(sync) == ["wandb", "sync", str(offline)]  # copied into a shell, it names the run
+    exe = Path(sys.executable).parent / "wandb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    dry = subprocess.run(f"{shlex.quote(str(exe))} {sync.removeprefix('wandb ')} --dry-run", shell=True,
+                         env={**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
 
 
 def test_exit_status_says_who_fixes_it_and_debug_shows_the_traceback(tmp_path):

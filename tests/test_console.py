@@ -81,6 +81,23 @@ def test_wrap_keeps_words_whole():
     assert all(len(line) <= WIDTH for line in wrap("word " * 60).splitlines())
 
 
+def test_a_command_stays_whole_on_a_line_of_its_own():
+    """A command to copy is never split: after its prose when both fit, else on its own line (as
+    long as it is), quoted where a shell needs it, its glob left for the shell."""
+    import shlex
+
+    from gsv_ray.console import Copyable, command
+
+    short = Copyable("W&B: 3 offline runs; upload:", command("wandb", "sync", "d/wandb", glob="/offline-run-*"))
+    assert wrap(short) == "W&B: 3 offline runs; upload: wandb sync d/wandb/offline-run-*"
+    folder = "/tmp/" + "a long folder " * 6 + "/wandb"
+    long = Copyable("W&B (offline), upload with:", command("wandb", "sync", folder))
+    lines = wrap(long).splitlines()
+    assert lines[0] == "W&B (offline), upload with:" and len(lines) == 2
+    assert shlex.split(lines[1]) == ["wandb", "sync", folder] and len(lines[1]) > WIDTH
+    assert str(long) == f"W&B (offline), upload with: wandb sync '{folder}'"  # as a plain line (print)
+
+
 FAILING = r'''
 import sys
 from gsv_ray.console import Chatter

@@ -175,7 +175,7 @@ def run_worker(config: dict[str, Any], session) -> None:
                             group=config.get("group"), job_type=config.get("job_type"),
                             run_id=config.get("wandb_run_id"),
                             config_overrides={"output_dir": config.get("output_dir_shown", cfg.output_dir)},
-                            replay_on_resume=True, stage_artifacts=True)
+                            replay_on_resume=True, stage_artifacts=True, final_dir=_final_dir(config))
     try:
         result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=progress,
                        experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
@@ -199,6 +199,16 @@ def run_worker(config: dict[str, Any], session) -> None:
     else:
         session.report(final)
     owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
+
+
+def _final_dir(config: dict[str, Any]) -> Path | None:
+    """Where this run's outputs end up (the driver's ``-o``, or its ``trials/<id>``) when this worker
+    runs on the driver's node, else None (another node cannot reach it)."""
+    import ray
+
+    driver = config.get("driver_node")
+    same_node = driver is not None and driver == ray.get_runtime_context().get_node_id()
+    return Path(config["output_dir_shown"]) if same_node and config.get("output_dir_shown") else None
 
 
 #: the last report's checkpoint (a Train run's is named so; a trial's is its newest) holds the run's

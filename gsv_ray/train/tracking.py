@@ -21,7 +21,7 @@ class Tracking:
     def __init__(self, run_dir: str | Path, *, project: str = "gsv-ray", mode: str | None = None,
                  group: str | None = None, job_type: str | None = None, name: str | None = None,
                  run_id: str | None = None, config_overrides: dict[str, Any] | None = None,
-                 replay_on_resume: bool = False, stage_artifacts: bool = False):
+                 replay_on_resume: bool = False, stage_artifacts: bool = False, final_dir: str | Path | None = None):
         self.run_dir = Path(run_dir)
         self.config_overrides = dict(config_overrides or {})  # e.g. a Ray worker's real -o, not its scratch
         self.project, self.mode, self.group, self.job_type, self.name = project, mode, group, job_type, name
@@ -29,8 +29,12 @@ class Tracking:
         # a Ray worker restarted after a kill: the killed segment's W&B records are lost (they reach
         # disk only at finish), so the resumed run is given the history up to the checkpoint again
         self.replay_on_resume = replay_on_resume
-        # files logged as artifacts leave this folder (a Ray worker's scratch): W&B keeps a copy
+        # files logged as artifacts leave this folder (a Ray worker's scratch). ``final_dir``: where
+        # they end up (the driver's -o, on this node): the artifact names them there (a hard link
+        # now, replaced by the same bytes when the driver places the outputs), so W&B stages no copy;
+        # None with ``stage_artifacts``: W&B keeps a copy in its staging folder (another node)
         self.stage_artifacts = stage_artifacts
+        self.final_dir = Path(final_dir) if final_dir is not None else None
         self.metrics: MetricsWriter | None = None
         self.tracker = Tracker()
 
@@ -82,10 +86,18 @@ class Tracking:
         self.tracker.log_images(step, [it for it in items if len(it) == 2])
 
     def log_exports(self, paths: list[Path], *, stage: str, version: str | None, step: int) -> None:
-        if paths:
-            self.tracker.log_artifact(paths, name=f"{self.name or self.run_dir.name}-{stage}", type="model",
-                                      metadata={"stage": stage, "version": version, "step": step},
-                                      copy=self.stage_artifacts)
+        """Log the exports as one ``model`` artifact, naming each file where it will stay."""
+        if not paths or not self.tracker.enabled:
+            return
+        stage_copy = self.stage_artifacts
+        finals = [self.final_dir / Path(p).relative_to(self.run_dir) for p in paths] if self.final_dir else []
+        if finals and not any(f.exists() for f in finals):  # never replace a file there (an input?)
+            from gsv_ray.atomic import link_or_copy
+
+            paths = [link_or_copy(p, f) for p, f in zip(paths, finals)]
+            stage_copy = False
+        self.tracker.log_artifact(paths, name=f"{self.name or self.run_dir.name}-{stage}", type="model",
+                                  metadata={"stage": stage, "version": version, "step": step}, copy=stage_copy)
 
     def set_summary(self, values: dict[str, Any]) -> None:
         self.tracker.set_summary(values)
@@ -172,10 +184,10 @@ def run_summary(result) -> list[str]:
         vals = [(h["step"], h[key]) for h in result.val_history if key in h]
         best = min(vals, key=lambda sv: sv[1])
         lines[0] += f"; val {key} {vals[-1][1]:.4g} at the end, best {best[1]:.4g} at step {best[0]}"
-    from gsv_ray.console import shown
+    from gsv_ray.console import Copyable, command, shown
 
     lines += [f"exported: {shown(p)}" for p in result.exports]
     runs = offline_runs(result.run_dir)
     if runs:
-        lines.append(f"W&B (offline), upload with: wandb sync {shown(runs[-1])}")
+        lines.append(Copyable("W&B (offline), upload with:", command("wandb", "sync", shown(runs[-1]))))
     return lines

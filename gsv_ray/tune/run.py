@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from gsv_ray.atomic import link_or_copy
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.tracking import offline_runs
 from gsv_ray.tune.results import TuneOutcome, failure_lines, log_summary_run, results_table, write_results
@@ -42,14 +43,13 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     if outcome.best is not None and outcome.best.export_paths:
         trial_dir = out / "trials" / outcome.best.trial_id
         for p in map(Path, outcome.best.export_paths):
-            dest = out / "best" / p.relative_to(trial_dir)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, dest)
-            best_exports.append(dest)
+            # a hard link (no data written; a sparse copy across filesystems): nothing writes into
+            # either file in place (outputs are replaced by rename), and best/ is rebuilt each time
+            best_exports.append(link_or_copy(p, out / "best" / p.relative_to(trial_dir)))
     wandb_dir = out  # W&B writes under $WANDB_DIR when set, else <-o>/wandb
     log_summary_run(outcome, project=cfg.wandb_project, mode=cfg.wandb_mode, dir=wandb_dir, group=outcome.name,
                     png_path=files.get("png"))
-    from gsv_ray.console import shown
+    from gsv_ray.console import Copyable, command, shown
 
     say(f"results: {shown(files['json'])}, {shown(files['png'])}")
     if console is not None and console.used:
@@ -65,5 +65,6 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
         say(f"best weights: {shown(p)}")
     runs = offline_runs(out)
     if runs:
-        say(f"W&B: {len(runs)} offline runs; upload: wandb sync {shown(out / 'wandb')}/offline-run-*")
+        say(Copyable(f"W&B: {len(runs)} offline runs; upload:",
+                     command("wandb", "sync", shown(out / "wandb"), glob="/offline-run-*")))
     return TuneRun(outcome=outcome, results=files, best_exports=best_exports)

@@ -193,7 +193,8 @@ def trial_run_uri(storage_path: str, tune_name: str, trial_id: str, opts: TuneOp
 
 
 def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: TuneOptions, tune_name: str,
-                   storage_path: str, storage_fs, forbidden: list[str], experiment=None, relay=None) -> None:
+                   storage_path: str, storage_fs, forbidden: list[str], experiment=None, relay=None,
+                   driver_node: str | None = None) -> None:
     """One trial: the training loop at this trial's lr_scale and warmup, in this actor
     (:func:`runs_in_trial`) or on a Ray Train worker group."""
     from ray import tune
@@ -208,6 +209,7 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
         "run_uri": trial_run_uri(storage_path, tune_name, trial_id, opts),
         "storage_fs": storage_fs, "forbidden_paths": forbidden,
         "output_dir_shown": str(Path(base.output_dir).resolve() / "trials" / trial_id),
+        "driver_node": driver_node,  # a worker on this node can reach output_dir_shown (W&B artifacts)
         "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
         "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
         "stop_board": board_name(tune_name) if opts.scheduler == "asha" else None,  # ASHA's decisions
@@ -311,6 +313,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                              storage_path=storage_path, storage_fs=storage_fs,
                              experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
                              relay=relay.queue if relay is not None else None,
+                             driver_node=ray.get_runtime_context().get_node_id(),
                              forbidden=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p and "://" not in p]),
         resources)
     if opts.resume:
@@ -444,6 +447,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
     """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
+    from gsv_ray.atomic import make_sparse
     from gsv_ray.distributed.launch import place_outputs
     from gsv_ray.distributed.worker import FINAL_RUN, latest_outputs
 
@@ -482,6 +486,8 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
             else:  # remote storage, or a checkpoint's outputs (a --resume reads them again): copied
                 copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
             exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+            for p in exports:  # pyarrow's copy writes a v2 export's zero padding out: holes again
+                make_sparse(p)
             wandb_src = trial_out / "wandb"
             if finished and wandb_src.is_dir():  # a finished trial closed its own W&B run
                 for run_dir in wandb_src.glob("*run-*"):  # one folder for all: `wandb sync DIR/wandb/offline-run-*`

@@ -150,6 +150,48 @@ def test_narrow_v2_export_says_v2_and_is_sparse(tmp_path):
     assert obj[PAD_KEY].dtype == torch.float16 and not _bits(obj[PAD_KEY]).any()  # all-zero bytes
 
 
+def _disk(p) -> int:
+    return os.stat(p).st_blocks * 512
+
+
+def test_trial_and_best_copies_keep_the_padding_sparse(tmp_path):
+    """A trial's export reaches -o through Ray's checkpoint upload (pyarrow's copy_files, which
+    writes the padding's zeros out: 86 MB on disk for a 1 MB export) and then ``place_outputs``
+    (moved from local storage, copied from remote); ``best/`` is made from it. Every copy keeps the
+    padding a hole and reads back bit-identically; the W&B artifact naming a placed file sees the
+    same bytes."""
+    from pyarrow.fs import LocalFileSystem, copy_files
+
+    from gsv_ray.distributed.launch import place_outputs
+
+    if not _sparse_supported(tmp_path):
+        pytest.skip("no sparse files on this filesystem")
+    scratch = tmp_path / "scratch" / "run" / "SoVITS_weights_v2"
+    export = write_sovits_export(scratch / "t_e1_s2.pth", _narrow_sd("v2"), config={"model": {"version": "v2"}},
+                                 info="1epoch_2iteration", version="v2")
+    data = export.read_bytes()
+    assert _disk(export) < 1 * MiB < len(data)
+    for move in (True, False):
+        storage = tmp_path / f"storage-{move}" / "final" / "run"
+        storage.parent.mkdir(parents=True)
+        copy_files(str(export.parent.parent), str(storage), source_filesystem=LocalFileSystem(),
+                   destination_filesystem=LocalFileSystem())  # what Ray's checkpoint upload does
+        assert _disk(storage / "SoVITS_weights_v2" / export.name) >= len(data) // 2  # the zeros written out
+        out = tmp_path / f"out-{move}" / "trials" / "t1"
+        stale = out / "SoVITS_weights_v2" / export.name  # the worker's hard link of its export (W&B names it)
+        stale.parent.mkdir(parents=True)
+        os.link(export, stale)
+        place_outputs(storage, out, move=move)
+        placed = out / "SoVITS_weights_v2" / export.name
+        assert placed.read_bytes() == data and _disk(placed) < 1 * MiB, (move, _disk(placed))
+        assert export.read_bytes() == data and _disk(export) < 1 * MiB  # replaced by rename, not written into
+        from gsv_ray.atomic import link_or_copy
+
+        best = link_or_copy(placed, out.parent.parent / "best" / "SoVITS_weights_v2" / export.name)
+        assert best.read_bytes() == data and _disk(best) < 1 * MiB
+        assert list(_upstream_load(best)) == ["weight", "config", "info", PAD_KEY]
+
+
 def test_narrow_v1_export_is_not_padded(tmp_path):
     p = write_sovits_export(tmp_path / "n1.pth", _narrow_sd("v1"), config={"model": {"version": "v1"}},
                             info="1epoch_2iteration", version="v1")

@@ -158,6 +158,36 @@ def test_model_artifact_record(full_run):
     assert Path(entry.local_path) == full_run["dir"] / "export" / "voice_e1_s10.pth"  # immutable: no staging copy
 
 
+def test_ray_worker_export_artifact_is_not_staged(tmp_path, wandb_env, sovits_report):
+    """A Ray worker's exports leave its scratch; on the driver's node the artifact names the file
+    where the driver places it (``final_dir``: -o/trials/<id>) instead of W&B staging a full copy
+    in its data folder (84 MB per trial of the demo): the staging folder holds no copy, the run's
+    artifact record points at the placed file, which holds the same bytes."""
+    from types import SimpleNamespace
+
+    from gsv_ray.train.tracking import Tracking
+
+    scratch = tmp_path / "scratch" / "run"
+    export = scratch / "SoVITS_weights_v2" / "t_e1_s2.pth"
+    export.parent.mkdir(parents=True)
+    data = os.urandom(4096) + bytes(1 << 20)
+    export.write_bytes(data)
+    final = tmp_path / "out" / "trials" / "t1"
+    tr = Tracking(scratch, project="gsv-test", mode="offline", name="t1", run_id="t1trial0", group="g",
+                  job_type="trial", stage_artifacts=True, final_dir=final)
+    tr.begin({"stage": "sovits", "version": "v2"}, SimpleNamespace(report=sovits_report))
+    tr.log_exports([export], stage="sovits", version="v2", step=2)
+    tr.finish()
+    staging = wandb_env / "data" / "artifacts" / "staging"  # (W&B stages its own ~1 KB table files there)
+    staged = [p for p in staging.rglob("*") if p.is_file() and p.stat().st_size == len(data)]
+    assert staged == [], "W&B staged a copy of the export"
+    placed = final / "SoVITS_weights_v2" / export.name
+    assert placed.read_bytes() == data
+    (a,) = [a for a in wr.artifacts(wr.read_records(wr.find_run_file(scratch / "wandb"))) if a.type == "model"]
+    (entry,) = a.manifest.contents
+    assert entry.path == export.name and entry.size == len(data) and Path(entry.local_path) == placed
+
+
 def test_wandb_sync_dry_run(full_run):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)

@@ -195,7 +195,10 @@ def test_demo_runs_end_to_end(tmp_path):
     assert outside == [], outside
     lines = (r.stdout + r.stderr).rstrip("\n").splitlines()
     assert len(lines) <= 40, "\n".join(lines)
-    assert max(len(line) for line in lines) <= 80, "\n".join(line for line in lines if len(line) > 80)
+    # prose at most 80 columns; a longer line is one path or one command, whole
+    wide = [line for line in lines if len(line) > 80 and not (" " not in line.strip() or
+                                                             line.strip().startswith("wandb sync "))]
+    assert wide == [], "\n".join(wide)
     assert "Traceback" not in r.stdout + r.stderr
     best = next((tmp_path / "d/runs/demo/best").rglob("*.pth"))
     assert lines[-3].startswith("best: lr_scale ")
@@ -205,6 +208,29 @@ def test_demo_runs_end_to_end(tmp_path):
     assert read(best).kind == "sovits-export"
     log = (tmp_path / "d/runs/demo/logs/gsv-ray.log").read_text()
     assert "Configuration for experiment" in log and "[rank 0/1]" in log  # Tune's chatter and the trials' lines
+    _padding_stays_sparse(tmp_path / "d/runs/demo", home)
+
+
+def _padding_stays_sparse(run: Path, home: Path) -> None:
+    """Disk use (README, the demo's "Disk use"): each trial's v2 export and the best/ copy keep the zero
+    padding a hole (86 MB files, a few MB on disk) with the bytes the trial logged (its W&B
+    artifact's md5), which names the export in -o, so W&B staged no copy in its data folder."""
+    import base64
+    import hashlib
+
+    exports = sorted(run.glob("trials/*/SoVITS_weights_v2/*.pth")) + sorted(run.glob("best/SoVITS_weights_v2/*.pth"))
+    assert len(exports) >= 2
+    for p in exports:
+        st = p.stat()
+        assert st.st_blocks * 512 < st.st_size // 4, (p, st.st_blocks * 512, st.st_size)
+    for p in run.glob("trials/*/SoVITS_weights_v2/*.pth"):
+        folder = next((run / "wandb").glob(f"offline-run-*-{p.parts[-3]}"))  # the trial's run (id = trial id)
+        (art,) = [a for a in wr.artifacts(wr.read_records(wr.find_run_file(folder))) if a.type == "model"]
+        (entry,) = art.manifest.contents
+        assert Path(entry.local_path).resolve() == p.resolve()
+        assert entry.digest == base64.b64encode(hashlib.md5(p.read_bytes()).digest()).decode()
+    staged = [p for p in home.rglob("artifacts/staging/*") if p.stat().st_size > 1 << 20]
+    assert staged == [], staged
 
 
 def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
