@@ -26,7 +26,8 @@ from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import atomic_write
-from gsv_ray.train.loop import RAY_RUN_RECORD, TrainResult, check_new_run
+from gsv_ray.train.loop import TrainResult
+from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -118,6 +119,8 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.rebuild_spec())
+    if opts.resume:  # the same run, or one line naming the option that would change it
+        check_same_run(given, Path(cfg.output_dir) / "config.json", rebuilt.report.inputs)
     say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
     storage = opts.storage or str(Path(cfg.output_dir).resolve() / "ray")
     check_writable(storage)  # before Ray starts: a bad --storage is one line, nothing else happens
@@ -139,6 +142,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {storage} "
                        "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    write_config(Path(cfg.output_dir), given, rebuilt.report.inputs)  # what a --resume compares, from the start
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
     name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)
