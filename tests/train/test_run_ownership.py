@@ -78,6 +78,24 @@ def test_second_run_on_a_busy_output_is_refused_naming_the_holder(gpt_init, synt
     assert len(list(run.glob("GPT_weights_v2/*.ckpt"))) == 1
 
 
+def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
+    run = tmp_path / "run"
+    train = _start(_gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0"),
+                   tmp_path)
+    try:
+        _wait_for(lambda: len(_train_steps(run)) >= 1 or train.poll() is not None, "the run's first step")
+        for extra in ([], ["--resume"]):
+            r = _run(["tune", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4",
+                      "--name", "t", *extra], tmp_path, timeout=120)
+            line = _one_error_line(r)
+            assert r.returncode == 2 and f"PID {train.pid}" in line, line
+        assert train.poll() is None
+    finally:
+        train.kill()
+        train.wait()
+    assert not (run / "ray").exists() and not (run / "results.json").exists()
+
+
 def test_sigkilled_holder_before_its_first_checkpoint_then_resume_starts_over(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0")
