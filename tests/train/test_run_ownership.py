@@ -182,7 +182,7 @@ def test_output_that_is_no_place_for_a_run_is_refused(where, gpt_init, synth_v2,
 
 def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
-    args = _gpt(gpt_init, synth_v2, run, "--max-steps", "40", "--save-every", "1000", "--warmup-steps", "0")
+    args = _gpt(gpt_init, synth_v2, run, "--max-steps", "20", "--save-every", "1000", "--warmup-steps", "0")
     p = _start(args, tmp_path)
     _wait_for(lambda: len(_train_steps(run)) >= 2 or p.poll() is not None, "steps")
     p.send_signal(signal.SIGINT)
@@ -192,7 +192,7 @@ def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init,
     assert "the same command with --resume" in err, err
     r = _run(args + ["--resume"], tmp_path)  # what the message says
     assert r.returncode == 0, r.stderr
-    assert _train_steps(run) == list(range(1, 41))
+    assert _train_steps(run) == list(range(1, 21))
 
 
 def test_divergence_names_a_command_that_does_not_diverge_again(gpt_init, synth_v2, tmp_path):
