@@ -118,7 +118,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # before torch is imported: a bad option is a quick one-line error
     cfg, ray_opts = load_run_config(args.config, train=flag_values(args, TrainConfig),
                                     ray=flag_values(args, RayOptions))
-    with private_temp_dir(), Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
+    from gsv_ray.train.rundir import finished_line, own_output_dir, record_finished
+
+    with own_output_dir(cfg.output_dir), private_temp_dir(), \
+            Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
+        done = finished_line(cfg) if (cfg.resume or (ray_opts and ray_opts.resume)) else None
+        if done:  # nothing rewritten, no second W&B run
+            console.say(done)
+            return 0
         if ray_opts is not None:
             from gsv_ray.distributed.launch import train_on_ray
 
@@ -131,6 +138,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.localised(default_cache_root())
             with Tracking.for_run(cfg) as tracking:
                 result = train(cfg, tracking=tracking, say=console.say, progress=ProgressDisplay(console))
+        if not result.stopped_early:
+            record_finished(cfg, result.steps, result.epochs, result.exports)
         if console.used:
             console.say(f"log (Ray, W&B): {shown(console.log_file)}")
         from gsv_ray.train.tracking import run_summary
@@ -155,13 +164,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
 
 
-def _run_tune(cfg, opts, *, verbose: bool):
+def _run_tune(cfg, opts, *, verbose: bool, command: str = "tune"):
     from gsv_ray.console import Chatter
     from gsv_ray.owned import private_temp_dir
+    from gsv_ray.train.rundir import own_output_dir
     from gsv_ray.tune.run import tune_and_report
 
-    with private_temp_dir(), Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
-        return tune_and_report(cfg, opts, console=console)
+    with own_output_dir(cfg.output_dir), private_temp_dir(), \
+            Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
+        return tune_and_report(cfg, opts, console=console,
+                               interrupted=interrupted_hint(command) if command == "demo" else None)
 
 
 def _tune_exit(run) -> int:
@@ -184,7 +196,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print("\n".join(wrap(line) for line in HEADER.format(root=Path(size.dir), what=WHAT[size.version]).splitlines()))
     cfg, opts = demo_config(size)
-    return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
+    return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose, command="demo"))
+
+
+def interrupted_hint(command: str) -> str:
+    """What to do after Ctrl-C, true for the command and the state it stopped in."""
+    if command == "demo":
+        return "run gsv-ray demo again (its inputs are kept; the search starts anew in a new runs/ folder)"
+    if command == "tune":
+        return "the same command with --resume continues the search"
+    if command == "train":
+        return ("every complete checkpoint is kept: the same command with --resume continues (from step 0 when no "
+                "checkpoint was written yet)")
+    return ""
 
 
 INPUTS = ("init", "base_g", "base_d", "stage", "version", "lora_rank")  # TrainConfig's fields: what to rebuild from
@@ -375,9 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gsv-ray: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = ("; every complete checkpoint is kept: the same command with --resume continues"
-                if args.func in (_cmd_train, _cmd_tune) else "")
-        print(f"gsv-ray: interrupted{hint}", file=sys.stderr)
+        hint = interrupted_hint(args.command)
+        print(f"gsv-ray: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
 
 

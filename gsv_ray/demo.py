@@ -36,6 +36,11 @@ class DemoOptions:
     def val_every(self) -> int:
         return max(2, self.max_steps // 4)
 
+    @property
+    def warmup_choices(self) -> list[int]:
+        """No warmup, or one validation interval long: always shorter than the trials (--max-steps 2 too)."""
+        return sorted({0, min(self.val_every, self.max_steps - 1)})
+
 
 def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
     """A synthetic experiment folder and a small SoVITS v2 ``old.pth`` + base D in the real formats.
@@ -158,5 +163,5 @@ def demo_config(size: DemoOptions = DemoOptions()) -> tuple[TrainConfig, TuneOpt
                       max_steps=size.max_steps, batch_size=4, val_every=size.val_every, val_fraction=0.15,
                       audio_samples=1, wandb_mode=None)
     opts = TuneOptions(num_samples=size.num_samples, lr_scale_range=(0.05, 1.0),
-                       warmup_choices=[0, size.val_every], max_concurrent=2, name=name)
+                       warmup_choices=size.warmup_choices, max_concurrent=2, name=name)
     return cfg, opts

@@ -108,3 +108,26 @@ def check_output_path(path: str | Path) -> None:
                 raise GsvError("a parent of it is a file, not a directory", path=p,
                                fix=f"choose another path ({parent} is a file)")
             break
+
+
+#: the longest name a file-name option takes (filesystems allow 255 bytes; exports add a suffix)
+MAX_NAME_BYTES = 200
+
+
+def check_file_name(value: str, option: str) -> None:
+    """An option that names a file or folder inside another (``--name``) is one plain name: no
+    separator, not ``.``/``..``, no control characters, not too long, so it cannot lead out of its
+    folder or into a subfolder."""
+    bad = None
+    if not value or value in (".", ".."):
+        bad = "is not a name"
+    elif "/" in value or "\\" in value:
+        bad = "contains a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        bad = "contains a control character"
+    elif len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        bad = f"is longer than {MAX_NAME_BYTES} bytes"
+    if bad:
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        raise ConfigError(f"{option} {shown!r} {bad}: it must be one plain file name",
+                          fix=f"give {option} a name like myvoice-v2 (letters, digits, '-', '_', '.')")

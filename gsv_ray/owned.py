@@ -12,6 +12,7 @@ never shared checkpoint storage.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -29,19 +30,8 @@ class Owner:
 
     def __init__(self, directory: str | os.PathLike[str], *, shared: bool = False):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        lock = self.directory / OWNER
-        while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            try:  # a sweeper may have removed the directory while we waited: lock the file that is there now
-                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-            self.directory.mkdir(parents=True, exist_ok=True)
+        fd = _lock(self.directory / OWNER, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        assert fd is not None  # a blocking lock always comes
         os.utime(fd)  # fresh: inside the grace period
         self._fd: int | None = fd
 
@@ -64,6 +54,83 @@ class Owner:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _lock(lock: Path, how: int, *, per_process: bool = False) -> int | None:
+    """An open descriptor of ``lock`` (created with its directory), locked ``how`` (``flock``, or
+    with ``per_process`` a POSIX record lock, ``lockf``); None when ``how`` has ``LOCK_NB`` and
+    another process holds it."""
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            (fcntl.lockf if per_process else fcntl.flock)(fd, how)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return None
+            raise
+        try:  # a sweeper may have removed the directory while we waited: lock the file that is there now
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+#: In a run's ``-o``: locked by the process that runs it (its PID inside), for the run's whole life.
+RUN_LOCK = ".gsv-run.lock"
+
+
+class RunBusy(Exception):
+    """Another live process owns the run directory (``pid``: its PID when it could be read)."""
+
+    def __init__(self, directory: Path, pid: int | None):
+        super().__init__(f"{directory} is owned by PID {pid}")
+        self.directory, self.pid = directory, pid
+
+
+class RunOwner:
+    """Exclusive ownership of a run directory: a lock on ``<directory>/.gsv-run.lock``, taken
+    before the run writes anything and held until :meth:`release` or the process's end, however it
+    ends (the kernel drops the lock of a killed process: no stale lock to remove by hand). The file
+    holds the owner's PID, for the message a second run gets. It is never removed: removing it would
+    let two processes lock two different files of the same name. Raises :class:`RunBusy`.
+
+    A POSIX record lock (``lockf``), not the ``flock`` of :class:`Owner`: an ``flock`` is shared
+    with forked children (DataLoader workers), which outlive a SIGKILLed run by seconds and kept its
+    ``-o`` locked; a record lock belongs to the one process. (It is also dropped when that process
+    closes any descriptor of the file: nothing else in the run opens it.)"""
+
+    def __init__(self, directory: str | os.PathLike[str]):
+        self.directory = Path(directory)
+        lock = self.directory / RUN_LOCK
+        fd = _lock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, per_process=True)
+        if fd is None:
+            raise RunBusy(self.directory, _pid_in(lock))
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunOwner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _pid_in(lock: Path) -> int | None:
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # None: the owner has not written it yet
 
 
 def owned_temp_dir(final: Path) -> tuple[Path, Owner]:

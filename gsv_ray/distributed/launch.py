@@ -28,7 +28,8 @@ from gsv_ray.storage import display
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import atomic_write, copy_sparse, make_sparse
-from gsv_ray.train.loop import RAY_RUN_RECORD, TrainResult, check_new_run
+from gsv_ray.train.loop import TrainResult
+from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -176,6 +177,8 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.rebuild_spec())
+    if opts.resume:  # the same run, or one line naming the option that would change it
+        check_same_run(given, Path(cfg.output_dir) / "config.json", rebuilt.report.inputs)
     say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
     given_storage = run_storage(opts, cfg.output_dir, recorded)
     storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
@@ -191,6 +194,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
                        "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    write_config(Path(cfg.output_dir), given, rebuilt.report.inputs)  # what a --resume compares, from the start
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
     name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)

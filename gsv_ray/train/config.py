@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gsv_ray.errors import ConfigError, first_line
+from gsv_ray.errors import ConfigError, check_file_name, first_line
 from gsv_ray.options import check, flag, option, split_mapping
 from gsv_ray.resources import STAGES, WANDB_MODES
 
@@ -93,8 +93,9 @@ class TrainConfig:
                                     help="exports count epochs/steps from 0 (default: continue the init file's, e.g. "
                                          "xxx_e8_s200.pth + 1 epoch of 50 steps -> _e9_s250.pth; GPT-e15 -> -e16)")
     resume: str | None = option(None, metavar="DIR", nargs="?", const="latest", group=CHECKS,
-                                help="continue from the newest checkpoint of -o's run (or of the given checkpoint "
-                                     "or run directory; not with --workers)")
+                                help="continue -o's run from its newest checkpoint (DIR: latest, the default; without "
+                                     "--workers also a checkpoint or run directory to start from); a run with no "
+                                     "checkpoint yet starts over from step 0, a finished one is left as it is")
     # tracking
     log_every: int = option(1, low=1, group=TRACK, help="steps between metric rows")
     wandb_project: str = option("gsv-ray", metavar="NAME", group=TRACK, help="W&B project")
@@ -122,6 +123,8 @@ class TrainConfig:
         """Bad values are one-line errors before anything starts (flags and YAML alike): each option's
         type, choices and range as declared, then what involves several."""
         check(self)
+        if self.name is not None:
+            check_file_name(self.name, "--name")
         if self.max_steps is None and self.epochs is None:
             raise ConfigError("say how long to train", fix="pass --max-steps N or --epochs N")
         if self.max_steps is not None and self.epochs is not None:
@@ -180,4 +183,9 @@ def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] 
             values[key] = str(Path(values[key]).expanduser().absolute())
     cfg = TrainConfig(**values)
     cfg.validate()
+    if "warmup_steps" in values and cfg.max_steps is not None and cfg.warmup_steps >= cfg.max_steps:
+        # asked for (the default is only warned about, in the run): the LR would never reach its peak
+        raise ConfigError(f"--warmup-steps {cfg.warmup_steps} is not shorter than --max-steps {cfg.max_steps}: the "
+                          "learning rate would never reach its peak",
+                          fix=f"lower --warmup-steps below {cfg.max_steps} (e.g. {cfg.max_steps // 10})")
     return cfg

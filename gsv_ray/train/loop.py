@@ -8,7 +8,6 @@ Accelerate, data order, the LR schedule, validation, checkpoints and resume, tra
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable
@@ -29,10 +28,11 @@ from gsv_ray.io.reader import parse_info
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
 from gsv_ray.train import state as state_io
-from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.config import DEFAULT_LR_SCALE, TrainConfig
 from gsv_ray.train.cfm import CFMRecipe
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
+from gsv_ray.train.rundir import check_new_run, check_same_run, write_config
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe
 
@@ -107,30 +107,6 @@ def open_run_experiment(data: str | Path, rebuilt: Rebuilt) -> Experiment:
                                   cache_root=cache_root())
 
 
-RAY_RUN_RECORD = "ray_run.json"  # in -o of a Ray run: its name and storage, so --resume finds it after any stop
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", RAY_RUN_RECORD, "ray")
-
-
-def existing_run(run_dir: str | Path) -> str | None:
-    """What says ``run_dir`` already holds a run (None when it does not exist, is empty, or holds
-    none of a run's files)."""
-    d = Path(run_dir)
-    if not d.is_dir():
-        return None
-    found = [n for n in RUN_FILES if (d / n).exists()]
-    found += sorted(p.name for p in d.glob("*_weights*") if p.is_dir())
-    return ", ".join(found) or None
-
-
-def check_new_run(run_dir: str | Path) -> None:
-    """A run started without ``--resume`` never writes into another run's folder (it would append
-    to its metrics, replace its exports and mix two runs in one W&B run)."""
-    found = existing_run(run_dir)
-    if found:
-        raise GsvError(f"-o already holds a run ({found})", path=run_dir,
-                       fix="continue it with --resume, or choose a new -o")
-
-
 def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerator:
     """Device placement, DDP and checkpoint state. Mixed precision and gradient accumulation are
     ours (:mod:`gsv_ray.train.precision`, the recipes' ``train_step``), not Accelerate's: see there."""
@@ -179,6 +155,13 @@ def train(
     if cfg.stage is not None and cfg.stage != stage:
         raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
                        fix=f"use --stage {stage} or pass the other file")
+    ckpt_root = run_dir / "checkpoints"
+    resume, restart = _resume_point(cfg, ckpt_root)  # verified against its manifest
+    if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded
+        check_same_run(cfg, (resume.path.parent.parent if resume else run_dir) / "config.json", rebuilt.report.inputs)
+    if main and restart:
+        say(f"no checkpoint yet in {run_dir}: starting the run over from step 0 (the metrics of its interrupted "
+            "start are dropped)")
     with phases("scan"):
         if experiment is None:
             experiment = open_run_experiment(cfg.data, rebuilt)
@@ -209,9 +192,7 @@ def train(
     loader = make_loader(MicroBatchSource(train_ds, recipe.make_batch), planned, num_workers=num_workers,
                          seed=cfg.seed, pin_memory=accelerator.device.type == "cuda")
 
-    ckpt_root = run_dir / "checkpoints"
     checkpoints = checkpoints if checkpoints is not None else ckpt.LocalCheckpoints(ckpt_root, cfg.keep_last)
-    resume = ckpt.resolve_resume(cfg.resume, ckpt_root)  # verified against its manifest
     resume_from = resume.path if resume is not None else None
     if resume is not None:
         with phases("resume"):
@@ -241,7 +222,7 @@ def train(
     audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=1))
+        write_config(run_dir, cfg, rebuilt.report.inputs)
         say(f"rebuilt {rebuilt.report.message()}")
         say(f"data: {len(train_names)} train / {len(val_names)} val utterances of {len(experiment.names)} usable; "
             f"{experiment.report.listed} listed")
@@ -254,6 +235,9 @@ def train(
             f"{steps_per_epoch} steps/epoch, {total} steps; {num_workers} loader worker(s); "
             f"precision {cfg.precision}; peak LR {cfg.peak_lr(stage):.3g} "
             f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}")
+        if cfg.warmup_steps >= total:  # the default 100, or --epochs: an explicit one with --max-steps is refused
+            say(f"warning: warmup {cfg.warmup_steps} steps is not shorter than the run's {total}: the LR never reaches "
+                f"its peak (set --warmup-steps below {total})")
 
     if main and tracking is not None:
         with phases("tracking"):
@@ -383,11 +367,28 @@ def train(
 MAX_SKIPPED_FP16_STEPS = 25
 
 
+def _resume_point(cfg: TrainConfig, ckpt_root: Path) -> tuple[ckpt.Resume | None, bool]:
+    """(checkpoint to resume from, start over): ``--resume`` of a run that wrote no checkpoint yet
+    (stopped or killed before its first) starts it over from step 0 instead of failing."""
+    if cfg.resume == "latest" and not ckpt.checkpoints(ckpt_root):
+        return None, True
+    return ckpt.resolve_resume(cfg.resume, ckpt_root), False
+
+
 def _diverged(step: int, what: str, cfg: TrainConfig, stage: str, last_ckpt: Path | None) -> GsvError:
+    """The one line of a divergence. Its advice is a new run at a lower LR (resuming the same run at
+    the same LR would diverge again; a resume may not change --lr-scale: :data:`rundir.TRAJECTORY`)."""
     keep = f"the last good checkpoint is {last_ckpt}" if last_ckpt is not None else "no checkpoint was written"
+    lower = DEFAULT_LR_SCALE if cfg.lr_scale > DEFAULT_LR_SCALE else cfg.lr_scale / 10
+    out = Path(cfg.output_dir)
+    n = 2
+    while out.with_name(f"{out.name}-{n}").exists():
+        n += 1
+    fp16 = " (or --precision bf16)" if cfg.precision == "fp16" else ""
     return GsvError(f"training diverged at step {step}: {what}; nothing of that step was applied or saved, {keep}. "
                     f"Likely cause: the learning rate (peak {cfg.peak_lr(stage):.3g}), fp16 overflow, or bad data",
-                    path=cfg.output_dir, fix="lower --lr-scale or use --precision bf16/no, then --resume")
+                    path=cfg.output_dir, fix=f"start a new run at a lower learning rate: the same command with "
+                                             f"--lr-scale {lower:g}{fp16} and -o {out.with_name(f'{out.name}-{n}')}")
 
 
 def _require_finite(models, step: int, cfg: TrainConfig, stage: str, last_ckpt: Path | None) -> None:

@@ -52,7 +52,9 @@ class Tracking:
         # the full config, beside metrics.jsonl: a run whose W&B records were lost (a killed trial) is
         # rebuilt from both with the same config keys (replay_run)
         (self.run_dir / RUN_CONFIG).write_text(json.dumps(jsonable(config), indent=1))
-        self.metrics = MetricsWriter(self.run_dir, drop_after=resume_step if resume_step else None)
+        # rows past the step trained from are another attempt's (also all of them at step 0: a run
+        # started over after stopping before its first checkpoint)
+        self.metrics = MetricsWriter(self.run_dir, drop_after=resume_step)
         id_file = self.run_dir / "wandb_run_id"
         resumed = resume_step > 0 and id_file.is_file()
         run_id = self.run_id or (id_file.read_text().strip() if resumed else secrets.token_hex(4))

@@ -22,10 +22,11 @@ class TuneRun:
 
 
 def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] | None = None,
-                    console: Any = None) -> TuneRun:
+                    console: Any = None, interrupted: str | None = None) -> TuneRun:
     """Run the search, print the results table, write results.json / summary.png, copy the best
     trial's GPT-SoVITS files to ``-o/best/``, and log the W&B summary run. ``console``: a
-    :class:`gsv_ray.console.Chatter` (lines, live trial rows and the table go there)."""
+    :class:`gsv_ray.console.Chatter` (lines, live trial rows and the table go there).
+    ``interrupted``: what to do after Ctrl-C (default: tune's ``--resume``)."""
     say = say or (console.say if console is not None else print)
     outcome = run_tune(cfg, opts, say=say, console=console)
     out = Path(cfg.output_dir)
@@ -55,7 +56,7 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     if console is not None and console.used:
         say(f"log (Ray, W&B): {shown(console.log_file)}")
     if outcome.interrupted:
-        say(f"interrupted: resume with the same command plus --resume (tune run {outcome.name})")
+        say(f"interrupted: {interrupted or f'resume with the same command plus --resume (tune run {outcome.name})'}")
     if outcome.best is not None:  # the last lines: what to use, where it is, how to upload the runs
         b = outcome.best
         peak = cfg.peak_lr(outcome.stage) / cfg.lr_scale * b.lr_scale

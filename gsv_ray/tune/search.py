@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.distributed.options import RayOptions
-from gsv_ray.errors import ConfigError, check_output_path
+from gsv_ray.errors import ConfigError, check_file_name, check_output_path
 from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.rundir import TUNE_RESULTS
 
 METRIC, MODE = "val/loss", "min"
 
@@ -75,6 +76,8 @@ class TuneOptions:
 
     def validate(self, max_steps: int) -> None:
         check(self)
+        if self.name is not None:  # a folder of the storage (<storage>/<name>) and the W&B group
+            check_file_name(self.name, "--name")
         lo, hi = self.lr_scale_range
         if not lo < hi:
             raise ConfigError(f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
@@ -278,7 +281,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         if _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
             raise ConfigError(f"a tune run named {name!r} already exists", path=experiment_path,
                            fix="continue it with --resume, or start a new one with another --name")
-        done = [n for n in ("results.json", "best", "trials", "summary.png") if (out / n).exists()]
+        done = [n for n in TUNE_RESULTS if (out / n).exists()]
         if done:
             raise ConfigError(f"-o already holds a tune run's results ({', '.join(done)})", path=out,
                            fix="continue it with --resume (and its --name), or choose a new -o")

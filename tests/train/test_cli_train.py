@@ -95,12 +95,16 @@ def test_killed_run_resumes_from_last_complete_checkpoint(gpt_init, synth_v2, tm
     steps = [x["step"] for x in rows if x["split"] == "train"]
     assert steps == sorted(set(steps))  # no step logged twice after the resume
 
-    # the first command again, without --resume: refused in one line, the run left as it was
-    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    # the first command again, without --resume: refused in one line, the run left as it was (but
+    # for the owner's lock file, where each command that takes -o writes its PID)
+    def files():
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != ".gsv-run.lock"}
+
+    before = files()
     r = _run(args, tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "already holds a run" in r.stderr and "--resume" in r.stderr
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    assert files() == before
 
 
 BAD = {

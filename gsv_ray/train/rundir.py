@@ -1,0 +1,153 @@
+"""A run's directory ``-o``: who owns it, what says it holds a run, and what a ``--resume`` may change.
+
+* A run owns its ``-o`` for its whole life (:func:`own_output_dir`): an OS lock taken by the process
+  that runs it before anything is written, dropped by the kernel when it ends however it ends. A
+  second run on the same ``-o`` (with or without ``--resume``) is refused naming the owner's PID.
+* ``-o`` is a folder for the run: never the filesystem root, the home directory, or a populated
+  folder that holds no run of ours.
+* ``config.json`` records the run's settings and its inputs' sha256; a ``--resume`` that would change
+  the run's trajectory (:data:`TRAJECTORY`, the input files' content) is refused naming the option.
+* ``finished.json`` records a finished run: resuming it again does nothing (no export rewritten, no
+  second W&B run) unless a larger ``--max-steps`` / ``--epochs`` asks for more.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gsv_ray.atomic import atomic_write
+from gsv_ray.errors import ConfigError, GsvError, check_output_path
+from gsv_ray.options import flag
+from gsv_ray.owned import RUN_LOCK, RunBusy, RunOwner
+from gsv_ray.train.config import TrainConfig
+
+RAY_RUN_RECORD = "ray_run.json"  # in -o of a Ray run: its name and storage, so --resume finds it after any stop
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", RAY_RUN_RECORD, "ray")
+#: a tune search's results in its -o
+TUNE_RESULTS = ("results.json", "best", "trials", "summary.png")
+FINISHED = "finished.json"
+#: every name gsv-ray writes at the top of an -o (besides ``<Stage>_weights*`` export folders)
+RUN_ENTRIES = (*RUN_FILES, *TUNE_RESULTS, FINISHED, "logs", "wandb", "wandb_run_id", "run_config.json",
+               "early_stopped.json", RUN_LOCK)
+#: the settings that decide a run's trajectory: a --resume must keep them (--max-steps / --epochs
+#: may grow; the data folder is compared by path only where it is, not by content)
+TRAJECTORY = ("stage", "version", "lora_rank", "lr_scale", "warmup_steps", "warmup_start", "decay", "lr_decay",
+              "min_lr_ratio", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction")
+#: the input files, compared by content (sha256), never by path
+INPUT_FLAGS = {"init": "--init", "base_g": "--base", "base_d": "--base-d"}
+
+
+def existing_run(run_dir: str | Path) -> str | None:
+    """What says ``run_dir`` already holds a run (None when it does not exist, is empty, or holds
+    none of a run's files)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return None
+    found = [n for n in RUN_FILES if (d / n).exists()]
+    found += sorted(p.name for p in d.glob("*_weights*") if p.is_dir())
+    return ", ".join(found) or None
+
+
+def check_new_run(run_dir: str | Path) -> None:
+    """A run started without ``--resume`` never writes into another run's folder (it would append
+    to its metrics, replace its exports and mix two runs in one W&B run)."""
+    found = existing_run(run_dir)
+    if found:
+        raise GsvError(f"-o already holds a run ({found})", path=run_dir,
+                       fix="continue it with --resume, or choose a new -o")
+
+
+def own_output_dir(path: str | Path) -> RunOwner:
+    """Claim ``-o`` for this process until it ends (or the owner is released), before anything is
+    written there. One-line refusals: a path that cannot be a folder, the filesystem root, the home
+    directory, a populated folder holding no run of ours, and an ``-o`` another live run owns."""
+    p = Path(path)
+    check_output_path(p)
+    real = p.resolve()
+    if real == Path(real.anchor):
+        raise ConfigError("-o is the filesystem root", path=p, fix="choose a folder for the run, e.g. -o runs/myvoice")
+    if real == Path.home().resolve():
+        raise ConfigError("-o is your home directory", path=p,
+                          fix=f"choose a folder for the run, e.g. -o {p / 'runs' / 'myvoice'}")
+    if real.is_dir():
+        theirs = sorted(c.name for c in real.iterdir() if not c.name.startswith("."))
+        if theirs and not any(n in RUN_ENTRIES or "_weights" in n for n in theirs):
+            shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+            raise ConfigError(f"-o is a folder with other files ({shown}) and no gsv-ray run: checkpoints, logs and "
+                              "exports would be mixed into them", path=p,
+                              fix=f"choose a new or empty folder, e.g. -o {p / 'run'}")
+    try:
+        return RunOwner(p)
+    except RunBusy as e:
+        who, stop = (f"PID {e.pid}", f" (stop it: kill {e.pid})") if e.pid else ("a process starting up", "")
+        raise GsvError(f"-o is in use by another gsv-ray run, {who}", path=p,
+                       fix=f"wait for it to end{stop}, or choose another -o") from None
+
+
+# -- the run's settings, recorded and compared on resume ---------------------------------------------
+
+def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]]) -> None:
+    """``config.json``: the run's options and its input files' sha256 (what a resume compares)."""
+    record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()}}
+    atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(record, indent=1).encode()), overwrite=True)
+
+
+def check_same_run(cfg: TrainConfig, recorded_file: Path, inputs: dict[str, dict[str, Any]]) -> None:
+    """Refuse a resume whose settings would change the run's trajectory (one line naming the option,
+    the recorded value and the fix). A run without a record (or an unreadable one) is not checked."""
+    try:
+        recorded = json.loads(recorded_file.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(recorded, dict):
+        return
+    now = cfg.to_json()
+    for key in TRAJECTORY:
+        if key in recorded and recorded[key] != now[key]:
+            f, old, new = flag(TrainConfig, key), _shown(recorded[key]), _shown(now[key])
+            raise ConfigError(f"--resume with {f} {new}, but this run was started with {f} {old}",
+                              path=recorded_file, fix=f"resume with {f} {old}, or start a new -o with {f} {new}")
+    for role, sha in (recorded.get("input_sha256") or {}).items():
+        given = (inputs.get(role) or {}).get("sha256")
+        if not sha or given == sha:
+            continue
+        f, was = INPUT_FLAGS.get(role, role), recorded.get(role) or "the same file"
+        what = (f"--resume without {f}" if given is None else
+                f"--resume with {f} {now.get(role)}, a file with other content (sha256 {given[:12]})")
+        raise ConfigError(f"{what}, but this run was started from {f} {was} (sha256 {sha[:12]})",
+                          path=recorded_file, fix=f"resume with {f} {was} (or a copy of it), or start a new -o")
+
+
+def _shown(v: Any) -> str:
+    return "(default)" if v is None else str(v)
+
+
+# -- a finished run -------------------------------------------------------------------------------
+
+def record_finished(cfg: TrainConfig, steps: int, epochs: int, exports: list[Path]) -> None:
+    """Say in ``-o`` that the run finished (what a later ``--resume`` reads)."""
+    record = {"steps": steps, "epochs": epochs, "max_steps": cfg.max_steps, "asked_epochs": cfg.epochs,
+              "exports": [str(p) for p in exports]}
+    out = Path(cfg.output_dir)
+    atomic_write(out / FINISHED, lambda f: f.write(json.dumps(record, indent=1).encode()), overwrite=True)
+
+
+def finished_line(cfg: TrainConfig) -> str | None:
+    """The line for a ``--resume`` of a run that already trained as long as asked (None: train on)."""
+    try:
+        r = json.loads((Path(cfg.output_dir) / FINISHED).read_text())
+        steps, epochs = int(r["steps"]), int(r["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if cfg.max_steps is not None:
+        done, longer = steps >= cfg.max_steps, f"--max-steps above {steps}"
+    else:
+        done = r.get("asked_epochs") is not None and cfg.epochs is not None and cfg.epochs <= epochs
+        longer = f"--epochs above {epochs}"
+    if not done:
+        return None
+    exports = ", ".join(map(str, r.get("exports") or [])) or "none"
+    return (f"the run in {cfg.output_dir} finished at step {steps} (exports: {exports}); nothing to resume "
+            f"(to train it longer: --resume with {longer})")
