@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gsv_ray.cache import scratch_root
+from gsv_ray.errors import GsvError
 
 
 def forbid_opening(paths: list[str]) -> None:
@@ -180,9 +181,11 @@ def run_worker(config: dict[str, Any], session) -> None:
         result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=progress,
                        experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
                        say=say)
-    except BaseException:
+    except BaseException as e:
         if tracking is not None:
             tracking.finish(1)
+        if isinstance(e, GsvError) and config.get("output_dir_shown"):
+            raise _as_shown(e, cfg.output_dir, config["output_dir_shown"]) from None
         raise
     if tracking is not None:
         tracking.finish()
@@ -199,6 +202,12 @@ def run_worker(config: dict[str, Any], session) -> None:
     else:
         session.report(final)
     owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
+
+
+def _as_shown(e: GsvError, scratch: str, shown: str) -> GsvError:
+    """``e`` naming the run's real ``-o`` (or trial folder) where it named this worker's scratch copy
+    of it: its fix may be a command to run (a divergence names a new ``-o`` beside the old one)."""
+    return type(e)(str(e).replace(scratch, shown).rstrip("."))
 
 
 def _final_dir(config: dict[str, Any]) -> Path | None:

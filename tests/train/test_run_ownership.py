@@ -213,6 +213,21 @@ def test_divergence_names_a_command_that_does_not_diverge_again(gpt_init, synth_
     assert list(Path(new_out).glob("GPT_weights_v2/*.ckpt"))
 
 
+@pytest.mark.slow
+def test_divergence_on_ray_names_the_real_output(gpt_init, synth_v2, tmp_path):
+    """On Ray the loop runs in a worker's scratch copy of -o: the advice still names a new -o beside
+    the user's, never the scratch folder."""
+    run = tmp_path / "run"
+    args = _gpt(gpt_init, synth_v2, run, "--max-steps", "4", "--lr-scale", "1e30", "--warmup-steps", "0",
+                "--save-every", "1000", "--val-fraction", "0", "--workers", "1")
+    r = _run(args, tmp_path, RAY_AUTH_MODE="disabled")
+    line = r.stderr.strip().splitlines()[-1]  # after the line naming Ray's log
+    assert r.returncode == 2 and line.startswith("gsv-ray: error:") and "diverged" in line, r.stderr
+    m = re.search(r"the same command with --lr-scale (\S+) and -o (\S+?)[.;,]? ", line + " ")
+    assert m, line
+    assert Path(m.group(2)) == run.resolve().with_name("run-2"), line
+
+
 def test_demo_interruption_names_demo(tmp_path):
     from gsv_ray.cli import interrupted_hint
 
