@@ -38,7 +38,7 @@ from gsv_ray.rebuild.core import RebuildSpec, Rebuilt, rebuild
 from gsv_ray.rebuild.report import RebuildReport
 
 #: Bump when the on-disk layout or the rebuild's semantics change: old entries then miss.
-STORE_FORMAT = 2
+STORE_FORMAT = 3  # 3: inputs holding NaN/inf are refused (a format-2 entry may hold them)
 _COMPLETE = "manifest.json"  # written last inside the temp dir; a dir without it is never used
 _log = logging.getLogger(__name__)
 
