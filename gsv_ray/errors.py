@@ -93,6 +93,41 @@ def os_error(e: OSError) -> GsvError | None:
     return GsvError(problem, path=where, fix=fix)
 
 
+def is_symlink_loop(path: str | Path) -> bool:
+    """Whether resolving ``path`` goes round in circles (``Path.exists()`` says False, as for a missing file)."""
+    import errno as _errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == _errno.ELOOP
+    return False
+
+
+def missing_error(path: str | Path, problem: str, fix: str) -> GsvError:
+    """The error for a path that is not there: a symlink loop is named as one, not as missing."""
+    if is_symlink_loop(path):
+        return GsvError("is a symbolic link loop (its links lead back to themselves, never to a file)", path=path,
+                        fix="fix or remove the symbolic link, or give the real path")
+    return GsvError(problem, path=path, fix=fix)
+
+
+def usable_dir(path: str | Path, *, named: str, fix: str) -> Path:
+    """``path`` as an existing directory (created with its parents when missing), or one line naming
+    it and where it came from (``named``: "GSV_RAY_CACHE", "--dir", ...)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file (or a link to one) is in the way
+        raise GsvError(f"{named} is a file, not a directory", path=p, fix=fix) from None
+    except OSError as e:
+        if is_symlink_loop(p):
+            raise missing_error(p, "", fix) from None
+        raise GsvError(f"{named} cannot be created as a directory ({e.strerror})", path=p, fix=fix) from None
+    return p
+
+
 def check_output_path(path: str | Path) -> None:
     """One line before anything is written, for an output path that cannot be one: a dangling
     symlink (creating it would follow or replace the link), or a path under a regular file."""

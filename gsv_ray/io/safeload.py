@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from gsv_ray.errors import GsvError, first_line, tree_problem
+from gsv_ray.errors import GsvError, first_line, missing_error, tree_problem
 
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -123,7 +123,7 @@ def check_path(path: Path) -> None:
     """One-line errors for the common non-file cases: missing, a directory, empty."""
     fix_missing = "check the path (GPT-SoVITS keeps exports in SoVITS_weights*/ and GPT_weights*/)"
     if not path.exists():
-        raise GsvError("no such file", path=path, fix=fix_missing)
+        raise missing_error(path, "no such file", fix_missing)
     if path.is_dir():
         raise GsvError("is a directory, not a weights file", path=path, fix="give the .pth/.ckpt file inside it")
     mode = path.stat().st_mode
