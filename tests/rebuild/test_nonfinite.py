@@ -98,7 +98,7 @@ def test_nan_in_the_base_is_named_and_first_keys_listed(fixtures_dir, tmp_path):
     assert not (tmp_path / "cache" / "rebuild").exists() or not any((tmp_path / "cache" / "rebuild").iterdir())
 
 
-def test_verify_and_semantic_refuse(fixtures_dir, tmp_path):
+def test_verify_semantic_and_tune_refuse(fixtures_dir, tmp_path):
     bad, keys = _planted(fixtures_dir, tmp_path, "sovits", float("nan"))
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     data = tmp_path / "exp"
@@ -109,3 +109,6 @@ def test_verify_and_semantic_refuse(fixtures_dir, tmp_path):
     r = run_cli("semantic", "--data", str(exp), "--model", str(bad), env=env)
     _one_line_exit_2(r, str(bad), "non-finite")
     assert not (exp / "6-name2semantic.tsv").exists()
+    r = run_cli("tune", "--init", str(bad), "--data", str(data), "-o", str(tmp_path / "tune"), "--max-steps", "2",
+                env={**env, "RAY_AUTH_MODE": "disabled"})
+    _one_line_exit_2(r, str(bad), "non-finite", keys[0])
