@@ -60,6 +60,22 @@ def rust_os_error(e: Exception, path: str | Path) -> OSError | None:
     return OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(path)) if m else None
 
 
+#: Errors about the filesystem as a whole (full, over quota, read-only): the user's fix is about
+#: where the output goes, so the error names the output, never the temp name it was built under.
+_WHERE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _named(e: OSError, final: Path, tmp: Path) -> OSError | None:
+    """``e`` re-addressed to ``final`` when it is about the filesystem and names no path, or names
+    something under the temp name ``tmp`` (None: leave ``e`` as it is)."""
+    if e.errno not in _WHERE_ERRNOS:
+        return None
+    names = [str(n) for n in (e.filename, e.filename2) if n is not None]
+    if names and not any(n == str(tmp) or n.startswith(f"{tmp}/") for n in names):
+        return None
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), str(final))
+
+
 def atomic_write(
     path: str | Path,
     write: Callable[[BinaryIO], None],
@@ -76,6 +92,9 @@ def atomic_write(
     for p in protect:
         if _same_file(path, Path(p)):
             raise GsvError("refusing to write over an input file", path=path, fix="choose another output path")
+    if path.is_dir():
+        raise GsvError("is a directory, but a file is written here", path=path,
+                       fix="choose another output path, or remove or rename that directory")
     if path.exists() and not overwrite:
         raise GsvError("already exists; not overwriting", path=path, fix="choose another output path or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,11 +112,14 @@ def atomic_write(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        named = _named(e, path, tmp) if isinstance(e, OSError) else None
+        if named is not None:  # a write's ENOSPC has no filename (and a flush's names nothing either)
+            raise named from e
         raise
     return path
 
@@ -141,8 +163,11 @@ def atomic_dir(final: str | Path, *, sweep_orphans: bool = True) -> Iterator[Pat
         yield tmp
         owner.disown()
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        named = _named(e, final, tmp) if isinstance(e, OSError) else None
+        if named is not None:  # a full disk while building: name the output, not .<name>.<random>/<file>
+            raise named from e
         raise
     finally:
         owner.release()

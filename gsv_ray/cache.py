@@ -11,16 +11,27 @@ import os
 import tempfile
 from pathlib import Path
 
+from gsv_ray.errors import usable_dir
+
 CACHE_ENV = "GSV_RAY_CACHE"
 SCRATCH_ENV = "GSV_RAY_SCRATCH"
 
 
 def default_cache_root() -> Path:
-    """``$GSV_RAY_CACHE``, else ``$XDG_CACHE_HOME/gsv-ray``, else ``~/.cache/gsv-ray``."""
+    """``$GSV_RAY_CACHE``, else ``$XDG_CACHE_HOME/gsv-ray``, else ``~/.cache/gsv-ray``: an existing
+    directory (created when missing), or a one-line :class:`GsvError` naming the setting to change."""
     env = os.environ.get(CACHE_ENV)
     if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gsv-ray"
+        return usable_dir(env, named=CACHE_ENV, fix=f"point {CACHE_ENV} at a directory you can write, or unset it")
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gsv-ray"
+    return usable_dir(root, named="the cache", fix=f"set {CACHE_ENV} to a directory you can write")
+
+
+def cache_root(given: str | Path | None) -> Path:
+    """A cache root given by the user (``--cache``; usable, created when missing), else the default."""
+    if given is None or str(given) == "":
+        return default_cache_root()
+    return usable_dir(given, named="--cache", fix="pass --cache a directory you can write")
 
 
 def scratch_root() -> Path:

@@ -20,9 +20,19 @@ from gsv_ray.errors import ConfigError, GsvError, os_error
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    """Several files: every good one is described, each bad one is one line on stderr (in ``--json``
+    also an ``{"path", "error"}`` entry), and the exit status is 2 when any was bad."""
     from gsv_ray.io.inspect import describe, render
 
-    results = [describe(p, expect_stage=args.stage) for p in args.files]
+    if len(args.files) == 1:
+        results = [describe(args.files[0], expect_stage=args.stage)]  # a bad file: one line, exit 2, nothing else
+    else:
+        results = []
+        for p in args.files:
+            try:
+                results.append(describe(p, expect_stage=args.stage))
+            except GsvError as e:
+                results.append({"path": p, "error": str(e)})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
     else:
@@ -30,8 +40,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
         console = Console()
         for d in results:
-            console.print(render(d))
-    return 0
+            if "error" not in d:
+                console.print(render(d))
+    sys.stdout.flush()
+    for d in results:
+        if "error" in d:
+            print(f"gsv-ray: error: {d['error']}", file=sys.stderr)
+    return 2 if any("error" in d for d in results) else 0
 
 
 def _cmd_rebuild(args: argparse.Namespace) -> int:
@@ -188,10 +203,11 @@ def _tune_exit(run) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from gsv_ray.demo import HEADER, WHAT, DemoOptions, demo_config
+    from gsv_ray.demo import HEADER, WHAT, DemoOptions, demo_config, demo_root
     from gsv_ray.options import flag_values
 
     size = DemoOptions(**flag_values(args, DemoOptions))
+    demo_root(size)  # before the header: a --dir that cannot be a folder is one line
     from gsv_ray.console import wrap
 
     print("\n".join(wrap(line) for line in HEADER.format(root=Path(size.dir), what=WHAT[size.version]).splitlines()))

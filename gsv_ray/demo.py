@@ -140,13 +140,20 @@ def make_v3_inputs(root: Path, version: str = "v4", *, lora_rank: int = 4, seed:
     return {"data": data, "base": base, "init": lora}
 
 
+def demo_root(size: DemoOptions) -> Path:
+    """``--dir`` as a directory (created when missing), or one line saying why it cannot be one."""
+    from gsv_ray.errors import usable_dir
+
+    return usable_dir(size.dir, named="--dir", fix="give --dir a folder: a new one, or one where an earlier demo ran")
+
+
 def demo_config(size: DemoOptions = DemoOptions()) -> tuple[TrainConfig, TuneOptions]:
     """The demo's training config and search (inputs made in ``size.dir`` on first use; a demo run
     again in the same folder is a new run beside the old one, never over it)."""
     from gsv_ray.train.config import load_config
 
     check(size)
-    root = Path(size.dir)
+    root = demo_root(size)
 
     name, n = ("demo" if size.version == "v2" else f"demo-{size.version}"), 1
     stem = name

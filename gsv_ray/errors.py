@@ -95,6 +95,41 @@ def os_error(e: OSError) -> GsvError | None:
     return GsvError(problem, path=where, fix=fix)
 
 
+def is_symlink_loop(path: str | Path) -> bool:
+    """Whether resolving ``path`` goes round in circles (``Path.exists()`` says False, as for a missing file)."""
+    import errno as _errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == _errno.ELOOP
+    return False
+
+
+def missing_error(path: str | Path, problem: str, fix: str) -> GsvError:
+    """The error for a path that is not there: a symlink loop is named as one, not as missing."""
+    if is_symlink_loop(path):
+        return GsvError("is a symbolic link loop (its links lead back to themselves, never to a file)", path=path,
+                        fix="fix or remove the symbolic link, or give the real path")
+    return GsvError(problem, path=path, fix=fix)
+
+
+def usable_dir(path: str | Path, *, named: str, fix: str) -> Path:
+    """``path`` as an existing directory (created with its parents when missing), or one line naming
+    it and where it came from (``named``: "GSV_RAY_CACHE", "--dir", ...)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file (or a link to one) is in the way
+        raise GsvError(f"{named} is a file, not a directory", path=p, fix=fix) from None
+    except OSError as e:
+        if is_symlink_loop(p):
+            raise missing_error(p, "", fix) from None
+        raise GsvError(f"{named} cannot be created as a directory ({e.strerror})", path=p, fix=fix) from None
+    return p
+
+
 def check_output_path(path: str | Path) -> None:
     """One line before anything is written, for an output path that cannot be one: a dangling
     symlink (creating it would follow or replace the link), or a path under a regular file."""
@@ -108,6 +143,67 @@ def check_output_path(path: str | Path) -> None:
                 raise GsvError("a parent of it is a file, not a directory", path=p,
                                fix=f"choose another path ({parent} is a file)")
             break
+
+
+# ---------------------------------------------------------------- untrusted input: bounded echo, bounded size
+#: How many characters of a user's value an error message shows.
+SHOWN_CHARS = 80
+
+
+def shown_value(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, bounded: nested containers cut after a few items and
+    levels (reprlib), the text after ``limit`` characters. A whole value could be megabytes (a YAML
+    alias bomb printed whole reached 14 GB)."""
+    import reprlib
+
+    r = reprlib.Repr()  # attributes, not keywords: Python < 3.12 takes none
+    r.maxlevel, r.maxstring, r.maxlong, r.maxother = 3, limit, 40, limit
+    r.maxtuple = r.maxlist = r.maxarray = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = 4
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tree_problem(obj: object, children, *, max_nodes: int, max_depth: int) -> str | None:
+    """Why ``obj`` is too big to walk as a tree, or None. ``children(o)`` gives a container's items
+    (None for a leaf). A shared container counts once per place it appears, as json, repr or a copy
+    would write it out; counts are memoised per object, so a DAG with 2**40 paths costs what its
+    distinct containers do. Also refused: a container inside itself, nesting beyond ``max_depth``."""
+    done: dict[int, tuple[int, int]] = {}  # id -> (nodes when written out, height)
+    on_path: set[int] = set()
+
+    class _Stop(Exception):
+        pass
+
+    def visit(o: object, depth: int) -> tuple[int, int]:
+        kids = children(o)
+        if kids is None:
+            return 1, 0
+        key = id(o)  # every object stays alive (reachable from obj) while we walk: ids are stable
+        if key not in done:
+            if key in on_path:
+                raise _Stop("it contains a container that contains itself (a cycle)")
+            if depth >= max_depth:
+                raise _Stop(f"its containers nest deeper than {max_depth} levels")
+            on_path.add(key)
+            nodes, height = 1, 0
+            for kid in kids:
+                n, h = visit(kid, depth + 1)
+                nodes, height = nodes + n, max(height, h + 1)
+                if nodes > max_nodes:
+                    raise _Stop(f"it expands to more than {max_nodes:,} entries when written out "
+                                "(shared containers repeated)")
+            on_path.discard(key)
+            done[key] = (nodes, height)
+        nodes, height = done[key]
+        if depth + height > max_depth:
+            raise _Stop(f"its containers nest deeper than {max_depth} levels")
+        return nodes, height
+
+    try:
+        visit(obj, 0)
+    except _Stop as e:
+        return str(e)
+    return None
 
 
 #: the longest name a file-name option takes (filesystems allow 255 bytes; exports add a suffix)
@@ -128,6 +224,5 @@ def check_file_name(value: str, option: str) -> None:
     elif len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         bad = f"is longer than {MAX_NAME_BYTES} bytes"
     if bad:
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        raise ConfigError(f"{option} {shown!r} {bad}: it must be one plain file name",
+        raise ConfigError(f"{option} {shown_value(value)} {bad}: it must be one plain file name",
                           fix=f"give {option} a name like myvoice-v2 (letters, digits, '-', '_', '.')")

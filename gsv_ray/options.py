@@ -28,7 +28,7 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gsv_ray.errors import ConfigError
+from gsv_ray.errors import ConfigError, shown_value
 
 _KEY = "gsv_option"
 
@@ -204,7 +204,7 @@ def split_mapping(mapping: Mapping[str, Any], *classes: Any, path: str | Path = 
                 break
         else:
             known = sorted(set().union(*(set(o) for o in owners)))
-            raise ConfigError(f"unknown option {k!r}", path=Path(path), fix=f"use one of: {', '.join(known)}")
+            raise ConfigError(f"unknown option {shown_value(k)}", path=Path(path), fix=f"use one of: {', '.join(known)}")
     return out
 
 
@@ -225,7 +225,7 @@ def check(obj: Any) -> None:
         items = [value]
         if kind.container is not None:
             if not isinstance(value, (tuple, list)):
-                raise ConfigError(f"{name} must be a list of {_WANT[kind.element]}s, got {value!r}")
+                raise ConfigError(f"{name} must be a list of {_WANT[kind.element]}s, got {shown_value(value)}")
             items = list(value)
         for item in items:
             _check_one(name, f.name, kind.element, opt, item)
@@ -234,15 +234,15 @@ def check(obj: Any) -> None:
 def _check_one(name: str, key: str, base: str, opt: Opt, value: Any) -> None:
     ok = isinstance(value, _KINDS[base]) and (base == "bool" or not isinstance(value, bool))
     if not ok:
-        raise ConfigError(f"{name} must be {_WANT[base]}, got {value!r}", fix=f"set {key} to {_WANT[base]}")
+        raise ConfigError(f"{name} must be {_WANT[base]}, got {shown_value(value)}", fix=f"set {key} to {_WANT[base]}")
     if base == "float" and not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}", fix=f"set {key} to a finite value")
+        raise ConfigError(f"{name} must be a finite number, got {shown_value(value)}", fix=f"set {key} to a finite value")
     if opt.choices is not None and value not in opt.choices:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, opt.choices))}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, opt.choices))}, got {shown_value(value)}")
     too_low = opt.low is not None and (value <= opt.low if opt.low_open else value < opt.low)
     too_high = opt.high is not None and (value >= opt.high if opt.high_open else value > opt.high)
     if too_low or too_high:
-        raise ConfigError(f"{name} must be {_range(opt)}, got {value!r}")
+        raise ConfigError(f"{name} must be {_range(opt)}, got {shown_value(value)}")
 
 
 def _range(opt: Opt) -> str:

@@ -33,7 +33,7 @@ import torch
 
 from gsv_ray.distributed.cluster import connect
 from gsv_ray.data.experiment import HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, name2text_fields, ssl_features_problem
-from gsv_ray.errors import GsvError, first_line
+from gsv_ray.errors import GsvError, first_line, missing_error
 from gsv_ray.options import check, option
 
 OUTPUT = SEMANTIC_TSV
@@ -54,14 +54,17 @@ class SemanticOptions:
     address: str | None = option(None, metavar="ADDR",
                                  help="Ray cluster to join with --workers > 1 (default: a local one)")
     half: bool = option(False, help="fp16 (CUDA only; default fp32)")
-    overwrite: bool = option(False, help="replace an existing 6-name2semantic.tsv")
+    output: str | None = option(None, metavar="FILE", help="where to write the TSV (default: 6-name2semantic.tsv "
+                                                           "in --data, where GPT training reads it)")
+    overwrite: bool = option(False, help="replace an existing TSV")
     cache: str | None = option(None, metavar="DIR", help="rebuild cache root (default: $GSV_RAY_CACHE or "
                                                          "~/.cache/gsv-ray)")
 
     def run(self) -> SemanticResult:
         check(self)
         return extract_semantic(self.data, self.model, base_g=self.base, workers=self.workers, half=self.half,
-                                overwrite=self.overwrite, address=self.address, cache_root=self.cache)
+                                overwrite=self.overwrite, address=self.address, cache_root=self.cache,
+                                output=self.output)
 
 
 @dataclass
@@ -101,7 +104,7 @@ def read_names(data_dir: str | Path) -> tuple[list[str], int, list[str]]:
         raise GsvError(f"no {NAME2TEXT} in this folder", path=data_dir,
                        fix="pass --data logs/<exp> of an experiment whose text step (1-get-text) has run")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first name (as the experiment reader)
     except UnicodeDecodeError as e:
         raise GsvError(f"not UTF-8 text (byte {e.start})", path=path, fix="re-run the text step (1-get-text)") from e
     except OSError as e:
@@ -284,14 +287,18 @@ def extract_semantic(
     t0 = time.perf_counter()
     data = Path(data_dir)
     if not data.is_dir():
-        raise GsvError("not found" if not data.exists() else "not a folder", path=data,
-                       fix="pass --data logs/<exp>, the experiment folder holding 2-name2text.txt and 4-cnhubert/")
+        fix = "pass --data logs/<exp>, the experiment folder holding 2-name2text.txt and 4-cnhubert/"
+        raise missing_error(data, "not found", fix) if not data.exists() else GsvError("not a folder", path=data, fix=fix)
     if workers < 1:
         raise GsvError(f"--workers must be at least 1, not {workers}", fix="use --workers 1 for in-process")
     device = _resolve_device(device, half)
     out = Path(output) if output is not None else data / OUTPUT
+    if out.is_dir():  # before any work (atomic_write would refuse it too, after the extraction)
+        raise GsvError("is a directory, but the TSV is written here", path=out,
+                       fix="remove or rename that directory, or pass --output FILE to write the TSV elsewhere")
     if out.exists() and not overwrite:
-        raise GsvError("already exists; not overwriting", path=out, fix="pass --overwrite to replace it")
+        raise GsvError("already exists; not overwriting", path=out,
+                       fix="pass --overwrite to replace it, or --output FILE to write the TSV elsewhere")
     names, ignored, duplicates = read_names(data)
     feats = data / HUBERT_DIR
     if not feats.is_dir():

@@ -107,6 +107,7 @@ def test_tune_example_is_valid(example, demo_cwd, monkeypatch):
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_runs_as_written(example, demo_cwd, tmp_path):
     command = {"sovits-train.yaml": "train", "semantic.yaml": "semantic"}.get(example, "tune")
+    demo_tsv = (demo_cwd / "gsv-ray-demo/logs/demo/6-name2semantic.tsv").read_bytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(RAY_AUTH_MODE="disabled", GSV_RAY_CACHE=str(tmp_path / "cache"), WANDB_API_KEY="",
                GSV_RAY_SCRATCH=str(tmp_path / "scratch"))
@@ -119,5 +120,7 @@ def test_example_runs_as_written(example, demo_cwd, tmp_path):
         assert list((demo_cwd / "gsv-ray-runs" / name / "best").rglob("*.*"))
     elif command == "train":
         assert list((demo_cwd / "gsv-ray-runs/example-sovits-train/SoVITS_weights_v2").glob("*.pth"))
-    else:
-        assert (demo_cwd / "gsv-ray-demo/logs/demo/6-name2semantic.tsv").read_text().startswith("item_name\t")
+    else:  # its own TSV; the demo's (what GPT training would read) is left as it was
+        out = yaml.safe_load((REPO_ROOT / "examples" / example).read_text())["output"]
+        assert (demo_cwd / out).read_text().startswith("item_name\t")
+        assert demo_tsv == (demo_cwd / "gsv-ray-demo/logs/demo/6-name2semantic.tsv").read_bytes()

@@ -304,3 +304,41 @@ def test_bad_input_library(case: str, tmp_path: Path, golden_model: Path, golden
     msg = str(e.value)
     assert "\n" not in msg and needle in msg and "Fix:" in msg, msg
     assert not (exp / TSV).exists()
+
+
+# ---------------------------------------------------------------- issue #24: output path, BOM, the example
+def test_output_path_that_is_a_directory_is_named(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
+    """Before (with --overwrite): the error named the hidden temp file beside it."""
+    exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl})
+    (exp / TSV).mkdir()
+    for extra in ((), ("--overwrite",)):
+        proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), *extra, env=env)
+        err = assert_one_line_error(proc, f"{exp / TSV}:", "directory", "--output")
+        assert "/." not in err.split(": ")[1]
+    assert (exp / TSV).is_dir() and not list((exp / TSV).iterdir())
+    out = tmp_path / "elsewhere" / "tokens.tsv"
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--output", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert tsv_rows(out)[0][0] == "a.wav" and str(out) in proc.stdout
+
+
+def test_bom_in_name2text_is_not_part_of_a_name(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
+    """Before: the first utterance was "missing features" under the name '\\ufeffa.wav'."""
+    exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl, "b.wav": golden_ssl})
+    text = exp / "2-name2text.txt"
+    text.write_bytes(b"\xef\xbb\xbf" + text.read_bytes())
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "missing" not in proc.stdout and [n for n, _ in tsv_rows(exp / TSV)] == ["a.wav", "b.wav"]
+
+
+def test_example_writes_its_own_tsv_not_the_demos() -> None:
+    """examples/semantic.yaml, run where README says, replaced the demo's 6-name2semantic.tsv (other tokens)."""
+    import yaml
+
+    from tests.conftest import REPO_ROOT
+
+    example = yaml.safe_load((REPO_ROOT / "examples" / "semantic.yaml").read_text())
+    out = Path(example.get("output") or Path(example["data"]) / TSV)
+    assert out != Path(example["data"]) / TSV and out.name.endswith(".tsv"), example
+    assert not str(out).startswith(example["data"]), example  # not inside the demo's experiment folder

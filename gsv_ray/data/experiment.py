@@ -20,6 +20,7 @@ required parts of the folder and a phone-table mismatch raise :class:`~gsv_ray.e
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import wave
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from gsv_ray.audio import wav_info
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, first_line, missing_error
 from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE, PRO_VERSIONS, S2_VERSIONS, SSL_DIM, STAGES, SV_DIM, s2_config, symbols
 
 __all__ = [
@@ -251,7 +252,20 @@ class Experiment:
 def _require(path: Path, what: str, fix: str, *, is_dir: bool) -> None:
     ok = path.is_dir() if is_dir else path.is_file()
     if not ok:
-        raise GsvError(f"{what} not found", path=path, fix=fix)
+        raise missing_error(path, f"{what} not found", fix)
+
+
+def _wav_reason(exc: BaseException) -> str:
+    """Why a WAV header could not be read, never empty (``EOFError()`` says nothing)."""
+    if isinstance(exc, EOFError):
+        return "the file ends inside its header (truncated)"
+    return first_line(exc) or type(exc).__name__
+
+
+def without_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte-order mark (Windows editors add one; it would become part
+    of the first name). Text files of an experiment are read through this or ``encoding="utf-8-sig"``."""
+    return data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
 
 
 def _utf8_lines(path: Path, report: DataReport, what: str) -> list[tuple[int, str]]:
@@ -259,7 +273,7 @@ def _utf8_lines(path: Path, report: DataReport, what: str) -> list[tuple[int, st
     line number) as a data problem. Upstream reads the whole file as UTF-8 and stops at the first
     bad byte; we keep the good lines and say which are not."""
     out = []
-    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+    for lineno, raw in enumerate(without_bom(path.read_bytes()).split(b"\n"), start=1):
         try:
             out.append((lineno, raw.decode("utf-8")))
         except UnicodeDecodeError as e:
@@ -404,10 +418,13 @@ def _scan_sovits(
         phones, phone_ids = ids[name]
         wav_path = root / WAV_DIR / name
         size = wav_path.stat().st_size
+        if size == 0:
+            report.add("empty_wav", "error", "empty WAV files (0 bytes)", name, excluded=True)
+            continue
         try:
             channels, width, rate, frames = wav_info(wav_path)
         except (wave.Error, EOFError, OSError) as exc:
-            report.add("bad_wav", "error", f"unreadable WAV files ({exc})", name, excluded=True)
+            report.add("bad_wav", "error", f"unreadable WAV files ({_wav_reason(exc)})", name, excluded=True)
             continue
         if (channels, width, rate) != (1, 2, sr):
             report.add("wav_format", "error", f"WAV files that are not mono 16-bit {sr} Hz PCM", name, excluded=True)
@@ -666,9 +683,9 @@ def split_names(
     if split.val_names_file is not None:
         path = Path(split.val_names_file)
         if not path.is_file():
-            raise GsvError("validation names file not found", path=path, fix="pass a text file with one name per line")
+            raise missing_error(path, "validation names file not found", "pass a text file with one name per line")
         try:
-            listed = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            listed = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
         except UnicodeDecodeError as e:
             raise GsvError(f"not UTF-8 text (byte {e.start})", path=path, fix="re-save it as UTF-8") from None
         pool = set(known) if known is not None else set(unique)

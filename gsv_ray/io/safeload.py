@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from gsv_ray.errors import GsvError, first_line
+from gsv_ray.errors import GsvError, first_line, missing_error, tree_problem
 
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -123,7 +123,7 @@ def check_path(path: Path) -> None:
     """One-line errors for the common non-file cases: missing, a directory, empty."""
     fix_missing = "check the path (GPT-SoVITS keeps exports in SoVITS_weights*/ and GPT_weights*/)"
     if not path.exists():
-        raise GsvError("no such file", path=path, fix=fix_missing)
+        raise missing_error(path, "no such file", fix_missing)
     if path.is_dir():
         raise GsvError("is a directory, not a weights file", path=path, fix="give the .pth/.ckpt file inside it")
     mode = path.stat().st_mode
@@ -183,17 +183,44 @@ _GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
 _MARK = object()
 _UNKNOWN = object()
 
+#: How much a pickle may make the unpickler touch through shared references (see :class:`_Sized`).
+#: Real files: a few thousand. A 1 KB pickle whose dict key is a tuple holding one tuple twice, 40
+#: levels deep, made torch hash 2**40 items before returning anything.
+MAX_PICKLE_WORK = 10_000_000
+
+
+class _Sized:
+    """A tuple or list on the shadow stack: how many items it holds when written out (a list's
+    count grows as items are appended). Hashing a tuple (a dict key, a set's item) walks all of it,
+    every time: the cost of each memo fetch (GET) is the size of what it pushes."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int = 1):
+        self.n = n
+
+
+def _size(item: Any) -> int:
+    return item.n if isinstance(item, _Sized) else 1
+
+
+class PickleTooCostly(ValueError):
+    """A pickle whose shared references would make loading it unbounded work."""
+
 
 def scan_globals(pickle_bytes: bytes) -> list[str]:
     """Every global a pickle references (GLOBAL/INST/STACK_GLOBAL), without executing anything.
 
     STACK_GLOBAL takes its module and name from the stack, where they may have come through the
     memo (``BINPUT`` ... ``BINGET``), so we keep a shadow of the stack and memo with the strings'
-    values (everything else is a placeholder): the global is named as the unpickler would see it.
-    Raises ValueError on a malformed pickle (stack underflow, unknown opcode)."""
+    values and the tuples' and lists' sizes (everything else is a placeholder): the global is named
+    as the unpickler would see it, and the work shared references cost is bounded.
+    Raises :class:`PickleTooCostly` beyond :data:`MAX_PICKLE_WORK`, ValueError on a malformed pickle
+    (stack underflow, unknown opcode)."""
     found: list[str] = []
     stack: list[Any] = []
     memo: dict[int, Any] = {}
+    work = 0
     for op, arg, _pos in pickletools.genops(pickle_bytes):
         name = op.name
         if name in ("GLOBAL", "INST"):
@@ -210,7 +237,12 @@ def scan_globals(pickle_bytes: bytes) -> list[str]:
             memo[int(arg)] = stack[-1]
             continue
         if name in _GET_OPS:
-            stack.append(memo.get(int(arg), _UNKNOWN))
+            item = memo.get(int(arg), _UNKNOWN)
+            work += _size(item)
+            if work > MAX_PICKLE_WORK:
+                raise PickleTooCostly(f"its pickle reuses shared tuples and lists more than {MAX_PICKLE_WORK:,} "
+                                      "times over (loading it would take unbounded time)")
+            stack.append(item)
             continue
         if name == "STACK_GLOBAL":
             if len(stack) < 2:
@@ -218,27 +250,40 @@ def scan_globals(pickle_bytes: bytes) -> list[str]:
             module, attr = stack[-2], stack[-1]
             found.append(_global_name(module, attr) if isinstance(module, str) and isinstance(attr, str)
                          else "<unresolvable STACK_GLOBAL>")
-        before = op.stack_before
-        if pickletools.markobject in before:  # pop the items above the mark, the mark, and those below it
-            while stack and stack[-1] is not _MARK:
-                stack.pop()
-            if not stack:
-                raise ValueError(f"{name} without a MARK")
-            stack.pop()
-            below = before.index(pickletools.markobject)
-        else:
-            below = len(before)
-        if below > len(stack):
-            raise ValueError(f"{name} on a short stack")
-        del stack[len(stack) - below:]
-        for item in op.stack_after:
-            if item is pickletools.markobject:
-                stack.append(_MARK)
-            elif name in _STRING_OPS:
-                stack.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
-            else:
-                stack.append(_UNKNOWN)
+        _shadow_op(op, arg, stack)
     return sorted(set(found))
+
+
+def _shadow_op(op: Any, arg: Any, stack: list[Any]) -> None:
+    """Apply one opcode's stack effect to the shadow stack (strings and sizes kept, see scan_globals)."""
+    name, before = op.name, op.stack_before
+    if pickletools.markobject in before:  # pop the items above the mark, the mark, and those below it
+        popped = 0
+        while stack and stack[-1] is not _MARK:
+            popped += _size(stack.pop())
+        if not stack:
+            raise ValueError(f"{name} without a MARK")
+        stack.pop()
+        below = before.index(pickletools.markobject)
+    else:
+        below, popped = len(before), 0
+    if below > len(stack):
+        raise ValueError(f"{name} on a short stack")
+    taken = stack[len(stack) - below:]
+    del stack[len(stack) - below:]
+    if name in ("APPEND", "APPENDS") and taken and isinstance(taken[0], _Sized):
+        taken[0].n += popped + sum(_size(x) for x in taken[1:])  # the list stays, one item longer
+        stack.append(taken[0])
+        return
+    for item in op.stack_after:
+        if item is pickletools.markobject:
+            stack.append(_MARK)
+        elif name in _STRING_OPS:
+            stack.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+        elif name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "LIST", "EMPTY_LIST", "EMPTY_TUPLE"):
+            stack.append(_Sized(1 + popped + sum(_size(x) for x in taken)))
+        else:
+            stack.append(_UNKNOWN)
 
 
 def _torch_default_globals() -> set[str]:
@@ -267,31 +312,60 @@ def _refused(globals_: list[str]) -> list[str]:
 #: json, repr) turns into a RecursionError with a 3000-line traceback.
 MAX_DEPTH = 64
 
+#: How many entries (containers and leaves, tensors included) a file may hold when written out as a
+#: tree. Real files hold 150-7,100 (a SoVITS G_*.pth with its optimizer state: 7,029). The pickle memo
+#: shares containers for free: a 6.6 MB file whose config reused one dict 2**40 times never loaded.
+MAX_NODES = 200_000
+
 
 class StructureError(ValueError):
-    """The unpickled object is cyclic or nested deeper than MAX_DEPTH."""
+    """The unpickled object is cyclic, nested deeper than MAX_DEPTH or larger than MAX_NODES."""
 
 
-def to_plain(obj: Any, _depth: int = 0, _path: frozenset[int] = frozenset()) -> Any:
+def _children(obj: Any) -> list[Any] | None:
+    """What :func:`to_plain` walks into (None: a leaf). A dict's keys count as entries too."""
+    if isinstance(obj, torch.Tensor):
+        return None
+    if isinstance(obj, HParamsStandIn):
+        return [*obj.__dict__.keys(), *obj.__dict__.values()]
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    return None
+
+
+def check_structure(obj: Any) -> None:
+    """Raise :class:`StructureError` unless ``obj`` is a bounded tree (see :data:`MAX_NODES`,
+    :data:`MAX_DEPTH`): work linear in its distinct containers, before anything expands it."""
+    problem = tree_problem(obj, _children, max_nodes=MAX_NODES, max_depth=MAX_DEPTH)
+    if problem is not None:
+        raise StructureError(problem)
+
+
+def to_plain(obj: Any, _memo: dict[int, Any] | None = None) -> Any:
     """Convert stand-ins to plain Python: HParams -> dict (recursively). Tensors pass through.
-    Raises StructureError on a cycle or nesting deeper than ``MAX_DEPTH``."""
+
+    A container shared by several places is converted once and stays shared in the result (as
+    the pickle memo had it). Call :func:`check_structure` first for input that may be cyclic or deep."""
     if isinstance(obj, torch.Tensor) or not isinstance(obj, (HParamsStandIn, dict, list, tuple)):
         return obj
-    if id(obj) in _path:
-        raise StructureError("it contains a container that contains itself (a cycle)")
-    if _depth >= MAX_DEPTH:
-        raise StructureError(f"its containers nest deeper than {MAX_DEPTH} levels")
-    path = _path | {id(obj)}
-    sub = lambda v: to_plain(v, _depth + 1, path)  # noqa: E731
+    memo: dict[int, Any] = {} if _memo is None else _memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    sub = lambda v: to_plain(v, memo)  # noqa: E731
     if isinstance(obj, HParamsStandIn):
-        return {k: sub(v) for k, v in obj.__dict__.items()}
-    if isinstance(obj, OrderedDict):
-        return OrderedDict((k, sub(v)) for k, v in obj.items())
-    if isinstance(obj, dict):
-        return {k: sub(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [sub(v) for v in obj]
-    return tuple(sub(v) for v in obj)
+        out: Any = {k: sub(v) for k, v in obj.__dict__.items()}
+    elif isinstance(obj, OrderedDict):
+        out = OrderedDict((k, sub(v)) for k, v in obj.items())
+    elif isinstance(obj, dict):
+        out = {k: sub(v) for k, v in obj.items()}
+    elif isinstance(obj, list):
+        out = [sub(v) for v in obj]
+    else:
+        out = tuple(sub(v) for v in obj)
+    memo[id(obj)] = out
+    return out
 
 
 def safe_load(path: str | Path) -> Loaded:
@@ -333,6 +407,9 @@ def safe_load(path: str | Path) -> Loaded:
             raise _zip_error(path, "the zip archive is truncated or corrupt") from None
         try:
             globals_ = scan_globals(pickle_bytes)
+        except PickleTooCostly as e:
+            raise GsvError(f"refusing to load: {e}", path=path,
+                           fix="do not use this file; re-export it or get it from a source you trust") from None
         except Exception:
             raise _zip_error(path, "its pickle (data.pkl) is malformed") from None
         refused = _refused(globals_)
@@ -365,10 +442,11 @@ def safe_load(path: str | Path) -> Loaded:
             raise _zip_error(path, f"torch could not read it ({type(e).__name__}: {first[:120]})") from None
 
     try:
-        plain = to_plain(obj)
+        check_structure(obj)
     except StructureError as e:
         raise GsvError(f"refusing to load: {e} (GPT-SoVITS files hold shallow dicts of tensors)", path=path,
                        fix="do not use this file; re-export it or get it from a source you trust") from None
+    plain = to_plain(obj)
     config_type = None
     if isinstance(obj, dict) and isinstance(obj.get("config"), HParamsStandIn):
         config_type = next((g for g in globals_ if is_hparams_name(g)), "utils.HParams")

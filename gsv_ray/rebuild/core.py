@@ -20,6 +20,7 @@ from gsv_ray.cache import default_cache_root
 from gsv_ray.resources import VITS_VERSIONS
 from gsv_ray.errors import GsvError
 from gsv_ray.io import GsvFile, read
+from gsv_ray.io.reader import check_finite
 from gsv_ray.rebuild import targets as T
 from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.report import (
@@ -287,6 +288,9 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
                        fix="pass the SoVITS generator as OLD and this file as --base-d")
     base_g_f = read(base_g) if base_g else None
     base_d_f = read(base_d) if base_d else None
+    for f, role in ((init_f, "it"), (base_g_f, "this base"), (base_d_f, "this discriminator")):
+        if f is not None:
+            check_finite(f, role)  # before anything is cached: a refused input never reaches the store
     _check_stages(init_f, base_g_f, base_d_f)
     if stage == "gpt" and base_d_f is not None:
         raise GsvError("--base-d is for SoVITS; GPT has no discriminator", path=base_d_f.path, fix="drop --base-d")

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from gsv_ray import __version__
 from gsv_ray.atomic import atomic_dir, lost_race, remove_dir, rust_os_error
-from gsv_ray.cache import default_cache_root
+from gsv_ray.cache import cache_root as usable_cache_root
 from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.io import sha256_file
 from gsv_ray.io.safeload import check_path
@@ -38,7 +38,7 @@ from gsv_ray.rebuild.core import RebuildSpec, Rebuilt, rebuild
 from gsv_ray.rebuild.report import RebuildReport
 
 #: Bump when the on-disk layout or the rebuild's semantics change: old entries then miss.
-STORE_FORMAT = 2
+STORE_FORMAT = 3  # 3: inputs holding NaN/inf are refused (a format-2 entry may hold them)
 _COMPLETE = "manifest.json"  # written last inside the temp dir; a dir without it is never used
 _log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def rebuild_cached(
     identity (path, size, mtime, inode), and checksum every file of the entry. ``spec`` may be the
     init path with the spec's other fields as keywords."""
     spec = RebuildSpec.of(spec, **options)
-    root = Path(cache_root) if cache_root else default_cache_root()
+    root = usable_cache_root(cache_root)
     for p in spec.inputs().values():
         if p is not None:
             check_path(Path(p))  # missing / directory / empty: the precise one-line error before hashing

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from gsv_ray.errors import ConfigError, check_file_name, first_line
+from gsv_ray.errors import ConfigError, check_file_name, first_line, tree_problem
 from gsv_ray.options import check, flag, option, split_mapping
 from gsv_ray.resources import STAGES, WANDB_MODES
 
@@ -151,8 +151,21 @@ class TrainConfig:
                                    vocoder=local(self.vocoder), data=local(self.data) if data else self.data)
 
 
+#: How many values (keys, items, scalars) an options file may expand to. A real one holds a few dozen;
+#: YAML aliases repeat a value for free (a 1 KB file expanding to 9**9 strings reached 14 GB).
+MAX_OPTIONS_VALUES = 10_000
+_MAX_OPTIONS_DEPTH = 32
+
+
+def _yaml_children(o: Any) -> list[Any] | None:
+    if isinstance(o, dict):
+        return [*o.keys(), *o.values()]
+    return list(o) if isinstance(o, (list, tuple, set)) else None
+
+
 def read_options_file(path: str | Path) -> dict[str, Any]:
-    """A YAML options file as a mapping; unreadable or malformed files are one-line errors."""
+    """A YAML options file as a mapping; unreadable or malformed files are one-line errors, and so is
+    one that expands (through aliases) beyond :data:`MAX_OPTIONS_VALUES`, before anything walks it."""
     p = Path(path)
     try:
         loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
@@ -162,6 +175,13 @@ def read_options_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read the config: {e.strerror}", path=p, fix="check the --config path") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"not valid YAML ({first_line(e)})", path=p, fix="fix the YAML syntax") from None
+    except RecursionError:
+        raise ConfigError("not a usable config: its YAML nests too deeply", path=p,
+                          fix="write the options as a flat mapping of option: value") from None
+    problem = tree_problem(loaded, _yaml_children, max_nodes=MAX_OPTIONS_VALUES, max_depth=_MAX_OPTIONS_DEPTH)
+    if problem is not None:
+        raise ConfigError(f"not a usable config: {problem}", path=p,
+                          fix="write the options out plainly, without YAML aliases (*name) repeating large values")
     if not isinstance(loaded, dict):
         raise ConfigError("the config must be a YAML mapping of option: value", path=p)
     return loaded

@@ -261,3 +261,41 @@ def test_non_utf8_lines_are_counted_and_named(mutable_exp, fixtures_dir, tmp_pat
                 "-o", str(tmp_path / "run2"), "--max-steps", "1", "--val-names", str(names_file),
                 "--wandb-mode", "disabled", env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not UTF-8" in r.stderr and str(names_file) in r.stderr
+
+
+# ----------------------------------------------------------------------------- issue #24 item 10 (d), (h)
+def test_empty_and_truncated_wavs_are_named_with_their_reason(mutable_exp, fixtures_dir, tmp_path) -> None:
+    """Before: "unreadable WAV files ()" (EOFError says nothing). Real CLI: verify --json carries the report."""
+    import json
+
+    from tests.conftest import run_cli
+
+    root = mutable_exp("v2")
+    empty, cut = _names(root)[1], _names(root)[4]
+    (root / "5-wav32k" / empty).write_bytes(b"")
+    wav = root / "5-wav32k" / cut
+    wav.write_bytes(wav.read_bytes()[:30])  # inside the RIFF header
+    report = open_experiment(root, "sovits", "v2").report
+    assert report.get("empty_wav").names == [empty] and "0 bytes" in report.get("empty_wav").message
+    assert report.get("bad_wav").names == [cut] and "truncated" in report.get("bad_wav").message
+    assert "()" not in str(report)
+    r = run_cli("verify", str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "--data", str(root), "--json",
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    lines = json.loads(r.stdout)["data_report"]
+    assert any("empty WAV files (0 bytes)" in ln and empty in ln for ln in lines), lines
+    assert any("truncated" in ln and cut in ln for ln in lines), lines
+
+
+def test_utf8_bom_is_not_part_of_the_first_name(mutable_exp, tmp_path) -> None:
+    """Windows editors save a BOM: before, the first utterance was "missing" as '\\ufeffname'."""
+    root = mutable_exp("v2")
+    first = _names(root)[0]
+    text = root / "2-name2text.txt"
+    text.write_bytes(b"\xef\xbb\xbf" + text.read_bytes())
+    exp = open_experiment(root, "sovits", "v2")
+    assert exp.report.usable == N_UTTS and not exp.report.problems, str(exp.report)
+    assert all("\ufeff" not in n for n in exp.names)
+    names = tmp_path / "val.txt"
+    names.write_bytes(b"\xef\xbb\xbf" + first.encode() + b"\n")
+    _, val = split_names(exp.names, SplitOptions(val_names_file=names))
+    assert val == [first]

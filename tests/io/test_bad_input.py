@@ -266,3 +266,112 @@ def test_special_files_are_named_for_what_they_are(kind, tmp_path):
         _check(p, "FIFO")
     else:
         _check(Path("/dev/null"), "character device")
+
+
+# ---------------------------------------------------------------- unbounded work from small files (#24 item 7)
+#: What a hostile file may cost a command that refuses it: wall time and address space (RLIMIT_AS; the
+#: CLI importing torch and reading a real export stays well under it).
+BOUND_SECONDS = 10
+BOUND_AS = 3 << 30
+
+
+def _bounded_cli(*args: str, env: dict | None = None):
+    """The real CLI under an address-space limit and a timeout; returns (result, seconds)."""
+    import resource
+    import time
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (BOUND_AS, BOUND_AS))
+
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True, timeout=60,
+                       preexec_fn=limit, env={**os.environ, **(env or {})})
+    return r, time.monotonic() - t0
+
+
+def _shared_config_file(path: Path, n: int) -> Path:
+    """``x = {'a': x, 'b': x}`` applied ``n`` times in the config: a few KB of pickle (the memo shares
+    every level), 2**n paths when written out as a tree."""
+    x: dict = {"learning_rate": 1e-4}
+    for _ in range(n):
+        x = {"a": x, "b": x}
+    torch.save({"weight": {"enc_p.text_embedding.weight": torch.zeros(732, 4)}, "config": {"train": x},
+                "info": "x"}, path)
+    return path
+
+
+@pytest.mark.parametrize("n", [20, 40])
+def test_shared_config_references_are_refused_quickly(n, tmp_path):
+    """Before: N=20 took 11.5 s / 625 MB, N=40 never returned (every shared reference copied)."""
+    p = _shared_config_file(tmp_path / f"dag{n}.pth", n)
+    assert p.stat().st_size < 64 << 10
+    env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
+    data = tmp_path / "exp"
+    data.mkdir()
+    for args in (("inspect", str(p)), ("inspect", "--json", str(p)), ("rebuild", str(p)),
+                 ("train", "--init", str(p), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2")):
+        r, seconds = _bounded_cli(*args, env=env)
+        _assert_clean_failure(r, p, "refusing to load", "expands to more than")
+        assert seconds < BOUND_SECONDS, (args, seconds)
+
+
+def test_shared_references_within_the_bound_stay_shared():
+    """A shared container is converted once: the plain copy shares it too (no tree expansion)."""
+    from gsv_ray.io.safeload import HParamsStandIn, to_plain
+
+    leaf = HParamsStandIn()
+    leaf.__dict__.update(learning_rate=1e-4)
+    x = {"a": leaf, "b": leaf}
+    plain = to_plain({"c": x, "d": [x, x]})
+    assert plain["c"]["a"] == {"learning_rate": 1e-4} and plain["c"]["a"] is plain["c"]["b"]
+    assert plain["d"][0] is plain["d"][1] is plain["c"]
+
+
+def _yaml_alias_bomb(levels: int = 9) -> str:
+    """A 1 KB YAML whose ``val_names`` value expands to 9**levels strings (billion laughs)."""
+    lines = ["val_names:", '  - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"  - &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "semantic"])
+def test_yaml_alias_bomb_is_refused_quickly(command, tmp_path):
+    """Before: a 1 KB alias bomb in val_names reached 14.4 GB RSS (the whole value printed in the type error)."""
+    cfg = tmp_path / "bomb.yaml"
+    cfg.write_text(_yaml_alias_bomb())
+    assert cfg.stat().st_size < 1200
+    r, seconds = _bounded_cli(command, "--config", str(cfg))
+    _assert_clean_failure(r, cfg, "expands to more than")
+    assert seconds < BOUND_SECONDS and len(r.stderr) < 400, (seconds, r.stderr[:400])
+
+
+def test_values_echoed_in_errors_are_bounded(tmp_path):
+    """A long value of the wrong type is shown cut to ~80 characters, not whole (before: a 24 KB line)."""
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text("val_names: [" + ", ".join(f'"name_{i:05d}"' for i in range(3000)) + "]\n"
+                   + "init: x.pth\ndata: exp\noutput_dir: run\n")
+    r = run_cli("train", "--config", str(cfg))
+    assert r.returncode == 2 and "--val-names must be a string" in r.stderr, r.stderr
+    assert len(r.stderr) < 300 and "name_00000" in r.stderr and "..." in r.stderr, r.stderr
+    key = "k" * 5000
+    cfg.write_text(f"? {key}\n: 1\n")  # the explicit form: a plain key is limited to 1024 characters
+    r = run_cli("train", "--config", str(cfg))
+    assert r.returncode == 2 and "unknown option" in r.stderr and key not in r.stderr, r.stderr
+
+
+def test_shared_tuple_as_dict_key_is_refused_before_torch_hashes_it(tmp_path):
+    """A 1 KB pickle: a dict key that is a tuple holding one tuple twice, 40 levels deep. torch's
+    unpickler hashes the key (2**40 items) before we see the object; refused from the pickle's opcodes."""
+    import struct
+
+    body = b"\x80\x02" + b"X" + struct.pack("<I", 2) + b"lr" + b"\x85q\x00"  # ("lr",), memo 0
+    for i in range(1, 41):  # (t[i-1], t[i-1]), memo i (left on the stack: torch's unpickler has no POP)
+        body += b"h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"\x86" + b"q" + bytes([i])
+    body += b"}h" + bytes([40]) + b"K\x01s."  # {t40: 1}
+    p = _torch_zip_with_pickle(tmp_path / "tuplekey.pth", body)
+    assert p.stat().st_size < 2048
+    for args in (("inspect", str(p)), ("rebuild", str(p))):
+        r, seconds = _bounded_cli(*args, env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+        _assert_clean_failure(r, p, "refusing to load", "unbounded time")
+        assert seconds < BOUND_SECONDS, (args, seconds)
