@@ -176,19 +176,25 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     cfg, opts = load_tune_config(args.config, train=flag_values(args, TrainConfig, without=NOT_TUNE_OPTIONS),
                                  search=flag_values(args, TuneOptions))
-    return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose))
+    return _run_tune(cfg, opts, verbose=args.verbose)
 
 
-def _run_tune(cfg, opts, *, verbose: bool, command: str = "tune"):
+def _run_tune(cfg, opts, *, verbose: bool, command: str = "tune") -> int:
+    """Run a search in its own -o (the CLI's exit status); a ``--resume`` of a finished one does nothing."""
     from gsv_ray.console import Chatter
     from gsv_ray.owned import private_temp_dir
-    from gsv_ray.train.rundir import own_output_dir
     from gsv_ray.tune.run import tune_and_report
+
+    from gsv_ray.train.rundir import finished_search_line, own_output_dir
 
     with own_output_dir(cfg.output_dir), private_temp_dir(), \
             Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
-        return tune_and_report(cfg, opts, console=console,
-                               interrupted=interrupted_hint(command) if command == "demo" else None)
+        done = finished_search_line(Path(cfg.output_dir)) if opts.resume else None
+        if done:  # nothing rewritten, no second W&B summary run
+            console.say(done)
+            return 0
+        return _tune_exit(tune_and_report(cfg, opts, console=console,
+                                          interrupted=interrupted_hint(command) if command == "demo" else None))
 
 
 def _tune_exit(run) -> int:
@@ -212,7 +218,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print("\n".join(wrap(line) for line in HEADER.format(root=Path(size.dir), what=WHAT[size.version]).splitlines()))
     cfg, opts = demo_config(size)
-    return _tune_exit(_run_tune(cfg, opts, verbose=args.verbose, command="demo"))
+    return _run_tune(cfg, opts, verbose=args.verbose, command="demo")
 
 
 def interrupted_hint(command: str) -> str:

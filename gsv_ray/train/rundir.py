@@ -151,3 +151,22 @@ def finished_line(cfg: TrainConfig) -> str | None:
     exports = ", ".join(map(str, r.get("exports") or [])) or "none"
     return (f"the run in {cfg.output_dir} finished at step {steps} (exports: {exports}); nothing to resume "
             f"(to train it longer: --resume with {longer})")
+
+
+def record_search_finished(out: Path, name: str, best: list[Path]) -> None:
+    """Say in ``-o`` that the tune search ``name`` ran every trial to its end (what a later
+    ``tune --resume`` reads)."""
+    record = {"search": name, "best": [str(p) for p in best]}
+    atomic_write(out / FINISHED, lambda f: f.write(json.dumps(record, indent=1).encode()), overwrite=True)
+
+
+def finished_search_line(out: Path) -> str | None:
+    """The line for a ``tune --resume`` of a search that finished (None: resume it): its results are
+    kept as they are, and no second W&B summary run is opened."""
+    try:
+        r = json.loads((out / FINISHED).read_text())
+        name, best = str(r["search"]), [str(p) for p in r.get("best") or []]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return (f"the tune search {name!r} in {out} finished (results: {out / 'results.json'}; best weights: "
+            f"{', '.join(best) or 'none'}); nothing to resume (to search again: a new -o)")

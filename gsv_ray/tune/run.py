@@ -9,8 +9,10 @@ from typing import Any, Callable
 
 from gsv_ray.atomic import link_or_copy
 from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.rundir import record_search_finished
 from gsv_ray.train.tracking import offline_runs
-from gsv_ray.tune.results import TuneOutcome, failure_lines, log_summary_run, results_table, write_results
+from gsv_ray.tune.results import (INTERRUPTED_STATUSES, TuneOutcome, failure_lines, log_summary_run, results_table,
+                                  write_results)
 from gsv_ray.tune.search import TuneOptions, run_tune
 
 
@@ -64,6 +66,8 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
             f"{b.best_val_loss:.4g} at step {b.best_step}")
     for p in best_exports:
         say(f"best weights: {shown(p)}")
+    if not outcome.interrupted and not any(t.status in INTERRUPTED_STATUSES for t in outcome.trials):
+        record_search_finished(out, outcome.name, best_exports)  # a later --resume changes nothing
     runs = offline_runs(out)
     if runs:
         say(Copyable(f"W&B: {len(runs)} offline runs; upload:",

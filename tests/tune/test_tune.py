@@ -117,6 +117,15 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr[-2000:]
     assert "already exists" in again.stderr and "--resume" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in before} == before
+    # with --resume: the search finished, so nothing is rewritten and no second summary run is opened
+    runs_before = sorted((out / "wandb").glob("offline-run-*"))
+    done = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
+                                "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--resume"),
+                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    assert str(best) in done.stdout.replace("\n", "")
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert sorted((out / "wandb").glob("offline-run-*")) == runs_before
     other = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--warmup-choices",
                                  "0", "--name", "another"), env=_env(tmp_path), capture_output=True, text=True,
                            timeout=300)  # a new name into the same -o would still replace best/ and results.json
