@@ -92,9 +92,8 @@ def atomic_write(
     for p in protect:
         if _same_file(path, Path(p)):
             raise GsvError("refusing to write over an input file", path=path, fix="choose another output path")
-    if path.is_dir():
-        raise GsvError("is a directory, but a file is written here", path=path,
-                       fix="choose another output path, or remove or rename that directory")
+    if path.is_dir():  # an OSError: callers that treat a failed write as a miss (caches) still do
+        raise IsADirectoryError(errno.EISDIR, "is a directory, but a file is written here", str(path))
     if path.exists() and not overwrite:
         raise GsvError("already exists; not overwriting", path=path, fix="choose another output path or remove it")
     path.parent.mkdir(parents=True, exist_ok=True)
