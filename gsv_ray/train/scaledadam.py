@@ -16,6 +16,9 @@ In short, per parameter tensor ``p`` with gradient ``g`` at optimizer step ``s``
 Parameters of one (dtype, shape) are stacked and updated together, in ascending key order (upstream's
 bucketing: it changes only float rounding and where the state lives: under each bucket's first
 parameter, with a leading stack axis; the other parameters of the bucket have empty state).
+
+Upstream steps once per 4 batches (5 for an epoch's first step) on their *summed* gradients, with
+the LR of :func:`upstream_gpt_lr`; that cadence is the caller's, not this class's.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import torch
 
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.train.scaledadam import UPSTREAM_GPT_FIRST_LR, UPSTREAM_GPT_LR, ScaledAdam, upstream_gpt_lr
-from tests.support.goldens import assert_close_golden, load_io
+from tests.support.goldens import load_io
 
 GOLDEN = "gpt_optim_scaledadam"
 RUNS = ("base", "lrx0p1", "lrx0p1_effective")
