@@ -135,6 +135,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                     ray=flag_values(args, RayOptions))
     from gsv_ray.train.rundir import finished_line, own_output_dir, record_finished
 
+    if ray_opts is not None:  # before -o is claimed: a run refused for the machine leaves nothing
+        from gsv_ray.distributed.launch import check_machine
+
+        check_machine(ray_opts)
     with own_output_dir(cfg.output_dir), private_temp_dir(), \
             Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
         done = finished_line(cfg) if (cfg.resume or (ray_opts and ray_opts.resume)) else None

@@ -52,7 +52,8 @@ def test_two_workers_equal_one_process(ray_local, fixtures_dir, synth, tmp_path,
                        say=lambda s: None)
     a, b = _final_state(one.last_checkpoint), _final_state(two.last_checkpoint)
     assert a.keys() == b.keys()
-    start = _final_state(train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1),
+    start = _final_state(train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1,
+                                    warmup_steps=0, lr_scale=1e-9),  # ~ the start (a warmup >= the run is refused)
                                progress=False, say=lambda s: None).last_checkpoint)
     moved = max(float((a[k] - start[k]).abs().max()) for k in a)
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -71,7 +72,8 @@ def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, 
                 say=lambda s: None)
     two = train_on_ray(_cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=1, grad_accum=2, **kw),
                        RayOptions(workers=2), say=lambda s: None)
-    start = train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1, lr_scale=1e-9),
+    start = train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1, lr_scale=1e-9,
+                       warmup_steps=0),
                   progress=False, say=lambda s: None)
     state = two.last_checkpoint / "state" if (two.last_checkpoint / "state").is_dir() else two.last_checkpoint
     assert_same_weights(weights(one.last_checkpoint), weights(state), weights(start.last_checkpoint))
