@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import secrets
@@ -25,7 +26,7 @@ from gsv_ray.errors import GsvError
 from gsv_ray.owned import owned_temp_dir, sweep
 
 __all__ = ["atomic_dir", "atomic_write", "commit_dir", "copy_sparse", "link_or_copy", "lost_race", "make_sparse",
-           "remove_dir", "rust_os_error"]
+           "remove_dir", "rust_os_error", "write_json"]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -121,6 +122,11 @@ def atomic_write(
             raise named from e
         raise
     return path
+
+
+def write_json(path: str | Path, obj: Any, *, indent: int | None = None) -> Path:
+    """``obj`` as JSON in ``path``, written atomically (:func:`atomic_write`), replacing what was there."""
+    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent).encode()), overwrite=True)
 
 
 def remove_dir(path: str | Path) -> None:

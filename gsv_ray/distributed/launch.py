@@ -27,7 +27,7 @@ from gsv_ray.masking import has_credentials
 from gsv_ray.storage import display
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
-from gsv_ray.atomic import atomic_write, copy_sparse, make_sparse
+from gsv_ray.atomic import copy_sparse, make_sparse, write_json
 from gsv_ray.train.loop import TrainResult
 from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
 
@@ -198,10 +198,8 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
     name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)
-    atomic_write(Path(cfg.output_dir) / RAY_RUN_RECORD,
-                 lambda f: f.write(json.dumps({"name": name, "storage": _recorded_storage(given_storage, cfg.output_dir),
-                                               "layout": layout}).encode()),
-                 overwrite=True)
+    write_json(Path(cfg.output_dir) / RAY_RUN_RECORD,
+               {"name": name, "storage": _recorded_storage(given_storage, cfg.output_dir), "layout": layout})
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
         f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}")

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gsv_ray.atomic import atomic_write
+from gsv_ray.atomic import write_json
 from gsv_ray.errors import ConfigError, GsvError, check_output_path
 from gsv_ray.options import flag
 from gsv_ray.owned import RUN_LOCK, RunBusy, RunOwner
@@ -91,7 +91,7 @@ def own_output_dir(path: str | Path) -> RunOwner:
 def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]]) -> None:
     """``config.json``: the run's options and its input files' sha256 (what a resume compares)."""
     record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()}}
-    atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(record, indent=1).encode()), overwrite=True)
+    write_json(run_dir / "config.json", record, indent=1)
 
 
 def check_same_run(cfg: TrainConfig, recorded_file: Path, inputs: dict[str, dict[str, Any]]) -> None:
@@ -131,7 +131,7 @@ def record_finished(cfg: TrainConfig, steps: int, epochs: int, exports: list[Pat
     record = {"steps": steps, "epochs": epochs, "max_steps": cfg.max_steps, "asked_epochs": cfg.epochs,
               "exports": [str(p) for p in exports]}
     out = Path(cfg.output_dir)
-    atomic_write(out / FINISHED, lambda f: f.write(json.dumps(record, indent=1).encode()), overwrite=True)
+    write_json(out / FINISHED, record, indent=1)
 
 
 def finished_line(cfg: TrainConfig) -> str | None:
@@ -157,7 +157,7 @@ def record_search_finished(out: Path, name: str, best: list[Path]) -> None:
     """Say in ``-o`` that the tune search ``name`` ran every trial to its end (what a later
     ``tune --resume`` reads)."""
     record = {"search": name, "best": [str(p) for p in best]}
-    atomic_write(out / FINISHED, lambda f: f.write(json.dumps(record, indent=1).encode()), overwrite=True)
+    write_json(out / FINISHED, record, indent=1)
 
 
 def finished_search_line(out: Path) -> str | None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from gsv_ray.atomic import atomic_write
+from gsv_ray.atomic import atomic_write, write_json
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -36,10 +36,6 @@ STATE = "state.json"
 
 def _name(stem: str, i: int, ext: str) -> str:
     return f"{stem}{'' if i == 0 else f'_{i}'}.{ext}"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj).encode()), overwrite=True)
 
 
 # -- RNG states as JSON ------------------------------------------------------------------------
@@ -91,7 +87,7 @@ def save(accelerator, directory: Path, *, models: Sequence[torch.nn.Module], opt
         directory.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     rng = directory / f"rng_{accelerator.process_index}.json"
-    _write_json(rng, rng_states())
+    write_json(rng, rng_states())
     entries = gather_object([{rng.name: _entry(rng)}])  # every rank's, in rank order
     if main:
         written = []
@@ -105,12 +101,12 @@ def save(accelerator, directory: Path, *, models: Sequence[torch.nn.Module], opt
             path = directory / _name("optimizer", i, "pt")
             atomic_write(path, lambda f, sd=sd: torch.save(sd, f), overwrite=True)
             written.append(path)
-        _write_json(directory / STATE, {"format": FORMAT, **state})
+        write_json(directory / STATE, {"format": FORMAT, **state})
         written.append(directory / STATE)
         files = {p.name: _entry(p) for p in written}
         for e in entries:
             files.update(e)
-        _write_json(directory / MANIFEST, {"format": FORMAT, "world_size": accelerator.num_processes,
+        write_json(directory / MANIFEST, {"format": FORMAT, "world_size": accelerator.num_processes,
                                            "files": dict(sorted(files.items()))})
     accelerator.wait_for_everyone()
 

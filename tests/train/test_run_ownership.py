@@ -3,7 +3,6 @@ meets it: the real CLI in subprocesses, real files, signals sent from outside by
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
