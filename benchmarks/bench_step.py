@@ -135,7 +135,8 @@ def main() -> None:
         for stage, files in cases.items():
             cfg = load_config(None, **files, data=str(data), output_dir=str(d / f"run_{stage}"), max_steps=args.steps,
                               batch_size=4, warmup_steps=0, val_fraction=0.0, val_every=10**9, save_every=10**9,
-                              log_every=1, num_workers=0)  # both load in-process: this compares the step
+                              log_every=1, num_workers=0,  # both load in-process: this compares the step
+                              optimizer="adamw" if stage == "gpt" else None)  # the bare loop's: a step per batch
             ours: list[float] = []
             train(cfg, on_step=lambda s, m: ours.append(m["step_time"]), progress=False, say=lambda s: None)
             rebuilt = rebuild(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d)

@@ -3,7 +3,8 @@
 Run: ``python benchmarks/gpu_check.py`` on a machine with CUDA (no network needed; < 8 min on one
 H200). It builds full-size GPT-SoVITS v2 inputs from scratch (a SoVITS export + base D, a GPT
 export, a synthetic experiment folder with real-size features), then trains each stage for
-``--steps`` optimizer steps at batch ``--batch-size`` in three modes: local bf16, local fp16, and
+``--steps`` optimizer steps at batch ``--batch-size`` in three modes: local with the defaults
+(``--precision`` not given: fp16 with TF32 on CUDA, as upstream; GPT with ScaledAdam), local bf16, and
 one Ray Train worker with one GPU in bf16. One row per run: samples/s and step time (medians after
 warm-up), the share of step time spent waiting for data, peak GPU memory (local runs; "n/a" on Ray,
 whose worker does not report it), whether every loss was finite and whether the loss fell (mean of
@@ -39,7 +40,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 
 import torch  # noqa: E402
 
-COLUMNS = [("stage", 7), ("mode", 11), ("samples/s", 10), ("step ms", 9), ("data wait %", 12),
+COLUMNS = [("stage", 7), ("mode", 13), ("samples/s", 10), ("step ms", 9), ("data wait %", 12),
            ("peak GiB", 9), ("loss finite", 12), ("loss falling", 13), ("non-step s", 11), ("wall s", 8)]
 
 
@@ -82,7 +83,8 @@ def make_cfg(stage: str, precision: str, inputs: dict[str, Path], out: Path, arg
     files = {"init": str(inputs["gpt"])} if stage == "gpt" else {"init": str(inputs["sovits"]),
                                                                   "base_d": str(inputs["base_d"])}
     return load_config(None, **files, stage=stage, data=str(inputs["data"]), output_dir=str(out),
-                       max_steps=args.steps, batch_size=args.batch_size, precision=precision, lr_scale=1.0,
+                       max_steps=args.steps, batch_size=args.batch_size,
+                       precision=None if precision == "default" else precision, lr_scale=1.0,
                        warmup_steps=0, val_fraction=0.0, val_every=10**9, save_every=10**9, wandb_mode="disabled",
                        cpu=cpu)
 
@@ -120,7 +122,8 @@ def run_local(stage: str, precision: str, inputs, out: Path, args, cuda: bool) -
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     non_step = sum(v for k, v in result.timings.items() if k != "steps")
     row = summarize(stage, f"local {precision}", steps, args.warmup, peak, non_step, wall)
-    row.update(timings=result.timings, untimed_s=wall - sum(result.timings.values()))  # outside every phase
+    row.update(timings=result.timings, untimed_s=wall - sum(result.timings.values()),  # outside every phase
+               tf32_matmul=torch.backends.cuda.matmul.allow_tf32, matmul_precision=torch.get_float32_matmul_precision())
     return row
 
 
@@ -182,7 +185,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, help="default 8; 2 with --cpu-smoke")
     ap.add_argument("--warmup", type=int, help="first steps left out of the medians (default 5; 1 with --cpu-smoke)")
     ap.add_argument("--stages", default="sovits,gpt")
-    ap.add_argument("--modes", default="bf16,fp16,ray", help="any of bf16, fp16, ray")
+    ap.add_argument("--modes", default="default,bf16,ray", help="any of default, bf16, fp16, ray")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     if not cuda and not args.cpu_smoke:

@@ -14,6 +14,7 @@ the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["MicroBatch", "StepPlan", "split_global_batch", "MicroBatchSource", "PlannedSampler", "make_loader",
+__all__ = ["MicroBatch", "StepPlan", "Cadence", "UPSTREAM_GPT_CADENCE", "split_global_batch", "MicroBatchSource", "PlannedSampler", "make_loader",
            "default_loader_workers", "available_cpus"]
 
 
@@ -39,6 +40,7 @@ class MicroBatch:
     indices: tuple[int, ...]
     step_items: int
     context: Any = None
+    ends_step: bool = True  # the last micro-batch of its optimizer step (the loop reads up to it)
 
     @property
     def share(self) -> float:
@@ -62,18 +64,47 @@ def split_global_batch(batch: Sequence[int], world: int, accum: int, rank: int) 
     return out
 
 
+@dataclass(frozen=True)
+class Cadence:
+    """Several global batches per optimizer step, their gradients summed, counted as upstream's GPT
+    counts them: a step follows the batch whose in-epoch index ``i`` (0-based) has ``i > 0`` and
+    ``i % every == 0`` (so an epoch's first step takes ``every + 1`` batches, later ones ``every``);
+    the counter restarts every epoch and batches after an epoch's last step are carried into the next
+    epoch's first step (nothing clears them)."""
+
+    every: int = 4
+
+    def group(self, batches: list[list[MicroBatch]]) -> tuple[list[list[MicroBatch]], list[MicroBatch]]:
+        """(the epoch's steps, the micro-batches left after its last step)."""
+        steps: list[list[MicroBatch]] = []
+        pending: list[MicroBatch] = []
+        for i, parts in enumerate(batches):
+            pending += parts
+            if i > 0 and i % self.every == 0:
+                steps.append(pending)
+                pending = []
+        return steps, pending
+
+
+#: Upstream's stage 1 (``t2s_lightning_module.training_step``): one step per 4 batches, 5 for the first.
+UPSTREAM_GPT_CADENCE = Cadence(every=4)
+
+
 class StepPlan:
     """Optimizer steps of an epoch for one rank: ``steps(epoch)[k]`` is step k's micro-batches.
 
     ``sampler``: a batch sampler yielding *global* batches (``set_epoch`` aware);
-    ``context(global_indices)``: the stage's per-step context (see :class:`MicroBatch`).
+    ``context(global_indices)``: the stage's per-step context (see :class:`MicroBatch`);
+    ``cadence``: None for one global batch per step, else how several are summed into one step.
     """
 
     def __init__(self, sampler: Any, *, world: int, rank: int, accum: int,
-                 context: Callable[[list[int]], Any] = lambda idx: None):
+                 context: Callable[[list[int]], Any] = lambda idx: None, cadence: Cadence | None = None):
         self.sampler, self.world, self.rank, self.accum, self.context = sampler, world, rank, accum, context
+        self.cadence = cadence
 
-    def steps(self, epoch: int) -> list[list[MicroBatch]]:
+    def batches(self, epoch: int) -> list[list[MicroBatch]]:
+        """This rank's micro-batches of each global batch of ``epoch`` (``accum`` per batch)."""
         self.sampler.set_epoch(epoch)
         out = []
         for batch in self.sampler:
@@ -84,9 +115,32 @@ class StepPlan:
             out.append([MicroBatch(tuple(p), len(batch), ctx) for p in parts])
         return out
 
+    def steps(self, epoch: int) -> list[list[MicroBatch]]:
+        if self.cadence is None:
+            steps = self.batches(epoch)
+        else:
+            steps, _ = self.cadence.group(self.batches(epoch))
+            if epoch > 0 and steps:  # what the previous epoch left after its last step
+                _, carried = self.cadence.group(self.batches(epoch - 1))
+                steps[0] = carried + steps[0]
+        return [[dataclasses.replace(mb, ends_step=j == len(step) - 1) for j, mb in enumerate(step)]
+                for step in steps]
+
     def steps_per_epoch(self) -> int:
         """Full optimizer steps per epoch (the schedule's epoch length); the same for every epoch."""
         return len(self.steps(0))
+
+    def steps_done(self, epoch: int, micro_batches: int) -> int:
+        """How many of ``epoch``'s steps ``micro_batches`` consumed micro-batches complete (resume)."""
+        if self.cadence is None:
+            return micro_batches // self.accum
+        done = used = 0
+        for step in self.steps(epoch):
+            used += len(step)
+            if used > micro_batches:
+                break
+            done += 1
+        return done
 
 
 class MicroBatchSource(Dataset):

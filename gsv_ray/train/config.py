@@ -23,8 +23,15 @@ UPSTREAM_BASE_LR = {"sovits": 1e-4, "gpt": 0.002}
 UPSTREAM_LR_DECAY = 0.999875
 #: Resumed training's default peak: a tenth of upstream's LR.
 DEFAULT_LR_SCALE = 0.1
-DEFAULT_DECAY = {"sovits": "exponential", "gpt": "cosine"}
+#: After warmup: SoVITS decays per epoch as upstream; GPT with ScaledAdam keeps upstream's constant LR
+#: (its 0.002 is pinned); GPT with AdamW decays to ``min_lr_ratio`` along a cosine.
+DEFAULT_DECAY = {"sovits": "exponential", "gpt": "constant", "gpt-adamw": "cosine"}
 PRECISIONS = ("no", "bf16", "fp16")
+#: What ``--precision`` means when not given: upstream's on CUDA (SoVITS ``fp16_run``, GPT ``16-mixed``:
+#: both autocast fp16 with a loss scaler), full fp32 elsewhere.
+DEFAULT_PRECISION = {"cuda": "fp16"}
+#: GPT optimizers: upstream's ScaledAdam (default), or AdamW. SoVITS trains with AdamW, as upstream.
+OPTIMIZERS = ("scaledadam", "adamw")
 DECAYS = ("exponential", "cosine", "constant")
 
 
@@ -55,17 +62,23 @@ class TrainConfig:
     warmup_steps: int = option(100, low=0, group=LR, help="linear warmup length in optimizer steps")
     warmup_start: float = option(0.1, low=0, high=1, group=LR, help="warmup starts at this fraction of the peak")
     decay: str | None = option(None, choices=DECAYS, group=LR,
-                               help="after warmup (default: exponential for SoVITS as upstream, cosine for GPT)")
+                               help="after warmup (default: exponential for SoVITS and constant for GPT, as "
+                                    "upstream; cosine for GPT with --optimizer adamw)")
     lr_decay: float = option(UPSTREAM_LR_DECAY, low=0, low_open=True, high=1, group=LR,
                              help="exponential decay per epoch, as upstream")
     min_lr_ratio: float = option(0.1, low=0, high=1, group=LR, help="cosine floor, as a fraction of the peak")
+    optimizer: str | None = option(None, choices=OPTIMIZERS, group=LR,
+                                   help="GPT: scaledadam (default, upstream's: one step per 4 batches, 5 for an epoch's "
+                                        "first, on their summed gradients) or adamw (one step per batch, weight decay "
+                                        "0.01); SoVITS always uses AdamW, as upstream")
     # length
     max_steps: int | None = option(None, low=1, group=LENGTH, help="optimizer steps to train")
     epochs: int | None = option(None, low=1, group=LENGTH, help="epochs to train (instead of --max-steps)")
     batch_size: int = option(4, low=1, group=LENGTH, help="items per process")
     grad_accum: int = option(1, low=1, group=LENGTH, help="gradient accumulation steps")
-    precision: str = option("no", choices=PRECISIONS, group=LENGTH,
-                            help="mixed precision; fp16 uses one loss scaler per step, as upstream")
+    precision: str | None = option(None, choices=PRECISIONS, group=LENGTH,
+                                   help="mixed precision (default: fp16 with TF32 on CUDA, as upstream; no = fp32 on "
+                                        "CPU); fp16 uses one loss scaler per step, as upstream")
     num_workers: int | None = option(None, low=0, group=LENGTH,
                                      help="data-loading worker processes per training process (default: its CPUs "
                                           "minus one, at most 8; 0 loads in the training process)")
@@ -116,8 +129,24 @@ class TrainConfig:
     def peak_lr(self, stage: str) -> float:
         return UPSTREAM_BASE_LR[stage] * self.lr_scale
 
+    def optimizer_for(self, stage: str) -> str:
+        """The optimizer a ``stage`` run uses: GPT ScaledAdam unless told, SoVITS AdamW."""
+        return (self.optimizer or "scaledadam") if stage == "gpt" else "adamw"
+
     def decay_for(self, stage: str) -> str:
-        return self.decay or DEFAULT_DECAY[stage]
+        if self.decay:
+            return self.decay
+        return DEFAULT_DECAY["gpt-adamw" if stage == "gpt" and self.optimizer_for(stage) == "adamw" else stage]
+
+    def resolved(self, stage: str, device_type: str) -> TrainConfig:
+        """This config with the defaults that depend on what is trained where written out (what
+        ``config.json`` records and a ``--resume`` compares): the optimizer and the precision. A
+        SoVITS run asked for ``--optimizer scaledadam`` is a one-line error."""
+        if stage != "gpt" and self.optimizer == "scaledadam":
+            raise ConfigError("--optimizer scaledadam is upstream's GPT optimizer; SoVITS trains with AdamW, as upstream",
+                              path=self.init, fix="drop --optimizer (or pass --optimizer adamw)")
+        precision = self.precision or DEFAULT_PRECISION.get(device_type, "no")
+        return dataclasses.replace(self, optimizer=self.optimizer_for(stage), precision=precision)
 
     def validate(self) -> None:
         """Bad values are one-line errors before anything starts (flags and YAML alike): each option's

@@ -1,10 +1,10 @@
 """GPT (stage 1): teacher-forced cross-entropy of the text-to-semantic decoder.
 
-The loss is upstream's (cross-entropy summed over every target position, top-3 accuracy with EOS
-ignored). The optimizer is AdamW, not upstream's ScaledAdam: ScaledAdam scales each update by the
-parameter's RMS, which is tuned for training from scratch at lr 0.01; for continuing from trained
-weights at a reduced LR, plain AdamW (betas 0.9/0.95, as upstream's ScaledAdam) behaves predictably,
-is what Accelerate/FSDP and every tool downstream understand, and keeps the LR schedule meaningful.
+The loss is upstream's (cross-entropy summed over every target position, padding included, top-3
+accuracy with EOS ignored). The default optimizer is upstream's too: :class:`ScaledAdam` stepping once
+per 4 batches (5 for an epoch's first) on their summed gradients (:data:`UPSTREAM_GPT_CADENCE`), at
+upstream's effective LR (0.002) x ``lr_scale`` under our warmup. ``--optimizer adamw`` steps on every
+batch with AdamW (betas 0.9/0.95 as upstream's ScaledAdam, torch's weight decay 0.01).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from accelerate import Accelerator
 
 from gsv_ray.data.experiment import Experiment
 from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt
-from gsv_ray.data.loader import MicroBatch, StepPlan
+from gsv_ray.data.loader import UPSTREAM_GPT_CADENCE, MicroBatch, StepPlan
 from gsv_ray.io.writers import write_gpt_export
 from gsv_ray.models.gpt import to_upstream_keys
 from gsv_ray.rebuild import Rebuilt, build_models
 from gsv_ray.train.common import prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
+from gsv_ray.train.scaledadam import ScaledAdam
 
 
 def export_dir_name(version: str) -> str:
@@ -40,16 +41,27 @@ class GPTRecipe:
 
     def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
                  precision: Precision):
-        self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, rebuilt.version, precision
         assert rebuilt.resolved.gpt is not None, "a GPT rebuild"
-        self.s1 = rebuilt.resolved.gpt.s1  # embedded in the exports as upstream wrote it
         model = build_models(rebuilt.resolved, dropout=cfg.dropout)["gpt"]
         model.load_state_dict(rebuilt.gpt, strict=True)
-        peak = cfg.peak_lr("gpt")
-        opt = torch.optim.AdamW([{"params": list(model.parameters()), "lr": peak, "name": "gpt"}], lr=peak,
-                                betas=(0.9, 0.95), eps=1e-8)
-        (self.model,), (self.opt,) = prepare(accelerator, [model], [opt])
+        self._setup(model, cfg, accelerator, precision, version=rebuilt.version, s1=rebuilt.resolved.gpt.s1)
         self.experiment = experiment
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator,
+                  precision: Precision) -> GPTRecipe:
+        """The recipe's optimizer and step around a decoder built elsewhere (no data, no exports)."""
+        recipe = cls.__new__(cls)
+        recipe._setup(model, cfg, accelerator, precision, version=None, s1=None)
+        return recipe
+
+    def _setup(self, model, cfg: TrainConfig, accelerator: Accelerator, precision: Precision, *,
+               version: str | None, s1) -> None:
+        self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, version, precision
+        self.s1 = s1  # embedded in the exports as upstream wrote it
+        self.optimizer = cfg.optimizer_for("gpt")
+        opt = make_gpt_optimizer(self.optimizer, list(model.parameters()), cfg.peak_lr("gpt"))
+        (self.model,), (self.opt,) = prepare(accelerator, [model], [opt])
 
     @property
     def models(self) -> tuple[torch.nn.Module, ...]:
@@ -72,14 +84,18 @@ class GPTRecipe:
         phones = [len(u.phone_ids) for u in ds.utterances]
         semantic = [len(u.semantic_ids or ()) for u in ds.utterances]
         return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n,
-                        context=lambda idx: (max(phones[i] for i in idx), max(semantic[i] for i in idx)))
+                        context=lambda idx: (max(phones[i] for i in idx), max(semantic[i] for i in idx)),
+                        cadence=UPSTREAM_GPT_CADENCE if self.optimizer == "scaledadam" else None)
 
     collate = staticmethod(collate_gpt)
     make_batch = staticmethod(gpt_micro_batch)
 
     def train_step(self, batches: list, step: int = 0) -> dict[str, float]:
-        """Upstream's loss is a sum over the batch: the micro-batches' sums add up to the global
-        batch's, and DDP's gradient mean is undone by scaling with the process count."""
+        """One optimizer step on this process's micro-batches: one global batch (AdamW), or the
+        several that upstream's cadence sums (ScaledAdam). Upstream's loss is a sum over the batch,
+        so the micro-batches' sums add up to the global batches'; DDP's gradient mean is undone by
+        scaling with the process count. ``loss`` is the step's summed loss, ``top3_acc`` the mean
+        over its global batches."""
         acc, prec, world, n = self.accelerator, self.precision, self.accelerator.num_processes, len(batches)
         self.model.train()
         loss = acc3 = 0.0
@@ -94,7 +110,7 @@ class GPTRecipe:
             targets += out.targets.numel()
         grad = prec.step(self.opt, self.model.parameters())
         prec.update()
-        metrics = read_metrics({"loss": loss, "top3_acc": acc3, "grad_norm": grad})
+        metrics = read_metrics({"loss": loss, "top3_acc": acc3 / (n / self.cfg.grad_accum), "grad_norm": grad})
         metrics["loss_per_token"] = metrics["loss"] / targets
         return metrics
 
@@ -123,3 +139,12 @@ def gpt_eval_losses(model, batches) -> dict[str, float]:
         tokens += int(out.targets.numel())
         acc += float(out.acc)
     return {"loss": ce / max(1, tokens), "top3_acc": acc / max(1, len(batches))}
+
+
+def make_gpt_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """One group named ``gpt`` at ``lr`` (the schedule scales it): upstream's ScaledAdam with the
+    settings its stage 1 builds it with, or AdamW with the same betas."""
+    group = [{"params": params, "lr": lr, "name": "gpt"}]
+    if name == "scaledadam":
+        return ScaledAdam(group, lr=lr)
+    return torch.optim.AdamW(group, lr=lr, betas=(0.9, 0.95), eps=1e-8)

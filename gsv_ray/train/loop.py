@@ -155,6 +155,8 @@ def train(
     if cfg.stage is not None and cfg.stage != stage:
         raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
                        fix=f"use --stage {stage} or pass the other file")
+    cfg = cfg.resolved(stage, accelerator.device.type)  # optimizer and precision as they will run
+    set_cuda_math(cfg.precision, stage, accelerator.device)
     ckpt_root = run_dir / "checkpoints"
     resume, restart = _resume_point(cfg, ckpt_root)  # verified against its manifest
     if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded
@@ -178,9 +180,7 @@ def train(
     plan = recipe.plan(train_ds, seed=cfg.seed)
     steps_per_epoch = plan.steps_per_epoch()
     if steps_per_epoch == 0:
-        raise GsvError(f"{len(train_names)} training utterances do not fill one global batch of {cfg.batch_size} x "
-                       f"{accelerator.num_processes} process(es) x {cfg.grad_accum} accumulation",
-                       path=cfg.data, fix="lower --batch-size or --grad-accum, or add utterances")
+        raise _too_few_batches(cfg, plan, len(train_names), accelerator.num_processes)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     schedule = Schedule(cfg.warmup_steps, cfg.warmup_start, cfg.decay_for(stage), total, steps_per_epoch,
                         cfg.lr_decay, cfg.min_lr_ratio)
@@ -230,11 +230,14 @@ def train(
             say(f"  data: {line}")
         for line in getattr(recipe, "notes", ()):
             say(line)
+        per_step = ("" if plan.cadence is None else f"; {cfg.optimizer} steps once per {plan.cadence.every} "
+                    f"batches ({plan.cadence.every + 1} for an epoch's first), summing their gradients, as upstream")
         say(f"global batch = {cfg.batch_size} x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
-            f"accumulation = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}; "
+            f"accumulation = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}{per_step}; "
             f"{steps_per_epoch} steps/epoch, {total} steps; {num_workers} loader worker(s); "
-            f"precision {cfg.precision}; peak LR {cfg.peak_lr(stage):.3g} "
-            f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}")
+            f"precision {cfg.precision}; {cfg.optimizer}, peak LR {cfg.peak_lr(stage):.3g} "
+            f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}, "
+            f"then {cfg.decay_for(stage)}")
         if cfg.warmup_steps >= total:  # the default 100, or --epochs: an explicit one with --max-steps is refused
             say(f"warning: warmup {cfg.warmup_steps} steps is not shorter than the run's {total}: the LR never reaches "
                 f"its peak (set --warmup-steps below {total})")
@@ -276,18 +279,19 @@ def train(
     bar = _display(progress, main)
     bar.start(total, state.step)
     stopped_early = False
-    n = cfg.grad_accum
     non_blocking = accelerator.device.type == "cuda"
     t_last = time.perf_counter()
     skipped_in_a_row = 0
-    planned.start(plan, epoch=state.epoch, skip_steps=state.batch_in_epoch // n)
+    planned.start(plan, epoch=state.epoch, skip_steps=plan.steps_done(state.epoch, state.batch_in_epoch))
     batches = iter(loader)  # one iterator for the whole run: the workers prefetch across epochs
     try:
         while state.step < total:
-            done = state.batch_in_epoch // n  # steps of this epoch already taken (resume mid-epoch)
+            done = plan.steps_done(state.epoch, state.batch_in_epoch)  # already taken (resume mid-epoch)
             for _ in range(done, steps_per_epoch):
                 t_wait = time.perf_counter()
-                micro = [next(batches) for _ in range(n)]
+                micro = [next(batches)]
+                while not micro[-1][1].ends_step:  # accumulation, and GPT's several batches per step
+                    micro.append(next(batches))
                 data_wait = time.perf_counter() - t_wait
                 micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
                 items = sum(len(mb.indices) for _, mb in micro)
@@ -302,7 +306,7 @@ def train(
                     if skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
                         raise _diverged(state.step + 1, f"{skipped_in_a_row} fp16 steps in a row overflowed (loss scale "
                                         f"{precision.scale:g})", cfg, stage, last_ckpt)
-                state.batch_in_epoch += n
+                state.batch_in_epoch += len(micro)
                 lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
                 with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
                     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
@@ -360,6 +364,31 @@ def train(
                        exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from,
                        stopped_early=stopped_early,
                        timings=dict(phases.seconds))
+
+
+def set_cuda_math(precision: str, stage: str, device: torch.device) -> None:
+    """Upstream's float32 matmul settings on CUDA (process-wide, as upstream sets them): SoVITS's
+    ``s2_train`` allows TF32 for matmuls and cuDNN and sets matmul precision "medium", the GPT's
+    ``s1_train`` sets "high". An explicit ``--precision no`` is strict fp32 (TF32 off). CPU: untouched."""
+    if device.type != "cuda":
+        return
+    strict = precision == "no"
+    torch.backends.cuda.matmul.allow_tf32 = not strict
+    torch.backends.cudnn.allow_tf32 = not strict
+    torch.set_float32_matmul_precision("highest" if strict else "high" if stage == "gpt" else "medium")
+
+
+def _too_few_batches(cfg: TrainConfig, plan, utterances: int, processes: int) -> GsvError:
+    """The one line for an epoch that holds no full optimizer step."""
+    batch = f"global batch of {cfg.batch_size} x {processes} process(es) x {cfg.grad_accum} accumulation"
+    if plan.cadence is None:
+        return GsvError(f"{utterances} training utterances do not fill one {batch}", path=cfg.data,
+                        fix="lower --batch-size or --grad-accum, or add utterances")
+    got = len(plan.batches(0))
+    return GsvError(f"an epoch of {utterances} training utterances makes {got} batch(es) ({batch}), but "
+                    f"{cfg.optimizer} steps once {plan.cadence.every + 1} batches are summed, as upstream (which never "
+                    "steps on such a set)", path=cfg.data,
+                    fix="lower --batch-size or --grad-accum, add utterances, or pass --optimizer adamw (a step per batch)")
 
 
 #: fp16: the loss scaler skips overflowing steps (counted in ``loss_scale`` halvings); this many in a

@@ -34,7 +34,9 @@ RUN_ENTRIES = (*RUN_FILES, *TUNE_RESULTS, FINISHED, "logs", "wandb", "wandb_run_
 #: the settings that decide a run's trajectory: a --resume must keep them (--max-steps / --epochs
 #: may grow; the data folder is compared by path only where it is, not by content)
 TRAJECTORY = ("stage", "version", "lora_rank", "lr_scale", "warmup_steps", "warmup_start", "decay", "lr_decay",
-              "min_lr_ratio", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction")
+              "min_lr_ratio", "optimizer", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction")
+#: what a record written before a setting existed ran with (every run before --optimizer used AdamW)
+LEGACY = {"optimizer": "adamw"}
 #: the input files, compared by content (sha256), never by path
 INPUT_FLAGS = {"init": "--init", "base_g": "--base", "base_d": "--base-d"}
 
@@ -104,6 +106,7 @@ def check_same_run(cfg: TrainConfig, recorded_file: Path, inputs: dict[str, dict
     if not isinstance(recorded, dict):
         return
     now = cfg.to_json()
+    recorded = {**LEGACY, **recorded}
     for key in TRAJECTORY:
         if key in recorded and recorded[key] != now[key]:
             f, old, new = flag(TrainConfig, key), _shown(recorded[key]), _shown(now[key])

@@ -86,3 +86,70 @@ def test_resumed_plan_continues_the_epoch(sovits_ds):
 def test_default_worker_count():
     assert default_loader_workers(1) == 0 and default_loader_workers(2) == 1 and default_loader_workers(64) == 8
     assert default_loader_workers(8, processes_on_node=4) == 1
+
+
+class _Batches:
+    """A global-batch sampler with a known, epoch-dependent order: batch i of epoch e is ``[100 e + i]``."""
+
+    def __init__(self, per_epoch: int):
+        self.per_epoch, self.epoch = per_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter([[100 * self.epoch + i] for i in range(self.per_epoch)])
+
+
+def _upstream_gpt_steps(per_epoch: int, epochs: int) -> list[list[int]]:
+    """What upstream's stage 1 sums into each optimizer step (``training_step``: a step after the
+    batch with ``batch_idx > 0 and batch_idx % 4 == 0``; gradients kept across epoch ends)."""
+    steps, pending = [], []
+    for e in range(epochs):
+        for i in range(per_epoch):
+            pending.append(100 * e + i)
+            if i > 0 and i % 4 == 0:
+                steps.append(pending)
+                pending = []
+    return steps
+
+
+@pytest.mark.parametrize("per_epoch", range(1, 15))
+def test_gpt_cadence_sums_the_batches_upstream_sums(per_epoch):
+    """5 batches for an epoch's first step, 4 after, leftovers carried into the next epoch's first
+    step, no step at all with 4 batches or fewer per epoch (README section 10 observed 6 x 2 epochs)."""
+    from gsv_ray.data.loader import UPSTREAM_GPT_CADENCE
+
+    plan = StepPlan(_Batches(per_epoch), world=1, rank=0, accum=1, cadence=UPSTREAM_GPT_CADENCE)
+    ours = [[mb.indices[0] for mb in step] for e in range(3) for step in plan.steps(e)]
+    assert ours == _upstream_gpt_steps(per_epoch, 3)
+    assert plan.steps_per_epoch() == max(0, (per_epoch - 1) // 4)
+    if per_epoch == 6:
+        assert ours[1] == [5, 100, 101, 102, 103, 104]
+    for step in (s for e in range(3) for s in plan.steps(e)):  # the loop reads a step up to its last
+        assert [mb.ends_step for mb in step] == [False] * (len(step) - 1) + [True]
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_gpt_cadence_resumes_where_it_stopped(accum):
+    """After any number of steps, ``steps_done`` and a sampler started there give exactly the rest of
+    an uninterrupted run's micro-batches (carried batches included), also with accumulation."""
+    from gsv_ray.data.loader import UPSTREAM_GPT_CADENCE
+
+    class Wide(_Batches):
+        def __iter__(self):
+            return iter([[100 * self.epoch + i, 1000 + 100 * self.epoch + i] for i in range(self.per_epoch)])
+
+    plan = StepPlan(Wide(11), world=1, rank=0, accum=accum, cadence=UPSTREAM_GPT_CADENCE)
+    straight = [mb for e in range(4) for step in plan.steps(e) for mb in step]
+    for epoch in range(3):
+        consumed = 0
+        for done, step in enumerate(plan.steps(epoch)):
+            assert plan.steps_done(epoch, consumed) == done
+            sampler = PlannedSampler()
+            sampler.start(plan, epoch=epoch, skip_steps=done)
+            it = iter(sampler)
+            rest = [next(it) for _ in range(8)]
+            start = sum(len(s) for e in range(epoch) for s in plan.steps(e)) + consumed
+            assert rest == straight[start:start + 8]
+            consumed += len(step)
