@@ -17,7 +17,8 @@ from gsv_ray.train import load_config, train
 #: Upstream's dropout rate: the tests must exercise the masks (at 0 every configuration agrees).
 DROPOUT = 0.1
 #: One step's gradient of ``2 x 2`` vs ``4`` (L2 of the difference / L2 of the gradient, per model).
-#: Measured (CPU fp32): ~1e-7 (summation order only); a broken replay or weighting is >= 1e-2.
+#: Measured (CPU fp32, dropout 0.1): GPT 2.1e-7, D 2.0e-7, G 1.4e-6, v4 CFM 5.5e-7 (summation order);
+#: a broken replay, weighting or keying is >= 1e-2.
 GRAD_REL = 1e-5
 #: After 3 Adam steps through ``train()``: |w(2 x 2) - w(4)| / |w - w0| (L2, key biases aside). Measured
 #: (CPU fp32, dropout 0.1): GPT 4.1e-7, SoVITS 3.7e-4 (Adam turns float noise on near-zero gradients
@@ -79,14 +80,13 @@ def _config(stage, gpt_init, sovits_files, data, out, **kw):
 
 def _recipe(cfg, data):
     """The stage's recipe as ``train`` builds it (CPU, fp32), in process."""
-    from gsv_ray.data.experiment import open_experiment
     from gsv_ray.rebuild import rebuild
-    from gsv_ray.train.loop import RECIPES, make_accelerator
+    from gsv_ray.train.loop import RECIPES, make_accelerator, open_run_experiment
     from gsv_ray.train.precision import Precision
 
     rebuilt = rebuild(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, task="train")
     acc = make_accelerator(cfg)
-    experiment = open_experiment(data, rebuilt.stage, "v2")
+    experiment = open_run_experiment(data, rebuilt)
     return RECIPES[rebuilt.resolved.family](rebuilt, cfg, acc, experiment, Precision("no", acc.device))
 
 
@@ -120,17 +120,31 @@ def relative_gaps(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dic
     return {k: float((a[k] - b[k]).norm() / b[k].norm()) for k in b}
 
 
-@pytest.mark.parametrize("stage", ["gpt", "sovits"])
-def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(stage, gpt_init, sovits_files, synth_v2, tmp_path):
-    """With dropout on (G, the reference encoder, the GPT), one step of ``--grad-accum 2 --batch-size
-    2`` steps every model with the gradient of ``--batch-size 4`` on the same global batch, to 1e-5."""
-    full, full_micro = step_gradients(_recipe(_config(stage, gpt_init, sovits_files, synth_v2, tmp_path / "a",
-                                                      batch_size=4, grad_accum=1), synth_v2))
-    accum, accum_micro = step_gradients(_recipe(_config(stage, gpt_init, sovits_files, synth_v2, tmp_path / "b",
-                                                        batch_size=2, grad_accum=2), synth_v2))
+MODELS = {"gpt": {"gpt"}, "sovits": {"generator", "discriminator"}, "cfm": {"generator"}}
+
+
+@pytest.mark.parametrize("stage", list(MODELS))
+def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(stage, gpt_init, sovits_files, synth_v2, tmp_path,
+                                                                request):
+    """With dropout on (the GPT; SoVITS G with its reference encoder; the v4 DiT), one step of
+    ``--grad-accum 2 --batch-size 2`` steps every model with the gradient of ``--batch-size 4`` on
+    the same global batch, to :data:`GRAD_REL`."""
+    if stage == "cfm":
+        v4 = request.getfixturevalue("v4_inputs")
+        files, data = {"init": str(v4["init"]), "base_g": str(v4["base"])}, v4["data"]
+    else:
+        files, data = _files(stage, gpt_init, sovits_files), synth_v2
+
+    def gradients(name: str, **kw):
+        cfg = load_config(None, **files, data=str(data), output_dir=str(tmp_path / name), max_steps=1,
+                          dropout=DROPOUT, val_fraction=0.0, warmup_steps=0, lr_scale=1.0, seed=5, **kw)
+        return step_gradients(_recipe(cfg, data))
+
+    full, full_micro = gradients("full", batch_size=4, grad_accum=1)
+    accum, accum_micro = gradients("accum", batch_size=2, grad_accum=2)
     assert [len(mb.indices) for mb in full_micro] == [4] and [len(mb.indices) for mb in accum_micro] == [2, 2]
     assert sorted(full_micro[0].indices) == sorted(accum_micro[0].indices + accum_micro[1].indices)
-    assert set(full) == ({"gpt"} if stage == "gpt" else {"generator", "discriminator"})
+    assert set(full) == MODELS[stage]
     assert all(float(g.norm()) > 0 for g in full.values())
     gaps = relative_gaps(accum, full)
     assert all(gap <= GRAD_REL for gap in gaps.values()), gaps
