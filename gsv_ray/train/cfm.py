@@ -7,9 +7,9 @@ one group, upstream's betas and eps and weight decay 0.01 (torch's default), at 
 ``lr_scale`` with our warmup and the exponential decay per epoch. Exports carry upstream's key set.
 
 Random draws: upstream draws the prompt lengths, CFM times, noise and shortcut coin per process per
-micro-batch. We draw them per utterance from a generator keyed by (seed, step, utterance) — and
-the shortcut coin per step — so N processes with accumulation compute exactly the loss one process
-computes on the whole global batch (and validation uses fixed draws).
+micro-batch. We draw them, and the dropout masks, per utterance from generators keyed by (seed,
+step, utterance) — and the shortcut coin per step — so N processes with accumulation compute exactly
+the loss one process computes on the whole global batch (and validation uses fixed draws).
 """
 
 from __future__ import annotations
