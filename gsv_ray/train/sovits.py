@@ -44,8 +44,8 @@ def check_codebook(resolved, cfg: TrainConfig, processes: int) -> None:
         return
     how = " and ".join(w for w in (f"--grad-accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "",
                                    f"{processes} processes" if processes > 1 else "") if w)
-    raise ConfigError(f"its model config has freeze_quantizer: false (the EMA codebook trains), which {how} would "
-                      "update more than once per step", path=cfg.init,
+    raise ConfigError(f"its model config has freeze_quantizer: false (the codebook trains by moving averages in every "
+                      f"forward), which with {how} is not one update per global batch", path=cfg.init,
                       fix="train it with --grad-accum 1 on one worker (raise --batch-size instead), or from a file "
                           "whose config has freeze_quantizer: true")
 

@@ -204,38 +204,23 @@ def _ema_codebook_init(sovits_files, tmp_path) -> Path:
                                version="v2")
 
 
-def test_ema_codebook_with_accumulation_is_refused_in_one_line(sovits_files, synth_v2, tmp_path):
-    """``freeze_quantizer: false`` + ``--grad-accum 2`` would update the codebook 4 times per step
-    (each micro-batch, twice): exit 2, one line naming the init file and the fix, nothing written."""
+@pytest.mark.parametrize("flags", [("--grad-accum", "2"), ("--workers", "2")], ids=["accumulation", "workers"])
+def test_ema_codebook_with_accumulation_or_workers_is_refused_in_one_line(flags, sovits_files, synth_v2, tmp_path):
+    """``freeze_quantizer: false`` + ``--grad-accum 2`` would update the codebook 4 times per step (each
+    micro-batch, twice), + ``--workers 2`` once per worker with DDP keeping rank 0's: exit 2, one line
+    naming the init file and the fix, nothing written (the workers case before Ray starts)."""
+    from gsv_ray.owned import RUN_LOCK
     from tests.conftest import run_cli
 
     init = _ema_codebook_init(sovits_files, tmp_path)
     before = init.read_bytes()
     out = tmp_path / "run"
     r = run_cli("train", "--init", str(init), "--base", sovits_files["base_g"], "--base-d", sovits_files["base_d"],
-                "--data", str(synth_v2), "--batch-size", "2", "--grad-accum", "2", "--max-steps", "1", "-o", str(out),
+                "--data", str(synth_v2), "--batch-size", "2", *flags, "--max-steps", "1", "-o", str(out),
                 env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"})
     assert r.returncode == 2, (r.stdout, r.stderr)
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and str(init) in line, line
-    assert "freeze_quantizer: false" in line and "--grad-accum 1" in line, line
-    from gsv_ray.owned import RUN_LOCK
-
+    assert "freeze_quantizer: false" in line and "--grad-accum 1 on one worker" in line, line
+    assert ("--grad-accum 2" if flags[0] == "--grad-accum" else "2 processes") in line, line
     assert not [p for p in out.rglob("*") if p.name != RUN_LOCK] and init.read_bytes() == before  # the CLI's lock only
-
-
-def test_ema_codebook_with_several_processes_is_refused(sovits_files, tmp_path):
-    """DDP would keep rank 0's codebook: more than one process is refused as well (the launcher asks
-    before Ray starts, each worker again in ``train``); one process without accumulation trains."""
-    from gsv_ray.errors import ConfigError
-    from gsv_ray.rebuild import rebuild
-    from gsv_ray.train.sovits import check_codebook
-
-    init = _ema_codebook_init(sovits_files, tmp_path)
-    cfg = load_config(None, init=str(init), base_g=sovits_files["base_g"], base_d=sovits_files["base_d"], data=".",
-                      output_dir=str(tmp_path / "run"), max_steps=1)
-    resolved = rebuild(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, task="train").resolved
-    assert resolved.sovits.model.freeze_quantizer is False
-    with pytest.raises(ConfigError, match="2 processes"):
-        check_codebook(resolved, cfg, processes=2)
-    check_codebook(resolved, cfg, processes=1)  # one process, no accumulation: one update per step
