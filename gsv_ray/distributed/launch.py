@@ -29,6 +29,7 @@ from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import copy_sparse, make_sparse, write_json
 from gsv_ray.train.loop import TrainResult
+from gsv_ray.train.sovits import check_codebook
 from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
 
 
@@ -177,6 +178,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.rebuild_spec())
+    check_codebook(rebuilt.resolved, cfg, opts.workers)  # before Ray starts (each worker checks it too)
     if opts.resume:  # the same run, or one line naming the option that would change it
         check_same_run(given, Path(cfg.output_dir) / "config.json", rebuilt.report.inputs)
     say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")

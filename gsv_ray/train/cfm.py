@@ -7,9 +7,9 @@ one group, upstream's betas and eps and weight decay 0.01 (torch's default), at 
 ``lr_scale`` with our warmup and the exponential decay per epoch. Exports carry upstream's key set.
 
 Random draws: upstream draws the prompt lengths, CFM times, noise and shortcut coin per process per
-micro-batch. We draw them per utterance from a generator keyed by (seed, step, utterance) — and
-the shortcut coin per step — so N processes with accumulation compute exactly the loss one process
-computes on the whole global batch (and validation uses fixed draws).
+micro-batch. We draw them, and the dropout masks, per utterance from generators keyed by (seed,
+step, utterance) — and the shortcut coin per step — so N processes with accumulation compute exactly
+the loss one process computes on the whole global batch (and validation uses fixed draws).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from gsv_ray.data.loader import MicroBatch, StepPlan
 from gsv_ray.errors import GsvError
 from gsv_ray.data.sovits import SoVITSBucketSampler
 from gsv_ray.io.writers import write_sovits_export
+from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.sovits.cfm import CFMDraws
 from gsv_ray.models.sovits.v3 import NEVER_TRAINED, lora_export_state_dict
 from gsv_ray.models.sovits.vocoder import V4_VOCODER_RATE, load_v4_vocoder
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import keyed_generator, prepare, read_metrics, sync_context
+from gsv_ray.train.common import dropout_generators, item_keys, keyed_generator, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
 from gsv_ray.train.sovits import export_dir_name
@@ -52,7 +53,7 @@ def batch_draws(batch, *, seed: int, step: int | str, shortcut: bool = True) -> 
     b, mel_channels, frames = batch.mel.shape
     prompt_u, t, base = torch.empty(b), torch.empty(b), torch.empty(b, dtype=torch.long)
     x0 = torch.empty(b, mel_channels, frames)
-    for i, name in enumerate(batch.names):
+    for i, name in enumerate(item_keys(batch)):
         gen = keyed_generator(seed, step, name)
         prompt_u[i] = torch.rand(1, generator=gen)
         t[i] = torch.rand(1, generator=gen)
@@ -134,7 +135,8 @@ class CFMRecipe:
         total = torch.zeros((), device=acc.device)
         for i, (batch, mb) in enumerate(batches):
             with sync_context(acc, self.g, i == n - 1):
-                with prec.autocast():
+                masks = dropout_generators(batch, seed=self.cfg.seed, step=step, device=acc.device)
+                with utterance_dropout(self.g, masks), prec.autocast():  # dropout keyed per utterance too
                     loss = cfm_loss(self.g, batch, seed=self.cfg.seed, step=step)
                 prec.backward(loss.float() * (world * mb.share))
             total = total + loss.detach().float() * (world * mb.share)

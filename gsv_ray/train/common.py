@@ -8,11 +8,27 @@ import hashlib
 import torch
 
 
-def keyed_generator(*parts: object) -> torch.Generator:
-    """A CPU generator seeded from ``parts`` (e.g. seed, step, utterance name): draws that depend on
-    what they are for, not on which process or batch makes them."""
-    key = int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
-    return torch.Generator().manual_seed(key)
+def keyed_seed(*parts: object) -> int:
+    """A 64-bit seed from ``parts`` (e.g. seed, step, utterance key)."""
+    return int.from_bytes(hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
+
+
+def keyed_generator(*parts: object, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator (on ``device``) seeded from ``parts`` (e.g. seed, step, utterance key): draws that
+    depend on what they are for, not on which process or batch makes them."""
+    return torch.Generator(device=device).manual_seed(keyed_seed(*parts))
+
+
+def item_keys(batch) -> list[str]:
+    """What keys a batch item's random draws (noise, windows, dropout masks): its utterance."""
+    return list(batch.names)
+
+
+def dropout_generators(batch, *, seed: int, step: int | str, device: torch.device) -> list[torch.Generator]:
+    """One fresh generator per item for one forward pass's dropout masks (``utterance_dropout``), on
+    the model's device, keyed by (seed, step, item key): a recomputed pass given fresh ones draws
+    the same masks, and an item gets them whichever process or micro-batch it lands in."""
+    return [keyed_generator(seed, step, key, "dropout", device=device) for key in item_keys(batch)]
 
 
 def read_metrics(named: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -46,19 +62,6 @@ def frozen(module: torch.nn.Module):
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-def rng_state(device: torch.device) -> tuple:
-    """The global RNG state(s) a forward pass draws from (CPU, and the CUDA device's)."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_state(state: tuple, device: torch.device) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
 
 
 def sync_context(accelerator, model, last: bool):

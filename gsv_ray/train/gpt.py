@@ -18,9 +18,10 @@ from gsv_ray.data.experiment import Experiment
 from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt
 from gsv_ray.data.loader import UPSTREAM_GPT_CADENCE, MicroBatch, StepPlan
 from gsv_ray.io.writers import write_gpt_export
+from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.gpt import to_upstream_keys
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import prepare, read_metrics, sync_context
+from gsv_ray.train.common import dropout_generators, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
 from gsv_ray.train.scaledadam import ScaledAdam
@@ -102,7 +103,8 @@ class GPTRecipe:
         targets = 0
         for i, (batch, mb) in enumerate(batches):
             with sync_context(acc, self.model, i == n - 1):
-                with prec.autocast():
+                masks = dropout_generators(batch, seed=self.cfg.seed, step=step, device=acc.device)
+                with utterance_dropout(self.model, masks), prec.autocast():  # masks keyed per utterance
                     out = self.model(*batch.model_inputs())
                 prec.backward(out.loss * world)
             loss = loss + out.loss.detach().float()

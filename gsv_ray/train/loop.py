@@ -34,7 +34,7 @@ from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
 from gsv_ray.train.rundir import check_new_run, check_same_run, write_config
 from gsv_ray.train.schedule import Schedule
-from gsv_ray.train.sovits import SoVITSRecipe
+from gsv_ray.train.sovits import SoVITSRecipe, check_codebook
 
 #: One recipe per way of training (:attr:`Resolved.family`): SoVITS v3/v4 (a CFM decoder) train
 #: differently from v1-v2ProPlus.
@@ -157,6 +157,7 @@ def train(
                        fix=f"use --stage {stage} or pass the other file")
     cfg = cfg.resolved(stage, accelerator.device.type)  # optimizer and precision as they will run
     set_cuda_math(cfg.precision, stage, accelerator.device)
+    check_codebook(rebuilt.resolved, cfg, accelerator.num_processes)
     ckpt_root = run_dir / "checkpoints"
     resume, restart = _resume_point(cfg, ckpt_root)  # verified against its manifest
     if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded

@@ -17,16 +17,37 @@ from accelerate import Accelerator
 from gsv_ray.data.experiment import Experiment, spec_frames
 from gsv_ray.data.loader import MicroBatch, StepPlan
 from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSPadding, collate_sovits
+from gsv_ray.errors import ConfigError
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.audio import AudioFrontend
+from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import frozen, keyed_generator, prepare, read_metrics, rng_state, set_rng_state, sync_context
+from gsv_ray.train.common import (dropout_generators, frozen, item_keys, keyed_generator, prepare, read_metrics,
+                                  sync_context)
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
 
 TEXT_SIDE = ("enc_p.text_embedding.", "enc_p.encoder_text.", "enc_p.mrte.")
+
+
+def check_codebook(resolved, cfg: TrainConfig, processes: int) -> None:
+    """Refuse, in one line, what would train the EMA codebook other than once per global batch.
+
+    With ``freeze_quantizer: false`` every training forward updates the codebook (upstream's EMA):
+    with accumulation once per micro-batch and again in G's recomputed pass (4 updates instead of
+    1 at accum 2); with several processes each updates its own copy and DDP keeps rank 0's. Neither
+    is one process's update on the global batch, so it is refused before anything is written."""
+    settings = resolved.sovits or resolved.sovits_v3
+    if settings is None or settings.model.freeze_quantizer or (cfg.grad_accum == 1 and processes == 1):
+        return
+    how = " and ".join(w for w in (f"--grad-accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "",
+                                   f"{processes} processes" if processes > 1 else "") if w)
+    raise ConfigError(f"its model config has freeze_quantizer: false (the codebook trains by moving averages in every "
+                      f"forward), which with {how} is not one update per global batch", path=cfg.init,
+                      fix="train it with --grad-accum 1 on one worker (raise --batch-size instead), or from a file "
+                          "whose config has freeze_quantizer: true")
 
 
 def export_dir_name(version: str) -> str:
@@ -113,9 +134,12 @@ class SoVITSRecipe:
 
     # -- one step ------------------------------------------------------------------------------
     def _generate(self, g, batch, step: int):
-        """G's forward and what both losses compare (window of real audio, mels), in fp32 after G."""
+        """G's forward and what both losses compare (window of real audio, mels), in fp32 after G.
+        Every random draw is keyed per utterance (noise, window, dropout masks from fresh generators):
+        a recomputed pass draws exactly what the first drew."""
         eps, slice_u = utterance_noise(batch, self.inter_channels, seed=self.cfg.seed, step=step)
-        with self.precision.autocast():
+        masks = dropout_generators(batch, seed=self.cfg.seed, step=step, device=self.accelerator.device)
+        with utterance_dropout(g, masks), self.precision.autocast():
             out = g(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb,
                     eps=eps, slice_u=slice_u)
         y_hat = out.y_hat.float()
@@ -127,7 +151,9 @@ class SoVITSRecipe:
         """One optimizer step over this process's micro-batches, as upstream's step on the whole
         global batch: D is updated first on every micro-batch's detached output, then G against the
         *updated* D. With accumulation, G's forward is recomputed in the second pass (same noise, same
-        dropout: the RNG state is replayed) instead of keeping every micro-batch's graph alive.
+        dropout masks: all keyed per utterance, nothing drawn from the global RNG) instead of keeping
+        every micro-batch's graph alive. (The EMA codebook, ``freeze_quantizer: false``, would update
+        in both passes: :func:`check_codebook` refuses it with accumulation.)
 
         Losses are weighted by each micro-batch's share of the global batch (the KL by its share of
         the spectrogram frames), times the process count that DDP's gradient mean divides by. G's
@@ -139,14 +165,12 @@ class SoVITSRecipe:
         g_raw, d_raw = acc.unwrap_model(self.g), acc.unwrap_model(self.d)
         keep = n == 1  # no accumulation: keep G's graph from the first pass, nothing is recomputed
         kept: list[_Generated | None] = [None] * n
-        rng: list[tuple] = []
         sums: dict[str, torch.Tensor] = {}
 
         def add(name: str, value: torch.Tensor, weight: float) -> None:
             sums[name] = sums.get(name, 0.0) + value.detach().float() * weight
 
         for i, (batch, mb) in enumerate(batches):
-            rng.append(rng_state(acc.device))
             with sync_context(acc, self.d, i == n - 1):
                 with torch.set_grad_enabled(keep):
                     gen = self._generate(self.g if keep else g_raw, batch, step)
@@ -163,7 +187,6 @@ class SoVITSRecipe:
             with sync_context(acc, self.g, i == n - 1):
                 gen = kept[i]
                 if gen is None:
-                    set_rng_state(rng[i], acc.device)
                     gen = self._generate(self.g, batch, step)
                 with frozen(d_raw), prec.autocast():
                     _, y_d_g, fmap_r, fmap_g = d_raw(gen.y, gen.y_hat)
@@ -238,7 +261,7 @@ def utterance_noise(batch, channels: int, *, seed: int, step: int) -> tuple[torc
     an utterance lands in, so N workers train exactly like one process with the global batch."""
     eps = torch.zeros(batch.spec.shape[0], channels, batch.spec.shape[-1])
     u = torch.empty(batch.spec.shape[0])
-    for i, (name, length) in enumerate(zip(batch.names, batch.spec_lengths.tolist())):
+    for i, (name, length) in enumerate(zip(item_keys(batch), batch.spec_lengths.tolist())):
         gen = keyed_generator(seed, step, name)
         eps[i, :, :length] = torch.randn(channels, length, generator=gen)
         u[i] = torch.rand(1, generator=gen)

@@ -61,13 +61,18 @@ def test_two_workers_equal_one_process(ray_local, fixtures_dir, synth, tmp_path,
     assert [p.name for p in two.exports] == [p.name for p in one.exports]  # the same files in -o
 
 
+#: |w(2 workers x 1 x accum 2) - w(1 x 4)| / |w - w0| after 3 steps at dropout 0.1 (L2, key biases aside).
+#: Measured: GPT 4.4e-7, SoVITS 1.7e-3 (6.9e-4 at dropout 0: Adam's normalised noise on tiny gradients).
+RAY_REL = {"gpt": 2e-6, "sovits": 5e-3}
+
+
 @pytest.mark.parametrize("stage", ["gpt", "sovits"])
 def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, fixtures_dir, synth, tmp_path):
     """2 workers x batch 1 x grad-accum 2 update on the utterances of one process's batch of 4, to
-    the same weights (every model: G and D, or the GPT)."""
+    the same weights (every model: G and D, or the GPT), dropout on: its masks are keyed per utterance."""
     from tests.train.test_accumulation import assert_same_weights, weights
 
-    kw = dict(max_steps=3, save_every=3, lr_scale=1.0, warmup_steps=0)
+    kw = dict(max_steps=3, save_every=3, lr_scale=1.0, warmup_steps=0, dropout=0.1)
     one = train(_cfg(stage, fixtures_dir, synth, tmp_path / "one", batch_size=4, **kw), progress=False,
                 say=lambda s: None)
     two = train_on_ray(_cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=1, grad_accum=2, **kw),
@@ -76,7 +81,8 @@ def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, 
                        warmup_steps=0),
                   progress=False, say=lambda s: None)
     state = two.last_checkpoint / "state" if (two.last_checkpoint / "state").is_dir() else two.last_checkpoint
-    assert_same_weights(weights(one.last_checkpoint), weights(state), weights(start.last_checkpoint))
+    assert_same_weights(weights(one.last_checkpoint), weights(state), weights(start.last_checkpoint),
+                        rel=RAY_REL[stage])
     assert [p.name for p in two.exports] == [p.name for p in one.exports]  # the same files in -o
 
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv_ray.models.dropout import KeyedDropout
+
 #: Keys and values of one layer, each [B, heads, S, head_dim].
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -43,7 +45,7 @@ class TokenEmbedding(nn.Module):
     def __init__(self, vocab_size: int, dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = KeyedDropout(dropout)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.word_embeddings(ids))
@@ -56,7 +58,7 @@ class SinePositionalEmbedding(nn.Module):
         super().__init__()
         self.dim = dim
         self.alpha = nn.Parameter(torch.ones(1))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = KeyedDropout(dropout)
 
     def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``x`` [B, T, dim]; ``start`` is the position of ``x[:, 0]`` (for incremental decoding)."""
@@ -71,10 +73,10 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
-        self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
+        self.attn_drop = KeyedDropout(dropout)  # on the attention probabilities (no state_dict entry)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -101,12 +103,25 @@ class SelfAttention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.attn_drop.keyed:  # per-item masks: SDPA draws its dropout from the global RNG
+            out = self._explicit_attention(q, k, v, attn_mask)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
+            )
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, self.dim)
         return self.out_proj(out), (k, v)
+
+    def _explicit_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """What SDPA computes (softmax of the scaled, masked scores, dropout, times ``v``), with the
+        probabilities' dropout drawn by ``attn_drop`` (keyed per item)."""
+        scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+        return self.attn_drop(F.softmax(scores, dim=-1)) @ v
 
 
 class DecoderLayer(nn.Module):
@@ -117,12 +132,12 @@ class DecoderLayer(nn.Module):
         # Registration order = upstream state_dict order.
         self.self_attn = SelfAttention(dim, num_heads, dropout)
         self.linear1 = nn.Linear(dim, ffn_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = KeyedDropout(dropout)
         self.linear2 = nn.Linear(ffn_dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = KeyedDropout(dropout)
+        self.dropout2 = KeyedDropout(dropout)
 
     def forward(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, past: KV | None = None

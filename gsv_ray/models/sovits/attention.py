@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv_ray.models.dropout import KeyedDropout
+
 
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis of a ``[B, C, T]`` tensor (params ``gamma``/``beta``)."""
@@ -64,7 +66,7 @@ class MultiHeadAttention(nn.Module):
         self.conv_k = nn.Conv1d(channels, channels, 1)
         self.conv_v = nn.Conv1d(channels, channels, 1)
         self.conv_o = nn.Conv1d(channels, out_channels, 1)
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = KeyedDropout(p_dropout)
         for conv in (self.conv_q, self.conv_k, self.conv_v):
             nn.init.xavier_uniform_(conv.weight)
 
@@ -113,7 +115,7 @@ class FFN(nn.Module):
         self.pad = ((kernel_size - 1) // 2, kernel_size // 2)
         self.conv_1 = nn.Conv1d(in_channels, filter_channels, kernel_size)
         self.conv_2 = nn.Conv1d(filter_channels, out_channels, kernel_size)
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = KeyedDropout(p_dropout)
 
     def forward(self, x: torch.Tensor, x_mask: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.conv_1(F.pad(x * x_mask, self.pad)))
@@ -137,7 +139,7 @@ class AttentionEncoder(nn.Module):
     ):
         super().__init__()
         self.n_layers = n_layers
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = KeyedDropout(p_dropout)
         self.attn_layers = nn.ModuleList(
             MultiHeadAttention(hidden_channels, hidden_channels, n_heads, p_dropout, window_size)
             for _ in range(n_layers)

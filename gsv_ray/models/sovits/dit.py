@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv_ray.models.dropout import KeyedDropout
 from gsv_ray.models.sovits.commons import sequence_mask
 
 __all__ = ["DiT", "DiTConfig"]
@@ -177,7 +178,7 @@ class Attention(nn.Module):
         self.to_q = nn.Linear(dim, inner)
         self.to_k = nn.Linear(dim, inner)
         self.to_v = nn.Linear(dim, inner)
-        self.to_out = nn.ModuleList([nn.Linear(inner, dim), nn.Dropout(dropout)])
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim), KeyedDropout(dropout)])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -226,7 +227,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
         self.ff = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh")),
-                                nn.Dropout(dropout), nn.Linear(hidden, dim))
+                                KeyedDropout(dropout), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ff(x)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gsv_ray.models.dropout import KeyedDropout
+
 
 class _Linear(nn.Module):
     """``nn.Linear`` one level down (upstream's ``LinearNorm``: keys ``<name>.fc.*``)."""
@@ -49,7 +51,7 @@ class _GatedConv(nn.Module):
         super().__init__()
         self.channels = channels
         self.conv1 = _ConvNorm(channels, 2 * channels, kernel_size)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = KeyedDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.conv1(x).split(self.channels, dim=1)
@@ -68,9 +70,9 @@ class _StyleAttention(nn.Module):
         self.w_qs = nn.Linear(d_model, n_heads * self.d_head)
         self.w_ks = nn.Linear(d_model, n_heads * self.d_head)
         self.w_vs = nn.Linear(d_model, n_heads * self.d_head)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_dropout = KeyedDropout(dropout)
         self.fc = nn.Linear(n_heads * self.d_head, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = KeyedDropout(dropout)
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = x.shape
@@ -97,10 +99,10 @@ class MelStyleEncoder(nn.Module):
         self.spectral = nn.Sequential(
             _Linear(in_channels, hidden_channels),
             _Mish(),
-            nn.Dropout(dropout),
+            KeyedDropout(dropout),
             _Linear(hidden_channels, hidden_channels),
             _Mish(),
-            nn.Dropout(dropout),
+            KeyedDropout(dropout),
         )
         self.temporal = nn.Sequential(
             _GatedConv(hidden_channels, kernel_size, dropout),

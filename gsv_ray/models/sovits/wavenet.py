@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gsv_ray.models.dropout import KeyedDropout
 from gsv_ray.models.layers import WNConv1d
 from gsv_ray.models.sovits.commons import gated_tanh, length_mask
 
@@ -33,7 +34,7 @@ class WaveNet(nn.Module):
         self.n_layers = n_layers
         self.in_layers = nn.ModuleList()
         self.res_skip_layers = nn.ModuleList()
-        self.drop = nn.Dropout(p_dropout)
+        self.drop = KeyedDropout(p_dropout)
         if gin_channels:
             self.cond_layer = WNConv1d(gin_channels, 2 * hidden_channels * n_layers, 1)
         for i in range(n_layers):
