@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from gsv_ray.cache import default_cache_root as cache_root
-from gsv_ray.data.experiment import Experiment, SplitOptions, experiment_split
+from gsv_ray.data.experiment import UPSTREAM_MIN_ITEMS, Experiment, SplitOptions, experiment_split
 from gsv_ray.data.index import open_experiment_cached
 from gsv_ray.data.loader import MicroBatchSource, PlannedSampler, available_cpus, default_loader_workers, make_loader
 from gsv_ray.errors import GsvError, check_output_path
@@ -32,7 +32,7 @@ from gsv_ray.train.config import DEFAULT_LR_SCALE, TrainConfig
 from gsv_ray.train.cfm import CFMRecipe
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
-from gsv_ray.train.rundir import check_new_run, check_same_run, write_config
+from gsv_ray.train.rundir import check_new_run, check_same_epoch, check_same_run, write_config
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe
 
@@ -157,8 +157,9 @@ def train(
                        fix=f"use --stage {stage} or pass the other file")
     ckpt_root = run_dir / "checkpoints"
     resume, restart = _resume_point(cfg, ckpt_root)  # verified against its manifest
+    recorded = (resume.path.parent.parent if resume else run_dir) / "config.json"
     if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded
-        check_same_run(cfg, (resume.path.parent.parent if resume else run_dir) / "config.json", rebuilt.report.inputs)
+        check_same_run(cfg, recorded, rebuilt.report.inputs)
     if main and restart:
         say(f"no checkpoint yet in {run_dir}: starting the run over from step 0 (the metrics of its interrupted "
             "start are dropped)")
@@ -174,11 +175,13 @@ def train(
     precision = Precision(cfg.precision, accelerator.device)
     with phases("build"):
         recipe = RECIPES[rebuilt.resolved.family](rebuilt, cfg, accelerator, experiment, precision)
-    train_ds = recipe.dataset(train_names)
+    train_ds = recipe.dataset(train_names, min_items=UPSTREAM_MIN_ITEMS)  # upstream's epoch; validation: one pass
+    if main and cfg.resume is not None:
+        check_same_epoch(recorded, train_ds.copies, len(train_names))
     plan = recipe.plan(train_ds, seed=cfg.seed)
     steps_per_epoch = plan.steps_per_epoch()
     if steps_per_epoch == 0:
-        raise GsvError(f"{len(train_names)} training utterances do not fill one global batch of {cfg.batch_size} x "
+        raise GsvError(f"{len(train_ds)} training items do not fill one global batch of {cfg.batch_size} x "
                        f"{accelerator.num_processes} process(es) x {cfg.grad_accum} accumulation",
                        path=cfg.data, fix="lower --batch-size or --grad-accum, or add utterances")
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -222,9 +225,10 @@ def train(
     audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, cfg, rebuilt.report.inputs)
+        write_config(run_dir, cfg, rebuilt.report.inputs, epoch_copies=train_ds.copies)
         say(f"rebuilt {rebuilt.report.message()}")
-        say(f"data: {len(train_names)} train / {len(val_names)} val utterances of {len(experiment.names)} usable; "
+        say(f"data: {_train_data(len(train_names), train_ds.copies)}{len(val_names)} val"
+            f"{'' if train_ds.copies > 1 else ' utterances'} of {len(experiment.names)} usable; "
             f"{experiment.report.listed} listed")
         for line in experiment.report.lines():
             say(f"  data: {line}")
@@ -365,6 +369,13 @@ def train(
 #: fp16: the loss scaler skips overflowing steps (counted in ``loss_scale`` halvings); this many in a
 #: row means the run is not recovering.
 MAX_SKIPPED_FP16_STEPS = 25
+
+
+def _train_data(utterances: int, copies: int) -> str:
+    """The training half of the data line: how many utterances, and how often an epoch holds each."""
+    if copies == 1:
+        return f"{utterances} train / "
+    return f"{utterances} train utterances x{copies} per epoch, as upstream ({utterances * copies} items); "
 
 
 def _resume_point(cfg: TrainConfig, ckpt_root: Path) -> tuple[ckpt.Resume | None, bool]:

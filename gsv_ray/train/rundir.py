@@ -88,9 +88,11 @@ def own_output_dir(path: str | Path) -> RunOwner:
 
 # -- the run's settings, recorded and compared on resume ---------------------------------------------
 
-def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]]) -> None:
-    """``config.json``: the run's options and its input files' sha256 (what a resume compares)."""
-    record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()}}
+def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]], *, epoch_copies: int = 1) -> None:
+    """``config.json``: the run's options, its input files' sha256 and its epoch (copies of each
+    training utterance per epoch): what a resume compares."""
+    record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()},
+              "epoch_copies": epoch_copies}
     write_json(run_dir / "config.json", record, indent=1)
 
 
@@ -118,6 +120,27 @@ def check_same_run(cfg: TrainConfig, recorded_file: Path, inputs: dict[str, dict
                 f"--resume with {f} {now.get(role)}, a file with other content (sha256 {given[:12]})")
         raise ConfigError(f"{what}, but this run was started from {f} {was} (sha256 {sha[:12]})",
                           path=recorded_file, fix=f"resume with {f} {was} (or a copy of it), or start a new -o")
+
+
+def check_same_epoch(recorded_file: Path, copies: int, utterances: int) -> None:
+    """Refuse a resume whose epoch would hold another number of copies of each training utterance than
+    the run's (its steps per epoch, per-epoch LR decay and export counters would change). A record
+    without ``epoch_copies`` was written before gsv-ray repeated small sets as upstream: one pass."""
+    try:
+        recorded = json.loads(recorded_file.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(recorded, dict):
+        return
+    then = recorded.get("epoch_copies", 1)
+    if then == copies:
+        return
+    was = "one pass" if then == 1 else f"x{then}"
+    older = " (started before gsv-ray repeated small sets as upstream does)" if "epoch_copies" not in recorded else ""
+    raise ConfigError(f"--resume of a run whose epoch was {was} over its training utterances{older}, but its "
+                      f"{utterances} training utterances now make an epoch of x{copies}: its epochs, per-epoch LR "
+                      "decay and export counters would change", path=recorded_file,
+                      fix="finish it with the gsv-ray version and data that started it, or start a new -o")
 
 
 def _shown(v: Any) -> str:
