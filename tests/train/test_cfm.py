@@ -39,7 +39,9 @@ def test_loss_falls_and_the_export_is_upstreams_lora_format(v4_inputs, tmp_path)
     assert val[-1] < val[0] - 0.05, val  # the CFM loss falls on the synthetic voice
 
     (export,) = (tmp_path / "run" / "SoVITS_weights_v4").glob("*.pth")
-    assert export.name == "run_e8_s56_l4.pth"  # 6 epochs of 3 steps after the parent's 2 epochs, 40 steps
+    # 12 train utterances x8 per epoch (upstream's epoch, 96 items): 16 steps are within the first epoch,
+    # after the parent's 2 epochs, 40 steps
+    assert export.name == "run_e3_s56_l4.pth"
     info = json.loads(run_cli("inspect", str(export), "--json").stdout)
     assert (info["kind"], info["version"], info["header"], info["lora_rank"]) == ("sovits-lora-export", "v4", "04", 4)
 
