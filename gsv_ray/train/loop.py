@@ -225,7 +225,7 @@ def train(
     audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, cfg, rebuilt.report.inputs, epoch_copies=train_ds.copies)
+        write_config(run_dir, cfg, rebuilt.report.inputs)
         say(f"rebuilt {rebuilt.report.message()}")
         say(f"data: {_train_data(len(train_names), train_ds.copies)}{len(val_names)} val"
             f"{'' if train_ds.copies > 1 else ' utterances'} of {len(experiment.names)} usable; "

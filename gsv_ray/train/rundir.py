@@ -35,6 +35,9 @@ RUN_ENTRIES = (*RUN_FILES, *TUNE_RESULTS, FINISHED, "logs", "wandb", "wandb_run_
 #: may grow; the data folder is compared by path only where it is, not by content)
 TRAJECTORY = ("stage", "version", "lora_rank", "lr_scale", "warmup_steps", "warmup_start", "decay", "lr_decay",
               "min_lr_ratio", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction")
+#: what a run's epoch is, recorded in its config.json: upstream's (a set under 100 utterances repeated,
+#: :func:`gsv_ray.data.experiment.upstream_repeats`); older records say nothing (one pass)
+EPOCHS_ARE = "upstream"
 #: the input files, compared by content (sha256), never by path
 INPUT_FLAGS = {"init": "--init", "base_g": "--base", "base_d": "--base-d"}
 
@@ -88,11 +91,11 @@ def own_output_dir(path: str | Path) -> RunOwner:
 
 # -- the run's settings, recorded and compared on resume ---------------------------------------------
 
-def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]], *, epoch_copies: int = 1) -> None:
-    """``config.json``: the run's options, its input files' sha256 and its epoch (copies of each
-    training utterance per epoch): what a resume compares."""
+def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]]) -> None:
+    """``config.json``: the run's options, its input files' sha256 and what its epochs are (what a
+    resume compares)."""
     record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()},
-              "epoch_copies": epoch_copies}
+              "epochs_are": EPOCHS_ARE}
     write_json(run_dir / "config.json", record, indent=1)
 
 
@@ -123,24 +126,19 @@ def check_same_run(cfg: TrainConfig, recorded_file: Path, inputs: dict[str, dict
 
 
 def check_same_epoch(recorded_file: Path, copies: int, utterances: int) -> None:
-    """Refuse a resume whose epoch would hold another number of copies of each training utterance than
-    the run's (its steps per epoch, per-epoch LR decay and export counters would change). A record
-    without ``epoch_copies`` was written before gsv-ray repeated small sets as upstream: one pass."""
+    """Refuse to resume a run recorded before gsv-ray's epochs were upstream's (no ``epochs_are``:
+    one pass over the training set per epoch) when its set is now repeated (``copies`` > 1): its
+    steps per epoch, per-epoch LR decay and export counters would change mid-run."""
     try:
         recorded = json.loads(recorded_file.read_text())
     except (OSError, ValueError):
         return
-    if not isinstance(recorded, dict):
+    if not isinstance(recorded, dict) or "epochs_are" in recorded or copies == 1:
         return
-    then = recorded.get("epoch_copies", 1)
-    if then == copies:
-        return
-    was = "one pass" if then == 1 else f"x{then}"
-    older = " (started before gsv-ray repeated small sets as upstream does)" if "epoch_copies" not in recorded else ""
-    raise ConfigError(f"--resume of a run whose epoch was {was} over its training utterances{older}, but its "
-                      f"{utterances} training utterances now make an epoch of x{copies}: its epochs, per-epoch LR "
-                      "decay and export counters would change", path=recorded_file,
-                      fix="finish it with the gsv-ray version and data that started it, or start a new -o")
+    raise ConfigError(f"--resume of a run started before gsv-ray repeated small sets as upstream does (its epoch "
+                      f"is one pass), but its {utterances} training utterances now make an epoch of x{copies}: "
+                      "its epochs, per-epoch LR decay and export counters would change", path=recorded_file,
+                      fix="finish it with the gsv-ray version that started it, or start a new -o")
 
 
 def _shown(v: Any) -> str:

@@ -25,17 +25,17 @@ def test_small_set_is_repeated_per_epoch_and_nothing_is_held_out(gpt_init, synth
     assert data.startswith("data: 16 train utterances x6 per epoch, as upstream (96 items); 0 val of 16 usable"), data
     assert any("24 steps/epoch" in s for s in lines), lines
     assert r.val_history == [] and r.steps == 2
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["epoch_copies"] == 6
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs_are"] == "upstream"
 
 
 def test_run_of_an_older_version_is_not_resumed_into_other_epochs(gpt_init, synth_v2, tmp_path):
     """A config.json as versions before #25 wrote it (--val-fraction 0.1 by default, epochs of one
-    pass, no epoch_copies): resuming with today's defaults is refused naming --val-fraction 0.1; with
+    pass, no epochs_are): resuming with today's defaults is refused naming --val-fraction 0.1; with
     it, the epoch (now 14 utterances x7) is refused too, one line each, exit 2, nothing changed."""
     run = tmp_path / "run"
     _train(gpt_init, synth_v2, run, max_steps=2, val_fraction=0.1)
     record = json.loads((run / "config.json").read_text())
-    del record["epoch_copies"]
+    del record["epochs_are"]
     (run / "config.json").write_text(json.dumps(record))
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4", "--warmup-steps", "0", "--resume",
@@ -46,6 +46,6 @@ def test_run_of_an_older_version_is_not_resumed_into_other_epochs(gpt_init, synt
     assert "--val-fraction 0.0, but this run was started with --val-fraction 0.1" in r.stderr, r.stderr
     r = run_cli(*args, "--val-fraction", "0.1", env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "one pass" in r.stderr and "x7" in r.stderr, r.stderr
+    assert "one pass" in r.stderr and "14 training utterances now make an epoch of x7" in r.stderr, r.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
     assert json.loads((run / "config.json").read_text()) == record
