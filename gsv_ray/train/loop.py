@@ -227,9 +227,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, cfg, rebuilt.report.inputs)
         say(f"rebuilt {rebuilt.report.message()}")
-        say(f"data: {_train_data(len(train_names), train_ds.copies)}{len(val_names)} val"
-            f"{'' if train_ds.copies > 1 else ' utterances'} of {len(experiment.names)} usable; "
-            f"{experiment.report.listed} listed")
+        say(_data_line(experiment, len(train_names), len(val_names), train_ds.copies))
         for line in experiment.report.lines():
             say(f"  data: {line}")
         for line in getattr(recipe, "notes", ()):
@@ -371,11 +369,12 @@ def train(
 MAX_SKIPPED_FP16_STEPS = 25
 
 
-def _train_data(utterances: int, copies: int) -> str:
-    """The training half of the data line: how many utterances, and how often an epoch holds each."""
-    if copies == 1:
-        return f"{utterances} train / "
-    return f"{utterances} train utterances x{copies} per epoch, as upstream ({utterances * copies} items); "
+def _data_line(experiment: Experiment, train: int, val: int, copies: int) -> str:
+    """The run's data line: utterances trained on (and how many copies of each an epoch holds), held out,
+    usable and listed."""
+    trained = (f"{train} train / {val} val utterances" if copies == 1 else
+               f"{train} train utterances x{copies} per epoch, as upstream ({train * copies} items); {val} val")
+    return f"data: {trained} of {len(experiment.names)} usable; {experiment.report.listed} listed"
 
 
 def _resume_point(cfg: TrainConfig, ckpt_root: Path) -> tuple[ckpt.Resume | None, bool]:
