@@ -52,6 +52,7 @@ class CFMItem(NamedTuple):
     mel: torch.Tensor    # [100, T_mel] normalised
     text: torch.Tensor   # [L] int64
     name: str
+    key: str = ""        # per-item draw key (a repeated copy's ``name#k``); "" = the name
 
 
 class CFMBatch(NamedTuple):
@@ -66,6 +67,7 @@ class CFMBatch(NamedTuple):
     text_lengths: torch.Tensor
     mel_lengths: torch.Tensor
     names: tuple[str, ...]
+    keys: tuple[str, ...]  # per-row draw keys: the name, ``name#k`` for copy k of a repeated set
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> CFMBatch:
         return CFMBatch(*[t.to(device, non_blocking=non_blocking) if isinstance(t, torch.Tensor) else t for t in self])
@@ -88,7 +90,7 @@ class CFMDataset(SoVITSDataset):
         with torch.no_grad():
             mel_wav = resample(wav, WAV_RATE, self.mel_config.sampling_rate)
             mel = normalise_mel(self.mel_frontend.mel(mel_wav)).squeeze(0)
-        return CFMItem(ssl.float(), spec, mel, torch.tensor(u.phone_ids, dtype=torch.long), u.name)
+        return CFMItem(ssl.float(), spec, mel, torch.tensor(u.phone_ids, dtype=torch.long), u.name, self.keys[index])
 
 
 class CFMPadding(NamedTuple):
@@ -126,4 +128,5 @@ def collate_cfm(items: Sequence[CFMItem], version: str, *, pad_to: CFMPadding | 
         for t, n in zip(lens, (r.ssl.shape[2], r.spec.shape[1], r.text.shape[0], r.mel.shape[1])):
             t[i] = n
     ssl_len, spec_len, text_len, mel_len = lens
-    return CFMBatch(ssl, spec, mel, ssl_len, spec_len, text, text_len, mel_len, tuple(r.name for r in rows))
+    return CFMBatch(ssl, spec, mel, ssl_len, spec_len, text, text_len, mel_len, tuple(r.name for r in rows),
+                    tuple(r.key or r.name for r in rows))

@@ -58,6 +58,10 @@ __all__ = [
     "split_datasets",
     "experiment_split",
     "repeat_to_minimum",
+    "repeated",
+    "copy_key",
+    "upstream_repeats",
+    "UPSTREAM_MIN_ITEMS",
     "spec_frames",
 ]
 
@@ -707,13 +711,37 @@ def split_names(
     return train, val
 
 
+#: Upstream's smallest epoch: both loaders repeat a smaller utterance list (see :func:`upstream_repeats`).
+UPSTREAM_MIN_ITEMS = 100
+
+
+def upstream_repeats(n: int, min_items: int = UPSTREAM_MIN_ITEMS) -> int:
+    """Copies of each of ``n`` utterances in one epoch, as GPT-SoVITS's loaders repeat a small set
+    (``module/data_utils.py``, ``AR/data/dataset.py``): ``max(2, int(min_items / n))`` when
+    ``0 < n < min_items``, else 1. E.g. 20 -> 5, 34 -> 2, 99 -> 2, 100 -> 1."""
+    if n <= 0 or n >= min_items:
+        return 1
+    return max(2, int(min_items / n))
+
+
+def copy_key(name: str, copy: int) -> str:
+    """The draw key of copy ``copy`` of utterance ``name``: the name itself for copy 0 (so a set that
+    is not repeated draws exactly as before), ``name#k`` for copy k."""
+    return name if copy == 0 else f"{name}#{copy}"
+
+
+def repeated(items: Sequence[Any], copies: int, name: Callable[[Any], str]) -> tuple[list[Any], list[str]]:
+    """``(items, keys)`` of an epoch holding ``copies`` copies of ``items`` (upstream's order: the whole
+    list, then again), each copy's draw key from :func:`copy_key`."""
+    out = [it for _ in range(copies) for it in items]
+    keys = [copy_key(name(it), k) for k in range(copies) for it in items]
+    return out, keys
+
+
 def repeat_to_minimum(items: list, min_items: int | None) -> list:
     """Upstream's small-dataset padding: fewer than ``min_items`` -> the list repeated
-    ``max(2, int(min_items / n))`` times. ``None`` (our default) leaves the list alone."""
-    n = len(items)
-    if min_items is None or n == 0 or n >= min_items:
-        return list(items)
-    return list(items) * max(2, int(min_items / n))
+    :func:`upstream_repeats` times. ``None`` leaves the list alone."""
+    return list(items) * (upstream_repeats(len(items), min_items) if min_items else 1)
 
 
 def spec_frames(num_samples: int, hop_length: int = 640) -> int:

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset, Sampler
 from gsv_ray.data.experiment import (
     Experiment,
     Utterance,
-    repeat_to_minimum,
+    repeated,
+    upstream_repeats,
 )
 from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE
 from gsv_ray.errors import GsvError
@@ -52,6 +53,7 @@ class GPTItem(NamedTuple):
     phoneme_ids: torch.Tensor         # [L] int64
     semantic_ids: torch.Tensor        # [T] int64
     bert_feature: torch.Tensor | None  # [1024, L] (file dtype) or None -> zeros in the batch
+    key: str = ""                      # per-item draw key (a repeated copy's ``name#k``); "" = the name
 
 
 class GPTBatch(NamedTuple):
@@ -64,11 +66,13 @@ class GPTBatch(NamedTuple):
     semantic_ids_len: torch.Tensor  # [B] int64
     bert_feature: torch.Tensor      # [B, 1024, Lmax] float32, zero-padded
     names: tuple[str, ...]
+    keys: tuple[str, ...]           # per-row draw keys: the name, ``name#k`` for copy k of a repeated set
 
     def upstream(self) -> dict:
         """The dict ``collate`` returns upstream (``ids``, ``phoneme_ids``, ... ``bert_feature``)."""
         d = self._asdict()
         d.pop("names")
+        d.pop("keys")
         return d
 
     def model_inputs(self) -> tuple[torch.Tensor, ...]:
@@ -82,9 +86,10 @@ class GPTBatch(NamedTuple):
 class GPTDataset(Dataset):
     """The GPT items of a GPT-stage :class:`Experiment` (optionally a subset of names).
 
-    ``min_items``: upstream repeats fewer than 100 items ``max(2, int(100 / n))`` times (so its
-    ``len // 4`` batch-size cap and per-epoch checkpoints work on tiny sets). Off by default: we
-    count steps, and repetition would make one "epoch" several passes; pass 100 to reproduce it.
+    ``min_items``: upstream repeats fewer than 100 items ``max(2, int(100 / n))`` times
+    (:func:`~gsv_ray.data.experiment.upstream_repeats`, after its filters); pass 100 for upstream's
+    epoch (training does), None for one pass (validation). Copy k of an utterance is an ordinary
+    item whose draw key (:attr:`keys`) is ``name#k``.
     """
 
     stage = "gpt"
@@ -100,7 +105,9 @@ class GPTDataset(Dataset):
         if experiment.stage != "gpt":
             raise ValueError(f"experiment was opened for stage {experiment.stage!r}, not 'gpt'")
         utts = list(experiment.utterances) if names is None else experiment.subset(names)
-        self.utterances: list[Utterance] = repeat_to_minimum(utts, min_items)
+        #: copies of each utterance per epoch (1: not repeated)
+        self.copies = upstream_repeats(len(utts), min_items) if min_items else 1
+        self.utterances, self.keys = repeated(utts, self.copies, lambda u: u.name)
         self.hz = experiment.options.hz
         self.pad_val = pad_val
 
@@ -129,7 +136,7 @@ class GPTDataset(Dataset):
                                path=u.bert_path, fix="re-run GPT-SoVITS preprocessing step 1Aa for this experiment")
         return GPTItem(
             idx, u.name, torch.tensor(u.phone_ids, dtype=torch.long), torch.tensor(u.semantic_ids, dtype=torch.long),
-            bert,
+            bert, self.keys[idx],
         )
 
     def collate(self, items: Sequence[GPTItem]) -> GPTBatch:
@@ -158,7 +165,8 @@ def collate_gpt(items: Sequence[GPTItem], pad_val: int = GPT_PAD, *, pad_to: tup
         semantic[i, : len(it.semantic_ids)] = it.semantic_ids
         if it.bert_feature is not None:
             bert[i, :, : it.bert_feature.shape[-1]] = it.bert_feature
-    return GPTBatch([it.idx for it in items], phones, p_len, semantic, s_len, bert, tuple(it.name for it in items))
+    return GPTBatch([it.idx for it in items], phones, p_len, semantic, s_len, bert, tuple(it.name for it in items),
+                    tuple(it.key or it.name for it in items))
 
 
 def gpt_batch_size(configured: int, num_items: int) -> int:

@@ -27,8 +27,9 @@ from torch.utils.data import Dataset, Sampler
 from gsv_ray.data.experiment import (
     Experiment,
     Utterance,
-    repeat_to_minimum,
+    repeated,
     ssl_features_problem,
+    upstream_repeats,
 )
 from gsv_ray.errors import GsvError
 from gsv_ray.audio import AudioConfig, AudioFrontend, read_wav_pcm16
@@ -60,6 +61,7 @@ class SoVITSItem(NamedTuple):
     text: torch.Tensor             # [L] int64 phone ids
     sv_emb: torch.Tensor | None    # [1, 20480] (v2Pro/v2ProPlus) or None
     name: str
+    key: str = ""                  # per-item draw key (a repeated copy's ``name#k``); "" = the name
 
     def upstream(self) -> tuple[torch.Tensor, ...]:
         base = (self.ssl, self.spec, self.wav, self.text)
@@ -79,6 +81,7 @@ class SoVITSBatch(NamedTuple):
     text_lengths: torch.Tensor  # [B] int64
     sv_emb: torch.Tensor | None  # [B, 20480] float32
     names: tuple[str, ...]
+    keys: tuple[str, ...]        # per-row draw keys: the name, ``name#k`` for copy k of a repeated set
 
     def upstream(self) -> tuple[torch.Tensor, ...]:
         """The 8-tuple (9 with ``sv_emb``) ``s2_train.py`` unpacks."""
@@ -93,9 +96,10 @@ class SoVITSBatch(NamedTuple):
 class SoVITSDataset(Dataset):
     """Upstream's s2 items for the given utterances of a SoVITS-stage :class:`Experiment`.
 
-    ``min_items``: upstream repeats a list shorter than 100 items ``max(2, int(100 / n))`` times so
-    its per-epoch saving and logging fire on tiny sets; we count steps instead, and repetition
-    would also make "an epoch" mean several passes, so it is off unless asked for (pass 100).
+    ``min_items``: upstream repeats a list shorter than 100 items ``max(2, int(100 / n))`` times
+    (:func:`~gsv_ray.data.experiment.upstream_repeats`); pass 100 for upstream's epoch (training
+    does), None for one pass (validation). Copy k of an utterance is an ordinary item whose draw key
+    (:attr:`keys`) is ``name#k``.
     """
 
     stage = "sovits"
@@ -115,7 +119,9 @@ class SoVITSDataset(Dataset):
         utts = experiment.utterances if names is None else experiment.subset(names)
         self.version = experiment.version
         self.is_pro = experiment.is_pro
-        self.utterances: list[Utterance] = repeat_to_minimum(utts, min_items)
+        #: copies of each utterance per epoch (1: not repeated)
+        self.copies = upstream_repeats(len(utts), min_items) if min_items else 1
+        self.utterances, self.keys = repeated(utts, self.copies, lambda u: u.name)
         audio = audio or AudioConfig.from_s2_data(s2_config(experiment.version)["data"])
         self.hop_length = audio.hop_length
         self.sampling_rate = audio.sampling_rate
@@ -137,7 +143,7 @@ class SoVITSDataset(Dataset):
         if self.is_pro:
             sv = torch.load(u.sv_path, map_location="cpu", weights_only=True).reshape(1, SV_DIM)
         text = torch.tensor(u.phone_ids, dtype=torch.long)
-        return SoVITSItem(ssl, spec, wav, text, sv, u.name)
+        return SoVITSItem(ssl, spec, wav, text, sv, u.name, self.keys[index])
 
 
 def read_audio_and_features(u: Utterance, frontend: AudioFrontend) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -208,7 +214,8 @@ def collate_sovits(items: Sequence[SoVITSItem], *, pad_to: SoVITSPadding | None 
             if r.sv_emb is None:
                 raise ValueError(f"{r.name}: batch mixes items with and without sv_emb")
             sv[i] = r.sv_emb.reshape(-1)
-    return SoVITSBatch(ssl, ssl_len, spec, spec_len, wav, wav_len, text, text_len, sv, tuple(r.name for r in rows))
+    return SoVITSBatch(ssl, ssl_len, spec, spec_len, wav, wav_len, text, text_len, sv, tuple(r.name for r in rows),
+                       tuple(r.key or r.name for r in rows))
 
 
 class SoVITSBucketSampler(Sampler[list[int]]):

@@ -7,9 +7,10 @@ one group, upstream's betas and eps and weight decay 0.01 (torch's default), at 
 ``lr_scale`` with our warmup and the exponential decay per epoch. Exports carry upstream's key set.
 
 Random draws: upstream draws the prompt lengths, CFM times, noise and shortcut coin per process per
-micro-batch. We draw them, and the dropout masks, per utterance from generators keyed by (seed,
-step, utterance) — and the shortcut coin per step — so N processes with accumulation compute exactly
-the loss one process computes on the whole global batch (and validation uses fixed draws).
+micro-batch. We draw them, and the dropout masks, per item from generators keyed by (seed, step,
+the item's draw key: its utterance name, ``name#k`` for copy k of a repeated set) — and the shortcut
+coin per step — so N processes with accumulation compute exactly the loss one process computes on
+the whole global batch (and validation uses fixed draws).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ def batch_draws(batch, *, seed: int, step: int | str, shortcut: bool = True) -> 
     b, mel_channels, frames = batch.mel.shape
     prompt_u, t, base = torch.empty(b), torch.empty(b), torch.empty(b, dtype=torch.long)
     x0 = torch.empty(b, mel_channels, frames)
-    for i, name in enumerate(item_keys(batch)):
-        gen = keyed_generator(seed, step, name)
+    for i, key in enumerate(item_keys(batch)):  # name, or name#k for copy k of a repeated set: copies draw apart
+        gen = keyed_generator(seed, step, key)
         prompt_u[i] = torch.rand(1, generator=gen)
         t[i] = torch.rand(1, generator=gen)
         base[i] = torch.randint(2, 8, (1,), generator=gen)
@@ -112,8 +113,9 @@ class CFMRecipe:
     def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return (self.opt,)
 
-    def dataset(self, names: list[str]) -> CFMDataset:
-        return CFMDataset(self.experiment, names, spec=self.settings.spec)
+    def dataset(self, names: list[str], *, min_items: int | None = None) -> CFMDataset:
+        """``min_items``: repeat a smaller set as upstream (the training set; see :class:`SoVITSDataset`)."""
+        return CFMDataset(self.experiment, names, spec=self.settings.spec, min_items=min_items)
 
     def plan(self, ds: CFMDataset, *, seed: int) -> StepPlan:
         acc, n = self.accelerator, self.cfg.grad_accum

@@ -20,8 +20,9 @@ def keyed_generator(*parts: object, device: torch.device | str = "cpu") -> torch
 
 
 def item_keys(batch) -> list[str]:
-    """What keys a batch item's random draws (noise, windows, dropout masks): its utterance."""
-    return list(batch.names)
+    """What keys a batch item's random draws (noise, windows, dropout masks): its draw key, the
+    utterance's name, or ``name#k`` for copy k of a repeated set (copies draw apart)."""
+    return list(batch.keys)
 
 
 def dropout_generators(batch, *, seed: int, step: int | str, device: torch.device) -> list[torch.Generator]:

@@ -87,8 +87,9 @@ class TrainConfig:
     seed: int = option(1234, group=LENGTH, help="seed of the weights' fresh parts, data order and draws")
     cpu: bool = option(False, group=LENGTH, help="train on CPU even if a GPU is present")
     # data split and evaluation
-    val_fraction: float = option(0.1, low=0, high=1, high_open=True, group=CHECKS,
-                                 help="held-out fraction of utterances")
+    val_fraction: float = option(0.0, low=0, high=1, high_open=True, group=CHECKS,
+                                 help="held-out fraction of utterances (default: none, every utterance trains; "
+                                      "tune holds out 10 %)")
     val_names: str | None = option(None, metavar="FILE", group=CHECKS, help="held-out utterance names, one per line")
     val_every: int = option(50, low=1, group=CHECKS, help="steps between validations, and one at the end")
     val_batches: int = option(4, low=1, group=CHECKS, help="batches per validation")

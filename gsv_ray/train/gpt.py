@@ -72,8 +72,9 @@ class GPTRecipe:
     def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return (self.opt,)
 
-    def dataset(self, names: list[str]) -> GPTDataset:
-        return GPTDataset(self.experiment, names)
+    def dataset(self, names: list[str], *, min_items: int | None = None) -> GPTDataset:
+        """``min_items``: repeat a smaller set as upstream (the training set; see :class:`GPTDataset`)."""
+        return GPTDataset(self.experiment, names, min_items=min_items)
 
     def plan(self, ds: GPTDataset, *, seed: int) -> StepPlan:
         """Global batches of ``batch_size x processes x grad_accum``; every micro-batch of a step is

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from gsv_ray.cache import default_cache_root as cache_root
-from gsv_ray.data.experiment import Experiment, SplitOptions, experiment_split
+from gsv_ray.data.experiment import UPSTREAM_MIN_ITEMS, Experiment, SplitOptions, experiment_split
 from gsv_ray.data.index import open_experiment_cached
 from gsv_ray.data.loader import MicroBatchSource, PlannedSampler, available_cpus, default_loader_workers, make_loader
 from gsv_ray.errors import GsvError, check_output_path
@@ -32,7 +32,7 @@ from gsv_ray.train.config import DEFAULT_LR_SCALE, TrainConfig
 from gsv_ray.train.cfm import CFMRecipe
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
-from gsv_ray.train.rundir import check_new_run, check_same_run, write_config
+from gsv_ray.train.rundir import check_new_run, check_same_epoch, check_same_run, write_config
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe, check_codebook
 
@@ -160,8 +160,9 @@ def train(
     check_codebook(rebuilt.resolved, cfg, accelerator.num_processes)
     ckpt_root = run_dir / "checkpoints"
     resume, restart = _resume_point(cfg, ckpt_root)  # verified against its manifest
+    recorded = (resume.path.parent.parent if resume else run_dir) / "config.json"
     if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded
-        check_same_run(cfg, (resume.path.parent.parent if resume else run_dir) / "config.json", rebuilt.report.inputs)
+        check_same_run(cfg, recorded, rebuilt.report.inputs)
     if main and restart:
         say(f"no checkpoint yet in {run_dir}: starting the run over from step 0 (the metrics of its interrupted "
             "start are dropped)")
@@ -177,11 +178,13 @@ def train(
     precision = Precision(cfg.precision, accelerator.device)
     with phases("build"):
         recipe = RECIPES[rebuilt.resolved.family](rebuilt, cfg, accelerator, experiment, precision)
-    train_ds = recipe.dataset(train_names)
+    train_ds = recipe.dataset(train_names, min_items=UPSTREAM_MIN_ITEMS)  # upstream's epoch; validation: one pass
+    if main and cfg.resume is not None:
+        check_same_epoch(recorded, train_ds.copies, len(train_names))
     plan = recipe.plan(train_ds, seed=cfg.seed)
     steps_per_epoch = plan.steps_per_epoch()
     if steps_per_epoch == 0:
-        raise _too_few_batches(cfg, plan, len(train_names), accelerator.num_processes)
+        raise _too_few_batches(cfg, plan, len(train_ds), accelerator.num_processes)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     schedule = Schedule(cfg.warmup_steps, cfg.warmup_start, cfg.decay_for(stage), total, steps_per_epoch,
                         cfg.lr_decay, cfg.min_lr_ratio)
@@ -225,8 +228,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(run_dir, cfg, rebuilt.report.inputs)
         say(f"rebuilt {rebuilt.report.message()}")
-        say(f"data: {len(train_names)} train / {len(val_names)} val utterances of {len(experiment.names)} usable; "
-            f"{experiment.report.listed} listed")
+        say(_data_line(experiment, len(train_names), len(val_names), train_ds.copies))
         for line in experiment.report.lines():
             say(f"  data: {line}")
         for line in getattr(recipe, "notes", ()):
@@ -379,14 +381,14 @@ def set_cuda_math(precision: str, stage: str, device: torch.device) -> None:
     torch.set_float32_matmul_precision("highest" if strict else "high" if stage == "gpt" else "medium")
 
 
-def _too_few_batches(cfg: TrainConfig, plan, utterances: int, processes: int) -> GsvError:
+def _too_few_batches(cfg: TrainConfig, plan, items: int, processes: int) -> GsvError:
     """The one line for an epoch that holds no full optimizer step."""
     batch = f"global batch of {cfg.batch_size} x {processes} process(es) x {cfg.grad_accum} accumulation"
     if plan.cadence is None:
-        return GsvError(f"{utterances} training utterances do not fill one {batch}", path=cfg.data,
+        return GsvError(f"{items} training items do not fill one {batch}", path=cfg.data,
                         fix="lower --batch-size or --grad-accum, or add utterances")
     got = len(plan.batches(0))
-    return GsvError(f"an epoch of {utterances} training utterances makes {got} batch(es) ({batch}), but "
+    return GsvError(f"an epoch of {items} training items makes {got} batch(es) ({batch}), but "
                     f"{cfg.optimizer} steps once {plan.cadence.every + 1} batches are summed, as upstream (which never "
                     "steps on such a set)", path=cfg.data,
                     fix="lower --batch-size or --grad-accum, add utterances, or pass --optimizer adamw (a step per batch)")
@@ -395,6 +397,14 @@ def _too_few_batches(cfg: TrainConfig, plan, utterances: int, processes: int) ->
 #: fp16: the loss scaler skips overflowing steps (counted in ``loss_scale`` halvings); this many in a
 #: row means the run is not recovering.
 MAX_SKIPPED_FP16_STEPS = 25
+
+
+def _data_line(experiment: Experiment, train: int, val: int, copies: int) -> str:
+    """The run's data line: utterances trained on (and how many copies of each an epoch holds), held out,
+    usable and listed."""
+    trained = (f"{train} train / {val} val utterances" if copies == 1 else
+               f"{train} train utterances x{copies} per epoch, as upstream ({train * copies} items); {val} val")
+    return f"data: {trained} of {len(experiment.names)} usable; {experiment.report.listed} listed"
 
 
 def _resume_point(cfg: TrainConfig, ckpt_root: Path) -> tuple[ckpt.Resume | None, bool]:

@@ -37,6 +37,9 @@ TRAJECTORY = ("stage", "version", "lora_rank", "lr_scale", "warmup_steps", "warm
               "min_lr_ratio", "optimizer", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction")
 #: what a record written before a setting existed ran with (every run before --optimizer used AdamW)
 LEGACY = {"optimizer": "adamw"}
+#: what a run's epoch is, recorded in its config.json: upstream's (a set under 100 utterances repeated,
+#: :func:`gsv_ray.data.experiment.upstream_repeats`); older records say nothing (one pass)
+EPOCHS_ARE = "upstream"
 #: the input files, compared by content (sha256), never by path
 INPUT_FLAGS = {"init": "--init", "base_g": "--base", "base_d": "--base-d"}
 
@@ -91,8 +94,10 @@ def own_output_dir(path: str | Path) -> RunOwner:
 # -- the run's settings, recorded and compared on resume ---------------------------------------------
 
 def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]]) -> None:
-    """``config.json``: the run's options and its input files' sha256 (what a resume compares)."""
-    record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()}}
+    """``config.json``: the run's options, its input files' sha256 and what its epochs are (what a
+    resume compares)."""
+    record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()},
+              "epochs_are": EPOCHS_ARE}
     write_json(run_dir / "config.json", record, indent=1)
 
 
@@ -121,6 +126,22 @@ def check_same_run(cfg: TrainConfig, recorded_file: Path, inputs: dict[str, dict
                 f"--resume with {f} {now.get(role)}, a file with other content (sha256 {given[:12]})")
         raise ConfigError(f"{what}, but this run was started from {f} {was} (sha256 {sha[:12]})",
                           path=recorded_file, fix=f"resume with {f} {was} (or a copy of it), or start a new -o")
+
+
+def check_same_epoch(recorded_file: Path, copies: int, utterances: int) -> None:
+    """Refuse to resume a run recorded before gsv-ray's epochs were upstream's (no ``epochs_are``:
+    one pass over the training set per epoch) when its set is now repeated (``copies`` > 1): its
+    steps per epoch, per-epoch LR decay and export counters would change mid-run."""
+    try:
+        recorded = json.loads(recorded_file.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(recorded, dict) or "epochs_are" in recorded or copies == 1:
+        return
+    raise ConfigError(f"--resume of a run started before gsv-ray repeated small sets as upstream does (its epoch "
+                      f"is one pass), but its {utterances} training utterances now make an epoch of x{copies}: "
+                      "its epochs, per-epoch LR decay and export counters would change", path=recorded_file,
+                      fix="finish it with the gsv-ray version that started it, or start a new -o")
 
 
 def _shown(v: Any) -> str:

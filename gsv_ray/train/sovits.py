@@ -109,8 +109,10 @@ class SoVITSRecipe:
     def optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
         return (self.opt_g, self.opt_d)
 
-    def dataset(self, names: list[str]) -> SoVITSDataset:
-        return SoVITSDataset(self.experiment, names, audio=self.settings.audio)  # the recipe's own front-end
+    def dataset(self, names: list[str], *, min_items: int | None = None) -> SoVITSDataset:
+        """``min_items``: repeat a smaller set as upstream (the training set; see :class:`SoVITSDataset`)."""
+        return SoVITSDataset(self.experiment, names, audio=self.settings.audio,  # the recipe's own front-end
+                             min_items=min_items)
 
     def plan(self, ds: SoVITSDataset, *, seed: int) -> StepPlan:
         """Global batches of ``batch_size x processes x grad_accum``; each step's context is its
@@ -256,13 +258,14 @@ def _noise_like(g, codes, device, seed: int) -> torch.Tensor:
 
 
 def utterance_noise(batch, channels: int, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The posterior's noise and the training window's position, drawn per utterance from a
-    generator keyed by (seed, step, utterance name): the same values whichever process or batch
-    an utterance lands in, so N workers train exactly like one process with the global batch."""
+    """The posterior's noise and the training window's position, drawn per item from a generator
+    keyed by (seed, step, the item's draw key: its utterance name, ``name#k`` for copy k of a repeated
+    set): the same values whichever process or batch an item lands in, so N workers train exactly
+    like one process with the global batch, and two copies of an utterance draw differently."""
     eps = torch.zeros(batch.spec.shape[0], channels, batch.spec.shape[-1])
     u = torch.empty(batch.spec.shape[0])
-    for i, (name, length) in enumerate(zip(item_keys(batch), batch.spec_lengths.tolist())):
-        gen = keyed_generator(seed, step, name)
+    for i, (key, length) in enumerate(zip(item_keys(batch), batch.spec_lengths.tolist(), strict=True)):
+        gen = keyed_generator(seed, step, key)
         eps[i, :, :length] = torch.randn(channels, length, generator=gen)
         u[i] = torch.rand(1, generator=gen)
     return eps.to(batch.spec.device), u.to(batch.spec.device)

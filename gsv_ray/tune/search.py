@@ -26,6 +26,10 @@ from gsv_ray.train.rundir import TUNE_RESULTS
 METRIC, MODE = "val/loss", "min"
 
 
+#: Held out when neither --val-fraction nor --val-names is given: trials are compared by their
+#: validation loss on these utterances (the same ones for every trial), which no trial trains on.
+TUNE_VAL_FRACTION = 0.1
+
 #: Default warmup lengths searched, as fractions of --max-steps.
 WARMUP_FRACTIONS = (0.0, 0.05, 0.2)
 
@@ -109,6 +113,8 @@ def load_tune_config(yaml_path: str | Path | None = None, *, train: dict[str, An
     values = {**search_yaml, **{k: v for k, v in (search or {}).items() if v is not None}}
     opts = TuneOptions(**values)
     train = dict(train or {})
+    if all(d.get(k) is None for d in (train, train_yaml) for k in ("val_fraction", "val_names")):
+        train["val_fraction"] = TUNE_VAL_FRACTION  # train's default holds out nothing; trials need a held-out set
     if not train.get("output_dir") and not train_yaml.get("output_dir"):
         train["output_dir"] = f"gsv-ray-runs/{opts.name or 'tune'}"
     cfg = load_config(None, mapping=train_yaml, **train)
@@ -122,7 +128,8 @@ def _check_search(cfg: TrainConfig, opts: TuneOptions) -> None:
                           fix="pass --max-steps N")
     if not cfg.val_fraction and not cfg.val_names:  # else Tune fails after the first trial's training
         raise ConfigError("tune compares trials by their validation loss, but --val-fraction 0 holds out nothing",
-                          fix="drop --val-fraction 0 (default 0.1) or name held-out utterances with --val-names FILE")
+                          fix=f"drop --val-fraction 0 (tune's default holds out {TUNE_VAL_FRACTION:g}) or name held-out "
+                              "utterances with --val-names FILE")
     opts.validate(cfg.max_steps)
 
 

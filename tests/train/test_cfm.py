@@ -39,7 +39,9 @@ def test_loss_falls_and_the_export_is_upstreams_lora_format(v4_inputs, tmp_path)
     assert val[-1] < val[0] - 0.05, val  # the CFM loss falls on the synthetic voice
 
     (export,) = (tmp_path / "run" / "SoVITS_weights_v4").glob("*.pth")
-    assert export.name == "run_e8_s56_l4.pth"  # 6 epochs of 3 steps after the parent's 2 epochs, 40 steps
+    # 12 train utterances x8 per epoch (upstream's epoch, 96 items): 16 steps are within the first epoch,
+    # after the parent's 2 epochs, 40 steps
+    assert export.name == "run_e3_s56_l4.pth"
     info = json.loads(run_cli("inspect", str(export), "--json").stdout)
     assert (info["kind"], info["version"], info["header"], info["lora_rank"]) == ("sovits-lora-export", "v4", "04", 4)
 
@@ -94,7 +96,11 @@ def test_resume_is_bit_identical(v4_inputs, tmp_path):
 
 def test_accumulation_equals_the_global_batch(v4_inputs, tmp_path):
     """batch 2 x grad-accum 2 updates exactly as batch 4 (the draws are the utterances', the padding
-    the global batch's)."""
+    the global batch's), to within 5 % of one Adam step (lr 5e-4) on every weight after two steps:
+    Adam turns fp32 roundoff of small gradient elements into update differences (measured worst,
+    always a weight-normed ``weight_v``: 1.2e-5 / 1.1e-6 / 8.4e-7 at seeds 5 / 6 / 7 with upstream's
+    epoch; 3.5e-6 / 4.5e-6 / 1.2e-7 with the one-pass epoch's batches), while a real mismatch moves
+    whole steps (moved ~1e-3)."""
     kw = dict(max_steps=2, save_every=2, lr_scale=5.0, warmup_steps=0, val_fraction=0.0, dropout=0.0)
     one = train(_cfg(v4_inputs, tmp_path / "one", **kw), progress=False, say=lambda s: None)
     two = train(_cfg(v4_inputs, tmp_path / "acc", **{**kw, "batch_size": 2, "grad_accum": 2}), progress=False,
@@ -103,7 +109,7 @@ def test_accumulation_equals_the_global_batch(v4_inputs, tmp_path):
     start = _model_of_rebuild(v4_inputs, tmp_path)
     moved = max(float((a[k] - start[k]).abs().max()) for k in a)
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert moved > 1e-3 and worst <= 1e-5, (worst, moved)
+    assert moved > 1.5 * 5e-4 and worst <= 0.05 * 5e-4, (worst, moved)
 
 
 @pytest.mark.parametrize("case", ["rank", "version", "no base"])

@@ -34,7 +34,7 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({
         "init": sovits_files["init"], "base-d": sovits_files["base_d"], "data": str(synth_v2),
         "max_steps": 4, "warmup_steps": 3, "warmup_start": 0.25, "lr_scale": 0.5, "batch_size": 2,  # flags win below
-        "val_every": 2, "save_every": 2, "audio_samples": 1}))
+        "val_every": 2, "save_every": 2, "audio_samples": 1, "val_fraction": 0.1}))  # validation is asked for
     r = _run(["train", "--config", str(tmp_path / "run.yaml"), "--base", sovits_files["base_g"], "--batch-size", "4",
               "-o", str(run)], tmp_path)
     assert r.returncode == 0, r.stderr
@@ -66,8 +66,10 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     assert audio and all(k.startswith("val/audio/") for k in audio)
     assert "model" in [a.type for a in wr.artifacts(records)]
     (export,) = (run / "SoVITS_weights_v2").iterdir()
-    # 14 train utterances / batch 4 = one epoch (4 padded buckets' batches), continuing the init file's
-    # counters (gsvfix_e1_s2.pth: "1epoch_2iteration"): e1 + 1, s2 + 4
+    # 14 train utterances x7 per epoch (upstream's epoch): 4 steps are part of one epoch, continuing the
+    # init file's counters (gsvfix_e1_s2.pth: "1epoch_2iteration"): e1 + 1, s2 + 4
+    words = " ".join(r.stdout.split())  # prose is wrapped to 80 columns
+    assert "data: 14 train utterances x7 per epoch, as upstream (98 items); 2 val of 16 usable" in words
     assert export.name == "myvoice_e2_s6.pth" and read(export).version == "v2"
 
 

@@ -308,3 +308,17 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
     (best,) = list((out / "best").rglob("*.pth"))
     f = read(best)
     assert (f.kind, f.version, f.lora_rank) == ("sovits-lora-export", "v4", 4) and best.name.endswith("_l4.pth")
+
+
+@pytest.mark.parametrize("given, held_out", [({}, 0.1), ({"val_fraction": 0.25}, 0.25),
+                                             ({"val_names": "names.txt"}, 0.0)])
+def test_tune_holds_out_a_default_set_where_train_holds_out_none(given, held_out, tmp_path):
+    """`train` trains on every utterance by default; `tune` compares trials on held-out utterances, so
+    without --val-fraction / --val-names it holds out 10 % (an explicit choice is kept as given)."""
+    from gsv_ray.train import load_config
+    from gsv_ray.tune.search import load_tune_config
+
+    base = {"init": "a.pth", "data": str(tmp_path), "output_dir": str(tmp_path / "o"), "max_steps": 8}
+    assert load_config(None, **base).val_fraction == 0.0
+    cfg, _ = load_tune_config(None, train={**base, **given})
+    assert cfg.val_fraction == held_out and (cfg.val_names is not None) == ("val_names" in given)
