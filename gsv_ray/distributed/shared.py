@@ -2,7 +2,7 @@
 
 The driver puts the fp32 weights into the Ray object store once, as numpy arrays: workers on the
 same node then map the same shared memory (``ray.get`` of numpy is zero-copy, read-only), and
-``torch.from_numpy`` wraps it without copying (measured in STACK.md: 1-6 ms and no private memory
+``torch.from_numpy`` wraps it without copying (measured: 1-6 ms and no private memory
 per consumer, vs ~0.9 s and a full copy for torch tensors through the object store). Models copy
 the values into their own parameters on ``load_state_dict``; nobody writes to the shared arrays.
 """

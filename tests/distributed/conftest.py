@@ -1,4 +1,4 @@
-"""Real Ray for the distributed tests: one local instance per module (STACK.md settings)."""
+"""Real Ray for the distributed tests: one local instance per module (the settings README "Stack notes" describes)."""
 
 from __future__ import annotations
 

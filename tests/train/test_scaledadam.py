@@ -309,7 +309,8 @@ def _recipe_run(run: str, meta: dict, io: dict[str, torch.Tensor]) -> tuple[list
         k = meta["batch_schedule"][i]
         t = {key: io[f"in.batch{k}.{key}"] for key in BATCH_KEYS}
         size = t["phoneme_ids"].shape[0]
-        batch = GPTBatch(list(range(size)), *(t[key] for key in BATCH_KEYS), names=tuple(map(str, range(size))))
+        names = tuple(map(str, range(size)))
+        batch = GPTBatch(list(range(size)), *(t[key] for key in BATCH_KEYS), names=names, keys=names)
         return [(batch, MicroBatch(tuple(range(size)), size))]
 
     steps, carried = UPSTREAM_GPT_CADENCE.group([call(i) for i in range(len(meta["batch_schedule"]))])

@@ -84,10 +84,11 @@ def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     assert "= 2 x 1 process(es) x 2 accumulation = 4" in r.stdout
     rows = [x for x in read_metrics(run / "metrics.jsonl") if x["split"] == "train"]
     assert [x["step"] for x in rows] == [1, 2, 3] and all(torch.isfinite(torch.tensor(x["loss"])) for x in rows)
-    # 16 utterances / batch 2 = 8 batches per epoch: 3 optimizer steps consumed 6 of them
+    # 16 utterances x6 (upstream's epoch) / global batch 4 = 24 batches per epoch; ScaledAdam's 3 steps
+    # summed 5 + 4 + 4 of them, each split into 2 micro-batches: 26 micro-batches consumed
     state = TrainState()
     state.load_state_dict(json.loads((run / "checkpoints/step_00000003/state.json").read_text())["train"])
-    assert (state.step, state.batch_in_epoch) == (3, 6)
+    assert (state.step, state.batch_in_epoch) == (3, 26)
 
 
 def test_restart_counters(gpt_init, synth_v2, tmp_path):

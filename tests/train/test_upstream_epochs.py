@@ -19,11 +19,12 @@ def _train(gpt_init, data, out, **kw):
 
 def test_small_set_is_repeated_per_epoch_and_nothing_is_held_out(gpt_init, synth_v2, tmp_path):
     """16 utterances (synth_v2), no validation option: all 16 train, x6 per epoch (96 items), so an
-    epoch is 24 GPT steps at batch 4; no validation runs."""
+    epoch is 24 GPT batches at batch 4, i.e. 5 ScaledAdam steps (5 + 4 x 4 batches, 3 carried); no
+    validation runs."""
     r, lines = _train(gpt_init, synth_v2, tmp_path / "run", max_steps=2)
     data = next(s for s in lines if s.startswith("data: "))
     assert data.startswith("data: 16 train utterances x6 per epoch, as upstream (96 items); 0 val of 16 usable"), data
-    assert any("24 steps/epoch" in s for s in lines), lines
+    assert any("5 steps/epoch" in s for s in lines), lines
     assert r.val_history == [] and r.steps == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs_are"] == "upstream"
 
