@@ -178,6 +178,8 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.rebuild_spec())
+    device = "cuda" if opts.gpus_per_worker and not cfg.cpu else "cpu"  # what the workers will train on
+    given, cfg = given.resolved(rebuilt.stage, device), cfg.resolved(rebuilt.stage, device)  # as train() records
     check_codebook(rebuilt.resolved, cfg, opts.workers)  # before Ray starts (each worker checks it too)
     if opts.resume:  # the same run, or one line naming the option that would change it
         check_same_run(given, Path(cfg.output_dir) / "config.json", rebuilt.report.inputs)
