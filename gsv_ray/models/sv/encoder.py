@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gsv_ray.errors import GsvError
+from gsv_ray.errors import GsvError, shown_value
 from gsv_ray.fbank import SV_SAMPLE_RATE, kaldi_fbank, resample_32k_to_16k
 from gsv_ray.io.identify import is_tensor_mapping, strip_wrapper_prefixes
 from gsv_ray.io.safeload import safe_load
 from gsv_ray.models.sv.eres2netv2 import ERes2NetV2
 
-__all__ = ["SpeakerEncoder", "spk_sim", "sv_state_dict_problem", "EMBEDDING_DIM", "SV_DIM"]
+__all__ = ["SpeakerEncoder", "SpeakerVectors", "spk_sim", "sv_state_dict_problem", "EMBEDDING_DIM", "SV_DIM"]
 
 EMBEDDING_DIM = 192
 SV_DIM = 20480
@@ -45,6 +45,14 @@ def sv_state_dict_problem(model: ERes2NetV2, sd: dict[str, torch.Tensor]) -> str
         if t.is_floating_point() and not bool(torch.isfinite(sd[k].float()).all()):
             return f"ERes2NetV2 key {k} holds NaN or infinite values"
     return None
+
+
+@dataclass(frozen=True)
+class SpeakerVectors:
+    """One clip's ``embedding`` ``[192]`` (``forward``) and v2Pro ``sv`` vector ``[20480]`` (``forward3``)."""
+
+    embedding: torch.Tensor
+    sv: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,8 @@ class SpeakerEncoder:
         if isinstance(obj, dict) and set(obj) & {"state_dict", "model"} and len(obj) <= 4:
             obj = obj.get("state_dict", obj.get("model"))  # a wrapped state_dict
         if not is_tensor_mapping(obj):
-            raise GsvError("not a speaker-verification model: expected a torch.save'd state_dict of tensors",
+            held = f" (its top level holds keys {shown_value(list(obj))})" if isinstance(obj, dict) else ""
+            raise GsvError(f"not a speaker-verification model: expected a torch.save'd state_dict of tensors{held}",
                            path=path, fix=_FIX)
         keys, _ = strip_wrapper_prefixes(list(obj))
         return cls.from_state_dict(dict(zip(keys, obj.values())), source=path)
@@ -92,15 +101,20 @@ class SpeakerEncoder:
             raise ValueError(f"audio too short for a speaker embedding: {wav.numel()} samples at 16 kHz")
         return feats.unsqueeze(0)
 
+    def vectors(self, wav: torch.Tensor, sample_rate: int) -> SpeakerVectors:
+        """Both vectors from one pass of the network (what ``embed`` and ``sv_vector`` return)."""
+        with torch.no_grad():
+            fused = self.model.fused_map(self.features(wav, sample_rate).to(self._device()))
+            stats = self.model.pool(fused)  # its first half is forward3's time mean
+            return SpeakerVectors(embedding=self.model.seg_1(stats)[0], sv=stats[0, : stats.shape[1] // 2])
+
     def embed(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """The 192-d speaker embedding ``[192]`` (upstream's plain ``forward``)."""
-        with torch.no_grad():
-            return self.model(self.features(wav, sample_rate).to(self._device()))[0]
+        return self.vectors(wav, sample_rate).embedding
 
     def sv_vector(self, wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         """The v2Pro ``sv`` vector ``[20480]`` (``forward3``; what ``7-sv_cn/<name>.pt`` holds as ``[1, 20480]``)."""
-        with torch.no_grad():
-            return self.model.forward3(self.features(wav, sample_rate).to(self._device()))[0]
+        return self.vectors(wav, sample_rate).sv
 
     def _device(self) -> torch.device:
         return self.model.conv1.weight.device
