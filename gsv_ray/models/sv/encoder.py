@@ -75,8 +75,6 @@ class SpeakerEncoder:
     def load(cls, path: str | Path) -> "SpeakerEncoder":
         """Read upstream's ``pretrained_eres2netv2w24s4ep4.ckpt`` safely (no code runs)."""
         obj = safe_load(path).obj
-        if isinstance(obj, dict) and set(obj) & {"state_dict", "model"} and len(obj) <= 4:
-            obj = obj.get("state_dict", obj.get("model"))  # a wrapped state_dict
         if not is_tensor_mapping(obj):
             held = f" (its top level holds keys {shown_value(list(obj))})" if isinstance(obj, dict) else ""
             raise GsvError(f"not a speaker-verification model: expected a torch.save'd state_dict of tensors{held}",

@@ -55,7 +55,7 @@ class _Block(nn.Module):
         super().__init__()
         width = int(math.floor(planes * (base_width / 64.0)))
         out_planes = planes * expansion
-        self.width, self.scale = width, scale
+        self.width, self.scale, self.fused = width, scale, fuse
         self.conv1 = nn.Conv2d(in_planes, width * scale, kernel_size=1, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(width * scale)
         self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, bias=False) for _ in range(scale))
@@ -78,7 +78,7 @@ class _Block(nn.Module):
         sp = bands[0]
         for i in range(self.scale):
             if i > 0:
-                sp = self.fuse_models[i - 1](sp, bands[i]) if hasattr(self, "fuse_models") else sp + bands[i]
+                sp = self.fuse_models[i - 1](sp, bands[i]) if self.fused else sp + bands[i]
             sp = self.relu(self.bns[i](self.convs[i](sp)))
             outs.append(sp)
         out = self.bn3(self.conv3(torch.cat(outs, 1)))
