@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from gsv_ray.fbank import kaldi_fbank, kaldi_mel_banks, povey_window, resample_32k_to_16k, resample_kernel
-from tests.support.goldens import load_io
+from tests.support.goldens import SV_CLIPS, load_io
 
-CLIPS = ["arctic_a0007.wav", "arctic_a0007_16k.mp3", "tones_44k1_stereo.wav", "tones_32k.flac", "hot1p5_f32.wav",
-         "short_0p3s_48k.wav"]  # the six clips the SV step kept (PREPARE.md section 0)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +39,7 @@ def test_povey_window_and_mel_banks(sv_io):
     assert (banks - want).abs().max().item() <= 2e-5  # measured 7.1e-6 (weights <= 1)
 
 
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("clip", SV_CLIPS)
 def test_wav16k_and_fbank(clip, sv_io, audio_io):
     wav32k = audio_io[f"out.{clip}.wav32k"].to(torch.float32).reshape(1, -1) / 32768.0  # int16, as upstream reads it
     want16 = sv_io[f"out.{clip}.wav16k"]

@@ -20,8 +20,7 @@ import torch
 
 from gsv_ray.errors import GsvError
 from gsv_ray.models.sv import EMBEDDING_DIM, SV_DIM, ERes2NetV2, SpeakerEncoder, spk_sim
-from tests.support.goldens import assert_close_golden, eres2netv2_state_dict, load_io
-from tests.test_fbank import CLIPS
+from tests.support.goldens import SV_CLIPS, assert_close_golden, eres2netv2_state_dict, load_io
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -55,7 +54,7 @@ def encoder(golden_sd, tmp_path_factory):
 def vectors(encoder, goldens_dir):
     """Each kept clip through the whole chain once, from the 32 kHz file upstream's SV step reads."""
     audio = load_io(goldens_dir / "prepare_audio.io.safetensors")
-    return {c: encoder.vectors(audio[f"out.{c}.wav32k"].to(torch.float32) / 32768.0, 32000) for c in CLIPS}
+    return {c: encoder.vectors(audio[f"out.{c}.wav32k"].to(torch.float32) / 32768.0, 32000) for c in SV_CLIPS}
 
 
 def test_state_dict_keys_and_size(golden_sd):
@@ -66,7 +65,7 @@ def test_state_dict_keys_and_size(golden_sd):
     assert sum(p.numel() for p in model.parameters()) == 53_513_632
 
 
-@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("clip", SV_CLIPS)
 def test_sv_and_embedding_match_goldens(clip, vectors, sv_io):
     got = vectors[clip]
     assert got.sv.shape == (SV_DIM,) and got.embedding.shape == (EMBEDDING_DIM,)
@@ -103,7 +102,7 @@ def test_spk_sim_wav_vs_mp3_copy(vectors, sv_io):
     got = spk_sim(vectors["arctic_a0007.wav"].embedding, vectors["arctic_a0007_16k.mp3"].embedding)
     assert abs(got - want) <= 1e-5 and got > 0.999  # measured: equal to 1e-7
     assert spk_sim(vectors["arctic_a0007.wav"].embedding, vectors["arctic_a0007.wav"].embedding) == pytest.approx(1.0)
-    for other in CLIPS[2:]:
+    for other in SV_CLIPS[2:]:
         assert spk_sim(vectors["arctic_a0007.wav"].embedding, vectors[other].embedding) < got
 
 

@@ -97,3 +97,8 @@ def eres2netv2_state_dict(goldens_dir: Path, *, verify: bool = True) -> dict[str
         order.insert(e["index_in_state_dict"], e["key"])
     assert len(order) == manifest["num_keys"], "manifest key count"
     return {k: sd[k] for k in order}
+
+
+#: The six clips GPT-SoVITS's SV step kept (PREPARE.md section 0), as named in ``prepare_sv.*``.
+SV_CLIPS = ("arctic_a0007.wav", "arctic_a0007_16k.mp3", "tones_44k1_stereo.wav", "tones_32k.flac", "hot1p5_f32.wav",
+            "short_0p3s_48k.wav")
