@@ -37,7 +37,7 @@ def sv_state_dict_problem(model: ERes2NetV2, sd: dict[str, torch.Tensor]) -> str
     missing = [k for k in want if k not in sd]
     extra = [k for k in sd if k not in want]
     if missing or extra:
-        shown = ", ".join((missing + extra)[:3])
+        shown = ", ".join(shown_value(k, 60).strip("'") for k in (missing + extra)[:3])  # a hostile key may be huge
         return f"not an ERes2NetV2 speaker-verification state_dict ({len(missing)} keys missing, {len(extra)} unexpected: {shown})"
     for k, t in want.items():
         if tuple(sd[k].shape) != tuple(t.shape):
