@@ -144,7 +144,7 @@ def test_wrong_files_refused_in_one_line(tmp_path, fixtures_dir):
     torch.save({"conv1.weight": torch.zeros(64, 1, 3, 3), "fc.weight": torch.zeros(2, 2)}, other)
     with pytest.raises(GsvError) as e:
         SpeakerEncoder.load(other)
-    _assert_one_line(e.value, other, "not an ERes2NetV2", "1000 keys missing", "1 unexpected")
+    _assert_one_line(e.value, other, "not an ERes2NetV2", "1000 keys missing", "1 unexpected, e.g. 'fc.weight'")
 
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")

@@ -37,8 +37,10 @@ def sv_state_dict_problem(model: ERes2NetV2, sd: dict[str, torch.Tensor]) -> str
     missing = [k for k in want if k not in sd]
     extra = [k for k in sd if k not in want]
     if missing or extra:
-        shown = ", ".join(shown_value(k, 60).strip("'") for k in (missing + extra)[:3])  # a hostile key may be huge
-        return f"not an ERes2NetV2 speaker-verification state_dict ({len(missing)} keys missing, {len(extra)} unexpected: {shown})"
+        def first(keys: list[str]) -> str:  # a hostile key may be huge: shown bounded
+            return f", e.g. {shown_value(keys[0], 60)}" if keys else ""
+        return (f"not an ERes2NetV2 speaker-verification state_dict ({len(missing)} keys missing{first(missing)}; "
+                f"{len(extra)} unexpected{first(extra)})")
     for k, t in want.items():
         if tuple(sd[k].shape) != tuple(t.shape):
             return f"ERes2NetV2 key {k} has shape {tuple(sd[k].shape)}, expected {tuple(t.shape)}"
