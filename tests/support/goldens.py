@@ -82,3 +82,23 @@ def v3_state_dict(goldens_dir: Path, version: str, *, lora: bool = False, verify
     adapters = manifest_state_dict(goldens_dir / f"sovits_G_{version}_lora32.weights.json", verify=verify)
     base = dict(m["base_key_map"])
     return {k: adapters[k] if k in adapters else plain[base[k]] for k in m["state_dict_order"]}
+
+
+def eres2netv2_state_dict(goldens_dir: Path, *, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The speaker-verification golden model's state dict (PREPARE.md section 3), in upstream's
+    state_dict order: the manifest's rule tensors plus its ``fixed_tensors`` (the int64
+    ``num_batches_tracked`` zeros a strict load needs) at their ``index_in_state_dict``."""
+    path = goldens_dir / "eres2netv2.weights.json"
+    manifest = json.loads(path.read_text())
+    sd = manifest_state_dict(path, verify=verify)
+    order = [e["key"] for e in manifest["tensors"]]
+    for e in sorted(manifest["fixed_tensors"], key=lambda e: e["index_in_state_dict"]):
+        sd[e["key"]] = torch.tensor(e["values"], dtype=getattr(torch, e["dtype"])).reshape(e["shape"])
+        order.insert(e["index_in_state_dict"], e["key"])
+    assert len(order) == manifest["num_keys"], "manifest key count"
+    return {k: sd[k] for k in order}
+
+
+#: The six clips GPT-SoVITS's SV step kept (PREPARE.md section 0), as named in ``prepare_sv.*``.
+SV_CLIPS = ("arctic_a0007.wav", "arctic_a0007_16k.mp3", "tones_44k1_stereo.wav", "tones_32k.flac", "hot1p5_f32.wav",
+            "short_0p3s_48k.wav")
