@@ -23,6 +23,7 @@ import hashlib
 import html
 import math
 import os
+import re
 import shutil
 import wave
 from collections.abc import Iterable, Mapping, Sequence
@@ -129,7 +130,7 @@ def _unique_names(names: Iterable[str], reserved: Iterable[str] = ()) -> dict[st
     for name in names:
         if name in out:
             continue
-        base = safe_name(name)[:_NAME_MAX].rstrip("-.") or "unnamed"
+        base = re.sub(r"\.{2,}", ".", safe_name(name))[:_NAME_MAX].rstrip("-.") or "unnamed"
         candidate, n = base, 1
         while candidate.lower() in taken:
             n += 1
@@ -332,10 +333,11 @@ def _table_columns(trials: Sequence[str]) -> list[str]:
 def wandb_listening_table(rows: Sequence[ListeningRow], *, metric: str | None = None,
                           best: str | None = None) -> Any:
     """The rows as a ``wandb.Table``: ``utterance``, ``text``, ``real`` (audio), then per trial
-    ``<trial>`` (audio at its best step) and ``<trial> metrics`` (``{"step", metric first, the
-    rest; "best": true for the best trial}``; non-finite values as null). The ``best`` trial's
+    ``<trial>`` (audio at its best step) and ``<trial> metrics`` (``{"step", every metric;
+    "best": true for the best trial}``; non-finite values as null). The ``best`` trial's
     columns come first. Clips must be files (``ListeningPage.rows``): ``wandb.Audio`` takes a
-    waveform only with the soundfile package, which we do not require."""
+    waveform only with the soundfile package, which we do not require. Logged in a run, W&B stores
+    the table and its audio as that run's ``run_table`` artifact."""
     import wandb
 
     trials = _trial_names(rows)
@@ -361,4 +363,6 @@ def wandb_listening_table(rows: Sequence[ListeningRow], *, metric: str | None = 
                 info["best"] = True
             line += [audio(take.clip, f"{row.utterance}: {t} step {int(take.step)}"), info]
         data.append(line)
+    # Mixed types: a metric may be null in one row and a number in the next, which W&B's inferred
+    # column types refuse; every audio cell still carries its own audio-file type.
     return wandb.Table(columns=_table_columns(trials), data=data, allow_mixed_types=True)
