@@ -85,6 +85,8 @@ class Clip:
             with wave.open(str(self.path), "rb") as w:
                 rate = w.getframerate()
             data = read_wav_pcm16(self.path)
+        except FileNotFoundError as e:
+            raise GsvError("no such audio file", path=self.path, fix="check the path") from e
         except (wave.Error, EOFError) as e:
             raise GsvError(f"not a readable WAV file ({e})", path=self.path,
                            fix="give a 16-bit PCM WAV (what GPT-SoVITS's preprocessing writes)") from e
@@ -123,20 +125,19 @@ class ListeningPage:
 
 
 # -- names ---------------------------------------------------------------------------------------
-def _unique_names(names: Iterable[str], reserved: Iterable[str] = ()) -> dict[str, str]:
-    """``{name: file-safe name}``, distinct also without regard to case (macOS, Windows disks)."""
+def _unique_names(names: Iterable[str], reserved: Iterable[str] = ()) -> list[str]:
+    """A file-safe name for each of ``names``, in order: distinct from each other (a repeated name
+    gets ``-2``, ...) and from ``reserved``, also without regard to case (macOS, Windows disks)."""
     taken = {r.lower() for r in reserved}
-    out: dict[str, str] = {}
+    out = []
     for name in names:
-        if name in out:
-            continue
         base = re.sub(r"\.{2,}", ".", safe_name(name))[:_NAME_MAX].rstrip("-.") or "unnamed"
         candidate, n = base, 1
         while candidate.lower() in taken:
             n += 1
             candidate = f"{base}-{n}"
         taken.add(candidate.lower())
-        out[name] = candidate
+        out.append(candidate)
     return out
 
 
@@ -182,11 +183,9 @@ def best_trial(rows: Sequence[ListeningRow], metric: str, mode: str) -> str | No
 def _write_audio(tmp: Path, rows: Sequence[ListeningRow], trials: Sequence[str]) -> tuple[ListeningRow, ...]:
     """Write every clip under ``tmp`` (``<utterance>/real.wav``, ``<utterance>/<trial>.wav``); the
     rows with their clips pointing at the final ``<out>/listen/`` files' relative names."""
-    utt_names = _unique_names([r.utterance for r in rows])
-    trial_files = _unique_names(trials, reserved=[REAL])
+    trial_files = dict(zip(trials, _unique_names(trials, reserved=[REAL])))
     out = []
-    for row in rows:
-        folder = utt_names[row.utterance]
+    for row, folder in zip(rows, _unique_names(r.utterance for r in rows)):
         pcm, sr = row.real.pcm16()
         write_wav(tmp / folder / f"{REAL}.wav", pcm, sr)
         takes = {}

@@ -179,8 +179,25 @@ def test_rewrite_replaces_the_audio_and_a_bad_clip_changes_nothing(tmp_path, arc
     bad = [ListeningRow("x", "y", Clip.of(garbage), {})]
     with pytest.raises(GsvError, match=r"not-a\.wav: not a readable WAV file"):
         write_listening_page(tmp_path, bad, title="c", metric="mel_dist", mode="min")
+    with pytest.raises(GsvError, match=r"gone\.wav: no such audio file"):
+        write_listening_page(tmp_path, [ListeningRow("x", "y", Clip.of(tmp_path / "gone.wav"), {})],
+                             title="c", metric="mel_dist", mode="min")
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == {**before, garbage: garbage.read_bytes()}
+
+
+def test_repeated_names_and_the_umask(tmp_path, arctic):
+    """Two rows of one name get two folders; files and folders follow the umask, like every output."""
+    rows = [ListeningRow("same", "one", Clip.of(arctic), {}), ListeningRow("same", "two", Clip.of((_tone(1), SR)), {})]
+    old = os.umask(0o027)
+    try:
+        page = write_listening_page(tmp_path / "out", rows, title="u", metric="mel_dist", mode="min")
+    finally:
+        os.umask(old)
+    assert [r.real.path.parent.name for r in page.rows] == ["same", "same-2"]
+    assert [wav_info(r.real.path)[3] for r in page.rows] == [64000, SR]
+    for p in [page.html, *(tmp_path / "out" / "listen").rglob("*")]:
+        assert p.stat().st_mode & 0o777 == (0o750 if p.is_dir() else 0o640), p
 
 
 def test_best_trial_by_mean_of_the_metric(arctic):
