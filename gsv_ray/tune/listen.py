@@ -180,9 +180,10 @@ def best_trial(rows: Sequence[ListeningRow], metric: str, mode: str) -> str | No
 
 
 # -- the page ------------------------------------------------------------------------------------
-def _write_audio(tmp: Path, rows: Sequence[ListeningRow], trials: Sequence[str]) -> tuple[ListeningRow, ...]:
+def _write_audio(tmp: Path, final: Path, rows: Sequence[ListeningRow],
+                 trials: Sequence[str]) -> tuple[ListeningRow, ...]:
     """Write every clip under ``tmp`` (``<utterance>/real.wav``, ``<utterance>/<trial>.wav``); the
-    rows with their clips pointing at the final ``<out>/listen/`` files' relative names."""
+    rows with their clips pointing where those files will be once ``tmp`` is renamed to ``final``."""
     trial_files = dict(zip(trials, _unique_names(trials, reserved=[REAL])))
     out = []
     for row, folder in zip(rows, _unique_names(r.utterance for r in rows)):
@@ -192,8 +193,8 @@ def _write_audio(tmp: Path, rows: Sequence[ListeningRow], trials: Sequence[str])
         for name, take in row.trials.items():
             pcm, sr = take.clip.pcm16()
             write_wav(tmp / folder / f"{trial_files[name]}.wav", pcm, sr)
-            takes[name] = replace(take, clip=Clip(path=Path(AUDIO_DIR, folder, f"{trial_files[name]}.wav")))
-        out.append(replace(row, real=Clip(path=Path(AUDIO_DIR, folder, f"{REAL}.wav")), trials=takes))
+            takes[name] = replace(take, clip=Clip(path=final / folder / f"{trial_files[name]}.wav"))
+        out.append(replace(row, real=Clip(path=final / folder / f"{REAL}.wav"), trials=takes))
     return tuple(out)
 
 
@@ -247,37 +248,39 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
-def _audio(clip: Clip) -> str:
+def _audio(clip: Clip, base: Path) -> str:
     assert clip.path is not None
-    src = _esc(quote(clip.path.as_posix()))
+    src = _esc(quote(clip.path.relative_to(base).as_posix()))
     return f'<audio controls preload="metadata"><source src="{src}" type="audio/wav"></audio>'
 
 
-def _take_cell(take: TrialTake | None, metric: str | None, best: bool) -> str:
+def _take_cell(take: TrialTake | None, base: Path, metric: str | None, best: bool) -> str:
     cls = ' class="best"' if best else ""
     if take is None:
         return f"<td{cls}>no audio</td>"
     items = [f'<li class="main">{_esc(k)}: {_fmt(v)}</li>' if k == metric else f"<li>{_esc(k)}: {_fmt(v)}</li>"
              for k, v in _ordered_metrics(take.metrics, metric)]
     items.append(f"<li>step {int(take.step)}</li>")
-    return f'<td{cls}>{_audio(take.clip)}<ul class="metrics">{"".join(items)}</ul></td>'
+    return f'<td{cls}>{_audio(take.clip, base)}<ul class="metrics">{"".join(items)}</ul></td>'
 
 
-def _page_html(rows: Sequence[ListeningRow], trials: Sequence[str], *, title: str, metric: str,
+def _page_html(rows: Sequence[ListeningRow], trials: Sequence[str], base: Path, *, title: str, metric: str,
                mode: str, best: str | None) -> str:
+    """The page; its audio sources relative to ``base``, the page's folder."""
     head = "".join(
         f'<th class="best">{_esc(t)} {BEST_MARK} best</th>' if t == best else f"<th>{_esc(t)}</th>" for t in trials)
     body = []
     for row in rows:
-        cells = "".join(_take_cell(row.trials.get(t), metric, t == best) for t in trials)
+        cells = "".join(_take_cell(row.trials.get(t), base, metric, t == best) for t in trials)
         body.append(f'<tr><td><b>{_esc(row.utterance)}</b><div class="text">{_esc(row.text)}</div></td>'
-                    f"<td>{_audio(row.real)}</td>{cells}</tr>")
+                    f"<td>{_audio(row.real, base)}</td>{cells}</tr>")
     goal = "lower" if mode == "min" else "higher"
+    count = f"{len(rows)} held-out utterance{'' if len(rows) == 1 else 's'}"
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f'<meta http-equiv="Content-Security-Policy" content="{_esc(_csp())}">'
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_esc(title)}</h1><p>{len(rows)} held-out utterances; each trial at its best step. "
+        f"<h1>{_esc(title)}</h1><p>{count}; each trial at its best step. "
         f"Ranked by <b>{_esc(metric)}</b> ({goal} is better); {BEST_MARK}: the best trial.</p>"
         f"<table><thead><tr><th>utterance</th><th>real</th>{head}</tr></thead><tbody>{''.join(body)}"
         f"</tbody></table><script>{_SCRIPT}</script></body></html>\n"
@@ -304,7 +307,7 @@ def write_listening_page(out_dir: str | Path, rows: Sequence[ListeningRow], *, t
     sweep(out_dir, lambda n: n.startswith(f".{AUDIO_DIR}."))  # what a killed writer left
     tmp, owner = owned_temp_dir(final)
     try:
-        written = _write_audio(tmp, rows, trials)
+        written = _write_audio(tmp, final, rows, trials)
         owner.disown()
         commit_dir(tmp, final, replace=True)
     except BaseException:
@@ -312,13 +315,9 @@ def write_listening_page(out_dir: str | Path, rows: Sequence[ListeningRow], *, t
         raise
     finally:
         owner.release()
-    text = _page_html(written, trials, title=title, metric=metric, mode=mode, best=best)
+    text = _page_html(written, trials, out_dir, title=title, metric=metric, mode=mode, best=best)
     page = atomic_write(out_dir / PAGE_NAME, lambda f: f.write(text.encode("utf-8")), overwrite=True)
-    rows_abs = tuple(
-        replace(r, real=Clip(path=out_dir / r.real.path),  # type: ignore[operator]
-                trials={t: replace(k, clip=Clip(path=out_dir / k.clip.path)) for t, k in r.trials.items()})  # type: ignore[operator]
-        for r in written)
-    return ListeningPage(html=page, rows=rows_abs, best=best)
+    return ListeningPage(html=page, rows=written, best=best)
 
 
 # -- W&B -----------------------------------------------------------------------------------------
