@@ -18,7 +18,8 @@ GPT tokens (one generated sequence against its real one):
   :func:`longest_run` — the longest run of one token repeated.
 
 :func:`sovits_quality` and :func:`gpt_quality` are the composites ``val/quality`` logs (lower is
-better); their docstrings define them.
+better); their docstrings define them. :func:`eval_pairs` is the fixed reference pairing both
+recipes' evaluations use.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ def mrstft_dist(x: torch.Tensor, ref: torch.Tensor) -> float:
         log_mag = (torch.log(s_r.clamp(min=_EPS)) - torch.log(s_x.clamp(min=_EPS))).abs().mean()
         total += float(sc + log_mag)
     return total / len(STFT_SIZES)
+
+
+def eval_pairs(names: list[str]) -> list[int]:
+    """The fixed reference pairing: item ``i``'s reference is the next held-out utterance in sorted
+    name order (the last one's is the first; a single utterance is its own)."""
+    order = sorted(range(len(names)), key=lambda i: names[i])
+    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+    return [partner[i] for i in range(len(names))]
 
 
 # -- GPT tokens ----------------------------------------------------------------------------------
