@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from gsv_ray.data.cfm import CFM_BOUNDARIES, CFMDataset, CFMItem, CFMPadding, collate_cfm
+from gsv_ray.data.cfm import CFM_BOUNDARIES, CFMDataset, CFMPadding, collate_cfm
 from gsv_ray.data.experiment import Experiment, spec_frames
 from gsv_ray.data.loader import MicroBatch, StepPlan
 from gsv_ray.errors import GsvError
@@ -30,14 +30,12 @@ from gsv_ray.data.sovits import SoVITSBucketSampler
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.sovits.cfm import CFMDraws
-from gsv_ray.models.sovits.v3 import MEL_NORM, NEVER_TRAINED, lora_export_state_dict
+from gsv_ray.models.sovits.v3 import NEVER_TRAINED, lora_export_state_dict
 from gsv_ray.models.sovits.vocoder import V4_VOCODER_RATE, load_v4_vocoder
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import (dropout_generators, item_keys, keyed_generator, keyed_seed, prepare, read_metrics,
-                                  sync_context)
+from gsv_ray.train.common import dropout_generators, item_keys, keyed_generator, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
-from gsv_ray.train.quality import eval_pairs, log_mel_dist, sovits_quality
 from gsv_ray.train.sovits import export_dir_name
 
 #: Upstream's v3/v4 AdamW uses torch's default weight decay.
@@ -151,11 +149,12 @@ class CFMRecipe:
     @torch.no_grad()
     def evaluate(self, batches: list, seed: int) -> dict[str, float]:
         """The CFM loss on held-out batches with fixed draws and never the shortcut branch (one
-        comparable number across steps), and the inference path's metrics (:func:`cfm_inference_metrics`), fp32."""
+        comparable number across steps), fp32. ``quality`` is that loss for now: the CFM's inference
+        path (32 sampling steps from a reference prompt, mel metrics) is not evaluated yet."""
         g = self.accelerator.unwrap_model(self.g).eval()
         losses = [float(cfm_loss(g, b, seed=seed, step=f"val{i}", shortcut=False)) for i, b in enumerate(batches)]
-        items = [it for b in batches for it in uncollate_cfm(b)]
-        return {"loss": sum(losses) / max(1, len(losses)), **cfm_inference_metrics(g, items, seed)}
+        loss = sum(losses) / max(1, len(losses))
+        return {"loss": loss, "quality": loss}
 
     @torch.no_grad()
     def audio_samples(self, items: list, seed: int) -> list:
@@ -191,59 +190,3 @@ class CFMRecipe:
         return write_sovits_export(path, lora_export_state_dict(g), config=cfg, info=f"{epoch}epoch_{step}iteration",
                                    version=self.version, lora_rank=rank, overwrite=True, protect=protect)
 
-
-
-#: Upstream's v3/v4 inference defaults: 32 sampling steps (``get_tts_wav``'s ``sample_steps``), the
-#: reference mel cut to its last 468 (v3) / 500 (v4) frames.
-INFERENCE_STEPS = 32
-REFERENCE_FRAMES = {"v3": 468, "v4": 500}
-
-
-def uncollate_cfm(batch) -> list[CFMItem]:
-    """The items of a collated batch, unpadded (on the batch's device)."""
-    rows = zip(batch.ssl_lengths.tolist(), batch.spec_lengths.tolist(), batch.mel_lengths.tolist(),
-               batch.text_lengths.tolist(), batch.names, batch.keys)
-    return [CFMItem(batch.ssl[i:i + 1, :, :n_ssl], batch.spec[i, :, :n_spec], batch.mel[i, :, :n_mel],
-                    batch.text[i, :n_text], name, key)
-            for i, (n_ssl, n_spec, n_mel, n_text, name, key) in enumerate(rows)]
-
-
-def _condition(g, it: CFMItem, ge: torch.Tensor) -> torch.Tensor:
-    """The CFM condition ``[1, 512, T]`` of one item given the reference embedding ``ge``."""
-    frames = torch.tensor([it.spec.shape[1]], device=ge.device)
-    return g.features(it.ssl.float(), it.spec[None], frames, it.text[None], torch.tensor([it.text.numel()],
-                      device=ge.device), torch.tensor([it.mel.shape[1]], device=ge.device), ge=ge)
-
-
-def cfm_mel(g, it: CFMItem, reference: CFMItem, seed: int, version: str) -> torch.Tensor:
-    """``it``'s normalised mel ``[100, T]`` as GPT-SoVITS's v3/v4 inference makes it: its own tokens
-    and phones after ``reference``'s (whose mel, cut to upstream's last frames, is the prompt), both
-    conditioned on the reference's embedding, :data:`INFERENCE_STEPS` Euler steps from noise keyed by
-    ``seed``. One piece (upstream cuts a long text into chunks: held-out clips fit one)."""
-    ge = g.reference_embedding(reference.spec[None], torch.tensor([reference.spec.shape[1]], device=it.spec.device))
-    fea_ref, fea = _condition(g, reference, ge), _condition(g, it, ge)
-    n = min(reference.mel.shape[1], fea_ref.shape[2], REFERENCE_FRAMES[version])
-    prompt, fea_ref = reference.mel[None, :, -n:], fea_ref[:, :, -n:]  # the reference's last n frames
-    mu = torch.cat([fea_ref, fea], dim=2)
-    noise = torch.randn(1, prompt.shape[1], mu.shape[2], generator=keyed_generator(seed, "eval", it.name))
-    mel = g.flow.inference(mu.transpose(1, 2), torch.tensor([mu.shape[2]], device=mu.device), prompt,
-                           INFERENCE_STEPS, noise=noise.to(mu.device))
-    return mel[0, :, n:].float()
-
-
-def cfm_inference_metrics(g, items: list[CFMItem], seed: int) -> dict[str, float]:
-    """Each held-out utterance's mel on the inference path (:func:`cfm_mel`, the reference from
-    :func:`~gsv_ray.train.quality.eval_pairs`) against its real mel: ``mel_dist`` (both de-normalised
-    to natural-log mels) per utterance (``utt/<stem>/mel_dist``) and averaged, and ``quality``.
-    Non-finite output counts as the floor of the mel (silence)."""
-    if not items:
-        return {}
-    lo, hi = MEL_NORM
-    out: dict[str, float] = {}
-    dists = []
-    for it, ref in zip(items, [items[j] for j in eval_pairs([it.name for it in items])], strict=True):
-        mel = torch.nan_to_num(cfm_mel(g, it, ref, keyed_seed(seed, "eval", it.name), g.version), -1.0, -1.0, -1.0)
-        dists.append(log_mel_dist(((mel + 1) / 2 * (hi - lo) + lo).cpu(), ((it.mel.float() + 1) / 2 * (hi - lo) + lo).cpu()))
-        out[f"utt/{Path(it.name).stem}/mel_dist"] = dists[-1]
-    mean = sum(dists) / len(dists)
-    return {"mel_dist": mean, "quality": sovits_quality(mean), **out}

@@ -187,12 +187,11 @@ class SoVITSV3Generator(nn.Module):
     # -------------------------------------------------------------- training
     def features(self, ssl: torch.Tensor, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
                  text_lengths: torch.Tensor, mel_lengths: torch.Tensor,
-                 trace: dict[str, torch.Tensor] | None = None, *, ge: torch.Tensor | None = None) -> torch.Tensor:
+                 trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The CFM's condition ``mu`` ``[B, 512, T_mel']`` (``T_mel'`` = the spectrogram frames x the
-        version's mel scale, floor). ``ge``: the reference embedding to use (inference: another clip's,
-        :meth:`reference_embedding`) instead of the one of ``spec``."""
-        if ge is None:
-            ge = self.reference_embedding(spec, spec_lengths)
+        version's mel scale, floor)."""
+        y_mask = length_mask(spec_lengths, spec.size(2), spec.dtype)
+        ge = self.ref_enc(spec[:, : self.config.ref_in_channels] * y_mask, y_mask)
         with torch.autocast(device_type=ssl.device.type, enabled=False), \
                 torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_quantizer):
             for m in self.frozen_front_end():
@@ -210,11 +209,6 @@ class SoVITSV3Generator(nn.Module):
                           "enc_p.y_mask": enc_mask, "bridge": fea, "bridge_interp": fea_up, "wns1.fea": mu,
                           "wns1.mask": wns_mask})
         return mu
-
-    def reference_embedding(self, spec: torch.Tensor, spec_lengths: torch.Tensor) -> torch.Tensor:
-        """``ge`` ``[B, gin, 1]`` of reference spectrograms ``[B, 1025, T]``."""
-        y_mask = length_mask(spec_lengths, spec.size(2), spec.dtype)
-        return self.ref_enc(spec[:, : self.config.ref_in_channels] * y_mask, y_mask)
 
     def forward(self, ssl: torch.Tensor, spec: torch.Tensor, mel: torch.Tensor, spec_lengths: torch.Tensor,
                 text: torch.Tensor, text_lengths: torch.Tensor, mel_lengths: torch.Tensor, *,
