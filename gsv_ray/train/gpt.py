@@ -10,6 +10,7 @@ batch with AdamW (betas 0.9/0.95 as upstream's ScaledAdam, torch's weight decay 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
@@ -21,9 +22,10 @@ from gsv_ray.io.writers import write_gpt_export
 from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.gpt import to_upstream_keys
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import dropout_generators, prepare, read_metrics, sync_context
+from gsv_ray.train.common import dropout_generators, keyed_generator, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
+from gsv_ray.train.quality import eos_rate, eval_pairs, gpt_quality, len_error, len_ratio, longest_run, repeat_rate
 from gsv_ray.train.scaledadam import ScaledAdam
 
 
@@ -119,8 +121,10 @@ class GPTRecipe:
 
     @torch.no_grad()
     def evaluate(self, batches: list, seed: int) -> dict[str, float]:
+        """Teacher-forced losses and accuracies, then generation on the inference path
+        (:func:`generation_metrics`), fp32."""
         model = self.accelerator.unwrap_model(self.model).eval()
-        return gpt_eval_losses(model, batches)
+        return {**gpt_eval_losses(model, batches), **generation_metrics(model, batches, seed)}
 
     def audio_samples(self, items: list, seed: int) -> list:
         return []  # the GPT makes tokens, not audio
@@ -133,15 +137,77 @@ class GPTRecipe:
 
 
 def gpt_eval_losses(model, batches) -> dict[str, float]:
-    """Cross-entropy per target token (upstream's summed loss / positions) and top-3 accuracy."""
+    """Cross-entropy per target token (upstream's summed loss / positions), top-3 accuracy (upstream's,
+    EOS ignored) and ``top1_acc``: the share of each item's real targets (its tokens and the EOS after
+    them, padding excluded) that are the arg-max of the teacher-forced logits."""
     ce = acc = 0.0
-    tokens = 0
+    tokens = hits = real = 0
     for b in batches:
         out = model(*b.model_inputs())
         ce += float(out.loss)
         tokens += int(out.targets.numel())
         acc += float(out.acc)
-    return {"loss": ce / max(1, tokens), "top3_acc": acc / max(1, len(batches))}
+        positions = torch.arange(out.targets.shape[1], device=out.targets.device)
+        counted = positions[None, :] <= b.semantic_ids_len[:, None]  # the tokens and their EOS
+        hits += int(((out.logits.argmax(-1) == out.targets) & counted).sum())
+        real += int(counted.sum())
+    return {"loss": ce / max(1, tokens), "top3_acc": acc / max(1, len(batches)), "top1_acc": hits / max(1, real)}
+
+
+#: Upstream's inference sampling defaults (``get_tts_wav``: top_k 15, top_p 1, temperature 1,
+#: repetition penalty 1.35).
+INFERENCE_SAMPLING = {"top_k": 15, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.35}
+#: Seeded samples per held-out item at each validation (a cheap default: eval cost grows with it).
+EVAL_SAMPLES = 1
+#: Generation stops at 2 x the real token count + 25 (one second at 25 Hz): past it a sample
+#: counts as not ended (``eos_rate``) and its length error saturates at log(2 + 25 / real).
+CAP_MARGIN = 25
+
+
+class _Text(NamedTuple):
+    name: str
+    phones: torch.Tensor     # [L]
+    bert: torch.Tensor       # [1024, L]
+    semantic: torch.Tensor   # [T]
+
+
+def _uncollate_gpt(batch) -> list[_Text]:
+    rows = zip(batch.names, batch.phoneme_ids_len.tolist(), batch.semantic_ids_len.tolist())
+    return [_Text(name, batch.phoneme_ids[i, :p], batch.bert_feature[i, :, :p], batch.semantic_ids[i, :t])
+            for i, (name, p, t) in enumerate(rows)]
+
+
+def generation_metrics(model, batches: list, seed: int, *, samples: int = EVAL_SAMPLES) -> dict[str, float]:
+    """Semantic tokens generated for each held-out text as upstream's inference prompts: the next
+    held-out utterance in sorted name order (:func:`~gsv_ray.train.quality.eval_pairs`) gives its
+    phones + BERT (before the text's) and its tokens (the prompt); upstream's sampling defaults
+    (:data:`INFERENCE_SAMPLING`), ``samples`` draws per item keyed by (seed, name, k), capped at
+    2 x real + :data:`CAP_MARGIN` tokens. Means over all samples of ``eos_rate``, ``len_ratio``,
+    ``len_error`` (``|log len_ratio|``), ``repeat_rate``, ``longest_run`` and the composite ``quality``
+    (:func:`~gsv_ray.train.quality.gpt_quality`). One item at a time: the decoder generates one sequence."""
+    texts = [t for b in batches for t in _uncollate_gpt(b)]
+    if not texts:
+        return {}
+    ended, ratios, errors, repeats, runs = [], [], [], [], []
+    for text, prompt in zip(texts, [texts[j] for j in eval_pairs([t.name for t in texts])], strict=True):
+        real = int(text.semantic.numel())
+        cap = 2 * real + CAP_MARGIN
+        phones = torch.cat([prompt.phones, text.phones])[None]
+        bert = torch.cat([prompt.bert, text.bert], dim=-1)[None].float()
+        for k in range(samples):
+            gen = keyed_generator(seed, "eval", text.name, k, device=phones.device)
+            out = model.generate(phones, bert, prompt.semantic[None], max_steps=cap, generator=gen,
+                                 **INFERENCE_SAMPLING)
+            new = out.tokens[0, prompt.semantic.numel():].tolist()
+            ended.append(len(new) < cap)
+            ratios.append(len_ratio(len(new), real))
+            errors.append(len_error(ratios[-1]))
+            repeats.append(repeat_rate(new))
+            runs.append(longest_run(new))
+    n = len(ratios)
+    metrics = {"eos_rate": eos_rate(ended), "len_ratio": sum(ratios) / n, "len_error": sum(errors) / n,
+               "repeat_rate": sum(repeats) / n, "longest_run": sum(runs) / n}
+    return {**metrics, "quality": gpt_quality(metrics["len_error"], metrics["repeat_rate"], metrics["eos_rate"])}
 
 
 def make_gpt_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

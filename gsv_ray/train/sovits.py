@@ -16,7 +16,7 @@ from accelerate import Accelerator
 
 from gsv_ray.data.experiment import Experiment, spec_frames
 from gsv_ray.data.loader import MicroBatch, StepPlan
-from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSPadding, collate_sovits
+from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSItem, SoVITSPadding, collate_sovits
 from gsv_ray.errors import ConfigError
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.audio import AudioFrontend
@@ -24,10 +24,11 @@ from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import (dropout_generators, frozen, item_keys, keyed_generator, prepare, read_metrics,
-                                  sync_context)
+from gsv_ray.train.common import (dropout_generators, frozen, item_keys, keyed_generator, keyed_seed, prepare,
+                                  read_metrics, sync_context)
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
+from gsv_ray.train.quality import eval_pairs, mel_dist, mrstft_dist, sovits_quality
 
 TEXT_SIDE = ("enc_p.text_embedding.", "enc_p.encoder_text.", "enc_p.mrte.")
 
@@ -214,24 +215,19 @@ class SoVITSRecipe:
     # -- validation ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, batches: list, seed: int) -> dict[str, float]:
-        """mel L1 x c_mel + KL on held-out batches, with fixed noise (comparable across steps)."""
+        """The training path's losses (mel L1 x c_mel + KL, fixed noise) and the inference path's
+        metrics (:func:`inference_metrics`) on the held-out batches, fp32: comparable across steps."""
         g = self.accelerator.unwrap_model(self.g).eval()
-        return sovits_eval_losses(g, batches, self.frontend, self.c_mel, self.c_kl, seed)  # fp32: comparable
+        losses = sovits_eval_losses(g, batches, self.frontend, self.c_mel, self.c_kl, seed)
+        items = [it for b in batches for it in uncollate_sovits(b)]
+        return {**losses, **inference_metrics(g, items, seed, self.settings.audio.sampling_rate)}
 
     @torch.no_grad()
     def audio_samples(self, items: list, seed: int) -> list[tuple[str, torch.Tensor, int]]:
         """Each fixed validation utterance re-synthesised from its own tokens, text and reference."""
         g = self.accelerator.unwrap_model(self.g).eval()
-        out = []
-        for i, it in enumerate(items):
-            dev = self.accelerator.device
-            codes = g.extract_latent(it.ssl.float().to(dev)).transpose(0, 1)  # ssl is [1, 768, T]
-            refer = it.spec[None].to(dev)
-            sv = it.sv_emb.to(dev) if it.sv_emb is not None else None        # [1, 20480]
-            wav = g.decode(codes, it.text[None].to(dev), refer, noise_scale=0.5, sv_emb=sv,
-                           noise=_noise_like(g, codes, dev, seed + i))[0, 0]
-            out.append((Path(it.name).stem, wav.float().cpu(), self.settings.audio.sampling_rate))
-        return out
+        return [(Path(it.name).stem, resynthesise(g, it, it, seed + i).cpu(), self.settings.audio.sampling_rate)
+                for i, it in enumerate(items)]
 
     # -- export --------------------------------------------------------------------------------
     def export(self, out_dir: Path, *, name: str, epoch: int, step: int, protect=()) -> Path:
@@ -255,6 +251,56 @@ def _noise_like(g, codes, device, seed: int) -> torch.Tensor:
     frames = codes.shape[-1] * (2 if g.config.semantic_frame_rate == "25hz" else 1)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(1, g.config.inter_channels, frames, generator=gen).to(device)
+
+
+#: Upstream's inference noise scale (``get_tts_wav``'s ``vq_model.decode(..., noise_scale=0.5)``).
+INFERENCE_NOISE_SCALE = 0.5
+
+
+def resynthesise(g, item: SoVITSItem, reference: SoVITSItem, seed: int) -> torch.Tensor:
+    """``item`` as GPT-SoVITS infers it: its own semantic tokens (the model's ``extract_latent`` of
+    its HuBERT features) and phones, ``reference``'s spectrogram (and speaker vector, Pro) as the
+    reference clip, upstream's noise scale, noise drawn from ``seed``. The waveform ``[samples]`` (float32)."""
+    dev = g.ssl_proj.weight.device
+    codes = g.extract_latent(item.ssl.float().to(dev)).transpose(0, 1)  # ssl is [1, 768, T]
+    sv = reference.sv_emb.float().to(dev) if reference.sv_emb is not None else None  # [1, 20480]
+    wav = g.decode(codes, item.text[None].to(dev), reference.spec[None].float().to(dev),
+                   noise_scale=INFERENCE_NOISE_SCALE, sv_emb=sv, noise=_noise_like(g, codes, dev, seed))
+    return wav[0, 0].float()
+
+
+def inference_metrics(g, items: list[SoVITSItem], seed: int, sampling_rate: int) -> dict[str, float]:
+    """Each held-out utterance resynthesised on the inference path (:func:`resynthesise`, the
+    reference from :func:`eval_pairs`, noise keyed by (seed, name)) against its real audio:
+    ``mel_dist`` and ``mrstft_dist`` per utterance (``utt/<stem>/...``) and averaged, and the
+    composite ``quality`` (:func:`~gsv_ray.train.quality.sovits_quality`).
+
+    One utterance per decode, as upstream infers: ``decode`` takes one length for its whole batch and
+    the decoder's convolutions are not padding-invariant, so a padded batch would not be what a user gets.
+    Non-finite output samples count as silence: a broken model ranks as badly as it sounds (a NaN
+    would drop out of a ranking instead)."""
+    if not items:
+        return {}
+    out: dict[str, float] = {}
+    mels, stfts = [], []
+    for it, ref in zip(items, [items[j] for j in eval_pairs([it.name for it in items])], strict=True):
+        wav = torch.nan_to_num(resynthesise(g, it, ref, keyed_seed(seed, "eval", it.name)).cpu(), 0.0, 0.0, 0.0)
+        real = it.wav[0].float().cpu()
+        mels.append(mel_dist(wav, real, sampling_rate))
+        stfts.append(mrstft_dist(wav, real))
+        stem = Path(it.name).stem
+        out[f"utt/{stem}/mel_dist"], out[f"utt/{stem}/mrstft_dist"] = mels[-1], stfts[-1]
+    mean_mel = sum(mels) / len(mels)
+    return {"mel_dist": mean_mel, "mrstft_dist": sum(stfts) / len(stfts), "quality": sovits_quality(mean_mel), **out}
+
+
+def uncollate_sovits(batch) -> list[SoVITSItem]:
+    """The items of a collated batch, unpadded (on the batch's device)."""
+    rows = zip(batch.ssl_lengths.tolist(), batch.spec_lengths.tolist(), batch.wav_lengths.tolist(),
+               batch.text_lengths.tolist(), batch.names, batch.keys)
+    return [SoVITSItem(batch.ssl[i:i + 1, :, :n_ssl], batch.spec[i, :, :n_spec], batch.wav[i, :, :n_wav],
+                       batch.text[i, :n_text], None if batch.sv_emb is None else batch.sv_emb[i:i + 1], name, key)
+            for i, (n_ssl, n_spec, n_wav, n_text, name, key) in enumerate(rows)]
 
 
 def utterance_noise(batch, channels: int, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
