@@ -97,6 +97,10 @@ class TrainConfig:
     vocoder: str | None = option(None, metavar="FILE", group=CHECKS,
                                  help="v4: upstream's vocoder (pretrained_models/gsv-v4-pretrained/vocoder.pth) to "
                                       "render validation samples as audio (default: mel images)")
+    sv_model: str | None = option(None, metavar="FILE", group=CHECKS,
+                                  help="SoVITS: upstream's speaker model (pretrained_models/sv/pretrained_eres2netv2w24s4ep4"
+                                       ".ckpt) to score validation by speaker similarity, val/spk_sim (default: not "
+                                       "scored)")
     # checkpoints and exports
     save_every: int = option(50, low=1, group=CHECKS, help="steps between checkpoints")
     keep_last: int = option(2, low=1, group=CHECKS, help="checkpoints kept")
@@ -178,7 +182,8 @@ class TrainConfig:
             return str(fetch(p, cache_root)) if p and is_uri(p) else p
 
         return dataclasses.replace(self, init=local(self.init), base_g=local(self.base_g), base_d=local(self.base_d),
-                                   vocoder=local(self.vocoder), data=local(self.data) if data else self.data)
+                                   vocoder=local(self.vocoder), sv_model=local(self.sv_model),
+                                   data=local(self.data) if data else self.data)
 
 
 #: How many values (keys, items, scalars) an options file may expand to. A real one holds a few dozen;
@@ -228,7 +233,7 @@ def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] 
     missing = [k for k in ("init", "data", "output_dir") if not values.get(k)]
     if missing:
         raise ConfigError(f"missing {', '.join(flag(TrainConfig, m) for m in missing)}", fix="give them as flags or in --config")
-    for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names", "vocoder"):  # Ray workers run elsewhere:
+    for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names", "vocoder", "sv_model"):  # Ray workers run elsewhere:
         if isinstance(values.get(key), str) and "://" not in values[key]:     # every local path absolute
             values[key] = str(Path(values[key]).expanduser().absolute())
     cfg = TrainConfig(**values)

@@ -21,6 +21,7 @@ from gsv_ray.errors import ConfigError
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.audio import AudioFrontend
 from gsv_ray.models.dropout import utterance_dropout
+from gsv_ray.models.sv import SpeakerEncoder, spk_sim
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
 from gsv_ray.rebuild import Rebuilt, build_models
@@ -100,6 +101,11 @@ class SoVITSRecipe:
         (self.g, self.d), (self.opt_g, self.opt_d) = prepare(accelerator, [g, d], [opt_g, opt_d])
         self.frontend = AudioFrontend.from_config(settings.audio).to(accelerator.device)
         self.experiment = experiment
+        self.speaker = SpeakerEncoder.load(cfg.sv_model).to(accelerator.device) if cfg.sv_model else None
+        validates = bool(cfg.val_fraction or cfg.val_names)
+        self.notes = () if self.speaker or not validates else (
+            "validation: speaker similarity (val/spk_sim) is not scored: pass --sv-model "
+            "pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt (GPT-SoVITS's speaker model) to score it",)
 
     # -- wiring for the loop -------------------------------------------------------------------
     @property
@@ -220,7 +226,7 @@ class SoVITSRecipe:
         g = self.accelerator.unwrap_model(self.g).eval()
         losses = sovits_eval_losses(g, batches, self.frontend, self.c_mel, self.c_kl, seed)
         items = [it for b in batches for it in uncollate_sovits(b)]
-        return {**losses, **inference_metrics(g, items, seed, self.settings.audio.sampling_rate)}
+        return {**losses, **inference_metrics(g, items, seed, self.settings.audio.sampling_rate, self.speaker)}
 
     @torch.no_grad()
     def audio_samples(self, items: list, seed: int) -> list[tuple[str, torch.Tensor, int]]:
@@ -269,11 +275,13 @@ def resynthesise(g, item: SoVITSItem, reference: SoVITSItem, seed: int) -> torch
     return wav[0, 0].float()
 
 
-def inference_metrics(g, items: list[SoVITSItem], seed: int, sampling_rate: int) -> dict[str, float]:
+def inference_metrics(g, items: list[SoVITSItem], seed: int, sampling_rate: int,
+                      speaker: SpeakerEncoder | None = None) -> dict[str, float]:
     """Each held-out utterance resynthesised on the inference path (:func:`resynthesise`, the
     reference from :func:`eval_pairs`, noise keyed by (seed, name)) against its real audio:
-    ``mel_dist`` and ``mrstft_dist`` per utterance (``utt/<stem>/...``) and averaged, and the
-    composite ``quality`` (:func:`~gsv_ray.train.quality.sovits_quality`).
+    ``mel_dist`` and ``mrstft_dist`` per utterance (``utt/<stem>/...``) and averaged, with a
+    ``speaker`` model also ``spk_sim`` (cosine of the two speaker embeddings), and the composite
+    ``quality`` (:func:`~gsv_ray.train.quality.sovits_quality`).
 
     One utterance per decode, as upstream infers: ``decode`` takes one length for its whole batch and
     the decoder's convolutions are not padding-invariant, so a padded batch would not be what a user gets.
@@ -282,7 +290,7 @@ def inference_metrics(g, items: list[SoVITSItem], seed: int, sampling_rate: int)
     if not items:
         return {}
     out: dict[str, float] = {}
-    mels, stfts = [], []
+    mels, stfts, sims = [], [], []
     for it, ref in zip(items, [items[j] for j in eval_pairs([it.name for it in items])], strict=True):
         wav = torch.nan_to_num(resynthesise(g, it, ref, keyed_seed(seed, "eval", it.name)).cpu(), 0.0, 0.0, 0.0)
         real = it.wav[0].float().cpu()
@@ -290,8 +298,13 @@ def inference_metrics(g, items: list[SoVITSItem], seed: int, sampling_rate: int)
         stfts.append(mrstft_dist(wav, real))
         stem = Path(it.name).stem
         out[f"utt/{stem}/mel_dist"], out[f"utt/{stem}/mrstft_dist"] = mels[-1], stfts[-1]
+        if speaker is not None:
+            sims.append(spk_sim(speaker.embed(wav, sampling_rate), speaker.embed(real, sampling_rate)))
+            out[f"utt/{stem}/spk_sim"] = sims[-1]
     mean_mel = sum(mels) / len(mels)
-    return {"mel_dist": mean_mel, "mrstft_dist": sum(stfts) / len(stfts), "quality": sovits_quality(mean_mel), **out}
+    sim = sum(sims) / len(sims) if sims else None
+    return {"mel_dist": mean_mel, "mrstft_dist": sum(stfts) / len(stfts), **({"spk_sim": sim} if sims else {}),
+            "quality": sovits_quality(mean_mel, sim), **out}
 
 
 def uncollate_sovits(batch) -> list[SoVITSItem]:

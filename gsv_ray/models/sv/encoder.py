@@ -116,6 +116,10 @@ class SpeakerEncoder:
         """The v2Pro ``sv`` vector ``[20480]`` (``forward3``; what ``7-sv_cn/<name>.pt`` holds as ``[1, 20480]``)."""
         return self.vectors(wav, sample_rate).sv
 
+    def to(self, device: torch.device | str) -> "SpeakerEncoder":
+        """The same encoder with its model on ``device``."""
+        return SpeakerEncoder(self.model.to(device))
+
     def _device(self) -> torch.device:
         return self.model.conv1.weight.device
 
