@@ -41,6 +41,17 @@ def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
     return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+def wandb_run_id(name: str) -> str:
+    """The W&B run id of the Ray run ``name`` (the same run id on every resume of it)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def recorded_run_name(out: str | Path) -> str | None:
+    """The name of the Ray run ``-o`` records (None when it records none)."""
+    recorded = _recorded_run(out)
+    return recorded[0] if recorded is not None else None
+
+
 def _recorded_run(out: str | Path) -> tuple[str, str, str | None] | None:
     """(name, layout, storage) of the Ray run this -o records: layout "actor" (one worker) or
     "train"; storage as recorded (credentials masked), None if not recorded."""
@@ -220,7 +231,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
                             if p and "://" not in p],
         "group": wandb_group,
         "job_type": wandb_job_type,
-        "wandb_run_id": hashlib.sha256(name.encode()).hexdigest()[:8],
+        "wandb_run_id": wandb_run_id(name),
     }
     fit = _fit_in_actor if runs_in_actor(opts) else _fit_on_ray_train
     try:

@@ -270,6 +270,9 @@ BAD = {
     "more concurrency than fits": (["--max-concurrent", "64"], "--max-concurrent"),
     # trials are compared by validation loss: nothing held out was a Tune traceback after training
     "nothing held out": (["--val-fraction", "0"], "--val-fraction 0"),
+    # the search's objective: a logged validation metric needs its direction; a name that is none is refused
+    "a metric without its mode": (["--metric", "val/mel_l1"], "--metric val/mel_l1 needs --mode"),
+    "not a validation metric": (["--metric", "loss"], "--metric loss is not a validation metric"),
 }
 
 
