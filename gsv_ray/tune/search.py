@@ -449,10 +449,14 @@ def check_same_search(out: Path, name: str, objective: Objective) -> None:
     started with (ASHA's rungs and the search algorithm hold the old one), in one line."""
     try:
         r = json.loads((out / SEARCH_RECORD).read_text())
+        if r.get("search") != name:  # another search's record: run_tune says there is none of this name
+            return
         was = Objective(str(r["metric"]), str(r["mode"]))
-    except FileNotFoundError:
+    except FileNotFoundError:  # a search started before the record (it ranked by val/loss), or none
+        if not any((out / n).exists() for n in ("results.json", "trials")):
+            return
         was = LEGACY_OBJECTIVE
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return
     if was != objective:
         shown_was, shown_now = metric_flags(was), metric_flags(objective)

@@ -50,7 +50,8 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     lr_groups, the model config, audio or artifact, and a 0-1 s runtime.)"""
     r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
                              "--num-samples", "3", "--warmup-choices", "0", "3", "--lr-scale-range", "0.05", "1",
-                             "--max-concurrent", "1", "--name", "t3", "--grace-steps", "2", "--search-seed", "7"),
+                             "--max-concurrent", "1", "--name", "t3", "--grace-steps", "2", "--search-seed", "7",
+                             "--metric", "val_loss", "--no-refit"),
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
@@ -102,7 +103,9 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     (summary,) = [recs for recs in runs.values() if wr.run_info(recs)["job_type"] == "tune-summary"]
     assert any(h.get("tune/results", {}).get("_type") == "table-file" for h in wr.history_rows(summary))
 
-    (best,) = list((out / "best").rglob("*.pth"))
+    (best,) = list((out / "best").rglob("*.pth"))  # --no-refit: the winning trial's own export, at the top
+    assert best.parent.parent == out / "best" and not (out / "refit").exists()
+    assert res["refit"]["status"] == "skipped" and res["best_files"] == {"trial": [str(best)]}
     f = read(best)
     assert (f.kind, f.version) == ("sovits-export", "v2")
     back = rebuild(best, task="infer")
@@ -112,7 +115,7 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     # the same command again, without --resume: refused in one line, nothing of the first search touched
     before = {p: p.stat().st_mtime_ns for p in [out / "results.json", out / "summary.png", best]}
     again = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                                 "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3"),
+                                 "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--metric", "val_loss"),
                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr[-2000:]
     assert "already exists" in again.stderr and "--resume" in again.stderr
@@ -120,7 +123,8 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     # with --resume: the search finished, so nothing is rewritten and no second summary run is opened
     runs_before = sorted((out / "wandb").glob("offline-run-*"))
     done = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                                "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--resume"),
+                                "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--resume",
+                                "--metric", "val_loss"),
                           env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert str(best) in done.stdout.replace("\n", "")
@@ -148,7 +152,7 @@ def _trial_checkpoints(experiment: Path) -> dict[str, list[int]]:
 def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     args = _tune(tmp_path, demo_inputs, "--max-steps", "12", "--val-every", "3", "--batch-size", "4", "--num-samples",
                  "3", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "ti",
-                 "--wandb-mode", "disabled")
+                 "--wandb-mode", "disabled", "--metric", "val_loss", "--no-refit")
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = tmp_path / "run" / "ray"
     deadline = time.time() + 300
@@ -247,7 +251,7 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
     its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's."""
     r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "2",
                              "--num-samples", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent",
-                             "1", "--workers-per-trial", "2", "--name", "tw"),
+                             "1", "--workers-per-trial", "2", "--name", "tw", "--metric", "val_loss", "--no-refit"),
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
@@ -325,3 +329,76 @@ def test_tune_holds_out_a_default_set_where_train_holds_out_none(given, held_out
     assert load_config(None, **base).val_fraction == 0.0
     cfg, _ = load_tune_config(None, train={**base, **given})
     assert cfg.val_fraction == held_out and (cfg.val_names is not None) == ("val_names" in given)
+
+
+def _metric_best(run: Path, trial_id: str, key: str) -> tuple[int, float]:
+    """(step, value) of a trial's lowest validation ``key``, read from its metrics.jsonl."""
+    rows = [r for r in read_metrics(run / "trials" / trial_id / "metrics.jsonl") if r["split"] == "val"]
+    return min(((int(r["step"]), float(r[key])) for r in rows), key=lambda sv: sv[1])
+
+
+def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_inputs, tmp_path):
+    """`--metric val/mel_l1 --mode min` ranks the trials (results.json, best/) by mel L1, not val/loss;
+    the refit trains the winner's settings on every utterance for its best step in -o/refit. Ctrl-C in
+    the refit leaves the winning trial's weights in best/trial/ and a `--resume` runs only the refit
+    (no trial again); a `--resume` with another --metric is refused in one line."""
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples",
+                 "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "tr",
+                 "--metric", "val/mel_l1", "--mode", "min")
+    out = tmp_path / "run"
+    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and not (out / "refit" / "ray_run.json").is_file():
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)  # the trials are done, the refit has started
+    first, _ = p.communicate(timeout=300)
+    assert p.returncode == 130, first[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert (res["metric"], res["mode"], res["refit"]["status"]) == ("val/mel_l1", "min", "pending"), res
+    mel = {t["trial_id"]: _metric_best(out, t["trial_id"], "mel_l1") for t in res["trials"]}
+    winner = min(mel, key=lambda t: mel[t][1])
+    assert res["best_trial_id"] == winner and res["best"]["best_step"] == mel[winner][0]
+    assert res["best"]["best_value"] == pytest.approx(mel[winner][1])
+    (trial_export,) = (out / "trials" / winner).glob("SoVITS_weights_v2/*.pth")
+    (kept,) = (out / "best").rglob("*.pth")  # the winning trial's, in best/trial/ until the refit ends
+    assert kept.relative_to(out / "best").parts[0] == "trial" and kept.samefile(trial_export)
+    assert not (out / "finished.json").exists()
+    trial_files = {f: f.stat().st_mtime_ns for f in (out / "trials").rglob("*") if f.is_file()}
+
+    other = subprocess.run(args + ["--resume", "--metric", "val_loss"], env=_env(tmp_path), capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stdout[-2000:] + other.stderr[-2000:]
+    assert "--metric val_loss" in other.stderr and "--metric val/mel_l1 --mode min" in other.stderr
+
+    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming tune run" not in r.stdout  # the search is not restored: only the refit is left
+    assert {f: f.stat().st_mtime_ns for f in trial_files} == trial_files
+    res = json.loads((out / "results.json").read_text())
+    steps = mel[winner][0]
+    assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == steps
+    cfg = json.loads((out / "refit" / "config.json").read_text())
+    assert (cfg["val_fraction"], cfg["val_names"], cfg["max_steps"]) == (0.0, None, steps)
+    assert (cfg["lr_scale"], cfg["warmup_steps"]) == (pytest.approx(res["best"]["lr_scale"]), res["best"]["warmup_steps"])
+    rows = read_metrics(out / "refit" / "metrics.jsonl")
+    assert [row["step"] for row in rows if row["split"] == "train"] == list(range(1, steps + 1))
+    assert not [row for row in rows if row["split"] == "val"]
+    words = " ".join(r.stdout.split())
+    import re
+
+    used = re.search(r"(\d+) train utterances \S+ per epoch, as upstream \(\d+ items\); 0 val of (\d+) usable", words)
+    assert used and used.group(1) == used.group(2), words[-3000:]  # every utterance, the held-out ones too
+    (refit_export,) = (out / "refit").glob("SoVITS_weights_v2/*.pth")
+    best = out / "best" / refit_export.relative_to(out / "refit")
+    assert best.samefile(refit_export) and (out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner)
+                                            ).samefile(trial_export)
+    assert res["best_files"] == {"trial": [str(out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner))],
+                                 "refit": [str(best)]}
+    assert f"best weights (refit on every utterance): {best}" in words and f"winning trial: " in words
+    runs = {wr.run_info(recs)["job_type"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
+    assert wr.run_info(runs["refit"])["group"] == "tr" and wr.run_config(runs["refit"])["val_fraction"] == 0.0
+    summary = wr.summary(runs["tune-summary"])
+    assert summary["refit/status"] == "completed" and summary["best/refit_files"] == [str(best)]
+    assert summary["best/metric"] == "val/mel_l1" and summary["best/trial_id"] == winner
+    done = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
