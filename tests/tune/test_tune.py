@@ -18,6 +18,7 @@ from gsv_ray.io import read
 from gsv_ray.rebuild import rebuild
 from gsv_ray.track import read_metrics
 from tests.support import wandb_reader as wr
+from tests.support.objective import skip_until_quality_is_logged
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.01"}
 
@@ -197,6 +198,7 @@ def test_demo_runs_end_to_end(tmp_path):
     try:
         r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--max-steps", "6", "--num-samples", "2"], cwd=tmp_path,
                            env=env, capture_output=True, text=True, timeout=900)
+        skip_until_quality_is_logged(r.stderr)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         # nothing of ours outside the demo folder (-o and the storage in it), the cache and W&B's
         # folders; the temp dir keeps only Ray's own session logs
@@ -213,10 +215,12 @@ def test_demo_runs_end_to_end(tmp_path):
                                                              line.strip().startswith("wandb sync "))]
     assert wide == [], "\n".join(wide)
     assert "Traceback" not in r.stdout + r.stderr
-    best = next((tmp_path / "d/runs/demo/best").rglob("*.pth"))
-    assert lines[-3].startswith("best: lr_scale ")
-    assert lines[-2] == f"best weights: {best.relative_to(tmp_path)}"
-    assert lines[-1] == "W&B: 3 offline runs; upload: wandb sync d/runs/demo/wandb/offline-run-*"
+    (best,) = (tmp_path / "d/runs/demo/best").glob("SoVITS_weights_v2/*.pth")  # the refit's
+    (trial,) = (tmp_path / "d/runs/demo/best/trial").glob("SoVITS_weights_v2/*.pth")  # the winning trial's own
+    assert lines[-4].startswith("best: lr_scale ")
+    assert lines[-3] == f"winning trial: {trial.relative_to(tmp_path)}"
+    assert lines[-2] == f"best weights (refit on every utterance): {best.relative_to(tmp_path)}"
+    assert lines[-1] == "W&B: 4 offline runs; upload: wandb sync d/runs/demo/wandb/offline-run-*"
     assert (tmp_path / "d/runs/demo/results.json").is_file()
     assert read(best).kind == "sovits-export"
     log = (tmp_path / "d/runs/demo/logs/gsv-ray.log").read_text()
@@ -297,6 +301,7 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--version", "v4", "--dir", str(tmp_path / "d"),
                         "--max-steps", "4", "--num-samples", "3"],
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    skip_until_quality_is_logged(r.stderr)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     words = " ".join(r.stdout.split())  # prose is wrapped to 80 columns
     assert words.startswith(f"gsv-ray demo in {tmp_path / 'd'}: a synthetic voice and a small v4 base + LoRA")
@@ -312,7 +317,7 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
         assert [h["_step"] for h in history if "val/loss" in h] == list(range(2, t["steps"] + 1, 2))
         assert any(k.startswith("val/mel/") for h in history for k in h)
         assert wr.artifacts(recs), t["trial_id"]
-    (best,) = list((out / "best").rglob("*.pth"))
+    (best,) = list((out / "best").glob("SoVITS_weights_v4/*.pth"))  # the refit's (the trial's: best/trial/)
     f = read(best)
     assert (f.kind, f.version, f.lora_rank) == ("sovits-lora-export", "v4", 4) and best.name.endswith("_l4.pth")
 
@@ -402,3 +407,37 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     assert summary["best/metric"] == "val/mel_l1" and summary["best/trial_id"] == winner
     done = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_inputs, tmp_path):
+    """A --metric the recipe never logs: the search stops at the first validation with one line naming
+    what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
+    refuse the corrected command in the same -o (the search, its record)."""
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples", "2",
+                 "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "tn")
+    r = subprocess.run(args + ["--metric", "val/nope", "--mode", "max"], env=_env(tmp_path), capture_output=True,
+                       text=True, timeout=600)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("gsv-ray: error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stdout[-3000:] + r.stderr[-3000:]  # (and where the log is)
+    assert "--metric val/nope: the trials report no such metric" in errors[0] and "val/mel_l1" in errors[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    out = tmp_path / "run"
+    assert not (out / "ray" / "tn").exists() and not (out / "search.json").exists()
+    assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
+
+
+def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, tmp_path):
+    """No --metric: the search ranks by val/quality (lower is better) and refits its winner."""
+    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4",
+                             "--num-samples", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent",
+                             "2", "--name", "tq"), env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    skip_until_quality_is_logged(r.stderr)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "run"
+    res = json.loads((out / "results.json").read_text())
+    assert (res["metric"], res["mode"]) == ("val/quality", "min")
+    quality = {t["trial_id"]: _metric_best(out, t["trial_id"], "quality") for t in res["trials"]}
+    winner = min(quality, key=lambda t: quality[t][1])
+    assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
+    assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == quality[winner][0]
+    assert set(res["best_files"]) == {"trial", "refit"}
