@@ -152,7 +152,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: Any, *, without: Iterable[st
         if element == "bool":  # on by default: --NAME / --no-NAME (argparse's own), else a switch
             kw.update(action=argparse.BooleanOptionalAction if default is True else "store_true", default=None)
             if default is True:
-                kw["help"] = text.replace("%", "%%").replace(" (default True)", "")
+                kw["help"] = text.replace("%", "%%").replace("(default True)", "(default on)")
         else:
             kw.update(type={"int": int, "float": float, "str": str}[element], default=None)
             if opt.choices is not None:

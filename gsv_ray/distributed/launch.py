@@ -165,9 +165,10 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
 
 def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
                  wandb_group: str | None = None,
-                 wandb_job_type: str | None = None, console: Any = None) -> TrainResult:
+                 wandb_job_type: str | None = None, console: Any = None, rank0_lines: bool = True) -> TrainResult:
     """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc.
-    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines and progress are shown there."""
+    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the
+    log only) and progress are shown there."""
     from gsv_ray.distributed.shared import nbytes, share
 
     from gsv_ray.cache import default_cache_root
@@ -216,7 +217,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
         f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}")
-    relay, display = _console_relay(console, local=started)
+    relay, display = _console_relay(console, local=started, lines=rank0_lines)
     loop_config = {
         "relay": relay.queue if relay is not None else None,
         "train": dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
@@ -324,9 +325,10 @@ def trial_checkpoints(keep_last: int, max_failures: int) -> dict[str, Any]:
             "failure_config": tune.FailureConfig(max_failures=max_failures)}
 
 
-def _console_relay(console, *, local: bool):
-    """Rank 0's lines and progress, relayed to the driver's console (none without a console);
-    ``local``: our own Ray on this machine (see :class:`gsv_ray.console.Relay`)."""
+def _console_relay(console, *, local: bool, lines: bool = True):
+    """Rank 0's lines (``lines``; else to the log: the console routes print there) and progress,
+    relayed to the driver's console (none without a console); ``local``: our own Ray on this machine
+    (see :class:`gsv_ray.console.Relay`)."""
     if console is None:
         return None, None
     from gsv_ray.console import ProgressDisplay, Relay
@@ -335,7 +337,7 @@ def _console_relay(console, *, local: bool):
 
     def handle(e: dict[str, Any]) -> None:
         if e["kind"] == "line":
-            display.say(f"[rank 0] {e['text']}")
+            (display.say if lines else print)(f"[rank 0] {e['text']}")
         elif e["kind"] == "start":
             display.start(int(e["total"]), int(e["step"]))
         elif e["kind"] == "step":

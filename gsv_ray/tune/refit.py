@@ -57,7 +57,9 @@ def run_refit(cfg: TrainConfig, opts: TuneOptions, winner: TrialSummary, *, grou
             ray = RayOptions(workers=opts.workers_per_trial, gpus_per_worker=opts.gpus_per_worker,
                              cpus_per_worker=opts.cpus_per_worker, address=opts.address, storage=opts.storage,
                              max_failures=opts.max_failures, resume=resume)
-            result = train_on_ray(rcfg, ray, say=say, wandb_group=group, wandb_job_type=REFIT_JOB_TYPE, console=console)
+            # its lines (rebuild, Ray, data) in the log: the console shows its progress and the summary
+            result = train_on_ray(rcfg, ray, say=print, wandb_group=group, wandb_job_type=REFIT_JOB_TYPE,
+                                  console=console, rank0_lines=False)
             record_finished(rcfg, result.steps, result.epochs, result.exports)
             exports = [str(p) for p in result.exports]
     for run_dir in (out / "wandb").glob("*run-*"):  # beside the trials' and the summary's: one `wandb sync`

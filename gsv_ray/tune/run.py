@@ -119,10 +119,10 @@ def _say_summary(cfg: TrainConfig, outcome: TuneOutcome, files: dict[str, Path],
         say(f"best: lr_scale {b.lr_scale:.4g} (peak LR {peak:.3g}), warmup {b.warmup_steps}: "
             f"{outcome.metric.removeprefix('val/')} {b.best_value:.4g} at step {b.best_step}")
     refit = outcome.best_files.get("refit")
-    for p in outcome.best_files.get("trial", []):
-        say(f"{'winning trial' if refit else 'best weights'}: {shown(p)}")
-    for p in refit or []:
-        say(f"best weights (refit on every utterance): {shown(p)}")
+    for p in outcome.best_files.get("trial", []):  # trained without the held-out utterances
+        say(Copyable(f"{'winning trial' if refit else 'best weights'}:", shown(p)))
+    for p in refit or []:  # trained on every utterance
+        say(Copyable("best weights (refit):", shown(p)))
     runs = offline_runs(out)
     if runs:
         say(Copyable(f"W&B: {len(runs)} offline runs; upload:",
