@@ -243,8 +243,8 @@ def results_table(outcome: TuneOutcome) -> Any:
     # no vertical rules: the table fits 80 columns with whole numbers in every cell
     table = Table(title=_title(outcome), caption=_caption(outcome), show_lines=False, box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 1))
-    for col in ("trial", "lr_scale", "warmup", f"best {outcome.metric.removeprefix('val/')[:10]}", "at step", "steps",
-                "status"):
+    # the metric's column: its short name (the title names it whole, with its mode)
+    for col in ("trial", "lr_scale", "warmup", _short(outcome.metric), "at step", "steps", "status"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
     best_id = outcome.best.trial_id if outcome.best is not None else None
     for t in _table_order(outcome.trials, outcome.mode):
@@ -257,6 +257,12 @@ def results_table(outcome: TuneOutcome) -> Any:
             str(t.steps), _status_text(t), style=style,
         )
     return table
+
+
+def _short(metric: str) -> str:
+    """A metric's short name for a column header: ``val/quality`` -> ``quality`` (at most 9 characters)."""
+    name = metric.removeprefix("val/")
+    return name if len(name) <= 9 else name[:8] + "…"
 
 
 def _table_order(trials: Sequence[TrialSummary], mode: str = "min") -> list[TrialSummary]:
