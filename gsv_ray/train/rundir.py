@@ -26,7 +26,7 @@ from gsv_ray.train.config import TrainConfig
 RAY_RUN_RECORD = "ray_run.json"  # in -o of a Ray run: its name and storage, so --resume finds it after any stop
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", RAY_RUN_RECORD, "ray")
 #: a tune search's results in its -o
-TUNE_RESULTS = ("results.json", "best", "trials", "summary.png", "refit")
+TUNE_RESULTS = ("results.json", "best", "trials", "summary.png", "refit", "listen.html", "listen")
 #: a tune search's name and objective in its -o (what its --resume compares)
 SEARCH_RECORD = "search.json"
 FINISHED = "finished.json"

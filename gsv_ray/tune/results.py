@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gsv_ray.atomic import atomic_write
 
@@ -265,6 +265,11 @@ def _short(metric: str) -> str:
     return name if len(name) <= 9 else name[:8] + "…"
 
 
+def ranked_trials(outcome: TuneOutcome) -> list[TrialSummary]:
+    """The trials as the table lists them: best first by the search's mode, those without a value last."""
+    return _table_order(outcome.trials, outcome.mode)
+
+
 def _table_order(trials: Sequence[TrialSummary], mode: str = "min") -> list[TrialSummary]:
     """Trials with a value first, best first (``mode``); the others after, in their original order."""
     scored = sorted((t for t in trials if _is_finite(t.best_value)),
@@ -415,6 +420,7 @@ def log_summary_run(
     name: str | None = None,
     entity: str | None = None,
     png_path: str | Path | None = None,
+    extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
     """Log the search as one W&B run next to its trials: ``job_type="tune-summary"``, grouped with
     the trials (``group`` defaults to ``outcome.name``), the per-trial table, the best settings in
@@ -422,7 +428,8 @@ def log_summary_run(
 
     ``mode`` follows :class:`gsv_ray.track.Tracker` (offline without an API key; ``disabled`` is a
     no-op). The figure is ``png_path`` when given (e.g. what :func:`write_results` wrote), else it
-    is rendered into ``<dir>/summary.png``. Returns the finished ``Tracker`` (``run_id``,
+    is rendered into ``<dir>/summary.png``. ``extra()``: more entries for the same row (e.g. the
+    listening table), built once the run is open. Returns the finished ``Tracker`` (``run_id``,
     ``run_file``, ``mode``)."""
     from gsv_ray.track import Tracker
 
@@ -445,7 +452,7 @@ def log_summary_run(
             png_path = atomic_write(Path(dir) / "summary.png", lambda f: f.write(png), overwrite=True)
         table = wandb.Table(columns=list(TABLE_COLUMNS), data=table_rows(outcome), allow_mixed_types=True)
         image = wandb.Image(str(png_path), caption=_title(outcome))
-        tracker.log(0, {TABLE_KEY: table, IMAGE_KEY: image})
+        tracker.log(0, {TABLE_KEY: table, IMAGE_KEY: image, **(extra() if extra is not None else {})})
         tracker.set_summary(best_summary(outcome))
         ok = True
     finally:
@@ -455,6 +462,6 @@ def log_summary_run(
 
 __all__ = [
     "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "RefitSummary", "TrialSummary", "TuneOutcome", "best_summary", "first_line",
-    "load_results", "log_summary_run", "pick_best", "render_summary_png", "results_table", "status_counts",
+    "load_results", "log_summary_run", "pick_best", "ranked_trials", "render_summary_png", "results_table", "status_counts",
     "table_rows", "trial_label", "write_results",
 ]

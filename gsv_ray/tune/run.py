@@ -11,6 +11,7 @@ from gsv_ray.atomic import link_or_copy
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.rundir import record_search_finished
 from gsv_ray.train.tracking import offline_runs
+from gsv_ray.tune.listen import LISTEN_KEY, listen_table, listening_rows, write_listen_html
 from gsv_ray.tune.refit import run_refit
 from gsv_ray.tune.results import (INTERRUPTED_STATUSES, REFIT_DONE, REFIT_NOT_RUN, REFIT_PENDING, REFIT_SKIPPED,
                                   RefitSummary, TuneOutcome, failure_lines, load_results, log_summary_run,
@@ -56,9 +57,13 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
         outcome.refit = run_refit(cfg, opts, outcome.best, group=outcome.name, say=say, console=console)
         place_best(outcome, out, refit=outcome.refit)
         files = write_results(outcome, out)
+    rows = listening_rows(outcome, out, cfg.data)
+    page = write_listen_html(outcome, rows, out)
+    if page is not None:
+        files["listen"] = page
     wandb_dir = out  # W&B writes under $WANDB_DIR when set, else <-o>/wandb
     log_summary_run(outcome, project=cfg.wandb_project, mode=cfg.wandb_mode, dir=wandb_dir, group=outcome.name,
-                    png_path=files.get("png"))
+                    png_path=files.get("png"), extra=(lambda: {LISTEN_KEY: listen_table(rows, out)}) if rows else None)
     best_exports = _say_summary(cfg, outcome, files, say=say, console=console, interrupted=interrupted)
     if complete:
         record_search_finished(out, outcome.name, best_exports)  # a later --resume changes nothing
@@ -108,7 +113,8 @@ def _say_summary(cfg: TrainConfig, outcome: TuneOutcome, files: dict[str, Path],
     from gsv_ray.console import Copyable, command, shown
 
     out = Path(cfg.output_dir)
-    say(f"results: {shown(files['json'])}, {shown(files['png'])}")
+    say(f"results: {shown(files['json'])}, {shown(files['png'])}"
+        + (f", {shown(files['listen'])}" if files.get("listen") else ""))
     if console is not None and console.used:
         say(f"log (Ray, W&B): {shown(console.log_file)}")
     if outcome.interrupted:

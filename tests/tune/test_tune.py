@@ -406,8 +406,32 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     summary = wr.summary(runs["tune-summary"])
     assert summary["refit/status"] == "completed" and summary["best/refit_files"] == [str(best)]
     assert summary["best/metric"] == "val/mel_l1" and summary["best/trial_id"] == winner
+    _listening_table(out, res, runs["tune-summary"], Path(demo_inputs["data"]))
     done = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _listening_table(out: Path, res: dict, summary_run, data: Path) -> None:
+    """-o/listen.html: a row per rendered held-out utterance with its text, its real recording (a copy
+    in -o/listen/real/) and every trial's rendering at the trial's best step, all as files in -o; the
+    same table (wandb.Audio cells) in the W&B summary run."""
+    import re
+
+    page = (out / "listen.html").read_text(encoding="utf-8")
+    srcs = re.findall(r'<audio controls preload="none" src="([^"]+)"></audio>', page)
+    assert srcs and all((out / s).read_bytes()[:4] == b"RIFF" for s in srcs), srcs  # every one a WAV in -o
+    rendered = {t["trial_id"]: sorted((out / "trials" / t["trial_id"] / "samples" / f"step_{t['best_step']:08d}")
+                                      .glob("*.wav")) for t in res["trials"]}
+    names = {p.stem for files in rendered.values() for p in files}
+    assert names and page.count("<tr>") == 1 + len(names)
+    for files in rendered.values():  # each trial's audio at its best step
+        assert all(str(p.relative_to(out)) in srcs for p in files)
+    for name in names:  # the real recording, copied, and its text
+        real = out / "listen" / "real" / f"{name}.wav"
+        assert str(real.relative_to(out)) in srcs and real.read_bytes() == (data / "5-wav32k" / f"{name}.wav").read_bytes()
+        assert not real.samefile(data / "5-wav32k" / f"{name}.wav")
+    row = next(h for h in wr.history_rows(summary_run) if "tune/listen" in h)
+    assert row["tune/listen"]["_type"] == "table-file" and row["tune/listen"]["nrows"] == len(names)
 
 
 def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_inputs, tmp_path):
