@@ -170,7 +170,7 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
     for trial_id, step in saved.items():
         t = res[trial_id]
-        assert t["steps"] >= step and t["best_val_loss"] is not None and len(t["val_history"]) >= step // 3, t
+        assert t["steps"] >= step and t["best_value"] is not None and len(t["val_history"]) >= step // 3, t
         assert t["status"] == "interrupted"
     r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
