@@ -1,15 +1,16 @@
 """The refit: after a search, the winning settings trained on *every* utterance, held-out ones included.
 
 A small voice set cannot spare its held-out utterances for the weights it finally delivers: the
-search needs them to rank trials, the delivered model does not. The refit is an ordinary training run
-(:func:`gsv_ray.distributed.launch.train_on_ray`, on the resources a trial had) in ``-o/refit`` with
-the winner's ``lr_scale`` and warmup, nothing held out (``val_fraction`` 0, no ``val_names``), for
-the winner's *best step*: the step of its best validation value (a checkpoint step: trials save at
-every validation), whether it then went on, was stopped early or finished. Its W&B run is in the
-search's group (``job_type="refit"``), copied into ``-o/wandb`` beside the trials'. It checkpoints
-every ``--save-every`` steps (the trials: at every validation). It owns ``-o/refit`` like ``train`` owns its ``-o`` (the run
-lock), and records its end there (``finished.json``): a ``tune --resume`` of a search whose refit
-was cut short continues it; one whose refit finished leaves it as it is.
+search needs them to rank trials, the delivered model does not. The refit is an ordinary training
+run (:func:`gsv_ray.distributed.launch.train_on_ray`, on the resources a trial had) in
+``-o/refit`` with the winner's ``lr_scale`` and warmup, nothing held out (``val_fraction`` 0, no
+``val_names``), for the winner's *best step*: the step of its best validation value (a checkpoint
+step: trials save at every validation), whether it then went on, was stopped early or finished. Its
+W&B run is in the search's group (``job_type="refit"``), copied into ``-o/wandb`` beside the
+trials'. It checkpoints every ``--save-every`` steps (the trials: at every validation). It owns
+``-o/refit`` like ``train`` owns its ``-o`` (the run lock), and records its end there
+(``finished.json``): a ``tune --resume`` of a search whose refit was cut short continues it; one
+whose refit finished leaves it as it is.
 """
 
 from __future__ import annotations

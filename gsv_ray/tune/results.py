@@ -461,7 +461,7 @@ def log_summary_run(
 
 
 __all__ = [
-    "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "RefitSummary", "TrialSummary", "TuneOutcome", "best_summary", "first_line",
-    "load_results", "log_summary_run", "pick_best", "ranked_trials", "render_summary_png", "results_table", "status_counts",
-    "table_rows", "trial_label", "write_results",
+    "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "RefitSummary", "TrialSummary", "TuneOutcome", "best_summary",
+    "first_line", "load_results", "log_summary_run", "pick_best", "ranked_trials", "render_summary_png",
+    "results_table", "status_counts", "table_rows", "trial_label", "write_results",
 ]

@@ -4,9 +4,10 @@ Each trial is a Tune *function* trainable that builds and fits a Ray Train ``Tor
 the unchanged training loop (``TuneReportCallback`` forwards the workers' reports to Tune; a
 ``TorchTrainer`` given to the Tuner directly is refused by Ray 2.60). The rebuild runs once, on
 the driver, before any trial; every trial gets a reference to the shared weights, never the path.
-ASHA compares the search's objective (``--metric``, :class:`Objective`: ``val/quality`` by default)
-at our own ``step`` counter (Tune's ``training_iteration`` restarts after a restore). Trial Train runs are named after the trial, so a restored tune run
-continues interrupted trials from their last checkpoints instead of starting them again.
+ASHA compares the search's objective (``--metric``, :class:`Objective`: ``val/quality`` by
+default) at our own ``step`` counter (Tune's ``training_iteration`` restarts after a restore).
+Trial Train runs are named after the trial, so a restored tune run continues interrupted trials
+from their last checkpoints instead of starting them again.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class TuneOptions:
                                   "--metric val/mel_l1 --mode min")
         if self.mode is None:
             raise ConfigError(f"--metric {self.metric} needs --mode: whether lower (min) or higher (max) is better",
-                              fix=f"add --mode min or --mode max")
+                              fix="add --mode min or --mode max")
         return Objective(self.metric, self.mode)
 
     def warmups(self, max_steps: int) -> list[int]:
@@ -201,7 +202,8 @@ def search_algorithm(opts: TuneOptions, objective: Objective):
                        "--search random") from None
     if opts.search_seed is None:
         return OptunaSearch(metric=objective.metric, mode=objective.mode)
-    return OptunaSearch(metric=objective.metric, mode=objective.mode, sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
+    return OptunaSearch(metric=objective.metric, mode=objective.mode,
+                        sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
 
 
 EARLY_STOPPED_RECORD = ".gsv-early-stopped"  # in -o: trial ids ASHA stopped, one per line
@@ -626,7 +628,8 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
         hist = result.metrics_dataframe
         has = hist is not None and len(hist) and "step" in hist
         metric = objective.metric
-        val = [(int(s), float(v)) for s, v in zip(hist["step"], hist[metric]) if v == v] if has and metric in hist else []
+        val = ([(int(s), float(v)) for s, v in zip(hist["step"], hist[metric]) if v == v]
+               if has and metric in hist else [])
         lr_col = next((c for c in hist.columns if c.startswith("lr/")), None) if has else None
         lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
         steps = int(hist["step"].max()) if has else 0
