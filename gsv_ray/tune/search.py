@@ -639,7 +639,12 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
         exports: list[str] = []
         src = latest_outputs(storage_fs, trial_run_uri(storage_path, name, trial_id, opts))
         finished = src is not None and src.endswith(f"/{FINAL_RUN}")
-        if src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
+        # moved into trials/<id> by an earlier collect (a search resumed after Ctrl-C): kept as they are
+        placed = (finished and isinstance(storage_fs, LocalFileSystem) and (trial_out / "metrics.jsonl").is_file()
+                  and not any(Path(src).iterdir()))
+        if placed:
+            exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+        elif src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
             shutil.rmtree(trial_out, ignore_errors=True)
             trial_out.mkdir(parents=True)
             if isinstance(storage_fs, LocalFileSystem) and finished:

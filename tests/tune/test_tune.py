@@ -466,3 +466,30 @@ def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, 
     assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
     assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == quality[winner][0]
     assert set(res["best_files"]) == {"trial", "refit"}
+
+
+def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_c(demo_inputs, tmp_path):
+    """Ctrl-C after one trial finished (its outputs were placed in -o/trials/<id>/, moved out of
+    storage); `--resume` runs the other and keeps the finished trial's export and metrics (before: its
+    folder was emptied, and the winner's weights in best/ could be none)."""
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4", "--num-samples",
+                 "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "1", "--name", "tk",
+                 "--wandb-mode", "disabled", "--metric", "val_loss", "--no-refit")
+    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = tmp_path / "run" / "ray" / "tk"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and len(_trial_checkpoints(storage)) < 2:
+        time.sleep(0.2)  # the first trial finished, the second has its first checkpoint (its folder in storage)
+    p.send_signal(signal.SIGINT)
+    first, _ = p.communicate(timeout=300)
+    assert p.returncode == 130, first[-3000:]
+    res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
+    done = [tid for tid, t in res.items() if t["status"] == "completed"]
+    assert done, res
+    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for tid in res:
+        trial = tmp_path / "run" / "trials" / tid
+        assert list(trial.glob("SoVITS_weights_v2/*.pth")), (tid, sorted(p.name for p in trial.iterdir()))
+        assert [row["step"] for row in read_metrics(trial / "metrics.jsonl") if row["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert list((tmp_path / "run" / "best").rglob("*.pth"))
