@@ -193,6 +193,10 @@ def _run_tune(cfg, opts, *, verbose: bool, command: str = "tune") -> int:
 
     with own_output_dir(cfg.output_dir), private_temp_dir(), \
             Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
+        if opts.resume:  # another --metric is refused even where nothing is left to run
+            from gsv_ray.tune.search import check_same_search, default_name
+
+            check_same_search(Path(cfg.output_dir), opts.name or default_name(cfg), opts.objective())
         done = finished_search_line(Path(cfg.output_dir)) if opts.resume else None
         if done:  # nothing rewritten, no second W&B summary run
             console.say(done)

@@ -149,8 +149,10 @@ def add_flags(parser: argparse.ArgumentParser, cls: Any, *, without: Iterable[st
         kind = _type_of(f)
         element = kind.element
         kw: dict[str, Any] = {"help": text.replace("%", "%%")}
-        if element == "bool":
-            kw.update(action="store_true", default=None)
+        if element == "bool":  # on by default: --NAME / --no-NAME (argparse's own), else a switch
+            kw.update(action=argparse.BooleanOptionalAction if default is True else "store_true", default=None)
+            if default is True:
+                kw["help"] = text.replace("%", "%%").replace("(default True)", "(default on)")
         else:
             kw.update(type={"int": int, "float": float, "str": str}[element], default=None)
             if opt.choices is not None:

@@ -41,6 +41,17 @@ def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
     return f"gsv-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+def wandb_run_id(name: str) -> str:
+    """The W&B run id of the Ray run ``name`` (the same run id on every resume of it)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def recorded_run_name(out: str | Path) -> str | None:
+    """The name of the Ray run ``-o`` records (None when it records none)."""
+    recorded = _recorded_run(out)
+    return recorded[0] if recorded is not None else None
+
+
 def _recorded_run(out: str | Path) -> tuple[str, str, str | None] | None:
     """(name, layout, storage) of the Ray run this -o records: layout "actor" (one worker) or
     "train"; storage as recorded (credentials masked), None if not recorded."""
@@ -154,9 +165,10 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
 
 def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
                  wandb_group: str | None = None,
-                 wandb_job_type: str | None = None, console: Any = None) -> TrainResult:
+                 wandb_job_type: str | None = None, console: Any = None, rank0_lines: bool = True) -> TrainResult:
     """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc.
-    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines and progress are shown there."""
+    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the
+    log only) and progress are shown there."""
     from gsv_ray.distributed.shared import nbytes, share
 
     from gsv_ray.cache import default_cache_root
@@ -207,7 +219,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
         f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}")
-    relay, display = _console_relay(console, local=started)
+    relay, display = _console_relay(console, local=started, lines=rank0_lines)
     loop_config = {
         "relay": relay.queue if relay is not None else None,
         "train": dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
@@ -222,7 +234,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
                             if p and "://" not in p],
         "group": wandb_group,
         "job_type": wandb_job_type,
-        "wandb_run_id": hashlib.sha256(name.encode()).hexdigest()[:8],
+        "wandb_run_id": wandb_run_id(name),
     }
     fit = _fit_in_actor if runs_in_actor(opts) else _fit_on_ray_train
     try:
@@ -315,9 +327,10 @@ def trial_checkpoints(keep_last: int, max_failures: int) -> dict[str, Any]:
             "failure_config": tune.FailureConfig(max_failures=max_failures)}
 
 
-def _console_relay(console, *, local: bool):
-    """Rank 0's lines and progress, relayed to the driver's console (none without a console);
-    ``local``: our own Ray on this machine (see :class:`gsv_ray.console.Relay`)."""
+def _console_relay(console, *, local: bool, lines: bool = True):
+    """Rank 0's lines (``lines``; else to the log: the console routes print there) and progress,
+    relayed to the driver's console (none without a console); ``local``: our own Ray on this machine
+    (see :class:`gsv_ray.console.Relay`)."""
     if console is None:
         return None, None
     from gsv_ray.console import ProgressDisplay, Relay
@@ -326,7 +339,7 @@ def _console_relay(console, *, local: bool):
 
     def handle(e: dict[str, Any]) -> None:
         if e["kind"] == "line":
-            display.say(f"[rank 0] {e['text']}")
+            (display.say if lines else print)(f"[rank 0] {e['text']}")
         elif e["kind"] == "start":
             display.start(int(e["total"]), int(e["step"]))
         elif e["kind"] == "step":

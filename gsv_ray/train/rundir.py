@@ -26,10 +26,12 @@ from gsv_ray.train.config import TrainConfig
 RAY_RUN_RECORD = "ray_run.json"  # in -o of a Ray run: its name and storage, so --resume finds it after any stop
 RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", RAY_RUN_RECORD, "ray")
 #: a tune search's results in its -o
-TUNE_RESULTS = ("results.json", "best", "trials", "summary.png")
+TUNE_RESULTS = ("results.json", "best", "trials", "summary.png", "refit", "listen.html", "listen")
+#: a tune search's name and objective in its -o (what its --resume compares)
+SEARCH_RECORD = "search.json"
 FINISHED = "finished.json"
 #: every name gsv-ray writes at the top of an -o (besides ``<Stage>_weights*`` export folders)
-RUN_ENTRIES = (*RUN_FILES, *TUNE_RESULTS, FINISHED, "logs", "wandb", "wandb_run_id", "run_config.json",
+RUN_ENTRIES = (*RUN_FILES, *TUNE_RESULTS, SEARCH_RECORD, FINISHED, "logs", "wandb", "wandb_run_id", "run_config.json",
                "early_stopped.json", RUN_LOCK)
 #: the settings that decide a run's trajectory: a --resume must keep them (--max-steps / --epochs
 #: may grow; the data folder is compared by path only where it is, not by content)

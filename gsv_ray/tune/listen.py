@@ -41,8 +41,8 @@ from gsv_ray.owned import owned_temp_dir, sweep
 from gsv_ray.track.wandb_run import safe_name
 from gsv_ray.tune.results import BEST_MARK
 
-__all__ = ["AUDIO_DIR", "PAGE_NAME", "Clip", "ListeningPage", "ListeningRow", "TrialTake", "best_trial",
-           "wandb_listening_table", "write_listening_page"]
+__all__ = ["AUDIO_DIR", "LISTEN_KEY", "PAGE_NAME", "Clip", "ListeningPage", "ListeningRow", "TrialTake", "best_trial",
+           "search_rows", "wandb_listening_table", "write_listening_page"]
 
 PAGE_NAME = "listen.html"
 AUDIO_DIR = "listen"
@@ -364,3 +364,50 @@ def wandb_listening_table(rows: Sequence[ListeningRow], *, metric: str | None = 
     # Mixed types: a metric may be null in one row and a number in the next, which W&B's inferred
     # column types refuse; every audio cell still carries its own audio-file type.
     return wandb.Table(columns=_table_columns(trials), data=data, allow_mixed_types=True)
+
+
+# -- a search's rows -----------------------------------------------------------------------------
+#: Where the search summary run logs the table.
+LISTEN_KEY = "tune/listen"
+
+
+def search_rows(outcome: Any, out: Path, data: str | None) -> list[ListeningRow]:
+    """A finished search's rows, trials best first: each trial renders its first ``--audio-samples``
+    held-out utterances at every validation (``-o/trials/<id>/samples/step_<N>/<name>.wav``; the same
+    utterances for every trial), taken at the trial's best step with its metric there; the real
+    recording and text come from a local data folder. Rows whose real recording is not at hand (a
+    data URI) are left out; no rows when no trial rendered audio (v3/v4 render mel images)."""
+    from gsv_ray.tune.results import ranked_trials
+
+    takes: dict[str, dict[str, TrialTake]] = {}
+    for t in ranked_trials(outcome):
+        if t.best_step is None:
+            continue
+        folder = Path(out) / "trials" / t.trial_id / "samples" / f"step_{t.best_step:08d}"
+        takes[t.trial_id] = {p.stem: TrialTake(Clip(path=p), t.best_step, {outcome.metric: t.best_value})
+                             for p in sorted(folder.glob("*.wav"))}
+    texts, wavs = _utterances(data)
+    by_file = {k: name for name in texts for k in (safe_name(name), safe_name(Path(name).stem))}
+    rows = []
+    for stem in dict.fromkeys(n for per in takes.values() for n in per):
+        name = by_file.get(stem)
+        if name is None or name not in wavs:
+            continue
+        rows.append(ListeningRow(utterance=name, text=texts.get(name, ""), real=Clip(path=wavs[name]),
+                                 trials={tid: per[stem] for tid, per in takes.items() if stem in per}))
+    return rows
+
+
+def _utterances(data: str | None) -> tuple[dict[str, str], dict[str, Path]]:
+    """(name -> text, name -> real WAV) of a local experiment folder (empty for a URI or another layout)."""
+    from gsv_ray.data.experiment import NAME2TEXT, WAV_DIR, name2text_fields
+
+    root = Path(data) if data and "://" not in data else None
+    if root is None or not (root / NAME2TEXT).is_file():
+        return {}, {}
+    texts: dict[str, str] = {}
+    for line in (root / NAME2TEXT).read_text(encoding="utf-8", errors="replace").splitlines():
+        fields = name2text_fields(line)
+        if fields is not None:
+            texts[fields[0]] = fields[3]
+    return texts, {n: root / WAV_DIR / n for n in texts if (root / WAV_DIR / n).is_file()}

@@ -20,17 +20,17 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from gsv_ray.atomic import atomic_write
 
 #: ``results.json`` layout version; bump when fields change meaning.
-RESULTS_FORMAT = "gsv-ray-tune-results/1"
+RESULTS_FORMAT = "gsv-ray-tune-results/2"  # 2: best_value (the objective's), refit
 BEST_MARK = "★"
 SUMMARY_JOB_TYPE = "tune-summary"
 TABLE_KEY = "tune/results"
 IMAGE_KEY = "tune/summary"
-TABLE_COLUMNS = ("trial_id", "lr_scale", "warmup_steps", "best_val_loss", "best_step", "steps", "status",
+TABLE_COLUMNS = ("trial_id", "lr_scale", "warmup_steps", "best_value", "best_step", "steps", "status",
                  "wandb_run_id")
 #: How a trial ended (its ``status``): ran its whole budget; stopped by the scheduler (ASHA) for a
 #: poor validation loss; stopped because the search was (Ctrl-C, a dead driver); raised; never ran.
@@ -49,7 +49,8 @@ class TrialSummary:
     """One trial as the search saw it last: its settings, where it got to and how it ended.
 
     ``status``: its fate, one of :data:`FATES` (``failed``: ``error`` holds the message).
-    ``val_history`` / ``lr_history`` are ``(step, value)`` pairs in step order."""
+    ``val_history`` (the search's metric) / ``lr_history`` are ``(step, value)`` pairs in step order;
+    ``best_value`` / ``best_step``: the metric's best value (per the search's mode) and its step."""
 
     trial_id: str
     lr_scale: float
@@ -57,7 +58,7 @@ class TrialSummary:
     status: str
     error: str | None = None
     steps: int = 0
-    best_val_loss: float | None = None
+    best_value: float | None = None
     best_step: int | None = None
     val_history: list[tuple[int, float]] = field(default_factory=list)
     lr_history: list[tuple[int, float]] = field(default_factory=list)
@@ -73,16 +74,43 @@ class TrialSummary:
         """Inverse of :meth:`to_json` (histories come back as lists of tuples; unknown keys ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
+        if "best_val_loss" in d and "best_value" not in d:  # format 1: the metric was always val/loss
+            kw["best_value"] = d["best_val_loss"]
         for k in ("val_history", "lr_history"):
             kw[k] = [(int(s), _float_or_nan(v)) for s, v in kw.get(k) or []]
         kw["export_paths"] = [str(p) for p in kw.get("export_paths") or []]
         return cls(**kw)
 
 
+#: What became of the refit (the winner's settings trained on every utterance): it ran to its end;
+#: --no-refit; not run (no winner, or the search did not finish); started but not finished.
+REFIT_DONE, REFIT_SKIPPED, REFIT_NOT_RUN, REFIT_PENDING = "completed", "skipped", "not-run", "pending"
+
+
+@dataclass
+class RefitSummary:
+    """The refit: the winning settings trained on every utterance for ``steps`` (the winner's best
+    step) in ``run_dir``; ``exports``: its GPT-SoVITS files there (what ``-o/best`` holds when done)."""
+
+    status: str
+    steps: int | None = None
+    run_dir: str | None = None
+    exports: list[str] = field(default_factory=list)
+    wandb_run_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _finite(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RefitSummary:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass
 class TuneOutcome:
     """A whole search: its name (also the W&B group of its trials), what it optimised, the trials,
-    whether it was interrupted, and the best trial (lowest ``best_val_loss``; see :func:`pick_best`)."""
+    whether it was interrupted, and the best trial (lowest ``best_value``; see :func:`pick_best`)."""
 
     name: str
     stage: str
@@ -92,6 +120,10 @@ class TuneOutcome:
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
     best: TrialSummary | None = None
+    refit: RefitSummary | None = None
+    #: what -o/best holds: {"refit" | "trial": [paths]} (the refit's files at its top, the winning
+    #: trial's own in best/trial/ beside them when there was a refit)
+    best_files: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Everything, as strict JSON types (NaN -> ``None``)."""
@@ -103,6 +135,8 @@ class TuneOutcome:
             "best": self.best.to_json() if self.best is not None else None,
             "status_counts": status_counts(self.trials),
             "trials": [t.to_json() for t in self.trials],
+            "refit": self.refit.to_json() if self.refit is not None else None,
+            "best_files": _finite(self.best_files),
         }
 
     @classmethod
@@ -114,16 +148,20 @@ class TuneOutcome:
         if best is None and d.get("best"):
             best = TrialSummary.from_json(d["best"])
         return cls(name=d["name"], stage=d["stage"], version=d.get("version"), metric=d.get("metric", "val/loss"),
-                   mode=d.get("mode", "min"), trials=trials, interrupted=bool(d.get("interrupted")), best=best)
+                   mode=d.get("mode", "min"), trials=trials, interrupted=bool(d.get("interrupted")), best=best,
+                   refit=RefitSummary.from_json(d["refit"]) if d.get("refit") else None,
+                   best_files={k: [str(p) for p in v] for k, v in (d.get("best_files") or {}).items()})
 
 
-def pick_best(trials: Iterable[TrialSummary]) -> TrialSummary | None:
-    """The trial with the lowest finite ``best_val_loss`` (first one on ties), or ``None``.
+def pick_best(trials: Iterable[TrialSummary], mode: str = "min") -> TrialSummary | None:
+    """The trial with the best finite ``best_value`` (lowest for ``mode`` min, highest for max;
+    the first one on ties), or ``None``.
 
     Trials of every status count: an early-stopped or interrupted trial's best checkpoint is
     as real as a finished one's."""
-    cands = [t for t in trials if _is_finite(t.best_val_loss)]
-    return min(cands, key=lambda t: t.best_val_loss) if cands else None  # type: ignore[arg-type,return-value]
+    cands = [t for t in trials if _is_finite(t.best_value)]
+    pick = max if mode == "max" else min
+    return pick(cands, key=lambda t: t.best_value) if cands else None  # type: ignore[arg-type,return-value]
 
 
 def status_counts(trials: Iterable[TrialSummary]) -> dict[str, int]:
@@ -195,7 +233,7 @@ def _title(outcome: TuneOutcome) -> str:
 
 # -- 1. terminal table ---------------------------------------------------------------------------
 def results_table(outcome: TuneOutcome) -> Any:
-    """A ``rich.table.Table`` of the trials (best first by ``best_val_loss``, then the rest in the
+    """A ``rich.table.Table`` of the trials (best first by ``best_value``, then the rest in the
     given order), the best row marked with :data:`BEST_MARK`; the title says when the search was
     interrupted, so a partial table is never mistaken for a finished one."""
     from rich.table import Table
@@ -205,34 +243,46 @@ def results_table(outcome: TuneOutcome) -> Any:
     # no vertical rules: the table fits 80 columns with whole numbers in every cell
     table = Table(title=_title(outcome), caption=_caption(outcome), show_lines=False, box=box.SIMPLE_HEAD,
                   pad_edge=False, padding=(0, 1))
-    for col in ("trial", "lr_scale", "warmup", "best val", "at step", "steps", "status"):
+    # the metric's column: its short name (the title names it whole, with its mode)
+    for col in ("trial", "lr_scale", "warmup", _short(outcome.metric), "at step", "steps", "status"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
     best_id = outcome.best.trial_id if outcome.best is not None else None
-    for t in _table_order(outcome.trials):
+    for t in _table_order(outcome.trials, outcome.mode):
         is_best = best_id is not None and t.trial_id == best_id
         style = "bold green" if is_best else ("red" if t.status == FAILED else None)
         table.add_row(
             f"{BEST_MARK} {t.trial_id}" if is_best else f"  {t.trial_id}",
             _fmt(t.lr_scale, ".4g"), str(t.warmup_steps),
-            _fmt(t.best_val_loss, ".4f"), "—" if t.best_step is None else str(t.best_step),
+            _fmt(t.best_value, ".4f"), "—" if t.best_step is None else str(t.best_step),
             str(t.steps), _status_text(t), style=style,
         )
     return table
 
 
-def _table_order(trials: Sequence[TrialSummary]) -> list[TrialSummary]:
-    """Trials with a loss first, lowest first; the others after, in their original order."""
-    scored = sorted((t for t in trials if _is_finite(t.best_val_loss)),
-                    key=lambda t: float(t.best_val_loss))  # type: ignore[arg-type]
-    return scored + [t for t in trials if not _is_finite(t.best_val_loss)]
+def _short(metric: str) -> str:
+    """A metric's short name for a column header: ``val/quality`` -> ``quality`` (at most 9 characters)."""
+    name = metric.removeprefix("val/")
+    return name if len(name) <= 9 else name[:8] + "…"
+
+
+def ranked_trials(outcome: TuneOutcome) -> list[TrialSummary]:
+    """The trials as the table lists them: best first by the search's mode, those without a value last."""
+    return _table_order(outcome.trials, outcome.mode)
+
+
+def _table_order(trials: Sequence[TrialSummary], mode: str = "min") -> list[TrialSummary]:
+    """Trials with a value first, best first (``mode``); the others after, in their original order."""
+    scored = sorted((t for t in trials if _is_finite(t.best_value)),
+                    key=lambda t: float(t.best_value), reverse=mode == "max")  # type: ignore[arg-type]
+    return scored + [t for t in trials if not _is_finite(t.best_value)]
 
 
 def _caption(outcome: TuneOutcome) -> str | None:
     b = outcome.best
     if b is None:
-        return "no trial reported a validation loss"
+        return f"no trial reported {outcome.metric}"
     return (f"{BEST_MARK} best: {b.trial_id} — lr_scale {_fmt(b.lr_scale, '.4g')}, warmup {b.warmup_steps}, "
-            f"{outcome.metric} {_fmt(b.best_val_loss, '.4f')} at step {b.best_step}")
+            f"{outcome.metric} {_fmt(b.best_value, '.4f')} at step {b.best_step}")
 
 
 # -- 2. files ------------------------------------------------------------------------------------
@@ -281,8 +331,8 @@ def render_summary_png(outcome: TuneOutcome, *, dpi: int = 100) -> bytes:
         if vx:
             ax_val.plot(vx, vy, marker="o" if len(vx) < 30 else None, markersize=3, **kw)
             plotted_val = True
-            if is_best and t.best_step is not None and _is_finite(t.best_val_loss):
-                ax_val.scatter([t.best_step], [t.best_val_loss], s=90, marker="*", color=colors[i],
+            if is_best and t.best_step is not None and _is_finite(t.best_value):
+                ax_val.scatter([t.best_step], [t.best_value], s=90, marker="*", color=colors[i],
                                edgecolors="black", linewidths=0.6, zorder=4)
         elif not many or is_best:  # keep the trial in the legend even with no points (e.g. errored)
             ax_val.plot([], [], **kw)
@@ -333,7 +383,7 @@ def _colors(n: int) -> list[Any]:
 def table_rows(outcome: TuneOutcome) -> list[list[Any]]:
     """One row per trial in :data:`TABLE_COLUMNS` order (non-finite losses -> ``None``)."""
     return [[t.trial_id, float(t.lr_scale), int(t.warmup_steps),
-             float(t.best_val_loss) if _is_finite(t.best_val_loss) else None,
+             float(t.best_value) if _is_finite(t.best_value) else None,
              t.best_step, int(t.steps), t.status, t.wandb_run_id] for t in outcome.trials]
 
 
@@ -346,10 +396,17 @@ def best_summary(outcome: TuneOutcome) -> dict[str, Any]:
     if b is not None:
         out.update({
             "best/trial_id": b.trial_id, "best/lr_scale": float(b.lr_scale), "best/warmup_steps": int(b.warmup_steps),
-            "best/val_loss": float(b.best_val_loss) if _is_finite(b.best_val_loss) else None,
+            "best/metric": outcome.metric, "best/mode": outcome.mode,
+            "best/value": float(b.best_value) if _is_finite(b.best_value) else None,
             "best/step": b.best_step, "best/steps": int(b.steps), "best/status": b.status,
             "best/wandb_run_id": b.wandb_run_id, "best/export_paths": list(b.export_paths),
         })
+    for holds, paths in outcome.best_files.items():  # what -o/best holds: the refit's files, the trial's
+        out[f"best/{holds}_files"] = list(paths)
+    if outcome.refit is not None:
+        r = outcome.refit
+        out.update({"refit/status": r.status, "refit/steps": r.steps, "refit/export_paths": list(r.exports),
+                    "refit/wandb_run_id": r.wandb_run_id})
     return out
 
 
@@ -363,6 +420,7 @@ def log_summary_run(
     name: str | None = None,
     entity: str | None = None,
     png_path: str | Path | None = None,
+    extra: Callable[[], dict[str, Any]] | None = None,
 ) -> Any:
     """Log the search as one W&B run next to its trials: ``job_type="tune-summary"``, grouped with
     the trials (``group`` defaults to ``outcome.name``), the per-trial table, the best settings in
@@ -370,7 +428,8 @@ def log_summary_run(
 
     ``mode`` follows :class:`gsv_ray.track.Tracker` (offline without an API key; ``disabled`` is a
     no-op). The figure is ``png_path`` when given (e.g. what :func:`write_results` wrote), else it
-    is rendered into ``<dir>/summary.png``. Returns the finished ``Tracker`` (``run_id``,
+    is rendered into ``<dir>/summary.png``. ``extra()``: more entries for the same row (e.g. the
+    listening table), built once the run is open. Returns the finished ``Tracker`` (``run_id``,
     ``run_file``, ``mode``)."""
     from gsv_ray.track import Tracker
 
@@ -393,7 +452,7 @@ def log_summary_run(
             png_path = atomic_write(Path(dir) / "summary.png", lambda f: f.write(png), overwrite=True)
         table = wandb.Table(columns=list(TABLE_COLUMNS), data=table_rows(outcome), allow_mixed_types=True)
         image = wandb.Image(str(png_path), caption=_title(outcome))
-        tracker.log(0, {TABLE_KEY: table, IMAGE_KEY: image})
+        tracker.log(0, {TABLE_KEY: table, IMAGE_KEY: image, **(extra() if extra is not None else {})})
         tracker.set_summary(best_summary(outcome))
         ok = True
     finally:
@@ -402,7 +461,7 @@ def log_summary_run(
 
 
 __all__ = [
-    "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "TrialSummary", "TuneOutcome", "best_summary", "first_line",
-    "load_results", "log_summary_run", "pick_best", "render_summary_png", "results_table", "status_counts",
-    "table_rows", "trial_label", "write_results",
+    "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "RefitSummary", "TrialSummary", "TuneOutcome", "best_summary",
+    "first_line", "load_results", "log_summary_run", "pick_best", "ranked_trials", "render_summary_png",
+    "results_table", "status_counts", "table_rows", "trial_label", "write_results",
 ]

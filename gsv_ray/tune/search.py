@@ -4,14 +4,17 @@ Each trial is a Tune *function* trainable that builds and fits a Ray Train ``Tor
 the unchanged training loop (``TuneReportCallback`` forwards the workers' reports to Tune; a
 ``TorchTrainer`` given to the Tuner directly is refused by Ray 2.60). The rebuild runs once, on
 the driver, before any trial; every trial gets a reference to the shared weights, never the path.
-ASHA compares the validation loss at our own ``step`` counter (Tune's ``training_iteration``
-restarts after a restore). Trial Train runs are named after the trial, so a restored tune run
-continues interrupted trials from their last checkpoints instead of starting them again.
+ASHA compares the search's objective (``--metric``, :class:`Objective`: ``val/quality`` by
+default) at our own ``step`` counter (Tune's ``training_iteration`` restarts after a restore).
+Trial Train runs are named after the trial, so a restored tune run continues interrupted trials
+from their last checkpoints instead of starting them again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +24,32 @@ from gsv_ray.distributed.options import RayOptions
 from gsv_ray.errors import ConfigError, check_file_name, check_output_path
 from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
-from gsv_ray.train.rundir import TUNE_RESULTS
+from gsv_ray.atomic import write_json
+from gsv_ray.train.rundir import SEARCH_RECORD, TUNE_RESULTS
 
-METRIC, MODE = "val/loss", "min"
+#: ``--metric`` names with their reported key and direction; any other name is a logged validation
+#: metric ``val/NAME``, whose direction ``--mode`` must give.
+NAMED_METRICS = {"quality": ("val/quality", "min"), "val_loss": ("val/loss", "min")}
+DEFAULT_METRIC = "quality"
+MODES = ("min", "max")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a search ranks trials by: the reported key (``val/quality``, ``val/loss``, ``val/mel_l1``...)
+    and whether lower or higher is better. ASHA, the search algorithm, the results, the W&B summary
+    and ``-o/best`` all take it from here."""
+
+    metric: str
+    mode: str
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether value ``a`` is strictly better than ``b``."""
+        return a < b if self.mode == "min" else a > b
 
 
 #: Held out when neither --val-fraction nor --val-names is given: trials are compared by their
-#: validation loss on these utterances (the same ones for every trial), which no trial trains on.
+#: validation metric on these utterances (the same ones for every trial), which no trial trains on.
 TUNE_VAL_FRACTION = 0.1
 
 #: Default warmup lengths searched, as fractions of --max-steps.
@@ -70,6 +92,30 @@ class TuneOptions:
     name: str | None = option(None, metavar="NAME", group=RESOURCES, help="the tune run's name (W&B group); default tune-<-o folder>")
     resume: bool = option(False, yaml=False, group=RESOURCES,
                           help="continue the tune run of this name after an interruption")
+    metric: str = option(DEFAULT_METRIC, metavar="NAME", group=SEARCH,
+                         help="what trials are ranked by: quality (val/quality, lower is better), val_loss (val/loss) "
+                              "or any logged validation metric val/NAME (with --mode)")
+    mode: str | None = option(None, choices=MODES, group=SEARCH,
+                              help="min or max: whether lower or higher --metric is better (default min for "
+                                   "quality and val_loss; required for a val/NAME)")
+    refit: bool = option(True, group=SEARCH,
+                         help="after the search, train the winning settings on every utterance (held-out ones "
+                              "included) for the winner's best step: that is -o/best (--no-refit: the winning "
+                              "trial's own weights)")
+
+    def objective(self) -> Objective:
+        """The reported key and direction ``--metric`` / ``--mode`` name (one line when they cannot)."""
+        if self.metric in NAMED_METRICS:
+            key, mode = NAMED_METRICS[self.metric]
+            return Objective(key, self.mode or mode)
+        if not self.metric.startswith("val/") or len(self.metric) <= len("val/"):
+            raise ConfigError(f"--metric {self.metric} is not a validation metric",
+                              fix="use --metric quality, --metric val_loss or a logged validation metric such as "
+                                  "--metric val/mel_l1 --mode min")
+        if self.mode is None:
+            raise ConfigError(f"--metric {self.metric} needs --mode: whether lower (min) or higher (max) is better",
+                              fix="add --mode min or --mode max")
+        return Objective(self.metric, self.mode)
 
     def warmups(self, max_steps: int) -> list[int]:
         """The warmup lengths searched: the given list, else WARMUP_FRACTIONS of ``max_steps`` (a fixed
@@ -92,6 +138,7 @@ class TuneOptions:
         if any(w >= max_steps for w in warmups):
             raise ConfigError(f"every warmup must be shorter than --max-steps {max_steps}, got {warmups}",
                               fix="shorten the warmups or drop --warmup-choices (default: 0, 5 % and 20 % of --max-steps)")
+        self.objective()
 
 
 #: TrainConfig fields a search does not take: searched per trial, or named differently for tune
@@ -127,7 +174,7 @@ def _check_search(cfg: TrainConfig, opts: TuneOptions) -> None:
         raise ConfigError("tune needs --max-steps (the scheduler compares trials at the same step counts)",
                           fix="pass --max-steps N")
     if not cfg.val_fraction and not cfg.val_names:  # else Tune fails after the first trial's training
-        raise ConfigError("tune compares trials by their validation loss, but --val-fraction 0 holds out nothing",
+        raise ConfigError("tune compares trials on held-out utterances, but --val-fraction 0 holds out nothing",
                           fix=f"drop --val-fraction 0 (tune's default holds out {TUNE_VAL_FRACTION:g}) or name held-out "
                               "utterances with --val-names FILE")
     opts.validate(cfg.max_steps)
@@ -140,7 +187,7 @@ def param_space(opts: TuneOptions, max_steps: int) -> dict[str, Any]:
     return {"lr_scale": tune.loguniform(lo, hi), "warmup_steps": tune.choice(opts.warmups(max_steps))}
 
 
-def search_algorithm(opts: TuneOptions):
+def search_algorithm(opts: TuneOptions, objective: Objective):
     if opts.search == "random":
         if opts.search_seed is None:
             return None  # Tune's default: random sampling of the param space
@@ -154,8 +201,9 @@ def search_algorithm(opts: TuneOptions):
         raise ConfigError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
                        "--search random") from None
     if opts.search_seed is None:
-        return OptunaSearch(metric=METRIC, mode=MODE)
-    return OptunaSearch(metric=METRIC, mode=MODE, sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
+        return OptunaSearch(metric=objective.metric, mode=objective.mode)
+    return OptunaSearch(metric=objective.metric, mode=objective.mode,
+                        sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
 
 
 EARLY_STOPPED_RECORD = ".gsv-early-stopped"  # in -o: trial ids ASHA stopped, one per line
@@ -292,6 +340,11 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         if done:
             raise ConfigError(f"-o already holds a tune run's results ({', '.join(done)})", path=out,
                            fix="continue it with --resume (and its --name), or choose a new -o")
+    objective = opts.objective()
+    if opts.resume:  # the same search, or one line: its ranking (ASHA's, the search's) cannot change midway
+        check_same_search(out, name, objective)
+    else:
+        record_search(out, name, objective)
 
     # every trial reports at each validation, with the checkpoint taken there
     cfg = dataclasses.replace(cfg.localised(default_cache_root(), data=False), save_every=cfg.val_every)
@@ -333,8 +386,8 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space(opts, cfg.max_steps),
-            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=opts.num_samples,
-                                        search_alg=search_algorithm(opts),
+            tune_config=tune.TuneConfig(metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
+                                        search_alg=search_algorithm(opts, objective),
                                         scheduler=scheduler(opts, cfg.max_steps, cfg.val_every,
                                                             out.resolve() / EARLY_STOPPED_RECORD, board_name(name)),
                                         max_concurrent_trials=opts.max_concurrent,
@@ -343,7 +396,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             # people; we print the results table at the end
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                                       verbose=0, callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None,
-                                      **_trial_checkpoints(opts, cfg)),
+                                      stop=missing_metric_stopper(objective.metric), **_trial_checkpoints(opts, cfg)),
         )
     say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
@@ -351,13 +404,22 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     try:
         if rows is not None:
             rows.start()
+        # Tune's own check of a result without the metric raises a many-line TuneError from the
+        # controller; missing_metric_stopper stops the search instead and unreported_metric says it in one line
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         try:
             grid = tuner.fit()
         finally:
             if relay is not None:
                 relay.close()
                 rows.close()
-        outcome = collect(grid, cfg, opts, name, rebuilt, storage_fs, storage_path)
+        missing = unreported_metric(grid, objective)
+        if missing is not None:
+            if not opts.resume:  # nothing of value yet (first reports): the same -o can start again
+                storage_fs.delete_dir(f"{storage_path.rstrip('/')}/{name}")
+                (out / SEARCH_RECORD).unlink(missing_ok=True)
+            raise missing
+        outcome = collect(grid, cfg, opts, name, rebuilt, storage_fs, storage_path, objective)
     finally:
         if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
             end_local_ray(f"{name}-*")
@@ -372,6 +434,81 @@ def _trial_checkpoints(opts: TuneOptions, cfg: TrainConfig) -> dict[str, Any]:
     from gsv_ray.distributed.launch import trial_checkpoints
 
     return trial_checkpoints(cfg.keep_last, opts.max_failures) if runs_in_trial(opts) else {}
+
+
+#: what a search started before --metric existed ranked by
+LEGACY_OBJECTIVE = Objective("val/loss", "min")
+
+
+def record_search(out: Path, name: str, objective: Objective) -> None:
+    """``-o/search.json``: the search's name and objective, what a ``--resume`` compares."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / SEARCH_RECORD, {"search": name, "metric": objective.metric, "mode": objective.mode}, indent=1)
+
+
+def check_same_search(out: Path, name: str, objective: Objective) -> None:
+    """Refuse a ``--resume`` that would rank the search by another metric or direction than it was
+    started with (ASHA's rungs and the search algorithm hold the old one), in one line."""
+    try:
+        r = json.loads((out / SEARCH_RECORD).read_text())
+        if r.get("search") != name:  # another search's record: run_tune says there is none of this name
+            return
+        was = Objective(str(r["metric"]), str(r["mode"]))
+    except FileNotFoundError:  # a search started before the record (it ranked by val/loss), or none
+        if not any((out / n).exists() for n in ("results.json", "trials")):
+            return
+        was = LEGACY_OBJECTIVE
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    if was != objective:
+        shown_was, shown_now = metric_flags(was), metric_flags(objective)
+        raise ConfigError(f"--resume with {shown_now}, but the search {name!r} was started with {shown_was}",
+                          path=out / SEARCH_RECORD,
+                          fix=f"resume with {shown_was}, or start a new search (another -o) with {shown_now}")
+
+
+def metric_flags(objective: Objective) -> str:
+    """The flags that select ``objective`` (the short name where it has one)."""
+    for short, (key, mode) in NAMED_METRICS.items():
+        if (key, mode) == (objective.metric, objective.mode):
+            return f"--metric {short}"
+    return f"--metric {objective.metric} --mode {objective.mode}"
+
+
+def missing_metric_stopper(metric: str):
+    """A Tune ``Stopper`` (public API, on the driver): a result at a validation step without the
+    search's metric ends the whole search at once (the trials never report it; training on would
+    rank nothing). Built here so this module imports without Ray."""
+    from ray.tune.stopper import Stopper
+
+    class MissingMetric(Stopper):
+        def __init__(self, metric: str):
+            self.metric, self.missing = metric, False
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            if any(k.startswith("val/") for k in result) and self.metric not in result:
+                self.missing = True
+            return self.missing
+
+        def stop_all(self) -> bool:
+            return self.missing
+
+    return MissingMetric(metric)
+
+
+def unreported_metric(grid, objective: Objective) -> ConfigError | None:
+    """One line when the trials reported validation metrics but not the search's (None otherwise)."""
+    seen: set[str] = set()
+    for result in grid:
+        last = result.metrics or {}
+        if objective.metric in last:
+            return None
+        seen |= {k for k in last if k.startswith("val/")}
+    if not seen:
+        return None
+    names = ", ".join(sorted(seen))
+    return ConfigError(f"--metric {objective.metric}: the trials report no such metric (they report {names})",
+                       fix="choose one of those with --metric (and --mode), or --metric val_loss")
 
 
 def _console_relay(console, max_steps: int, *, local: bool):
@@ -443,17 +580,29 @@ def _exists(fs, path: str) -> bool:
     return fs.get_file_info(path).type != FileType.NotFound
 
 
-def _history(rows: list[dict]) -> tuple[int, list[tuple[int, float]], list[tuple[int, float]]]:
-    """(last step, validation losses, LR per step) from a trial's metrics.jsonl rows."""
+def _history(rows: list[dict], metric: str) -> tuple[int, list[tuple[int, float]], list[tuple[int, float]]]:
+    """(last step, the objective's values, LR per step) from a trial's metrics.jsonl rows (``metric``:
+    its reported key, ``val/<name>``: a ``split: val`` row's ``<name>``)."""
+    split, _, key = metric.partition("/")
     train = [r for r in rows if r.get("split") == "train"]
-    val = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("split") == "val" and "loss" in r
-           and r["loss"] == r["loss"]]
+    val = [(int(r["step"]), float(r[key])) for r in rows if r.get("split") == split and key in r
+           and r[key] == r[key]]
     lr_key = next((k for r in train for k in r if k.startswith("lr/")), None)
     lrs = [(int(r["step"]), float(r[lr_key])) for r in train if lr_key in r] if lr_key else []
     return max((int(r["step"]) for r in train), default=0), val, lrs
 
 
-def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str):
+def best_point(values: list[tuple[int, float]], objective: Objective) -> tuple[int, float] | None:
+    """The (step, value) where the objective was best (the first one on ties)."""
+    best = None
+    for point in values:
+        if best is None or objective.better(point[1], best[1]):
+            best = point
+    return best
+
+
+def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str,
+            objective: Objective):
     """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
@@ -465,7 +614,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
     from gsv_ray.train.tracking import replay_run
     from gsv_ray.tune.asha import stopped_trials
     from gsv_ray.tune.results import (COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, NOT_STARTED, TrialSummary,
-                                      TuneOutcome)
+                                      TuneOutcome, pick_best)
 
     out = Path(cfg.output_dir)
     stopped_early = stopped_trials(out / EARLY_STOPPED_RECORD)
@@ -478,17 +627,24 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
         trial_config = result.config or {}
         hist = result.metrics_dataframe
         has = hist is not None and len(hist) and "step" in hist
-        val = [(int(s), float(v)) for s, v in zip(hist["step"], hist[METRIC]) if v == v] if has and METRIC in hist else []
+        metric = objective.metric
+        val = ([(int(s), float(v)) for s, v in zip(hist["step"], hist[metric]) if v == v]
+               if has and metric in hist else [])
         lr_col = next((c for c in hist.columns if c.startswith("lr/")), None) if has else None
         lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
         steps = int(hist["step"].max()) if has else 0
-        best = min(val, key=lambda x: x[1]) if val else None
+        best = best_point(val, objective)
         failed = bool(result.error)
         trial_out = out / "trials" / trial_id
         exports: list[str] = []
         src = latest_outputs(storage_fs, trial_run_uri(storage_path, name, trial_id, opts))
         finished = src is not None and src.endswith(f"/{FINAL_RUN}")
-        if src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
+        # moved into trials/<id> by an earlier collect (a search resumed after Ctrl-C): kept as they are
+        placed = (finished and isinstance(storage_fs, LocalFileSystem) and (trial_out / "metrics.jsonl").is_file()
+                  and not any(Path(src).iterdir()))
+        if placed:
+            exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+        elif src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
             shutil.rmtree(trial_out, ignore_errors=True)
             trial_out.mkdir(parents=True)
             if isinstance(storage_fs, LocalFileSystem) and finished:
@@ -513,8 +669,8 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
                            fate=FAILED if failed else INTERRUPTED)
         if (trial_out / "metrics.jsonl").is_file():  # what the trial wrote (Tune's own record of an
             # interrupted trial can be empty: Ctrl-C came before it was saved)
-            steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"))
-            best = min(val, key=lambda x: x[1]) if val else None
+            steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"), objective.metric)
+            best = best_point(val, objective)
         if failed:
             status = FAILED
         elif steps >= (cfg.max_steps or 0):
@@ -529,9 +685,9 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
             trial_id=trial_id, lr_scale=float(trial_config.get("lr_scale", float("nan"))),
             warmup_steps=int(trial_config.get("warmup_steps", 0)), status=status,
             error=trial_error(result.error) if result.error else None,
-            steps=steps, best_val_loss=best[1] if best else None, best_step=best[0] if best else None,
+            steps=steps, best_value=best[1] if best else None, best_step=best[0] if best else None,
             val_history=val, lr_history=lrs, export_paths=exports, wandb_run_id=trial_id))
-    ranked = [t for t in trials if t.best_val_loss is not None and t.status != FAILED]
-    best_trial = min(ranked, key=lambda t: t.best_val_loss) if ranked else None
-    return TuneOutcome(name=name, stage=rebuilt.stage, version=rebuilt.version, metric=METRIC, mode=MODE,
-                       trials=trials, interrupted=interrupted, best=best_trial)
+    ranked = [t for t in trials if t.status != FAILED]
+    return TuneOutcome(name=name, stage=rebuilt.stage, version=rebuilt.version, metric=objective.metric,
+                       mode=objective.mode, trials=trials, interrupted=interrupted,
+                       best=pick_best(ranked, objective.mode))

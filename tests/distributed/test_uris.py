@@ -144,7 +144,8 @@ def test_storage_credentials_in_uri_are_never_printed_or_stored(command, s3, fix
             "--storage", f"s3://{LEAK_KEY}:{LEAK_SECRET}@{prefix}", "-o", str(out), "--max-steps", "2",
             "--batch-size", "2", "--wandb-mode", "offline"]
     args += (["--workers", "1", "--save-every", "2", "--val-every", "1000"] if command == "train" else
-             ["--num-samples", "1", "--val-every", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--name", "leak"])
+             ["--num-samples", "1", "--val-every", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--name", "leak",
+              "--metric", "val_loss", "--no-refit"])
     with tempfile.TemporaryDirectory(prefix="gsvleak-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
         env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": "",
                "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), "HOME": str(home), "TMPDIR": tmpdir,

@@ -48,7 +48,7 @@ def _warmup_lr(base: float, warmup: int, steps: int) -> list[tuple[int, float]]:
 def _outcome(interrupted: bool = True) -> TuneOutcome:
     best = TrialSummary(
         trial_id="a1b2_00000", lr_scale=0.3, warmup_steps=50, status="completed", steps=400,
-        best_val_loss=0.812, best_step=300,
+        best_value=0.812, best_step=300,
         val_history=[(100, 1.2), (200, 0.9), (300, 0.812), (400, 0.83)],
         lr_history=_warmup_lr(3e-5, 50, 400),
         export_paths=["/runs/t0/export/voice_e3_s300.pth", "/runs/t0/export/voice-e3.ckpt"],
@@ -56,7 +56,7 @@ def _outcome(interrupted: bool = True) -> TuneOutcome:
     )
     stopped = TrialSummary(
         trial_id="a1b2_00001", lr_scale=1.0, warmup_steps=0, status="early-stopped", steps=200,
-        best_val_loss=1.05, best_step=100, val_history=[(100, 1.05), (200, float("nan"))],
+        best_value=1.05, best_step=100, val_history=[(100, 1.05), (200, float("nan"))],
         lr_history=_warmup_lr(1e-4, 0, 200), wandb_run_id="run00001",
     )
     errored = TrialSummary(
@@ -66,7 +66,7 @@ def _outcome(interrupted: bool = True) -> TuneOutcome:
     )
     running = TrialSummary(
         trial_id="a1b2_00003", lr_scale=0.1, warmup_steps=100, status="interrupted", steps=150,
-        best_val_loss=0.95, best_step=100, val_history=[(100, 0.95)], lr_history=_warmup_lr(1e-5, 100, 150),
+        best_value=0.95, best_step=100, val_history=[(100, 0.95)], lr_history=_warmup_lr(1e-5, 100, 150),
         wandb_run_id="run00003",
     )
     trials = [stopped, errored, best, running]
@@ -77,7 +77,7 @@ def _outcome(interrupted: bool = True) -> TuneOutcome:
 def test_pick_best_ignores_missing_and_nan():
     o = _outcome()
     assert o.best is not None and o.best.trial_id == "a1b2_00000"
-    nan = TrialSummary("x", 1.0, 0, "completed", best_val_loss=float("nan"))
+    nan = TrialSummary("x", 1.0, 0, "completed", best_value=float("nan"))
     assert pick_best([nan, o.trials[1]]) is None
     assert pick_best([]) is None
 
@@ -98,13 +98,13 @@ def test_write_results_json_and_png(tmp_path):
     assert data["status_counts"] == {"early-stopped": 1, "failed": 1, "completed": 1, "interrupted": 1}
     by_id = {t["trial_id"]: t for t in data["trials"]}
     assert by_id["a1b2_00001"]["val_history"] == [[100, 1.05], [200, None]]  # NaN -> null
-    assert by_id["a1b2_00002"]["best_val_loss"] is None and by_id["a1b2_00002"]["error"].startswith("RuntimeError")
+    assert by_id["a1b2_00002"]["best_value"] is None and by_id["a1b2_00002"]["error"].startswith("RuntimeError")
 
     back = load_results(paths["json"])
     assert back.best is not None and back.best is back.trials[2]
     assert [t.trial_id for t in back.trials] == [t.trial_id for t in o.trials]
     for a, b in zip(back.trials, o.trials):
-        for f in ("trial_id", "lr_scale", "warmup_steps", "status", "error", "steps", "best_val_loss", "best_step",
+        for f in ("trial_id", "lr_scale", "warmup_steps", "status", "error", "steps", "best_value", "best_step",
                   "lr_history", "export_paths", "wandb_run_id"):
             assert getattr(a, f) == getattr(b, f), f
         assert len(a.val_history) == len(b.val_history)
@@ -126,6 +126,37 @@ def test_write_results_json_and_png(tmp_path):
     write_results(o, out)
     assert json.loads((out / "results.json").read_text())["interrupted"] is False
     assert sorted(p.name for p in out.iterdir()) == ["results.json", "summary.png"]
+
+
+def test_mode_max_ranks_the_highest_first(tmp_path):
+    """`--mode max` (e.g. an accuracy): the best trial, the table's order and results.json follow it."""
+    from rich.console import Console
+
+    o = _outcome(interrupted=False)
+    o.metric, o.mode = "val/top3_acc", "max"
+    o.best = pick_best(o.trials, o.mode)
+    assert o.best.trial_id == "a1b2_00001"  # 1.05: the highest
+    console = Console(record=True, width=200, color_system=None)
+    console.print(results_table(o))
+    text = console.export_text()
+    order = [m.group(0) for ln in text.splitlines() if "best:" not in ln
+             for m in [re.search(r"a1b2_\d{5}", ln)] if m]
+    assert order == ["a1b2_00001", "a1b2_00003", "a1b2_00000", "a1b2_00002"] and " top3_acc " in text
+    data = json.loads(write_results(o, tmp_path)["json"].read_text())
+    assert (data["metric"], data["mode"], data["best_trial_id"]) == ("val/top3_acc", "max", "a1b2_00001")
+
+
+def test_results_of_format_1_read_back(tmp_path):
+    """A results.json written before --metric (best_val_loss, no refit) still reads."""
+    o = _outcome(interrupted=False)
+    data = o.to_json()
+    data["format"] = "gsv-ray-tune-results/1"
+    for t in data["trials"]:
+        t["best_val_loss"] = t.pop("best_value")
+    data.pop("refit"), data.pop("best_files")
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    back = load_results(tmp_path / "results.json")
+    assert back.best.trial_id == "a1b2_00000" and back.best.best_value == 0.812 and back.refit is None
 
 
 def test_write_results_with_no_losses(tmp_path):
@@ -154,7 +185,7 @@ def test_results_table_text():
     (line,) = failure_lines(o)
     assert "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" in line and "\n" not in line
     assert "Traceback" not in line  # only the error's first line
-    for col in ("trial", "lr_scale", "warmup", "best val", "at step", "steps", "status"):
+    for col in ("trial", "lr_scale", "warmup", "loss", "at step", "steps", "status"):
         assert col in text
     best_line = next(ln for ln in text.splitlines() if "a1b2_00000" in ln and BEST_MARK in ln)
     assert "0.8120" in best_line and "300" in best_line and "400" in best_line
@@ -193,9 +224,9 @@ def test_log_summary_run_offline(tmp_path):
     assert table["columns"] == list(TABLE_COLUMNS)
     by_id = {r[0]: dict(zip(TABLE_COLUMNS, r)) for r in table["data"]}
     assert by_id["a1b2_00000"] == {"trial_id": "a1b2_00000", "lr_scale": 0.3, "warmup_steps": 50,
-                                   "best_val_loss": 0.812, "best_step": 300, "steps": 400,
+                                   "best_value": 0.812, "best_step": 300, "steps": 400,
                                    "status": "completed", "wandb_run_id": "run00000"}
-    assert by_id["a1b2_00002"]["best_val_loss"] is None and by_id["a1b2_00002"]["status"] == "failed"
+    assert by_id["a1b2_00002"]["best_value"] is None and by_id["a1b2_00002"]["status"] == "failed"
 
     img = rows[0]["tune/summary"]
     assert img["_type"] == "image-file" and img["format"] == "png"
@@ -203,7 +234,8 @@ def test_log_summary_run_offline(tmp_path):
 
     s = wr.summary(recs)
     assert s["best/trial_id"] == "a1b2_00000" and s["best/lr_scale"] == 0.3 and s["best/warmup_steps"] == 50
-    assert s["best/val_loss"] == 0.812 and s["best/step"] == 300 and s["best/wandb_run_id"] == "run00000"
+    assert s["best/metric"] == "val/loss" and s["best/mode"] == "min"
+    assert s["best/value"] == 0.812 and s["best/step"] == 300 and s["best/wandb_run_id"] == "run00000"
     assert s["tune/trials"] == 4 and s["tune/interrupted"] is True and s["tune/status/failed"] == 1
     assert s["tune/results"]["_type"] == "table-file" and s["tune/summary"]["_type"] == "image-file"
 

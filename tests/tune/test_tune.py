@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gsv_ray.io import read
 from gsv_ray.rebuild import rebuild
@@ -50,7 +51,8 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     lr_groups, the model config, audio or artifact, and a 0-1 s runtime.)"""
     r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
                              "--num-samples", "3", "--warmup-choices", "0", "3", "--lr-scale-range", "0.05", "1",
-                             "--max-concurrent", "1", "--name", "t3", "--grace-steps", "2", "--search-seed", "7"),
+                             "--max-concurrent", "1", "--name", "t3", "--grace-steps", "2", "--search-seed", "7",
+                             "--metric", "val_loss", "--no-refit"),
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
@@ -102,7 +104,9 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     (summary,) = [recs for recs in runs.values() if wr.run_info(recs)["job_type"] == "tune-summary"]
     assert any(h.get("tune/results", {}).get("_type") == "table-file" for h in wr.history_rows(summary))
 
-    (best,) = list((out / "best").rglob("*.pth"))
+    (best,) = list((out / "best").rglob("*.pth"))  # --no-refit: the winning trial's own export, at the top
+    assert best.parent.parent == out / "best" and not (out / "refit").exists()
+    assert res["refit"]["status"] == "skipped" and res["best_files"] == {"trial": [str(best)]}
     f = read(best)
     assert (f.kind, f.version) == ("sovits-export", "v2")
     back = rebuild(best, task="infer")
@@ -112,7 +116,7 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     # the same command again, without --resume: refused in one line, nothing of the first search touched
     before = {p: p.stat().st_mtime_ns for p in [out / "results.json", out / "summary.png", best]}
     again = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                                 "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3"),
+                                 "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--metric", "val_loss"),
                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr[-2000:]
     assert "already exists" in again.stderr and "--resume" in again.stderr
@@ -120,7 +124,8 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     # with --resume: the search finished, so nothing is rewritten and no second summary run is opened
     runs_before = sorted((out / "wandb").glob("offline-run-*"))
     done = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                                "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--resume"),
+                                "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--resume",
+                                "--metric", "val_loss"),
                           env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert str(best) in done.stdout.replace("\n", "")
@@ -148,7 +153,7 @@ def _trial_checkpoints(experiment: Path) -> dict[str, list[int]]:
 def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     args = _tune(tmp_path, demo_inputs, "--max-steps", "12", "--val-every", "3", "--batch-size", "4", "--num-samples",
                  "3", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "ti",
-                 "--wandb-mode", "disabled")
+                 "--wandb-mode", "disabled", "--metric", "val_loss", "--no-refit")
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = tmp_path / "run" / "ray"
     deadline = time.time() + 300
@@ -165,7 +170,7 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
     for trial_id, step in saved.items():
         t = res[trial_id]
-        assert t["steps"] >= step and t["best_val_loss"] is not None and len(t["val_history"]) >= step // 3, t
+        assert t["steps"] >= step and t["best_value"] is not None and len(t["val_history"]) >= step // 3, t
         assert t["status"] == "interrupted"
     r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -209,10 +214,12 @@ def test_demo_runs_end_to_end(tmp_path):
                                                              line.strip().startswith("wandb sync "))]
     assert wide == [], "\n".join(wide)
     assert "Traceback" not in r.stdout + r.stderr
-    best = next((tmp_path / "d/runs/demo/best").rglob("*.pth"))
-    assert lines[-3].startswith("best: lr_scale ")
-    assert lines[-2] == f"best weights: {best.relative_to(tmp_path)}"
-    assert lines[-1] == "W&B: 3 offline runs; upload: wandb sync d/runs/demo/wandb/offline-run-*"
+    (best,) = (tmp_path / "d/runs/demo/best").glob("SoVITS_weights_v2/*.pth")  # the refit's
+    (trial,) = (tmp_path / "d/runs/demo/best/trial").glob("SoVITS_weights_v2/*.pth")  # the winning trial's own
+    assert lines[-4].startswith("best: lr_scale ")
+    assert lines[-3] == f"winning trial: {trial.relative_to(tmp_path)}"
+    assert lines[-2] == f"best weights (refit): {best.relative_to(tmp_path)}"
+    assert lines[-1] == "W&B: 4 offline runs; upload: wandb sync d/runs/demo/wandb/offline-run-*"
     assert (tmp_path / "d/runs/demo/results.json").is_file()
     assert read(best).kind == "sovits-export"
     log = (tmp_path / "d/runs/demo/logs/gsv-ray.log").read_text()
@@ -247,7 +254,7 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
     its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's."""
     r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "2",
                              "--num-samples", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent",
-                             "1", "--workers-per-trial", "2", "--name", "tw"),
+                             "1", "--workers-per-trial", "2", "--name", "tw", "--metric", "val_loss", "--no-refit"),
                        env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
@@ -270,6 +277,9 @@ BAD = {
     "more concurrency than fits": (["--max-concurrent", "64"], "--max-concurrent"),
     # trials are compared by validation loss: nothing held out was a Tune traceback after training
     "nothing held out": (["--val-fraction", "0"], "--val-fraction 0"),
+    # the search's objective: a logged validation metric needs its direction; a name that is none is refused
+    "a metric without its mode": (["--metric", "val/mel_l1"], "--metric val/mel_l1 needs --mode"),
+    "not a validation metric": (["--metric", "loss"], "--metric loss is not a validation metric"),
 }
 
 
@@ -305,7 +315,7 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
         assert [h["_step"] for h in history if "val/loss" in h] == list(range(2, t["steps"] + 1, 2))
         assert any(k.startswith("val/mel/") for h in history for k in h)
         assert wr.artifacts(recs), t["trial_id"]
-    (best,) = list((out / "best").rglob("*.pth"))
+    (best,) = list((out / "best").glob("SoVITS_weights_v4/*.pth"))  # the refit's (the trial's: best/trial/)
     f = read(best)
     assert (f.kind, f.version, f.lora_rank) == ("sovits-lora-export", "v4", 4) and best.name.endswith("_l4.pth")
 
@@ -322,3 +332,176 @@ def test_tune_holds_out_a_default_set_where_train_holds_out_none(given, held_out
     assert load_config(None, **base).val_fraction == 0.0
     cfg, _ = load_tune_config(None, train={**base, **given})
     assert cfg.val_fraction == held_out and (cfg.val_names is not None) == ("val_names" in given)
+
+
+def _metric_best(run: Path, trial_id: str, key: str) -> tuple[int, float]:
+    """(step, value) of a trial's lowest validation ``key``, read from its metrics.jsonl."""
+    rows = [r for r in read_metrics(run / "trials" / trial_id / "metrics.jsonl") if r["split"] == "val"]
+    return min(((int(r["step"]), float(r[key])) for r in rows), key=lambda sv: sv[1])
+
+
+def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_inputs, tmp_path):
+    """`--metric val/mel_l1 --mode min` ranks the trials (results.json, best/) by mel L1, not val/loss;
+    the refit trains the winner's settings on every utterance for its best step in -o/refit. Ctrl-C in
+    the refit leaves the winning trial's weights in best/trial/ and a `--resume` runs only the refit
+    (no trial again); a `--resume` with another --metric is refused in one line."""
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples",
+                 "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "tr",
+                 "--metric", "val/mel_l1", "--mode", "min")
+    out = tmp_path / "run"
+    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and not (out / "refit" / "ray_run.json").is_file():
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)  # the trials are done, the refit has started
+    first, _ = p.communicate(timeout=300)
+    assert p.returncode == 130, first[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert (res["metric"], res["mode"], res["refit"]["status"]) == ("val/mel_l1", "min", "pending"), res
+    mel = {t["trial_id"]: _metric_best(out, t["trial_id"], "mel_l1") for t in res["trials"]}
+    winner = min(mel, key=lambda t: mel[t][1])
+    assert res["best_trial_id"] == winner and res["best"]["best_step"] == mel[winner][0]
+    assert res["best"]["best_value"] == pytest.approx(mel[winner][1])
+    (trial_export,) = (out / "trials" / winner).glob("SoVITS_weights_v2/*.pth")
+    (kept,) = (out / "best").rglob("*.pth")  # the winning trial's, in best/trial/ until the refit ends
+    assert kept.relative_to(out / "best").parts[0] == "trial" and kept.samefile(trial_export)
+    assert not (out / "finished.json").exists()
+    trial_files = {f: f.stat().st_mtime_ns for f in (out / "trials").rglob("*") if f.is_file()}
+
+    other = subprocess.run(args + ["--resume", "--metric", "val_loss"], env=_env(tmp_path), capture_output=True,
+                           text=True, timeout=300)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stdout[-2000:] + other.stderr[-2000:]
+    assert "--metric val_loss" in other.stderr and "--metric val/mel_l1 --mode min" in other.stderr
+
+    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming tune run" not in r.stdout  # the search is not restored: only the refit is left
+    assert {f: f.stat().st_mtime_ns for f in trial_files} == trial_files
+    res = json.loads((out / "results.json").read_text())
+    steps = mel[winner][0]
+    assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == steps
+    cfg = json.loads((out / "refit" / "config.json").read_text())
+    assert (cfg["val_fraction"], cfg["val_names"], cfg["max_steps"]) == (0.0, None, steps)
+    assert (cfg["lr_scale"], cfg["warmup_steps"]) == (pytest.approx(res["best"]["lr_scale"]), res["best"]["warmup_steps"])
+    rows = read_metrics(out / "refit" / "metrics.jsonl")
+    assert [row["step"] for row in rows if row["split"] == "train"] == list(range(1, steps + 1))
+    assert not [row for row in rows if row["split"] == "val"]
+    words = " ".join(r.stdout.split())
+    import re
+
+    log = " ".join((out / "logs" / "gsv-ray.log").read_text().split())  # the refit's lines: in the log
+    used = re.search(r"(\d+) train utterances \S+ per epoch, as upstream \(\d+ items\); 0 val of (\d+) usable", log)
+    assert used and used.group(1) == used.group(2), log[-3000:]  # every utterance, the held-out ones too
+    (refit_export,) = (out / "refit").glob("SoVITS_weights_v2/*.pth")
+    best = out / "best" / refit_export.relative_to(out / "refit")
+    assert best.samefile(refit_export) and (out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner)
+                                            ).samefile(trial_export)
+    assert res["best_files"] == {"trial": [str(out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner))],
+                                 "refit": [str(best)]}
+    assert f"best weights (refit): {best}" in words and f"winning trial: " in words
+    runs = {wr.run_info(recs)["job_type"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
+    assert wr.run_info(runs["refit"])["group"] == "tr" and wr.run_config(runs["refit"])["val_fraction"] == 0.0
+    summary = wr.summary(runs["tune-summary"])
+    assert summary["refit/status"] == "completed" and summary["best/refit_files"] == [str(best)]
+    assert summary["best/metric"] == "val/mel_l1" and summary["best/trial_id"] == winner
+    _listening_table(out, res, runs["tune-summary"], Path(demo_inputs["data"]), tmp_path / "chromium")
+    done = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _listening_table(out: Path, res: dict, summary_run, data: Path, profile: Path) -> None:
+    """-o/listen.html: a row per rendered held-out utterance with its text, its real recording and every
+    trial's rendering at the trial's best step (the same samples as -o/trials/<id>/samples/step_<best>/),
+    all as files beside the page that a real headless chromium plays; the same table (wandb.Audio
+    cells) in the W&B summary run."""
+    import functools
+    import shutil
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from gsv_ray.audio import read_wav_pcm16
+    from tests.tune.test_listen import _browser_dom, _QuietHandler, _unplayable
+
+    rendered = {t["trial_id"]: sorted((out / "trials" / t["trial_id"] / "samples" / f"step_{t['best_step']:08d}")
+                                      .glob("*.wav")) for t in res["trials"]}
+    names = {p.stem for files in rendered.values() for p in files}
+    assert names
+    for name in names:  # the real recording (as samples) beside the page, and each trial's rendering
+        (folder,) = [d for d in (out / "listen").iterdir() if d.name.startswith(name)]
+        real = read_wav_pcm16(folder / "real.wav")
+        assert torch.equal(real, read_wav_pcm16(data / "5-wav32k" / f"{name}.wav"))
+        for tid, files in rendered.items():
+            mine = next(p for p in files if p.stem == name)
+            assert torch.equal(read_wav_pcm16(folder / f"{tid}.wav"), read_wav_pcm16(mine))
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(out)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        dom = _browser_dom(shutil.which("chromium") or "chromium", f"http://127.0.0.1:{srv.server_address[1]}/listen.html",
+                           profile)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert len([t for t, _ in dom.tags if t == "audio"]) == len(names) * (1 + len(rendered))
+    assert _unplayable(dom, out) == {}
+    row = next(h for h in wr.history_rows(summary_run) if "tune/listen" in h)
+    assert row["tune/listen"]["_type"] == "table-file" and row["tune/listen"]["nrows"] == len(names)
+
+
+def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_inputs, tmp_path):
+    """A --metric the recipe never logs: the search stops at the first validation with one line naming
+    what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
+    refuse the corrected command in the same -o (the search, its record)."""
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples", "2",
+                 "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "tn")
+    r = subprocess.run(args + ["--metric", "val/nope", "--mode", "max"], env=_env(tmp_path), capture_output=True,
+                       text=True, timeout=600)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("gsv-ray: error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stdout[-3000:] + r.stderr[-3000:]  # (and where the log is)
+    assert "--metric val/nope: the trials report no such metric" in errors[0] and "val/mel_l1" in errors[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    out = tmp_path / "run"
+    assert not (out / "ray" / "tn").exists() and not (out / "search.json").exists()
+    assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
+
+
+def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, tmp_path):
+    """No --metric: the search ranks by val/quality (lower is better) and refits its winner."""
+    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4",
+                             "--num-samples", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent",
+                             "2", "--name", "tq"), env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "run"
+    res = json.loads((out / "results.json").read_text())
+    assert (res["metric"], res["mode"]) == ("val/quality", "min")
+    quality = {t["trial_id"]: _metric_best(out, t["trial_id"], "quality") for t in res["trials"]}
+    winner = min(quality, key=lambda t: quality[t][1])
+    assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
+    assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == quality[winner][0]
+    assert set(res["best_files"]) == {"trial", "refit"}
+
+
+def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_c(demo_inputs, tmp_path):
+    """Ctrl-C after one trial finished (its outputs were placed in -o/trials/<id>/, moved out of
+    storage); `--resume` runs the other and keeps the finished trial's export and metrics (before: its
+    folder was emptied, and the winner's weights in best/ could be none)."""
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4", "--num-samples",
+                 "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "1", "--name", "tk",
+                 "--wandb-mode", "disabled", "--metric", "val_loss", "--no-refit")
+    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = tmp_path / "run" / "ray" / "tk"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None and len(_trial_checkpoints(storage)) < 2:
+        time.sleep(0.2)  # the first trial finished, the second has its first checkpoint (its folder in storage)
+    p.send_signal(signal.SIGINT)
+    first, _ = p.communicate(timeout=300)
+    assert p.returncode == 130, first[-3000:]
+    res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
+    done = [tid for tid, t in res.items() if t["status"] == "completed"]
+    assert done, res
+    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for tid in res:
+        trial = tmp_path / "run" / "trials" / tid
+        assert list(trial.glob("SoVITS_weights_v2/*.pth")), (tid, sorted(p.name for p in trial.iterdir()))
+        assert [row["step"] for row in read_metrics(trial / "metrics.jsonl") if row["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert list((tmp_path / "run" / "best").rglob("*.pth"))
