@@ -14,7 +14,9 @@ of ~4 s (the synthetic experiment's utterances tiled twice), it prints:
 
 W&B audio samples (SoVITS, only with tracking on) are not included. Run:
 ``python benchmarks/bench_eval.py [--steps 2] [--utterances 8] [--cpu-threads N] [--stages sovits,gpt]``.
-On a 2-core CPU the default run takes ~5 minutes (2 steps, 1 validation per stage).
+The default measures 2 steps and 1 validation per stage: 5-9 minutes on a 2-core CPU (9 when shared
+with other jobs; ``--stages gpt`` or ``sovits`` runs one stage). It runs on
+CUDA when there is one (not yet tried on a GPU), else on the CPU.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def make_cfg(stage: str, inputs: dict[str, Path], out: Path, args, max_steps: in
                                                                   "base_d": str(inputs["base_d"])}
     return load_config(None, **files, stage=stage, data=str(inputs["data"]), output_dir=str(out),
                        max_steps=max_steps, batch_size=args.batch_size, warmup_steps=0, val_fraction=0.0,
-                       val_every=10**9, save_every=10**9, wandb_mode="disabled", num_workers=0, cpu=True)
+                       val_every=10**9, save_every=10**9, wandb_mode="disabled", num_workers=0, cpu=not torch.cuda.is_available())
 
 
 def eval_seconds(stage: str, inputs: dict[str, Path], out: Path, args) -> tuple[float, float, dict[str, float]]:
@@ -130,14 +132,17 @@ def main() -> None:
         utts = SoVITSDataset(open_experiment(inputs["data"], "sovits", "v2")).utterances
         secs = statistics.mean(u.num_samples for u in utts) / 32000
         print(f"bench_eval: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-              f"{torch.__version__}, {torch.get_num_threads()} threads, CPU; full-size v2 models; "
+              f"{torch.__version__}, {torch.get_num_threads()} threads, "
+              f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}; full-size v2 models; "
               f"{args.utterances} held-out utterances of {secs:.1f} s mean; batch {args.batch_size}; "
               f"{args.steps} step(s) measured per stage, extrapolated to --val-every {args.val_every}", flush=True)
         for stage in args.stages.split(","):
             steps = step_seconds(stage, inputs, tmp / f"run-{stage}", args)
             full, losses_only, metrics = eval_seconds(stage, inputs, tmp / f"eval-{stage}", args)
             report(stage, steps, full, losses_only, args.val_every)
-            print(f"  (metrics logged: {', '.join(sorted(k for k in metrics if '/' not in k))})", flush=True)
+            shown = {k: v for k, v in metrics.items() if k in ("eos_rate", "len_ratio", "mel_dist")}
+            print(f"  (metrics logged: {', '.join(sorted(k for k in metrics if '/' not in k))}; random weights: "
+                  f"{', '.join(f'{k} {v:.2f}' for k, v in shown.items())})", flush=True)
 
 
 if __name__ == "__main__":
