@@ -509,3 +509,51 @@ def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_
         assert list(trial.glob("SoVITS_weights_v2/*.pth")), (tid, sorted(p.name for p in trial.iterdir()))
         assert [row["step"] for row in read_metrics(trial / "metrics.jsonl") if row["split"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert list((tmp_path / "run" / "best").rglob("*.pth"))
+
+
+def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_dir, tmp_path):
+    """A GPT search where one trial fails the way users hear: its LR (2e-4 x upstream's) is too low to
+    learn in 8 steps when to stop, so at every validation it generates past the cap (eos_rate 0, over
+    twice the real length) while the other two end. `quality` ranks it last everywhere the search
+    reports a ranking: the printed table, results.json, the W&B summary run and best/."""
+    from gsv_ray.data.synthetic import make_synthetic_experiment
+
+    data = make_synthetic_experiment(tmp_path / "exp", version="v2", num_utterances=16)
+    init = fixtures_dir / "GPT_weights_v2" / "gsvfix-e1.ckpt"
+    args = [sys.executable, "-m", "gsv_ray", "tune", "--init", str(init), "--data", str(data), "-o",
+            str(tmp_path / "run"), "--max-steps", "8", "--val-every", "4", "--batch-size", "4", "--optimizer", "adamw",
+            "--num-samples", "3", "--warmup-choices", "2", "--lr-scale-range", "0.0001", "2", "--search-seed", "79",
+            "--scheduler", "fifo", "--max-concurrent", "2", "--name", "endless", "--no-refit"]
+    r = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "run"
+    res = json.loads((out / "results.json").read_text())
+    assert res["metric"] == "val/quality"
+    # the seed samples one LR far below the others (Tune's seeded random search; if Ray changes its
+    # sampling, pick another --search-seed that gives one lr_scale < 1e-3 and two > 0.4)
+    scales = sorted((t["lr_scale"], t["trial_id"]) for t in res["trials"])
+    assert scales[0][0] < 1e-3 and scales[1][0] > 0.4, scales
+    endless = scales[0][1]
+    for t in res["trials"]:  # what a listener would hear, from the trial's own validation rows
+        rows = [row for row in read_metrics(out / "trials" / t["trial_id"] / "metrics.jsonl") if row["split"] == "val"]
+        assert [row["step"] for row in rows] == [4, 8]
+        if t["trial_id"] == endless:
+            assert all(row["eos_rate"] == 0.0 and row["len_ratio"] > 2 for row in rows), rows
+        else:
+            assert rows[0]["eos_rate"] == 1.0, rows
+    value = {t["trial_id"]: t["best_value"] for t in res["trials"]}
+    assert max(value, key=value.get) == endless and res["best_trial_id"] != endless
+    assert value[endless] > min(value.values()) + 1.0, value  # not a near tie: len_error + (1 - eos_rate) apart
+    table = [line.split()[0 if line.split()[0] != "★" else 1] for line in r.stdout.splitlines()
+             if "_0000" in line and line.split()[-1] == "completed"]
+    assert table[-1] == endless and len(table) == 3, r.stdout[-3000:]  # the printed table: best first, it last
+
+    runs = {wr.run_info(recs)["job_type"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
+    summary = wr.summary(runs["tune-summary"])
+    assert summary["best/trial_id"] == res["best_trial_id"] != endless, summary
+    (table_file,) = (out / "wandb").glob("offline-run-*/files/media/table/tune/results_*.table.json")
+    w = json.loads(table_file.read_text())
+    col = w["columns"].index("best_value")
+    assert {row[0]: row[col] for row in w["data"]} == pytest.approx(value)
+    (best,) = (out / "best").rglob("*.ckpt")
+    assert best.samefile(next((out / "trials" / res["best_trial_id"]).glob("GPT_weights_v2/*.ckpt")))
