@@ -1,5 +1,6 @@
 """Issue: run on a real cluster. The cluster file and the RayJob are validated offline, pinned to the
-package's own version, the example configs run against the demo data, and README's commands parse."""
+package's own version, the example configs run against the demo data, and the commands README.md and
+docs/ show parse."""
 
 from __future__ import annotations
 
