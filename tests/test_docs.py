@@ -116,7 +116,7 @@ def test_every_relative_link_reaches_a_file_and_heading():
 
 #: Paths a user or a fresh clone does not have, as they were written before (the notes folder beside
 #: the checkout, its stack notes), and the reference data named without its place in the repository.
-OUTSIDE = re.compile(r"(?<![\w/])(\.\./)?shared/|STACK\.md|(?<!gpt_sovits/)\bFORMATS\.md|goldens' README")
+OUTSIDE = re.compile(r"(?<![\w/])(\.\./)?shared/|STACK\.md|(?<!gpt_sovits/)\bFORMATS\b|goldens' README")
 
 #: A Markdown link to the reference's FORMATS.md by its repository path (its text may say just "FORMATS.md").
 LINKED_FORMATS = re.compile(r"\[[^\]]*\]\([^)]*tests/reference/gpt_sovits/FORMATS\.md\)")
