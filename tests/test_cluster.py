@@ -1,5 +1,6 @@
 """Issue: run on a real cluster. The cluster file and the RayJob are validated offline, pinned to the
-package's own version, the example configs run against the demo data, and README's commands parse."""
+package's own version, the example configs run against the demo data, and the commands README.md and
+docs/ show parse."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ def test_kuberay_rayjob_manifest():
 
 
 def _readme_commands() -> list[list[str]]:
-    text = (REPO_ROOT / "README.md").read_text()
+    """Every ``gsv-ray ...`` line of a bash block in README.md and the pages under docs/."""
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     cmds = []
     for block in blocks:

@@ -333,7 +333,8 @@ def test_bom_in_name2text_is_not_part_of_a_name(tmp_path: Path, golden_model: Pa
 
 
 def test_example_writes_its_own_tsv_not_the_demos() -> None:
-    """examples/semantic.yaml, run where README says, replaced the demo's 6-name2semantic.tsv (other tokens)."""
+    """examples/semantic.yaml, run where docs/guide/cluster.md says, replaced the demo's 6-name2semantic.tsv
+    (other tokens)."""
     import yaml
 
     from tests.conftest import REPO_ROOT

@@ -9,7 +9,7 @@ v3's resampling: upstream decodes the file again with ffmpeg at 24 kHz (libswres
 filter). We resample with libsoxr (``soxr``, high quality), which agrees with ffmpeg's log-mel to
 within 0.06 below ~10.5 kHz (but for the first and last two frames) and differs by up to ~1 in the
 top three mel bands, where the two anti-aliasing filters cut off differently; 0.01 on average
-(measured on the goldens; see README).
+(measured on the goldens; see docs/guide/train.md, "v3's 24 kHz mel").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Open a GPT-SoVITS preprocessed experiment folder (``logs/<exp>/``) for one training stage.
 
-The folder is what upstream's preprocessing writes (FORMATS.md section 7)::
+The folder is what upstream's preprocessing writes (tests/reference/gpt_sovits/FORMATS.md section 7)::
 
     2-name2text.txt        name \\t phones \\t word2ph \\t norm_text   (one line per utterance)
     3-bert/<name>.pt       [1024, n_phones]   (zh only; GPT stage)

@@ -1,8 +1,9 @@
 """A small, fast, *learnable* synthetic experiment folder in GPT-SoVITS's exact layout.
 
 Demos and tests need a ``logs/<exp>/`` folder without HuBERT, BERT, ERes2Net or real speech. This
-writes one that has every file of FORMATS.md section 7 in the real formats, and whose contents are
-tied together the way real data is, so that a few dozen training steps visibly lower a loss:
+writes one that has every file of tests/reference/gpt_sovits/FORMATS.md section 7 in the real
+formats, and whose contents are tied together the way real data is, so that a few dozen training
+steps visibly lower a loss:
 
 * text: Chinese lines (``zh``) built from a fixed table of characters with their pinyin phones
   (two phones per character, punctuation one), ``word2ph`` lists and normalised text;

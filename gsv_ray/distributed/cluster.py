@@ -44,7 +44,7 @@ def connect(address: str | None, *, num_cpus: float, dashboard: bool = False,
     """Join the cluster the user named or start a private local Ray with at least ``num_cpus``
     logical CPUs (one clear line on failure). True when this call started a local Ray (the caller
     then owns it and ends it with :func:`end_local_ray`). ``dashboard``: Tune needs it (with it, a
-    trial stopped early frees its workers' placement group; README "Stack notes")."""
+    trial stopped early frees its workers' placement group; docs/design/stack-notes.md)."""
     import ray
 
     # Ray Train's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s) and

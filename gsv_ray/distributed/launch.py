@@ -99,7 +99,7 @@ def runs_in_actor(opts: RayOptions) -> bool:
     helper actors to a run (placement-group cleaner, synchronisation, preemption watcher,
     autoscaling coordinator, dataset manager); the main thread of every Ray worker process wakes
     ~100 times a second, and on 2 cores those ~700 wakeups/s made each training step ~10 % slower
-    (bench_ray_overhead.py, README). One worker has no collectives that need Train."""
+    (bench_ray_overhead.py, docs/design/benchmarks.md). One worker has no collectives that need Train."""
     return opts.workers == 1
 
 

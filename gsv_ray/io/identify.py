@@ -35,7 +35,7 @@ KINDS = (
 # Prefixes that wrappers (DDP, torch.compile) add in front of every key.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
-# Rows of the phoneme embedding per symbol set (FORMATS section 0).
+# Rows of the phoneme embedding per symbol set (tests/reference/gpt_sovits/FORMATS.md section 0).
 _SOVITS_TEXT_ROWS = {322: "v1", 732: "v2"}
 _GPT_TEXT_ROWS = {512: "v1", 732: "v2"}
 

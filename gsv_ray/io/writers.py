@@ -6,8 +6,9 @@ v4-LoRA "04". GPT export: ``OrderedDict(weight=<fp16 OrderedDict, "model." keys>
 info="GPT-e<N>")``, a plain zip. Every write goes to a temp file in the target folder, is fsynced
 and renamed into place, and refuses to replace an existing file unless told to (never an input).
 
-v1 and v2 exports are untagged "PK" zips, so GPT-SoVITS tells them apart by FILE SIZE (FORMATS 2.3,
-2.4): ``get_sovits_version_from_path_fast`` says v1 below 82978 KiB and v2 below 700 MiB;
+v1 and v2 exports are untagged "PK" zips, so GPT-SoVITS tells them apart by FILE SIZE
+(tests/reference/gpt_sovits/FORMATS.md 2.3, 2.4): ``get_sovits_version_from_path_fast`` says v1 below
+82978 KiB and v2 below 700 MiB;
 ``3-get-semantic.py`` says v1 below 82978 KiB, v2 below 100 MiB, v1 again below 103520 KiB, v2
 below 700 MiB. A full-size v2 export lands only ~21 KB above the v1 line, so v2 exports get one
 extra top-level entry after weight/config/info, :data:`PAD_KEY` (a float16 tensor of zeros), sized
@@ -31,11 +32,11 @@ from gsv_ray.atomic import atomic_write
 from gsv_ray.errors import GsvError
 from gsv_ray.resources import VITS_VERSIONS
 
-#: Version tags written by upstream's ``my_save2`` (FORMATS section 2.1).
+#: Version tags written by upstream's ``my_save2`` (tests/reference/gpt_sovits/FORMATS.md section 2.1).
 EXPORT_TAGS = {"v2Pro": b"05", "v2ProPlus": b"06"}
 LORA_EXPORT_TAGS = {"v3": b"03", "v4": b"04"}
 
-#: Upstream's size rules for untagged SoVITS files (FORMATS 2.3, 2.4), in bytes.
+#: Upstream's size rules for untagged SoVITS files (tests/reference/gpt_sovits/FORMATS.md 2.3, 2.4), in bytes.
 V1_SIZE_LINE = 82978 * 1024  # below: "v1" for both get_sovits_version_from_path_fast and 3-get-semantic
 SEMANTIC_V1_WINDOW = (100 * 1024 * 1024, 103520 * 1024)  # 3-get-semantic's second "v1" range [lo, hi)
 V3_SIZE_LINE = 700 * 1024 * 1024  # at or above: "v3" for both

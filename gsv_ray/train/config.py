@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the options stay light (--help builds from them): torch onl
     from gsv_ray.rebuild.core import RebuildSpec
 
 #: Upstream's learning rates. SoVITS: s2.json ``train.learning_rate``. GPT: what s1_train.py really
-#: trains with — its scheduler overwrites every step's LR with the constant 0.002 (FORMATS 5.3).
+#: trains with — its scheduler overwrites every step's LR with the constant 0.002
+#: (tests/reference/gpt_sovits/FORMATS.md 5.3).
 UPSTREAM_BASE_LR = {"sovits": 1e-4, "gpt": 0.002}
 #: SoVITS's exponential LR decay per epoch (s2.json ``train.lr_decay``).
 UPSTREAM_LR_DECAY = 0.999875

@@ -227,7 +227,7 @@ def runs_in_trial(opts: TuneOptions) -> bool:
     """Whether each trial trains in its own Tune actor (one worker per trial) rather than through a
     Ray Train worker group (``--workers-per-trial`` > 1): the same loop, checkpoints, restore and
     W&B run, without a Train controller and worker group to start (~10 s of ~30 s to a tune's first
-    step on 2 cores, measured: README)."""
+    step on 2 cores, measured: docs/design/benchmarks.md)."""
     return opts.workers_per_trial == 1
 
 

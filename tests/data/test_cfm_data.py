@@ -38,7 +38,7 @@ def test_v3_resampling_is_within_the_stated_tolerance_of_ffmpeg(frontend_io):
     """Ours (libsoxr HQ) vs upstream's training target (ffmpeg 5.1.9): the same frame count; log-mel
     within 0.06 below the top three mel bands (~10.5 kHz) away from the first and last two frames
     (the filters start and stop differently), within 1.1 anywhere (the two anti-aliasing filters roll
-    off differently near 12 kHz), 0.02 on average (README: "v3's 24 kHz mel")."""
+    off differently near 12 kHz), 0.02 on average (docs/guide/train.md: "v3's 24 kHz mel")."""
     io = frontend_io
     fe = AudioFrontend.from_config(MEL_FRONTENDS["v3"])
     for i in (0, 1):

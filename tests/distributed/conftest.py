@@ -1,4 +1,5 @@
-"""Real Ray for the distributed tests: one local instance per module (the settings README "Stack notes" describes)."""
+"""Real Ray for the distributed tests: one local instance per module (the settings
+docs/design/stack-notes.md describes)."""
 
 from __future__ import annotations
 

@@ -186,7 +186,7 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    """As README runs it: a relative --dir (Ray workers run in other directories). The console is
+    """As README.md runs it: a relative --dir (Ray workers run in other directories). The console is
     for people: at most 40 lines, none wider than 80 columns, no traceback, ending with the best
     settings, the best export and the command that uploads the W&B runs; Ray's and W&B's own output
     is in the run's log file."""
@@ -228,7 +228,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 
 def _padding_stays_sparse(run: Path, home: Path) -> None:
-    """Disk use (README, the demo's "Disk use"): each trial's v2 export and the best/ copy keep the zero
+    """Disk use (docs/design/benchmarks.md, "Demo disk use"): each trial's v2 export and the best/ copy keep the zero
     padding a hole (86 MB files, a few MB on disk) with the bytes the trial logged (its W&B
     artifact's md5), which names the export in -o, so W&B staged no copy in its data folder."""
     import base64

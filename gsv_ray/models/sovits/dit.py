@@ -5,7 +5,7 @@ A diffusion transformer over mel frames, conditioned on the flow time ``t`` and 
 ConvNeXt-V2 stack). Module names and registration order follow upstream, so ``state_dict()`` has
 upstream's keys (``time_embed.time_mlp.0``, ``transformer_blocks.<i>.attn.to_q``, ...).
 
-Facts worth knowing (see the goldens' README §9.1), all reproduced here:
+Facts worth knowing (see tests/reference/gpt_sovits/goldens/README.md §9.1), all reproduced here:
 * the rotary embedding is built for one head's width (64) and applied to the full 1024-wide q/k
   *before* the head split, so it rotates features 0..63 only: head 0 gets positions, the other 15
   heads only what the convolutional position embedding gives;

@@ -231,8 +231,9 @@ class SoVITSV3Generator(nn.Module):
         return self.cfm(x1, mel_lengths, prompt_len, mu, draws, on_call)
 
 
-#: Trainable upstream, but never given a gradient (9.7 of the goldens' README): ``ref_enc``'s output
-#: reaches the loss only through the no-grad front end and wns1's detached condition; ``linear_mel``
+#: Trainable upstream, but never given a gradient (9.7 of tests/reference/gpt_sovits/goldens/README.md):
+#: ``ref_enc``'s output reaches the loss only through the no-grad front end and wns1's detached
+#: condition; ``linear_mel``
 #: is unused. Freezing them changes no number (AdamW skips gradient-less parameters) and spares DDP
 #: an unused-parameter search every step.
 NEVER_TRAINED = ("ref_enc.", "linear_mel.")
