@@ -82,7 +82,9 @@ class Chatter:
         self.verbose = verbose
         self._file: TextIO | None = None
         self.used = False  # library output went to the log in this command (its path is worth showing)
-        self._lock = threading.Lock()
+        # re-entrant: a library's signal handler (Ray's Ctrl-C handlers log) runs in this thread between
+        # two statements of say() and its log line comes back through _log while say() holds the lock
+        self._lock = threading.RLock()
         self._saved: list[tuple[Any, str, Any]] = []
         self.out: TextIO = sys.stdout
         self.err: TextIO = sys.stderr

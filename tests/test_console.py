@@ -164,3 +164,50 @@ def test_a_local_relay_takes_every_event_of_concurrent_workers_without_an_actor(
         assert [e["step"] for e in mine if e["kind"] == "step"] == list(range(1, 401))
         assert mine[0]["kind"] == "start" and mine[-1] == {"run": f"w{i}", "kind": "line", "text": "done"}
     assert len(got) == 3 * 402 and not Path(relay.queue.path).exists()
+
+
+SIGNAL_DURING_SAY = r'''
+import logging, os, signal, sys
+from gsv_ray.console import Chatter
+
+logging.basicConfig(stream=sys.stderr)  # a library's handler made before the chatter (as Ray's are)
+log = logging.getLogger("lib")
+
+
+def handler(sig, frame):  # a library's Ctrl-C handler that logs (Ray Tune's and Ray Train's do)
+    log.warning("stop signal received")
+
+
+class Terminal:
+    """The terminal: the first line written is the moment a real SIGINT arrives."""
+    def __init__(self, stream):
+        self.stream, self.sent = stream, False
+    def write(self, s):
+        self.stream.write(s)
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return len(s)
+    def flush(self):
+        self.stream.flush()
+
+
+signal.signal(signal.SIGINT, handler)
+with Chatter(sys.argv[1]) as chatter:
+    chatter.out = Terminal(sys.__stdout__)
+    chatter.say("refit: starting")
+    chatter.say("after")
+'''
+
+
+def test_a_signal_handler_that_logs_while_a_line_is_said_does_not_hang(tmp_path):
+    """A Ctrl-C arriving while the console writes a line runs the library's handler right there, in
+    the same thread, and the handler's log line comes back into the console: it goes to the log after
+    the line instead of waiting forever for the console's own lock (a Ctrl-C as tune's refit started hung)."""
+    import subprocess
+
+    log = tmp_path / "logs" / "gsv-ray.log"
+    r = subprocess.run([sys.executable, "-c", SIGNAL_DURING_SAY, str(log)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["refit: starting", "after"]
+    assert "stop signal received" in log.read_text()

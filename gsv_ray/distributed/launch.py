@@ -22,6 +22,7 @@ from typing import Any, Callable
 from gsv_ray.console import shown
 from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray, joined_address
 from gsv_ray.distributed.options import RayOptions
+from gsv_ray.distributed.signals import own_signal_handlers
 from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path
 from gsv_ray.masking import has_credentials
 from gsv_ray.storage import display
@@ -275,7 +276,8 @@ def _fit_on_ray_train(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOp
                              # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last + 1)),
     )
-    return trainer.fit()
+    with own_signal_handlers():  # Train's Ctrl-C handler stays installed after fit() otherwise
+        return trainer.fit()
 
 
 def _fit_in_actor(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOptions, name: str, storage: str,
@@ -300,7 +302,8 @@ def _fit_in_actor(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOption
             # verbose=0: no Tune status tables (our console shows the progress)
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
                                       **trial_checkpoints(cfg.keep_last, opts.max_failures)))
-    (result,) = tuner.fit()
+    with own_signal_handlers():  # Tune's Ctrl-C handler stays installed after fit() otherwise
+        (result,) = tuner.fit()
     if result.error is not None:
         raise ray_failure(result.error, rank=0) from result.error
     if not (result.metrics or {}).get("done"):  # Tune stopped on Ctrl-C (SIGINT) and returned

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.distributed.options import RayOptions
+from gsv_ray.distributed.signals import own_signal_handlers
 from gsv_ray.errors import ConfigError, check_file_name, check_output_path
 from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
@@ -408,7 +409,8 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         # controller; missing_metric_stopper stops the search instead and unreported_metric says it in one line
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         try:
-            grid = tuner.fit()
+            with own_signal_handlers():  # Tune's Ctrl-C handler stays installed after fit() otherwise
+                grid = tuner.fit()
         finally:
             if relay is not None:
                 relay.close()

@@ -557,3 +557,31 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
     assert {row[0]: row[col] for row in w["data"]} == pytest.approx(value)
     (best,) = (out / "best").rglob("*.ckpt")
     assert best.samefile(next((out / "trials" / res["best_trial_id"]).glob("GPT_weights_v2/*.ckpt")))
+
+
+def test_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
+    """Ctrl-C (SIGINT from outside) the moment the refit is announced: the search's trials are over and
+    the refit's Ray run is starting. Tune leaves its SIGINT handler installed after a search that was
+    not interrupted, so this Ctrl-C used to be swallowed and the whole refit ran (exit 0). Now it stops
+    the command as Ctrl-C does anywhere else: exit 130, the refit pending for a --resume."""
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
+                 "--num-samples", "1", "--warmup-choices", "0", "--scheduler", "fifo", "--name", "cc",
+                 "--metric", "val/mel_l1", "--mode", "min")
+    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("refit: "):
+                p.send_signal(signal.SIGINT)
+                break
+        rest, _ = p.communicate(timeout=300)
+    finally:
+        p.kill()
+    text = "".join(seen) + rest
+    assert any(s.startswith("refit: ") for s in seen), text[-3000:]
+    assert p.returncode == 130, text[-3000:]
+    assert "interrupted" in rest and "--resume" in rest, rest[-2000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["refit"]["status"] == "pending", res["refit"]
+    assert not (tmp_path / "run" / "refit" / "finished.json").exists()
