@@ -31,6 +31,7 @@ from gsv_ray.atomic import copy_sparse, make_sparse, write_json
 from gsv_ray.train.loop import TrainResult
 from gsv_ray.train.sovits import check_codebook
 from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
+from gsv_ray.train.rundir import exports as run_exports
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -434,7 +435,7 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None, storage_
         raise InfraError("the Ray run finished without reporting its outputs", path=out)
     with ckpt.as_directory() as d:  # in place for local storage, else downloaded
         place_outputs(Path(d) / "run", out, move=is_local_checkpoint(ckpt))
-    exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))
+    exports = sorted(run_exports(out))
     metrics = result.metrics or {}
     steps = int(metrics.get("step", 0))
     newest = checkpoint_folders(storage_fs, uri)  # the training state (the final report holds the outputs)

@@ -26,6 +26,7 @@ from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import write_json
 from gsv_ray.train.rundir import SEARCH_RECORD, TUNE_RESULTS
+from gsv_ray.train.rundir import exports as run_exports
 
 #: ``--metric`` names with their reported key and direction; any other name is a logged validation
 #: metric ``val/NAME``, whose direction ``--mode`` must give.
@@ -643,7 +644,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
         placed = (finished and isinstance(storage_fs, LocalFileSystem) and (trial_out / "metrics.jsonl").is_file()
                   and not any(Path(src).iterdir()))
         if placed:
-            exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+            exports = [str(p) for p in run_exports(trial_out)]
         elif src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
             shutil.rmtree(trial_out, ignore_errors=True)
             trial_out.mkdir(parents=True)
@@ -651,7 +652,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
                 place_outputs(Path(src), trial_out, move=True)  # a finished trial's outputs: moved, not copied
             else:  # remote storage, or a checkpoint's outputs (a --resume reads them again): copied
                 copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
-            exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+            exports = [str(p) for p in run_exports(trial_out)]
             for p in exports:  # pyarrow's copy writes a v2 export's zero padding out: holes again
                 make_sparse(p)
             wandb_src = trial_out / "wandb"
