@@ -8,7 +8,7 @@ and prints a few dozen now. Our own lines (``Chatter.say``) and the progress dis
 terminal. Workers reach the console through :class:`Relay` (a Ray queue the driver drains), never
 through their stdout.
 
-Only the standard library and ``rich``: every layer may use this module.
+Only the standard library, ``rich`` and :mod:`gsv_ray.errors`: every layer may use this module.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
+
+from gsv_ray.errors import clip
 
 #: Non-TTY output (a log file, CI): one plain progress line at most this often.
 PLAIN_EVERY_S = 30.0
@@ -213,10 +215,6 @@ def shown(path: str | os.PathLike[str]) -> str:
     return str(rel) if str(rel) != "." else "."
 
 
-def fit(line: str, width: int = WIDTH) -> str:
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 def _eta(seconds: float) -> str:
     if seconds != seconds or seconds == float("inf"):
         return "--:--"
@@ -290,10 +288,10 @@ class ProgressDisplay:
         self.step, self.metrics = step, metrics
         text = progress_text(step, self.total, metrics, self.rate())
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, info=fit(text, WIDTH - len(self.label) - 18))
+            self._bar.update(self._task, completed=step, info=clip(text, WIDTH - len(self.label) - 18))
         elif time.monotonic() - self._last_plain >= self.every_s:
             self._last_plain = time.monotonic()
-            self._say(fit(f"{self.label} {text}"))
+            self._say(clip(f"{self.label} {text}", WIDTH))
             text = ""  # shown already: close() does not repeat it
         self._line = text
 
@@ -302,7 +300,7 @@ class ProgressDisplay:
             self._bar.stop()
             self._bar = None
         elif self._line:
-            self._say(fit(f"{self.label} {self._line}"))
+            self._say(clip(f"{self.label} {self._line}", WIDTH))
             self._line = ""
 
 
@@ -350,7 +348,7 @@ class TrialsDisplay:
                 self._live.update(self._table())
             elif time.monotonic() - self._last_plain >= self.every_s:
                 self._last_plain = time.monotonic()
-                self.chatter.say(fit(self.summary()))
+                self.chatter.say(clip(self.summary(), WIDTH))
 
     def summary(self) -> str:
         states: dict[str, int] = {}

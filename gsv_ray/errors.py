@@ -37,14 +37,26 @@ class GsvError(Exception):
         self.path = None if path is None else mask(path)
 
 
-def first_line(e: BaseException | str, limit: int = 160) -> str:
+def clip(text: str, width: int, mark: str = "…") -> str:
+    """``text`` cut to at most ``width`` characters, ending in ``mark`` when it was cut (the one
+    home of fitting a line to a terminal's or a message's width)."""
+    return text if len(text) <= width else text[: width - len(mark)] + mark
+
+
+def first_line(e: BaseException | str | None, limit: int = 160) -> str:
     """The first non-empty line of an error (a library's message, never its traceback), trimmed to
     ``limit`` characters; the exception's type name when it says nothing."""
-    text = str(e).strip()
+    text = str(e or "").strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     if not line:
         return type(e).__name__ if isinstance(e, BaseException) else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return clip(line, limit, "...")
+
+
+def folded(e: BaseException, limit: int = 240) -> str:
+    """The whole message of an error on one line (white space folded), trimmed to ``limit``
+    characters; the exception's type name when it says nothing."""
+    return clip(" ".join(str(e).split()) or type(e).__name__, limit, "...")
 
 
 #: A bad input file or folder (the base class's own meaning).

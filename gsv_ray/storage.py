@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import pyarrow.fs as pafs
 
 from gsv_ray.atomic import atomic_dir
-from gsv_ray.errors import ConfigError, GsvError
+from gsv_ray.errors import ConfigError, GsvError, folded
 from gsv_ray.masking import SECRET_QUERY_KEYS, has_credentials, mask
 
 REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs"})
@@ -119,12 +119,6 @@ def _with_env_endpoint(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe=":/"), parts.fragment))
 
 
-def _short(exc: BaseException) -> str:
-    """First line of a library error, trimmed: enough to diagnose, never a traceback."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
 def _explain(exc: BaseException, uri: str, action: str) -> GsvError:
     """Turn a pyarrow/OS error into one line naming the URI, what went wrong and what to do."""
     if isinstance(exc, GsvError):
@@ -143,16 +137,16 @@ def _explain(exc: BaseException, uri: str, action: str) -> GsvError:
         fix = ("check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE, or "
                "GOOGLE_APPLICATION_CREDENTIALS) and the bucket policy" if remote
                else "choose a directory you can write to, or fix its permissions")
-        return GsvError(f"cannot {action}: permission denied ({_short(exc)})", path=shown, fix=fix)
+        return GsvError(f"cannot {action}: permission denied ({folded(exc)})", path=shown, fix=fix)
     if any(s in upper for s in ("INVALID_ACCESS_KEY", "SIGNATURE", "CREDENTIAL", "EXPIRED", "TOKEN")):
-        return GsvError(f"cannot {action}: credentials were rejected ({_short(exc)})", path=shown,
+        return GsvError(f"cannot {action}: credentials were rejected ({folded(exc)})", path=shown,
                         fix="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or AWS_PROFILE")
     if "NETWORK_CONNECTION" in upper or "CONNECT TO SERVER" in upper or "RESOLVE HOST" in upper:
-        return GsvError(f"cannot {action}: the storage endpoint cannot be reached ({_short(exc)})", path=shown,
+        return GsvError(f"cannot {action}: the storage endpoint cannot be reached ({folded(exc)})", path=shown,
                         fix="check the network and AWS_ENDPOINT_URL / ?endpoint_override=")
     if isinstance(exc, NotADirectoryError):
         return GsvError(f"cannot {action}: a parent of it is a file", path=shown, fix="choose another path")
-    return GsvError(f"cannot {action} ({_short(exc)})", path=shown,
+    return GsvError(f"cannot {action} ({folded(exc)})", path=shown,
                     fix="check the URI, its credentials and that the storage is reachable")
 
 
@@ -348,7 +342,7 @@ def fetch(uri_or_path: str | os.PathLike[str], cache_root: str | os.PathLike[str
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GsvError(f"cannot create the download cache ({_short(exc)})", path=base,
+        raise GsvError(f"cannot create the download cache ({folded(exc)})", path=base,
                        fix="make it writable or point GSV_RAY_CACHE at a writable folder") from None
     with _locked(base / ".lock"):
         if final.exists():

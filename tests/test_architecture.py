@@ -37,3 +37,50 @@ def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path):
     (copy / "gsv_ray" / "newthing.py").write_text("X = 1\n")
     r = _lint(copy)
     assert r.returncode != 0 and "newthing" in r.stdout, r.stdout[-3000:]
+
+
+def _import_cycles(package_dir: Path) -> list[list[str]]:
+    """Strongly connected groups (more than one module) of the package's import graph, every import
+    counted (inside functions and ``TYPE_CHECKING`` blocks too), read from the AST."""
+    import ast
+
+    mods = {}
+    for f in package_dir.rglob("*.py"):
+        parts = f.relative_to(package_dir.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
+                if isinstance(node, ast.ImportFrom) and node.module else []
+            for t in names:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != m and not m.startswith(t + "."):  # a module's own package is not an edge
+                    graph[m].add(t)
+    cycles, seen = [], set()
+    for start in sorted(graph):  # each module's group: what it reaches that also reaches it back
+        if start in seen:
+            continue
+        reach = _reachable(graph, start)
+        group = sorted(m for m in reach if start in _reachable(graph, m))
+        seen.update(group)
+        if len(group) > 1:
+            cycles.append(group)
+    return cycles
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    out, todo = {start}, [start]
+    while todo:
+        for nxt in graph[todo.pop()] - out:
+            out.add(nxt)
+            todo.append(nxt)
+    return out
+
+
+def test_no_import_circle_in_the_package():
+    """Issue #27 item 7: ``rebuild/schemas.py`` (the runtime lookup) and ``rebuild/targets.py`` imported
+    each other because the generator lived in the lookup; it lives in ``rebuild/schemagen.py`` now."""
+    assert _import_cycles(REPO / "gsv_ray") == []

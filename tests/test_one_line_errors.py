@@ -112,3 +112,15 @@ def test_inspect_good_and_bad_shows_the_good_table(fixtures_dir, tmp_path):
     listed = json.loads(r.stdout)
     assert [d.get("path") for d in listed] == [str(good), str(empty)]
     assert "sha256" in listed[0] and "empty" in listed[1]["error"]
+
+
+# ---------------------------------------------------------------- the trimming helpers (issue #27 item 7)
+def test_line_trimming_helpers_have_one_home():
+    """``errors.clip`` fits a line to a width; ``first_line`` is an error's first line, ``folded`` its
+    whole message on one line; both fall back to the exception's type name when it says nothing."""
+    from gsv_ray.errors import clip, first_line, folded
+
+    assert clip("abcdef", 6) == "abcdef" and clip("abcdefg", 6) == "abcde…" and clip("abcdefg", 6, "...") == "abc..."
+    assert first_line(ValueError("\n  first\nsecond")) == "first" and first_line(KeyError()) == "KeyError"
+    assert first_line(None) == "" and first_line("x" * 200, 120) == "x" * 117 + "..."
+    assert folded(OSError("a\n  b")) == "a b" and folded(OSError()) == "OSError" and len(folded(OSError("y" * 999))) == 240

@@ -22,7 +22,7 @@ import random
 from typing import Iterator, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from gsv_ray.data.experiment import (
     Experiment,
@@ -30,6 +30,7 @@ from gsv_ray.data.experiment import (
     repeated,
     upstream_repeats,
 )
+from gsv_ray.data.sampling import RankBatchSampler
 from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE
 from gsv_ray.errors import GsvError
 
@@ -174,7 +175,7 @@ def gpt_batch_size(configured: int, num_items: int) -> int:
     return max(min(configured, num_items // 4), 1)
 
 
-class GPTBucketSampler(Sampler[list[int]]):
+class GPTBucketSampler(RankBatchSampler):
     """Upstream's s1 ``DistributedBucketSampler`` (bucket width 2 s), yielding this rank's batches.
 
     ``durations``: seconds per item (:attr:`GPTDataset.durations`). Deterministic in
@@ -194,21 +195,12 @@ class GPTBucketSampler(Sampler[list[int]]):
         drop_last: bool = False,
         bucket_width: float = 2.0,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
+        super().__init__(batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         n = len(durations)
         if n == 0:
             raise GsvError("no GPT training items", fix="check the experiment report")
         self.durations = list(durations)
-        self.batch_size = batch_size
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.shuffle = shuffle
-        self.seed = seed
         self.drop_last = drop_last
-        self.epoch = 0
         if drop_last and n % num_replicas:
             self.num_samples = math.ceil((n - num_replicas) / num_replicas)
         else:
@@ -233,9 +225,6 @@ class GPTBucketSampler(Sampler[list[int]]):
         if cur:
             buckets.append(cur)
         return buckets
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def indices(self) -> list[int]:
         """This rank's index stream for the current epoch (what upstream's sampler yields)."""

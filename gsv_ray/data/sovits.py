@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Iterator, NamedTuple, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from gsv_ray.data.experiment import (
     Experiment,
@@ -31,6 +31,7 @@ from gsv_ray.data.experiment import (
     ssl_features_problem,
     upstream_repeats,
 )
+from gsv_ray.data.sampling import RankBatchSampler
 from gsv_ray.errors import GsvError
 from gsv_ray.audio import AudioConfig, AudioFrontend, read_wav_pcm16
 from gsv_ray.resources import SV_DIM, s2_config
@@ -218,7 +219,7 @@ def collate_sovits(items: Sequence[SoVITSItem], *, pad_to: SoVITSPadding | None 
                        tuple(r.key or r.name for r in rows))
 
 
-class SoVITSBucketSampler(Sampler[list[int]]):
+class SoVITSBucketSampler(RankBatchSampler):
     """Upstream's s2 ``DistributedBucketSampler`` as a batch sampler (yields index lists).
 
     Lengths ``l`` go to bucket ``i`` when ``boundaries[i] < l <= boundaries[i + 1]``; others are
@@ -240,17 +241,8 @@ class SoVITSBucketSampler(Sampler[list[int]]):
         shuffle: bool = True,
         seed: int = 0,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
+        super().__init__(batch_size, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
         self.boundaries = list(boundaries)
         buckets: list[list[int]] = [[] for _ in range(len(self.boundaries) - 1)]
         for i, length in enumerate(self.lengths):
@@ -278,9 +270,6 @@ class SoVITSBucketSampler(Sampler[list[int]]):
         """Indices never drawn (length outside the boundaries)."""
         inside = {i for bk in self.buckets for i in bk}
         return [i for i in range(len(self.lengths)) if i not in inside]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
         """This rank's batches for the current epoch."""

@@ -23,7 +23,7 @@ from gsv_ray.console import shown
 from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray, joined_address
 from gsv_ray.distributed.options import RayOptions
 from gsv_ray.distributed.signals import own_signal_handlers
-from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path
+from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path, clip
 from gsv_ray.masking import has_credentials
 from gsv_ray.storage import display
 from gsv_ray.rebuild import rebuild_cached
@@ -32,6 +32,7 @@ from gsv_ray.atomic import copy_sparse, make_sparse, write_json
 from gsv_ray.train.loop import TrainResult
 from gsv_ray.train.sovits import check_codebook
 from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
+from gsv_ray.train.rundir import exports as run_exports
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -362,10 +363,10 @@ def worker_cause(e: BaseException) -> tuple[int | None, BaseException | str]:
     if isinstance(inner, WorkerGroupError) and inner.worker_failures:
         rank, exc = min(inner.worker_failures.items())
         cause = getattr(exc, "cause", None) or exc
-        return rank, cause if isinstance(cause, GsvError) else _one_line(cause)
+        return rank, cause if isinstance(cause, GsvError) else _cause_line(cause)
     if isinstance(inner, BaseException):  # a trial that trained in its own actor: its exception
-        return None, inner if isinstance(inner, GsvError) else _one_line(inner)
-    return None, _one_line(e)
+        return None, inner if isinstance(inner, GsvError) else _cause_line(inner)
+    return None, _cause_line(e)
 
 
 def ray_failure(e: BaseException, rank: int | None = None) -> GsvError:
@@ -382,13 +383,14 @@ def ray_failure(e: BaseException, rank: int | None = None) -> GsvError:
                     fix="see that worker's lines in the log; raise --max-failures to let Ray restart failed workers")
 
 
-def _one_line(exc: BaseException) -> str:
-    """``Type: message`` of an exception (for a RayTaskError, the last line of its remote traceback)."""
+def _cause_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception (for a RayTaskError, the last line of its remote traceback):
+    not :func:`~gsv_ray.errors.first_line`, which would show a remote traceback's first line."""
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     tail = [ln for ln in lines if not ln.startswith((" ", "\t"))]
     if len(lines) > 1 and tail:  # a traceback: its last unindented line names the exception
-        return tail[-1].strip()[:240]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:240]
+        return clip(tail[-1].strip(), 240, "")
+    return clip(f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": "), 240, "")
 
 
 def is_local_checkpoint(ckpt) -> bool:
@@ -436,7 +438,7 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None, storage_
         raise InfraError("the Ray run finished without reporting its outputs", path=out)
     with ckpt.as_directory() as d:  # in place for local storage, else downloaded
         place_outputs(Path(d) / "run", out, move=is_local_checkpoint(ckpt))
-    exports = sorted(p for pattern in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in out.glob(pattern))
+    exports = sorted(run_exports(out))
     metrics = result.metrics or {}
     steps = int(metrics.get("step", 0))
     newest = checkpoint_folders(storage_fs, uri)  # the training state (the final report holds the outputs)

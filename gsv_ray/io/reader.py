@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from gsv_ray.errors import GsvError
 from gsv_ray.io.identify import NotGsv, identify
 from gsv_ray.io.safeload import safe_load
+from gsv_ray.manifest import sha256_file
 from gsv_ray.io.writers import PAD_KEY
 
 _STAGE_NAMES = {"sovits": "SoVITS (stage 2, .pth)", "gpt": "GPT (stage 1, .ckpt)"}
@@ -51,14 +51,6 @@ class GsvFile:
 
     def sha256(self) -> str:
         return sha256_file(self.path)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def count_nonfinite(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:

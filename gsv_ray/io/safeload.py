@@ -286,25 +286,24 @@ def _shadow_op(op: Any, arg: Any, stack: list[Any]) -> None:
             stack.append(_UNKNOWN)
 
 
-def _torch_default_globals() -> set[str]:
+def _refused(globals_: list[str], stream: BinaryIO) -> list[str]:
+    """The globals of ``globals_`` (our scan's, in its order) that neither torch's weights-only
+    unpickler nor our stand-ins accept. ``stream``: the file as a plain torch zip (a tagged export
+    read through :class:`_TagPatchedFile`: torch's public check refuses the tagged file itself).
+
+    torch's :func:`torch.serialization.get_unsafe_globals_in_checkpoint` says which are unsafe; it
+    reads only the opcodes torch's weights-only unpickler takes (protocol 2: GLOBAL, no STACK_GLOBAL).
+    For a pickle it cannot read torch.load refuses the file as well: ours (which follows
+    STACK_GLOBAL and the memo) then names every global outside ``torch.*`` / ``collections.*``."""
+    ours = [g for g in globals_ if not (is_hparams_name(g) or is_path_name(g) or g in _PLAIN_GLOBALS)]
+    if not ours:
+        return []
+    stream.seek(0)
     try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-
-        return set(_get_allowed_globals().keys())
-    except Exception:  # private API moved: torch's own check still applies below
-        return set()
-
-
-def _refused(globals_: list[str]) -> list[str]:
-    allowed = _torch_default_globals()
-    out = []
-    for g in globals_:
-        if is_hparams_name(g) or is_path_name(g) or g in _PLAIN_GLOBALS or g in allowed:
-            continue
-        if not allowed and (g.startswith("torch.") or g.startswith("collections.")):
-            continue
-        out.append(g)
-    return out
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(stream))
+    except Exception:  # an opcode or archive torch's static check cannot read; torch.load fails on it too
+        return [g for g in ours if not g.startswith(("torch.", "collections."))]
+    return [g for g in ours if g in unsafe]
 
 
 #: How deep a file's containers may nest. Real files nest 4 levels (checkpoint > config > train >
@@ -412,7 +411,7 @@ def safe_load(path: str | Path) -> Loaded:
                            fix="do not use this file; re-export it or get it from a source you trust") from None
         except Exception:
             raise _zip_error(path, "its pickle (data.pkl) is malformed") from None
-        refused = _refused(globals_)
+        refused = _refused(globals_, stream)
         if refused:
             raise GsvError(
                 f"refusing to load: its pickle references {', '.join(refused)}, which could run code "

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +32,24 @@ from gsv_ray.cache import cache_root as usable_cache_root
 from gsv_ray.errors import GsvError, check_output_path
 from gsv_ray.io import sha256_file
 from gsv_ray.io.safeload import check_path
+from gsv_ray.manifest import MANIFEST
+from gsv_ray.manifest import entry as manifest_entry
+from gsv_ray.manifest import problem as manifest_problem
 from gsv_ray.owned import OWNER, sweep
 from gsv_ray.rebuild.core import RebuildSpec, Rebuilt, rebuild
 from gsv_ray.rebuild.report import RebuildReport
 
 #: Bump when the on-disk layout or the rebuild's semantics change: old entries then miss.
 STORE_FORMAT = 3  # 3: inputs holding NaN/inf are refused (a format-2 entry may hold them)
-_COMPLETE = "manifest.json"  # written last inside the temp dir; a dir without it is never used
+_COMPLETE = MANIFEST  # written last inside the temp dir; a dir without it is never used
 _log = logging.getLogger(__name__)
-
-
-def _crc32(path: Path) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def _write_manifest(directory: Path) -> None:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name not in (_COMPLETE, OWNER))
-    manifest = {"format": STORE_FORMAT, "files": {p.name: {"size": p.stat().st_size, "crc32": _crc32(p),
-                                                           **_identity(p)} for p in files}}
+    manifest = {"format": STORE_FORMAT, "files": {p.name: manifest_entry(p, "crc32", with_identity=True)
+                                                  for p in files}}
     (directory / _COMPLETE).write_text(json.dumps(manifest))
-
-
-def _identity(p: Path) -> dict[str, int]:
-    st = p.stat()
-    return {"mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
 
 def entry_problem(directory: Path, *, full: bool = False) -> str | None:
@@ -70,28 +59,8 @@ def entry_problem(directory: Path, *, full: bool = False) -> str | None:
     differs from when it was written — any write, truncation or replacement changes it — or for
     all files with ``full``. (A full check of a full-size v2 entry costs ~0.2 s; see
     ``benchmarks/bench_rebuild.py``.)"""
-    try:
-        files = json.loads((Path(directory) / _COMPLETE).read_text())["files"]
-        items = list(files.items())
-    except FileNotFoundError:
-        return "incomplete (no manifest)"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        return f"unreadable manifest ({type(e).__name__})"
-    if not {"config.json", "report.json"} <= set(files):
-        return "the manifest lists no config/report"
-    for name, meta in items:
-        p = Path(directory) / str(name)
-        try:
-            if "/" in str(name) or p.stat().st_size != meta["size"]:
-                return f"{name} differs from the manifest (damaged)"
-            if (full or _identity(p) != {"mtime_ns": meta["mtime_ns"], "ino": meta["ino"]}) and \
-                    _crc32(p) != meta["crc32"]:
-                return f"{name} differs from the manifest (damaged)"
-        except FileNotFoundError:
-            return f"{name} is missing"
-        except (OSError, KeyError, TypeError) as e:
-            return f"{name}: {type(e).__name__}"
-    return None
+    return manifest_problem(directory, checksum="crc32", needed=("config.json", "report.json"),
+                            trust_identity=not full)
 
 
 def file_sha256(path: str | Path, cache_root: Path, *, trust_index: bool = True) -> str:

@@ -23,6 +23,7 @@ from torch import nn
 from gsv_ray import __version__
 from gsv_ray.atomic import atomic_write
 from gsv_ray.rebuild.resolved import Resolved
+from gsv_ray.rebuild.schemas import shipped_shapes
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
 from gsv_ray.models.sovits.v3 import SoVITSV3Config, SoVITSV3Generator
@@ -49,8 +50,6 @@ class Target:
         first op on a meta tensor costs ~1-2 s of lazy imports in a fresh process, and a real
         build costs the model's memory and init time; a stored schema costs neither.
         """
-        from gsv_ray.rebuild.schemas import shipped_shapes  # lazy: keeps ``python -m ...schemas`` clean
-
         shipped = shipped_shapes(self.name, self.fingerprint)
         if shipped is not None:
             return shipped

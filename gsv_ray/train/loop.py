@@ -28,7 +28,7 @@ from gsv_ray.io.reader import parse_info
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
 from gsv_ray.train import state as state_io
-from gsv_ray.train.config import DEFAULT_LR_SCALE, TrainConfig
+from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR, TrainConfig
 from gsv_ray.train.cfm import CFMRecipe
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
@@ -239,7 +239,7 @@ def train(
             f"accumulation = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}{per_step}; "
             f"{steps_per_epoch} steps/epoch, {total} steps; {num_workers} loader worker(s); "
             f"precision {cfg.precision}; {cfg.optimizer}, peak LR {cfg.peak_lr(stage):.3g} "
-            f"(upstream {cfg.peak_lr(stage) / cfg.lr_scale:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}, "
+            f"(upstream {UPSTREAM_BASE_LR[stage]:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}, "
             f"then {cfg.decay_for(stage)}")
         if cfg.warmup_steps >= total:  # the default 100, or --epochs: an explicit one with --max-steps is refused
             say(f"warning: warmup {cfg.warmup_steps} steps is not shorter than the run's {total}: the LR never reaches "
@@ -446,7 +446,7 @@ def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule
     inputs = {role: {"path": d.get("path"), "sha256": d.get("sha256"), "kind": d.get("kind")}
               for role, d in rebuilt.report.inputs.items()}
     return {**cfg.to_json(), "stage": stage, "version": rebuilt.version, "peak_lr": cfg.peak_lr(stage),
-            "upstream_base_lr": cfg.peak_lr(stage) / cfg.lr_scale, "lr_groups": groups,
+            "upstream_base_lr": UPSTREAM_BASE_LR[stage], "lr_groups": groups,
             "decay": schedule.decay, "total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
             "world_size": accelerator.num_processes, "device": accelerator.device.type,  # `cpu` is only the flag
             "global_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum, "inputs": inputs,

@@ -33,6 +33,16 @@ FINISHED = "finished.json"
 #: every name gsv-ray writes at the top of an -o (besides ``<Stage>_weights*`` export folders)
 RUN_ENTRIES = (*RUN_FILES, *TUNE_RESULTS, SEARCH_RECORD, FINISHED, "logs", "wandb", "wandb_run_id", "run_config.json",
                "early_stopped.json", RUN_LOCK)
+#: a run's exports in its -o: upstream's ``SoVITS_weights*/*.pth`` and ``GPT_weights*/*.ckpt`` folders
+#: (named by :func:`gsv_ray.train.sovits.export_dir_name` / :func:`gsv_ray.train.gpt.export_dir_name`)
+EXPORT_PATTERNS = ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt")
+
+
+def exports(run_dir: str | Path) -> list[Path]:
+    """The export files in ``run_dir``: SoVITS ones first, then GPT ones, each sorted by path."""
+    return [p for pattern in EXPORT_PATTERNS for p in sorted(Path(run_dir).glob(pattern))]
+
+
 #: the settings that decide a run's trajectory: a --resume must keep them (--max-steps / --epochs
 #: may grow; the data folder is compared by path only where it is, not by content)
 TRAJECTORY = ("stage", "version", "lora_rank", "lr_scale", "warmup_steps", "warmup_start", "decay", "lr_decay",

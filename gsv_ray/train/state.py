@@ -16,7 +16,6 @@ ran code on ``--resume``. So a checkpoint folder holds only data formats:
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -28,9 +27,11 @@ import torch
 from safetensors.torch import load_file
 
 from gsv_ray.atomic import atomic_write, write_json
+from gsv_ray.manifest import MANIFEST
+from gsv_ray.manifest import entry as manifest_entry
+from gsv_ray.manifest import problem as manifest_problem
 
 FORMAT = 1
-MANIFEST = "manifest.json"
 STATE = "state.json"
 
 
@@ -112,21 +113,13 @@ def save(accelerator, directory: Path, *, models: Sequence[torch.nn.Module], opt
 
 
 def _entry(path: Path) -> dict[str, Any]:
-    return {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return manifest_entry(path, "sha256")
 
 
 def _safetensors_bytes(sd: dict[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save
 
     return save(sd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- verify and load ---------------------------------------------------------------------------
@@ -136,31 +129,8 @@ def is_state_dir(p: Path) -> bool:
 
 def problem(directory: Path) -> str | None:
     """Why ``directory`` is not a complete checkpoint (None when it verifies against its manifest)."""
-    directory = Path(directory)
-    try:
-        manifest = json.loads((directory / MANIFEST).read_text())
-        files = manifest["files"]
-        if manifest.get("format") != FORMAT or not isinstance(files, dict):
-            return "unknown checkpoint format"
-    except FileNotFoundError:
-        return f"no {MANIFEST} (incomplete, or written by another tool)"
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"unreadable {MANIFEST} ({type(e).__name__})"
-    needed = {STATE, "model.safetensors", "rng_0.json"}
-    if not needed <= set(files):
-        return f"the manifest lists no {', '.join(sorted(needed - set(files)))}"
-    for name, meta in files.items():
-        p = directory / str(name)
-        try:
-            if "/" in str(name) or p.stat().st_size != meta["size"]:
-                return f"{name}: size differs from the manifest (truncated or replaced)"
-        except FileNotFoundError:
-            return f"{name} is missing"
-        except (OSError, KeyError, TypeError) as e:
-            return f"{name}: {type(e).__name__}"
-        if _sha256(p) != meta.get("sha256"):
-            return f"{name}: content differs from the manifest (corrupted)"
-    return None
+    return manifest_problem(directory, checksum="sha256", needed=(STATE, "model.safetensors", "rng_0.json"),
+                            fmt=FORMAT)
 
 
 def load(accelerator, directory: Path, *, models: Sequence[torch.nn.Module],

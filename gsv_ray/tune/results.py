@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.atomic import atomic_write
+from gsv_ray.errors import first_line
 
 #: ``results.json`` layout version; bump when fields change meaning.
 RESULTS_FORMAT = "gsv-ray-tune-results/2"  # 2: best_value (the objective's), refit
@@ -201,12 +202,6 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def first_line(text: str | None, limit: int = 120) -> str:
-    """The first non-empty line of an error message, shortened to ``limit`` characters."""
-    line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def _fmt(v: Any, spec: str) -> str:
     return format(v, spec) if _is_finite(v) else "—"
 
@@ -217,7 +212,7 @@ def _status_text(t: TrialSummary) -> str:
 
 def failure_lines(outcome: TuneOutcome) -> list[str]:
     """One line per failed trial with its cause (the first exception of its workers)."""
-    return [f"trial {t.trial_id} failed: {first_line(t.error)}" for t in outcome.trials if t.status == FAILED]
+    return [f"trial {t.trial_id} failed: {first_line(t.error, 120)}" for t in outcome.trials if t.status == FAILED]
 
 
 def trial_label(t: TrialSummary) -> str:
@@ -462,6 +457,6 @@ def log_summary_run(
 
 __all__ = [
     "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "RefitSummary", "TrialSummary", "TuneOutcome", "best_summary",
-    "first_line", "load_results", "log_summary_run", "pick_best", "ranked_trials", "render_summary_png",
+    "load_results", "log_summary_run", "pick_best", "ranked_trials", "render_summary_png",
     "results_table", "status_counts", "table_rows", "trial_label", "write_results",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.atomic import link_or_copy
-from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.config import UPSTREAM_BASE_LR, TrainConfig
 from gsv_ray.train.rundir import record_search_finished
 from gsv_ray.train.tracking import offline_runs
 from gsv_ray.tune.listen import LISTEN_KEY, search_rows, wandb_listening_table, write_listening_page
@@ -125,7 +125,7 @@ def _say_summary(cfg: TrainConfig, outcome: TuneOutcome, files: dict[str, Path],
         say(f"interrupted: {interrupted or f'resume with the same command plus --resume (tune run {outcome.name})'}")
     if outcome.best is not None:
         b = outcome.best
-        peak = cfg.peak_lr(outcome.stage) / cfg.lr_scale * b.lr_scale
+        peak = UPSTREAM_BASE_LR[outcome.stage] * b.lr_scale
         say(f"best: lr_scale {b.lr_scale:.4g} (peak LR {peak:.3g}), warmup {b.warmup_steps}: "
             f"{outcome.metric.removeprefix('val/')} {b.best_value:.4g} at step {b.best_step}")
     refit = outcome.best_files.get("refit")

@@ -27,6 +27,8 @@ from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.atomic import write_json
 from gsv_ray.train.rundir import SEARCH_RECORD, TUNE_RESULTS
+from gsv_ray.tune.params import LR_SCALE, PARAM_FIELDS, WARMUP_STEPS, TrialParams
+from gsv_ray.train.rundir import exports as run_exports
 
 #: ``--metric`` names with their reported key and direction; any other name is a logged validation
 #: metric ``val/NAME``, whose direction ``--mode`` must give.
@@ -144,7 +146,7 @@ class TuneOptions:
 
 #: TrainConfig fields a search does not take: searched per trial, or named differently for tune
 #: (tune's --resume continues the search; --name names the search, exports are named after -o).
-NOT_TUNE_OPTIONS = ("lr_scale", "warmup_steps", "resume", "name", "epochs")
+NOT_TUNE_OPTIONS = (*PARAM_FIELDS, "resume", "name", "epochs")
 
 
 def load_tune_config(yaml_path: str | Path | None = None, *, train: dict[str, Any] | None = None,
@@ -185,7 +187,7 @@ def param_space(opts: TuneOptions, max_steps: int) -> dict[str, Any]:
     from ray import tune
 
     lo, hi = opts.lr_scale_range
-    return {"lr_scale": tune.loguniform(lo, hi), "warmup_steps": tune.choice(opts.warmups(max_steps))}
+    return {LR_SCALE: tune.loguniform(lo, hi), WARMUP_STEPS: tune.choice(opts.warmups(max_steps))}
 
 
 def search_algorithm(opts: TuneOptions, objective: Objective):
@@ -261,7 +263,7 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
     from gsv_ray.tune.asha import board_name
 
     trial_id = tune.get_context().get_trial_id()
-    train_cfg = dataclasses.replace(base, lr_scale=float(config["lr_scale"]), warmup_steps=int(config["warmup_steps"]),
+    train_cfg = dataclasses.replace(base, **TrialParams.of(config).as_dict(),
                                     resume=None, name=base.run_name)  # exports named like train's, after -o
     loop_config = {
         "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
@@ -550,8 +552,8 @@ def _trial_rows(rows, max_steps: int):
         def on_trial_start(self, iteration, trials, trial, **info):
             if self.rows is None:
                 return
-            self.rows.update(trial.trial_id, lr_scale=trial.config.get("lr_scale"),
-                             warmup=trial.config.get("warmup_steps"), status="starting")
+            self.rows.update(trial.trial_id, lr_scale=trial.config.get(LR_SCALE),
+                             warmup=trial.config.get(WARMUP_STEPS), status="starting")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.rows is None:
@@ -645,7 +647,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
         placed = (finished and isinstance(storage_fs, LocalFileSystem) and (trial_out / "metrics.jsonl").is_file()
                   and not any(Path(src).iterdir()))
         if placed:
-            exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+            exports = [str(p) for p in run_exports(trial_out)]
         elif src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
             shutil.rmtree(trial_out, ignore_errors=True)
             trial_out.mkdir(parents=True)
@@ -653,7 +655,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
                 place_outputs(Path(src), trial_out, move=True)  # a finished trial's outputs: moved, not copied
             else:  # remote storage, or a checkpoint's outputs (a --resume reads them again): copied
                 copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
-            exports = [str(p) for pat in ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt") for p in trial_out.glob(pat)]
+            exports = [str(p) for p in run_exports(trial_out)]
             for p in exports:  # pyarrow's copy writes a v2 export's zero padding out: holes again
                 make_sparse(p)
             wandb_src = trial_out / "wandb"
@@ -663,9 +665,8 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
             elif (trial_out / "metrics.jsonl").is_file():  # killed (Ctrl-C, a failure): its W&B records
                 # were lost with it; rebuild its run from what its last checkpoint carried
                 shutil.rmtree(wandb_src, ignore_errors=True)
-                replay_run(trial_out, config={**cfg.to_json(), "lr_scale": float(trial_config["lr_scale"]),
-                                              "warmup_steps": int(trial_config["warmup_steps"]), "stage": rebuilt.stage,
-                                              "version": rebuilt.version},
+                replay_run(trial_out, config={**cfg.to_json(), **TrialParams.of(trial_config).as_dict(),
+                                              "stage": rebuilt.stage, "version": rebuilt.version},
                            report=rebuilt.report, out_dir=out, project=cfg.wandb_project, mode=cfg.wandb_mode,
                            group=name, job_type="trial", run_id=trial_id, name=trial_id,
                            fate=FAILED if failed else INTERRUPTED)
@@ -684,8 +685,8 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
         else:  # neither finished nor stopped by the scheduler: the search itself was stopped
             status, interrupted = INTERRUPTED, True
         trials.append(TrialSummary(
-            trial_id=trial_id, lr_scale=float(trial_config.get("lr_scale", float("nan"))),
-            warmup_steps=int(trial_config.get("warmup_steps", 0)), status=status,
+            trial_id=trial_id, lr_scale=float(trial_config.get(LR_SCALE, float("nan"))),
+            warmup_steps=int(trial_config.get(WARMUP_STEPS, 0)), status=status,
             error=trial_error(result.error) if result.error else None,
             steps=steps, best_value=best[1] if best else None, best_step=best[0] if best else None,
             val_history=val, lr_history=lrs, export_paths=exports, wandb_run_id=trial_id))

@@ -155,6 +155,27 @@ def test_malicious_global_hidden_next_to_hparams(fixtures_dir, tmp_path):
     assert not marker.exists()
 
 
+def test_prescan_asks_torchs_public_check_through_the_detagged_stream(fixtures_dir, tmp_path):
+    """Issue #27 item 7: which globals are unsafe is torch's public
+    ``get_unsafe_globals_in_checkpoint``, not its private allow-list. It refuses a version-tagged
+    export as it is, so the pre-scan gives it the stream that shows ``PK`` in place of the tag."""
+    from gsv_ray.io.safeload import _refused, _TagPatchedFile, safe_load
+
+    tagged = fixtures_dir / "SoVITS_weights_v2Pro" / "gsvfix_e1_s2.pth"
+    with pytest.raises(ValueError):
+        torch.serialization.get_unsafe_globals_in_checkpoint(str(tagged))
+    with _TagPatchedFile(open(tagged, "rb")) as stream:
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(stream) == ["utils.HParams"]
+        assert _refused(safe_load(tagged).pickle_globals, stream) == []
+    evil = _malicious_pth(tmp_path / "evil.pth", os.system, "true", (b"cposix\nsystem\n", b"cos\nsystem\n"))
+    with zipfile.ZipFile(evil) as zf:
+        from gsv_ray.io.safeload import scan_globals
+
+        found = scan_globals(zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl"))))
+    with open(evil, "rb") as raw:
+        assert _refused(found, raw) == ["os.system"]
+
+
 def _torch_zip_with_pickle(path: Path, pickle_bytes: bytes, compress: bool = False) -> Path:
     """A real torch.save zip (its layout, version record, ...) whose data.pkl is replaced."""
     buf = io.BytesIO()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gsv_ray.rebuild import rebuild
+from gsv_ray.rebuild import schemagen as G
 from gsv_ray.rebuild import schemas as S
 from gsv_ray.rebuild import targets as T
 
@@ -26,19 +27,19 @@ def _boom():
 
 def test_shipped_schemas_are_current():
     """Every shipped file is rebuilt from the model code now and must be byte-identical; none is
-    missing or extra. On failure: ``python -m gsv_ray.rebuild.schemas`` and commit the result."""
-    assert S.check() == []
+    missing or extra. On failure: ``python -m gsv_ray.rebuild.schemagen`` and commit the result."""
+    assert G.check() == []
 
 
 def test_shipped_schemas_cover_every_default_target():
-    targets = S.shipped_targets()
+    targets = G.shipped_targets()
     assert Counter(t.name for t in targets) == {"generator": 5, "discriminator": 4, "gpt": 2}
-    files = {p.name for p in S.default_dir().glob("*.json")}
+    files = {p.name for p in G.default_dir().glob("*.json")}
     assert files == {S.shipped_name(t.name, t.fingerprint) for t in targets}
 
 
 def test_shipped_lookup_builds_nothing_and_equals_meta_build(tmp_path):
-    for t in S.shipped_targets():
+    for t in G.shipped_targets():
         want = t.meta_shapes()
         got = dataclasses.replace(t, build=_boom).shapes(tmp_path)
         assert list(got.items()) == list(want.items()), t.fingerprint  # same keys, order and shapes
@@ -86,7 +87,7 @@ def test_package_data_includes_shipped_schemas():
     import tomllib
 
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gsv_ray"]
-    for p in S.default_dir().glob("*.json"):
+    for p in G.default_dir().glob("*.json"):
         rel = p.relative_to(REPO / "gsv_ray").as_posix()
         assert any(fnmatch.fnmatch(rel, pat) for pat in data), rel
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from gsv_ray.track import read_metrics
-from gsv_ray.train.state import _sha256
+from gsv_ray.manifest import sha256_file as _sha256
 
 
 class _Payload:
