@@ -78,7 +78,7 @@ class Transcriber:
         try:
             model = WhisperModel(str(folder), device="cuda" if cuda else "cpu",
                                  device_index=(device.index or 0) if cuda else 0, local_files_only=True)
-        except (RuntimeError, ValueError, OSError) as e:  # ctranslate2 / tokenizers: the files do not load
+        except (RuntimeError, ValueError, OSError, IndexError, KeyError) as e:  # ctranslate2/tokenizers: unloadable files
             raise GsvError(f"--asr: faster-whisper cannot load this model ({first_line(e)})", path=folder,
                            fix=_FIX) from None
         return cls(model, folder)

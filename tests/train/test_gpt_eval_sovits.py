@@ -105,3 +105,23 @@ def test_bad_asr_is_one_line(case, gpt_init, synth_v2, sovits_files, held_out, t
     if case != "no-eval-sovits":
         assert str(folder) in r.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_gpt_asr_logs_cer_end_to_end(gpt_init, synth_v2, sovits_files, held_out, tmp_path):
+    """``--asr`` with a real (tiny, random-weight) CTranslate2 Whisper folder made offline: the decoded audio is
+    transcribed by faster-whisper and val/cer (per utterance and averaged) counts in val/quality."""
+    pytest.importorskip("faster_whisper", reason="the optional 'asr' extra (pip install 'gsv-ray[asr]')")
+    from tests.support.tiny_whisper import make_tiny_whisper
+
+    folder = make_tiny_whisper(tmp_path / "faster-whisper-tiny")
+    r = run_cli(*gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out), "--eval-sovits", sovits_files["init"],
+                "--asr", str(folder))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [x for x in rows if x["split"] == "val"]
+    cers = {k: v for k, v in row.items() if k.startswith("utt/") and k.endswith("/cer")}
+    assert set(cers) == {f"utt/{n.removesuffix('.wav')}/cer" for n in HELD_OUT}, sorted(row)
+    assert all(math.isfinite(v) and v >= 0 for v in cers.values())
+    assert row["cer"] == pytest.approx(sum(cers.values()) / 2)
+    assert row["quality"] == pytest.approx(row["len_error"] + row["repeat_rate"] + 1 - row["eos_rate"] + row["cer"])
+    assert "spk_sim" not in row  # no --sv-model
