@@ -110,7 +110,6 @@ def test_bad_asr_is_one_line(case, gpt_init, synth_v2, sovits_files, held_out, t
 def test_gpt_asr_logs_cer_end_to_end(gpt_init, synth_v2, sovits_files, held_out, tmp_path):
     """``--asr`` with a real (tiny, random-weight) CTranslate2 Whisper folder made offline: the decoded audio is
     transcribed by faster-whisper and val/cer (per utterance and averaged) counts in val/quality."""
-    pytest.importorskip("faster_whisper", reason="the optional 'asr' extra (pip install 'gsv-ray[asr]')")
     from tests.support.tiny_whisper import make_tiny_whisper
 
     folder = make_tiny_whisper(tmp_path / "faster-whisper-tiny")
@@ -125,3 +124,28 @@ def test_gpt_asr_logs_cer_end_to_end(gpt_init, synth_v2, sovits_files, held_out,
     assert row["cer"] == pytest.approx(sum(cers.values()) / 2)
     assert row["quality"] == pytest.approx(row["len_error"] + row["repeat_rate"] + 1 - row["eos_rate"] + row["cer"])
     assert "spk_sim" not in row  # no --sv-model
+
+
+def test_tune_passes_the_options_to_its_trials(tmp_path, monkeypatch):
+    """``tune`` takes --eval-sovits / --asr / --sv-model as ``train`` does (flags and YAML), made absolute for Ray
+    workers that run elsewhere; every trial's config is the base config with its lr_scale and warmup replaced."""
+    import dataclasses
+
+    from gsv_ray.tune.search import load_tune_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tune.yaml").write_text("init: GPT_weights_v2/me-e15.ckpt\ndata: logs/me\nmax_steps: 100\n"
+                                        "eval_sovits: SoVITS_weights_v2/me_e8_s200.pth\nasr: faster-whisper-large-v3\n")
+    cfg, _ = load_tune_config(tmp_path / "tune.yaml", train={"sv_model": "sv/pretrained_eres2netv2w24s4ep4.ckpt"})
+    assert cfg.eval_sovits == str(tmp_path / "SoVITS_weights_v2/me_e8_s200.pth")
+    assert cfg.asr == str(tmp_path / "faster-whisper-large-v3")
+    assert cfg.sv_model == str(tmp_path / "sv/pretrained_eres2netv2w24s4ep4.ckpt")
+    trial = dataclasses.replace(cfg, lr_scale=0.5, warmup_steps=5)  # what trial_function builds
+    assert (trial.eval_sovits, trial.asr, trial.sv_model) == (cfg.eval_sovits, cfg.asr, cfg.sv_model)
+
+    r = run_cli("tune", "--help")
+    assert r.returncode == 0 and "--eval-sovits" in r.stdout and "--asr" in r.stdout
+    (tmp_path / "asr-only.yaml").write_text("init: GPT_weights_v2/me-e15.ckpt\ndata: logs/me\nmax_steps: 100\n"
+                                            "asr: faster-whisper-large-v3\n")
+    r = run_cli("tune", "--config", "asr-only.yaml", "-o", str(tmp_path / "search"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--asr" in r.stderr, r.stderr
