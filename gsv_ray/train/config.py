@@ -155,10 +155,14 @@ class TrainConfig:
     def resolved(self, stage: str, device_type: str) -> TrainConfig:
         """This config with the defaults that depend on what is trained where written out (what
         ``config.json`` records and a ``--resume`` compares): the optimizer and the precision. A
-        SoVITS run asked for ``--optimizer scaledadam`` is a one-line error."""
+        SoVITS run asked for ``--optimizer scaledadam``, ``--eval-sovits`` or ``--asr`` is a one-line error."""
         if stage != "gpt" and self.optimizer == "scaledadam":
             raise ConfigError("--optimizer scaledadam is upstream's GPT optimizer; SoVITS trains with AdamW, as upstream",
                               path=self.init, fix="drop --optimizer (or pass --optimizer adamw)")
+        if stage != "gpt" and (self.eval_sovits or self.asr):
+            given = "--eval-sovits" if self.eval_sovits else "--asr"
+            raise ConfigError(f"{given} scores a GPT's generated tokens, and this is a {stage} run", path=self.init,
+                              fix=f"drop {given} (SoVITS validation already scores its own audio)")
         precision = self.precision or DEFAULT_PRECISION.get(device_type, "no")
         return dataclasses.replace(self, optimizer=self.optimizer_for(stage), precision=precision)
 

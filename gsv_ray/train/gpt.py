@@ -50,8 +50,12 @@ class GPTRecipe:
         model.load_state_dict(rebuilt.gpt, strict=True)
         self._setup(model, cfg, accelerator, precision, version=rebuilt.version, s1=rebuilt.resolved.gpt.s1)
         self.experiment = experiment
-        validates = accelerator.is_main_process and bool(cfg.val_fraction or cfg.val_names)  # main validates
+        held_out = bool(cfg.val_fraction or cfg.val_names)
+        validates = accelerator.is_main_process and held_out  # only the main process validates
         self.listener, self.notes = GeneratedAudio.load(cfg, experiment, accelerator.device) if validates else (None, ())
+        if cfg.eval_sovits and not held_out:
+            self.notes = ("validation: --eval-sovits is not used: there are no held-out utterances (pass --val-fraction "
+                          "or --val-names)",)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator,
