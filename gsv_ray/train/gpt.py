@@ -234,7 +234,7 @@ def _heard_metrics(heard: dict[str, list[dict[str, float]]]) -> dict[str, float]
     out: dict[str, float] = {}
     per_metric: dict[str, list[float]] = {}
     for name, scores in heard.items():
-        for key in scores[0]:
+        for key in scores[0]:  # {}: an utterance the SoVITS side could not decode
             value = sum(s[key] for s in scores) / len(scores)
             out[f"utt/{utterance_stem(name)}/{key}"] = value
             per_metric.setdefault(key, []).append(value)

@@ -76,7 +76,7 @@ class GeneratedAudio:
                  speaker: SpeakerEncoder | None, transcriber: Transcriber | None):
         self.g, self.experiment, self.frontend, self.sampling_rate = g, experiment, frontend, sampling_rate
         self.speaker, self.transcriber = speaker, transcriber
-        self._heard: dict[str, Heard] = {}  # the held-out set is fixed for the run: read once
+        self._heard: dict[str, Heard | None] = {}  # the held-out set is fixed for the run: read once
 
     @classmethod
     def load(cls, cfg: TrainConfig, experiment: Experiment, device: torch.device) -> tuple[GeneratedAudio | None, tuple]:
@@ -92,19 +92,21 @@ class GeneratedAudio:
         transcriber = Transcriber.load(cfg.asr, device) if cfg.asr else None
         sovits_side = open_experiment(experiment.root, "sovits", rebuilt.version, ExperimentOptions(scan_tensors=False))
         notes = () if speaker else (_SV_NOTE,)
+        if sovits_side.report.problems:  # what it cannot decode is left out of the scores: say which
+            notes += tuple(f"  --eval-sovits data: {line}" for line in sovits_side.report.lines())
         if speaker is None and transcriber is None:
             return None, notes + ("validation: --eval-sovits decodes nothing without --sv-model or --asr to score it",)
         frontend = AudioFrontend.from_config(settings.audio).to(device)
         return cls(g, sovits_side, frontend, settings.audio.sampling_rate, speaker, transcriber), notes
 
-    def heard(self, name: str) -> Heard:
-        """``name``'s SoVITS side, read once (a held-out utterance the SoVITS scan kept)."""
+    def heard(self, name: str) -> Heard | None:
+        """``name``'s SoVITS side, read once; None for an utterance the SoVITS scan left out (a missing or
+        broken 5-wav32k / 7-sv_cn file, upstream's SoVITS duration limits)."""
         if name not in self._heard:
             found = self.experiment.subset([name])
             if not found:
-                raise GsvError(f"held-out utterance {name!r} has no usable 5-wav32k / 4-cnhubert / 7-sv_cn files for "
-                               f"--eval-sovits ({self.experiment.report.usable} usable)", path=self.experiment.root,
-                               fix="fix its files (GPT-SoVITS preprocessing), or hold out other utterances (--val-names)")
+                self._heard[name] = None
+                return None
             u = found[0]
             wav = read_wav_pcm16(u.wav_path)
             dev = self.g.ssl_proj.weight.device
@@ -121,6 +123,8 @@ class GeneratedAudio:
         """``tokens`` (generated for ``name``'s text) decoded with ``reference`` as the reference clip,
         scored against ``name``'s real audio and text. Non-finite samples count as silence."""
         item, ref = self.heard(name), self.heard(reference)
+        if item is None or ref is None:
+            return {}  # not decodable: left out of the scores (the --eval-sovits data lines at start name it)
         if tokens:
             codes = torch.tensor(tokens, dtype=torch.long)
             wav = decode_tokens(self.g, codes, item.phones, ref.spec, ref.sv_emb, seed)
