@@ -42,7 +42,7 @@ def held_out(tmp_path):
     return path
 
 
-@pytest.mark.slow  # the full-size ERes2NetV2, two runs: ~45-130 s on a busy 2-core CPU
+@pytest.mark.slow  # the full-size ERes2NetV2, two runs: ~130 s on a busy 2-core CPU
 def test_gpt_eval_sovits_logs_spk_sim(gpt_init, synth_v2, sovits_files, sv_model, tmp_path):
     """One held-out utterance (its own prompt and reference clip): each decode and speaker embedding of the full
     ERes2NetV2 costs seconds on a CPU, and the run is made twice. (The per-utterance mean: the --asr test.)"""
