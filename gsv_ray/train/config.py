@@ -99,9 +99,18 @@ class TrainConfig:
                                  help="v4: upstream's vocoder (pretrained_models/gsv-v4-pretrained/vocoder.pth) to "
                                       "render validation samples as audio (default: mel images)")
     sv_model: str | None = option(None, metavar="FILE", group=CHECKS,
-                                  help="SoVITS: upstream's speaker model (pretrained_models/sv/pretrained_eres2netv2w24s4ep4"
+                                  help="SoVITS, and GPT with --eval-sovits: upstream's speaker model (pretrained_models/sv/pretrained_eres2netv2w24s4ep4"
                                        ".ckpt) to score validation by speaker similarity, val/spk_sim (default: not "
                                        "scored)")
+    # GPT validation through a SoVITS decoder (issue #26): generated tokens -> audio -> spk_sim / cer
+    eval_sovits: str | None = option(None, metavar="FILE", group=CHECKS,
+                                     help="GPT: a SoVITS export or base (v1-v2ProPlus) that decodes each held-out "
+                                          "item's generated tokens to audio at validation, scored by val/spk_sim "
+                                          "(with --sv-model) and val/cer (with --asr) (default: tokens only)")
+    asr: str | None = option(None, metavar="DIR", group=CHECKS,
+                             help="GPT with --eval-sovits: a faster-whisper (CTranslate2 Whisper) model folder that "
+                                  "transcribes the decoded audio for val/cer, the character error rate against "
+                                  "the text (needs the 'asr' extra: pip install 'gsv-ray[asr]')")
     # checkpoints and exports
     save_every: int = option(50, low=1, group=CHECKS, help="steps between checkpoints")
     keep_last: int = option(2, low=1, group=CHECKS, help="checkpoints kept")
@@ -147,10 +156,14 @@ class TrainConfig:
     def resolved(self, stage: str, device_type: str) -> TrainConfig:
         """This config with the defaults that depend on what is trained where written out (what
         ``config.json`` records and a ``--resume`` compares): the optimizer and the precision. A
-        SoVITS run asked for ``--optimizer scaledadam`` is a one-line error."""
+        SoVITS run asked for ``--optimizer scaledadam``, ``--eval-sovits`` or ``--asr`` is a one-line error."""
         if stage != "gpt" and self.optimizer == "scaledadam":
             raise ConfigError("--optimizer scaledadam is upstream's GPT optimizer; SoVITS trains with AdamW, as upstream",
                               path=self.init, fix="drop --optimizer (or pass --optimizer adamw)")
+        if stage != "gpt" and (self.eval_sovits or self.asr):
+            given = "--eval-sovits" if self.eval_sovits else "--asr"
+            raise ConfigError(f"{given} scores a GPT's generated tokens, and this is a {stage} run", path=self.init,
+                              fix=f"drop {given} (SoVITS validation already scores its own audio)")
         precision = self.precision or DEFAULT_PRECISION.get(device_type, "no")
         return dataclasses.replace(self, optimizer=self.optimizer_for(stage), precision=precision)
 
@@ -165,6 +178,9 @@ class TrainConfig:
         if self.max_steps is not None and self.epochs is not None:
             raise ConfigError(f"--max-steps {self.max_steps} and --epochs {self.epochs} both say how long to train",
                               fix="give one of them")
+        if self.asr is not None and self.eval_sovits is None:
+            raise ConfigError("--asr transcribes the audio that --eval-sovits decodes from the generated tokens, and "
+                              "no --eval-sovits was given", fix="add --eval-sovits FILE (a SoVITS export) or drop --asr")
 
     def to_json(self) -> dict[str, Any]:
         """The options as recorded (``config.json``, ``run_config.json``, W&B's config): credentials
@@ -184,6 +200,7 @@ class TrainConfig:
 
         return dataclasses.replace(self, init=local(self.init), base_g=local(self.base_g), base_d=local(self.base_d),
                                    vocoder=local(self.vocoder), sv_model=local(self.sv_model),
+                                   eval_sovits=local(self.eval_sovits),
                                    data=local(self.data) if data else self.data)
 
 
@@ -234,8 +251,9 @@ def load_config(yaml_path: str | Path | None = None, *, mapping: dict[str, Any] 
     missing = [k for k in ("init", "data", "output_dir") if not values.get(k)]
     if missing:
         raise ConfigError(f"missing {', '.join(flag(TrainConfig, m) for m in missing)}", fix="give them as flags or in --config")
-    for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names", "vocoder", "sv_model"):  # Ray workers run elsewhere:
-        if isinstance(values.get(key), str) and "://" not in values[key]:     # every local path absolute
+    for key in ("init", "base_g", "base_d", "data", "output_dir", "val_names", "vocoder", "sv_model", "eval_sovits",
+                "asr"):  # Ray workers run elsewhere: every local path absolute
+        if isinstance(values.get(key), str) and "://" not in values[key]:
             values[key] = str(Path(values[key]).expanduser().absolute())
     cfg = TrainConfig(**values)
     cfg.validate()

@@ -22,8 +22,9 @@ from gsv_ray.io.writers import write_gpt_export
 from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.gpt import to_upstream_keys
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import dropout_generators, keyed_generator, prepare, read_metrics, sync_context
+from gsv_ray.train.common import dropout_generators, keyed_generator, keyed_seed, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
+from gsv_ray.train.gpt_audio import GeneratedAudio, utterance_stem
 from gsv_ray.train.precision import Precision
 from gsv_ray.train.quality import eos_rate, eval_pairs, gpt_quality, len_error, len_ratio, longest_run, repeat_rate
 from gsv_ray.train.scaledadam import ScaledAdam
@@ -49,6 +50,12 @@ class GPTRecipe:
         model.load_state_dict(rebuilt.gpt, strict=True)
         self._setup(model, cfg, accelerator, precision, version=rebuilt.version, s1=rebuilt.resolved.gpt.s1)
         self.experiment = experiment
+        held_out = bool(cfg.val_fraction or cfg.val_names)
+        validates = accelerator.is_main_process and held_out  # only the main process validates
+        self.listener, self.notes = GeneratedAudio.load(cfg, experiment, accelerator.device) if validates else (None, ())
+        if cfg.eval_sovits and not held_out:
+            self.notes = ("validation: --eval-sovits is not used: there are no held-out utterances (pass --val-fraction "
+                          "or --val-names)",)
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator,
@@ -56,6 +63,7 @@ class GPTRecipe:
         """The recipe's optimizer and step around a decoder built elsewhere (no data, no exports)."""
         recipe = cls.__new__(cls)
         recipe._setup(model, cfg, accelerator, precision, version=None, s1=None)
+        recipe.listener, recipe.notes = None, ()
         return recipe
 
     def _setup(self, model, cfg: TrainConfig, accelerator: Accelerator, precision: Precision, *,
@@ -124,7 +132,7 @@ class GPTRecipe:
         """Teacher-forced losses and accuracies, then generation on the inference path
         (:func:`generation_metrics`), fp32."""
         model = self.accelerator.unwrap_model(self.model).eval()
-        return {**gpt_eval_losses(model, batches), **generation_metrics(model, batches, seed)}
+        return {**gpt_eval_losses(model, batches), **generation_metrics(model, batches, seed, listener=self.listener)}
 
     def audio_samples(self, items: list, seed: int) -> list:
         return []  # the GPT makes tokens, not audio
@@ -177,18 +185,25 @@ def _uncollate_gpt(batch) -> list[_Text]:
             for i, (name, p, t) in enumerate(rows)]
 
 
-def generation_metrics(model, batches: list, seed: int, *, samples: int = EVAL_SAMPLES) -> dict[str, float]:
+def generation_metrics(model, batches: list, seed: int, *, samples: int = EVAL_SAMPLES,
+                       listener: GeneratedAudio | None = None) -> dict[str, float]:
     """Semantic tokens generated for each held-out text as upstream's inference prompts: the next
     held-out utterance in sorted name order (:func:`~gsv_ray.train.quality.eval_pairs`) gives its
     phones + BERT (before the text's) and its tokens (the prompt); upstream's sampling defaults
     (:data:`INFERENCE_SAMPLING`), ``samples`` draws per item keyed by (seed, name, k), capped at
     2 x real + :data:`CAP_MARGIN` tokens. Means over all samples of ``eos_rate``, ``len_ratio``,
     ``len_error`` (``|log len_ratio|``), ``repeat_rate``, ``longest_run`` and the composite ``quality``
-    (:func:`~gsv_ray.train.quality.gpt_quality`). One item at a time: the decoder generates one sequence."""
+    (:func:`~gsv_ray.train.quality.gpt_quality`). One item at a time: the decoder generates one sequence.
+
+    With a ``listener`` (``--eval-sovits``) each sample is also decoded to audio with the prompt's
+    utterance as the reference clip (noise keyed by (seed, name, k)) and scored: ``spk_sim`` and/or
+    ``cer`` per utterance (``utt/<stem>/...``, the mean over its samples) and averaged; ``cer`` counts
+    in ``quality``."""
     texts = [t for b in batches for t in _uncollate_gpt(b)]
     if not texts:
         return {}
     ended, ratios, errors, repeats, runs = [], [], [], [], []
+    heard: dict[str, list[dict[str, float]]] = {}
     for text, prompt in zip(texts, [texts[j] for j in eval_pairs([t.name for t in texts])], strict=True):
         real = int(text.semantic.numel())
         cap = 2 * real + CAP_MARGIN
@@ -204,10 +219,26 @@ def generation_metrics(model, batches: list, seed: int, *, samples: int = EVAL_S
             errors.append(len_error(ratios[-1]))
             repeats.append(repeat_rate(new))
             runs.append(longest_run(new))
+            if listener is not None:
+                heard.setdefault(text.name, []).append(
+                    listener.score(text.name, prompt.name, new, keyed_seed(seed, "eval-sovits", text.name, k)))
     n = len(ratios)
     metrics = {"eos_rate": eos_rate(ended), "len_ratio": sum(ratios) / n, "len_error": sum(errors) / n,
-               "repeat_rate": sum(repeats) / n, "longest_run": sum(runs) / n}
-    return {**metrics, "quality": gpt_quality(metrics["len_error"], metrics["repeat_rate"], metrics["eos_rate"])}
+               "repeat_rate": sum(repeats) / n, "longest_run": sum(runs) / n, **_heard_metrics(heard)}
+    return {**metrics, "quality": gpt_quality(metrics["len_error"], metrics["repeat_rate"], metrics["eos_rate"],
+                                              cer=metrics.get("cer"))}
+
+
+def _heard_metrics(heard: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """Per utterance (``utt/<stem>/<metric>``: the mean over its samples) and the mean over utterances."""
+    out: dict[str, float] = {}
+    per_metric: dict[str, list[float]] = {}
+    for name, scores in heard.items():
+        for key in scores[0]:  # {}: an utterance the SoVITS side could not decode
+            value = sum(s[key] for s in scores) / len(scores)
+            out[f"utt/{utterance_stem(name)}/{key}"] = value
+            per_metric.setdefault(key, []).append(value)
+    return {**{k: sum(v) / len(v) for k, v in per_metric.items()}, **out}
 
 
 def make_gpt_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:

@@ -17,6 +17,15 @@ GPT tokens (one generated sequence against its real one):
 * :func:`repeat_rate` — share of the sequence's token 4-grams that already occurred earlier in it;
   :func:`longest_run` — the longest run of one token repeated.
 
+Transcripts (the GPT's generated tokens decoded to audio and transcribed by an ASR):
+
+* :func:`cer` — character error rate: Levenshtein distance (substitutions, insertions, deletions,
+  each 1) between the normalised transcript and the normalised text, over the text's length.
+  :func:`cer_text` normalises both alike: Unicode NFKC, case folded, every punctuation mark,
+  symbol and whitespace character dropped (Unicode categories P*, S*, Z* and whitespace), so
+  "Hello, world!" and "hello world" are equal and Chinese/Japanese text needs no word splitting.
+  An empty text gives 0 for an empty transcript and 1 otherwise; an empty transcript gives 1.
+
 :func:`sovits_quality` and :func:`gpt_quality` are the composites ``val/quality`` logs (lower is
 better); their docstrings define them. :func:`eval_pairs` is the fixed reference pairing both
 recipes' evaluations use.
@@ -25,6 +34,7 @@ recipes' evaluations use.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 
 import torch
@@ -122,6 +132,34 @@ def longest_run(tokens: Sequence[int]) -> int:
         prev = t
         best = max(best, run)
     return best
+
+
+# -- transcripts ---------------------------------------------------------------------------------
+def cer_text(text: str) -> str:
+    """``text`` as :func:`cer` compares it: NFKC, case folded, without punctuation, symbols or spaces."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(c for c in folded if not c.isspace() and unicodedata.category(c)[0] not in "PSZ")
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance: the fewest substitutions, insertions and deletions turning ``a`` into ``b``."""
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def cer(hypothesis: str, reference: str) -> float:
+    """Character error rate of ``hypothesis`` (the transcript) against ``reference`` (the text), both
+    normalised by :func:`cer_text`: edit distance / reference length (0 = exact; may exceed 1 when
+    the transcript is longer). An empty reference: 0 for an empty transcript, else 1."""
+    hyp, ref = cer_text(hypothesis), cer_text(reference)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    return edit_distance(hyp, ref) / len(ref)
 
 
 def sovits_quality(mel: float, spk_sim: float | None = None) -> float:

@@ -269,8 +269,19 @@ def resynthesise(g, item: SoVITSItem, reference: SoVITSItem, seed: int) -> torch
     reference clip, upstream's noise scale, noise drawn from ``seed``. The waveform ``[samples]`` (float32)."""
     dev = g.ssl_proj.weight.device
     codes = g.extract_latent(item.ssl.float().to(dev)).transpose(0, 1)  # ssl is [1, 768, T]
-    sv = reference.sv_emb.float().to(dev) if reference.sv_emb is not None else None  # [1, 20480]
-    wav = g.decode(codes, item.text[None].to(dev), reference.spec[None].float().to(dev),
+    return decode_tokens(g, codes, item.text, reference.spec, reference.sv_emb, seed)
+
+
+def decode_tokens(g, codes: torch.Tensor, phones: torch.Tensor, refer_spec: torch.Tensor,
+                  sv_emb: torch.Tensor | None, seed: int) -> torch.Tensor:
+    """Semantic tokens to audio as GPT-SoVITS's inference decodes them (``vq_model.decode``): ``codes``
+    ``[1, 1, T]`` (or ``[T]``), the text's ``phones`` ``[L]``, the reference clip's spectrogram
+    ``[bins, T']`` (and speaker vector ``[1, 20480]``, Pro), upstream's noise scale, noise drawn
+    from ``seed``. The waveform ``[samples]`` (float32)."""
+    dev = g.ssl_proj.weight.device
+    codes = codes.to(dev).reshape(1, 1, -1) if codes.dim() == 1 else codes.to(dev)
+    sv = sv_emb.float().to(dev) if sv_emb is not None else None
+    wav = g.decode(codes, phones[None].to(dev), refer_spec[None].float().to(dev),
                    noise_scale=INFERENCE_NOISE_SCALE, sv_emb=sv, noise=_noise_like(g, codes, dev, seed))
     return wav[0, 0].float()
 
