@@ -101,6 +101,13 @@ class TrainConfig:
                                   help="SoVITS: upstream's speaker model (pretrained_models/sv/pretrained_eres2netv2w24s4ep4"
                                        ".ckpt) to score validation by speaker similarity, val/spk_sim (default: not "
                                        "scored)")
+    # v3/v4: validation on the CFM's inference path (#26)
+    cfm_eval_steps: int = option(32, low=1, group=CHECKS, metavar="N",
+                                 help="v3/v4: CFM sampling steps of each held-out utterance's inference-path score "
+                                      "(val/mel_dist); 32 = upstream's v3 default")
+    cfm_eval_utterances: int = option(16, low=0, group=CHECKS, metavar="N",
+                                      help="v3/v4: held-out utterances scored on the inference path (0: none; "
+                                           "quality is then the loss)")
     # checkpoints and exports
     save_every: int = option(50, low=1, group=CHECKS, help="steps between checkpoints")
     keep_last: int = option(2, low=1, group=CHECKS, help="checkpoints kept")
