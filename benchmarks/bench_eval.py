@@ -12,6 +12,12 @@ of ~4 s (the synthetic experiment's utterances tiled twice), it prints:
   (default 50) steps;
 * the validation's share of (50 steps + one validation). Goal: <= 20 %.
 
+``--stages cfm``: the same for a full-size v4 generator (random weights, a fresh rank-32 LoRA as the
+WebUI trains) on the v3/v4 validation (the CFM loss and the inference path, ``--cfm-eval-utterances``
+= ``--utterances``). Its sampling is ``--cfm-eval-steps`` DiT passes per utterance; full-size passes
+take tens of seconds each on a CPU, so the validation is measured at the ``--cfm-fit`` step counts
+(default 1 and 3) and the line through them gives the time at each of ``--cfm-steps`` (4, 8, 16, 32).
+
 W&B audio samples (SoVITS, only with tracking on) are not included. Run:
 ``python benchmarks/bench_eval.py [--steps 2] [--utterances 8] [--cpu-threads N] [--stages sovits,gpt]``.
 The default measures 2 steps and 1 validation per stage: 5-9 minutes on a 2-core CPU (9 when shared
@@ -145,7 +151,7 @@ def report(stage: str, steps: list[float], full: float, losses_only: float, val_
               f"(goal <= {100 * GOAL:.0f} %: {verdict})")
 
 
-def cfm_report(steps: list[float], losses_only: float, args) -> None:
+def cfm_report(steps: list[float], args) -> None:
     """The CFM's validation at each of ``args.cfm_steps`` sampling steps, from the line through the
     measured (steps, seconds) points (sampling is that many DiT passes; the rest does not change)."""
     xs, ys = args.cfm_fit, args.cfm_times
@@ -192,7 +198,7 @@ def main() -> None:
         secs = statistics.mean(u.num_samples for u in utts) / 32000
         print(f"bench_eval: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
               f"{torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}; full-size v2 models; "
+              f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}; full-size models; "
               f"{args.utterances} held-out utterances of {secs:.1f} s mean; batch {args.batch_size}; "
               f"{args.steps} step(s) measured per stage, extrapolated to --val-every {args.val_every}", flush=True)
         for stage in args.stages.split(","):
@@ -200,7 +206,7 @@ def main() -> None:
             full, losses_only, metrics = eval_seconds(stage, inputs, tmp / f"eval-{stage}", args)
             report(stage, steps, full, losses_only, args.val_every)
             if stage == "cfm":
-                cfm_report(steps, losses_only, args)
+                cfm_report(steps, args)
             shown = {k: v for k, v in metrics.items() if k in ("eos_rate", "len_ratio", "mel_dist")}
             print(f"  (metrics logged: {', '.join(sorted(k for k in metrics if '/' not in k))}; random weights: "
                   f"{', '.join(f'{k} {v:.2f}' for k, v in shown.items())})", flush=True)
