@@ -68,6 +68,38 @@ def test_a_broken_cfm_ranks_last(v4_inputs, tmp_path):
     assert math.isfinite(nan["quality"]) and nan["quality"] == pytest.approx(sum(silence) / 2, rel=0.01)
 
 
+class _Oracle(torch.nn.Module):
+    """A DiT stand-in that knows the answer: the velocity of the straight path to ``x1``, so the
+    Euler steps end exactly on ``x1`` (``[mel, T]``: the prompt's place, then the target)."""
+
+    def __init__(self, x1: torch.Tensor):
+        super().__init__()
+        self.x1 = x1
+
+    def forward(self, x, cond, x_lens, time, dt, mu):
+        return ((self.x1[None] - x) / (1 - time[:, None, None])).transpose(1, 2)
+
+
+def test_the_generated_frames_line_up_with_the_real_mel(v4_inputs, tmp_path):
+    """With an estimator that reaches any target exactly, the frames after the reference prompt are
+    the utterance's own mel from its first frame: mel_dist 0 (a shift by the prompt or a frame would
+    not be), whatever the steps."""
+    rb = rebuild_cached(str(v4_inputs["init"]), base_g=str(v4_inputs["base"]), cache_root=tmp_path / "cache")
+    g = build_models(rb.resolved)["generator"]
+    g.load_state_dict(rb.generator)
+    experiment = open_run_experiment(v4_inputs["data"], rb)
+    ds = CFMDataset(experiment, experiment.names[:1], spec=rb.resolved.sovits_v3.spec)
+    item = ds[0]  # alone, its own reference (eval_pairs)
+    g.eval()
+    fea = g.decode_encp(item.ssl, item.text[None], g.reference_embedding(item.spec[None])).size(-1)
+    prompt, todo = min(item.mel.size(-1), fea), fea
+    target = torch.nn.functional.pad(item.mel, (0, max(0, todo - item.mel.size(-1))), value=SILENT_MEL)[:, :todo]
+    g.flow.estimator = _Oracle(torch.cat([torch.zeros(item.mel.size(0), prompt), target], dim=1))
+    for steps in (1, 3):
+        m = cfm_inference_metrics(g, [item], seed=1, version="v4", steps=steps)  # a single item: its own reference
+        assert m["mel_dist"] == pytest.approx(0, abs=1e-4), (steps, m)
+
+
 def test_vocoded_audio_scores_stft_and_speaker(v4_inputs, goldens_dir, tmp_path):
     """v4 with --vocoder: the vocoded audio (48 kHz, resampled to 32 kHz) against the real recording
     adds mrstft_dist, and with --sv-model spk_sim, per utterance and averaged; quality counts spk_sim."""
