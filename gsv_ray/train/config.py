@@ -105,7 +105,7 @@ class TrainConfig:
     cfm_eval_steps: int = option(8, low=1, group=CHECKS, metavar="N",
                                  help="v3/v4: CFM sampling steps per held-out utterance scored on the inference path "
                                       "(val/mel_dist); 8 = upstream WebUI's v4 default (v3's is 32): with 4 "
-                                      "utterances about a fifth of the time of --val-every 50 steps (README)")
+                                      "utterances ~12 % of 50 steps + the validation on a CPU, 32 ~35 % (README)")
     cfm_eval_utterances: int = option(4, low=0, group=CHECKS, metavar="N",
                                       help="v3/v4: held-out utterances scored on the inference path, one CFM "
                                            "sampling each (0: none, val/quality is then the CFM loss)")
