@@ -111,6 +111,14 @@ class TrainConfig:
                              help="GPT with --eval-sovits: a faster-whisper (CTranslate2 Whisper) model folder that "
                                   "transcribes the decoded audio for val/cer, the character error rate against "
                                   "the text (needs the 'asr' extra: pip install 'gsv-ray[asr]')")
+    # v3/v4: validation on the CFM's inference path (#26)
+    cfm_eval_steps: int = option(8, low=1, group=CHECKS, metavar="N",
+                                 help="v3/v4: CFM sampling steps per held-out utterance scored on the inference path "
+                                      "(val/mel_dist); 8 = upstream WebUI's v4 default (v3's is 32): with 4 "
+                                      "utterances ~12 % of 50 steps + the validation on a CPU, 32 ~35 % (docs/concepts/validation.md)")
+    cfm_eval_utterances: int = option(4, low=0, group=CHECKS, metavar="N",
+                                      help="v3/v4: held-out utterances scored on the inference path, one CFM "
+                                           "sampling each (0: none, val/quality is then the CFM loss)")
     # checkpoints and exports
     save_every: int = option(50, low=1, group=CHECKS, help="steps between checkpoints")
     keep_last: int = option(2, low=1, group=CHECKS, help="checkpoints kept")

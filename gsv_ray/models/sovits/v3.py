@@ -184,6 +184,29 @@ class SoVITSV3Generator(nn.Module):
     def frozen_front_end(self) -> tuple[nn.Module, ...]:
         return (self.ssl_proj, self.quantizer, self.enc_p) if self.freeze_quantizer else ()
 
+    # ------------------------------------------------------------- inference
+    @torch.no_grad()
+    def reference_embedding(self, refer: torch.Tensor) -> torch.Tensor:
+        """``ge`` ``[1, gin, 1]`` of one unpadded reference spectrogram ``[1, 1025, T]`` (upstream's
+        ``decode_encp`` with ``ge=None``)."""
+        mask = torch.ones(refer.size(0), 1, refer.size(2), dtype=refer.dtype, device=refer.device)
+        return self.ref_enc(refer[:, : self.config.ref_in_channels] * mask, mask)
+
+    @torch.no_grad()
+    def decode_encp(self, ssl: torch.Tensor, text: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
+        """The CFM's condition ``[1, 512, T_mel]`` as upstream's ``decode_encp`` (speed 1) makes it
+        at inference: the semantic codes of HuBERT features ``ssl`` ``[1, 768, T50]``
+        (``extract_latent``), decoded by the quantizer, with phones ``text`` ``[1, L]`` and the
+        reference's ``ge``; no padding (one utterance)."""
+        codes = self.quantizer(self.ssl_proj(ssl))[1]  # [n_q, 1, T25]
+        quantized = F.interpolate(self.quantizer.decode(codes), scale_factor=2, mode="nearest")
+        lengths = torch.tensor([quantized.size(2)], device=ssl.device)
+        text_lengths = torch.tensor([text.size(1)], device=ssl.device)
+        x = self.enc_p(quantized, lengths, text, text_lengths, ge)[0]
+        fea = F.interpolate(self.bridge(x), scale_factor=self.config.mel_scale, mode="nearest")
+        # upstream's wns1 length is codes x 3.875 (v3) / 4 (v4): never shorter than fea, so no mask
+        return self.wns1(fea, torch.tensor([fea.size(2)], device=ssl.device), ge)[0]
+
     # -------------------------------------------------------------- training
     def features(self, ssl: torch.Tensor, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
                  text_lengths: torch.Tensor, mel_lengths: torch.Tensor,
