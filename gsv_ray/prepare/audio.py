@@ -26,14 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
+import io
 
+import numpy as np
+import torch
+
+from gsv_ray.atomic import atomic_write
 from gsv_ray.audio import write_wav
 from gsv_ray.errors import ConfigError, GsvError
+from gsv_ray.models.hubert import Hubert, hubert_frames
 
 __all__ = ["SR_32K", "SR_16K", "PEAK_LIMIT", "WAV_SCALE", "HUBERT_SCALE", "ClipProblem", "UnreadableClip",
-           "SilentClip", "TooLoudClip", "Int16Overflow", "PreparedAudio", "decode_32k", "check_peak",
-           "loudness_mix", "wav32k_int16", "wav16k", "prepare_clip", "write_wav32k"]
+           "SilentClip", "TooLoudClip", "TooShortClip", "Int16Overflow", "NonFiniteFeatures", "PreparedAudio", "decode_32k", "check_peak",
+           "loudness_mix", "wav32k_int16", "wav16k", "prepare_clip", "write_wav32k",
+           "cnhubert", "write_cnhubert"]
 
 SR_32K = 32000
 SR_16K = 16000
@@ -65,8 +71,16 @@ class TooLoudClip(ClipProblem):
     reason = "too_loud"
 
 
+class TooShortClip(ClipProblem):
+    reason = "too_short"
+
+
 class Int16Overflow(ClipProblem):
     reason = "int16_overflow"
+
+
+class NonFiniteFeatures(ClipProblem):
+    reason = "nan_features"  # upstream: "nan filtered:<name>"
 
 
 @dataclass(frozen=True)
@@ -174,3 +188,31 @@ def write_wav32k(path: str | Path, pcm: np.ndarray, *, overwrite: bool = False) 
     if pcm.dtype != np.int16:
         raise TypeError(f"wav32k samples must be int16, got {pcm.dtype}")
     return write_wav(path, pcm, SR_32K, overwrite=overwrite)
+
+
+def cnhubert(model: Hubert, wav16k: np.ndarray, *, path: str | Path | None = None) -> torch.Tensor:
+    """``4-cnhubert`` features: ``model`` run on ``wav16k`` as one [1, N] batch (no feature-extractor
+    normalisation, as upstream), the last hidden state as a contiguous float32 [1, 768, T] on the CPU.
+    One clip per forward: the GroupNorm over time makes padded batches give other numbers."""
+    if hubert_frames(len(wav16k), model.config) < 1:
+        raise TooShortClip(f"{len(wav16k) / SR_16K:.3f} s is too short for HuBERT", path=path,
+                           fix="remove the clip from the list")
+    param = next(model.parameters())
+    with torch.inference_mode():
+        hidden = model(torch.from_numpy(np.ascontiguousarray(wav16k, dtype=np.float32))[None].to(param.device))
+    feats = hidden.transpose(1, 2).float().cpu().contiguous()
+    if not bool(torch.isfinite(feats).all()):
+        raise NonFiniteFeatures("HuBERT features are not finite (upstream: nan filtered)", path=path,
+                                fix="check the recording; remove the clip from the list")
+    return feats
+
+
+def write_cnhubert(path: str | Path, feats: torch.Tensor, *, overwrite: bool = False) -> Path:
+    """Write ``4-cnhubert/<name>.pt`` atomically: ``torch.save`` of a float32 [1, 768, T] tensor that
+    ``torch.load(weights_only=True)`` reads (upstream saves a transposed view with requires_grad; the
+    values are the same, ours is contiguous and detached)."""
+    if feats.dtype != torch.float32 or feats.dim() != 3 or feats.shape[0] != 1:
+        raise ValueError(f"cnhubert features must be float32 [1, C, T], got {feats.dtype} {tuple(feats.shape)}")
+    buf = io.BytesIO()
+    torch.save(feats.detach().cpu().contiguous().clone(), buf)
+    return atomic_write(path, lambda f: f.write(buf.getvalue()), overwrite=overwrite)
