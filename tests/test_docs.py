@@ -69,6 +69,7 @@ def test_every_python_block_in_the_docs_is_a_doc_code_file():
 
 @pytest.mark.parametrize("name", [
     "writing_files.py",
+    "prepare_audio.py",
     pytest.param("models.py", marks=pytest.mark.slow),              # full-size v2 G and GPT
     pytest.param("speaker_embeddings.py", marks=pytest.mark.slow),  # full-size ERes2NetV2
 ])
