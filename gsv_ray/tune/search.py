@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gsv_ray.distributed.options import RayOptions
-from gsv_ray.distributed.signals import own_signal_handlers
+from gsv_ray.distributed import RayOptions, own_signal_handlers
 from gsv_ray.errors import ConfigError, check_file_name, check_output_path
 from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
@@ -237,7 +236,7 @@ def runs_in_trial(opts: TuneOptions) -> bool:
 def trial_resources(opts: TuneOptions) -> dict[str, float]:
     """What one trial holds: in its own actor, one worker's CPUs and GPUs; otherwise its Tune actor
     (1 CPU) + its workers' (Ray Train's controller takes none: ``num_cpus=0``)."""
-    from gsv_ray.distributed.launch import worker_resources
+    from gsv_ray.distributed import worker_resources
 
     if runs_in_trial(opts):
         return worker_resources(opts)
@@ -246,11 +245,10 @@ def trial_resources(opts: TuneOptions) -> dict[str, float]:
 
 
 def trial_run_uri(storage_path: str, tune_name: str, trial_id: str, opts: TuneOptions) -> str:
-    """Where a trial's checkpoints and outputs are on storage: its Tune trial folder when it runs in
-    its own actor, else its Ray Train run (named after the trial, so a restored search continues it)."""
-    if runs_in_trial(opts):
-        return f"{storage_path.rstrip('/')}/{tune_name}/{trial_id}"
-    return f"{storage_path.rstrip('/')}/{tune_name}-{trial_id}"
+    """Where a trial's checkpoints and outputs are on storage (:mod:`gsv_ray.distributed.layout`)."""
+    from gsv_ray.distributed import trial_run_uri as layout_trial_run_uri
+
+    return layout_trial_run_uri(storage_path, tune_name, trial_id, in_actor=runs_in_trial(opts))
 
 
 def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: TuneOptions, tune_name: str,
@@ -260,42 +258,28 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
     (:func:`runs_in_trial`) or on a Ray Train worker group."""
     from ray import tune
 
+    from gsv_ray.distributed import (WorkerJob, torch_trainer, trial_loop, trial_train_run, worker_resources)
     from gsv_ray.tune.asha import board_name
 
     trial_id = tune.get_context().get_trial_id()
     train_cfg = dataclasses.replace(base, **TrialParams.of(config).as_dict(),
                                     resume=None, name=base.run_name)  # exports named like train's, after -o
-    loop_config = {
-        "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
-        "run_uri": trial_run_uri(storage_path, tune_name, trial_id, opts),
-        "storage_fs": storage_fs, "forbidden_paths": forbidden,
-        "output_dir_shown": str(Path(base.output_dir).resolve() / "trials" / trial_id),
-        "driver_node": driver_node,  # a worker on this node can reach output_dir_shown (W&B artifacts)
-        "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
-        "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
-        "stop_board": board_name(tune_name) if opts.scheduler == "asha" else None,  # ASHA's decisions
-    }
+    job = WorkerJob(
+        train=train_cfg, rebuild=shared, experiment=experiment, run_name=trial_train_run(tune_name, trial_id),
+        run_uri=trial_run_uri(storage_path, tune_name, trial_id, opts), storage_fs=storage_fs,
+        forbidden_paths=tuple(forbidden), output_dir_shown=str(Path(base.output_dir).resolve() / "trials" / trial_id),
+        driver_node=driver_node,  # a worker on this node can reach output_dir_shown (W&B artifacts)
+        group=tune_name, job_type="trial", wandb_run_id=trial_id, wandb_name=trial_id,
+        relay=relay, relay_run=trial_id,  # progress rows on the driver's console
+        stop_board=board_name(tune_name) if opts.scheduler == "asha" else None)  # ASHA's decisions
     if runs_in_trial(opts):
-        from gsv_ray.distributed.worker import trial_loop
-
-        trial_loop(loop_config)
+        trial_loop(job)
         return
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gsv_ray.distributed.launch import worker_resources
-    from gsv_ray.distributed.worker import train_loop_per_worker
-
-    TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=opts.workers_per_trial, use_gpu=opts.gpus_per_worker > 0,
-                                     resources_per_worker=worker_resources(opts)),
-        run_config=RunConfig(name=f"{tune_name}-{trial_id}", storage_path=storage_path, storage_filesystem=storage_fs,
-                             callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=opts.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=base.keep_last + 1)),
-    ).fit()
+    torch_trainer(job, workers=opts.workers_per_trial, resources=worker_resources(opts),
+                  use_gpu=opts.gpus_per_worker > 0, keep_last=base.keep_last, max_failures=opts.max_failures,
+                  storage_path=storage_path, callbacks=[TuneReportCallback()]).fit()
 
 
 def trial_dirname(trial) -> str:
@@ -315,9 +299,8 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
 
     from gsv_ray.cache import default_cache_root
     from gsv_ray.console import shown
-    from gsv_ray.distributed.cluster import connect, end_local_ray, joined_address
-    from gsv_ray.distributed.launch import driver_experiment
-    from gsv_ray.distributed.shared import share
+    from gsv_ray.distributed import (connect, default_storage, driver_experiment, end_local_ray, experiment_uri,
+                                     forbidden_inputs, joined_address, share, trial_train_run)
     from gsv_ray.rebuild import rebuild_cached
     from gsv_ray.storage import check_writable, resolve, take_credentials
 
@@ -326,17 +309,17 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     out = Path(cfg.output_dir)
     check_output_path(out)
     name = opts.name or default_name(cfg)
-    given_storage = opts.storage or str(out.resolve() / "ray")
+    given_storage = opts.storage or default_storage(out)
     storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
     opts = dataclasses.replace(opts, storage=storage)  # the options Ray gets (trials) hold no credentials
     check_writable(storage)
     storage_fs, storage_path = resolve(storage)
-    experiment_path = shown(given_storage).rstrip("/") + "/" + name  # for messages (credentials masked)
-    if opts.resume and not _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
+    experiment_path = experiment_uri(shown(given_storage), name)  # for messages (credentials masked)
+    if opts.resume and not _exists(storage_fs, experiment_uri(storage_path, name)):
         raise ConfigError(f"no tune run named {name!r} to resume", path=experiment_path,
                        fix="check --name / -o / --storage, or drop --resume to start it")
     if not opts.resume:  # a new search never replaces another's results or joins its W&B group
-        if _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
+        if _exists(storage_fs, experiment_uri(storage_path, name)):
             raise ConfigError(f"a tune run named {name!r} already exists", path=experiment_path,
                            fix="continue it with --resume, or start a new one with another --name")
         done = [n for n in TUNE_RESULTS if (out / n).exists()]
@@ -380,11 +363,11 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
                              experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
                              relay=relay.queue if relay is not None else None,
                              driver_node=ray.get_runtime_context().get_node_id(),
-                             forbidden=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p and "://" not in p]),
+                             forbidden=forbidden_inputs(cfg)),
         resources)
     if opts.resume:
         say(f"resuming tune run {name} from {experiment_path}")
-        tuner = tune.Tuner.restore(storage.rstrip("/") + "/" + name, trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(experiment_uri(storage, name), trainable=trainable, resume_unfinished=True,
                                    storage_filesystem=storage_fs)
     else:
         tuner = tune.Tuner(
@@ -420,13 +403,13 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         missing = unreported_metric(grid, objective)
         if missing is not None:
             if not opts.resume:  # nothing of value yet (first reports): the same -o can start again
-                storage_fs.delete_dir(f"{storage_path.rstrip('/')}/{name}")
+                storage_fs.delete_dir(experiment_uri(storage_path, name))
                 (out / SEARCH_RECORD).unlink(missing_ok=True)
             raise missing
         outcome = collect(grid, cfg, opts, name, rebuilt, storage_fs, storage_path, objective)
     finally:
         if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
-            end_local_ray(f"{name}-*")
+            end_local_ray(trial_train_run(name, "*"))
     if not opts.resume and len(outcome.trials) < opts.num_samples:
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
     return outcome
@@ -435,7 +418,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
 def _trial_checkpoints(opts: TuneOptions, cfg: TrainConfig) -> dict[str, Any]:
     """Retention and restarts of trials that train in their own actor (Tune's, as a Train run's are
     Train's)."""
-    from gsv_ray.distributed.launch import trial_checkpoints
+    from gsv_ray.distributed import trial_checkpoints
 
     return trial_checkpoints(cfg.keep_last, opts.max_failures) if runs_in_trial(opts) else {}
 
@@ -517,10 +500,11 @@ def unreported_metric(grid, objective: Objective) -> ConfigError | None:
 
 def _console_relay(console, max_steps: int, *, local: bool):
     """Each trial's rank 0 sends its steps and validation losses to one row of the driver's console
-    (``local``: our own Ray on this machine, see :class:`gsv_ray.console.Relay`)."""
+    (``local``: our own Ray on this machine, see :class:`gsv_ray.distributed.relay.Relay`)."""
     if console is None:
         return None, None
-    from gsv_ray.console import Relay, TrialsDisplay
+    from gsv_ray.console import TrialsDisplay
+    from gsv_ray.distributed import Relay
 
     rows = TrialsDisplay(console, total=max_steps)
 
@@ -572,7 +556,7 @@ def _trial_rows(rows, max_steps: int):
 def trial_error(error: BaseException) -> str:
     """The real cause of a failed trial, one line: its first failing worker's exception (Tune gives
     ``RayTaskError(WorkerGroupError)`` whose first line is only "ray::ImplicitFunc.train() (pid=...)")."""
-    from gsv_ray.distributed.launch import worker_cause
+    from gsv_ray.distributed import worker_cause
 
     rank, cause = worker_cause(error)
     return f"rank {rank}: {cause}" if rank is not None else str(cause)
@@ -611,8 +595,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
     from pyarrow.fs import LocalFileSystem, copy_files
 
     from gsv_ray.atomic import make_sparse
-    from gsv_ray.distributed.launch import place_outputs
-    from gsv_ray.distributed.worker import FINAL_RUN, latest_outputs
+    from gsv_ray.distributed import is_final_outputs, latest_outputs, place_outputs
 
     from gsv_ray.track import read_metrics
     from gsv_ray.train.tracking import replay_run
@@ -642,7 +625,7 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
         trial_out = out / "trials" / trial_id
         exports: list[str] = []
         src = latest_outputs(storage_fs, trial_run_uri(storage_path, name, trial_id, opts))
-        finished = src is not None and src.endswith(f"/{FINAL_RUN}")
+        finished = src is not None and is_final_outputs(src)
         # moved into trials/<id> by an earlier collect (a search resumed after Ctrl-C): kept as they are
         placed = (finished and isinstance(storage_fs, LocalFileSystem) and (trial_out / "metrics.jsonl").is_file()
                   and not any(Path(src).iterdir()))
