@@ -158,6 +158,16 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
     return None if is_uri(cfg.data) else open_run_experiment(cfg.data, rebuilt)
 
 
+def _check_shared_storage(storage: str) -> None:
+    """A cluster on several machines needs checkpoint storage every machine reaches."""
+    from gsv_ray.storage import is_node_local
+
+    hosts = alive_hosts()
+    if len(hosts) > 1 and is_node_local(storage):
+        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
+                       "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
+
+
 def _check_layout(cfg: TrainConfig, opts: RayOptions) -> tuple[str, tuple[str, str, str | None] | None]:
     """(layout, the recorded run or None): a ``--resume`` continues only with the layout it started
     with (one Tune trial's checkpoints vs a Train run's)."""
@@ -199,7 +209,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     log only) and progress are shown there."""
     from gsv_ray.distributed.shared import nbytes, share
 
-    from gsv_ray.storage import check_writable, is_node_local, resolve, take_credentials
+    from gsv_ray.storage import check_writable, resolve, take_credentials
 
     cfg.validate()
     opts.validate()
@@ -218,10 +228,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     joined = not ray.is_initialized() and bool(opts.address or os.environ.get("RAY_ADDRESS"))
     started = connect(opts.address, num_cpus=opts.workers * opts.cpus_per_worker)
     check_resources(opts)
-    hosts = alive_hosts()
-    if len(hosts) > 1 and is_node_local(storage):
-        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
-                       "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
+    _check_shared_storage(storage)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     write_config(Path(cfg.output_dir), given, rebuilt.report.inputs)  # what a --resume compares, from the start
     shared = share(rebuilt)
