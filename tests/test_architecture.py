@@ -84,3 +84,43 @@ def test_no_import_circle_in_the_package():
     """Issue #27 item 7: ``rebuild/schemas.py`` (the runtime lookup) and ``rebuild/targets.py`` imported
     each other because the generator lived in the lookup; it lives in ``rebuild/schemagen.py`` now."""
     assert _import_cycles(REPO / "gsv_ray") == []
+
+
+def _distributed_imports(package_dir: Path) -> list[tuple[str, int, str | None, list[str]]]:
+    """(file, line, module, names) of every import of ``gsv_ray.distributed`` (or one of its modules)
+    under ``package_dir``, inside functions too."""
+    import ast
+
+    found = []
+    for f in sorted(package_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gsv_ray.distributed"):
+                found.append((f.name, node.lineno, node.module, [a.name for a in node.names]))
+            elif isinstance(node, ast.Import):
+                found += [(f.name, node.lineno, a.name, []) for a in node.names
+                          if a.name.startswith("gsv_ray.distributed")]
+    return found
+
+
+def _outside_public_api(package_dir: Path) -> list[str]:
+    import gsv_ray.distributed as distributed
+
+    public = set(distributed.__all__)
+    return [f"{f}:{line}: {module} {names}" for f, line, module, names in _distributed_imports(package_dir)
+            if module != "gsv_ray.distributed" or not names or not set(names) <= public]
+
+
+def test_tune_uses_only_the_public_names_of_distributed(tmp_path):
+    """Issue #27 item 2: ``tune/`` imports from ``distributed/`` only names in the ``__all__`` of
+    ``gsv_ray/distributed/__init__.py``, and only from that package (not its modules); each of those
+    names resolves. A deliberate break (an internal imported from a module) is caught."""
+    import gsv_ray.distributed as distributed
+
+    assert _outside_public_api(REPO / "gsv_ray" / "tune") == []
+    assert _distributed_imports(REPO / "gsv_ray" / "tune")  # the check sees tune's imports at all
+    for name in distributed.__all__:
+        assert getattr(distributed, name) is not None, name
+    shutil.copytree(REPO / "gsv_ray" / "tune", tmp_path / "tune", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "tune" / "search.py", "a") as f:
+        f.write("\n\ndef _internal():\n    from gsv_ray.distributed.worker import _restore\n\n    return _restore\n")
+    assert [v for v in _outside_public_api(tmp_path / "tune") if "distributed.worker" in v]

@@ -131,7 +131,7 @@ def test_an_infrastructure_failure_keeps_its_traceback_in_the_log(kind, tmp_path
 
 WRITER = r"""
 import pickle, sys
-from gsv_ray.console import RelayedProgress
+from gsv_ray.distributed.relay import RelayedProgress
 queue = pickle.loads(bytes.fromhex(sys.argv[1]))
 p = RelayedProgress(queue, sys.argv[2], every_s=0)
 p.start(400)
@@ -149,7 +149,7 @@ def test_a_local_relay_takes_every_event_of_concurrent_workers_without_an_actor(
     import subprocess
     import tempfile
 
-    from gsv_ray.console import FileQueue, Relay
+    from gsv_ray.distributed.relay import FileQueue, Relay
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     got: list[dict] = []

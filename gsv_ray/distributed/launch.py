@@ -14,21 +14,25 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from gsv_ray.console import shown
 from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray, joined_address
+from gsv_ray.distributed.job import JOB_KEY, WorkerJob
+from gsv_ray.distributed.layout import (FINAL_RUN, ACTOR_TRIAL, checkpoint_folders, default_storage, experiment_uri,
+                                        place_outputs)
+from gsv_ray.distributed.layout import run_uri as layout_run_uri
 from gsv_ray.distributed.options import RayOptions
 from gsv_ray.distributed.signals import own_signal_handlers
 from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path, clip
 from gsv_ray.masking import has_credentials
 from gsv_ray.storage import display
+from gsv_ray.cache import default_cache_root
 from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.train.config import TrainConfig
-from gsv_ray.atomic import copy_sparse, make_sparse, write_json
+from gsv_ray.atomic import write_json
 from gsv_ray.train.loop import TrainResult
 from gsv_ray.train.sovits import check_codebook
 from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
@@ -67,11 +71,6 @@ def _recorded_run(out: str | Path) -> tuple[str, str, str | None] | None:
     return (name, layout, storage if isinstance(storage, str) and storage else None) if ok else None
 
 
-def default_storage(out: str | Path) -> str:
-    """Checkpoints without ``--storage``: ``-o/ray`` (not recorded: it moves with ``-o``)."""
-    return str(Path(out).resolve() / "ray")
-
-
 def run_storage(opts: RayOptions, out: str | Path, recorded: tuple[str, str, str | None] | None) -> str:
     """The storage a run uses, as given (credentials included): ``--storage``; on ``--resume``
     without it, the one ``-o/ray_run.json`` records, unless its credentials were masked there (one
@@ -105,15 +104,9 @@ def runs_in_actor(opts: RayOptions) -> bool:
     return opts.workers == 1
 
 
-#: the folder of a one-actor run's only trial: its checkpoints are ``<storage>/<run>/run/checkpoint_<i>``
-ACTOR_TRIAL = "run"
-
-
 def run_uri(storage_path: str, name: str, opts: RayOptions) -> str:
-    """Where the run's checkpoints are on storage: the Train run ``RunConfig(name, storage_path)``
-    makes, or the folder of the one trial (:func:`runs_in_actor`)."""
-    root = f"{storage_path.rstrip('/')}/{name}"
-    return f"{root}/{ACTOR_TRIAL}" if runs_in_actor(opts) else root
+    """Where the run's checkpoints are on storage (:func:`gsv_ray.distributed.layout.run_uri`)."""
+    return layout_run_uri(storage_path, name, in_actor=runs_in_actor(opts))
 
 
 def check_machine(opts: RayOptions) -> None:
@@ -165,30 +158,32 @@ def driver_experiment(cfg: TrainConfig, rebuilt):
     return None if is_uri(cfg.data) else open_run_experiment(cfg.data, rebuilt)
 
 
-def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
-                 wandb_group: str | None = None,
-                 wandb_job_type: str | None = None, console: Any = None, rank0_lines: bool = True) -> TrainResult:
-    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc.
-    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the
-    log only) and progress are shown there."""
-    from gsv_ray.distributed.shared import nbytes, share
+def _check_shared_storage(storage: str) -> None:
+    """A cluster on several machines needs checkpoint storage every machine reaches."""
+    from gsv_ray.storage import is_node_local
 
-    from gsv_ray.cache import default_cache_root
-    from gsv_ray.storage import check_writable, is_node_local, resolve, take_credentials
+    hosts = alive_hosts()
+    if len(hosts) > 1 and is_node_local(storage):
+        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
+                       "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
 
-    cfg.validate()
-    opts.validate()
-    check_machine(opts)
-    check_output_path(cfg.output_dir)
-    if not opts.resume:
-        check_new_run(cfg.output_dir)
+
+def _check_layout(cfg: TrainConfig, opts: RayOptions) -> tuple[str, tuple[str, str, str | None] | None]:
+    """(layout, the recorded run or None): a ``--resume`` continues only with the layout it started
+    with (one Tune trial's checkpoints vs a Train run's)."""
     layout = "actor" if runs_in_actor(opts) else "train"
     recorded = _recorded_run(cfg.output_dir) if opts.resume else None
-    if recorded is not None and recorded[1] != layout:  # one Tune trial's checkpoints vs a Train run's
+    if recorded is not None and recorded[1] != layout:
         was = "--workers 1" if recorded[1] == "actor" else "--workers 2 or more"
         raise ConfigError(f"this run was started with {was} and continues only so",
                           path=Path(cfg.output_dir) / RAY_RUN_RECORD,
                           fix=f"resume it with {was}, or start a new -o with --init its latest export")
+    return layout, recorded
+
+
+def _rebuild_once(cfg: TrainConfig, opts: RayOptions, say: Callable[[str], None]):
+    """(the config as given, as the workers run it, the rebuild): rebuilt here once for every worker,
+    checked as ``train()`` would before Ray starts."""
     given = cfg
     cfg = cfg.localised(default_cache_root(), data=False)  # weights: fetched here once; data: per node
     rebuilt = rebuild_cached(cfg.rebuild_spec())
@@ -198,6 +193,32 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     if opts.resume:  # the same run, or one line naming the option that would change it
         check_same_run(given, Path(cfg.output_dir) / "config.json", rebuilt.report.inputs)
     say(f"rebuilt once for all workers ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
+    return given, cfg, rebuilt
+
+
+def forbidden_inputs(*cfgs: TrainConfig) -> tuple[str, ...]:
+    """The local input weight files of ``cfgs`` (a worker must never open them: the rebuild is shared)."""
+    return tuple(p for c in cfgs for p in (c.init, c.base_g, c.base_d) if p and "://" not in p)
+
+
+def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
+                 wandb_group: str | None = None,
+                 wandb_job_type: str | None = None, console: Any = None, rank0_lines: bool = True) -> TrainResult:
+    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc.
+    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the
+    log only) and progress are shown there."""
+    from gsv_ray.distributed.shared import nbytes, share
+
+    from gsv_ray.storage import check_writable, resolve, take_credentials
+
+    cfg.validate()
+    opts.validate()
+    check_machine(opts)
+    check_output_path(cfg.output_dir)
+    if not opts.resume:
+        check_new_run(cfg.output_dir)
+    layout, recorded = _check_layout(cfg, opts)
+    given, cfg, rebuilt = _rebuild_once(cfg, opts, say)
     given_storage = run_storage(opts, cfg.output_dir, recorded)
     storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
     check_writable(storage)  # before Ray starts: a bad --storage is one line, nothing else happens
@@ -207,10 +228,7 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     joined = not ray.is_initialized() and bool(opts.address or os.environ.get("RAY_ADDRESS"))
     started = connect(opts.address, num_cpus=opts.workers * opts.cpus_per_worker)
     check_resources(opts)
-    hosts = alive_hosts()
-    if len(hosts) > 1 and is_node_local(storage):
-        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
-                       "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
+    _check_shared_storage(storage)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     write_config(Path(cfg.output_dir), given, rebuilt.report.inputs)  # what a --resume compares, from the start
     shared = share(rebuilt)
@@ -222,31 +240,16 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
         f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}")
     relay, display = _console_relay(console, local=started, lines=rank0_lines)
-    loop_config = {
-        "relay": relay.queue if relay is not None else None,
-        "train": dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
-        "rebuild": shared,
-        "experiment": driver_experiment(cfg, rebuilt),
-        "run_name": name,
-        "run_uri": run_uri(storage_path, name, opts),  # where the run's RunConfig puts it
-        "storage_fs": storage_fs,  # a restarted worker group looks in run_uri there too
-        "output_dir_shown": str(Path(cfg.output_dir).resolve()),  # where the outputs end up (W&B config)
-        "driver_node": ray.get_runtime_context().get_node_id(),  # a worker on it can reach output_dir_shown
-        "forbidden_paths": [p for p in (cfg.init, cfg.base_g, cfg.base_d, given.init, given.base_g, given.base_d)
-                            if p and "://" not in p],
-        "group": wandb_group,
-        "job_type": wandb_job_type,
-        "wandb_run_id": wandb_run_id(name),
-    }
-    fit = _fit_in_actor if runs_in_actor(opts) else _fit_on_ray_train
+    job = WorkerJob(
+        train=dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
+        rebuild=shared, experiment=driver_experiment(cfg, rebuilt), run_name=name,
+        run_uri=run_uri(storage_path, name, opts),  # where the run's RunConfig puts it
+        storage_fs=storage_fs, output_dir_shown=str(Path(cfg.output_dir).resolve()),
+        driver_node=ray.get_runtime_context().get_node_id(), forbidden_paths=forbidden_inputs(cfg, given),
+        group=wandb_group, job_type=wandb_job_type, wandb_run_id=wandb_run_id(name),
+        relay=relay.queue if relay is not None else None)
     try:
-        result = fit(loop_config, cfg, opts, name, storage, storage_fs, storage_path)
-    except SystemExit:  # Ray Train's own SIGINT handler aborts the run, then calls sys.exit
-        raise KeyboardInterrupt from None
-    except GsvError:
-        raise
-    except Exception as e:
-        raise ray_failure(e) from e
+        result = _fit(job, cfg, opts, storage, storage_path)
     finally:
         if relay is not None:
             relay.close()
@@ -255,34 +258,52 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
             end_local_ray(name)
         elif joined:  # a cluster we joined: disconnect now (its late log lines then stay out of the console)
             ray.shutdown()
-    return _collect(result, cfg, rebuilt.stage, rebuilt.version, storage_fs, loop_config["run_uri"])
+    return _collect(result, cfg, rebuilt.stage, rebuilt.version, storage_fs, job.run_uri)
 
 
-def _fit_on_ray_train(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOptions, name: str, storage: str,
-                      storage_fs, storage_path: str):
-    """N workers: a ``TorchTrainer`` run named ``name`` (a re-run of that name continues it)."""
+def _fit(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: str, storage_path: str):
+    """Fit the run (one actor, or a ``TorchTrainer``); any failure as one line (:func:`ray_failure`)."""
+    try:
+        if runs_in_actor(opts):
+            return _fit_in_actor(job, cfg, opts, storage, storage_path)
+        trainer = torch_trainer(job, workers=opts.workers, resources=worker_resources(opts),
+                                use_gpu=opts.gpus_per_worker > 0, keep_last=cfg.keep_last,
+                                max_failures=opts.max_failures, storage_path=storage_path,
+                                placement_strategy=opts.placement_strategy)
+        with own_signal_handlers():  # Train's Ctrl-C handler stays installed after fit() otherwise
+            return trainer.fit()
+    except SystemExit:  # Ray Train's own SIGINT handler aborts the run, then calls sys.exit
+        raise KeyboardInterrupt from None
+    except GsvError:
+        raise
+    except Exception as e:
+        raise ray_failure(e) from e
+
+
+def torch_trainer(job: WorkerJob, *, workers: int, resources: dict[str, float], use_gpu: bool, keep_last: int,
+                  max_failures: int, storage_path: str, placement_strategy: str = "PACK", callbacks=None):
+    """The one place a ``TorchTrainer`` is built: ``workers`` Ray Train workers running
+    :func:`gsv_ray.distributed.worker.train_loop_per_worker` on ``job``, as the Train run
+    ``job.run_name`` (a re-run of that name continues it). Ray passes ``train_loop_config`` as a
+    dict: the job travels in it under :data:`gsv_ray.distributed.job.JOB_KEY`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from gsv_ray.distributed.worker import train_loop_per_worker
 
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=opts.workers, use_gpu=opts.gpus_per_worker > 0,
-                                     placement_strategy=opts.placement_strategy,
-                                     resources_per_worker=worker_resources(opts)),
-        run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                             failure_config=FailureConfig(max_failures=opts.max_failures),
+        train_loop_config={JOB_KEY: job},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=placement_strategy,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=job.run_name, storage_path=storage_path, storage_filesystem=job.storage_fs,
+                             callbacks=callbacks, failure_config=FailureConfig(max_failures=max_failures),
                              # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_last + 1)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_last + 1)),
     )
-    with own_signal_handlers():  # Train's Ctrl-C handler stays installed after fit() otherwise
-        return trainer.fit()
 
 
-def _fit_in_actor(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOptions, name: str, storage: str,
-                  storage_fs, storage_path: str):
+def _fit_in_actor(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: str, storage_path: str):
     """One worker: a Tune experiment ``name`` of one trial, no search (:func:`runs_in_actor`);
     ``--resume`` restores the experiment (its trial continues from its newest checkpoint). Tune
     stops on Ctrl-C and returns; that is raised here as the ``KeyboardInterrupt`` local mode gets."""
@@ -290,9 +311,9 @@ def _fit_in_actor(loop_config: dict[str, Any], cfg: TrainConfig, opts: RayOption
 
     from gsv_ray.distributed.worker import one_actor_loop
 
-    trainable = tune.with_resources(tune.with_parameters(one_actor_loop, loop_config=loop_config),
-                                    worker_resources(opts))
-    experiment = f"{storage.rstrip('/')}/{name}"
+    trainable = tune.with_resources(tune.with_parameters(one_actor_loop, job=job), worker_resources(opts))
+    name, storage_fs = job.run_name, job.storage_fs
+    experiment = experiment_uri(storage, name)
     if opts.resume and tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=storage_fs)
@@ -334,10 +355,11 @@ def trial_checkpoints(keep_last: int, max_failures: int) -> dict[str, Any]:
 def _console_relay(console, *, local: bool, lines: bool = True):
     """Rank 0's lines (``lines``; else to the log: the console routes print there) and progress,
     relayed to the driver's console (none without a console); ``local``: our own Ray on this machine
-    (see :class:`gsv_ray.console.Relay`)."""
+    (see :class:`gsv_ray.distributed.relay.Relay`)."""
     if console is None:
         return None, None
-    from gsv_ray.console import ProgressDisplay, Relay
+    from gsv_ray.console import ProgressDisplay
+    from gsv_ray.distributed.relay import Relay
 
     display = ProgressDisplay(console, label="train")
 
@@ -399,45 +421,14 @@ def is_local_checkpoint(ckpt) -> bool:
     return isinstance(ckpt.filesystem, pafs.LocalFileSystem)
 
 
-def place_outputs(src: Path, out: Path, *, move: bool) -> None:
-    """The run's outputs (``final/run`` of its last report) into ``out``: moved when the storage is
-    a local folder (the run is over; its ``final`` checkpoint is no longer needed), else copied.
-    Files are replaced by rename, never written into in place (a W&B artifact or a ``best/`` hard
-    link may name them), and keep their zero padding as holes: Ray's checkpoint upload writes
-    the zeros of a v2 export's padding out (84 MB on disk for a 5 MB demo export)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        dest = out / item.name
-        if item.is_dir() and not item.is_symlink() and dest.is_dir():  # merge into it, file by file
-            place_outputs(item, dest, move=move)
-            continue
-        placed = False
-        if move and (not dest.exists() or (item.is_file() and dest.is_file())):
-            try:
-                os.replace(item, dest)  # same filesystem: a rename, nothing written again
-                placed = True
-            except OSError:  # another filesystem: copy below
-                pass
-        if not placed and item.is_dir():
-            shutil.copytree(item, dest, symlinks=True, dirs_exist_ok=True,
-                            copy_function=lambda s, d: copy_sparse(s, d, overwrite=True))
-        elif not placed:
-            copy_sparse(item, dest, overwrite=True)
-        for f in ([dest] if dest.is_file() else dest.rglob("*")):
-            if f.is_file() and not f.is_symlink():
-                make_sparse(f)
-
-
 def _collect(result, cfg: TrainConfig, stage: str, version: str | None, storage_fs, uri: str) -> TrainResult:
     """Place the run's outputs (from the final reported checkpoint) into ``-o`` as local mode does."""
-    from gsv_ray.distributed.worker import checkpoint_folders
-
     out = Path(cfg.output_dir)
     ckpt = result.checkpoint
     if ckpt is None:
         raise InfraError("the Ray run finished without reporting its outputs", path=out)
     with ckpt.as_directory() as d:  # in place for local storage, else downloaded
-        place_outputs(Path(d) / "run", out, move=is_local_checkpoint(ckpt))
+        place_outputs(Path(d) / FINAL_RUN, out, move=is_local_checkpoint(ckpt))
     exports = sorted(run_exports(out))
     metrics = result.metrics or {}
     steps = int(metrics.get("step", 0))

@@ -32,7 +32,7 @@ def start_board(tune_name: str):
     pickled scheduler and the trials know). Keep the handle: the actor lives as long as it."""
     import ray
 
-    from gsv_ray.console import on_this_node  # pinned to the driver's node: it must outlive every worker node
+    from gsv_ray.distributed.relay import on_this_node  # pinned to the driver's node: it must outlive every worker node
 
     return ray.remote(num_cpus=0)(StopBoard).options(name=board_name(tune_name), get_if_exists=True,
                                                      scheduling_strategy=on_this_node()).remote()

@@ -11,7 +11,6 @@ in -o. Nothing is left in the node scratch after the run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -20,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from gsv_ray.cache import scratch_root
+from gsv_ray.distributed.job import JOB_KEY, WorkerJob
+from gsv_ray.distributed.layout import FINAL, FINAL_RUN, OUTPUTS, checkpoint_folders, step_checkpoint
 from gsv_ray.errors import GsvError
+
+#: in the node scratch of a run: the run folder the loop writes (its ``-o``) and restored checkpoints
+SCRATCH_RUN, SCRATCH_RESTORE = "run", "restore"
 
 
 def forbid_opening(paths: list[str]) -> None:
@@ -55,14 +59,14 @@ def claim_scratch(run_name: str):
 
 class TrainSession:
     """A Ray Train worker's side of the run (``ray.train``): its ranks, its reports, its collectives.
-    Checkpoints are the Train run's ``step_<N>`` folders in ``config["run_uri"]``."""
+    Checkpoints are the Train run's ``step_<N>`` folders in ``job.run_uri``."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, job: WorkerJob):
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank, self.world, self.local_rank = ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()
-        self.run_uri = config["run_uri"]  # where the driver's RunConfig puts the run
+        self.run_uri = job.run_uri  # where the driver's RunConfig puts the run
 
     def report(self, metrics: dict[str, Any], directory: Path | None = None, name: str | None = None) -> None:
         import ray.train
@@ -90,12 +94,12 @@ class TrialSession:
     of ``train --workers 1``. No Train controller, helper actors and worker group to start
     (measured: they took ~10 s of the ~30 s before a tune's first step, and made each step ~10 %
     slower, on 2 cores). Checkpoints are the trial's (Tune names them ``checkpoint_<i>``) in
-    ``config["run_uri"]``; the same retention (``CheckpointConfig``) and restore."""
+    ``job.run_uri``; the same retention (``CheckpointConfig``) and restore."""
 
     rank, world, local_rank = 0, 1, 0
 
-    def __init__(self, config: dict[str, Any]):
-        self.run_uri = config["run_uri"]
+    def __init__(self, job: WorkerJob):
+        self.run_uri = job.run_uri
 
     def report(self, metrics: dict[str, Any], directory: Path | None = None, name: str | None = None) -> None:
         from ray import tune
@@ -113,82 +117,98 @@ class TrialSession:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """A Ray Train worker (``TorchTrainer``'s loop function)."""
-    run_worker(config, TrainSession(config))
+    """A Ray Train worker (``TorchTrainer``'s loop function; ``config`` is ``{JOB_KEY: WorkerJob}``)."""
+    job = config[JOB_KEY]
+    run_worker(job, TrainSession(job))
 
 
-def trial_loop(config: dict[str, Any]) -> None:
+def trial_loop(job: WorkerJob) -> None:
     """A one-worker tune trial, run in the trial's own actor."""
-    run_worker(config, TrialSession(config))
+    run_worker(job, TrialSession(job))
 
 
-def one_actor_loop(config: dict[str, Any], *, loop_config: dict[str, Any]) -> None:
-    """``train --workers 1``: the run's one Tune trial (``tune.with_parameters`` gives ``loop_config``;
+def one_actor_loop(config: dict[str, Any], *, job: WorkerJob) -> None:
+    """``train --workers 1``: the run's one Tune trial (``tune.with_parameters`` gives ``job``;
     the trial's own ``config`` is empty: nothing is searched)."""
-    run_worker(loop_config, TrialSession(loop_config))
+    run_worker(job, TrialSession(job))
 
 
-def run_worker(config: dict[str, Any], session) -> None:
+def _worker_config(job: WorkerJob, run_dir: Path):
+    """The training config this worker runs: in its node scratch, its data fetched on this node, its
+    loader workers from the CPUs Ray gave it."""
     import ray
 
-    from gsv_ray.distributed.shared import materialise
-    from gsv_ray.train.config import TrainConfig
-    from gsv_ray.train.loop import train
-    from gsv_ray.train.tracking import Tracking
-
-    import logging
-
-    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise here
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a TrainingReport(...) dump per checkpoint and rank
-    forbid_opening(config["forbidden_paths"])
-    rank, world = session.rank, session.world
-    rebuilt = materialise(config["rebuild"])
-    owner = claim_scratch(config["run_name"])
-    run_dir = owner.directory
-
-    cfg: TrainConfig = dataclasses.replace(config["train"], output_dir=str(run_dir / "run"), resume=None)
     from gsv_ray.cache import default_cache_root
 
+    cfg = dataclasses.replace(job.train, output_dir=str(run_dir / SCRATCH_RUN), resume=None)
     cfg = cfg.localised(default_cache_root())  # a data URI: fetched once per node (a lock serialises workers)
     if cfg.num_workers is None:  # loader workers from the CPUs Ray gave this worker
         from gsv_ray.data.loader import default_loader_workers
 
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         cfg = dataclasses.replace(cfg, num_workers=default_loader_workers(cpus))
-    relay = config.get("relay")  # the driver's console (None: lines only in the worker's log)
-    progress: Any = False
+    return cfg
+
+
+def _tracking(job: WorkerJob, cfg, rank: int):
+    """Rank 0's W&B run (None on the other ranks)."""
+    from gsv_ray.train.tracking import Tracking
+
+    if rank != 0:
+        return None
+    return Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode,
+                    name=job.wandb_name or cfg.run_name, group=job.group, job_type=job.job_type,
+                    run_id=job.wandb_run_id, config_overrides={"output_dir": job.output_dir_shown or cfg.output_dir},
+                    replay_on_resume=True, stage_artifacts=True, final_dir=_final_dir(job))
+
+
+def run_worker(job: WorkerJob, session) -> None:
+    """One worker's whole part of the run; see the module doc."""
+    from gsv_ray.distributed.shared import materialise
+    from gsv_ray.train.loop import train
+
+    import logging
+
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise here
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # a TrainingReport(...) dump per checkpoint and rank
+    forbid_opening(list(job.forbidden_paths))
+    rank, world = session.rank, session.world
+    rebuilt = materialise(job.rebuild)
+    owner = claim_scratch(job.run_name)
+    run_dir = owner.directory
+    cfg = _worker_config(job, run_dir)
+    progress: Any = False  # the driver's console (no relay: lines only in the worker's log)
     say = (lambda s: None)
     if rank == 0:
-        from gsv_ray.console import RelayedProgress
+        from gsv_ray.distributed.relay import RelayedProgress
 
-        progress = RelayedProgress(relay, config.get("relay_run")) if relay is not None else False
-        say = _say(f"[rank 0/{world}] ", progress if relay is not None else None)
-    restored = _restore(config, session, run_dir, say=say)
+        progress = RelayedProgress(job.relay, job.relay_run) if job.relay is not None else False
+        say = _say(f"[rank 0/{world}] ", progress if job.relay is not None else None)
+    restored = _restore(job, session, run_dir, say=say)
     if restored is not None:
         cfg.resume = str(restored)
 
     checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), session=session,
-                                 stop_board=config.get("stop_board"), trial_id=config.get("relay_run"))
-    tracking = None
-    if rank == 0:
-        tracking = Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode,
-                            name=config.get("wandb_name") or cfg.run_name,
-                            group=config.get("group"), job_type=config.get("job_type"),
-                            run_id=config.get("wandb_run_id"),
-                            config_overrides={"output_dir": config.get("output_dir_shown", cfg.output_dir)},
-                            replay_on_resume=True, stage_artifacts=True, final_dir=_final_dir(config))
+                                 stop_board=job.stop_board, trial_id=job.relay_run)
+    tracking = _tracking(job, cfg, rank)
     try:
         result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=progress,
-                       experiment=config.get("experiment"),  # scanned once on the driver (None: data is a URI)
+                       experiment=job.experiment,  # scanned once on the driver (None: data is a URI)
                        say=say)
     except BaseException as e:
         if tracking is not None:
             tracking.finish(1)
-        if isinstance(e, GsvError) and config.get("output_dir_shown"):
-            raise _as_shown(e, cfg.output_dir, config["output_dir_shown"]) from None
+        if isinstance(e, GsvError) and job.output_dir_shown:
+            raise _as_shown(e, cfg.output_dir, job.output_dir_shown) from None
         raise
     if tracking is not None:
         tracking.finish()
+    _report_final(result, cfg, session, run_dir, rank)
+    owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
+
+
+def _report_final(result, cfg, session, run_dir: Path, rank: int) -> None:
+    """Every rank's last report; rank 0's carries the run's outputs (:data:`FINAL_RUN`)."""
     last_val = {f"val/{k}": v for k, v in (result.val_history[-1] if result.val_history else {}).items() if k != "step"}
     final = {"step": result.steps, "epochs": result.epochs, "done": 1, "stopped_early": int(result.stopped_early),
              **last_val}  # a Tune search requires its metric in every report
@@ -201,7 +221,6 @@ def run_worker(config: dict[str, Any], session) -> None:
             session.report(final, out, FINAL)
     else:
         session.report(final)
-    owner.release_and_remove_if_last()  # the final report is on storage (uploads are synchronous)
 
 
 def _as_shown(e: GsvError, scratch: str, shown: str) -> GsvError:
@@ -210,59 +229,14 @@ def _as_shown(e: GsvError, scratch: str, shown: str) -> GsvError:
     return type(e)(str(e).replace(scratch, shown).rstrip("."))
 
 
-def _final_dir(config: dict[str, Any]) -> Path | None:
+def _final_dir(job: WorkerJob) -> Path | None:
     """Where this run's outputs end up (the driver's ``-o``, or its ``trials/<id>``) when this worker
     runs on the driver's node, else None (another node cannot reach it)."""
     import ray
 
-    driver = config.get("driver_node")
+    driver = job.driver_node
     same_node = driver is not None and driver == ray.get_runtime_context().get_node_id()
-    return Path(config["output_dir_shown"]) if same_node and config.get("output_dir_shown") else None
-
-
-#: the last report's checkpoint (a Train run's is named so; a trial's is its newest) holds the run's
-#: outputs in FINAL_RUN; every step checkpoint holds its outputs so far in OUTPUTS
-FINAL, FINAL_RUN, OUTPUTS = "final", "run", "outputs"
-
-
-def checkpoint_folders(fs, root: str) -> list[tuple[int, str]]:
-    """(step, folder name) of the training-state checkpoints under ``root``, the newest first: a
-    Train run's ``step_<N>`` folders, a trial's ``checkpoint_<i>`` folders (their step read from
-    ``state.json``: Tune chooses those names). Folders being written or unreadable are left out."""
-    from gsv_ray.train.checkpoint import step_of
-    from gsv_ray.train.state import STATE
-
-    found = []
-    for name in _listdir(fs, root):
-        step = step_of(name)
-        if step is None and name.startswith("checkpoint_"):
-            try:
-                with fs.open_input_stream(f"{root}/{name}/{STATE}") as f:
-                    step = int(json.loads(f.read(1 << 20))["train"]["step"])
-            except (OSError, ValueError, KeyError, TypeError):
-                step = None
-        if step is not None:
-            found.append((step, name))
-    return sorted(found, reverse=True)
-
-
-def latest_outputs(fs, root: str) -> str | None:
-    """A run's outputs on storage: the final report's ``run`` when it finished, else the newest
-    checkpoint's ``outputs`` (rank 0 attaches metrics.jsonl and its samples to every checkpoint)."""
-    from pyarrow.fs import FileType
-
-    def is_dir(path: str) -> bool:
-        return fs.get_file_info(path).type == FileType.Directory
-
-    if is_dir(f"{root}/{FINAL}/{FINAL_RUN}"):
-        return f"{root}/{FINAL}/{FINAL_RUN}"
-    finals = sorted(n for n in _listdir(fs, root) if n.startswith("checkpoint_") and is_dir(f"{root}/{n}/{FINAL_RUN}"))
-    if finals:
-        return f"{root}/{finals[-1]}/{FINAL_RUN}"
-    for _, name in checkpoint_folders(fs, root):
-        if is_dir(f"{root}/{name}/{OUTPUTS}"):
-            return f"{root}/{name}/{OUTPUTS}"
-    return None
+    return Path(job.output_dir_shown) if same_node and job.output_dir_shown else None
 
 
 class RayCheckpoints:
@@ -288,7 +262,7 @@ class RayCheckpoints:
     def save(self, accelerator, step: int, *, models, optimizers, state: dict, metrics: dict) -> Path:
         from gsv_ray.train import state as state_io
 
-        name = f"step_{step:08d}"
+        name = step_checkpoint(step)
         report = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
         with _report_dir(self.scratch) as tmp:
             state_io.save(accelerator, tmp, models=models, optimizers=optimizers, state=state, own_directory=True)
@@ -333,7 +307,8 @@ def _say(prefix: str, relay=None):
     return say
 
 
-def _restore(config: dict[str, Any], session, run_dir: Path, *, say) -> Path | None:
+# long: one protocol (pick on rank 0, broadcast, fetch on every rank, outputs back on rank 0) kept in one place
+def _restore(job: WorkerJob, session, run_dir: Path, *, say) -> Path | None:
     """The state to continue from after Ray restarted the worker group, or None for a fresh start.
 
     Ray registers a reported checkpoint only when its controller next polls the workers (every
@@ -353,16 +328,16 @@ def _restore(config: dict[str, Any], session, run_dir: Path, *, say) -> Path | N
 
     rank = session.rank
     if session.local_rank == 0:  # this node's copy of the run folder restarts from the checkpoint
-        shutil.rmtree(run_dir / "run", ignore_errors=True)
-        shutil.rmtree(run_dir / "restore", ignore_errors=True)
+        shutil.rmtree(run_dir / SCRATCH_RUN, ignore_errors=True)
+        shutil.rmtree(run_dir / SCRATCH_RESTORE, ignore_errors=True)
     registered = session.registered()
-    fs, root = config["storage_fs"], session.run_uri
+    fs, root = job.storage_fs, session.run_uri
 
     def fetch(name: str, tag: str) -> Path:
         src = f"{root}/{name}"
         if isinstance(fs, pafs.LocalFileSystem):
             return Path(src)  # read in place
-        dest = run_dir / "restore" / f"{name}-{tag}"
+        dest = run_dir / SCRATCH_RESTORE / f"{name}-{tag}"
         if not dest.is_dir():  # rank 0 already has the one it verified
             Checkpoint(src, filesystem=fs).to_directory(str(dest))
         return dest
@@ -385,7 +360,7 @@ def _restore(config: dict[str, Any], session, run_dir: Path, *, say) -> Path | N
         return None
     local = fetch(choice["name"], str(rank))
     if rank == 0:  # the run's outputs as they were at that checkpoint
-        snap, run = local / OUTPUTS, run_dir / "run"
+        snap, run = local / OUTPUTS, run_dir / SCRATCH_RUN
         run.mkdir(parents=True, exist_ok=True)
         if (snap / "metrics.jsonl").is_file():
             shutil.copy2(snap / "metrics.jsonl", run / "metrics.jsonl")
@@ -395,16 +370,6 @@ def _restore(config: dict[str, Any], session, run_dir: Path, *, say) -> Path | N
         if (snap / "samples").is_dir():
             shutil.copytree(snap / "samples", run / "samples", dirs_exist_ok=True)
     return local
-
-
-def _listdir(fs, path: str) -> list[str]:
-    import pyarrow.fs as pafs
-
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    except OSError:
-        return []
-    return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
 
 
 def _snapshot_outputs(run_dir: Path, dest: Path) -> None:

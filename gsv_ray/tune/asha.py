@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from gsv_ray.distributed.stopboard import StopBoard, board_name, start_board
+from gsv_ray.distributed import StopBoard, board_name, start_board
 
 __all__ = ["RecordingASHA", "StopBoard", "board_name", "start_board", "stopped_trials"]
 

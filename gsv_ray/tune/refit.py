@@ -41,8 +41,7 @@ def run_refit(cfg: TrainConfig, opts: TuneOptions, winner: TrialSummary, *, grou
               say: Callable[[str], None] = print, console: Any = None) -> RefitSummary:
     """Train (or continue, or find finished) the refit of ``winner``; see the module doc."""
     from gsv_ray.console import shown
-    from gsv_ray.distributed.launch import recorded_run_name, train_on_ray, wandb_run_id
-    from gsv_ray.distributed.options import RayOptions
+    from gsv_ray.distributed import RayOptions, recorded_run_name, train_on_ray, wandb_run_id
     from gsv_ray.train.rundir import FINISHED, existing_run, finished_line, own_output_dir, record_finished
 
     rcfg = refit_config(cfg, winner)

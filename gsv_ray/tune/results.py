@@ -294,6 +294,7 @@ def write_results(outcome: TuneOutcome, out_dir: str | Path) -> dict[str, Path]:
     return {"json": json_path, "png": png_path}
 
 
+# long: one figure drawn top to bottom (two panels, their legends and marks); split, it reads worse
 def render_summary_png(outcome: TuneOutcome, *, dpi: int = 100) -> bytes:
     """The two-panel summary figure as PNG bytes: validation loss per trial (best highlighted, its
     best point marked) and the main group's LR per trial, both over steps.

@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gsv_ray.distributed.options import RayOptions
-from gsv_ray.distributed.signals import own_signal_handlers
+from gsv_ray.distributed import RayOptions, own_signal_handlers
 from gsv_ray.errors import ConfigError, check_file_name, check_output_path
 from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
@@ -237,7 +236,7 @@ def runs_in_trial(opts: TuneOptions) -> bool:
 def trial_resources(opts: TuneOptions) -> dict[str, float]:
     """What one trial holds: in its own actor, one worker's CPUs and GPUs; otherwise its Tune actor
     (1 CPU) + its workers' (Ray Train's controller takes none: ``num_cpus=0``)."""
-    from gsv_ray.distributed.launch import worker_resources
+    from gsv_ray.distributed import worker_resources
 
     if runs_in_trial(opts):
         return worker_resources(opts)
@@ -246,11 +245,10 @@ def trial_resources(opts: TuneOptions) -> dict[str, float]:
 
 
 def trial_run_uri(storage_path: str, tune_name: str, trial_id: str, opts: TuneOptions) -> str:
-    """Where a trial's checkpoints and outputs are on storage: its Tune trial folder when it runs in
-    its own actor, else its Ray Train run (named after the trial, so a restored search continues it)."""
-    if runs_in_trial(opts):
-        return f"{storage_path.rstrip('/')}/{tune_name}/{trial_id}"
-    return f"{storage_path.rstrip('/')}/{tune_name}-{trial_id}"
+    """Where a trial's checkpoints and outputs are on storage (:mod:`gsv_ray.distributed.layout`)."""
+    from gsv_ray.distributed import trial_run_uri as layout_trial_run_uri
+
+    return layout_trial_run_uri(storage_path, tune_name, trial_id, in_actor=runs_in_trial(opts))
 
 
 def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: TuneOptions, tune_name: str,
@@ -260,42 +258,28 @@ def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: T
     (:func:`runs_in_trial`) or on a Ray Train worker group."""
     from ray import tune
 
+    from gsv_ray.distributed import (WorkerJob, torch_trainer, trial_loop, trial_train_run, worker_resources)
     from gsv_ray.tune.asha import board_name
 
     trial_id = tune.get_context().get_trial_id()
     train_cfg = dataclasses.replace(base, **TrialParams.of(config).as_dict(),
                                     resume=None, name=base.run_name)  # exports named like train's, after -o
-    loop_config = {
-        "train": train_cfg, "rebuild": shared, "experiment": experiment, "run_name": f"{tune_name}-{trial_id}",
-        "run_uri": trial_run_uri(storage_path, tune_name, trial_id, opts),
-        "storage_fs": storage_fs, "forbidden_paths": forbidden,
-        "output_dir_shown": str(Path(base.output_dir).resolve() / "trials" / trial_id),
-        "driver_node": driver_node,  # a worker on this node can reach output_dir_shown (W&B artifacts)
-        "group": tune_name, "job_type": "trial", "wandb_run_id": trial_id, "wandb_name": trial_id,
-        "relay": relay, "relay_run": trial_id,  # progress rows on the driver's console
-        "stop_board": board_name(tune_name) if opts.scheduler == "asha" else None,  # ASHA's decisions
-    }
+    job = WorkerJob(
+        train=train_cfg, rebuild=shared, experiment=experiment, run_name=trial_train_run(tune_name, trial_id),
+        run_uri=trial_run_uri(storage_path, tune_name, trial_id, opts), storage_fs=storage_fs,
+        forbidden_paths=tuple(forbidden), output_dir_shown=str(Path(base.output_dir).resolve() / "trials" / trial_id),
+        driver_node=driver_node,  # a worker on this node can reach output_dir_shown (W&B artifacts)
+        group=tune_name, job_type="trial", wandb_run_id=trial_id, wandb_name=trial_id,
+        relay=relay, relay_run=trial_id,  # progress rows on the driver's console
+        stop_board=board_name(tune_name) if opts.scheduler == "asha" else None)  # ASHA's decisions
     if runs_in_trial(opts):
-        from gsv_ray.distributed.worker import trial_loop
-
-        trial_loop(loop_config)
+        trial_loop(job)
         return
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from gsv_ray.distributed.launch import worker_resources
-    from gsv_ray.distributed.worker import train_loop_per_worker
-
-    TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=opts.workers_per_trial, use_gpu=opts.gpus_per_worker > 0,
-                                     resources_per_worker=worker_resources(opts)),
-        run_config=RunConfig(name=f"{tune_name}-{trial_id}", storage_path=storage_path, storage_filesystem=storage_fs,
-                             callbacks=[TuneReportCallback()],
-                             failure_config=FailureConfig(max_failures=opts.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=base.keep_last + 1)),
-    ).fit()
+    torch_trainer(job, workers=opts.workers_per_trial, resources=worker_resources(opts),
+                  use_gpu=opts.gpus_per_worker > 0, keep_last=base.keep_last, max_failures=opts.max_failures,
+                  storage_path=storage_path, callbacks=[TuneReportCallback()]).fit()
 
 
 def trial_dirname(trial) -> str:
@@ -313,30 +297,96 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     import ray
     from ray import tune
 
-    from gsv_ray.cache import default_cache_root
     from gsv_ray.console import shown
-    from gsv_ray.distributed.cluster import connect, end_local_ray, joined_address
-    from gsv_ray.distributed.launch import driver_experiment
-    from gsv_ray.distributed.shared import share
-    from gsv_ray.rebuild import rebuild_cached
-    from gsv_ray.storage import check_writable, resolve, take_credentials
+    from gsv_ray.distributed import (connect, driver_experiment, end_local_ray, experiment_uri, forbidden_inputs,
+                                     share, trial_train_run)
 
     cfg.validate()
     _check_search(cfg, opts)
     out = Path(cfg.output_dir)
     check_output_path(out)
     name = opts.name or default_name(cfg)
-    given_storage = opts.storage or str(out.resolve() / "ray")
+    opts, given_storage, storage_fs, storage_path = _storage(opts, out)
+    experiment_path = experiment_uri(shown(given_storage), name)  # for messages (credentials masked)
+    objective = _check_start(out, name, opts, _exists(storage_fs, experiment_uri(storage_path, name)), experiment_path)
+
+    cfg, rebuilt = _rebuild_once(cfg, say)
+
+    resources = trial_resources(opts)
+    # a local Ray: logical CPUs for two concurrent trials at least, more only where the machine has
+    # the cores; the dashboard on: early-stopped trials then free their workers
+    started = connect(opts.address, num_cpus=min(2, opts.num_samples) * resources["CPU"], dashboard=True)
+    _check_trials_fit(opts, resources["CPU"], ray.cluster_resources().get("CPU", 0))
+
+    shared = share(rebuilt)
+    from gsv_ray.tune.asha import start_board
+
+    board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
+    relay, rows = _console_relay(console, cfg.max_steps, local=started)
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_function, base=cfg, shared=shared, opts=opts, tune_name=name,
+                             storage_path=storage_path, storage_fs=storage_fs,
+                             experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
+                             relay=relay.queue if relay is not None else None,
+                             driver_node=ray.get_runtime_context().get_node_id(), forbidden=forbidden_inputs(cfg)),
+        resources)
+    if opts.resume:
+        say(f"resuming tune run {name} from {experiment_path}")
+    tuner = (tune.Tuner.restore(experiment_uri(opts.storage, name), trainable=trainable, resume_unfinished=True,
+                                storage_filesystem=storage_fs) if opts.resume
+             else _new_tuner(trainable, cfg, opts, name, storage_path, storage_fs, objective, rows))
+    say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
+        f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
+        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(given_storage)}")
+    try:
+        grid = _fit_search(tuner, relay, rows)
+        missing = unreported_metric(grid, objective)
+        if missing is not None:
+            _forget_new_search(opts, storage_fs, experiment_uri(storage_path, name), out)
+            raise missing
+        outcome = collect(grid, cfg, opts, name, rebuilt, storage_fs, storage_path, objective)
+    finally:
+        if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
+            end_local_ray(trial_train_run(name, "*"))
+    if not opts.resume and len(outcome.trials) < opts.num_samples:
+        outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
+    return outcome
+
+
+def _rebuild_once(cfg: TrainConfig, say: Callable[[str], None]):
+    """(the config the trials run, the rebuild): rebuilt here once for every trial; every trial
+    reports at each validation, with the checkpoint taken there."""
+    from gsv_ray.cache import default_cache_root
+    from gsv_ray.rebuild import rebuild_cached
+
+    cfg = dataclasses.replace(cfg.localised(default_cache_root(), data=False), save_every=cfg.val_every)
+    rebuilt = rebuild_cached(cfg.rebuild_spec())
+    say(f"rebuilt once for every trial ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
+    return cfg, rebuilt
+
+
+def _storage(opts: TuneOptions, out: Path):
+    """(the options Ray gets, their storage without credentials; the storage as given; its pyarrow
+    filesystem and path), checked writable. Without ``--storage``: ``-o/ray``."""
+    from gsv_ray.distributed import default_storage, joined_address
+    from gsv_ray.storage import check_writable, resolve, take_credentials
+
+    given_storage = opts.storage or default_storage(out)
     storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
     opts = dataclasses.replace(opts, storage=storage)  # the options Ray gets (trials) hold no credentials
     check_writable(storage)
-    storage_fs, storage_path = resolve(storage)
-    experiment_path = shown(given_storage).rstrip("/") + "/" + name  # for messages (credentials masked)
-    if opts.resume and not _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
+    return (opts, given_storage, *resolve(storage))
+
+
+def _check_start(out: Path, name: str, opts: TuneOptions, exists: bool, experiment_path: str) -> Objective:
+    """The search's objective, after checking that ``--resume`` has a search to continue (``exists``:
+    its experiment folder is on storage) ranked the same way, or that a new one replaces nothing;
+    a new search's record is written to ``-o``."""
+    if opts.resume and not exists:
         raise ConfigError(f"no tune run named {name!r} to resume", path=experiment_path,
                        fix="check --name / -o / --storage, or drop --resume to start it")
     if not opts.resume:  # a new search never replaces another's results or joins its W&B group
-        if _exists(storage_fs, f"{storage_path.rstrip('/')}/{name}"):
+        if exists:
             raise ConfigError(f"a tune run named {name!r} already exists", path=experiment_path,
                            fix="continue it with --resume, or start a new one with another --name")
         done = [n for n in TUNE_RESULTS if (out / n).exists()]
@@ -348,18 +398,11 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         check_same_search(out, name, objective)
     else:
         record_search(out, name, objective)
+    return objective
 
-    # every trial reports at each validation, with the checkpoint taken there
-    cfg = dataclasses.replace(cfg.localised(default_cache_root(), data=False), save_every=cfg.val_every)
-    rebuilt = rebuild_cached(cfg.rebuild_spec())
-    say(f"rebuilt once for every trial ({'reused' if rebuilt.cache_hit else 'new'}): {rebuilt.report.message()}")
 
-    resources = trial_resources(opts)
-    per_trial = resources["CPU"]
-    # a local Ray: logical CPUs for two concurrent trials at least, more only where the machine has
-    # the cores; the dashboard on: early-stopped trials then free their workers
-    started = connect(opts.address, num_cpus=min(2, opts.num_samples) * per_trial, dashboard=True)
-    total_cpu = ray.cluster_resources().get("CPU", 0)
+def _check_trials_fit(opts: TuneOptions, per_trial: float, total_cpu: float) -> None:
+    """One trial, and ``--max-concurrent`` trials, fit in the cluster's CPUs (one line when not)."""
     if per_trial > total_cpu:
         held = "its worker" if runs_in_trial(opts) else f"its driver and {opts.workers_per_trial} worker(s)"
         raise ConfigError(f"one trial needs {per_trial:g} CPUs ({held} x {opts.cpus_per_worker:g}) but the cluster "
@@ -369,73 +412,58 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
         raise ConfigError(f"--max-concurrent {opts.max_concurrent} trials need {opts.max_concurrent * per_trial:g} CPUs "
                        f"but the cluster has {total_cpu:g}", fix=f"use --max-concurrent {fits} or less")
 
-    shared = share(rebuilt)
-    from gsv_ray.tune.asha import board_name, start_board
 
-    board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
-    relay, rows = _console_relay(console, cfg.max_steps, local=started)
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_function, base=cfg, shared=shared, opts=opts, tune_name=name,
-                             storage_path=storage_path, storage_fs=storage_fs,
-                             experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
-                             relay=relay.queue if relay is not None else None,
-                             driver_node=ray.get_runtime_context().get_node_id(),
-                             forbidden=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p and "://" not in p]),
-        resources)
-    if opts.resume:
-        say(f"resuming tune run {name} from {experiment_path}")
-        tuner = tune.Tuner.restore(storage.rstrip("/") + "/" + name, trainable=trainable, resume_unfinished=True,
-                                   storage_filesystem=storage_fs)
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=param_space(opts, cfg.max_steps),
-            tune_config=tune.TuneConfig(metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
-                                        search_alg=search_algorithm(opts, objective),
-                                        scheduler=scheduler(opts, cfg.max_steps, cfg.val_every,
-                                                            out.resolve() / EARLY_STOPPED_RECORD, board_name(name)),
-                                        max_concurrent_trials=opts.max_concurrent,
-                                        trial_dirname_creator=trial_dirname),
-            # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
-            # people; we print the results table at the end
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                      verbose=0, callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None,
-                                      stop=missing_metric_stopper(objective.metric), **_trial_checkpoints(opts, cfg)),
-        )
-    say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
-        f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
-        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(given_storage)}")
+def _new_tuner(trainable, cfg: TrainConfig, opts: TuneOptions, name: str, storage_path: str, storage_fs,
+               objective: Objective, rows):
+    """A new search's ``Tuner``: its space, algorithm, scheduler, retention and console rows."""
+    from ray import tune
+
+    from gsv_ray.tune.asha import board_name
+
+    record = Path(cfg.output_dir).resolve() / EARLY_STOPPED_RECORD
+    return tune.Tuner(
+        trainable, param_space=param_space(opts, cfg.max_steps),
+        tune_config=tune.TuneConfig(metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
+                                    search_alg=search_algorithm(opts, objective),
+                                    scheduler=scheduler(opts, cfg.max_steps, cfg.val_every, record, board_name(name)),
+                                    max_concurrent_trials=opts.max_concurrent,
+                                    trial_dirname_creator=trial_dirname),
+        # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
+        # people; we print the results table at the end
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                  verbose=0, callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None,
+                                  stop=missing_metric_stopper(objective.metric), **_trial_checkpoints(opts, cfg)),
+    )
+
+
+def _forget_new_search(opts: TuneOptions, storage_fs, experiment: str, out: Path) -> None:
+    """A new search that ranked nothing (its first reports lacked the metric) leaves nothing behind:
+    the same ``-o`` can start again. A resumed one keeps what it had."""
+    if not opts.resume:
+        storage_fs.delete_dir(experiment)
+        (out / SEARCH_RECORD).unlink(missing_ok=True)
+
+
+def _fit_search(tuner, relay, rows):
+    """Run the search with the console rows live; its ``ResultGrid`` (partial after Ctrl-C)."""
+    if rows is not None:
+        rows.start()
+    # Tune's own check of a result without the metric raises a many-line TuneError from the
+    # controller; missing_metric_stopper stops the search instead and unreported_metric says it in one line
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     try:
-        if rows is not None:
-            rows.start()
-        # Tune's own check of a result without the metric raises a many-line TuneError from the
-        # controller; missing_metric_stopper stops the search instead and unreported_metric says it in one line
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-        try:
-            with own_signal_handlers():  # Tune's Ctrl-C handler stays installed after fit() otherwise
-                grid = tuner.fit()
-        finally:
-            if relay is not None:
-                relay.close()
-                rows.close()
-        missing = unreported_metric(grid, objective)
-        if missing is not None:
-            if not opts.resume:  # nothing of value yet (first reports): the same -o can start again
-                storage_fs.delete_dir(f"{storage_path.rstrip('/')}/{name}")
-                (out / SEARCH_RECORD).unlink(missing_ok=True)
-            raise missing
-        outcome = collect(grid, cfg, opts, name, rebuilt, storage_fs, storage_path, objective)
+        with own_signal_handlers():  # Tune's Ctrl-C handler stays installed after fit() otherwise
+            return tuner.fit()
     finally:
-        if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
-            end_local_ray(f"{name}-*")
-    if not opts.resume and len(outcome.trials) < opts.num_samples:
-        outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
-    return outcome
+        if relay is not None:
+            relay.close()
+            rows.close()
 
 
 def _trial_checkpoints(opts: TuneOptions, cfg: TrainConfig) -> dict[str, Any]:
     """Retention and restarts of trials that train in their own actor (Tune's, as a Train run's are
     Train's)."""
-    from gsv_ray.distributed.launch import trial_checkpoints
+    from gsv_ray.distributed import trial_checkpoints
 
     return trial_checkpoints(cfg.keep_last, opts.max_failures) if runs_in_trial(opts) else {}
 
@@ -517,10 +545,11 @@ def unreported_metric(grid, objective: Objective) -> ConfigError | None:
 
 def _console_relay(console, max_steps: int, *, local: bool):
     """Each trial's rank 0 sends its steps and validation losses to one row of the driver's console
-    (``local``: our own Ray on this machine, see :class:`gsv_ray.console.Relay`)."""
+    (``local``: our own Ray on this machine, see :class:`gsv_ray.distributed.relay.Relay`)."""
     if console is None:
         return None, None
-    from gsv_ray.console import Relay, TrialsDisplay
+    from gsv_ray.console import TrialsDisplay
+    from gsv_ray.distributed import Relay
 
     rows = TrialsDisplay(console, total=max_steps)
 
@@ -572,7 +601,7 @@ def _trial_rows(rows, max_steps: int):
 def trial_error(error: BaseException) -> str:
     """The real cause of a failed trial, one line: its first failing worker's exception (Tune gives
     ``RayTaskError(WorkerGroupError)`` whose first line is only "ray::ImplicitFunc.train() (pid=...)")."""
-    from gsv_ray.distributed.launch import worker_cause
+    from gsv_ray.distributed import worker_cause
 
     rank, cause = worker_cause(error)
     return f"rank {rank}: {cause}" if rank is not None else str(cause)
@@ -605,20 +634,68 @@ def best_point(values: list[tuple[int, float]], objective: Objective) -> tuple[i
     return best
 
 
-def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str,
-            objective: Objective):
-    """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
+def _reported_history(result, metric: str) -> tuple[int, list[tuple[int, float]], list[tuple[int, float]]]:
+    """(last step, the objective's values, LR per step) from what a trial reported to Tune."""
+    hist = result.metrics_dataframe
+    has = hist is not None and len(hist) and "step" in hist
+    val = ([(int(s), float(v)) for s, v in zip(hist["step"], hist[metric]) if v == v]
+           if has and metric in hist else [])
+    lr_col = next((c for c in hist.columns if c.startswith("lr/")), None) if has else None
+    lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
+    return (int(hist["step"].max()) if has else 0), val, lrs
+
+
+def _place_trial_outputs(src: str | None, trial_out: Path, storage_fs) -> tuple[list[str], bool]:
+    """(the trial's exports in ``trial_out``, whether they were placed now): a finished trial's outputs
+    moved there (local storage) or copied, a stopped one's last checkpoint outputs copied; outputs an
+    earlier collect moved there (a search resumed after Ctrl-C) are kept as they are."""
     from pyarrow.fs import LocalFileSystem, copy_files
 
     from gsv_ray.atomic import make_sparse
-    from gsv_ray.distributed.launch import place_outputs
-    from gsv_ray.distributed.worker import FINAL_RUN, latest_outputs
+    from gsv_ray.distributed import is_final_outputs, place_outputs
+
+    if src is None:
+        return [], False
+    finished = is_final_outputs(src)
+    local = isinstance(storage_fs, LocalFileSystem)
+    if finished and local and (trial_out / "metrics.jsonl").is_file() and not any(Path(src).iterdir()):
+        return [str(p) for p in run_exports(trial_out)], False
+    shutil.rmtree(trial_out, ignore_errors=True)
+    trial_out.mkdir(parents=True)
+    if local and finished:
+        place_outputs(Path(src), trial_out, move=True)  # a finished trial's outputs: moved, not copied
+    else:  # remote storage, or a checkpoint's outputs (a --resume reads them again): copied
+        copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
+    exports = [str(p) for p in run_exports(trial_out)]
+    for p in exports:  # pyarrow's copy writes a v2 export's zero padding out: holes again
+        make_sparse(p)
+    return exports, True
+
+
+def _fate(failed: bool, steps: int, max_steps: int, stopped_early: bool, has_outputs: bool) -> str:
+    """A trial's fate from what it did (its error, its steps, ASHA's record), not Tune's internal status."""
+    from gsv_ray.tune.results import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, NOT_STARTED
+
+    if failed:
+        return FAILED
+    if steps >= max_steps:
+        return COMPLETED
+    if stopped_early:
+        return EARLY_STOPPED
+    if steps == 0 and not has_outputs:
+        return NOT_STARTED
+    return INTERRUPTED  # neither finished nor stopped by the scheduler: the search itself was stopped
+
+
+def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str,
+            objective: Objective):
+    """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
+    from gsv_ray.distributed import is_final_outputs, latest_outputs
 
     from gsv_ray.track import read_metrics
     from gsv_ray.train.tracking import replay_run
     from gsv_ray.tune.asha import stopped_trials
-    from gsv_ray.tune.results import (COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, NOT_STARTED, TrialSummary,
-                                      TuneOutcome, pick_best)
+    from gsv_ray.tune.results import FAILED, INTERRUPTED, NOT_STARTED, TrialSummary, TuneOutcome, pick_best
 
     out = Path(cfg.output_dir)
     stopped_early = stopped_trials(out / EARLY_STOPPED_RECORD)
@@ -629,35 +706,14 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
     for result in grid:
         trial_id = Path(result.path).name
         trial_config = result.config or {}
-        hist = result.metrics_dataframe
-        has = hist is not None and len(hist) and "step" in hist
-        metric = objective.metric
-        val = ([(int(s), float(v)) for s, v in zip(hist["step"], hist[metric]) if v == v]
-               if has and metric in hist else [])
-        lr_col = next((c for c in hist.columns if c.startswith("lr/")), None) if has else None
-        lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
-        steps = int(hist["step"].max()) if has else 0
+        steps, val, lrs = _reported_history(result, objective.metric)
         best = best_point(val, objective)
         failed = bool(result.error)
         trial_out = out / "trials" / trial_id
-        exports: list[str] = []
         src = latest_outputs(storage_fs, trial_run_uri(storage_path, name, trial_id, opts))
-        finished = src is not None and src.endswith(f"/{FINAL_RUN}")
-        # moved into trials/<id> by an earlier collect (a search resumed after Ctrl-C): kept as they are
-        placed = (finished and isinstance(storage_fs, LocalFileSystem) and (trial_out / "metrics.jsonl").is_file()
-                  and not any(Path(src).iterdir()))
-        if placed:
-            exports = [str(p) for p in run_exports(trial_out)]
-        elif src is not None:  # finished: its final outputs; stopped early: what its last checkpoint carried
-            shutil.rmtree(trial_out, ignore_errors=True)
-            trial_out.mkdir(parents=True)
-            if isinstance(storage_fs, LocalFileSystem) and finished:
-                place_outputs(Path(src), trial_out, move=True)  # a finished trial's outputs: moved, not copied
-            else:  # remote storage, or a checkpoint's outputs (a --resume reads them again): copied
-                copy_files(src, str(trial_out), source_filesystem=storage_fs, destination_filesystem=LocalFileSystem())
-            exports = [str(p) for p in run_exports(trial_out)]
-            for p in exports:  # pyarrow's copy writes a v2 export's zero padding out: holes again
-                make_sparse(p)
+        finished = src is not None and is_final_outputs(src)
+        exports, placed_now = _place_trial_outputs(src, trial_out, storage_fs)
+        if placed_now:
             wandb_src = trial_out / "wandb"
             if finished and wandb_src.is_dir():  # a finished trial closed its own W&B run
                 for run_dir in wandb_src.glob("*run-*"):  # one folder for all: `wandb sync DIR/wandb/offline-run-*`
@@ -674,16 +730,8 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
             # interrupted trial can be empty: Ctrl-C came before it was saved)
             steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"), objective.metric)
             best = best_point(val, objective)
-        if failed:
-            status = FAILED
-        elif steps >= (cfg.max_steps or 0):
-            status = COMPLETED
-        elif trial_id in stopped_early:
-            status = EARLY_STOPPED
-        elif steps == 0 and src is None:
-            status, interrupted = NOT_STARTED, True
-        else:  # neither finished nor stopped by the scheduler: the search itself was stopped
-            status, interrupted = INTERRUPTED, True
+        status = _fate(failed, steps, cfg.max_steps or 0, trial_id in stopped_early, src is not None)
+        interrupted = interrupted or status in (NOT_STARTED, INTERRUPTED)
         trials.append(TrialSummary(
             trial_id=trial_id, lr_scale=float(trial_config.get(LR_SCALE, float("nan"))),
             warmup_steps=int(trial_config.get(WARMUP_STEPS, 0)), status=status,
