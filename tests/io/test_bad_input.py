@@ -36,7 +36,7 @@ def _snapshot(p: Path):
 
 def _check(path: Path, *needles: str, args=()):
     before = _snapshot(path)
-    r = run_cli("inspect", *args, str(path))
+    r = run_cli("inspect", *args, str(path), in_process=True)
     _assert_clean_failure(r, path, *needles)
     assert _snapshot(path) == before
 
@@ -150,7 +150,7 @@ def test_malicious_global_hidden_next_to_hparams(fixtures_dir, tmp_path):
     """A real export with one extra dangerous global is refused as a whole."""
     marker = tmp_path / "PWNED2"
     p = _malicious_pth(tmp_path / "evil2.pth", os.system, f"touch {marker}", (b"cposix\nsystem\n", b"cos\nsystem\n"))
-    r = run_cli("inspect", "--json", str(p))
+    r = run_cli("inspect", "--json", str(p), in_process=True)
     _assert_clean_failure(r, p, "os.system")
     assert not marker.exists()
 
@@ -173,12 +173,12 @@ def _cli_all(path: Path, *needles: str, tmp_path: Path):
     """inspect, rebuild and train each refuse it in one line, exit 2, the file untouched."""
     _check(path, *needles)
     before = _snapshot(path)
-    r = run_cli("rebuild", str(path), "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    r = run_cli("rebuild", str(path), "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _assert_clean_failure(r, path, *needles)
     data = tmp_path / "exp"
     data.mkdir(exist_ok=True)
     r = run_cli("train", "--init", str(path), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _assert_clean_failure(r, path, *needles)
     assert _snapshot(path) == before
 
@@ -351,12 +351,12 @@ def test_values_echoed_in_errors_are_bounded(tmp_path):
     cfg = tmp_path / "long.yaml"
     cfg.write_text("val_names: [" + ", ".join(f'"name_{i:05d}"' for i in range(3000)) + "]\n"
                    + "init: x.pth\ndata: exp\noutput_dir: run\n")
-    r = run_cli("train", "--config", str(cfg))
+    r = run_cli("train", "--config", str(cfg), in_process=True)
     assert r.returncode == 2 and "--val-names must be a string" in r.stderr, r.stderr
     assert len(r.stderr) < 300 and "name_00000" in r.stderr and "..." in r.stderr, r.stderr
     key = "k" * 5000
     cfg.write_text(f"? {key}\n: 1\n")  # the explicit form: a plain key is limited to 1024 characters
-    r = run_cli("train", "--config", str(cfg))
+    r = run_cli("train", "--config", str(cfg), in_process=True)
     assert r.returncode == 2 and "unknown option" in r.stderr and key not in r.stderr, r.stderr
 
 

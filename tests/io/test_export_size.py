@@ -279,7 +279,7 @@ def test_inspect_reports_the_padded_file_like_the_unpadded_one(full_v2):
 def test_inspect_cli_on_a_padded_export(tmp_path):
     p = write_sovits_export(tmp_path / "n.pth", _narrow_sd("v2"), config={"model": {"version": "v2"}},
                             info="1epoch_2iteration", version="v2")
-    r = run_cli("inspect", "--json", str(p))
+    r = run_cli("inspect", "--json", str(p), in_process=True)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert (d["kind"], d["version"], d["header"], d["num_tensors"], d["info"]) == ("sovits-export", "v2", "PK", 3,

@@ -44,13 +44,13 @@ def test_loss_falls_and_the_export_is_upstreams_lora_format(v4_inputs, tmp_path)
     # 12 train utterances x8 per epoch (upstream's epoch, 96 items): 16 steps are within the first epoch,
     # after the parent's 2 epochs, 40 steps
     assert export.name == "run_e3_s56_l4.pth"
-    info = json.loads(run_cli("inspect", str(export), "--json").stdout)
+    info = json.loads(run_cli("inspect", str(export), "--json", in_process=True).stdout)
     assert (info["kind"], info["version"], info["header"], info["lora_rank"]) == ("sovits-lora-export", "v4", "04", 4)
 
     # GPT-SoVITS merges the export onto its base; our rebuild --task infer does the same: it must give
     # the weights we trained (the export is fp16: equal within its rounding)
     merged = run_cli("rebuild", str(export), "--base", str(v4_inputs["base"]), "--task", "infer", "-o",
-                     str(tmp_path / "merged"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                     str(tmp_path / "merged"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     assert merged.returncode == 0, merged.stderr
     got = load_file(str(tmp_path / "merged" / "generator.safetensors"))
     trained = _model(sorted((tmp_path / "run" / "checkpoints").iterdir())[-1])
@@ -175,7 +175,7 @@ def test_v3_trains_and_refuses_a_vocoder_in_one_line(tmp_path):
     r = run_cli(*common, "-o", str(tmp_path / "ok"), env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (export,) = (tmp_path / "ok" / "SoVITS_weights_v3").glob("*_l4.pth")
-    info = json.loads(run_cli("inspect", str(export), "--json").stdout)
+    info = json.loads(run_cli("inspect", str(export), "--json", in_process=True).stdout)
     assert (info["kind"], info["version"], info["header"]) == ("sovits-lora-export", "v3", "03")
     bad = run_cli(*common, "-o", str(tmp_path / "bad"), "--vocoder", str(v3["base"]), env=env)
     assert bad.returncode == 2 and "BigVGAN" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

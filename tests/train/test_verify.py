@@ -76,14 +76,14 @@ def test_verify_cli_exit_codes(fixtures_dir, data, tmp_path):
 
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     ok = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--base",
-                 str(fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"), "--batches", "1", "--json", env=env)
+                 str(fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"), "--batches", "1", "--json", env=env, in_process=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["verdict"] == "pass"
     table = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--batches", "1",
-                    env=env)
+                    env=env, in_process=True)
     assert table.returncode == 0 and "verdict: PASS" in table.stdout and "only finiteness" in " ".join(table.stdout.split())
     missing = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(tmp_path / "nope"),
-                      env=env)
+                      env=env, in_process=True)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
@@ -102,11 +102,11 @@ def test_verify_names_data_problems_like_train(fixtures_dir, tmp_path):
     wavs[2].write_bytes(os.urandom(5000))
     init = str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth")
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
-    table = run_cli("verify", init, "--data", str(exp), "--batches", "1", env=env)
+    table = run_cli("verify", init, "--data", str(exp), "--batches", "1", env=env, in_process=True)
     assert table.returncode == 0, table.stderr
     for w in wavs[:3]:
         assert w.name in table.stdout, (w.name, table.stdout)
-    as_json = json.loads(run_cli("verify", init, "--data", str(exp), "--batches", "1", "--json", env=env).stdout)
+    as_json = json.loads(run_cli("verify", init, "--data", str(exp), "--batches", "1", "--json", env=env, in_process=True).stdout)
     report = "\n".join(as_json["data_report"])
     assert all(w.name in report for w in wavs[:3])
     from gsv_ray.data.experiment import open_experiment
