@@ -57,6 +57,7 @@ def test_demo_searches_at_or_below_upstream_lr(tmp_path):
     assert opts.lr_scale_range[1] <= 1.0
 
 
+@pytest.mark.slow
 def test_no_traceback_when_the_reader_goes_away(fixtures_dir, tmp_path):
     """`gsv-ray rebuild --json | head -1`: the pipe closes early; no BrokenPipeError traceback."""
     p = subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
@@ -69,6 +70,7 @@ def test_no_traceback_when_the_reader_goes_away(fixtures_dir, tmp_path):
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+@pytest.mark.slow
 def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
     """With a long -o (a 60-character path and more): prose wrapped at 80 columns, every path and
     the ``wandb sync`` command whole on one line, and that command runs as printed."""

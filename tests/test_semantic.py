@@ -165,6 +165,7 @@ def test_existing_tsv_kept_without_overwrite(tmp_path: Path, golden_model: Path,
 
 
 # ---------------------------------------------------------------- Ray
+@pytest.mark.slow
 def test_workers_2_byte_identical_to_in_process(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
     items = {"golden.wav": golden_ssl, **random_items(15, seed=1)}
     exp = make_experiment(tmp_path / "exp", items)
@@ -183,6 +184,7 @@ def test_workers_2_byte_identical_to_in_process(tmp_path: Path, golden_model: Pa
     print(f"\n16 utterances: in-process {t_local:.1f} s, --workers 2 {t_ray:.1f} s (CLI wall time)")
 
 
+@pytest.mark.slow
 def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
     """Issue 24.12: ``semantic --workers 2`` left ``$TMPDIR/ray/session_*`` and ``torchinductor_<user>``
     behind; it now runs in a private temp dir removed at the end (as train and tune do)."""
@@ -197,6 +199,7 @@ def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, gol
         assert sorted(p.name for p in Path(tmpdir).iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ray_joins_initialised_cluster_and_reports_bad_features(tmp_path: Path, golden_model: Path, golden_ssl,
                                                                  cache_dir: Path, monkeypatch) -> None:
     """Library in a process that already runs Ray (num_cpus 4): reused, not shut down; errors stay one line."""
@@ -234,6 +237,7 @@ def test_v4_lora_without_base_fails(tmp_path: Path, fixtures_dir: Path, golden_s
     assert not (exp / TSV).exists()
 
 
+@pytest.mark.slow
 def test_v4_lora_with_base_produces_tokens(tmp_path: Path, fixtures_dir: Path, schema_files, env) -> None:
     items = random_items(3, seed=3)
     exp = make_experiment(tmp_path / "exp", items)

@@ -212,6 +212,7 @@ def test_deeply_nested_pickle_is_one_line(tmp_path):
     _cli_all(p, "refusing to load", "deeper than", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_refused_before_inflating(tmp_path):
     """A 3 MiB zip whose data.pkl inflates to 3 GiB: refused at once, without inflating it (before:
     30 s at 6.5 GB RSS)."""
@@ -300,6 +301,7 @@ def _shared_config_file(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [20, 40])
 def test_shared_config_references_are_refused_quickly(n, tmp_path):
     """Before: N=20 took 11.5 s / 625 MB, N=40 never returned (every shared reference copied)."""

@@ -13,6 +13,8 @@ from gsv_ray.io import read
 from tests.conftest import run_cli
 from tests.support.schemafiles import EXPECTED, SchemaFiles, save_like_upstream
 
+pytestmark = pytest.mark.slow  # full-size files of every kind (identification is also covered on the fixtures)
+
 # Evidence each case must cite (substrings of `evidence` lines).
 EVIDENCE = {
     "v1": ["322 rows", "1025 bins", "no sv_emb"],

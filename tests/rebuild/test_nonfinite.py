@@ -98,6 +98,7 @@ def test_nan_in_the_base_is_named_and_first_keys_listed(fixtures_dir, tmp_path):
     assert not (tmp_path / "cache" / "rebuild").exists() or not any((tmp_path / "cache" / "rebuild").iterdir())
 
 
+@pytest.mark.slow
 def test_verify_semantic_and_tune_refuse(fixtures_dir, tmp_path):
     bad, keys = _planted(fixtures_dir, tmp_path, "sovits", float("nan"))
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}

@@ -114,6 +114,7 @@ def test_fixture_semantic(version, fixtures_dir):
 
 
 # -- full-size generated files of every version ------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VITS)
 def test_full_size_export_with_bases(version, schema_files):
     export = schema_files.path("sovits-export", version)
@@ -137,6 +138,7 @@ def test_full_size_export_with_bases(version, schema_files):
     assert len(s.report.harmless["generator"]) == ENC_Q
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v3", "v4"])
 def test_full_size_v3_v4_semantic_reports_decoder_as_harmless(version, schema_files):
     """Upstream printed 517 'missing' keys here (#2048); they are harmless for semantic extraction."""
@@ -159,6 +161,7 @@ def test_full_size_v3_v4_semantic_reports_decoder_as_harmless(version, schema_fi
         rebuild(lora, task="semantic")
 
 
+@pytest.mark.slow
 def test_full_size_v4_lora_merged_onto_base_for_infer(schema_files):
     lora_path = schema_files.path("sovits-lora-export", "v4")
     base_path = schema_files.path("sovits-pretrained-g", "v4")
@@ -183,6 +186,7 @@ def test_full_size_v4_lora_merged_onto_base_for_infer(schema_files):
     schema_files.delete("sovits-pretrained-g", "v4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_full_size_gpt(version, schema_files):
     r = rebuild(schema_files.path("gpt-export", version))
@@ -217,6 +221,7 @@ def test_missing_required_keys_are_errors_with_a_fix(fixtures_dir, tmp_path):
 
 
 # -- the stored result -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cache_hit_does_not_reread_inputs(schema_files, tmp_path, monkeypatch):
     import gsv_ray.rebuild.store as store
 

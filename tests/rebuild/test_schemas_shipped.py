@@ -112,6 +112,7 @@ def no_model_builds(monkeypatch):
     return built
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VITS)
 def test_full_size_export_with_bases_builds_no_model(version, schema_files, no_model_builds, tmp_path):
     export = schema_files.path("sovits-export", version)
@@ -126,6 +127,7 @@ def test_full_size_export_with_bases_builds_no_model(version, schema_files, no_m
     assert not cache.exists()  # no schema had to be computed and remembered
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "version"), [("gpt-export", "v1"), ("gpt-export", "v2"), ("gpt-lightning", "v2")])
 def test_full_size_gpt_builds_no_model(kind, version, schema_files, no_model_builds, tmp_path):
     r = rebuild(schema_files.path(kind, version), cache_root=tmp_path / "cache")

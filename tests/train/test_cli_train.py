@@ -29,6 +29,7 @@ def _run(args, tmp_path, timeout=600):
                           env=_env(tmp_path), timeout=timeout)
 
 
+@pytest.mark.slow
 def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     run = tmp_path / "runs" / "myvoice"
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({
@@ -73,6 +74,7 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     assert export.name == "myvoice_e2_s6.pth" and read(export).version == "v2"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_complete_checkpoint(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "400",

@@ -59,6 +59,7 @@ def _gpt(gpt_init, synth_v2, run, *extra):
 
 # -- item 2: one run per -o -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_second_run_on_a_busy_output_is_refused_naming_the_holder(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "40", "--save-every", "5", "--warmup-steps", "0")
@@ -77,6 +78,7 @@ def test_second_run_on_a_busy_output_is_refused_naming_the_holder(gpt_init, synt
     assert len(list(run.glob("GPT_weights_v2/*.ckpt"))) == 1
 
 
+@pytest.mark.slow
 def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     train = _start(_gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0"),
@@ -95,6 +97,7 @@ def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
     assert not (run / "ray").exists() and not (run / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_sigkilled_holder_before_its_first_checkpoint_then_resume_starts_over(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0")
@@ -179,6 +182,7 @@ def test_output_that_is_no_place_for_a_run_is_refused(where, gpt_init, synth_v2,
 
 # -- item 4: a way forward from every stop --------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "20", "--save-every", "1000", "--warmup-steps", "0")

@@ -18,6 +18,7 @@ def data(tmp_path_factory):
     return make_synthetic_experiment(tmp_path_factory.mktemp("verify") / "exp", version="v2", num_utterances=12)
 
 
+@pytest.mark.slow
 def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
     torch.manual_seed(1234)
     rng = torch.random.get_rng_state()
@@ -33,6 +34,7 @@ def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
     assert torch.equal(torch.random.get_rng_state(), rng)  # the caller's global RNG is left as it was (was reseeded)
 
 
+@pytest.mark.slow
 def test_damaged_sovits_export_fails(fixtures_dir, data, tmp_path):
     src = read(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth")
     g = torch.Generator().manual_seed(0)
@@ -62,6 +64,7 @@ def test_gpt_pass_and_fail(fixtures_dir, data, tmp_path):
     assert bad.verdict == "fail" and bad.rebuilt["loss"] > 1.1 * bad.base["loss"]
 
 
+@pytest.mark.slow
 def test_without_base_only_finiteness_is_checked(fixtures_dir, data, tmp_path):
     r = verify(fixtures_dir / "SoVITS_weights_v2Pro/gsvfix_e1_s2.pth", data=make_synthetic_experiment(
         tmp_path / "pro", version="v2Pro", num_utterances=8), batches=1, batch_size=4, cache_root=tmp_path)
@@ -87,6 +90,7 @@ def test_verify_cli_exit_codes(fixtures_dir, data, tmp_path):
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_verify_names_data_problems_like_train(fixtures_dir, tmp_path):
     """A missing, a zero-length and a garbage wav: verify names all three (it used to evaluate the
     rest silently and pass), with the same report lines train prints."""
