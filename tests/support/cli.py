@@ -17,12 +17,13 @@ import traceback
 from pathlib import Path
 
 
-def run_cli_in_process(*args: str, cwd: Path | str | None = None,
-                       env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli_in_process(*args: str, cwd: Path | str | None = None, env: dict | None = None,
+                       replace_env: bool = False) -> subprocess.CompletedProcess:
     """``gsv_ray.cli.main(args)`` with stdout/stderr captured, as a ``CompletedProcess`` (``args``,
     ``returncode``, ``stdout``, ``stderr``: text).
 
-    Like the subprocess: ``env`` is added to the environment, ``cwd`` is the working directory,
+    Like the subprocess: ``env`` is added to the environment (with ``replace_env``, it is the whole
+    environment, as ``subprocess.run(env=...)``), ``cwd`` is the working directory,
     ``SystemExit`` (argparse's errors, ``--help``) gives its exit status, and an uncaught exception
     prints its traceback to stderr with status 1. Everything the command changes in this process
     that a subprocess would have taken with it -- ``os.environ``, the working directory,
@@ -32,6 +33,8 @@ def run_cli_in_process(*args: str, cwd: Path | str | None = None,
 
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_argv, saved_cwd = dict(os.environ), list(sys.argv), os.getcwd()
+    if replace_env:
+        os.environ.clear()
     os.environ.update({k: str(v) for k, v in (env or {}).items()})
     sys.argv[:] = ["gsv-ray", *args]
     try:

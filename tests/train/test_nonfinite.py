@@ -4,19 +4,19 @@ run whose gradients become NaN/inf stops with one line, keeping the last good ch
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.cli import run_cli_in_process
+
 
 def _run(args, tmp_path):
+    """The CLI in-process (its output and exit status are the point), in the environment a user has."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(GSV_RAY_CACHE=str(tmp_path / "cache"), WANDB_API_KEY="")
-    return subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return run_cli_in_process(*args, env=env, replace_env=True)
 
 
 @pytest.mark.parametrize("how", ["flag", "yaml"])
