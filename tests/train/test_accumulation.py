@@ -221,7 +221,7 @@ def test_ema_codebook_with_accumulation_or_workers_is_refused_in_one_line(flags,
     out = tmp_path / "run"
     r = run_cli("train", "--init", str(init), "--base", sovits_files["base_g"], "--base-d", sovits_files["base_d"],
                 "--data", str(synth_v2), "--batch-size", "2", *flags, "--max-steps", "1", "-o", str(out),
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"})
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}, in_process=True)
     assert r.returncode == 2, (r.stdout, r.stderr)
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and str(init) in line, line

@@ -68,18 +68,15 @@ def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     """grad_accum=2 through the CLI: each optimizer step consumes two micro-batches; bf16 autocast
     trains with finite losses. (Equal weights to the bigger batch: test_accumulation.py.)"""
     import json
-    import os
-    import subprocess
-    import sys
 
     from gsv_ray.track import read_metrics
     from gsv_ray.train.checkpoint import TrainState
+    from tests.conftest import run_cli
 
     run = tmp_path / "acc"
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", "--init", gpt_init, "--data", str(synth_v2), "-o",
-                        str(run), "--max-steps", "3", "--batch-size", "2", "--grad-accum", "2", "--precision", "bf16",
-                        "--val-fraction", "0", "--warmup-steps", "0", "--wandb-mode", "disabled"],
-                       capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    r = run_cli("train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "3",
+                "--batch-size", "2", "--grad-accum", "2", "--precision", "bf16", "--val-fraction", "0",
+                "--warmup-steps", "0", "--wandb-mode", "disabled", in_process=True)
     assert r.returncode == 0, r.stderr
     assert "= 2 x 1 process(es) x 2 accumulation = 4" in r.stdout
     rows = [x for x in read_metrics(run / "metrics.jsonl") if x["split"] == "train"]
