@@ -337,6 +337,7 @@ def _yaml_alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "tune", "semantic"])
 def test_yaml_alias_bomb_is_refused_quickly(command, tmp_path):
     """Before: a 1 KB alias bomb in val_names reached 14.4 GB RSS (the whole value printed in the type error)."""
@@ -362,6 +363,7 @@ def test_values_echoed_in_errors_are_bounded(tmp_path):
     assert r.returncode == 2 and "unknown option" in r.stderr and key not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_shared_tuple_as_dict_key_is_refused_before_torch_hashes_it(tmp_path):
     """A 1 KB pickle: a dict key that is a tuple holding one tuple twice, 40 levels deep. torch's
     unpickler hashes the key (2**40 items) before we see the object; refused from the pickle's opcodes."""
