@@ -15,6 +15,8 @@ import pytest
 
 from gsv_ray.data.synthetic import make_synthetic_experiment
 
+pytestmark = pytest.mark.slow  # real mounts: full and read-only filesystems
+
 
 def _can_mount() -> str | None:
     if not shutil.which("unshare"):

@@ -51,6 +51,7 @@ def _pytest_one(env_extra: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_reference_data_is_in_the_repository_and_its_absence_fails(tmp_path):
     """The contract data ships with the tests (a fresh clone checks everything); pointed elsewhere
     at nothing, the tests fail (locally and in CI alike), they never skip."""

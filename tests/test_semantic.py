@@ -99,6 +99,7 @@ def assert_one_line_error(proc, *needles: str) -> str:
 
 
 # ---------------------------------------------------------------- golden, byte-exact
+@pytest.mark.slow
 def test_golden_tokens_and_bytes(tmp_path: Path, golden_model: Path, golden_ssl, golden_codes, env) -> None:
     exp = make_experiment(tmp_path / "exp", {"golden_001.wav": golden_ssl})
     proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)

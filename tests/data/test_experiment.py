@@ -229,6 +229,7 @@ def test_split_is_deterministic_and_names_file(synth_root, tmp_path: Path) -> No
         split_names(exp.names, SplitOptions(val_names_file=names_file), known=exp.known_names)
 
 
+@pytest.mark.slow
 def test_non_utf8_lines_are_counted_and_named(mutable_exp, fixtures_dir, tmp_path) -> None:
     """GBK bytes in 2 lines of 2-name2text.txt and 1 row of 6-name2semantic.tsv (before: a
     UnicodeDecodeError traceback): the lines are named by number, the rest of the data trains."""
@@ -264,6 +265,7 @@ def test_non_utf8_lines_are_counted_and_named(mutable_exp, fixtures_dir, tmp_pat
 
 
 # ----------------------------------------------------------------------------- issue #24 item 10 (d), (h)
+@pytest.mark.slow
 def test_empty_and_truncated_wavs_are_named_with_their_reason(mutable_exp, fixtures_dir, tmp_path) -> None:
     """Before: "unreadable WAV files ()" (EOFError says nothing). Real CLI: verify --json carries the report."""
     import json

@@ -124,6 +124,7 @@ def _malicious_pth(path: Path, func, arg: str, rename: tuple[bytes, bytes] | Non
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["os.system", "builtins.eval", "builtins.eval-protocol4"])
 def test_malicious_pickle_never_executes(variant, tmp_path):
     marker = tmp_path / "PWNED"
@@ -205,6 +206,7 @@ def test_cyclic_config_is_one_line(kind, tmp_path):
     _cli_all(p, "refusing to load", "cycle", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_deeply_nested_pickle_is_one_line(tmp_path):
     depth = 100_000  # EMPTY_LIST x N, then APPEND x (N-1): lists nested N deep, 200 KB of pickle
     body = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."

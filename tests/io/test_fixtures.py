@@ -82,6 +82,7 @@ def test_fixture_read_and_identified(name, fixtures_dir, index):
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before  # reading never touches the file
 
 
+@pytest.mark.slow
 def test_inspect_json_on_every_fixture(fixtures_dir, index):
     paths = [str(fixtures_dir / n) for n in sorted(index)]
     r = run_cli("inspect", "--json", *paths, in_process=True)

@@ -127,6 +127,7 @@ UPSTREAM_UTILS = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_written_export_loads_the_way_gpt_sovits_loads_it(fixtures_dir, tmp_path):
     src = read(fixtures_dir / "SoVITS_weights_v2ProPlus/gsvfix_e1_s2.pth")
     out = _write_like(src, tmp_path / "plus.pth")

@@ -77,6 +77,7 @@ def test_inspect_warns_and_rebuild_train_refuse(stage, value, fixtures_dir, tmp_
     assert bad.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_nan_in_the_base_is_named_and_first_keys_listed(fixtures_dir, tmp_path):
     """A NaN planted in --base (a real upstream training checkpoint G_*.pth): the base is named, with
     the total count and only the first few keys (a one-line message, however many tensors)."""

@@ -39,6 +39,7 @@ def assert_loads_strictly(result):
 
 
 # -- fixtures ----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VITS)
 def test_fixture_export_train_without_base(version, fixtures_dir):
     sub = "SoVITS_weights" if version == "v1" else f"SoVITS_weights_{version}"
@@ -62,6 +63,7 @@ def test_fixture_export_train_without_base(version, fixtures_dir):
     assert torch.equal(r.generator[k], src[k].float())
 
 
+@pytest.mark.slow
 def test_fixture_export_with_base_g_and_d(fixtures_dir):
     g = fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"
     d = fixtures_dir / "logs/gsvfix/logs_s2_v2/D_233333333333.pth"
@@ -258,6 +260,7 @@ def test_cache_hit_does_not_reread_inputs(schema_files, tmp_path, monkeypatch):
     assert load_result(a.path).report.to_json() == a.report.to_json()
 
 
+@pytest.mark.slow
 def test_resolved_config_is_typed_and_round_trips_through_the_store(fixtures_dir, tmp_path):
     """The rebuild's config is read once, at the store boundary, into typed settings: the model the
     store describes is the model that is built (config.json's ``model`` section used to be ignored in

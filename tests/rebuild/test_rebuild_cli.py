@@ -28,6 +28,7 @@ def _tree(d):
     return sorted((p.relative_to(d), p.stat().st_mtime_ns) for p in d.rglob("*"))
 
 
+@pytest.mark.slow
 def test_rebuild_cli_writes_report_and_weights(fixtures_dir, tmp_path):
     work = tmp_path / "exp"
     shutil.copytree(fixtures_dir / "SoVITS_weights_v2", work / "SoVITS_weights_v2")

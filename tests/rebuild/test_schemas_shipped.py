@@ -24,6 +24,7 @@ def _boom():
     raise AssertionError("a shipped schema must not build the model")
 
 
+@pytest.mark.slow
 def test_shipped_schemas_are_current():
     """Every shipped file is rebuilt from the model code now and must be byte-identical; none is
     missing or extra. On failure: ``python -m gsv_ray.rebuild.schemas`` and commit the result."""
@@ -37,6 +38,7 @@ def test_shipped_schemas_cover_every_default_target():
     assert files == {S.shipped_name(t.name, t.fingerprint) for t in targets}
 
 
+@pytest.mark.slow
 def test_shipped_lookup_builds_nothing_and_equals_meta_build(tmp_path):
     for t in S.shipped_targets():
         want = t.meta_shapes()

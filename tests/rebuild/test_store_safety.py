@@ -15,6 +15,8 @@ import torch
 from gsv_ray.rebuild import export_result, rebuild_cached
 from gsv_ray.rebuild.store import entry_problem
 
+pytestmark = pytest.mark.slow  # rebuilds of the fixtures damaged in every way, concurrent and killed rebuilds
+
 FIX = "logs/gsvfix/logs_s2_v2/"
 
 

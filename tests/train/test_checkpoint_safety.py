@@ -13,6 +13,8 @@ from gsv_ray.track import read_metrics
 from gsv_ray.train.state import _sha256
 from tests.support.cli import run_cli_in_process
 
+pytestmark = pytest.mark.slow  # each trains a run and resumes it
+
 
 class _Payload:
     """Unpickling this runs a shell command (what a crafted checkpoint file would do)."""

@@ -152,6 +152,7 @@ def test_bad_input_before_training(case, gpt_init, synth_v2, fixtures_dir, tmp_p
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_run_config_records_this_runs_init_path(gpt_init, synth_v2, tmp_path):
     """Issue 24.11: two copies of one file (same sha256, one rebuild cache entry): each run records
     the init path it was given, not the path of the run that first filled the cache."""

@@ -49,6 +49,7 @@ def test_non_utf8_yaml_is_one_line(gpt_init, synth_v2, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "UTF-8" in r.stderr
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_before_saving_non_finite_weights(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     r = _run(["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "6",

@@ -118,6 +118,7 @@ def test_sigkilled_holder_before_its_first_checkpoint_then_resume_starts_over(gp
     assert _train_steps(run) == [1, 2, 3, 4, 5, 6]  # the lost partial run's rows dropped, not mixed
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4",
@@ -202,6 +203,7 @@ def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init,
     assert _train_steps(run) == list(range(1, 21))
 
 
+@pytest.mark.slow
 def test_divergence_names_a_command_that_does_not_diverge_again(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "4", "--lr-scale", "1e30", "--warmup-steps", "0",
@@ -244,6 +246,7 @@ def test_demo_interruption_names_demo(tmp_path):
 
 # -- item 11: a resume continues the same run, or says why not ------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option, value, recorded", [("--lr-scale", "0.5", "0.1"), ("--batch-size", "2", "4"),
                                                      ("--init", None, None)])
 def test_resume_with_other_trajectory_settings_is_refused(option, value, recorded, gpt_init, synth_v2, tmp_path):
@@ -274,6 +277,7 @@ def test_resume_with_other_trajectory_settings_is_refused(option, value, recorde
     assert _train_steps(run) == [1, 2]
 
 
+@pytest.mark.slow
 def test_same_init_content_at_another_path_resumes(gpt_init, synth_v2, tmp_path):
     import shutil
 

@@ -9,6 +9,8 @@ import json
 from gsv_ray.train import load_config, train
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # full training runs and resumes
+
 
 def _train(gpt_init, data, out, **kw):
     lines: list[str] = []
