@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from gsv_ray import __version__
 from tests.conftest import REPO_ROOT, run_cli
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gsv_ray.train import load_config, train
 from tests.conftest import run_cli
 
