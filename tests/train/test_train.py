@@ -31,6 +31,7 @@ def test_gpt_trains_and_exports(gpt_init, synth_v2, tmp_path):
                            read(gpt_init).state_dict["model.ar_predict_layer.weight"])
 
 
+@pytest.mark.slow
 def test_sovits_trains_and_exports(sovits_files, synth_v2, tmp_path):
     cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / "myvoice"), max_steps=24,
                       batch_size=4, lr_scale=2.0, warmup_steps=4, val_every=12, save_every=12, val_fraction=0.2)
@@ -64,6 +65,7 @@ def test_bad_lr_scale_and_stage(gpt_init, synth_v2, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     """grad_accum=2 through the CLI: each optimizer step consumes two micro-batches; bf16 autocast
     trains with finite losses. (Equal weights to the bigger batch: test_accumulation.py.)"""
