@@ -86,10 +86,18 @@ def v4_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_v3_inputs(tmp_path_factory.mktemp("v4"), "v4")
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300):
-    """Run the installed ``gsv-ray`` entry point as a user would (a real subprocess)."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300,
+            in_process: bool = False):
+    """Run the installed ``gsv-ray`` entry point as a user would (a real subprocess); with
+    ``in_process``, ``gsv_ray.cli.main`` in this process instead (no interpreter and torch import to
+    pay; for tests about output and exit status, not about the process: ``tests/support/cli.py``)."""
     import subprocess
     import sys
+
+    if in_process:
+        from tests.support.cli import run_cli_in_process
+
+        return run_cli_in_process(*args, cwd=cwd, env=env)
 
     full_env = dict(os.environ)
     full_env.update(env or {})

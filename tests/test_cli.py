@@ -23,7 +23,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def test_abbreviations_are_not_options(fixtures_dir):
     """`--lr 1e-5` used to be taken as `--lr-scale 1e-5` (a peak LR of 1e-9, silently)."""
-    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--lr", "1e-5")
+    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--lr", "1e-5", in_process=True)
     assert r.returncode == 2 and "unrecognized arguments: --lr 1e-5" in r.stderr
     for name, sub in _subparsers(build_parser()).items():
         assert sub.allow_abbrev is False, name
@@ -57,6 +57,7 @@ def test_demo_searches_at_or_below_upstream_lr(tmp_path):
     assert opts.lr_scale_range[1] <= 1.0
 
 
+@pytest.mark.slow
 def test_no_traceback_when_the_reader_goes_away(fixtures_dir, tmp_path):
     """`gsv-ray rebuild --json | head -1`: the pipe closes early; no BrokenPipeError traceback."""
     p = subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
@@ -69,6 +70,7 @@ def test_no_traceback_when_the_reader_goes_away(fixtures_dir, tmp_path):
     assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
+@pytest.mark.slow
 def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
     """With a long -o (a 60-character path and more): prose wrapped at 80 columns, every path and
     the ``wandb sync`` command whole on one line, and that command runs as printed."""
@@ -106,13 +108,13 @@ def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
 def test_exit_status_says_who_fixes_it_and_debug_shows_the_traceback(tmp_path):
     """Bad input and options exit 2 with one line; ``--debug`` adds the full traceback before it."""
     missing = tmp_path / "nope.pth"
-    plain = run_cli("inspect", str(missing))
+    plain = run_cli("inspect", str(missing), in_process=True)
     assert plain.returncode == 2 and plain.stderr.count("\n") == 1 and str(missing) in plain.stderr
-    debug = run_cli("--debug", "inspect", str(missing))
+    debug = run_cli("--debug", "inspect", str(missing), in_process=True)
     assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
     bad = run_cli("train", "--init", str(missing), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
-                  "--max-steps", "2", "--lr-scale", "-1")
+                  "--max-steps", "2", "--lr-scale", "-1", in_process=True)
     assert bad.returncode == 2 and "--lr-scale must be > 0" in bad.stderr and bad.stderr.count("\n") == 1
 
 
@@ -120,7 +122,7 @@ def test_resume_means_one_thing(tmp_path):
     """``--resume`` continues a run from its newest checkpoint; with --workers it takes no folder (it
     used to accept one and silently ignore it)."""
     r = run_cli("train", "--init", str(tmp_path / "x.pth"), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
-                "--max-steps", "2", "--workers", "2", "--resume", str(tmp_path / "elsewhere"))
+                "--max-steps", "2", "--workers", "2", "--resume", str(tmp_path / "elsewhere"), in_process=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "takes no folder" in r.stderr, r.stderr
 
 

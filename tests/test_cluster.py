@@ -107,6 +107,7 @@ def test_tune_example_is_valid(example, demo_cwd, monkeypatch):
         assert path is None or Path(path).exists(), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_runs_as_written(example, demo_cwd, tmp_path):
     command = {"sovits-train.yaml": "train", "semantic.yaml": "semantic"}.get(example, "tune")

@@ -15,6 +15,8 @@ import pytest
 
 from gsv_ray.data.synthetic import make_synthetic_experiment
 
+pytestmark = pytest.mark.slow  # real mounts: full and read-only filesystems
+
 
 def _can_mount() -> str | None:
     if not shutil.which("unshare"):
@@ -118,11 +120,11 @@ def test_impossible_output_paths(command, case, gpt, tmp_path):
         needle = "is a file"
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     if command == "rebuild":
-        r = run_cli("rebuild", gpt, "-o", str(out), env=env)
+        r = run_cli("rebuild", gpt, "-o", str(out), env=env, in_process=True)
     else:
         data = make_synthetic_experiment(tmp_path / "exp", version="v2", num_utterances=8)
         r = run_cli("train", "--init", gpt, "--data", str(data), "-o", str(out), "--max-steps", "2",
-                    "--wandb-mode", "disabled", env=env)
+                    "--wandb-mode", "disabled", env=env, in_process=True)
     _one_line(r, needle, str(out))
     if case == "dangling symlink":
         assert out.is_symlink() and not (tmp_path / "missing").exists()  # the user's link untouched

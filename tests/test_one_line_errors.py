@@ -1,5 +1,6 @@
 """Issue #24 item 10: each of these was a traceback or a wrong / empty reason; now one line naming the
-place and the fix (exit 2). Real CLI subprocesses, real files, a real full tmpfs."""
+place and the fix (exit 2). The real CLI (in-process: its output and exit status are the point), real
+files, a real full tmpfs."""
 
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ def test_cache_env_that_is_not_a_directory(where, fixtures_dir, tmp_path):
     cache = tmp_path / "cache-file" if where == "a file" else Path(where)
     if where == "a file":
         cache.write_text("not a folder")
-    r = run_cli("rebuild", str(fixtures_dir / SOVITS), env={"GSV_RAY_CACHE": str(cache)})
+    r = run_cli("rebuild", str(fixtures_dir / SOVITS), env={"GSV_RAY_CACHE": str(cache)}, in_process=True)
     _one_line(r, str(cache), "GSV_RAY_CACHE")
-    r = run_cli("rebuild", str(fixtures_dir / SOVITS), "--cache", str(cache))
+    r = run_cli("rebuild", str(fixtures_dir / SOVITS), "--cache", str(cache), in_process=True)
     _one_line(r, str(cache), "--cache")
 
 
@@ -41,7 +42,7 @@ def test_cache_env_that_is_not_a_directory(where, fixtures_dir, tmp_path):
 def test_demo_dir_that_is_a_file(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("mine")
-    r = run_cli("demo", "--dir", str(f), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    r = run_cli("demo", "--dir", str(f), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _one_line(r, str(f), "--dir")
     assert f.read_text() == "mine"
 
@@ -53,10 +54,10 @@ def test_symlink_loop_is_named_as_such(tmp_path):
     b.symlink_to(a)
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     for args in (("inspect", str(a)), ("rebuild", str(a))):
-        _one_line(run_cli(*args, env=env), str(a), "symbolic link loop")
+        _one_line(run_cli(*args, env=env, in_process=True), str(a), "symbolic link loop")
     loop_dir = tmp_path / "exp"
     loop_dir.symlink_to(loop_dir)
-    r = run_cli("semantic", "--data", str(loop_dir), "--model", str(a), env=env)
+    r = run_cli("semantic", "--data", str(loop_dir), "--model", str(a), env=env, in_process=True)
     _one_line(r, str(loop_dir), "symbolic link loop")
 
 
@@ -64,7 +65,7 @@ def test_symlink_loop_as_the_data_folder(fixtures_dir, tmp_path):
     loop_dir = tmp_path / "exp"
     loop_dir.symlink_to(loop_dir)
     r = run_cli("verify", str(fixtures_dir / SOVITS), "--data", str(loop_dir),
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _one_line(r, str(loop_dir), "symbolic link loop")
 
 
@@ -85,14 +86,14 @@ def full_tmpfs(tmp_path):
 
 def test_full_disk_names_the_output_not_a_temp_name(full_tmpfs, fixtures_dir, tmp_path):
     out = full_tmpfs / "out"
-    r = run_cli("rebuild", str(fixtures_dir / SOVITS), "-o", str(out), env={"GSV_RAY_CACHE": str(tmp_path / "c")})
+    r = run_cli("rebuild", str(fixtures_dir / SOVITS), "-o", str(out), env={"GSV_RAY_CACHE": str(tmp_path / "c")}, in_process=True)
     line = _one_line(r, f"{out}:", "no space left")
     assert f"{full_tmpfs}/." not in line, line  # never the hidden temp folder's name
     assert os.listdir(full_tmpfs) == []  # the temp folder is gone
 
 
 def test_full_disk_in_the_cache_names_the_cache(full_tmpfs, fixtures_dir):
-    r = run_cli("rebuild", str(fixtures_dir / SOVITS), env={"GSV_RAY_CACHE": str(full_tmpfs / "cache")})
+    r = run_cli("rebuild", str(fixtures_dir / SOVITS), env={"GSV_RAY_CACHE": str(full_tmpfs / "cache")}, in_process=True)
     line = _one_line(r, str(full_tmpfs / "cache"), "no space left")
     assert "/." not in line.split(":")[1], line
 
@@ -102,10 +103,10 @@ def test_inspect_good_and_bad_shows_the_good_table(fixtures_dir, tmp_path):
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     good = fixtures_dir / GPT
-    r = run_cli("inspect", str(good), str(empty))
+    r = run_cli("inspect", str(good), str(empty), in_process=True)
     _one_line(r, str(empty), "empty")
     assert "kind" in r.stdout and "sha256" in r.stdout and "gpt" in r.stdout  # the good file's table is shown
-    r = run_cli("inspect", "--json", str(good), str(empty))
+    r = run_cli("inspect", "--json", str(good), str(empty), in_process=True)
     _one_line(r, str(empty), "empty")
     import json
 

@@ -61,9 +61,9 @@ def test_flag_and_yaml_values_are_checked_alike(tmp_path, fixtures_dir):
     """The same bad value, given as a flag or in the YAML file: the same one-line error, exit 2."""
     init = str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt")
     common = ["--init", init, "--data", str(tmp_path), "-o", str(tmp_path / "run"), "--max-steps", "2"]
-    by_flag = run_cli("train", *common, "--warmup-start", "2")
+    by_flag = run_cli("train", *common, "--warmup-start", "2", in_process=True)
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"warmup_start": 2}))
-    by_yaml = run_cli("train", *common, "--config", str(tmp_path / "run.yaml"))
+    by_yaml = run_cli("train", *common, "--config", str(tmp_path / "run.yaml"), in_process=True)
     for r in (by_flag, by_yaml):
         assert r.returncode == 2, r.stderr
         assert re.fullmatch(r"gsv-ray: error: --warmup-start must be in \[0, 1\], got 2(\.0)?\.", r.stderr.strip()), \

@@ -58,6 +58,7 @@ def test_leftovers_of_ended_commands_are_removed_by_the_next(tmp_path, monkeypat
         holder.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_rebuild_no_cache_scratch_of_a_killed_command_is_swept(sig, tmp_path, fixtures_dir):
     """Issue 24.12: ``rebuild --no-cache`` killed from outside by PID mid-run left

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from gsv_ray import __version__
 from tests.conftest import REPO_ROOT, run_cli
 
@@ -51,6 +53,7 @@ def _pytest_one(env_extra: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_reference_data_is_in_the_repository_and_its_absence_fails(tmp_path):
     """The contract data ships with the tests (a fresh clone checks everything); pointed elsewhere
     at nothing, the tests fail (locally and in CI alike), they never skip."""

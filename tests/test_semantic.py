@@ -99,9 +99,10 @@ def assert_one_line_error(proc, *needles: str) -> str:
 
 
 # ---------------------------------------------------------------- golden, byte-exact
+@pytest.mark.slow
 def test_golden_tokens_and_bytes(tmp_path: Path, golden_model: Path, golden_ssl, golden_codes, env) -> None:
     exp = make_experiment(tmp_path / "exp", {"golden_001.wav": golden_ssl})
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert "ready for semantic (sovits v2)" in proc.stdout and "wrote 1 of 1" in proc.stdout
     ids = golden_codes[0, 0, :].tolist()
@@ -133,7 +134,7 @@ def test_order_follows_name2text_and_missing_is_reported(tmp_path: Path, golden_
     items["not_listed.wav"] = torch.randn(1, 768, 30)  # features without a text line: not written
     exp = make_experiment(tmp_path / "exp", items, order=order,
                           extra_lines=["broken line without tabs", "x.wav\tonly\tthree"])
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 5 of 7" in proc.stdout
     assert "missing features for 2: zz_absent.wav, aa_absent.wav" in proc.stdout
@@ -156,15 +157,16 @@ def test_existing_tsv_kept_without_overwrite(tmp_path: Path, golden_model: Path,
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl})
     old = b"item_name\tsemantic_audio\na.wav\t1 2 3\n"
     (exp / TSV).write_bytes(old)
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)
     assert_one_line_error(proc, str(exp / TSV), "--overwrite")
     assert (exp / TSV).read_bytes() == old
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--overwrite", env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--overwrite", env=env, in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert (exp / TSV).read_bytes() != old and tsv_rows(exp / TSV)[0][0] == "a.wav"
 
 
 # ---------------------------------------------------------------- Ray
+@pytest.mark.slow
 def test_workers_2_byte_identical_to_in_process(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
     items = {"golden.wav": golden_ssl, **random_items(15, seed=1)}
     exp = make_experiment(tmp_path / "exp", items)
@@ -183,6 +185,7 @@ def test_workers_2_byte_identical_to_in_process(tmp_path: Path, golden_model: Pa
     print(f"\n16 utterances: in-process {t_local:.1f} s, --workers 2 {t_ray:.1f} s (CLI wall time)")
 
 
+@pytest.mark.slow
 def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
     """Issue 24.12: ``semantic --workers 2`` left ``$TMPDIR/ray/session_*`` and ``torchinductor_<user>``
     behind; it now runs in a private temp dir removed at the end (as train and tune do)."""
@@ -197,6 +200,7 @@ def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, gol
         assert sorted(p.name for p in Path(tmpdir).iterdir()) == []
 
 
+@pytest.mark.slow
 def test_ray_joins_initialised_cluster_and_reports_bad_features(tmp_path: Path, golden_model: Path, golden_ssl,
                                                                  cache_dir: Path, monkeypatch) -> None:
     """Library in a process that already runs Ray (num_cpus 4): reused, not shut down; errors stay one line."""
@@ -229,18 +233,19 @@ def test_ray_joins_initialised_cluster_and_reports_bad_features(tmp_path: Path, 
 def test_v4_lora_without_base_fails(tmp_path: Path, fixtures_dir: Path, golden_ssl, env) -> None:
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl})
     lora = fixtures_dir / "SoVITS_weights_v4" / "gsvfix_e1_s2_l32.pth"
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(lora), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(lora), env=env, in_process=True)
     assert_one_line_error(proc, str(lora), "--base")
     assert not (exp / TSV).exists()
 
 
+@pytest.mark.slow
 def test_v4_lora_with_base_produces_tokens(tmp_path: Path, fixtures_dir: Path, schema_files, env) -> None:
     items = random_items(3, seed=3)
     exp = make_experiment(tmp_path / "exp", items)
     lora = fixtures_dir / "SoVITS_weights_v4" / "gsvfix_e1_s2_l32.pth"
     base = schema_files.path("sovits-pretrained-g", "v4")  # full size, ~770 MB
     try:
-        proc = run_cli("semantic", "--data", str(exp), "--model", str(lora), "--base", str(base), env=env)
+        proc = run_cli("semantic", "--data", str(exp), "--model", str(lora), "--base", str(base), env=env, in_process=True)
     finally:
         schema_files.delete("sovits-pretrained-g", "v4")
     assert proc.returncode == 0, proc.stderr
@@ -255,21 +260,21 @@ def test_v4_lora_with_base_produces_tokens(tmp_path: Path, fixtures_dir: Path, s
 def test_gpt_file_as_model(tmp_path: Path, fixtures_dir: Path, golden_ssl, env) -> None:
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl})
     gpt = fixtures_dir / "GPT_weights_v2" / "gsvfix-e1.ckpt"
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(gpt), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(gpt), env=env, in_process=True)
     assert_one_line_error(proc, str(gpt), "GPT", "SoVITS")
     assert not (exp / TSV).exists()
 
 
 def test_data_folder_without_name2text(tmp_path: Path, golden_model: Path, env) -> None:
     (tmp_path / "exp" / "4-cnhubert").mkdir(parents=True)
-    proc = run_cli("semantic", "--data", str(tmp_path / "exp"), "--model", str(golden_model), env=env)
+    proc = run_cli("semantic", "--data", str(tmp_path / "exp"), "--model", str(golden_model), env=env, in_process=True)
     assert_one_line_error(proc, str(tmp_path / "exp"), "2-name2text.txt", "Fix:")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal of --half")
 def test_half_on_cpu(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl})
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--half", env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--half", env=env, in_process=True)
     assert_one_line_error(proc, "--half", "CUDA", "drop --half")
     assert not (exp / TSV).exists()
 
@@ -312,12 +317,12 @@ def test_output_path_that_is_a_directory_is_named(tmp_path: Path, golden_model: 
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl})
     (exp / TSV).mkdir()
     for extra in ((), ("--overwrite",)):
-        proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), *extra, env=env)
+        proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), *extra, env=env, in_process=True)
         err = assert_one_line_error(proc, f"{exp / TSV}:", "directory", "--output")
         assert "/." not in err.split(": ")[1]
     assert (exp / TSV).is_dir() and not list((exp / TSV).iterdir())
     out = tmp_path / "elsewhere" / "tokens.tsv"
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--output", str(out), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--output", str(out), env=env, in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert tsv_rows(out)[0][0] == "a.wav" and str(out) in proc.stdout
 
@@ -327,7 +332,7 @@ def test_bom_in_name2text_is_not_part_of_a_name(tmp_path: Path, golden_model: Pa
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl, "b.wav": golden_ssl})
     text = exp / "2-name2text.txt"
     text.write_bytes(b"\xef\xbb\xbf" + text.read_bytes())
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert "missing" not in proc.stdout and [n for n, _ in tsv_rows(exp / TSV)] == ["a.wav", "b.wav"]
 

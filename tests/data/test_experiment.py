@@ -229,6 +229,7 @@ def test_split_is_deterministic_and_names_file(synth_root, tmp_path: Path) -> No
         split_names(exp.names, SplitOptions(val_names_file=names_file), known=exp.known_names)
 
 
+@pytest.mark.slow
 def test_non_utf8_lines_are_counted_and_named(mutable_exp, fixtures_dir, tmp_path) -> None:
     """GBK bytes in 2 lines of 2-name2text.txt and 1 row of 6-name2semantic.tsv (before: a
     UnicodeDecodeError traceback): the lines are named by number, the rest of the data trains."""
@@ -252,18 +253,19 @@ def test_non_utf8_lines_are_counted_and_named(mutable_exp, fixtures_dir, tmp_pat
     # as a user meets it: train names the lines and trains on the rest
     r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(root),
                 "-o", str(tmp_path / "run"), "--max-steps", "1", "--wandb-mode", "disabled",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "not UTF-8" in r.stdout and "line 4" in r.stdout and "line 9" in r.stdout and "line 3" in r.stdout
     names_file = tmp_path / "val.txt"
     names_file.write_bytes(names[0].encode() + b"\n\xff\xfe\n")
     r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(root),
                 "-o", str(tmp_path / "run2"), "--max-steps", "1", "--val-names", str(names_file),
-                "--wandb-mode", "disabled", env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                "--wandb-mode", "disabled", env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not UTF-8" in r.stderr and str(names_file) in r.stderr
 
 
 # ----------------------------------------------------------------------------- issue #24 item 10 (d), (h)
+@pytest.mark.slow
 def test_empty_and_truncated_wavs_are_named_with_their_reason(mutable_exp, fixtures_dir, tmp_path) -> None:
     """Before: "unreadable WAV files ()" (EOFError says nothing). Real CLI: verify --json carries the report."""
     import json
@@ -280,7 +282,7 @@ def test_empty_and_truncated_wavs_are_named_with_their_reason(mutable_exp, fixtu
     assert report.get("bad_wav").names == [cut] and "truncated" in report.get("bad_wav").message
     assert "()" not in str(report)
     r = run_cli("verify", str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "--data", str(root), "--json",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     lines = json.loads(r.stdout)["data_report"]
     assert any("empty WAV files (0 bytes)" in ln and empty in ln for ln in lines), lines
     assert any("truncated" in ln and cut in ln for ln in lines), lines

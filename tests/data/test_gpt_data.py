@@ -114,6 +114,7 @@ def _mean_token_loss(model: Text2SemanticDecoder, items) -> float:
     return total / count
 
 
+@pytest.mark.slow
 def test_learnability_30_adamw_steps(synth_root, goldens_dir: Path) -> None:
     """The synthetic set is learnable: 30 AdamW steps of the small GPT cut the per-token loss by far
     more than 20%, to below the entropy of the token distribution (so it uses the phones)."""

@@ -484,6 +484,7 @@ def _child(root: str, cache: str, barrier, queue) -> None:
         queue.put(("error", repr(exc), len(scanned)))
 
 
+@pytest.mark.slow
 def test_two_processes_on_an_empty_cache(synth_root, tmp_path: Path) -> None:
     root, cache = synth_root("v2Pro"), tmp_path / "cache"
     ctx = mp.get_context("spawn")

@@ -20,6 +20,8 @@ from tests.distributed.conftest import RAY_ENV
 from tests.distributed.test_ray_train import assert_same_gpt_exports
 from tests.support.s3server import loopback_s3
 
+pytestmark = pytest.mark.slow  # real Ray clusters
+
 
 @pytest.fixture(scope="module")
 def s3():

@@ -19,6 +19,8 @@ from tests.distributed.conftest import RAY_ENV
 from tests.distributed.test_ray_train import _cfg, _files, _final_state, assert_same_gpt_exports
 from tests.support.procs import ray_processes
 
+pytestmark = pytest.mark.slow  # real Ray Train runs
+
 #: process titles of Ray Train's controller, its helper actors and its workers
 TRAIN_TITLES = ("ray::TrainController", "ray::RayTrainWorker", "ray::PlacementGroupCleaner",
                 "ray::SynchronizationActor", "ray::PreemptionWatcher")

@@ -19,6 +19,8 @@ import pytest
 
 from tests.distributed.conftest import RAY_ENV
 
+pytestmark = pytest.mark.slow  # a real Ray cluster
+
 
 @pytest.fixture
 def other_ray(tmp_path):

@@ -19,6 +19,8 @@ from gsv_ray.train import load_config, train
 from tests.distributed.conftest import RAY_ENV
 from tests.support.procs import ray_processes
 
+pytestmark = pytest.mark.slow  # real Ray Train runs, killed workers
+
 FIX = "logs/gsvfix/logs_s2_v2/"
 
 

@@ -28,6 +28,7 @@ def _cli(args, tmp_path, extra_env=None):
                           env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_file_uris(fixtures_dir, synth, tmp_path):
     out, store = tmp_path / "out", tmp_path / "store"
     r = _cli(["--init", (fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt").as_uri(), "--data", Path(synth).as_uri(),
@@ -38,6 +39,7 @@ def test_file_uris(fixtures_dir, synth, tmp_path):
     assert list(store.glob("*/step_00000004/model.safetensors"))  # checkpoints live in the storage path
 
 
+@pytest.mark.slow
 def test_s3_uris(s3, fixtures_dir, synth, tmp_path):
     fs = s3["fs"]
     with fs.open_output_stream("voices/in/gsvfix-e1.ckpt") as f:
@@ -64,6 +66,7 @@ def test_s3_uris(s3, fixtures_dir, synth, tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["no cluster at --address", "more GPUs than exist", "storage not writable"])
 def test_ray_bad_input_is_one_line_before_training(case, fixtures_dir, synth, tmp_path):
     import socket
@@ -91,6 +94,7 @@ def test_ray_bad_input_is_one_line_before_training(case, fixtures_dir, synth, tm
     assert not list((tmp_path / "o").glob("*_weights*"))
 
 
+@pytest.mark.slow
 def test_more_workers_than_cpus_is_refused_before_ray_starts(fixtures_dir, synth, tmp_path):
     """Issue 24.5: ``--workers`` x ``--cpus-per-worker`` beyond this machine's CPUs on our own local
     Ray is one line, exit 2, at once (it trained oversubscribed, or ran 455 s into Ray's OOM text)."""
@@ -128,6 +132,7 @@ def _files_holding(roots, needle: bytes) -> list[str]:
     return hits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "tune"])
 def test_storage_credentials_in_uri_are_never_printed_or_stored(command, s3, fixtures_dir, synth, tmp_path):
     """Issue 24.1: keys given inside ``--storage s3://KEY:SECRET@bucket/...`` appear in no output, log,

@@ -36,7 +36,7 @@ def _snapshot(p: Path):
 
 def _check(path: Path, *needles: str, args=()):
     before = _snapshot(path)
-    r = run_cli("inspect", *args, str(path))
+    r = run_cli("inspect", *args, str(path), in_process=True)
     _assert_clean_failure(r, path, *needles)
     assert _snapshot(path) == before
 
@@ -124,6 +124,7 @@ def _malicious_pth(path: Path, func, arg: str, rename: tuple[bytes, bytes] | Non
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["os.system", "builtins.eval", "builtins.eval-protocol4"])
 def test_malicious_pickle_never_executes(variant, tmp_path):
     marker = tmp_path / "PWNED"
@@ -150,7 +151,7 @@ def test_malicious_global_hidden_next_to_hparams(fixtures_dir, tmp_path):
     """A real export with one extra dangerous global is refused as a whole."""
     marker = tmp_path / "PWNED2"
     p = _malicious_pth(tmp_path / "evil2.pth", os.system, f"touch {marker}", (b"cposix\nsystem\n", b"cos\nsystem\n"))
-    r = run_cli("inspect", "--json", str(p))
+    r = run_cli("inspect", "--json", str(p), in_process=True)
     _assert_clean_failure(r, p, "os.system")
     assert not marker.exists()
 
@@ -194,12 +195,12 @@ def _cli_all(path: Path, *needles: str, tmp_path: Path):
     """inspect, rebuild and train each refuse it in one line, exit 2, the file untouched."""
     _check(path, *needles)
     before = _snapshot(path)
-    r = run_cli("rebuild", str(path), "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    r = run_cli("rebuild", str(path), "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _assert_clean_failure(r, path, *needles)
     data = tmp_path / "exp"
     data.mkdir(exist_ok=True)
     r = run_cli("train", "--init", str(path), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _assert_clean_failure(r, path, *needles)
     assert _snapshot(path) == before
 
@@ -226,6 +227,7 @@ def test_cyclic_config_is_one_line(kind, tmp_path):
     _cli_all(p, "refusing to load", "cycle", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_deeply_nested_pickle_is_one_line(tmp_path):
     depth = 100_000  # EMPTY_LIST x N, then APPEND x (N-1): lists nested N deep, 200 KB of pickle
     body = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
@@ -233,6 +235,7 @@ def test_deeply_nested_pickle_is_one_line(tmp_path):
     _cli_all(p, "refusing to load", "deeper than", tmp_path=tmp_path)
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_refused_before_inflating(tmp_path):
     """A 3 MiB zip whose data.pkl inflates to 3 GiB: refused at once, without inflating it (before:
     30 s at 6.5 GB RSS)."""
@@ -321,6 +324,7 @@ def _shared_config_file(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [20, 40])
 def test_shared_config_references_are_refused_quickly(n, tmp_path):
     """Before: N=20 took 11.5 s / 625 MB, N=40 never returned (every shared reference copied)."""
@@ -356,6 +360,7 @@ def _yaml_alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "tune", "semantic"])
 def test_yaml_alias_bomb_is_refused_quickly(command, tmp_path):
     """Before: a 1 KB alias bomb in val_names reached 14.4 GB RSS (the whole value printed in the type error)."""
@@ -372,15 +377,16 @@ def test_values_echoed_in_errors_are_bounded(tmp_path):
     cfg = tmp_path / "long.yaml"
     cfg.write_text("val_names: [" + ", ".join(f'"name_{i:05d}"' for i in range(3000)) + "]\n"
                    + "init: x.pth\ndata: exp\noutput_dir: run\n")
-    r = run_cli("train", "--config", str(cfg))
+    r = run_cli("train", "--config", str(cfg), in_process=True)
     assert r.returncode == 2 and "--val-names must be a string" in r.stderr, r.stderr
     assert len(r.stderr) < 300 and "name_00000" in r.stderr and "..." in r.stderr, r.stderr
     key = "k" * 5000
     cfg.write_text(f"? {key}\n: 1\n")  # the explicit form: a plain key is limited to 1024 characters
-    r = run_cli("train", "--config", str(cfg))
+    r = run_cli("train", "--config", str(cfg), in_process=True)
     assert r.returncode == 2 and "unknown option" in r.stderr and key not in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_shared_tuple_as_dict_key_is_refused_before_torch_hashes_it(tmp_path):
     """A 1 KB pickle: a dict key that is a tuple holding one tuple twice, 40 levels deep. torch's
     unpickler hashes the key (2**40 items) before we see the object; refused from the pickle's opcodes."""

@@ -116,6 +116,7 @@ def _sparse_supported(tmp_path) -> bool:
 
 # -- sizes ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_full_size_v2_export_clears_the_v1_line(full_v2):
     _, padded, plain = full_v2
     size = os.path.getsize(padded)
@@ -127,6 +128,7 @@ def test_full_size_v2_export_clears_the_v1_line(full_v2):
     assert open(padded, "rb").read(4) == b"PK\x03\x04"  # a plain zip, loadable everywhere
 
 
+@pytest.mark.slow
 def test_full_size_v1_export_stays_below_the_line(gen, tmp_path):
     sd = gen.tensors(gen._g_schema("v1"), torch.float32)
     p = write_sovits_export(tmp_path / "v1.pth", sd, config=gen.s2_config("v1"), info="8epoch_200iteration",
@@ -238,6 +240,7 @@ def test_v2_padded_size_targets():
 
 # -- the padding is invisible -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_padded_export_loads_plainly_with_identical_weights(full_v2):
     sd, padded, plain = full_v2
     a, b = _upstream_load(padded), _upstream_load(plain)
@@ -252,6 +255,7 @@ def test_padded_export_loads_plainly_with_identical_weights(full_v2):
         assert torch.equal(_bits(t), _bits(sd[k].half())), k
 
 
+@pytest.mark.slow
 def test_padded_export_reads_like_the_unpadded_one(full_v2):
     _, padded, plain = full_v2
     a, b = read(padded), read(plain)
@@ -265,6 +269,7 @@ def test_padded_export_reads_like_the_unpadded_one(full_v2):
         assert torch.equal(_bits(a.state_dict[k]), _bits(t)), k
 
 
+@pytest.mark.slow
 def test_inspect_reports_the_padded_file_like_the_unpadded_one(full_v2):
     _, padded, plain = full_v2
     a, b = describe(str(padded)), describe(str(plain))
@@ -279,7 +284,7 @@ def test_inspect_reports_the_padded_file_like_the_unpadded_one(full_v2):
 def test_inspect_cli_on_a_padded_export(tmp_path):
     p = write_sovits_export(tmp_path / "n.pth", _narrow_sd("v2"), config={"model": {"version": "v2"}},
                             info="1epoch_2iteration", version="v2")
-    r = run_cli("inspect", "--json", str(p))
+    r = run_cli("inspect", "--json", str(p), in_process=True)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert (d["kind"], d["version"], d["header"], d["num_tensors"], d["info"]) == ("sovits-export", "v2", "PK", 3,

@@ -82,9 +82,10 @@ def test_fixture_read_and_identified(name, fixtures_dir, index):
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before  # reading never touches the file
 
 
+@pytest.mark.slow
 def test_inspect_json_on_every_fixture(fixtures_dir, index):
     paths = [str(fixtures_dir / n) for n in sorted(index)]
-    r = run_cli("inspect", "--json", *paths)
+    r = run_cli("inspect", "--json", *paths, in_process=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out) == len(paths)
@@ -103,7 +104,7 @@ def test_inspect_json_on_every_fixture(fixtures_dir, index):
 
 
 def test_inspect_table_names_kind_version_and_evidence(fixtures_dir):
-    r = run_cli("inspect", str(fixtures_dir / "SoVITS_weights_v2Pro" / "gsvfix_e1_s2.pth"))
+    r = run_cli("inspect", str(fixtures_dir / "SoVITS_weights_v2Pro" / "gsvfix_e1_s2.pth"), in_process=True)
     assert r.returncode == 0, r.stderr
     for text in ("sovits-export", "v2Pro", "header tag '05'", "1epoch_2iteration", "c1332dc0b8883ff1"):
         assert text in r.stdout.replace("\n", "").replace("│", "").replace(" ", "") or text in r.stdout

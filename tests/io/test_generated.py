@@ -13,6 +13,8 @@ from gsv_ray.io import read
 from tests.conftest import run_cli
 from tests.support.schemafiles import EXPECTED, SchemaFiles, save_like_upstream
 
+pytestmark = pytest.mark.slow  # full-size files of every kind (identification is also covered on the fixtures)
+
 # Evidence each case must cite (substrings of `evidence` lines).
 EVIDENCE = {
     "v1": ["322 rows", "1025 bins", "no sv_emb"],
@@ -69,7 +71,7 @@ def test_conflicting_tag_is_reported_not_resolved(schema_files: SchemaFiles, tmp
     assert f.header == "05"
     assert f.versions == ["v2"]
     assert any("header tag says v2Pro" in w and "v2" in w for w in f.warnings), f.warnings
-    r = run_cli("inspect", "--json", str(p))
+    r = run_cli("inspect", "--json", str(p), in_process=True)
     assert r.returncode == 0
     assert any("v2Pro" in w for w in json.loads(r.stdout)["warnings"])
 
@@ -117,7 +119,7 @@ def test_wrapper_prefix_is_stripped(tmp_path, schema_files: SchemaFiles):
 
 
 def test_inspect_pretty_table_for_generated(schema_files: SchemaFiles):
-    r = run_cli("inspect", str(schema_files.path("gpt-lightning", "v1")))
+    r = run_cli("inspect", str(schema_files.path("gpt-lightning", "v1")), in_process=True)
     assert r.returncode == 0, r.stderr
     assert "gpt-lightning" in r.stdout and "v1" in r.stdout and "512 rows" in r.stdout
     assert isinstance(read(schema_files.path("gpt-lightning", "v1")).extra["hyper_parameters"]["output_dir"], str)

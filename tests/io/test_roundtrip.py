@@ -58,6 +58,7 @@ def test_roundtrip_fixture(name, fixtures_dir, tmp_path):
     _assert_same(src, read(out))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "version"), GENERATED_EXPORTS, ids=[f"{k}-{v}" for k, v in GENERATED_EXPORTS])
 def test_roundtrip_full_size(kind, version, schema_files, tmp_path):
     src = read(schema_files.path(kind, version))
@@ -68,6 +69,7 @@ def test_roundtrip_full_size(kind, version, schema_files, tmp_path):
     assert head.hex() == (want.get(version, "504b0304") if kind != "gpt-export" else "504b0304")
 
 
+@pytest.mark.slow
 def test_full_g_exports_without_enc_q_in_fp16(schema_files, tmp_path):
     """Writing a full fp32 generator gives upstream's export: no enc_q, fp16, everything else kept."""
     g = read(schema_files.path("sovits-train-g", "v2"))
@@ -125,6 +127,7 @@ UPSTREAM_UTILS = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_written_export_loads_the_way_gpt_sovits_loads_it(fixtures_dir, tmp_path):
     src = read(fixtures_dir / "SoVITS_weights_v2ProPlus/gsvfix_e1_s2.pth")
     out = _write_like(src, tmp_path / "plus.pth")

@@ -57,6 +57,7 @@ def vectors(encoder, goldens_dir):
     return {c: encoder.vectors(audio[f"out.{c}.wav32k"].to(torch.float32) / 32768.0, 32000) for c in SV_CLIPS}
 
 
+@pytest.mark.slow
 def test_state_dict_keys_and_size(golden_sd):
     model = ERes2NetV2()
     sd = model.state_dict()
@@ -65,6 +66,7 @@ def test_state_dict_keys_and_size(golden_sd):
     assert sum(p.numel() for p in model.parameters()) == 53_513_632
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clip", SV_CLIPS)
 def test_sv_and_embedding_match_goldens(clip, vectors, sv_io):
     got = vectors[clip]

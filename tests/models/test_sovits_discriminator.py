@@ -138,6 +138,7 @@ def d_v2pro_outputs(goldens_dir, d_v2_weights, d_v2pro_io) -> dict[str, torch.Te
         return _flatten_outputs(model(d_v2pro_io["in.y"], d_v2pro_io["in.y_hat"]))
 
 
+@pytest.mark.slow
 def test_golden_output_lists_are_complete(d_v2_io, d_v2pro_io, d_v2_outputs):
     assert sorted(k for k in d_v2_io if k.startswith("out.")) == sorted(D_V2_OUTPUTS)
     assert sorted(k for k in d_v2pro_io if k.startswith("out.")) == sorted(D_V2PRO_OUTPUTS)

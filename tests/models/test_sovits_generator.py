@@ -133,6 +133,7 @@ def _golden_want(version: str, goldens: str) -> dict[str, torch.Tensor]:
     return load_io(Path(goldens) / f"sovits_G_{version}.io.safetensors")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("version", "name"), GOLDEN_CASES, ids=[f"{v}-{n}" for v, n in GOLDEN_CASES])
 def test_golden_output(version: str, name: str, goldens_dir: Path) -> None:
     want = _golden_want(version, str(goldens_dir))
@@ -200,6 +201,7 @@ EXPORT_DIRS = {"v1": "SoVITS_weights", "v2": "SoVITS_weights_v2", "v2Pro": "SoVI
                "v2ProPlus": "SoVITS_weights_v2ProPlus"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_export_fixture_loads_into_model_minus_enc_q(version: str, fixtures_dir: Path) -> None:
     f = _read(fixtures_dir / EXPORT_DIRS[version] / "gsvfix_e1_s2.pth")
@@ -232,6 +234,7 @@ def _g_checkpoint_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return read(path).state_dict
 
 
+@pytest.mark.slow
 def test_g_checkpoint_fixture_loads_strictly_and_trains(fixtures_dir: Path) -> None:
     sd = _g_checkpoint_state_dict(fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth")
     model = SoVITSGenerator(_narrowed(fixtures_dir, "v2"))

@@ -55,15 +55,15 @@ def test_inspect_warns_and_rebuild_train_refuse(stage, value, fixtures_dir, tmp_
     cache = tmp_path / "cache"
     env = {"GSV_RAY_CACHE": str(cache)}
 
-    r = run_cli("inspect", str(bad), env=env)  # describes, does not refuse
+    r = run_cli("inspect", str(bad), env=env, in_process=True)  # describes, does not refuse
     assert r.returncode == 0, r.stderr
     assert "non-finite" in r.stdout and keys[0] in " ".join(r.stdout.split()), r.stdout
-    r = run_cli("inspect", "--json", str(bad), env=env)
+    r = run_cli("inspect", "--json", str(bad), env=env, in_process=True)
     assert r.returncode == 0, r.stderr
     warns = json.loads(r.stdout)["warnings"]
     assert any("2 non-finite values" in w and keys[0] in w for w in warns), warns
 
-    r = run_cli("rebuild", str(bad), "-o", str(tmp_path / "out"), env=env)
+    r = run_cli("rebuild", str(bad), "-o", str(tmp_path / "out"), env=env, in_process=True)
     line = _one_line_exit_2(r, str(bad), "2 non-finite", keys[0], "earlier checkpoint")
     assert len(line) < 400, line
     assert not (tmp_path / "out").exists()
@@ -72,11 +72,12 @@ def test_inspect_warns_and_rebuild_train_refuse(stage, value, fixtures_dir, tmp_
     data = tmp_path / "exp"
     data.mkdir()
     r = run_cli("train", "--init", str(bad), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2",
-                env=env)
+                env=env, in_process=True)
     _one_line_exit_2(r, str(bad), "non-finite", keys[0])
     assert bad.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_nan_in_the_base_is_named_and_first_keys_listed(fixtures_dir, tmp_path):
     """A NaN planted in --base (a real upstream training checkpoint G_*.pth): the base is named, with
     the total count and only the first few keys (a one-line message, however many tensors)."""
@@ -98,15 +99,16 @@ def test_nan_in_the_base_is_named_and_first_keys_listed(fixtures_dir, tmp_path):
     assert not (tmp_path / "cache" / "rebuild").exists() or not any((tmp_path / "cache" / "rebuild").iterdir())
 
 
+@pytest.mark.slow
 def test_verify_semantic_and_tune_refuse(fixtures_dir, tmp_path):
     bad, keys = _planted(fixtures_dir, tmp_path, "sovits", float("nan"))
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     data = tmp_path / "exp"
     data.mkdir()
-    r = run_cli("verify", str(bad), "--data", str(data), env=env)
+    r = run_cli("verify", str(bad), "--data", str(data), env=env, in_process=True)
     _one_line_exit_2(r, str(bad), "non-finite", keys[0])
     exp = make_experiment(tmp_path / "logs-exp", {"a.wav": torch.randn(1, 768, 30)})
-    r = run_cli("semantic", "--data", str(exp), "--model", str(bad), env=env)
+    r = run_cli("semantic", "--data", str(exp), "--model", str(bad), env=env, in_process=True)
     _one_line_exit_2(r, str(bad), "non-finite")
     assert not (exp / "6-name2semantic.tsv").exists()
     r = run_cli("tune", "--init", str(bad), "--data", str(data), "-o", str(tmp_path / "tune"), "--max-steps", "2",

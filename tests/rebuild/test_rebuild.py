@@ -39,6 +39,7 @@ def assert_loads_strictly(result):
 
 
 # -- fixtures ----------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VITS)
 def test_fixture_export_train_without_base(version, fixtures_dir):
     sub = "SoVITS_weights" if version == "v1" else f"SoVITS_weights_{version}"
@@ -62,6 +63,7 @@ def test_fixture_export_train_without_base(version, fixtures_dir):
     assert torch.equal(r.generator[k], src[k].float())
 
 
+@pytest.mark.slow
 def test_fixture_export_with_base_g_and_d(fixtures_dir):
     g = fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"
     d = fixtures_dir / "logs/gsvfix/logs_s2_v2/D_233333333333.pth"
@@ -114,6 +116,7 @@ def test_fixture_semantic(version, fixtures_dir):
 
 
 # -- full-size generated files of every version ------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VITS)
 def test_full_size_export_with_bases(version, schema_files):
     export = schema_files.path("sovits-export", version)
@@ -137,6 +140,7 @@ def test_full_size_export_with_bases(version, schema_files):
     assert len(s.report.harmless["generator"]) == ENC_Q
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v3", "v4"])
 def test_full_size_v3_v4_semantic_reports_decoder_as_harmless(version, schema_files):
     """Upstream printed 517 'missing' keys here (#2048); they are harmless for semantic extraction."""
@@ -159,6 +163,7 @@ def test_full_size_v3_v4_semantic_reports_decoder_as_harmless(version, schema_fi
         rebuild(lora, task="semantic")
 
 
+@pytest.mark.slow
 def test_full_size_v4_lora_merged_onto_base_for_infer(schema_files):
     lora_path = schema_files.path("sovits-lora-export", "v4")
     base_path = schema_files.path("sovits-pretrained-g", "v4")
@@ -183,6 +188,7 @@ def test_full_size_v4_lora_merged_onto_base_for_infer(schema_files):
     schema_files.delete("sovits-pretrained-g", "v4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_full_size_gpt(version, schema_files):
     r = rebuild(schema_files.path("gpt-export", version))
@@ -217,6 +223,7 @@ def test_missing_required_keys_are_errors_with_a_fix(fixtures_dir, tmp_path):
 
 
 # -- the stored result -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cache_hit_does_not_reread_inputs(schema_files, tmp_path, monkeypatch):
     import gsv_ray.rebuild.store as store
 
@@ -253,6 +260,7 @@ def test_cache_hit_does_not_reread_inputs(schema_files, tmp_path, monkeypatch):
     assert load_result(a.path).report.to_json() == a.report.to_json()
 
 
+@pytest.mark.slow
 def test_resolved_config_is_typed_and_round_trips_through_the_store(fixtures_dir, tmp_path):
     """The rebuild's config is read once, at the store boundary, into typed settings: the model the
     store describes is the model that is built (config.json's ``model`` section used to be ignored in

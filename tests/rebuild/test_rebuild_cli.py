@@ -28,6 +28,7 @@ def _tree(d):
     return sorted((p.relative_to(d), p.stat().st_mtime_ns) for p in d.rglob("*"))
 
 
+@pytest.mark.slow
 def test_rebuild_cli_writes_report_and_weights(fixtures_dir, tmp_path):
     work = tmp_path / "exp"
     shutil.copytree(fixtures_dir / "SoVITS_weights_v2", work / "SoVITS_weights_v2")
@@ -37,7 +38,7 @@ def test_rebuild_cli_writes_report_and_weights(fixtures_dir, tmp_path):
     r = run_cli("rebuild", str(work / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
                 "--base", str(work / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"),
                 "--base-d", str(work / "logs/gsvfix/logs_s2_v2/D_233333333333.pth"),
-                "-o", str(tmp_path / "out"), "--json", env=env)
+                "-o", str(tmp_path / "out"), "--json", env=env, in_process=True)
     assert r.returncode == 0, r.stderr
     assert _tree(work) == before  # nothing written into the inputs' folders
     out = tmp_path / "out"
@@ -58,17 +59,17 @@ def test_rebuild_cli_writes_report_and_weights(fixtures_dir, tmp_path):
     assert printed["cache_hit"] is False and printed["path"] == str(out)
 
     # the same command again: a cache hit, and an existing -o is refused rather than overwritten
-    r2 = run_cli("rebuild", str(work / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "--json", env=env)
+    r2 = run_cli("rebuild", str(work / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "--json", env=env, in_process=True)
     assert r2.returncode == 0 and json.loads(r2.stdout)["cache_hit"] is False  # other options (no base)
-    r3 = run_cli("rebuild", str(work / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "--json", env=env)
+    r3 = run_cli("rebuild", str(work / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "--json", env=env, in_process=True)
     assert json.loads(r3.stdout)["cache_hit"] is True
-    r4 = run_cli("rebuild", str(work / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "-o", str(tmp_path / "exp"), env=env)
+    r4 = run_cli("rebuild", str(work / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "-o", str(tmp_path / "exp"), env=env, in_process=True)
     _one_line_exit_2(r4, "already exists")
 
 
 def test_rebuild_cli_table(fixtures_dir, tmp_path):
     r = run_cli("rebuild", str(fixtures_dir / "SoVITS_weights_v2Pro/gsvfix_e1_s2.pth"),
-                env={"GSV_RAY_CACHE": str(tmp_path)})
+                env={"GSV_RAY_CACHE": str(tmp_path)}, in_process=True)
     assert r.returncode == 0, r.stderr
     flat = " ".join(r.stdout.split())
     for text in ("initialised", "enc_q.*", "discriminators.*", "warmup", "OK: ready for train (sovits v2Pro)"):
@@ -102,7 +103,7 @@ def test_rebuild_bad_input(case, fixtures_dir, tmp_path):
     paths = [fixtures_dir / a for a in args if not a.startswith("-") and (fixtures_dir / a).exists()]
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in paths}
     full = [str(fixtures_dir / a) if (fixtures_dir / a).exists() and not a.startswith("-") else a for a in args]
-    r = run_cli("rebuild", *full, "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    r = run_cli("rebuild", *full, "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _one_line_exit_2(r, *needles)
     if "do not fit together" in needles:  # a conflict names every input, and starts with the one to change
         assert all(str(p) in r.stderr for p in paths), r.stderr
@@ -118,7 +119,7 @@ def test_rebuild_missing_keys_cli(fixtures_dir, tmp_path):
     src = read(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth")
     p = write_sovits_export(tmp_path / "nodec.pth", {k: v for k, v in src.state_dict.items() if not k.startswith("dec.")},
                             config=src.config, info=src.info, version="v2")
-    r = run_cli("rebuild", str(p), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    r = run_cli("rebuild", str(p), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     _one_line_exit_2(r, "missing from nodec.pth", "--base")
 
 

@@ -25,6 +25,7 @@ def _boom():
     raise AssertionError("a shipped schema must not build the model")
 
 
+@pytest.mark.slow
 def test_shipped_schemas_are_current():
     """Every shipped file is rebuilt from the model code now and must be byte-identical; none is
     missing or extra. On failure: ``python -m gsv_ray.rebuild.schemagen`` and commit the result."""
@@ -38,6 +39,7 @@ def test_shipped_schemas_cover_every_default_target():
     assert files == {S.shipped_name(t.name, t.fingerprint) for t in targets}
 
 
+@pytest.mark.slow
 def test_shipped_lookup_builds_nothing_and_equals_meta_build(tmp_path):
     for t in G.shipped_targets():
         want = t.meta_shapes()
@@ -113,6 +115,7 @@ def no_model_builds(monkeypatch):
     return built
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VITS)
 def test_full_size_export_with_bases_builds_no_model(version, schema_files, no_model_builds, tmp_path):
     export = schema_files.path("sovits-export", version)
@@ -127,6 +130,7 @@ def test_full_size_export_with_bases_builds_no_model(version, schema_files, no_m
     assert not cache.exists()  # no schema had to be computed and remembered
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "version"), [("gpt-export", "v1"), ("gpt-export", "v2"), ("gpt-lightning", "v2")])
 def test_full_size_gpt_builds_no_model(kind, version, schema_files, no_model_builds, tmp_path):
     r = rebuild(schema_files.path(kind, version), cache_root=tmp_path / "cache")

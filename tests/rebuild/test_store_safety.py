@@ -15,6 +15,8 @@ import torch
 from gsv_ray.rebuild import export_result, rebuild_cached
 from gsv_ray.rebuild.store import entry_problem
 
+pytestmark = pytest.mark.slow  # rebuilds of the fixtures damaged in every way, concurrent and killed rebuilds
+
 FIX = "logs/gsvfix/logs_s2_v2/"
 
 
@@ -89,6 +91,7 @@ def test_output_shares_no_inode_with_the_cache(files, tmp_path):
     assert entry_problem(r.path) is None
 
 
+@pytest.mark.slow
 def test_concurrent_identical_rebuilds_all_succeed(files, tmp_path):
     env = {**os.environ, "GSV_RAY_CACHE": str(tmp_path / "cache")}
     procs = [subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", files["init"], "--base", files["base_g"],
@@ -106,6 +109,7 @@ def _hidden_dirs(d):
     return sorted(p.name for p in d.iterdir() if p.name.startswith(".") and p.is_dir()) if d.is_dir() else []
 
 
+@pytest.mark.slow
 def test_a_rebuild_killed_mid_write_leaves_an_orphan_the_next_run_removes(schema_files, tmp_path):
     """SIGKILL `gsv-ray rebuild` (from outside, by PID) while it writes a full-size entry: the temp
     dir it leaves is removed by the next rebuild that writes into the cache, once older than the

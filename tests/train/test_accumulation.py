@@ -131,7 +131,7 @@ def relative_gaps(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dic
 MODELS = {"gpt": {"gpt"}, "sovits": {"generator", "discriminator"}, "cfm": {"generator"}}
 
 
-@pytest.mark.parametrize("stage", list(MODELS))
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.slow) if s != "gpt" else s for s in MODELS])
 def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(stage, gpt_init, sovits_files, synth_v2, tmp_path,
                                                                 request):
     """With dropout on (the GPT; SoVITS G with its reference encoder; the v4 DiT), one optimizer step of
@@ -161,6 +161,7 @@ def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(stage, gpt_init,
     assert all(gap <= GRAD_REL for gap in gaps.values()), gaps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["gpt", "sovits"])
 def test_accumulation_trains_like_the_bigger_batch(stage, gpt_init, sovits_files, synth_v2, tmp_path):
     """End to end through ``train()``: after 3 steps with dropout, the weights of ``2 x 2`` are those of
@@ -221,7 +222,7 @@ def test_ema_codebook_with_accumulation_or_workers_is_refused_in_one_line(flags,
     out = tmp_path / "run"
     r = run_cli("train", "--init", str(init), "--base", sovits_files["base_g"], "--base-d", sovits_files["base_d"],
                 "--data", str(synth_v2), "--batch-size", "2", *flags, "--max-steps", "1", "-o", str(out),
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"})
+                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}, in_process=True)
     assert r.returncode == 2, (r.stdout, r.stderr)
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and str(init) in line, line

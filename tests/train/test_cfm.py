@@ -26,6 +26,7 @@ def _model(ckpt) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_loss_falls_and_the_export_is_upstreams_lora_format(v4_inputs, tmp_path):
     r = run_cli("train", "--init", str(v4_inputs["init"]), "--base", str(v4_inputs["base"]), "--data",
                 str(v4_inputs["data"]), "-o", str(tmp_path / "run"), "--max-steps", "16", "--val-every", "4",
@@ -45,13 +46,13 @@ def test_loss_falls_and_the_export_is_upstreams_lora_format(v4_inputs, tmp_path)
     # 12 train utterances x8 per epoch (upstream's epoch, 96 items): 16 steps are within the first epoch,
     # after the parent's 2 epochs, 40 steps
     assert export.name == "run_e3_s56_l4.pth"
-    info = json.loads(run_cli("inspect", str(export), "--json").stdout)
+    info = json.loads(run_cli("inspect", str(export), "--json", in_process=True).stdout)
     assert (info["kind"], info["version"], info["header"], info["lora_rank"]) == ("sovits-lora-export", "v4", "04", 4)
 
     # GPT-SoVITS merges the export onto its base; our rebuild --task infer does the same: it must give
     # the weights we trained (the export is fp16: equal within its rounding)
     merged = run_cli("rebuild", str(export), "--base", str(v4_inputs["base"]), "--task", "infer", "-o",
-                     str(tmp_path / "merged"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+                     str(tmp_path / "merged"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     assert merged.returncode == 0, merged.stderr
     got = load_file(str(tmp_path / "merged" / "generator.safetensors"))
     trained = _model(sorted((tmp_path / "run" / "checkpoints").iterdir())[-1])
@@ -85,6 +86,7 @@ def _model_of_rebuild(v4_inputs, tmp_path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in r.generator.items()}
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(v4_inputs, tmp_path):
     n = 3
     kw = dict(save_every=n, val_every=n, lr_scale=5.0, decay="exponential", lr_decay=0.5)
@@ -97,6 +99,7 @@ def test_resume_is_bit_identical(v4_inputs, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_accumulation_equals_the_global_batch(v4_inputs, tmp_path):
     """batch 2 x grad-accum 2 updates exactly as batch 4 (the draws are the utterances', the padding
     the global batch's), to within 5 % of one Adam step (lr 5e-4) on every weight after two steps:
@@ -126,10 +129,11 @@ def test_bad_combinations_are_one_line_errors(case, v4_inputs, tmp_path):
         want = "--version v3 does not fit"
     else:
         want = "needs its base model"
-    r = run_cli(*args, env={"GSV_RAY_CACHE": str(tmp_path / "cache")})
+    r = run_cli(*args, env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
     assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_a_base_alone_starts_a_fresh_lora(v4_inputs, tmp_path):
     from gsv_ray.rebuild import rebuild_cached
 
@@ -143,6 +147,7 @@ def test_a_base_alone_starts_a_fresh_lora(v4_inputs, tmp_path):
     assert all(float(t.abs().max()) == 0 for t in b)  # B = 0: the fresh adapter changes nothing yet
 
 
+@pytest.mark.slow
 def test_validation_audio_through_the_v4_vocoder(v4_inputs, tmp_path):
     """With --vocoder (upstream's v4 vocoder file: a plain state dict), validation samples are 48 kHz
     audio in W&B; without it, mel images (the other tests)."""
@@ -169,6 +174,7 @@ def test_validation_audio_through_the_v4_vocoder(v4_inputs, tmp_path):
                                                                    for k in h}  # the vocoded audio is scored too
 
 
+@pytest.mark.slow
 def test_v3_trains_and_refuses_a_vocoder_in_one_line(tmp_path):
     from gsv_ray.demo import make_v3_inputs
 
@@ -179,7 +185,7 @@ def test_v3_trains_and_refuses_a_vocoder_in_one_line(tmp_path):
     r = run_cli(*common, "-o", str(tmp_path / "ok"), env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (export,) = (tmp_path / "ok" / "SoVITS_weights_v3").glob("*_l4.pth")
-    info = json.loads(run_cli("inspect", str(export), "--json").stdout)
+    info = json.loads(run_cli("inspect", str(export), "--json", in_process=True).stdout)
     assert (info["kind"], info["version"], info["header"]) == ("sovits-lora-export", "v3", "03")
     bad = run_cli(*common, "-o", str(tmp_path / "bad"), "--vocoder", str(v3["base"]), env=env)
     assert bad.returncode == 2 and "BigVGAN" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

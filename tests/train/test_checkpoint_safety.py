@@ -1,18 +1,19 @@
 """What `--resume` reads back never runs code, and a damaged newest checkpoint falls back to the newest
-complete one (the real CLI in a subprocess, real files damaged on disk)."""
+complete one (the real CLI, in-process: its output and exit status; real files damaged on disk)."""
 
 from __future__ import annotations
 
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 
 from gsv_ray.track import read_metrics
 from gsv_ray.manifest import sha256_file as _sha256
+from tests.support.cli import run_cli_in_process
+
+pytestmark = pytest.mark.slow  # each trains a run and resumes it
 
 
 class _Payload:
@@ -32,10 +33,9 @@ def _env(tmp_path):
 
 
 def _train(gpt_init, data, run, tmp_path, *extra):
-    return subprocess.run([sys.executable, "-m", "gsv_ray", "train", "--init", gpt_init, "--data", str(data), "-o",
-                           str(run), "--batch-size", "2", "--save-every", "2", "--keep-last", "3", "--val-fraction",
-                           "0", "--wandb-mode", "disabled", "--num-workers", "0", *extra],
-                          capture_output=True, text=True, env=_env(tmp_path), timeout=600)
+    return run_cli_in_process("train", "--init", gpt_init, "--data", str(data), "-o", str(run), "--batch-size", "2",
+                              "--save-every", "2", "--keep-last", "3", "--val-fraction", "0", "--wandb-mode",
+                              "disabled", "--num-workers", "0", *extra, env=_env(tmp_path), replace_env=True)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from gsv_ray.io import read
 from gsv_ray.track import read_metrics
 from tests.support import wandb_reader as wr
+from tests.support.cli import run_cli_in_process
 
 
 def _env(tmp_path):
@@ -24,11 +25,14 @@ def _env(tmp_path):
     return env
 
 
-def _run(args, tmp_path, timeout=600):
+def _run(args, tmp_path, timeout=600, in_process=False):
+    if in_process:  # where the output and exit status are the point (tests/support/cli.py)
+        return run_cli_in_process(*args, env=_env(tmp_path), replace_env=True)
     return subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True,
                           env=_env(tmp_path), timeout=timeout)
 
 
+@pytest.mark.slow
 def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     run = tmp_path / "runs" / "myvoice"
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({
@@ -73,6 +77,7 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     assert export.name == "myvoice_e2_s6.pth" and read(export).version == "v2"
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_last_complete_checkpoint(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "400",
@@ -137,7 +142,8 @@ def test_bad_input_before_training(case, gpt_init, synth_v2, fixtures_dir, tmp_p
         name, phones, w2p, text = lines[0].split("\t")
         lines[0] = "\t".join([name, "ㄱ ㅏ " + phones, w2p, text])
         (tmp_path / "korean/2-name2text.txt").write_text("\n".join(lines) + "\n")
-    r = _run(["train", "--init", init, "--data", data, "-o", str(tmp_path / "out"), "--max-steps", "3", *extra], tmp_path)
+    r = _run(["train", "--init", init, "--data", data, "-o", str(tmp_path / "out"), "--max-steps", "3", *extra], tmp_path,
+             in_process=True)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:"), r.stderr
@@ -146,6 +152,7 @@ def test_bad_input_before_training(case, gpt_init, synth_v2, fixtures_dir, tmp_p
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_run_config_records_this_runs_init_path(gpt_init, synth_v2, tmp_path):
     """Issue 24.11: two copies of one file (same sha256, one rebuild cache entry): each run records
     the init path it was given, not the path of the run that first filled the cache."""
@@ -158,7 +165,7 @@ def test_run_config_records_this_runs_init_path(gpt_init, synth_v2, tmp_path):
         paths.append(str(shutil.copy(gpt_init, tmp_path / name / "voice.ckpt")))
     for i, path in enumerate(paths):
         r = _run(["train", "--init", path, "--data", str(synth_v2), "-o", str(tmp_path / f"run{i}"), "--max-steps", "1",
-                  "--batch-size", "2", "--val-every", "1000", "--wandb-mode", "disabled"], tmp_path)
+                  "--batch-size", "2", "--val-every", "1000", "--wandb-mode", "disabled"], tmp_path, in_process=True)
         assert r.returncode == 0, r.stderr
         inputs = json.loads((tmp_path / f"run{i}" / "run_config.json").read_text())["inputs"]
         assert inputs["init"]["path"] == path, (i, inputs["init"])

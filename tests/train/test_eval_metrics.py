@@ -34,6 +34,7 @@ def val_rows(cfg, say=lambda s: None) -> list[dict]:
     return [{k: v for k, v in x.items() if k not in ("time", "timestamp", "wall")} for x in rows]
 
 
+@pytest.mark.slow
 def test_sovits_validation_scores_resynthesis(sovits_files, synth_v2, tmp_path):
     runs, lines = [], []
     for name in ("a", "b"):
@@ -94,6 +95,7 @@ def test_gpt_validation_scores_generation(gpt_init, synth_v2, tmp_path):
     assert endless["quality"] > good["quality"] + 0.5, (good, endless)
 
 
+@pytest.mark.slow
 def test_sovits_validation_scores_speaker_similarity_with_sv_model(sovits_files, synth_v2, goldens_dir, tmp_path):
     """``--sv-model``: upstream's speaker model (here the golden ERes2NetV2, saved as upstream ships it:
     a torch.save'd state_dict) adds val/spk_sim per utterance and averaged, and the composite counts it

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from gsv_ray.errors import ConfigError
 from gsv_ray.train import load_config, train
+from tests.support.cli import run_cli_in_process
 
 
 def _cli(args, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(GSV_RAY_CACHE=str(tmp_path / "cache"), WANDB_API_KEY="")
-    return subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return run_cli_in_process(*args, env=env, replace_env=True)
 
 
 def _state(run_dir):

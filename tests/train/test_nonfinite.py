@@ -4,19 +4,19 @@ run whose gradients become NaN/inf stops with one line, keeping the last good ch
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.support.cli import run_cli_in_process
+
 
 def _run(args, tmp_path):
+    """The CLI in-process (its output and exit status are the point), in the environment a user has."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(GSV_RAY_CACHE=str(tmp_path / "cache"), WANDB_API_KEY="")
-    return subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return run_cli_in_process(*args, env=env, replace_env=True)
 
 
 @pytest.mark.parametrize("how", ["flag", "yaml"])
@@ -49,6 +49,7 @@ def test_non_utf8_yaml_is_one_line(gpt_init, synth_v2, tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "UTF-8" in r.stderr
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_before_saving_non_finite_weights(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     r = _run(["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "6",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 
 from gsv_ray.track import read_metrics
@@ -50,6 +51,7 @@ def _scaler_trace(rows: list[dict]) -> int:
     return tracker
 
 
+@pytest.mark.slow
 def test_sovits_fp16_trains_with_one_update_per_step(sovits_files, synth_v2, tmp_path):
     cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / "fp16"), max_steps=3,
                       batch_size=2, grad_accum=2, precision="fp16", val_fraction=0.0, save_every=3, num_workers=0,

@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 
 from gsv_ray.train import load_config, train
 
+pytestmark = pytest.mark.slow  # two full runs and a resumed one per stage
+
 
 def _weights(ckpt_dir):
     return {f.name: load_file(str(f)) for f in sorted(ckpt_dir.glob("model*.safetensors"))}

@@ -1,5 +1,6 @@
 """How a run owns its ``-o`` and how a stopped run goes on (issue 24, items 2, 3, 4 and 11), as a user
-meets it: the real CLI in subprocesses, real files, signals sent from outside by PID."""
+meets it: the real CLI (a subprocess where a process holds -o, is killed or interrupted, or runs Ray;
+in-process where its output and exit status are the point), real files, signals sent from outside by PID."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gsv_ray.track import read_metrics
+from tests.support.cli import run_cli_in_process
 
 
 def _env(tmp_path, **extra):
@@ -22,7 +24,9 @@ def _env(tmp_path, **extra):
     return env
 
 
-def _run(args, tmp_path, timeout=300, **env):
+def _run(args, tmp_path, timeout=300, in_process=True, **env):
+    if in_process:
+        return run_cli_in_process(*args, env=_env(tmp_path, **env), replace_env=True)
     return subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True,
                           env=_env(tmp_path, **env), timeout=timeout)
 
@@ -59,6 +63,7 @@ def _gpt(gpt_init, synth_v2, run, *extra):
 
 # -- item 2: one run per -o -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_second_run_on_a_busy_output_is_refused_naming_the_holder(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "40", "--save-every", "5", "--warmup-steps", "0")
@@ -77,6 +82,7 @@ def test_second_run_on_a_busy_output_is_refused_naming_the_holder(gpt_init, synt
     assert len(list(run.glob("GPT_weights_v2/*.ckpt"))) == 1
 
 
+@pytest.mark.slow
 def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     train = _start(_gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0"),
@@ -85,7 +91,7 @@ def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
         _wait_for(lambda: len(_train_steps(run)) >= 1 or train.poll() is not None, "the run's first step")
         for extra in ([], ["--resume"]):
             r = _run(["tune", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4",
-                      "--name", "t", *extra], tmp_path, timeout=120)
+                      "--name", "t", *extra], tmp_path, timeout=120, in_process=False)
             line = _one_error_line(r)
             assert r.returncode == 2 and f"PID {train.pid}" in line, line
         assert train.poll() is None
@@ -95,6 +101,7 @@ def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
     assert not (run / "ray").exists() and not (run / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_sigkilled_holder_before_its_first_checkpoint_then_resume_starts_over(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0")
@@ -111,6 +118,7 @@ def test_sigkilled_holder_before_its_first_checkpoint_then_resume_starts_over(gp
     assert _train_steps(run) == [1, 2, 3, 4, 5, 6]  # the lost partial run's rows dropped, not mixed
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4",
@@ -146,7 +154,7 @@ def test_name_must_be_a_plain_file_name(name, gpt_init, synth_v2, tmp_path):
 
 def test_tune_name_must_be_a_plain_file_name(gpt_init, synth_v2, tmp_path):
     r = _run(["tune", "--init", gpt_init, "--data", str(synth_v2), "-o", str(tmp_path / "t"), "--max-steps", "4",
-              "--name", "../t2"], tmp_path)
+              "--name", "../t2"], tmp_path, in_process=False)
     assert r.returncode == 2 and "--name" in _one_error_line(r)
     assert not (tmp_path / "t").exists() and not (tmp_path / "t2").exists()
 
@@ -179,6 +187,7 @@ def test_output_that_is_no_place_for_a_run_is_refused(where, gpt_init, synth_v2,
 
 # -- item 4: a way forward from every stop --------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "20", "--save-every", "1000", "--warmup-steps", "0")
@@ -194,6 +203,7 @@ def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init,
     assert _train_steps(run) == list(range(1, 21))
 
 
+@pytest.mark.slow
 def test_divergence_names_a_command_that_does_not_diverge_again(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "4", "--lr-scale", "1e30", "--warmup-steps", "0",
@@ -219,7 +229,7 @@ def test_divergence_on_ray_names_the_real_output(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "4", "--lr-scale", "1e30", "--warmup-steps", "0",
                 "--save-every", "1000", "--val-fraction", "0", "--workers", "1")
-    r = _run(args, tmp_path, RAY_AUTH_MODE="disabled")
+    r = _run(args, tmp_path, in_process=False, RAY_AUTH_MODE="disabled")
     line = r.stderr.strip().splitlines()[-1]  # after the line naming Ray's log
     assert r.returncode == 2 and line.startswith("gsv-ray: error:") and "diverged" in line, r.stderr
     m = re.search(r"the same command with --lr-scale (\S+) and -o (\S+?)[.;,]? ", line + " ")
@@ -236,6 +246,7 @@ def test_demo_interruption_names_demo(tmp_path):
 
 # -- item 11: a resume continues the same run, or says why not ------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option, value, recorded", [("--lr-scale", "0.5", "0.1"), ("--batch-size", "2", "4"),
                                                      ("--init", None, None)])
 def test_resume_with_other_trajectory_settings_is_refused(option, value, recorded, gpt_init, synth_v2, tmp_path):
@@ -266,6 +277,7 @@ def test_resume_with_other_trajectory_settings_is_refused(option, value, recorde
     assert _train_steps(run) == [1, 2]
 
 
+@pytest.mark.slow
 def test_same_init_content_at_another_path_resumes(gpt_init, synth_v2, tmp_path):
     import shutil
 

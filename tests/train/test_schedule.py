@@ -27,6 +27,7 @@ def _lrs(cfg):
     return rows
 
 
+@pytest.mark.slow
 def test_logged_lr_follows_warmup_exactly_gpt(gpt_init, synth_v2, tmp_path):
     cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "run"), max_steps=8,
                       lr_scale=0.5, warmup_steps=5, warmup_start=0.1, decay="constant", val_every=100, save_every=100)
@@ -36,6 +37,7 @@ def test_logged_lr_follows_warmup_exactly_gpt(gpt_init, synth_v2, tmp_path):
     assert lrs == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_lr_scale_scales_every_sovits_group(sovits_files, synth_v2, tmp_path):
     def run(scale, out):
         cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / out), max_steps=3,

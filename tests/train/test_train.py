@@ -31,6 +31,7 @@ def test_gpt_trains_and_exports(gpt_init, synth_v2, tmp_path):
                            read(gpt_init).state_dict["model.ar_predict_layer.weight"])
 
 
+@pytest.mark.slow
 def test_sovits_trains_and_exports(sovits_files, synth_v2, tmp_path):
     cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / "myvoice"), max_steps=24,
                       batch_size=4, lr_scale=2.0, warmup_steps=4, val_every=12, save_every=12, val_fraction=0.2)
@@ -64,22 +65,20 @@ def test_bad_lr_scale_and_stage(gpt_init, synth_v2, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     """grad_accum=2 through the CLI: each optimizer step consumes two micro-batches; bf16 autocast
     trains with finite losses. (Equal weights to the bigger batch: test_accumulation.py.)"""
     import json
-    import os
-    import subprocess
-    import sys
 
     from gsv_ray.track import read_metrics
     from gsv_ray.train.checkpoint import TrainState
+    from tests.conftest import run_cli
 
     run = tmp_path / "acc"
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", "--init", gpt_init, "--data", str(synth_v2), "-o",
-                        str(run), "--max-steps", "3", "--batch-size", "2", "--grad-accum", "2", "--precision", "bf16",
-                        "--val-fraction", "0", "--warmup-steps", "0", "--wandb-mode", "disabled"],
-                       capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    r = run_cli("train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "3",
+                "--batch-size", "2", "--grad-accum", "2", "--precision", "bf16", "--val-fraction", "0",
+                "--warmup-steps", "0", "--wandb-mode", "disabled", in_process=True)
     assert r.returncode == 0, r.stderr
     assert "= 2 x 1 process(es) x 2 accumulation = 4" in r.stdout
     rows = [x for x in read_metrics(run / "metrics.jsonl") if x["split"] == "train"]

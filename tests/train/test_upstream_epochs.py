@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gsv_ray.train import load_config, train
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # full training runs and resumes
 
 
 def _train(gpt_init, data, out, **kw):
@@ -42,10 +46,10 @@ def test_run_of_an_older_version_is_not_resumed_into_other_epochs(gpt_init, synt
     args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4", "--warmup-steps", "0", "--resume",
             "--wandb-mode", "disabled"]
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
-    r = run_cli(*args, env=env)
+    r = run_cli(*args, env=env, in_process=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "--val-fraction 0.0, but this run was started with --val-fraction 0.1" in r.stderr, r.stderr
-    r = run_cli(*args, "--val-fraction", "0.1", env=env)
+    r = run_cli(*args, "--val-fraction", "0.1", env=env, in_process=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "one pass" in r.stderr and "14 training utterances now make an epoch of x7" in r.stderr, r.stderr
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before

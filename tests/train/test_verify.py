@@ -18,6 +18,7 @@ def data(tmp_path_factory):
     return make_synthetic_experiment(tmp_path_factory.mktemp("verify") / "exp", version="v2", num_utterances=12)
 
 
+@pytest.mark.slow
 def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
     torch.manual_seed(1234)
     rng = torch.random.get_rng_state()
@@ -33,6 +34,7 @@ def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
     assert torch.equal(torch.random.get_rng_state(), rng)  # the caller's global RNG is left as it was (was reseeded)
 
 
+@pytest.mark.slow
 def test_damaged_sovits_export_fails(fixtures_dir, data, tmp_path):
     src = read(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth")
     g = torch.Generator().manual_seed(0)
@@ -62,6 +64,7 @@ def test_gpt_pass_and_fail(fixtures_dir, data, tmp_path):
     assert bad.verdict == "fail" and bad.rebuilt["loss"] > 1.1 * bad.base["loss"]
 
 
+@pytest.mark.slow
 def test_without_base_only_finiteness_is_checked(fixtures_dir, data, tmp_path):
     r = verify(fixtures_dir / "SoVITS_weights_v2Pro/gsvfix_e1_s2.pth", data=make_synthetic_experiment(
         tmp_path / "pro", version="v2Pro", num_utterances=8), batches=1, batch_size=4, cache_root=tmp_path)
@@ -76,17 +79,18 @@ def test_verify_cli_exit_codes(fixtures_dir, data, tmp_path):
 
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     ok = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--base",
-                 str(fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"), "--batches", "1", "--json", env=env)
+                 str(fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"), "--batches", "1", "--json", env=env, in_process=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["verdict"] == "pass"
     table = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--batches", "1",
-                    env=env)
+                    env=env, in_process=True)
     assert table.returncode == 0 and "verdict: PASS" in table.stdout and "only finiteness" in " ".join(table.stdout.split())
     missing = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(tmp_path / "nope"),
-                      env=env)
+                      env=env, in_process=True)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_verify_names_data_problems_like_train(fixtures_dir, tmp_path):
     """A missing, a zero-length and a garbage wav: verify names all three (it used to evaluate the
     rest silently and pass), with the same report lines train prints."""
@@ -102,11 +106,11 @@ def test_verify_names_data_problems_like_train(fixtures_dir, tmp_path):
     wavs[2].write_bytes(os.urandom(5000))
     init = str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth")
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
-    table = run_cli("verify", init, "--data", str(exp), "--batches", "1", env=env)
+    table = run_cli("verify", init, "--data", str(exp), "--batches", "1", env=env, in_process=True)
     assert table.returncode == 0, table.stderr
     for w in wavs[:3]:
         assert w.name in table.stdout, (w.name, table.stdout)
-    as_json = json.loads(run_cli("verify", init, "--data", str(exp), "--batches", "1", "--json", env=env).stdout)
+    as_json = json.loads(run_cli("verify", init, "--data", str(exp), "--batches", "1", "--json", env=env, in_process=True).stdout)
     report = "\n".join(as_json["data_report"])
     assert all(w.name in report for w in wavs[:3])
     from gsv_ray.data.experiment import open_experiment

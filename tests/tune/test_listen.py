@@ -314,6 +314,7 @@ def _unplayable(dom: _Tags, folder: Path) -> dict[str, str]:
     return problems
 
 
+@pytest.mark.slow
 def test_every_audio_plays_in_a_real_browser(tmp_path, arctic, chromium, serve):
     rows = _rows(arctic) + [ListeningRow(HOSTILE_UTT, HOSTILE_TEXT, Clip.of(arctic), {})]
     page = write_listening_page(tmp_path / "out", rows, title="listen", metric="mel_dist", mode="min")
@@ -325,6 +326,7 @@ def test_every_audio_plays_in_a_real_browser(tmp_path, arctic, chromium, serve):
     assert "cannot play" not in "".join(dom.text)
 
 
+@pytest.mark.slow
 def test_the_browser_check_catches_broken_audio(tmp_path, arctic, chromium, serve):
     page = write_listening_page(tmp_path / "out", _rows(arctic), title="listen", metric="mel_dist", mode="min")
     folder = page.html.parent

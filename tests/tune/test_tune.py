@@ -43,6 +43,7 @@ def _tune(tmp_path, inputs, *extra, out="run"):
     return args
 
 
+@pytest.mark.slow
 def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     """Every trial's W&B run is complete whatever its fate: ASHA's stop is graceful (the trial reads
     the decision after its report and ends like a finished one), so a trial stopped early has the
@@ -150,6 +151,7 @@ def _trial_checkpoints(experiment: Path) -> dict[str, list[int]]:
             for d in trials}
 
 
+@pytest.mark.slow
 def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     args = _tune(tmp_path, demo_inputs, "--max-steps", "12", "--val-every", "3", "--batch-size", "4", "--num-samples",
                  "3", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "ti",
@@ -185,6 +187,7 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
         assert all(row["time"] < interrupted_at for row in rows if row["step"] <= done), (t["trial_id"], done)
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     """As README.md runs it: a relative --dir (Ray workers run in other directories). The console is
     for people: at most 40 lines, none wider than 80 columns, no traceback, ending with the best
@@ -249,6 +252,7 @@ def _padding_stays_sparse(run: Path, home: Path) -> None:
     assert staged == [], staged
 
 
+@pytest.mark.slow
 def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
     """`--workers-per-trial 2`: each trial is a Ray Train run (a worker group under the trial) with
     its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's."""
@@ -283,6 +287,7 @@ BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD))
 def test_tune_bad_input(case, demo_inputs, tmp_path):
     extra, needle = BAD[case]
@@ -293,6 +298,7 @@ def test_tune_bad_input(case, demo_inputs, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
     """`gsv-ray demo --version v4`: a search over a narrow v4 model from a LoRA export + its base;
     every trial trains the CFM with LoRA and has its W&B run (config, per-step LR, validation, mel
@@ -340,6 +346,7 @@ def _metric_best(run: Path, trial_id: str, key: str) -> tuple[int, float]:
     return min(((int(r["step"]), float(r[key])) for r in rows), key=lambda sv: sv[1])
 
 
+@pytest.mark.slow
 def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_inputs, tmp_path):
     """`--metric val/mel_l1 --mode min` ranks the trials (results.json, best/) by mel L1, not val/loss;
     the refit trains the winner's settings on every utterance for its best step in -o/refit. A kill in
@@ -451,6 +458,7 @@ def _listening_table(out: Path, res: dict, summary_run, data: Path, profile: Pat
     assert row["tune/listen"]["_type"] == "table-file" and row["tune/listen"]["nrows"] == len(names)
 
 
+@pytest.mark.slow
 def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_inputs, tmp_path):
     """A --metric the recipe never logs: the search stops at the first validation with one line naming
     what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
@@ -468,6 +476,7 @@ def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_
     assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
 
 
+@pytest.mark.slow
 def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, tmp_path):
     """No --metric: the search ranks by val/quality (lower is better) and refits its winner."""
     r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4",
@@ -484,6 +493,7 @@ def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, 
     assert set(res["best_files"]) == {"trial", "refit"}
 
 
+@pytest.mark.slow
 def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_c(demo_inputs, tmp_path):
     """Ctrl-C after one trial finished (its outputs were placed in -o/trials/<id>/, moved out of
     storage); `--resume` runs the other and keeps the finished trial's export and metrics (before: its
