@@ -27,6 +27,7 @@ def _cfg(v4_inputs, out, **kw):
     return load_config(None, **{**base, **kw})
 
 
+@pytest.mark.slow  # two v4 training runs
 def test_validation_scores_the_inference_path(v4_inputs, tmp_path):
     """val/mel_dist and utt/<stem>/mel_dist per scored utterance in metrics.jsonl, finite; quality is
     their composite (no speaker model: mel_dist alone), not the loss; two runs log the same numbers."""
@@ -100,6 +101,7 @@ def test_the_generated_frames_line_up_with_the_real_mel(v4_inputs, tmp_path):
         assert m["mel_dist"] == pytest.approx(0, abs=1e-4), (steps, m)
 
 
+@pytest.mark.slow  # the full-size vocoder and speaker model
 def test_vocoded_audio_scores_stft_and_speaker(v4_inputs, goldens_dir, tmp_path):
     """v4 with --vocoder: the vocoded audio (48 kHz, resampled to 32 kHz) against the real recording
     adds mrstft_dist, and with --sv-model spk_sim, per utterance and averaged; quality counts spk_sim."""

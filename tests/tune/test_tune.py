@@ -521,6 +521,7 @@ def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_
     assert list((tmp_path / "run" / "best").rglob("*.pth"))
 
 
+@pytest.mark.slow
 def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_dir, tmp_path):
     """A GPT search where one trial fails the way users hear: its LR (2e-4 x upstream's) is too low to
     learn in 8 steps when to stop, so at every validation it generates past the cap (eos_rate 0, over
@@ -569,6 +570,7 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
     assert best.samefile(next((out / "trials" / res["best_trial_id"]).glob("GPT_weights_v2/*.ckpt")))
 
 
+@pytest.mark.slow
 def test_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
     """Ctrl-C (SIGINT from outside) the moment the refit is announced: the search's trials are over and
     the refit's Ray run is starting. Tune leaves its SIGINT handler installed after a search that was
