@@ -155,7 +155,8 @@ class TrainingRun:
     - :meth:`setup`: checks the output folder, rebuilds the init file, scans and splits the data,
       builds the stage's recipe (models, optimizers), the step plan, the LR schedule and the loader;
     - :meth:`resume`: loads the checkpoint to continue from (verified against its manifest first);
-    - :meth:`announce`: writes the run's ``config.json``, says what will run, opens the tracker;
+    - :meth:`announce`: builds the validation batches, writes the run's ``config.json``, says what
+      will run, opens the tracker;
     - :meth:`train`: epochs of optimizer :meth:`step` s, each followed when due by :meth:`validate`,
       :meth:`checkpoint` (which may end the run: a Tune scheduler's stop) and, at epoch ends,
       :meth:`export`;
@@ -229,7 +230,7 @@ class TrainingRun:
 
     def _build(self) -> None:
         """The recipe (models, optimizers), the training set and its step plan, the LR schedule, the
-        loader, the checkpoint store, the validation batches and audio items."""
+        loader, the checkpoint store."""
         cfg, accelerator = self.cfg, self.accelerator
         set_seed(cfg.seed)
         self.precision = Precision(cfg.precision, accelerator.device)
@@ -255,10 +256,6 @@ class TrainingRun:
                                   pin_memory=accelerator.device.type == "cuda")
         if self.store is None:
             self.store = ckpt.LocalCheckpoints(self.ckpt_root, cfg.keep_last)
-        val_ds = self.recipe.dataset(self.val_names) if self.val_names else None  # validation: one pass
-        self.val_batches = fixed_batches(val_ds, self.recipe.collate, cfg.val_batches, cfg.batch_size,
-                                         accelerator.device) if val_ds else []
-        self.audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
 
     # -- resume ------------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -293,11 +290,17 @@ class TrainingRun:
 
     # -- announce ----------------------------------------------------------------------------------
     def announce(self) -> None:
-        """On the main process: the run's ``config.json``, the lines saying what will run, the tracker
+        """The fixed validation batches built (after :meth:`resume` restored the RNG states), then on
+        the main process: the run's ``config.json``, the lines saying what will run, the tracker
         opened with the full resolved config."""
+        cfg = self.cfg
+        val_ds = self.recipe.dataset(self.val_names) if self.val_names else None  # validation: one pass
+        self.val_batches = fixed_batches(val_ds, self.recipe.collate, cfg.val_batches, cfg.batch_size,
+                                         self.accelerator.device) if val_ds else []
+        self.audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
         if not self.main:
             return
-        cfg, say = self.cfg, self.say
+        say = self.say
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_config(self.run_dir, cfg, self.rebuilt.report.inputs)
         say(f"rebuilt {self.rebuilt.report.message()}")
