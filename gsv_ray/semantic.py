@@ -264,6 +264,39 @@ def _resolve_device(device: str | None, half: bool) -> str:
 
 
 # ---------------------------------------------------------------- the step
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a folder, or a file without ``overwrite``: before any work
+    (atomic_write would refuse it too, after the extraction)."""
+    if out.is_dir():
+        raise GsvError("is a directory, but the TSV is written here", path=out,
+                       fix="remove or rename that directory, or pass --output FILE to write the TSV elsewhere")
+    if out.exists() and not overwrite:
+        raise GsvError("already exists; not overwriting", path=out,
+                       fix="pass --overwrite to replace it, or --output FILE to write the TSV elsewhere")
+
+
+def _with_features(names: list[str], feats: Path) -> tuple[list[str], list[str]]:
+    """(the utterances that have a features file, those that do not); none at all is refused."""
+    present = [n for n in names if (feats / f"{n}.pt").is_file()]
+    missing = [n for n in names if not (feats / f"{n}.pt").is_file()] if len(present) < len(names) else []
+    if not present:
+        raise GsvError(f"none of the {len(names)} utterances of {NAME2TEXT} has features (first expected: "
+                       f"{names[0]}.pt)", path=feats, fix="run the HuBERT step (2-get-hubert-wav32k) first")
+    return present, missing
+
+
+def _extract(weights: Mapping[str, torch.Tensor], paths: list[str], workers: int, device: str, half: bool,
+             address: str | None) -> list[str]:
+    """Each features file's semantic tokens (a TSV line's second field): in this process, or over
+    ``workers`` Ray tasks."""
+    if workers > 1:
+        return _extract_ray(weights, paths, workers, device, half, address)
+    r = _extract_chunk(weights, paths, device, half)
+    if r["error"]:
+        raise GsvError(r["error"])
+    return r["lines"]
+
+
 def extract_semantic(
     data_dir: str | Path,
     model: str | Path,
@@ -293,12 +326,7 @@ def extract_semantic(
         raise GsvError(f"--workers must be at least 1, not {workers}", fix="use --workers 1 for in-process")
     device = _resolve_device(device, half)
     out = Path(output) if output is not None else data / OUTPUT
-    if out.is_dir():  # before any work (atomic_write would refuse it too, after the extraction)
-        raise GsvError("is a directory, but the TSV is written here", path=out,
-                       fix="remove or rename that directory, or pass --output FILE to write the TSV elsewhere")
-    if out.exists() and not overwrite:
-        raise GsvError("already exists; not overwriting", path=out,
-                       fix="pass --overwrite to replace it, or --output FILE to write the TSV elsewhere")
+    _check_output(out, overwrite)
     names, ignored, duplicates = read_names(data)
     feats = data / HUBERT_DIR
     if not feats.is_dir():
@@ -312,20 +340,10 @@ def extract_semantic(
     if not weights:
         raise GsvError("has no SoVITS generator weights", path=model, fix="pass a SoVITS .pth file as --model")
 
-    present = [n for n in names if (feats / f"{n}.pt").is_file()]
-    missing = [n for n in names if not (feats / f"{n}.pt").is_file()] if len(present) < len(names) else []
-    if not present:
-        raise GsvError(f"none of the {len(names)} utterances of {NAME2TEXT} has features (first expected: "
-                       f"{names[0]}.pt)", path=feats, fix="run the HuBERT step (2-get-hubert-wav32k) first")
+    present, missing = _with_features(names, feats)
     paths = [str(feats / f"{n}.pt") for n in present]
     used = min(workers, len(paths))
-    if used > 1:
-        lines = _extract_ray(weights, paths, used, device, half, address)
-    else:
-        r = _extract_chunk(weights, paths, device, half)
-        if r["error"]:
-            raise GsvError(r["error"])
-        lines = r["lines"]
+    lines = _extract(weights, paths, used, device, half, address)
     assert len(lines) == len(present)
 
     data_bytes = render_tsv(list(zip(present, lines)))

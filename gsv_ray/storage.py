@@ -302,6 +302,19 @@ def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def _not_found(fs: pafs.FileSystem, path: str, uri: str) -> GsvError:
+    """The one line for a remote path that does not exist: its bucket, when that is what is missing."""
+    bucket = path.split("/", 1)[0]
+    try:
+        no_bucket = bucket != path and fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except Exception:  # noqa: BLE001 - only refines the message
+        no_bucket = False
+    if no_bucket:
+        return GsvError(f"the bucket '{bucket}' does not exist", path=display(uri),
+                        fix="correct the bucket name or the endpoint (AWS_ENDPOINT_URL / ?endpoint_override=)")
+    return GsvError("does not exist", path=display(uri), fix="check the URI (bucket, key and endpoint)")
+
+
 def fetch(uri_or_path: str | os.PathLike[str], cache_root: str | os.PathLike[str]) -> Path:
     """A local path holding the file or directory ``uri_or_path`` names.
 
@@ -322,15 +335,7 @@ def fetch(uri_or_path: str | os.PathLike[str], cache_root: str | os.PathLike[str
     except Exception as exc:  # noqa: BLE001
         raise _explain(exc, s, "read") from None
     if info.type == pafs.FileType.NotFound:
-        bucket = path.split("/", 1)[0]
-        try:
-            no_bucket = bucket != path and fs.get_file_info(bucket).type == pafs.FileType.NotFound
-        except Exception:  # noqa: BLE001 - only refines the message
-            no_bucket = False
-        if no_bucket:
-            raise GsvError(f"the bucket '{bucket}' does not exist", path=display(s),
-                           fix="correct the bucket name or the endpoint (AWS_ENDPOINT_URL / ?endpoint_override=)")
-        raise GsvError("does not exist", path=display(s), fix="check the URI (bucket, key and endpoint)")
+        raise _not_found(fs, path, s)
     try:
         listing = _listing(fs, path, info)
     except Exception as exc:  # noqa: BLE001

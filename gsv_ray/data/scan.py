@@ -229,6 +229,7 @@ def _finite(t: torch.Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------- stage scans
+# long: the SoVITS folder's checks in upstream's preprocessing order, each a report line; read top to bottom
 def _scan_sovits(
     root: Path, version: str, opts: ExperimentOptions, report: DataReport, sr: int, hop: int
 ) -> tuple[list[Utterance], set[str]]:
@@ -375,6 +376,7 @@ def _read_semantic_tsv(path: Path, report: DataReport) -> list[tuple[str, str]]:
     return rows
 
 
+# long: the GPT folder's checks in upstream's preprocessing order, each a report line; read top to bottom
 def _scan_gpt(
     root: Path, version: str, opts: ExperimentOptions, report: DataReport
 ) -> tuple[list[Utterance], set[str]]:

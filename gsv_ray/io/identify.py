@@ -200,6 +200,7 @@ def _gpt_versions(sd: Mapping[str, torch.Tensor], config: Mapping | None, ident:
     return versions
 
 
+# long: one decision table from a file's layout and key shapes to the eight file kinds, read top to bottom
 def identify(obj: Any, header: str = "PK") -> tuple[Identity, dict[str, torch.Tensor]]:
     """Identify a loaded top-level object. Returns the identity and the model state_dict as stored.
 

@@ -367,6 +367,7 @@ def to_plain(obj: Any, _memo: dict[int, Any] | None = None) -> Any:
     return out
 
 
+# long: the ordered refusals of a hostile file before anything is unpickled, kept in one place to audit
 def safe_load(path: str | Path) -> Loaded:
     """Load a GPT-SoVITS file with weights-only semantics. Raises :class:`GsvError` on bad input.
 

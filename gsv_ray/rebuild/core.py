@@ -268,6 +268,43 @@ def _record_dropped(report: RebuildReport, sources: list[tuple[str, Source]], us
             report.dropped.setdefault(src.path, {}).update(dropped)
 
 
+def _read_inputs(init: str | Path, base_g: str | Path | None, base_d: str | Path | None, stage: str | None,
+                 task: str) -> tuple[GsvFile, GsvFile | None, GsvFile | None]:
+    """The init file and the bases, read safely and checked to fit together (a generator to rebuild,
+    finite weights, stages that agree, no discriminator for GPT, no GPT file for semantic extraction)."""
+    init_f = read(init, expect_stage=stage)
+    if init_f.kind in ("sovits-pretrained-d", "sovits-train-d"):
+        raise GsvError("this is a discriminator; the file to rebuild must be a generator", path=init_f.path,
+                       fix="pass the SoVITS generator as OLD and this file as --base-d")
+    base_g_f = read(base_g) if base_g else None
+    base_d_f = read(base_d) if base_d else None
+    for f, role in ((init_f, "it"), (base_g_f, "this base"), (base_d_f, "this discriminator")):
+        if f is not None:
+            check_finite(f, role)  # before anything is cached: a refused input never reaches the store
+    _check_stages(init_f, base_g_f, base_d_f)
+    if init_f.stage == "gpt" and base_d_f is not None:
+        raise GsvError("--base-d is for SoVITS; GPT has no discriminator", path=base_d_f.path, fix="drop --base-d")
+    if init_f.stage == "gpt" and task == "semantic":
+        raise GsvError("semantic extraction needs a SoVITS model, but this is a GPT file", path=init_f.path,
+                       fix="pass the SoVITS .pth (or its base) for --task semantic")
+    return init_f, base_g_f, base_d_f
+
+
+def _new_report(init_f: GsvFile, base_g_f: GsvFile | None, base_d_f: GsvFile | None, *, version: str,
+                task: str) -> RebuildReport:
+    """The report of a rebuild before any key's fate: its inputs' facts and the notes on the init file."""
+    report = RebuildReport(version=version, stage=init_f.stage, task=task)
+    report.inputs["init"] = _input_facts(init_f)
+    if base_g_f:
+        report.inputs["base_g"] = _input_facts(base_g_f)
+    if base_d_f:
+        report.inputs["base_d"] = _input_facts(base_d_f)
+    if "optimizer" in init_f.extra or "optimizer_states" in init_f.extra:
+        report.notes.append("the init file's optimizer state is not used: resumed training starts a fresh "
+                            "optimizer at the reduced learning rate")
+    return report
+
+
 def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = None, **options: Any) -> Rebuilt:
     """Rebuild complete fp32 weights from ``spec.init`` (any GPT-SoVITS file), judged for ``spec.task``.
 
@@ -281,34 +318,11 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
     init, base_g, base_d, stage, version = spec.init, spec.base_g, spec.base_d, spec.stage, spec.version
     task, policy, config = spec.task, spec.policy, (dict(spec.config) if spec.config is not None else None)
     cache = Path(cache_root) if cache_root is not None else default_cache_root()
-    init_f = read(init, expect_stage=stage)
+    init_f, base_g_f, base_d_f = _read_inputs(init, base_g, base_d, stage, task)
     stage = init_f.stage
-    if init_f.kind in ("sovits-pretrained-d", "sovits-train-d"):
-        raise GsvError("this is a discriminator; the file to rebuild must be a generator", path=init_f.path,
-                       fix="pass the SoVITS generator as OLD and this file as --base-d")
-    base_g_f = read(base_g) if base_g else None
-    base_d_f = read(base_d) if base_d else None
-    for f, role in ((init_f, "it"), (base_g_f, "this base"), (base_d_f, "this discriminator")):
-        if f is not None:
-            check_finite(f, role)  # before anything is cached: a refused input never reaches the store
-    _check_stages(init_f, base_g_f, base_d_f)
-    if stage == "gpt" and base_d_f is not None:
-        raise GsvError("--base-d is for SoVITS; GPT has no discriminator", path=base_d_f.path, fix="drop --base-d")
-    if stage == "gpt" and task == "semantic":
-        raise GsvError("semantic extraction needs a SoVITS model, but this is a GPT file", path=init_f.path,
-                       fix="pass the SoVITS .pth (or its base) for --task semantic")
     versions = _resolve_version(init_f, version, base_g_f, base_d_f)
     resolved = versions[0] if len(versions) == 1 else None
-
-    report = RebuildReport(version=resolved or "/".join(versions), stage=stage, task=task)
-    report.inputs["init"] = _input_facts(init_f)
-    if base_g_f:
-        report.inputs["base_g"] = _input_facts(base_g_f)
-    if base_d_f:
-        report.inputs["base_d"] = _input_facts(base_d_f)
-    if "optimizer" in init_f.extra or "optimizer_states" in init_f.extra:
-        report.notes.append("the init file's optimizer state is not used: resumed training starts a fresh "
-                            "optimizer at the reduced learning rate")
+    report = _new_report(init_f, base_g_f, base_d_f, version=resolved or "/".join(versions), task=task)
 
     sources = [("init", normalise(str(init_f.path), init_f.state_dict, stage=stage))]
     if base_g_f:

@@ -244,8 +244,17 @@ class Tracker:
                   job_type=job_type, name=name, id=run_id, resume=resume, tags=list(tags) if tags else None,
                   reinit="create_new")
         t0 = time.perf_counter()
+        self._run = self._init(wandb, s, kw)
+        self.init_seconds = time.perf_counter() - t0
+        self._wandb = wandb
+        self._last_step = -1
+        return self
+
+    def _init(self, wandb: Any, settings: dict[str, Any], kw: dict[str, Any]) -> Any:
+        """``wandb.init`` in this tracker's mode; online, a start that fails (server unreachable, key
+        rejected) falls back to offline with a notice: training goes on."""
         try:
-            self._run = wandb.init(mode=self.mode, settings=wandb.Settings(**s), **kw)
+            return wandb.init(mode=self.mode, settings=wandb.Settings(**settings), **kw)
         except Exception as e:  # online: server unreachable / key rejected -> keep training, log offline
             if self.mode != "online":
                 raise
@@ -257,11 +266,7 @@ class Tracker:
             # on a retry with the same id): restart the service. Its half-made folder
             # wandb/run-<time>-<id> stays (no history in it).
             wandb.teardown()
-            self._run = wandb.init(mode="offline", settings=wandb.Settings(**s), **kw)
-        self.init_seconds = time.perf_counter() - t0
-        self._wandb = wandb
-        self._last_step = -1
-        return self
+            return wandb.init(mode="offline", settings=wandb.Settings(**settings), **kw)
 
     def finish(self, exit_code: int = 0, *, wait_s: float = 30.0) -> None:
         """Finish the run, then wait (up to ``wait_s``) until its ``run-<id>.wandb`` file holds the

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -32,6 +31,7 @@ from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR, TrainConfig
 from gsv_ray.train.cfm import CFMRecipe
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
+from gsv_ray.train.protocols import CheckpointStore, Progress, RunTracking, ShowsValidation
 from gsv_ray.train.rundir import check_new_run, check_same_epoch, check_same_run, write_config
 from gsv_ray.train.schedule import Schedule
 from gsv_ray.train.sovits import SoVITSRecipe, check_codebook
@@ -125,11 +125,11 @@ def train(
     *,
     rebuilt: Rebuilt | None = None,
     accelerator: Accelerator | None = None,
-    tracking: Any | None = None,
+    tracking: RunTracking | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
-    checkpoints: Any | None = None,
+    checkpoints: CheckpointStore | None = None,
     experiment: Experiment | None = None,
-    progress: Any = True,
+    progress: Progress | bool = True,
     say: Callable[[str], None] = print,
 ) -> TrainResult:
     """Resume training from ``cfg.init`` (rebuilt once, or passed in as ``rebuilt``).
@@ -138,235 +138,361 @@ def train(
     (see :mod:`gsv_ray.train.tracking`); ``on_step(step, metrics)`` is called on every optimizer
     step on every process (Ray Train reports from it: all ranks at the same steps). ``experiment``: the folder
     already scanned (launchers scan once for every worker and trial); scanned here when None.
+    The phases are :class:`TrainingRun`'s, in this order.
     """
-    cfg.validate()
-    phases = Phases()
-    run_dir = Path(cfg.output_dir)
-    accelerator = accelerator or make_accelerator(cfg)
-    main = accelerator.is_main_process
-    if main:
-        check_output_path(run_dir)
-    if main and cfg.resume is None:  # before anything is written (other ranks write only at checkpoints)
-        check_new_run(run_dir)
-    if rebuilt is None:
-        with phases("rebuild"):
-            rebuilt = rebuild_cached(cfg.rebuild_spec())
-    stage = rebuilt.stage
-    if cfg.stage is not None and cfg.stage != stage:
-        raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
-                       fix=f"use --stage {stage} or pass the other file")
-    cfg = cfg.resolved(stage, accelerator.device.type)  # optimizer and precision as they will run
-    set_cuda_math(cfg.precision, stage, accelerator.device)
-    check_codebook(rebuilt.resolved, cfg, accelerator.num_processes)
-    ckpt_root = run_dir / "checkpoints"
-    resume, restart = _resume_point(cfg, ckpt_root)  # verified against its manifest
-    recorded = (resume.path.parent.parent if resume else run_dir) / "config.json"
-    if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded
-        check_same_run(cfg, recorded, rebuilt.report.inputs)
-    if main and restart:
-        say(f"no checkpoint yet in {run_dir}: starting the run over from step 0 (the metrics of its interrupted "
-            "start are dropped)")
-    with phases("scan"):
-        if experiment is None:
-            experiment = open_run_experiment(cfg.data, rebuilt)
-        experiment, train_names, val_names = experiment_split(
-            experiment, stage, split=SplitOptions(val_fraction=cfg.val_fraction, val_names_file=cfg.val_names,
-                                                  seed=cfg.seed))
-    epoch0, step0 = continued_counters(rebuilt, cfg.restart_counters)
+    run = TrainingRun(cfg, rebuilt=rebuilt, accelerator=accelerator, tracking=tracking, on_step=on_step,
+                      checkpoints=checkpoints, experiment=experiment, progress=progress, say=say)
+    run.setup()
+    run.resume()
+    run.announce()
+    run.train()
+    return run.finish()
 
-    set_seed(cfg.seed)
-    precision = Precision(cfg.precision, accelerator.device)
-    with phases("build"):
-        recipe = RECIPES[rebuilt.resolved.family](rebuilt, cfg, accelerator, experiment, precision)
-    train_ds = recipe.dataset(train_names, min_items=UPSTREAM_MIN_ITEMS)  # upstream's epoch; validation: one pass
-    if main and cfg.resume is not None:
-        check_same_epoch(recorded, train_ds.copies, len(train_names))
-    plan = recipe.plan(train_ds, seed=cfg.seed)
-    steps_per_epoch = plan.steps_per_epoch()
-    if steps_per_epoch == 0:
-        raise _too_few_batches(cfg, plan, len(train_ds), accelerator.num_processes)
-    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-    schedule = Schedule(cfg.warmup_steps, cfg.warmup_start, cfg.decay_for(stage), total, steps_per_epoch,
-                        cfg.lr_decay, cfg.min_lr_ratio)
-    schedulers = [schedule.scheduler(opt) for opt in recipe.optimizers]
-    state = ckpt.TrainState()
-    num_workers = cfg.num_workers if cfg.num_workers is not None else default_loader_workers(
-        available_cpus(), accelerator.num_processes)  # Ray workers set it from their own CPU resources
-    planned = PlannedSampler()
-    loader = make_loader(MicroBatchSource(train_ds, recipe.make_batch), planned, num_workers=num_workers,
-                         seed=cfg.seed, pin_memory=accelerator.device.type == "cuda")
 
-    checkpoints = checkpoints if checkpoints is not None else ckpt.LocalCheckpoints(ckpt_root, cfg.keep_last)
-    resume_from = resume.path if resume is not None else None
-    if resume is not None:
-        with phases("resume"):
+class TrainingRun:
+    """One training run of either stage, in phases (torchtune's recipe classes are the model):
+
+    - :meth:`setup`: checks the output folder, rebuilds the init file, scans and splits the data,
+      builds the stage's recipe (models, optimizers), the step plan, the LR schedule and the loader;
+    - :meth:`resume`: loads the checkpoint to continue from (verified against its manifest first);
+    - :meth:`announce`: builds the validation batches, writes the run's ``config.json``, says what
+      will run, opens the tracker;
+    - :meth:`train`: epochs of optimizer :meth:`step` s, each followed when due by :meth:`validate`,
+      :meth:`checkpoint` (which may end the run: a Tune scheduler's stop) and, at epoch ends,
+      :meth:`export`;
+    - :meth:`finish`: the final export, the tracker's summary, the run's :class:`TrainResult`.
+
+    Shared by every launcher (local, a Ray Train worker, a Tune trial), which hand in their own
+    :class:`~gsv_ray.train.protocols.CheckpointStore`, :class:`~gsv_ray.train.protocols.RunTracking`
+    and :class:`~gsv_ray.train.protocols.Progress`. Guarantees kept in every phase: no non-finite
+    weight reaches a checkpoint or an export, divergence ends the run with a one-line error naming
+    the last good checkpoint, and a resumed run continues the same data order and LR schedule.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, rebuilt: Rebuilt | None, accelerator: Accelerator | None,
+                 tracking: RunTracking | None, on_step: Callable[[int, dict[str, float]], None] | None,
+                 checkpoints: CheckpointStore | None, experiment: Experiment | None, progress: Progress | bool,
+                 say: Callable[[str], None]):
+        cfg.validate()
+        self.cfg, self.rebuilt, self.tracking, self.on_step = cfg, rebuilt, tracking, on_step
+        self.store, self.experiment, self.progress, self.say = checkpoints, experiment, progress, say
+        self.phases = Phases()
+        self.run_dir = Path(cfg.output_dir)
+        self.accelerator = accelerator or make_accelerator(cfg)
+        self.main = self.accelerator.is_main_process
+        self.state = ckpt.TrainState()
+        self.val_history: list[dict[str, float]] = []
+        self.last_val: dict[str, float] = {}  # reported with each checkpoint (what a Tune scheduler compares)
+        self.exports: list[Path] = []
+        self.last_ckpt: Path | None = None
+        self.stopped_early = False
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Everything before the first step that reads no checkpoint: inputs checked, init file rebuilt,
+        data scanned and split, recipe, plan, schedule and loader built."""
+        self._check_and_rebuild()
+        with self.phases("scan"):
+            if self.experiment is None:
+                self.experiment = open_run_experiment(self.cfg.data, self.rebuilt)
+            self.experiment, self.train_names, self.val_names = experiment_split(
+                self.experiment, self.stage, split=SplitOptions(val_fraction=self.cfg.val_fraction,
+                                                                val_names_file=self.cfg.val_names, seed=self.cfg.seed))
+        self.epoch0, self.step0 = continued_counters(self.rebuilt, self.cfg.restart_counters)
+        self._build()
+
+    def _check_and_rebuild(self) -> None:
+        """The output folder (a new run, or the same run resumed), the init file rebuilt and matched
+        against ``--stage``, the config resolved for the device, the checkpoint to resume from."""
+        cfg, main = self.cfg, self.main
+        if main:
+            check_output_path(self.run_dir)
+        if main and cfg.resume is None:  # before anything is written (other ranks write only at checkpoints)
+            check_new_run(self.run_dir)
+        if self.rebuilt is None:
+            with self.phases("rebuild"):
+                self.rebuilt = rebuild_cached(cfg.rebuild_spec())
+        stage = self.stage = self.rebuilt.stage
+        if cfg.stage is not None and cfg.stage != stage:
+            raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
+                           fix=f"use --stage {stage} or pass the other file")
+        cfg = self.cfg = cfg.resolved(stage, self.accelerator.device.type)  # optimizer and precision as they will run
+        set_cuda_math(cfg.precision, stage, self.accelerator.device)
+        check_codebook(self.rebuilt.resolved, cfg, self.accelerator.num_processes)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.resume_point, restart = _resume_point(cfg, self.ckpt_root)  # verified against its manifest
+        self.recorded = (self.resume_point.path.parent.parent if self.resume_point else self.run_dir) / "config.json"
+        if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded
+            check_same_run(cfg, self.recorded, self.rebuilt.report.inputs)
+        if main and restart:
+            self.say(f"no checkpoint yet in {self.run_dir}: starting the run over from step 0 (the metrics of its "
+                     "interrupted start are dropped)")
+
+    def _build(self) -> None:
+        """The recipe (models, optimizers), the training set and its step plan, the LR schedule, the
+        loader, the checkpoint store."""
+        cfg, accelerator = self.cfg, self.accelerator
+        set_seed(cfg.seed)
+        self.precision = Precision(cfg.precision, accelerator.device)
+        with self.phases("build"):
+            self.recipe = RECIPES[self.rebuilt.resolved.family](self.rebuilt, cfg, accelerator, self.experiment,
+                                                                self.precision)
+        self.train_ds = self.recipe.dataset(self.train_names, min_items=UPSTREAM_MIN_ITEMS)  # upstream's epoch
+        if self.main and cfg.resume is not None:
+            check_same_epoch(self.recorded, self.train_ds.copies, len(self.train_names))
+        self.plan = self.recipe.plan(self.train_ds, seed=cfg.seed)
+        self.steps_per_epoch = self.plan.steps_per_epoch()
+        if self.steps_per_epoch == 0:
+            raise _too_few_batches(cfg, self.plan, len(self.train_ds), accelerator.num_processes)
+        self.total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
+        self.schedule = Schedule(cfg.warmup_steps, cfg.warmup_start, cfg.decay_for(self.stage), self.total,
+                                 self.steps_per_epoch, cfg.lr_decay, cfg.min_lr_ratio)
+        self.schedulers = [self.schedule.scheduler(opt) for opt in self.recipe.optimizers]
+        self.num_workers = cfg.num_workers if cfg.num_workers is not None else default_loader_workers(
+            available_cpus(), accelerator.num_processes)  # Ray workers set it from their own CPU resources
+        self.planned = PlannedSampler()
+        self.loader = make_loader(MicroBatchSource(self.train_ds, self.recipe.make_batch), self.planned,
+                                  num_workers=self.num_workers, seed=cfg.seed,
+                                  pin_memory=accelerator.device.type == "cuda")
+        if self.store is None:
+            self.store = ckpt.LocalCheckpoints(self.ckpt_root, cfg.keep_last)
+
+    # -- resume ------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Models, optimizers, schedulers, loss scaler, RNG states and position from the checkpoint
+        chosen in :meth:`setup` (nothing without one)."""
+        resume = self.resume_point
+        if resume is None:
+            return
+        self.last_ckpt = resume.path
+        with self.phases("resume"):
             try:
-                loaded = state_io.load(accelerator, resume.path, models=recipe.models, optimizers=recipe.optimizers)
+                loaded = state_io.load(self.accelerator, resume.path, models=self.recipe.models,
+                                       optimizers=self.recipe.optimizers)
             except (ValueError, KeyError, RuntimeError) as e:  # parses as data, but not as this run's state
                 raise GsvError(f"cannot resume from this checkpoint: {e}", path=resume.path,
                                fix="resume from another checkpoint (pass it), or drop --resume") from None
-            state.load_state_dict(loaded["train"])
-            for s, sd in zip(schedulers, loaded["schedulers"]):
+            self.state.load_state_dict(loaded["train"])
+            for s, sd in zip(self.schedulers, loaded["schedulers"]):
                 s.load_state_dict(sd)
             if loaded.get("scaler"):
-                precision.scaler.load_state_dict(loaded["scaler"])
+                self.precision.scaler.load_state_dict(loaded["scaler"])
         from accelerate.utils import gather_object
 
         missing = [r for r, ok in enumerate(gather_object([bool(loaded["rng_restored"])])) if not ok]
-        if main:
+        if self.main:
             for skipped, why in resume.skipped:
-                say(f"warning: skipped {skipped}: {why}")
-            say(f"resumed from {resume.path} (step {state.step}, epoch {state.epoch + 1})")
+                self.say(f"warning: skipped {skipped}: {why}")
+            self.say(f"resumed from {resume.path} (step {self.state.step}, epoch {self.state.epoch + 1})")
             if missing:
-                say(f"warning: the checkpoint has no RNG state for rank(s) {', '.join(map(str, missing))} (another "
-                    "process count?): training continues correctly but not bit-identically")
+                self.say(f"warning: the checkpoint has no RNG state for rank(s) {', '.join(map(str, missing))} "
+                         "(another process count?): training continues correctly but not bit-identically")
 
-    val_ds = recipe.dataset(val_names) if val_names else None
-    val_batches = fixed_batches(val_ds, recipe.collate, cfg.val_batches, cfg.batch_size, accelerator.device) if val_ds else []
-    audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(run_dir, cfg, rebuilt.report.inputs)
-        say(f"rebuilt {rebuilt.report.message()}")
-        say(_data_line(experiment, len(train_names), len(val_names), train_ds.copies))
-        for line in experiment.report.lines():
-            say(f"  data: {line}")
-        for line in getattr(recipe, "notes", ()):
-            say(line)
-        per_step = ("" if plan.cadence is None else f"; {cfg.optimizer} steps once per {plan.cadence.every} "
-                    f"batches ({plan.cadence.every + 1} for an epoch's first), summing their gradients, as upstream")
-        say(f"global batch = {cfg.batch_size} x {accelerator.num_processes} process(es) x {cfg.grad_accum} "
-            f"accumulation = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum}{per_step}; "
-            f"{steps_per_epoch} steps/epoch, {total} steps; {num_workers} loader worker(s); "
-            f"precision {cfg.precision}; {cfg.optimizer}, peak LR {cfg.peak_lr(stage):.3g} "
-            f"(upstream {UPSTREAM_BASE_LR[stage]:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}, "
-            f"then {cfg.decay_for(stage)}")
-        if cfg.warmup_steps >= total:  # the default 100, or --epochs: an explicit one with --max-steps is refused
-            say(f"warning: warmup {cfg.warmup_steps} steps is not shorter than the run's {total}: the LR never reaches "
-                f"its peak (set --warmup-steps below {total})")
-
-    if main and tracking is not None:
-        with phases("tracking"):
-            tracking.begin(_run_config(cfg, rebuilt, stage, recipe, schedule, accelerator), rebuilt,
-                           resume_step=state.step)
-
-    val_history: list[dict[str, float]] = []
-    last_val: dict[str, float] = {}  # reported with each checkpoint (what a Tune scheduler compares)
-    exports: list[Path] = []
-    last_ckpt: Path | None = resume_from
-
-    def validate(step: int) -> None:
-        if not (main and val_batches):
+    # -- announce ----------------------------------------------------------------------------------
+    def announce(self) -> None:
+        """The fixed validation batches built (after :meth:`resume` restored the RNG states), then on
+        the main process: the run's ``config.json``, the lines saying what will run, the tracker
+        opened with the full resolved config."""
+        cfg = self.cfg
+        val_ds = self.recipe.dataset(self.val_names) if self.val_names else None  # validation: one pass
+        self.val_batches = fixed_batches(val_ds, self.recipe.collate, cfg.val_batches, cfg.batch_size,
+                                         self.accelerator.device) if val_ds else []
+        self.audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
+        if not self.main:
             return
-        with phases("validation"):
-            metrics = recipe.evaluate(val_batches, cfg.seed)
-        val_history.append({"step": step, **metrics})
-        if hasattr(bar, "validated"):
-            bar.validated(step, metrics.get("loss"))
-        last_val.update({f"val/{k}": v for k, v in metrics.items()})
-        if tracking is not None:
-            tracking.log(step, {f"val/{k}": v for k, v in metrics.items()})
-            with phases("audio samples"):
-                samples = recipe.audio_samples(audio_items, cfg.seed)
+        say = self.say
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.run_dir, cfg, self.rebuilt.report.inputs)
+        say(f"rebuilt {self.rebuilt.report.message()}")
+        say(_data_line(self.experiment, len(self.train_names), len(self.val_names), self.train_ds.copies))
+        for line in self.experiment.report.lines():
+            say(f"  data: {line}")
+        for line in getattr(self.recipe, "notes", ()):
+            say(line)
+        say(self._plan_line())
+        if cfg.warmup_steps >= self.total:  # the default 100, or --epochs: an explicit one with --max-steps is refused
+            say(f"warning: warmup {cfg.warmup_steps} steps is not shorter than the run's {self.total}: the LR never "
+                f"reaches its peak (set --warmup-steps below {self.total})")
+        if self.tracking is not None:
+            with self.phases("tracking"):
+                self.tracking.begin(_run_config(cfg, self.rebuilt, self.stage, self.recipe, self.schedule,
+                                                self.accelerator), self.rebuilt, resume_step=self.state.step)
+
+    def _plan_line(self) -> str:
+        """Global batch, steps, loader workers, precision, optimizer and LR: the run's shape in one line."""
+        cfg, stage, n = self.cfg, self.stage, self.accelerator.num_processes
+        cadence = self.plan.cadence
+        per_step = ("" if cadence is None else f"; {cfg.optimizer} steps once per {cadence.every} batches "
+                    f"({cadence.every + 1} for an epoch's first), summing their gradients, as upstream")
+        return (f"global batch = {cfg.batch_size} x {n} process(es) x {cfg.grad_accum} "
+                f"accumulation = {cfg.batch_size * n * cfg.grad_accum}{per_step}; "
+                f"{self.steps_per_epoch} steps/epoch, {self.total} steps; {self.num_workers} loader worker(s); "
+                f"precision {cfg.precision}; {cfg.optimizer}, peak LR {cfg.peak_lr(stage):.3g} "
+                f"(upstream {UPSTREAM_BASE_LR[stage]:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}, "
+                f"then {cfg.decay_for(stage)}")
+
+    # -- train -------------------------------------------------------------------------------------
+    def train(self) -> None:
+        """Optimizer steps until the run's total (or a scheduler's stop), epoch by epoch; the data
+        order continues mid-epoch after a resume."""
+        state, plan = self.state, self.plan
+        self.bar = _display(self.progress, self.main)
+        self.bar.start(self.total, state.step)
+        self.t_last = time.perf_counter()
+        self.skipped_in_a_row = 0
+        self.planned.start(plan, epoch=state.epoch, skip_steps=plan.steps_done(state.epoch, state.batch_in_epoch))
+        batches = iter(self.loader)  # one iterator for the whole run: the workers prefetch across epochs
+        try:
+            while state.step < self.total and not self._epoch(batches):
+                pass
+        finally:
+            self.bar.close()
+
+    def _epoch(self, batches: Iterator) -> bool:
+        """The rest of the current epoch (all of it unless resumed mid-epoch); True when the run ended
+        inside it (its last step, or a stop), else the epoch is counted and exported when due."""
+        state = self.state
+        done = self.plan.steps_done(state.epoch, state.batch_in_epoch)  # already taken (resume mid-epoch)
+        for _ in range(done, self.steps_per_epoch):
+            if self.step(batches):
+                return True
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if self.cfg.export_every_epochs and state.epoch % self.cfg.export_every_epochs == 0:
+            self.export(state.epoch)
+            self.t_last = time.perf_counter()
+        return False
+
+    def step(self, batches: Iterator) -> bool:
+        """One optimizer step, then what is due at it (logging, validation, checkpoint); True when the
+        run ends here (its last step, or the checkpoint store's stop)."""
+        cfg, state = self.cfg, self.state
+        metrics, step_time = self._optimizer_step(batches)
+        if self.on_step is not None:
+            self.on_step(state.step, metrics)
+        if self.main and self.tracking is not None and (state.step % cfg.log_every == 0 or state.step == self.total):
+            self.tracking.log(state.step, {f"train/{k}": v for k, v in metrics.items()})
+        self.bar.update(state.step, metrics)
+        if state.step % cfg.val_every == 0 or state.step == self.total:
+            self.validate(state.step)
+        self.phases.add("steps", step_time)
+        if state.step % cfg.save_every == 0 or state.step == self.total:
+            if self.checkpoint(metrics):
+                return True
+        self.t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
+        return state.step >= self.total
+
+    def _optimizer_step(self, batches: Iterator) -> tuple[dict[str, float], float]:
+        """The step's micro-batches through the recipe's ``train_step``, the schedulers advanced, the
+        position counted: (the step's metrics, its wall time). Divergence ends the run here."""
+        state, precision, accelerator = self.state, self.precision, self.accelerator
+        t_wait = time.perf_counter()
+        micro = [next(batches)]
+        while not micro[-1][1].ends_step:  # accumulation, and GPT's several batches per step
+            micro.append(next(batches))
+        data_wait = time.perf_counter() - t_wait
+        non_blocking = accelerator.device.type == "cuda"
+        micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
+        items = sum(len(mb.indices) for _, mb in micro)
+        scale_before = precision.scale
+        try:
+            metrics = self.recipe.train_step(micro, step=state.step)
+        except NonFiniteGradient as e:
+            raise self._diverged(state.step + 1, str(e)) from None
+        if precision.scaler.is_enabled():
+            metrics["loss_scale"] = precision.scale
+            self.skipped_in_a_row = self.skipped_in_a_row + 1 if precision.scale < scale_before else 0
+            if self.skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
+                raise self._diverged(state.step + 1, f"{self.skipped_in_a_row} fp16 steps in a row overflowed "
+                                     f"(loss scale {precision.scale:g})")
+        state.batch_in_epoch += len(micro)
+        lrs = {f"lr/{g.get('name', i)}": g["lr"]
+               for opt in self.recipe.optimizers for i, g in enumerate(opt.param_groups)}
+        with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            for s in self.schedulers:
+                s.step()
+        state.step += 1
+        step_time = time.perf_counter() - self.t_last
+        per_worker = items / max(1e-9, step_time)
+        n = accelerator.num_processes
+        metrics.update(lrs, step_time=step_time, data_wait=data_wait, data_wait_share=data_wait / max(1e-9, step_time),
+                       samples_per_s=per_worker * n, samples_per_s_per_worker=per_worker, world_size=n,
+                       epoch=state.epoch + 1)
+        return metrics, step_time
+
+    def validate(self, step: int) -> None:
+        """The fixed validation batches through the recipe's ``evaluate`` (main process), logged with
+        the audio samples; the last values ride along with each checkpoint's report."""
+        if not (self.main and self.val_batches):
+            return
+        with self.phases("validation"):
+            metrics = self.recipe.evaluate(self.val_batches, self.cfg.seed)
+        self.val_history.append({"step": step, **metrics})
+        if isinstance(self.bar, ShowsValidation):
+            self.bar.validated(step, metrics.get("loss"))
+        self.last_val.update({f"val/{k}": v for k, v in metrics.items()})
+        if self.tracking is not None:
+            self.tracking.log(step, {f"val/{k}": v for k, v in metrics.items()})
+            with self.phases("audio samples"):
+                samples = self.recipe.audio_samples(self.audio_items, self.cfg.seed)
             if samples:
-                tracking.log_audio(step, samples)
+                self.tracking.log_audio(step, samples)
 
-    def export(epoch: int) -> None:
-        _require_finite(recipe.models, state.step, cfg, stage, last_ckpt)
-        with phases("export"):
-            if main:
-                exports.append(recipe.export(run_dir, name=cfg.run_name, epoch=epoch0 + epoch, step=step0 + state.step,
-                                             protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))
-            accelerator.wait_for_everyone()
+    def checkpoint(self, metrics: dict[str, float]) -> bool:
+        """The run's state saved through the checkpoint store (finite weights only); True when the
+        store says the run should stop here (a Tune scheduler ended the trial: export and finish)."""
+        with self.phases("checkpoint"):
+            self._require_finite(self.state.step)
+            self.last_ckpt = self.store.save(
+                self.accelerator, self.state.step, models=self.recipe.models, optimizers=self.recipe.optimizers,
+                metrics={**metrics, **self.last_val},
+                state={"train": self.state.state_dict(), "schedulers": [s.state_dict() for s in self.schedulers],
+                       "scaler": self.precision.scaler.state_dict()})
+        if self.store.stop_requested():
+            self.stopped_early = True
+            self.say(f"stopped early by the scheduler at step {self.state.step}")
+            return True
+        return False
 
-    bar = _display(progress, main)
-    bar.start(total, state.step)
-    stopped_early = False
-    non_blocking = accelerator.device.type == "cuda"
-    t_last = time.perf_counter()
-    skipped_in_a_row = 0
-    planned.start(plan, epoch=state.epoch, skip_steps=plan.steps_done(state.epoch, state.batch_in_epoch))
-    batches = iter(loader)  # one iterator for the whole run: the workers prefetch across epochs
-    try:
-        while state.step < total:
-            done = plan.steps_done(state.epoch, state.batch_in_epoch)  # already taken (resume mid-epoch)
-            for _ in range(done, steps_per_epoch):
-                t_wait = time.perf_counter()
-                micro = [next(batches)]
-                while not micro[-1][1].ends_step:  # accumulation, and GPT's several batches per step
-                    micro.append(next(batches))
-                data_wait = time.perf_counter() - t_wait
-                micro = [(b.to(accelerator.device, non_blocking=non_blocking), mb) for b, mb in micro]
-                items = sum(len(mb.indices) for _, mb in micro)
-                scale_before = precision.scale
-                try:
-                    metrics = recipe.train_step(micro, step=state.step)
-                except NonFiniteGradient as e:
-                    raise _diverged(state.step + 1, str(e), cfg, stage, last_ckpt) from None
-                if precision.scaler.is_enabled():
-                    metrics["loss_scale"] = precision.scale
-                    skipped_in_a_row = skipped_in_a_row + 1 if precision.scale < scale_before else 0
-                    if skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
-                        raise _diverged(state.step + 1, f"{skipped_in_a_row} fp16 steps in a row overflowed (loss scale "
-                                        f"{precision.scale:g})", cfg, stage, last_ckpt)
-                state.batch_in_epoch += len(micro)
-                lrs = {f"lr/{g.get('name', i)}": g["lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
-                with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
-                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                    for s in schedulers:
-                        s.step()
-                state.step += 1
-                now = time.perf_counter()
-                step_time = now - t_last
-                per_worker = items / max(1e-9, step_time)
-                metrics.update(lrs, step_time=step_time, data_wait=data_wait, data_wait_share=data_wait / max(1e-9, step_time),
-                               samples_per_s=per_worker * accelerator.num_processes, samples_per_s_per_worker=per_worker,
-                               world_size=accelerator.num_processes, epoch=state.epoch + 1)
-                if on_step is not None:
-                    on_step(state.step, metrics)
-                if main and tracking is not None and (state.step % cfg.log_every == 0 or state.step == total):
-                    tracking.log(state.step, {f"train/{k}": v for k, v in metrics.items()})
-                bar.update(state.step, metrics)
-                if state.step % cfg.val_every == 0 or state.step == total:
-                    validate(state.step)
-                phases.add("steps", step_time)
-                if state.step % cfg.save_every == 0 or state.step == total:
-                    with phases("checkpoint"):
-                        _require_finite(recipe.models, state.step, cfg, stage, last_ckpt)
-                        last_ckpt = checkpoints.save(accelerator, state.step, models=recipe.models,
-                                                     optimizers=recipe.optimizers, metrics={**metrics, **last_val}, state={
-                                                         "train": state.state_dict(),
-                                                         "schedulers": [s.state_dict() for s in schedulers],
-                                                         "scaler": precision.scaler.state_dict()})
-                    if checkpoints.stop_requested():  # a tune scheduler ended this trial: export and finish
-                        stopped_early = True
-                        say(f"stopped early by the scheduler at step {state.step}")
-                        break
-                t_last = time.perf_counter()  # validation and checkpoints are not the next step's time
-                if state.step >= total:
-                    break
-            else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
-                if cfg.export_every_epochs and state.epoch % cfg.export_every_epochs == 0:
-                    export(state.epoch)
-                    t_last = time.perf_counter()
-                continue
-            break
-    finally:
-        bar.close()
-    epochs_done = max(1, state.epoch + (1 if state.batch_in_epoch > 0 else 0))
-    export(epochs_done)
-    if main:  # the exports are named in the run's summary (where they end up: -o, also on Ray)
-        if tracking is not None:
-            with phases("tracking"):
-                tracking.log_exports(exports, stage=stage, version=rebuilt.version, step=state.step)
-                tracking.set_summary({"fate": "early-stopped" if stopped_early else "completed", "steps": state.step})
-        say(f"time: {phases.line()}")
-    return TrainResult(run_dir=run_dir, stage=stage, version=rebuilt.version, steps=state.step, epochs=epochs_done,
-                       exports=exports, last_checkpoint=last_ckpt, val_history=val_history, resumed_from=resume_from,
-                       stopped_early=stopped_early,
-                       timings=dict(phases.seconds))
+    def export(self, epoch: int) -> None:
+        """The models in GPT-SoVITS's own format (main process), named with the counters continued
+        from the init file; never over an input file; every process waits for it."""
+        self._require_finite(self.state.step)
+        cfg = self.cfg
+        with self.phases("export"):
+            if self.main:
+                self.exports.append(self.recipe.export(
+                    self.run_dir, name=cfg.run_name, epoch=self.epoch0 + epoch, step=self.step0 + self.state.step,
+                    protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))
+            self.accelerator.wait_for_everyone()
+
+    # -- finish ------------------------------------------------------------------------------------
+    def finish(self) -> TrainResult:
+        """The final export, its files and the run's fate in the tracker's summary, the time line."""
+        state = self.state
+        epochs_done = max(1, state.epoch + (1 if state.batch_in_epoch > 0 else 0))
+        self.export(epochs_done)
+        if self.main:  # the exports are named in the run's summary (where they end up: -o, also on Ray)
+            if self.tracking is not None:
+                with self.phases("tracking"):
+                    self.tracking.log_exports(self.exports, stage=self.stage, version=self.rebuilt.version,
+                                              step=state.step)
+                    self.tracking.set_summary({"fate": "early-stopped" if self.stopped_early else "completed",
+                                               "steps": state.step})
+            self.say(f"time: {self.phases.line()}")
+        return TrainResult(run_dir=self.run_dir, stage=self.stage, version=self.rebuilt.version, steps=state.step,
+                           epochs=epochs_done, exports=self.exports, last_checkpoint=self.last_ckpt,
+                           val_history=self.val_history,
+                           resumed_from=self.resume_point.path if self.resume_point is not None else None,
+                           stopped_early=self.stopped_early, timings=dict(self.phases.seconds))
+
+    # -- guards ------------------------------------------------------------------------------------
+    def _diverged(self, step: int, what: str) -> GsvError:
+        return _diverged(step, what, self.cfg, self.stage, self.last_ckpt)
+
+    def _require_finite(self, step: int) -> None:
+        _require_finite(self.recipe.models, step, self.cfg, self.stage, self.last_ckpt)
 
 
 def set_cuda_math(precision: str, stage: str, device: torch.device) -> None:
@@ -454,6 +580,8 @@ def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule
 
 
 class _NoDisplay:
+    """The progress display of a process that shows none."""
+
     def start(self, total: int, done: int = 0) -> None: ...
 
     def update(self, step: int, metrics: dict[str, float]) -> None: ...
@@ -461,7 +589,7 @@ class _NoDisplay:
     def close(self) -> None: ...
 
 
-def _display(progress: Any, main: bool):
+def _display(progress: Progress | bool, main: bool) -> Progress:
     """The progress display on the main process (none elsewhere)."""
     if not main or not progress:
         return _NoDisplay()

@@ -156,6 +156,7 @@ class SoVITSRecipe:
         y = slice_segments(batch.wav, out.ids_slice * self.hop, self.segment_frames * self.hop)
         return _Generated(out, y, y_hat, y_mel, self.frontend.mel(y_hat.squeeze(1)))
 
+    # long: upstream's D-then-G step as two passes over the micro-batches sharing the kept graphs and sums
     def train_step(self, batches: list, step: int = 0) -> dict[str, float]:
         """One optimizer step over this process's micro-batches, as upstream's step on the whole
         global batch: D is updated first on every micro-batch's detached output, then G against the

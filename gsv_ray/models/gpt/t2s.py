@@ -209,6 +209,7 @@ class Text2SemanticDecoder(nn.Module):
         hidden, _ = self.h(seq, mask)
         return hidden[:, -1]
 
+    # long: upstream infer_panel's sampling rules, kept in its order so the two can be compared step by step
     @torch.no_grad()
     def generate(
         self,
