@@ -15,6 +15,20 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ctrl_c_reaches_the_processes_we_start() -> None:
+    """A suite started as a background job of a non-interactive shell (``.ci/run &``) begins with SIGINT
+    ignored, and every process it starts inherits that: the tests that press Ctrl-C on a gsv-ray by PID
+    would then test nothing (Ray Tune installs its own handler and still reacts; a plain run does not).
+    A user's terminal delivers Ctrl-C, so the suite restores Python's default before it starts any."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_ctrl_c_reaches_the_processes_we_start()
+
+
 #: The copy committed with the tests (see tests/reference/README.md).
 BUNDLED_REFERENCE = REPO_ROOT / "tests" / "reference" / "gpt_sovits"
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import secrets
 import time
 from pathlib import Path
@@ -314,10 +315,17 @@ def _fit_in_actor(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: s
     trainable = tune.with_resources(tune.with_parameters(one_actor_loop, job=job), worker_resources(opts))
     name, storage_fs = job.run_name, job.storage_fs
     experiment = experiment_uri(storage, name)
+    tuner = None
     if opts.resume and tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=storage_fs)
-    else:
+        try:
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=storage_fs)
+        except (EOFError, pickle.UnpicklingError):
+            # Tune writes its experiment state (tuner.pkl) in place: a kill during that write leaves it
+            # empty or cut. Nothing of it is needed: a new experiment of the same name has the same trial
+            # folder, where the worker finds the newest complete checkpoint on storage itself.
+            tuner = None
+    if tuner is None:
         tuner = tune.Tuner(
             trainable, param_space={},
             tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_actor_trial_dirname),

@@ -136,3 +136,35 @@ def test_more_workers_than_the_cluster_has_is_refused_before_the_run(ray_local, 
                      say=lambda s: None)
     assert "\n" not in str(e.value) and e.value.exit_code == 2
     assert not (tmp_path / "o" / "ray_run.json").exists()  # nothing of a run started
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_that_left_tunes_state_file_empty(fixtures_dir, synth, tmp_path):
+    """Tune writes its experiment state (`tuner.pkl`) in place, so a kill while it writes leaves the file
+    empty (seen in CI: the next `--resume` failed with "EOFError: Ran out of input"). A one-worker run
+    stopped after its first checkpoints, its `tuner.pkl` then emptied on disk as such a kill leaves it:
+    `--resume` continues from the newest checkpoint and every step is trained once."""
+    from gsv_ray.track import read_metrics
+
+    def args(*extra):
+        return [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
+                _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "40",
+                "--batch-size", "2", "--save-every", "10", "--val-every", "1000", "--wandb-mode", "disabled",
+                "--num-workers", "0", "--workers", "1", *extra]
+    env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(tmp_path / "scratch")}
+    out = tmp_path / "ray"
+    p = subprocess.Popen(args(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and _newest_step(out) < 10:
+            time.sleep(0.05)
+        assert _newest_step(out) >= 10
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=60)
+    (state,) = (out / "ray").rglob("tuner.pkl")
+    state.write_bytes(b"")
+    again = subprocess.run(args("--resume"), env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "restart: continuing from checkpoint_" in again.stdout + again.stderr
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 41))
