@@ -63,8 +63,10 @@ def make_v4_base(root: Path) -> Path:
     sd["quantizer.vq.layers.0._codebook.embed"].normal_()
     path = root / "pretrained" / "s2Gv4.pth"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save({"weight": {k: v.half() for k, v in sd.items()}, "config": s2,
-                                             "info": "pretrained"}, f))
+    atomic_write(
+        path,
+        lambda f: torch.save({"weight": {k: v.half() for k, v in sd.items()}, "config": s2, "info": "pretrained"}, f),
+    )
     return path
 
 
@@ -81,22 +83,41 @@ def step_seconds(stage: str, inputs: dict[str, Path], out: Path, args) -> list[f
 def make_cfg(stage: str, inputs: dict[str, Path], out: Path, args, max_steps: int):
     from gsv_ray.train import load_config
 
-    files = {"gpt": {"init": str(inputs["gpt"])}, "cfm": {"init": str(inputs.get("v4"))},
-             "sovits": {"init": str(inputs["sovits"]), "base_d": str(inputs["base_d"])}}[stage]
-    extra = ({"cfm_eval_steps": args.cfm_eval_steps, "cfm_eval_utterances": args.utterances, "version": "v4"}
-             if stage == "cfm" else {})
-    return load_config(None, **files, **extra, stage="gpt" if stage == "gpt" else "sovits", data=str(inputs["data"]),
-                       output_dir=str(out), max_steps=max_steps, batch_size=args.batch_size, warmup_steps=0,
-                       val_fraction=0.0, val_every=10**9, save_every=10**9, wandb_mode="disabled", num_workers=0,
-                       cpu=not torch.cuda.is_available())
+    files = {
+        "gpt": {"init": str(inputs["gpt"])},
+        "cfm": {"init": str(inputs.get("v4"))},
+        "sovits": {"init": str(inputs["sovits"]), "base_d": str(inputs["base_d"])},
+    }[stage]
+    extra = (
+        {"cfm_eval_steps": args.cfm_eval_steps, "cfm_eval_utterances": args.utterances, "version": "v4"}
+        if stage == "cfm"
+        else {}
+    )
+    return load_config(
+        None,
+        **files,
+        **extra,
+        stage="gpt" if stage == "gpt" else "sovits",
+        data=str(inputs["data"]),
+        output_dir=str(out),
+        max_steps=max_steps,
+        batch_size=args.batch_size,
+        warmup_steps=0,
+        val_fraction=0.0,
+        val_every=10**9,
+        save_every=10**9,
+        wandb_mode="disabled",
+        num_workers=0,
+        cpu=not torch.cuda.is_available(),
+    )
 
 
 def eval_seconds(stage: str, inputs: dict[str, Path], out: Path, args) -> tuple[float, float, dict[str, float]]:
     """(one ``evaluate`` as the loop calls it, the training-path losses alone, evaluate's metrics)
     on the first ``args.utterances`` utterances in ``args.batch_size`` batches."""
     from gsv_ray.rebuild import rebuild
-    from gsv_ray.train.gpt import gpt_eval_losses
     from gsv_ray.train.cfm import cfm_loss
+    from gsv_ray.train.gpt import gpt_eval_losses
     from gsv_ray.train.loop import RECIPES, fixed_batches, make_accelerator, open_run_experiment
     from gsv_ray.train.precision import Precision
     from gsv_ray.train.sovits import sovits_eval_losses
@@ -104,11 +125,13 @@ def eval_seconds(stage: str, inputs: dict[str, Path], out: Path, args) -> tuple[
     cfg = make_cfg(stage, inputs, out, args, max_steps=1)
     rebuilt = rebuild(cfg.rebuild_spec())
     acc = make_accelerator(cfg)
-    recipe = RECIPES[rebuilt.resolved.family](rebuilt, cfg, acc, open_run_experiment(inputs["data"], rebuilt),
-                                              Precision(cfg.precision, acc.device))
-    names = sorted(recipe.experiment.names)[:args.utterances]
-    batches = fixed_batches(recipe.dataset(names), recipe.collate, math.ceil(len(names) / args.batch_size),
-                            args.batch_size, acc.device)
+    recipe = RECIPES[rebuilt.resolved.family](
+        rebuilt, cfg, acc, open_run_experiment(inputs["data"], rebuilt), Precision(cfg.precision, acc.device)
+    )
+    names = sorted(recipe.experiment.names)[: args.utterances]
+    batches = fixed_batches(
+        recipe.dataset(names), recipe.collate, math.ceil(len(names) / args.batch_size), args.batch_size, acc.device
+    )
     if stage == "cfm":  # the CFM's sampling steps: measured at a few counts, fitted by a line
         recipe.cfg = dataclasses.replace(cfg, cfm_eval_steps=args.cfm_fit[0])  # warm-up (first calls pay more)
         recipe.evaluate(batches, cfg.seed)
@@ -131,8 +154,9 @@ def eval_seconds(stage: str, inputs: dict[str, Path], out: Path, args) -> tuple[
             g = acc.unwrap_model(recipe.g).eval()
             [cfm_loss(g, b, seed=cfg.seed, step=f"val{i}", shortcut=False) for i, b in enumerate(batches)]
         else:
-            sovits_eval_losses(acc.unwrap_model(recipe.g).eval(), batches, recipe.frontend, recipe.c_mel,
-                               recipe.c_kl, cfg.seed)
+            sovits_eval_losses(
+                acc.unwrap_model(recipe.g).eval(), batches, recipe.frontend, recipe.c_mel, recipe.c_kl, cfg.seed
+            )
     return full, time.perf_counter() - t, metrics
 
 
@@ -141,14 +165,20 @@ def report(stage: str, steps: list[float], full: float, losses_only: float, val_
     kept = steps[1:] if len(steps) > 1 else steps
     step = statistics.mean(kept)
     between = val_every * step
-    print(f"{stage}: step {step:.2f} s (mean of {len(kept)} of {len(steps)} measured: "
-          f"{', '.join(f'{s:.2f}' for s in steps)} s) -> {val_every} steps {between:.0f} s (extrapolated)")
-    for what, secs in (("validation (training-path losses + inference path)", full),
-                       ("training-path losses alone (before #26)", losses_only)):
+    print(
+        f"{stage}: step {step:.2f} s (mean of {len(kept)} of {len(steps)} measured: "
+        f"{', '.join(f'{s:.2f}' for s in steps)} s) -> {val_every} steps {between:.0f} s (extrapolated)"
+    )
+    for what, secs in (
+        ("validation (training-path losses + inference path)", full),
+        ("training-path losses alone (before #26)", losses_only),
+    ):
         share = secs / (between + secs)
         verdict = "ok" if share <= GOAL else "ABOVE GOAL"
-        print(f"  {what}: {secs:.2f} s = {100 * share:.1f} % of {val_every} steps + it "
-              f"(goal <= {100 * GOAL:.0f} %: {verdict})")
+        print(
+            f"  {what}: {secs:.2f} s = {100 * share:.1f} % of {val_every} steps + it "
+            f"(goal <= {100 * GOAL:.0f} %: {verdict})"
+        )
 
 
 def cfm_report(steps: list[float], args) -> None:
@@ -157,14 +187,18 @@ def cfm_report(steps: list[float], args) -> None:
     xs, ys = args.cfm_fit, args.cfm_times
     slope = (ys[-1] - ys[0]) / (xs[-1] - xs[0])
     fixed = ys[0] - slope * xs[0]
-    print(f"  measured: {', '.join(f'{x} step(s) {y:.1f} s' for x, y in zip(xs, ys))} -> {slope:.2f} s per sampling "
-          f"step for {args.utterances} utterances + {fixed:.1f} s")
+    print(
+        f"  measured: {', '.join(f'{x} step(s) {y:.1f} s' for x, y in zip(xs, ys))} -> {slope:.2f} s per sampling "
+        f"step for {args.utterances} utterances + {fixed:.1f} s"
+    )
     between = args.val_every * statistics.mean(steps[1:] if len(steps) > 1 else steps)
     for n in args.cfm_steps:
         secs = fixed + slope * n
         share = secs / (between + secs)
-        print(f"  --cfm-eval-steps {n} x {args.utterances} utterances: {secs:.0f} s = {100 * share:.1f} % "
-              f"(goal <= {100 * GOAL:.0f} %: {'ok' if share <= GOAL else 'ABOVE GOAL'})")
+        print(
+            f"  --cfm-eval-steps {n} x {args.utterances} utterances: {secs:.0f} s = {100 * share:.1f} % "
+            f"(goal <= {100 * GOAL:.0f} %: {'ok' if share <= GOAL else 'ABOVE GOAL'})"
+        )
 
 
 def main() -> None:
@@ -196,11 +230,14 @@ def main() -> None:
 
         utts = SoVITSDataset(open_experiment(inputs["data"], "sovits", "v2")).utterances
         secs = statistics.mean(u.num_samples for u in utts) / 32000
-        print(f"bench_eval: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-              f"{torch.__version__}, {torch.get_num_threads()} threads, "
-              f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}; full-size models; "
-              f"{args.utterances} held-out utterances of {secs:.1f} s mean; batch {args.batch_size}; "
-              f"{args.steps} step(s) measured per stage, extrapolated to --val-every {args.val_every}", flush=True)
+        print(
+            f"bench_eval: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads, "
+            f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}; full-size models; "
+            f"{args.utterances} held-out utterances of {secs:.1f} s mean; batch {args.batch_size}; "
+            f"{args.steps} step(s) measured per stage, extrapolated to --val-every {args.val_every}",
+            flush=True,
+        )
         for stage in args.stages.split(","):
             steps = step_seconds(stage, inputs, tmp / f"run-{stage}", args)
             full, losses_only, metrics = eval_seconds(stage, inputs, tmp / f"eval-{stage}", args)
@@ -208,8 +245,11 @@ def main() -> None:
             if stage == "cfm":
                 cfm_report(steps, args)
             shown = {k: v for k, v in metrics.items() if k in ("eos_rate", "len_ratio", "mel_dist")}
-            print(f"  (metrics logged: {', '.join(sorted(k for k in metrics if '/' not in k))}; random weights: "
-                  f"{', '.join(f'{k} {v:.2f}' for k, v in shown.items())})", flush=True)
+            print(
+                f"  (metrics logged: {', '.join(sorted(k for k in metrics if '/' not in k))}; random weights: "
+                f"{', '.join(f'{k} {v:.2f}' for k, v in shown.items())})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -59,9 +59,11 @@ def main() -> None:
         t = time.perf_counter()
         make_synthetic_experiment(root, version=args.version, num_utterances=args.utterances, seed=0)
         hub = torch.load(next((root / "4-cnhubert").iterdir()), weights_only=True)
-        print(f"synthetic {args.version} experiment: {args.utterances} utterances, {folder_mb(root):.0f} MB "
-              f"(HuBERT e.g. {list(hub.shape)}), written in {time.perf_counter() - t:.1f} s; "
-              f"median of {args.repeat} warm runs, torch threads {args.threads}")
+        print(
+            f"synthetic {args.version} experiment: {args.utterances} utterances, {folder_mb(root):.0f} MB "
+            f"(HuBERT e.g. {list(hub.shape)}), written in {time.perf_counter() - t:.1f} s; "
+            f"median of {args.repeat} warm runs, torch threads {args.threads}"
+        )
         print(f"{'stage':<7} {'fresh scan':>11} {'key only':>9} {'cache hit':>10} {'speed-up':>9} {'index':>9}")
         for stage in ("sovits", "gpt"):
             fresh_exp = open_experiment(root, stage, args.version)
@@ -69,11 +71,12 @@ def main() -> None:
             assert open_experiment_cached(root, stage, args.version, cache_root=cache) == fresh_exp  # hit
             fresh = median_time(lambda: open_experiment(root, stage, args.version), args.repeat)
             key = median_time(lambda: experiment_key(root, stage, args.version), args.repeat)
-            hit = median_time(lambda: open_experiment_cached(root, stage, args.version, cache_root=cache),
-                              args.repeat)
+            hit = median_time(lambda: open_experiment_cached(root, stage, args.version, cache_root=cache), args.repeat)
             size = index_path(cache, experiment_key(root, stage, args.version)).stat().st_size / 1024
-            print(f"{stage:<7} {fresh * 1e3:9.1f} ms {key * 1e3:6.2f} ms {hit * 1e3:7.2f} ms {fresh / hit:8.0f}x "
-                  f"{size:6.0f} kB")
+            print(
+                f"{stage:<7} {fresh * 1e3:9.1f} ms {key * 1e3:6.2f} ms {hit * 1e3:7.2f} ms {fresh / hit:8.0f}x "
+                f"{size:6.0f} kB"
+            )
 
 
 if __name__ == "__main__":

@@ -30,12 +30,21 @@ sys.path.insert(0, str(ROOT))
 from gsv_ray.data.experiment import HUBERT_DIR, WAV_DIR, open_experiment  # noqa: E402
 from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset  # noqa: E402
 from gsv_ray.data.loader import (  # noqa: E402
-    MicroBatchSource, PlannedSampler, StepPlan, available_cpus, default_loader_workers, make_loader)
-from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset  # noqa: E402
+    MicroBatchSource,
+    PlannedSampler,
+    StepPlan,
+    available_cpus,
+    default_loader_workers,
+    make_loader,
+)
+from gsv_ray.data.sovits import (  # noqa: E402
+    SoVITSBucketSampler,
+    SoVITSDataset,
+    SoVITSPadding,  # noqa: E402
+)
 from gsv_ray.data.synthetic import make_synthetic_experiment  # noqa: E402
 from gsv_ray.train.gpt import gpt_micro_batch  # noqa: E402
 from gsv_ray.train.sovits import SoVITSStep, sovits_micro_batch  # noqa: E402
-from gsv_ray.data.sovits import SoVITSPadding  # noqa: E402
 
 
 def tile_experiment(root: Path, times: int) -> None:
@@ -57,14 +66,26 @@ def plans(root: Path, batch: int):
     frames = [u.num_samples // 640 for u in sov.utterances]
     samples = [u.num_samples for u in sov.utterances]
     phones = [len(u.phone_ids) for u in sov.utterances]
-    sov_plan = StepPlan(SoVITSBucketSampler(sov.lengths, batch, seed=0), world=1, rank=0, accum=1,
-                        context=lambda idx: SoVITSStep(sum(frames[i] for i in idx), SoVITSPadding(
-                            max(frames[i] for i in idx), max(samples[i] for i in idx), max(phones[i] for i in idx))))
+    sov_plan = StepPlan(
+        SoVITSBucketSampler(sov.lengths, batch, seed=0),
+        world=1,
+        rank=0,
+        accum=1,
+        context=lambda idx: SoVITSStep(
+            sum(frames[i] for i in idx),
+            SoVITSPadding(max(frames[i] for i in idx), max(samples[i] for i in idx), max(phones[i] for i in idx)),
+        ),
+    )
     gpt = GPTDataset(open_experiment(root, "gpt", "v2"))
     p = [len(u.phone_ids) for u in gpt.utterances]
     s = [len(u.semantic_ids) for u in gpt.utterances]
-    gpt_plan = StepPlan(GPTBucketSampler(gpt.durations, batch, seed=0), world=1, rank=0, accum=1,
-                        context=lambda idx: (max(p[i] for i in idx), max(s[i] for i in idx)))
+    gpt_plan = StepPlan(
+        GPTBucketSampler(gpt.durations, batch, seed=0),
+        world=1,
+        rank=0,
+        accum=1,
+        context=lambda idx: (max(p[i] for i in idx), max(s[i] for i in idx)),
+    )
     return {"sovits": (sov, sov_plan, sovits_micro_batch), "gpt": (gpt, gpt_plan, gpt_micro_batch)}
 
 
@@ -106,8 +127,10 @@ def main() -> None:
         cases = plans(root, args.batch)
         mean_s = statistics.mean(u.num_samples for u in cases["sovits"][0].utterances) / 32000
         default = default_loader_workers(available_cpus())
-        print(f"{available_cpus()} CPUs; {args.utterances} utterances of {mean_s:.1f} s mean, full-size v2 features; "
-              f"batch {args.batch}; default loader workers here: {default}")
+        print(
+            f"{available_cpus()} CPUs; {args.utterances} utterances of {mean_s:.1f} s mean, full-size v2 features; "
+            f"batch {args.batch}; default loader workers here: {default}"
+        )
         print("pipeline throughput (batches/s, one epoch after a warm-up epoch):")
         for stage, (ds, plan, make_batch) in cases.items():
             rates = [run(ds, plan, make_batch, w, epochs=2)[0] for w in (0, 1, 2)]
@@ -119,8 +142,10 @@ def main() -> None:
             share = sum(waits[skip:]) / sum(steps[skip:])
             first = sum(waits[:skip]) / sum(steps[:skip])
             verdict = "ok" if share <= 0.05 else "ABOVE GOAL"
-            print(f"  {stage:6s}  data_wait {100 * share:5.2f} % of step time (goal <= 5 %: {verdict}); "
-                  f"first epoch incl. worker start {100 * first:5.2f} %")
+            print(
+                f"  {stage:6s}  data_wait {100 * share:5.2f} % of step time (goal <= 5 %: {verdict}); "
+                f"first epoch incl. worker start {100 * first:5.2f} %"
+            )
 
 
 if __name__ == "__main__":

@@ -80,10 +80,13 @@ class Run:
         self.log = self.out.with_name(self.out.name + ".console")  # a file, not a pipe: nothing blocks on it
         self.t0 = time.time()
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gsv_ray", "train", *self.args, "-o", str(self.out)],
-                                         env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # its own process group: Ctrl-C reaches it alone
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gsv_ray", "train", *self.args, "-o", str(self.out)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # its own process group: Ctrl-C reaches it alone
 
     def console(self) -> str:
         return self.log.read_text()[-3000:]
@@ -121,17 +124,22 @@ class Run:
         try:
             self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            stuck = subprocess.run(["ps", "-o", "pid,stat,wchan:24,args", "--sid", str(self.proc.pid)],
-                                   capture_output=True, text=True)
+            stuck = subprocess.run(
+                ["ps", "-o", "pid,stat,wchan:24,args", "--sid", str(self.proc.pid)], capture_output=True, text=True
+            )
             signal_sessions([self.proc.pid], signal.SIGKILL)
-            raise SystemExit(f"{self.name} did not stop 120 s after Ctrl-C:\n{stuck.stdout}\n{self.console()}") from None
+            raise SystemExit(
+                f"{self.name} did not stop 120 s after Ctrl-C:\n{stuck.stdout}\n{self.console()}"
+            ) from None
         if self.proc.returncode not in (0, 130):
             raise SystemExit(f"{self.name}: exit {self.proc.returncode}:\n{self.console()}")
 
     def per_turn(self, rows: list[dict]) -> list[list[float]]:
         """Step times of the steps that began and ended inside each turn, less each turn's first."""
-        return [[r["step_time"] for r in rows if r["time"] - r["step_time"] >= t0 and r["time"] <= t1][1:]
-                for t0, t1 in self.turns]
+        return [
+            [r["step_time"] for r in rows if r["time"] - r["step_time"] >= t0 and r["time"] <= t1][1:]
+            for t0, t1 in self.turns
+        ]
 
 
 @dataclass(frozen=True)
@@ -165,8 +173,16 @@ def interleaved(a: Run, b: Run, cycles: int, seconds: float) -> Pair:
     ratios = [statistics.median(y) / statistics.median(x) for x, y in zip(ta, tb) if x and y]
     ms_a = statistics.median(s for turn in ta for s in turn)
     ms_b = statistics.median(s for turn in tb for s in turn)
-    return Pair(statistics.median(ratios), min(ratios), max(ratios), ms_b / ms_a, ms_a, ms_b,
-                rows_a[0]["time"] - a.t0, rows_b[0]["time"] - b.t0)
+    return Pair(
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+        ms_b / ms_a,
+        ms_a,
+        ms_b,
+        rows_a[0]["time"] - a.t0,
+        rows_b[0]["time"] - b.t0,
+    )
 
 
 def helper_env(env: dict) -> dict:
@@ -186,8 +202,15 @@ sys.stdin.read()  # until the benchmark closes our stdin
 @contextlib.contextmanager
 def idle_ray(env: dict):
     """A local Ray started as ours is (``ray.init(address="local")``) with nothing to run."""
-    p = subprocess.Popen([sys.executable, "-c", IDLE_RAY], env=helper_env(env), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # its session: frozen as one
+    p = subprocess.Popen(
+        [sys.executable, "-c", IDLE_RAY],
+        env=helper_env(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )  # its session: frozen as one
     try:
         assert p.stdout.readline().strip() == "up"
         time.sleep(3)  # its prestarted workers settle
@@ -204,14 +227,43 @@ def tune_first_step(d: Path, env: dict) -> tuple[float, float]:
     inputs = make_demo_inputs(d / "demo")
     out = d / "tune"
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "tune", "--init", str(inputs["init"]),
-                        "--base-d", str(inputs["base_d"]), "--data", str(inputs["data"]), "--max-steps", "4",
-                        "--val-every", "2", "--batch-size", "4", "--num-samples", "2", "--max-concurrent", "2",
-                        "--wandb-mode", "offline", "-o", str(out)], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "tune",
+            "--init",
+            str(inputs["init"]),
+            "--base-d",
+            str(inputs["base_d"]),
+            "--data",
+            str(inputs["data"]),
+            "--max-steps",
+            "4",
+            "--val-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-samples",
+            "2",
+            "--max-concurrent",
+            "2",
+            "--wandb-mode",
+            "offline",
+            "-o",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         raise SystemExit(r.stdout[-3000:] + r.stderr[-3000:])
-    firsts = [next(row["time"] for row in map(json.loads, p.read_text().splitlines()) if row["split"] == "train")
-              for p in out.glob("trials/*/metrics.jsonl")]
+    firsts = [
+        next(row["time"] for row in map(json.loads, p.read_text().splitlines()) if row["split"] == "train")
+        for p in out.glob("trials/*/metrics.jsonl")
+    ]
     return t0, min(firsts)
 
 
@@ -256,12 +308,32 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        env = {**os.environ, "GSV_RAY_CACHE": str(d / "cache"), "GSV_RAY_SCRATCH": str(d / "scratch"),
-               "RAY_AUTH_MODE": "disabled"}
+        env = {
+            **os.environ,
+            "GSV_RAY_CACHE": str(d / "cache"),
+            "GSV_RAY_SCRATCH": str(d / "scratch"),
+            "RAY_AUTH_MODE": "disabled",
+        }
         data = make_synthetic_experiment(d / "exp", version="v2", num_utterances=24)
         gpt = _medium_gpt(d)
-        common = ["--init", str(gpt), "--data", str(data), "--max-steps", "100000", "--batch-size", "4",
-                  "--val-fraction", "0", "--save-every", "100000", "--val-every", "100000", "--wandb-mode", "disabled"]
+        common = [
+            "--init",
+            str(gpt),
+            "--data",
+            str(data),
+            "--max-steps",
+            "100000",
+            "--batch-size",
+            "4",
+            "--val-fraction",
+            "0",
+            "--save-every",
+            "100000",
+            "--val-every",
+            "100000",
+            "--wandb-mode",
+            "disabled",
+        ]
         cores = os.cpu_count() or 1
         runs = itertools.count()
 
@@ -273,15 +345,26 @@ def main() -> None:
         def on_ray(cpus: int) -> Run:
             o = d / f"run{next(runs)}"
             scratch = d / f"{o.name}-scratch"  # the node scratch of this run alone: its live metrics.jsonl
-            return Run("Ray", common + ["--workers", "1", "--cpus-per-worker", str(cpus)],
-                       {**env, "GSV_RAY_SCRATCH": str(scratch)}, o, (scratch, "*/run/metrics.jsonl"))
+            return Run(
+                "Ray",
+                common + ["--workers", "1", "--cpus-per-worker", str(cpus)],
+                {**env, "GSV_RAY_SCRATCH": str(scratch)},
+                o,
+                (scratch, "*/run/metrics.jsonl"),
+            )
 
         def show(label: str, r: Pair) -> None:
-            print(f"  {label}: {r.ms_b * 1000:.1f} / {r.ms_a * 1000:.1f} ms per step -> {r.ratio:.3f}x (cycles "
-                  f"{r.lo:.2f}-{r.hi:.2f}; pooled steps {r.pooled:.3f}x)", flush=True)
+            print(
+                f"  {label}: {r.ms_b * 1000:.1f} / {r.ms_a * 1000:.1f} ms per step -> {r.ratio:.3f}x (cycles "
+                f"{r.lo:.2f}-{r.hi:.2f}; pooled steps {r.pooled:.3f}x)",
+                flush=True,
+            )
 
-        print(f"step time (GPT 6x256, batch 4, CPU, {cores} cores), {args.cycles} cycles of {args.slice:g} s "
-              f"turns per pair, second run / first:", flush=True)
+        print(
+            f"step time (GPT 6x256, batch 4, CPU, {cores} cores), {args.cycles} cycles of {args.slice:g} s "
+            f"turns per pair, second run / first:",
+            flush=True,
+        )
         aa = interleaved(local(), local(), args.cycles, args.slice)
         show("local / local (A/A control)", aa)
         full = interleaved(local(), on_ray(cores), args.cycles, args.slice)
@@ -294,23 +377,34 @@ def main() -> None:
             signal_sessions([idle], signal.SIGSTOP)  # frozen and thawed with the run beside it (its stop thaws it)
             idle_pair = interleaved(local(), beside, args.cycles, args.slice)
         show("local beside an idle local Ray / local alone", idle_pair)
-        print(f"command to first step (each started alone): local {full.first_a:.1f} s, --workers 1 "
-              f"{full.first_b:.1f} s (goal: within 20 s)")
+        print(
+            f"command to first step (each started alone): local {full.first_a:.1f} s, --workers 1 "
+            f"{full.first_b:.1f} s (goal: within 20 s)"
+        )
         t_tune, first = tune_first_step(d, env)
-        print(f"gsv-ray tune (demo inputs, 2 trials at once): first training step {first - t_tune:.1f} s after "
-              f"the command (goal <= 20 s)")
+        print(
+            f"gsv-ray tune (demo inputs, 2 trials at once): first training step {first - t_tune:.1f} s after "
+            f"the command (goal <= 20 s)"
+        )
 
         sf = SchemaFiles(Path(args.schemas), d / "files")
-        files = [sf.path("sovits-export", "v2"), sf.path("sovits-pretrained-g", "v2"), sf.path("sovits-pretrained-d", "v2")]
-        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, *map(str, files)], env=helper_env(env), capture_output=True,
-                           text=True)
+        files = [
+            sf.path("sovits-export", "v2"),
+            sf.path("sovits-pretrained-g", "v2"),
+            sf.path("sovits-pretrained-d", "v2"),
+        ]
+        r = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, *map(str, files)], env=helper_env(env), capture_output=True, text=True
+        )
         if r.returncode:
             raise SystemExit(r.stderr[-3000:])
         mem = json.loads(r.stdout.strip().splitlines()[-1])
         size = sum(p.stat().st_size for p in files) / 2**20
-        print(f"private memory per worker, full-size v2 rebuild ({size:.0f} MB of files, 398 MB fp32): shared via "
-              f"object store {statistics.mean(mem['shared']):.0f} MB vs each worker rebuilding itself "
-              f"{statistics.mean(mem['own']):.0f} MB")
+        print(
+            f"private memory per worker, full-size v2 rebuild ({size:.0f} MB of files, 398 MB fp32): shared via "
+            f"object store {statistics.mean(mem['shared']):.0f} MB vs each worker rebuilding itself "
+            f"{statistics.mean(mem['own']):.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -54,10 +54,12 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", PROBE, str(p)], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout)
             size_mb = p.stat().st_size / 2**20
-            print(f"{kind:20s} {version:10s} header {'tagged' if version in ('v2Pro', 'v2ProPlus') else 'PK':6s} "
-                  f"file {size_mb:7.1f} MB  read {r['read_s']:.3f} s  after touching every tensor: "
-                  f"private +{r['anon_mb']:6.1f} MB ({r['anon_mb'] / size_mb:.2f}x file), "
-                  f"shared page cache +{r['file_mb']:6.1f} MB")
+            print(
+                f"{kind:20s} {version:10s} header {'tagged' if version in ('v2Pro', 'v2ProPlus') else 'PK':6s} "
+                f"file {size_mb:7.1f} MB  read {r['read_s']:.3f} s  after touching every tensor: "
+                f"private +{r['anon_mb']:6.1f} MB ({r['anon_mb'] / size_mb:.2f}x file), "
+                f"shared page cache +{r['file_mb']:6.1f} MB"
+            )
             sf.delete(kind, version)
 
 

@@ -74,8 +74,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         sf = SchemaFiles(Path(args.schemas), d / "files")
-        export, g, dsc = (sf.path("sovits-export", "v2"), sf.path("sovits-pretrained-g", "v2"),
-                          sf.path("sovits-pretrained-d", "v2"))
+        export, g, dsc = (
+            sf.path("sovits-export", "v2"),
+            sf.path("sovits-pretrained-g", "v2"),
+            sf.path("sovits-pretrained-d", "v2"),
+        )
         size_mb = sum(p.stat().st_size for p in (export, g, dsc)) / 2**20
         cmd = [sys.executable, "-m", "gsv_ray", "rebuild", str(export), "--base", str(g), "--base-d", str(dsc), "-o"]
         warm_cache = d / "warm-cache"
@@ -91,21 +94,31 @@ def main() -> None:
             (warm_cache / "sha256-index.json").unlink(missing_ok=True)
             warm.append(measure(cmd + [str(d / f"warm{i}")], warm_env))
             (d / f"plain{i}").mkdir()
-            plain.append(measure([sys.executable, "-c", PLAIN, str(export), str(g), str(dsc), str(d / f"plain{i}")],
-                                 warm_env))
+            plain.append(
+                measure([sys.executable, "-c", PLAIN, str(export), str(g), str(dsc), str(d / f"plain{i}")], warm_env)
+            )
         runs = {"cold": cold, "warm": warm, "plain": plain}
         med = {k: statistics.median(r[0] for r in v) for k, v in runs.items()}
         cpu = {k: statistics.median(r[2] for r in v) for k, v in runs.items()}
-        print(f"inputs: v2 export + base G + base D = {size_mb:.0f} MB (full size); {args.repeat} runs each, "
-              "fresh processes, interleaved")
-        labels = {"cold": "gsv-ray rebuild, cold cache", "warm": "gsv-ray rebuild, warm cache",
-                  "plain": "plain torch, same I/O"}
+        print(
+            f"inputs: v2 export + base G + base D = {size_mb:.0f} MB (full size); {args.repeat} runs each, "
+            "fresh processes, interleaved"
+        )
+        labels = {
+            "cold": "gsv-ray rebuild, cold cache",
+            "warm": "gsv-ray rebuild, warm cache",
+            "plain": "plain torch, same I/O",
+        }
         for key, label in labels.items():
-            print(f"{label:28s}: median {med[key]:6.2f} s (min {min(r[0] for r in runs[key]):5.2f})  "
-                  f"CPU {cpu[key]:5.2f} s  peak RSS {max(r[1] for r in runs[key]):6.0f} MB")
-        print(f"ratio (medians): cold {med['cold'] / med['plain']:.2f}x, warm {med['warm'] / med['plain']:.2f}x "
-              f"(goal <= 1.3x); CPU cold {cpu['cold'] / cpu['plain']:.2f}x, warm {cpu['warm'] / cpu['plain']:.2f}x; "
-              f"peak RSS {max(r[1] for r in cold + warm) / size_mb:.2f}x the files' size (goal <= 2x)")
+            print(
+                f"{label:28s}: median {med[key]:6.2f} s (min {min(r[0] for r in runs[key]):5.2f})  "
+                f"CPU {cpu[key]:5.2f} s  peak RSS {max(r[1] for r in runs[key]):6.0f} MB"
+            )
+        print(
+            f"ratio (medians): cold {med['cold'] / med['plain']:.2f}x, warm {med['warm'] / med['plain']:.2f}x "
+            f"(goal <= 1.3x); CPU cold {cpu['cold'] / cpu['plain']:.2f}x, warm {cpu['warm'] / cpu['plain']:.2f}x; "
+            f"peak RSS {max(r[1] for r in cold + warm) / size_mb:.2f}x the files' size (goal <= 2x)"
+        )
         print(f"schemas computed by the cold runs: {schemas_computed} (shipped ones cover upstream's default configs)")
         hit_and_verify(export, g, dsc, d / "hit-cache", args.repeat)
 
@@ -127,14 +140,19 @@ def hit_and_verify(export: Path, g: Path, dsc: Path, cache: Path, repeat: int) -
     first = timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache))
     entry = rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache).path
     size = sum(p.stat().st_size for p in entry.iterdir()) / 2**20
-    hit = statistics.median(timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache))
-                            for _ in range(repeat))
-    full = statistics.median(timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache,
-                                                          verify_inputs=True)) for _ in range(repeat))
+    hit = statistics.median(
+        timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache)) for _ in range(repeat)
+    )
+    full = statistics.median(
+        timed(lambda: rebuild_cached(export, base_g=g, base_d=dsc, cache_root=cache, verify_inputs=True))
+        for _ in range(repeat)
+    )
     crc = statistics.median(timed(lambda: entry_problem(entry, full=True)) for _ in range(repeat))
-    print(f"in-process, entry {size:.0f} MB: first rebuild {first:.2f} s; hit {hit:.3f} s ({first / hit:.0f}x faster, "
-          f"goal >= 10x); hit with full checksums {full:.3f} s ({first / full:.1f}x); the checksum pass alone "
-          f"{crc:.3f} s")
+    print(
+        f"in-process, entry {size:.0f} MB: first rebuild {first:.2f} s; hit {hit:.3f} s ({first / hit:.0f}x faster, "
+        f"goal >= 10x); hit with full checksums {full:.3f} s ({first / full:.1f}x); the checksum pass alone "
+        f"{crc:.3f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def phases(stdout: str) -> dict[str, float]:
     line = next(ln for ln in stdout.splitlines() if ln.startswith("time: "))
-    return {k.strip(): float(v) for k, v in re.findall(r"([a-z ]+) ([0-9.]+) s", line[len("time: "):])}
+    return {k.strip(): float(v) for k, v in re.findall(r"([a-z ]+) ([0-9.]+) s", line[len("time: ") :])}
 
 
 def main() -> None:
@@ -60,15 +60,35 @@ def main() -> None:
             for i in range(args.repeat):
                 cache = d / f"cache-{name.split()[0]}-{i}"  # empty: a first run on this machine
                 out = d / f"run-{name.split()[0]}-{i}"
-                cmd = [py, "-m", "gsv_ray", *head, "--data", str(inputs["data"]), "-o", str(out), "--max-steps", "4",
-                       "--batch-size", "4", "--val-every", "4", "--save-every", "4", "--val-fraction", "0.15"]
+                cmd = [
+                    py,
+                    "-m",
+                    "gsv_ray",
+                    *head,
+                    "--data",
+                    str(inputs["data"]),
+                    "-o",
+                    str(out),
+                    "--max-steps",
+                    "4",
+                    "--batch-size",
+                    "4",
+                    "--val-every",
+                    "4",
+                    "--save-every",
+                    "4",
+                    "--val-fraction",
+                    "0.15",
+                ]
                 wall, stdout = timed(cmd, {**env, "GSV_RAY_CACHE": str(cache)})
                 p = phases(stdout)
                 rows.append({**p, "rest (imports, W&B, exit)": wall - sum(p.values()), "wall": wall})
             med = {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}
             non_step = med["wall"] - med.get("steps", 0.0)
-            print(f"{name} (4 steps, median of {args.repeat}): wall {med['wall']:.1f} s, "
-                  f"everything but the steps {non_step:.1f} s (goal <= 15 s: {'ok' if non_step <= 15 else 'ABOVE'})")
+            print(
+                f"{name} (4 steps, median of {args.repeat}): wall {med['wall']:.1f} s, "
+                f"everything but the steps {non_step:.1f} s (goal <= 15 s: {'ok' if non_step <= 15 else 'ABOVE'})"
+            )
             for k, v in med.items():
                 if k != "wall":
                     print(f"    {k:28s} {v:6.2f} s")

@@ -80,8 +80,9 @@ def bare_sovits(rebuilt, ds, sampler, collate, steps: int, lr: float) -> list[fl
             loss_d.backward()
             opt_d.step()
             r, f, fr, fg = d(y, out.y_hat)
-            loss = generator_total_loss(f, fr, fg, y_mel, y_hat_mel, z_p, logs_q, m_p, logs_p, out.z_mask,
-                                        kl_ssl=out.kl_ssl).total
+            loss = generator_total_loss(
+                f, fr, fg, y_mel, y_hat_mel, z_p, logs_q, m_p, logs_p, out.z_mask, kl_ssl=out.kl_ssl
+            ).total
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
             opt_g.step()
@@ -101,8 +102,9 @@ def _medium_gpt_export(d: Path) -> Path:
     cfg["model"].update(embedding_dim=256, hidden_dim=256, head=8, n_layer=6, linear_units=1024)
     torch.manual_seed(0)
     model = Text2SemanticDecoder(T2SConfig.from_s1_config(cfg))
-    return write_gpt_export(d / "GPT_weights_v2" / "medium-e1.ckpt", to_upstream_keys(model.state_dict()), config=cfg,
-                            info="GPT-e1")
+    return write_gpt_export(
+        d / "GPT_weights_v2" / "medium-e1.ckpt", to_upstream_keys(model.state_dict()), config=cfg, info="GPT-e1"
+    )
 
 
 def main() -> None:
@@ -122,35 +124,57 @@ def main() -> None:
     gpt_file = _medium_gpt_export(Path(tmp.name))
     cases = {
         "gpt": {"init": str(gpt_file)},
-        "sovits": {"init": str(fx / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
-                   "base_g": str(fx / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"),
-                   "base_d": str(fx / "logs/gsvfix/logs_s2_v2/D_233333333333.pth")},
+        "sovits": {
+            "init": str(fx / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+            "base_g": str(fx / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"),
+            "base_d": str(fx / "logs/gsvfix/logs_s2_v2/D_233333333333.pth"),
+        },
     }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, {args.steps} steps "
-          f"(median after {args.warmup})")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, {args.steps} steps "
+        f"(median after {args.warmup})"
+    )
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         os.environ["GSV_RAY_CACHE"] = str(d / "cache")
         data = make_synthetic_experiment(d / "exp", version="v2", num_utterances=24)
         for stage, files in cases.items():
-            cfg = load_config(None, **files, data=str(data), output_dir=str(d / f"run_{stage}"), max_steps=args.steps,
-                              batch_size=4, warmup_steps=0, val_fraction=0.0, val_every=10**9, save_every=10**9,
-                              log_every=1, num_workers=0,  # both load in-process: this compares the step
-                              optimizer="adamw" if stage == "gpt" else None)  # the bare loop's: a step per batch
+            cfg = load_config(
+                None,
+                **files,
+                data=str(data),
+                output_dir=str(d / f"run_{stage}"),
+                max_steps=args.steps,
+                batch_size=4,
+                warmup_steps=0,
+                val_fraction=0.0,
+                val_every=10**9,
+                save_every=10**9,
+                log_every=1,
+                num_workers=0,  # both load in-process: this compares the step
+                optimizer="adamw" if stage == "gpt" else None,
+            )  # the bare loop's: a step per batch
             ours: list[float] = []
             train(cfg, on_step=lambda s, m: ours.append(m["step_time"]), progress=False, say=lambda s: None)
             rebuilt = rebuild(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d)
             acc = make_accelerator(cfg)
-            recipe = RECIPES[stage](rebuilt, cfg, acc, __import__(
-                "gsv_ray.data.experiment", fromlist=["open_experiment"]).open_experiment(data, stage, "v2"),
-                Precision(cfg.precision, acc.device))
+            recipe = RECIPES[stage](
+                rebuilt,
+                cfg,
+                acc,
+                __import__("gsv_ray.data.experiment", fromlist=["open_experiment"]).open_experiment(data, stage, "v2"),
+                Precision(cfg.precision, acc.device),
+            )
             ds = recipe.dataset(recipe.experiment.names)
             sampler = recipe.plan(ds, seed=cfg.seed).sampler  # global batches = batches of one process
-            bare = (bare_gpt if stage == "gpt" else bare_sovits)(rebuilt, ds, sampler, recipe.collate, args.steps,
-                                                                 cfg.peak_lr(stage))
-            o, b = statistics.median(ours[args.warmup:]), statistics.median(bare[args.warmup:])
-            print(f"{stage:6s}: gsv-ray loop {o * 1000:8.1f} ms/step   bare torch {b * 1000:8.1f} ms/step   "
-                  f"ratio {o / b:.3f}x (goal <= 1.05x)")
+            bare = (bare_gpt if stage == "gpt" else bare_sovits)(
+                rebuilt, ds, sampler, recipe.collate, args.steps, cfg.peak_lr(stage)
+            )
+            o, b = statistics.median(ours[args.warmup :]), statistics.median(bare[args.warmup :])
+            print(
+                f"{stage:6s}: gsv-ray loop {o * 1000:8.1f} ms/step   bare torch {b * 1000:8.1f} ms/step   "
+                f"ratio {o / b:.3f}x (goal <= 1.05x)"
+            )
 
 
 if __name__ == "__main__":

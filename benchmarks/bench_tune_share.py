@@ -63,10 +63,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        env = {**os.environ, "GSV_RAY_CACHE": str(d / "cache"), "GSV_RAY_SCRATCH": str(d / "scratch"),
-               "RAY_AUTH_MODE": "disabled", "WANDB_MODE": "disabled"}
+        env = {
+            **os.environ,
+            "GSV_RAY_CACHE": str(d / "cache"),
+            "GSV_RAY_SCRATCH": str(d / "scratch"),
+            "RAY_AUTH_MODE": "disabled",
+            "WANDB_MODE": "disabled",
+        }
         sf = SchemaFiles(Path(args.schemas), d / "files")
-        files = [sf.path("sovits-export", "v2"), sf.path("sovits-pretrained-g", "v2"), sf.path("sovits-pretrained-d", "v2")]
+        files = [
+            sf.path("sovits-export", "v2"),
+            sf.path("sovits-pretrained-g", "v2"),
+            sf.path("sovits-pretrained-d", "v2"),
+        ]
         r = subprocess.run([sys.executable, "-c", PROBE, *map(str, files)], env=env, capture_output=True, text=True)
         if r.returncode:
             raise SystemExit(r.stderr[-3000:])
@@ -74,23 +83,53 @@ def main() -> None:
         print(f"full-size v2 rebuild: {m['store_mb']:.0f} MB fp32 in the object store (once per node)")
         for n in (1, 2, 4):
             shared = m[f"shared_{n}"] + m["store_mb"]
-            print(f"{n} concurrent trial(s): shared rebuild {shared:6.0f} MB resident "
-                  f"(store {m['store_mb']:.0f} + private {m[f'shared_{n}']:.0f})   each loading old.pth "
-                  f"{m[f'own_{n}']:6.0f} MB")
+            print(
+                f"{n} concurrent trial(s): shared rebuild {shared:6.0f} MB resident "
+                f"(store {m['store_mb']:.0f} + private {m[f'shared_{n}']:.0f})   each loading old.pth "
+                f"{m[f'own_{n}']:6.0f} MB"
+            )
 
         from gsv_ray.demo import make_demo_inputs
 
         inputs = make_demo_inputs(d / "demo")
         out = d / "tune"
         t0 = time.time()
-        r = subprocess.run([sys.executable, "-m", "gsv_ray", "tune", "--init", str(inputs["init"]), "--base-d",
-                            str(inputs["base_d"]), "--data", str(inputs["data"]), "-o", str(out), "--max-steps", "4",
-                            "--val-every", "2", "--num-samples", "2", "--warmup-choices", "0", "--max-concurrent", "2"],
-                           env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gsv_ray",
+                "tune",
+                "--init",
+                str(inputs["init"]),
+                "--base-d",
+                str(inputs["base_d"]),
+                "--data",
+                str(inputs["data"]),
+                "-o",
+                str(out),
+                "--max-steps",
+                "4",
+                "--val-every",
+                "2",
+                "--num-samples",
+                "2",
+                "--warmup-choices",
+                "0",
+                "--max-concurrent",
+                "2",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode:
             raise SystemExit(r.stderr[-3000:])
-        first = min(json.loads(line)["time"] for p in out.glob("trials/*/metrics.jsonl")
-                    for line in p.read_text().splitlines()[:1])
+        first = min(
+            json.loads(line)["time"]
+            for p in out.glob("trials/*/metrics.jsonl")
+            for line in p.read_text().splitlines()[:1]
+        )
         print(f"gsv-ray tune to the first training step: {first - t0:.1f} s (2 trials, local Ray, CPU)")
 
 

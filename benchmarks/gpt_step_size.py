@@ -21,9 +21,13 @@ from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.train.config import UPSTREAM_BASE_LR
 from gsv_ray.train.gpt import make_gpt_optimizer
 
-CHOICES = (("upstream (ScaledAdam, 0.002)", "scaledadam", 1.0), ("scaledadam, --lr-scale 1", "scaledadam", 1.0),
-           ("scaledadam, --lr-scale 0.1", "scaledadam", 0.1), ("adamw, --lr-scale 1", "adamw", 1.0),
-           ("adamw, --lr-scale 0.1", "adamw", 0.1))
+CHOICES = (
+    ("upstream (ScaledAdam, 0.002)", "scaledadam", 1.0),
+    ("scaledadam, --lr-scale 1", "scaledadam", 1.0),
+    ("scaledadam, --lr-scale 0.1", "scaledadam", 0.1),
+    ("adamw, --lr-scale 1", "adamw", 1.0),
+    ("adamw, --lr-scale 0.1", "adamw", 0.1),
+)
 KINDS = ("weight matrices", "embeddings", "LayerNorm weights", "biases")
 
 
@@ -53,9 +57,15 @@ def batches(cfg: T2SConfig, n: int = 4, size: int = 4) -> list[tuple[torch.Tenso
     out = []
     for _ in range(n):
         phones, semantic = 40, 120
-        out.append((torch.randint(1, cfg.phoneme_vocab_size, (size, phones), generator=g),
-                    torch.full((size,), phones), torch.randint(0, cfg.vocab_size - 1, (size, semantic), generator=g),
-                    torch.full((size,), semantic), torch.randn(size, 1024, phones, generator=g) * 0.1))
+        out.append(
+            (
+                torch.randint(1, cfg.phoneme_vocab_size, (size, phones), generator=g),
+                torch.full((size,), phones),
+                torch.randint(0, cfg.vocab_size - 1, (size, semantic), generator=g),
+                torch.full((size,), semantic),
+                torch.randn(size, 1024, phones, generator=g) * 0.1,
+            )
+        )
     return out
 
 
@@ -88,11 +98,14 @@ def main() -> None:
     data = batches(cfg)
     base = UPSTREAM_BASE_LR["gpt"]
     names = {n: kind(n, p) for n, p in Text2SemanticDecoder(cfg).named_parameters()}
-    results = {label: per_element_steps(cfg, weights, data, opt, base * scale, args.steps)
-               for label, opt, scale in CHOICES}
+    results = {
+        label: per_element_steps(cfg, weights, data, opt, base * scale, args.steps) for label, opt, scale in CHOICES
+    }
     upstream = results[CHOICES[0][0]]
-    print(f"model: {args.init or 'fresh full-size v2 GPT'}; {args.steps} steps; per-element step / upstream's "
-          "(median over the tensors of each kind)")
+    print(
+        f"model: {args.init or 'fresh full-size v2 GPT'}; {args.steps} steps; per-element step / upstream's "
+        "(median over the tensors of each kind)"
+    )
     print("| choice | " + " | ".join(KINDS) + " |")
     print("|---|" + "---|" * len(KINDS))
     for label, _, _ in CHOICES[1:]:

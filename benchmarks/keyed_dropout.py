@@ -21,9 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "reference" / "gpt_sovits" / "fixtures"
 FILES = {
-    "sovits": {"init": FIXTURES / "SoVITS_weights_v2/gsvfix_e1_s2.pth",
-               "base_g": FIXTURES / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
-               "base_d": FIXTURES / "logs/gsvfix/logs_s2_v2/D_233333333333.pth"},
+    "sovits": {
+        "init": FIXTURES / "SoVITS_weights_v2/gsvfix_e1_s2.pth",
+        "base_g": FIXTURES / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
+        "base_d": FIXTURES / "logs/gsvfix/logs_s2_v2/D_233333333333.pth",
+    },
     "gpt": {"init": FIXTURES / "GPT_weights_v2/gsvfix-e1.ckpt"},
 }
 
@@ -35,12 +37,24 @@ def build_recipe(stage: str, data: Path, out: Path, batch_size: int):
     from gsv_ray.train.precision import Precision
 
     files = {k: str(v) for k, v in FILES[stage].items()}
-    cfg = load_config(None, **files, data=str(data), output_dir=str(out), max_steps=1, dropout=0.1, lr_scale=1e-6,
-                      warmup_steps=0, val_fraction=0.0, batch_size=batch_size, cpu=True)
+    cfg = load_config(
+        None,
+        **files,
+        data=str(data),
+        output_dir=str(out),
+        max_steps=1,
+        dropout=0.1,
+        lr_scale=1e-6,
+        warmup_steps=0,
+        val_fraction=0.0,
+        batch_size=batch_size,
+        cpu=True,
+    )
     rebuilt = rebuild(cfg.init, base_g=cfg.base_g, base_d=cfg.base_d, task="train")
     acc = make_accelerator(cfg, cpu=True)
-    return RECIPES[rebuilt.resolved.family](rebuilt, cfg, acc, open_run_experiment(data, rebuilt),
-                                            Precision("no", acc.device))
+    return RECIPES[rebuilt.resolved.family](
+        rebuilt, cfg, acc, open_run_experiment(data, rebuilt), Precision("no", acc.device)
+    )
 
 
 def time_steps(stage: str, recipe, steps: int) -> tuple[list[float], list[float]]:
@@ -78,7 +92,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["GSV_RAY_CACHE"] = str(Path(tmp) / "cache")
         data = make_synthetic_experiment(Path(tmp) / "exp", version="v2", num_utterances=16)
-        print(f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, dropout 0.1, median of {args.steps} steps")
+        print(
+            f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, dropout 0.1, median of {args.steps} steps"
+        )
         for stage in ("sovits", "gpt"):
             recipe = build_recipe(stage, data, Path(tmp) / stage, args.batch_size)
             keyed, plain = time_steps(stage, recipe, args.steps)

@@ -25,8 +25,18 @@ from typing import Any, BinaryIO
 from gsv_ray.errors import GsvError
 from gsv_ray.owned import owned_temp_dir, sweep
 
-__all__ = ["atomic_dir", "atomic_write", "commit_dir", "copy_sparse", "link_or_copy", "lost_race", "make_sparse",
-           "remove_dir", "rust_os_error", "write_json"]
+__all__ = [
+    "atomic_dir",
+    "atomic_write",
+    "commit_dir",
+    "copy_sparse",
+    "link_or_copy",
+    "lost_race",
+    "make_sparse",
+    "remove_dir",
+    "rust_os_error",
+    "write_json",
+]
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -222,7 +232,7 @@ def _sparse_copier(src: Path) -> Callable[[BinaryIO], None]:
                     block = s.read(min(HOLE_BLOCK - pos % HOLE_BLOCK, end - pos))
                     if not block:
                         raise OSError(errno.EIO, "file shrank while being copied", str(src))
-                    if block != _ZEROS[:len(block)]:
+                    if block != _ZEROS[: len(block)]:
                         f.seek(pos)
                         f.write(block)
                     pos += len(block)
@@ -253,7 +263,7 @@ def make_sparse(path: str | Path, *, min_saving: int = 1 << 20) -> bool:
             f.seek(start - start % HOLE_BLOCK)
             for _ in range(start - start % HOLE_BLOCK, end, HOLE_BLOCK):
                 block = f.read(HOLE_BLOCK)
-                zero += len(block) if block == _ZEROS[:len(block)] else 0
+                zero += len(block) if block == _ZEROS[: len(block)] else 0
     if zero < min_saving:
         return False
     copy_sparse(path, path, overwrite=True)

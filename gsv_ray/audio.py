@@ -127,8 +127,15 @@ def linear_spectrogram(
     pad = (n_fft - hop_length) // 2
     flat = torch.nn.functional.pad(flat.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
     spec = torch.stft(
-        flat, n_fft, hop_length=hop_length, win_length=win_length, window=window,
-        center=False, normalized=False, onesided=True, return_complex=True,
+        flat,
+        n_fft,
+        hop_length=hop_length,
+        win_length=win_length,
+        window=window,
+        center=False,
+        normalized=False,
+        onesided=True,
+        return_complex=True,
     )
     spec = torch.view_as_real(spec)
     mag = torch.sqrt(spec.pow(2).sum(-1) + _MAG_EPS)
@@ -165,10 +172,10 @@ class AudioConfig:
     Defaults are upstream's v2 values."""
 
     sampling_rate: int = 32000
-    n_fft: int = 2048          # data.filter_length
+    n_fft: int = 2048  # data.filter_length
     hop_length: int = 640
     win_length: int = 2048
-    n_mels: int = 128          # data.n_mel_channels
+    n_mels: int = 128  # data.n_mel_channels
     fmin: float = 0.0
     fmax: float | None = None
 
@@ -232,9 +239,7 @@ class AudioFrontend(nn.Module):
 
     def spectrogram(self, y: torch.Tensor) -> torch.Tensor:
         """Waveform ``[..., T]`` -> linear magnitude ``[..., n_fft // 2 + 1, T // hop]``."""
-        return linear_spectrogram(
-            y, self.n_fft, self.hop_length, self.win_length, self.window.to(dtype=y.dtype)
-        )
+        return linear_spectrogram(y, self.n_fft, self.hop_length, self.win_length, self.window.to(dtype=y.dtype))
 
     def spec_to_mel(self, spec: torch.Tensor) -> torch.Tensor:
         """Linear magnitude -> log-mel ``[..., n_mels, frames]``."""
@@ -266,8 +271,11 @@ def read_wav_pcm16(path: str | Path) -> torch.Tensor:
     ffmpeg decode to float gives for a 32 kHz mono file)."""
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2:
-            raise GsvError(f"{w.getsampwidth() * 8}-bit WAV, expected 16-bit PCM", path=path,
-                           fix="re-run GPT-SoVITS preprocessing step 1Ab")
+            raise GsvError(
+                f"{w.getsampwidth() * 8}-bit WAV, expected 16-bit PCM",
+                path=path,
+                fix="re-run GPT-SoVITS preprocessing step 1Ab",
+            )
         channels = w.getnchannels()
         raw = w.readframes(w.getnframes())
     data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0

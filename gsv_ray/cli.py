@@ -52,12 +52,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_rebuild(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from gsv_ray.owned import private_temp_dir
     from gsv_ray.rebuild import RebuildSpec, export_result, rebuild_cached
 
-    from gsv_ray.owned import private_temp_dir
-
-    spec = RebuildSpec(init=args.init, base_g=args.base_g, base_d=args.base_d, stage=args.stage, version=args.version,
-                       task=args.task, lora_rank=args.lora_rank)
+    spec = RebuildSpec(
+        init=args.init,
+        base_g=args.base_g,
+        base_d=args.base_d,
+        stage=args.stage,
+        version=args.version,
+        task=args.task,
+        lora_rank=args.lora_rank,
+    )
     # the private temp dir holds torch's inductor cache and --no-cache's scratch: removed at the end,
     # and by the next command when this one is killed (its lock is gone)
     with private_temp_dir() as tmp:
@@ -74,8 +80,9 @@ def _cmd_rebuild(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     console.print(result.report.render())
-    console.print(f"{'reused' if result.cache_hit else 'wrote'} {out}" if out else
-                  "nothing written (--no-cache without -o)")
+    console.print(
+        f"{'reused' if result.cache_hit else 'wrote'} {out}" if out else "nothing written (--no-cache without -o)"
+    )
     return 0
 
 
@@ -84,8 +91,9 @@ def _cmd_semantic(args: argparse.Namespace) -> int:
     from gsv_ray.semantic import SemanticOptions, first_names
     from gsv_ray.train.config import read_options_file
 
-    (values,) = split_mapping(read_options_file(args.config), SemanticOptions, path=args.config) if args.config \
-        else ({},)
+    (values,) = (
+        split_mapping(read_options_file(args.config), SemanticOptions, path=args.config) if args.config else ({},)
+    )
     values.update(flag_values(args, SemanticOptions))
     missing = [k for k in ("data", "model") if not values.get(k)]
     if missing:
@@ -96,8 +104,10 @@ def _cmd_semantic(args: argparse.Namespace) -> int:
         r = SemanticOptions(**values).run()
     print(r.report.message())
     mode = f"{r.workers} Ray tasks" if r.workers > 1 else "in-process"
-    print(f"wrote {r.written} of {r.listed} utterances ({r.tokens} tokens, {r.device} {'fp16' if r.half else 'fp32'}, "
-          f"{mode}, {r.seconds:.1f} s)")
+    print(
+        f"wrote {r.written} of {r.listed} utterances ({r.tokens} tokens, {r.device} {'fp16' if r.half else 'fp32'}, "
+        f"{mode}, {r.seconds:.1f} s)"
+    )
     if r.missing:
         print(f"missing features for {len(r.missing)}: {first_names(r.missing)} (not in the TSV)")
     if r.duplicates:
@@ -113,9 +123,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from gsv_ray.train.verify import VerifyOptions, render, verify
 
     out = Console()
-    result = verify(args.init, data=args.data, base_g=args.base_g, base_d=args.base_d, stage=args.stage,
-                    version=args.version, lora_rank=args.lora_rank, cache_root=args.cache, **flag_values(args, VerifyOptions),
-                    say=(lambda s: None) if args.json else (lambda s: out.print(s, style="dim", highlight=False)))
+    result = verify(
+        args.init,
+        data=args.data,
+        base_g=args.base_g,
+        base_d=args.base_d,
+        stage=args.stage,
+        version=args.version,
+        lora_rank=args.lora_rank,
+        cache_root=args.cache,
+        **flag_values(args, VerifyOptions),
+        say=(lambda s: None) if args.json else (lambda s: out.print(s, style="dim", highlight=False)),
+    )
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -131,16 +150,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gsv_ray.train.config import TrainConfig
 
     # before torch is imported: a bad option is a quick one-line error
-    cfg, ray_opts = load_run_config(args.config, train=flag_values(args, TrainConfig),
-                                    ray=flag_values(args, RayOptions))
+    cfg, ray_opts = load_run_config(
+        args.config, train=flag_values(args, TrainConfig), ray=flag_values(args, RayOptions)
+    )
     from gsv_ray.train.rundir import finished_line, own_output_dir, record_finished
 
     if ray_opts is not None:  # before -o is claimed: a run refused for the machine leaves nothing
         from gsv_ray.distributed.launch import check_machine
 
         check_machine(ray_opts)
-    with own_output_dir(cfg.output_dir), private_temp_dir(), \
-            Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console:
+    with (
+        own_output_dir(cfg.output_dir),
+        private_temp_dir(),
+        Chatter(log_file(cfg.output_dir), verbose=args.verbose) as console,
+    ):
         done = finished_line(cfg) if (cfg.resume or (ray_opts and ray_opts.resume)) else None
         if done:  # nothing rewritten, no second W&B run
             console.say(done)
@@ -178,8 +201,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from gsv_ray.train.config import TrainConfig
     from gsv_ray.tune.search import NOT_TUNE_OPTIONS, TuneOptions, load_tune_config
 
-    cfg, opts = load_tune_config(args.config, train=flag_values(args, TrainConfig, without=NOT_TUNE_OPTIONS),
-                                 search=flag_values(args, TuneOptions))
+    cfg, opts = load_tune_config(
+        args.config,
+        train=flag_values(args, TrainConfig, without=NOT_TUNE_OPTIONS),
+        search=flag_values(args, TuneOptions),
+    )
     return _run_tune(cfg, opts, verbose=args.verbose)
 
 
@@ -187,12 +213,14 @@ def _run_tune(cfg, opts, *, verbose: bool, command: str = "tune") -> int:
     """Run a search in its own -o (the CLI's exit status); a ``--resume`` of a finished one does nothing."""
     from gsv_ray.console import Chatter
     from gsv_ray.owned import private_temp_dir
+    from gsv_ray.train.rundir import finished_search_line, own_output_dir
     from gsv_ray.tune.run import tune_and_report
 
-    from gsv_ray.train.rundir import finished_search_line, own_output_dir
-
-    with own_output_dir(cfg.output_dir), private_temp_dir(), \
-            Chatter(log_file(cfg.output_dir), verbose=verbose) as console:
+    with (
+        own_output_dir(cfg.output_dir),
+        private_temp_dir(),
+        Chatter(log_file(cfg.output_dir), verbose=verbose) as console,
+    ):
         if opts.resume:  # another --metric is refused even where nothing is left to run
             from gsv_ray.tune.search import check_same_search, default_name
 
@@ -201,8 +229,11 @@ def _run_tune(cfg, opts, *, verbose: bool, command: str = "tune") -> int:
         if done:  # nothing rewritten, no second W&B summary run
             console.say(done)
             return 0
-        return _tune_exit(tune_and_report(cfg, opts, console=console,
-                                          interrupted=interrupted_hint(command) if command == "demo" else None))
+        return _tune_exit(
+            tune_and_report(
+                cfg, opts, console=console, interrupted=interrupted_hint(command) if command == "demo" else None
+            )
+        )
 
 
 def _tune_exit(run) -> int:
@@ -210,8 +241,12 @@ def _tune_exit(run) -> int:
         return 130
     if run.outcome.best is None:
         errors = [t.error for t in run.outcome.trials if t.error]
-        print("gsv-ray: error: no trial produced a validation loss"
-              + (f" (first error: {errors[0]})" if errors else "") + ". Fix: see the trial logs above.", file=sys.stderr)
+        print(
+            "gsv-ray: error: no trial produced a validation loss"
+            + (f" (first error: {errors[0]})" if errors else "")
+            + ". Fix: see the trial logs above.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -236,8 +271,10 @@ def interrupted_hint(command: str) -> str:
     if command == "tune":
         return "the same command with --resume continues the search"
     if command == "train":
-        return ("every complete checkpoint is kept: the same command with --resume continues (from step 0 when no "
-                "checkpoint was written yet)")
+        return (
+            "every complete checkpoint is kept: the same command with --resume continues (from step 0 when no "
+            "checkpoint was written yet)"
+        )
     return ""
 
 
@@ -258,15 +295,29 @@ def _rebuild_flags(p: argparse.ArgumentParser) -> None:
     from gsv_ray.options import add_flags
     from gsv_ray.train.config import TrainConfig
 
-    add_flags(p, TrainConfig, only=INPUTS, positional=("init",),
-              help={"base_g": "same-version base generator (or GPT) to fill what OLD lacks",
-                    "base_d": "same-version discriminator (SoVITS train task)"})
-    p.add_argument("--task", choices=REBUILD_TASKS, default="train",
-                   help="what the weights are for; decides which missing keys matter (default: train)")
+    add_flags(
+        p,
+        TrainConfig,
+        only=INPUTS,
+        positional=("init",),
+        help={
+            "base_g": "same-version base generator (or GPT) to fill what OLD lacks",
+            "base_d": "same-version discriminator (SoVITS train task)",
+        },
+    )
+    p.add_argument(
+        "--task",
+        choices=REBUILD_TASKS,
+        default="train",
+        help="what the weights are for; decides which missing keys matter (default: train)",
+    )
     p.add_argument("-o", "--output", metavar="DIR", help="also place the result at DIR (a new directory)")
     p.add_argument("--cache", metavar="DIR", help=CACHE)
-    p.add_argument("--verify-inputs", action="store_true",
-                   help="re-hash the input files instead of trusting their path, size, mtime and inode")
+    p.add_argument(
+        "--verify-inputs",
+        action="store_true",
+        help="re-hash the input files instead of trusting their path, size, mtime and inode",
+    )
     p.add_argument("--no-cache", action="store_true", help="rebuild from scratch, reading and writing no cache")
     p.add_argument("--json", action="store_true", help="print report.json (plus path, cache_hit) instead of tables")
 
@@ -284,8 +335,14 @@ def _verify_flags(p: argparse.ArgumentParser) -> None:
     from gsv_ray.train.config import TrainConfig
     from gsv_ray.train.verify import VerifyOptions
 
-    add_flags(p, TrainConfig, only=(*INPUTS, "data"), positional=("init",), required=("data",),
-              help={"base_g": "same-version base model: fills OLD and is evaluated alone"})
+    add_flags(
+        p,
+        TrainConfig,
+        only=(*INPUTS, "data"),
+        positional=("init",),
+        required=("data",),
+        help={"base_g": "same-version base model: fills OLD and is evaluated alone"},
+    )
     add_flags(p, VerifyOptions)
     p.add_argument("--cache", metavar="DIR", help=CACHE)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -310,10 +367,17 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--config", metavar="YAML", help="options file (training and search options)")
     groups: dict = {}
-    add_flags(p, TrainConfig, without=NOT_TUNE_OPTIONS, groups=groups,
-              help={"output_dir": "run directory (default gsv-ray-runs/<--name>)",
-                    "max_steps": "optimizer steps per trial (required)",
-                    "val_every": "steps between validations = when trials are compared"})
+    add_flags(
+        p,
+        TrainConfig,
+        without=NOT_TUNE_OPTIONS,
+        groups=groups,
+        help={
+            "output_dir": "run directory (default gsv-ray-runs/<--name>)",
+            "max_steps": "optimizer steps per trial (required)",
+            "val_every": "steps between validations = when trials are compared",
+        },
+    )
     add_flags(p, TuneOptions, groups=groups)
     p.add_argument("--verbose", action="store_true", help=VERBOSE)
 
@@ -323,8 +387,11 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     from gsv_ray.options import add_flags
 
     add_flags(p, DemoOptions)
-    p.add_argument("--verbose", action="store_true", help="also show Ray's and W&B's own output (always in the "
-                   "run's logs/gsv-ray.log)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show Ray's and W&B's own output (always in the run's logs/gsv-ray.log)",
+    )
 
 
 #: rebuild's tasks (``gsv_ray.rebuild.TASKS``; stated here so that ``--help`` imports no torch, and a
@@ -338,40 +405,54 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None], C
         "identify GPT-SoVITS files: kind, version and evidence, info, sha256",
         "Identify GPT-SoVITS files safely (nothing in them runs): stage, kind (export, pretrained base, "
         "training checkpoint, ...), version with the shapes that decide it, info, sha256.",
-        _inspect_flags, _cmd_inspect),
+        _inspect_flags,
+        _cmd_inspect,
+    ),
     "rebuild": (
         "rebuild complete fp32 weights from any GPT-SoVITS file, with every key's fate reported",
         "Rebuild complete, training-ready weights from OLD (an export, a base, a checkpoint). Results are "
         "content-addressed under the cache (GSV_RAY_CACHE, default ~/.cache/gsv-ray): the same inputs are "
         "rebuilt once.",
-        _rebuild_flags, _cmd_rebuild),
+        _rebuild_flags,
+        _cmd_rebuild,
+    ),
     "semantic": (
         "write 6-name2semantic.tsv (semantic tokens) from 4-cnhubert features",
         "Upstream's semantic-token step: read logs/<exp>/4-cnhubert/*.pt in 2-name2text.txt order, run the "
         "model's ssl_proj + quantizer, write logs/<exp>/6-name2semantic.tsv in upstream's format.",
-        _semantic_flags, _cmd_semantic),
+        _semantic_flags,
+        _cmd_semantic,
+    ),
     "verify": (
         "trial-run the rebuilt weights on your data next to the base alone (pass/fail)",
         "Rebuild OLD, evaluate it (and the base alone) on a few batches of your experiment folder, optionally "
         "take a few optimizer steps. Exit 0 on pass, 1 on fail, 2 on bad input.",
-        _verify_flags, _cmd_verify),
+        _verify_flags,
+        _cmd_verify,
+    ),
     "train": (
         "continue training OLD (SoVITS or GPT) at a reduced LR with warmup; exports GPT-SoVITS files",
         "Resumed training of one stage from any GPT-SoVITS file. Every option can also be given in "
         "--config run.yaml (same names, dashes or underscores); flags win.",
-        _train_flags, _cmd_train),
+        _train_flags,
+        _cmd_train,
+    ),
     "tune": (
         "Ray Tune over lr_scale and warmup from one shared rebuild; best weights exported",
         "Search the reduced learning-rate scale and the warmup with Ray Tune. Every trial trains from the same "
         "rebuilt weights (rebuilt once), logs one W&B run, and can be stopped early (ASHA). Every option can "
         "also be given in --config tune.yaml.",
-        _tune_flags, _cmd_tune),
+        _tune_flags,
+        _cmd_tune,
+    ),
     "demo": (
         "the main job on an embedded default: synthetic voice + tune, in minutes",
         "Make a small synthetic voice (an old SoVITS v2 export and its discriminator, or with --version v4 a v4 "
         "base and LoRA export; a preprocessed experiment folder), then search lr_scale and warmup for continuing it with Ray Tune on a local Ray, W&B offline. "
         "Nothing is downloaded; a second demo in the same --dir is a new run beside the first.",
-        _demo_flags, _cmd_demo),
+        _demo_flags,
+        _cmd_demo,
+    ),
 }
 
 

@@ -93,11 +93,15 @@ class Chatter:
         self.out, self.err = sys.stdout, sys.stderr
         if self.log_file is None:
             return self
-        sink_out, sink_err = _Sink(self, self.out if self.verbose else None), _Sink(self, self.err if self.verbose else None)
+        sink_out, sink_err = (
+            _Sink(self, self.out if self.verbose else None),
+            _Sink(self, self.err if self.verbose else None),
+        )
         self._swap(sys, "stdout", sink_out)
         self._swap(sys, "stderr", sink_err)
-        for logger in [logging.getLogger()] + [v for v in logging.root.manager.loggerDict.values()
-                                                if isinstance(v, logging.Logger)]:
+        for logger in [logging.getLogger()] + [
+            v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)
+        ]:
             for h in logger.handlers:  # handlers made at import hold the stream they were given then
                 if isinstance(h, logging.StreamHandler) and h.stream in (self.out, self.err):
                     self._swap(h, "stream", sink_err if h.stream is self.err else sink_out)
@@ -193,8 +197,10 @@ def wrap(line: str, width: int = WIDTH) -> str:
     if isinstance(line, Copyable) and line.prose:
         return f"{wrap(line.prose, width)}\n  {line.text}"
     indent = " " * min(len(line) - len(line.lstrip(" ")) + 2, 8)
-    return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
-                                   break_on_hyphens=False)) or line
+    return (
+        "\n".join(textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False))
+        or line
+    )
 
 
 def shown(path: str | os.PathLike[str]) -> str:
@@ -271,9 +277,15 @@ class ProgressDisplay:
             from rich.progress import BarColumn, Progress, TextColumn
 
             console = Console(file=self._out(), width=min(WIDTH, Console(file=self._out()).width))
-            self._bar = Progress(TextColumn(self.label), BarColumn(bar_width=16), TextColumn("{task.fields[info]}"),
-                                 console=console, transient=False,
-                                 redirect_stdout=False, redirect_stderr=False)  # chatter stays in the log
+            self._bar = Progress(
+                TextColumn(self.label),
+                BarColumn(bar_width=16),
+                TextColumn("{task.fields[info]}"),
+                console=console,
+                transient=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )  # chatter stays in the log
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=total, completed=done, info="")
         self._last_plain = time.monotonic()
@@ -318,9 +330,14 @@ class TrialsDisplay:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(self._table(), console=Console(file=self.chatter.out, width=WIDTH),
-                              refresh_per_second=2, transient=True,
-                              redirect_stdout=False, redirect_stderr=False)  # chatter stays in the log
+            self._live = Live(
+                self._table(),
+                console=Console(file=self.chatter.out, width=WIDTH),
+                refresh_per_second=2,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )  # chatter stays in the log
             self._live.start()
 
     def _table(self):
@@ -330,8 +347,14 @@ class TrialsDisplay:
         for col in ("trial", "lr_scale", "warmup", "step", "best val", "status"):
             t.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
         for tid, r in self.rows.items():
-            t.add_row(tid, _g(r.get("lr_scale")), str(r.get("warmup", "")), f"{r.get('step', 0)}/{self.total}",
-                      _g(r.get("best_val"), ".4f"), r.get("status", "running"))
+            t.add_row(
+                tid,
+                _g(r.get("lr_scale")),
+                str(r.get("warmup", "")),
+                f"{r.get('step', 0)}/{self.total}",
+                _g(r.get("best_val"), ".4f"),
+                r.get("status", "running"),
+            )
         return t
 
     def update(self, trial: str, **fields: Any) -> None:
@@ -353,8 +376,9 @@ class TrialsDisplay:
             states[r.get("status", "running")] = states.get(r.get("status", "running"), 0) + 1
         steps = sum(int(r.get("step", 0)) for r in self.rows.values())
         bests = [r["best_val"] for r in self.rows.values() if r.get("best_val") is not None]
-        return (f"tune: {', '.join(f'{n} {s}' for s, n in states.items())}; {steps} steps so far"
-                + (f"; best val loss {min(bests):.4f}" if bests else ""))
+        return f"tune: {', '.join(f'{n} {s}' for s, n in states.items())}; {steps} steps so far" + (
+            f"; best val loss {min(bests):.4f}" if bests else ""
+        )
 
     def close(self) -> None:
         if self._live is not None:

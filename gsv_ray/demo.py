@@ -14,9 +14,11 @@ from gsv_ray.options import check, option
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.tune.search import TuneOptions
 
-HEADER = ("gsv-ray demo in {root}: a synthetic voice and {what}\n"
-          "in GPT-SoVITS's formats; Ray Tune searches lr_scale and warmup on a local Ray,\n"
-          "tracked in W&B offline.")
+HEADER = (
+    "gsv-ray demo in {root}: a synthetic voice and {what}\n"
+    "in GPT-SoVITS's formats; Ray Tune searches lr_scale and warmup on a local Ray,\n"
+    "tracked in W&B offline."
+)
 #: What the demo continues, per version (HEADER's ``what``).
 WHAT = {"v2": "a small SoVITS v2 old.pth", "v4": "a small v4 base + LoRA export"}
 
@@ -29,8 +31,11 @@ class DemoOptions:
     dir: str = option("gsv-ray-demo", metavar="DIR", help="where to put everything")
     max_steps: int = option(24, low=2, metavar="N", help="steps per trial (validation every quarter)")
     num_samples: int = option(4, low=1, metavar="N", help="trials")
-    version: str = option("v2", choices=("v2", "v4"), help="the voice's SoVITS version: v2 (a GAN generator) "
-                                                           "or v4 (a CFM decoder fine-tuned with LoRA)")
+    version: str = option(
+        "v2",
+        choices=("v2", "v4"),
+        help="the voice's SoVITS version: v2 (a GAN generator) or v4 (a CFM decoder fine-tuned with LoRA)",
+    )
 
     @property
     def val_every(self) -> int:
@@ -65,12 +70,19 @@ def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
     base_d = root / "pretrained" / "s2D_demo.pth"
     if not old.is_file():
         s2 = s2_config("v2")
-        s2["model"].update(inter_channels=32, hidden_channels=32, filter_channels=64, n_layers=2,
-                           upsample_initial_channel=32, gin_channels=32)
+        s2["model"].update(
+            inter_channels=32,
+            hidden_channels=32,
+            filter_channels=64,
+            n_layers=2,
+            upsample_initial_channel=32,
+            gin_channels=32,
+        )
         s2.update(name="demo", version="v2")
         torch.manual_seed(seed)
-        g = SoVITSGenerator(SoVITSConfig.from_s2_config(s2, "v2", mrte_hidden_channels=32, ref_hidden_channels=32,
-                                                        kmeans_iters=1))
+        g = SoVITSGenerator(
+            SoVITSConfig.from_s2_config(s2, "v2", mrte_hidden_channels=32, ref_hidden_channels=32, kmeans_iters=1)
+        )
         sd = g.state_dict()
         sd["quantizer.vq.layers.0._codebook.inited"].fill_(1.0)  # a trained model's codebook is initialised
         sd["quantizer.vq.layers.0._codebook.embed"].normal_()
@@ -92,11 +104,23 @@ def make_demo_inputs(root: Path, *, seed: int = 0) -> dict[str, Path]:
 
 
 #: A narrow v3/v4 generator (upstream's architecture, small widths) for quick runs and the tests.
-NARROW_V3 = {"inter_channels": 32, "hidden_channels": 32, "filter_channels": 64, "n_layers": 2,
-             "gin_channels": 32}
-NARROW_V3_WIDTHS = {"mrte_hidden_channels": 32, "ref_hidden_channels": 32, "bridge_channels": 64, "wns1_layers": 2,
-                    "dit": {"dim": 64, "depth": 2, "heads": 2, "dim_head": 32, "text_dim": 64, "conv_layers": 1,
-                            "conv_pos_groups": 4, "freq_embed_dim": 32}}
+NARROW_V3 = {"inter_channels": 32, "hidden_channels": 32, "filter_channels": 64, "n_layers": 2, "gin_channels": 32}
+NARROW_V3_WIDTHS = {
+    "mrte_hidden_channels": 32,
+    "ref_hidden_channels": 32,
+    "bridge_channels": 64,
+    "wns1_layers": 2,
+    "dit": {
+        "dim": 64,
+        "depth": 2,
+        "heads": 2,
+        "dim_head": 32,
+        "text_dim": 64,
+        "conv_layers": 1,
+        "conv_pos_groups": 4,
+        "freq_embed_dim": 32,
+    },
+}
 
 
 def make_v3_inputs(root: Path, version: str = "v4", *, lora_rank: int = 4, seed: int = 0) -> dict[str, Path]:
@@ -135,8 +159,9 @@ def make_v3_inputs(root: Path, version: str = "v4", *, lora_rank: int = 4, seed:
                 if ".lora_B." in n:
                     p.normal_(std=0.02)
         s2.update(name="demo", version=version)
-        write_sovits_export(lora, lora_export_state_dict(g), config=s2, info="2epoch_40iteration", version=version,
-                            lora_rank=lora_rank)
+        write_sovits_export(
+            lora, lora_export_state_dict(g), config=s2, info="2epoch_40iteration", version=version, lora_rank=lora_rank
+        )
     return {"data": data, "base": base, "init": lora}
 
 
@@ -166,9 +191,23 @@ def demo_config(size: DemoOptions = DemoOptions()) -> tuple[TrainConfig, TuneOpt
     else:  # a LoRA export and its base, as GPT-SoVITS's v4 training leaves them
         inputs = make_v3_inputs(root, size.version)
         files = dict(init=str(inputs["init"]), base_g=str(inputs["base"]))
-    cfg = load_config(None, **files, data=str(inputs["data"]), output_dir=str(root / "runs" / name),
-                      max_steps=size.max_steps, batch_size=4, val_every=size.val_every, val_fraction=0.15,
-                      audio_samples=1, wandb_mode=None)
-    opts = TuneOptions(num_samples=size.num_samples, lr_scale_range=(0.05, 1.0),
-                       warmup_choices=size.warmup_choices, max_concurrent=2, name=name)
+    cfg = load_config(
+        None,
+        **files,
+        data=str(inputs["data"]),
+        output_dir=str(root / "runs" / name),
+        max_steps=size.max_steps,
+        batch_size=4,
+        val_every=size.val_every,
+        val_fraction=0.15,
+        audio_samples=1,
+        wandb_mode=None,
+    )
+    opts = TuneOptions(
+        num_samples=size.num_samples,
+        lr_scale_range=(0.05, 1.0),
+        warmup_choices=size.warmup_choices,
+        max_concurrent=2,
+        name=name,
+    )
     return cfg, opts

@@ -76,10 +76,14 @@ class InfraError(GsvError):
 
 #: What a filesystem failure means to the user, and what to do (errno name -> (problem, fix)).
 _OS_ERRORS = {
-    "ENOSPC": ("no space left on the filesystem that holds it", "free space there, or choose another -o / cache "
-               "(GSV_RAY_CACHE) / --storage"),
-    "EDQUOT": ("disk quota exceeded on the filesystem that holds it", "free space there, or choose another -o / cache "
-               "(GSV_RAY_CACHE) / --storage"),
+    "ENOSPC": (
+        "no space left on the filesystem that holds it",
+        "free space there, or choose another -o / cache (GSV_RAY_CACHE) / --storage",
+    ),
+    "EDQUOT": (
+        "disk quota exceeded on the filesystem that holds it",
+        "free space there, or choose another -o / cache (GSV_RAY_CACHE) / --storage",
+    ),
     "EROFS": ("the filesystem that holds it is read-only", "choose a writable -o / cache (GSV_RAY_CACHE) / --storage"),
     "EACCES": ("permission denied", "choose a location you can write (or read), or fix its permissions"),
     "EPERM": ("operation not permitted", "choose a location you can write (or read), or fix its permissions"),
@@ -122,8 +126,11 @@ def is_symlink_loop(path: str | Path) -> bool:
 def missing_error(path: str | Path, problem: str, fix: str) -> GsvError:
     """The error for a path that is not there: a symlink loop is named as one, not as missing."""
     if is_symlink_loop(path):
-        return GsvError("is a symbolic link loop (its links lead back to themselves, never to a file)", path=path,
-                        fix="fix or remove the symbolic link, or give the real path")
+        return GsvError(
+            "is a symbolic link loop (its links lead back to themselves, never to a file)",
+            path=path,
+            fix="fix or remove the symbolic link, or give the real path",
+        )
     return GsvError(problem, path=path, fix=fix)
 
 
@@ -147,13 +154,17 @@ def check_output_path(path: str | Path) -> None:
     symlink (creating it would follow or replace the link), or a path under a regular file."""
     p = Path(path)
     if p.is_symlink() and not p.exists():
-        raise GsvError(f"is a symbolic link to {p.readlink()}, which does not exist", path=p,
-                       fix="create the link's target directory, remove the link, or choose another path")
+        raise GsvError(
+            f"is a symbolic link to {p.readlink()}, which does not exist",
+            path=p,
+            fix="create the link's target directory, remove the link, or choose another path",
+        )
     for parent in [p, *p.parents]:
         if parent.exists():
             if not parent.is_dir() and parent != p:
-                raise GsvError("a parent of it is a file, not a directory", path=p,
-                               fix=f"choose another path ({parent} is a file)")
+                raise GsvError(
+                    "a parent of it is a file, not a directory", path=p, fix=f"choose another path ({parent} is a file)"
+                )
             break
 
 
@@ -202,8 +213,9 @@ def tree_problem(obj: object, children, *, max_nodes: int, max_depth: int) -> st
                 n, h = visit(kid, depth + 1)
                 nodes, height = nodes + n, max(height, h + 1)
                 if nodes > max_nodes:
-                    raise _Stop(f"it expands to more than {max_nodes:,} entries when written out "
-                                "(shared containers repeated)")
+                    raise _Stop(
+                        f"it expands to more than {max_nodes:,} entries when written out (shared containers repeated)"
+                    )
             on_path.discard(key)
             done[key] = (nodes, height)
         nodes, height = done[key]
@@ -236,5 +248,7 @@ def check_file_name(value: str, option: str) -> None:
     elif len(value.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         bad = f"is longer than {MAX_NAME_BYTES} bytes"
     if bad:
-        raise ConfigError(f"{option} {shown_value(value)} {bad}: it must be one plain file name",
-                          fix=f"give {option} a name like myvoice-v2 (letters, digits, '-', '_', '.')")
+        raise ConfigError(
+            f"{option} {shown_value(value)} {bad}: it must be one plain file name",
+            fix=f"give {option} a name like myvoice-v2 (letters, digits, '-', '_', '.')",
+        )

@@ -53,8 +53,14 @@ def entry(path: Path, checksum: str, *, with_identity: bool = False) -> dict[str
     return {**out, **identity(path)} if with_identity else out
 
 
-def problem(directory: str | Path, *, checksum: str, needed: Collection[str] = (), fmt: int | None = None,
-            trust_identity: bool = False) -> str | None:
+def problem(
+    directory: str | Path,
+    *,
+    checksum: str,
+    needed: Collection[str] = (),
+    fmt: int | None = None,
+    trust_identity: bool = False,
+) -> str | None:
     """Why ``directory`` does not verify against its ``manifest.json`` (None when it does).
 
     ``needed``: names the manifest must list; ``fmt``: the ``"format"`` it must carry (None: any).

@@ -38,18 +38,18 @@ class Opt:
     """How one dataclass field meets the user."""
 
     help: str
-    flags: tuple[str, ...] = ()          # default: ("--field-name",)
+    flags: tuple[str, ...] = ()  # default: ("--field-name",)
     choices: tuple[Any, ...] | None = None
-    low: float | None = None             # range check; open (exclusive) ends when low_open / high_open
+    low: float | None = None  # range check; open (exclusive) ends when low_open / high_open
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
     metavar: str | tuple[str, ...] | None = None
-    group: str | None = None             # the --help section
+    group: str | None = None  # the --help section
     nargs: str | int | None = None
-    const: Any = None                    # with nargs="?": the value of the bare flag
-    show_default: bool = True            # "(default X)" appended to the help
-    yaml: bool = True                    # also a YAML key (False: command-line only)
+    const: Any = None  # with nargs="?": the value of the bare flag
+    show_default: bool = True  # "(default X)" appended to the help
+    yaml: bool = True  # also a YAML key (False: command-line only)
 
     def flag_names(self, name: str) -> tuple[str, ...]:
         return self.flags or ("--" + name.replace("_", "-"),)
@@ -64,8 +64,11 @@ def same_as(cls: type, name: str, **changes: Any) -> Any:
     """The field ``name`` of ``cls`` declared again in another dataclass (same default, help, checks;
     ``changes`` adjust the :class:`Opt`, e.g. a help worded for this command)."""
     f = _field(cls, name)
-    return dataclasses.field(default=f.default, default_factory=f.default_factory,
-                             metadata={_KEY: dataclasses.replace(f.metadata[_KEY], **changes)})
+    return dataclasses.field(
+        default=f.default,
+        default_factory=f.default_factory,
+        metadata={_KEY: dataclasses.replace(f.metadata[_KEY], **changes)},
+    )
 
 
 def options(cls: Any) -> list[tuple[dataclasses.Field, Opt]]:
@@ -99,9 +102,9 @@ class _Type(NamedTuple):
     """A field's annotation, read from its text (``from __future__ import annotations``):
     ``tuple[float, float] | None`` -> container ``tuple``, element ``float``, 2 items, optional."""
 
-    container: str | None   # None, "tuple" or "list"
-    element: str            # int, float, str or bool
-    items: int | None       # a tuple's length
+    container: str | None  # None, "tuple" or "list"
+    element: str  # int, float, str or bool
+    items: int | None  # a tuple's length
     optional: bool
 
 
@@ -121,10 +124,17 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: Any, *, without: Iterable[str] = (),
-              only: Iterable[str] | None = None, groups: dict[str, Any] | None = None,
-              help: Mapping[str, str] | None = None, positional: Iterable[str] = (),
-              required: Iterable[str] = ()) -> None:
+def add_flags(
+    parser: argparse.ArgumentParser,
+    cls: Any,
+    *,
+    without: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    groups: dict[str, Any] | None = None,
+    help: Mapping[str, str] | None = None,
+    positional: Iterable[str] = (),
+    required: Iterable[str] = (),
+) -> None:
     """Add a flag for every option of ``cls`` (``only`` these / ``without`` those). Flags default to
     None (absent), so values from YAML or the dataclass apply unless the flag is given; ``--help``
     shows the dataclass default. ``groups`` collects the argument groups by title (shared across
@@ -143,8 +153,13 @@ def add_flags(parser: argparse.ArgumentParser, cls: Any, *, without: Iterable[st
             target = groups[opt.group]
         text = (help or {}).get(f.name, opt.help)
         default = default_of(f)
-        if opt.show_default and default is not None and default is not MISSING and default is not False \
-                and "default" not in text:
+        if (
+            opt.show_default
+            and default is not None
+            and default is not MISSING
+            and default is not False
+            and "default" not in text
+        ):
             text += f" (default {_shown(default)})"
         kind = _type_of(f)
         element = kind.element
@@ -196,7 +211,8 @@ def split_mapping(mapping: Mapping[str, Any], *classes: Any, path: str | Path = 
     pairs = [c if isinstance(c, tuple) else (c, ()) for c in classes]
     classes = tuple(c for c, _ in pairs)
     owners: list[dict[str, dataclasses.Field]] = [
-        {f.name: f for f, opt in options(c) if opt.yaml and f.name not in skip} for c, skip in pairs]
+        {f.name: f for f, opt in options(c) if opt.yaml and f.name not in skip} for c, skip in pairs
+    ]
     out: list[dict[str, Any]] = [{} for _ in classes]
     for k, v in mapping.items():
         key = str(k).replace("-", "_")
@@ -206,7 +222,9 @@ def split_mapping(mapping: Mapping[str, Any], *classes: Any, path: str | Path = 
                 break
         else:
             known = sorted(set().union(*(set(o) for o in owners)))
-            raise ConfigError(f"unknown option {shown_value(k)}", path=Path(path), fix=f"use one of: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown option {shown_value(k)}", path=Path(path), fix=f"use one of: {', '.join(known)}"
+            )
     return out
 
 
@@ -238,7 +256,9 @@ def _check_one(name: str, key: str, base: str, opt: Opt, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{name} must be {_WANT[base]}, got {shown_value(value)}", fix=f"set {key} to {_WANT[base]}")
     if base == "float" and not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {shown_value(value)}", fix=f"set {key} to a finite value")
+        raise ConfigError(
+            f"{name} must be a finite number, got {shown_value(value)}", fix=f"set {key} to a finite value"
+        )
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, opt.choices))}, got {shown_value(value)}")
     too_low = opt.low is not None and (value <= opt.low if opt.low_open else value < opt.low)

@@ -195,8 +195,13 @@ def _remove_if_orphan(directory: Path, *, grace_s: float, unlocked_after: float 
         os.close(fd)
 
 
-def sweep(parent: str | os.PathLike[str], match: Callable[[str], bool], *, grace_s: float = GRACE_S,
-          unlocked_after: float | None = None) -> list[Path]:
+def sweep(
+    parent: str | os.PathLike[str],
+    match: Callable[[str], bool],
+    *,
+    grace_s: float = GRACE_S,
+    unlocked_after: float | None = None,
+) -> list[Path]:
     """Remove the orphaned directories under ``parent`` whose names ``match`` (and leftovers of an
     interrupted sweep); returns what was removed. A matching directory without a lock file is
     removed only with ``unlocked_after`` (seconds since its last change). Never raises: cleaning is

@@ -31,16 +31,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from gsv_ray.data.experiment import (
+    HUBERT_DIR,
+    NAME2TEXT,
+    SEMANTIC_HEADER,
+    SEMANTIC_TSV,
+    name2text_fields,
+    ssl_features_problem,
+)
 from gsv_ray.distributed.cluster import connect
-from gsv_ray.data.experiment import HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, name2text_fields, ssl_features_problem
 from gsv_ray.errors import GsvError, first_line, missing_error
 from gsv_ray.options import check, option
 
 OUTPUT = SEMANTIC_TSV
 HEADER = SEMANTIC_HEADER
 
-__all__ = ["HEADER", "HUBERT_DIR", "NAME2TEXT", "OUTPUT", "SemanticOptions", "SemanticResult", "extract_semantic", "first_names",
-           "read_names", "render_tsv"]
+__all__ = [
+    "HEADER",
+    "HUBERT_DIR",
+    "NAME2TEXT",
+    "OUTPUT",
+    "SemanticOptions",
+    "SemanticResult",
+    "extract_semantic",
+    "first_names",
+    "read_names",
+    "render_tsv",
+]
 
 
 @dataclass(frozen=True)
@@ -51,20 +68,33 @@ class SemanticOptions:
     model: str = option(metavar="FILE", help="any SoVITS .pth (export, base or checkpoint)")
     base: str | None = option(None, metavar="G", help="same-version base generator (needed for a v3/v4 LoRA export)")
     workers: int = option(1, low=1, metavar="N", help="Ray tasks; 1 runs in-process")
-    address: str | None = option(None, metavar="ADDR",
-                                 help="Ray cluster to join with --workers > 1 (default: a local one)")
+    address: str | None = option(
+        None, metavar="ADDR", help="Ray cluster to join with --workers > 1 (default: a local one)"
+    )
     half: bool = option(False, help="fp16 (CUDA only; default fp32)")
-    output: str | None = option(None, metavar="FILE", help="where to write the TSV (default: 6-name2semantic.tsv "
-                                                           "in --data, where GPT training reads it)")
+    output: str | None = option(
+        None,
+        metavar="FILE",
+        help="where to write the TSV (default: 6-name2semantic.tsv in --data, where GPT training reads it)",
+    )
     overwrite: bool = option(False, help="replace an existing TSV")
-    cache: str | None = option(None, metavar="DIR", help="rebuild cache root (default: $GSV_RAY_CACHE or "
-                                                         "~/.cache/gsv-ray)")
+    cache: str | None = option(
+        None, metavar="DIR", help="rebuild cache root (default: $GSV_RAY_CACHE or ~/.cache/gsv-ray)"
+    )
 
     def run(self) -> SemanticResult:
         check(self)
-        return extract_semantic(self.data, self.model, base_g=self.base, workers=self.workers, half=self.half,
-                                overwrite=self.overwrite, address=self.address, cache_root=self.cache,
-                                output=self.output)
+        return extract_semantic(
+            self.data,
+            self.model,
+            base_g=self.base,
+            workers=self.workers,
+            half=self.half,
+            overwrite=self.overwrite,
+            address=self.address,
+            cache_root=self.cache,
+            output=self.output,
+        )
 
 
 @dataclass
@@ -101,8 +131,11 @@ def read_names(data_dir: str | Path) -> tuple[list[str], int, list[str]]:
     """
     path = Path(data_dir) / NAME2TEXT
     if not path.is_file():
-        raise GsvError(f"no {NAME2TEXT} in this folder", path=data_dir,
-                       fix="pass --data logs/<exp> of an experiment whose text step (1-get-text) has run")
+        raise GsvError(
+            f"no {NAME2TEXT} in this folder",
+            path=data_dir,
+            fix="pass --data logs/<exp> of an experiment whose text step (1-get-text) has run",
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first name (as the experiment reader)
     except UnicodeDecodeError as e:
@@ -120,16 +153,22 @@ def read_names(data_dir: str | Path) -> tuple[list[str], int, list[str]]:
             continue
         name = fields[0]
         if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-            raise GsvError(f"line {lineno} names {name!r}, which is not a file name", path=path,
-                           fix="each line must start with the wav basename (e.g. a_001.wav); re-run the text step")
+            raise GsvError(
+                f"line {lineno} names {name!r}, which is not a file name",
+                path=path,
+                fix="each line must start with the wav basename (e.g. a_001.wav); re-run the text step",
+            )
         if name in seen:
             duplicates.append(name)
             continue
         seen.add(name)
         names.append(name)
     if not names:
-        raise GsvError("no utterance lines (name<TAB>phones<TAB>word2ph<TAB>text)", path=path,
-                       fix="re-run the text step (1-get-text) for this experiment")
+        raise GsvError(
+            "no utterance lines (name<TAB>phones<TAB>word2ph<TAB>text)",
+            path=path,
+            fix="re-run the text step (1-get-text) for this experiment",
+        )
     return names, ignored, duplicates
 
 
@@ -144,8 +183,11 @@ def _load_features(path: Path) -> torch.Tensor:
     if problem is not None:
         raise GsvError(f"HuBERT features {problem[1]}", path=path, fix=fix)
     if t.shape[2] < 2:
-        raise GsvError(f"only {t.shape[2]} feature frame(s): too short for a single 25 Hz token", path=path,
-                       fix="remove this utterance from the dataset (it is under 40 ms)")
+        raise GsvError(
+            f"only {t.shape[2]} feature frame(s): too short for a single 25 Hz token",
+            path=path,
+            fix="remove this utterance from the dataset (it is under 40 ms)",
+        )
     return t.float()
 
 
@@ -162,14 +204,18 @@ def _build_extractor(weights: Mapping[str, Any], device: str, half: bool):
         ext = SemanticExtractor()
     ext.load_state_dict(state, strict=True)  # copies: the shared arrays are never written
     if not ext.is_initialised:
-        raise GsvError("the quantizer's codebook is not initialised (inited = 0): extraction would run k-means "
-                       "and invent a codebook", fix="use the SoVITS file the voice was trained with (or its base)")
+        raise GsvError(
+            "the quantizer's codebook is not initialised (inited = 0): extraction would run k-means "
+            "and invent a codebook",
+            fix="use the SoVITS file the voice was trained with (or its base)",
+        )
     ext = ext.eval().to(device)
     return ext.half() if half else ext
 
 
-def _extract_chunk(weights: Mapping[str, Any], feature_paths: Sequence[str], device: str, half: bool,
-                   threads: int | None = None) -> dict[str, Any]:
+def _extract_chunk(
+    weights: Mapping[str, Any], feature_paths: Sequence[str], device: str, half: bool, threads: int | None = None
+) -> dict[str, Any]:
     """Token lines (space-separated ids) for each feature file, in order; errors come back as text.
 
     Runs in-process or as a Ray task; returning the error keeps it one line across process boundaries.
@@ -210,24 +256,30 @@ def _chunks(n: int, k: int) -> list[tuple[int, int]]:
     return out
 
 
-def _extract_ray(weights: Mapping[str, torch.Tensor], paths: list[str], workers: int, device: str, half: bool,
-                 address: str | None) -> list[str]:
+def _extract_ray(
+    weights: Mapping[str, torch.Tensor], paths: list[str], workers: int, device: str, half: bool, address: str | None
+) -> list[str]:
     import logging
 
     try:
         import ray
     except ImportError as e:  # pragma: no cover - ray is a dependency
-        raise GsvError("--workers > 1 needs Ray, which is not installed", fix="pip install 'ray>=2.60' or use "
-                       "--workers 1") from e
-    started = connect(address, num_cpus=workers, logging_level=logging.ERROR, log_to_driver=False,
-                      object_store_memory=256 * 2**20)
+        raise GsvError(
+            "--workers > 1 needs Ray, which is not installed", fix="pip install 'ray>=2.60' or use --workers 1"
+        ) from e
+    started = connect(
+        address, num_cpus=workers, logging_level=logging.ERROR, log_to_driver=False, object_store_memory=256 * 2**20
+    )
     try:
         num_gpus = 0.0
         if device.startswith("cuda"):
             total = float(ray.cluster_resources().get("GPU", 0))
             if total <= 0:
-                raise GsvError("the Ray cluster has no GPU for a CUDA extraction", path=address,
-                               fix="drop --half / use a cluster with GPUs, or use --workers 1")
+                raise GsvError(
+                    "the Ray cluster has no GPU for a CUDA extraction",
+                    path=address,
+                    fix="drop --half / use a cluster with GPUs, or use --workers 1",
+                )
             num_gpus = min(1.0, total / workers)
             device = "cuda"
         weights_ref = ray.put({k: v.detach().cpu().numpy() for k, v in weights.items()})  # once, zero-copy reads
@@ -255,9 +307,12 @@ def _resolve_device(device: str | None, half: bool) -> str:
     if device is None:
         device = "cuda" if half or torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GsvError("--half needs a CUDA GPU and this machine has none" if half else
-                       f"device {device!r} asked for, but CUDA is not available",
-                       fix="drop --half: fp32 on CPU is the default" if half else "use device cpu")
+        raise GsvError(
+            "--half needs a CUDA GPU and this machine has none"
+            if half
+            else f"device {device!r} asked for, but CUDA is not available",
+            fix="drop --half: fp32 on CPU is the default" if half else "use device cpu",
+        )
     if half and not device.startswith("cuda"):
         raise GsvError(f"--half needs a CUDA GPU, not {device!r}", fix="drop --half: fp32 is the default on CPU")
     return device
@@ -268,11 +323,17 @@ def _check_output(out: Path, overwrite: bool) -> None:
     """Refuse an output path that is a folder, or a file without ``overwrite``: before any work
     (atomic_write would refuse it too, after the extraction)."""
     if out.is_dir():
-        raise GsvError("is a directory, but the TSV is written here", path=out,
-                       fix="remove or rename that directory, or pass --output FILE to write the TSV elsewhere")
+        raise GsvError(
+            "is a directory, but the TSV is written here",
+            path=out,
+            fix="remove or rename that directory, or pass --output FILE to write the TSV elsewhere",
+        )
     if out.exists() and not overwrite:
-        raise GsvError("already exists; not overwriting", path=out,
-                       fix="pass --overwrite to replace it, or --output FILE to write the TSV elsewhere")
+        raise GsvError(
+            "already exists; not overwriting",
+            path=out,
+            fix="pass --overwrite to replace it, or --output FILE to write the TSV elsewhere",
+        )
 
 
 def _with_features(names: list[str], feats: Path) -> tuple[list[str], list[str]]:
@@ -280,13 +341,17 @@ def _with_features(names: list[str], feats: Path) -> tuple[list[str], list[str]]
     present = [n for n in names if (feats / f"{n}.pt").is_file()]
     missing = [n for n in names if not (feats / f"{n}.pt").is_file()] if len(present) < len(names) else []
     if not present:
-        raise GsvError(f"none of the {len(names)} utterances of {NAME2TEXT} has features (first expected: "
-                       f"{names[0]}.pt)", path=feats, fix="run the HuBERT step (2-get-hubert-wav32k) first")
+        raise GsvError(
+            f"none of the {len(names)} utterances of {NAME2TEXT} has features (first expected: {names[0]}.pt)",
+            path=feats,
+            fix="run the HuBERT step (2-get-hubert-wav32k) first",
+        )
     return present, missing
 
 
-def _extract(weights: Mapping[str, torch.Tensor], paths: list[str], workers: int, device: str, half: bool,
-             address: str | None) -> list[str]:
+def _extract(
+    weights: Mapping[str, torch.Tensor], paths: list[str], workers: int, device: str, half: bool, address: str | None
+) -> list[str]:
     """Each features file's semantic tokens (a TSV line's second field): in this process, or over
     ``workers`` Ray tasks."""
     if workers > 1:
@@ -321,7 +386,9 @@ def extract_semantic(
     data = Path(data_dir)
     if not data.is_dir():
         fix = "pass --data logs/<exp>, the experiment folder holding 2-name2text.txt and 4-cnhubert/"
-        raise missing_error(data, "not found", fix) if not data.exists() else GsvError("not a folder", path=data, fix=fix)
+        raise (
+            missing_error(data, "not found", fix) if not data.exists() else GsvError("not a folder", path=data, fix=fix)
+        )
     if workers < 1:
         raise GsvError(f"--workers must be at least 1, not {workers}", fix="use --workers 1 for in-process")
     device = _resolve_device(device, half)
@@ -330,8 +397,11 @@ def extract_semantic(
     names, ignored, duplicates = read_names(data)
     feats = data / HUBERT_DIR
     if not feats.is_dir():
-        raise GsvError(f"no {HUBERT_DIR}/ folder of HuBERT features", path=data,
-                       fix="run the HuBERT step (2-get-hubert-wav32k) for this experiment first")
+        raise GsvError(
+            f"no {HUBERT_DIR}/ folder of HuBERT features",
+            path=data,
+            fix="run the HuBERT step (2-get-hubert-wav32k) for this experiment first",
+        )
 
     from gsv_ray.rebuild import RebuildSpec, rebuild_cached
 
@@ -352,9 +422,19 @@ def extract_semantic(
     protect = [data / NAME2TEXT, model] + ([base_g] if base_g is not None else [])
     atomic_write(out, lambda f: f.write(data_bytes), overwrite=overwrite, protect=protect)
     return SemanticResult(
-        path=out, listed=len(names), written=len(present), missing=missing, report=rebuilt.report,
-        version=rebuilt.version, workers=used, device=device, half=half, seconds=time.perf_counter() - t0,
-        tokens=sum(len(s.split()) for s in lines), ignored_lines=ignored, duplicates=duplicates,
+        path=out,
+        listed=len(names),
+        written=len(present),
+        missing=missing,
+        report=rebuilt.report,
+        version=rebuilt.version,
+        workers=used,
+        device=device,
+        half=half,
+        seconds=time.perf_counter() - t0,
+        tokens=sum(len(s.split()) for s in lines),
+        ignored_lines=ignored,
+        duplicates=duplicates,
     )
 
 
@@ -362,4 +442,3 @@ def first_names(names: Sequence[str], n: int = 5) -> str:
     """``a, b, c (+7 more)``: the first few of a list, for one-line reports."""
     head = ", ".join(names[:n])
     return head + (f" (+{len(names) - n} more)" if len(names) > n else "")
-

@@ -31,10 +31,30 @@ from gsv_ray.masking import SECRET_QUERY_KEYS, has_credentials, mask
 REMOTE_SCHEMES = frozenset({"s3", "gs", "gcs"})
 SUPPORTED_SCHEMES = frozenset({"file"}) | REMOTE_SCHEMES
 # Filesystem types whose contents every node of a cluster can see (``/proc/mounts`` third column).
-NETWORK_FS_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "glusterfs",
-    "afs", "ocfs2", "gfs2", "panfs", "wekafs", "orangefs", "pvfs2", "quobyte",
-})
+NETWORK_FS_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb3",
+        "smbfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "ceph",
+        "cephfs",
+        "glusterfs",
+        "afs",
+        "ocfs2",
+        "gfs2",
+        "panfs",
+        "wekafs",
+        "orangefs",
+        "pvfs2",
+        "quobyte",
+    }
+)
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _PROBE_PREFIX = ".gsv-ray-write-probe-"
 
@@ -54,8 +74,11 @@ def display(uri_or_path: str | os.PathLike[str]) -> str:
 
 
 #: the AWS SDK's environment variables for what an ``s3://`` URI may carry (user:secret@, query keys)
-_S3_CREDENTIAL_ENV = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
-                      "session_token": "AWS_SESSION_TOKEN"}
+_S3_CREDENTIAL_ENV = {
+    "access_key": "AWS_ACCESS_KEY_ID",
+    "secret_key": "AWS_SECRET_ACCESS_KEY",
+    "session_token": "AWS_SESSION_TOKEN",
+}
 
 
 def take_credentials(uri: str, *, flag: str, joined: bool) -> str:
@@ -71,12 +94,18 @@ def take_credentials(uri: str, *, flag: str, joined: bool) -> str:
         return uri
     parts = urlsplit(uri)
     if _scheme(uri) != "s3":
-        raise ConfigError(f"credentials inside the {flag} URI are not supported for {parts.scheme}://",
-                          path=display(uri), fix="remove them and use GOOGLE_APPLICATION_CREDENTIALS")
+        raise ConfigError(
+            f"credentials inside the {flag} URI are not supported for {parts.scheme}://",
+            path=display(uri),
+            fix="remove them and use GOOGLE_APPLICATION_CREDENTIALS",
+        )
     if joined:
-        raise ConfigError(f"credentials inside the {flag} URI would reach only this machine, not the cluster's nodes",
-                          path=display(uri), fix="give the nodes an instance role or AWS_ACCESS_KEY_ID/"
-                                                 f"AWS_SECRET_ACCESS_KEY, and pass {flag} without them")
+        raise ConfigError(
+            f"credentials inside the {flag} URI would reach only this machine, not the cluster's nodes",
+            path=display(uri),
+            fix="give the nodes an instance role or AWS_ACCESS_KEY_ID/"
+            f"AWS_SECRET_ACCESS_KEY, and pass {flag} without them",
+        )
     query = parse_qsl(parts.query, keep_blank_values=True)
     found = {k: v for k, v in query if k in _S3_CREDENTIAL_ENV}
     if parts.username is not None:
@@ -96,7 +125,8 @@ def _check_scheme(uri: str) -> str:
     scheme = _scheme(uri)
     if scheme not in SUPPORTED_SCHEMES:
         raise GsvError(
-            f"unsupported storage scheme '{scheme}://'", path=display(uri),
+            f"unsupported storage scheme '{scheme}://'",
+            path=display(uri),
             fix="use a local path, file://, s3:// or gs://",
         )
     return scheme
@@ -128,26 +158,44 @@ def _explain(exc: BaseException, uri: str, action: str) -> GsvError:
     shown = display(uri)
     remote = is_uri(uri) and _scheme(uri) in REMOTE_SCHEMES
     if "NO_SUCH_BUCKET" in upper or "NOSUCHBUCKET" in upper or "BUCKET DOES NOT EXIST" in upper:
-        return GsvError(f"cannot {action}: the bucket does not exist", path=shown,
-                        fix="create the bucket or correct the URI")
+        return GsvError(
+            f"cannot {action}: the bucket does not exist", path=shown, fix="create the bucket or correct the URI"
+        )
     if isinstance(exc, FileNotFoundError) or "NO_SUCH_KEY" in upper or (remote and "NOT FOUND" in upper):
         return GsvError(f"cannot {action}: it does not exist", path=shown, fix="check the path or URI")
-    if (isinstance(exc, PermissionError) or "ACCESS_DENIED" in upper or "ACCESSDENIED" in upper
-            or "FORBIDDEN" in upper or "PERMISSION" in upper):
-        fix = ("check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE, or "
-               "GOOGLE_APPLICATION_CREDENTIALS) and the bucket policy" if remote
-               else "choose a directory you can write to, or fix its permissions")
+    if (
+        isinstance(exc, PermissionError)
+        or "ACCESS_DENIED" in upper
+        or "ACCESSDENIED" in upper
+        or "FORBIDDEN" in upper
+        or "PERMISSION" in upper
+    ):
+        fix = (
+            "check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_PROFILE, or "
+            "GOOGLE_APPLICATION_CREDENTIALS) and the bucket policy"
+            if remote
+            else "choose a directory you can write to, or fix its permissions"
+        )
         return GsvError(f"cannot {action}: permission denied ({folded(exc)})", path=shown, fix=fix)
     if any(s in upper for s in ("INVALID_ACCESS_KEY", "SIGNATURE", "CREDENTIAL", "EXPIRED", "TOKEN")):
-        return GsvError(f"cannot {action}: credentials were rejected ({folded(exc)})", path=shown,
-                        fix="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or AWS_PROFILE")
+        return GsvError(
+            f"cannot {action}: credentials were rejected ({folded(exc)})",
+            path=shown,
+            fix="check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or AWS_PROFILE",
+        )
     if "NETWORK_CONNECTION" in upper or "CONNECT TO SERVER" in upper or "RESOLVE HOST" in upper:
-        return GsvError(f"cannot {action}: the storage endpoint cannot be reached ({folded(exc)})", path=shown,
-                        fix="check the network and AWS_ENDPOINT_URL / ?endpoint_override=")
+        return GsvError(
+            f"cannot {action}: the storage endpoint cannot be reached ({folded(exc)})",
+            path=shown,
+            fix="check the network and AWS_ENDPOINT_URL / ?endpoint_override=",
+        )
     if isinstance(exc, NotADirectoryError):
         return GsvError(f"cannot {action}: a parent of it is a file", path=shown, fix="choose another path")
-    return GsvError(f"cannot {action} ({folded(exc)})", path=shown,
-                    fix="check the URI, its credentials and that the storage is reachable")
+    return GsvError(
+        f"cannot {action} ({folded(exc)})",
+        path=shown,
+        fix="check the URI, its credentials and that the storage is reachable",
+    )
 
 
 def resolve(uri_or_path: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
@@ -167,8 +215,11 @@ def resolve(uri_or_path: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
         fs, path = pafs.FileSystem.from_uri(target)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
         if scheme == "file":
-            raise GsvError("a file:// URI needs an absolute path (file:///abs/path)", path=display(s),
-                           fix="write file:///abs/path or a plain path") from None
+            raise GsvError(
+                "a file:// URI needs an absolute path (file:///abs/path)",
+                path=display(s),
+                fix="write file:///abs/path or a plain path",
+            ) from None
         raise _explain(exc, s, "open the storage") from None
     if scheme != "file":
         path = path.rstrip("/")
@@ -283,7 +334,7 @@ def _listing(fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -> list[tuple[
     out = []
     for child in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
         if child.type == pafs.FileType.File:
-            rel = child.path[len(prefix):] if child.path.startswith(prefix) else child.base_name
+            rel = child.path[len(prefix) :] if child.path.startswith(prefix) else child.base_name
             if Path(rel).name.startswith(_PROBE_PREFIX):
                 continue
             out.append((rel, int(child.size or 0), int(child.mtime_ns or 0)))
@@ -310,8 +361,11 @@ def _not_found(fs: pafs.FileSystem, path: str, uri: str) -> GsvError:
     except Exception:  # noqa: BLE001 - only refines the message
         no_bucket = False
     if no_bucket:
-        return GsvError(f"the bucket '{bucket}' does not exist", path=display(uri),
-                        fix="correct the bucket name or the endpoint (AWS_ENDPOINT_URL / ?endpoint_override=)")
+        return GsvError(
+            f"the bucket '{bucket}' does not exist",
+            path=display(uri),
+            fix="correct the bucket name or the endpoint (AWS_ENDPOINT_URL / ?endpoint_override=)",
+        )
     return GsvError("does not exist", path=display(uri), fix="check the URI (bucket, key and endpoint)")
 
 
@@ -347,8 +401,11 @@ def fetch(uri_or_path: str | os.PathLike[str], cache_root: str | os.PathLike[str
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GsvError(f"cannot create the download cache ({folded(exc)})", path=base,
-                       fix="make it writable or point GSV_RAY_CACHE at a writable folder") from None
+        raise GsvError(
+            f"cannot create the download cache ({folded(exc)})",
+            path=base,
+            fix="make it writable or point GSV_RAY_CACHE at a writable folder",
+        ) from None
     with _locked(base / ".lock"):
         if final.exists():
             return final
@@ -360,8 +417,13 @@ def fetch(uri_or_path: str | os.PathLike[str], cache_root: str | os.PathLike[str
                 dest = tmp / name
                 if info.type == pafs.FileType.Directory:
                     dest.mkdir()  # copy_files creates nothing for an empty remote folder
-                pafs.copy_files(path, str(dest), source_filesystem=fs,
-                                destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+                pafs.copy_files(
+                    path,
+                    str(dest),
+                    source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem(),
+                    use_threads=True,
+                )
                 for rel, size, _mtime in listing:
                     got = (dest / rel if rel else dest).stat().st_size
                     if got != size:

@@ -43,8 +43,10 @@ def find_reference_dir() -> Path:
 def reference_dir() -> Path:
     ref = find_reference_dir()
     if not (ref / "FORMATS.md").is_file():
-        pytest.fail(f"GPT-SoVITS reference data not found at {ref} (no FORMATS.md): unset GSV_REFERENCE_DIR "
-                    f"to use the copy in {BUNDLED_REFERENCE.relative_to(REPO_ROOT)}, or point it at a full copy")
+        pytest.fail(
+            f"GPT-SoVITS reference data not found at {ref} (no FORMATS.md): unset GSV_REFERENCE_DIR "
+            f"to use the copy in {BUNDLED_REFERENCE.relative_to(REPO_ROOT)}, or point it at a full copy"
+        )
     return ref
 
 
@@ -100,8 +102,9 @@ def v4_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_v3_inputs(tmp_path_factory.mktemp("v4"), "v4")
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300,
-            in_process: bool = False):
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 300, in_process: bool = False
+):
     """Run the installed ``gsv-ray`` entry point as a user would (a real subprocess); with
     ``in_process``, ``gsv_ray.cli.main`` in this process instead (no interpreter and torch import to
     pay; for tests about output and exit status, not about the process: ``tests/support/cli.py``)."""
@@ -116,6 +119,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "gsv_ray", *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+        [sys.executable, "-m", "gsv_ray", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )

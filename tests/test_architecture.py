@@ -13,8 +13,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _lint(cwd: Path) -> subprocess.CompletedProcess:
     lint = Path(sys.executable).with_name("lint-imports")
-    return subprocess.run([str(lint), "--no-cache"], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={"PATH": str(lint.parent), "PYTHONPATH": str(cwd)})
+    return subprocess.run(
+        [str(lint), "--no-cache"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": str(lint.parent), "PYTHONPATH": str(cwd)},
+    )
 
 
 def test_layers_contract_is_kept():
@@ -51,9 +57,13 @@ def _import_cycles(package_dir: Path) -> list[list[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, f in mods.items():
         for node in ast.walk(ast.parse(f.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module, *(f"{node.module}.{a.name}" for a in node.names)] \
-                if isinstance(node, ast.ImportFrom) and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             for t in names:
                 while t and t not in mods:
                     t = t.rpartition(".")[0]
@@ -97,8 +107,9 @@ def _distributed_imports(package_dir: Path) -> list[tuple[str, int, str | None, 
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gsv_ray.distributed"):
                 found.append((f.name, node.lineno, node.module, [a.name for a in node.names]))
             elif isinstance(node, ast.Import):
-                found += [(f.name, node.lineno, a.name, []) for a in node.names
-                          if a.name.startswith("gsv_ray.distributed")]
+                found += [
+                    (f.name, node.lineno, a.name, []) for a in node.names if a.name.startswith("gsv_ray.distributed")
+                ]
     return found
 
 
@@ -106,8 +117,11 @@ def _outside_public_api(package_dir: Path) -> list[str]:
     import gsv_ray.distributed as distributed
 
     public = set(distributed.__all__)
-    return [f"{f}:{line}: {module} {names}" for f, line, module, names in _distributed_imports(package_dir)
-            if module != "gsv_ray.distributed" or not names or not set(names) <= public]
+    return [
+        f"{f}:{line}: {module} {names}"
+        for f, line, module, names in _distributed_imports(package_dir)
+        if module != "gsv_ray.distributed" or not names or not set(names) <= public
+    ]
 
 
 def test_tune_uses_only_the_public_names_of_distributed(tmp_path):

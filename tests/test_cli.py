@@ -60,9 +60,19 @@ def test_demo_searches_at_or_below_upstream_lr(tmp_path):
 @pytest.mark.slow
 def test_no_traceback_when_the_reader_goes_away(fixtures_dir, tmp_path):
     """`gsv-ray rebuild --json | head -1`: the pipe closes early; no BrokenPipeError traceback."""
-    p = subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
-                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**__import__("os").environ, "GSV_RAY_CACHE": str(tmp_path / "cache")})
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "rebuild",
+            str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**__import__("os").environ, "GSV_RAY_CACHE": str(tmp_path / "cache")},
+    )
     p.stdout.readline()
     p.stdout.close()  # what `head -1` does
     err = p.stderr.read().decode()
@@ -81,10 +91,24 @@ def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
     data = make_synthetic_experiment(tmp_path / "exp", version="v2", num_utterances=8)
     run = tmp_path / "a long output folder, with spaces" / "run"
     assert len(str(run)) >= 60
-    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data),
-                "-o", str(run), "--max-steps", "4", "--val-every", "2", "--val-fraction", "0.25",  # a best val loss
-                "--wandb-mode", "offline",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": ""})
+    r = run_cli(
+        "train",
+        "--init",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(data),
+        "-o",
+        str(run),
+        "--max-steps",
+        "4",
+        "--val-every",
+        "2",
+        "--val-fraction",
+        "0.25",  # a best val loss
+        "--wandb-mode",
+        "offline",
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": ""},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     text = r.stdout.strip()
     (sync,) = [line.strip() for line in text.splitlines() if "wandb sync" in line]
@@ -99,9 +123,14 @@ def test_train_ends_with_a_summary(fixtures_dir, tmp_path):
     assert shlex.split(sync) == ["wandb", "sync", str(offline)]  # copied into a shell, it names the run
     exe = Path(sys.executable).parent / "wandb"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    dry = subprocess.run(f"{shlex.quote(str(exe))} {sync.removeprefix('wandb ')} --dry-run", shell=True,
-                         env={**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)},
-                         capture_output=True, text=True, timeout=120)
+    dry = subprocess.run(
+        f"{shlex.quote(str(exe))} {sync.removeprefix('wandb ')} --dry-run",
+        shell=True,
+        env={**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dry.returncode == 0, dry.stdout + dry.stderr
 
 
@@ -113,16 +142,42 @@ def test_exit_status_says_who_fixes_it_and_debug_shows_the_traceback(tmp_path):
     debug = run_cli("--debug", "inspect", str(missing), in_process=True)
     assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1] == plain.stderr.strip()
-    bad = run_cli("train", "--init", str(missing), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
-                  "--max-steps", "2", "--lr-scale", "-1", in_process=True)
+    bad = run_cli(
+        "train",
+        "--init",
+        str(missing),
+        "--data",
+        str(tmp_path),
+        "-o",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "2",
+        "--lr-scale",
+        "-1",
+        in_process=True,
+    )
     assert bad.returncode == 2 and "--lr-scale must be > 0" in bad.stderr and bad.stderr.count("\n") == 1
 
 
 def test_resume_means_one_thing(tmp_path):
     """``--resume`` continues a run from its newest checkpoint; with --workers it takes no folder (it
     used to accept one and silently ignore it)."""
-    r = run_cli("train", "--init", str(tmp_path / "x.pth"), "--data", str(tmp_path), "-o", str(tmp_path / "o"),
-                "--max-steps", "2", "--workers", "2", "--resume", str(tmp_path / "elsewhere"), in_process=True)
+    r = run_cli(
+        "train",
+        "--init",
+        str(tmp_path / "x.pth"),
+        "--data",
+        str(tmp_path),
+        "-o",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "2",
+        "--workers",
+        "2",
+        "--resume",
+        str(tmp_path / "elsewhere"),
+        in_process=True,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "takes no folder" in r.stderr, r.stderr
 
 

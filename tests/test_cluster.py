@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 
-import ray
 from gsv_ray import __version__
 from gsv_ray.cli import build_parser
 from tests.conftest import REPO_ROOT
@@ -33,7 +33,10 @@ def test_cluster_yaml_is_valid_for_ray():
     gpu = cfg["available_node_types"]["gpu_worker"]
     assert gpu["node_config"]["InstanceType"].startswith(("g5.", "g6.")) and gpu["min_workers"] < gpu["max_workers"]
     assert f'pip install -q "gsv-ray=={__version__}"' in cfg["setup_commands"]
-    assert "GCP" in (REPO_ROOT / "cluster.yaml").read_text() and "WANDB_API_KEY" in (REPO_ROOT / "cluster.yaml").read_text()
+    assert (
+        "GCP" in (REPO_ROOT / "cluster.yaml").read_text()
+        and "WANDB_API_KEY" in (REPO_ROOT / "cluster.yaml").read_text()
+    )
 
 
 def test_kuberay_rayjob_manifest():
@@ -53,7 +56,9 @@ def test_kuberay_rayjob_manifest():
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     for c in containers:
         assert c["image"] == RAY_IMAGE
-        assert f"pip install -q 'gsv-ray=={__version__}'" in c["args"][0] and "$KUBERAY_GEN_RAY_START_CMD" in c["args"][0]
+        assert (
+            f"pip install -q 'gsv-ray=={__version__}'" in c["args"][0] and "$KUBERAY_GEN_RAY_START_CMD" in c["args"][0]
+        )
     assert job["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
 
 
@@ -113,10 +118,20 @@ def test_example_runs_as_written(example, demo_cwd, tmp_path):
     command = {"sovits-train.yaml": "train", "semantic.yaml": "semantic"}.get(example, "tune")
     demo_tsv = (demo_cwd / "gsv-ray-demo/logs/demo/6-name2semantic.tsv").read_bytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(RAY_AUTH_MODE="disabled", GSV_RAY_CACHE=str(tmp_path / "cache"), WANDB_API_KEY="",
-               GSV_RAY_SCRATCH=str(tmp_path / "scratch"))
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", command, "--config", str(REPO_ROOT / "examples" / example)],
-                       cwd=demo_cwd, env=env, capture_output=True, text=True, timeout=900)
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        GSV_RAY_CACHE=str(tmp_path / "cache"),
+        WANDB_API_KEY="",
+        GSV_RAY_SCRATCH=str(tmp_path / "scratch"),
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "gsv_ray", command, "--config", str(REPO_ROOT / "examples" / example)],
+        cwd=demo_cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     if command == "tune":
         name = yaml.safe_load((REPO_ROOT / "examples" / example).read_text())["name"]

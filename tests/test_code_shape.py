@@ -33,8 +33,10 @@ def long_functions(package: Path, max_lines: int = MAX_LINES) -> list[str]:
 
 def test_no_function_over_60_lines_without_a_reason():
     found = long_functions(REPO / "gsv_ray")
-    assert not found, ("functions over 60 lines: shorten them, or write `# long: <reason>` on the line above "
-                       "their def:\n" + "\n".join(found))
+    assert not found, (
+        "functions over 60 lines: shorten them, or write `# long: <reason>` on the line above "
+        "their def:\n" + "\n".join(found)
+    )
 
 
 def test_the_check_sees_a_long_function_and_its_reason(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from gsv_ray.console import WIDTH, wrap
 
-CHATTY = r'''
+CHATTY = r"""
 import logging, sys, time
 from gsv_ray.console import Chatter, ProgressDisplay, TrialsDisplay
 with Chatter(sys.argv[1]) as c:
@@ -30,7 +30,7 @@ with Chatter(sys.argv[1]) as c:
     print("MORE CHATTER", file=sys.stderr)
     t.close()
     c.say("our line " + "word " * 30)
-'''
+"""
 
 
 def _run_on_pty(args: list[str]) -> str:
@@ -98,7 +98,7 @@ def test_a_command_stays_whole_on_a_line_of_its_own():
     assert str(long) == f"W&B (offline), upload with: wandb sync '{folder}'"  # as a plain line (print)
 
 
-FAILING = r'''
+FAILING = r"""
 import sys
 from gsv_ray.console import Chatter
 from gsv_ray.errors import ConfigError, InfraError
@@ -110,7 +110,7 @@ with Chatter(sys.argv[1]):
         if kind == "infra":
             raise InfraError("training on Ray failed on rank 1: RuntimeError: the real cause") from e
         raise ConfigError("--lr-scale must be > 0, got -1") from None
-'''
+"""
 
 
 @pytest.mark.parametrize("kind", ["infra", "config"])

@@ -61,22 +61,28 @@ def test_every_python_block_in_the_docs_is_a_doc_code_file():
             if lang != "python":
                 continue
             match = [name for name, text in snippets.items() if text == body]
-            assert match, (f"{page.relative_to(REPO_ROOT)}: a python block that is not the marked part of a file "
-                           f"in docs/doc_code/ (copy it there and keep the two equal):\n{body}")
+            assert match, (
+                f"{page.relative_to(REPO_ROOT)}: a python block that is not the marked part of a file "
+                f"in docs/doc_code/ (copy it there and keep the two equal):\n{body}"
+            )
             shown.update(match)
     assert shown == set(snippets), f"doc_code files no page shows: {sorted(set(snippets) - shown)}"
 
 
-@pytest.mark.parametrize("name", [
-    "writing_files.py",
-    "prepare_audio.py",
-    pytest.param("models.py", marks=pytest.mark.slow),              # full-size v2 G and GPT
-    pytest.param("speaker_embeddings.py", marks=pytest.mark.slow),  # full-size ERes2NetV2
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "writing_files.py",
+        "prepare_audio.py",
+        pytest.param("models.py", marks=pytest.mark.slow),  # full-size v2 G and GPT
+        pytest.param("speaker_embeddings.py", marks=pytest.mark.slow),  # full-size ERes2NetV2
+    ],
+)
 def test_doc_code_runs(name):
     assert name in _snippets()
-    r = subprocess.run([sys.executable, str(DOC_CODE / name)], capture_output=True, text=True, timeout=600,
-                       cwd=REPO_ROOT)
+    r = subprocess.run(
+        [sys.executable, str(DOC_CODE / name)], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
+    )
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
 
 
@@ -138,5 +144,7 @@ def test_nothing_users_read_points_outside_the_repository():
         for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if OUTSIDE.search(LINKED_FORMATS.sub("", line)):
                 hits.append(f"{path.relative_to(REPO_ROOT)}:{n}: {line.strip()}")
-    assert not hits, "paths a user or a clone does not have (say it here, or link tests/reference/... by its "\
-                     "repository path):\n" + "\n".join(hits)
+    assert not hits, (
+        "paths a user or a clone does not have (say it here, or link tests/reference/... by its "
+        "repository path):\n" + "\n".join(hits)
+    )

@@ -14,7 +14,6 @@ from gsv_ray.fbank import kaldi_fbank, kaldi_mel_banks, povey_window, resample_3
 from tests.support.goldens import SV_CLIPS, load_io
 
 
-
 @pytest.fixture(scope="module")
 def sv_io(goldens_dir):
     return load_io(goldens_dir / "prepare_sv.io.safetensors")

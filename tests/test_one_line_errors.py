@@ -64,8 +64,14 @@ def test_symlink_loop_is_named_as_such(tmp_path):
 def test_symlink_loop_as_the_data_folder(fixtures_dir, tmp_path):
     loop_dir = tmp_path / "exp"
     loop_dir.symlink_to(loop_dir)
-    r = run_cli("verify", str(fixtures_dir / SOVITS), "--data", str(loop_dir),
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
+    r = run_cli(
+        "verify",
+        str(fixtures_dir / SOVITS),
+        "--data",
+        str(loop_dir),
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        in_process=True,
+    )
     _one_line(r, str(loop_dir), "symbolic link loop")
 
 
@@ -86,14 +92,23 @@ def full_tmpfs(tmp_path):
 
 def test_full_disk_names_the_output_not_a_temp_name(full_tmpfs, fixtures_dir, tmp_path):
     out = full_tmpfs / "out"
-    r = run_cli("rebuild", str(fixtures_dir / SOVITS), "-o", str(out), env={"GSV_RAY_CACHE": str(tmp_path / "c")}, in_process=True)
+    r = run_cli(
+        "rebuild",
+        str(fixtures_dir / SOVITS),
+        "-o",
+        str(out),
+        env={"GSV_RAY_CACHE": str(tmp_path / "c")},
+        in_process=True,
+    )
     line = _one_line(r, f"{out}:", "no space left")
     assert f"{full_tmpfs}/." not in line, line  # never the hidden temp folder's name
     assert os.listdir(full_tmpfs) == []  # the temp folder is gone
 
 
 def test_full_disk_in_the_cache_names_the_cache(full_tmpfs, fixtures_dir):
-    r = run_cli("rebuild", str(fixtures_dir / SOVITS), env={"GSV_RAY_CACHE": str(full_tmpfs / "cache")}, in_process=True)
+    r = run_cli(
+        "rebuild", str(fixtures_dir / SOVITS), env={"GSV_RAY_CACHE": str(full_tmpfs / "cache")}, in_process=True
+    )
     line = _one_line(r, str(full_tmpfs / "cache"), "no space left")
     assert "/." not in line.split(":")[1], line
 
@@ -124,4 +139,6 @@ def test_line_trimming_helpers_have_one_home():
     assert clip("abcdef", 6) == "abcdef" and clip("abcdefg", 6) == "abcde…" and clip("abcdefg", 6, "...") == "abc..."
     assert first_line(ValueError("\n  first\nsecond")) == "first" and first_line(KeyError()) == "KeyError"
     assert first_line(None) == "" and first_line("x" * 200, 120) == "x" * 117 + "..."
-    assert folded(OSError("a\n  b")) == "a b" and folded(OSError()) == "OSError" and len(folded(OSError("y" * 999))) == 240
+    assert (
+        folded(OSError("a\n  b")) == "a b" and folded(OSError()) == "OSError" and len(folded(OSError("y" * 999))) == 240
+    )

@@ -50,8 +50,13 @@ def test_every_declared_option_is_a_flag_with_its_default_in_the_help(command):
             assert action.help, f.name
             reworded = not action.help.startswith(opt.help[:20].replace("%", "%%"))  # for this command
             default = f.default
-            if not reworded and opt.show_default and default not in (None, dataclasses.MISSING) and default is not False \
-                    and "default" not in opt.help:
+            if (
+                not reworded
+                and opt.show_default
+                and default not in (None, dataclasses.MISSING)
+                and default is not False
+                and "default" not in opt.help
+            ):
                 assert "(default " in action.help, f.name
             if opt.choices:
                 assert list(action.choices) == list(opt.choices)
@@ -66,8 +71,9 @@ def test_flag_and_yaml_values_are_checked_alike(tmp_path, fixtures_dir):
     by_yaml = run_cli("train", *common, "--config", str(tmp_path / "run.yaml"), in_process=True)
     for r in (by_flag, by_yaml):
         assert r.returncode == 2, r.stderr
-        assert re.fullmatch(r"gsv-ray: error: --warmup-start must be in \[0, 1\], got 2(\.0)?\.", r.stderr.strip()), \
+        assert re.fullmatch(r"gsv-ray: error: --warmup-start must be in \[0, 1\], got 2(\.0)?\.", r.stderr.strip()), (
             r.stderr
+        )
         assert not (tmp_path / "run").exists()
 
 
@@ -98,8 +104,11 @@ def test_length_is_said_once(tmp_path):
 def test_yaml_keys_are_the_fields_and_command_line_only_options_are_refused(tmp_path):
     from gsv_ray.tune.search import load_tune_config
 
-    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"init": "a", "data": str(tmp_path), "max-steps": 8,
-                                                     "num_samples": 2, "lr_scale_range": [0.1, 0.5]}))
+    (tmp_path / "t.yaml").write_text(
+        yaml.safe_dump(
+            {"init": "a", "data": str(tmp_path), "max-steps": 8, "num_samples": 2, "lr_scale_range": [0.1, 0.5]}
+        )
+    )
     cfg, opts = load_tune_config(tmp_path / "t.yaml")
     assert cfg.max_steps == 8 and opts.num_samples == 2 and opts.lr_scale_range == (0.1, 0.5)
     assert cfg.output_dir.endswith("gsv-ray-runs/tune")

@@ -42,9 +42,16 @@ def test_leftovers_of_ended_commands_are_removed_by_the_next(tmp_path, monkeypat
     live_dir = tmp_path / f"{PRIVATE_TMP_PREFIX}live"
     live_dir.mkdir()
     # a live owner in another process (flock is per open file: our own lock would not block us)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gsv_ray.owned import Owner; "
-                               f"o = Owner({str(live_dir)!r}); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from gsv_ray.owned import Owner; "
+            f"o = Owner({str(live_dir)!r}); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         _aged(live_dir, GRACE_S + 5)

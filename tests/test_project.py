@@ -36,10 +36,19 @@ def test_help_lists_inspect():
     assert r.returncode == 0 and "inspect" in r.stdout
     # the CLI stays thin: building it for --help and for the main commands imports neither torch nor
     # Ray (semantic's and verify's options live beside their torch code; only those commands load it)
-    probe = subprocess.run([sys.executable, "-c", "import sys; from gsv_ray.cli import build_parser; "
-                    "[build_parser(c) for c in ('', 'inspect', 'rebuild', 'train', 'tune', 'demo')]; "
-                    "print(sorted(m for m in ('torch', 'ray', 'accelerate', 'wandb') if m in sys.modules))"],
-                   capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from gsv_ray.cli import build_parser; "
+            "[build_parser(c) for c in ('', 'inspect', 'rebuild', 'train', 'tune', 'demo')]; "
+            "print(sorted(m for m in ('torch', 'ray', 'accelerate', 'wandb') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
 
 
@@ -47,9 +56,20 @@ def _pytest_one(env_extra: dict) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "GSV_REFERENCE_DIR")}
     env.update(env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/io/test_fixtures.py::test_small_pk_v2_export_is_not_called_v1"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/io/test_fixtures.py::test_small_pk_v2_export_is_not_called_v1",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -54,8 +54,9 @@ def golden_model(goldens_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return write_sovits_export(path, state, config=config, info="1epoch_1iteration", version="v2")
 
 
-def make_experiment(root: Path, items: dict[str, torch.Tensor | None], order: list[str] | None = None,
-                    extra_lines: list[str] = ()) -> Path:
+def make_experiment(
+    root: Path, items: dict[str, torch.Tensor | None], order: list[str] | None = None, extra_lines: list[str] = ()
+) -> Path:
     """``root`` as ``logs/<exp>``: ``2-name2text.txt`` in ``order``, ``4-cnhubert/<name>.pt`` for non-None items."""
     (root / "4-cnhubert").mkdir(parents=True, exist_ok=True)
     lines = [f"{name}\tn i2 h ao3\t[2, 2]\tni hao" for name in (order or list(items))]
@@ -112,8 +113,9 @@ def test_golden_tokens_and_bytes(tmp_path: Path, golden_model: Path, golden_ssl,
     assert sorted(p.name for p in exp.iterdir()) == ["2-name2text.txt", "4-cnhubert", TSV]  # no temp file left
 
 
-def test_golden_fp16_features_same_tokens(tmp_path: Path, golden_model: Path, golden_ssl, golden_codes,
-                                          cache_dir: Path) -> None:
+def test_golden_fp16_features_same_tokens(
+    tmp_path: Path, golden_model: Path, golden_ssl, golden_codes, cache_dir: Path
+) -> None:
     """Library call; fp16 feature files (upstream's is_half output) are read as fp32."""
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl, "b.wav": golden_ssl.half()})
     rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
@@ -132,8 +134,9 @@ def test_order_follows_name2text_and_missing_is_reported(tmp_path: Path, golden_
     names = list(items)
     order = [names[3], names[0], "zz_absent.wav", names[4], names[1], "aa_absent.wav", names[2]]
     items["not_listed.wav"] = torch.randn(1, 768, 30)  # features without a text line: not written
-    exp = make_experiment(tmp_path / "exp", items, order=order,
-                          extra_lines=["broken line without tabs", "x.wav\tonly\tthree"])
+    exp = make_experiment(
+        tmp_path / "exp", items, order=order, extra_lines=["broken line without tabs", "x.wav\tonly\tthree"]
+    )
     proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)
     assert proc.returncode == 0, proc.stderr
     assert "wrote 5 of 7" in proc.stdout
@@ -146,7 +149,8 @@ def test_order_follows_name2text_and_missing_is_reported(tmp_path: Path, golden_
 
 def test_read_names_rules(tmp_path: Path) -> None:
     (tmp_path / "2-name2text.txt").write_text(
-        "b.wav\tp\tNone\tt\n\nbad\tline\na.wav\tp\t[1]\tt\nb.wav\tp\tNone\tagain\n", encoding="utf-8")
+        "b.wav\tp\tNone\tt\n\nbad\tline\na.wav\tp\t[1]\tt\nb.wav\tp\tNone\tagain\n", encoding="utf-8"
+    )
     assert read_names(tmp_path) == (["b.wav", "a.wav"], 1, ["b.wav"])
     (tmp_path / "2-name2text.txt").write_text("../evil.wav\tp\tNone\tt\n", encoding="utf-8")
     with pytest.raises(GsvError, match="not a file name"):
@@ -160,7 +164,9 @@ def test_existing_tsv_kept_without_overwrite(tmp_path: Path, golden_model: Path,
     proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)
     assert_one_line_error(proc, str(exp / TSV), "--overwrite")
     assert (exp / TSV).read_bytes() == old
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--overwrite", env=env, in_process=True)
+    proc = run_cli(
+        "semantic", "--data", str(exp), "--model", str(golden_model), "--overwrite", env=env, in_process=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert (exp / TSV).read_bytes() != old and tsv_rows(exp / TSV)[0][0] == "a.wav"
 
@@ -176,8 +182,9 @@ def test_workers_2_byte_identical_to_in_process(tmp_path: Path, golden_model: Pa
     assert proc.returncode == 0, proc.stderr
     local = (exp / TSV).read_bytes()
     t = time.perf_counter()
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--workers", "2", "--overwrite",
-                   env=env)
+    proc = run_cli(
+        "semantic", "--data", str(exp), "--model", str(golden_model), "--workers", "2", "--overwrite", env=env
+    )
     t_ray = time.perf_counter() - t
     assert proc.returncode == 0, proc.stderr
     assert "2 Ray tasks" in proc.stdout and proc.stderr.strip() == ""
@@ -193,16 +200,25 @@ def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, gol
 
     exp = make_experiment(tmp_path / "exp", {"golden.wav": golden_ssl, **random_items(3, seed=3)})
     with tempfile.TemporaryDirectory(prefix="gsvsem-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
-        proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--workers", "2",
-                       env={**env, "TMPDIR": tmpdir})
+        proc = run_cli(
+            "semantic",
+            "--data",
+            str(exp),
+            "--model",
+            str(golden_model),
+            "--workers",
+            "2",
+            env={**env, "TMPDIR": tmpdir},
+        )
         assert proc.returncode == 0, proc.stderr
         assert "2 Ray tasks" in proc.stdout
         assert sorted(p.name for p in Path(tmpdir).iterdir()) == []
 
 
 @pytest.mark.slow
-def test_ray_joins_initialised_cluster_and_reports_bad_features(tmp_path: Path, golden_model: Path, golden_ssl,
-                                                                 cache_dir: Path, monkeypatch) -> None:
+def test_ray_joins_initialised_cluster_and_reports_bad_features(
+    tmp_path: Path, golden_model: Path, golden_ssl, cache_dir: Path, monkeypatch
+) -> None:
     """Library in a process that already runs Ray (num_cpus 4): reused, not shut down; errors stay one line."""
     import ray
 
@@ -212,8 +228,9 @@ def test_ray_joins_initialised_cluster_and_reports_bad_features(tmp_path: Path, 
     want = extract_semantic(exp, golden_model, cache_root=cache_dir, output=tmp_path / "local.tsv")
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
-                 log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False
+        )
     try:
         r = extract_semantic(exp, golden_model, workers=3, cache_root=cache_dir)
         assert r.workers == 3 and ray.is_initialized()
@@ -245,7 +262,9 @@ def test_v4_lora_with_base_produces_tokens(tmp_path: Path, fixtures_dir: Path, s
     lora = fixtures_dir / "SoVITS_weights_v4" / "gsvfix_e1_s2_l32.pth"
     base = schema_files.path("sovits-pretrained-g", "v4")  # full size, ~770 MB
     try:
-        proc = run_cli("semantic", "--data", str(exp), "--model", str(lora), "--base", str(base), env=env, in_process=True)
+        proc = run_cli(
+            "semantic", "--data", str(exp), "--model", str(lora), "--base", str(base), env=env, in_process=True
+        )
     finally:
         schema_files.delete("sovits-pretrained-g", "v4")
     assert proc.returncode == 0, proc.stderr
@@ -279,13 +298,22 @@ def test_half_on_cpu(tmp_path: Path, golden_model: Path, golden_ssl, env) -> Non
     assert not (exp / TSV).exists()
 
 
-@pytest.mark.parametrize("case", ["no_hubert_dir", "no_features_at_all", "bad_feature_file", "not_a_tensor",
-                                  "too_short", "nan", "data_missing"])
+@pytest.mark.parametrize(
+    "case",
+    ["no_hubert_dir", "no_features_at_all", "bad_feature_file", "not_a_tensor", "too_short", "nan", "data_missing"],
+)
 def test_bad_input_library(case: str, tmp_path: Path, golden_model: Path, golden_ssl, cache_dir: Path) -> None:
     exp = make_experiment(tmp_path / "exp", {"a.wav": golden_ssl, "b.wav": golden_ssl})
     feats = exp / "4-cnhubert"
-    needle = {"no_hubert_dir": "4-cnhubert", "no_features_at_all": "none of the 2", "bad_feature_file": "b.wav.pt",
-              "not_a_tensor": "holds a dict", "too_short": "too short", "nan": "NaN", "data_missing": "not found"}[case]
+    needle = {
+        "no_hubert_dir": "4-cnhubert",
+        "no_features_at_all": "none of the 2",
+        "bad_feature_file": "b.wav.pt",
+        "not_a_tensor": "holds a dict",
+        "too_short": "too short",
+        "nan": "NaN",
+        "data_missing": "not found",
+    }[case]
     data = exp
     if case == "no_hubert_dir":
         for p in feats.iterdir():
@@ -322,7 +350,9 @@ def test_output_path_that_is_a_directory_is_named(tmp_path: Path, golden_model: 
         assert "/." not in err.split(": ")[1]
     assert (exp / TSV).is_dir() and not list((exp / TSV).iterdir())
     out = tmp_path / "elsewhere" / "tokens.tsv"
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), "--output", str(out), env=env, in_process=True)
+    proc = run_cli(
+        "semantic", "--data", str(exp), "--model", str(golden_model), "--output", str(out), env=env, in_process=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert tsv_rows(out)[0][0] == "a.wav" and str(out) in proc.stdout
 

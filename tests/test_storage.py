@@ -18,9 +18,8 @@ import pyarrow.fs as pafs
 import pytest
 
 from gsv_ray import storage
-from tests.support.s3server import loopback_s3
 from gsv_ray.errors import GsvError
-
+from tests.support.s3server import loopback_s3
 
 EXPERIMENT = {
     "2-name2text.txt": b"a.wav\tphones\tword2ph\ttext\n",
@@ -120,8 +119,9 @@ def test_check_writable_read_only_dir() -> None:
                 """)
             repo = Path(__file__).resolve().parent.parent
             env = dict(os.environ, PYTHONPATH=str(repo), HOME=str(top))
-            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
-                                  cwd=str(top))
+            proc = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=str(top)
+            )
             assert proc.returncode == 3, proc.stderr
             text = proc.stdout.strip()
             assert "\n" not in text and "Traceback" not in proc.stderr
@@ -153,8 +153,7 @@ def test_is_node_local(tmp_path: Path) -> None:
 
 
 def test_unsupported_scheme_is_one_line(tmp_path: Path) -> None:
-    for call in (storage.resolve, storage.check_writable, storage.is_node_local,
-                 lambda u: storage.fetch(u, tmp_path)):
+    for call in (storage.resolve, storage.check_writable, storage.is_node_local, lambda u: storage.fetch(u, tmp_path)):
         with pytest.raises(GsvError) as err:
             call("hdfs://namenode/user/x")
         text = one_line(err)

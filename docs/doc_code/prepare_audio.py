@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
-
 from _setup import workdir
+from safetensors.torch import save_file
 
 workdir()
 from gsv_ray.audio import write_wav
@@ -19,7 +18,7 @@ __import__("os").makedirs(hub)
 json.dump({"model_type": "hubert", "num_hidden_layers": 1}, open(f"{hub}/config.json", "w"))
 save_file(Hubert(HubertConfig(num_hidden_layers=1)).state_dict(), f"{hub}/model.safetensors")
 t = np.arange(24000) / 48000
-write_wav("raw/a.wav", 0.5 * np.sin(2 * np.pi * 220 * t), 48000)   # 0.5 s at 48 kHz
+write_wav("raw/a.wav", 0.5 * np.sin(2 * np.pi * 220 * t), 48000)  # 0.5 s at 48 kHz
 
 # __doc_start__
 from gsv_ray.models.hubert import Hubert
@@ -27,8 +26,8 @@ from gsv_ray.prepare.audio import ClipProblem, cnhubert, prepare_clip, write_cnh
 
 hubert = Hubert.from_folder("GPT_SoVITS/pretrained_models/chinese-hubert-base")
 try:
-    clip = prepare_clip("raw/a.wav")   # decode to 32 kHz, peak filter, loudness mix, wav16k
-except ClipProblem as e:               # too loud, silent, unreadable: e.reason, str(e) names the file
+    clip = prepare_clip("raw/a.wav")  # decode to 32 kHz, peak filter, loudness mix, wav16k
+except ClipProblem as e:  # too loud, silent, unreadable: e.reason, str(e) names the file
     print(e.reason, e)
 else:
     write_wav32k("logs/myvoice/5-wav32k/a.wav", clip.wav32k)

@@ -7,11 +7,12 @@ place("SoVITS_weights_v2Pro/myvoice_e8_s200.pth", FIXTURES / "SoVITS_weights_v2P
 
 # __doc_start__
 from gsv_ray.io import read
-from gsv_ray.io.writers import write_sovits_export, write_gpt_export
+from gsv_ray.io.writers import write_sovits_export
 
-f = read("SoVITS_weights_v2Pro/myvoice_e8_s200.pth")   # GsvFile: kind, versions, state_dict, config, info, ...
-write_sovits_export("out/myvoice_e9_s300.pth", f.state_dict, config=f.config,
-                    info="9epoch_300iteration", version=f.version)
+f = read("SoVITS_weights_v2Pro/myvoice_e8_s200.pth")  # GsvFile: kind, versions, state_dict, config, info, ...
+write_sovits_export(
+    "out/myvoice_e9_s300.pth", f.state_dict, config=f.config, info="9epoch_300iteration", version=f.version
+)
 # __doc_end__
 
 again = read("out/myvoice_e9_s300.pth")

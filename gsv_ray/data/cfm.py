@@ -24,8 +24,16 @@ from gsv_ray.data.experiment import Experiment
 from gsv_ray.data.sovits import SOVITS_BOUNDARIES_V3, SoVITSDataset, read_audio_and_features
 from gsv_ray.models.sovits.v3 import MEL_FRONTENDS, MEL_NORM, MEL_SCALE
 
-__all__ = ["CFM_BOUNDARIES", "CFMBatch", "CFMDataset", "CFMItem", "CFMPadding", "collate_cfm", "normalise_mel",
-           "resample"]
+__all__ = [
+    "CFM_BOUNDARIES",
+    "CFMBatch",
+    "CFMDataset",
+    "CFMItem",
+    "CFMPadding",
+    "collate_cfm",
+    "normalise_mel",
+    "resample",
+]
 
 CFM_BOUNDARIES = SOVITS_BOUNDARIES_V3
 WAV_RATE = 32000  # 5-wav32k
@@ -47,12 +55,12 @@ def resample(wav: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
 
 
 class CFMItem(NamedTuple):
-    ssl: torch.Tensor    # [1, 768, T]
-    spec: torch.Tensor   # [1025, T]
-    mel: torch.Tensor    # [100, T_mel] normalised
-    text: torch.Tensor   # [L] int64
+    ssl: torch.Tensor  # [1, 768, T]
+    spec: torch.Tensor  # [1025, T]
+    mel: torch.Tensor  # [100, T_mel] normalised
+    text: torch.Tensor  # [L] int64
     name: str
-    key: str = ""        # per-item draw key (a repeated copy's ``name#k``); "" = the name
+    key: str = ""  # per-item draw key (a repeated copy's ``name#k``); "" = the name
 
 
 class CFMBatch(NamedTuple):
@@ -78,8 +86,14 @@ class CFMDataset(SoVITSDataset):
     v3 or v4): the utterances, lengths and spectrogram as every SoVITS version reads them, plus
     the version's mel target."""
 
-    def __init__(self, experiment: Experiment, names: Sequence[str] | None = None, *,
-                 spec: AudioConfig | None = None, min_items: int | None = None) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        names: Sequence[str] | None = None,
+        *,
+        spec: AudioConfig | None = None,
+        min_items: int | None = None,
+    ) -> None:
         super().__init__(experiment, names, min_items=min_items, audio=spec)
         self.mel_config = MEL_FRONTENDS[self.version]
         self.mel_frontend = AudioFrontend.from_config(self.mel_config)
@@ -96,7 +110,7 @@ class CFMDataset(SoVITSDataset):
 class CFMPadding(NamedTuple):
     """Lengths a batch is padded to at least (a micro-batch is padded as its global batch)."""
 
-    frames: int   # spectrogram / ssl frames
+    frames: int  # spectrogram / ssl frames
     phones: int
 
 
@@ -128,5 +142,15 @@ def collate_cfm(items: Sequence[CFMItem], version: str, *, pad_to: CFMPadding | 
         for t, n in zip(lens, (r.ssl.shape[2], r.spec.shape[1], r.text.shape[0], r.mel.shape[1])):
             t[i] = n
     ssl_len, spec_len, text_len, mel_len = lens
-    return CFMBatch(ssl, spec, mel, ssl_len, spec_len, text, text_len, mel_len, tuple(r.name for r in rows),
-                    tuple(r.key or r.name for r in rows))
+    return CFMBatch(
+        ssl,
+        spec,
+        mel,
+        ssl_len,
+        spec_len,
+        text,
+        text_len,
+        mel_len,
+        tuple(r.name for r in rows),
+        tuple(r.key or r.name for r in rows),
+    )

@@ -7,13 +7,39 @@ folder's names and line formats), :mod:`~gsv_ray.data.report` (what was left out
 
 from __future__ import annotations
 
-from gsv_ray.data.layout import (BERT_DIR, HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, SEMANTIC_VOCAB,
-                                 STAGES, SV_DIR, WAV_DIR, name2text_fields, symbol_set_of)
+from gsv_ray.data.layout import (
+    BERT_DIR,
+    HUBERT_DIR,
+    NAME2TEXT,
+    SEMANTIC_HEADER,
+    SEMANTIC_TSV,
+    SEMANTIC_VOCAB,
+    STAGES,
+    SV_DIR,
+    WAV_DIR,
+    name2text_fields,
+    symbol_set_of,
+)
 from gsv_ray.data.report import SEVERITIES, DataReport, Problem
-from gsv_ray.data.scan import (Experiment, ExperimentOptions, Utterance, open_experiment, spec_frames,
-                               ssl_features_problem)
-from gsv_ray.data.split import (UPSTREAM_MIN_ITEMS, SplitOptions, copy_key, experiment_split, repeat_to_minimum,
-                                repeated, split_datasets, split_names, upstream_repeats)
+from gsv_ray.data.scan import (
+    Experiment,
+    ExperimentOptions,
+    Utterance,
+    open_experiment,
+    spec_frames,
+    ssl_features_problem,
+)
+from gsv_ray.data.split import (
+    UPSTREAM_MIN_ITEMS,
+    SplitOptions,
+    copy_key,
+    experiment_split,
+    repeat_to_minimum,
+    repeated,
+    split_datasets,
+    split_names,
+    upstream_repeats,
+)
 
 __all__ = [
     "STAGES",

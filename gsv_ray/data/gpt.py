@@ -26,13 +26,12 @@ from torch.utils.data import Dataset
 
 from gsv_ray.data.experiment import (
     Experiment,
-    Utterance,
     repeated,
     upstream_repeats,
 )
 from gsv_ray.data.sampling import RankBatchSampler
-from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE
 from gsv_ray.errors import GsvError
+from gsv_ray.resources import BERT_DIM, CODEBOOK_SIZE
 
 __all__ = [
     "GPT_PAD",
@@ -51,23 +50,23 @@ GPT_PAD = CODEBOOK_SIZE
 class GPTItem(NamedTuple):
     idx: int
     name: str
-    phoneme_ids: torch.Tensor         # [L] int64
-    semantic_ids: torch.Tensor        # [T] int64
+    phoneme_ids: torch.Tensor  # [L] int64
+    semantic_ids: torch.Tensor  # [T] int64
     bert_feature: torch.Tensor | None  # [1024, L] (file dtype) or None -> zeros in the batch
-    key: str = ""                      # per-item draw key (a repeated copy's ``name#k``); "" = the name
+    key: str = ""  # per-item draw key (a repeated copy's ``name#k``); "" = the name
 
 
 class GPTBatch(NamedTuple):
     """Upstream's collated s1 batch (its dict keys, as fields)."""
 
     ids: list[int]
-    phoneme_ids: torch.Tensor       # [B, Lmax] int64, right-padded with 0
-    phoneme_ids_len: torch.Tensor   # [B] int64
-    semantic_ids: torch.Tensor      # [B, Tmax] int64, right-padded with pad_val
+    phoneme_ids: torch.Tensor  # [B, Lmax] int64, right-padded with 0
+    phoneme_ids_len: torch.Tensor  # [B] int64
+    semantic_ids: torch.Tensor  # [B, Tmax] int64, right-padded with pad_val
     semantic_ids_len: torch.Tensor  # [B] int64
-    bert_feature: torch.Tensor      # [B, 1024, Lmax] float32, zero-padded
+    bert_feature: torch.Tensor  # [B, 1024, Lmax] float32, zero-padded
     names: tuple[str, ...]
-    keys: tuple[str, ...]           # per-row draw keys: the name, ``name#k`` for copy k of a repeated set
+    keys: tuple[str, ...]  # per-row draw keys: the name, ``name#k`` for copy k of a repeated set
 
     def upstream(self) -> dict:
         """The dict ``collate`` returns upstream (``ids``, ``phoneme_ids``, ... ``bert_feature``)."""
@@ -133,11 +132,18 @@ class GPTDataset(Dataset):
         if u.bert_path is not None:
             bert = torch.load(u.bert_path, map_location="cpu", weights_only=True)
             if bert.dim() != 2 or bert.shape[0] != BERT_DIM or bert.shape[-1] != len(u.phone_ids):
-                raise GsvError(f"BERT features shaped {list(bert.shape)} but the line has {len(u.phone_ids)} phones",
-                               path=u.bert_path, fix="re-run GPT-SoVITS preprocessing step 1Aa for this experiment")
+                raise GsvError(
+                    f"BERT features shaped {list(bert.shape)} but the line has {len(u.phone_ids)} phones",
+                    path=u.bert_path,
+                    fix="re-run GPT-SoVITS preprocessing step 1Aa for this experiment",
+                )
         return GPTItem(
-            idx, u.name, torch.tensor(u.phone_ids, dtype=torch.long), torch.tensor(u.semantic_ids, dtype=torch.long),
-            bert, self.keys[idx],
+            idx,
+            u.name,
+            torch.tensor(u.phone_ids, dtype=torch.long),
+            torch.tensor(u.semantic_ids, dtype=torch.long),
+            bert,
+            self.keys[idx],
         )
 
     def collate(self, items: Sequence[GPTItem]) -> GPTBatch:
@@ -166,8 +172,16 @@ def collate_gpt(items: Sequence[GPTItem], pad_val: int = GPT_PAD, *, pad_to: tup
         semantic[i, : len(it.semantic_ids)] = it.semantic_ids
         if it.bert_feature is not None:
             bert[i, :, : it.bert_feature.shape[-1]] = it.bert_feature
-    return GPTBatch([it.idx for it in items], phones, p_len, semantic, s_len, bert, tuple(it.name for it in items),
-                    tuple(it.key or it.name for it in items))
+    return GPTBatch(
+        [it.idx for it in items],
+        phones,
+        p_len,
+        semantic,
+        s_len,
+        bert,
+        tuple(it.name for it in items),
+        tuple(it.key or it.name for it in items),
+    )
 
 
 def gpt_batch_size(configured: int, num_items: int) -> int:

@@ -170,8 +170,13 @@ def _encode(exp: Experiment, key: str) -> dict[str, Any]:
             "usable": rep.usable,
             "examples": rep.examples,
             "problems": [
-                {"code": p.code, "severity": p.severity, "message": p.message, "excluded": p.excluded,
-                 "names": list(p.names)}
+                {
+                    "code": p.code,
+                    "severity": p.severity,
+                    "message": p.message,
+                    "excluded": p.excluded,
+                    "names": list(p.names),
+                }
                 for p in rep.problems
             ],
         },
@@ -222,8 +227,10 @@ def _strs(value: Any, what: str) -> list[str]:
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
-    _need(type(value) is list and set(map(type, value)) <= {int} and (not value or min(value) >= 0),
-          f"{what}: not a list of non-negative ints")  # type() is exact: no bools, no floats
+    _need(
+        type(value) is list and set(map(type, value)) <= {int} and (not value or min(value) >= 0),
+        f"{what}: not a list of non-negative ints",
+    )  # type() is exact: no bools, no floats
     return tuple(value)
 
 
@@ -247,10 +254,33 @@ class _Paths:
         return base / name
 
 
-_UTT_KEYS = {"name", "phones", "phone_ids", "word2ph", "norm_text", "wav_path", "wav_bytes", "num_samples",
-             "hubert_path", "sv_path", "bert_path", "semantic_ids"}
-_TOP_KEYS = {"format", "key", "stage", "version", "root", "options", "sampling_rate", "hop_length", "known_names",
-             "report", "utterances"}
+_UTT_KEYS = {
+    "name",
+    "phones",
+    "phone_ids",
+    "word2ph",
+    "norm_text",
+    "wav_path",
+    "wav_bytes",
+    "num_samples",
+    "hubert_path",
+    "sv_path",
+    "bert_path",
+    "semantic_ids",
+}
+_TOP_KEYS = {
+    "format",
+    "key",
+    "stage",
+    "version",
+    "root",
+    "options",
+    "sampling_rate",
+    "hop_length",
+    "known_names",
+    "report",
+    "utterances",
+}
 
 
 def _decode(data: Any, key: str, root: Path, stage: str, version: str, options: ExperimentOptions) -> Experiment:
@@ -267,11 +297,24 @@ def _decode(data: Any, key: str, root: Path, stage: str, version: str, options: 
     for i, p in enumerate(rep["problems"]):
         p = _obj(p, {"code", "severity", "message", "excluded", "names"}, f"problem {i}")
         _need(p["severity"] in SEVERITIES and type(p["excluded"]) is bool, f"problem {i}: bad severity/excluded")
-        problems.append(Problem(_str(p["code"], "code"), p["severity"], _str(p["message"], "message"),
-                                p["excluded"], list(_strs(p["names"], "names"))))
-    report = DataReport(root=root, stage=stage, version=version, listed=_int(rep["listed"], "listed"),
-                        usable=_int(rep["usable"], "usable"), problems=problems,
-                        examples=_int(rep["examples"], "examples"))
+        problems.append(
+            Problem(
+                _str(p["code"], "code"),
+                p["severity"],
+                _str(p["message"], "message"),
+                p["excluded"],
+                list(_strs(p["names"], "names")),
+            )
+        )
+    report = DataReport(
+        root=root,
+        stage=stage,
+        version=version,
+        listed=_int(rep["listed"], "listed"),
+        usable=_int(rep["usable"], "usable"),
+        problems=problems,
+        examples=_int(rep["examples"], "examples"),
+    )
 
     _need(type(top["utterances"]) is list, "utterances: not a list")
     path = _Paths(root)
@@ -279,28 +322,40 @@ def _decode(data: Any, key: str, root: Path, stage: str, version: str, options: 
     for i, u in enumerate(top["utterances"]):
         u = _obj(u, _UTT_KEYS, f"utterance {i}")
         sem = u["semantic_ids"]
-        utts.append(Utterance(
-            name=_str(u["name"], "name"),
-            phones=tuple(_strs(u["phones"], "phones")),
-            phone_ids=_ints(u["phone_ids"], "phone_ids"),
-            word2ph=_str(u["word2ph"], "word2ph"),
-            norm_text=_str(u["norm_text"], "norm_text"),
-            wav_path=path(u["wav_path"], "wav_path"),
-            wav_bytes=_int(u["wav_bytes"], "wav_bytes"),
-            num_samples=_int(u["num_samples"], "num_samples"),
-            hubert_path=path(u["hubert_path"], "hubert_path"),
-            sv_path=path(u["sv_path"], "sv_path"),
-            bert_path=path(u["bert_path"], "bert_path"),
-            semantic_ids=None if sem is None else _ints(sem, "semantic_ids"),
-        ))
+        utts.append(
+            Utterance(
+                name=_str(u["name"], "name"),
+                phones=tuple(_strs(u["phones"], "phones")),
+                phone_ids=_ints(u["phone_ids"], "phone_ids"),
+                word2ph=_str(u["word2ph"], "word2ph"),
+                norm_text=_str(u["norm_text"], "norm_text"),
+                wav_path=path(u["wav_path"], "wav_path"),
+                wav_bytes=_int(u["wav_bytes"], "wav_bytes"),
+                num_samples=_int(u["num_samples"], "num_samples"),
+                hubert_path=path(u["hubert_path"], "hubert_path"),
+                sv_path=path(u["sv_path"], "sv_path"),
+                bert_path=path(u["bert_path"], "bert_path"),
+                semantic_ids=None if sem is None else _ints(sem, "semantic_ids"),
+            )
+        )
     _need(report.usable == len(utts), "report.usable != number of utterances")
     known = frozenset(_strs(top["known_names"], "known_names"))
-    return Experiment(root, stage, version, utts, report, options, _int(top["sampling_rate"], "sampling_rate"),
-                      _int(top["hop_length"], "hop_length"), known)
+    return Experiment(
+        root,
+        stage,
+        version,
+        utts,
+        report,
+        options,
+        _int(top["sampling_rate"], "sampling_rate"),
+        _int(top["hop_length"], "hop_length"),
+        known,
+    )
 
 
-def _read_entry(path: Path, key: str, root: Path, stage: str, version: str,
-                options: ExperimentOptions) -> Experiment | None:
+def _read_entry(
+    path: Path, key: str, root: Path, stage: str, version: str, options: ExperimentOptions
+) -> Experiment | None:
     """The stored Experiment, or ``None`` when there is no usable entry (absent, unreadable, corrupt)."""
     try:
         raw = path.read_bytes()

@@ -20,8 +20,20 @@ import codecs
 from gsv_ray.errors import GsvError
 from gsv_ray.resources import CODEBOOK_SIZE, S2_VERSIONS, STAGES
 
-__all__ = ["STAGES", "NAME2TEXT", "BERT_DIR", "HUBERT_DIR", "WAV_DIR", "SEMANTIC_TSV", "SV_DIR", "SEMANTIC_HEADER",
-           "SEMANTIC_VOCAB", "symbol_set_of", "without_bom", "name2text_fields"]
+__all__ = [
+    "STAGES",
+    "NAME2TEXT",
+    "BERT_DIR",
+    "HUBERT_DIR",
+    "WAV_DIR",
+    "SEMANTIC_TSV",
+    "SV_DIR",
+    "SEMANTIC_HEADER",
+    "SEMANTIC_VOCAB",
+    "symbol_set_of",
+    "without_bom",
+    "name2text_fields",
+]
 
 NAME2TEXT = "2-name2text.txt"
 BERT_DIR = "3-bert"
@@ -44,7 +56,7 @@ def symbol_set_of(version: str) -> str:
 def without_bom(data: bytes) -> bytes:
     """``data`` without a leading UTF-8 byte-order mark (Windows editors add one; it would become part
     of the first name). Text files of an experiment are read through this or ``encoding="utf-8-sig"``."""
-    return data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
+    return data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
 
 
 def name2text_fields(line: str) -> tuple[str, str, str, str] | None:

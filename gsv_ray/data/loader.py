@@ -24,8 +24,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["MicroBatch", "StepPlan", "Cadence", "UPSTREAM_GPT_CADENCE", "split_global_batch", "MicroBatchSource", "PlannedSampler", "make_loader",
-           "default_loader_workers", "available_cpus"]
+__all__ = [
+    "MicroBatch",
+    "StepPlan",
+    "Cadence",
+    "UPSTREAM_GPT_CADENCE",
+    "split_global_batch",
+    "MicroBatchSource",
+    "PlannedSampler",
+    "make_loader",
+    "default_loader_workers",
+    "available_cpus",
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ def split_global_batch(batch: Sequence[int], world: int, accum: int, rank: int) 
     out, start = [], 0
     for i in range(accum):
         size = q + (1 if i < r else 0)
-        out.append(mine[start:start + size])
+        out.append(mine[start : start + size])
         start += size
     return out
 
@@ -98,8 +108,16 @@ class StepPlan:
     ``cadence``: None for one global batch per step, else how several are summed into one step.
     """
 
-    def __init__(self, sampler: Any, *, world: int, rank: int, accum: int,
-                 context: Callable[[list[int]], Any] = lambda idx: None, cadence: Cadence | None = None):
+    def __init__(
+        self,
+        sampler: Any,
+        *,
+        world: int,
+        rank: int,
+        accum: int,
+        context: Callable[[list[int]], Any] = lambda idx: None,
+        cadence: Cadence | None = None,
+    ):
         self.sampler, self.world, self.rank, self.accum, self.context = sampler, world, rank, accum, context
         self.cadence = cadence
 
@@ -123,8 +141,7 @@ class StepPlan:
             if epoch > 0 and steps:  # what the previous epoch left after its last step
                 _, carried = self.cadence.group(self.batches(epoch - 1))
                 steps[0] = carried + steps[0]
-        return [[dataclasses.replace(mb, ends_step=j == len(step) - 1) for j, mb in enumerate(step)]
-                for step in steps]
+        return [[dataclasses.replace(mb, ends_step=j == len(step) - 1) for j, mb in enumerate(step)] for step in steps]
 
     def steps_per_epoch(self) -> int:
         """Full optimizer steps per epoch (the schedule's epoch length); the same for every epoch."""
@@ -179,6 +196,7 @@ class PlannedSampler(Sampler[MicroBatch]):
                 yield from step
             epoch, skip = epoch + 1, 0
 
+
 def _passthrough(x: Any) -> Any:
     return x
 
@@ -195,15 +213,30 @@ def _seed_worker(worker_id: int) -> None:
         pass
 
 
-def make_loader(source: MicroBatchSource, sampler: PlannedSampler, *, num_workers: int, seed: int,
-                pin_memory: bool = False, prefetch_factor: int = 2) -> DataLoader:
+def make_loader(
+    source: MicroBatchSource,
+    sampler: PlannedSampler,
+    *,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    prefetch_factor: int = 2,
+) -> DataLoader:
     """The DataLoader over planned micro-batches. Its own seeded generator: creating an iterator
     then never draws from the global RNG (which drives dropout), so resume stays bit-identical."""
     extra: dict[str, Any] = {}
     if num_workers > 0:
         extra = {"persistent_workers": True, "prefetch_factor": prefetch_factor, "worker_init_fn": _seed_worker}
-    return DataLoader(source, sampler=sampler, batch_size=None, collate_fn=_passthrough, num_workers=num_workers,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **extra)
+    return DataLoader(
+        source,
+        sampler=sampler,
+        batch_size=None,
+        collate_fn=_passthrough,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
+    )
 
 
 def available_cpus() -> int:

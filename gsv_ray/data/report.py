@@ -41,7 +41,7 @@ class DataReport:
     root: Path
     stage: str
     version: str
-    listed: int = 0      # utterances named in 2-name2text.txt (GPT: rows of the semantic TSV)
+    listed: int = 0  # utterances named in 2-name2text.txt (GPT: rows of the semantic TSV)
     usable: int = 0
     problems: list[Problem] = field(default_factory=list)
     examples: int = 5

@@ -18,8 +18,20 @@ from typing import Any, Iterable
 import torch
 
 from gsv_ray.audio import wav_info
-from gsv_ray.data.layout import (BERT_DIR, HUBERT_DIR, NAME2TEXT, SEMANTIC_HEADER, SEMANTIC_TSV, SEMANTIC_VOCAB,
-                                 STAGES, SV_DIR, WAV_DIR, name2text_fields, symbol_set_of, without_bom)
+from gsv_ray.data.layout import (
+    BERT_DIR,
+    HUBERT_DIR,
+    NAME2TEXT,
+    SEMANTIC_HEADER,
+    SEMANTIC_TSV,
+    SEMANTIC_VOCAB,
+    STAGES,
+    SV_DIR,
+    WAV_DIR,
+    name2text_fields,
+    symbol_set_of,
+    without_bom,
+)
 from gsv_ray.data.report import DataReport
 from gsv_ray.errors import GsvError, first_line, missing_error
 from gsv_ray.resources import BERT_DIM, PRO_VERSIONS, SSL_DIM, SV_DIM, s2_config, symbols
@@ -60,11 +72,11 @@ class Utterance:
     word2ph: str
     norm_text: str
     wav_path: Path | None = None
-    wav_bytes: int = 0                  # file size: upstream's duration and bucket length use it
+    wav_bytes: int = 0  # file size: upstream's duration and bucket length use it
     num_samples: int = 0
     hubert_path: Path | None = None
     sv_path: Path | None = None
-    bert_path: Path | None = None       # None: no 3-bert file, BERT features are zeros
+    bert_path: Path | None = None  # None: no 3-bert file, BERT features are zeros
     semantic_ids: tuple[int, ...] | None = None
 
     def bucket_length(self, hop_length: int) -> int:
@@ -137,8 +149,13 @@ def _utf8_lines(path: Path, report: DataReport, what: str) -> list[tuple[int, st
         try:
             out.append((lineno, raw.decode("utf-8")))
         except UnicodeDecodeError as e:
-            report.add(f"not_utf8_{what}", "warning", f"lines of {path.name} that are not UTF-8 text (skipped; "
-                       f"re-save the file as UTF-8)", f"line {lineno} (byte {e.start})", excluded=True)
+            report.add(
+                f"not_utf8_{what}",
+                "warning",
+                f"lines of {path.name} that are not UTF-8 text (skipped; re-save the file as UTF-8)",
+                f"line {lineno} (byte {e.start})",
+                excluded=True,
+            )
     return out
 
 
@@ -151,13 +168,23 @@ def _read_name2text(path: Path, report: DataReport) -> dict[str, tuple[str, str,
             continue
         fields = name2text_fields(line)
         if fields is None:
-            report.add("bad_text_line", "warning", f"lines of {NAME2TEXT} without exactly 4 tab-separated fields "
-                       "(ignored, as upstream does)", f"line {lineno}", excluded=True)
+            report.add(
+                "bad_text_line",
+                "warning",
+                f"lines of {NAME2TEXT} without exactly 4 tab-separated fields (ignored, as upstream does)",
+                f"line {lineno}",
+                excluded=True,
+            )
             continue
         name, phones, word2ph, norm_text = fields
         if name in out:
-            report.add("duplicate_text", "warning", f"names repeated in {NAME2TEXT} (the last line is used, as "
-                       "upstream does)", name, excluded=False)
+            report.add(
+                "duplicate_text",
+                "warning",
+                f"names repeated in {NAME2TEXT} (the last line is used, as upstream does)",
+                name,
+                excluded=False,
+            )
         out[name] = (phones, word2ph, norm_text)
     return out
 
@@ -179,26 +206,40 @@ def _phone_ids(
         if not unknown:
             out[name] = (phones, tuple(table[p] for p in phones))
             if "UNK" in phones:
-                report.add("unk_phone", "warning", "utterances containing the phone 'UNK' (text the preprocessing "
-                           "could not convert)", name, excluded=False)
+                report.add(
+                    "unk_phone",
+                    "warning",
+                    "utterances containing the phone 'UNK' (text the preprocessing could not convert)",
+                    name,
+                    excluded=False,
+                )
             continue
         foreign = [p for p in unknown if p in other_table]
         if foreign:
             mismatched.setdefault(name, foreign[0])
         else:
-            report.add("unknown_phone", "error", f"utterances with phones in neither symbol table (first: "
-                       f"{unknown[0]!r}; upstream skips them)", name, excluded=True)
+            report.add(
+                "unknown_phone",
+                "error",
+                f"utterances with phones in neither symbol table (first: {unknown[0]!r}; upstream skips them)",
+                name,
+                excluded=True,
+            )
     if mismatched:
         first_name, first_phone = next(iter(mismatched.items()))
         names = list(mismatched)
         examples = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        fix = ("train a v2-or-later model with this folder, or re-run GPT-SoVITS preprocessing with version v1"
-               if own == "v1" else "train a v1 model with this folder, or re-run preprocessing for " + version)
+        fix = (
+            "train a v2-or-later model with this folder, or re-run GPT-SoVITS preprocessing with version v1"
+            if own == "v1"
+            else "train a v1 model with this folder, or re-run preprocessing for " + version
+        )
         raise GsvError(
             f"phone symbol set mismatch: {len(mismatched)} utterance(s) use phones that exist only in the {other} "
             f"table (e.g. {first_phone!r} in {first_name}; affected: {examples}), but a {version} model uses the {own} "
             "table, so training would read wrong embedding rows",
-            path=text_path, fix=fix,
+            path=text_path,
+            fix=fix,
         )
     return out
 
@@ -235,13 +276,25 @@ def _scan_sovits(
 ) -> tuple[list[Utterance], set[str]]:
     is_pro = version in PRO_VERSIONS
     text_path = root / NAME2TEXT
-    _require(root / HUBERT_DIR, f"{HUBERT_DIR}/ (HuBERT features) folder", "run GPT-SoVITS preprocessing step 1Ab "
-             "(SSL feature extraction, 2-get-hubert-wav32k.py) for this experiment", is_dir=True)
-    _require(root / WAV_DIR, f"{WAV_DIR}/ (32 kHz audio) folder", "run GPT-SoVITS preprocessing step 1Ab "
-             "(2-get-hubert-wav32k.py) for this experiment", is_dir=True)
+    _require(
+        root / HUBERT_DIR,
+        f"{HUBERT_DIR}/ (HuBERT features) folder",
+        "run GPT-SoVITS preprocessing step 1Ab (SSL feature extraction, 2-get-hubert-wav32k.py) for this experiment",
+        is_dir=True,
+    )
+    _require(
+        root / WAV_DIR,
+        f"{WAV_DIR}/ (32 kHz audio) folder",
+        "run GPT-SoVITS preprocessing step 1Ab (2-get-hubert-wav32k.py) for this experiment",
+        is_dir=True,
+    )
     if is_pro:
-        _require(root / SV_DIR, f"{SV_DIR}/ (speaker-verification embeddings, needed by {version}) folder",
-                 "run GPT-SoVITS preprocessing with a v2Pro/v2ProPlus version selected (2-get-sv.py)", is_dir=True)
+        _require(
+            root / SV_DIR,
+            f"{SV_DIR}/ (speaker-verification embeddings, needed by {version}) folder",
+            "run GPT-SoVITS preprocessing with a v2Pro/v2ProPlus version selected (2-get-sv.py)",
+            is_dir=True,
+        )
 
     name2text = _read_name2text(text_path, report)
     report.listed = len(name2text)
@@ -251,8 +304,9 @@ def _scan_sovits(
     names7 = _listing(root / SV_DIR, ".pt") if is_pro else set()
 
     for orphan in sorted((names4 | names5) - set(name2text)):
-        report.add("no_text", "info", f"feature/audio files without a line in {NAME2TEXT} (unused)", orphan,
-                   excluded=True)
+        report.add(
+            "no_text", "info", f"feature/audio files without a line in {NAME2TEXT} (unused)", orphan, excluded=True
+        )
 
     out: list[Utterance] = []
     for name in sorted(name2text):  # upstream's order is set order (hash-seeded); sorted is reproducible
@@ -264,8 +318,13 @@ def _scan_sovits(
             report.add("missing_wav", "warning", f"utterances without {WAV_DIR}/<name>", name, excluded=True)
             missing = True
         if is_pro and name not in names7:
-            report.add("missing_sv", "warning", f"utterances without {SV_DIR}/<name>.pt (needed by {version})", name,
-                       excluded=True)
+            report.add(
+                "missing_sv",
+                "warning",
+                f"utterances without {SV_DIR}/<name>.pt (needed by {version})",
+                name,
+                excluded=True,
+            )
             missing = True
         if missing or name not in ids:
             continue
@@ -285,28 +344,56 @@ def _scan_sovits(
             continue
         duration = size / sr / 2
         if not (opts.min_duration < duration < opts.max_duration):
-            report.add("duration", "warning", f"utterances outside {opts.min_duration} < duration < "
-                       f"{opts.max_duration} s (by file size, as upstream)", name, excluded=True)
+            report.add(
+                "duration",
+                "warning",
+                f"utterances outside {opts.min_duration} < duration < "
+                f"{opts.max_duration} s (by file size, as upstream)",
+                name,
+                excluded=True,
+            )
             continue
         bucket_len = size // (2 * hop)
         if not (opts.bucket_min_frames < bucket_len <= opts.bucket_max_frames):
-            report.add("outside_buckets", "warning", f"utterances whose length (file size // {2 * hop}) is outside "
-                       f"({opts.bucket_min_frames}, {opts.bucket_max_frames}] frames: the bucket sampler never "
-                       "draws them", name, excluded=False)
+            report.add(
+                "outside_buckets",
+                "warning",
+                f"utterances whose length (file size // {2 * hop}) is outside "
+                f"({opts.bucket_min_frames}, {opts.bucket_max_frames}] frames: the bucket sampler never "
+                "draws them",
+                name,
+                excluded=False,
+            )
         hubert_path = root / HUBERT_DIR / f"{name}.pt"
         sv_path = root / SV_DIR / f"{name}.pt" if is_pro else None
-        if opts.scan_tensors and not _check_sovits_tensors(name, hubert_path, sv_path, spec_frames(frames, hop), report):
+        if opts.scan_tensors and not _check_sovits_tensors(
+            name, hubert_path, sv_path, spec_frames(frames, hop), report
+        ):
             continue
-        out.append(Utterance(
-            name=name, phones=phones, phone_ids=phone_ids, word2ph=name2text[name][1], norm_text=name2text[name][2],
-            wav_path=wav_path, wav_bytes=size, num_samples=frames, hubert_path=hubert_path, sv_path=sv_path,
-        ))
+        out.append(
+            Utterance(
+                name=name,
+                phones=phones,
+                phone_ids=phone_ids,
+                word2ph=name2text[name][1],
+                norm_text=name2text[name][2],
+                wav_path=wav_path,
+                wav_bytes=size,
+                num_samples=frames,
+                hubert_path=hubert_path,
+                sv_path=sv_path,
+            )
+        )
     return out, set(name2text)
 
 
 #: What each kind of HuBERT-feature problem says for a group of files (the data report's line).
-_SSL_PROBLEM_GROUPS = {"hubert_type": "files holding no tensor", "hubert_shape": f"tensors not shaped [1, {SSL_DIM}, T]",
-                       "hubert_dtype": "tensors not float", "nan_hubert": "tensors containing NaN/inf"}
+_SSL_PROBLEM_GROUPS = {
+    "hubert_type": "files holding no tensor",
+    "hubert_shape": f"tensors not shaped [1, {SSL_DIM}, T]",
+    "hubert_dtype": "tensors not float",
+    "nan_hubert": "tensors containing NaN/inf",
+}
 
 
 def ssl_features_problem(t: Any) -> tuple[str, str] | None:
@@ -338,8 +425,14 @@ def _check_sovits_tensors(
         return False
     frames = ssl.shape[-1] + (1 if ssl.shape[-1] != spec_frames else 0)  # upstream's one-frame fix-up
     if frames != spec_frames:
-        report.add("hubert_length", "warning", f"{HUBERT_DIR} frame counts more than one frame off the "
-                   "spectrogram's (kept, as upstream; features and audio are misaligned)", name, excluded=False)
+        report.add(
+            "hubert_length",
+            "warning",
+            f"{HUBERT_DIR} frame counts more than one frame off the "
+            "spectrogram's (kept, as upstream; features and audio are misaligned)",
+            name,
+            excluded=False,
+        )
     if sv_path is not None:
         try:
             sv = _load_tensor(sv_path)
@@ -363,9 +456,14 @@ def _read_semantic_tsv(path: Path, report: DataReport) -> list[tuple[str, str]]:
     if numbered and numbered[0][0] != 1:  # the header line itself is not UTF-8: it is skipped all the same
         lines.insert(0, "")
     if lines and lines[0].rstrip("\r") != SEMANTIC_HEADER:
-        report.add("semantic_header", "warning", f"{SEMANTIC_TSV} whose first line is not the header "
-                   f"{SEMANTIC_HEADER!r} (upstream reads the first line as the header, so it is skipped)",
-                   lines[0].split("\t")[0] or "(empty line)", excluded=True)
+        report.add(
+            "semantic_header",
+            "warning",
+            f"{SEMANTIC_TSV} whose first line is not the header "
+            f"{SEMANTIC_HEADER!r} (upstream reads the first line as the header, so it is skipped)",
+            lines[0].split("\t")[0] or "(empty line)",
+            excluded=True,
+        )
     rows = []
     for line in lines[1:]:
         line = line.rstrip("\r")
@@ -382,8 +480,12 @@ def _scan_gpt(
 ) -> tuple[list[Utterance], set[str]]:
     text_path = root / NAME2TEXT
     tsv_path = root / SEMANTIC_TSV
-    _require(tsv_path, f"{SEMANTIC_TSV} (semantic tokens, needed to train the GPT)", "run GPT-SoVITS preprocessing "
-             "step 1Ac (semantic token extraction, 3-get-semantic.py) for this experiment", is_dir=False)
+    _require(
+        tsv_path,
+        f"{SEMANTIC_TSV} (semantic tokens, needed to train the GPT)",
+        "run GPT-SoVITS preprocessing step 1Ac (semantic token extraction, 3-get-semantic.py) for this experiment",
+        is_dir=False,
+    )
     name2text = _read_name2text(text_path, report)
     ids = _phone_ids(name2text, version, report, text_path)
     rows = _read_semantic_tsv(tsv_path, report)
@@ -391,8 +493,14 @@ def _scan_gpt(
     bert_dir = root / BERT_DIR
     bert_names = _listing(bert_dir, ".pt")
     if not bert_dir.is_dir():
-        report.add("no_bert_dir", "info", f"experiment without a {BERT_DIR}/ folder: every utterance gets zero BERT "
-                   "features (upstream does the same)", str(bert_dir), excluded=False)
+        report.add(
+            "no_bert_dir",
+            "info",
+            f"experiment without a {BERT_DIR}/ folder: every utterance gets zero BERT "
+            "features (upstream does the same)",
+            str(bert_dir),
+            excluded=False,
+        )
 
     seen: set[str] = set()
     out: list[Utterance] = []
@@ -400,50 +508,91 @@ def _scan_gpt(
     max_phones = opts.max_sec * opts.hz / 2.5
     for name, tokens in rows:
         if name in seen:
-            report.add("duplicate_semantic", "warning", f"names repeated in {SEMANTIC_TSV} (every row is used, as "
-                       "upstream does)", name, excluded=False)
+            report.add(
+                "duplicate_semantic",
+                "warning",
+                f"names repeated in {SEMANTIC_TSV} (every row is used, as upstream does)",
+                name,
+                excluded=False,
+            )
         seen.add(name)
         if name not in name2text:
-            report.add("missing_text", "warning", f"{SEMANTIC_TSV} rows without a line in {NAME2TEXT}", name,
-                       excluded=True)
+            report.add(
+                "missing_text", "warning", f"{SEMANTIC_TSV} rows without a line in {NAME2TEXT}", name, excluded=True
+            )
             continue
         semantic = _parse_tokens(tokens)
         if semantic is None:
-            report.add("bad_semantic_row", "error", f"{SEMANTIC_TSV} rows without a space-separated list of ids "
-                       f"0..{SEMANTIC_VOCAB - 1} in the second field", name, excluded=True)
+            report.add(
+                "bad_semantic_row",
+                "error",
+                f"{SEMANTIC_TSV} rows without a space-separated list of ids "
+                f"0..{SEMANTIC_VOCAB - 1} in the second field",
+                name,
+                excluded=True,
+            )
             continue
         if name not in ids:
             continue  # unknown phones: already reported
         phones, phone_ids = ids[name]
         if len(semantic) > max_sem:
-            report.add("too_long", "warning", f"utterances with more than {max_sem:g} semantic tokens "
-                       f"(max_sec {opts.max_sec:g})", name, excluded=True)
+            report.add(
+                "too_long",
+                "warning",
+                f"utterances with more than {max_sem:g} semantic tokens (max_sec {opts.max_sec:g})",
+                name,
+                excluded=True,
+            )
             continue
         if len(phone_ids) > max_phones:
-            report.add("too_many_phones", "warning", f"utterances with more than {max_phones:g} phones", name,
-                       excluded=True)
+            report.add(
+                "too_many_phones", "warning", f"utterances with more than {max_phones:g} phones", name, excluded=True
+            )
             continue
         ratio = len(phone_ids) / (len(semantic) / opts.hz)
         if not (opts.min_ps_ratio <= ratio <= opts.max_ps_ratio):
-            report.add("phones_per_second", "warning", f"utterances with phones per second outside "
-                       f"[{opts.min_ps_ratio:g}, {opts.max_ps_ratio:g}]", name, excluded=True)
+            report.add(
+                "phones_per_second",
+                "warning",
+                f"utterances with phones per second outside [{opts.min_ps_ratio:g}, {opts.max_ps_ratio:g}]",
+                name,
+                excluded=True,
+            )
             continue
         bert_path: Path | None = bert_dir / f"{name}.pt"
         if name not in bert_names:
             bert_path = None
             if bert_dir.is_dir():
-                report.add("no_bert", "info", f"utterances without {BERT_DIR}/<name>.pt: zero BERT features, as "
-                           "upstream (normal for non-Chinese lines)", name, excluded=False)
+                report.add(
+                    "no_bert",
+                    "info",
+                    f"utterances without {BERT_DIR}/<name>.pt: zero BERT features, as "
+                    "upstream (normal for non-Chinese lines)",
+                    name,
+                    excluded=False,
+                )
         elif opts.scan_tensors and not _check_bert(name, bert_path, len(phone_ids), report):
             continue
-        out.append(Utterance(
-            name=name, phones=phones, phone_ids=phone_ids, word2ph=name2text[name][1], norm_text=name2text[name][2],
-            bert_path=bert_path, semantic_ids=semantic,
-        ))
+        out.append(
+            Utterance(
+                name=name,
+                phones=phones,
+                phone_ids=phone_ids,
+                word2ph=name2text[name][1],
+                norm_text=name2text[name][2],
+                bert_path=bert_path,
+                semantic_ids=semantic,
+            )
+        )
     listed = set(name2text)
     for name in sorted(listed - seen):
-        report.add("missing_semantic", "warning", f"utterances of {NAME2TEXT} without a row in {SEMANTIC_TSV}", name,
-                   excluded=True)
+        report.add(
+            "missing_semantic",
+            "warning",
+            f"utterances of {NAME2TEXT} without a row in {SEMANTIC_TSV}",
+            name,
+            excluded=True,
+        )
     return out, listed
 
 
@@ -466,8 +615,13 @@ def _check_bert(name: str, path: Path, n_phones: int, report: DataReport) -> boo
         report.add("bad_bert", "error", f"unreadable {BERT_DIR} files ({type(exc).__name__})", name, excluded=True)
         return False
     if bert.dim() != 2 or bert.shape[0] != BERT_DIM or bert.shape[1] != n_phones:
-        report.add("bert_shape", "error", f"{BERT_DIR} tensors not shaped [{BERT_DIM}, number of phones] (upstream "
-                   "stops training on these)", name, excluded=True)
+        report.add(
+            "bert_shape",
+            "error",
+            f"{BERT_DIR} tensors not shaped [{BERT_DIM}, number of phones] (upstream stops training on these)",
+            name,
+            excluded=True,
+        )
         return False
     if not _finite(bert):
         report.add("nan_bert", "error", f"{BERT_DIR} tensors containing NaN/inf", name, excluded=True)
@@ -476,9 +630,7 @@ def _check_bert(name: str, path: Path, n_phones: int, report: DataReport) -> boo
 
 
 # ----------------------------------------------------------------------------- entry point
-def open_experiment(
-    root: str | Path, stage: str, version: str, options: ExperimentOptions | None = None
-) -> Experiment:
+def open_experiment(root: str | Path, stage: str, version: str, options: ExperimentOptions | None = None) -> Experiment:
     """Scan ``root`` (a ``logs/<exp>`` folder) for ``stage`` ("sovits" or "gpt") and ``version``.
 
     Raises :class:`GsvError` for a missing folder part the stage needs (``2-name2text.txt``;
@@ -490,10 +642,13 @@ def open_experiment(
     symbol_set_of(version)
     opts = options or ExperimentOptions()
     root = Path(root)
-    _require(root, "experiment folder", "pass the logs/<experiment> folder GPT-SoVITS preprocessing wrote",
-             is_dir=True)
-    _require(root / NAME2TEXT, f"{NAME2TEXT} (phonemes per utterance)", "run GPT-SoVITS preprocessing step 1Aa "
-             "(text, 1-get-text.py) for this experiment", is_dir=False)
+    _require(root, "experiment folder", "pass the logs/<experiment> folder GPT-SoVITS preprocessing wrote", is_dir=True)
+    _require(
+        root / NAME2TEXT,
+        f"{NAME2TEXT} (phonemes per utterance)",
+        "run GPT-SoVITS preprocessing step 1Aa (text, 1-get-text.py) for this experiment",
+        is_dir=False,
+    )
     data = s2_config(version)["data"]
     sr, hop = int(data["sampling_rate"]), int(data["hop_length"])
     report = DataReport(root=root, stage=stage, version=version, examples=opts.examples)

@@ -24,6 +24,7 @@ from typing import Iterator, NamedTuple, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from gsv_ray.audio import AudioConfig, AudioFrontend, read_wav_pcm16
 from gsv_ray.data.experiment import (
     Experiment,
     Utterance,
@@ -33,7 +34,6 @@ from gsv_ray.data.experiment import (
 )
 from gsv_ray.data.sampling import RankBatchSampler
 from gsv_ray.errors import GsvError
-from gsv_ray.audio import AudioConfig, AudioFrontend, read_wav_pcm16
 from gsv_ray.resources import SV_DIM, s2_config
 
 __all__ = [
@@ -56,13 +56,13 @@ SOVITS_BOUNDARIES_V3: tuple[int, ...] = (32,) + tuple(range(300, 1100, 100))
 class SoVITSItem(NamedTuple):
     """One upstream s2 item (``ssl, spec, wav, text[, sv_emb]``) plus its name."""
 
-    ssl: torch.Tensor              # [1, 768, T] (file dtype kept, as upstream)
-    spec: torch.Tensor             # [1025, T] float32
-    wav: torch.Tensor              # [1, N] float32
-    text: torch.Tensor             # [L] int64 phone ids
-    sv_emb: torch.Tensor | None    # [1, 20480] (v2Pro/v2ProPlus) or None
+    ssl: torch.Tensor  # [1, 768, T] (file dtype kept, as upstream)
+    spec: torch.Tensor  # [1025, T] float32
+    wav: torch.Tensor  # [1, N] float32
+    text: torch.Tensor  # [L] int64 phone ids
+    sv_emb: torch.Tensor | None  # [1, 20480] (v2Pro/v2ProPlus) or None
     name: str
-    key: str = ""                  # per-item draw key (a repeated copy's ``name#k``); "" = the name
+    key: str = ""  # per-item draw key (a repeated copy's ``name#k``); "" = the name
 
     def upstream(self) -> tuple[torch.Tensor, ...]:
         base = (self.ssl, self.spec, self.wav, self.text)
@@ -72,17 +72,17 @@ class SoVITSItem(NamedTuple):
 class SoVITSBatch(NamedTuple):
     """Upstream's collated s2 batch; ``sv_emb`` is None for v1/v2, ``names`` follow the sorted rows."""
 
-    ssl: torch.Tensor           # [B, 768, Tssl] float32, Tssl = 2 * (max // 2 + 1)
-    ssl_lengths: torch.Tensor   # [B] int64
-    spec: torch.Tensor          # [B, 1025, Tspec] float32
+    ssl: torch.Tensor  # [B, 768, Tssl] float32, Tssl = 2 * (max // 2 + 1)
+    ssl_lengths: torch.Tensor  # [B] int64
+    spec: torch.Tensor  # [B, 1025, Tspec] float32
     spec_lengths: torch.Tensor  # [B] int64
-    wav: torch.Tensor           # [B, 1, Nmax] float32
-    wav_lengths: torch.Tensor   # [B] int64
-    text: torch.Tensor          # [B, Lmax] int64, zero padded
+    wav: torch.Tensor  # [B, 1, Nmax] float32
+    wav_lengths: torch.Tensor  # [B] int64
+    text: torch.Tensor  # [B, Lmax] int64, zero padded
     text_lengths: torch.Tensor  # [B] int64
     sv_emb: torch.Tensor | None  # [B, 20480] float32
     names: tuple[str, ...]
-    keys: tuple[str, ...]        # per-row draw keys: the name, ``name#k`` for copy k of a repeated set
+    keys: tuple[str, ...]  # per-row draw keys: the name, ``name#k`` for copy k of a repeated set
 
     def upstream(self) -> tuple[torch.Tensor, ...]:
         """The 8-tuple (9 with ``sv_emb``) ``s2_train.py`` unpacks."""
@@ -159,8 +159,11 @@ def read_audio_and_features(u: Utterance, frontend: AudioFrontend) -> tuple[torc
         ssl = torch.load(u.hubert_path, map_location="cpu", weights_only=True)
     problem = ssl_features_problem(ssl)
     if problem is not None:  # the scan checked it; the file changed since
-        raise GsvError(f"HuBERT features {problem[1]}", path=u.hubert_path,
-                       fix="re-run the HuBERT step (2-get-hubert-wav32k) for this utterance")
+        raise GsvError(
+            f"HuBERT features {problem[1]}",
+            path=u.hubert_path,
+            fix="re-run the HuBERT step (2-get-hubert-wav32k) for this utterance",
+        )
     if ssl.shape[-1] != spec.shape[-1]:  # upstream: one replicated frame, whatever the difference
         ssl = torch.cat([ssl, ssl[..., -1:]], dim=-1)
     return wav, spec, ssl
@@ -173,9 +176,9 @@ def _round_even_up(n: int) -> int:
 class SoVITSPadding(NamedTuple):
     """Lengths a batch is padded to at least (before upstream's even rounding of ssl/spec)."""
 
-    frames: int   # spectrogram frames (the ssl axis is padded to this too)
+    frames: int  # spectrogram frames (the ssl axis is padded to this too)
     samples: int  # wav samples
-    phones: int   # text length
+    phones: int  # text length
 
 
 def collate_sovits(items: Sequence[SoVITSItem], *, pad_to: SoVITSPadding | None = None) -> SoVITSBatch:
@@ -215,8 +218,19 @@ def collate_sovits(items: Sequence[SoVITSItem], *, pad_to: SoVITSPadding | None 
             if r.sv_emb is None:
                 raise ValueError(f"{r.name}: batch mixes items with and without sv_emb")
             sv[i] = r.sv_emb.reshape(-1)
-    return SoVITSBatch(ssl, ssl_len, spec, spec_len, wav, wav_len, text, text_len, sv, tuple(r.name for r in rows),
-                       tuple(r.key or r.name for r in rows))
+    return SoVITSBatch(
+        ssl,
+        ssl_len,
+        spec,
+        spec_len,
+        wav,
+        wav_len,
+        text,
+        text_len,
+        sv,
+        tuple(r.name for r in rows),
+        tuple(r.key or r.name for r in rows),
+    )
 
 
 class SoVITSBucketSampler(RankBatchSampler):
@@ -255,9 +269,11 @@ class SoVITSBucketSampler(RankBatchSampler):
         self.total_size = sum(self.num_samples_per_bucket)
         self.num_samples = self.total_size // num_replicas
         if self.total_size == 0:
-            raise GsvError(f"no utterance length falls inside the bucket boundaries "
-                           f"({self.boundaries[0]}, {self.boundaries[-1]}] frames",
-                           fix="use utterances between about 0.65 s and 38 s")
+            raise GsvError(
+                f"no utterance length falls inside the bucket boundaries "
+                f"({self.boundaries[0]}, {self.boundaries[-1]}] frames",
+                fix="use utterances between about 0.65 s and 38 s",
+            )
 
     def _bucket(self, length: int) -> int:
         for i in range(len(self.boundaries) - 1):

@@ -53,8 +53,11 @@ def split_names(
         pool = set(known) if known is not None else set(unique)
         unknown = [n for n in listed if n not in pool]
         if unknown:
-            raise GsvError(f"{len(unknown)} validation names are not utterances of this experiment (first: "
-                           f"{unknown[0]!r})", path=path, fix="use names as in 2-name2text.txt, e.g. 'a_001.wav'")
+            raise GsvError(
+                f"{len(unknown)} validation names are not utterances of this experiment (first: {unknown[0]!r})",
+                path=path,
+                fix="use names as in 2-name2text.txt, e.g. 'a_001.wav'",
+            )
         val_set = set(listed)
     else:
         if not 0.0 <= split.val_fraction < 1.0:
@@ -117,20 +120,37 @@ def experiment_split(
             raise ValueError("version is required when opening an experiment folder")
         experiment = open_experiment(experiment, stage, version, options)
     if not experiment.utterances:
-        raise GsvError(f"no usable utterances for {'SoVITS' if stage == 'sovits' else 'GPT'} training: "
-                       + "; ".join(experiment.report.lines()[1:]),
-                       path=experiment.root, fix="fix or re-run preprocessing for the listed problems")
+        raise GsvError(
+            f"no usable utterances for {'SoVITS' if stage == 'sovits' else 'GPT'} training: "
+            + "; ".join(experiment.report.lines()[1:]),
+            path=experiment.root,
+            fix="fix or re-run preprocessing for the listed problems",
+        )
     train, val = split_names(experiment.names, split or SplitOptions(), known=experiment.known_names)
     return experiment, train, val
 
 
-def split_datasets(dataset: Callable[..., Any], experiment: Experiment | str | Path, version: str | None = None, *,
-                   split: SplitOptions | None = None, options: ExperimentOptions | None = None,
-                   min_items: int | None = None, **kwargs: Any) -> tuple[Any, Any | None]:
+def split_datasets(
+    dataset: Callable[..., Any],
+    experiment: Experiment | str | Path,
+    version: str | None = None,
+    *,
+    split: SplitOptions | None = None,
+    options: ExperimentOptions | None = None,
+    min_items: int | None = None,
+    **kwargs: Any,
+) -> tuple[Any, Any | None]:
     """``(train, val)`` datasets of the class ``dataset`` (``GPTDataset``, ``SoVITSDataset``: its
     ``stage`` says how to open the folder; opened here when given a path, ``version`` is then
     required). ``val`` is None without a validation split; ``kwargs`` go to both datasets."""
-    experiment, train, val = experiment_split(experiment, dataset.stage, version, split=split,  # type: ignore[attr-defined]
-                                              options=options)
-    return (dataset(experiment, train, min_items=min_items, **kwargs),
-            dataset(experiment, val, **kwargs) if val else None)
+    experiment, train, val = experiment_split(
+        experiment,
+        dataset.stage,
+        version,
+        split=split,  # type: ignore[attr-defined]
+        options=options,
+    )
+    return (
+        dataset(experiment, train, min_items=min_items, **kwargs),
+        dataset(experiment, val, **kwargs) if val else None,
+    )

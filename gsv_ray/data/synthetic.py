@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gsv_ray.audio import write_wav
 from gsv_ray.data.experiment import (
     BERT_DIR,
     HUBERT_DIR,
@@ -41,7 +42,6 @@ from gsv_ray.data.experiment import (
     SV_DIR,
     WAV_DIR,
 )
-from gsv_ray.audio import write_wav
 from gsv_ray.resources import BERT_DIM, PRO_VERSIONS, S2_VERSIONS, SSL_DIM, SV_DIM, symbols
 
 __all__ = [
@@ -56,22 +56,41 @@ __all__ = [
 ]
 
 SAMPLING_RATE = 32000
-_HOP = 640                 # 50 Hz at 32 kHz (spectrogram and HuBERT frame rate)
-_WIN = 800                 # 25 ms analysis window (HuBERT's 400 samples at 16 kHz)
+_HOP = 640  # 50 Hz at 32 kHz (spectrogram and HuBERT frame rate)
+_WIN = 800  # 25 ms analysis window (HuBERT's 400 samples at 16 kHz)
 _NFFT = 1024
-_BANDS = 48                # energy bands over 0..8 kHz (what a 16 kHz model sees)
-_TONE_AMP = 0.22           # per sine; three sines stay below full scale
+_BANDS = 48  # energy bands over 0..8 kHz (what a 16 kHz model sees)
+_TONE_AMP = 0.22  # per sine; three sines stay below full scale
 _NOISE = 0.002
-_ENERGY_FLOOR = 1.0        # log(E + floor): silence gives a flat (zero) feature
-_FIXED_SEED = 20240917     # fixed tables, independent of the experiment seed
+_ENERGY_FLOOR = 1.0  # log(E + floor): silence gives a flat (zero) feature
+_FIXED_SEED = 20240917  # fixed tables, independent of the experiment seed
 
 #: (character, initial, final) -- pinyin phones present in both the v1 and v2 symbol tables.
 CHARACTERS: tuple[tuple[str, str, str], ...] = (
-    ("你", "n", "i3"), ("好", "h", "ao3"), ("我", "w", "o3"), ("们", "m", "en5"), ("是", "sh", "ir4"),
-    ("中", "zh", "ong1"), ("国", "g", "uo2"), ("人", "r", "en2"), ("大", "d", "a4"), ("家", "j", "ia1"),
-    ("天", "t", "ian1"), ("气", "q", "i4"), ("很", "h", "en3"), ("不", "b", "u4"), ("来", "l", "ai2"),
-    ("说", "sh", "uo1"), ("上", "sh", "ang4"), ("下", "x", "ia4"), ("学", "x", "ve2"), ("生", "sh", "eng1"),
-    ("开", "k", "ai1"), ("心", "x", "in1"), ("北", "b", "ei3"), ("京", "j", "ing1"),
+    ("你", "n", "i3"),
+    ("好", "h", "ao3"),
+    ("我", "w", "o3"),
+    ("们", "m", "en5"),
+    ("是", "sh", "ir4"),
+    ("中", "zh", "ong1"),
+    ("国", "g", "uo2"),
+    ("人", "r", "en2"),
+    ("大", "d", "a4"),
+    ("家", "j", "ia1"),
+    ("天", "t", "ian1"),
+    ("气", "q", "i4"),
+    ("很", "h", "en3"),
+    ("不", "b", "u4"),
+    ("来", "l", "ai2"),
+    ("说", "sh", "uo1"),
+    ("上", "sh", "ang4"),
+    ("下", "x", "ia4"),
+    ("学", "x", "ve2"),
+    ("生", "sh", "eng1"),
+    ("开", "k", "ai1"),
+    ("心", "x", "in1"),
+    ("北", "b", "ei3"),
+    ("京", "j", "ing1"),
 )
 _PUNCT = {",": ",", ".": "."}  # normalised punctuation -> its phone (word2ph 1, a silence)
 
@@ -84,9 +103,9 @@ class SyntheticUtterance:
     phones: tuple[str, ...]
     word2ph: tuple[int, ...]
     norm_text: str
-    audio: np.ndarray          # int16 samples as written
+    audio: np.ndarray  # int16 samples as written
     phone_frames: tuple[int, ...]  # 50 Hz frames per phone (leading/trailing silence excluded)
-    lead_frames: int               # 50 Hz frames of silence before the first phone
+    lead_frames: int  # 50 Hz frames of silence before the first phone
 
 
 # ----------------------------------------------------------------------------- fixed tables
@@ -123,8 +142,8 @@ class _Tables:
     """The fixed random tables (built per call from fixed seeds; no module-level state)."""
 
     projection: np.ndarray  # [48, 768]
-    codewords: np.ndarray   # [K, 768]: silence, then each phone's canonical feature
-    token_of: np.ndarray    # [K] token id of each codeword
+    codewords: np.ndarray  # [K, 768]: silence, then each phone's canonical feature
+    token_of: np.ndarray  # [K] token id of each codeword
 
 
 def _projection() -> np.ndarray:
@@ -240,10 +259,17 @@ def synthesize_utterances(num_utterances: int, seed: int = 0, prefix: str = "syn
         pieces.append(np.zeros(int(rng.integers(3, 5)) * _HOP + int(rng.integers(0, _HOP))))
         x = np.concatenate(pieces) + _NOISE * rng.standard_normal(sum(len(p) for p in pieces))
         audio = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
-        out.append(SyntheticUtterance(
-            name=f"{prefix}_{i:03d}.wav", phones=tuple(phones), word2ph=tuple(word2ph), norm_text="".join(chars),
-            audio=audio, phone_frames=tuple(frames_per_phone), lead_frames=lead,
-        ))
+        out.append(
+            SyntheticUtterance(
+                name=f"{prefix}_{i:03d}.wav",
+                phones=tuple(phones),
+                word2ph=tuple(word2ph),
+                norm_text="".join(chars),
+                audio=audio,
+                phone_frames=tuple(frames_per_phone),
+                lead_frames=lead,
+            )
+        )
     return out
 
 

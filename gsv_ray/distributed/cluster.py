@@ -29,8 +29,11 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        raise GsvError(f"no Ray cluster answers there ({e.strerror or type(e).__name__})", path=address,
-                       fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray") from e
+        raise GsvError(
+            f"no Ray cluster answers there ({e.strerror or type(e).__name__})",
+            path=address,
+            fix="start the cluster (ray start --head) or fix --address; drop it for a local Ray",
+        ) from e
 
 
 def joined_address(address: str | None) -> str | None:
@@ -38,9 +41,15 @@ def joined_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def connect(address: str | None, *, num_cpus: float, dashboard: bool = False,
-            logging_level: int = logging.WARNING, log_to_driver: bool = True,
-            object_store_memory: int | None = None) -> bool:
+def connect(
+    address: str | None,
+    *,
+    num_cpus: float,
+    dashboard: bool = False,
+    logging_level: int = logging.WARNING,
+    log_to_driver: bool = True,
+    object_store_memory: int | None = None,
+) -> bool:
     """Join the cluster the user named or start a private local Ray with at least ``num_cpus``
     logical CPUs (one clear line on failure). True when this call started a local Ray (the caller
     then owns it and ends it with :func:`end_local_ray`). ``dashboard``: Tune needs it (with it, a
@@ -60,15 +69,21 @@ def connect(address: str | None, *, num_cpus: float, dashboard: bool = False,
         except Exception as e:  # ConnectionError, TimeoutError, RuntimeError, ...
             first = first_line(e)
             flag = "--address" if address else "RAY_ADDRESS"
-            raise GsvError(f"no Ray cluster at {flag} {join} ({first})",
-                           fix=f"start one ('ray start --head' or 'ray up cluster.yaml') or unset {flag} for a "
-                               "local Ray") from None
+            raise GsvError(
+                f"no Ray cluster at {flag} {join} ({first})",
+                fix=f"start one ('ray start --head' or 'ray up cluster.yaml') or unset {flag} for a local Ray",
+            ) from None
         return False
     _pin_own_address()
     try:
-        ray.init(address="local", num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1),
-                 object_store_memory=object_store_memory, include_dashboard=dashboard,
-                 log_to_driver=log_to_driver, logging_level=logging_level)
+        ray.init(
+            address="local",
+            num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1),
+            object_store_memory=object_store_memory,
+            include_dashboard=dashboard,
+            log_to_driver=log_to_driver,
+            logging_level=logging_level,
+        )
     except Exception as e:  # noqa: BLE001 -- e.g. no room in /dev/shm or /tmp for a new instance
         first = first_line(e)
         fix = "free space in /tmp and /dev/shm, or join a running cluster with --address"

@@ -19,25 +19,31 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from gsv_ray.atomic import write_json
+from gsv_ray.cache import default_cache_root
 from gsv_ray.console import shown
 from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray, joined_address
 from gsv_ray.distributed.job import JOB_KEY, WorkerJob
-from gsv_ray.distributed.layout import (FINAL_RUN, ACTOR_TRIAL, checkpoint_folders, default_storage, experiment_uri,
-                                        place_outputs)
+from gsv_ray.distributed.layout import (
+    ACTOR_TRIAL,
+    FINAL_RUN,
+    checkpoint_folders,
+    default_storage,
+    experiment_uri,
+    place_outputs,
+)
 from gsv_ray.distributed.layout import run_uri as layout_run_uri
 from gsv_ray.distributed.options import RayOptions
 from gsv_ray.distributed.signals import own_signal_handlers
 from gsv_ray.errors import ConfigError, GsvError, InfraError, check_output_path, clip
 from gsv_ray.masking import has_credentials
-from gsv_ray.storage import display
-from gsv_ray.cache import default_cache_root
 from gsv_ray.rebuild import rebuild_cached
+from gsv_ray.storage import display
 from gsv_ray.train.config import TrainConfig
-from gsv_ray.atomic import write_json
 from gsv_ray.train.loop import TrainResult
-from gsv_ray.train.sovits import check_codebook
 from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
 from gsv_ray.train.rundir import exports as run_exports
+from gsv_ray.train.sovits import check_codebook
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -82,10 +88,12 @@ def run_storage(opts: RayOptions, out: str | Path, recorded: tuple[str, str, str
     if kept is None:
         return default_storage(out)
     if has_credentials(kept):
-        raise ConfigError(f"this run's checkpoints are in {kept}, whose credentials are never recorded",
-                          path=Path(out) / RAY_RUN_RECORD,
-                          fix="pass --storage again with them, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
-                              "pass --storage without them")
+        raise ConfigError(
+            f"this run's checkpoints are in {kept}, whose credentials are never recorded",
+            path=Path(out) / RAY_RUN_RECORD,
+            fix="pass --storage again with them, or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and "
+            "pass --storage without them",
+        )
     return kept
 
 
@@ -121,17 +129,21 @@ def check_machine(opts: RayOptions) -> None:
     have = os.cpu_count() or 1
     if opts.workers * opts.cpus_per_worker > have:
         fits = int(have // opts.cpus_per_worker)
-        raise ConfigError(f"--workers {opts.workers} x {opts.cpus_per_worker:g} CPUs per worker need "
-                          f"{opts.workers * opts.cpus_per_worker:g} CPUs but this machine has {have}",
-                          fix=(f"use --workers {fits} or less" if fits else "lower --cpus-per-worker")
-                          + ", or join a larger cluster with --address")
+        raise ConfigError(
+            f"--workers {opts.workers} x {opts.cpus_per_worker:g} CPUs per worker need "
+            f"{opts.workers * opts.cpus_per_worker:g} CPUs but this machine has {have}",
+            fix=(f"use --workers {fits} or less" if fits else "lower --cpus-per-worker")
+            + ", or join a larger cluster with --address",
+        )
     if opts.gpus_per_worker:
         import torch
 
         gpus = torch.cuda.device_count()
         if opts.workers * opts.gpus_per_worker > gpus:
-            raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {gpus}",
-                              fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address")
+            raise ConfigError(
+                f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but this machine has {gpus}",
+                fix="lower --workers / --gpus-per-worker, or join a GPU cluster with --address",
+            )
 
 
 def check_resources(opts: RayOptions) -> None:
@@ -141,13 +153,17 @@ def check_resources(opts: RayOptions) -> None:
     res = ray.cluster_resources()
     gpus = res.get("GPU", 0.0)
     if opts.gpus_per_worker and opts.workers * opts.gpus_per_worker > gpus:
-        raise ConfigError(f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but the cluster has {gpus:g}",
-                       fix="lower --workers / --gpus-per-worker, or add GPU nodes")
+        raise ConfigError(
+            f"asked for {opts.workers} x {opts.gpus_per_worker:g} GPUs but the cluster has {gpus:g}",
+            fix="lower --workers / --gpus-per-worker, or add GPU nodes",
+        )
     cpus = res.get("CPU", 0.0)
     if opts.workers * opts.cpus_per_worker > cpus:
         fits = int(cpus // opts.cpus_per_worker)
-        raise ConfigError(f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs but the cluster has {cpus:g}",
-                       fix=f"use --workers {fits} or less" if fits else "lower --cpus-per-worker, or add nodes")
+        raise ConfigError(
+            f"asked for {opts.workers} x {opts.cpus_per_worker:g} CPUs but the cluster has {cpus:g}",
+            fix=f"use --workers {fits} or less" if fits else "lower --cpus-per-worker, or add nodes",
+        )
 
 
 def driver_experiment(cfg: TrainConfig, rebuilt):
@@ -165,8 +181,11 @@ def _check_shared_storage(storage: str) -> None:
 
     hosts = alive_hosts()
     if len(hosts) > 1 and is_node_local(storage):
-        raise ConfigError(f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
-                       "is node-local", fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)")
+        raise ConfigError(
+            f"a cluster on {len(hosts)} machines needs shared checkpoint storage, but --storage {shown(storage)} "
+            "is node-local",
+            fix="pass --storage s3://bucket/prefix (or a path on a shared filesystem)",
+        )
 
 
 def _check_layout(cfg: TrainConfig, opts: RayOptions) -> tuple[str, tuple[str, str, str | None] | None]:
@@ -176,9 +195,11 @@ def _check_layout(cfg: TrainConfig, opts: RayOptions) -> tuple[str, tuple[str, s
     recorded = _recorded_run(cfg.output_dir) if opts.resume else None
     if recorded is not None and recorded[1] != layout:
         was = "--workers 1" if recorded[1] == "actor" else "--workers 2 or more"
-        raise ConfigError(f"this run was started with {was} and continues only so",
-                          path=Path(cfg.output_dir) / RAY_RUN_RECORD,
-                          fix=f"resume it with {was}, or start a new -o with --init its latest export")
+        raise ConfigError(
+            f"this run was started with {was} and continues only so",
+            path=Path(cfg.output_dir) / RAY_RUN_RECORD,
+            fix=f"resume it with {was}, or start a new -o with --init its latest export",
+        )
     return layout, recorded
 
 
@@ -202,14 +223,20 @@ def forbidden_inputs(*cfgs: TrainConfig) -> tuple[str, ...]:
     return tuple(p for c in cfgs for p in (c.init, c.base_g, c.base_d) if p and "://" not in p)
 
 
-def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], None] = print,
-                 wandb_group: str | None = None,
-                 wandb_job_type: str | None = None, console: Any = None, rank0_lines: bool = True) -> TrainResult:
+def train_on_ray(
+    cfg: TrainConfig,
+    opts: RayOptions,
+    *,
+    say: Callable[[str], None] = print,
+    wandb_group: str | None = None,
+    wandb_job_type: str | None = None,
+    console: Any = None,
+    rank0_lines: bool = True,
+) -> TrainResult:
     """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc.
     ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the
     log only) and progress are shown there."""
     from gsv_ray.distributed.shared import nbytes, share
-
     from gsv_ray.storage import check_writable, resolve, take_credentials
 
     cfg.validate()
@@ -235,20 +262,31 @@ def train_on_ray(cfg: TrainConfig, opts: RayOptions, *, say: Callable[[str], Non
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
     name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)
-    write_json(Path(cfg.output_dir) / RAY_RUN_RECORD,
-               {"name": name, "storage": _recorded_storage(given_storage, cfg.output_dir), "layout": layout})
-    say(f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
+    write_json(
+        Path(cfg.output_dir) / RAY_RUN_RECORD,
+        {"name": name, "storage": _recorded_storage(given_storage, cfg.output_dir), "layout": layout},
+    )
+    say(
+        f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
         f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
-        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}")
+        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}"
+    )
     relay, display = _console_relay(console, local=started, lines=rank0_lines)
     job = WorkerJob(
         train=dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
-        rebuild=shared, experiment=driver_experiment(cfg, rebuilt), run_name=name,
+        rebuild=shared,
+        experiment=driver_experiment(cfg, rebuilt),
+        run_name=name,
         run_uri=run_uri(storage_path, name, opts),  # where the run's RunConfig puts it
-        storage_fs=storage_fs, output_dir_shown=str(Path(cfg.output_dir).resolve()),
-        driver_node=ray.get_runtime_context().get_node_id(), forbidden_paths=forbidden_inputs(cfg, given),
-        group=wandb_group, job_type=wandb_job_type, wandb_run_id=wandb_run_id(name),
-        relay=relay.queue if relay is not None else None)
+        storage_fs=storage_fs,
+        output_dir_shown=str(Path(cfg.output_dir).resolve()),
+        driver_node=ray.get_runtime_context().get_node_id(),
+        forbidden_paths=forbidden_inputs(cfg, given),
+        group=wandb_group,
+        job_type=wandb_job_type,
+        wandb_run_id=wandb_run_id(name),
+        relay=relay.queue if relay is not None else None,
+    )
     try:
         result = _fit(job, cfg, opts, storage, storage_path)
     finally:
@@ -267,10 +305,16 @@ def _fit(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: str, stora
     try:
         if runs_in_actor(opts):
             return _fit_in_actor(job, cfg, opts, storage, storage_path)
-        trainer = torch_trainer(job, workers=opts.workers, resources=worker_resources(opts),
-                                use_gpu=opts.gpus_per_worker > 0, keep_last=cfg.keep_last,
-                                max_failures=opts.max_failures, storage_path=storage_path,
-                                placement_strategy=opts.placement_strategy)
+        trainer = torch_trainer(
+            job,
+            workers=opts.workers,
+            resources=worker_resources(opts),
+            use_gpu=opts.gpus_per_worker > 0,
+            keep_last=cfg.keep_last,
+            max_failures=opts.max_failures,
+            storage_path=storage_path,
+            placement_strategy=opts.placement_strategy,
+        )
         with own_signal_handlers():  # Train's Ctrl-C handler stays installed after fit() otherwise
             return trainer.fit()
     except SystemExit:  # Ray Train's own SIGINT handler aborts the run, then calls sys.exit
@@ -281,8 +325,18 @@ def _fit(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: str, stora
         raise ray_failure(e) from e
 
 
-def torch_trainer(job: WorkerJob, *, workers: int, resources: dict[str, float], use_gpu: bool, keep_last: int,
-                  max_failures: int, storage_path: str, placement_strategy: str = "PACK", callbacks=None):
+def torch_trainer(
+    job: WorkerJob,
+    *,
+    workers: int,
+    resources: dict[str, float],
+    use_gpu: bool,
+    keep_last: int,
+    max_failures: int,
+    storage_path: str,
+    placement_strategy: str = "PACK",
+    callbacks=None,
+):
     """The one place a ``TorchTrainer`` is built: ``workers`` Ray Train workers running
     :func:`gsv_ray.distributed.worker.train_loop_per_worker` on ``job``, as the Train run
     ``job.run_name`` (a re-run of that name continues it). Ray passes ``train_loop_config`` as a
@@ -295,12 +349,18 @@ def torch_trainer(job: WorkerJob, *, workers: int, resources: dict[str, float], 
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={JOB_KEY: job},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=placement_strategy,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=job.run_name, storage_path=storage_path, storage_filesystem=job.storage_fs,
-                             callbacks=callbacks, failure_config=FailureConfig(max_failures=max_failures),
-                             # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
-                             checkpoint_config=CheckpointConfig(num_to_keep=keep_last + 1)),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, placement_strategy=placement_strategy, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=job.run_name,
+            storage_path=storage_path,
+            storage_filesystem=job.storage_fs,
+            callbacks=callbacks,
+            failure_config=FailureConfig(max_failures=max_failures),
+            # the one retention policy: the last --keep-last step_<N> checkpoints + ``final``
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_last + 1),
+        ),
     )
 
 
@@ -318,8 +378,13 @@ def _fit_in_actor(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: s
     tuner = None
     if opts.resume and tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
         try:
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True, storage_filesystem=storage_fs)
+            tuner = tune.Tuner.restore(
+                experiment,
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                storage_filesystem=storage_fs,
+            )
         except (EOFError, pickle.UnpicklingError):
             # Tune writes its experiment state (tuner.pkl) in place: a kill during that write leaves it
             # empty or cut. Nothing of it is needed: a new experiment of the same name has the same trial
@@ -327,11 +392,18 @@ def _fit_in_actor(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: s
             tuner = None
     if tuner is None:
         tuner = tune.Tuner(
-            trainable, param_space={},
+            trainable,
+            param_space={},
             tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_actor_trial_dirname),
             # verbose=0: no Tune status tables (our console shows the progress)
-            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs, verbose=0,
-                                      **trial_checkpoints(cfg.keep_last, opts.max_failures)))
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                verbose=0,
+                **trial_checkpoints(cfg.keep_last, opts.max_failures),
+            ),
+        )
     with own_signal_handlers():  # Tune's Ctrl-C handler stays installed after fit() otherwise
         (result,) = tuner.fit()
     if result.error is not None:
@@ -356,8 +428,10 @@ def trial_checkpoints(keep_last: int, max_failures: int) -> dict[str, Any]:
     ``--max-failures`` restarts."""
     from ray import tune
 
-    return {"checkpoint_config": tune.CheckpointConfig(num_to_keep=keep_last + 1),
-            "failure_config": tune.FailureConfig(max_failures=max_failures)}
+    return {
+        "checkpoint_config": tune.CheckpointConfig(num_to_keep=keep_last + 1),
+        "failure_config": tune.FailureConfig(max_failures=max_failures),
+    }
 
 
 def _console_relay(console, *, local: bool, lines: bool = True):
@@ -409,8 +483,10 @@ def ray_failure(e: BaseException, rank: int | None = None) -> GsvError:
         return type(cause)(f"training on Ray failed on rank {rank}: {cause}")
     if rank is None:
         return InfraError(f"training on Ray failed: {cause}", fix="see the log")
-    return InfraError(f"training on Ray failed on rank {rank}: {cause}",
-                    fix="see that worker's lines in the log; raise --max-failures to let Ray restart failed workers")
+    return InfraError(
+        f"training on Ray failed on rank {rank}: {cause}",
+        fix="see that worker's lines in the log; raise --max-failures to let Ray restart failed workers",
+    )
 
 
 def _cause_line(exc: BaseException) -> str:
@@ -444,7 +520,17 @@ def _collect(result, cfg: TrainConfig, stage: str, version: str | None, storage_
     last = Path(uri) / newest[0][1] if newest else Path(uri)
     from gsv_ray.track import read_metrics
 
-    val = [{k: v for k, v in r.items() if k not in ("split", "time")}
-           for r in (read_metrics(out / "metrics.jsonl", split="val") if (out / "metrics.jsonl").is_file() else [])]
-    return TrainResult(run_dir=out, stage=stage, version=version, steps=steps,
-                       epochs=int(metrics.get("epochs", 0)), exports=exports, last_checkpoint=last, val_history=val)
+    val = [
+        {k: v for k, v in r.items() if k not in ("split", "time")}
+        for r in (read_metrics(out / "metrics.jsonl", split="val") if (out / "metrics.jsonl").is_file() else [])
+    ]
+    return TrainResult(
+        run_dir=out,
+        stage=stage,
+        version=version,
+        steps=steps,
+        epochs=int(metrics.get("epochs", 0)),
+        exports=exports,
+        last_checkpoint=last,
+        val_history=val,
+    )

@@ -96,8 +96,9 @@ def latest_outputs(fs, root: str) -> str | None:
 
     if is_dir(f"{root}/{FINAL}/{FINAL_RUN}"):
         return f"{root}/{FINAL}/{FINAL_RUN}"
-    finals = sorted(n for n in _listdir(fs, root)
-                    if n.startswith(TRIAL_CHECKPOINT_PREFIX) and is_dir(f"{root}/{n}/{FINAL_RUN}"))
+    finals = sorted(
+        n for n in _listdir(fs, root) if n.startswith(TRIAL_CHECKPOINT_PREFIX) and is_dir(f"{root}/{n}/{FINAL_RUN}")
+    )
     if finals:
         return f"{root}/{finals[-1]}/{FINAL_RUN}"
     for _, name in checkpoint_folders(fs, root):
@@ -141,10 +142,15 @@ def place_outputs(src: Path, out: Path, *, move: bool) -> None:
             except OSError:  # another filesystem: copy below
                 pass
         if not placed and item.is_dir():
-            shutil.copytree(item, dest, symlinks=True, dirs_exist_ok=True,
-                            copy_function=lambda s, d: copy_sparse(s, d, overwrite=True))
+            shutil.copytree(
+                item,
+                dest,
+                symlinks=True,
+                dirs_exist_ok=True,
+                copy_function=lambda s, d: copy_sparse(s, d, overwrite=True),
+            )
         elif not placed:
             copy_sparse(item, dest, overwrite=True)
-        for f in ([dest] if dest.is_file() else dest.rglob("*")):
+        for f in [dest] if dest.is_file() else dest.rglob("*"):
             if f.is_file() and not f.is_symlink():
                 make_sparse(f)

@@ -34,11 +34,18 @@ class SharedRebuild:
 def share(rebuilt: Rebuilt) -> SharedRebuild:
     import ray
 
-    arrays = {name: {k: v.detach().cpu().contiguous().numpy() for k, v in sd.items()}
-              for name, sd in rebuilt.weights.items()}
-    return SharedRebuild(weights_ref=ray.put(arrays), stage=rebuilt.stage, version=rebuilt.version,
-                         task=rebuilt.task, kind=rebuilt.kind, config=rebuilt.config,
-                         report=rebuilt.report.to_json())
+    arrays = {
+        name: {k: v.detach().cpu().contiguous().numpy() for k, v in sd.items()} for name, sd in rebuilt.weights.items()
+    }
+    return SharedRebuild(
+        weights_ref=ray.put(arrays),
+        stage=rebuilt.stage,
+        version=rebuilt.version,
+        task=rebuilt.task,
+        kind=rebuilt.kind,
+        config=rebuilt.config,
+        report=rebuilt.report.to_json(),
+    )
 
 
 def materialise(shared: SharedRebuild) -> Rebuilt:
@@ -49,8 +56,15 @@ def materialise(shared: SharedRebuild) -> Rebuilt:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "non-writable array": intended, the values are only read
         weights = {name: {k: torch.from_numpy(a) for k, a in sd.items()} for name, sd in arrays.items()}
-    return Rebuilt(stage=shared.stage, version=shared.version, task=shared.task, kind=shared.kind,
-                   weights=weights, config=shared.config, report=RebuildReport.from_json(shared.report))
+    return Rebuilt(
+        stage=shared.stage,
+        version=shared.version,
+        task=shared.task,
+        kind=shared.kind,
+        weights=weights,
+        config=shared.config,
+        report=RebuildReport.from_json(shared.report),
+    )
 
 
 def nbytes(rebuilt: Rebuilt) -> int:

@@ -34,8 +34,11 @@ def start_board(tune_name: str):
 
     from gsv_ray.distributed.relay import on_this_node  # pinned to the driver's node: it must outlive every worker node
 
-    return ray.remote(num_cpus=0)(StopBoard).options(name=board_name(tune_name), get_if_exists=True,
-                                                     scheduling_strategy=on_this_node()).remote()
+    return (
+        ray.remote(num_cpus=0)(StopBoard)
+        .options(name=board_name(tune_name), get_if_exists=True, scheduling_strategy=on_this_node())
+        .remote()
+    )
 
 
 def wait_for_decision(name: str, trial_id: str, step: int, *, timeout_s: float = 60.0) -> bool:

@@ -75,8 +75,12 @@ class TrainSession:
         if directory is None:
             ray.train.report(metrics)
         else:  # Ray uploads every rank's folder into the one checkpoint ``name`` and deletes ours
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)), checkpoint_dir_name=name,
-                             delete_local_checkpoint_after_upload=True)
+            ray.train.report(
+                metrics,
+                checkpoint=Checkpoint.from_directory(str(directory)),
+                checkpoint_dir_name=name,
+                delete_local_checkpoint_after_upload=True,
+            )
 
     def registered(self):
         import ray.train
@@ -156,18 +160,27 @@ def _tracking(job: WorkerJob, cfg, rank: int):
 
     if rank != 0:
         return None
-    return Tracking(cfg.output_dir, project=cfg.wandb_project, mode=cfg.wandb_mode,
-                    name=job.wandb_name or cfg.run_name, group=job.group, job_type=job.job_type,
-                    run_id=job.wandb_run_id, config_overrides={"output_dir": job.output_dir_shown or cfg.output_dir},
-                    replay_on_resume=True, stage_artifacts=True, final_dir=_final_dir(job))
+    return Tracking(
+        cfg.output_dir,
+        project=cfg.wandb_project,
+        mode=cfg.wandb_mode,
+        name=job.wandb_name or cfg.run_name,
+        group=job.group,
+        job_type=job.job_type,
+        run_id=job.wandb_run_id,
+        config_overrides={"output_dir": job.output_dir_shown or cfg.output_dir},
+        replay_on_resume=True,
+        stage_artifacts=True,
+        final_dir=_final_dir(job),
+    )
 
 
 def run_worker(job: WorkerJob, session) -> None:
     """One worker's whole part of the run; see the module doc."""
+    import logging
+
     from gsv_ray.distributed.shared import materialise
     from gsv_ray.train.loop import train
-
-    import logging
 
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise here
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # a TrainingReport(...) dump per checkpoint and rank
@@ -178,7 +191,7 @@ def run_worker(job: WorkerJob, session) -> None:
     run_dir = owner.directory
     cfg = _worker_config(job, run_dir)
     progress: Any = False  # the driver's console (no relay: lines only in the worker's log)
-    say = (lambda s: None)
+    say = lambda s: None
     if rank == 0:
         from gsv_ray.distributed.relay import RelayedProgress
 
@@ -188,13 +201,20 @@ def run_worker(job: WorkerJob, session) -> None:
     if restored is not None:
         cfg.resume = str(restored)
 
-    checkpoints = RayCheckpoints(run_dir, Path(cfg.output_dir), session=session,
-                                 stop_board=job.stop_board, trial_id=job.relay_run)
+    checkpoints = RayCheckpoints(
+        run_dir, Path(cfg.output_dir), session=session, stop_board=job.stop_board, trial_id=job.relay_run
+    )
     tracking = _tracking(job, cfg, rank)
     try:
-        result = train(cfg, rebuilt=rebuilt, tracking=tracking, checkpoints=checkpoints, progress=progress,
-                       experiment=job.experiment,  # scanned once on the driver (None: data is a URI)
-                       say=say)
+        result = train(
+            cfg,
+            rebuilt=rebuilt,
+            tracking=tracking,
+            checkpoints=checkpoints,
+            progress=progress,
+            experiment=job.experiment,  # scanned once on the driver (None: data is a URI)
+            say=say,
+        )
     except BaseException as e:
         if tracking is not None:
             tracking.finish(1)
@@ -210,8 +230,13 @@ def run_worker(job: WorkerJob, session) -> None:
 def _report_final(result, cfg, session, run_dir: Path, rank: int) -> None:
     """Every rank's last report; rank 0's carries the run's outputs (:data:`FINAL_RUN`)."""
     last_val = {f"val/{k}": v for k, v in (result.val_history[-1] if result.val_history else {}).items() if k != "step"}
-    final = {"step": result.steps, "epochs": result.epochs, "done": 1, "stopped_early": int(result.stopped_early),
-             **last_val}  # a Tune search requires its metric in every report
+    final = {
+        "step": result.steps,
+        "epochs": result.epochs,
+        "done": 1,
+        "stopped_early": int(result.stopped_early),
+        **last_val,
+    }  # a Tune search requires its metric in every report
     if rank == 0:  # the run's outputs (exports, metrics.jsonl, W&B files), for the driver to place in -o;
         # the training state is already on storage in the last step_<N> checkpoint
         with _report_dir(run_dir) as out:  # moved, not copied: the run is over
@@ -248,8 +273,9 @@ class RayCheckpoints:
     folder also carries the run's small outputs so far (metrics.jsonl, W&B files): a run restarted on
     another node, or a trial stopped early, continues from them."""
 
-    def __init__(self, scratch_dir: Path, outputs: Path, *, session, stop_board: str | None = None,
-                 trial_id: str | None = None):
+    def __init__(
+        self, scratch_dir: Path, outputs: Path, *, session, stop_board: str | None = None, trial_id: str | None = None
+    ):
         self.scratch, self.outputs, self.session = scratch_dir, outputs, session
         self.rank, self.run_uri = session.rank, session.run_uri
         self.stop_board, self.trial_id = stop_board, trial_id
@@ -320,9 +346,8 @@ def _restore(job: WorkerJob, session, run_dir: Path, *, say) -> Path | None:
     rank reads it. Rank 0 also puts back the run's outputs as of that checkpoint (metrics.jsonl, W&B
     files), so no metrics row is written twice; a fresh start begins from an empty run folder.
     """
-    from ray.train import Checkpoint
-
     import pyarrow.fs as pafs
+    from ray.train import Checkpoint
 
     from gsv_ray.train import state as state_io
 
@@ -353,8 +378,10 @@ def _restore(job: WorkerJob, session, run_dir: Path, *, say) -> Path | None:
             skipped.append(f"{name}: {why}")
         if choice is not None or registered is not None or skipped:
             regd = Path(registered.path).name if registered is not None else "none"
-            say(f"restart: continuing from {choice['name'] if choice else 'the start'} on storage (Ray's newest "
-                f"registered checkpoint: {regd})" + "".join(f"; skipped {s}" for s in skipped))
+            say(
+                f"restart: continuing from {choice['name'] if choice else 'the start'} on storage (Ray's newest "
+                f"registered checkpoint: {regd})" + "".join(f"; skipped {s}" for s in skipped)
+            )
     choice = session.broadcast(choice)
     if choice is None:
         return None

@@ -61,20 +61,22 @@ def strip_wrapper_prefixes(keys: list[str]) -> tuple[list[str], str | None]:
     """Drop a ``module.`` / ``_orig_mod.`` prefix shared by every key (returns the prefix seen)."""
     for p in _WRAPPER_PREFIXES:
         if keys and all(k.startswith(p) for k in keys):
-            stripped, rest = strip_wrapper_prefixes([k[len(p):] for k in keys])
+            stripped, rest = strip_wrapper_prefixes([k[len(p) :] for k in keys])
             return stripped, p + (rest or "")
     return keys, None
 
 
 def is_tensor_mapping(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
 def model_stage(keys: list[str]) -> str | None:
-    """"gpt", "sovits-g", "sovits-d" or None, from key names."""
-    bare = [k[len("model."):] if k.startswith("model.") else k for k in keys]
+    """ "gpt", "sovits-g", "sovits-d" or None, from key names."""
+    bare = [k[len("model.") :] if k.startswith("model.") else k for k in keys]
     if any(k.startswith(("ar_text_embedding.", "ar_audio_embedding.", "ar_predict_layer.")) for k in bare):
         return "gpt"
     if any(k.startswith("discriminators.") for k in keys):

@@ -24,12 +24,17 @@ def config_summary(f: GsvFile) -> dict[str, Any] | None:
     data = c.get("data") if isinstance(c.get("data"), dict) else {}
     train = c.get("train") if isinstance(c.get("train"), dict) else {}
     if f.stage == "gpt":
-        keys = {"model": ("phoneme_vocab_size", "vocab_size", "embedding_dim", "n_layer", "head"),
-                "data": ("max_sec",), "train": ("epochs", "batch_size", "precision")}
+        keys = {
+            "model": ("phoneme_vocab_size", "vocab_size", "embedding_dim", "n_layer", "head"),
+            "data": ("max_sec",),
+            "train": ("epochs", "batch_size", "precision"),
+        }
     else:
-        keys = {"model": ("version", "hidden_channels", "inter_channels", "gin_channels", "upsample_initial_channel"),
-                "data": ("sampling_rate", "hop_length", "filter_length"),
-                "train": ("learning_rate", "batch_size", "epochs", "text_low_lr_rate", "pretrained_s2G")}
+        keys = {
+            "model": ("version", "hidden_channels", "inter_channels", "gin_channels", "upsample_initial_channel"),
+            "data": ("sampling_rate", "hop_length", "filter_length"),
+            "train": ("learning_rate", "batch_size", "epochs", "text_low_lr_rate", "pretrained_s2G"),
+        }
     out: dict[str, Any] = {}
     for section, names in keys.items():
         src = {"model": model, "data": data, "train": train}[section]
@@ -93,7 +98,10 @@ def render(d: dict[str, Any]) -> Any:
         ("header", f"{d['header']!r}" + ("  (plain zip)" if d["header"] == "PK" else "  (version tag)")),
         ("tensors", f"{d['num_tensors']} tensors, {d['num_parameters']:,} values, dtype {d['dtype']}"),
         ("info", d["info"] or "-"),
-        ("epoch / step", f"{d['epoch'] if d['epoch'] is not None else '-'} / {d['step'] if d['step'] is not None else '-'}"),
+        (
+            "epoch / step",
+            f"{d['epoch'] if d['epoch'] is not None else '-'} / {d['step'] if d['step'] is not None else '-'}",
+        ),
     ]
     if d["lora_rank"] is not None:
         rows.append(("lora rank", str(d["lora_rank"])))

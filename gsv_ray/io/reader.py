@@ -12,8 +12,8 @@ import torch
 from gsv_ray.errors import GsvError
 from gsv_ray.io.identify import NotGsv, identify
 from gsv_ray.io.safeload import safe_load
-from gsv_ray.manifest import sha256_file
 from gsv_ray.io.writers import PAD_KEY
+from gsv_ray.manifest import sha256_file
 
 _STAGE_NAMES = {"sovits": "SoVITS (stage 2, .pth)", "gpt": "GPT (stage 1, .ckpt)"}
 
@@ -75,16 +75,21 @@ def nonfinite_problem(f: GsvFile) -> str | None:
         return None
     n, keys = sum(f.nonfinite.values()), list(f.nonfinite)
     named = ", ".join(keys[:_NAMED_KEYS]) + (", ..." if len(keys) > _NAMED_KEYS else "")
-    return (f"{n} non-finite value{'s' if n != 1 else ''} in {len(keys)} tensor{'s' if len(keys) != 1 else ''} "
-            f"(NaN/inf): {named}")
+    return (
+        f"{n} non-finite value{'s' if n != 1 else ''} in {len(keys)} tensor{'s' if len(keys) != 1 else ''} "
+        f"(NaN/inf): {named}"
+    )
 
 
 def check_finite(f: GsvFile, role: str = "the file") -> None:
     """Refuse weights holding NaN/inf: training from them diverges at once (and blamed the learning rate)."""
     problem = nonfinite_problem(f)
     if problem is not None:
-        raise GsvError(f"{problem}; training or using {role} would diverge", path=f.path,
-                       fix="use another export or an earlier checkpoint of this voice (the weights are damaged)")
+        raise GsvError(
+            f"{problem}; training or using {role} would diverge",
+            path=f.path,
+            fix="use another export or an earlier checkpoint of this voice (the weights are damaged)",
+        )
 
 
 def parse_info(info: Any) -> tuple[int | None, int | None]:
@@ -109,14 +114,18 @@ def read(path: str | Path, *, expect_stage: str | None = None) -> GsvFile:
     try:
         ident, sd = identify(loaded.obj, loaded.header)
     except NotGsv as e:
-        raise GsvError(f"not a GPT-SoVITS weights file: {e}", path=path,
-                       fix="pass a SoVITS .pth or GPT .ckpt written by GPT-SoVITS or gsv-ray") from None
+        raise GsvError(
+            f"not a GPT-SoVITS weights file: {e}",
+            path=path,
+            fix="pass a SoVITS .pth or GPT .ckpt written by GPT-SoVITS or gsv-ray",
+        ) from None
     if expect_stage and ident.stage != expect_stage:
         other = "gpt" if expect_stage == "sovits" else "sovits"
         raise GsvError(
             f"this is a {_STAGE_NAMES[ident.stage]} file ({ident.kind}), but a {_STAGE_NAMES[expect_stage]} "
             "file is expected here",
-            path=path, fix=f"pass the {_STAGE_NAMES[expect_stage]} file instead, or use --stage {other}",
+            path=path,
+            fix=f"pass the {_STAGE_NAMES[expect_stage]} file instead, or use --stage {other}",
         )
 
     obj = loaded.obj
@@ -138,10 +147,23 @@ def read(path: str | Path, *, expect_stage: str | None = None) -> GsvFile:
     nonfinite = count_nonfinite(sd)
     warnings = list(ident.warnings)
     f = GsvFile(
-        path=path, kind=ident.kind, stage=ident.stage, versions=ident.versions, header=loaded.header,
-        state_dict=sd, config=config, config_type=loaded.config_type, info=info, epoch=epoch, step=step,
-        lora_rank=lora_rank, pickle_globals=loaded.pickle_globals, evidence=ident.evidence,
-        warnings=warnings, extra=extra, nonfinite=nonfinite,
+        path=path,
+        kind=ident.kind,
+        stage=ident.stage,
+        versions=ident.versions,
+        header=loaded.header,
+        state_dict=sd,
+        config=config,
+        config_type=loaded.config_type,
+        info=info,
+        epoch=epoch,
+        step=step,
+        lora_rank=lora_rank,
+        pickle_globals=loaded.pickle_globals,
+        evidence=ident.evidence,
+        warnings=warnings,
+        extra=extra,
+        nonfinite=nonfinite,
     )
     if nonfinite:
         f.warnings.append(f"{nonfinite_problem(f)}: training from it diverges; gsv-ray refuses it as an input")

@@ -115,8 +115,12 @@ class _TagPatchedFile(io.RawIOBase):
         super().close()
 
 
-_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_SPECIAL = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def check_path(path: Path) -> None:
@@ -240,16 +244,21 @@ def scan_globals(pickle_bytes: bytes) -> list[str]:
             item = memo.get(int(arg), _UNKNOWN)
             work += _size(item)
             if work > MAX_PICKLE_WORK:
-                raise PickleTooCostly(f"its pickle reuses shared tuples and lists more than {MAX_PICKLE_WORK:,} "
-                                      "times over (loading it would take unbounded time)")
+                raise PickleTooCostly(
+                    f"its pickle reuses shared tuples and lists more than {MAX_PICKLE_WORK:,} "
+                    "times over (loading it would take unbounded time)"
+                )
             stack.append(item)
             continue
         if name == "STACK_GLOBAL":
             if len(stack) < 2:
                 raise ValueError("STACK_GLOBAL on a short stack")
             module, attr = stack[-2], stack[-1]
-            found.append(_global_name(module, attr) if isinstance(module, str) and isinstance(attr, str)
-                         else "<unresolvable STACK_GLOBAL>")
+            found.append(
+                _global_name(module, attr)
+                if isinstance(module, str) and isinstance(attr, str)
+                else "<unresolvable STACK_GLOBAL>"
+            )
         _shadow_op(op, arg, stack)
     return sorted(set(found))
 
@@ -269,8 +278,8 @@ def _shadow_op(op: Any, arg: Any, stack: list[Any]) -> None:
         below, popped = len(before), 0
     if below > len(stack):
         raise ValueError(f"{name} on a short stack")
-    taken = stack[len(stack) - below:]
-    del stack[len(stack) - below:]
+    taken = stack[len(stack) - below :]
+    del stack[len(stack) - below :]
     if name in ("APPEND", "APPENDS") and taken and isinstance(taken[0], _Sized):
         taken[0].n += popped + sum(_size(x) for x in taken[1:])  # the list stays, one item longer
         stack.append(taken[0])
@@ -382,7 +391,8 @@ def safe_load(path: str | Path) -> Loaded:
     if head[2:4] != ZIP_MAGIC[2:4]:
         if head[:1] in (b"\x80",):
             raise GsvError(
-                "legacy (pre-zip) torch pickle format is not supported", path=path,
+                "legacy (pre-zip) torch pickle format is not supported",
+                path=path,
                 fix="re-save it with a current torch (torch.save) or re-export from GPT-SoVITS",
             )
         raise _zip_error(path, "the file does not start like a zip archive")
@@ -408,8 +418,11 @@ def safe_load(path: str | Path) -> Loaded:
         try:
             globals_ = scan_globals(pickle_bytes)
         except PickleTooCostly as e:
-            raise GsvError(f"refusing to load: {e}", path=path,
-                           fix="do not use this file; re-export it or get it from a source you trust") from None
+            raise GsvError(
+                f"refusing to load: {e}",
+                path=path,
+                fix="do not use this file; re-export it or get it from a source you trust",
+            ) from None
         except Exception:
             raise _zip_error(path, "its pickle (data.pkl) is malformed") from None
         refused = _refused(globals_, stream)
@@ -417,12 +430,11 @@ def safe_load(path: str | Path) -> Loaded:
             raise GsvError(
                 f"refusing to load: its pickle references {', '.join(refused)}, which could run code "
                 "(GPT-SoVITS files only hold tensors, dicts, HParams and paths)",
-                path=path, fix="do not use this file; get the weights from a source you trust",
+                path=path,
+                fix="do not use this file; get the weights from a source you trust",
             )
         allow = [(HParamsStandIn, g) for g in globals_ if is_hparams_name(g)]
-        allow += [
-            (_windows_path if "Windows" in g else _posix_path, g) for g in globals_ if is_path_name(g)
-        ]
+        allow += [(_windows_path if "Windows" in g else _posix_path, g) for g in globals_ if is_path_name(g)]
         stream.seek(0)
         try:
             with warnings.catch_warnings():
@@ -437,15 +449,21 @@ def safe_load(path: str | Path) -> Loaded:
         except Exception as e:  # torch raises many types for corrupt data; keep the line short
             first = first_line(e, limit=10**6)
             if "Unsupported global" in first or "unsupported GLOBAL" in first:
-                raise GsvError(f"refusing to load: {first[:160]}", path=path,
-                               fix="do not use this file; get the weights from a source you trust") from None
+                raise GsvError(
+                    f"refusing to load: {first[:160]}",
+                    path=path,
+                    fix="do not use this file; get the weights from a source you trust",
+                ) from None
             raise _zip_error(path, f"torch could not read it ({type(e).__name__}: {first[:120]})") from None
 
     try:
         check_structure(obj)
     except StructureError as e:
-        raise GsvError(f"refusing to load: {e} (GPT-SoVITS files hold shallow dicts of tensors)", path=path,
-                       fix="do not use this file; re-export it or get it from a source you trust") from None
+        raise GsvError(
+            f"refusing to load: {e} (GPT-SoVITS files hold shallow dicts of tensors)",
+            path=path,
+            fix="do not use this file; re-export it or get it from a source you trust",
+        ) from None
     plain = to_plain(obj)
     config_type = None
     if isinstance(obj, dict) and isinstance(obj.get("config"), HParamsStandIn):

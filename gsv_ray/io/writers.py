@@ -205,8 +205,9 @@ def _padded_torch_save(obj: Mapping[str, Any], pickle_module: Any) -> Callable[[
             if size >= target:
                 return
             pad += _ceil_step(target - size)
-        raise GsvError(f"could not pad the v2 export to {target} bytes (got {size})",
-                       fix="report this as a gsv-ray bug")
+        raise GsvError(
+            f"could not pad the v2 export to {target} bytes (got {size})", fix="report this as a gsv-ray bug"
+        )
 
     return write
 
@@ -276,9 +277,7 @@ def write_gpt_export(
     model_cfg, data_cfg = config.get("model"), config.get("data")
     if not isinstance(model_cfg, Mapping) or not isinstance(data_cfg, Mapping) or "max_sec" not in data_cfg:
         raise GsvError("a GPT export's config needs a 'model' section and data.max_sec (GPT-SoVITS reads both)")
-    weight = OrderedDict(
-        (k if k.startswith("model.") else f"model.{k}", v) for k, v in _fp16(state_dict).items()
-    )
+    weight = OrderedDict((k if k.startswith("model.") else f"model.{k}", v) for k, v in _fp16(state_dict).items())
     obj: OrderedDict[str, Any] = OrderedDict(weight=weight, config=_plain(config), info=info)
     return atomic_write(path, _torch_save(obj), overwrite=overwrite, protect=protect)
 

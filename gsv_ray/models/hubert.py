@@ -31,8 +31,10 @@ from gsv_ray.errors import GsvError
 __all__ = ["HubertConfig", "Hubert", "hubert_frames"]
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_OLD_KEYS = {"encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
-             "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1"}
+_OLD_KEYS = {
+    "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+    "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+}
 
 
 @dataclass(frozen=True)
@@ -63,18 +65,34 @@ class HubertConfig:
         try:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise GsvError(f"cannot read the HuBERT config ({e})", path=path,
-                           fix="give the chinese-hubert-base folder (config.json + weights)") from e
-        kw = {f.name: (tuple(raw[f.name]) if isinstance(raw.get(f.name), list) else raw[f.name])
-              for f in fields(cls) if f.name in raw}
+            raise GsvError(
+                f"cannot read the HuBERT config ({e})",
+                path=path,
+                fix="give the chinese-hubert-base folder (config.json + weights)",
+            ) from e
+        kw = {
+            f.name: (tuple(raw[f.name]) if isinstance(raw.get(f.name), list) else raw[f.name])
+            for f in fields(cls)
+            if f.name in raw
+        }
         cfg = cls(**kw)
-        unsupported = [f"{k}={v!r}" for k, v, ok in (
-            ("feat_extract_norm", cfg.feat_extract_norm, "group"), ("do_stable_layer_norm", cfg.do_stable_layer_norm, False),
-            ("conv_pos_batch_norm", cfg.conv_pos_batch_norm, False), ("hidden_act", cfg.hidden_act, "gelu"),
-            ("feat_extract_activation", cfg.feat_extract_activation, "gelu")) if v != ok]
+        unsupported = [
+            f"{k}={v!r}"
+            for k, v, ok in (
+                ("feat_extract_norm", cfg.feat_extract_norm, "group"),
+                ("do_stable_layer_norm", cfg.do_stable_layer_norm, False),
+                ("conv_pos_batch_norm", cfg.conv_pos_batch_norm, False),
+                ("hidden_act", cfg.hidden_act, "gelu"),
+                ("feat_extract_activation", cfg.feat_extract_activation, "gelu"),
+            )
+            if v != ok
+        ]
         if unsupported or raw.get("model_type", "hubert") != "hubert":
-            raise GsvError(f"unsupported HuBERT variant ({', '.join(unsupported) or raw.get('model_type')})", path=path,
-                           fix="use GPT-SoVITS's chinese-hubert-base folder")
+            raise GsvError(
+                f"unsupported HuBERT variant ({', '.join(unsupported) or raw.get('model_type')})",
+                path=path,
+                fix="use GPT-SoVITS's chinese-hubert-base folder",
+            )
         return cfg
 
 
@@ -101,8 +119,10 @@ class _FeatureEncoder(nn.Module):
     def __init__(self, c: HubertConfig):
         super().__init__()
         dims = (1,) + tuple(c.conv_dim)
-        self.conv_layers = nn.ModuleList(_Conv(dims[i], dims[i + 1], c.conv_kernel[i], c.conv_stride[i], c.conv_bias,
-                                               norm=i == 0) for i in range(len(c.conv_dim)))
+        self.conv_layers = nn.ModuleList(
+            _Conv(dims[i], dims[i + 1], c.conv_kernel[i], c.conv_stride[i], c.conv_bias, norm=i == 0)
+            for i in range(len(c.conv_dim))
+        )
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         x = wav[:, None]
@@ -144,7 +164,10 @@ class _Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        q, k, v = (p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (
+            p(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         y = F.scaled_dot_product_attention(q, k, v, scale=(d // self.heads) ** -0.5)  # transformers' SDPA path
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -218,8 +241,11 @@ class Hubert(nn.Module):
         try:
             model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
         except RuntimeError as e:
-            raise GsvError(f"weights do not fit the HuBERT config ({str(e).splitlines()[0]})", path=folder,
-                           fix="use the config.json that came with these weights") from e
+            raise GsvError(
+                f"weights do not fit the HuBERT config ({str(e).splitlines()[0]})",
+                path=folder,
+                fix="use the config.json that came with these weights",
+            ) from e
         return model.eval()
 
 
@@ -227,17 +253,24 @@ def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The folder's tensors; a ``hubert.`` prefix (checkpoints of models built around HuBERT) is dropped."""
     path = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
     if path is None:
-        raise GsvError(f"no HuBERT weights ({' or '.join(_WEIGHT_FILES)})", path=folder,
-                       fix="give the chinese-hubert-base folder from GPT-SoVITS's pretrained_models")
+        raise GsvError(
+            f"no HuBERT weights ({' or '.join(_WEIGHT_FILES)})",
+            path=folder,
+            fix="give the chinese-hubert-base folder from GPT-SoVITS's pretrained_models",
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             sd: Any = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt or foreign file: name it, whatever the reader raised
-        raise GsvError(f"cannot read HuBERT weights ({type(e).__name__}: {str(e)[:120]})", path=path,
-                       fix="re-download the model folder") from e
+        raise GsvError(
+            f"cannot read HuBERT weights ({type(e).__name__}: {str(e)[:120]})",
+            path=path,
+            fix="re-download the model folder",
+        ) from e
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise GsvError("not a state_dict of tensors", path=path, fix="give a Hugging Face HuBERT folder")
     return {k.removeprefix("hubert."): v for k, v in sd.items()}

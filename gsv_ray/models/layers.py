@@ -54,6 +54,12 @@ class WNConvTranspose1d(_WeightNormMixin, nn.ConvTranspose1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv_transpose1d(
-            x, self.normed_weight(), self.bias, self.stride, self.padding,
-            self.output_padding, self.groups, self.dilation,
+            x,
+            self.normed_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
         )

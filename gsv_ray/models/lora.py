@@ -45,8 +45,13 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """The plain Linear with ``W + B @ A * scaling`` (what ``merge_and_unload`` leaves)."""
         base = self.base_layer
-        out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                        device=base.weight.device, dtype=base.weight.dtype)
+        out = nn.Linear(
+            base.in_features,
+            base.out_features,
+            bias=base.bias is not None,
+            device=base.weight.device,
+            dtype=base.weight.dtype,
+        )
         with torch.no_grad():
             delta = self.lora_B[ADAPTER].weight @ self.lora_A[ADAPTER].weight
             out.weight.copy_(base.weight + delta.to(base.weight.dtype) * self.scaling)

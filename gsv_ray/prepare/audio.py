@@ -21,12 +21,11 @@ A clip that cannot be used raises a :class:`ClipProblem` naming the file, the re
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-import io
 
 import numpy as np
 import torch
@@ -36,10 +35,30 @@ from gsv_ray.audio import write_wav
 from gsv_ray.errors import ConfigError, GsvError
 from gsv_ray.models.hubert import Hubert, hubert_frames
 
-__all__ = ["SR_32K", "SR_16K", "PEAK_LIMIT", "WAV_SCALE", "HUBERT_SCALE", "ClipProblem", "UnreadableClip",
-           "SilentClip", "TooLoudClip", "TooShortClip", "Int16Overflow", "NonFiniteFeatures", "PreparedAudio", "decode_32k", "check_peak",
-           "loudness_mix", "wav32k_int16", "wav16k", "prepare_clip", "write_wav32k",
-           "cnhubert", "write_cnhubert"]
+__all__ = [
+    "SR_32K",
+    "SR_16K",
+    "PEAK_LIMIT",
+    "WAV_SCALE",
+    "HUBERT_SCALE",
+    "ClipProblem",
+    "UnreadableClip",
+    "SilentClip",
+    "TooLoudClip",
+    "TooShortClip",
+    "Int16Overflow",
+    "NonFiniteFeatures",
+    "PreparedAudio",
+    "decode_32k",
+    "check_peak",
+    "loudness_mix",
+    "wav32k_int16",
+    "wav16k",
+    "prepare_clip",
+    "write_wav32k",
+    "cnhubert",
+    "write_cnhubert",
+]
 
 SR_32K = 32000
 SR_16K = 16000
@@ -112,8 +131,11 @@ def decode_32k(path: str | Path) -> np.ndarray:
                 parts.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(frame))
             parts.extend(f.to_ndarray().reshape(-1) for f in resampler.resample(None))  # flush the filter
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise UnreadableClip(f"cannot decode audio ({type(e).__name__}: {e})", path=path,
-                             fix="check the file: convert it to WAV or FLAC, or remove it from the list") from e
+        raise UnreadableClip(
+            f"cannot decode audio ({type(e).__name__}: {e})",
+            path=path,
+            fix="check the file: convert it to WAV or FLAC, or remove it from the list",
+        ) from e
     if not parts:
         raise SilentClip("no audio samples", path=path, fix="remove the clip from the list")
     return np.concatenate(parts).astype(np.float32, copy=False)
@@ -126,8 +148,11 @@ def check_peak(audio: np.ndarray, *, path: str | Path | None = None) -> float:
     if not math.isfinite(peak):
         raise UnreadableClip("decoded samples are not finite", path=path, fix="re-export the recording")
     if peak > PEAK_LIMIT:
-        raise TooLoudClip(f"peak {peak:.4g} above {PEAK_LIMIT} (upstream drops it)", path=path,
-                          fix="re-export the recording at a lower level, or remove it from the list")
+        raise TooLoudClip(
+            f"peak {peak:.4g} above {PEAK_LIMIT} (upstream drops it)",
+            path=path,
+            fix="re-export the recording at a lower level, or remove it from the list",
+        )
     if peak == 0.0:
         raise SilentClip("all samples are zero", path=path, fix="remove the clip from the list")
     return peak
@@ -142,16 +167,20 @@ def loudness_mix(audio: np.ndarray, peak: float, scale: float) -> np.ndarray:
     return (x / np.float32(peak)) * c_norm + c_orig * x
 
 
-def wav32k_int16(audio: np.ndarray, peak: float, *, overflow: Overflow = "wrap",
-                 path: str | Path | None = None) -> tuple[np.ndarray, int]:
+def wav32k_int16(
+    audio: np.ndarray, peak: float, *, overflow: Overflow = "wrap", path: str | Path | None = None
+) -> tuple[np.ndarray, int]:
     """``5-wav32k`` samples: ``loudness_mix(x, peak, 32768)`` truncated toward zero to int16, and the
     count of samples outside the int16 range. Those ``overflow="wrap"`` like upstream on x86 (modulo
     65536: the goldens), ``"clip"`` saturate, ``"error"`` raises :class:`Int16Overflow`."""
     t = np.trunc(loudness_mix(audio, peak, WAV_SCALE)).astype(np.int64)
     bad = int(np.count_nonzero((t < -32768) | (t > 32767)))
     if bad and overflow == "error":
-        raise Int16Overflow(f"{bad} samples beyond 16-bit range after the loudness mix (peak {peak:.4g})",
-                            path=path, fix="re-export the recording with a peak at or below 1.0")
+        raise Int16Overflow(
+            f"{bad} samples beyond 16-bit range after the loudness mix (peak {peak:.4g})",
+            path=path,
+            fix="re-export the recording with a peak at or below 1.0",
+        )
     if overflow == "clip":
         t = np.clip(t, -32768, 32767)
     elif overflow == "wrap":
@@ -195,15 +224,19 @@ def cnhubert(model: Hubert, wav16k: np.ndarray, *, path: str | Path | None = Non
     normalisation, as upstream), the last hidden state as a contiguous float32 [1, 768, T] on the CPU.
     One clip per forward: the GroupNorm over time makes padded batches give other numbers."""
     if hubert_frames(len(wav16k), model.config) < 1:
-        raise TooShortClip(f"{len(wav16k) / SR_16K:.3f} s is too short for HuBERT", path=path,
-                           fix="remove the clip from the list")
+        raise TooShortClip(
+            f"{len(wav16k) / SR_16K:.3f} s is too short for HuBERT", path=path, fix="remove the clip from the list"
+        )
     param = next(model.parameters())
     with torch.inference_mode():
         hidden = model(torch.from_numpy(np.ascontiguousarray(wav16k, dtype=np.float32))[None].to(param.device))
     feats = hidden.transpose(1, 2).float().cpu().contiguous()
     if not bool(torch.isfinite(feats).all()):
-        raise NonFiniteFeatures("HuBERT features are not finite (upstream: nan filtered)", path=path,
-                                fix="check the recording; remove the clip from the list")
+        raise NonFiniteFeatures(
+            "HuBERT features are not finite (upstream: nan filtered)",
+            path=path,
+            fix="check the recording; remove the clip from the list",
+        )
     return feats
 
 

@@ -9,30 +9,40 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from gsv_ray.cache import default_cache_root
-from gsv_ray.resources import VITS_VERSIONS
 from gsv_ray.errors import GsvError
 from gsv_ray.io import GsvFile, read
 from gsv_ray.io.reader import check_finite
-from gsv_ray.rebuild import targets as T
-from gsv_ray.rebuild.resolved import Resolved
-from gsv_ray.rebuild.report import (
-    ERROR, FILLED_FROM_BASE, INITIALISED, LOADED, KeyFate, RebuildReport, module_prefix,
-)
 from gsv_ray.models.sovits.v3 import DEFAULT_LORA_RANK, SoVITSV3Config
+from gsv_ray.rebuild import targets as T
+from gsv_ray.rebuild.report import (
+    ERROR,
+    FILLED_FROM_BASE,
+    INITIALISED,
+    LOADED,
+    KeyFate,
+    RebuildReport,
+    module_prefix,
+)
+from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.sources import PEFT_CFM, Source, as_fp32, cast_fp32, lora_delta, normalise, peft_view
+from gsv_ray.resources import VITS_VERSIONS
 
 TASKS = ("train", "semantic", "infer")
 BASE_NAMES = {  # upstream's pretrained base G per version (for fix hints)
-    "v1": "s2G488k.pth", "v2": "gsv-v2final-pretrained/s2G2333k.pth", "v2Pro": "v2Pro/s2Gv2Pro.pth",
-    "v2ProPlus": "v2Pro/s2Gv2ProPlus.pth", "v3": "s2Gv3.pth", "v4": "gsv-v4-pretrained/s2Gv4.pth",
+    "v1": "s2G488k.pth",
+    "v2": "gsv-v2final-pretrained/s2G2333k.pth",
+    "v2Pro": "v2Pro/s2Gv2Pro.pth",
+    "v2ProPlus": "v2Pro/s2Gv2ProPlus.pth",
+    "v3": "s2Gv3.pth",
+    "v4": "gsv-v4-pretrained/s2Gv4.pth",
 }
 
 _WHY_UNUSED_FOR_SEMANTIC = {
@@ -59,8 +69,11 @@ class RebuildPolicy:
     seed: int = 1234
 
     def to_json(self) -> dict[str, Any]:
-        return {"init_missing": list(self.init_missing), "fresh_discriminator": self.fresh_discriminator,
-                "seed": self.seed}
+        return {
+            "init_missing": list(self.init_missing),
+            "fresh_discriminator": self.fresh_discriminator,
+            "seed": self.seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -102,9 +115,14 @@ class RebuildSpec:
 
     def options_json(self) -> dict[str, Any]:
         """Everything but the input files, as JSON (the options half of the cache key)."""
-        return {"stage": self.stage, "version": self.version, "task": self.task, "lora_rank": self.lora_rank,
-                "policy": self.policy.to_json(),
-                "config": None if self.config is None else json.loads(json.dumps(self.config))}
+        return {
+            "stage": self.stage,
+            "version": self.version,
+            "task": self.task,
+            "lora_rank": self.lora_rank,
+            "policy": self.policy.to_json(),
+            "config": None if self.config is None else json.loads(json.dumps(self.config)),
+        }
 
 
 @dataclass
@@ -145,8 +163,10 @@ def _input_facts(f: GsvFile) -> dict[str, Any]:
 
 
 _STAGE = {"sovits": "SoVITS (stage 2)", "gpt": "GPT (stage 1)"}
-GPT_BASE_NAMES = {"v1": "s1bert25hz-2kh-longer-epoch=68e-step=50232.ckpt",
-                  "v2": "gsv-v2final-pretrained/s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt, or s1v3.ckpt"}
+GPT_BASE_NAMES = {
+    "v1": "s1bert25hz-2kh-longer-epoch=68e-step=50232.ckpt",
+    "v2": "gsv-v2final-pretrained/s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt, or s1v3.ckpt",
+}
 
 
 def _what(flag: str, f: GsvFile) -> str:
@@ -156,8 +176,9 @@ def _what(flag: str, f: GsvFile) -> str:
 
 def _conflict(files: list[tuple[str, GsvFile]], change: GsvFile, fix: str) -> GsvError:
     """One line naming every input involved in a conflict, and which one to change."""
-    return GsvError("these inputs do not fit together: " + "; ".join(_what(flag, f) for flag, f in files),
-                    path=change.path, fix=fix)
+    return GsvError(
+        "these inputs do not fit together: " + "; ".join(_what(flag, f) for flag, f in files), path=change.path, fix=fix
+    )
 
 
 def _base_name(stage: str, version: str) -> str:
@@ -170,38 +191,59 @@ def _check_stages(init: GsvFile, base_g: GsvFile | None, base_d: GsvFile | None)
     files = [("OLD", init)] + ([("--base", base_g)] if base_g else []) + ([("--base-d", base_d)] if base_d else [])
     if base_g is not None and base_g.stage != init.stage:
         v = init.versions[0] if init.versions else "v2"
-        raise _conflict(files, base_g, f"change --base to the {_STAGE[init.stage]} base of {v} "
-                        f"(GPT-SoVITS: {_base_name(init.stage, v)})"
-                        + (", or drop it (a GPT file is complete)" if init.stage == "gpt" else ""))
+        raise _conflict(
+            files,
+            base_g,
+            f"change --base to the {_STAGE[init.stage]} base of {v} "
+            f"(GPT-SoVITS: {_base_name(init.stage, v)})"
+            + (", or drop it (a GPT file is complete)" if init.stage == "gpt" else ""),
+        )
     if base_d is not None and base_d.stage != "sovits":
-        raise _conflict(files, base_d, "change --base-d to a SoVITS discriminator (s2D*.pth / D_*.pth)"
-                        + (", or drop it: a GPT has no discriminator" if init.stage == "gpt" else ""))
+        raise _conflict(
+            files,
+            base_d,
+            "change --base-d to a SoVITS discriminator (s2D*.pth / D_*.pth)"
+            + (", or drop it: a GPT has no discriminator" if init.stage == "gpt" else ""),
+        )
 
 
 def _resolve_version(init: GsvFile, version: str | None, base_g: GsvFile | None, base_d: GsvFile | None) -> list[str]:
     cand = list(init.versions)
     if not cand:
-        raise GsvError("its tensors fit no known GPT-SoVITS version", path=init.path,
-                       fix="check the file with 'gsv-ray inspect'")
+        raise GsvError(
+            "its tensors fit no known GPT-SoVITS version", path=init.path, fix="check the file with 'gsv-ray inspect'"
+        )
     if version is not None:
         if version not in cand:
-            raise GsvError(f"--version {version} does not fit this file (its shapes say {' or '.join(cand)})",
-                           path=init.path, fix=f"drop --version or pass {cand[0]}")
+            raise GsvError(
+                f"--version {version} does not fit this file (its shapes say {' or '.join(cand)})",
+                path=init.path,
+                fix=f"drop --version or pass {cand[0]}",
+            )
         cand = [version]
     if base_g is not None:
         if base_g.kind in ("sovits-pretrained-d", "sovits-train-d"):
-            raise GsvError("--base must be a generator, but this is a discriminator", path=base_g.path,
-                           fix="pass it with --base-d instead")
+            raise GsvError(
+                "--base must be a generator, but this is a discriminator",
+                path=base_g.path,
+                fix="pass it with --base-d instead",
+            )
         both = [v for v in cand if v in base_g.versions]
         if not both:  # a base of another version cannot fill the init file
-            raise _conflict([("OLD", init), ("--base", base_g)], base_g,
-                            f"change --base to the {cand[0]} base (GPT-SoVITS: {_base_name(init.stage, cand[0])})"
-                            + (f", or --version if OLD is not {'/'.join(cand)}" if version else ""))
+            raise _conflict(
+                [("OLD", init), ("--base", base_g)],
+                base_g,
+                f"change --base to the {cand[0]} base (GPT-SoVITS: {_base_name(init.stage, cand[0])})"
+                + (f", or --version if OLD is not {'/'.join(cand)}" if version else ""),
+            )
         cand = both
     if base_d is not None:
         if base_d.kind not in ("sovits-pretrained-d", "sovits-train-d"):
-            raise GsvError(f"--base-d must be a discriminator, but this is a {base_d.kind}", path=base_d.path,
-                           fix="pass the s2D*.pth / D_*.pth file (or drop --base-d for a fresh D)")
+            raise GsvError(
+                f"--base-d must be a discriminator, but this is a {base_d.kind}",
+                path=base_d.path,
+                fix="pass the s2D*.pth / D_*.pth file (or drop --base-d for a fresh D)",
+            )
         both = [v for v in cand if v in base_d.versions]
         if not both:
             files = [("OLD", init)] + ([("--base", base_g)] if base_g else []) + [("--base-d", base_d)]
@@ -211,8 +253,12 @@ def _resolve_version(init: GsvFile, version: str | None, base_g: GsvFile | None,
 
 
 def _fill(
-    tgt: T.Target, sources: list[tuple[str, Source]], report: RebuildReport,
-    may_init: dict[str, str], used: dict[str, set[str]], cache_root: Path | None,
+    tgt: T.Target,
+    sources: list[tuple[str, Source]],
+    report: RebuildReport,
+    may_init: dict[str, str],
+    used: dict[str, set[str]],
+    cache_root: Path | None,
 ) -> dict[str, torch.Tensor]:
     """Give every target key one fate. ``may_init``: key prefix -> reason a fresh init is allowed.
 
@@ -229,13 +275,20 @@ def _fill(
             if t is None:
                 continue
             if t.shape != shape:
-                fates[key] = KeyFate(ERROR, src.path, f"shape {list(t.shape)} in {Path(src.path).name}, but the "
-                                     f"{report.version} model needs {list(shape)}")
+                fates[key] = KeyFate(
+                    ERROR,
+                    src.path,
+                    f"shape {list(t.shape)} in {Path(src.path).name}, but the "
+                    f"{report.version} model needs {list(shape)}",
+                )
             else:
                 out[key] = as_fp32(t)
                 used[src.path].add(key)
-                fates[key] = KeyFate(LOADED if role == "init" else FILLED_FROM_BASE, src.path,
-                                     "" if role == "init" else f"not in the init file; taken from --{role}")
+                fates[key] = KeyFate(
+                    LOADED if role == "init" else FILLED_FROM_BASE,
+                    src.path,
+                    "" if role == "init" else f"not in the init file; taken from --{role}",
+                )
             break
         else:
             reason = next((why for p, why in may_init.items() if key.startswith(p)), None)
@@ -254,8 +307,9 @@ def _fill(
     return {k: out[k] for k in shapes if k in out}
 
 
-def _record_dropped(report: RebuildReport, sources: list[tuple[str, Source]], used: dict[str, set[str]],
-                    why_unused) -> None:
+def _record_dropped(
+    report: RebuildReport, sources: list[tuple[str, Source]], used: dict[str, set[str]], why_unused
+) -> None:
     for role, src in sources:
         dropped = {}
         for name, stored in src.origin.items():
@@ -268,14 +322,18 @@ def _record_dropped(report: RebuildReport, sources: list[tuple[str, Source]], us
             report.dropped.setdefault(src.path, {}).update(dropped)
 
 
-def _read_inputs(init: str | Path, base_g: str | Path | None, base_d: str | Path | None, stage: str | None,
-                 task: str) -> tuple[GsvFile, GsvFile | None, GsvFile | None]:
+def _read_inputs(
+    init: str | Path, base_g: str | Path | None, base_d: str | Path | None, stage: str | None, task: str
+) -> tuple[GsvFile, GsvFile | None, GsvFile | None]:
     """The init file and the bases, read safely and checked to fit together (a generator to rebuild,
     finite weights, stages that agree, no discriminator for GPT, no GPT file for semantic extraction)."""
     init_f = read(init, expect_stage=stage)
     if init_f.kind in ("sovits-pretrained-d", "sovits-train-d"):
-        raise GsvError("this is a discriminator; the file to rebuild must be a generator", path=init_f.path,
-                       fix="pass the SoVITS generator as OLD and this file as --base-d")
+        raise GsvError(
+            "this is a discriminator; the file to rebuild must be a generator",
+            path=init_f.path,
+            fix="pass the SoVITS generator as OLD and this file as --base-d",
+        )
     base_g_f = read(base_g) if base_g else None
     base_d_f = read(base_d) if base_d else None
     for f, role in ((init_f, "it"), (base_g_f, "this base"), (base_d_f, "this discriminator")):
@@ -285,13 +343,17 @@ def _read_inputs(init: str | Path, base_g: str | Path | None, base_d: str | Path
     if init_f.stage == "gpt" and base_d_f is not None:
         raise GsvError("--base-d is for SoVITS; GPT has no discriminator", path=base_d_f.path, fix="drop --base-d")
     if init_f.stage == "gpt" and task == "semantic":
-        raise GsvError("semantic extraction needs a SoVITS model, but this is a GPT file", path=init_f.path,
-                       fix="pass the SoVITS .pth (or its base) for --task semantic")
+        raise GsvError(
+            "semantic extraction needs a SoVITS model, but this is a GPT file",
+            path=init_f.path,
+            fix="pass the SoVITS .pth (or its base) for --task semantic",
+        )
     return init_f, base_g_f, base_d_f
 
 
-def _new_report(init_f: GsvFile, base_g_f: GsvFile | None, base_d_f: GsvFile | None, *, version: str,
-                task: str) -> RebuildReport:
+def _new_report(
+    init_f: GsvFile, base_g_f: GsvFile | None, base_d_f: GsvFile | None, *, version: str, task: str
+) -> RebuildReport:
     """The report of a rebuild before any key's fate: its inputs' facts and the notes on the init file."""
     report = RebuildReport(version=version, stage=init_f.stage, task=task)
     report.inputs["init"] = _input_facts(init_f)
@@ -300,8 +362,10 @@ def _new_report(init_f: GsvFile, base_g_f: GsvFile | None, base_d_f: GsvFile | N
     if base_d_f:
         report.inputs["base_d"] = _input_facts(base_d_f)
     if "optimizer" in init_f.extra or "optimizer_states" in init_f.extra:
-        report.notes.append("the init file's optimizer state is not used: resumed training starts a fresh "
-                            "optimizer at the reduced learning rate")
+        report.notes.append(
+            "the init file's optimizer state is not used: resumed training starts a fresh "
+            "optimizer at the reduced learning rate"
+        )
     return report
 
 
@@ -334,19 +398,47 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
         cfg = T.gpt_s1_config(versions[0], config, init_f.config, base_g_f.config if base_g_f else None)
         weights["gpt"] = _fill(T.gpt_target(cfg, policy.seed), sources, report, {}, used, cache)
         resolved_cfg: dict[str, Any] = {"stage": "gpt", "version": resolved, "task": task, "s1": cfg}
-        _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base"
-                        else "not part of the GPT model")
+        _record_dropped(
+            report,
+            sources,
+            used,
+            lambda role, k: "superseded by the init file" if role == "base" else "not part of the GPT model",
+        )
     elif task == "semantic":
         resolved_cfg = _semantic(init_f, versions, sources, used, report, weights, cache)
     elif versions[0] in ("v3", "v4"):
         if task == "train":
-            resolved_cfg = _v3v4_train(init_f, base_g_f, base_d_f, versions, spec.lora_rank, policy, config,
-                                       sources, used, report, weights, cache)
+            resolved_cfg = _v3v4_train(
+                init_f,
+                base_g_f,
+                base_d_f,
+                versions,
+                spec.lora_rank,
+                policy,
+                config,
+                sources,
+                used,
+                report,
+                weights,
+                cache,
+            )
         else:
             resolved_cfg = _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
     else:
-        resolved_cfg = _vits(init_f, base_g_f, base_d_f, resolved or versions[0], task, policy, config,
-                             sources, used, report, weights, cache)
+        resolved_cfg = _vits(
+            init_f,
+            base_g_f,
+            base_d_f,
+            resolved or versions[0],
+            task,
+            policy,
+            config,
+            sources,
+            used,
+            report,
+            weights,
+            cache,
+        )
 
     resolved_cfg = json.loads(json.dumps(resolved_cfg))  # plain JSON types, exactly as config.json stores it
     report.config = resolved_cfg
@@ -354,8 +446,9 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
         err = GsvError(report.message(), path=init_f.path, fix=_fix_hint(report, init_f, versions))
         err.report = report  # type: ignore[attr-defined]
         raise err
-    return Rebuilt(stage=stage, version=resolved, task=task, kind=init_f.kind, weights=weights,
-                   config=resolved_cfg, report=report)
+    return Rebuilt(
+        stage=stage, version=resolved, task=task, kind=init_f.kind, weights=weights, config=resolved_cfg, report=report
+    )
 
 
 def _fix_hint(report: RebuildReport, init_f: GsvFile, versions: list[str]) -> str:
@@ -376,26 +469,44 @@ def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, us
     if task == "infer":  # inference never runs the posterior encoder
         may_init.setdefault("enc_q.", "posterior encoder: not used at inference; freshly initialised")
     weights["generator"] = _fill(T.generator_target(model_cfg, policy.seed), sources, report, may_init, used, cache)
-    _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base"
-                    else f"not part of the {version} generator")
+    _record_dropped(
+        report,
+        sources,
+        used,
+        lambda role, k: "superseded by the init file" if role == "base" else f"not part of the {version} generator",
+    )
     if any(f.fate == INITIALISED and k.startswith("enc_q.") for k, f in report.targets["generator"].items()):
-        report.notes.append("enc_q (posterior encoder) starts from scratch: expect a higher KL/mel loss for the "
-                            "first steps; keep a warmup, or pass --base to start it from the pretrained one")
-    resolved: dict[str, Any] = {"stage": "sovits", "version": version, "task": task, "s2": cfg, "widths": widths,
-                                "model": T.model_config_json(model_cfg)}
+        report.notes.append(
+            "enc_q (posterior encoder) starts from scratch: expect a higher KL/mel loss for the "
+            "first steps; keep a warmup, or pass --base to start it from the pretrained one"
+        )
+    resolved: dict[str, Any] = {
+        "stage": "sovits",
+        "version": version,
+        "task": task,
+        "s2": cfg,
+        "widths": widths,
+        "model": T.model_config_json(model_cfg),
+    }
     if task == "train":
         d_sources = [("base-d", normalise(str(base_d_f.path), base_d_f.state_dict, stage="sovits"))] if base_d_f else []
         divisor = T.discriminator_width_divisor(d_sources[0][1].tensors) if d_sources else 1
-        d_may = {"": "no discriminator given (exports carry none): fresh init; pass --base-d for the pretrained D"} \
-            if policy.fresh_discriminator and not d_sources else {}
+        d_may = (
+            {"": "no discriminator given (exports carry none): fresh init; pass --base-d for the pretrained D"}
+            if policy.fresh_discriminator and not d_sources
+            else {}
+        )
         for _, s in d_sources:
             used[s.path] = set()
-        weights["discriminator"] = _fill(T.discriminator_target(version, divisor, policy.seed), d_sources, report,
-                                         d_may, used, cache)
+        weights["discriminator"] = _fill(
+            T.discriminator_target(version, divisor, policy.seed), d_sources, report, d_may, used, cache
+        )
         _record_dropped(report, d_sources, used, lambda role, k: "not part of the discriminator")
         if not d_sources:
-            report.notes.append("the discriminator starts from scratch: its first updates are noise to the "
-                                "generator, so keep the learning-rate warmup (on by default)")
+            report.notes.append(
+                "the discriminator starts from scratch: its first updates are noise to the "
+                "generator, so keep the learning-rate warmup (on by default)"
+            )
         resolved["discriminator"] = {"version": version, "width_divisor": divisor}
     q = weights["generator"].get("quantizer.vq.layers.0._codebook.inited")
     if q is not None and not bool(q.item()):
@@ -405,8 +516,10 @@ def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, us
 
 def _init_reason(prefix: str, version: str) -> str:
     if prefix == "enc_q.":
-        return (f"posterior encoder is training-only and exports drop it: fresh init (pass --base with the "
-                f"{version} base G to start from the pretrained one)")
+        return (
+            f"posterior encoder is training-only and exports drop it: fresh init (pass --base with the "
+            f"{version} base G to start from the pretrained one)"
+        )
     return f"allowed by policy (init_missing={prefix!r}): fresh init"
 
 
@@ -417,21 +530,37 @@ def _semantic(init_f, versions, sources, used, report, weights, cache):
     present = set().union(*(s.tensors.keys() for _, s in sources))
     widths = T.inferred_widths(sources[0][1].tensors) if versions[0] in VITS_VERSIONS else {}
     try:
-        full = T.generator_target(T.sovits_model_config(
-            T.sovits_s2_config(family, init_f.config if versions[0] in VITS_VERSIONS else None), widths), 0)
+        full = T.generator_target(
+            T.sovits_model_config(
+                T.sovits_s2_config(family, init_f.config if versions[0] in VITS_VERSIONS else None), widths
+            ),
+            0,
+        )
         report.harmless["generator"] = {
-            k: _WHY_UNUSED_FOR_SEMANTIC.get(module_prefix(k),
-                                            "not used by semantic extraction (only ssl_proj + quantizer run)")
-            for k in full.shapes(cache) if k not in present and not k.startswith(T.SEMANTIC_PREFIXES)}
+            k: _WHY_UNUSED_FOR_SEMANTIC.get(
+                module_prefix(k), "not used by semantic extraction (only ssl_proj + quantizer run)"
+            )
+            for k in full.shapes(cache)
+            if k not in present and not k.startswith(T.SEMANTIC_PREFIXES)
+        }
     except (ValueError, TypeError):
         pass  # the reference model cannot be built from this config: nothing to compare against
-    _record_dropped(report, sources, used, lambda role, k: "superseded by the init file" if role == "base" and
-                    k.startswith(T.SEMANTIC_PREFIXES) else "not used by semantic extraction (only ssl_proj + quantizer)")
+    _record_dropped(
+        report,
+        sources,
+        used,
+        lambda role, k: (
+            "superseded by the init file"
+            if role == "base" and k.startswith(T.SEMANTIC_PREFIXES)
+            else "not used by semantic extraction (only ssl_proj + quantizer)"
+        ),
+    )
     q = weights["generator"].get("quantizer.vq.layers.0._codebook.inited")
     if q is not None and not bool(q.item()):
         report.errors.append("the codebook is not initialised (inited = 0): its tokens would match no GPT model")
-    if versions[0] in ("v3", "v4") and any(k.startswith("ssl_proj") and f.fate == ERROR
-                                             for k, f in report.targets["generator"].items()):
+    if versions[0] in ("v3", "v4") and any(
+        k.startswith("ssl_proj") and f.fate == ERROR for k, f in report.targets["generator"].items()
+    ):
         report.errors.insert(0, "a v3/v4 LoRA export has no ssl_proj; its base model carries it")
     return {"stage": "sovits", "version": "/".join(versions), "task": "semantic"}
 
@@ -443,26 +572,35 @@ def _lora_rank(init_f: GsvFile, src: Source) -> int | None:
     return int(next(iter(src.lora.values()))[0].shape[0]) if src.lora else None
 
 
-def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config, sources, used, report, weights,
-                cache):
+def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config, sources, used, report, weights, cache):
     """The v3/v4 generator with upstream's LoRA on its CFM, for training. From a LoRA export + its
     base (the adapters and the trained parts loaded, the rest from the base), from a base or a plain
     export alone (a fresh, seeded LoRA: ``B = 0``, so it starts as the file's model)."""
     if len(versions) > 1:
-        raise GsvError("v3 and v4 generators have the same shapes and this file does not say which it is",
-                       path=init_f.path, fix="pass --version v3 or --version v4")
+        raise GsvError(
+            "v3 and v4 generators have the same shapes and this file does not say which it is",
+            path=init_f.path,
+            fix="pass --version v3 or --version v4",
+        )
     version = versions[0]
     if base_d_f is not None:
-        raise GsvError(f"{version} trains no discriminator (the CFM loss only)", path=base_d_f.path,
-                       fix="drop --base-d")
+        raise GsvError(
+            f"{version} trains no discriminator (the CFM loss only)", path=base_d_f.path, fix="drop --base-d"
+        )
     init_src = sources[0][1]
     if init_src.lora and base_g_f is None:
-        raise GsvError("a LoRA export holds only the trained parts; it needs its base model", path=init_f.path,
-                       fix=f"pass --base {BASE_NAMES[version]} (the {version} base G)")
+        raise GsvError(
+            "a LoRA export holds only the trained parts; it needs its base model",
+            path=init_f.path,
+            fix=f"pass --base {BASE_NAMES[version]} (the {version} base G)",
+        )
     file_rank = _lora_rank(init_f, init_src)
     if file_rank is not None and lora_rank is not None and lora_rank != file_rank:
-        raise GsvError(f"--lora-rank {lora_rank}, but this LoRA export has rank {file_rank}", path=init_f.path,
-                       fix="drop --lora-rank (a LoRA export continues with its own rank)")
+        raise GsvError(
+            f"--lora-rank {lora_rank}, but this LoRA export has rank {file_rank}",
+            path=init_f.path,
+            fix="drop --lora-rank (a LoRA export continues with its own rank)",
+        )
     rank = file_rank or lora_rank or DEFAULT_LORA_RANK
     cfg = T.sovits_s2_config(version, config, init_f.config, base_g_f.config if base_g_f else None)
     widths: dict[str, Any] = {}
@@ -472,24 +610,38 @@ def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config,
     model_cfg = SoVITSV3Config.from_s2_config(cfg, version, **widths)
     tgt = T.v3_generator_target(model_cfg, rank, policy.seed)
     shapes = tgt.shapes(cache)
-    adapted = {k[: -len(".base_layer.weight")].replace(PEFT_CFM, "cfm.", 1) for k in shapes
-               if k.endswith(".base_layer.weight")}
+    adapted = {
+        k[: -len(".base_layer.weight")].replace(PEFT_CFM, "cfm.", 1) for k in shapes if k.endswith(".base_layer.weight")
+    }
     views = [(role, peft_view(src, adapted)) for role, src in sources]
     fresh_lora = f"fresh LoRA r={rank} (alpha = r, B = 0: it starts as the loaded model, as upstream's)"
     may_init = {} if init_src.lora else {k: fresh_lora for k in shapes if ".lora_" in k}
     weights["generator"] = _fill(tgt, views, report, may_init, used, cache)
-    _record_dropped(report, views, used, lambda role, k: "superseded by the init file" if role == "base"
-                    else f"not part of the {version} generator")
-    return {"stage": "sovits", "version": version, "task": "train", "s2": cfg, "model_v3": model_cfg.to_json(),
-            "lora_rank": rank}
+    _record_dropped(
+        report,
+        views,
+        used,
+        lambda role, k: "superseded by the init file" if role == "base" else f"not part of the {version} generator",
+    )
+    return {
+        "stage": "sovits",
+        "version": version,
+        "task": "train",
+        "s2": cfg,
+        "model_v3": model_cfg.to_json(),
+        "lora_rank": rank,
+    }
 
 
 def _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights):
     """Merge a v3/v4 LoRA export onto its base: ``W + B @ A * alpha / r`` (PEFT's merge)."""
     init_src = sources[0][1]
     if init_src.lora and base_g_f is None:
-        raise GsvError("a LoRA export holds only the trained deltas; it needs its base model", path=init_f.path,
-                       fix=f"pass --base {BASE_NAMES[versions[0]]} (the {versions[0]} base G)")
+        raise GsvError(
+            "a LoRA export holds only the trained deltas; it needs its base model",
+            path=init_f.path,
+            fix=f"pass --base {BASE_NAMES[versions[0]]} (the {versions[0]} base G)",
+        )
     rank = _lora_rank(init_f, init_src) or 1
     alpha = rank  # upstream's LoRA config: lora_alpha = r
     base_src = sources[1][1] if len(sources) > 1 else init_src
@@ -508,8 +660,11 @@ def _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights):
             fates[key] = KeyFate(LOADED, init_src.path, f"base weight + LoRA B@A*alpha/r (r={rank}, alpha={alpha})")
         else:
             out[key] = cast_fp32(t)
-            fates[key] = KeyFate(LOADED if base_src is init_src else FILLED_FROM_BASE, base_src.path,
-                                 "" if base_src is init_src else "not in the LoRA export; taken from --base")
+            fates[key] = KeyFate(
+                LOADED if base_src is init_src else FILLED_FROM_BASE,
+                base_src.path,
+                "" if base_src is init_src else "not in the LoRA export; taken from --base",
+            )
         used[base_src.path].add(key)
     report.targets["generator"] = fates
     weights["generator"] = out

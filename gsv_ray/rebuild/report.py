@@ -64,8 +64,11 @@ class RebuildReport:
     def message(self) -> str:
         """The one-line verdict."""
         if not self.ok:
-            first = self.errors[0] if self.errors else next(
-                f"{k}: {f.reason}" for t in self.targets.values() for k, f in t.items() if f.fate == ERROR)
+            first = (
+                self.errors[0]
+                if self.errors
+                else next(f"{k}: {f.reason}" for t in self.targets.values() for k, f in t.items() if f.fate == ERROR)
+            )
             n = len(self.errors) + sum(f.fate == ERROR for t in self.targets.values() for f in t.values())
             return f"cannot rebuild for {self.task}: {first}" + (f" (and {n - 1} more problems)" if n > 1 else "")
         parts = []
@@ -99,10 +102,16 @@ class RebuildReport:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RebuildReport:
         return cls(
-            version=d["version"], stage=d["stage"], task=d["task"], inputs=d.get("inputs", {}),
+            version=d["version"],
+            stage=d["stage"],
+            task=d["task"],
+            inputs=d.get("inputs", {}),
             targets={m: {k: KeyFate(**f) for k, f in t.items()} for m, t in d["targets"].items()},
-            dropped=d.get("dropped", {}), harmless=d.get("harmless", {}), notes=d.get("notes", []),
-            errors=d.get("errors", []), config=d.get("config", {}),
+            dropped=d.get("dropped", {}),
+            harmless=d.get("harmless", {}),
+            notes=d.get("notes", []),
+            errors=d.get("errors", []),
+            config=d.get("config", {}),
         )
 
     # -- for people ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ class SoVITSSettings:
     audio: AudioConfig
     train: SoVITSTrainConstants
     discriminator: DiscriminatorSpec | None  # None unless rebuilt for training
-    s2: Mapping[str, Any]                    # upstream's s2 json, embedded in exports as is
+    s2: Mapping[str, Any]  # upstream's s2 json, embedded in exports as is
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,16 @@ class SoVITSV3Settings:
 
     model: SoVITSV3Config
     lora_rank: int
-    spec: AudioConfig                        # the linear spectrogram (reference encoder, lengths)
-    mel: AudioConfig                         # the CFM's mel target, at the version's rate
-    train: SoVITSTrainConstants              # betas, eps (upstream's v3/v4 optimiser: one group)
+    spec: AudioConfig  # the linear spectrogram (reference encoder, lengths)
+    mel: AudioConfig  # the CFM's mel target, at the version's rate
+    train: SoVITSTrainConstants  # betas, eps (upstream's v3/v4 optimiser: one group)
     s2: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
 class GPTSettings:
     model: T2SConfig
-    s1: Mapping[str, Any]                    # upstream's s1 config, embedded in exports as is
+    s1: Mapping[str, Any]  # upstream's s1 config, embedded in exports as is
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,28 @@ class Resolved:
         if "model_v3" in config:
             s2 = config["s2"]
             model = SoVITSV3Config.from_json(config["model_v3"])
-            return cls(**common, sovits_v3=SoVITSV3Settings(
-                model=model, lora_rank=int(config["lora_rank"]), spec=AudioConfig.from_s2_data(s2["data"]),
-                mel=MEL_FRONTENDS[model.version], train=SoVITSTrainConstants.from_s2(s2), s2=s2))
+            return cls(
+                **common,
+                sovits_v3=SoVITSV3Settings(
+                    model=model,
+                    lora_rank=int(config["lora_rank"]),
+                    spec=AudioConfig.from_s2_data(s2["data"]),
+                    mel=MEL_FRONTENDS[model.version],
+                    train=SoVITSTrainConstants.from_s2(s2),
+                    s2=s2,
+                ),
+            )
         if "model" not in config or "s2" not in config:  # semantic extraction, v3/v4 inference
             return cls(**common)
         s2 = config["s2"]
         d = config.get("discriminator")
-        return cls(**common, sovits=SoVITSSettings(
-            model=SoVITSConfig(**config["model"]), audio=AudioConfig.from_s2_data(s2["data"]),
-            train=SoVITSTrainConstants.from_s2(s2),
-            discriminator=DiscriminatorSpec(d["version"], int(d["width_divisor"])) if d else None, s2=s2))
+        return cls(
+            **common,
+            sovits=SoVITSSettings(
+                model=SoVITSConfig(**config["model"]),
+                audio=AudioConfig.from_s2_data(s2["data"]),
+                train=SoVITSTrainConstants.from_s2(s2),
+                discriminator=DiscriminatorSpec(d["version"], int(d["width_divisor"])) if d else None,
+                s2=s2,
+            ),
+        )

@@ -76,16 +76,21 @@ def check(directory: Path | None = None) -> list[str]:
     present = {p.name for p in directory.glob("*.json")} if directory.is_dir() else set()
     problems = [f"missing: {n}" for n in sorted(set(files) - present)]
     problems += [f"extra (no default target has this fingerprint): {n}" for n in sorted(present - set(files))]
-    problems += [f"stale (the model code gives other keys/shapes): {n}" for n in sorted(present & set(files))
-                 if (directory / n).read_text(encoding="utf-8") != files[n]]
+    problems += [
+        f"stale (the model code gives other keys/shapes): {n}"
+        for n in sorted(present & set(files))
+        if (directory / n).read_text(encoding="utf-8") != files[n]
+    ]
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m gsv_ray.rebuild.schemagen",
-                                 description="Regenerate the model key/shape schemas shipped in gsv_ray/resources/schemas.")
+    ap = argparse.ArgumentParser(
+        prog="python -m gsv_ray.rebuild.schemagen",
+        description="Regenerate the model key/shape schemas shipped in gsv_ray/resources/schemas.",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="where to write (default: the package's own folder)")
     ap.add_argument("--check", action="store_true", help="only check; exit 1 when anything is out of date")
     args = ap.parse_args(argv)
@@ -93,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         problems = check(args.dir)
         for p in problems:
             print(p)
-        print("shipped schemas are current" if not problems else f"{len(problems)} problem(s): regenerate with "
-              "'python -m gsv_ray.rebuild.schemagen'")
+        print(
+            "shipped schemas are current"
+            if not problems
+            else f"{len(problems)} problem(s): regenerate with 'python -m gsv_ray.rebuild.schemagen'"
+        )
         return 1 if problems else 0
     n, written = write(args.dir)
     print(f"{n} schemas in {args.dir or default_dir()}; {len(written)} (re)written")

@@ -44,8 +44,12 @@ def shipped_name(name: str, fingerprint: str) -> str:
 def shipped_shapes(name: str, fingerprint: str) -> dict[str, torch.Size] | None:
     """The shipped schema for this target, or None when none ships for its fingerprint."""
     try:
-        text = resources.files(PACKAGE).joinpath(SUBDIR).joinpath(shipped_name(name, fingerprint)).read_text(
-            encoding="utf-8")
+        text = (
+            resources.files(PACKAGE)
+            .joinpath(SUBDIR)
+            .joinpath(shipped_name(name, fingerprint))
+            .read_text(encoding="utf-8")
+        )
         data = json.loads(text)
     except (OSError, ValueError):
         return None
@@ -57,8 +61,11 @@ def shipped_shapes(name: str, fingerprint: str) -> dict[str, torch.Size] | None:
 def render(name: str, fingerprint: str, shapes: dict[str, torch.Size]) -> str:
     """A shipped file's exact text: one key per line, so a model change shows as a readable diff."""
     lines = [f"  {json.dumps(k)}: {json.dumps(list(v))}" for k, v in shapes.items()]
-    return (f'{{\n "name": {json.dumps(name)},\n "fingerprint": {json.dumps(fingerprint)},\n "shapes": {{\n'
-            + ",\n".join(lines) + "\n }\n}\n")
+    return (
+        f'{{\n "name": {json.dumps(name)},\n "fingerprint": {json.dumps(fingerprint)},\n "shapes": {{\n'
+        + ",\n".join(lines)
+        + "\n }\n}\n"
+    )
 
 
 def default_dir() -> Path:

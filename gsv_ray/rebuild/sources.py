@@ -37,7 +37,7 @@ def normalise(path: str, state_dict: Mapping[str, torch.Tensor], *, stage: str) 
     for key, t in state_dict.items():
         name = key
         if stage == "gpt" and name.startswith("model."):
-            name = name[len("model."):]
+            name = name[len("model.") :]
         if m := _PEFT_ROOT.match(name):
             name = f"{m['head']}.{m['rest']}"
         if m := _LORA.match(name):
@@ -86,13 +86,13 @@ def peft_view(src: Source, adapted: set[str]) -> Source:
         new = name
         if name.startswith("cfm."):
             module, _, leaf = name.rpartition(".")
-            rest = name[len("cfm."):]
+            rest = name[len("cfm.") :]
             if module in adapted and leaf in ("weight", "bias"):
-                rest = f"{module[len('cfm.'):]}.base_layer.{leaf}"
+                rest = f"{module[len('cfm.') :]}.base_layer.{leaf}"
             new = PEFT_CFM + rest
         tensors[new], origin[new] = t, src.origin[name]
     for module, pair in src.lora.items():
-        rest = module[len("cfm."):] if module.startswith("cfm.") else module
+        rest = module[len("cfm.") :] if module.startswith("cfm.") else module
         for which, t, stored in zip("AB", pair, src.lora_origin[module]):
             key = f"{PEFT_CFM}{rest}.lora_{which}.default.weight"
             tensors[key], origin[key] = t, stored

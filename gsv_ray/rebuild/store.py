@@ -47,8 +47,10 @@ _log = logging.getLogger(__name__)
 
 def _write_manifest(directory: Path) -> None:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name not in (_COMPLETE, OWNER))
-    manifest = {"format": STORE_FORMAT, "files": {p.name: manifest_entry(p, "crc32", with_identity=True)
-                                                  for p in files}}
+    manifest = {
+        "format": STORE_FORMAT,
+        "files": {p.name: manifest_entry(p, "crc32", with_identity=True) for p in files},
+    }
     (directory / _COMPLETE).write_text(json.dumps(manifest))
 
 
@@ -59,8 +61,7 @@ def entry_problem(directory: Path, *, full: bool = False) -> str | None:
     differs from when it was written — any write, truncation or replacement changes it — or for
     all files with ``full``. (A full check of a full-size v2 entry costs ~0.2 s; see
     ``benchmarks/bench_rebuild.py``.)"""
-    return manifest_problem(directory, checksum="crc32", needed=("config.json", "report.json"),
-                            trust_identity=not full)
+    return manifest_problem(directory, checksum="crc32", needed=("config.json", "report.json"), trust_identity=not full)
 
 
 def file_sha256(path: str | Path, cache_root: Path, *, trust_index: bool = True) -> str:
@@ -88,8 +89,9 @@ def file_sha256(path: str | Path, cache_root: Path, *, trust_index: bool = True)
 
 
 def cache_key(inputs: dict[str, str | None], options: dict[str, Any]) -> str:
-    blob = json.dumps({"format": STORE_FORMAT, "gsv_ray": __version__, "inputs": inputs, "options": options},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"format": STORE_FORMAT, "gsv_ray": __version__, "inputs": inputs, "options": options}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -148,9 +150,17 @@ def load_result(directory: str | Path, *, cache_hit: bool = False) -> Rebuilt:
     weights = {p.stem: load_file(str(p)) for p in sorted(directory.glob("*.safetensors"))}
     report = RebuildReport.from_json(report_json)
     version = config.get("version")
-    return Rebuilt(stage=config["stage"], version=version if version and "/" not in version else None,
-                   task=config["task"], kind=report.inputs["init"]["kind"], weights=weights, config=config,
-                   report=report, path=directory, cache_hit=cache_hit)
+    return Rebuilt(
+        stage=config["stage"],
+        version=version if version and "/" not in version else None,
+        task=config["task"],
+        kind=report.inputs["init"]["kind"],
+        weights=weights,
+        config=config,
+        report=report,
+        path=directory,
+        cache_hit=cache_hit,
+    )
 
 
 def rebuild_cached(
@@ -170,8 +180,10 @@ def rebuild_cached(
     for p in spec.inputs().values():
         if p is not None:
             check_path(Path(p))  # missing / directory / empty: the precise one-line error before hashing
-    inputs = {role: (file_sha256(p, root, trust_index=not verify_inputs) if p is not None else None)
-              for role, p in spec.inputs().items()}
+    inputs = {
+        role: (file_sha256(p, root, trust_index=not verify_inputs) if p is not None else None)
+        for role, p in spec.inputs().items()
+    }
     directory = root / "rebuild" / cache_key(inputs, spec.options_json())
     if directory.exists():
         why = entry_problem(directory, full=verify_inputs)
@@ -215,8 +227,12 @@ def export_result(result: Rebuilt, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     check_output_path(out)
     if out.exists():
-        if (out / _COMPLETE).is_file() and result.path is not None and \
-                (out / _COMPLETE).read_bytes() == (result.path / _COMPLETE).read_bytes() and entry_problem(out) is None:
+        if (
+            (out / _COMPLETE).is_file()
+            and result.path is not None
+            and (out / _COMPLETE).read_bytes() == (result.path / _COMPLETE).read_bytes()
+            and entry_problem(out) is None
+        ):
             return out  # the same result is already there
         raise GsvError("output directory already exists", path=out, fix="choose a new -o directory or remove it")
     if result.path is None:

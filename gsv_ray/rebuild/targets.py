@@ -22,11 +22,11 @@ from torch import nn
 
 from gsv_ray import __version__
 from gsv_ray.atomic import atomic_write
-from gsv_ray.rebuild.resolved import Resolved
-from gsv_ray.rebuild.schemas import shipped_shapes
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSConfig, SoVITSGenerator
 from gsv_ray.models.sovits.v3 import SoVITSV3Config, SoVITSV3Generator
+from gsv_ray.rebuild.resolved import Resolved
+from gsv_ray.rebuild.schemas import shipped_shapes
 from gsv_ray.resources import s1_config, s2_config
 
 SEMANTIC_PREFIXES = ("ssl_proj.", "quantizer.")
@@ -74,8 +74,9 @@ class Target:
 
 
 def target(name: str, build: Callable[[], nn.Module], **fingerprint: Any) -> Target:
-    return Target(name=name, build=build, fingerprint=json.dumps({"name": name, **fingerprint}, sort_keys=True,
-                                                                  default=str))
+    return Target(
+        name=name, build=build, fingerprint=json.dumps({"name": name, **fingerprint}, sort_keys=True, default=str)
+    )
 
 
 # -- SoVITS ------------------------------------------------------------------------------------
@@ -121,8 +122,11 @@ def generator_target(model_cfg: SoVITSConfig, seed: int) -> Target:
 
 
 def semantic_target(ssl_dim: int = 768, codebook_size: int = 1024) -> Target:
-    return target("generator", lambda: SemanticExtractor(ssl_dim=ssl_dim, codebook_size=codebook_size),
-                  semantic=[ssl_dim, codebook_size])
+    return target(
+        "generator",
+        lambda: SemanticExtractor(ssl_dim=ssl_dim, codebook_size=codebook_size),
+        semantic=[ssl_dim, codebook_size],
+    )
 
 
 def discriminator_width_divisor(tensors: Mapping[str, torch.Tensor]) -> int:
@@ -203,6 +207,7 @@ def inferred_v3_widths(tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def v3_generator_target(model_cfg: SoVITSV3Config, lora_rank: int, seed: int) -> Target:
     """The v3/v4 generator with upstream's LoRA on its CFM (the model that trains)."""
+
     def build() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -227,8 +232,9 @@ def build_models(resolved: Resolved, *, dropout: float | None = None) -> dict[st
     if resolved.sovits_v3 is not None:
         v3 = resolved.sovits_v3.model
         if dropout is not None:
-            v3 = dataclasses.replace(v3, p_dropout=dropout, ref_dropout=dropout,
-                                     dit=dataclasses.replace(v3.dit, dropout=dropout))
+            v3 = dataclasses.replace(
+                v3, p_dropout=dropout, ref_dropout=dropout, dit=dataclasses.replace(v3.dit, dropout=dropout)
+            )
         return {"generator": SoVITSV3Generator(v3).add_lora(resolved.sovits_v3.lora_rank)}
     if resolved.sovits is None:
         raise ValueError(f"no model to build for a {resolved.version} rebuild for {resolved.task}")

@@ -11,6 +11,14 @@ from gsv_ray.track.metrics import MetricsWriter, iter_metrics, read_metrics, ser
 from gsv_ray.track.wandb_run import Tracker, has_api_key, rebuild_config, rebuild_table_rows, resolve_mode, write_wav
 
 __all__ = [
-    "MetricsWriter", "Tracker", "has_api_key", "iter_metrics", "read_metrics", "rebuild_config",
-    "rebuild_table_rows", "resolve_mode", "series", "write_wav",
+    "MetricsWriter",
+    "Tracker",
+    "has_api_key",
+    "iter_metrics",
+    "read_metrics",
+    "rebuild_config",
+    "rebuild_table_rows",
+    "resolve_mode",
+    "series",
+    "write_wav",
 ]

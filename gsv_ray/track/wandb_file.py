@@ -37,7 +37,7 @@ def last_record_type(path: str | Path) -> str | None:
         _crc, length, kind = struct.unpack_from("<IHB", data, pos)
         if kind == 0 and length == 0:
             break
-        payload = data[pos + 7:pos + 7 + length]
+        payload = data[pos + 7 : pos + 7 + length]
         if len(payload) < length:
             break  # torn
         pos += 7 + length

@@ -30,7 +30,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from gsv_ray.audio import to_pcm16, write_wav
 from gsv_ray.errors import first_line
 from gsv_ray.resources import WANDB_MODES
@@ -83,8 +82,9 @@ def resolve_mode(mode: str | None, env: Mapping[str, str] | None = None) -> tupl
     if asked is None:
         return ("online", None) if key else ("offline", None)
     if asked == "online" and not key:
-        return "offline", ("W&B: no API key (WANDB_API_KEY or netrc) -- logging offline; "
-                           "upload later with `wandb sync <run folder>`")
+        return "offline", (
+            "W&B: no API key (WANDB_API_KEY or netrc) -- logging offline; upload later with `wandb sync <run folder>`"
+        )
     return asked, None
 
 
@@ -147,8 +147,9 @@ def rebuild_table_rows(report: Any) -> list[list[Any]]:
             e = g[("(unused source)", key.split(".", 1)[0], "dropped", why)]
             e[0] += 1
             e[1].add(str(src))
-    return [[t, p + ".*", fate, n, reason, ", ".join(sorted(srcs))]
-            for (t, p, fate, reason), (n, srcs) in sorted(g.items())]
+    return [
+        [t, p + ".*", fate, n, reason, ", ".join(sorted(srcs))] for (t, p, fate, reason), (n, srcs) in sorted(g.items())
+    ]
 
 
 def rebuild_config(report: Any) -> dict[str, Any]:
@@ -240,9 +241,19 @@ class Tracker:
         root.mkdir(parents=True, exist_ok=True)
         s = dict(silent=True, quiet=True, show_info=False, console="off", disable_job_creation=True)
         s.update(settings or {})
-        kw = dict(project=project, entity=entity, dir=str(root), config=jsonable(dict(config)), group=group,
-                  job_type=job_type, name=name, id=run_id, resume=resume, tags=list(tags) if tags else None,
-                  reinit="create_new")
+        kw = dict(
+            project=project,
+            entity=entity,
+            dir=str(root),
+            config=jsonable(dict(config)),
+            group=group,
+            job_type=job_type,
+            name=name,
+            id=run_id,
+            resume=resume,
+            tags=list(tags) if tags else None,
+            reinit="create_new",
+        )
         t0 = time.perf_counter()
         self._run = self._init(wandb, s, kw)
         self.init_seconds = time.perf_counter() - t0
@@ -259,8 +270,10 @@ class Tracker:
             if self.mode != "online":
                 raise
             self.mode = "offline"
-            self.notice = (f"W&B: online start failed ({type(e).__name__}: {first_line(e)}) "
-                           "-- logging offline; upload later with `wandb sync <run folder>`")
+            self.notice = (
+                f"W&B: online start failed ({type(e).__name__}: {first_line(e)}) "
+                "-- logging offline; upload later with `wandb sync <run folder>`"
+            )
             print(self.notice, file=sys.stderr, flush=True)
             # wandb 0.31 leaves the failed stream registered in wandb-core ("run ID ... is in use"
             # on a retry with the same id): restart the service. Its half-made folder
@@ -300,8 +313,10 @@ class Tracker:
     def _log_row(self, row: dict[str, Any], step: int) -> None:
         step = int(step)
         if step < self._last_step:
-            warnings.warn(f"W&B drops rows logged below its current step (step {step} < {self._last_step}): "
-                          f"{', '.join(row)}", stacklevel=3)
+            warnings.warn(
+                f"W&B drops rows logged below its current step (step {step} < {self._last_step}): {', '.join(row)}",
+                stacklevel=3,
+            )
         self._last_step = max(self._last_step, step)
         self._run.log(row, step=step)
 
@@ -402,6 +417,14 @@ class Tracker:
 
 
 __all__ = [
-    "MODES", "Tracker", "has_api_key", "jsonable", "rebuild_config", "rebuild_table_rows", "resolve_mode",
-    "safe_name", "to_pcm16", "write_wav",
+    "MODES",
+    "Tracker",
+    "has_api_key",
+    "jsonable",
+    "rebuild_config",
+    "rebuild_table_rows",
+    "resolve_mode",
+    "safe_name",
+    "to_pcm16",
+    "write_wav",
 ]

@@ -27,8 +27,10 @@ from gsv_ray.fbank import SV_SAMPLE_RATE, resample_32k_to_16k
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 VOCABULARY_FILES = ("vocabulary.json", "vocabulary.txt")
 ASR_SAMPLE_RATE = SV_SAMPLE_RATE  # Whisper hears 16 kHz
-_FIX = ("pass a faster-whisper model folder (model.bin, config.json, vocabulary.json, tokenizer.json), e.g. "
-        "GPT-SoVITS's tools/asr/models/faster-whisper-large-v3, or drop --asr")
+_FIX = (
+    "pass a faster-whisper model folder (model.bin, config.json, vocabulary.json, tokenizer.json), e.g. "
+    "GPT-SoVITS's tools/asr/models/faster-whisper-large-v3, or drop --asr"
+)
 
 
 def check_asr_folder(path: str | Path) -> Path:
@@ -40,12 +42,16 @@ def check_asr_folder(path: str | Path) -> Path:
     if not any((folder / f).is_file() for f in VOCABULARY_FILES):
         missing.append("vocabulary.json")
     if missing == ["tokenizer.json"]:
-        raise ConfigError("--asr: the model folder has no tokenizer.json (faster-whisper would download one from the "
-                          "Hugging Face hub)", path=folder,
-                          fix="copy the model's tokenizer.json into it (faster-whisper model folders ship one)")
+        raise ConfigError(
+            "--asr: the model folder has no tokenizer.json (faster-whisper would download one from the "
+            "Hugging Face hub)",
+            path=folder,
+            fix="copy the model's tokenizer.json into it (faster-whisper model folders ship one)",
+        )
     if missing:
-        raise ConfigError(f"--asr: not a CTranslate2 Whisper model folder (no {', '.join(missing)})", path=folder,
-                          fix=_FIX)
+        raise ConfigError(
+            f"--asr: not a CTranslate2 Whisper model folder (no {', '.join(missing)})", path=folder, fix=_FIX
+        )
     return folder
 
 
@@ -72,20 +78,39 @@ class Transcriber:
         try:
             from faster_whisper import WhisperModel
         except ImportError:
-            raise ConfigError("--asr needs faster-whisper, which is not installed", path=folder,
-                              fix="pip install 'gsv-ray[asr]' (or pip install faster-whisper)") from None
+            raise ConfigError(
+                "--asr needs faster-whisper, which is not installed",
+                path=folder,
+                fix="pip install 'gsv-ray[asr]' (or pip install faster-whisper)",
+            ) from None
         cuda = device.type == "cuda"
         try:
-            model = WhisperModel(str(folder), device="cuda" if cuda else "cpu",
-                                 device_index=(device.index or 0) if cuda else 0, local_files_only=True)
-        except (RuntimeError, ValueError, OSError, IndexError, KeyError) as e:  # ctranslate2/tokenizers: unloadable files
-            raise GsvError(f"--asr: faster-whisper cannot load this model ({first_line(e)})", path=folder,
-                           fix=_FIX) from None
+            model = WhisperModel(
+                str(folder),
+                device="cuda" if cuda else "cpu",
+                device_index=(device.index or 0) if cuda else 0,
+                local_files_only=True,
+            )
+        except (
+            RuntimeError,
+            ValueError,
+            OSError,
+            IndexError,
+            KeyError,
+        ) as e:  # ctranslate2/tokenizers: unloadable files
+            raise GsvError(
+                f"--asr: faster-whisper cannot load this model ({first_line(e)})", path=folder, fix=_FIX
+            ) from None
         return cls(model, folder)
 
     def transcribe(self, wav: torch.Tensor, sampling_rate: int) -> str:
         """The text Whisper hears in ``wav`` (``[N]``, 16 or 32 kHz), segments joined, stripped."""
-        segments, _ = self.model.transcribe(to_16k(wav, sampling_rate), beam_size=5, temperature=0.0,
-                                            condition_on_previous_text=False, without_timestamps=True,
-                                            vad_filter=False)
+        segments, _ = self.model.transcribe(
+            to_16k(wav, sampling_rate),
+            beam_size=5,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            vad_filter=False,
+        )
         return "".join(s.text for s in segments).strip()

@@ -23,19 +23,28 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from gsv_ray.data.cfm import (CFM_BOUNDARIES, WAV_RATE, CFMBatch, CFMDataset, CFMItem, CFMPadding, collate_cfm,
-                              normalise_mel, resample)
+from gsv_ray.audio import read_wav_pcm16
+from gsv_ray.data.cfm import (
+    CFM_BOUNDARIES,
+    WAV_RATE,
+    CFMBatch,
+    CFMDataset,
+    CFMItem,
+    CFMPadding,
+    collate_cfm,
+    normalise_mel,
+    resample,
+)
 from gsv_ray.data.experiment import Experiment, spec_frames
 from gsv_ray.data.loader import MicroBatch, StepPlan
-from gsv_ray.errors import GsvError
 from gsv_ray.data.sovits import SoVITSBucketSampler
-from gsv_ray.audio import read_wav_pcm16
+from gsv_ray.errors import GsvError
 from gsv_ray.io.writers import write_sovits_export
 from gsv_ray.models.dropout import utterance_dropout
 from gsv_ray.models.sovits.cfm import CFMDraws
-from gsv_ray.models.sv import SpeakerEncoder, spk_sim
 from gsv_ray.models.sovits.v3 import MEL_NORM, NEVER_TRAINED, lora_export_state_dict
 from gsv_ray.models.sovits.vocoder import V4_VOCODER_RATE, load_v4_vocoder
+from gsv_ray.models.sv import SpeakerEncoder, spk_sim
 from gsv_ray.rebuild import Rebuilt, build_models
 from gsv_ray.train.common import dropout_generators, item_keys, keyed_generator, prepare, read_metrics, sync_context
 from gsv_ray.train.config import TrainConfig
@@ -73,8 +82,17 @@ def batch_draws(batch, *, seed: int, step: int | str, shortcut: bool = True) -> 
 def cfm_loss(g, batch, *, seed: int, step: int | str, shortcut: bool = True) -> torch.Tensor:
     """The CFM loss of ``batch`` with its keyed draws (``shortcut=False``: the plain flow-matching loss)."""
     prompt_u, draws = batch_draws(batch, seed=seed, step=step, shortcut=shortcut)
-    return g(batch.ssl, batch.spec, batch.mel, batch.spec_lengths, batch.text, batch.text_lengths, batch.mel_lengths,
-             prompt_u=prompt_u, draws=draws)
+    return g(
+        batch.ssl,
+        batch.spec,
+        batch.mel,
+        batch.spec_lengths,
+        batch.text,
+        batch.text_lengths,
+        batch.mel_lengths,
+        prompt_u=prompt_u,
+        draws=draws,
+    )
 
 
 #: Upstream's CFM chunking at inference (``get_tts_wav``): ``(Tref, Tchunk)`` -- the reference prompt
@@ -84,15 +102,30 @@ CFM_CHUNKS = {"v3": (468, 934), "v4": (500, 1000)}
 
 def uncollate_cfm(batch: CFMBatch) -> list[CFMItem]:
     """The items of a collated batch, unpadded (on the batch's device)."""
-    rows = zip(batch.ssl_lengths.tolist(), batch.spec_lengths.tolist(), batch.mel_lengths.tolist(),
-               batch.text_lengths.tolist(), batch.names, batch.keys)
-    return [CFMItem(batch.ssl[i:i + 1, :, :n_ssl], batch.spec[i, :, :n_spec], batch.mel[i, :, :n_mel],
-                    batch.text[i, :n_text], name, key)
-            for i, (n_ssl, n_spec, n_mel, n_text, name, key) in enumerate(rows)]
+    rows = zip(
+        batch.ssl_lengths.tolist(),
+        batch.spec_lengths.tolist(),
+        batch.mel_lengths.tolist(),
+        batch.text_lengths.tolist(),
+        batch.names,
+        batch.keys,
+    )
+    return [
+        CFMItem(
+            batch.ssl[i : i + 1, :, :n_ssl],
+            batch.spec[i, :, :n_spec],
+            batch.mel[i, :, :n_mel],
+            batch.text[i, :n_text],
+            name,
+            key,
+        )
+        for i, (n_ssl, n_spec, n_mel, n_text, name, key) in enumerate(rows)
+    ]
 
 
-def cfm_synthesise(g, item: CFMItem, reference: CFMItem, *, version: str, steps: int,
-                   generator: torch.Generator) -> torch.Tensor:
+def cfm_synthesise(
+    g, item: CFMItem, reference: CFMItem, *, version: str, steps: int, generator: torch.Generator
+) -> torch.Tensor:
     """``item``'s normalised mel ``[100, T]`` as GPT-SoVITS v3/v4 infers it (``get_tts_wav``): the
     condition of ``reference``'s tokens and phones, then ``item``'s (both with ``reference``'s ``ge``),
     ``reference``'s mel as the prompt, :data:`CFM_CHUNKS` chunking, ``steps`` Euler steps from noise
@@ -110,11 +143,11 @@ def cfm_synthesise(g, item: CFMItem, reference: CFMItem, *, version: str, steps:
         prompt, fea_ref, t_min = prompt[:, :, -t_ref:], fea_ref[:, :, -t_ref:], t_ref
     out = []
     for start in range(0, fea_todo.size(-1), t_chunk - t_min):
-        piece = fea_todo[:, :, start:start + t_chunk - t_min]
+        piece = fea_todo[:, :, start : start + t_chunk - t_min]
         fea = torch.cat([fea_ref, piece], 2).transpose(1, 2)
         noise = torch.randn(1, prompt.size(1), fea.size(1), generator=generator).to(dev)
         mel = g.flow.inference(fea, torch.tensor([fea.size(1)], device=dev), prompt, steps, noise=noise)
-        mel = mel[:, :, prompt.size(-1):]
+        mel = mel[:, :, prompt.size(-1) :]
         prompt, fea_ref = mel[:, :, -t_min:], piece[:, :, -t_min:]
         out.append(mel)
     return torch.cat(out, 2)[0]
@@ -136,9 +169,17 @@ def log_mel(normalised: torch.Tensor) -> torch.Tensor:
     return (normalised.float() + 1) / 2 * (hi - lo) + lo
 
 
-def cfm_inference_metrics(g, items: list[CFMItem], *, seed: int, version: str, steps: int,
-                          vocoder=None, real_wav: Callable[[str], torch.Tensor] | None = None,
-                          speaker: SpeakerEncoder | None = None) -> dict[str, float]:
+def cfm_inference_metrics(
+    g,
+    items: list[CFMItem],
+    *,
+    seed: int,
+    version: str,
+    steps: int,
+    vocoder=None,
+    real_wav: Callable[[str], torch.Tensor] | None = None,
+    speaker: SpeakerEncoder | None = None,
+) -> dict[str, float]:
     """Each held-out utterance on the inference path (:func:`cfm_synthesise`, the reference from
     :func:`~gsv_ray.train.quality.eval_pairs`, noise keyed by (seed, name)) against its real mel:
 
@@ -177,8 +218,9 @@ def cfm_inference_metrics(g, items: list[CFMItem], *, seed: int, version: str, s
 class CFMRecipe:
     stage = "sovits"
 
-    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
-                 precision: Precision):
+    def __init__(
+        self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment, precision: Precision
+    ):
         settings = rebuilt.resolved.sovits_v3
         assert settings is not None, "a v3/v4 rebuild for training"
         self.settings, self.cfg, self.accelerator, self.precision = settings, cfg, accelerator, precision
@@ -190,8 +232,13 @@ class CFMRecipe:
                 p.requires_grad_(False)
         params = [p for p in g.parameters() if p.requires_grad]
         peak = cfg.peak_lr("sovits")
-        opt = torch.optim.AdamW([{"params": params, "lr": peak, "name": "generator"}], lr=peak,
-                                betas=settings.train.betas, eps=settings.train.eps, weight_decay=WEIGHT_DECAY)
+        opt = torch.optim.AdamW(
+            [{"params": params, "lr": peak, "name": "generator"}],
+            lr=peak,
+            betas=settings.train.betas,
+            eps=settings.train.eps,
+            weight_decay=WEIGHT_DECAY,
+        )
         (self.g,), (self.opt,) = prepare(accelerator, [g], [opt])
         self.experiment = experiment
         self.mel_channels = settings.model.mel_channels
@@ -199,16 +246,30 @@ class CFMRecipe:
         self.vocoder = None
         if cfg.vocoder is not None:
             if self.version != "v4":
-                raise GsvError(f"{self.version}'s vocoder (BigVGAN) is not supported; --vocoder takes the v4 "
-                               "vocoder", path=cfg.vocoder, fix="drop --vocoder (validation logs mel images)")
+                raise GsvError(
+                    f"{self.version}'s vocoder (BigVGAN) is not supported; --vocoder takes the v4 vocoder",
+                    path=cfg.vocoder,
+                    fix="drop --vocoder (validation logs mel images)",
+                )
             self.vocoder = load_v4_vocoder(cfg.vocoder).eval()
         self.speaker = SpeakerEncoder.load(cfg.sv_model).to(accelerator.device) if cfg.sv_model else None
         #: said once at the start of a run
-        self.notes = () if self.vocoder is not None else (
-            f"{self.version}: validation samples are mel images (W&B val/mel: the target below, the model's mel "
-            "above); pass --vocoder (v4) for audio",) + ((
-                f"{self.version}: validation scores mels (val/mel_dist); val/mrstft_dist and val/spk_sim need the "
-                "audio: pass --vocoder (v4)",) if cfg.sv_model else ())
+        self.notes = (
+            ()
+            if self.vocoder is not None
+            else (
+                f"{self.version}: validation samples are mel images (W&B val/mel: the target below, the model's mel "
+                "above); pass --vocoder (v4) for audio",
+            )
+            + (
+                (
+                    f"{self.version}: validation scores mels (val/mel_dist); val/mrstft_dist and val/spk_sim need the "
+                    "audio: pass --vocoder (v4)",
+                )
+                if cfg.sv_model
+                else ()
+            )
+        )
 
     @property
     def models(self) -> tuple[torch.nn.Module, ...]:
@@ -224,12 +285,18 @@ class CFMRecipe:
 
     def plan(self, ds: CFMDataset, *, seed: int) -> StepPlan:
         acc, n = self.accelerator, self.cfg.grad_accum
-        sampler = SoVITSBucketSampler(ds.lengths, self.cfg.batch_size * acc.num_processes * n, CFM_BOUNDARIES,
-                                      shuffle=True, seed=seed)
+        sampler = SoVITSBucketSampler(
+            ds.lengths, self.cfg.batch_size * acc.num_processes * n, CFM_BOUNDARIES, shuffle=True, seed=seed
+        )
         frames = [spec_frames(u.num_samples, ds.hop_length) for u in ds.utterances]
         phones = [len(u.phone_ids) for u in ds.utterances]
-        return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n,
-                        context=lambda idx: CFMPadding(max(frames[i] for i in idx), max(phones[i] for i in idx)))
+        return StepPlan(
+            sampler,
+            world=acc.num_processes,
+            rank=acc.process_index,
+            accum=n,
+            context=lambda idx: CFMPadding(max(frames[i] for i in idx), max(phones[i] for i in idx)),
+        )
 
     def collate(self, items: list):
         return collate_cfm(items, self.version)
@@ -261,9 +328,20 @@ class CFMRecipe:
         losses = [float(cfm_loss(g, b, seed=seed, step=f"val{i}", shortcut=False)) for i, b in enumerate(batches)]
         loss = sum(losses) / max(1, len(losses))
         items = [it for b in batches for it in uncollate_cfm(b)][: self.cfg.cfm_eval_utterances]
-        return {"loss": loss, "quality": loss, **cfm_inference_metrics(  # quality: the loss when none is scored
-            g, items, seed=seed, version=self.version, steps=self.cfg.cfm_eval_steps, vocoder=self.vocoder,
-            real_wav=self._real_wav, speaker=self.speaker)}
+        return {
+            "loss": loss,
+            "quality": loss,
+            **cfm_inference_metrics(  # quality: the loss when none is scored
+                g,
+                items,
+                seed=seed,
+                version=self.version,
+                steps=self.cfg.cfm_eval_steps,
+                vocoder=self.vocoder,
+                real_wav=self._real_wav,
+                speaker=self.speaker,
+            ),
+        }
 
     def _real_wav(self, name: str) -> torch.Tensor:
         """The held-out utterance's 32 kHz recording ``[N]`` (the vocoded audio's reference)."""
@@ -283,8 +361,9 @@ class CFMRecipe:
             n = min(int(b.mel_lengths[0]), mu.size(-1))
             prompt = b.mel[:, :, : n // 3]
             noise = torch.randn(1, self.mel_channels, n, generator=keyed_generator(seed, "sample", it.name))
-            mel = g.flow.inference(mu[:, :, :n].transpose(1, 2), b.mel_lengths.clamp(max=n), prompt, 4,
-                                   noise=noise.to(mu.device))
+            mel = g.flow.inference(
+                mu[:, :, :n].transpose(1, 2), b.mel_lengths.clamp(max=n), prompt, 4, noise=noise.to(mu.device)
+            )
             mel[:, :, : prompt.size(-1)] = prompt  # shown as heard: the prompt, then what the model made
             name = Path(it.name).stem
             if self.vocoder is not None:
@@ -301,6 +380,13 @@ class CFMRecipe:
         cfg = dict(self.settings.s2, name=name, version=self.version, save_weight_dir=export_dir_name(self.version))
         cfg["train"] = dict(cfg.get("train") or {}, lora_rank=str(rank))  # upstream's WebUI writes it as a string
         path = Path(out_dir) / export_dir_name(self.version) / f"{name}_e{epoch}_s{step}_l{rank}.pth"
-        return write_sovits_export(path, lora_export_state_dict(g), config=cfg, info=f"{epoch}epoch_{step}iteration",
-                                   version=self.version, lora_rank=rank, overwrite=True, protect=protect)
-
+        return write_sovits_export(
+            path,
+            lora_export_state_dict(g),
+            config=cfg,
+            info=f"{epoch}epoch_{step}iteration",
+            version=self.version,
+            lora_rank=rank,
+            overwrite=True,
+            protect=protect,
+        )

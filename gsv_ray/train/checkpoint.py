@@ -66,8 +66,9 @@ def _newest_good(candidates: list[Path], where: Path) -> Resume:
             return Resume(p, tuple(skipped))
         skipped.append((p, why))
     detail = "; ".join(f"{p.name}: {why}" for p, why in skipped)
-    raise GsvError(f"no usable checkpoint to resume from ({detail})", path=where,
-                   fix="drop --resume to start a new run")
+    raise GsvError(
+        f"no usable checkpoint to resume from ({detail})", path=where, fix="drop --resume to start a new run"
+    )
 
 
 def resolve_resume(resume: str | None, root: Path) -> Resume | None:
@@ -82,14 +83,18 @@ def resolve_resume(resume: str | None, root: Path) -> Resume | None:
     if p.is_dir() and (_NAME.match(p.name) or state_io.is_state_dir(p)):
         why = state_io.problem(p)
         if why is not None:
-            raise GsvError(f"not a usable checkpoint: {why}", path=p,
-                           fix="pass the run directory to resume from its newest complete checkpoint")
+            raise GsvError(
+                f"not a usable checkpoint: {why}",
+                path=p,
+                fix="pass the run directory to resume from its newest complete checkpoint",
+            )
         return Resume(p)
     for candidate in (p / "checkpoints", p):  # a run directory, or its checkpoints folder
         if p.is_dir() and checkpoints(candidate):
             return _newest_good(checkpoints(candidate), candidate)
-    raise GsvError("not a gsv-ray checkpoint or run directory", path=p,
-                   fix="pass runs/<name> or runs/<name>/checkpoints/step_<N>")
+    raise GsvError(
+        "not a gsv-ray checkpoint or run directory", path=p, fix="pass runs/<name> or runs/<name>/checkpoints/step_<N>"
+    )
 
 
 def is_state_dir(p: Path) -> bool:

@@ -48,7 +48,7 @@ def prepare(accelerator, models: list, optimizers: list) -> tuple[list, list]:
         optimizers = [accelerator.prepare_optimizer(o) for o in optimizers]
         return models, optimizers
     prepared = accelerator.prepare(*models, *optimizers)
-    return list(prepared[:len(models)]), list(prepared[len(models):])
+    return list(prepared[: len(models)]), list(prepared[len(models) :])
 
 
 @contextlib.contextmanager

@@ -43,8 +43,9 @@ def gpt_micro_batch(items: list, mb: MicroBatch):
 class GPTRecipe:
     stage = "gpt"
 
-    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
-                 precision: Precision):
+    def __init__(
+        self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment, precision: Precision
+    ):
         assert rebuilt.resolved.gpt is not None, "a GPT rebuild"
         model = build_models(rebuilt.resolved, dropout=cfg.dropout)["gpt"]
         model.load_state_dict(rebuilt.gpt, strict=True)
@@ -52,22 +53,28 @@ class GPTRecipe:
         self.experiment = experiment
         held_out = bool(cfg.val_fraction or cfg.val_names)
         validates = accelerator.is_main_process and held_out  # only the main process validates
-        self.listener, self.notes = GeneratedAudio.load(cfg, experiment, accelerator.device) if validates else (None, ())
+        self.listener, self.notes = (
+            GeneratedAudio.load(cfg, experiment, accelerator.device) if validates else (None, ())
+        )
         if cfg.eval_sovits and not held_out:
-            self.notes = ("validation: --eval-sovits is not used: there are no held-out utterances (pass --val-fraction "
-                          "or --val-names)",)
+            self.notes = (
+                "validation: --eval-sovits is not used: there are no held-out utterances (pass --val-fraction "
+                "or --val-names)",
+            )
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator,
-                  precision: Precision) -> GPTRecipe:
+    def for_model(
+        cls, model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator, precision: Precision
+    ) -> GPTRecipe:
         """The recipe's optimizer and step around a decoder built elsewhere (no data, no exports)."""
         recipe = cls.__new__(cls)
         recipe._setup(model, cfg, accelerator, precision, version=None, s1=None)
         recipe.listener, recipe.notes = None, ()
         return recipe
 
-    def _setup(self, model, cfg: TrainConfig, accelerator: Accelerator, precision: Precision, *,
-               version: str | None, s1) -> None:
+    def _setup(
+        self, model, cfg: TrainConfig, accelerator: Accelerator, precision: Precision, *, version: str | None, s1
+    ) -> None:
         self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, version, precision
         self.s1 = s1  # embedded in the exports as upstream wrote it
         self.optimizer = cfg.optimizer_for("gpt")
@@ -95,9 +102,14 @@ class GPTRecipe:
         sampler = GPTBucketSampler(ds.durations, self.cfg.batch_size * acc.num_processes * n, shuffle=True, seed=seed)
         phones = [len(u.phone_ids) for u in ds.utterances]
         semantic = [len(u.semantic_ids or ()) for u in ds.utterances]
-        return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n,
-                        context=lambda idx: (max(phones[i] for i in idx), max(semantic[i] for i in idx)),
-                        cadence=UPSTREAM_GPT_CADENCE if self.optimizer == "scaledadam" else None)
+        return StepPlan(
+            sampler,
+            world=acc.num_processes,
+            rank=acc.process_index,
+            accum=n,
+            context=lambda idx: (max(phones[i] for i in idx), max(semantic[i] for i in idx)),
+            cadence=UPSTREAM_GPT_CADENCE if self.optimizer == "scaledadam" else None,
+        )
 
     collate = staticmethod(collate_gpt)
     make_batch = staticmethod(gpt_micro_batch)
@@ -140,8 +152,14 @@ class GPTRecipe:
     def export(self, out_dir: Path, *, name: str, epoch: int, step: int, protect=()) -> Path:
         model = self.accelerator.unwrap_model(self.model)
         path = Path(out_dir) / export_dir_name(self.version) / f"{name}-e{epoch}.ckpt"
-        return write_gpt_export(path, to_upstream_keys(model.state_dict()), config=self.s1, info=f"GPT-e{epoch}",
-                                overwrite=True, protect=protect)
+        return write_gpt_export(
+            path,
+            to_upstream_keys(model.state_dict()),
+            config=self.s1,
+            info=f"GPT-e{epoch}",
+            overwrite=True,
+            protect=protect,
+        )
 
 
 def gpt_eval_losses(model, batches) -> dict[str, float]:
@@ -174,19 +192,22 @@ CAP_MARGIN = 25
 
 class _Text(NamedTuple):
     name: str
-    phones: torch.Tensor     # [L]
-    bert: torch.Tensor       # [1024, L]
-    semantic: torch.Tensor   # [T]
+    phones: torch.Tensor  # [L]
+    bert: torch.Tensor  # [1024, L]
+    semantic: torch.Tensor  # [T]
 
 
 def _uncollate_gpt(batch) -> list[_Text]:
     rows = zip(batch.names, batch.phoneme_ids_len.tolist(), batch.semantic_ids_len.tolist())
-    return [_Text(name, batch.phoneme_ids[i, :p], batch.bert_feature[i, :, :p], batch.semantic_ids[i, :t])
-            for i, (name, p, t) in enumerate(rows)]
+    return [
+        _Text(name, batch.phoneme_ids[i, :p], batch.bert_feature[i, :, :p], batch.semantic_ids[i, :t])
+        for i, (name, p, t) in enumerate(rows)
+    ]
 
 
-def generation_metrics(model, batches: list, seed: int, *, samples: int = EVAL_SAMPLES,
-                       listener: GeneratedAudio | None = None) -> dict[str, float]:
+def generation_metrics(
+    model, batches: list, seed: int, *, samples: int = EVAL_SAMPLES, listener: GeneratedAudio | None = None
+) -> dict[str, float]:
     """Semantic tokens generated for each held-out text as upstream's inference prompts: the next
     held-out utterance in sorted name order (:func:`~gsv_ray.train.quality.eval_pairs`) gives its
     phones + BERT (before the text's) and its tokens (the prompt); upstream's sampling defaults
@@ -211,9 +232,10 @@ def generation_metrics(model, batches: list, seed: int, *, samples: int = EVAL_S
         bert = torch.cat([prompt.bert, text.bert], dim=-1)[None].float()
         for k in range(samples):
             gen = keyed_generator(seed, "eval", text.name, k, device=phones.device)
-            out = model.generate(phones, bert, prompt.semantic[None], max_steps=cap, generator=gen,
-                                 **INFERENCE_SAMPLING)
-            new = out.tokens[0, prompt.semantic.numel():].tolist()
+            out = model.generate(
+                phones, bert, prompt.semantic[None], max_steps=cap, generator=gen, **INFERENCE_SAMPLING
+            )
+            new = out.tokens[0, prompt.semantic.numel() :].tolist()
             ended.append(len(new) < cap)
             ratios.append(len_ratio(len(new), real))
             errors.append(len_error(ratios[-1]))
@@ -221,12 +243,23 @@ def generation_metrics(model, batches: list, seed: int, *, samples: int = EVAL_S
             runs.append(longest_run(new))
             if listener is not None:
                 heard.setdefault(text.name, []).append(
-                    listener.score(text.name, prompt.name, new, keyed_seed(seed, "eval-sovits", text.name, k)))
+                    listener.score(text.name, prompt.name, new, keyed_seed(seed, "eval-sovits", text.name, k))
+                )
     n = len(ratios)
-    metrics = {"eos_rate": eos_rate(ended), "len_ratio": sum(ratios) / n, "len_error": sum(errors) / n,
-               "repeat_rate": sum(repeats) / n, "longest_run": sum(runs) / n, **_heard_metrics(heard)}
-    return {**metrics, "quality": gpt_quality(metrics["len_error"], metrics["repeat_rate"], metrics["eos_rate"],
-                                              cer=metrics.get("cer"))}
+    metrics = {
+        "eos_rate": eos_rate(ended),
+        "len_ratio": sum(ratios) / n,
+        "len_error": sum(errors) / n,
+        "repeat_rate": sum(repeats) / n,
+        "longest_run": sum(runs) / n,
+        **_heard_metrics(heard),
+    }
+    return {
+        **metrics,
+        "quality": gpt_quality(
+            metrics["len_error"], metrics["repeat_rate"], metrics["eos_rate"], cer=metrics.get("cer")
+        ),
+    }
 
 
 def _heard_metrics(heard: dict[str, list[dict[str, float]]]) -> dict[str, float]:

@@ -31,18 +31,20 @@ from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.quality import cer
 from gsv_ray.train.sovits import decode_tokens
 
-_SV_NOTE = ("validation: speaker similarity of the decoded GPT output (val/spk_sim) is not scored: pass --sv-model "
-            "pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt (GPT-SoVITS's speaker model) to score it")
+_SV_NOTE = (
+    "validation: speaker similarity of the decoded GPT output (val/spk_sim) is not scored: pass --sv-model "
+    "pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt (GPT-SoVITS's speaker model) to score it"
+)
 
 
 class Heard(NamedTuple):
     """One held-out utterance's SoVITS side: what decoding and scoring need."""
 
-    phones: torch.Tensor          # [L] the SoVITS phone ids of its text
-    spec: torch.Tensor            # [bins, T] its spectrogram (as a reference clip)
-    sv_emb: torch.Tensor | None   # [1, 20480] (Pro)
-    wav: torch.Tensor             # [N] float32, the real audio
-    text: str                     # norm_text
+    phones: torch.Tensor  # [L] the SoVITS phone ids of its text
+    spec: torch.Tensor  # [bins, T] its spectrogram (as a reference clip)
+    sv_emb: torch.Tensor | None  # [1, 20480] (Pro)
+    wav: torch.Tensor  # [N] float32, the real audio
+    text: str  # norm_text
     embedding: torch.Tensor | None  # [192] the real audio's speaker embedding (with --sv-model)
 
 
@@ -54,16 +56,25 @@ def load_decoder(path: str, gpt_symbols: str, device: torch.device):
     except GsvError as e:
         raise ConfigError(f"--eval-sovits: {e}") from None
     if rebuilt.stage != "sovits":
-        raise ConfigError("--eval-sovits takes a SoVITS model, and this is a GPT file", path=path,
-                          fix="pass a SoVITS export (SoVITS_weights*/...pth) or base (s2G*.pth)")
+        raise ConfigError(
+            "--eval-sovits takes a SoVITS model, and this is a GPT file",
+            path=path,
+            fix="pass a SoVITS export (SoVITS_weights*/...pth) or base (s2G*.pth)",
+        )
     if rebuilt.version not in VITS_VERSIONS:
-        raise ConfigError(f"--eval-sovits takes v1-v2ProPlus, and this is {rebuilt.version} (a CFM decoder of 32 steps "
-                          "plus a vocoder per clip: too costly for every validation)", path=path,
-                          fix="pass a v2/v2Pro/v2ProPlus SoVITS export of the same voice, or drop --eval-sovits")
+        raise ConfigError(
+            f"--eval-sovits takes v1-v2ProPlus, and this is {rebuilt.version} (a CFM decoder of 32 steps "
+            "plus a vocoder per clip: too costly for every validation)",
+            path=path,
+            fix="pass a v2/v2Pro/v2ProPlus SoVITS export of the same voice, or drop --eval-sovits",
+        )
     if symbol_set_of(rebuilt.version) != gpt_symbols:
-        raise ConfigError(f"--eval-sovits is {rebuilt.version} ({symbol_set_of(rebuilt.version)} phone table) but the "
-                          f"GPT reads the {gpt_symbols} phone table", path=path,
-                          fix="pass a SoVITS file whose version shares the GPT's phone table (v1 with v1, v2+ with v2+)")
+        raise ConfigError(
+            f"--eval-sovits is {rebuilt.version} ({symbol_set_of(rebuilt.version)} phone table) but the "
+            f"GPT reads the {gpt_symbols} phone table",
+            path=path,
+            fix="pass a SoVITS file whose version shares the GPT's phone table (v1 with v1, v2+ with v2+)",
+        )
     g = build_models(rebuilt.resolved)["generator"]
     g.load_state_dict(rebuilt.generator, strict=True)
     return g.float().eval().requires_grad_(False).to(device), rebuilt
@@ -72,14 +83,23 @@ def load_decoder(path: str, gpt_symbols: str, device: torch.device):
 class GeneratedAudio:
     """Generated tokens -> audio -> ``spk_sim`` / ``cer``; everything loaded once per run (:meth:`load`)."""
 
-    def __init__(self, g, experiment: Experiment, frontend: AudioFrontend, sampling_rate: int,
-                 speaker: SpeakerEncoder | None, transcriber: Transcriber | None):
+    def __init__(
+        self,
+        g,
+        experiment: Experiment,
+        frontend: AudioFrontend,
+        sampling_rate: int,
+        speaker: SpeakerEncoder | None,
+        transcriber: Transcriber | None,
+    ):
         self.g, self.experiment, self.frontend, self.sampling_rate = g, experiment, frontend, sampling_rate
         self.speaker, self.transcriber = speaker, transcriber
         self._heard: dict[str, Heard | None] = {}  # the held-out set is fixed for the run: read once
 
     @classmethod
-    def load(cls, cfg: TrainConfig, experiment: Experiment, device: torch.device) -> tuple[GeneratedAudio | None, tuple]:
+    def load(
+        cls, cfg: TrainConfig, experiment: Experiment, device: torch.device
+    ) -> tuple[GeneratedAudio | None, tuple]:
         """The scorer for ``cfg.eval_sovits`` (None without it, or with nothing to score) and the notes to
         print. Bad files are one-line errors here, before training starts."""
         if cfg.eval_sovits is None:
@@ -114,8 +134,9 @@ class GeneratedAudio:
             with torch.no_grad():
                 spec = self.frontend.spectrogram(wav.to(dev)).squeeze(0)
             emb = self.speaker.embed(wav[0], self.sampling_rate) if self.speaker is not None else None
-            self._heard[name] = Heard(torch.tensor(u.phone_ids, dtype=torch.long), spec, sv, wav[0].float(),
-                                      u.norm_text, emb)
+            self._heard[name] = Heard(
+                torch.tensor(u.phone_ids, dtype=torch.long), spec, sv, wav[0].float(), u.norm_text, emb
+            )
         return self._heard[name]
 
     @torch.no_grad()

@@ -27,8 +27,8 @@ from gsv_ray.io.reader import parse_info
 from gsv_ray.rebuild import Rebuilt, rebuild_cached
 from gsv_ray.train import checkpoint as ckpt
 from gsv_ray.train import state as state_io
-from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR, TrainConfig
 from gsv_ray.train.cfm import CFMRecipe
+from gsv_ray.train.config import DEFAULT_LR_SCALE, UPSTREAM_BASE_LR, TrainConfig
 from gsv_ray.train.gpt import GPTRecipe
 from gsv_ray.train.precision import NonFiniteGradient, Precision
 from gsv_ray.train.protocols import CheckpointStore, Progress, RunTracking, ShowsValidation
@@ -103,8 +103,9 @@ def _symbol_version(stage: str, version: str | None) -> str:
 def open_run_experiment(data: str | Path, rebuilt: Rebuilt) -> Experiment:
     """The experiment folder as this run's stage and version read it: scanned once, then served from
     the content-addressed index (launchers scan on the driver and hand it to workers and trials)."""
-    return open_experiment_cached(data, rebuilt.stage, _symbol_version(rebuilt.stage, rebuilt.version),
-                                  cache_root=cache_root())
+    return open_experiment_cached(
+        data, rebuilt.stage, _symbol_version(rebuilt.stage, rebuilt.version), cache_root=cache_root()
+    )
 
 
 def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerator:
@@ -117,7 +118,7 @@ def make_accelerator(cfg: TrainConfig, *, cpu: bool | None = None) -> Accelerato
 def fixed_batches(ds, collate, n: int, batch_size: int, device="cpu") -> list:
     """The first ``n`` batches of ``ds`` in a fixed order (validation: comparable across steps)."""
     idx = list(range(min(len(ds), n * batch_size)))
-    return [collate([ds[i] for i in idx[j:j + batch_size]]).to(device) for j in range(0, len(idx), batch_size)]
+    return [collate([ds[i] for i in idx[j : j + batch_size]]).to(device) for j in range(0, len(idx), batch_size)]
 
 
 def train(
@@ -140,8 +141,17 @@ def train(
     already scanned (launchers scan once for every worker and trial); scanned here when None.
     The phases are :class:`TrainingRun`'s, in this order.
     """
-    run = TrainingRun(cfg, rebuilt=rebuilt, accelerator=accelerator, tracking=tracking, on_step=on_step,
-                      checkpoints=checkpoints, experiment=experiment, progress=progress, say=say)
+    run = TrainingRun(
+        cfg,
+        rebuilt=rebuilt,
+        accelerator=accelerator,
+        tracking=tracking,
+        on_step=on_step,
+        checkpoints=checkpoints,
+        experiment=experiment,
+        progress=progress,
+        say=say,
+    )
     run.setup()
     run.resume()
     run.announce()
@@ -169,10 +179,19 @@ class TrainingRun:
     the last good checkpoint, and a resumed run continues the same data order and LR schedule.
     """
 
-    def __init__(self, cfg: TrainConfig, *, rebuilt: Rebuilt | None, accelerator: Accelerator | None,
-                 tracking: RunTracking | None, on_step: Callable[[int, dict[str, float]], None] | None,
-                 checkpoints: CheckpointStore | None, experiment: Experiment | None, progress: Progress | bool,
-                 say: Callable[[str], None]):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        rebuilt: Rebuilt | None,
+        accelerator: Accelerator | None,
+        tracking: RunTracking | None,
+        on_step: Callable[[int, dict[str, float]], None] | None,
+        checkpoints: CheckpointStore | None,
+        experiment: Experiment | None,
+        progress: Progress | bool,
+        say: Callable[[str], None],
+    ):
         cfg.validate()
         self.cfg, self.rebuilt, self.tracking, self.on_step = cfg, rebuilt, tracking, on_step
         self.store, self.experiment, self.progress, self.say = checkpoints, experiment, progress, say
@@ -196,8 +215,12 @@ class TrainingRun:
             if self.experiment is None:
                 self.experiment = open_run_experiment(self.cfg.data, self.rebuilt)
             self.experiment, self.train_names, self.val_names = experiment_split(
-                self.experiment, self.stage, split=SplitOptions(val_fraction=self.cfg.val_fraction,
-                                                                val_names_file=self.cfg.val_names, seed=self.cfg.seed))
+                self.experiment,
+                self.stage,
+                split=SplitOptions(
+                    val_fraction=self.cfg.val_fraction, val_names_file=self.cfg.val_names, seed=self.cfg.seed
+                ),
+            )
         self.epoch0, self.step0 = continued_counters(self.rebuilt, self.cfg.restart_counters)
         self._build()
 
@@ -214,8 +237,11 @@ class TrainingRun:
                 self.rebuilt = rebuild_cached(cfg.rebuild_spec())
         stage = self.stage = self.rebuilt.stage
         if cfg.stage is not None and cfg.stage != stage:
-            raise GsvError(f"--stage {cfg.stage} but the init file is a {stage} file", path=cfg.init,
-                           fix=f"use --stage {stage} or pass the other file")
+            raise GsvError(
+                f"--stage {cfg.stage} but the init file is a {stage} file",
+                path=cfg.init,
+                fix=f"use --stage {stage} or pass the other file",
+            )
         cfg = self.cfg = cfg.resolved(stage, self.accelerator.device.type)  # optimizer and precision as they will run
         set_cuda_math(cfg.precision, stage, self.accelerator.device)
         check_codebook(self.rebuilt.resolved, cfg, self.accelerator.num_processes)
@@ -225,8 +251,10 @@ class TrainingRun:
         if main and cfg.resume is not None:  # the same run, or a one-line refusal before anything is loaded
             check_same_run(cfg, self.recorded, self.rebuilt.report.inputs)
         if main and restart:
-            self.say(f"no checkpoint yet in {self.run_dir}: starting the run over from step 0 (the metrics of its "
-                     "interrupted start are dropped)")
+            self.say(
+                f"no checkpoint yet in {self.run_dir}: starting the run over from step 0 (the metrics of its "
+                "interrupted start are dropped)"
+            )
 
     def _build(self) -> None:
         """The recipe (models, optimizers), the training set and its step plan, the LR schedule, the
@@ -235,8 +263,9 @@ class TrainingRun:
         set_seed(cfg.seed)
         self.precision = Precision(cfg.precision, accelerator.device)
         with self.phases("build"):
-            self.recipe = RECIPES[self.rebuilt.resolved.family](self.rebuilt, cfg, accelerator, self.experiment,
-                                                                self.precision)
+            self.recipe = RECIPES[self.rebuilt.resolved.family](
+                self.rebuilt, cfg, accelerator, self.experiment, self.precision
+            )
         self.train_ds = self.recipe.dataset(self.train_names, min_items=UPSTREAM_MIN_ITEMS)  # upstream's epoch
         if self.main and cfg.resume is not None:
             check_same_epoch(self.recorded, self.train_ds.copies, len(self.train_names))
@@ -245,15 +274,29 @@ class TrainingRun:
         if self.steps_per_epoch == 0:
             raise _too_few_batches(cfg, self.plan, len(self.train_ds), accelerator.num_processes)
         self.total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
-        self.schedule = Schedule(cfg.warmup_steps, cfg.warmup_start, cfg.decay_for(self.stage), self.total,
-                                 self.steps_per_epoch, cfg.lr_decay, cfg.min_lr_ratio)
+        self.schedule = Schedule(
+            cfg.warmup_steps,
+            cfg.warmup_start,
+            cfg.decay_for(self.stage),
+            self.total,
+            self.steps_per_epoch,
+            cfg.lr_decay,
+            cfg.min_lr_ratio,
+        )
         self.schedulers = [self.schedule.scheduler(opt) for opt in self.recipe.optimizers]
-        self.num_workers = cfg.num_workers if cfg.num_workers is not None else default_loader_workers(
-            available_cpus(), accelerator.num_processes)  # Ray workers set it from their own CPU resources
+        self.num_workers = (
+            cfg.num_workers
+            if cfg.num_workers is not None
+            else default_loader_workers(available_cpus(), accelerator.num_processes)
+        )  # Ray workers set it from their own CPU resources
         self.planned = PlannedSampler()
-        self.loader = make_loader(MicroBatchSource(self.train_ds, self.recipe.make_batch), self.planned,
-                                  num_workers=self.num_workers, seed=cfg.seed,
-                                  pin_memory=accelerator.device.type == "cuda")
+        self.loader = make_loader(
+            MicroBatchSource(self.train_ds, self.recipe.make_batch),
+            self.planned,
+            num_workers=self.num_workers,
+            seed=cfg.seed,
+            pin_memory=accelerator.device.type == "cuda",
+        )
         if self.store is None:
             self.store = ckpt.LocalCheckpoints(self.ckpt_root, cfg.keep_last)
 
@@ -267,11 +310,15 @@ class TrainingRun:
         self.last_ckpt = resume.path
         with self.phases("resume"):
             try:
-                loaded = state_io.load(self.accelerator, resume.path, models=self.recipe.models,
-                                       optimizers=self.recipe.optimizers)
+                loaded = state_io.load(
+                    self.accelerator, resume.path, models=self.recipe.models, optimizers=self.recipe.optimizers
+                )
             except (ValueError, KeyError, RuntimeError) as e:  # parses as data, but not as this run's state
-                raise GsvError(f"cannot resume from this checkpoint: {e}", path=resume.path,
-                               fix="resume from another checkpoint (pass it), or drop --resume") from None
+                raise GsvError(
+                    f"cannot resume from this checkpoint: {e}",
+                    path=resume.path,
+                    fix="resume from another checkpoint (pass it), or drop --resume",
+                ) from None
             self.state.load_state_dict(loaded["train"])
             for s, sd in zip(self.schedulers, loaded["schedulers"]):
                 s.load_state_dict(sd)
@@ -285,8 +332,10 @@ class TrainingRun:
                 self.say(f"warning: skipped {skipped}: {why}")
             self.say(f"resumed from {resume.path} (step {self.state.step}, epoch {self.state.epoch + 1})")
             if missing:
-                self.say(f"warning: the checkpoint has no RNG state for rank(s) {', '.join(map(str, missing))} "
-                         "(another process count?): training continues correctly but not bit-identically")
+                self.say(
+                    f"warning: the checkpoint has no RNG state for rank(s) {', '.join(map(str, missing))} "
+                    "(another process count?): training continues correctly but not bit-identically"
+                )
 
     # -- announce ----------------------------------------------------------------------------------
     def announce(self) -> None:
@@ -295,8 +344,11 @@ class TrainingRun:
         opened with the full resolved config."""
         cfg = self.cfg
         val_ds = self.recipe.dataset(self.val_names) if self.val_names else None  # validation: one pass
-        self.val_batches = fixed_batches(val_ds, self.recipe.collate, cfg.val_batches, cfg.batch_size,
-                                         self.accelerator.device) if val_ds else []
+        self.val_batches = (
+            fixed_batches(val_ds, self.recipe.collate, cfg.val_batches, cfg.batch_size, self.accelerator.device)
+            if val_ds
+            else []
+        )
         self.audio_items = [val_ds[i] for i in range(min(cfg.audio_samples, len(val_ds)))] if val_ds else []
         if not self.main:
             return
@@ -311,25 +363,36 @@ class TrainingRun:
             say(line)
         say(self._plan_line())
         if cfg.warmup_steps >= self.total:  # the default 100, or --epochs: an explicit one with --max-steps is refused
-            say(f"warning: warmup {cfg.warmup_steps} steps is not shorter than the run's {self.total}: the LR never "
-                f"reaches its peak (set --warmup-steps below {self.total})")
+            say(
+                f"warning: warmup {cfg.warmup_steps} steps is not shorter than the run's {self.total}: the LR never "
+                f"reaches its peak (set --warmup-steps below {self.total})"
+            )
         if self.tracking is not None:
             with self.phases("tracking"):
-                self.tracking.begin(_run_config(cfg, self.rebuilt, self.stage, self.recipe, self.schedule,
-                                                self.accelerator), self.rebuilt, resume_step=self.state.step)
+                self.tracking.begin(
+                    _run_config(cfg, self.rebuilt, self.stage, self.recipe, self.schedule, self.accelerator),
+                    self.rebuilt,
+                    resume_step=self.state.step,
+                )
 
     def _plan_line(self) -> str:
         """Global batch, steps, loader workers, precision, optimizer and LR: the run's shape in one line."""
         cfg, stage, n = self.cfg, self.stage, self.accelerator.num_processes
         cadence = self.plan.cadence
-        per_step = ("" if cadence is None else f"; {cfg.optimizer} steps once per {cadence.every} batches "
-                    f"({cadence.every + 1} for an epoch's first), summing their gradients, as upstream")
-        return (f"global batch = {cfg.batch_size} x {n} process(es) x {cfg.grad_accum} "
-                f"accumulation = {cfg.batch_size * n * cfg.grad_accum}{per_step}; "
-                f"{self.steps_per_epoch} steps/epoch, {self.total} steps; {self.num_workers} loader worker(s); "
-                f"precision {cfg.precision}; {cfg.optimizer}, peak LR {cfg.peak_lr(stage):.3g} "
-                f"(upstream {UPSTREAM_BASE_LR[stage]:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}, "
-                f"then {cfg.decay_for(stage)}")
+        per_step = (
+            ""
+            if cadence is None
+            else f"; {cfg.optimizer} steps once per {cadence.every} batches "
+            f"({cadence.every + 1} for an epoch's first), summing their gradients, as upstream"
+        )
+        return (
+            f"global batch = {cfg.batch_size} x {n} process(es) x {cfg.grad_accum} "
+            f"accumulation = {cfg.batch_size * n * cfg.grad_accum}{per_step}; "
+            f"{self.steps_per_epoch} steps/epoch, {self.total} steps; {self.num_workers} loader worker(s); "
+            f"precision {cfg.precision}; {cfg.optimizer}, peak LR {cfg.peak_lr(stage):.3g} "
+            f"(upstream {UPSTREAM_BASE_LR[stage]:.3g} x lr_scale {cfg.lr_scale}), warmup {cfg.warmup_steps}, "
+            f"then {cfg.decay_for(stage)}"
+        )
 
     # -- train -------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -403,11 +466,14 @@ class TrainingRun:
             metrics["loss_scale"] = precision.scale
             self.skipped_in_a_row = self.skipped_in_a_row + 1 if precision.scale < scale_before else 0
             if self.skipped_in_a_row >= MAX_SKIPPED_FP16_STEPS:
-                raise self._diverged(state.step + 1, f"{self.skipped_in_a_row} fp16 steps in a row overflowed "
-                                     f"(loss scale {precision.scale:g})")
+                raise self._diverged(
+                    state.step + 1,
+                    f"{self.skipped_in_a_row} fp16 steps in a row overflowed (loss scale {precision.scale:g})",
+                )
         state.batch_in_epoch += len(micro)
-        lrs = {f"lr/{g.get('name', i)}": g["lr"]
-               for opt in self.recipe.optimizers for i, g in enumerate(opt.param_groups)}
+        lrs = {
+            f"lr/{g.get('name', i)}": g["lr"] for opt in self.recipe.optimizers for i, g in enumerate(opt.param_groups)
+        }
         with warnings.catch_warnings():  # an fp16 step the scaler skipped still advances the schedule
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             for s in self.schedulers:
@@ -416,9 +482,16 @@ class TrainingRun:
         step_time = time.perf_counter() - self.t_last
         per_worker = items / max(1e-9, step_time)
         n = accelerator.num_processes
-        metrics.update(lrs, step_time=step_time, data_wait=data_wait, data_wait_share=data_wait / max(1e-9, step_time),
-                       samples_per_s=per_worker * n, samples_per_s_per_worker=per_worker, world_size=n,
-                       epoch=state.epoch + 1)
+        metrics.update(
+            lrs,
+            step_time=step_time,
+            data_wait=data_wait,
+            data_wait_share=data_wait / max(1e-9, step_time),
+            samples_per_s=per_worker * n,
+            samples_per_s_per_worker=per_worker,
+            world_size=n,
+            epoch=state.epoch + 1,
+        )
         return metrics, step_time
 
     def validate(self, step: int) -> None:
@@ -445,10 +518,17 @@ class TrainingRun:
         with self.phases("checkpoint"):
             self._require_finite(self.state.step)
             self.last_ckpt = self.store.save(
-                self.accelerator, self.state.step, models=self.recipe.models, optimizers=self.recipe.optimizers,
+                self.accelerator,
+                self.state.step,
+                models=self.recipe.models,
+                optimizers=self.recipe.optimizers,
                 metrics={**metrics, **self.last_val},
-                state={"train": self.state.state_dict(), "schedulers": [s.state_dict() for s in self.schedulers],
-                       "scaler": self.precision.scaler.state_dict()})
+                state={
+                    "train": self.state.state_dict(),
+                    "schedulers": [s.state_dict() for s in self.schedulers],
+                    "scaler": self.precision.scaler.state_dict(),
+                },
+            )
         if self.store.stop_requested():
             self.stopped_early = True
             self.say(f"stopped early by the scheduler at step {self.state.step}")
@@ -462,9 +542,15 @@ class TrainingRun:
         cfg = self.cfg
         with self.phases("export"):
             if self.main:
-                self.exports.append(self.recipe.export(
-                    self.run_dir, name=cfg.run_name, epoch=self.epoch0 + epoch, step=self.step0 + self.state.step,
-                    protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p]))
+                self.exports.append(
+                    self.recipe.export(
+                        self.run_dir,
+                        name=cfg.run_name,
+                        epoch=self.epoch0 + epoch,
+                        step=self.step0 + self.state.step,
+                        protect=[p for p in (cfg.init, cfg.base_g, cfg.base_d) if p],
+                    )
+                )
             self.accelerator.wait_for_everyone()
 
     # -- finish ------------------------------------------------------------------------------------
@@ -476,16 +562,26 @@ class TrainingRun:
         if self.main:  # the exports are named in the run's summary (where they end up: -o, also on Ray)
             if self.tracking is not None:
                 with self.phases("tracking"):
-                    self.tracking.log_exports(self.exports, stage=self.stage, version=self.rebuilt.version,
-                                              step=state.step)
-                    self.tracking.set_summary({"fate": "early-stopped" if self.stopped_early else "completed",
-                                               "steps": state.step})
+                    self.tracking.log_exports(
+                        self.exports, stage=self.stage, version=self.rebuilt.version, step=state.step
+                    )
+                    self.tracking.set_summary(
+                        {"fate": "early-stopped" if self.stopped_early else "completed", "steps": state.step}
+                    )
             self.say(f"time: {self.phases.line()}")
-        return TrainResult(run_dir=self.run_dir, stage=self.stage, version=self.rebuilt.version, steps=state.step,
-                           epochs=epochs_done, exports=self.exports, last_checkpoint=self.last_ckpt,
-                           val_history=self.val_history,
-                           resumed_from=self.resume_point.path if self.resume_point is not None else None,
-                           stopped_early=self.stopped_early, timings=dict(self.phases.seconds))
+        return TrainResult(
+            run_dir=self.run_dir,
+            stage=self.stage,
+            version=self.rebuilt.version,
+            steps=state.step,
+            epochs=epochs_done,
+            exports=self.exports,
+            last_checkpoint=self.last_ckpt,
+            val_history=self.val_history,
+            resumed_from=self.resume_point.path if self.resume_point is not None else None,
+            stopped_early=self.stopped_early,
+            timings=dict(self.phases.seconds),
+        )
 
     # -- guards ------------------------------------------------------------------------------------
     def _diverged(self, step: int, what: str) -> GsvError:
@@ -511,13 +607,19 @@ def _too_few_batches(cfg: TrainConfig, plan, items: int, processes: int) -> GsvE
     """The one line for an epoch that holds no full optimizer step."""
     batch = f"global batch of {cfg.batch_size} x {processes} process(es) x {cfg.grad_accum} accumulation"
     if plan.cadence is None:
-        return GsvError(f"{items} training items do not fill one {batch}", path=cfg.data,
-                        fix="lower --batch-size or --grad-accum, or add utterances")
+        return GsvError(
+            f"{items} training items do not fill one {batch}",
+            path=cfg.data,
+            fix="lower --batch-size or --grad-accum, or add utterances",
+        )
     got = len(plan.batches(0))
-    return GsvError(f"an epoch of {items} training items makes {got} batch(es) ({batch}), but "
-                    f"{cfg.optimizer} steps once {plan.cadence.every + 1} batches are summed, as upstream (which never "
-                    "steps on such a set)", path=cfg.data,
-                    fix="lower --batch-size or --grad-accum, add utterances, or pass --optimizer adamw (a step per batch)")
+    return GsvError(
+        f"an epoch of {items} training items makes {got} batch(es) ({batch}), but "
+        f"{cfg.optimizer} steps once {plan.cadence.every + 1} batches are summed, as upstream (which never "
+        "steps on such a set)",
+        path=cfg.data,
+        fix="lower --batch-size or --grad-accum, add utterances, or pass --optimizer adamw (a step per batch)",
+    )
 
 
 #: fp16: the loss scaler skips overflowing steps (counted in ``loss_scale`` halvings); this many in a
@@ -528,8 +630,11 @@ MAX_SKIPPED_FP16_STEPS = 25
 def _data_line(experiment: Experiment, train: int, val: int, copies: int) -> str:
     """The run's data line: utterances trained on (and how many copies of each an epoch holds), held out,
     usable and listed."""
-    trained = (f"{train} train / {val} val utterances" if copies == 1 else
-               f"{train} train utterances x{copies} per epoch, as upstream ({train * copies} items); {val} val")
+    trained = (
+        f"{train} train / {val} val utterances"
+        if copies == 1
+        else f"{train} train utterances x{copies} per epoch, as upstream ({train * copies} items); {val} val"
+    )
     return f"data: {trained} of {len(experiment.names)} usable; {experiment.report.listed} listed"
 
 
@@ -551,10 +656,13 @@ def _diverged(step: int, what: str, cfg: TrainConfig, stage: str, last_ckpt: Pat
     while out.with_name(f"{out.name}-{n}").exists():
         n += 1
     fp16 = " (or --precision bf16)" if cfg.precision == "fp16" else ""
-    return GsvError(f"training diverged at step {step}: {what}; nothing of that step was applied or saved, {keep}. "
-                    f"Likely cause: the learning rate (peak {cfg.peak_lr(stage):.3g}), fp16 overflow, or bad data",
-                    path=cfg.output_dir, fix=f"start a new run at a lower learning rate: the same command with "
-                                             f"--lr-scale {lower:g}{fp16} and -o {out.with_name(f'{out.name}-{n}')}")
+    return GsvError(
+        f"training diverged at step {step}: {what}; nothing of that step was applied or saved, {keep}. "
+        f"Likely cause: the learning rate (peak {cfg.peak_lr(stage):.3g}), fp16 overflow, or bad data",
+        path=cfg.output_dir,
+        fix=f"start a new run at a lower learning rate: the same command with "
+        f"--lr-scale {lower:g}{fp16} and -o {out.with_name(f'{out.name}-{n}')}",
+    )
 
 
 def _require_finite(models, step: int, cfg: TrainConfig, stage: str, last_ckpt: Path | None) -> None:
@@ -568,15 +676,29 @@ def _require_finite(models, step: int, cfg: TrainConfig, stage: str, last_ckpt: 
 
 def _run_config(cfg: TrainConfig, rebuilt: Rebuilt, stage: str, recipe, schedule: Schedule, accelerator) -> dict:
     """The full, resolved configuration a run is logged with."""
-    groups = {g.get("name", str(i)): g["initial_lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)}
-    inputs = {role: {"path": d.get("path"), "sha256": d.get("sha256"), "kind": d.get("kind")}
-              for role, d in rebuilt.report.inputs.items()}
-    return {**cfg.to_json(), "stage": stage, "version": rebuilt.version, "peak_lr": cfg.peak_lr(stage),
-            "upstream_base_lr": UPSTREAM_BASE_LR[stage], "lr_groups": groups,
-            "decay": schedule.decay, "total_steps": schedule.total_steps, "steps_per_epoch": schedule.steps_per_epoch,
-            "world_size": accelerator.num_processes, "device": accelerator.device.type,  # `cpu` is only the flag
-            "global_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum, "inputs": inputs,
-            "model": rebuilt.config}
+    groups = {
+        g.get("name", str(i)): g["initial_lr"] for opt in recipe.optimizers for i, g in enumerate(opt.param_groups)
+    }
+    inputs = {
+        role: {"path": d.get("path"), "sha256": d.get("sha256"), "kind": d.get("kind")}
+        for role, d in rebuilt.report.inputs.items()
+    }
+    return {
+        **cfg.to_json(),
+        "stage": stage,
+        "version": rebuilt.version,
+        "peak_lr": cfg.peak_lr(stage),
+        "upstream_base_lr": UPSTREAM_BASE_LR[stage],
+        "lr_groups": groups,
+        "decay": schedule.decay,
+        "total_steps": schedule.total_steps,
+        "steps_per_epoch": schedule.steps_per_epoch,
+        "world_size": accelerator.num_processes,
+        "device": accelerator.device.type,  # `cpu` is only the flag
+        "global_batch": cfg.batch_size * accelerator.num_processes * cfg.grad_accum,
+        "inputs": inputs,
+        "model": rebuilt.config,
+    }
 
 
 class _NoDisplay:

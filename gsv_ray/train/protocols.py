@@ -26,9 +26,16 @@ class CheckpointStore(Protocol):
     """Writes a resumable checkpoint of the run's state at a step; says whether whoever runs the
     training asked it to end there (a Tune scheduler stopping a trial)."""
 
-    def save(self, accelerator: Accelerator, step: int, *, models: Sequence[torch.nn.Module],
-             optimizers: Sequence[torch.optim.Optimizer], state: dict[str, Any],
-             metrics: dict[str, float]) -> Path:
+    def save(
+        self,
+        accelerator: Accelerator,
+        step: int,
+        *,
+        models: Sequence[torch.nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        state: dict[str, Any],
+        metrics: dict[str, float],
+    ) -> Path:
         """Every process calls it at the same step; returns where the checkpoint is (a path or URI)."""
         ...
 

@@ -117,7 +117,7 @@ def len_error(ratio: float) -> float:
 def repeat_rate(tokens: Sequence[int], n: int = REPEAT_NGRAM) -> float:
     """Share of the token ``n``-grams of ``tokens`` that already occurred earlier in it (0 when the
     sequence is shorter than ``n`` or has no repeated n-gram; near 1 for a loop)."""
-    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     if not grams:
         return 0.0
     return (len(grams) - len(set(grams))) / len(grams)

@@ -31,8 +31,18 @@ TUNE_RESULTS = ("results.json", "best", "trials", "summary.png", "refit", "liste
 SEARCH_RECORD = "search.json"
 FINISHED = "finished.json"
 #: every name gsv-ray writes at the top of an -o (besides ``<Stage>_weights*`` export folders)
-RUN_ENTRIES = (*RUN_FILES, *TUNE_RESULTS, SEARCH_RECORD, FINISHED, "logs", "wandb", "wandb_run_id", "run_config.json",
-               "early_stopped.json", RUN_LOCK)
+RUN_ENTRIES = (
+    *RUN_FILES,
+    *TUNE_RESULTS,
+    SEARCH_RECORD,
+    FINISHED,
+    "logs",
+    "wandb",
+    "wandb_run_id",
+    "run_config.json",
+    "early_stopped.json",
+    RUN_LOCK,
+)
 #: a run's exports in its -o: upstream's ``SoVITS_weights*/*.pth`` and ``GPT_weights*/*.ckpt`` folders
 #: (named by :func:`gsv_ray.train.sovits.export_dir_name` / :func:`gsv_ray.train.gpt.export_dir_name`)
 EXPORT_PATTERNS = ("SoVITS_weights*/*.pth", "GPT_weights*/*.ckpt")
@@ -45,8 +55,24 @@ def exports(run_dir: str | Path) -> list[Path]:
 
 #: the settings that decide a run's trajectory: a --resume must keep them (--max-steps / --epochs
 #: may grow; the data folder is compared by path only where it is, not by content)
-TRAJECTORY = ("stage", "version", "lora_rank", "lr_scale", "warmup_steps", "warmup_start", "decay", "lr_decay",
-              "min_lr_ratio", "optimizer", "batch_size", "grad_accum", "precision", "dropout", "seed", "val_fraction")
+TRAJECTORY = (
+    "stage",
+    "version",
+    "lora_rank",
+    "lr_scale",
+    "warmup_steps",
+    "warmup_start",
+    "decay",
+    "lr_decay",
+    "min_lr_ratio",
+    "optimizer",
+    "batch_size",
+    "grad_accum",
+    "precision",
+    "dropout",
+    "seed",
+    "val_fraction",
+)
 #: what a record written before a setting existed ran with (every run before --optimizer used AdamW)
 LEGACY = {"optimizer": "adamw"}
 #: what a run's epoch is, recorded in its config.json: upstream's (a set under 100 utterances repeated,
@@ -72,8 +98,9 @@ def check_new_run(run_dir: str | Path) -> None:
     to its metrics, replace its exports and mix two runs in one W&B run)."""
     found = existing_run(run_dir)
     if found:
-        raise GsvError(f"-o already holds a run ({found})", path=run_dir,
-                       fix="continue it with --resume, or choose a new -o")
+        raise GsvError(
+            f"-o already holds a run ({found})", path=run_dir, fix="continue it with --resume, or choose a new -o"
+        )
 
 
 def own_output_dir(path: str | Path) -> RunOwner:
@@ -86,30 +113,39 @@ def own_output_dir(path: str | Path) -> RunOwner:
     if real == Path(real.anchor):
         raise ConfigError("-o is the filesystem root", path=p, fix="choose a folder for the run, e.g. -o runs/myvoice")
     if real == Path.home().resolve():
-        raise ConfigError("-o is your home directory", path=p,
-                          fix=f"choose a folder for the run, e.g. -o {p / 'runs' / 'myvoice'}")
+        raise ConfigError(
+            "-o is your home directory", path=p, fix=f"choose a folder for the run, e.g. -o {p / 'runs' / 'myvoice'}"
+        )
     if real.is_dir():
         theirs = sorted(c.name for c in real.iterdir() if not c.name.startswith("."))
         if theirs and not any(n in RUN_ENTRIES or "_weights" in n for n in theirs):
             shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
-            raise ConfigError(f"-o is a folder with other files ({shown}) and no gsv-ray run: checkpoints, logs and "
-                              "exports would be mixed into them", path=p,
-                              fix=f"choose a new or empty folder, e.g. -o {p / 'run'}")
+            raise ConfigError(
+                f"-o is a folder with other files ({shown}) and no gsv-ray run: checkpoints, logs and "
+                "exports would be mixed into them",
+                path=p,
+                fix=f"choose a new or empty folder, e.g. -o {p / 'run'}",
+            )
     try:
         return RunOwner(p)
     except RunBusy as e:
         who, stop = (f"PID {e.pid}", f" (stop it: kill {e.pid})") if e.pid else ("a process starting up", "")
-        raise GsvError(f"-o is in use by another gsv-ray run, {who}", path=p,
-                       fix=f"wait for it to end{stop}, or choose another -o") from None
+        raise GsvError(
+            f"-o is in use by another gsv-ray run, {who}", path=p, fix=f"wait for it to end{stop}, or choose another -o"
+        ) from None
 
 
 # -- the run's settings, recorded and compared on resume ---------------------------------------------
 
+
 def write_config(run_dir: Path, cfg: TrainConfig, inputs: dict[str, dict[str, Any]]) -> None:
     """``config.json``: the run's options, its input files' sha256 and what its epochs are (what a
     resume compares)."""
-    record = {**cfg.to_json(), "input_sha256": {role: d.get("sha256") for role, d in inputs.items()},
-              "epochs_are": EPOCHS_ARE}
+    record = {
+        **cfg.to_json(),
+        "input_sha256": {role: d.get("sha256") for role, d in inputs.items()},
+        "epochs_are": EPOCHS_ARE,
+    }
     write_json(run_dir / "config.json", record, indent=1)
 
 
@@ -127,17 +163,26 @@ def check_same_run(cfg: TrainConfig, recorded_file: Path, inputs: dict[str, dict
     for key in TRAJECTORY:
         if key in recorded and recorded[key] != now[key]:
             f, old, new = flag(TrainConfig, key), _shown(recorded[key]), _shown(now[key])
-            raise ConfigError(f"--resume with {f} {new}, but this run was started with {f} {old}",
-                              path=recorded_file, fix=f"resume with {f} {old}, or start a new -o with {f} {new}")
+            raise ConfigError(
+                f"--resume with {f} {new}, but this run was started with {f} {old}",
+                path=recorded_file,
+                fix=f"resume with {f} {old}, or start a new -o with {f} {new}",
+            )
     for role, sha in (recorded.get("input_sha256") or {}).items():
         given = (inputs.get(role) or {}).get("sha256")
         if not sha or given == sha:
             continue
         f, was = INPUT_FLAGS.get(role, role), recorded.get(role) or "the same file"
-        what = (f"--resume without {f}" if given is None else
-                f"--resume with {f} {now.get(role)}, a file with other content (sha256 {given[:12]})")
-        raise ConfigError(f"{what}, but this run was started from {f} {was} (sha256 {sha[:12]})",
-                          path=recorded_file, fix=f"resume with {f} {was} (or a copy of it), or start a new -o")
+        what = (
+            f"--resume without {f}"
+            if given is None
+            else f"--resume with {f} {now.get(role)}, a file with other content (sha256 {given[:12]})"
+        )
+        raise ConfigError(
+            f"{what}, but this run was started from {f} {was} (sha256 {sha[:12]})",
+            path=recorded_file,
+            fix=f"resume with {f} {was} (or a copy of it), or start a new -o",
+        )
 
 
 def check_same_epoch(recorded_file: Path, copies: int, utterances: int) -> None:
@@ -150,10 +195,13 @@ def check_same_epoch(recorded_file: Path, copies: int, utterances: int) -> None:
         return
     if not isinstance(recorded, dict) or "epochs_are" in recorded or copies == 1:
         return
-    raise ConfigError(f"--resume of a run started before gsv-ray repeated small sets as upstream does (its epoch "
-                      f"is one pass), but its {utterances} training utterances now make an epoch of x{copies}: "
-                      "its epochs, per-epoch LR decay and export counters would change", path=recorded_file,
-                      fix="finish it with the gsv-ray version that started it, or start a new -o")
+    raise ConfigError(
+        f"--resume of a run started before gsv-ray repeated small sets as upstream does (its epoch "
+        f"is one pass), but its {utterances} training utterances now make an epoch of x{copies}: "
+        "its epochs, per-epoch LR decay and export counters would change",
+        path=recorded_file,
+        fix="finish it with the gsv-ray version that started it, or start a new -o",
+    )
 
 
 def _shown(v: Any) -> str:
@@ -162,10 +210,16 @@ def _shown(v: Any) -> str:
 
 # -- a finished run -------------------------------------------------------------------------------
 
+
 def record_finished(cfg: TrainConfig, steps: int, epochs: int, exports: list[Path]) -> None:
     """Say in ``-o`` that the run finished (what a later ``--resume`` reads)."""
-    record = {"steps": steps, "epochs": epochs, "max_steps": cfg.max_steps, "asked_epochs": cfg.epochs,
-              "exports": [str(p) for p in exports]}
+    record = {
+        "steps": steps,
+        "epochs": epochs,
+        "max_steps": cfg.max_steps,
+        "asked_epochs": cfg.epochs,
+        "exports": [str(p) for p in exports],
+    }
     out = Path(cfg.output_dir)
     write_json(out / FINISHED, record, indent=1)
 
@@ -185,8 +239,10 @@ def finished_line(cfg: TrainConfig) -> str | None:
     if not done:
         return None
     exports = ", ".join(map(str, r.get("exports") or [])) or "none"
-    return (f"the run in {cfg.output_dir} finished at step {steps} (exports: {exports}); nothing to resume "
-            f"(to train it longer: --resume with {longer})")
+    return (
+        f"the run in {cfg.output_dir} finished at step {steps} (exports: {exports}); nothing to resume "
+        f"(to train it longer: --resume with {longer})"
+    )
 
 
 def record_search_finished(out: Path, name: str, best: list[Path]) -> None:
@@ -204,5 +260,7 @@ def finished_search_line(out: Path) -> str | None:
         name, best = str(r["search"]), [str(p) for p in r.get("best") or []]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return (f"the tune search {name!r} in {out} finished (results: {out / 'results.json'}; best weights: "
-            f"{', '.join(best) or 'none'}); nothing to resume (to search again: a new -o)")
+    return (
+        f"the tune search {name!r} in {out} finished (results: {out / 'results.json'}; best weights: "
+        f"{', '.join(best) or 'none'}); nothing to resume (to search again: a new -o)"
+    )

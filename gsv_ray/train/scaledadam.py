@@ -75,9 +75,18 @@ class ScaledAdam(torch.optim.Optimizer):
             raise ValueError(f"clipping_scale must be > 0 or None, not {clipping_scale}")
         if size_update_period < 1 or clipping_update_period < 1:
             raise ValueError("size_update_period and clipping_update_period must be >= 1")
-        defaults = dict(lr=lr, clipping_scale=clipping_scale, betas=tuple(betas), scalar_lr_scale=scalar_lr_scale,
-                        eps=eps, param_min_rms=param_min_rms, param_max_rms=param_max_rms, scalar_max=scalar_max,
-                        size_update_period=size_update_period, clipping_update_period=clipping_update_period)
+        defaults = dict(
+            lr=lr,
+            clipping_scale=clipping_scale,
+            betas=tuple(betas),
+            scalar_lr_scale=scalar_lr_scale,
+            eps=eps,
+            param_min_rms=param_min_rms,
+            param_max_rms=param_max_rms,
+            scalar_max=scalar_max,
+            size_update_period=size_update_period,
+            clipping_update_period=clipping_update_period,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

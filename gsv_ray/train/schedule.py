@@ -18,11 +18,11 @@ from gsv_ray.train.config import UPSTREAM_LR_DECAY
 class Schedule:
     warmup_steps: int
     warmup_start: float
-    decay: str                # exponential | cosine | constant
+    decay: str  # exponential | cosine | constant
     total_steps: int
     steps_per_epoch: int
     lr_decay: float = UPSTREAM_LR_DECAY  # per epoch (exponential)
-    min_lr_ratio: float = 0.1   # cosine floor
+    min_lr_ratio: float = 0.1  # cosine floor
 
     def factor(self, step: int) -> float:
         """LR factor for the optimizer step with index ``step`` (0 = the first update)."""

@@ -14,19 +14,27 @@ from typing import Any, NamedTuple
 import torch
 from accelerate import Accelerator
 
+from gsv_ray.audio import AudioFrontend
 from gsv_ray.data.experiment import Experiment, spec_frames
 from gsv_ray.data.loader import MicroBatch, StepPlan
 from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSItem, SoVITSPadding, collate_sovits
 from gsv_ray.errors import ConfigError
 from gsv_ray.io.writers import write_sovits_export
-from gsv_ray.audio import AudioFrontend
 from gsv_ray.models.dropout import utterance_dropout
-from gsv_ray.models.sv import SpeakerEncoder, spk_sim
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import discriminator_loss, generator_total_loss, kl_loss, mel_l1_loss
+from gsv_ray.models.sv import SpeakerEncoder, spk_sim
 from gsv_ray.rebuild import Rebuilt, build_models
-from gsv_ray.train.common import (dropout_generators, frozen, item_keys, keyed_generator, keyed_seed, prepare,
-                                  read_metrics, sync_context)
+from gsv_ray.train.common import (
+    dropout_generators,
+    frozen,
+    item_keys,
+    keyed_generator,
+    keyed_seed,
+    prepare,
+    read_metrics,
+    sync_context,
+)
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.precision import Precision
 from gsv_ray.train.quality import eval_pairs, mel_dist, mrstft_dist, sovits_quality
@@ -44,12 +52,21 @@ def check_codebook(resolved, cfg: TrainConfig, processes: int) -> None:
     settings = resolved.sovits or resolved.sovits_v3
     if settings is None or settings.model.freeze_quantizer or (cfg.grad_accum == 1 and processes == 1):
         return
-    how = " and ".join(w for w in (f"--grad-accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "",
-                                   f"{processes} processes" if processes > 1 else "") if w)
-    raise ConfigError(f"its model config has freeze_quantizer: false (the codebook trains by moving averages in every "
-                      f"forward), which with {how} is not one update per global batch", path=cfg.init,
-                      fix="train it with --grad-accum 1 on one worker (raise --batch-size instead), or from a file "
-                          "whose config has freeze_quantizer: true")
+    how = " and ".join(
+        w
+        for w in (
+            f"--grad-accum {cfg.grad_accum}" if cfg.grad_accum > 1 else "",
+            f"{processes} processes" if processes > 1 else "",
+        )
+        if w
+    )
+    raise ConfigError(
+        f"its model config has freeze_quantizer: false (the codebook trains by moving averages in every "
+        f"forward), which with {how} is not one update per global batch",
+        path=cfg.init,
+        fix="train it with --grad-accum 1 on one worker (raise --batch-size instead), or from a file "
+        "whose config has freeze_quantizer: true",
+    )
 
 
 def export_dir_name(version: str) -> str:
@@ -60,7 +77,7 @@ def export_dir_name(version: str) -> str:
 class SoVITSStep(NamedTuple):
     """What a micro-batch needs from its step's global batch."""
 
-    frames: int             # spectrogram frames of the whole global batch (KL normaliser)
+    frames: int  # spectrogram frames of the whole global batch (KL normaliser)
     padding: SoVITSPadding  # the global batch's padded lengths
 
 
@@ -72,8 +89,9 @@ def sovits_micro_batch(items: list, mb: MicroBatch):
 class SoVITSRecipe:
     stage = "sovits"
 
-    def __init__(self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment,
-                 precision: Precision):
+    def __init__(
+        self, rebuilt: Rebuilt, cfg: TrainConfig, accelerator: Accelerator, experiment: Experiment, precision: Precision
+    ):
         self.cfg, self.accelerator, self.version, self.precision = cfg, accelerator, rebuilt.version, precision
         settings = rebuilt.resolved.sovits
         assert settings is not None, "a VITS-family SoVITS rebuild"
@@ -93,19 +111,31 @@ class SoVITSRecipe:
         named = [(n, p) for n, p in g.named_parameters() if p.requires_grad]
         text = [p for n, p in named if n.startswith(TEXT_SIDE)]
         rest = [p for n, p in named if not n.startswith(TEXT_SIDE)]
-        opt_g = torch.optim.AdamW([{"params": rest, "lr": peak, "name": "generator"},
-                                   {"params": text, "lr": peak * low, "name": "generator_text"}],
-                                  lr=peak, betas=betas, eps=eps)
-        opt_d = torch.optim.AdamW([{"params": list(d.parameters()), "lr": peak, "name": "discriminator"}],
-                                  lr=peak, betas=betas, eps=eps)
+        opt_g = torch.optim.AdamW(
+            [
+                {"params": rest, "lr": peak, "name": "generator"},
+                {"params": text, "lr": peak * low, "name": "generator_text"},
+            ],
+            lr=peak,
+            betas=betas,
+            eps=eps,
+        )
+        opt_d = torch.optim.AdamW(
+            [{"params": list(d.parameters()), "lr": peak, "name": "discriminator"}], lr=peak, betas=betas, eps=eps
+        )
         (self.g, self.d), (self.opt_g, self.opt_d) = prepare(accelerator, [g, d], [opt_g, opt_d])
         self.frontend = AudioFrontend.from_config(settings.audio).to(accelerator.device)
         self.experiment = experiment
         self.speaker = SpeakerEncoder.load(cfg.sv_model).to(accelerator.device) if cfg.sv_model else None
         validates = bool(cfg.val_fraction or cfg.val_names)
-        self.notes = () if self.speaker or not validates else (
-            "validation: speaker similarity (val/spk_sim) is not scored: pass --sv-model "
-            "pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt (GPT-SoVITS's speaker model) to score it",)
+        self.notes = (
+            ()
+            if self.speaker or not validates
+            else (
+                "validation: speaker similarity (val/spk_sim) is not scored: pass --sv-model "
+                "pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt (GPT-SoVITS's speaker model) to score it",
+            )
+        )
 
     # -- wiring for the loop -------------------------------------------------------------------
     @property
@@ -118,23 +148,28 @@ class SoVITSRecipe:
 
     def dataset(self, names: list[str], *, min_items: int | None = None) -> SoVITSDataset:
         """``min_items``: repeat a smaller set as upstream (the training set; see :class:`SoVITSDataset`)."""
-        return SoVITSDataset(self.experiment, names, audio=self.settings.audio,  # the recipe's own front-end
-                             min_items=min_items)
+        return SoVITSDataset(
+            self.experiment,
+            names,
+            audio=self.settings.audio,  # the recipe's own front-end
+            min_items=min_items,
+        )
 
     def plan(self, ds: SoVITSDataset, *, seed: int) -> StepPlan:
         """Global batches of ``batch_size x processes x grad_accum``; each step's context is its
         global batch's spectrogram frames (the KL is averaged over them, as one process would) and
         padded lengths (every micro-batch is padded as the global batch would be)."""
         acc, n = self.accelerator, self.cfg.grad_accum
-        sampler = SoVITSBucketSampler(ds.lengths, self.cfg.batch_size * acc.num_processes * n, shuffle=True,
-                                      seed=seed)
+        sampler = SoVITSBucketSampler(ds.lengths, self.cfg.batch_size * acc.num_processes * n, shuffle=True, seed=seed)
         frames = [spec_frames(u.num_samples, ds.hop_length) for u in ds.utterances]
         samples = [u.num_samples for u in ds.utterances]
         phones = [len(u.phone_ids) for u in ds.utterances]
 
         def context(idx: list[int]) -> SoVITSStep:
-            return SoVITSStep(sum(frames[i] for i in idx), SoVITSPadding(
-                max(frames[i] for i in idx), max(samples[i] for i in idx), max(phones[i] for i in idx)))
+            return SoVITSStep(
+                sum(frames[i] for i in idx),
+                SoVITSPadding(max(frames[i] for i in idx), max(samples[i] for i in idx), max(phones[i] for i in idx)),
+            )
 
         return StepPlan(sampler, world=acc.num_processes, rank=acc.process_index, accum=n, context=context)
 
@@ -149,8 +184,16 @@ class SoVITSRecipe:
         eps, slice_u = utterance_noise(batch, self.inter_channels, seed=self.cfg.seed, step=step)
         masks = dropout_generators(batch, seed=self.cfg.seed, step=step, device=self.accelerator.device)
         with utterance_dropout(g, masks), self.precision.autocast():
-            out = g(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb,
-                    eps=eps, slice_u=slice_u)
+            out = g(
+                batch.ssl,
+                batch.spec,
+                batch.spec_lengths,
+                batch.text,
+                batch.text_lengths,
+                batch.sv_emb,
+                eps=eps,
+                slice_u=slice_u,
+            )
         y_hat = out.y_hat.float()
         y_mel = slice_segments(self.frontend.spec_to_mel(batch.spec), out.ids_slice, self.segment_frames)
         y = slice_segments(batch.wav, out.ids_slice * self.hop, self.segment_frames * self.hop)
@@ -202,10 +245,20 @@ class SoVITSRecipe:
                     _, y_d_g, fmap_r, fmap_g = d_raw(gen.y, gen.y_hat)
                 z, z_p, m_p, logs_p, m_q, logs_q = gen.out.stats
                 losses = generator_total_loss(
-                    [t.float() for t in y_d_g], [[f.float() for f in fm] for fm in fmap_r],
-                    [[f.float() for f in fm] for fm in fmap_g], gen.y_mel, gen.y_hat_mel, z_p.float(), logs_q.float(),
-                    m_p.float(), logs_p.float(), gen.out.z_mask, kl_ssl=gen.out.kl_ssl, c_mel=self.c_mel,
-                    c_kl=self.c_kl)
+                    [t.float() for t in y_d_g],
+                    [[f.float() for f in fm] for fm in fmap_r],
+                    [[f.float() for f in fm] for fm in fmap_g],
+                    gen.y_mel,
+                    gen.y_hat_mel,
+                    z_p.float(),
+                    logs_q.float(),
+                    m_p.float(),
+                    logs_p.float(),
+                    gen.out.z_mask,
+                    kl_ssl=gen.out.kl_ssl,
+                    c_mel=self.c_mel,
+                    c_kl=self.c_kl,
+                )
                 w = world * mb.share
                 w_kl = world * float(batch.spec_lengths.sum()) / mb.context.frames  # share of the global frames
                 prec.backward(w * (losses.total - losses.kl) + w_kl * losses.kl)
@@ -233,21 +286,30 @@ class SoVITSRecipe:
     def audio_samples(self, items: list, seed: int) -> list[tuple[str, torch.Tensor, int]]:
         """Each fixed validation utterance re-synthesised from its own tokens, text and reference."""
         g = self.accelerator.unwrap_model(self.g).eval()
-        return [(Path(it.name).stem, resynthesise(g, it, it, seed + i).cpu(), self.settings.audio.sampling_rate)
-                for i, it in enumerate(items)]
+        return [
+            (Path(it.name).stem, resynthesise(g, it, it, seed + i).cpu(), self.settings.audio.sampling_rate)
+            for i, it in enumerate(items)
+        ]
 
     # -- export --------------------------------------------------------------------------------
     def export(self, out_dir: Path, *, name: str, epoch: int, step: int, protect=()) -> Path:
         g = self.accelerator.unwrap_model(self.g)
         cfg = dict(self.settings.s2, name=name, version=self.version, save_weight_dir=export_dir_name(self.version))
         path = Path(out_dir) / export_dir_name(self.version) / f"{name}_e{epoch}_s{step}.pth"
-        return write_sovits_export(path, g.state_dict(), config=cfg, info=f"{epoch}epoch_{step}iteration",
-                                   version=self.version, overwrite=True, protect=protect)
+        return write_sovits_export(
+            path,
+            g.state_dict(),
+            config=cfg,
+            info=f"{epoch}epoch_{step}iteration",
+            version=self.version,
+            overwrite=True,
+            protect=protect,
+        )
 
 
 class _Generated(NamedTuple):
-    out: Any            # the generator's forward output
-    y: torch.Tensor     # the real audio window
+    out: Any  # the generator's forward output
+    y: torch.Tensor  # the real audio window
     y_hat: torch.Tensor
     y_mel: torch.Tensor
     y_hat_mel: torch.Tensor
@@ -273,8 +335,9 @@ def resynthesise(g, item: SoVITSItem, reference: SoVITSItem, seed: int) -> torch
     return decode_tokens(g, codes, item.text, reference.spec, reference.sv_emb, seed)
 
 
-def decode_tokens(g, codes: torch.Tensor, phones: torch.Tensor, refer_spec: torch.Tensor,
-                  sv_emb: torch.Tensor | None, seed: int) -> torch.Tensor:
+def decode_tokens(
+    g, codes: torch.Tensor, phones: torch.Tensor, refer_spec: torch.Tensor, sv_emb: torch.Tensor | None, seed: int
+) -> torch.Tensor:
     """Semantic tokens to audio as GPT-SoVITS's inference decodes them (``vq_model.decode``): ``codes``
     ``[1, 1, T]`` (or ``[T]``), the text's ``phones`` ``[L]``, the reference clip's spectrogram
     ``[bins, T']`` (and speaker vector ``[1, 20480]``, Pro), upstream's noise scale, noise drawn
@@ -282,13 +345,20 @@ def decode_tokens(g, codes: torch.Tensor, phones: torch.Tensor, refer_spec: torc
     dev = g.ssl_proj.weight.device
     codes = codes.to(dev).reshape(1, 1, -1) if codes.dim() == 1 else codes.to(dev)
     sv = sv_emb.float().to(dev) if sv_emb is not None else None
-    wav = g.decode(codes, phones[None].to(dev), refer_spec[None].float().to(dev),
-                   noise_scale=INFERENCE_NOISE_SCALE, sv_emb=sv, noise=_noise_like(g, codes, dev, seed))
+    wav = g.decode(
+        codes,
+        phones[None].to(dev),
+        refer_spec[None].float().to(dev),
+        noise_scale=INFERENCE_NOISE_SCALE,
+        sv_emb=sv,
+        noise=_noise_like(g, codes, dev, seed),
+    )
     return wav[0, 0].float()
 
 
-def inference_metrics(g, items: list[SoVITSItem], seed: int, sampling_rate: int,
-                      speaker: SpeakerEncoder | None = None) -> dict[str, float]:
+def inference_metrics(
+    g, items: list[SoVITSItem], seed: int, sampling_rate: int, speaker: SpeakerEncoder | None = None
+) -> dict[str, float]:
     """Each held-out utterance resynthesised on the inference path (:func:`resynthesise`, the
     reference from :func:`eval_pairs`, noise keyed by (seed, name)) against its real audio:
     ``mel_dist`` and ``mrstft_dist`` per utterance (``utt/<stem>/...``) and averaged, with a
@@ -315,17 +385,37 @@ def inference_metrics(g, items: list[SoVITSItem], seed: int, sampling_rate: int,
             out[f"utt/{stem}/spk_sim"] = sims[-1]
     mean_mel = sum(mels) / len(mels)
     sim = sum(sims) / len(sims) if sims else None
-    return {"mel_dist": mean_mel, "mrstft_dist": sum(stfts) / len(stfts), **({"spk_sim": sim} if sims else {}),
-            "quality": sovits_quality(mean_mel, sim), **out}
+    return {
+        "mel_dist": mean_mel,
+        "mrstft_dist": sum(stfts) / len(stfts),
+        **({"spk_sim": sim} if sims else {}),
+        "quality": sovits_quality(mean_mel, sim),
+        **out,
+    }
 
 
 def uncollate_sovits(batch) -> list[SoVITSItem]:
     """The items of a collated batch, unpadded (on the batch's device)."""
-    rows = zip(batch.ssl_lengths.tolist(), batch.spec_lengths.tolist(), batch.wav_lengths.tolist(),
-               batch.text_lengths.tolist(), batch.names, batch.keys)
-    return [SoVITSItem(batch.ssl[i:i + 1, :, :n_ssl], batch.spec[i, :, :n_spec], batch.wav[i, :, :n_wav],
-                       batch.text[i, :n_text], None if batch.sv_emb is None else batch.sv_emb[i:i + 1], name, key)
-            for i, (n_ssl, n_spec, n_wav, n_text, name, key) in enumerate(rows)]
+    rows = zip(
+        batch.ssl_lengths.tolist(),
+        batch.spec_lengths.tolist(),
+        batch.wav_lengths.tolist(),
+        batch.text_lengths.tolist(),
+        batch.names,
+        batch.keys,
+    )
+    return [
+        SoVITSItem(
+            batch.ssl[i : i + 1, :, :n_ssl],
+            batch.spec[i, :, :n_spec],
+            batch.wav[i, :, :n_wav],
+            batch.text[i, :n_text],
+            None if batch.sv_emb is None else batch.sv_emb[i : i + 1],
+            name,
+            key,
+        )
+        for i, (n_ssl, n_spec, n_wav, n_text, name, key) in enumerate(rows)
+    ]
 
 
 def utterance_noise(batch, channels: int, *, seed: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:

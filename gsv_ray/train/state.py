@@ -51,9 +51,11 @@ def _b64_tensor(s: str) -> torch.Tensor:
 def rng_states() -> dict[str, Any]:
     py = random.getstate()
     npy = np.random.get_state()
-    out = {"python": [py[0], list(py[1]), py[2]],
-           "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])],
-           "torch": _tensor_b64(torch.get_rng_state())}
+    out = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])],
+        "torch": _tensor_b64(torch.get_rng_state()),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = [_tensor_b64(s) for s in torch.cuda.get_rng_state_all()]
     return out
@@ -70,8 +72,15 @@ def set_rng_states(d: dict[str, Any]) -> None:
 
 
 # -- save --------------------------------------------------------------------------------------
-def save(accelerator, directory: Path, *, models: Sequence[torch.nn.Module], optimizers: Sequence[Any],
-         state: dict[str, Any], own_directory: bool = False) -> None:
+def save(
+    accelerator,
+    directory: Path,
+    *,
+    models: Sequence[torch.nn.Module],
+    optimizers: Sequence[Any],
+    state: dict[str, Any],
+    own_directory: bool = False,
+) -> None:
     """Every process calls this: each writes its RNG states; the main process writes the models,
     optimizers, ``state`` (JSON-able: position, schedulers, scaler) and, after all, the manifest.
 
@@ -107,8 +116,10 @@ def save(accelerator, directory: Path, *, models: Sequence[torch.nn.Module], opt
         files = {p.name: _entry(p) for p in written}
         for e in entries:
             files.update(e)
-        write_json(directory / MANIFEST, {"format": FORMAT, "world_size": accelerator.num_processes,
-                                           "files": dict(sorted(files.items()))})
+        write_json(
+            directory / MANIFEST,
+            {"format": FORMAT, "world_size": accelerator.num_processes, "files": dict(sorted(files.items()))},
+        )
     accelerator.wait_for_everyone()
 
 
@@ -129,19 +140,20 @@ def is_state_dir(p: Path) -> bool:
 
 def problem(directory: Path) -> str | None:
     """Why ``directory`` is not a complete checkpoint (None when it verifies against its manifest)."""
-    return manifest_problem(directory, checksum="sha256", needed=(STATE, "model.safetensors", "rng_0.json"),
-                            fmt=FORMAT)
+    return manifest_problem(directory, checksum="sha256", needed=(STATE, "model.safetensors", "rng_0.json"), fmt=FORMAT)
 
 
-def load(accelerator, directory: Path, *, models: Sequence[torch.nn.Module],
-         optimizers: Sequence[Any]) -> dict[str, Any]:
+def load(
+    accelerator, directory: Path, *, models: Sequence[torch.nn.Module], optimizers: Sequence[Any]
+) -> dict[str, Any]:
     """Load models, optimizers and this process's RNG states from a verified checkpoint; returns
     ``state.json``. Raises ValueError for a file that does not parse as what it should be."""
     directory = Path(directory)
     state = json.loads((directory / STATE).read_text())
     for i, m in enumerate(models):
-        accelerator.unwrap_model(m).load_state_dict(load_file(str(directory / _name("model", i, "safetensors"))),
-                                                    strict=True)
+        accelerator.unwrap_model(m).load_state_dict(
+            load_file(str(directory / _name("model", i, "safetensors"))), strict=True
+        )
     for i, opt in enumerate(optimizers):
         try:
             sd = torch.load(directory / _name("optimizer", i, "pt"), map_location="cpu", weights_only=True)

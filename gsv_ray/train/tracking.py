@@ -18,10 +18,21 @@ RUN_CONFIG = "run_config.json"  # the W&B config of the run, in its run director
 
 
 class Tracking:
-    def __init__(self, run_dir: str | Path, *, project: str = "gsv-ray", mode: str | None = None,
-                 group: str | None = None, job_type: str | None = None, name: str | None = None,
-                 run_id: str | None = None, config_overrides: dict[str, Any] | None = None,
-                 replay_on_resume: bool = False, stage_artifacts: bool = False, final_dir: str | Path | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        project: str = "gsv-ray",
+        mode: str | None = None,
+        group: str | None = None,
+        job_type: str | None = None,
+        name: str | None = None,
+        run_id: str | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        replay_on_resume: bool = False,
+        stage_artifacts: bool = False,
+        final_dir: str | Path | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.config_overrides = dict(config_overrides or {})  # e.g. a Ray worker's real -o, not its scratch
         self.project, self.mode, self.group, self.job_type, self.name = project, mode, group, job_type, name
@@ -58,9 +69,18 @@ class Tracking:
         id_file = self.run_dir / "wandb_run_id"
         resumed = resume_step > 0 and id_file.is_file()
         run_id = self.run_id or (id_file.read_text().strip() if resumed else secrets.token_hex(4))
-        self.tracker.start(config, project=self.project, dir=self.run_dir, mode=self.mode, group=self.group,
-                           job_type=self.job_type, name=self.name, run_id=run_id,
-                           resume="allow" if resumed else None, rank=rank)
+        self.tracker.start(
+            config,
+            project=self.project,
+            dir=self.run_dir,
+            mode=self.mode,
+            group=self.group,
+            job_type=self.job_type,
+            name=self.name,
+            run_id=run_id,
+            resume="allow" if resumed else None,
+            rank=rank,
+        )
         if self.tracker.enabled:
             id_file.write_text(run_id)
             if not resumed:
@@ -98,8 +118,13 @@ class Tracking:
 
             paths = [link_or_copy(p, f) for p, f in zip(paths, finals)]
             stage_copy = False
-        self.tracker.log_artifact(paths, name=f"{self.name or self.run_dir.name}-{stage}", type="model",
-                                  metadata={"stage": stage, "version": version, "step": step}, copy=stage_copy)
+        self.tracker.log_artifact(
+            paths,
+            name=f"{self.name or self.run_dir.name}-{stage}",
+            type="model",
+            metadata={"stage": stage, "version": version, "step": step},
+            copy=stage_copy,
+        )
 
     def set_summary(self, values: dict[str, Any]) -> None:
         self.tracker.set_summary(values)
@@ -124,9 +149,20 @@ def _rebuild_counts(rebuilt) -> dict[str, Any]:
     return rebuild_config(rebuilt.report)
 
 
-def replay_run(run_dir: str | Path, *, config: dict[str, Any], report, out_dir: str | Path, project: str,
-               mode: str | None, group: str | None, job_type: str | None, run_id: str, name: str,
-               fate: str) -> None:
+def replay_run(
+    run_dir: str | Path,
+    *,
+    config: dict[str, Any],
+    report,
+    out_dir: str | Path,
+    project: str,
+    mode: str | None,
+    group: str | None,
+    job_type: str | None,
+    run_id: str,
+    name: str,
+    fate: str,
+) -> None:
     """Write the W&B run of a run whose own W&B records were lost, from what its run directory kept.
 
     W&B's offline writer puts records on disk only at ``finish()``: a trial killed from outside
@@ -140,8 +176,16 @@ def replay_run(run_dir: str | Path, *, config: dict[str, Any], report, out_dir: 
     except (OSError, ValueError):
         pass
     tracker = Tracker()
-    tracker.start({**config, "fate": fate}, project=project, dir=out_dir, mode=mode, group=group, job_type=job_type,
-                  name=name, run_id=run_id)
+    tracker.start(
+        {**config, "fate": fate},
+        project=project,
+        dir=out_dir,
+        mode=mode,
+        group=group,
+        job_type=job_type,
+        name=name,
+        run_id=run_id,
+    )
     if not tracker.enabled:
         return
     tracker.log_rebuild(report, step=0)

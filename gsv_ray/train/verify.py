@@ -76,7 +76,9 @@ def _sovits_batches(experiment, data: Path, n_batches: int, batch_size: int, res
 
     ds = SoVITSDataset(experiment, audio=resolved.sovits.audio)  # the model's own front-end, as training's
     if len(ds) == 0:
-        raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
+        raise GsvError(
+            "no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)"
+        )
     return fixed_batches(ds, collate_sovits, n_batches, batch_size)
 
 
@@ -98,8 +100,9 @@ def _sovits_train_loss(model, batch, resolved: Resolved) -> torch.Tensor:
     out = model(batch.ssl, batch.spec, batch.spec_lengths, batch.text, batch.text_lengths, batch.sv_emb)
     z, z_p, m_p, logs_p, m_q, logs_q = out.stats
     y_mel = slice_segments(frontend.spec_to_mel(batch.spec), out.ids_slice, model.config.segment_frames)
-    return st.train.c_mel * mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))) + \
-        st.train.c_kl * kl_loss(z_p, logs_q, m_p, logs_p, out.z_mask)
+    return st.train.c_mel * mel_l1_loss(y_mel, frontend.mel(out.y_hat.squeeze(1))) + st.train.c_kl * kl_loss(
+        z_p, logs_q, m_p, logs_p, out.z_mask
+    )
 
 
 def _gpt_batches(experiment, data: Path, n_batches: int, batch_size: int, resolved: Resolved):
@@ -127,7 +130,9 @@ def _cfm_batches(experiment, data: Path, n_batches: int, batch_size: int, resolv
 
     ds = CFMDataset(experiment, spec=resolved.sovits_v3.spec)
     if len(ds) == 0:
-        raise GsvError("no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)")
+        raise GsvError(
+            "no usable utterances for SoVITS", path=data, fix="check the data report ('gsv-ray train' prints it)"
+        )
     return fixed_batches(ds, lambda items: collate_cfm(items, resolved.version), n_batches, batch_size)
 
 
@@ -177,8 +182,18 @@ def verify(
     check(opts)
     batches, batch_size, seed = opts.batches, opts.batch_size, opts.seed
     say(f"rebuilding {init} ...")
-    rebuilt = rebuild_cached(RebuildSpec(init=str(init), base_g=base_g, base_d=base_d, stage=stage, version=version,
-                                         task="train", lora_rank=lora_rank), cache_root=cache_root)
+    rebuilt = rebuild_cached(
+        RebuildSpec(
+            init=str(init),
+            base_g=base_g,
+            base_d=base_d,
+            stage=stage,
+            version=version,
+            task="train",
+            lora_rank=lora_rank,
+        ),
+        cache_root=cache_root,
+    )
     make_batches = STAGES[rebuilt.resolved.family][0]
     data = Path(data)
     say(f"reading {batches} batch(es) of {batch_size} from {data} ...")
@@ -190,11 +205,22 @@ def verify(
     data_batches = make_batches(experiment, data, batches, batch_size, rebuilt.resolved)
     with torch.random.fork_rng(devices=[]):  # the caller's global RNG is left as it was
         torch.manual_seed(seed)
-        return _evaluate(rebuilt, data_batches, data_report, base_g=base_g, cache_root=cache_root, seed=seed,
-                         train_steps=opts.train_steps, margin=opts.margin, say=say)
+        return _evaluate(
+            rebuilt,
+            data_batches,
+            data_report,
+            base_g=base_g,
+            cache_root=cache_root,
+            seed=seed,
+            train_steps=opts.train_steps,
+            margin=opts.margin,
+            say=say,
+        )
 
 
-def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, train_steps, margin, say) -> VerifyResult:
+def _evaluate(
+    rebuilt, data_batches, data_report, *, base_g, cache_root, seed, train_steps, margin, say
+) -> VerifyResult:
     _make_batches, losses, train_loss, key, metric = STAGES[rebuilt.resolved.family]
     model = _model(rebuilt).eval()
     say(f"evaluating the rebuilt {rebuilt.stage} model ...")
@@ -206,8 +232,17 @@ def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, t
         # evaluated as the same model (a bare base checkpoint carries no config of its own)
         r = rebuilt.resolved
         rank = r.sovits_v3.lora_rank if r.sovits_v3 else None  # v3/v4: the base with a fresh (B = 0) adapter
-        base = rebuild_cached(RebuildSpec(init=str(base_g), stage=rebuilt.stage, version=rebuilt.version,
-                                          task="train", config=r.upstream, lora_rank=rank), cache_root=cache_root)
+        base = rebuild_cached(
+            RebuildSpec(
+                init=str(base_g),
+                stage=rebuilt.stage,
+                version=rebuilt.version,
+                task="train",
+                config=r.upstream,
+                lora_rank=rank,
+            ),
+            cache_root=cache_root,
+        )
         say("evaluating the base alone ...")
         with torch.no_grad():
             base_losses = losses(_model(base).eval(), data_batches, base.resolved, seed)
@@ -227,10 +262,18 @@ def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, t
             after = losses(trial.eval(), data_batches, rebuilt.resolved, seed)
 
     result = VerifyResult(
-        stage=rebuilt.stage, version=rebuilt.version, rebuild_message=rebuilt.report.message(), metric=metric,
-        batches=len(data_batches), items=sum(len(getattr(b, "names", ())) for b in data_batches), rebuilt=got,
+        stage=rebuilt.stage,
+        version=rebuilt.version,
+        rebuild_message=rebuilt.report.message(),
+        metric=metric,
+        batches=len(data_batches),
+        items=sum(len(getattr(b, "names", ())) for b in data_batches),
+        rebuilt=got,
         data_report=data_report,
-        base=base_losses, after_training=after, train_steps=train_steps, margin=margin,
+        base=base_losses,
+        after_training=after,
+        train_steps=train_steps,
+        margin=margin,
     )
     for name, d in (("rebuilt", got), ("base", base_losses), ("after training steps", after)):
         if not _finite(d):
@@ -238,8 +281,10 @@ def _evaluate(rebuilt, data_batches, data_report, *, base_g, cache_root, seed, t
     if base_losses is not None and _finite(base_losses) and _finite(got):
         limit = base_losses[key] * (1 + margin)
         if got[key] > limit:
-            result.reasons.append(f"rebuilt {key} {got[key]:.4g} is worse than the base's {base_losses[key]:.4g} "
-                                  f"by more than {margin:.0%} on this data")
+            result.reasons.append(
+                f"rebuilt {key} {got[key]:.4g} is worse than the base's {base_losses[key]:.4g} "
+                f"by more than {margin:.0%} on this data"
+            )
     result.verdict = "fail" if result.reasons else "pass"
     return result
 
@@ -249,8 +294,11 @@ def render(result: VerifyResult) -> Any:
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=f"verify {result.stage} {result.version or ''}: {result.batches} batches, {result.items} items "
-                    f"({result.metric})", title_justify="left")
+    t = Table(
+        title=f"verify {result.stage} {result.version or ''}: {result.batches} batches, {result.items} items "
+        f"({result.metric})",
+        title_justify="left",
+    )
     cols = list(result.rebuilt)
     t.add_column("model")
     for c in cols:
@@ -265,6 +313,10 @@ def render(result: VerifyResult) -> Any:
         parts.append(Text("no --base given: only finiteness was checked", style="yellow"))
     for r in result.reasons:
         parts.append(Text(f"! {r}", style="red"))
-    parts.append(Text(f"verdict: {result.verdict.upper()} (margin {result.margin:.0%})",
-                      style="green" if result.verdict == "pass" else "red"))
+    parts.append(
+        Text(
+            f"verdict: {result.verdict.upper()} (margin {result.margin:.0%})",
+            style="green" if result.verdict == "pass" else "red",
+        )
+    )
     return Group(*parts)

@@ -41,8 +41,19 @@ from gsv_ray.owned import owned_temp_dir, sweep
 from gsv_ray.track.wandb_run import safe_name
 from gsv_ray.tune.results import BEST_MARK
 
-__all__ = ["AUDIO_DIR", "LISTEN_KEY", "PAGE_NAME", "Clip", "ListeningPage", "ListeningRow", "TrialTake", "best_trial",
-           "search_rows", "wandb_listening_table", "write_listening_page"]
+__all__ = [
+    "AUDIO_DIR",
+    "LISTEN_KEY",
+    "PAGE_NAME",
+    "Clip",
+    "ListeningPage",
+    "ListeningRow",
+    "TrialTake",
+    "best_trial",
+    "search_rows",
+    "wandb_listening_table",
+    "write_listening_page",
+]
 
 PAGE_NAME = "listen.html"
 AUDIO_DIR = "listen"
@@ -88,8 +99,11 @@ class Clip:
         except FileNotFoundError as e:
             raise GsvError("no such audio file", path=self.path, fix="check the path") from e
         except (wave.Error, EOFError) as e:
-            raise GsvError(f"not a readable WAV file ({e})", path=self.path,
-                           fix="give a 16-bit PCM WAV (what GPT-SoVITS's preprocessing writes)") from e
+            raise GsvError(
+                f"not a readable WAV file ({e})",
+                path=self.path,
+                fix="give a 16-bit PCM WAV (what GPT-SoVITS's preprocessing writes)",
+            ) from e
         return to_pcm16(data.mean(dim=0)), rate
 
 
@@ -169,8 +183,13 @@ def best_trial(rows: Sequence[ListeningRow], metric: str, mode: str) -> str | No
         raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
     means: dict[str, float] = {}
     for name in _trial_names(rows):
-        vals = [v for row in rows if name in row.trials
-                for v in [_finite(row.trials[name].metrics.get(metric))] if v is not None]
+        vals = [
+            v
+            for row in rows
+            if name in row.trials
+            for v in [_finite(row.trials[name].metrics.get(metric))]
+            if v is not None
+        ]
         if vals:
             means[name] = sum(vals) / len(vals)
     if not means:
@@ -180,8 +199,9 @@ def best_trial(rows: Sequence[ListeningRow], metric: str, mode: str) -> str | No
 
 
 # -- the page ------------------------------------------------------------------------------------
-def _write_audio(tmp: Path, final: Path, rows: Sequence[ListeningRow],
-                 trials: Sequence[str]) -> tuple[ListeningRow, ...]:
+def _write_audio(
+    tmp: Path, final: Path, rows: Sequence[ListeningRow], trials: Sequence[str]
+) -> tuple[ListeningRow, ...]:
     """Write every clip under ``tmp`` (``<utterance>/real.wav``, ``<utterance>/<trial>.wav``); the
     rows with their clips pointing where those files will be once ``tmp`` is renamed to ``final``."""
     trial_files = dict(zip(trials, _unique_names(trials, reserved=[REAL])))
@@ -234,6 +254,7 @@ for (const a of document.querySelectorAll('audio')) {
 def _csp() -> str:
     """Only the page's own folder (audio) and its own inline style and script: nothing from the
     network, and no markup that escaped escaping could run a script of its own."""
+
     def digest(text: str) -> str:
         return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
 
@@ -258,26 +279,39 @@ def _take_cell(take: TrialTake | None, base: Path, metric: str | None, best: boo
     cls = ' class="best"' if best else ""
     if take is None:
         return f"<td{cls}>no audio</td>"
-    items = [f'<li class="main">{_esc(k)}: {_fmt(v)}</li>' if k == metric else f"<li>{_esc(k)}: {_fmt(v)}</li>"
-             for k, v in _ordered_metrics(take.metrics, metric)]
+    items = [
+        f'<li class="main">{_esc(k)}: {_fmt(v)}</li>' if k == metric else f"<li>{_esc(k)}: {_fmt(v)}</li>"
+        for k, v in _ordered_metrics(take.metrics, metric)
+    ]
     items.append(f"<li>step {int(take.step)}</li>")
     return f'<td{cls}>{_audio(take.clip, base)}<ul class="metrics">{"".join(items)}</ul></td>'
 
 
-def _page_html(rows: Sequence[ListeningRow], trials: Sequence[str], base: Path, *, title: str, metric: str,
-               mode: str, best: str | None) -> str:
+def _page_html(
+    rows: Sequence[ListeningRow],
+    trials: Sequence[str],
+    base: Path,
+    *,
+    title: str,
+    metric: str,
+    mode: str,
+    best: str | None,
+) -> str:
     """The page; its audio sources relative to ``base``, the page's folder."""
     head = "".join(
-        f'<th class="best">{_esc(t)} {BEST_MARK} best</th>' if t == best else f"<th>{_esc(t)}</th>" for t in trials)
+        f'<th class="best">{_esc(t)} {BEST_MARK} best</th>' if t == best else f"<th>{_esc(t)}</th>" for t in trials
+    )
     body = []
     for row in rows:
         cells = "".join(_take_cell(row.trials.get(t), base, metric, t == best) for t in trials)
-        body.append(f'<tr><td><b>{_esc(row.utterance)}</b><div class="text">{_esc(row.text)}</div></td>'
-                    f"<td>{_audio(row.real, base)}</td>{cells}</tr>")
+        body.append(
+            f'<tr><td><b>{_esc(row.utterance)}</b><div class="text">{_esc(row.text)}</div></td>'
+            f"<td>{_audio(row.real, base)}</td>{cells}</tr>"
+        )
     goal = "lower" if mode == "min" else "higher"
     count = f"{len(rows)} held-out utterance{'' if len(rows) == 1 else 's'}"
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_esc(_csp())}">'
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p>{count}; each trial at its best step. "
@@ -287,8 +321,9 @@ def _page_html(rows: Sequence[ListeningRow], trials: Sequence[str], base: Path, 
     )
 
 
-def write_listening_page(out_dir: str | Path, rows: Sequence[ListeningRow], *, title: str, metric: str,
-                         mode: str, best: str | None = None) -> ListeningPage:
+def write_listening_page(
+    out_dir: str | Path, rows: Sequence[ListeningRow], *, title: str, metric: str, mode: str, best: str | None = None
+) -> ListeningPage:
     """Write ``<out_dir>/listen.html`` and its audio (``<out_dir>/listen/``, replaced as a whole,
     atomically; the page last, so it never points at audio not yet there).
 
@@ -328,8 +363,7 @@ def _table_columns(trials: Sequence[str]) -> list[str]:
     return cols
 
 
-def wandb_listening_table(rows: Sequence[ListeningRow], *, metric: str | None = None,
-                          best: str | None = None) -> Any:
+def wandb_listening_table(rows: Sequence[ListeningRow], *, metric: str | None = None, best: str | None = None) -> Any:
     """The rows as a ``wandb.Table``: ``utterance``, ``text``, ``real`` (audio), then per trial
     ``<trial>`` (audio at its best step) and ``<trial> metrics`` (``{"step", every metric;
     "best": true for the best trial}``; non-finite values as null). The ``best`` trial's
@@ -384,8 +418,10 @@ def search_rows(outcome: Any, out: Path, data: str | None) -> list[ListeningRow]
         if t.best_step is None:
             continue
         folder = Path(out) / "trials" / t.trial_id / "samples" / f"step_{t.best_step:08d}"
-        takes[t.trial_id] = {p.stem: TrialTake(Clip(path=p), t.best_step, {outcome.metric: t.best_value})
-                             for p in sorted(folder.glob("*.wav"))}
+        takes[t.trial_id] = {
+            p.stem: TrialTake(Clip(path=p), t.best_step, {outcome.metric: t.best_value})
+            for p in sorted(folder.glob("*.wav"))
+        }
     texts, wavs = _utterances(data)
     by_file = {k: name for name in texts for k in (safe_name(name), safe_name(Path(name).stem))}
     rows = []
@@ -393,8 +429,14 @@ def search_rows(outcome: Any, out: Path, data: str | None) -> list[ListeningRow]
         name = by_file.get(stem)
         if name is None or name not in wavs:
             continue
-        rows.append(ListeningRow(utterance=name, text=texts.get(name, ""), real=Clip(path=wavs[name]),
-                                 trials={tid: per[stem] for tid, per in takes.items() if stem in per}))
+        rows.append(
+            ListeningRow(
+                utterance=name,
+                text=texts.get(name, ""),
+                real=Clip(path=wavs[name]),
+                trials={tid: per[stem] for tid, per in takes.items() if stem in per},
+            )
+        )
     return rows
 
 

@@ -32,13 +32,29 @@ REFIT_JOB_TYPE = "refit"
 def refit_config(cfg: TrainConfig, winner: TrialSummary) -> TrainConfig:
     """The search's base training config with the winner's settings, every utterance trained on, for
     the winner's best step, in ``-o/refit`` (exports named like the trials', after the search's -o)."""
-    return dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir) / REFIT_DIR), lr_scale=float(winner.lr_scale),
-                               warmup_steps=int(winner.warmup_steps), max_steps=int(winner.best_step or 0), epochs=None,
-                               val_fraction=0.0, val_names=None, resume=None, name=cfg.run_name)
+    return dataclasses.replace(
+        cfg,
+        output_dir=str(Path(cfg.output_dir) / REFIT_DIR),
+        lr_scale=float(winner.lr_scale),
+        warmup_steps=int(winner.warmup_steps),
+        max_steps=int(winner.best_step or 0),
+        epochs=None,
+        val_fraction=0.0,
+        val_names=None,
+        resume=None,
+        name=cfg.run_name,
+    )
 
 
-def run_refit(cfg: TrainConfig, opts: TuneOptions, winner: TrialSummary, *, group: str,
-              say: Callable[[str], None] = print, console: Any = None) -> RefitSummary:
+def run_refit(
+    cfg: TrainConfig,
+    opts: TuneOptions,
+    winner: TrialSummary,
+    *,
+    group: str,
+    say: Callable[[str], None] = print,
+    console: Any = None,
+) -> RefitSummary:
     """Train (or continue, or find finished) the refit of ``winner``; see the module doc."""
     from gsv_ray.console import shown
     from gsv_ray.distributed import RayOptions, recorded_run_name, train_on_ray, wandb_run_id
@@ -51,19 +67,39 @@ def run_refit(cfg: TrainConfig, opts: TuneOptions, winner: TrialSummary, *, grou
             exports = [str(p) for p in json.loads((out / FINISHED).read_text()).get("exports") or []]
         else:
             resume = existing_run(out) is not None
-            say(f"refit: lr_scale {winner.lr_scale:.4g}, warmup {winner.warmup_steps} on every utterance for "
+            say(
+                f"refit: lr_scale {winner.lr_scale:.4g}, warmup {winner.warmup_steps} on every utterance for "
                 f"{rcfg.max_steps} steps (trial {winner.trial_id}'s best step) in {shown(out)}"
-                + (" (continued)" if resume else ""))
-            ray = RayOptions(workers=opts.workers_per_trial, gpus_per_worker=opts.gpus_per_worker,
-                             cpus_per_worker=opts.cpus_per_worker, address=opts.address, storage=opts.storage,
-                             max_failures=opts.max_failures, resume=resume)
+                + (" (continued)" if resume else "")
+            )
+            ray = RayOptions(
+                workers=opts.workers_per_trial,
+                gpus_per_worker=opts.gpus_per_worker,
+                cpus_per_worker=opts.cpus_per_worker,
+                address=opts.address,
+                storage=opts.storage,
+                max_failures=opts.max_failures,
+                resume=resume,
+            )
             # its lines (rebuild, Ray, data) in the log: the console shows its progress and the summary
-            result = train_on_ray(rcfg, ray, say=print, wandb_group=group, wandb_job_type=REFIT_JOB_TYPE,
-                                  console=console, rank0_lines=False)
+            result = train_on_ray(
+                rcfg,
+                ray,
+                say=print,
+                wandb_group=group,
+                wandb_job_type=REFIT_JOB_TYPE,
+                console=console,
+                rank0_lines=False,
+            )
             record_finished(rcfg, result.steps, result.epochs, result.exports)
             exports = [str(p) for p in result.exports]
     for run_dir in (out / "wandb").glob("*run-*"):  # beside the trials' and the summary's: one `wandb sync`
         shutil.copytree(run_dir, Path(cfg.output_dir) / "wandb" / run_dir.name, dirs_exist_ok=True)
     name = recorded_run_name(out)
-    return RefitSummary(status=REFIT_DONE, steps=rcfg.max_steps, run_dir=str(out), exports=exports,
-                        wandb_run_id=wandb_run_id(name) if name else None)
+    return RefitSummary(
+        status=REFIT_DONE,
+        steps=rcfg.max_steps,
+        run_dir=str(out),
+        exports=exports,
+        wandb_run_id=wandb_run_id(name) if name else None,
+    )

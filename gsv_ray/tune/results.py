@@ -31,12 +31,16 @@ BEST_MARK = "★"
 SUMMARY_JOB_TYPE = "tune-summary"
 TABLE_KEY = "tune/results"
 IMAGE_KEY = "tune/summary"
-TABLE_COLUMNS = ("trial_id", "lr_scale", "warmup_steps", "best_value", "best_step", "steps", "status",
-                 "wandb_run_id")
+TABLE_COLUMNS = ("trial_id", "lr_scale", "warmup_steps", "best_value", "best_step", "steps", "status", "wandb_run_id")
 #: How a trial ended (its ``status``): ran its whole budget; stopped by the scheduler (ASHA) for a
 #: poor validation loss; stopped because the search was (Ctrl-C, a dead driver); raised; never ran.
 COMPLETED, EARLY_STOPPED, INTERRUPTED, FAILED, NOT_STARTED = (
-    "completed", "early-stopped", "interrupted", "failed", "not-started")
+    "completed",
+    "early-stopped",
+    "interrupted",
+    "failed",
+    "not-started",
+)
 FATES = (COMPLETED, EARLY_STOPPED, INTERRUPTED, FAILED, NOT_STARTED)
 #: Fates of trials that never got to finish because the search itself stopped.
 INTERRUPTED_STATUSES = (INTERRUPTED, NOT_STARTED)
@@ -130,8 +134,12 @@ class TuneOutcome:
         """Everything, as strict JSON types (NaN -> ``None``)."""
         return {
             "format": RESULTS_FORMAT,
-            "name": self.name, "stage": self.stage, "version": self.version,
-            "metric": self.metric, "mode": self.mode, "interrupted": bool(self.interrupted),
+            "name": self.name,
+            "stage": self.stage,
+            "version": self.version,
+            "metric": self.metric,
+            "mode": self.mode,
+            "interrupted": bool(self.interrupted),
             "best_trial_id": self.best.trial_id if self.best is not None else None,
             "best": self.best.to_json() if self.best is not None else None,
             "status_counts": status_counts(self.trials),
@@ -148,10 +156,18 @@ class TuneOutcome:
         best = next((t for t in trials if t.trial_id == best_id), None)
         if best is None and d.get("best"):
             best = TrialSummary.from_json(d["best"])
-        return cls(name=d["name"], stage=d["stage"], version=d.get("version"), metric=d.get("metric", "val/loss"),
-                   mode=d.get("mode", "min"), trials=trials, interrupted=bool(d.get("interrupted")), best=best,
-                   refit=RefitSummary.from_json(d["refit"]) if d.get("refit") else None,
-                   best_files={k: [str(p) for p in v] for k, v in (d.get("best_files") or {}).items()})
+        return cls(
+            name=d["name"],
+            stage=d["stage"],
+            version=d.get("version"),
+            metric=d.get("metric", "val/loss"),
+            mode=d.get("mode", "min"),
+            trials=trials,
+            interrupted=bool(d.get("interrupted")),
+            best=best,
+            refit=RefitSummary.from_json(d["refit"]) if d.get("refit") else None,
+            best_files={k: [str(p) for p in v] for k, v in (d.get("best_files") or {}).items()},
+        )
 
 
 def pick_best(trials: Iterable[TrialSummary], mode: str = "min") -> TrialSummary | None:
@@ -231,13 +247,18 @@ def results_table(outcome: TuneOutcome) -> Any:
     """A ``rich.table.Table`` of the trials (best first by ``best_value``, then the rest in the
     given order), the best row marked with :data:`BEST_MARK`; the title says when the search was
     interrupted, so a partial table is never mistaken for a finished one."""
+    from rich import box
     from rich.table import Table
 
-    from rich import box
-
     # no vertical rules: the table fits 80 columns with whole numbers in every cell
-    table = Table(title=_title(outcome), caption=_caption(outcome), show_lines=False, box=box.SIMPLE_HEAD,
-                  pad_edge=False, padding=(0, 1))
+    table = Table(
+        title=_title(outcome),
+        caption=_caption(outcome),
+        show_lines=False,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1),
+    )
     # the metric's column: its short name (the title names it whole, with its mode)
     for col in ("trial", "lr_scale", "warmup", _short(outcome.metric), "at step", "steps", "status"):
         table.add_column(col, justify="left" if col in ("trial", "status") else "right", no_wrap=True)
@@ -247,9 +268,13 @@ def results_table(outcome: TuneOutcome) -> Any:
         style = "bold green" if is_best else ("red" if t.status == FAILED else None)
         table.add_row(
             f"{BEST_MARK} {t.trial_id}" if is_best else f"  {t.trial_id}",
-            _fmt(t.lr_scale, ".4g"), str(t.warmup_steps),
-            _fmt(t.best_value, ".4f"), "—" if t.best_step is None else str(t.best_step),
-            str(t.steps), _status_text(t), style=style,
+            _fmt(t.lr_scale, ".4g"),
+            str(t.warmup_steps),
+            _fmt(t.best_value, ".4f"),
+            "—" if t.best_step is None else str(t.best_step),
+            str(t.steps),
+            _status_text(t),
+            style=style,
         )
     return table
 
@@ -267,8 +292,9 @@ def ranked_trials(outcome: TuneOutcome) -> list[TrialSummary]:
 
 def _table_order(trials: Sequence[TrialSummary], mode: str = "min") -> list[TrialSummary]:
     """Trials with a value first, best first (``mode``); the others after, in their original order."""
-    scored = sorted((t for t in trials if _is_finite(t.best_value)),
-                    key=lambda t: float(t.best_value), reverse=mode == "max")  # type: ignore[arg-type]
+    scored = sorted(
+        (t for t in trials if _is_finite(t.best_value)), key=lambda t: float(t.best_value), reverse=mode == "max"
+    )  # type: ignore[arg-type]
     return scored + [t for t in trials if not _is_finite(t.best_value)]
 
 
@@ -276,8 +302,10 @@ def _caption(outcome: TuneOutcome) -> str | None:
     b = outcome.best
     if b is None:
         return f"no trial reported {outcome.metric}"
-    return (f"{BEST_MARK} best: {b.trial_id} — lr_scale {_fmt(b.lr_scale, '.4g')}, warmup {b.warmup_steps}, "
-            f"{outcome.metric} {_fmt(b.best_value, '.4f')} at step {b.best_step}")
+    return (
+        f"{BEST_MARK} best: {b.trial_id} — lr_scale {_fmt(b.lr_scale, '.4g')}, warmup {b.warmup_steps}, "
+        f"{outcome.metric} {_fmt(b.best_value, '.4f')} at step {b.best_step}"
+    )
 
 
 # -- 2. files ------------------------------------------------------------------------------------
@@ -328,8 +356,16 @@ def render_summary_png(outcome: TuneOutcome, *, dpi: int = 100) -> bytes:
             ax_val.plot(vx, vy, marker="o" if len(vx) < 30 else None, markersize=3, **kw)
             plotted_val = True
             if is_best and t.best_step is not None and _is_finite(t.best_value):
-                ax_val.scatter([t.best_step], [t.best_value], s=90, marker="*", color=colors[i],
-                               edgecolors="black", linewidths=0.6, zorder=4)
+                ax_val.scatter(
+                    [t.best_step],
+                    [t.best_value],
+                    s=90,
+                    marker="*",
+                    color=colors[i],
+                    edgecolors="black",
+                    linewidths=0.6,
+                    zorder=4,
+                )
         elif not many or is_best:  # keep the trial in the legend even with no points (e.g. errored)
             ax_val.plot([], [], **kw)
         lx, ly = _xy(t.lr_history)
@@ -343,8 +379,13 @@ def render_summary_png(outcome: TuneOutcome, *, dpi: int = 100) -> bytes:
     if not plotted_val:
         ax_val.text(0.5, 0.5, "no validation results", ha="center", va="center", transform=ax_val.transAxes)
     if ax_val.get_legend_handles_labels()[0]:
-        ax_val.legend(fontsize="x-small", loc="upper right", framealpha=0.8,
-                      title=f"{len(outcome.trials)} trials" if many else None, title_fontsize="x-small")
+        ax_val.legend(
+            fontsize="x-small",
+            loc="upper right",
+            framealpha=0.8,
+            title=f"{len(outcome.trials)} trials" if many else None,
+            title_fontsize="x-small",
+        )
     ax_lr.set_title("learning rate (main group) per trial")
     ax_lr.set_xlabel("step")
     ax_lr.set_ylabel("lr")
@@ -378,9 +419,19 @@ def _colors(n: int) -> list[Any]:
 # -- 3. W&B --------------------------------------------------------------------------------------
 def table_rows(outcome: TuneOutcome) -> list[list[Any]]:
     """One row per trial in :data:`TABLE_COLUMNS` order (non-finite losses -> ``None``)."""
-    return [[t.trial_id, float(t.lr_scale), int(t.warmup_steps),
-             float(t.best_value) if _is_finite(t.best_value) else None,
-             t.best_step, int(t.steps), t.status, t.wandb_run_id] for t in outcome.trials]
+    return [
+        [
+            t.trial_id,
+            float(t.lr_scale),
+            int(t.warmup_steps),
+            float(t.best_value) if _is_finite(t.best_value) else None,
+            t.best_step,
+            int(t.steps),
+            t.status,
+            t.wandb_run_id,
+        ]
+        for t in outcome.trials
+    ]
 
 
 def best_summary(outcome: TuneOutcome) -> dict[str, Any]:
@@ -390,19 +441,33 @@ def best_summary(outcome: TuneOutcome) -> dict[str, Any]:
         out[f"tune/status/{status}"] = n
     b = outcome.best
     if b is not None:
-        out.update({
-            "best/trial_id": b.trial_id, "best/lr_scale": float(b.lr_scale), "best/warmup_steps": int(b.warmup_steps),
-            "best/metric": outcome.metric, "best/mode": outcome.mode,
-            "best/value": float(b.best_value) if _is_finite(b.best_value) else None,
-            "best/step": b.best_step, "best/steps": int(b.steps), "best/status": b.status,
-            "best/wandb_run_id": b.wandb_run_id, "best/export_paths": list(b.export_paths),
-        })
+        out.update(
+            {
+                "best/trial_id": b.trial_id,
+                "best/lr_scale": float(b.lr_scale),
+                "best/warmup_steps": int(b.warmup_steps),
+                "best/metric": outcome.metric,
+                "best/mode": outcome.mode,
+                "best/value": float(b.best_value) if _is_finite(b.best_value) else None,
+                "best/step": b.best_step,
+                "best/steps": int(b.steps),
+                "best/status": b.status,
+                "best/wandb_run_id": b.wandb_run_id,
+                "best/export_paths": list(b.export_paths),
+            }
+        )
     for holds, paths in outcome.best_files.items():  # what -o/best holds: the refit's files, the trial's
         out[f"best/{holds}_files"] = list(paths)
     if outcome.refit is not None:
         r = outcome.refit
-        out.update({"refit/status": r.status, "refit/steps": r.steps, "refit/export_paths": list(r.exports),
-                    "refit/wandb_run_id": r.wandb_run_id})
+        out.update(
+            {
+                "refit/status": r.status,
+                "refit/steps": r.steps,
+                "refit/export_paths": list(r.exports),
+                "refit/wandb_run_id": r.wandb_run_id,
+            }
+        )
     return out
 
 
@@ -431,12 +496,24 @@ def log_summary_run(
 
     group = group or outcome.name
     config = {
-        "tune/name": outcome.name, "stage": outcome.stage, "version": outcome.version,
-        "metric": outcome.metric, "mode": outcome.mode, "num_trials": len(outcome.trials),
+        "tune/name": outcome.name,
+        "stage": outcome.stage,
+        "version": outcome.version,
+        "metric": outcome.metric,
+        "mode": outcome.mode,
+        "num_trials": len(outcome.trials),
         "interrupted": bool(outcome.interrupted),
     }
-    tracker = Tracker().start(config, project=project, dir=dir, mode=mode, group=group,
-                              job_type=SUMMARY_JOB_TYPE, name=name or f"{outcome.name}-summary", entity=entity)
+    tracker = Tracker().start(
+        config,
+        project=project,
+        dir=dir,
+        mode=mode,
+        group=group,
+        job_type=SUMMARY_JOB_TYPE,
+        name=name or f"{outcome.name}-summary",
+        entity=entity,
+    )
     if not tracker.enabled:
         return tracker
     ok = False
@@ -457,7 +534,21 @@ def log_summary_run(
 
 
 __all__ = [
-    "BEST_MARK", "RESULTS_FORMAT", "TABLE_COLUMNS", "RefitSummary", "TrialSummary", "TuneOutcome", "best_summary",
-    "load_results", "log_summary_run", "pick_best", "ranked_trials", "render_summary_png",
-    "results_table", "status_counts", "table_rows", "trial_label", "write_results",
+    "BEST_MARK",
+    "RESULTS_FORMAT",
+    "TABLE_COLUMNS",
+    "RefitSummary",
+    "TrialSummary",
+    "TuneOutcome",
+    "best_summary",
+    "load_results",
+    "log_summary_run",
+    "pick_best",
+    "ranked_trials",
+    "render_summary_png",
+    "results_table",
+    "status_counts",
+    "table_rows",
+    "trial_label",
+    "write_results",
 ]

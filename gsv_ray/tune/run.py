@@ -13,9 +13,20 @@ from gsv_ray.train.rundir import record_search_finished
 from gsv_ray.train.tracking import offline_runs
 from gsv_ray.tune.listen import LISTEN_KEY, search_rows, wandb_listening_table, write_listening_page
 from gsv_ray.tune.refit import run_refit
-from gsv_ray.tune.results import (INTERRUPTED_STATUSES, REFIT_DONE, REFIT_NOT_RUN, REFIT_PENDING, REFIT_SKIPPED,
-                                  RefitSummary, TuneOutcome, failure_lines, load_results, log_summary_run,
-                                  results_table, write_results)
+from gsv_ray.tune.results import (
+    INTERRUPTED_STATUSES,
+    REFIT_DONE,
+    REFIT_NOT_RUN,
+    REFIT_PENDING,
+    REFIT_SKIPPED,
+    RefitSummary,
+    TuneOutcome,
+    failure_lines,
+    load_results,
+    log_summary_run,
+    results_table,
+    write_results,
+)
 from gsv_ray.tune.search import TuneOptions, default_name, run_tune
 
 
@@ -26,8 +37,14 @@ class TuneRun:
     best_exports: list[Path]
 
 
-def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] | None = None,
-                    console: Any = None, interrupted: str | None = None) -> TuneRun:
+def tune_and_report(
+    cfg: TrainConfig,
+    opts: TuneOptions,
+    *,
+    say: Callable[[str], None] | None = None,
+    console: Any = None,
+    interrupted: str | None = None,
+) -> TuneRun:
     """Run the search, print the results table, write results.json / summary.png, refit the winner on
     every utterance (``opts.refit``), place ``-o/best/`` (the refit's files, the winning trial's own in
     ``best/trial/``; without a refit the trial's at the top), and log the W&B summary run.
@@ -49,8 +66,10 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
         say(line)
     complete = not outcome.interrupted and not any(t.status in INTERRUPTED_STATUSES for t in outcome.trials)
     refit = opts.refit and complete and outcome.best is not None and bool(outcome.best.best_step)
-    outcome.refit = RefitSummary(status=REFIT_PENDING if refit else REFIT_SKIPPED if not opts.refit else REFIT_NOT_RUN,
-                                 steps=outcome.best.best_step if refit else None)
+    outcome.refit = RefitSummary(
+        status=REFIT_PENDING if refit else REFIT_SKIPPED if not opts.refit else REFIT_NOT_RUN,
+        steps=outcome.best.best_step if refit else None,
+    )
     place_best(outcome, out, refit=None)  # the winning trial's files now: a refit cut short leaves them
     files = write_results(outcome, out)
     if refit:
@@ -60,14 +79,27 @@ def tune_and_report(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str],
     rows = search_rows(outcome, out, cfg.data)
     page = None
     if rows:
-        page = write_listening_page(out, rows, title=f"{outcome.name}: held-out utterances, each trial at its best step",
-                                    metric=outcome.metric, mode=outcome.mode,
-                                    best=outcome.best.trial_id if outcome.best is not None else None)
+        page = write_listening_page(
+            out,
+            rows,
+            title=f"{outcome.name}: held-out utterances, each trial at its best step",
+            metric=outcome.metric,
+            mode=outcome.mode,
+            best=outcome.best.trial_id if outcome.best is not None else None,
+        )
         files["listen"] = page.html
     wandb_dir = out  # W&B writes under $WANDB_DIR when set, else <-o>/wandb
-    log_summary_run(outcome, project=cfg.wandb_project, mode=cfg.wandb_mode, dir=wandb_dir, group=outcome.name,
-                    png_path=files.get("png"), extra=(lambda: {LISTEN_KEY: wandb_listening_table(
-                        page.rows, metric=outcome.metric, best=page.best)}) if page is not None else None)
+    log_summary_run(
+        outcome,
+        project=cfg.wandb_project,
+        mode=cfg.wandb_mode,
+        dir=wandb_dir,
+        group=outcome.name,
+        png_path=files.get("png"),
+        extra=(lambda: {LISTEN_KEY: wandb_listening_table(page.rows, metric=outcome.metric, best=page.best)})
+        if page is not None
+        else None,
+    )
     best_exports = _say_summary(cfg, outcome, files, say=say, console=console, interrupted=interrupted)
     if complete:
         record_search_finished(out, outcome.name, best_exports)  # a later --resume changes nothing
@@ -103,22 +135,33 @@ def place_best(outcome: TuneOutcome, out: Path, *, refit: RefitSummary | None) -
         return
     with_refit = outcome.refit is not None and outcome.refit.status in (REFIT_PENDING, REFIT_DONE)
     trial_dir, into = out / "trials" / b.trial_id, out / "best" / ("trial" if with_refit else "")
-    outcome.best_files["trial"] = [str(link_or_copy(Path(p), into / Path(p).relative_to(trial_dir)))
-                                   for p in b.export_paths]
+    outcome.best_files["trial"] = [
+        str(link_or_copy(Path(p), into / Path(p).relative_to(trial_dir))) for p in b.export_paths
+    ]
     if refit is not None:
-        outcome.best_files["refit"] = [str(link_or_copy(Path(p), out / "best" / Path(p).relative_to(refit.run_dir)))
-                                       for p in refit.exports]
+        outcome.best_files["refit"] = [
+            str(link_or_copy(Path(p), out / "best" / Path(p).relative_to(refit.run_dir))) for p in refit.exports
+        ]
 
 
-def _say_summary(cfg: TrainConfig, outcome: TuneOutcome, files: dict[str, Path], *, say: Callable[[str], None],
-                 console: Any, interrupted: str | None) -> list[Path]:
+def _say_summary(
+    cfg: TrainConfig,
+    outcome: TuneOutcome,
+    files: dict[str, Path],
+    *,
+    say: Callable[[str], None],
+    console: Any,
+    interrupted: str | None,
+) -> list[Path]:
     """The last lines: where the results are, what to use and where it is, how to upload the runs.
     Returns what ``-o/best`` holds."""
     from gsv_ray.console import Copyable, command, shown
 
     out = Path(cfg.output_dir)
-    say(f"results: {shown(files['json'])}, {shown(files['png'])}"
-        + (f", {shown(files['listen'])}" if files.get("listen") else ""))
+    say(
+        f"results: {shown(files['json'])}, {shown(files['png'])}"
+        + (f", {shown(files['listen'])}" if files.get("listen") else "")
+    )
     if console is not None and console.used:
         say(f"log (Ray, W&B): {shown(console.log_file)}")
     if outcome.interrupted:
@@ -126,8 +169,10 @@ def _say_summary(cfg: TrainConfig, outcome: TuneOutcome, files: dict[str, Path],
     if outcome.best is not None:
         b = outcome.best
         peak = UPSTREAM_BASE_LR[outcome.stage] * b.lr_scale
-        say(f"best: lr_scale {b.lr_scale:.4g} (peak LR {peak:.3g}), warmup {b.warmup_steps}: "
-            f"{outcome.metric.removeprefix('val/')} {b.best_value:.4g} at step {b.best_step}")
+        say(
+            f"best: lr_scale {b.lr_scale:.4g} (peak LR {peak:.3g}), warmup {b.warmup_steps}: "
+            f"{outcome.metric.removeprefix('val/')} {b.best_value:.4g} at step {b.best_step}"
+        )
     refit = outcome.best_files.get("refit")
     for p in outcome.best_files.get("trial", []):  # trained without the held-out utterances
         say(Copyable(f"{'winning trial' if refit else 'best weights'}:", shown(p)))
@@ -135,6 +180,10 @@ def _say_summary(cfg: TrainConfig, outcome: TuneOutcome, files: dict[str, Path],
         say(Copyable("best weights (refit):", shown(p)))
     runs = offline_runs(out)
     if runs:
-        say(Copyable(f"W&B: {len(runs)} offline runs; upload:",
-                     command("wandb", "sync", shown(out / "wandb"), glob="/offline-run-*")))
+        say(
+            Copyable(
+                f"W&B: {len(runs)} offline runs; upload:",
+                command("wandb", "sync", shown(out / "wandb"), glob="/offline-run-*"),
+            )
+        )
     return [Path(p) for p in (refit if refit is not None else outcome.best_files.get("trial", []))]

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from gsv_ray.atomic import write_json
 from gsv_ray.distributed import RayOptions, own_signal_handlers
 from gsv_ray.errors import ConfigError, check_file_name, check_output_path
 from gsv_ray.options import check, option, same_as
 from gsv_ray.train.config import TrainConfig
-from gsv_ray.atomic import write_json
 from gsv_ray.train.rundir import SEARCH_RECORD, TUNE_RESULTS
-from gsv_ray.tune.params import LR_SCALE, PARAM_FIELDS, WARMUP_STEPS, TrialParams
 from gsv_ray.train.rundir import exports as run_exports
+from gsv_ray.tune.params import LR_SCALE, PARAM_FIELDS, WARMUP_STEPS, TrialParams
 
 #: ``--metric`` names with their reported key and direction; any other name is a logged validation
 #: metric ``val/NAME``, whose direction ``--mode`` must give.
@@ -67,43 +67,76 @@ class TuneOptions:
     """The search: space, algorithm, scheduler, resources. Every field is also a flag and a YAML key."""
 
     num_samples: int = option(8, low=1, group=SEARCH, help="trials")
-    lr_scale_range: tuple[float, float] = option((0.02, 1.0), low=0, low_open=True, group=SEARCH, metavar=("LO", "HI"),
-                                                 help="lr_scale searched log-uniformly in [LO, HI]; 1 is "
-                                                      "upstream's LR")
-    warmup_choices: list[int] | None = option(None, low=0, group=SEARCH, metavar="STEPS",
-                                              help="warmup lengths searched (default: "
-                                                   + ", ".join(f"{f * 100:g}%" for f in WARMUP_FRACTIONS)
-                                                   + " of --max-steps)")
+    lr_scale_range: tuple[float, float] = option(
+        (0.02, 1.0),
+        low=0,
+        low_open=True,
+        group=SEARCH,
+        metavar=("LO", "HI"),
+        help="lr_scale searched log-uniformly in [LO, HI]; 1 is upstream's LR",
+    )
+    warmup_choices: list[int] | None = option(
+        None,
+        low=0,
+        group=SEARCH,
+        metavar="STEPS",
+        help="warmup lengths searched (default: "
+        + ", ".join(f"{f * 100:g}%" for f in WARMUP_FRACTIONS)
+        + " of --max-steps)",
+    )
     search: str = option("random", choices=SEARCHES, group=SEARCH, help="search algorithm")
-    search_seed: int | None = option(None, group=SEARCH, help="seed of the search: the same seed samples the same "
-                                                              "settings (default: none, a new sample each time)")
-    scheduler: str = option("asha", choices=SCHEDULERS, group=SEARCH,
-                            help="asha stops weak trials early; fifo runs all to the end")
-    grace_steps: int | None = option(None, low=1, group=SEARCH,
-                                     help="ASHA: steps before a trial may be stopped (default --max-steps / 4)")
-    reduction_factor: float = option(2.0, low=1, low_open=True, group=SEARCH,
-                                     help="ASHA: 1/this of the trials go on at each rung")
-    max_concurrent: int | None = option(None, low=1, group=SEARCH,
-                                        help="trials at once (default: as many as the CPUs/GPUs allow)")
+    search_seed: int | None = option(
+        None,
+        group=SEARCH,
+        help="seed of the search: the same seed samples the same settings (default: none, a new sample each time)",
+    )
+    scheduler: str = option(
+        "asha", choices=SCHEDULERS, group=SEARCH, help="asha stops weak trials early; fifo runs all to the end"
+    )
+    grace_steps: int | None = option(
+        None, low=1, group=SEARCH, help="ASHA: steps before a trial may be stopped (default --max-steps / 4)"
+    )
+    reduction_factor: float = option(
+        2.0, low=1, low_open=True, group=SEARCH, help="ASHA: 1/this of the trials go on at each rung"
+    )
+    max_concurrent: int | None = option(
+        None, low=1, group=SEARCH, help="trials at once (default: as many as the CPUs/GPUs allow)"
+    )
     workers_per_trial: int = option(1, low=1, group=RESOURCES, help="Ray Train workers per trial")
     gpus_per_worker: float = same_as(RayOptions, "gpus_per_worker", group=RESOURCES)
     cpus_per_worker: float = same_as(RayOptions, "cpus_per_worker", group=RESOURCES)
-    max_failures: int = same_as(RayOptions, "max_failures", group=RESOURCES, help="restarts of a trial's failed workers")
+    max_failures: int = same_as(
+        RayOptions, "max_failures", group=RESOURCES, help="restarts of a trial's failed workers"
+    )
     address: str | None = same_as(RayOptions, "address", group=RESOURCES)
     storage: str | None = same_as(RayOptions, "storage", group=RESOURCES)
-    name: str | None = option(None, metavar="NAME", group=RESOURCES, help="the tune run's name (W&B group); default tune-<-o folder>")
-    resume: bool = option(False, yaml=False, group=RESOURCES,
-                          help="continue the tune run of this name after an interruption")
-    metric: str = option(DEFAULT_METRIC, metavar="NAME", group=SEARCH,
-                         help="what trials are ranked by: quality (val/quality, lower is better), val_loss (val/loss) "
-                              "or any logged validation metric val/NAME (with --mode)")
-    mode: str | None = option(None, choices=MODES, group=SEARCH,
-                              help="min or max: whether lower or higher --metric is better (default min for "
-                                   "quality and val_loss; required for a val/NAME)")
-    refit: bool = option(True, group=SEARCH,
-                         help="after the search, train the winning settings on every utterance (held-out ones "
-                              "included) for the winner's best step: that is -o/best (--no-refit: the winning "
-                              "trial's own weights)")
+    name: str | None = option(
+        None, metavar="NAME", group=RESOURCES, help="the tune run's name (W&B group); default tune-<-o folder>"
+    )
+    resume: bool = option(
+        False, yaml=False, group=RESOURCES, help="continue the tune run of this name after an interruption"
+    )
+    metric: str = option(
+        DEFAULT_METRIC,
+        metavar="NAME",
+        group=SEARCH,
+        help="what trials are ranked by: quality (val/quality, lower is better), val_loss (val/loss) "
+        "or any logged validation metric val/NAME (with --mode)",
+    )
+    mode: str | None = option(
+        None,
+        choices=MODES,
+        group=SEARCH,
+        help="min or max: whether lower or higher --metric is better (default min for "
+        "quality and val_loss; required for a val/NAME)",
+    )
+    refit: bool = option(
+        True,
+        group=SEARCH,
+        help="after the search, train the winning settings on every utterance (held-out ones "
+        "included) for the winner's best step: that is -o/best (--no-refit: the winning "
+        "trial's own weights)",
+    )
 
     def objective(self) -> Objective:
         """The reported key and direction ``--metric`` / ``--mode`` name (one line when they cannot)."""
@@ -111,12 +144,16 @@ class TuneOptions:
             key, mode = NAMED_METRICS[self.metric]
             return Objective(key, self.mode or mode)
         if not self.metric.startswith("val/") or len(self.metric) <= len("val/"):
-            raise ConfigError(f"--metric {self.metric} is not a validation metric",
-                              fix="use --metric quality, --metric val_loss or a logged validation metric such as "
-                                  "--metric val/mel_l1 --mode min")
+            raise ConfigError(
+                f"--metric {self.metric} is not a validation metric",
+                fix="use --metric quality, --metric val_loss or a logged validation metric such as "
+                "--metric val/mel_l1 --mode min",
+            )
         if self.mode is None:
-            raise ConfigError(f"--metric {self.metric} needs --mode: whether lower (min) or higher (max) is better",
-                              fix="add --mode min or --mode max")
+            raise ConfigError(
+                f"--metric {self.metric} needs --mode: whether lower (min) or higher (max) is better",
+                fix="add --mode min or --mode max",
+            )
         return Objective(self.metric, self.mode)
 
     def warmups(self, max_steps: int) -> list[int]:
@@ -132,14 +169,20 @@ class TuneOptions:
             check_file_name(self.name, "--name")
         lo, hi = self.lr_scale_range
         if not lo < hi:
-            raise ConfigError(f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
-                              fix="e.g. --lr-scale-range 0.02 1.0")
+            raise ConfigError(
+                f"--lr-scale-range must be two positive numbers LO < HI, got {lo} {hi}",
+                fix="e.g. --lr-scale-range 0.02 1.0",
+            )
         warmups = self.warmups(max_steps)
         if not warmups:
-            raise ConfigError("--warmup-choices must be one or more numbers >= 0, got none", fix="e.g. --warmup-choices 0 100 500")
+            raise ConfigError(
+                "--warmup-choices must be one or more numbers >= 0, got none", fix="e.g. --warmup-choices 0 100 500"
+            )
         if any(w >= max_steps for w in warmups):
-            raise ConfigError(f"every warmup must be shorter than --max-steps {max_steps}, got {warmups}",
-                              fix="shorten the warmups or drop --warmup-choices (default: 0, 5 % and 20 % of --max-steps)")
+            raise ConfigError(
+                f"every warmup must be shorter than --max-steps {max_steps}, got {warmups}",
+                fix="shorten the warmups or drop --warmup-choices (default: 0, 5 % and 20 % of --max-steps)",
+            )
         self.objective()
 
 
@@ -148,8 +191,9 @@ class TuneOptions:
 NOT_TUNE_OPTIONS = (*PARAM_FIELDS, "resume", "name", "epochs")
 
 
-def load_tune_config(yaml_path: str | Path | None = None, *, train: dict[str, Any] | None = None,
-                     search: dict[str, Any] | None = None) -> tuple[TrainConfig, TuneOptions]:
+def load_tune_config(
+    yaml_path: str | Path | None = None, *, train: dict[str, Any] | None = None, search: dict[str, Any] | None = None
+) -> tuple[TrainConfig, TuneOptions]:
     """The base training config and the search from one YAML file (training and search options side
     by side) updated by flag values (``train``: TrainConfig fields; ``search``: TuneOptions fields).
     ``-o`` defaults to ``gsv-ray-runs/<name>``."""
@@ -157,8 +201,9 @@ def load_tune_config(yaml_path: str | Path | None = None, *, train: dict[str, An
     from gsv_ray.train.config import load_config, read_options_file
 
     loaded = read_options_file(yaml_path) if yaml_path is not None else {}
-    search_yaml, train_yaml = split_mapping(loaded, TuneOptions, (TrainConfig, NOT_TUNE_OPTIONS),
-                                            path=yaml_path or "<config>")
+    search_yaml, train_yaml = split_mapping(
+        loaded, TuneOptions, (TrainConfig, NOT_TUNE_OPTIONS), path=yaml_path or "<config>"
+    )
     values = {**search_yaml, **{k: v for k, v in (search or {}).items() if v is not None}}
     opts = TuneOptions(**values)
     train = dict(train or {})
@@ -173,12 +218,15 @@ def load_tune_config(yaml_path: str | Path | None = None, *, train: dict[str, An
 
 def _check_search(cfg: TrainConfig, opts: TuneOptions) -> None:
     if cfg.max_steps is None:
-        raise ConfigError("tune needs --max-steps (the scheduler compares trials at the same step counts)",
-                          fix="pass --max-steps N")
+        raise ConfigError(
+            "tune needs --max-steps (the scheduler compares trials at the same step counts)", fix="pass --max-steps N"
+        )
     if not cfg.val_fraction and not cfg.val_names:  # else Tune fails after the first trial's training
-        raise ConfigError("tune compares trials on held-out utterances, but --val-fraction 0 holds out nothing",
-                          fix=f"drop --val-fraction 0 (tune's default holds out {TUNE_VAL_FRACTION:g}) or name held-out "
-                              "utterances with --val-names FILE")
+        raise ConfigError(
+            "tune compares trials on held-out utterances, but --val-fraction 0 holds out nothing",
+            fix=f"drop --val-fraction 0 (tune's default holds out {TUNE_VAL_FRACTION:g}) or name held-out "
+            "utterances with --val-names FILE",
+        )
     opts.validate(cfg.max_steps)
 
 
@@ -200,12 +248,14 @@ def search_algorithm(opts: TuneOptions, objective: Objective):
         import optuna
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise ConfigError("--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use "
-                       "--search random") from None
+        raise ConfigError(
+            "--search optuna needs the optuna package", fix="pip install 'gsv-ray[optuna]' or use --search random"
+        ) from None
     if opts.search_seed is None:
         return OptunaSearch(metric=objective.metric, mode=objective.mode)
-    return OptunaSearch(metric=objective.metric, mode=objective.mode,
-                        sampler=optuna.samplers.TPESampler(seed=opts.search_seed))
+    return OptunaSearch(
+        metric=objective.metric, mode=objective.mode, sampler=optuna.samplers.TPESampler(seed=opts.search_seed)
+    )
 
 
 EARLY_STOPPED_RECORD = ".gsv-early-stopped"  # in -o: trial ids ASHA stopped, one per line
@@ -221,8 +271,14 @@ def scheduler(opts: TuneOptions, max_steps: int, val_every: int, record: Path, b
     grace = min(max_steps, opts.grace_steps or max(min(val_every, max_steps), max_steps // 4))
     # max_t one past the last step: ASHA stops any trial that reaches max_t, which would kill a trial
     # at its last checkpoint report, before it writes its export
-    return RecordingASHA(time_attr="step", max_t=max_steps + 1, grace_period=grace,
-                         reduction_factor=opts.reduction_factor, record=record, board=board)
+    return RecordingASHA(
+        time_attr="step",
+        max_t=max_steps + 1,
+        grace_period=grace,
+        reduction_factor=opts.reduction_factor,
+        record=record,
+        board=board,
+    )
 
 
 def runs_in_trial(opts: TuneOptions) -> bool:
@@ -240,8 +296,10 @@ def trial_resources(opts: TuneOptions) -> dict[str, float]:
 
     if runs_in_trial(opts):
         return worker_resources(opts)
-    return {"CPU": 1 + opts.workers_per_trial * opts.cpus_per_worker,
-            **({"GPU": opts.workers_per_trial * opts.gpus_per_worker} if opts.gpus_per_worker else {})}
+    return {
+        "CPU": 1 + opts.workers_per_trial * opts.cpus_per_worker,
+        **({"GPU": opts.workers_per_trial * opts.gpus_per_worker} if opts.gpus_per_worker else {}),
+    }
 
 
 def trial_run_uri(storage_path: str, tune_name: str, trial_id: str, opts: TuneOptions) -> str:
@@ -251,35 +309,64 @@ def trial_run_uri(storage_path: str, tune_name: str, trial_id: str, opts: TuneOp
     return layout_trial_run_uri(storage_path, tune_name, trial_id, in_actor=runs_in_trial(opts))
 
 
-def trial_function(config: dict[str, Any], *, base: TrainConfig, shared, opts: TuneOptions, tune_name: str,
-                   storage_path: str, storage_fs, forbidden: list[str], experiment=None, relay=None,
-                   driver_node: str | None = None) -> None:
+def trial_function(
+    config: dict[str, Any],
+    *,
+    base: TrainConfig,
+    shared,
+    opts: TuneOptions,
+    tune_name: str,
+    storage_path: str,
+    storage_fs,
+    forbidden: list[str],
+    experiment=None,
+    relay=None,
+    driver_node: str | None = None,
+) -> None:
     """One trial: the training loop at this trial's lr_scale and warmup, in this actor
     (:func:`runs_in_trial`) or on a Ray Train worker group."""
     from ray import tune
 
-    from gsv_ray.distributed import (WorkerJob, torch_trainer, trial_loop, trial_train_run, worker_resources)
+    from gsv_ray.distributed import WorkerJob, torch_trainer, trial_loop, trial_train_run, worker_resources
     from gsv_ray.tune.asha import board_name
 
     trial_id = tune.get_context().get_trial_id()
-    train_cfg = dataclasses.replace(base, **TrialParams.of(config).as_dict(),
-                                    resume=None, name=base.run_name)  # exports named like train's, after -o
+    train_cfg = dataclasses.replace(
+        base, **TrialParams.of(config).as_dict(), resume=None, name=base.run_name
+    )  # exports named like train's, after -o
     job = WorkerJob(
-        train=train_cfg, rebuild=shared, experiment=experiment, run_name=trial_train_run(tune_name, trial_id),
-        run_uri=trial_run_uri(storage_path, tune_name, trial_id, opts), storage_fs=storage_fs,
-        forbidden_paths=tuple(forbidden), output_dir_shown=str(Path(base.output_dir).resolve() / "trials" / trial_id),
+        train=train_cfg,
+        rebuild=shared,
+        experiment=experiment,
+        run_name=trial_train_run(tune_name, trial_id),
+        run_uri=trial_run_uri(storage_path, tune_name, trial_id, opts),
+        storage_fs=storage_fs,
+        forbidden_paths=tuple(forbidden),
+        output_dir_shown=str(Path(base.output_dir).resolve() / "trials" / trial_id),
         driver_node=driver_node,  # a worker on this node can reach output_dir_shown (W&B artifacts)
-        group=tune_name, job_type="trial", wandb_run_id=trial_id, wandb_name=trial_id,
-        relay=relay, relay_run=trial_id,  # progress rows on the driver's console
-        stop_board=board_name(tune_name) if opts.scheduler == "asha" else None)  # ASHA's decisions
+        group=tune_name,
+        job_type="trial",
+        wandb_run_id=trial_id,
+        wandb_name=trial_id,
+        relay=relay,
+        relay_run=trial_id,  # progress rows on the driver's console
+        stop_board=board_name(tune_name) if opts.scheduler == "asha" else None,
+    )  # ASHA's decisions
     if runs_in_trial(opts):
         trial_loop(job)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    torch_trainer(job, workers=opts.workers_per_trial, resources=worker_resources(opts),
-                  use_gpu=opts.gpus_per_worker > 0, keep_last=base.keep_last, max_failures=opts.max_failures,
-                  storage_path=storage_path, callbacks=[TuneReportCallback()]).fit()
+    torch_trainer(
+        job,
+        workers=opts.workers_per_trial,
+        resources=worker_resources(opts),
+        use_gpu=opts.gpus_per_worker > 0,
+        keep_last=base.keep_last,
+        max_failures=opts.max_failures,
+        storage_path=storage_path,
+        callbacks=[TuneReportCallback()],
+    ).fit()
 
 
 def trial_dirname(trial) -> str:
@@ -298,8 +385,15 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     from ray import tune
 
     from gsv_ray.console import shown
-    from gsv_ray.distributed import (connect, driver_experiment, end_local_ray, experiment_uri, forbidden_inputs,
-                                     share, trial_train_run)
+    from gsv_ray.distributed import (
+        connect,
+        driver_experiment,
+        end_local_ray,
+        experiment_uri,
+        forbidden_inputs,
+        share,
+        trial_train_run,
+    )
 
     cfg.validate()
     _check_search(cfg, opts)
@@ -324,20 +418,38 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
     relay, rows = _console_relay(console, cfg.max_steps, local=started)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_function, base=cfg, shared=shared, opts=opts, tune_name=name,
-                             storage_path=storage_path, storage_fs=storage_fs,
-                             experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
-                             relay=relay.queue if relay is not None else None,
-                             driver_node=ray.get_runtime_context().get_node_id(), forbidden=forbidden_inputs(cfg)),
-        resources)
+        tune.with_parameters(
+            trial_function,
+            base=cfg,
+            shared=shared,
+            opts=opts,
+            tune_name=name,
+            storage_path=storage_path,
+            storage_fs=storage_fs,
+            experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
+            relay=relay.queue if relay is not None else None,
+            driver_node=ray.get_runtime_context().get_node_id(),
+            forbidden=forbidden_inputs(cfg),
+        ),
+        resources,
+    )
     if opts.resume:
         say(f"resuming tune run {name} from {experiment_path}")
-    tuner = (tune.Tuner.restore(experiment_uri(opts.storage, name), trainable=trainable, resume_unfinished=True,
-                                storage_filesystem=storage_fs) if opts.resume
-             else _new_tuner(trainable, cfg, opts, name, storage_path, storage_fs, objective, rows))
-    say(f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
+    tuner = (
+        tune.Tuner.restore(
+            experiment_uri(opts.storage, name),
+            trainable=trainable,
+            resume_unfinished=True,
+            storage_filesystem=storage_fs,
+        )
+        if opts.resume
+        else _new_tuner(trainable, cfg, opts, name, storage_path, storage_fs, objective, rows)
+    )
+    say(
+        f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
-        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(given_storage)}")
+        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(given_storage)}"
+    )
     try:
         grid = _fit_search(tuner, relay, rows)
         missing = unreported_metric(grid, objective)
@@ -383,16 +495,25 @@ def _check_start(out: Path, name: str, opts: TuneOptions, exists: bool, experime
     its experiment folder is on storage) ranked the same way, or that a new one replaces nothing;
     a new search's record is written to ``-o``."""
     if opts.resume and not exists:
-        raise ConfigError(f"no tune run named {name!r} to resume", path=experiment_path,
-                       fix="check --name / -o / --storage, or drop --resume to start it")
+        raise ConfigError(
+            f"no tune run named {name!r} to resume",
+            path=experiment_path,
+            fix="check --name / -o / --storage, or drop --resume to start it",
+        )
     if not opts.resume:  # a new search never replaces another's results or joins its W&B group
         if exists:
-            raise ConfigError(f"a tune run named {name!r} already exists", path=experiment_path,
-                           fix="continue it with --resume, or start a new one with another --name")
+            raise ConfigError(
+                f"a tune run named {name!r} already exists",
+                path=experiment_path,
+                fix="continue it with --resume, or start a new one with another --name",
+            )
         done = [n for n in TUNE_RESULTS if (out / n).exists()]
         if done:
-            raise ConfigError(f"-o already holds a tune run's results ({', '.join(done)})", path=out,
-                           fix="continue it with --resume (and its --name), or choose a new -o")
+            raise ConfigError(
+                f"-o already holds a tune run's results ({', '.join(done)})",
+                path=out,
+                fix="continue it with --resume (and its --name), or choose a new -o",
+            )
     objective = opts.objective()
     if opts.resume:  # the same search, or one line: its ranking (ASHA's, the search's) cannot change midway
         check_same_search(out, name, objective)
@@ -405,16 +526,22 @@ def _check_trials_fit(opts: TuneOptions, per_trial: float, total_cpu: float) -> 
     """One trial, and ``--max-concurrent`` trials, fit in the cluster's CPUs (one line when not)."""
     if per_trial > total_cpu:
         held = "its worker" if runs_in_trial(opts) else f"its driver and {opts.workers_per_trial} worker(s)"
-        raise ConfigError(f"one trial needs {per_trial:g} CPUs ({held} x {opts.cpus_per_worker:g}) but the cluster "
-                          f"has {total_cpu:g}", fix="lower --workers-per-trial / --cpus-per-worker or add nodes")
+        raise ConfigError(
+            f"one trial needs {per_trial:g} CPUs ({held} x {opts.cpus_per_worker:g}) but the cluster has {total_cpu:g}",
+            fix="lower --workers-per-trial / --cpus-per-worker or add nodes",
+        )
     if opts.max_concurrent and opts.max_concurrent * per_trial > total_cpu:
         fits = int(total_cpu // per_trial)
-        raise ConfigError(f"--max-concurrent {opts.max_concurrent} trials need {opts.max_concurrent * per_trial:g} CPUs "
-                       f"but the cluster has {total_cpu:g}", fix=f"use --max-concurrent {fits} or less")
+        raise ConfigError(
+            f"--max-concurrent {opts.max_concurrent} trials need {opts.max_concurrent * per_trial:g} CPUs "
+            f"but the cluster has {total_cpu:g}",
+            fix=f"use --max-concurrent {fits} or less",
+        )
 
 
-def _new_tuner(trainable, cfg: TrainConfig, opts: TuneOptions, name: str, storage_path: str, storage_fs,
-               objective: Objective, rows):
+def _new_tuner(
+    trainable, cfg: TrainConfig, opts: TuneOptions, name: str, storage_path: str, storage_fs, objective: Objective, rows
+):
     """A new search's ``Tuner``: its space, algorithm, scheduler, retention and console rows."""
     from ray import tune
 
@@ -422,17 +549,28 @@ def _new_tuner(trainable, cfg: TrainConfig, opts: TuneOptions, name: str, storag
 
     record = Path(cfg.output_dir).resolve() / EARLY_STOPPED_RECORD
     return tune.Tuner(
-        trainable, param_space=param_space(opts, cfg.max_steps),
-        tune_config=tune.TuneConfig(metric=objective.metric, mode=objective.mode, num_samples=opts.num_samples,
-                                    search_alg=search_algorithm(opts, objective),
-                                    scheduler=scheduler(opts, cfg.max_steps, cfg.val_every, record, board_name(name)),
-                                    max_concurrent_trials=opts.max_concurrent,
-                                    trial_dirname_creator=trial_dirname),
+        trainable,
+        param_space=param_space(opts, cfg.max_steps),
+        tune_config=tune.TuneConfig(
+            metric=objective.metric,
+            mode=objective.mode,
+            num_samples=opts.num_samples,
+            search_alg=search_algorithm(opts, objective),
+            scheduler=scheduler(opts, cfg.max_steps, cfg.val_every, record, board_name(name)),
+            max_concurrent_trials=opts.max_concurrent,
+            trial_dirname_creator=trial_dirname,
+        ),
         # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for
         # people; we print the results table at the end
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-                                  verbose=0, callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None,
-                                  stop=missing_metric_stopper(objective.metric), **_trial_checkpoints(opts, cfg)),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            verbose=0,
+            callbacks=[_trial_rows(rows, cfg.max_steps)] if rows else None,
+            stop=missing_metric_stopper(objective.metric),
+            **_trial_checkpoints(opts, cfg),
+        ),
     )
 
 
@@ -494,9 +632,11 @@ def check_same_search(out: Path, name: str, objective: Objective) -> None:
         return
     if was != objective:
         shown_was, shown_now = metric_flags(was), metric_flags(objective)
-        raise ConfigError(f"--resume with {shown_now}, but the search {name!r} was started with {shown_was}",
-                          path=out / SEARCH_RECORD,
-                          fix=f"resume with {shown_was}, or start a new search (another -o) with {shown_now}")
+        raise ConfigError(
+            f"--resume with {shown_now}, but the search {name!r} was started with {shown_was}",
+            path=out / SEARCH_RECORD,
+            fix=f"resume with {shown_was}, or start a new search (another -o) with {shown_now}",
+        )
 
 
 def metric_flags(objective: Objective) -> str:
@@ -539,8 +679,10 @@ def unreported_metric(grid, objective: Objective) -> ConfigError | None:
     if not seen:
         return None
     names = ", ".join(sorted(seen))
-    return ConfigError(f"--metric {objective.metric}: the trials report no such metric (they report {names})",
-                       fix="choose one of those with --metric (and --mode), or --metric val_loss")
+    return ConfigError(
+        f"--metric {objective.metric}: the trials report no such metric (they report {names})",
+        fix="choose one of those with --metric (and --mode), or --metric val_loss",
+    )
 
 
 def _console_relay(console, max_steps: int, *, local: bool):
@@ -581,8 +723,12 @@ def _trial_rows(rows, max_steps: int):
         def on_trial_start(self, iteration, trials, trial, **info):
             if self.rows is None:
                 return
-            self.rows.update(trial.trial_id, lr_scale=trial.config.get(LR_SCALE),
-                             warmup=trial.config.get(WARMUP_STEPS), status="starting")
+            self.rows.update(
+                trial.trial_id,
+                lr_scale=trial.config.get(LR_SCALE),
+                warmup=trial.config.get(WARMUP_STEPS),
+                status="starting",
+            )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             if self.rows is None:
@@ -618,8 +764,7 @@ def _history(rows: list[dict], metric: str) -> tuple[int, list[tuple[int, float]
     its reported key, ``val/<name>``: a ``split: val`` row's ``<name>``)."""
     split, _, key = metric.partition("/")
     train = [r for r in rows if r.get("split") == "train"]
-    val = [(int(r["step"]), float(r[key])) for r in rows if r.get("split") == split and key in r
-           and r[key] == r[key]]
+    val = [(int(r["step"]), float(r[key])) for r in rows if r.get("split") == split and key in r and r[key] == r[key]]
     lr_key = next((k for r in train for k in r if k.startswith("lr/")), None)
     lrs = [(int(r["step"]), float(r[lr_key])) for r in train if lr_key in r] if lr_key else []
     return max((int(r["step"]) for r in train), default=0), val, lrs
@@ -638,8 +783,7 @@ def _reported_history(result, metric: str) -> tuple[int, list[tuple[int, float]]
     """(last step, the objective's values, LR per step) from what a trial reported to Tune."""
     hist = result.metrics_dataframe
     has = hist is not None and len(hist) and "step" in hist
-    val = ([(int(s), float(v)) for s, v in zip(hist["step"], hist[metric]) if v == v]
-           if has and metric in hist else [])
+    val = [(int(s), float(v)) for s, v in zip(hist["step"], hist[metric]) if v == v] if has and metric in hist else []
     lr_col = next((c for c in hist.columns if c.startswith("lr/")), None) if has else None
     lrs = [(int(s), float(v)) for s, v in zip(hist["step"], hist[lr_col])] if lr_col else []
     return (int(hist["step"].max()) if has else 0), val, lrs
@@ -687,11 +831,11 @@ def _fate(failed: bool, steps: int, max_steps: int, stopped_early: bool, has_out
     return INTERRUPTED  # neither finished nor stopped by the scheduler: the search itself was stopped
 
 
-def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str,
-            objective: Objective):
+def collect(
+    grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str, objective: Objective
+):
     """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
     from gsv_ray.distributed import is_final_outputs, latest_outputs
-
     from gsv_ray.track import read_metrics
     from gsv_ray.train.tracking import replay_run
     from gsv_ray.tune.asha import stopped_trials
@@ -721,24 +865,54 @@ def collect(grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, stora
             elif (trial_out / "metrics.jsonl").is_file():  # killed (Ctrl-C, a failure): its W&B records
                 # were lost with it; rebuild its run from what its last checkpoint carried
                 shutil.rmtree(wandb_src, ignore_errors=True)
-                replay_run(trial_out, config={**cfg.to_json(), **TrialParams.of(trial_config).as_dict(),
-                                              "stage": rebuilt.stage, "version": rebuilt.version},
-                           report=rebuilt.report, out_dir=out, project=cfg.wandb_project, mode=cfg.wandb_mode,
-                           group=name, job_type="trial", run_id=trial_id, name=trial_id,
-                           fate=FAILED if failed else INTERRUPTED)
+                replay_run(
+                    trial_out,
+                    config={
+                        **cfg.to_json(),
+                        **TrialParams.of(trial_config).as_dict(),
+                        "stage": rebuilt.stage,
+                        "version": rebuilt.version,
+                    },
+                    report=rebuilt.report,
+                    out_dir=out,
+                    project=cfg.wandb_project,
+                    mode=cfg.wandb_mode,
+                    group=name,
+                    job_type="trial",
+                    run_id=trial_id,
+                    name=trial_id,
+                    fate=FAILED if failed else INTERRUPTED,
+                )
         if (trial_out / "metrics.jsonl").is_file():  # what the trial wrote (Tune's own record of an
             # interrupted trial can be empty: Ctrl-C came before it was saved)
             steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"), objective.metric)
             best = best_point(val, objective)
         status = _fate(failed, steps, cfg.max_steps or 0, trial_id in stopped_early, src is not None)
         interrupted = interrupted or status in (NOT_STARTED, INTERRUPTED)
-        trials.append(TrialSummary(
-            trial_id=trial_id, lr_scale=float(trial_config.get(LR_SCALE, float("nan"))),
-            warmup_steps=int(trial_config.get(WARMUP_STEPS, 0)), status=status,
-            error=trial_error(result.error) if result.error else None,
-            steps=steps, best_value=best[1] if best else None, best_step=best[0] if best else None,
-            val_history=val, lr_history=lrs, export_paths=exports, wandb_run_id=trial_id))
+        trials.append(
+            TrialSummary(
+                trial_id=trial_id,
+                lr_scale=float(trial_config.get(LR_SCALE, float("nan"))),
+                warmup_steps=int(trial_config.get(WARMUP_STEPS, 0)),
+                status=status,
+                error=trial_error(result.error) if result.error else None,
+                steps=steps,
+                best_value=best[1] if best else None,
+                best_step=best[0] if best else None,
+                val_history=val,
+                lr_history=lrs,
+                export_paths=exports,
+                wandb_run_id=trial_id,
+            )
+        )
     ranked = [t for t in trials if t.status != FAILED]
-    return TuneOutcome(name=name, stage=rebuilt.stage, version=rebuilt.version, metric=objective.metric,
-                       mode=objective.mode, trials=trials, interrupted=interrupted,
-                       best=pick_best(ranked, objective.mode))
+    return TuneOutcome(
+        name=name,
+        stage=rebuilt.stage,
+        version=rebuilt.version,
+        metric=objective.metric,
+        mode=objective.mode,
+        trials=trials,
+        interrupted=interrupted,
+        best=pick_best(ranked, objective.mode),
+    )

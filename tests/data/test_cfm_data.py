@@ -46,8 +46,11 @@ def test_v3_resampling_is_within_the_stated_tolerance_of_ffmpeg(frontend_io):
         assert ours.shape[-1] == io[f"out.item{i}.wav24k_ffmpeg"].shape[-1]
         d = (fe.mel(ours)[0] - io[f"out.item{i}.v3.logmel"]).abs()
         inner = d[:-3, 2:-2]
-        assert float(inner.max()) <= 0.06 and float(d.max()) <= 1.1 and float(d.mean()) <= 0.02, \
-            (float(inner.max()), float(d.max()), float(d.mean()))
+        assert float(inner.max()) <= 0.06 and float(d.max()) <= 1.1 and float(d.mean()) <= 0.02, (
+            float(inner.max()),
+            float(d.max()),
+            float(d.mean()),
+        )
 
 
 @pytest.mark.parametrize("version", ["v3", "v4"])
@@ -56,9 +59,15 @@ def test_collate_is_upstreams(goldens_dir, frontend_io, version):
     items = []
     for i in (1, 0):  # unsorted on purpose: the collate sorts by spectrogram length
         n, L = int(batch_io["in.fwd.ssl_lengths"][i]), int(batch_io["in.fwd.text_lengths"][i])
-        items.append(CFMItem(batch_io["in.fwd.ssl"][i : i + 1, :, :n], frontend_io[f"out.item{i}.spec"],
-                             frontend_io[f"out.item{i}.{version}.mel_norm_loader"], batch_io["in.fwd.text"][i, :L],
-                             f"item{i}"))
+        items.append(
+            CFMItem(
+                batch_io["in.fwd.ssl"][i : i + 1, :, :n],
+                frontend_io[f"out.item{i}.spec"],
+                frontend_io[f"out.item{i}.{version}.mel_norm_loader"],
+                batch_io["in.fwd.text"][i, :L],
+                f"item{i}",
+            )
+        )
     b = collate_cfm(items, version)
     assert b.names == ("item0", "item1")
     for name in ("ssl", "spec", "mel", "text", "ssl_lengths", "spec_lengths", "text_lengths", "mel_lengths"):

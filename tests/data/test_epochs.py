@@ -26,8 +26,9 @@ from gsv_ray.data.loader import StepPlan
 UPSTREAM_ITEMS = {20: 100, 34: 68, 99: 198, 100: 100, 250: 250}
 
 
-@pytest.mark.parametrize("n, copies", [(1, 100), (20, 5), (33, 3), (34, 2), (50, 2), (99, 2), (100, 1), (250, 1),
-                                       (0, 1)])
+@pytest.mark.parametrize(
+    "n, copies", [(1, 100), (20, 5), (33, 3), (34, 2), (50, 2), (99, 2), (100, 1), (250, 1), (0, 1)]
+)
 def test_upstream_repeats_is_upstreams_rule(n, copies):
     assert upstream_repeats(n) == copies
 
@@ -35,11 +36,23 @@ def test_upstream_repeats_is_upstreams_rule(n, copies):
 def _experiment(stage: str, n: int) -> Experiment:
     """``n`` utterances' metadata (what the datasets and samplers read; no file is opened): lengths
     spread over several SoVITS buckets and GPT duration buckets."""
-    utts = [Utterance(name=f"u{i:03d}.wav", phones=("a",) * 10, phone_ids=(1,) * 10, word2ph="None", norm_text="a",
-                      wav_path=Path(f"/nonexistent/u{i:03d}.wav"), wav_bytes=44 + 2 * 640 * (40 + 37 * (i % 11)),
-                      num_samples=640 * (40 + 37 * (i % 11)), semantic_ids=(5,) * (20 + 9 * (i % 13)))
-            for i in range(n)]
-    return Experiment(Path("/nonexistent"), stage, "v2", utts, DataReport(Path("/nonexistent"), stage, "v2"), ExperimentOptions())
+    utts = [
+        Utterance(
+            name=f"u{i:03d}.wav",
+            phones=("a",) * 10,
+            phone_ids=(1,) * 10,
+            word2ph="None",
+            norm_text="a",
+            wav_path=Path(f"/nonexistent/u{i:03d}.wav"),
+            wav_bytes=44 + 2 * 640 * (40 + 37 * (i % 11)),
+            num_samples=640 * (40 + 37 * (i % 11)),
+            semantic_ids=(5,) * (20 + 9 * (i % 13)),
+        )
+        for i in range(n)
+    ]
+    return Experiment(
+        Path("/nonexistent"), stage, "v2", utts, DataReport(Path("/nonexistent"), stage, "v2"), ExperimentOptions()
+    )
 
 
 def _epoch(stage: str, n: int, batch: int) -> tuple[object, StepPlan]:
@@ -63,8 +76,9 @@ def test_an_epoch_has_upstreams_number_of_items(stage, n):
     items = UPSTREAM_ITEMS[n]
     assert len(ds) == items and ds.copies == items // n
     assert len(set(ds.keys)) == items and set(ds.names) == {f"u{i:03d}.wav" for i in range(n)}
-    assert ds.keys[:n] == ds.names[:n] and all(k == f"{u}#{k_}" for k_ in range(1, ds.copies)
-                                               for k, u in zip(ds.keys[k_ * n:(k_ + 1) * n], ds.names[:n]))
+    assert ds.keys[:n] == ds.names[:n] and all(
+        k == f"{u}#{k_}" for k_ in range(1, ds.copies) for k, u in zip(ds.keys[k_ * n : (k_ + 1) * n], ds.names[:n])
+    )
     drawn = sorted(i for step in plan.steps(0) for mb in step for i in mb.indices)
     assert drawn == list(range(items)) and plan.steps_per_epoch() == items
     if stage == "gpt":

@@ -42,8 +42,9 @@ def test_clean_folder_has_no_problems(stage: str, version: str, synth_root) -> N
     assert exp.report.usable == exp.report.listed == N_UTTS == len(exp.utterances)
     if stage == "sovits":
         assert exp.names == sorted(exp.names)  # reproducible order (upstream's is set order)
-        assert all(u.hubert_path and u.wav_path and (u.sv_path is not None) == (version == "v2Pro")
-                   for u in exp.utterances)
+        assert all(
+            u.hubert_path and u.wav_path and (u.sv_path is not None) == (version == "v2Pro") for u in exp.utterances
+        )
     else:
         assert exp.names == _names(synth_root(version))  # TSV row order
         assert all(u.bert_path is not None and u.semantic_ids for u in exp.utterances)
@@ -168,8 +169,8 @@ def test_lengths_out_of_range(mutable_exp) -> None:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(32000)
         w.writeframes(b"\0\0" * 9600)
     lines = (root / "6-name2semantic.tsv").read_text().split("\n")
-    lines[2] = f"{names[1]}\t" + " ".join(["5"] * 1400)      # > 54 s * 25 tokens
-    lines[3] = f"{names[2]}\t" + " ".join(["5"] * 200)       # ~12 phones in 8 s: < 3 phones/s
+    lines[2] = f"{names[1]}\t" + " ".join(["5"] * 1400)  # > 54 s * 25 tokens
+    lines[3] = f"{names[2]}\t" + " ".join(["5"] * 200)  # ~12 phones in 8 s: < 3 phones/s
     (root / "6-name2semantic.tsv").write_text("\n".join(lines))
     sov = open_experiment(root, "sovits", "v2")
     assert sov.report.get("duration").names == [names[0]] and names[0] not in sov.names
@@ -251,16 +252,42 @@ def test_non_utf8_lines_are_counted_and_named(mutable_exp, fixtures_dir, tmp_pat
     assert [n.split(" (")[0] for n in exp.report.get("not_utf8_semantic").names] == ["line 3"]
     assert names[3] not in exp.names and names[8] not in exp.names and len(exp.names) >= N_UTTS - 4
     # as a user meets it: train names the lines and trains on the rest
-    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(root),
-                "-o", str(tmp_path / "run"), "--max-steps", "1", "--wandb-mode", "disabled",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
+    r = run_cli(
+        "train",
+        "--init",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(root),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "1",
+        "--wandb-mode",
+        "disabled",
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        in_process=True,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "not UTF-8" in r.stdout and "line 4" in r.stdout and "line 9" in r.stdout and "line 3" in r.stdout
     names_file = tmp_path / "val.txt"
     names_file.write_bytes(names[0].encode() + b"\n\xff\xfe\n")
-    r = run_cli("train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(root),
-                "-o", str(tmp_path / "run2"), "--max-steps", "1", "--val-names", str(names_file),
-                "--wandb-mode", "disabled", env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
+    r = run_cli(
+        "train",
+        "--init",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(root),
+        "-o",
+        str(tmp_path / "run2"),
+        "--max-steps",
+        "1",
+        "--val-names",
+        str(names_file),
+        "--wandb-mode",
+        "disabled",
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        in_process=True,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not UTF-8" in r.stderr and str(names_file) in r.stderr
 
 
@@ -281,8 +308,15 @@ def test_empty_and_truncated_wavs_are_named_with_their_reason(mutable_exp, fixtu
     assert report.get("empty_wav").names == [empty] and "0 bytes" in report.get("empty_wav").message
     assert report.get("bad_wav").names == [cut] and "truncated" in report.get("bad_wav").message
     assert "()" not in str(report)
-    r = run_cli("verify", str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"), "--data", str(root), "--json",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
+    r = run_cli(
+        "verify",
+        str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+        "--data",
+        str(root),
+        "--json",
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        in_process=True,
+    )
     lines = json.loads(r.stdout)["data_report"]
     assert any("empty WAV files (0 bytes)" in ln and empty in ln for ln in lines), lines
     assert any("truncated" in ln and cut in ln for ln in lines), lines

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gsv_ray.data.experiment import SplitOptions, open_experiment
+from gsv_ray.data.experiment import SplitOptions, open_experiment, split_datasets
 from gsv_ray.data.gpt import GPTBucketSampler, GPTDataset, collate_gpt, gpt_batch_size
-from gsv_ray.data.experiment import split_datasets
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.resources import symbols
 from tests.data.conftest import N_UTTS
@@ -34,12 +33,18 @@ def test_items_and_collate(synth_root) -> None:
     assert b.semantic_ids.shape == (3, max(ls)) and b.semantic_ids.dtype == torch.int64
     assert b.bert_feature.shape == (3, 1024, max(lp)) and b.bert_feature.dtype == torch.float32
     for i, it in enumerate(items):
-        assert torch.equal(b.phoneme_ids[i, : lp[i]], it.phoneme_ids) and (b.phoneme_ids[i, lp[i]:] == 0).all()
-        assert torch.equal(b.semantic_ids[i, : ls[i]], it.semantic_ids) and (b.semantic_ids[i, ls[i]:] == 1024).all()
+        assert torch.equal(b.phoneme_ids[i, : lp[i]], it.phoneme_ids) and (b.phoneme_ids[i, lp[i] :] == 0).all()
+        assert torch.equal(b.semantic_ids[i, : ls[i]], it.semantic_ids) and (b.semantic_ids[i, ls[i] :] == 1024).all()
         assert torch.equal(b.bert_feature[i, :, : lp[i]], it.bert_feature)
-        assert not b.bert_feature[i, :, lp[i]:].any()
-    assert set(b.upstream()) == {"ids", "phoneme_ids", "phoneme_ids_len", "semantic_ids", "semantic_ids_len",
-                                 "bert_feature"}
+        assert not b.bert_feature[i, :, lp[i] :].any()
+    assert set(b.upstream()) == {
+        "ids",
+        "phoneme_ids",
+        "phoneme_ids_len",
+        "semantic_ids",
+        "semantic_ids_len",
+        "bert_feature",
+    }
 
 
 def test_missing_bert_gives_zeros(mutable_exp) -> None:

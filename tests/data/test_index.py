@@ -28,7 +28,7 @@ CASES = [("sovits", "v2"), ("sovits", "v2Pro"), ("gpt", "v2"), ("gpt", "v2Pro")]
 
 
 # ----------------------------------------------------------------------------- helpers
-_FORBIDDEN: list[str] = []   # realpaths whose files (recursively) must not be opened right now
+_FORBIDDEN: list[str] = []  # realpaths whose files (recursively) must not be opened right now
 _HOOKED = False
 
 
@@ -183,8 +183,11 @@ def test_relative_root_spelling(synth_root, tmp_path: Path, monkeypatch: pytest.
 def test_key_is_stable_and_covers_its_inputs(mutable_exp, tmp_path: Path) -> None:
     root = mutable_exp("v2Pro")
     base = experiment_key(root, "sovits", "v2Pro")
-    assert base == experiment_key(root, "sovits", "v2Pro", ExperimentOptions()) == experiment_key(str(root), "sovits",
-                                                                                                   "v2Pro")
+    assert (
+        base
+        == experiment_key(root, "sovits", "v2Pro", ExperimentOptions())
+        == experiment_key(str(root), "sovits", "v2Pro")
+    )
     assert len(base) == 64 and int(base, 16) >= 0
     others = {
         experiment_key(root, "gpt", "v2Pro"),
@@ -369,8 +372,9 @@ SHAPE_DAMAGE: dict[str, Callable[[dict], object]] = {
     "absolute_path": lambda d: _set(d, "utterances.0.hubert_path", "/etc/passwd"),
     "parent_path": lambda d: _set(d, "utterances.0.hubert_path", "../elsewhere/x.pt"),
     "utterance_missing_key": lambda d: _set(d, "utterances.0", {"name": "x"}),
-    "bad_severity": lambda d: _set(d, "report.problems", [{"code": "c", "severity": "fatal", "message": "m",
-                                                          "excluded": True, "names": []}]),
+    "bad_severity": lambda d: _set(
+        d, "report.problems", [{"code": "c", "severity": "fatal", "message": "m", "excluded": True, "names": []}]
+    ),
     "usable_mismatch": lambda d: _set(d, "report.usable", 3),
     "known_names_ints": lambda d: _set(d, "known_names", [1, 2]),
     "deeply_nested": lambda d: _set(d, "known_names", json.loads("[" * 50000 + "]" * 50000)),

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 from gsv_ray.data.experiment import open_experiment
-from gsv_ray.data.loader import (MicroBatchSource, PlannedSampler, StepPlan, default_loader_workers, make_loader,
-                                 split_global_batch)
+from gsv_ray.data.loader import (
+    MicroBatchSource,
+    PlannedSampler,
+    StepPlan,
+    default_loader_workers,
+    make_loader,
+    split_global_batch,
+)
 from gsv_ray.data.sovits import SoVITSBucketSampler, SoVITSDataset, SoVITSPadding, collate_sovits
 from gsv_ray.data.synthetic import make_synthetic_experiment
 from gsv_ray.train.sovits import SoVITSStep, sovits_micro_batch
@@ -22,10 +28,20 @@ def sovits_ds(tmp_path_factory):
 
 def _plan(ds, world=1, rank=0, accum=1, batch=4):
     frames = [u.num_samples // 640 for u in ds.utterances]
-    return StepPlan(SoVITSBucketSampler(ds.lengths, batch, seed=3), world=world, rank=rank, accum=accum,
-                    context=lambda idx: SoVITSStep(sum(frames[i] for i in idx), SoVITSPadding(
-                        max(frames[i] for i in idx), max(ds.utterances[i].num_samples for i in idx),
-                        max(len(ds.utterances[i].phone_ids) for i in idx))))
+    return StepPlan(
+        SoVITSBucketSampler(ds.lengths, batch, seed=3),
+        world=world,
+        rank=rank,
+        accum=accum,
+        context=lambda idx: SoVITSStep(
+            sum(frames[i] for i in idx),
+            SoVITSPadding(
+                max(frames[i] for i in idx),
+                max(ds.utterances[i].num_samples for i in idx),
+                max(len(ds.utterances[i].phone_ids) for i in idx),
+            ),
+        ),
+    )
 
 
 def _consume(ds, plan, count, workers, *, epoch=0, skip_steps=0):
@@ -78,7 +94,7 @@ def test_resumed_plan_continues_the_epoch(sovits_ds):
     done = 2
     full = _consume(sovits_ds, plan, 2 * per_epoch, 1)
     tail = _consume(sovits_ds, plan, 2 * per_epoch - 2 * done, 1, skip_steps=done)
-    assert [b.names for b, _ in tail] == [b.names for b, _ in full[2 * done:]]
+    assert [b.names for b, _ in tail] == [b.names for b, _ in full[2 * done :]]
     next_epoch = _consume(sovits_ds, plan, per_epoch, 1, epoch=1)
     assert [b.names for b, _ in next_epoch] == [b.names for b, _ in full[per_epoch:]]
 
@@ -151,5 +167,5 @@ def test_gpt_cadence_resumes_where_it_stopped(accum):
             it = iter(sampler)
             rest = [next(it) for _ in range(8)]
             start = sum(len(s) for e in range(epoch) for s in plan.steps(e)) + consumed
-            assert rest == straight[start:start + 8]
+            assert rest == straight[start : start + 8]
             consumed += len(step)

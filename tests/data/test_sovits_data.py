@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gsv_ray.audio import AudioFrontend, linear_spectrogram, read_wav_pcm16
 from gsv_ray.data.experiment import SplitOptions, open_experiment, split_datasets
 from gsv_ray.data.sovits import (
     SOVITS_BOUNDARIES,
@@ -12,7 +13,6 @@ from gsv_ray.data.sovits import (
     SoVITSDataset,
     collate_sovits,
 )
-from gsv_ray.audio import AudioFrontend, linear_spectrogram, read_wav_pcm16
 from gsv_ray.models.sovits import SoVITSConfig, SoVITSGenerator
 from gsv_ray.models.sovits.commons import slice_segments
 from gsv_ray.models.sovits.losses import kl_loss, mel_l1_loss
@@ -21,8 +21,26 @@ from tests.data.conftest import N_UTTS
 
 
 def test_boundaries_are_upstreams() -> None:
-    assert SOVITS_BOUNDARIES == (32, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1300, 1400, 1500, 1600,
-                                 1700, 1800, 1900)
+    assert SOVITS_BOUNDARIES == (
+        32,
+        300,
+        400,
+        500,
+        600,
+        700,
+        800,
+        900,
+        1000,
+        1100,
+        1200,
+        1300,
+        1400,
+        1500,
+        1600,
+        1700,
+        1800,
+        1900,
+    )
 
 
 @pytest.mark.parametrize("version", ["v1", "v2Pro"])
@@ -127,8 +145,16 @@ def _small_config(version: str) -> SoVITSConfig:
     """A narrow generator (fast on CPU). gin must equal the MRTE width for v1/v2 (ge feeds MRTE
     directly); the k-means init of the fresh quantizer is cut to one iteration."""
     return SoVITSConfig.default(
-        version, inter_channels=32, hidden_channels=64, filter_channels=128, n_layers=2, gin_channels=64,
-        mrte_hidden_channels=64, ge_text_channels=64, upsample_initial_channel=32, posterior_layers=4,
+        version,
+        inter_channels=32,
+        hidden_channels=64,
+        filter_channels=128,
+        n_layers=2,
+        gin_channels=64,
+        mrte_hidden_channels=64,
+        ge_text_channels=64,
+        upsample_initial_channel=32,
+        posterior_layers=4,
         kmeans_iters=1,
     )
 

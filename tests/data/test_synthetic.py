@@ -109,8 +109,9 @@ def test_both_hubert_length_cases_occur(synth_root) -> None:
 
 
 def test_half_and_no_semantic_and_pro_plus(tmp_path: Path) -> None:
-    root = make_synthetic_experiment(tmp_path / "e", version="v2ProPlus", num_utterances=3, half=True,
-                                     with_semantic=False)
+    root = make_synthetic_experiment(
+        tmp_path / "e", version="v2ProPlus", num_utterances=3, half=True, with_semantic=False
+    )
     assert not (root / "6-name2semantic.tsv").exists()
     for sub in ("3-bert", "4-cnhubert", "7-sv_cn"):
         for f in (root / sub).iterdir():

@@ -26,11 +26,19 @@ def ray_local(tmp_path_factory):
     os.environ["GSV_RAY_SCRATCH"] = str(tmp_path_factory.mktemp("scratch"))
     faults = tmp_path_factory.mktemp("faults") / "faults.json"
     # every worker can fail on request (tests/support/faults.py: `inject_fault`), without a switch in the package
-    env = {**RAY_ENV, "GSV_RAY_SCRATCH": os.environ["GSV_RAY_SCRATCH"], ENV: str(faults),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    ray.init(address="local",  # our own, whatever other Ray the machine runs (or ran: a stale record)
-             num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": "tests.support.faults.install"})
+    env = {
+        **RAY_ENV,
+        "GSV_RAY_SCRATCH": os.environ["GSV_RAY_SCRATCH"],
+        ENV: str(faults),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
+    ray.init(
+        address="local",  # our own, whatever other Ray the machine runs (or ran: a stale record)
+        num_cpus=4,
+        object_store_memory=256 * 2**20,
+        include_dashboard=False,
+        runtime_env={"env_vars": env, "worker_process_setup_hook": "tests.support.faults.install"},
+    )
     ray.faults_file = faults  # type: ignore[attr-defined]
     yield ray
     ray.shutdown()

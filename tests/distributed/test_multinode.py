@@ -51,11 +51,22 @@ def cluster(tmp_path, monkeypatch):
     address = f"{ray.util.get_node_ip_address()}:{port}"
 
     def node_env(name: str) -> dict[str, str]:
-        return {"GSV_RAY_CACHE": str(tmp_path / name / "cache"), "GSV_RAY_SCRATCH": str(tmp_path / name / "scratch"),
-                "RAY_ADDRESS": address}
+        return {
+            "GSV_RAY_CACHE": str(tmp_path / name / "cache"),
+            "GSV_RAY_SCRATCH": str(tmp_path / name / "scratch"),
+            "RAY_ADDRESS": address,
+        }
 
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 2, "gcs_server_port": port, "env_vars": node_env("head"), "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 2,
+            "gcs_server_port": port,
+            "env_vars": node_env("head"),
+            "include_dashboard": False,
+        },
+    )
     assert c.address == address, (c.address, address)
     nodes["second"] = c.add_node(num_cpus=1, env_vars=node_env("second"))
     c.wait_for_nodes()
@@ -98,11 +109,42 @@ def test_two_nodes_survive_losing_one(cluster, s3, fixtures_dir, synth, tmp_path
     storage = (tmp_path / "shared-storage").as_uri()
 
     def args(out: Path) -> list[str]:
-        return [sys.executable, "-m", "gsv_ray", "train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
-                "--data", "s3://voices/nodes/exp", "-o", str(out), "--storage", storage, "--address", c.address,
-                "--workers", "2", "--placement-strategy", "SPREAD", "--max-failures", "2", "--max-steps", "40",
-                "--batch-size", "2", "--save-every", "10", "--keep-last", "5", "--val-every", "1000", "--wandb-mode", "disabled",
-                "--seed", "3"]
+        return [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "train",
+            "--init",
+            str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+            "--data",
+            "s3://voices/nodes/exp",
+            "-o",
+            str(out),
+            "--storage",
+            storage,
+            "--address",
+            c.address,
+            "--workers",
+            "2",
+            "--placement-strategy",
+            "SPREAD",
+            "--max-failures",
+            "2",
+            "--max-steps",
+            "40",
+            "--batch-size",
+            "2",
+            "--save-every",
+            "10",
+            "--keep-last",
+            "5",
+            "--val-every",
+            "1000",
+            "--wandb-mode",
+            "disabled",
+            "--seed",
+            "3",
+        ]
 
     env = {**os.environ, "GSV_RAY_CACHE": str(tmp_path / "driver-cache")}
     killed = tmp_path / "killed"
@@ -110,7 +152,7 @@ def test_two_nodes_survive_losing_one(cluster, s3, fixtures_dir, synth, tmp_path
     p = subprocess.Popen(args(killed), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     second = nodes["second"]
     try:
-        store = Path(storage[len("file://"):])
+        store = Path(storage[len("file://") :])
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None and not list(store.glob("*/step_00000010")):
             time.sleep(0.05)
@@ -142,4 +184,3 @@ def test_two_nodes_survive_losing_one(cluster, s3, fixtures_dir, synth, tmp_path
     r = subprocess.run(args(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert_same_gpt_exports(tmp_path / "clean", killed)
-

@@ -22,16 +22,23 @@ from tests.support.procs import ray_processes
 pytestmark = pytest.mark.slow  # real Ray Train runs
 
 #: process titles of Ray Train's controller, its helper actors and its workers
-TRAIN_TITLES = ("ray::TrainController", "ray::RayTrainWorker", "ray::PlacementGroupCleaner",
-                "ray::SynchronizationActor", "ray::PreemptionWatcher")
+TRAIN_TITLES = (
+    "ray::TrainController",
+    "ray::RayTrainWorker",
+    "ray::PlacementGroupCleaner",
+    "ray::SynchronizationActor",
+    "ray::PreemptionWatcher",
+)
 
 
 def test_one_worker_equals_local_mode(ray_local, fixtures_dir, synth, tmp_path):
     """The same weights as local mode (one process, the same batch), and the same files in -o."""
-    one = train(_cfg("sovits", fixtures_dir, synth, tmp_path / "local", batch_size=2), progress=False,
-                say=lambda s: None)
-    ray_run = train_on_ray(_cfg("sovits", fixtures_dir, synth, tmp_path / "ray", batch_size=2), RayOptions(workers=1),
-                           say=lambda s: None)
+    one = train(
+        _cfg("sovits", fixtures_dir, synth, tmp_path / "local", batch_size=2), progress=False, say=lambda s: None
+    )
+    ray_run = train_on_ray(
+        _cfg("sovits", fixtures_dir, synth, tmp_path / "ray", batch_size=2), RayOptions(workers=1), say=lambda s: None
+    )
     a, b = _final_state(one.last_checkpoint), _final_state(ray_run.last_checkpoint)
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
@@ -42,8 +49,11 @@ def test_one_worker_equals_local_mode(ray_local, fixtures_dir, synth, tmp_path):
     from gsv_ray.errors import ConfigError
 
     with pytest.raises(ConfigError, match="started with --workers 1 and continues only so") as e:
-        train_on_ray(_cfg("sovits", fixtures_dir, synth, tmp_path / "ray", batch_size=2),
-                     RayOptions(workers=2, resume=True), say=lambda s: None)
+        train_on_ray(
+            _cfg("sovits", fixtures_dir, synth, tmp_path / "ray", batch_size=2),
+            RayOptions(workers=2, resume=True),
+            say=lambda s: None,
+        )
     assert "\n" not in str(e.value) and e.value.exit_code == 2
 
 
@@ -52,16 +62,20 @@ def test_one_worker_failure_is_reported_with_its_cause(ray_local, inject_fault, 
 
     inject_fault(tmp_path / "run", kind="raise", step=2, rank=0)
     with pytest.raises(InfraError) as e:
-        train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, max_steps=4),
-                     RayOptions(workers=1), say=lambda s: None)
+        train_on_ray(
+            _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, max_steps=4),
+            RayOptions(workers=1),
+            say=lambda s: None,
+        )
     line = str(e.value)
     assert "\n" not in line and "on rank 0" in line and "RuntimeError: injected failure at step 2" in line, line
     assert e.value.exit_code == 1 and e.value.__cause__ is not None
 
 
 def _newest_step(out: Path) -> int:
-    from gsv_ray.distributed.worker import checkpoint_folders
     import pyarrow.fs as pafs
+
+    from gsv_ray.distributed.worker import checkpoint_folders
 
     fs = pafs.LocalFileSystem()
     steps = [s for run in (out / "ray").glob("gsv-*/run") for s, _ in checkpoint_folders(fs, str(run))]
@@ -77,10 +91,33 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
     from gsv_ray.track import read_metrics
 
     def args(out, *extra):
-        return [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
-                _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "300",
-                "--batch-size", "2", "--save-every", "10", "--val-every", "1000", "--wandb-mode", "disabled",
-                "--seed", "3", "--num-workers", "0", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "train",
+            *sum(([f"--{k.replace('_', '-')}", v] for k, v in _files("gpt", fixtures_dir).items()), []),
+            "--data",
+            str(synth),
+            "-o",
+            str(out),
+            "--max-steps",
+            "300",
+            "--batch-size",
+            "2",
+            "--save-every",
+            "10",
+            "--val-every",
+            "1000",
+            "--wandb-mode",
+            "disabled",
+            "--seed",
+            "3",
+            "--num-workers",
+            "0",
+            *extra,
+        ]
+
     # one torch thread in both modes (Ray gives its 1-CPU worker OMP_NUM_THREADS=1): the same sums
     env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ray"
@@ -94,8 +131,13 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
             time.sleep(0.05)
         assert _newest_step(out) >= step, open(tmp_path / "ray.log").read()[-3000:]
 
-    p = subprocess.Popen(args(out, "--workers", "1", "--max-failures", "1"), env=env, stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+    p = subprocess.Popen(
+        args(out, "--workers", "1", "--max-failures", "1"),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for(20, p)
         killed_at = _newest_step(out)
@@ -112,8 +154,9 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
     assert "the same command with --resume continues" in text, text[-3000:]
     restarts = [line for line in text.splitlines() if "restart: continuing from checkpoint_" in line]
     assert restarts, text[-3000:]  # the killed actor's successor continued from storage
-    again = subprocess.run(args(out, "--workers", "1", "--resume"), env=env, capture_output=True, text=True,
-                           timeout=400)
+    again = subprocess.run(
+        args(out, "--workers", "1", "--resume"), env=env, capture_output=True, text=True, timeout=400
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restart: continuing from checkpoint_" in again.stdout + again.stderr
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 301))
@@ -132,8 +175,11 @@ def test_more_workers_than_the_cluster_has_is_refused_before_the_run(ray_local, 
 
     cpus = int(ray_local.cluster_resources()["CPU"])
     with pytest.raises(ConfigError, match=f"the cluster has {cpus}. Fix: use --workers {cpus} or less") as e:
-        train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "o", batch_size=2), RayOptions(workers=cpus + 1),
-                     say=lambda s: None)
+        train_on_ray(
+            _cfg("gpt", fixtures_dir, synth, tmp_path / "o", batch_size=2),
+            RayOptions(workers=cpus + 1),
+            say=lambda s: None,
+        )
     assert "\n" not in str(e.value) and e.value.exit_code == 2
     assert not (tmp_path / "o" / "ray_run.json").exists()  # nothing of a run started
 
@@ -147,10 +193,33 @@ def test_resume_after_a_kill_that_left_tunes_state_file_empty(fixtures_dir, synt
     from gsv_ray.track import read_metrics
 
     def args(*extra):
-        return [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
-                _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "40",
-                "--batch-size", "2", "--save-every", "10", "--val-every", "1000", "--wandb-mode", "disabled",
-                "--num-workers", "0", "--workers", "1", *extra]
+        return [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "train",
+            *sum(([f"--{k.replace('_', '-')}", v] for k, v in _files("gpt", fixtures_dir).items()), []),
+            "--data",
+            str(synth),
+            "-o",
+            str(out),
+            "--max-steps",
+            "40",
+            "--batch-size",
+            "2",
+            "--save-every",
+            "10",
+            "--val-every",
+            "1000",
+            "--wandb-mode",
+            "disabled",
+            "--num-workers",
+            "0",
+            "--workers",
+            "1",
+            *extra,
+        ]
+
     env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(tmp_path / "scratch")}
     out = tmp_path / "ray"
     p = subprocess.Popen(args(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

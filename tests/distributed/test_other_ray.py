@@ -33,9 +33,26 @@ def other_ray(tmp_path):
     before = record.read_bytes() if record.is_file() else None
     log = open(tmp_path / "other-ray.log", "w")
     # a user's own cluster, started the usual way (default temp dir: it becomes Ray's "newest cluster")
-    p = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--port", str(port),
-                          "--num-cpus", "1", "--include-dashboard", "false", "--block"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "1",
+            "--include-dashboard",
+            "false",
+            "--block",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -60,10 +77,32 @@ def other_ray(tmp_path):
 def test_train_workers_starts_its_own_ray_beside_another(other_ray, fixtures_dir, synth, tmp_path):
     env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), "GSV_RAY_CACHE": str(tmp_path / "c")}
     env.pop("RAY_ADDRESS", None)
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", "--init",
-                        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(synth),
-                        "-o", str(tmp_path / "run"), "--max-steps", "4", "--batch-size", "2", "--workers", "2",
-                        "--wandb-mode", "disabled"], env=env, capture_output=True, text=True, timeout=400)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "train",
+            "--init",
+            str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+            "--data",
+            str(synth),
+            "-o",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--workers",
+            "2",
+            "--wandb-mode",
+            "disabled",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "Connecting to existing Ray cluster" not in out and "multiple active Ray instances" not in out, out[-3000:]

@@ -29,14 +29,28 @@ def _files(stage, fixtures_dir):
         return {"init": str(stage["init"]), "base_g": str(stage["base"])}
     if stage == "gpt":
         return {"init": str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt")}
-    return {"init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
-            "base_g": str(fixtures_dir / FIX / "G_233333333333.pth"), "base_d": str(fixtures_dir / FIX / "D_233333333333.pth")}
+    return {
+        "init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+        "base_g": str(fixtures_dir / FIX / "G_233333333333.pth"),
+        "base_d": str(fixtures_dir / FIX / "D_233333333333.pth"),
+    }
 
 
 def _cfg(stage, fixtures_dir, synth, out, **kw):
-    base = dict(_files(stage, fixtures_dir), data=str(synth), output_dir=str(out), max_steps=4, dropout=0.0,
-                val_fraction=0.0, val_every=1000, save_every=2, warmup_steps=1, seed=3, wandb_mode="disabled",
-                name="voice")
+    base = dict(
+        _files(stage, fixtures_dir),
+        data=str(synth),
+        output_dir=str(out),
+        max_steps=4,
+        dropout=0.0,
+        val_fraction=0.0,
+        val_every=1000,
+        save_every=2,
+        warmup_steps=1,
+        seed=3,
+        wandb_mode="disabled",
+        name="voice",
+    )
     base.update(kw)
     return load_config(None, **base)
 
@@ -50,13 +64,20 @@ def test_two_workers_equal_one_process(ray_local, fixtures_dir, synth, tmp_path,
     """v4 (a CFM decoder with LoRA); SoVITS v2 and GPT: with accumulation, below."""
     stage = v4_inputs
     one = train(_cfg(stage, fixtures_dir, synth, tmp_path / "one", batch_size=4), progress=False, say=lambda s: None)
-    two = train_on_ray(_cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=2), RayOptions(workers=2),
-                       say=lambda s: None)
+    two = train_on_ray(
+        _cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=2), RayOptions(workers=2), say=lambda s: None
+    )
     a, b = _final_state(one.last_checkpoint), _final_state(two.last_checkpoint)
     assert a.keys() == b.keys()
-    start = _final_state(train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1,
-                                    warmup_steps=0, lr_scale=1e-9),  # ~ the start (a warmup >= the run is refused)
-                               progress=False, say=lambda s: None).last_checkpoint)
+    start = _final_state(
+        train(
+            _cfg(
+                stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1, warmup_steps=0, lr_scale=1e-9
+            ),  # ~ the start (a warmup >= the run is refused)
+            progress=False,
+            say=lambda s: None,
+        ).last_checkpoint
+    )
     moved = max(float((a[k] - start[k]).abs().max()) for k in a)
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert moved > 0 and worst <= 1e-4 * max(1.0, max(float(a[k].abs().max()) for k in a)), (worst, moved)
@@ -76,16 +97,23 @@ def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, 
     from tests.train.test_accumulation import assert_same_weights, weights
 
     kw = dict(max_steps=3, save_every=3, lr_scale=1.0, warmup_steps=0, dropout=0.1)
-    one = train(_cfg(stage, fixtures_dir, synth, tmp_path / "one", batch_size=4, **kw), progress=False,
-                say=lambda s: None)
-    two = train_on_ray(_cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=1, grad_accum=2, **kw),
-                       RayOptions(workers=2), say=lambda s: None)
-    start = train(_cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1, lr_scale=1e-9,
-                       warmup_steps=0),
-                  progress=False, say=lambda s: None)
+    one = train(
+        _cfg(stage, fixtures_dir, synth, tmp_path / "one", batch_size=4, **kw), progress=False, say=lambda s: None
+    )
+    two = train_on_ray(
+        _cfg(stage, fixtures_dir, synth, tmp_path / "two", batch_size=1, grad_accum=2, **kw),
+        RayOptions(workers=2),
+        say=lambda s: None,
+    )
+    start = train(
+        _cfg(stage, fixtures_dir, synth, tmp_path / "zero", batch_size=4, max_steps=1, lr_scale=1e-9, warmup_steps=0),
+        progress=False,
+        say=lambda s: None,
+    )
     state = two.last_checkpoint / "state" if (two.last_checkpoint / "state").is_dir() else two.last_checkpoint
-    assert_same_weights(weights(one.last_checkpoint), weights(state), weights(start.last_checkpoint),
-                        rel=RAY_REL[stage])
+    assert_same_weights(
+        weights(one.last_checkpoint), weights(state), weights(start.last_checkpoint), rel=RAY_REL[stage]
+    )
     assert [p.name for p in two.exports] == [p.name for p in one.exports]  # the same files in -o
 
 
@@ -108,23 +136,32 @@ def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synt
     cache = Path(os.environ["GSV_RAY_CACHE"]) / "rebuild"
     assert len(list(cache.iterdir())) == 1  # one rebuild for the whole job, on the driver
     # and the guard the workers run under really refuses to open the inputs
-    code = ("from gsv_ray.distributed.worker import forbid_opening; import sys; forbid_opening([sys.argv[1]])\n"
-            "try:\n    open(sys.argv[1], 'rb')\nexcept PermissionError as e:\n    print('refused', e)")
+    code = (
+        "from gsv_ray.distributed.worker import forbid_opening; import sys; forbid_opening([sys.argv[1]])\n"
+        "try:\n    open(sys.argv[1], 'rb')\nexcept PermissionError as e:\n    print('refused', e)"
+    )
     probe = subprocess.run([sys.executable, "-c", code, cfg.init], capture_output=True, text=True)
     assert probe.stdout.startswith("refused") and "rebuild is shared" in probe.stdout
 
 
 @pytest.mark.parametrize("kind", ["raise"])  # a worker dying hard: the SIGKILL-from-outside test below
-def test_worker_failure_restores_and_matches_uninterrupted(kind, ray_local, inject_fault, fixtures_dir, synth,
-                                                           tmp_path):
-    clean = train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "clean", batch_size=2, max_steps=6),
-                         RayOptions(workers=2), say=lambda s: None)
+def test_worker_failure_restores_and_matches_uninterrupted(
+    kind, ray_local, inject_fault, fixtures_dir, synth, tmp_path
+):
+    clean = train_on_ray(
+        _cfg("gpt", fixtures_dir, synth, tmp_path / "clean", batch_size=2, max_steps=6),
+        RayOptions(workers=2),
+        say=lambda s: None,
+    )
     happened = inject_fault(tmp_path / "failed", kind=kind, step=4, rank=1)
     # max_failures 2, not 1: on a loaded machine Ray 2.60's PlacementGroupCleaner may take the live
     # controller for dead (a State API miss) and remove the restarted group's placement group (seen
     # here; ray-project/ray#65447 review): one more restart from the same checkpoint, same weights
-    failed = train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "failed", batch_size=2, max_steps=6),
-                          RayOptions(workers=2, max_failures=2), say=lambda s: None)
+    failed = train_on_ray(
+        _cfg("gpt", fixtures_dir, synth, tmp_path / "failed", batch_size=2, max_steps=6),
+        RayOptions(workers=2, max_failures=2),
+        say=lambda s: None,
+    )
     assert happened.exists()  # rank 1 did fail after step 4, and Ray restarted the group from that checkpoint
     assert (Path(os.environ["GSV_RAY_SCRATCH"])).exists()
     a, b = _final_state(clean.last_checkpoint), _final_state(failed.last_checkpoint)
@@ -147,10 +184,34 @@ def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(fixtu
     from gsv_ray.track import read_metrics
 
     def args(out):
-        return [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
-                _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(out), "--max-steps", "60",
-                "--batch-size", "2", "--save-every", "10", "--val-every", "1000", "--wandb-mode", "disabled",
-                "--workers", "2", "--max-failures", "2", "--seed", "3"]
+        return [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "train",
+            *sum(([f"--{k.replace('_', '-')}", v] for k, v in _files("gpt", fixtures_dir).items()), []),
+            "--data",
+            str(synth),
+            "-o",
+            str(out),
+            "--max-steps",
+            "60",
+            "--batch-size",
+            "2",
+            "--save-every",
+            "10",
+            "--val-every",
+            "1000",
+            "--wandb-mode",
+            "disabled",
+            "--workers",
+            "2",
+            "--max-failures",
+            "2",
+            "--seed",
+            "3",
+        ]
+
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "GSV_RAY_SCRATCH": str(tmp_path / "scratch")}
     env.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", None)  # Ray's default poll, as users run it
     killed = tmp_path / "killed"
@@ -208,13 +269,33 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
     live = Owner(root / "gsv-live-run", shared=True)  # another run on this node, alive
     os.utime(live.directory / OWNER, (old, old))
     steps = "100000"
-    args = [sys.executable, "-m", "gsv_ray", "train", *sum(([f"--{k.replace('_', '-')}", v] for k, v in
-            _files("gpt", fixtures_dir).items()), []), "--data", str(synth), "-o", str(tmp_path / "run"),
-            "--max-steps", steps, "--batch-size", "2", "--save-every", "10", "--val-every", "1000",
-            "--wandb-mode", "disabled", "--workers", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "gsv_ray",
+        "train",
+        *sum(([f"--{k.replace('_', '-')}", v] for k, v in _files("gpt", fixtures_dir).items()), []),
+        "--data",
+        str(synth),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--save-every",
+        "10",
+        "--val-every",
+        "1000",
+        "--wandb-mode",
+        "disabled",
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, **RAY_ENV, "GSV_RAY_SCRATCH": str(root)}
-    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None and not list((tmp_path / "run" / "ray").glob("*/step_*")):
@@ -234,12 +315,21 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
     done = max(int(c.name[5:]) for c in (tmp_path / "run" / "ray").glob("*/step_*"))
     # the resumed run's driver (and its local Ray) is killed: the same command continues again
-    p = subprocess.Popen(args + ["--resume"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        args + ["--resume"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None and \
-                not list((tmp_path / "run" / "ray").glob(f"*/step_{done + 20:08d}")):
+        while (
+            time.time() < deadline
+            and p.poll() is None
+            and not list((tmp_path / "run" / "ray").glob(f"*/step_{done + 20:08d}"))
+        ):
             time.sleep(0.1)
         assert list((tmp_path / "run" / "ray").glob(f"*/step_{done + 20:08d}")), p.stdout.read()[-3000:]
         os.killpg(p.pid, signal.SIGKILL)
@@ -258,8 +348,9 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
     assert (tmp_path / "run" / "GPT_weights_v2").is_dir()
     from gsv_ray.track import read_metrics
 
-    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"] == \
-        list(range(1, killed_at + 21))
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"] == list(
+        range(1, killed_at + 21)
+    )
 
 
 def test_a_failed_worker_is_reported_with_its_cause(ray_local, inject_fault, fixtures_dir, synth, tmp_path):
@@ -269,8 +360,11 @@ def test_a_failed_worker_is_reported_with_its_cause(ray_local, inject_fault, fix
 
     inject_fault(tmp_path / "run", kind="raise", step=2, rank=1)
     with pytest.raises(InfraError) as e:
-        train_on_ray(_cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, max_steps=4),
-                     RayOptions(workers=2), say=lambda s: None)
+        train_on_ray(
+            _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, max_steps=4),
+            RayOptions(workers=2),
+            say=lambda s: None,
+        )
     line = str(e.value)
     assert "\n" not in line and "on rank 1" in line and "RuntimeError: injected failure at step 2" in line, line
     assert e.value.exit_code == 1 and e.value.__cause__ is not None  # the real exception, for the log

@@ -21,18 +21,56 @@ def s3():
 
 
 def _cli(args, tmp_path, extra_env=None):
-    env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"), "GSV_RAY_SCRATCH": str(tmp_path / "scratch"),
-           **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "gsv_ray", "train", *args, "--max-steps", "4", "--batch-size", "2",
-                           "--save-every", "2", "--val-every", "1000", "--wandb-mode", "disabled", "--workers", "2"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        **RAY_ENV,
+        "GSV_RAY_CACHE": str(tmp_path / "cache"),
+        "GSV_RAY_SCRATCH": str(tmp_path / "scratch"),
+        **(extra_env or {}),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "train",
+            *args,
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--save-every",
+            "2",
+            "--val-every",
+            "1000",
+            "--wandb-mode",
+            "disabled",
+            "--workers",
+            "2",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
 def test_file_uris(fixtures_dir, synth, tmp_path):
     out, store = tmp_path / "out", tmp_path / "store"
-    r = _cli(["--init", (fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt").as_uri(), "--data", Path(synth).as_uri(),
-              "--storage", store.as_uri(), "-o", str(out)], tmp_path)
+    r = _cli(
+        [
+            "--init",
+            (fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt").as_uri(),
+            "--data",
+            Path(synth).as_uri(),
+            "--storage",
+            store.as_uri(),
+            "-o",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (export,) = (out / "GPT_weights_v2").iterdir()
     assert read(export).kind == "gpt-export"
@@ -48,11 +86,32 @@ def test_s3_uris(s3, fixtures_dir, synth, tmp_path):
         if p.is_file():
             with fs.open_output_stream(f"voices/data/exp/{p.relative_to(synth).as_posix()}") as f:
                 f.write(p.read_bytes())
-    env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                       "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED", "NO_PROXY")}
+    env = {
+        k: os.environ[k]
+        for k in (
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_DEFAULT_REGION",
+            "AWS_EC2_METADATA_DISABLED",
+            "NO_PROXY",
+        )
+    }
     out = tmp_path / "out"
-    r = _cli(["--init", "s3://voices/in/gsvfix-e1.ckpt", "--data", "s3://voices/data/exp",
-              "--storage", "s3://voices/runs", "-o", str(out)], tmp_path, env)
+    r = _cli(
+        [
+            "--init",
+            "s3://voices/in/gsvfix-e1.ckpt",
+            "--data",
+            "s3://voices/data/exp",
+            "--storage",
+            "s3://voices/runs",
+            "-o",
+            str(out),
+        ],
+        tmp_path,
+        env,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (export,) = (out / "GPT_weights_v2").iterdir()
     assert read(export).version == "v2"
@@ -61,8 +120,20 @@ def test_s3_uris(s3, fixtures_dir, synth, tmp_path):
     stored = [i.path for i in fs.get_file_info(FileSelector("voices/runs", recursive=True))]
     assert any(p.endswith("step_00000004/model.safetensors") for p in stored), stored[:10]
     # bad storage: a bucket that does not exist is one line before any training
-    bad = _cli(["--init", "s3://voices/in/gsvfix-e1.ckpt", "--data", "s3://voices/data/exp",
-                "--storage", "s3://no-such-bucket/runs", "-o", str(tmp_path / "bad")], tmp_path, env)
+    bad = _cli(
+        [
+            "--init",
+            "s3://voices/in/gsvfix-e1.ckpt",
+            "--data",
+            "s3://voices/data/exp",
+            "--storage",
+            "s3://no-such-bucket/runs",
+            "-o",
+            str(tmp_path / "bad"),
+        ],
+        tmp_path,
+        env,
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-2000:]
 
 
@@ -71,7 +142,14 @@ def test_s3_uris(s3, fixtures_dir, synth, tmp_path):
 def test_ray_bad_input_is_one_line_before_training(case, fixtures_dir, synth, tmp_path):
     import socket
 
-    args = ["--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(synth), "-o", str(tmp_path / "o")]
+    args = [
+        "--init",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(synth),
+        "-o",
+        str(tmp_path / "o"),
+    ]
     if case == "no cluster at --address":
         with socket.socket() as s:  # a free port nobody listens on
             s.bind(("127.0.0.1", 0))
@@ -104,9 +182,30 @@ def test_more_workers_than_cpus_is_refused_before_ray_starts(fixtures_dir, synth
     env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"), "GSV_RAY_SCRATCH": str(tmp_path / "s")}
     env.pop("RAY_ADDRESS", None)
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "train", "--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
-                        "--data", str(synth), "-o", str(tmp_path / "o"), "--max-steps", "2", "--wandb-mode", "disabled",
-                        "--workers", str(workers)], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "train",
+            "--init",
+            str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+            "--data",
+            str(synth),
+            "-o",
+            str(tmp_path / "o"),
+            "--max-steps",
+            "2",
+            "--wandb-mode",
+            "disabled",
+            "--workers",
+            str(workers),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     took = time.monotonic() - t0
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
@@ -145,18 +244,56 @@ def test_storage_credentials_in_uri_are_never_printed_or_stored(command, s3, fix
 
     home, out, prefix = tmp_path / "home", tmp_path / "out", f"voices/leak-{command}"
     home.mkdir()
-    args = ["--init", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(synth),
-            "--storage", f"s3://{LEAK_KEY}:{LEAK_SECRET}@{prefix}", "-o", str(out), "--max-steps", "2",
-            "--batch-size", "2", "--wandb-mode", "offline"]
-    args += (["--workers", "1", "--save-every", "2", "--val-every", "1000"] if command == "train" else
-             ["--num-samples", "1", "--val-every", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--name", "leak",
-              "--metric", "val_loss", "--no-refit"])
+    args = [
+        "--init",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(synth),
+        "--storage",
+        f"s3://{LEAK_KEY}:{LEAK_SECRET}@{prefix}",
+        "-o",
+        str(out),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--wandb-mode",
+        "offline",
+    ]
+    args += (
+        ["--workers", "1", "--save-every", "2", "--val-every", "1000"]
+        if command == "train"
+        else [
+            "--num-samples",
+            "1",
+            "--val-every",
+            "2",
+            "--warmup-choices",
+            "0",
+            "--scheduler",
+            "fifo",
+            "--name",
+            "leak",
+            "--metric",
+            "val_loss",
+            "--no-refit",
+        ]
+    )
     with tempfile.TemporaryDirectory(prefix="gsvleak-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
-        env = {**os.environ, **RAY_ENV, "GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": "",
-               "GSV_RAY_SCRATCH": str(tmp_path / "scratch"), "HOME": str(home), "TMPDIR": tmpdir,
-               "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
-        r = subprocess.run([sys.executable, "-m", "gsv_ray", command, *args], env=env, capture_output=True,
-                           text=True, timeout=600)
+        env = {
+            **os.environ,
+            **RAY_ENV,
+            "GSV_RAY_CACHE": str(tmp_path / "cache"),
+            "WANDB_API_KEY": "",
+            "GSV_RAY_SCRATCH": str(tmp_path / "scratch"),
+            "HOME": str(home),
+            "TMPDIR": tmpdir,
+            "AWS_ACCESS_KEY_ID": "",
+            "AWS_SECRET_ACCESS_KEY": "",
+        }
+        r = subprocess.run(
+            [sys.executable, "-m", "gsv_ray", command, *args], env=env, capture_output=True, text=True, timeout=600
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))  # W&B's binary run file was written
         fs = s3["fs"]
@@ -172,10 +309,15 @@ def test_storage_credentials_in_uri_are_never_printed_or_stored(command, s3, fix
         assert leaks == {}
         assert f"s3://***@{prefix}" in r.stdout  # shown masked
         if command == "train":  # a --resume without the keys (to train on: the run finished): one line
-            resumed = [*args[:args.index("--storage")], *args[args.index("-o"):], "--resume"]  # saying to give them
+            resumed = [*args[: args.index("--storage")], *args[args.index("-o") :], "--resume"]  # saying to give them
             resumed[resumed.index("--max-steps") + 1] = "4"
-            again = subprocess.run([sys.executable, "-m", "gsv_ray", "train", *resumed], env=env, capture_output=True,
-                                   text=True, timeout=600)
+            again = subprocess.run(
+                [sys.executable, "-m", "gsv_ray", "train", *resumed],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
             assert len(again.stderr.strip().splitlines()) == 1 and "--storage" in again.stderr, again.stderr
 
@@ -193,7 +335,10 @@ def test_resume_takes_the_recorded_storage_unless_its_credentials_were_masked(tm
     for kept, want in (("s3://b/p", "s3://b/p"), (None, str(out.resolve() / "ray"))):
         (out / "ray_run.json").write_text(json.dumps({"name": "gsv-x", "layout": "actor", "storage": kept}))
         assert run_storage(opts, out, _recorded_run(out)) == want
-    assert run_storage(RayOptions(workers=1, resume=True, storage="s3://K:S@b/q"), out, _recorded_run(out)) == "s3://K:S@b/q"
+    assert (
+        run_storage(RayOptions(workers=1, resume=True, storage="s3://K:S@b/q"), out, _recorded_run(out))
+        == "s3://K:S@b/q"
+    )
     assert _recorded_storage("s3://K:S@b/q", out) == "s3://***@b/q" and _recorded_storage(str(out / "ray"), out) is None
     (out / "ray_run.json").write_text(json.dumps({"name": "gsv-x", "layout": "actor", "storage": "s3://***@b/q"}))
     with pytest.raises(ConfigError, match="pass --storage again") as e:

@@ -111,8 +111,11 @@ class _Payload:
 def _malicious_pth(path: Path, func, arg: str, rename: tuple[bytes, bytes] | None = None, protocol: int = 2) -> Path:
     """A real torch zip whose pickle calls ``func(arg)`` on load; optionally rename the global."""
     buf = io.BytesIO()
-    torch.save({"weight": {"enc_p.text_embedding.weight": torch.zeros(732, 4)}, "config": _Payload(func, arg)}, buf,
-               pickle_protocol=protocol)
+    torch.save(
+        {"weight": {"enc_p.text_embedding.weight": torch.zeros(732, 4)}, "config": _Payload(func, arg)},
+        buf,
+        pickle_protocol=protocol,
+    )
     buf.seek(0)
     with zipfile.ZipFile(buf) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
@@ -132,8 +135,12 @@ def test_malicious_pickle_never_executes(variant, tmp_path):
         # os.system pickles as posix.system; rename it to the os.system spelling attackers use.
         p = _malicious_pth(tmp_path / "evil.pth", os.system, f"touch {marker}", (b"cposix\nsystem\n", b"cos\nsystem\n"))
     else:  # protocol 4 names globals with STACK_GLOBAL instead of GLOBAL
-        p = _malicious_pth(tmp_path / "evil.pth", eval, f"open({str(marker)!r}, 'w').close()",
-                           protocol=4 if variant.endswith("protocol4") else 2)
+        p = _malicious_pth(
+            tmp_path / "evil.pth",
+            eval,
+            f"open({str(marker)!r}, 'w').close()",
+            protocol=4 if variant.endswith("protocol4") else 2,
+        )
 
     _check(p, "refusing to load", variant.split("-")[0])
     assert not marker.exists()
@@ -141,8 +148,9 @@ def test_malicious_pickle_never_executes(variant, tmp_path):
     # The payload is live: an unsafe loader (what upstream does) really runs it.
     probe = tmp_path / "probe.pth"
     probe.write_bytes(p.read_bytes().replace(b"PWNED", b"PROBE"))
-    subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(probe)!r}, weights_only=False)"],
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.load({str(probe)!r}, weights_only=False)"], capture_output=True
+    )
     assert (tmp_path / "PROBE").exists()
     assert not marker.exists()
 
@@ -195,12 +203,30 @@ def _cli_all(path: Path, *needles: str, tmp_path: Path):
     """inspect, rebuild and train each refuse it in one line, exit 2, the file untouched."""
     _check(path, *needles)
     before = _snapshot(path)
-    r = run_cli("rebuild", str(path), "-o", str(tmp_path / "out"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
+    r = run_cli(
+        "rebuild",
+        str(path),
+        "-o",
+        str(tmp_path / "out"),
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        in_process=True,
+    )
     _assert_clean_failure(r, path, *needles)
     data = tmp_path / "exp"
     data.mkdir(exist_ok=True)
-    r = run_cli("train", "--init", str(path), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
+    r = run_cli(
+        "train",
+        "--init",
+        str(path),
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        in_process=True,
+    )
     _assert_clean_failure(r, path, *needles)
     assert _snapshot(path) == before
 
@@ -251,12 +277,16 @@ def test_decompression_bomb_is_refused_before_inflating(tmp_path):
         assert zf.getinfo("bomb/data.pkl").file_size == size
     # VmHWM is this process's own peak: ru_maxrss is not, since Linux carries the peak of the memory a
     # process replaced at exec over, and a vforked child replaces the pytest process's (1.07 GB in CI).
-    code = ("import re, sys; from gsv_ray.cli import main; rc = main(['inspect', sys.argv[1]]);"
-            "print('RESULT', rc, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])")
+    code = (
+        "import re, sys; from gsv_ray.cli import main; rc = main(['inspect', sys.argv[1]]);"
+        "print('RESULT', rc, re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])"
+    )
     r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
     rc, rss_kb = r.stdout.split("RESULT")[1].split()
     assert int(rc) == 2 and "compressed" in r.stderr and str(p) in r.stderr, r.stderr
-    assert int(rss_kb) < 512 << 10, rss_kb  # nothing inflated: peaked under 512 MiB (3+ GiB before; inspect of a real file: 236 MB)
+    assert int(rss_kb) < 512 << 10, (
+        rss_kb
+    )  # nothing inflated: peaked under 512 MiB (3+ GiB before; inspect of a real file: 236 MB)
 
 
 def test_global_fetched_through_the_memo_is_named(tmp_path):
@@ -264,11 +294,26 @@ def test_global_fetched_through_the_memo_is_named(tmp_path):
     fetched back (BINGET) for STACK_GLOBAL: refused as os.system before torch runs anything."""
     marker = tmp_path / "PWNED3"
     cmd = f"touch {marker}".encode()
-    body = (b"\x80\x04"
-            + b"\x8c\x02os" + b"q\x00" + b"\x8c\x06system" + b"q\x01" + b"00"  # memoise, then pop both
-            + b"\x8c\x0bcollections" + b"\x8c\x0bOrderedDict" + b"00"       # decoys a naive scan would pair
-            + b"h\x00" + b"h\x01" + b"\x93"                                  # BINGET 0, BINGET 1, STACK_GLOBAL
-            + b"\x8c" + bytes([len(cmd)]) + cmd + b"\x85" + b"R" + b".")
+    body = (
+        b"\x80\x04"
+        + b"\x8c\x02os"
+        + b"q\x00"
+        + b"\x8c\x06system"
+        + b"q\x01"
+        + b"00"  # memoise, then pop both
+        + b"\x8c\x0bcollections"
+        + b"\x8c\x0bOrderedDict"
+        + b"00"  # decoys a naive scan would pair
+        + b"h\x00"
+        + b"h\x01"
+        + b"\x93"  # BINGET 0, BINGET 1, STACK_GLOBAL
+        + b"\x8c"
+        + bytes([len(cmd)])
+        + cmd
+        + b"\x85"
+        + b"R"
+        + b"."
+    )
     p = _torch_zip_with_pickle(tmp_path / "memo.pth", body)
     _check(p, "refusing to load", "os.system")
     assert not marker.exists()
@@ -308,8 +353,14 @@ def _bounded_cli(*args: str, env: dict | None = None):
         resource.setrlimit(resource.RLIMIT_AS, (BOUND_AS, BOUND_AS))
 
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True, timeout=60,
-                       preexec_fn=limit, env={**os.environ, **(env or {})})
+    r = subprocess.run(
+        [sys.executable, "-m", "gsv_ray", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit,
+        env={**os.environ, **(env or {})},
+    )
     return r, time.monotonic() - t0
 
 
@@ -319,8 +370,9 @@ def _shared_config_file(path: Path, n: int) -> Path:
     x: dict = {"learning_rate": 1e-4}
     for _ in range(n):
         x = {"a": x, "b": x}
-    torch.save({"weight": {"enc_p.text_embedding.weight": torch.zeros(732, 4)}, "config": {"train": x},
-                "info": "x"}, path)
+    torch.save(
+        {"weight": {"enc_p.text_embedding.weight": torch.zeros(732, 4)}, "config": {"train": x}, "info": "x"}, path
+    )
     return path
 
 
@@ -333,8 +385,12 @@ def test_shared_config_references_are_refused_quickly(n, tmp_path):
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     data = tmp_path / "exp"
     data.mkdir()
-    for args in (("inspect", str(p)), ("inspect", "--json", str(p)), ("rebuild", str(p)),
-                 ("train", "--init", str(p), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2")):
+    for args in (
+        ("inspect", str(p)),
+        ("inspect", "--json", str(p)),
+        ("rebuild", str(p)),
+        ("train", "--init", str(p), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2"),
+    ):
         r, seconds = _bounded_cli(*args, env=env)
         _assert_clean_failure(r, p, "refusing to load", "expands to more than")
         assert seconds < BOUND_SECONDS, (args, seconds)
@@ -375,8 +431,12 @@ def test_yaml_alias_bomb_is_refused_quickly(command, tmp_path):
 def test_values_echoed_in_errors_are_bounded(tmp_path):
     """A long value of the wrong type is shown cut to ~80 characters, not whole (before: a 24 KB line)."""
     cfg = tmp_path / "long.yaml"
-    cfg.write_text("val_names: [" + ", ".join(f'"name_{i:05d}"' for i in range(3000)) + "]\n"
-                   + "init: x.pth\ndata: exp\noutput_dir: run\n")
+    cfg.write_text(
+        "val_names: ["
+        + ", ".join(f'"name_{i:05d}"' for i in range(3000))
+        + "]\n"
+        + "init: x.pth\ndata: exp\noutput_dir: run\n"
+    )
     r = run_cli("train", "--config", str(cfg), in_process=True)
     assert r.returncode == 2 and "--val-names must be a string" in r.stderr, r.stderr
     assert len(r.stderr) < 300 and "name_00000" in r.stderr and "..." in r.stderr, r.stderr

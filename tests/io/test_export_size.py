@@ -16,8 +16,14 @@ import torch
 
 from gsv_ray.io import read
 from gsv_ray.io.inspect import describe
-from gsv_ray.io.writers import (PAD_KEY, _torch_save, _UpstreamPickleModule, atomic_write, v2_padded_size,
-                                write_sovits_export)
+from gsv_ray.io.writers import (
+    PAD_KEY,
+    _torch_save,
+    _UpstreamPickleModule,
+    atomic_write,
+    v2_padded_size,
+    write_sovits_export,
+)
 from tests.conftest import run_cli
 from tests.support.schemafiles import SchemaFiles, _upstream_utils_module
 
@@ -116,6 +122,7 @@ def _sparse_supported(tmp_path) -> bool:
 
 # -- sizes ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_full_size_v2_export_clears_the_v1_line(full_v2):
     _, padded, plain = full_v2
@@ -131,8 +138,9 @@ def test_full_size_v2_export_clears_the_v1_line(full_v2):
 @pytest.mark.slow
 def test_full_size_v1_export_stays_below_the_line(gen, tmp_path):
     sd = gen.tensors(gen._g_schema("v1"), torch.float32)
-    p = write_sovits_export(tmp_path / "v1.pth", sd, config=gen.s2_config("v1"), info="8epoch_200iteration",
-                            version="v1")
+    p = write_sovits_export(
+        tmp_path / "v1.pth", sd, config=gen.s2_config("v1"), info="8epoch_200iteration", version="v1"
+    )
     assert os.path.getsize(p) < 82978 * KiB
     assert upstream_fast_version(p) == "v1" and semantic_version(p) == "v1"
     assert list(_upstream_load(p)) == ["weight", "config", "info"]  # no padding in v1 exports
@@ -140,8 +148,13 @@ def test_full_size_v1_export_stays_below_the_line(gen, tmp_path):
 
 
 def test_narrow_v2_export_says_v2_and_is_sparse(tmp_path):
-    p = write_sovits_export(tmp_path / "n.pth", _narrow_sd("v2"), config={"model": {"version": "v2"}},
-                            info="1epoch_2iteration", version="v2")
+    p = write_sovits_export(
+        tmp_path / "n.pth",
+        _narrow_sd("v2"),
+        config={"model": {"version": "v2"}},
+        info="1epoch_2iteration",
+        version="v2",
+    )
     st = p.stat()
     assert 82978 * KiB + MARGIN <= st.st_size < 100 * MiB
     assert upstream_fast_version(p) == "v2" and semantic_version(p) == "v2"
@@ -169,15 +182,24 @@ def test_trial_and_best_copies_keep_the_padding_sparse(tmp_path):
     if not _sparse_supported(tmp_path):
         pytest.skip("no sparse files on this filesystem")
     scratch = tmp_path / "scratch" / "run" / "SoVITS_weights_v2"
-    export = write_sovits_export(scratch / "t_e1_s2.pth", _narrow_sd("v2"), config={"model": {"version": "v2"}},
-                                 info="1epoch_2iteration", version="v2")
+    export = write_sovits_export(
+        scratch / "t_e1_s2.pth",
+        _narrow_sd("v2"),
+        config={"model": {"version": "v2"}},
+        info="1epoch_2iteration",
+        version="v2",
+    )
     data = export.read_bytes()
     assert _disk(export) < 1 * MiB < len(data)
     for move in (True, False):
         storage = tmp_path / f"storage-{move}" / "final" / "run"
         storage.parent.mkdir(parents=True)
-        copy_files(str(export.parent.parent), str(storage), source_filesystem=LocalFileSystem(),
-                   destination_filesystem=LocalFileSystem())  # what Ray's checkpoint upload does
+        copy_files(
+            str(export.parent.parent),
+            str(storage),
+            source_filesystem=LocalFileSystem(),
+            destination_filesystem=LocalFileSystem(),
+        )  # what Ray's checkpoint upload does
         assert _disk(storage / "SoVITS_weights_v2" / export.name) >= len(data) // 2  # the zeros written out
         out = tmp_path / f"out-{move}" / "trials" / "t1"
         stale = out / "SoVITS_weights_v2" / export.name  # the worker's hard link of its export (W&B names it)
@@ -195,21 +217,33 @@ def test_trial_and_best_copies_keep_the_padding_sparse(tmp_path):
 
 
 def test_narrow_v1_export_is_not_padded(tmp_path):
-    p = write_sovits_export(tmp_path / "n1.pth", _narrow_sd("v1"), config={"model": {"version": "v1"}},
-                            info="1epoch_2iteration", version="v1")
+    p = write_sovits_export(
+        tmp_path / "n1.pth",
+        _narrow_sd("v1"),
+        config={"model": {"version": "v1"}},
+        info="1epoch_2iteration",
+        version="v1",
+    )
     assert os.path.getsize(p) < 1 * MiB
     assert upstream_fast_version(p) == "v1" and semantic_version(p) == "v1"
 
 
-@pytest.mark.parametrize(("version", "rank", "tag"), [("v2Pro", None, b"05"), ("v2ProPlus", None, b"06"),
-                                                      ("v4", 32, b"04")])
+@pytest.mark.parametrize(
+    ("version", "rank", "tag"), [("v2Pro", None, b"05"), ("v2ProPlus", None, b"06"), ("v4", 32, b"04")]
+)
 def test_tagged_exports_are_not_padded(version, rank, tag, tmp_path):
     sd = {"enc_p.text_embedding.weight": torch.randn(732, 8), "sv_emb.weight": torch.randn(8, 16)}
     if rank:
         lora_a = "cfm.base_model.model.estimator.transformer_blocks.0.attn.to_q.lora_A.default.weight"
         sd = {lora_a: torch.randn(rank, 8)}
-    p = write_sovits_export(tmp_path / "t.pth", sd, config={"model": {"version": version}}, info="1epoch_2iteration",
-                            version=version, lora_rank=rank)
+    p = write_sovits_export(
+        tmp_path / "t.pth",
+        sd,
+        config={"model": {"version": version}},
+        info="1epoch_2iteration",
+        version=version,
+        lora_rank=rank,
+    )
     assert open(p, "rb").read(2) == tag and os.path.getsize(p) < 1 * MiB
     assert upstream_fast_version(p) == version
     assert PAD_KEY not in read(p).extra
@@ -219,8 +253,9 @@ def test_v2_export_naturally_in_the_100MiB_window_is_padded_past_it(tmp_path):
     """3-get-semantic calls [100 MiB, 103520 KiB) "v1": a (widened) v2 export that large is padded past it."""
     n = (100 * MiB + 512 * KiB) // 2  # fp16 elements: ~100.5 MiB of weights
     sd = {"enc_p.text_embedding.weight": torch.randn(732, 8), "dec.big.weight": torch.zeros(n)}
-    p = write_sovits_export(tmp_path / "w.pth", sd, config={"model": {"version": "v2"}}, info="1epoch_2iteration",
-                            version="v2")
+    p = write_sovits_export(
+        tmp_path / "w.pth", sd, config={"model": {"version": "v2"}}, info="1epoch_2iteration", version="v2"
+    )
     size = os.path.getsize(p)
     assert 103520 * KiB + MARGIN <= size < 103520 * KiB + MARGIN + 64 * KiB
     assert upstream_fast_version(p) == "v2" and semantic_version(p) == "v2"
@@ -239,6 +274,7 @@ def test_v2_padded_size_targets():
 
 
 # -- the padding is invisible -----------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_padded_export_loads_plainly_with_identical_weights(full_v2):
@@ -259,10 +295,22 @@ def test_padded_export_loads_plainly_with_identical_weights(full_v2):
 def test_padded_export_reads_like_the_unpadded_one(full_v2):
     _, padded, plain = full_v2
     a, b = read(padded), read(plain)
-    assert (a.kind, a.versions, a.header, a.info, a.epoch, a.step) == ("sovits-export", ["v2"], "PK",
-                                                                       "8epoch_200iteration", 8, 200)
-    assert (b.kind, b.versions, b.header, b.info, b.config, b.config_type) == (a.kind, a.versions, a.header, a.info,
-                                                                                a.config, a.config_type)
+    assert (a.kind, a.versions, a.header, a.info, a.epoch, a.step) == (
+        "sovits-export",
+        ["v2"],
+        "PK",
+        "8epoch_200iteration",
+        8,
+        200,
+    )
+    assert (b.kind, b.versions, b.header, b.info, b.config, b.config_type) == (
+        a.kind,
+        a.versions,
+        a.header,
+        a.info,
+        a.config,
+        a.config_type,
+    )
     assert a.extra == {} and a.warnings == b.warnings and a.evidence == b.evidence
     assert list(a.state_dict) == list(b.state_dict)
     for k, t in b.state_dict.items():
@@ -282,13 +330,23 @@ def test_inspect_reports_the_padded_file_like_the_unpadded_one(full_v2):
 
 
 def test_inspect_cli_on_a_padded_export(tmp_path):
-    p = write_sovits_export(tmp_path / "n.pth", _narrow_sd("v2"), config={"model": {"version": "v2"}},
-                            info="1epoch_2iteration", version="v2")
+    p = write_sovits_export(
+        tmp_path / "n.pth",
+        _narrow_sd("v2"),
+        config={"model": {"version": "v2"}},
+        info="1epoch_2iteration",
+        version="v2",
+    )
     r = run_cli("inspect", "--json", str(p), in_process=True)
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert (d["kind"], d["version"], d["header"], d["num_tensors"], d["info"]) == ("sovits-export", "v2", "PK", 3,
-                                                                                  "1epoch_2iteration")
+    assert (d["kind"], d["version"], d["header"], d["num_tensors"], d["info"]) == (
+        "sovits-export",
+        "v2",
+        "PK",
+        3,
+        "1epoch_2iteration",
+    )
     assert d["warnings"] == [] and d["has_optimizer"] is False and d["size_bytes"] == os.path.getsize(p)
 
 
@@ -298,8 +356,13 @@ def test_exports_honour_the_umask(umask, mode, tmp_path):
     exports from GPT-SoVITS running as another user)."""
     old = os.umask(umask)
     try:
-        path = write_sovits_export(tmp_path / "v_e1_s1.pth", _narrow_sd("v1"), config={"model": {"version": "v1"}},
-                                   info="1epoch_1iteration", version="v1")
+        path = write_sovits_export(
+            tmp_path / "v_e1_s1.pth",
+            _narrow_sd("v1"),
+            config={"model": {"version": "v1"}},
+            info="1epoch_1iteration",
+            version="v1",
+        )
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == mode

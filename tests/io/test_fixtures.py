@@ -89,8 +89,21 @@ def test_inspect_json_on_every_fixture(fixtures_dir, index):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out) == len(paths)
-    required = {"path", "kind", "version", "versions", "stage", "dtype", "num_tensors", "num_parameters",
-                "header", "info", "sha256", "evidence", "warnings"}
+    required = {
+        "path",
+        "kind",
+        "version",
+        "versions",
+        "stage",
+        "dtype",
+        "num_tensors",
+        "num_parameters",
+        "header",
+        "info",
+        "sha256",
+        "evidence",
+        "warnings",
+    }
     for d, name in zip(out, sorted(index)):
         want = index[name]
         assert required <= set(d)

@@ -101,8 +101,14 @@ def test_config_conflict_is_reported(schema_files: SchemaFiles, tmp_path):
     cfg = dict(src.config, version="v2")
     from tests.support.schemafiles import AsHParams
 
-    p = save_like_upstream({"weight": {k: v.clone() for k, v in src.state_dict.items()},
-                            "config": AsHParams(cfg), "info": "1epoch_1iteration"}, tmp_path / "x.pth")
+    p = save_like_upstream(
+        {
+            "weight": {k: v.clone() for k, v in src.state_dict.items()},
+            "config": AsHParams(cfg),
+            "info": "1epoch_1iteration",
+        },
+        tmp_path / "x.pth",
+    )
     f = read(p)
     assert f.versions == ["v1"]
     assert any("config version says v2" in w for w in f.warnings)
@@ -111,8 +117,15 @@ def test_config_conflict_is_reported(schema_files: SchemaFiles, tmp_path):
 def test_wrapper_prefix_is_stripped(tmp_path, schema_files: SchemaFiles):
     """DDP-saved weights (``module.`` prefix) are still recognised, and the prefix is named."""
     src = read(schema_files.path("sovits-train-d", "v2"))
-    p = save_like_upstream({"model": {f"module.{k}": v for k, v in src.state_dict.items()}, "iteration": 1,
-                            "optimizer": {"state": {}, "param_groups": []}, "learning_rate": 1e-4}, tmp_path / "D.pth")
+    p = save_like_upstream(
+        {
+            "model": {f"module.{k}": v for k, v in src.state_dict.items()},
+            "iteration": 1,
+            "optimizer": {"state": {}, "param_groups": []},
+            "learning_rate": 1e-4,
+        },
+        tmp_path / "D.pth",
+    )
     f = read(p)
     assert f.kind == "sovits-train-d" and all(not k.startswith("module.") for k in f.state_dict)
     assert any("module." in e for e in f.evidence)

@@ -12,11 +12,11 @@ import zipfile
 import pytest
 import torch
 
+from gsv_ray.atomic import atomic_write
 from gsv_ray.errors import GsvError
 from gsv_ray.io import read
-from gsv_ray.atomic import atomic_write
-from gsv_ray.io.writers import write_gpt_export, write_sovits_export
 from gsv_ray.io.safeload import _TagPatchedFile
+from gsv_ray.io.writers import write_gpt_export, write_sovits_export
 
 FIXTURE_EXPORTS = [
     "SoVITS_weights/gsvfix_e1_s2.pth",
@@ -27,14 +27,19 @@ FIXTURE_EXPORTS = [
     "GPT_weights_v2/gsvfix-e1.ckpt",
 ]
 GENERATED_EXPORTS = [("sovits-export", v) for v in ("v1", "v2", "v2Pro", "v2ProPlus")] + [
-    ("sovits-lora-export", "v3"), ("sovits-lora-export", "v4"), ("gpt-export", "v1"), ("gpt-export", "v2")]
+    ("sovits-lora-export", "v3"),
+    ("sovits-lora-export", "v4"),
+    ("gpt-export", "v1"),
+    ("gpt-export", "v2"),
+]
 
 
 def _write_like(src, out):
     if src.stage == "gpt":
         return write_gpt_export(out, src.state_dict, config=src.config, info=src.info)
-    return write_sovits_export(out, src.state_dict, config=src.config, info=src.info, version=src.version,
-                               lora_rank=src.lora_rank)
+    return write_sovits_export(
+        out, src.state_dict, config=src.config, info=src.info, version=src.version, lora_rank=src.lora_rank
+    )
 
 
 def _pickle_bytes(path) -> bytes:
@@ -73,8 +78,9 @@ def test_roundtrip_full_size(kind, version, schema_files, tmp_path):
 def test_full_g_exports_without_enc_q_in_fp16(schema_files, tmp_path):
     """Writing a full fp32 generator gives upstream's export: no enc_q, fp16, everything else kept."""
     g = read(schema_files.path("sovits-train-g", "v2"))
-    out = write_sovits_export(tmp_path / "e.pth", g.state_dict, config={"model": {"version": "v2"}},
-                              info="3epoch_30iteration", version="v2")
+    out = write_sovits_export(
+        tmp_path / "e.pth", g.state_dict, config={"model": {"version": "v2"}}, info="3epoch_30iteration", version="v2"
+    )
     e = read(out)
     assert e.kind == "sovits-export" and e.version == "v2"
     assert len(e.state_dict) == 673 and not any("enc_q" in k for k in e.state_dict)
@@ -91,13 +97,17 @@ def test_v2pro_export_bytes_and_pickle_globals(fixtures_dir, tmp_path):
     globals_ = [arg for op, arg, _ in ops if op.name in ("GLOBAL", "STACK_GLOBAL", "INST")]
     hparams = [g for g in globals_ if "HParams" in g]
     assert hparams == ["utils HParams"]  # exactly one global, named as upstream's trainers name it
-    assert set(globals_) == {"collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch HalfStorage",
-                             "utils HParams"}
+    assert set(globals_) == {
+        "collections OrderedDict",
+        "torch._utils _rebuild_tensor_v2",
+        "torch HalfStorage",
+        "utils HParams",
+    }
     # nested sections are HParams objects too: one NEWOBJ per HParams (top + train/data/model)
     assert sum(1 for op, _, _ in ops if op.name == "NEWOBJ") == 4
 
 
-GSV_STYLE_LOADER = textwrap.dedent('''
+GSV_STYLE_LOADER = textwrap.dedent("""
     # Loads like GPT-SoVITS: a module named utils with HParams on sys.path, load_sovits_new's header
     # fix, torch.load(weights_only=False), attribute access into nested config sections.
     import io, sys, torch
@@ -112,8 +122,8 @@ GSV_STYLE_LOADER = textwrap.dedent('''
     assert type(hps) is utils.HParams and type(hps.model) is utils.HParams, type(hps)
     print(head.decode(), hps.model.version, hps.data.sampling_rate, obj["info"], len(obj["weight"]),
           next(iter(obj["weight"].values())).dtype)
-''')
-UPSTREAM_UTILS = textwrap.dedent('''
+""")
+UPSTREAM_UTILS = textwrap.dedent("""
     class HParams:
         def __init__(self, **kwargs):
             for k, v in kwargs.items():
@@ -124,7 +134,7 @@ UPSTREAM_UTILS = textwrap.dedent('''
             return setattr(self, key, value)
         def __getitem__(self, key):
             return getattr(self, key)
-''')
+""")
 
 
 @pytest.mark.slow
@@ -142,7 +152,7 @@ def test_written_export_loads_the_way_gpt_sovits_loads_it(fixtures_dir, tmp_path
 
 def test_gpt_export_loads_strictly_keys_and_max_sec(fixtures_dir, tmp_path):
     src = read(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt")
-    bare = {k[len("model."):]: v for k, v in src.state_dict.items()}  # writer adds the prefix back
+    bare = {k[len("model.") :]: v for k, v in src.state_dict.items()}  # writer adds the prefix back
     out = write_gpt_export(tmp_path / "x-e3.ckpt", bare, config=src.config, info="GPT-e3")
     obj = torch.load(out, weights_only=True)  # GPT exports are plain zips torch reads by itself
     assert list(obj) == ["weight", "config", "info"] and obj["info"] == "GPT-e3"
@@ -157,8 +167,9 @@ def test_writer_never_replaces_inputs_or_existing_files(fixtures_dir, tmp_path):
     src = read(src_path)
     before = (src_path.read_bytes(), src_path.stat().st_mtime_ns)
     with pytest.raises(GsvError, match="input"):
-        write_sovits_export(src_path, src.state_dict, config=src.config, info=src.info, version="v2",
-                            overwrite=True, protect=[src_path])
+        write_sovits_export(
+            src_path, src.state_dict, config=src.config, info=src.info, version="v2", overwrite=True, protect=[src_path]
+        )
     with pytest.raises(GsvError, match="already exists"):
         write_sovits_export(src_path, src.state_dict, config=src.config, info=src.info, version="v2")
     assert (src_path.read_bytes(), src_path.stat().st_mtime_ns) == before
@@ -176,5 +187,6 @@ def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
 
 def test_full_v4_export_refused(tmp_path):
     with pytest.raises(GsvError, match="LoRA"):
-        write_sovits_export(tmp_path / "v4.pth", {"ssl_proj.weight": torch.zeros(1)}, config={}, info="1epoch_1iteration",
-                            version="v4")
+        write_sovits_export(
+            tmp_path / "v4.pth", {"ssl_proj.weight": torch.zeros(1)}, config={}, info="1epoch_1iteration", version="v4"
+        )

@@ -93,7 +93,12 @@ def test_golden_audio_frontend(name, frontend_outputs, frontend_io):
 
 
 def test_frontend_config_buffers_and_functions(frontend, frontend_io):
-    assert (frontend.sampling_rate, frontend.n_fft, frontend.hop_length, frontend.win_length) == (32000, 2048, 640, 2048)
+    assert (frontend.sampling_rate, frontend.n_fft, frontend.hop_length, frontend.win_length) == (
+        32000,
+        2048,
+        640,
+        2048,
+    )
     assert (frontend.n_mels, frontend.fmin, frontend.fmax) == (128, 0.0, None)
     # Window and filterbank follow .to() but never enter a checkpoint.
     assert dict(frontend.named_buffers()).keys() == {"window", "mel_basis"}
@@ -184,8 +189,11 @@ def test_loss_terms_match_index_values(goldens_dir, d_outputs, loss_outputs):
     y_d_rs, y_d_gs, fmap_rs, fmap_gs = d_outputs
     _, r_terms, g_terms = discriminator_loss(y_d_rs, y_d_gs)
     _, gen_terms = generator_loss(y_d_gs)
-    for got, want in ((r_terms, "discriminator_r_losses"), (g_terms, "discriminator_g_losses"),
-                      (gen_terms, "generator_losses")):
+    for got, want in (
+        (r_terms, "discriminator_r_losses"),
+        (g_terms, "discriminator_g_losses"),
+        (gen_terms, "generator_losses"),
+    ):
         assert [float(t) for t in got] == pytest.approx(values[want], rel=1e-6, abs=1e-7), want
     assert float(loss_outputs["out.mel.loss_mel"]) == pytest.approx(values["loss_mel_x_c_mel"], rel=1e-6)
     assert float(loss_outputs["out.loss_gen_all"]) == pytest.approx(values["loss_gen_all"], rel=1e-6)
@@ -196,8 +204,9 @@ def test_generator_total_is_the_upstream_sum(loss_io, d_outputs, loss_outputs):
     y_d_rs, y_d_gs, fmap_rs, fmap_gs = d_outputs
     kl_args = [loss_io[f"in.kl.{k}"] for k in ("z_p", "logs_q", "m_p", "logs_p", "z_mask")]
     y_mel, y_hat_mel = loss_outputs["out.mel.y_mel"], loss_outputs["out.mel.y_hat_mel"]
-    parts = generator_total_loss(y_d_gs, fmap_rs, fmap_gs, y_mel, y_hat_mel, *kl_args,
-                                 kl_ssl=torch.tensor(0.5), c_mel=2.0, c_kl=3.0)
+    parts = generator_total_loss(
+        y_d_gs, fmap_rs, fmap_gs, y_mel, y_hat_mel, *kl_args, kl_ssl=torch.tensor(0.5), c_mel=2.0, c_kl=3.0
+    )
     assert torch.equal(parts.mel, mel_l1_loss(y_mel, y_hat_mel) * 2.0)
     assert torch.equal(parts.kl, kl_loss(*kl_args) * 3.0)
     assert torch.equal(parts.total, parts.gen + parts.fm + parts.mel + 0.5 + parts.kl)

@@ -139,8 +139,9 @@ def test_wrong_files_refused_in_one_line(tmp_path, fixtures_dir):
     sovits = fixtures_dir / "SoVITS_weights_v2" / "gsvfix_e1_s2.pth"  # a real GPT-SoVITS file, not an SV model
     with pytest.raises(GsvError) as e:
         SpeakerEncoder.load(sovits)
-    _assert_one_line(e.value, sovits, "not a speaker-verification model", "['weight', 'config'",
-                     "pretrained_eres2netv2w24s4ep4.ckpt")
+    _assert_one_line(
+        e.value, sovits, "not a speaker-verification model", "['weight', 'config'", "pretrained_eres2netv2w24s4ep4.ckpt"
+    )
 
     other = tmp_path / "other.ckpt"
     torch.save({"conv1.weight": torch.zeros(64, 1, 3, 3), "fc.weight": torch.zeros(2, 2)}, other)

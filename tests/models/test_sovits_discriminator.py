@@ -129,8 +129,9 @@ def d_v2_outputs(d_v2_weights, d_v2_io) -> dict[str, torch.Tensor]:
 def d_v2pro_outputs(goldens_dir, d_v2_weights, d_v2pro_io) -> dict[str, torch.Tensor]:
     # Sub-discriminators 0..5 share keys (hence rule weights) with v2; only 6 and 7 are new.
     weights = dict(d_v2_weights)
-    weights.update(_partial_manifest(goldens_dir / "sovits_D_v2Pro.weights.json",
-                                     ("discriminators.6.", "discriminators.7.")))
+    weights.update(
+        _partial_manifest(goldens_dir / "sovits_D_v2Pro.weights.json", ("discriminators.6.", "discriminators.7."))
+    )
     model = _meta_model("v2Pro")
     model.load_state_dict(weights, strict=True, assign=True)
     model.eval()
@@ -169,7 +170,13 @@ def test_fixture_checkpoint_loads_strictly_with_narrow_widths(fixtures_dir, d_v2
     # Narrowed scale discriminator as the fixture rule describes: 1->1->2->8->32(g2)->32(g8)->32->1.
     s = model.discriminators[0]
     assert [(c.in_channels, c.out_channels, c.groups) for c in s.convs] == [
-        (1, 1, 1), (1, 2, 1), (2, 8, 1), (8, 32, 2), (32, 32, 8), (32, 32, 1)]
+        (1, 1, 1),
+        (1, 2, 1),
+        (2, 8, 1),
+        (8, 32, 2),
+        (32, 32, 8),
+        (32, 32, 1),
+    ]
     model.eval()
     with torch.no_grad():
         y_d_rs, y_d_gs, fmap_rs, fmap_gs = model(d_v2_io["in.y"], d_v2_io["in.y_hat"])

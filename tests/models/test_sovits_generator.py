@@ -39,8 +39,16 @@ def test_full_size_state_dict_matches_schema(version: str, schemas_dir: Path) ->
     args = schema["constructor_arguments"]
     cfg = model.config
     assert cfg.spec_channels == args["spec_channels"] and cfg.segment_frames == args["segment_size"]
-    for key in ("inter_channels", "hidden_channels", "filter_channels", "gin_channels", "p_dropout",
-                "upsample_initial_channel", "n_layers", "n_heads"):
+    for key in (
+        "inter_channels",
+        "hidden_channels",
+        "filter_channels",
+        "gin_channels",
+        "p_dropout",
+        "upsample_initial_channel",
+        "n_layers",
+        "n_heads",
+    ):
         assert getattr(cfg, key) == args[key], key
     assert list(cfg.upsample_kernel_sizes) == args["upsample_kernel_sizes"]
 
@@ -53,7 +61,9 @@ def _golden_output_names() -> list[tuple[str, str]]:
     for v in VERSIONS:
         entry = index["files"].get(f"sovits_G_{v}.io.safetensors", {})
         tensors = entry.get("tensors") or {}
-        keys = tensors.keys() if isinstance(tensors, dict) else [t["name"] if isinstance(t, dict) else t for t in tensors]
+        keys = (
+            tensors.keys() if isinstance(tensors, dict) else [t["name"] if isinstance(t, dict) else t for t in tensors]
+        )
         names += [(v, k) for k in sorted(keys) if k.startswith("out.")]
     return names
 
@@ -95,7 +105,9 @@ def _golden_run(version: str, goldens: str) -> dict[str, torch.Tensor]:
         refs = [inp["in.refer"], inp["in.refer2"]]
         svs = [inp["in.sv_emb"], inp["in.sv_emb2"]] if pro else None
         out["out.decode_multiref.audio"] = model.decode(codes, inp["in.text"], refs, noise_scale=0.0, sv_emb=svs)
-        out["out.decode_speed1.25.audio"] = model.decode(codes, inp["in.text"], inp["in.refer"], noise_scale=0.0, speed=1.25, sv_emb=sv)
+        out["out.decode_speed1.25.audio"] = model.decode(
+            codes, inp["in.text"], inp["in.refer"], noise_scale=0.0, speed=1.25, sv_emb=sv
+        )
         out["out.decode_noise0.5.audio"] = model.decode(
             codes, inp["in.text"], inp["in.refer"], noise_scale=0.5, sv_emb=sv, noise=inp["in.decode_noise.eps"]
         )
@@ -105,7 +117,11 @@ def _golden_run(version: str, goldens: str) -> dict[str, torch.Tensor]:
         out["out.dec"] = model.dec(inp["in.dec.z"], g=inp["in.dec.g"])
 
         x, m_p, logs_p, y_mask = model.enc_p(
-            inp["in.enc_p.y"], inp["in.enc_p.y_lengths"], inp["in.enc_p.text"], inp["in.enc_p.text_lengths"], inp["in.enc_p.ge"]
+            inp["in.enc_p.y"],
+            inp["in.enc_p.y_lengths"],
+            inp["in.enc_p.text"],
+            inp["in.enc_p.text_lengths"],
+            inp["in.enc_p.ge"],
         )
         out.update({"out.enc_p.x": x, "out.enc_p.m_p": m_p, "out.enc_p.logs_p": logs_p, "out.enc_p.y_mask": y_mask})
 
@@ -114,9 +130,14 @@ def _golden_run(version: str, goldens: str) -> dict[str, torch.Tensor]:
         out["out.ref_enc.ge"] = model.ref_enc(spec[:, : cfg.ref_in_channels] * mask, mask)
 
         fwd = model(
-            inp["in.fwd.ssl"], inp["in.fwd.spec"], inp["in.fwd.spec_lengths"], inp["in.fwd.text"],
-            inp["in.fwd.text_lengths"], inp["in.fwd.sv_emb"] if pro else None,
-            eps=inp["in.fwd.enc_q_eps"], slice_u=inp["in.fwd.slice_u"],
+            inp["in.fwd.ssl"],
+            inp["in.fwd.spec"],
+            inp["in.fwd.spec_lengths"],
+            inp["in.fwd.text"],
+            inp["in.fwd.text_lengths"],
+            inp["in.fwd.sv_emb"] if pro else None,
+            eps=inp["in.fwd.enc_q_eps"],
+            slice_u=inp["in.fwd.slice_u"],
         )
         out["out.fwd.y_hat"] = fwd.y_hat
         out["out.fwd.kl_ssl"] = fwd.kl_ssl.reshape(1)
@@ -197,8 +218,12 @@ def _narrowed(fixtures_dir: Path, version: str, model_cfg: dict | None = None) -
     )
 
 
-EXPORT_DIRS = {"v1": "SoVITS_weights", "v2": "SoVITS_weights_v2", "v2Pro": "SoVITS_weights_v2Pro",
-               "v2ProPlus": "SoVITS_weights_v2ProPlus"}
+EXPORT_DIRS = {
+    "v1": "SoVITS_weights",
+    "v2": "SoVITS_weights_v2",
+    "v2Pro": "SoVITS_weights_v2Pro",
+    "v2ProPlus": "SoVITS_weights_v2ProPlus",
+}
 
 
 @pytest.mark.slow
@@ -246,8 +271,9 @@ def test_g_checkpoint_fixture_loads_strictly_and_trains(fixtures_dir: Path) -> N
     assert not model.quantizer.training and not model.ssl_proj.training and model.enc_p.training
     torch.manual_seed(0)
     lengths = torch.tensor([40, 36])
-    out = model(torch.randn(2, 768, 40), torch.rand(2, 1025, 40), lengths,
-                torch.randint(1, 300, (2, 12)), torch.tensor([12, 7]))
+    out = model(
+        torch.randn(2, 768, 40), torch.rand(2, 1025, 40), lengths, torch.randint(1, 300, (2, 12)), torch.tensor([12, 7])
+    )
     y_hat, kl_ssl, ids_slice, x_mask, z_mask, (z, z_p, m_p, logs_p, m_q, logs_q), quantized = out
     assert y_hat.shape == (2, 1, 32 * 640) and float(kl_ssl) == 0.0
     assert bool(((ids_slice >= 0) & (ids_slice <= lengths - 32)).all())

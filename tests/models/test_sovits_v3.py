@@ -53,13 +53,25 @@ def golden_model(request, goldens_dir):
 
 
 def _forward(model, io, case: str, trace=None, calls=None):
-    draws = CFMDraws(t=io[f"in.{case}.draw.t"], x0=io[f"in.{case}.draw.x0"],
-                     shortcut_u=float(io[f"in.{case}.draw.shortcut_u"]),
-                     base=io.get(f"in.{case}.draw.base"))
-    return model(io["in.fwd.ssl"], io["in.fwd.spec"], io["in.fwd.mel"], io["in.fwd.spec_lengths"], io["in.fwd.text"],
-                 io["in.fwd.text_lengths"], io["in.fwd.mel_lengths"], prompt_u=io[f"in.{case}.draw.prompt_u"],
-                 draws=draws, trace=trace,
-                 on_call=(lambda name, d: calls.__setitem__(name, d)) if calls is not None else None)
+    draws = CFMDraws(
+        t=io[f"in.{case}.draw.t"],
+        x0=io[f"in.{case}.draw.x0"],
+        shortcut_u=float(io[f"in.{case}.draw.shortcut_u"]),
+        base=io.get(f"in.{case}.draw.base"),
+    )
+    return model(
+        io["in.fwd.ssl"],
+        io["in.fwd.spec"],
+        io["in.fwd.mel"],
+        io["in.fwd.spec_lengths"],
+        io["in.fwd.text"],
+        io["in.fwd.text_lengths"],
+        io["in.fwd.mel_lengths"],
+        prompt_u=io[f"in.{case}.draw.prompt_u"],
+        draws=draws,
+        trace=trace,
+        on_call=(lambda name, d: calls.__setitem__(name, d)) if calls is not None else None,
+    )
 
 
 @pytest.mark.parametrize("case", ["fwd_noshort", "fwd_short"])
@@ -68,8 +80,22 @@ def test_training_forward_and_cfm_loss(golden_model, case):
     trace, calls = {}, {}
     with torch.no_grad():
         loss = _forward(model, io, case, trace, calls)
-    for name in ("ge", "ssl_proj", "quantized", "codes", "commit_loss", "enc_p.x", "enc_p.m_p", "enc_p.logs_p",
-                 "enc_p.y_mask", "bridge", "bridge_interp", "wns1.fea", "wns1.mask", "cfm_in.x1"):
+    for name in (
+        "ge",
+        "ssl_proj",
+        "quantized",
+        "codes",
+        "commit_loss",
+        "enc_p.x",
+        "enc_p.m_p",
+        "enc_p.logs_p",
+        "enc_p.y_mask",
+        "bridge",
+        "bridge_interp",
+        "wns1.fea",
+        "wns1.mask",
+        "cfm_in.x1",
+    ):
         got = trace[name]
         want = io[f"out.fwd.{name}"]
         assert_close_golden(name, got.reshape(want.shape) if got.numel() == want.numel() else got, want)
@@ -89,12 +115,14 @@ def test_gradients_and_what_trains(golden_model):
     model.zero_grad(set_to_none=True)
     _forward(model, io, "fwd_noshort").backward()
     params = dict(model.named_parameters())
-    grads = {k[len("out.grad."):]: v for k, v in io.items() if k.startswith("out.grad.")}
+    grads = {k[len("out.grad.") :]: v for k, v in io.items() if k.startswith("out.grad.")}
     assert grads
     for name, want in grads.items():
         assert_close_golden(name, params[name].grad, want)
     # the frozen front end and ref_enc get no gradient; bridge, wns1 and the adapters do
-    assert all(p.grad is None for n, p in params.items() if n.startswith(("enc_p.", "ssl_proj.", "ref_enc.", "linear_mel.")))
+    assert all(
+        p.grad is None for n, p in params.items() if n.startswith(("enc_p.", "ssl_proj.", "ref_enc.", "linear_mel."))
+    )
     assert all(p.grad is not None for n, p in params.items() if n.startswith(("bridge.", "wns1.")) or ".lora_" in n)
     assert all(not p.requires_grad for n, p in params.items() if n.startswith("cfm.") and ".lora_" not in n)
     model.zero_grad(set_to_none=True)
@@ -118,16 +146,25 @@ def test_dit_boundary_with_and_without_the_adapter(golden_model):
     assert_close_golden("d_embed", trace["d_embed"], io["out.dit.lora.d_embed"])
     # the golden's time_embed was captured after upstream's in-place `t += d_embed(d)`: the sum
     assert_close_golden("time_embed", trace["time_embed"] + trace["d_embed"], io["out.dit.lora.time_embed"])
-    for name, key in (("text_embed", "text_embed"), ("input_embed", "input_embed"), ("block0", "block0"),
-                      ("block21", "block21")):
+    for name, key in (
+        ("text_embed", "text_embed"),
+        ("input_embed", "input_embed"),
+        ("block0", "block0"),
+        ("block21", "block21"),
+    ):
         assert_close_golden(name, trace[key][1:2], io[f"out.dit.lora.{name}"])
 
 
 def test_inference_unmerged_plain_and_merged(golden_model):
     version, model, io = golden_model
     cfm = model.flow
-    args = dict(mu=io["in.infer.mu"], x_lens=io["in.infer.x_lens"], prompt=io["in.infer.prompt"], n_timesteps=4,
-                noise=io["in.infer.noise"])
+    args = dict(
+        mu=io["in.infer.mu"],
+        x_lens=io["in.infer.x_lens"],
+        prompt=io["in.infer.prompt"],
+        n_timesteps=4,
+        noise=io["in.infer.noise"],
+    )
     assert_close_golden("lora_unmerged", cfm.inference(**args), io["out.infer.lora_unmerged"])
     with adapters_disabled(model.cfm):
         assert_close_golden("plain", cfm.inference(**args), io["out.infer.plain"])

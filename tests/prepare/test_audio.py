@@ -20,12 +20,30 @@ import torch
 from safetensors.torch import save_file
 
 from gsv_ray.models.hubert import Hubert
-from gsv_ray.prepare.audio import (Int16Overflow, SilentClip, TooLoudClip, TooShortClip, UnreadableClip, cnhubert,
-                                   decode_32k, prepare_clip, write_cnhubert, write_wav32k)
+from gsv_ray.prepare.audio import (
+    Int16Overflow,
+    SilentClip,
+    TooLoudClip,
+    TooShortClip,
+    UnreadableClip,
+    cnhubert,
+    decode_32k,
+    prepare_clip,
+    write_cnhubert,
+    write_wav32k,
+)
 from tests.support.goldens import load_io, manifest_state_dict
 
-CLIPS = ("arctic_a0007.wav", "arctic_a0007_16k.mp3", "tones_44k1_stereo.wav", "tones_32k.flac", "hot1p5_f32.wav",
-         "short_0p3s_48k.wav", "peak3_f32.wav", "silence_0p5s.wav")
+CLIPS = (
+    "arctic_a0007.wav",
+    "arctic_a0007_16k.mp3",
+    "tones_44k1_stereo.wav",
+    "tones_32k.flac",
+    "hot1p5_f32.wav",
+    "short_0p3s_48k.wav",
+    "peak3_f32.wav",
+    "silence_0p5s.wav",
+)
 KEPT = CLIPS[:6]
 HUBERT_REL_TOL = 1e-5  # measured <= 5.2e-6 (module docstring)
 
@@ -152,8 +170,10 @@ def test_cnhubert_pt_is_upstreams_format_written_atomically(tmp_path, inputs, hu
 def test_hubert_reads_pytorch_bin_with_old_weight_norm_keys(tmp_path, goldens_dir, hubert_sd, hubert, audio_io):
     """Older checkpoints: ``pytorch_model.bin`` (read with weights_only), ``weight_g``/``weight_v``, a
     ``hubert.`` prefix; same numbers as the safetensors folder."""
-    old = {"encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv_embed.conv.weight_g",
-           "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv_embed.conv.weight_v"}
+    old = {
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original0": "encoder.pos_conv_embed.conv.weight_g",
+        "encoder.pos_conv_embed.conv.parametrizations.weight.original1": "encoder.pos_conv_embed.conv.weight_v",
+    }
     torch.save({"hubert." + old.get(k, k): v for k, v in hubert_sd.items()}, tmp_path / "pytorch_model.bin")
     shutil.copy(goldens_dir / "hubert_small.config.json", tmp_path / "config.json")
     wav = audio_io["out.short_0p3s_48k.wav.wav16k"].reshape(-1).numpy()

@@ -71,8 +71,19 @@ def test_inspect_warns_and_rebuild_train_refuse(stage, value, fixtures_dir, tmp_
 
     data = tmp_path / "exp"
     data.mkdir()
-    r = run_cli("train", "--init", str(bad), "--data", str(data), "-o", str(tmp_path / "run"), "--max-steps", "2",
-                env=env, in_process=True)
+    r = run_cli(
+        "train",
+        "--init",
+        str(bad),
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        env=env,
+        in_process=True,
+    )
     _one_line_exit_2(r, str(bad), "non-finite", keys[0])
     assert bad.read_bytes() == before
 
@@ -111,6 +122,16 @@ def test_verify_semantic_and_tune_refuse(fixtures_dir, tmp_path):
     r = run_cli("semantic", "--data", str(exp), "--model", str(bad), env=env, in_process=True)
     _one_line_exit_2(r, str(bad), "non-finite")
     assert not (exp / "6-name2semantic.tsv").exists()
-    r = run_cli("tune", "--init", str(bad), "--data", str(data), "-o", str(tmp_path / "tune"), "--max-steps", "2",
-                env={**env, "RAY_AUTH_MODE": "disabled"})
+    r = run_cli(
+        "tune",
+        "--init",
+        str(bad),
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "tune"),
+        "--max-steps",
+        "2",
+        env={**env, "RAY_AUTH_MODE": "disabled"},
+    )
     _one_line_exit_2(r, str(bad), "non-finite", keys[0])

@@ -11,7 +11,7 @@ import torch
 
 from gsv_ray.errors import GsvError
 from gsv_ray.io import read
-from gsv_ray.models.gpt import Text2SemanticDecoder, T2SConfig
+from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import MultiPeriodDiscriminator, SemanticExtractor, SoVITSGenerator
 from gsv_ray.rebuild import RebuildSpec, build_models, load_result, rebuild, rebuild_cached
 from gsv_ray.rebuild.report import FILLED_FROM_BASE, INITIALISED, LOADED
@@ -86,8 +86,10 @@ def test_fixture_export_with_base_g_and_d(fixtures_dir):
 
 
 def test_fixture_training_checkpoint_is_complete(fixtures_dir):
-    r = rebuild(fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
-                config=read(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth").config)
+    r = rebuild(
+        fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
+        config=read(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth").config,
+    )
     assert Counter(fates(r).values()) == {LOADED: 632}
     assert any("optimizer state is not used" in n for n in r.report.notes)
 
@@ -131,7 +133,9 @@ def test_full_size_export_with_bases(version, schema_files):
     counts = r.report.to_json()["counts"]
     assert counts["generator"][FILLED_FROM_BASE] == ENC_Q and counts["discriminator"]["error"] == 0
     models = build_models(r.resolved)
-    assert isinstance(models["generator"], SoVITSGenerator) and isinstance(models["discriminator"], MultiPeriodDiscriminator)
+    assert isinstance(models["generator"], SoVITSGenerator) and isinstance(
+        models["discriminator"], MultiPeriodDiscriminator
+    )
     models["generator"].load_state_dict(r.generator, strict=True)
     models["discriminator"].load_state_dict(r.discriminator, strict=True)
     # semantic on the same export: only ssl_proj + quantizer matter; enc_q is harmless
@@ -200,8 +204,10 @@ def test_full_size_gpt(version, schema_files):
 # -- what does not fit -------------------------------------------------------------------------
 def test_v1_export_with_v2_base_is_refused(fixtures_dir):
     with pytest.raises(GsvError, match="do not fit together") as e:
-        rebuild(fixtures_dir / "SoVITS_weights/gsvfix_e1_s2.pth",
-                base_g=fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth")
+        rebuild(
+            fixtures_dir / "SoVITS_weights/gsvfix_e1_s2.pth",
+            base_g=fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
+        )
     assert "v1 base" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -217,7 +223,8 @@ def test_missing_required_keys_are_errors_with_a_fix(fixtures_dir, tmp_path):
     assert "missing from partial.pth" in msg and "--base" in msg
     report = e.value.report
     assert report.verdict == "error" and report.counts()["generator"]["error"] == sum(
-        1 for k in src.state_dict if k.startswith("dec."))
+        1 for k in src.state_dict if k.startswith("dec.")
+    )
     # for semantic the same file is fine: the decoder is not needed there
     assert rebuild(p, task="semantic").report.verdict == "ok"
 
@@ -255,8 +262,9 @@ def test_cache_hit_does_not_reread_inputs(schema_files, tmp_path, monkeypatch):
     # other options -> another entry; a fresh result is deterministic (seeded fresh init)
     a = rebuild_cached(export, cache_root=tmp_path)
     b = rebuild(export)
-    assert a.path != first.path and torch.equal(a.discriminator["discriminators.0.convs.0.bias"],
-                                                b.discriminator["discriminators.0.convs.0.bias"])
+    assert a.path != first.path and torch.equal(
+        a.discriminator["discriminators.0.convs.0.bias"], b.discriminator["discriminators.0.convs.0.bias"]
+    )
     assert load_result(a.path).report.to_json() == a.report.to_json()
 
 

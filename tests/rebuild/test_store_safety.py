@@ -22,9 +22,11 @@ FIX = "logs/gsvfix/logs_s2_v2/"
 
 @pytest.fixture
 def files(fixtures_dir):
-    return {"init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
-            "base_g": str(fixtures_dir / FIX / "G_233333333333.pth"),
-            "base_d": str(fixtures_dir / FIX / "D_233333333333.pth")}
+    return {
+        "init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+        "base_g": str(fixtures_dir / FIX / "G_233333333333.pth"),
+        "base_d": str(fixtures_dir / FIX / "D_233333333333.pth"),
+    }
 
 
 def _flip(path, offset=4096, n=4096):
@@ -69,8 +71,9 @@ def test_full_verification_catches_what_identity_does_not(files, tmp_path):
     _flip(f)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert entry_problem(first.path) is None and "generator" in entry_problem(first.path, full=True)
-    again = rebuild_cached(files["init"], base_g=files["base_g"], base_d=files["base_d"], cache_root=tmp_path,
-                           verify_inputs=True)
+    again = rebuild_cached(
+        files["init"], base_g=files["base_g"], base_d=files["base_d"], cache_root=tmp_path, verify_inputs=True
+    )
     assert not again.cache_hit and entry_problem(again.path, full=True) is None
 
 
@@ -94,9 +97,29 @@ def test_output_shares_no_inode_with_the_cache(files, tmp_path):
 @pytest.mark.slow
 def test_concurrent_identical_rebuilds_all_succeed(files, tmp_path):
     env = {**os.environ, "GSV_RAY_CACHE": str(tmp_path / "cache")}
-    procs = [subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", files["init"], "--base", files["base_g"],
-                               "--base-d", files["base_d"], "-o", str(tmp_path / f"out{i}"), "--json"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gsv_ray",
+                "rebuild",
+                files["init"],
+                "--base",
+                files["base_g"],
+                "--base-d",
+                files["base_d"],
+                "-o",
+                str(tmp_path / f"out{i}"),
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(3)
+    ]
     results = [(p.returncode, *p.communicate(timeout=600)) for p in procs]
     results = [(p.returncode, out, err) for p, (_, out, err) in zip(procs, results)]
     assert all(rc == 0 for rc, _, _ in results), [err for _, _, err in results]
@@ -117,13 +140,17 @@ def test_a_rebuild_killed_mid_write_leaves_an_orphan_the_next_run_removes(schema
     import signal
     import time
 
-    from gsv_ray.owned import OWNER, GRACE_S, Owner
+    from gsv_ray.owned import GRACE_S, OWNER, Owner
 
     gpt = schema_files.path("gpt-export", "v2")
     env = {**os.environ, "GSV_RAY_CACHE": str(tmp_path / "cache")}
     store = tmp_path / "cache" / "rebuild"
-    p = subprocess.Popen([sys.executable, "-m", "gsv_ray", "rebuild", str(gpt), "-o", str(tmp_path / "out")],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gsv_ray", "rebuild", str(gpt), "-o", str(tmp_path / "out")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
         temps = [d for d in _hidden_dirs(store)]
@@ -140,8 +167,13 @@ def test_a_rebuild_killed_mid_write_leaves_an_orphan_the_next_run_removes(schema
     live = store / ".0123456789abcdef01234567.live"  # another writer, alive (this process holds it)
     with Owner(live):
         os.utime(live / OWNER, (old, old))
-        r = subprocess.run([sys.executable, "-m", "gsv_ray", "rebuild", str(gpt), "-o", str(tmp_path / "out2")],
-                           env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "gsv_ray", "rebuild", str(gpt), "-o", str(tmp_path / "out2")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         assert _hidden_dirs(store) == [live.name]  # the orphan is gone, the live one kept
     assert entry_problem(tmp_path / "out2") is None

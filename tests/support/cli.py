@@ -17,8 +17,9 @@ import traceback
 from pathlib import Path
 
 
-def run_cli_in_process(*args: str, cwd: Path | str | None = None, env: dict | None = None,
-                       replace_env: bool = False) -> subprocess.CompletedProcess:
+def run_cli_in_process(
+    *args: str, cwd: Path | str | None = None, env: dict | None = None, replace_env: bool = False
+) -> subprocess.CompletedProcess:
     """``gsv_ray.cli.main(args)`` with stdout/stderr captured, as a ``CompletedProcess`` (``args``,
     ``returncode``, ``stdout``, ``stderr``: text).
 

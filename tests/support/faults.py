@@ -23,8 +23,9 @@ def _marker(faults_file: str | os.PathLike[str], out: str, step: int, rank: int)
     return Path(f"{faults_file}.{hashlib.sha256(out.encode()).hexdigest()[:12]}.{step}.{rank}.done")
 
 
-def inject(faults_file: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, kind: str, step: int,
-           rank: int = 0) -> Path:
+def inject(
+    faults_file: str | os.PathLike[str], output_dir: str | os.PathLike[str], *, kind: str, step: int, rank: int = 0
+) -> Path:
     """Make the run writing to ``output_dir`` fail once after its step-``step`` checkpoint on ``rank``.
     Returns the file that exists once the failure has happened."""
     p = Path(faults_file)

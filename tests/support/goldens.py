@@ -65,7 +65,9 @@ def assert_close_golden(name: str, got: torch.Tensor, want: torch.Tensor) -> Non
     assert err <= tol, f"{name}: max abs error {err:.3g} > tolerance {tol:.3g}"
 
 
-def v3_state_dict(goldens_dir: Path, version: str, *, lora: bool = False, verify: bool = True) -> dict[str, torch.Tensor]:
+def v3_state_dict(
+    goldens_dir: Path, version: str, *, lora: bool = False, verify: bool = True
+) -> dict[str, torch.Tensor]:
     """The v3/v4 golden generator's state dict (section 9.2), in upstream's state_dict order: the plain
     manifest's rule tensors plus its fixed tensor (``rotary_embed.inv_freq``, real values); with
     ``lora``, the LoRA r=32 model's keys (plain tensors renamed by ``base_key_map`` + the LoRA rule)."""
@@ -100,5 +102,11 @@ def eres2netv2_state_dict(goldens_dir: Path, *, verify: bool = True) -> dict[str
 
 
 #: The six clips GPT-SoVITS's SV step kept (PREPARE.md section 0), as named in ``prepare_sv.*``.
-SV_CLIPS = ("arctic_a0007.wav", "arctic_a0007_16k.mp3", "tones_44k1_stereo.wav", "tones_32k.flac", "hot1p5_f32.wav",
-            "short_0p3s_48k.wav")
+SV_CLIPS = (
+    "arctic_a0007.wav",
+    "arctic_a0007_16k.mp3",
+    "tones_44k1_stereo.wav",
+    "tones_32k.flac",
+    "hot1p5_f32.wav",
+    "short_0p3s_48k.wav",
+)

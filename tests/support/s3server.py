@@ -36,9 +36,19 @@ def loopback_s3() -> Iterator[dict]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     mp = pytest.MonkeyPatch()
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE",
-                "AWS_SHARED_CREDENTIALS_FILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
-                "ALL_PROXY", "all_proxy"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
         mp.delenv(var, raising=False)
     mp.setenv("AWS_ACCESS_KEY_ID", "testing")
     mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -47,8 +57,13 @@ def loopback_s3() -> Iterator[dict]:
     mp.setenv("AWS_ENDPOINT_URL", endpoint)
     mp.setenv("NO_PROXY", "127.0.0.1,localhost")
     try:
-        admin = pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True,
-                                  access_key="testing", secret_key="testing")
+        admin = pafs.S3FileSystem(
+            endpoint_override=endpoint,
+            region="us-east-1",
+            allow_bucket_creation=True,
+            access_key="testing",
+            secret_key="testing",
+        )
         admin.create_dir("voices")
         yield {"endpoint": endpoint, "port": port, "fs": admin, "log": log}
     finally:

@@ -97,8 +97,15 @@ class SchemaFiles:
     def s2_config(self, version: str) -> dict:
         cfg = json.loads((self.schemas_dir / f"config_s2_{version}.json").read_text())["config"]
         cfg["model"]["version"] = version
-        cfg.update(s2_ckpt_dir="logs/exp", content_module="cnhubert", save_weight_dir=f"SoVITS_weights_{version}",
-                   name="exp", version=version, pretrain=None, resume_step=None)
+        cfg.update(
+            s2_ckpt_dir="logs/exp",
+            content_module="cnhubert",
+            save_weight_dir=f"SoVITS_weights_{version}",
+            name="exp",
+            version=version,
+            pretrain=None,
+            resume_step=None,
+        )
         return cfg
 
     def s1_config(self, version: str) -> dict:
@@ -149,16 +156,23 @@ class SchemaFiles:
 
     def _sovits_export(self, version: str) -> Path:
         sd = {k: v for k, v in self._g_schema(version).items() if "enc_q" not in k}
-        obj = OrderedDict(weight=dict(self.tensors(sd, torch.float16)), config=AsHParams(self.s2_config(version)),
-                          info="8epoch_200iteration")
+        obj = OrderedDict(
+            weight=dict(self.tensors(sd, torch.float16)),
+            config=AsHParams(self.s2_config(version)),
+            info="8epoch_200iteration",
+        )
         return save_like_upstream(obj, self.root / f"SoVITS_weights_{version}" / "exp_e8_s200.pth", TAGS.get(version))
 
     def _sovits_lora_export(self, version: str) -> Path:
         entries = self.schema(f"sovits_G_{version}_lora32")["lora_exported_weight_keys"]
         cfg = self.s2_config(version)
         cfg["train"]["lora_rank"] = "32"
-        obj = OrderedDict(weight=dict(self.tensors(entries, torch.float16)), config=AsHParams(cfg),
-                          info="2epoch_50iteration", lora_rank=32)
+        obj = OrderedDict(
+            weight=dict(self.tensors(entries, torch.float16)),
+            config=AsHParams(cfg),
+            info="2epoch_50iteration",
+            lora_rank=32,
+        )
         return save_like_upstream(obj, self.root / f"SoVITS_weights_{version}" / "exp_e2_s50_l32.pth", TAGS[version])
 
     def _sovits_pretrained_g(self, version: str) -> Path:
@@ -175,16 +189,29 @@ class SchemaFiles:
     def _train_ckpt(self, entries: dict, groups: list[list[int]], name: str) -> Path:
         model = self.tensors(entries, torch.float32)
         param_groups = [
-            {"lr": 1e-4, "betas": (0.8, 0.99), "eps": 1e-9, "weight_decay": 0.01, "amsgrad": False,
-             "initial_lr": 1e-4, "params": g} for g in groups
+            {
+                "lr": 1e-4,
+                "betas": (0.8, 0.99),
+                "eps": 1e-9,
+                "weight_decay": 0.01,
+                "amsgrad": False,
+                "initial_lr": 1e-4,
+                "params": g,
+            }
+            for g in groups
         ]
-        obj = {"model": model, "iteration": 8, "optimizer": {"state": {}, "param_groups": param_groups},
-               "learning_rate": 1e-4}
+        obj = {
+            "model": model,
+            "iteration": 8,
+            "optimizer": {"state": {}, "param_groups": param_groups},
+            "learning_rate": 1e-4,
+        }
         return save_like_upstream(obj, self.root / name)
 
     def _sovits_train_g(self, version: str) -> Path:
-        schema = (self.schema(f"sovits_G_{version}_lora32") if version in ("v3", "v4") else
-                  self.schema(f"sovits_G_{version}"))["state_dict"]
+        schema = (
+            self.schema(f"sovits_G_{version}_lora32") if version in ("v3", "v4") else self.schema(f"sovits_G_{version}")
+        )["state_dict"]
         n = sum(1 for e in schema.values() if e.get("kind") == "parameter")
         return self._train_ckpt(schema, [list(range(n))], f"logs/exp/logs_s2_{version}/G_233333333333.pth")
 
@@ -201,10 +228,20 @@ class SchemaFiles:
         sd = self.tensors(self.schema(f"gpt_t2s_{version}")["state_dict"], torch.float32)
         cfg = self.s1_config(version)
         obj = {
-            "epoch": 14, "global_step": 3000, "pytorch-lightning_version": "2.6.6", "state_dict": sd,
-            "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": [], "hparams_name": "kwargs",
-            "hyper_parameters": {"config": cfg, "output_dir": pathlib.PosixPath(f"logs/exp/logs_s1_{version}"),
-                                 "is_train": True},
+            "epoch": 14,
+            "global_step": 3000,
+            "pytorch-lightning_version": "2.6.6",
+            "state_dict": sd,
+            "loops": {},
+            "callbacks": {},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+            "hparams_name": "kwargs",
+            "hyper_parameters": {
+                "config": cfg,
+                "output_dir": pathlib.PosixPath(f"logs/exp/logs_s1_{version}"),
+                "is_train": True,
+            },
         }
         return save_like_upstream(obj, self.root / f"logs/exp/logs_s1_{version}/ckpt/epoch=14-step=3000.ckpt")
 

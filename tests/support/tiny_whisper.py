@@ -12,13 +12,20 @@ deterministically: enough to run ``--asr`` end to end and get a finite CER.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>", "<|startoflm|>",
-            "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>")
+SPECIALS = (
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
+)
 TIMESTAMPS = 1501  # <|0.00|> .. <|30.00|>
 WIDTH, FFN, MELS = 16, 32, 80
 

@@ -33,8 +33,8 @@ def read_records(path: str | Path) -> list[pb.Record]:
         if left < 7:  # block tail padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        payload = data[pos + 7:pos + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        payload = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == FULL:
             pending = None
@@ -59,8 +59,10 @@ def read_records(path: str | Path) -> list[pb.Record]:
 def find_run_files(root: str | Path) -> list[Path]:
     """Every ``run-*.wandb`` under ``root``, oldest folder first (an offline resume adds a folder
     ``offline-run-<time>-<id>-1`` beside the first)."""
+
     def order(p: Path) -> tuple:
         return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.parent.name))
+
     found = (p for p in Path(root).rglob("run-*.wandb") if not any(q.is_symlink() for q in p.parents))
     return sorted(found, key=order)  # (W&B's "latest-run" is a symlink to one of them)
 
@@ -136,5 +138,13 @@ def run_info(records: list[pb.Record]) -> dict[str, Any]:
     runs = grouped(records).get("run", [])
     assert runs, "no run record"
     r = runs[-1]
-    return {"id": r.run_id, "name": r.display_name, "group": r.run_group, "job_type": r.job_type,
-            "project": r.project, "resumed": r.resumed, "starting_step": r.starting_step, "runs": len(runs)}
+    return {
+        "id": r.run_id,
+        "name": r.display_name,
+        "group": r.run_group,
+        "job_type": r.job_type,
+        "project": r.project,
+        "resumed": r.resumed,
+        "starting_step": r.starting_step,
+        "runs": len(runs),
+    }

@@ -9,9 +9,21 @@ SOVITS_V2 = "SoVITS_weights_v2/gsvfix_e1_s2.pth"
 
 @pytest.fixture(autouse=True)
 def wandb_env(tmp_path, monkeypatch):
-    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_DIR", "WANDB_BASE_URL",
-                "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_RUN_GROUP",
-                "WANDB_JOB_TYPE", "WANDB_NAME", "RANK"):
+    for var in (
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_MODE",
+        "WANDB_DIR",
+        "WANDB_BASE_URL",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_RUN_GROUP",
+        "WANDB_JOB_TYPE",
+        "WANDB_NAME",
+        "RANK",
+    ):
         monkeypatch.delenv(var, raising=False)
     home = tmp_path / "_wbhome"
     monkeypatch.setenv("NETRC", str(home / "netrc"))  # absent file: no credentials

@@ -77,8 +77,12 @@ while True:
 
 
 def test_killed_writer_leaves_only_complete_lines(tmp_path):
-    p = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert p.stdout.readline().strip() == b"ready"
         time.sleep(0.2)

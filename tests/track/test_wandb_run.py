@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from gsv_ray.track import Tracker, rebuild_config, rebuild_table_rows, resolve_mode
-from gsv_ray.track import wandb_file
+from gsv_ray.track import Tracker, rebuild_config, rebuild_table_rows, resolve_mode, wandb_file
 from gsv_ray.track.wandb_run import has_api_key, jsonable, to_pcm16
 from tests.support import wandb_reader as wr
 
 
 def _config(tmp_path: Path) -> dict:
     return {
-        "stage": "sovits", "version": "v2",
+        "stage": "sovits",
+        "version": "v2",
         "lr": {"g": 1e-4, "d": 1e-4, "text_low_lr_rate": 0.4},
         "warmup_epochs": 2,
         "init": {"path": tmp_path / "in.pth", "sha256": "ab" * 32},
@@ -38,23 +38,43 @@ def full_run(tmp_path_factory, fixtures_dir, sovits_report):
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "RANK"):
         mp.delenv(var, raising=False)
     home = tmp_path / "_wbhome"
-    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
-                     ("WANDB_ARTIFACT_DIR", "artifacts"), ("NETRC", "netrc")):
+    for var, sub in (
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+        ("NETRC", "netrc"),
+    ):
         mp.setenv(var, str(home / sub))
     run_dir = tmp_path / "run"
     export = run_dir / "export" / "voice_e1_s10.pth"
     export.parent.mkdir(parents=True)
     export.write_bytes(b"\0" * 1000)
-    t = Tracker().start(_config(tmp_path), project="gsv-test", mode="offline", dir=run_dir,
-                        group="tune-abc", job_type="trial", name="trial_00001", run_id="trial00001")
+    t = Tracker().start(
+        _config(tmp_path),
+        project="gsv-test",
+        mode="offline",
+        dir=run_dir,
+        group="tune-abc",
+        job_type="trial",
+        name="trial_00001",
+        run_id="trial00001",
+    )
     cfg_rebuild = t.log_rebuild(sovits_report)
     sr = 32000
     wav = np.sin(2 * np.pi * 440 * np.arange(sr // 4) / sr).astype(np.float32) * 0.5
     audio_paths = []
     for step in range(10):
-        t.log(step, {"train/loss": 1.0 / (step + 1), "train/lr": 1e-4 * (step + 1) / 10,
-                     "train/grad_norm": torch.tensor(0.5 + step), "train/step_time": 0.1,
-                     "train/samples_per_s": np.float32(40.0)})
+        t.log(
+            step,
+            {
+                "train/loss": 1.0 / (step + 1),
+                "train/lr": 1e-4 * (step + 1) / 10,
+                "train/grad_norm": torch.tensor(0.5 + step),
+                "train/step_time": 0.1,
+                "train/samples_per_s": np.float32(40.0),
+            },
+        )
         if step == 5:  # validation samples at the same step as that step's losses: one merged row
             audio_paths = t.log_audio(5, [("utt 01", wav, sr), ("utt02", torch.from_numpy(wav)[None], sr)])
     t.log(9, {"val/loss": 0.7})
@@ -66,9 +86,15 @@ def full_run(tmp_path_factory, fixtures_dir, sovits_report):
     run_file = t.run_file
     mp.undo()
     recs = wr.read_records(wr.find_run_file(run_dir / "wandb"))
-    return {"dir": run_dir, "wandb_dir": wdir, "records": recs, "audio": audio_paths,
-            "cfg_rebuild": cfg_rebuild, "report": sovits_report,
-            "run_file": run_file}
+    return {
+        "dir": run_dir,
+        "wandb_dir": wdir,
+        "records": recs,
+        "audio": audio_paths,
+        "cfg_rebuild": cfg_rebuild,
+        "report": sovits_report,
+        "run_file": run_file,
+    }
 
 
 def test_run_info_and_folder(full_run):
@@ -125,7 +151,8 @@ def test_rebuild_table_recorded(full_run):
     assert data["data"] == expect
     assert {(r[0], r[1], r[2]) for r in expect} >= {("generator", "enc_q.*", "initialised")}
     assert sum(r[3] for r in expect if r[2] == "initialised") == sum(
-        c["initialised"] for c in full_run["report"].counts().values())
+        c["initialised"] for c in full_run["report"].counts().values()
+    )
     arts = wr.artifacts(full_run["records"])
     assert any(a.type == "run_table" for a in arts)
     assert wr.summary(full_run["records"])["rebuild/table"]["_type"] == "table-file"
@@ -173,8 +200,17 @@ def test_ray_worker_export_artifact_is_not_staged(tmp_path, wandb_env, sovits_re
     data = os.urandom(4096) + bytes(1 << 20)
     export.write_bytes(data)
     final = tmp_path / "out" / "trials" / "t1"
-    tr = Tracking(scratch, project="gsv-test", mode="offline", name="t1", run_id="t1trial0", group="g",
-                  job_type="trial", stage_artifacts=True, final_dir=final)
+    tr = Tracking(
+        scratch,
+        project="gsv-test",
+        mode="offline",
+        name="t1",
+        run_id="t1trial0",
+        group="g",
+        job_type="trial",
+        stage_artifacts=True,
+        final_dir=final,
+    )
     tr.begin({"stage": "sovits", "version": "v2"}, SimpleNamespace(report=sovits_report))
     tr.log_exports([export], stage="sovits", version="v2", step=2)
     tr.finish()
@@ -192,15 +228,25 @@ def test_wandb_sync_dry_run(full_run):
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
     exe = Path(sys.executable).parent / "wandb"
-    r = subprocess.run([str(exe), "sync", "--dry-run", str(full_run["wandb_dir"])], env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [str(exe), "sync", "--dry-run", str(full_run["wandb_dir"])], env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_resume_same_id_offline(tmp_path):
     def session(steps, extra):
-        t = Tracker().start({"a": 1, **extra}, project="gsv-test", mode="offline", dir=tmp_path,
-                            group="g", job_type="trial", name="t1", run_id="resumeme", resume="allow")
+        t = Tracker().start(
+            {"a": 1, **extra},
+            project="gsv-test",
+            mode="offline",
+            dir=tmp_path,
+            group="g",
+            job_type="trial",
+            name="t1",
+            run_id="resumeme",
+            resume="allow",
+        )
         for s in steps:
             t.log(s, {"train/loss": float(s)})
         t.finish()
@@ -259,8 +305,7 @@ def test_online_without_key_falls_back_offline(tmp_path, capsys):
 def test_online_start_failure_falls_back_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key, but a server that refuses connections
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
-    t = Tracker().start({"a": 1}, project="p", mode=None, dir=tmp_path, run_id="unreach1",
-                        settings={"init_timeout": 2})
+    t = Tracker().start({"a": 1}, project="p", mode=None, dir=tmp_path, run_id="unreach1", settings={"init_timeout": 2})
     try:
         assert t.mode == "offline" and t.enabled
         assert "online start failed" in capsys.readouterr().err
@@ -302,7 +347,11 @@ def test_resolve_mode(tmp_path, monkeypatch):
 
 def test_helpers(sovits_report):
     assert jsonable({"p": Path("/a"), "t": (1, 2), "n": np.float32(1.5), "x": torch.tensor(2)}) == {
-        "p": "/a", "t": [1, 2], "n": 1.5, "x": 2}
+        "p": "/a",
+        "t": [1, 2],
+        "n": 1.5,
+        "x": 2,
+    }
     pcm = to_pcm16(np.array([-2.0, -1.0, 0.0, 0.5, 1.0, np.nan]))
     assert pcm.dtype == np.int16 and pcm.tolist() == [-32767, -32767, 0, 16384, 32767, 0]
     with pytest.raises(ValueError, match="mono"):

@@ -24,6 +24,8 @@ def gpt_init(fixtures_dir):
 @pytest.fixture
 def sovits_files(fixtures_dir):
     """A v2 export with its (narrow) base G and D, as GPT-SoVITS wrote them."""
-    return {"init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
-            "base_g": str(fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"),
-            "base_d": str(fixtures_dir / "logs/gsvfix/logs_s2_v2/D_233333333333.pth")}
+    return {
+        "init": str(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth"),
+        "base_g": str(fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth"),
+        "base_d": str(fixtures_dir / "logs/gsvfix/logs_s2_v2/D_233333333333.pth"),
+    }

@@ -29,8 +29,9 @@ E2E_REL = {"gpt": 6e-6, "sovits": 1e-3}
 
 def weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     """Every model of a checkpoint (``model.safetensors`` = G or GPT, ``model_1`` = D)."""
-    return {f"{f.stem}/{k}": v for f in sorted(ckpt_dir.glob("model*.safetensors"))
-            for k, v in load_file(str(f)).items()}
+    return {
+        f"{f.stem}/{k}": v for f in sorted(ckpt_dir.glob("model*.safetensors")) for k, v in load_file(str(f)).items()
+    }
 
 
 def without_key_biases(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,7 +44,7 @@ def without_key_biases(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         if k.endswith("self_attn.in_proj_bias"):  # [q; k; v] biases: keep q and v
             third = v.shape[0] // 3
-            v = torch.cat([v[:third], v[2 * third:]])
+            v = torch.cat([v[:third], v[2 * third :]])
         out[k] = v
     return out
 
@@ -79,9 +80,21 @@ def _files(stage, gpt_init, sovits_files):
 
 
 def _config(stage, gpt_init, sovits_files, data, out, **kw):
-    base = dict(_files(stage, gpt_init, sovits_files), data=str(data), output_dir=str(out), max_steps=3,
-                dropout=DROPOUT, val_fraction=0.0, val_every=1000, save_every=1000, warmup_steps=0, lr_scale=1.0,
-                seed=5, num_workers=0, wandb_mode="disabled")
+    base = dict(
+        _files(stage, gpt_init, sovits_files),
+        data=str(data),
+        output_dir=str(out),
+        max_steps=3,
+        dropout=DROPOUT,
+        val_fraction=0.0,
+        val_every=1000,
+        save_every=1000,
+        warmup_steps=0,
+        lr_scale=1.0,
+        seed=5,
+        num_workers=0,
+        wandb_mode="disabled",
+    )
     base.update(kw)
     return load_config(None, **base)
 
@@ -110,8 +123,9 @@ def step_gradients(recipe) -> tuple[dict[str, torch.Tensor], list]:
 
     def record(opt, args, kwargs) -> None:
         params = [p for group in opt.param_groups for p in group["params"]]
-        seen[opt.param_groups[0]["name"]] = torch.cat([
-            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().flatten() for p in params])
+        seen[opt.param_groups[0]["name"]] = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().flatten() for p in params]
+        )
 
     hooks = [getattr(opt, "optimizer", opt).register_step_pre_hook(record) for opt in recipe.optimizers]
     try:
@@ -132,8 +146,9 @@ MODELS = {"gpt": {"gpt"}, "sovits": {"generator", "discriminator"}, "cfm": {"gen
 
 
 @pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.slow) if s != "gpt" else s for s in MODELS])
-def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(stage, gpt_init, sovits_files, synth_v2, tmp_path,
-                                                                request):
+def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(
+    stage, gpt_init, sovits_files, synth_v2, tmp_path, request
+):
     """With dropout on (the GPT; SoVITS G with its reference encoder; the v4 DiT), one optimizer step of
     ``--grad-accum 2 --batch-size 2`` steps every model with the gradient of ``--batch-size 4`` on
     the same global batch, to :data:`GRAD_REL`."""
@@ -144,8 +159,19 @@ def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(stage, gpt_init,
         files, data = _files(stage, gpt_init, sovits_files), synth_v2
 
     def gradients(name: str, **kw):
-        cfg = load_config(None, **files, data=str(data), output_dir=str(tmp_path / name), max_steps=1,
-                          dropout=DROPOUT, val_fraction=0.0, warmup_steps=0, lr_scale=1.0, seed=5, **kw)
+        cfg = load_config(
+            None,
+            **files,
+            data=str(data),
+            output_dir=str(tmp_path / name),
+            max_steps=1,
+            dropout=DROPOUT,
+            val_fraction=0.0,
+            warmup_steps=0,
+            lr_scale=1.0,
+            seed=5,
+            **kw,
+        )
         return step_gradients(_recipe(cfg, data))
 
     full, full_micro = gradients("full", batch_size=4, grad_accum=1)
@@ -166,16 +192,21 @@ def test_one_step_gradient_of_accumulation_is_the_bigger_batchs(stage, gpt_init,
 def test_accumulation_trains_like_the_bigger_batch(stage, gpt_init, sovits_files, synth_v2, tmp_path):
     """End to end through ``train()``: after 3 steps with dropout, the weights of ``2 x 2`` are those of
     ``4`` (to :data:`E2E_REL` of how far training moved them)."""
+
     def run(name, **kw):
-        return train(_config(stage, gpt_init, sovits_files, synth_v2, tmp_path / name, **kw), progress=False,
-                     say=lambda s: None)
+        return train(
+            _config(stage, gpt_init, sovits_files, synth_v2, tmp_path / name, **kw), progress=False, say=lambda s: None
+        )
 
     full = run("full", batch_size=4, grad_accum=1)
     accum = run("accum", batch_size=2, grad_accum=2)
     assert full.steps == accum.steps == 3
-    assert_same_weights(weights(full.last_checkpoint), weights(accum.last_checkpoint),
-                        rebuilt_weights(_config(stage, gpt_init, sovits_files, synth_v2, tmp_path / "x")),
-                        rel=E2E_REL[stage])
+    assert_same_weights(
+        weights(full.last_checkpoint),
+        weights(accum.last_checkpoint),
+        rebuilt_weights(_config(stage, gpt_init, sovits_files, synth_v2, tmp_path / "x")),
+        rel=E2E_REL[stage],
+    )
 
 
 def test_generator_loss_leaves_no_gradient_in_d(sovits_files, synth_v2, tmp_path):
@@ -205,8 +236,7 @@ def _ema_codebook_init(sovits_files, tmp_path) -> Path:
     obj = safe_load(sovits_files["init"]).obj
     config = dict(obj["config"])
     config["model"] = dict(config["model"], freeze_quantizer=False)
-    return write_sovits_export(tmp_path / "ema_e1_s2.pth", obj["weight"], config=config, info=obj["info"],
-                               version="v2")
+    return write_sovits_export(tmp_path / "ema_e1_s2.pth", obj["weight"], config=config, info=obj["info"], version="v2")
 
 
 @pytest.mark.parametrize("flags", [("--grad-accum", "2"), ("--workers", "2")], ids=["accumulation", "workers"])
@@ -220,9 +250,26 @@ def test_ema_codebook_with_accumulation_or_workers_is_refused_in_one_line(flags,
     init = _ema_codebook_init(sovits_files, tmp_path)
     before = init.read_bytes()
     out = tmp_path / "run"
-    r = run_cli("train", "--init", str(init), "--base", sovits_files["base_g"], "--base-d", sovits_files["base_d"],
-                "--data", str(synth_v2), "--batch-size", "2", *flags, "--max-steps", "1", "-o", str(out),
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}, in_process=True)
+    r = run_cli(
+        "train",
+        "--init",
+        str(init),
+        "--base",
+        sovits_files["base_g"],
+        "--base-d",
+        sovits_files["base_d"],
+        "--data",
+        str(synth_v2),
+        "--batch-size",
+        "2",
+        *flags,
+        "--max-steps",
+        "1",
+        "-o",
+        str(out),
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"},
+        in_process=True,
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and str(init) in line, line

@@ -15,9 +15,20 @@ from tests.conftest import run_cli
 
 
 def _cfg(v4_inputs, out, **kw):
-    base = dict(init=str(v4_inputs["init"]), base_g=str(v4_inputs["base"]), data=str(v4_inputs["data"]),
-                output_dir=str(out), batch_size=4, warmup_steps=2, val_fraction=0.25, val_every=4, save_every=4,
-                seed=5, wandb_mode="disabled", num_workers=0)
+    base = dict(
+        init=str(v4_inputs["init"]),
+        base_g=str(v4_inputs["base"]),
+        data=str(v4_inputs["data"]),
+        output_dir=str(out),
+        batch_size=4,
+        warmup_steps=2,
+        val_fraction=0.25,
+        val_every=4,
+        save_every=4,
+        seed=5,
+        wandb_mode="disabled",
+        num_workers=0,
+    )
     base.update(kw)
     return load_config(None, **base)
 
@@ -28,11 +39,37 @@ def _model(ckpt) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_loss_falls_and_the_export_is_upstreams_lora_format(v4_inputs, tmp_path):
-    r = run_cli("train", "--init", str(v4_inputs["init"]), "--base", str(v4_inputs["base"]), "--data",
-                str(v4_inputs["data"]), "-o", str(tmp_path / "run"), "--max-steps", "16", "--val-every", "4",
-                "--batch-size", "4", "--lr-scale", "10", "--warmup-steps", "2", "--val-fraction", "0.25",
-                "--cfm-eval-steps", "1", "--cfm-eval-utterances", "2", "--wandb-mode", "disabled",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, timeout=600)
+    r = run_cli(
+        "train",
+        "--init",
+        str(v4_inputs["init"]),
+        "--base",
+        str(v4_inputs["base"]),
+        "--data",
+        str(v4_inputs["data"]),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "16",
+        "--val-every",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr-scale",
+        "10",
+        "--warmup-steps",
+        "2",
+        "--val-fraction",
+        "0.25",
+        "--cfm-eval-steps",
+        "1",
+        "--cfm-eval-utterances",
+        "2",
+        "--wandb-mode",
+        "disabled",
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_losses = [row["loss"] for row in rows if row.get("split") == "train"]
@@ -51,8 +88,18 @@ def test_loss_falls_and_the_export_is_upstreams_lora_format(v4_inputs, tmp_path)
 
     # GPT-SoVITS merges the export onto its base; our rebuild --task infer does the same: it must give
     # the weights we trained (the export is fp16: equal within its rounding)
-    merged = run_cli("rebuild", str(export), "--base", str(v4_inputs["base"]), "--task", "infer", "-o",
-                     str(tmp_path / "merged"), env={"GSV_RAY_CACHE": str(tmp_path / "cache")}, in_process=True)
+    merged = run_cli(
+        "rebuild",
+        str(export),
+        "--base",
+        str(v4_inputs["base"]),
+        "--task",
+        "infer",
+        "-o",
+        str(tmp_path / "merged"),
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
+        in_process=True,
+    )
     assert merged.returncode == 0, merged.stderr
     got = load_file(str(tmp_path / "merged" / "generator.safetensors"))
     trained = _model(sorted((tmp_path / "run" / "checkpoints").iterdir())[-1])
@@ -92,8 +139,9 @@ def test_resume_is_bit_identical(v4_inputs, tmp_path):
     kw = dict(save_every=n, val_every=n, lr_scale=5.0, decay="exponential", lr_decay=0.5)
     straight = train(_cfg(v4_inputs, tmp_path / "straight", max_steps=2 * n, **kw), progress=False, say=lambda s: None)
     train(_cfg(v4_inputs, tmp_path / "halves", max_steps=n, **kw), progress=False, say=lambda s: None)
-    resumed = train(_cfg(v4_inputs, tmp_path / "halves", max_steps=2 * n, resume="latest", **kw), progress=False,
-                    say=lambda s: None)
+    resumed = train(
+        _cfg(v4_inputs, tmp_path / "halves", max_steps=2 * n, resume="latest", **kw), progress=False, say=lambda s: None
+    )
     a, b = _model(straight.last_checkpoint), _model(resumed.last_checkpoint)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -109,8 +157,11 @@ def test_accumulation_equals_the_global_batch(v4_inputs, tmp_path):
     whole steps (moved ~1e-3)."""
     kw = dict(max_steps=2, save_every=2, lr_scale=5.0, warmup_steps=0, val_fraction=0.0, dropout=0.0)
     one = train(_cfg(v4_inputs, tmp_path / "one", **kw), progress=False, say=lambda s: None)
-    two = train(_cfg(v4_inputs, tmp_path / "acc", **{**kw, "batch_size": 2, "grad_accum": 2}), progress=False,
-                say=lambda s: None)
+    two = train(
+        _cfg(v4_inputs, tmp_path / "acc", **{**kw, "batch_size": 2, "grad_accum": 2}),
+        progress=False,
+        say=lambda s: None,
+    )
     a, b = _model(one.last_checkpoint), _model(two.last_checkpoint)
     start = _model_of_rebuild(v4_inputs, tmp_path)
     moved = max(float((a[k] - start[k]).abs().max()) for k in a)
@@ -157,11 +208,35 @@ def test_validation_audio_through_the_v4_vocoder(v4_inputs, tmp_path):
     torch.manual_seed(0)
     voc = tmp_path / "vocoder.pth"
     torch.save(V4Vocoder(upsample_initial_channel=32).plain_state_dict(), voc)  # narrow, as upstream saves it
-    r = run_cli("train", "--init", str(v4_inputs["init"]), "--base", str(v4_inputs["base"]), "--data",
-                str(v4_inputs["data"]), "-o", str(tmp_path / "run"), "--max-steps", "2", "--val-every", "2",
-                "--batch-size", "4", "--val-fraction", "0.25", "--vocoder", str(voc), "--cfm-eval-steps", "1",
-                "--cfm-eval-utterances", "1", "--wandb-mode", "offline",
-                env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": ""}, timeout=600)
+    r = run_cli(
+        "train",
+        "--init",
+        str(v4_inputs["init"]),
+        "--base",
+        str(v4_inputs["base"]),
+        "--data",
+        str(v4_inputs["data"]),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        "--val-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--val-fraction",
+        "0.25",
+        "--vocoder",
+        str(voc),
+        "--cfm-eval-steps",
+        "1",
+        "--cfm-eval-utterances",
+        "1",
+        "--wandb-mode",
+        "offline",
+        env={"GSV_RAY_CACHE": str(tmp_path / "cache"), "WANDB_API_KEY": ""},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     wavs = sorted((tmp_path / "run" / "samples" / "step_00000002").glob("*.wav"))
     assert len(wavs) == 2
@@ -170,8 +245,9 @@ def test_validation_audio_through_the_v4_vocoder(v4_inputs, tmp_path):
     assert wav_info(wavs[0])[2] == 48000
     (run_file,) = wr.find_run_files(tmp_path / "run" / "wandb")
     assert any(k.startswith("val/audio/") for h in wr.history_rows(wr.read_records(run_file)) for k in h)
-    assert {"val/mel_dist", "val/mrstft_dist", "val/quality"} <= {k for h in wr.history_rows(wr.read_records(run_file))
-                                                                   for k in h}  # the vocoded audio is scored too
+    assert {"val/mel_dist", "val/mrstft_dist", "val/quality"} <= {
+        k for h in wr.history_rows(wr.read_records(run_file)) for k in h
+    }  # the vocoded audio is scored too
 
 
 @pytest.mark.slow
@@ -179,8 +255,21 @@ def test_v3_trains_and_refuses_a_vocoder_in_one_line(tmp_path):
     from gsv_ray.demo import make_v3_inputs
 
     v3 = make_v3_inputs(tmp_path / "in", "v3")
-    common = ["train", "--init", str(v3["init"]), "--base", str(v3["base"]), "--data", str(v3["data"]),
-              "--max-steps", "2", "--batch-size", "4", "--wandb-mode", "disabled"]
+    common = [
+        "train",
+        "--init",
+        str(v3["init"]),
+        "--base",
+        str(v3["base"]),
+        "--data",
+        str(v3["data"]),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--wandb-mode",
+        "disabled",
+    ]
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     r = run_cli(*common, "-o", str(tmp_path / "ok"), env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -194,7 +283,14 @@ def test_v3_trains_and_refuses_a_vocoder_in_one_line(tmp_path):
 def test_verify_takes_a_v4_lora_export(v4_inputs, tmp_path):
     from gsv_ray.train.verify import verify
 
-    r = verify(v4_inputs["init"], data=v4_inputs["data"], base_g=v4_inputs["base"], batches=1, batch_size=4,
-               train_steps=1, cache_root=tmp_path)
+    r = verify(
+        v4_inputs["init"],
+        data=v4_inputs["data"],
+        base_g=v4_inputs["base"],
+        batches=1,
+        batch_size=4,
+        train_steps=1,
+        cache_root=tmp_path,
+    )
     assert r.version == "v4" and r.verdict == "pass", r.reasons
     assert r.base is not None and r.after_training is not None and all(v == v for v in r.rebuilt.values())

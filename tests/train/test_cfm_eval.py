@@ -21,9 +21,23 @@ from tests.train.test_eval_metrics import val_rows
 
 
 def _cfg(v4_inputs, out, **kw):
-    base = dict(init=str(v4_inputs["init"]), base_g=str(v4_inputs["base"]), data=str(v4_inputs["data"]),
-                output_dir=str(out), batch_size=4, warmup_steps=0, val_fraction=0.25, val_every=1, save_every=1,
-                max_steps=1, seed=5, wandb_mode="disabled", num_workers=0, cfm_eval_steps=2, cfm_eval_utterances=2)
+    base = dict(
+        init=str(v4_inputs["init"]),
+        base_g=str(v4_inputs["base"]),
+        data=str(v4_inputs["data"]),
+        output_dir=str(out),
+        batch_size=4,
+        warmup_steps=0,
+        val_fraction=0.25,
+        val_every=1,
+        save_every=1,
+        max_steps=1,
+        seed=5,
+        wandb_mode="disabled",
+        num_workers=0,
+        cfm_eval_steps=2,
+        cfm_eval_utterances=2,
+    )
     return load_config(None, **{**base, **kw})
 
 
@@ -112,8 +126,17 @@ def test_vocoded_audio_scores_stft_and_speaker(v4_inputs, goldens_dir, tmp_path)
     voc, sv = tmp_path / "vocoder.pth", tmp_path / "pretrained_eres2netv2w24s4ep4.ckpt"
     torch.save(V4Vocoder(upsample_initial_channel=32).plain_state_dict(), voc)
     torch.save(eres2netv2_state_dict(goldens_dir), sv)
-    (row,) = val_rows(_cfg(v4_inputs, tmp_path / "run", vocoder=str(voc), sv_model=str(sv), cfm_eval_steps=1,
-                           cfm_eval_utterances=1, audio_samples=0))  # a full-size speaker model: one utterance
+    (row,) = val_rows(
+        _cfg(
+            v4_inputs,
+            tmp_path / "run",
+            vocoder=str(voc),
+            sv_model=str(sv),
+            cfm_eval_steps=1,
+            cfm_eval_utterances=1,
+            audio_samples=0,
+        )
+    )  # a full-size speaker model: one utterance
     for key in ("mel_dist", "mrstft_dist", "spk_sim"):
         (per_utt,) = [v for k, v in row.items() if k.startswith("utt/") and k.endswith(f"/{key}")]
         assert math.isfinite(per_utt) and row[key] == per_utt, sorted(row)

@@ -9,8 +9,8 @@ import pickle
 
 import pytest
 
-from gsv_ray.track import read_metrics
 from gsv_ray.manifest import sha256_file as _sha256
+from gsv_ray.track import read_metrics
 from tests.support.cli import run_cli_in_process
 
 pytestmark = pytest.mark.slow  # each trains a run and resumes it
@@ -33,9 +33,30 @@ def _env(tmp_path):
 
 
 def _train(gpt_init, data, run, tmp_path, *extra):
-    return run_cli_in_process("train", "--init", gpt_init, "--data", str(data), "-o", str(run), "--batch-size", "2",
-                              "--save-every", "2", "--keep-last", "3", "--val-fraction", "0", "--wandb-mode",
-                              "disabled", "--num-workers", "0", *extra, env=_env(tmp_path), replace_env=True)
+    return run_cli_in_process(
+        "train",
+        "--init",
+        gpt_init,
+        "--data",
+        str(data),
+        "-o",
+        str(run),
+        "--batch-size",
+        "2",
+        "--save-every",
+        "2",
+        "--keep-last",
+        "3",
+        "--val-fraction",
+        "0",
+        "--wandb-mode",
+        "disabled",
+        "--num-workers",
+        "0",
+        *extra,
+        env=_env(tmp_path),
+        replace_env=True,
+    )
 
 
 @pytest.fixture
@@ -86,7 +107,7 @@ def test_damaged_newest_checkpoint_falls_back(damage, two_checkpoints, gpt_init,
     else:  # same size, different bytes
         f = newest / "optimizer.pt"
         data = bytearray(f.read_bytes())
-        data[len(data) // 2: len(data) // 2 + 4096] = os.urandom(4096)[: len(data) - len(data) // 2]
+        data[len(data) // 2 : len(data) // 2 + 4096] = os.urandom(4096)[: len(data) - len(data) // 2]
         f.write_bytes(bytes(data))
     r = _train(gpt_init, synth_v2, two_checkpoints, tmp_path, "--max-steps", "6", "--resume", "latest")
     assert r.returncode == 0, r.stderr

@@ -28,21 +28,50 @@ def _env(tmp_path):
 def _run(args, tmp_path, timeout=600, in_process=False):
     if in_process:  # where the output and exit status are the point (tests/support/cli.py)
         return run_cli_in_process(*args, env=_env(tmp_path), replace_env=True)
-    return subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True,
-                          env=_env(tmp_path), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True, env=_env(tmp_path), timeout=timeout
+    )
 
 
 @pytest.mark.slow
 def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
     run = tmp_path / "runs" / "myvoice"
-    (tmp_path / "run.yaml").write_text(yaml.safe_dump({
-        "init": sovits_files["init"], "base-d": sovits_files["base_d"], "data": str(synth_v2),
-        "max_steps": 4, "warmup_steps": 3, "warmup_start": 0.25, "lr_scale": 0.5, "batch_size": 2,  # flags win below
-        "val_every": 2, "save_every": 2, "audio_samples": 1, "val_fraction": 0.1}))  # validation is asked for
-    r = _run(["train", "--config", str(tmp_path / "run.yaml"), "--base", sovits_files["base_g"], "--batch-size", "4",
-              "-o", str(run)], tmp_path)
+    (tmp_path / "run.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "init": sovits_files["init"],
+                "base-d": sovits_files["base_d"],
+                "data": str(synth_v2),
+                "max_steps": 4,
+                "warmup_steps": 3,
+                "warmup_start": 0.25,
+                "lr_scale": 0.5,
+                "batch_size": 2,  # flags win below
+                "val_every": 2,
+                "save_every": 2,
+                "audio_samples": 1,
+                "val_fraction": 0.1,
+            }
+        )
+    )  # validation is asked for
+    r = _run(
+        [
+            "train",
+            "--config",
+            str(tmp_path / "run.yaml"),
+            "--base",
+            sovits_files["base_g"],
+            "--batch-size",
+            "4",
+            "-o",
+            str(run),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
-    assert "rebuilt ready for train (sovits v2)" in r.stdout and "exported" in r.stdout and "global batch = 4" in r.stdout
+    assert (
+        "rebuilt ready for train (sovits v2)" in r.stdout and "exported" in r.stdout and "global batch = 4" in r.stdout
+    )
 
     rows = read_metrics(run / "metrics.jsonl")
     train_rows = [x for x in rows if x["split"] == "train"]
@@ -80,10 +109,31 @@ def test_sovits_cli_run_is_fully_tracked(sovits_files, synth_v2, tmp_path):
 @pytest.mark.slow
 def test_killed_run_resumes_from_last_complete_checkpoint(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "400",
-            "--save-every", "1", "--keep-last", "3", "--val-every", "1000", "--wandb-mode", "disabled"]
-    p = subprocess.Popen([sys.executable, "-m", "gsv_ray", *args], env=_env(tmp_path), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    args = [
+        "train",
+        "--init",
+        gpt_init,
+        "--data",
+        str(synth_v2),
+        "-o",
+        str(run),
+        "--max-steps",
+        "400",
+        "--save-every",
+        "1",
+        "--keep-last",
+        "3",
+        "--val-every",
+        "1000",
+        "--wandb-mode",
+        "disabled",
+    ]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gsv_ray", *args],
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((run / "checkpoints").glob("step_*"))) < 3:
         time.sleep(0.05)
@@ -92,7 +142,9 @@ def test_killed_run_resumes_from_last_complete_checkpoint(gpt_init, synth_v2, tm
     done = sorted((run / "checkpoints").glob("step_*"))
     assert done, "no checkpoint was written before the kill"
     for c in done:  # every checkpoint under a final name is complete
-        assert {"model.safetensors", "optimizer.pt", "rng_0.json", "state.json", "manifest.json"} <= {f.name for f in c.iterdir()}
+        assert {"model.safetensors", "optimizer.pt", "rng_0.json", "state.json", "manifest.json"} <= {
+            f.name for f in c.iterdir()
+        }
         load_file(str(c / "model.safetensors"))
     last = int(done[-1].name.split("_")[1])
     r = _run(args[:8] + ["40" if last < 40 else str(last + 2)] + args[9:] + ["--resume", "latest"], tmp_path)
@@ -142,8 +194,11 @@ def test_bad_input_before_training(case, gpt_init, synth_v2, fixtures_dir, tmp_p
         name, phones, w2p, text = lines[0].split("\t")
         lines[0] = "\t".join([name, "ㄱ ㅏ " + phones, w2p, text])
         (tmp_path / "korean/2-name2text.txt").write_text("\n".join(lines) + "\n")
-    r = _run(["train", "--init", init, "--data", data, "-o", str(tmp_path / "out"), "--max-steps", "3", *extra], tmp_path,
-             in_process=True)
+    r = _run(
+        ["train", "--init", init, "--data", data, "-o", str(tmp_path / "out"), "--max-steps", "3", *extra],
+        tmp_path,
+        in_process=True,
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:"), r.stderr
@@ -164,8 +219,27 @@ def test_run_config_records_this_runs_init_path(gpt_init, synth_v2, tmp_path):
         (tmp_path / name).mkdir()
         paths.append(str(shutil.copy(gpt_init, tmp_path / name / "voice.ckpt")))
     for i, path in enumerate(paths):
-        r = _run(["train", "--init", path, "--data", str(synth_v2), "-o", str(tmp_path / f"run{i}"), "--max-steps", "1",
-                  "--batch-size", "2", "--val-every", "1000", "--wandb-mode", "disabled"], tmp_path, in_process=True)
+        r = _run(
+            [
+                "train",
+                "--init",
+                path,
+                "--data",
+                str(synth_v2),
+                "-o",
+                str(tmp_path / f"run{i}"),
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--val-every",
+                "1000",
+                "--wandb-mode",
+                "disabled",
+            ],
+            tmp_path,
+            in_process=True,
+        )
         assert r.returncode == 0, r.stderr
         inputs = json.loads((tmp_path / f"run{i}" / "run_config.json").read_text())["inputs"]
         assert inputs["init"]["path"] == path, (i, inputs["init"])

@@ -22,8 +22,17 @@ from gsv_ray.train.sovits import inference_metrics
 from gsv_ray.train.tracking import Tracking
 
 SOVITS_KEYS = {"loss", "mel_l1", "kl", "mel_dist", "mrstft_dist", "quality"}
-GPT_KEYS = {"loss", "top3_acc", "top1_acc", "eos_rate", "len_ratio", "len_error", "repeat_rate", "longest_run",
-            "quality"}
+GPT_KEYS = {
+    "loss",
+    "top3_acc",
+    "top1_acc",
+    "eos_rate",
+    "len_ratio",
+    "len_error",
+    "repeat_rate",
+    "longest_run",
+    "quality",
+}
 
 
 def val_rows(cfg, say=lambda s: None) -> list[dict]:
@@ -38,9 +47,21 @@ def val_rows(cfg, say=lambda s: None) -> list[dict]:
 def test_sovits_validation_scores_resynthesis(sovits_files, synth_v2, tmp_path):
     runs, lines = [], []
     for name in ("a", "b"):
-        cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / name), max_steps=1,
-                          batch_size=2, val_batches=1, val_every=1, save_every=1, val_fraction=0.25, audio_samples=0,
-                          num_workers=0, wandb_mode="disabled")
+        cfg = load_config(
+            None,
+            **sovits_files,
+            data=str(synth_v2),
+            output_dir=str(tmp_path / name),
+            max_steps=1,
+            batch_size=2,
+            val_batches=1,
+            val_every=1,
+            save_every=1,
+            val_fraction=0.25,
+            audio_samples=0,
+            num_workers=0,
+            wandb_mode="disabled",
+        )
         runs.append(val_rows(cfg, say=lines.append))
     assert any("val/spk_sim) is not scored: pass --sv-model" in s for s in lines)  # no speaker model given
     (row,) = runs[0]
@@ -69,9 +90,22 @@ def test_sovits_validation_scores_resynthesis(sovits_files, synth_v2, tmp_path):
 def test_gpt_validation_scores_generation(gpt_init, synth_v2, tmp_path):
     runs = []
     for name in ("a", "b"):
-        cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / name), max_steps=8,
-                          batch_size=4, optimizer="adamw", lr_scale=1.0, warmup_steps=2, val_every=8, save_every=8,
-                          val_fraction=0.25, num_workers=0, wandb_mode="disabled")
+        cfg = load_config(
+            None,
+            init=gpt_init,
+            data=str(synth_v2),
+            output_dir=str(tmp_path / name),
+            max_steps=8,
+            batch_size=4,
+            optimizer="adamw",
+            lr_scale=1.0,
+            warmup_steps=2,
+            val_every=8,
+            save_every=8,
+            val_fraction=0.25,
+            num_workers=0,
+            wandb_mode="disabled",
+        )
         runs.append(val_rows(cfg))
     (row,) = runs[0]
     assert GPT_KEYS <= set(row) and all(math.isfinite(row[k]) for k in GPT_KEYS), row
@@ -88,7 +122,8 @@ def test_gpt_validation_scores_generation(gpt_init, synth_v2, tmp_path):
     with torch.no_grad():
         good = generation_metrics(model.eval(), batches, 1234)
         model.ar_predict_layer.register_forward_hook(
-            lambda mod, inputs, out: out.index_fill(-1, torch.tensor([model.eos]), float("-inf")))
+            lambda mod, inputs, out: out.index_fill(-1, torch.tensor([model.eos]), float("-inf"))
+        )
         endless = generation_metrics(model, batches, 1234)
     assert good["eos_rate"] > 0 and endless["eos_rate"] == 0.0
     assert endless["len_ratio"] > 2  # ran to the cap (2 x real + 25)
@@ -105,8 +140,19 @@ def test_sovits_validation_scores_speaker_similarity_with_sv_model(sovits_files,
 
     sv = tmp_path / "pretrained_eres2netv2w24s4ep4.ckpt"
     torch.save(eres2netv2_state_dict(goldens_dir), sv)
-    common = dict(**sovits_files, data=str(synth_v2), max_steps=1, batch_size=2, val_batches=1, val_every=1,
-                  save_every=1, val_fraction=0.25, audio_samples=0, num_workers=0, wandb_mode="disabled")
+    common = dict(
+        **sovits_files,
+        data=str(synth_v2),
+        max_steps=1,
+        batch_size=2,
+        val_batches=1,
+        val_every=1,
+        save_every=1,
+        val_fraction=0.25,
+        audio_samples=0,
+        num_workers=0,
+        wandb_mode="disabled",
+    )
     (row,) = val_rows(load_config(None, **common, output_dir=str(tmp_path / "sv"), sv_model=str(sv)))
     sims = [v for k, v in row.items() if k.startswith("utt/") and k.endswith("/spk_sim")]
     assert len(sims) == 2 and all(-1.0 <= s <= 1.0 for s in sims)
@@ -114,7 +160,10 @@ def test_sovits_validation_scores_speaker_similarity_with_sv_model(sovits_files,
     assert row["quality"] == pytest.approx(row["mel_dist"] + 1 - row["spk_sim"])
 
     with pytest.raises(GsvError, match="D_233333333333.pth") as e:  # the discriminator is no speaker model
-        train(load_config(None, **common, output_dir=str(tmp_path / "bad"), sv_model=sovits_files["base_d"]),
-              progress=False, say=lambda s: None)
+        train(
+            load_config(None, **common, output_dir=str(tmp_path / "bad"), sv_model=sovits_files["base_d"]),
+            progress=False,
+            say=lambda s: None,
+        )
     assert "pretrained_eres2netv2w24s4ep4.ckpt" in str(e.value)  # the fix names the file to give
     assert not (tmp_path / "bad" / "checkpoints").exists()

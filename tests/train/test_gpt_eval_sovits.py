@@ -30,9 +30,35 @@ def sv_model(goldens_dir, tmp_path_factory):
 
 def gpt_args(gpt_init, data, out, names) -> list[str]:
     """A short GPT run (8 steps teach the fixture to end its sequences) with one validation at the end."""
-    return ["train", "--init", gpt_init, "--data", str(data), "-o", str(out), "--max-steps", "8", "--batch-size", "4",
-            "--optimizer", "adamw", "--lr-scale", "1.0", "--warmup-steps", "2", "--val-every", "8", "--save-every", "8",
-            "--val-names", str(names), "--num-workers", "0", "--wandb-mode", "disabled"]
+    return [
+        "train",
+        "--init",
+        gpt_init,
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--max-steps",
+        "8",
+        "--batch-size",
+        "4",
+        "--optimizer",
+        "adamw",
+        "--lr-scale",
+        "1.0",
+        "--warmup-steps",
+        "2",
+        "--val-every",
+        "8",
+        "--save-every",
+        "8",
+        "--val-names",
+        str(names),
+        "--num-workers",
+        "0",
+        "--wandb-mode",
+        "disabled",
+    ]
 
 
 @pytest.fixture
@@ -48,8 +74,13 @@ def test_gpt_eval_sovits_logs_spk_sim(gpt_init, synth_v2, sovits_files, sv_model
     ERes2NetV2 costs seconds on a CPU, and the run is made twice. (The per-utterance mean: the --asr test.)"""
     held_out = tmp_path / "val_names.txt"
     held_out.write_text(HELD_OUT[0] + "\n")
-    r = run_cli(*gpt_args(gpt_init, synth_v2, tmp_path / "cli", held_out), "--eval-sovits", sovits_files["init"],
-                "--sv-model", str(sv_model))
+    r = run_cli(
+        *gpt_args(gpt_init, synth_v2, tmp_path / "cli", held_out),
+        "--eval-sovits",
+        sovits_files["init"],
+        "--sv-model",
+        str(sv_model),
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
     (row,) = [x for x in rows if x["split"] == "val"]
@@ -61,10 +92,24 @@ def test_gpt_eval_sovits_logs_spk_sim(gpt_init, synth_v2, sovits_files, sv_model
     assert "cer" not in row and row["quality"] == pytest.approx(row["len_error"] + row["repeat_rate"])
 
     # the same run again (in-process): fixed pairing, sampling and decode noise give the same numbers
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "again"), max_steps=8,
-                      batch_size=4, optimizer="adamw", lr_scale=1.0, warmup_steps=2, val_every=8, save_every=8,
-                      val_names=str(held_out), num_workers=0, wandb_mode="disabled",
-                      eval_sovits=sovits_files["init"], sv_model=str(sv_model))
+    cfg = load_config(
+        None,
+        init=gpt_init,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "again"),
+        max_steps=8,
+        batch_size=4,
+        optimizer="adamw",
+        lr_scale=1.0,
+        warmup_steps=2,
+        val_every=8,
+        save_every=8,
+        val_names=str(held_out),
+        num_workers=0,
+        wandb_mode="disabled",
+        eval_sovits=sovits_files["init"],
+        sv_model=str(sv_model),
+    )
     (again,) = val_rows(cfg)
     assert again == {k: v for k, v in row.items() if k not in ("time", "timestamp", "wall")}
 
@@ -72,9 +117,22 @@ def test_gpt_eval_sovits_logs_spk_sim(gpt_init, synth_v2, sovits_files, sv_model
 def test_gpt_eval_sovits_without_sv_model_says_so(gpt_init, synth_v2, sovits_files, held_out, tmp_path):
     """Nothing to score the decoded audio with: one line saying what --sv-model adds, and no decoding."""
     lines: list[str] = []
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "run"), max_steps=1,
-                      batch_size=4, optimizer="adamw", warmup_steps=0, val_every=1, save_every=1,
-                      val_names=str(held_out), num_workers=0, wandb_mode="disabled", eval_sovits=sovits_files["init"])
+    cfg = load_config(
+        None,
+        init=gpt_init,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        batch_size=4,
+        optimizer="adamw",
+        warmup_steps=0,
+        val_every=1,
+        save_every=1,
+        val_names=str(held_out),
+        num_workers=0,
+        wandb_mode="disabled",
+        eval_sovits=sovits_files["init"],
+    )
     (row,) = val_rows(cfg, say=lines.append)
     assert sum("(val/spk_sim) is not scored: pass --sv-model" in s for s in lines) == 1, lines
     assert "spk_sim" not in row and not any(k.startswith("utt/") for k in row)
@@ -104,8 +162,11 @@ def test_bad_asr_is_one_line(case, gpt_init, synth_v2, sovits_files, held_out, t
     r = run_cli(*gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out), *sovits, "--asr", str(folder))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--asr" in r.stderr
-    expected = {"no-eval-sovits": "--eval-sovits", "not-a-model": "not a CTranslate2 Whisper model folder",
-                "no-tokenizer": "no tokenizer.json"}[case]
+    expected = {
+        "no-eval-sovits": "--eval-sovits",
+        "not-a-model": "not a CTranslate2 Whisper model folder",
+        "no-tokenizer": "no tokenizer.json",
+    }[case]
     assert expected in r.stderr, r.stderr
     if case != "no-eval-sovits":
         assert str(folder) in r.stderr
@@ -118,8 +179,13 @@ def test_gpt_asr_logs_cer_end_to_end(gpt_init, synth_v2, sovits_files, held_out,
     from tests.support.tiny_whisper import make_tiny_whisper
 
     folder = make_tiny_whisper(tmp_path / "faster-whisper-tiny")
-    r = run_cli(*gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out), "--eval-sovits", sovits_files["init"],
-                "--asr", str(folder))
+    r = run_cli(
+        *gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out),
+        "--eval-sovits",
+        sovits_files["init"],
+        "--asr",
+        str(folder),
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     (row,) = [x for x in rows if x["split"] == "val"]
@@ -139,8 +205,10 @@ def test_tune_passes_the_options_to_its_trials(tmp_path, monkeypatch):
     from gsv_ray.tune.search import load_tune_config
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "tune.yaml").write_text("init: GPT_weights_v2/me-e15.ckpt\ndata: logs/me\nmax_steps: 100\n"
-                                        "eval_sovits: SoVITS_weights_v2/me_e8_s200.pth\nasr: faster-whisper-large-v3\n")
+    (tmp_path / "tune.yaml").write_text(
+        "init: GPT_weights_v2/me-e15.ckpt\ndata: logs/me\nmax_steps: 100\n"
+        "eval_sovits: SoVITS_weights_v2/me_e8_s200.pth\nasr: faster-whisper-large-v3\n"
+    )
     cfg, _ = load_tune_config(tmp_path / "tune.yaml", train={"sv_model": "sv/pretrained_eres2netv2w24s4ep4.ckpt"})
     assert cfg.eval_sovits == str(tmp_path / "SoVITS_weights_v2/me_e8_s200.pth")
     assert cfg.asr == str(tmp_path / "faster-whisper-large-v3")
@@ -150,8 +218,9 @@ def test_tune_passes_the_options_to_its_trials(tmp_path, monkeypatch):
 
     r = run_cli("tune", "--help")
     assert r.returncode == 0 and "--eval-sovits" in r.stdout and "--asr" in r.stdout
-    (tmp_path / "asr-only.yaml").write_text("init: GPT_weights_v2/me-e15.ckpt\ndata: logs/me\nmax_steps: 100\n"
-                                            "asr: faster-whisper-large-v3\n")
+    (tmp_path / "asr-only.yaml").write_text(
+        "init: GPT_weights_v2/me-e15.ckpt\ndata: logs/me\nmax_steps: 100\nasr: faster-whisper-large-v3\n"
+    )
     r = run_cli("tune", "--config", "asr-only.yaml", "-o", str(tmp_path / "search"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--asr" in r.stderr, r.stderr
 
@@ -159,7 +228,13 @@ def test_tune_passes_the_options_to_its_trials(tmp_path, monkeypatch):
 def test_eval_options_on_a_sovits_run_are_refused(sovits_files, tmp_path):
     from gsv_ray.errors import ConfigError
 
-    cfg = load_config(None, **sovits_files, data=str(tmp_path), output_dir=str(tmp_path / "run"), max_steps=1,
-                      eval_sovits=sovits_files["init"])
+    cfg = load_config(
+        None,
+        **sovits_files,
+        data=str(tmp_path),
+        output_dir=str(tmp_path / "run"),
+        max_steps=1,
+        eval_sovits=sovits_files["init"],
+    )
     with pytest.raises(ConfigError, match="--eval-sovits scores a GPT's generated tokens, and this is a sovits run"):
         cfg.resolved("sovits", "cpu")

@@ -36,17 +36,27 @@ def _mismatches(protocol: type, impl: type) -> list[str]:
                 out.append(f"{impl.__name__}.{name}: parameter {p.name} ({p.kind.description}) not accepted")
             elif p.default is not p.empty and got.default is got.empty:
                 out.append(f"{impl.__name__}.{name}: parameter {p.name} needs a default")
-        out += [f"{impl.__name__}.{name}: extra parameter {q} has no default" for q, g in have.items()
-                if g.default is g.empty and g.kind not in (g.VAR_POSITIONAL, g.VAR_KEYWORD)]
+        out += [
+            f"{impl.__name__}.{name}: extra parameter {q} has no default"
+            for q, g in have.items()
+            if g.default is g.empty and g.kind not in (g.VAR_POSITIONAL, g.VAR_KEYWORD)
+        ]
     return out
 
 
-@pytest.mark.parametrize("protocol, impl", [
-    (CheckpointStore, LocalCheckpoints), (CheckpointStore, RayCheckpoints),
-    (RunTracking, Tracking),
-    (Progress, ProgressDisplay), (Progress, RelayedProgress), (Progress, _NoDisplay),
-    (ShowsValidation, RelayedProgress),
-], ids=lambda x: x.__name__)
+@pytest.mark.parametrize(
+    "protocol, impl",
+    [
+        (CheckpointStore, LocalCheckpoints),
+        (CheckpointStore, RayCheckpoints),
+        (RunTracking, Tracking),
+        (Progress, ProgressDisplay),
+        (Progress, RelayedProgress),
+        (Progress, _NoDisplay),
+        (ShowsValidation, RelayedProgress),
+    ],
+    ids=lambda x: x.__name__,
+)
 def test_each_launcher_object_matches_its_protocol(protocol, impl):
     assert _mismatches(protocol, impl) == []
 

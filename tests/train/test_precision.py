@@ -36,9 +36,9 @@ def test_one_scaler_update_per_iteration_whatever_overflows():
     prec.backward(g_loss)
     norm_g = prec.step(opt_g, g.parameters())
     prec.update()
-    assert torch.equal(d.weight, d0)                      # skipped
+    assert torch.equal(d.weight, d0)  # skipped
     assert not torch.equal(g.weight, g0) and math.isfinite(float(norm_g))
-    assert prec.scale == 32768.0                          # one halving for the iteration
+    assert prec.scale == 32768.0  # one halving for the iteration
     assert all(p.grad is None for p in (*g.parameters(), *d.parameters()))
 
 
@@ -53,9 +53,20 @@ def _scaler_trace(rows: list[dict]) -> int:
 
 @pytest.mark.slow
 def test_sovits_fp16_trains_with_one_update_per_step(sovits_files, synth_v2, tmp_path):
-    cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / "fp16"), max_steps=3,
-                      batch_size=2, grad_accum=2, precision="fp16", val_fraction=0.0, save_every=3, num_workers=0,
-                      wandb_mode="disabled")
+    cfg = load_config(
+        None,
+        **sovits_files,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "fp16"),
+        max_steps=3,
+        batch_size=2,
+        grad_accum=2,
+        precision="fp16",
+        val_fraction=0.0,
+        save_every=3,
+        num_workers=0,
+        wandb_mode="disabled",
+    )
     from gsv_ray.train.tracking import Tracking
 
     with Tracking.for_run(cfg) as tracking:
@@ -69,9 +80,19 @@ def test_sovits_fp16_trains_with_one_update_per_step(sovits_files, synth_v2, tmp
 
 
 def test_gpt_bf16_trains(gpt_init, synth_v2, tmp_path):
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "bf16"), max_steps=3,
-                      batch_size=2, grad_accum=2, precision="bf16", val_fraction=0.0, num_workers=0,
-                      wandb_mode="disabled")
+    cfg = load_config(
+        None,
+        init=gpt_init,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "bf16"),
+        max_steps=3,
+        batch_size=2,
+        grad_accum=2,
+        precision="bf16",
+        val_fraction=0.0,
+        num_workers=0,
+        wandb_mode="disabled",
+    )
     losses: list[float] = []
     r = train(cfg, on_step=lambda s, m: losses.append(m["loss"]), progress=False, say=lambda s: None)
     assert r.steps == 3 and len(losses) == 3 and all(math.isfinite(v) for v in losses)

@@ -78,20 +78,23 @@ def test_composites_are_zero_when_perfect_and_grow_with_each_fault():
 
 
 # -- cer: the transcript of the decoded audio against the text (#26 item 1, --asr) ---------------
-@pytest.mark.parametrize("hyp, ref, expected", [
-    ("abcd", "abcd", 0.0),                 # exact
-    ("abxd", "abcd", 1 / 4),               # one substitution
-    ("abcde", "abcd", 1 / 4),              # one insertion
-    ("abd", "abcd", 1 / 4),                # one deletion
-    ("", "abcd", 1.0),                     # nothing heard: every character deleted
-    ("kitten", "sitting", 3 / 7),          # the textbook Levenshtein pair: 2 substitutions + 1 insertion
-    ("abcdabcd", "abcd", 1.0),             # a transcript twice as long: may reach (or pass) 1
-    ("Hello, World!", "hello world", 0.0),  # case, punctuation and spaces do not count
-    ("你好，世界。", "你好世界", 0.0),        # full-width punctuation too (NFKC, Unicode categories)
-    ("你好时节", "你好世界", 2 / 4),
-    ("", "", 0.0),                          # an empty text: 0 for silence, 1 for anything said
-    ("a", "...", 1.0),
-])
+@pytest.mark.parametrize(
+    "hyp, ref, expected",
+    [
+        ("abcd", "abcd", 0.0),  # exact
+        ("abxd", "abcd", 1 / 4),  # one substitution
+        ("abcde", "abcd", 1 / 4),  # one insertion
+        ("abd", "abcd", 1 / 4),  # one deletion
+        ("", "abcd", 1.0),  # nothing heard: every character deleted
+        ("kitten", "sitting", 3 / 7),  # the textbook Levenshtein pair: 2 substitutions + 1 insertion
+        ("abcdabcd", "abcd", 1.0),  # a transcript twice as long: may reach (or pass) 1
+        ("Hello, World!", "hello world", 0.0),  # case, punctuation and spaces do not count
+        ("你好，世界。", "你好世界", 0.0),  # full-width punctuation too (NFKC, Unicode categories)
+        ("你好时节", "你好世界", 2 / 4),
+        ("", "", 0.0),  # an empty text: 0 for silence, 1 for anything said
+        ("a", "...", 1.0),
+    ],
+)
 def test_cer_known_answers(hyp, ref, expected):
     from gsv_ray.train.quality import cer
 

@@ -27,9 +27,18 @@ def test_resume_is_bit_identical(stage, gpt_init, sovits_files, synth_v2, tmp_pa
     # crosses that epoch boundary (and the per-epoch decay); SoVITS's (slower) steps stay in epoch 1
     n = 4 if stage == "gpt" else 3
     files = {"init": gpt_init} if stage == "gpt" else sovits_files
-    common = dict(files, data=str(synth_v2), batch_size=4 if stage == "gpt" else 3, warmup_steps=2,
-                  decay="exponential", lr_decay=0.5,
-                  save_every=n, val_every=n, val_fraction=0.1, seed=7)  # validation between the halves too
+    common = dict(
+        files,
+        data=str(synth_v2),
+        batch_size=4 if stage == "gpt" else 3,
+        warmup_steps=2,
+        decay="exponential",
+        lr_decay=0.5,
+        save_every=n,
+        val_every=n,
+        val_fraction=0.1,
+        seed=7,
+    )  # validation between the halves too
     straight = _run(common, tmp_path / "straight", 2 * n)
     assert straight.epochs == (2 if stage == "gpt" else 1)
     half = _run(common, tmp_path / "halves", n)

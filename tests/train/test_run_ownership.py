@@ -27,13 +27,23 @@ def _env(tmp_path, **extra):
 def _run(args, tmp_path, timeout=300, in_process=True, **env):
     if in_process:
         return run_cli_in_process(*args, env=_env(tmp_path, **env), replace_env=True)
-    return subprocess.run([sys.executable, "-m", "gsv_ray", *args], capture_output=True, text=True,
-                          env=_env(tmp_path, **env), timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "gsv_ray", *args],
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path, **env),
+        timeout=timeout,
+    )
 
 
 def _start(args, tmp_path):
-    return subprocess.Popen([sys.executable, "-m", "gsv_ray", *args], env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gsv_ray", *args],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(cond, what: str, timeout: float = 120):
@@ -57,11 +67,24 @@ def _one_error_line(r) -> str:
 
 
 def _gpt(gpt_init, synth_v2, run, *extra):
-    return ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--val-every", "1000",
-            "--wandb-mode", "disabled", *extra]
+    return [
+        "train",
+        "--init",
+        gpt_init,
+        "--data",
+        str(synth_v2),
+        "-o",
+        str(run),
+        "--val-every",
+        "1000",
+        "--wandb-mode",
+        "disabled",
+        *extra,
+    ]
 
 
 # -- item 2: one run per -o -------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_second_run_on_a_busy_output_is_refused_naming_the_holder(gpt_init, synth_v2, tmp_path):
@@ -85,13 +108,31 @@ def test_second_run_on_a_busy_output_is_refused_naming_the_holder(gpt_init, synt
 @pytest.mark.slow
 def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
-    train = _start(_gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0"),
-                   tmp_path)
+    train = _start(
+        _gpt(gpt_init, synth_v2, run, "--max-steps", "400", "--save-every", "1000", "--warmup-steps", "0"), tmp_path
+    )
     try:
         _wait_for(lambda: len(_train_steps(run)) >= 1 or train.poll() is not None, "the run's first step")
         for extra in ([], ["--resume"]):
-            r = _run(["tune", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4",
-                      "--name", "t", *extra], tmp_path, timeout=120, in_process=False)
+            r = _run(
+                [
+                    "tune",
+                    "--init",
+                    gpt_init,
+                    "--data",
+                    str(synth_v2),
+                    "-o",
+                    str(run),
+                    "--max-steps",
+                    "4",
+                    "--name",
+                    "t",
+                    *extra,
+                ],
+                tmp_path,
+                timeout=120,
+                in_process=False,
+            )
             line = _one_error_line(r)
             assert r.returncode == 2 and f"PID {train.pid}" in line, line
         assert train.poll() is None
@@ -121,10 +162,26 @@ def test_sigkilled_holder_before_its_first_checkpoint_then_resume_starts_over(gp
 @pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
-    args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4",
-            "--save-every", "2", "--warmup-steps", "0", "--val-every", "1000"]
+    args = [
+        "train",
+        "--init",
+        gpt_init,
+        "--data",
+        str(synth_v2),
+        "-o",
+        str(run),
+        "--max-steps",
+        "4",
+        "--save-every",
+        "2",
+        "--warmup-steps",
+        "0",
+        "--val-every",
+        "1000",
+    ]
     assert _run(args, tmp_path).returncode == 0
     (export,) = run.glob("GPT_weights_v2/*.ckpt")
+
     def files():  # what the run wrote (its log and the owner's lock file are any command's)
         return {p: p.stat().st_mtime_ns for p in run.rglob("*") if "logs" not in p.parts and p.name != ".gsv-run.lock"}
 
@@ -144,6 +201,7 @@ def test_resume_of_a_finished_run_changes_nothing(gpt_init, synth_v2, tmp_path):
 
 # -- item 3: --name and -o stay where they belong --------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["../../../x/escaped", "a/b", "..", "a\\b", "bad\x01name", "n" * 300])
 def test_name_must_be_a_plain_file_name(name, gpt_init, synth_v2, tmp_path):
     r = _run(_gpt(gpt_init, synth_v2, tmp_path / "o" / "run", "--max-steps", "2", "--name", name), tmp_path)
@@ -153,8 +211,23 @@ def test_name_must_be_a_plain_file_name(name, gpt_init, synth_v2, tmp_path):
 
 
 def test_tune_name_must_be_a_plain_file_name(gpt_init, synth_v2, tmp_path):
-    r = _run(["tune", "--init", gpt_init, "--data", str(synth_v2), "-o", str(tmp_path / "t"), "--max-steps", "4",
-              "--name", "../t2"], tmp_path, in_process=False)
+    r = _run(
+        [
+            "tune",
+            "--init",
+            gpt_init,
+            "--data",
+            str(synth_v2),
+            "-o",
+            str(tmp_path / "t"),
+            "--max-steps",
+            "4",
+            "--name",
+            "../t2",
+        ],
+        tmp_path,
+        in_process=False,
+    )
     assert r.returncode == 2 and "--name" in _one_error_line(r)
     assert not (tmp_path / "t").exists() and not (tmp_path / "t2").exists()
 
@@ -187,6 +260,7 @@ def test_output_that_is_no_place_for_a_run_is_refused(where, gpt_init, synth_v2,
 
 # -- item 4: a way forward from every stop --------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
@@ -206,8 +280,21 @@ def test_ctrl_c_before_the_first_checkpoint_names_a_command_that_works(gpt_init,
 @pytest.mark.slow
 def test_divergence_names_a_command_that_does_not_diverge_again(gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
-    args = _gpt(gpt_init, synth_v2, run, "--max-steps", "4", "--lr-scale", "1e30", "--warmup-steps", "0",
-                "--save-every", "1000", "--val-fraction", "0")
+    args = _gpt(
+        gpt_init,
+        synth_v2,
+        run,
+        "--max-steps",
+        "4",
+        "--lr-scale",
+        "1e30",
+        "--warmup-steps",
+        "0",
+        "--save-every",
+        "1000",
+        "--val-fraction",
+        "0",
+    )
     r = _run(args, tmp_path)
     line = _one_error_line(r)
     assert r.returncode == 2 and "diverged" in line
@@ -227,8 +314,23 @@ def test_divergence_on_ray_names_the_real_output(gpt_init, synth_v2, tmp_path):
     """On Ray the loop runs in a worker's scratch copy of -o: the advice still names a new -o beside
     the user's, never the scratch folder."""
     run = tmp_path / "run"
-    args = _gpt(gpt_init, synth_v2, run, "--max-steps", "4", "--lr-scale", "1e30", "--warmup-steps", "0",
-                "--save-every", "1000", "--val-fraction", "0", "--workers", "1")
+    args = _gpt(
+        gpt_init,
+        synth_v2,
+        run,
+        "--max-steps",
+        "4",
+        "--lr-scale",
+        "1e30",
+        "--warmup-steps",
+        "0",
+        "--save-every",
+        "1000",
+        "--val-fraction",
+        "0",
+        "--workers",
+        "1",
+    )
     r = _run(args, tmp_path, in_process=False, RAY_AUTH_MODE="disabled")
     line = r.stderr.strip().splitlines()[-1]  # after the line naming Ray's log
     assert r.returncode == 2 and line.startswith("gsv-ray: error:") and "diverged" in line, r.stderr
@@ -246,9 +348,11 @@ def test_demo_interruption_names_demo(tmp_path):
 
 # -- item 11: a resume continues the same run, or says why not ------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("option, value, recorded", [("--lr-scale", "0.5", "0.1"), ("--batch-size", "2", "4"),
-                                                     ("--init", None, None)])
+@pytest.mark.parametrize(
+    "option, value, recorded", [("--lr-scale", "0.5", "0.1"), ("--batch-size", "2", "4"), ("--init", None, None)]
+)
 def test_resume_with_other_trajectory_settings_is_refused(option, value, recorded, gpt_init, synth_v2, tmp_path):
     run = tmp_path / "run"
     args = _gpt(gpt_init, synth_v2, run, "--max-steps", "2", "--save-every", "1", "--warmup-steps", "0")

@@ -69,8 +69,11 @@ def _sliced_state(opt: ScaledAdam, meta: dict, params: dict[str, torch.nn.Parame
         holder = opt.state[params[bucket["state_holder"]]]
         assert all(not opt.state.get(params[n]) for n in names if n != bucket["state_holder"])
         for i, name in enumerate(names):
-            out[name] = {k: (v[:, i] if k == "scale_grads" else v[i]).clone() if torch.is_tensor(v) and v.ndim else v
-                         for k, v in holder.items() if k not in ("model_norms", "model_norm_threshold")}
+            out[name] = {
+                k: (v[:, i] if k == "scale_grads" else v[i]).clone() if torch.is_tensor(v) and v.ndim else v
+                for k, v in holder.items()
+                if k not in ("model_norms", "model_norm_threshold")
+            }
     return out
 
 
@@ -94,10 +97,15 @@ def _replay(run: str, meta: dict, io: dict[str, torch.Tensor]) -> list[dict]:
         for group in opt.param_groups:
             group["lr"] = rec["lr_used"][0]
         opt.step()
-        out.append({"params": {n: p.detach().clone() for n, p in params.items()}, "grads": grads,
-                    "model_grads": model_grads,
-                    "state": _sliced_state(opt, meta, params),
-                    "norm": float(holder["model_norms"][k - 1]) if "model_norms" in holder else None})
+        out.append(
+            {
+                "params": {n: p.detach().clone() for n, p in params.items()},
+                "grads": grads,
+                "model_grads": model_grads,
+                "state": _sliced_state(opt, meta, params),
+                "norm": float(holder["model_norms"][k - 1]) if "model_norms" in holder else None,
+            }
+        )
     return out
 
 
@@ -138,8 +146,12 @@ def test_state_after_every_step(run: str, golden, replays) -> None:
             for key in ("delta", "exp_avg_sq"):
                 t = have[key].double()
                 for stat, value in (("rms_f64", t.pow(2).mean().sqrt()), ("absmax", t.abs().max())):
-                    _close(f"{where} {key} {stat}", value, torch.tensor(want[key][stat]),
-                           STATE_TOL * want[key]["absmax"] + floor)
+                    _close(
+                        f"{where} {key} {stat}",
+                        value,
+                        torch.tensor(want[key][stat]),
+                        STATE_TOL * want[key]["absmax"] + floor,
+                    )
             if meta["param_shapes"][name] == [1]:
                 assert "param_rms" not in have, where
                 continue
@@ -155,8 +167,12 @@ def test_recorded_state_tensors(golden, replays) -> None:
         for name in meta["representative_state_params"]:
             for key in ("delta", "exp_avg_sq"):
                 want = io[f"out.base.step{k}.state.{key}.{name}"]
-                _close(f"base step {k} {name} {key}", got["state"][name][key].reshape(want.shape), want,
-                       STATE_TOL * want.abs().max().item() + 1e-12)
+                _close(
+                    f"base step {k} {name} {key}",
+                    got["state"][name][key].reshape(want.shape),
+                    want,
+                    STATE_TOL * want.abs().max().item() + 1e-12,
+                )
 
 
 @pytest.mark.parametrize("run", RUNS)
@@ -180,7 +196,10 @@ def test_gradients_fed_are_the_recorded_ones(golden, replays) -> None:
     steps = {run: meta["runs"][run]["per_step"] for run in ("lrx0p1", "lrx0p1_effective")}
     for k in (1, 2):
         for name in meta["param_order"]:
-            assert steps["lrx0p1"][k - 1]["grads"][name]["sha256"] == steps["lrx0p1_effective"][k - 1]["grads"][name]["sha256"]
+            assert (
+                steps["lrx0p1"][k - 1]["grads"][name]["sha256"]
+                == steps["lrx0p1_effective"][k - 1]["grads"][name]["sha256"]
+            )
     for k in (3, 4, 5):
         for name, g in replays["lrx0p1_effective"][k - 1]["grads"].items():
             want = steps["lrx0p1_effective"][k - 1]["grads"][name]
@@ -194,7 +213,9 @@ def test_upstream_learning_rate(golden) -> None:
     assert [upstream_gpt_lr(i) for i in range(5)] == [r["lr_used"][0] for r in meta["runs"]["base"]["per_step"]]
     assert (UPSTREAM_GPT_FIRST_LR, UPSTREAM_GPT_LR) == (0.01, 0.002)
     assert meta["scaledadam_param_group_defaults"] == {
-        k: list(v) if isinstance(v, tuple) else v for k, v in ScaledAdam([torch.zeros(2, requires_grad=True)]).defaults.items()}
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in ScaledAdam([torch.zeros(2, requires_grad=True)]).defaults.items()
+    }
 
 
 # ------------------------------------------------------------------- beyond what the golden exercises
@@ -347,9 +368,9 @@ def test_the_gpt_recipe_reproduces_upstream_training(run: str, golden) -> None:
             want = (io[f"out.{run}.step{k}.param.{name}"] - before).double()
             have = (got[k - 1][name] - mine_before).double()
             if name.endswith(NOISE_DRIVEN):  # its key third moves by float noise (see NOISE_DRIVEN):
-                third = want.shape[0] // 3   # only bounded; the query and value thirds are compared
-                assert have[third:2 * third].abs().max() <= 2 * want.abs().max(), (run, k, name)
-                want, have = torch.cat([want[:third], want[2 * third:]]), torch.cat([have[:third], have[2 * third:]])
+                third = want.shape[0] // 3  # only bounded; the query and value thirds are compared
+                assert have[third : 2 * third].abs().max() <= 2 * want.abs().max(), (run, k, name)
+                want, have = torch.cat([want[:third], want[2 * third :]]), torch.cat([have[:third], have[2 * third :]])
             err = (have - want).abs().max().item()
             bound = UPDATE_REL * want.abs().max().item() + UPDATE_ABS
             worst = max(worst, err / bound)

@@ -15,22 +15,39 @@ def test_schedule_values():
     assert [s.factor(i) for i in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert s.factor(9) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 10)))
     assert s.factor(14) == pytest.approx(0.1) and s.factor(100) == pytest.approx(0.1)
-    e = Schedule(warmup_steps=0, warmup_start=0.0, decay="exponential", total_steps=100, steps_per_epoch=10, lr_decay=0.9)
-    assert e.factor(0) == 1.0 and e.factor(10) == pytest.approx(0.9) and e.factor(25) == pytest.approx(0.9 ** 2.5)
+    e = Schedule(
+        warmup_steps=0, warmup_start=0.0, decay="exponential", total_steps=100, steps_per_epoch=10, lr_decay=0.9
+    )
+    assert e.factor(0) == 1.0 and e.factor(10) == pytest.approx(0.9) and e.factor(25) == pytest.approx(0.9**2.5)
     assert Schedule(3, 0.0, "constant", 10, 1).factor(0) == 0.0
 
 
 def _lrs(cfg):
     rows = []
-    train(cfg, on_step=lambda step, m: rows.append({k: v for k, v in m.items() if k.startswith("lr/")}), progress=False,
-          say=lambda s: None)
+    train(
+        cfg,
+        on_step=lambda step, m: rows.append({k: v for k, v in m.items() if k.startswith("lr/")}),
+        progress=False,
+        say=lambda s: None,
+    )
     return rows
 
 
 @pytest.mark.slow
 def test_logged_lr_follows_warmup_exactly_gpt(gpt_init, synth_v2, tmp_path):
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "run"), max_steps=8,
-                      lr_scale=0.5, warmup_steps=5, warmup_start=0.1, decay="constant", val_every=100, save_every=100)
+    cfg = load_config(
+        None,
+        init=gpt_init,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "run"),
+        max_steps=8,
+        lr_scale=0.5,
+        warmup_steps=5,
+        warmup_start=0.1,
+        decay="constant",
+        val_every=100,
+        save_every=100,
+    )
     lrs = [r["lr/gpt"] for r in _lrs(cfg)]
     peak = 0.002 * 0.5
     want = [peak * (0.1 + 0.9 * i / 5) for i in range(5)] + [peak] * 3
@@ -40,8 +57,18 @@ def test_logged_lr_follows_warmup_exactly_gpt(gpt_init, synth_v2, tmp_path):
 @pytest.mark.slow
 def test_lr_scale_scales_every_sovits_group(sovits_files, synth_v2, tmp_path):
     def run(scale, out):
-        cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / out), max_steps=3,
-                          lr_scale=scale, warmup_steps=2, warmup_start=0.5, val_every=100, save_every=100)
+        cfg = load_config(
+            None,
+            **sovits_files,
+            data=str(synth_v2),
+            output_dir=str(tmp_path / out),
+            max_steps=3,
+            lr_scale=scale,
+            warmup_steps=2,
+            warmup_start=0.5,
+            val_every=100,
+            save_every=100,
+        )
         return _lrs(cfg)
 
     full, half = run(1.0, "a"), run(0.5, "b")
@@ -50,6 +77,6 @@ def test_lr_scale_scales_every_sovits_group(sovits_files, synth_v2, tmp_path):
         for k in a:
             assert b[k] == pytest.approx(a[k] * 0.5, rel=1e-12)
         assert a["lr/generator_text"] == pytest.approx(a["lr/generator"] * 0.4, rel=1e-12)  # text_low_lr_rate
-    assert full[0]["lr/generator"] == pytest.approx(1e-4 * 0.5)   # warmup_start x peak
+    assert full[0]["lr/generator"] == pytest.approx(1e-4 * 0.5)  # warmup_start x peak
     assert full[1]["lr/generator"] == pytest.approx(1e-4 * 0.75)
-    assert full[2]["lr/discriminator"] == pytest.approx(1e-4)    # warmup done; decay starts from the peak
+    assert full[2]["lr/discriminator"] == pytest.approx(1e-4)  # warmup done; decay starts from the peak

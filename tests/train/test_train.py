@@ -14,27 +14,50 @@ from gsv_ray.train import load_config, train
 
 
 def test_gpt_trains_and_exports(gpt_init, synth_v2, tmp_path):
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "myvoice"), max_steps=36,
-                      batch_size=4, lr_scale=2.0, warmup_steps=6, val_every=12, save_every=12, val_fraction=0.2)
+    cfg = load_config(
+        None,
+        init=gpt_init,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "myvoice"),
+        max_steps=36,
+        batch_size=4,
+        lr_scale=2.0,
+        warmup_steps=6,
+        val_every=12,
+        save_every=12,
+        val_fraction=0.2,
+    )
     r = train(cfg, progress=False, say=lambda s: None)
     losses = [v["loss"] for v in r.val_history]
     assert len(losses) == 3 and losses[0] > losses[1] > losses[2] and losses[-1] < 0.9 * losses[0], losses
     (export,) = r.exports
     # the init file is "GPT-e1": the export continues its epoch count
-    assert export.relative_to(tmp_path) .as_posix() == f"myvoice/GPT_weights_v2/myvoice-e{1 + r.epochs}.ckpt"
+    assert export.relative_to(tmp_path).as_posix() == f"myvoice/GPT_weights_v2/myvoice-e{1 + r.epochs}.ckpt"
     f = read(export)
     assert (f.kind, f.version, f.info) == ("gpt-export", "v2", f"GPT-e{1 + r.epochs}")
     assert all(t.dtype == torch.float16 for t in f.state_dict.values()) and f.config["data"]["max_sec"]
     model = Text2SemanticDecoder(T2SConfig.from_s1_config(f.config))
     model.load_state_dict(from_upstream_keys(f.state_dict), strict=True)
-    assert not torch.equal(f.state_dict["model.ar_predict_layer.weight"],
-                           read(gpt_init).state_dict["model.ar_predict_layer.weight"])
+    assert not torch.equal(
+        f.state_dict["model.ar_predict_layer.weight"], read(gpt_init).state_dict["model.ar_predict_layer.weight"]
+    )
 
 
 @pytest.mark.slow
 def test_sovits_trains_and_exports(sovits_files, synth_v2, tmp_path):
-    cfg = load_config(None, **sovits_files, data=str(synth_v2), output_dir=str(tmp_path / "myvoice"), max_steps=24,
-                      batch_size=4, lr_scale=2.0, warmup_steps=4, val_every=12, save_every=12, val_fraction=0.2)
+    cfg = load_config(
+        None,
+        **sovits_files,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "myvoice"),
+        max_steps=24,
+        batch_size=4,
+        lr_scale=2.0,
+        warmup_steps=4,
+        val_every=12,
+        save_every=12,
+        val_fraction=0.2,
+    )
     r = train(cfg, progress=False, say=lambda s: None)
     losses = [v["loss"] for v in r.val_history]
     assert losses[-1] < losses[0], losses
@@ -58,8 +81,9 @@ def test_bad_lr_scale_and_stage(gpt_init, synth_v2, tmp_path):
 
     with pytest.raises(GsvError, match="lr-scale"):
         load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path), max_steps=1, lr_scale=0)
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "x"), max_steps=1,
-                      stage="sovits")
+    cfg = load_config(
+        None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "x"), max_steps=1, stage="sovits"
+    )
     with pytest.raises(GsvError, match="GPT"):
         train(cfg, progress=False, say=lambda s: None)
     assert not (tmp_path / "x").exists()
@@ -76,9 +100,30 @@ def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
     from tests.conftest import run_cli
 
     run = tmp_path / "acc"
-    r = run_cli("train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "3",
-                "--batch-size", "2", "--grad-accum", "2", "--precision", "bf16", "--val-fraction", "0",
-                "--warmup-steps", "0", "--wandb-mode", "disabled", in_process=True)
+    r = run_cli(
+        "train",
+        "--init",
+        gpt_init,
+        "--data",
+        str(synth_v2),
+        "-o",
+        str(run),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--precision",
+        "bf16",
+        "--val-fraction",
+        "0",
+        "--warmup-steps",
+        "0",
+        "--wandb-mode",
+        "disabled",
+        in_process=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "= 2 x 1 process(es) x 2 accumulation = 4" in r.stdout
     rows = [x for x in read_metrics(run / "metrics.jsonl") if x["split"] == "train"]
@@ -91,7 +136,15 @@ def test_gradient_accumulation_and_bf16(gpt_init, synth_v2, tmp_path):
 
 
 def test_restart_counters(gpt_init, synth_v2, tmp_path):
-    cfg = load_config(None, init=gpt_init, data=str(synth_v2), output_dir=str(tmp_path / "v"), max_steps=2,
-                      val_fraction=0.0, restart_counters=True, wandb_mode="disabled")
+    cfg = load_config(
+        None,
+        init=gpt_init,
+        data=str(synth_v2),
+        output_dir=str(tmp_path / "v"),
+        max_steps=2,
+        val_fraction=0.0,
+        restart_counters=True,
+        wandb_mode="disabled",
+    )
     (export,) = train(cfg, progress=False, say=lambda s: None).exports
     assert export.name == "v-e1.ckpt" and read(export).info == "GPT-e1"

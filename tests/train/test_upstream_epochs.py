@@ -16,8 +16,19 @@ pytestmark = pytest.mark.slow  # full training runs and resumes
 
 def _train(gpt_init, data, out, **kw):
     lines: list[str] = []
-    cfg = load_config(None, init=gpt_init, data=str(data), output_dir=str(out), batch_size=4, warmup_steps=0,
-                      val_every=1000, save_every=2, wandb_mode="disabled", num_workers=0, **kw)
+    cfg = load_config(
+        None,
+        init=gpt_init,
+        data=str(data),
+        output_dir=str(out),
+        batch_size=4,
+        warmup_steps=0,
+        val_every=1000,
+        save_every=2,
+        wandb_mode="disabled",
+        num_workers=0,
+        **kw,
+    )
     return train(cfg, progress=False, say=lines.append), lines
 
 
@@ -43,8 +54,22 @@ def test_run_of_an_older_version_is_not_resumed_into_other_epochs(gpt_init, synt
     del record["epochs_are"]
     (run / "config.json").write_text(json.dumps(record))
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
-    args = ["train", "--init", gpt_init, "--data", str(synth_v2), "-o", str(run), "--max-steps", "4", "--warmup-steps", "0", "--resume",
-            "--wandb-mode", "disabled"]
+    args = [
+        "train",
+        "--init",
+        gpt_init,
+        "--data",
+        str(synth_v2),
+        "-o",
+        str(run),
+        "--max-steps",
+        "4",
+        "--warmup-steps",
+        "0",
+        "--resume",
+        "--wandb-mode",
+        "disabled",
+    ]
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
     r = run_cli(*args, env=env, in_process=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -22,9 +22,15 @@ def data(tmp_path_factory):
 def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
     torch.manual_seed(1234)
     rng = torch.random.get_rng_state()
-    r = verify(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth", data=data,
-               base_g=fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
-               batches=2, batch_size=4, train_steps=2, cache_root=tmp_path)
+    r = verify(
+        fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth",
+        data=data,
+        base_g=fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
+        batches=2,
+        batch_size=4,
+        train_steps=2,
+        cache_root=tmp_path,
+    )
     assert r.verdict == "pass" and not r.reasons
     assert set(r.rebuilt) == {"mel_l1", "kl", "loss"} and r.batches == 2 and r.items == 8
     # the export is the base checkpoint's own generator in fp16: the losses agree closely
@@ -38,11 +44,19 @@ def test_sovits_export_passes_against_its_base(fixtures_dir, data, tmp_path):
 def test_damaged_sovits_export_fails(fixtures_dir, data, tmp_path):
     src = read(fixtures_dir / "SoVITS_weights_v2/gsvfix_e1_s2.pth")
     g = torch.Generator().manual_seed(0)
-    damaged = {k: (v.float() + 3 * torch.randn(v.shape, generator=g)).half() if k.startswith("dec.") else v
-               for k, v in src.state_dict.items()}
+    damaged = {
+        k: (v.float() + 3 * torch.randn(v.shape, generator=g)).half() if k.startswith("dec.") else v
+        for k, v in src.state_dict.items()
+    }
     p = write_sovits_export(tmp_path / "damaged.pth", damaged, config=src.config, info=src.info, version="v2")
-    r = verify(p, data=data, base_g=fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth", batches=2,
-               batch_size=4, cache_root=tmp_path / "cache")
+    r = verify(
+        p,
+        data=data,
+        base_g=fixtures_dir / "logs/gsvfix/logs_s2_v2/G_233333333333.pth",
+        batches=2,
+        batch_size=4,
+        cache_root=tmp_path / "cache",
+    )
     assert r.verdict == "fail"
     assert any("worse than the base" in reason for reason in r.reasons)
     assert r.rebuilt["mel_l1"] > 1.1 * r.base["mel_l1"]
@@ -50,8 +64,15 @@ def test_damaged_sovits_export_fails(fixtures_dir, data, tmp_path):
 
 def test_gpt_pass_and_fail(fixtures_dir, data, tmp_path):
     base = fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"
-    ok = verify(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt", data=data, base_g=base, batches=2, batch_size=4,
-                train_steps=3, cache_root=tmp_path)
+    ok = verify(
+        fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt",
+        data=data,
+        base_g=base,
+        batches=2,
+        batch_size=4,
+        train_steps=3,
+        cache_root=tmp_path,
+    )
     assert ok.verdict == "pass" and ok.metric == "cross-entropy per token"
     assert math.isclose(ok.rebuilt["loss"], ok.base["loss"], rel_tol=1e-3)
     assert ok.after_training["loss"] < ok.rebuilt["loss"]
@@ -66,8 +87,13 @@ def test_gpt_pass_and_fail(fixtures_dir, data, tmp_path):
 
 @pytest.mark.slow
 def test_without_base_only_finiteness_is_checked(fixtures_dir, data, tmp_path):
-    r = verify(fixtures_dir / "SoVITS_weights_v2Pro/gsvfix_e1_s2.pth", data=make_synthetic_experiment(
-        tmp_path / "pro", version="v2Pro", num_utterances=8), batches=1, batch_size=4, cache_root=tmp_path)
+    r = verify(
+        fixtures_dir / "SoVITS_weights_v2Pro/gsvfix_e1_s2.pth",
+        data=make_synthetic_experiment(tmp_path / "pro", version="v2Pro", num_utterances=8),
+        batches=1,
+        batch_size=4,
+        cache_root=tmp_path,
+    )
     assert r.base is None and r.verdict == "pass"
     assert all(math.isfinite(v) for v in r.rebuilt.values())
 
@@ -78,15 +104,44 @@ def test_verify_cli_exit_codes(fixtures_dir, data, tmp_path):
     from tests.conftest import run_cli
 
     env = {"GSV_RAY_CACHE": str(tmp_path / "cache")}
-    ok = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--base",
-                 str(fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"), "--batches", "1", "--json", env=env, in_process=True)
+    ok = run_cli(
+        "verify",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(data),
+        "--base",
+        str(fixtures_dir / "logs/gsvfix/logs_s1_v2/ckpt/epoch=0-step=6.ckpt"),
+        "--batches",
+        "1",
+        "--json",
+        env=env,
+        in_process=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["verdict"] == "pass"
-    table = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(data), "--batches", "1",
-                    env=env, in_process=True)
-    assert table.returncode == 0 and "verdict: PASS" in table.stdout and "only finiteness" in " ".join(table.stdout.split())
-    missing = run_cli("verify", str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"), "--data", str(tmp_path / "nope"),
-                      env=env, in_process=True)
+    table = run_cli(
+        "verify",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(data),
+        "--batches",
+        "1",
+        env=env,
+        in_process=True,
+    )
+    assert (
+        table.returncode == 0
+        and "verdict: PASS" in table.stdout
+        and "only finiteness" in " ".join(table.stdout.split())
+    )
+    missing = run_cli(
+        "verify",
+        str(fixtures_dir / "GPT_weights_v2/gsvfix-e1.ckpt"),
+        "--data",
+        str(tmp_path / "nope"),
+        env=env,
+        in_process=True,
+    )
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
 
 
@@ -110,7 +165,9 @@ def test_verify_names_data_problems_like_train(fixtures_dir, tmp_path):
     assert table.returncode == 0, table.stderr
     for w in wavs[:3]:
         assert w.name in table.stdout, (w.name, table.stdout)
-    as_json = json.loads(run_cli("verify", init, "--data", str(exp), "--batches", "1", "--json", env=env, in_process=True).stdout)
+    as_json = json.loads(
+        run_cli("verify", init, "--data", str(exp), "--batches", "1", "--json", env=env, in_process=True).stdout
+    )
     report = "\n".join(as_json["data_report"])
     assert all(w.name in report for w in wavs[:3])
     from gsv_ray.data.experiment import open_experiment

@@ -48,17 +48,24 @@ def _rows(arctic: Path) -> list[ListeningRow]:
     """Three utterances, three trials; trial ``t2`` has no take for the last one (it failed).
     Trial i speaks utterance u for 0.5 + 0.25 * (u + i) s; ``t1`` has the lowest mel_dist."""
     rows = []
-    for u, (name, text) in enumerate([("utt_a", "Author of the danger trail."), ("utt b", "Philip Steels, etc."),
-                                      ("utt-b", "A third one.")]):
+    for u, (name, text) in enumerate(
+        [("utt_a", "Author of the danger trail."), ("utt b", "Philip Steels, etc."), ("utt-b", "A third one.")]
+    ):
         takes = {}
         for i, trial in enumerate(["t0", "t1", "t2"]):
             if trial == "t2" and u == 2:
                 continue
             audio = _tone(0.5 + 0.25 * (u + i))
             clip = Clip.of((torch.from_numpy(audio), SR)) if i == 1 else Clip.of((audio, SR))
-            takes[trial] = TrialTake(clip, step=100 * (i + 1),
-                                     metrics={"val_loss": 1.0 + i, "mel_dist": [0.9, 0.4, 0.6][i] + u * 0.01,
-                                              "spk_sim": float("nan") if i == 2 else 0.8})
+            takes[trial] = TrialTake(
+                clip,
+                step=100 * (i + 1),
+                metrics={
+                    "val_loss": 1.0 + i,
+                    "mel_dist": [0.9, 0.4, 0.6][i] + u * 0.01,
+                    "spk_sim": float("nan") if i == 2 else 0.8,
+                },
+            )
         rows.append(ListeningRow(utterance=name, text=text, real=Clip.of(arctic), trials=takes))
     return rows
 
@@ -134,10 +141,15 @@ def test_page_writes_every_clip_as_16bit_wav(tmp_path, arctic):
 
 
 def test_page_is_self_contained_and_hostile_names_stay_text(tmp_path, arctic):
-    takes = {HOSTILE_TRIAL: TrialTake(Clip.of((_tone(0.5), SR)), step=7, metrics={"mel_dist": 0.5}),
-             "real": TrialTake(Clip.of((_tone(0.75), SR)), step=8, metrics={"mel_dist": 0.6})}
-    rows = [ListeningRow(HOSTILE_UTT, HOSTILE_TEXT, Clip.of(arctic), takes),
-            ListeningRow("..", "<", Clip.of(arctic), takes), ListeningRow("/etc/passwd", ">", Clip.of(arctic), {})]
+    takes = {
+        HOSTILE_TRIAL: TrialTake(Clip.of((_tone(0.5), SR)), step=7, metrics={"mel_dist": 0.5}),
+        "real": TrialTake(Clip.of((_tone(0.75), SR)), step=8, metrics={"mel_dist": 0.6}),
+    }
+    rows = [
+        ListeningRow(HOSTILE_UTT, HOSTILE_TEXT, Clip.of(arctic), takes),
+        ListeningRow("..", "<", Clip.of(arctic), takes),
+        ListeningRow("/etc/passwd", ">", Clip.of(arctic), {}),
+    ]
     outside_before = sorted(p for p in tmp_path.rglob("*"))
     page = write_listening_page(tmp_path / "out", rows, title="<i>t</i>", metric="mel_dist", mode="min")
 
@@ -146,8 +158,29 @@ def test_page_is_self_contained_and_hostile_names_stay_text(tmp_path, arctic):
     assert len([p for p in new if p.suffix == ".wav"]) == 3 + 2 * 2
     parsed = _parse(page.html)
     tags = {t for t, _ in parsed.tags}
-    assert tags <= {"html", "head", "meta", "title", "style", "body", "h1", "p", "b", "table", "thead", "tbody",
-                    "tr", "th", "td", "div", "audio", "source", "ul", "li", "script"}, tags
+    assert tags <= {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "p",
+        "b",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "div",
+        "audio",
+        "source",
+        "ul",
+        "li",
+        "script",
+    }, tags
     assert [t for t, _ in parsed.tags].count("script") == 1 and [t for t, _ in parsed.tags].count("b") == 4
     text = "".join(parsed.text)
     assert HOSTILE_UTT in text and HOSTILE_TEXT in text and HOSTILE_TRIAL in text and "<i>t</i>" in text
@@ -180,8 +213,13 @@ def test_rewrite_replaces_the_audio_and_a_bad_clip_changes_nothing(tmp_path, arc
     with pytest.raises(GsvError, match=r"not-a\.wav: not a readable WAV file"):
         write_listening_page(tmp_path, bad, title="c", metric="mel_dist", mode="min")
     with pytest.raises(GsvError, match=r"gone\.wav: no such audio file"):
-        write_listening_page(tmp_path, [ListeningRow("x", "y", Clip.of(tmp_path / "gone.wav"), {})],
-                             title="c", metric="mel_dist", mode="min")
+        write_listening_page(
+            tmp_path,
+            [ListeningRow("x", "y", Clip.of(tmp_path / "gone.wav"), {})],
+            title="c",
+            metric="mel_dist",
+            mode="min",
+        )
     after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == {**before, garbage: garbage.read_bytes()}
 
@@ -229,8 +267,17 @@ def test_wandb_table_round_trips_through_an_offline_run(tmp_path, arctic):
     (art,) = [a for a in wr.artifacts(recs) if a.type == "run_table"]
     files = {c.path: Path(c.local_path) for c in art.manifest.contents}
     saved = json.loads(files["tune/listen.table.json"].read_text())
-    assert saved["columns"] == ["utterance", "text", "real", "t1", "t1 metrics", "t0", "t0 metrics",
-                                "t2", "t2 metrics"]  # the best trial first
+    assert saved["columns"] == [
+        "utterance",
+        "text",
+        "real",
+        "t1",
+        "t1 metrics",
+        "t0",
+        "t0 metrics",
+        "t2",
+        "t2 metrics",
+    ]  # the best trial first
     want = _expected_frames(rows)
     for row, line in zip(rows, saved["data"]):
         got = dict(zip(saved["columns"], line))
@@ -242,8 +289,13 @@ def test_wandb_table_round_trips_through_an_offline_run(tmp_path, arctic):
             assert got[key]["_type"] == "audio-file"
             assert wav_info(files[got[key]["path"]]) == (1, 2, SR, want[(row.utterance, key)])
         u = [r.utterance for r in rows].index(row.utterance)
-        assert got["t1 metrics"] == {"step": 200, "mel_dist": 0.4 + u * 0.01, "val_loss": 2.0, "spk_sim": 0.8,
-                                     "best": True}
+        assert got["t1 metrics"] == {
+            "step": 200,
+            "mel_dist": 0.4 + u * 0.01,
+            "val_loss": 2.0,
+            "spk_sim": 0.8,
+            "best": True,
+        }
         assert "best" not in got["t0 metrics"]
         if got["t2 metrics"] is not None:
             assert got["t2 metrics"]["spk_sim"] is None and got["t2 metrics"]["step"] == 300
@@ -284,8 +336,17 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 def _browser_dom(chromium: str, url: str, profile: Path) -> _Tags:
     """The page's DOM after a headless chromium loaded it and its audio metadata."""
-    cmd = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-           "--no-first-run", "--virtual-time-budget=5000", "--dump-dom", url]
+    cmd = [
+        chromium,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={profile}",
+        "--no-first-run",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(profile)})
     assert done.returncode == 0, done.stderr[-2000:]
     dom = _Tags()
@@ -330,8 +391,11 @@ def test_every_audio_plays_in_a_real_browser(tmp_path, arctic, chromium, serve):
 def test_the_browser_check_catches_broken_audio(tmp_path, arctic, chromium, serve):
     page = write_listening_page(tmp_path / "out", _rows(arctic), title="listen", metric="mel_dist", mode="min")
     folder = page.html.parent
-    truncated, garbage, missing = (page.rows[0].real.path, page.rows[1].trials["t0"].clip.path,
-                                   page.rows[2].trials["t1"].clip.path)
+    truncated, garbage, missing = (
+        page.rows[0].real.path,
+        page.rows[1].trials["t0"].clip.path,
+        page.rows[2].trials["t1"].clip.path,
+    )
     truncated.write_bytes(truncated.read_bytes()[: 44 + 2 * SR])  # the header says 4 s, 1 s is left
     garbage.write_bytes(b"RIFF" + os.urandom(2000))
     missing.unlink()  # the page's src points at no file

@@ -28,50 +28,97 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(autouse=True)
 def wandb_env(tmp_path, monkeypatch):
     """Hermetic W&B: no key, no home-dir files, no inherited WANDB_* settings."""
-    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_DIR", "WANDB_BASE_URL",
-                "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_RUN_GROUP",
-                "WANDB_JOB_TYPE", "WANDB_NAME", "RANK"):
+    for var in (
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_MODE",
+        "WANDB_DIR",
+        "WANDB_BASE_URL",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_RUN_ID",
+        "WANDB_RESUME",
+        "WANDB_RUN_GROUP",
+        "WANDB_JOB_TYPE",
+        "WANDB_NAME",
+        "RANK",
+    ):
         monkeypatch.delenv(var, raising=False)
     home = tmp_path / "_wbhome"
     monkeypatch.setenv("NETRC", str(home / "netrc"))
-    for var, sub in (("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
-                     ("WANDB_ARTIFACT_DIR", "artifacts")):
+    for var, sub in (
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
         monkeypatch.setenv(var, str(home / sub))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
 def _warmup_lr(base: float, warmup: int, steps: int) -> list[tuple[int, float]]:
-    return [(s, base * min(1.0, (s + 1) / max(warmup, 1)) * (0.999 ** s)) for s in range(0, steps + 1, 10)]
+    return [(s, base * min(1.0, (s + 1) / max(warmup, 1)) * (0.999**s)) for s in range(0, steps + 1, 10)]
 
 
 def _outcome(interrupted: bool = True) -> TuneOutcome:
     best = TrialSummary(
-        trial_id="a1b2_00000", lr_scale=0.3, warmup_steps=50, status="completed", steps=400,
-        best_value=0.812, best_step=300,
+        trial_id="a1b2_00000",
+        lr_scale=0.3,
+        warmup_steps=50,
+        status="completed",
+        steps=400,
+        best_value=0.812,
+        best_step=300,
         val_history=[(100, 1.2), (200, 0.9), (300, 0.812), (400, 0.83)],
         lr_history=_warmup_lr(3e-5, 50, 400),
         export_paths=["/runs/t0/export/voice_e3_s300.pth", "/runs/t0/export/voice-e3.ckpt"],
         wandb_run_id="run00000",
     )
     stopped = TrialSummary(
-        trial_id="a1b2_00001", lr_scale=1.0, warmup_steps=0, status="early-stopped", steps=200,
-        best_value=1.05, best_step=100, val_history=[(100, 1.05), (200, float("nan"))],
-        lr_history=_warmup_lr(1e-4, 0, 200), wandb_run_id="run00001",
+        trial_id="a1b2_00001",
+        lr_scale=1.0,
+        warmup_steps=0,
+        status="early-stopped",
+        steps=200,
+        best_value=1.05,
+        best_step=100,
+        val_history=[(100, 1.05), (200, float("nan"))],
+        lr_history=_warmup_lr(1e-4, 0, 200),
+        wandb_run_id="run00001",
     )
     errored = TrialSummary(
-        trial_id="a1b2_00002", lr_scale=0.05, warmup_steps=200, status="failed",
+        trial_id="a1b2_00002",
+        lr_scale=0.05,
+        warmup_steps=200,
+        status="failed",
         error="RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\nTraceback (most recent call last):\n  ...",
-        steps=12, lr_history=_warmup_lr(5e-6, 200, 12),
+        steps=12,
+        lr_history=_warmup_lr(5e-6, 200, 12),
     )
     running = TrialSummary(
-        trial_id="a1b2_00003", lr_scale=0.1, warmup_steps=100, status="interrupted", steps=150,
-        best_value=0.95, best_step=100, val_history=[(100, 0.95)], lr_history=_warmup_lr(1e-5, 100, 150),
+        trial_id="a1b2_00003",
+        lr_scale=0.1,
+        warmup_steps=100,
+        status="interrupted",
+        steps=150,
+        best_value=0.95,
+        best_step=100,
+        val_history=[(100, 0.95)],
+        lr_history=_warmup_lr(1e-5, 100, 150),
         wandb_run_id="run00003",
     )
     trials = [stopped, errored, best, running]
-    return TuneOutcome(name="tune-voiceA", stage="sovits", version="v2", metric="val/loss", mode="min",
-                       trials=trials, interrupted=interrupted, best=pick_best(trials))
+    return TuneOutcome(
+        name="tune-voiceA",
+        stage="sovits",
+        version="v2",
+        metric="val/loss",
+        mode="min",
+        trials=trials,
+        interrupted=interrupted,
+        best=pick_best(trials),
+    )
 
 
 def test_pick_best_ignores_missing_and_nan():
@@ -104,8 +151,19 @@ def test_write_results_json_and_png(tmp_path):
     assert back.best is not None and back.best is back.trials[2]
     assert [t.trial_id for t in back.trials] == [t.trial_id for t in o.trials]
     for a, b in zip(back.trials, o.trials):
-        for f in ("trial_id", "lr_scale", "warmup_steps", "status", "error", "steps", "best_value", "best_step",
-                  "lr_history", "export_paths", "wandb_run_id"):
+        for f in (
+            "trial_id",
+            "lr_scale",
+            "warmup_steps",
+            "status",
+            "error",
+            "steps",
+            "best_value",
+            "best_step",
+            "lr_history",
+            "export_paths",
+            "wandb_run_id",
+        ):
             assert getattr(a, f) == getattr(b, f), f
         assert len(a.val_history) == len(b.val_history)
         for (sa, va), (sb, vb) in zip(a.val_history, b.val_history):
@@ -139,8 +197,7 @@ def test_mode_max_ranks_the_highest_first(tmp_path):
     console = Console(record=True, width=200, color_system=None)
     console.print(results_table(o))
     text = console.export_text()
-    order = [m.group(0) for ln in text.splitlines() if "best:" not in ln
-             for m in [re.search(r"a1b2_\d{5}", ln)] if m]
+    order = [m.group(0) for ln in text.splitlines() if "best:" not in ln for m in [re.search(r"a1b2_\d{5}", ln)] if m]
     assert order == ["a1b2_00001", "a1b2_00003", "a1b2_00000", "a1b2_00002"] and " top3_acc " in text
     data = json.loads(write_results(o, tmp_path)["json"].read_text())
     assert (data["metric"], data["mode"], data["best_trial_id"]) == ("val/top3_acc", "max", "a1b2_00001")
@@ -189,8 +246,7 @@ def test_results_table_text():
         assert col in text
     best_line = next(ln for ln in text.splitlines() if "a1b2_00000" in ln and BEST_MARK in ln)
     assert "0.8120" in best_line and "300" in best_line and "400" in best_line
-    order = [m.group(0) for ln in text.splitlines() if "best:" not in ln
-             for m in [re.search(r"a1b2_\d{5}", ln)] if m]
+    order = [m.group(0) for ln in text.splitlines() if "best:" not in ln for m in [re.search(r"a1b2_\d{5}", ln)] if m]
     assert order == ["a1b2_00000", "a1b2_00003", "a1b2_00001", "a1b2_00002"]  # by loss; the errored one last
 
     o.interrupted = False
@@ -223,9 +279,16 @@ def test_log_summary_run_offline(tmp_path):
     table = json.loads((wdir / "files" / tab["path"]).read_text())
     assert table["columns"] == list(TABLE_COLUMNS)
     by_id = {r[0]: dict(zip(TABLE_COLUMNS, r)) for r in table["data"]}
-    assert by_id["a1b2_00000"] == {"trial_id": "a1b2_00000", "lr_scale": 0.3, "warmup_steps": 50,
-                                   "best_value": 0.812, "best_step": 300, "steps": 400,
-                                   "status": "completed", "wandb_run_id": "run00000"}
+    assert by_id["a1b2_00000"] == {
+        "trial_id": "a1b2_00000",
+        "lr_scale": 0.3,
+        "warmup_steps": 50,
+        "best_value": 0.812,
+        "best_step": 300,
+        "steps": 400,
+        "status": "completed",
+        "wandb_run_id": "run00000",
+    }
     assert by_id["a1b2_00002"]["best_value"] is None and by_id["a1b2_00002"]["status"] == "failed"
 
     img = rows[0]["tune/summary"]

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from gsv_ray.io import read
 from gsv_ray.rebuild import rebuild
@@ -25,8 +24,13 @@ RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.
 
 def _env(tmp_path, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(RAY_ENV, GSV_RAY_CACHE=str(tmp_path / "cache"), GSV_RAY_SCRATCH=str(tmp_path / "scratch"),
-               WANDB_API_KEY="", **extra)
+    env.update(
+        RAY_ENV,
+        GSV_RAY_CACHE=str(tmp_path / "cache"),
+        GSV_RAY_SCRATCH=str(tmp_path / "scratch"),
+        WANDB_API_KEY="",
+        **extra,
+    )
     return env
 
 
@@ -38,8 +42,21 @@ def demo_inputs(tmp_path_factory):
 
 
 def _tune(tmp_path, inputs, *extra, out="run"):
-    args = [sys.executable, "-m", "gsv_ray", "tune", "--init", str(inputs["init"]), "--base-d", str(inputs["base_d"]),
-            "--data", str(inputs["data"]), "-o", str(tmp_path / out), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "gsv_ray",
+        "tune",
+        "--init",
+        str(inputs["init"]),
+        "--base-d",
+        str(inputs["base_d"]),
+        "--data",
+        str(inputs["data"]),
+        "-o",
+        str(tmp_path / out),
+        *extra,
+    ]
     return args
 
 
@@ -50,11 +67,41 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     same config keys, per-step loss and LR, validation rows, audio, its export as an artifact and a
     real runtime. (Before: stopped trials were replayed from metrics.jsonl without peak_lr,
     lr_groups, the model config, audio or artifact, and a 0-1 s runtime.)"""
-    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                             "--num-samples", "3", "--warmup-choices", "0", "3", "--lr-scale-range", "0.05", "1",
-                             "--max-concurrent", "1", "--name", "t3", "--grace-steps", "2", "--search-seed", "7",
-                             "--metric", "val_loss", "--no-refit"),
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        _tune(
+            tmp_path,
+            demo_inputs,
+            "--max-steps",
+            "6",
+            "--val-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-samples",
+            "3",
+            "--warmup-choices",
+            "0",
+            "3",
+            "--lr-scale-range",
+            "0.05",
+            "1",
+            "--max-concurrent",
+            "1",
+            "--name",
+            "t3",
+            "--grace-steps",
+            "2",
+            "--search-seed",
+            "7",
+            "--metric",
+            "val_loss",
+            "--no-refit",
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
     assert len(list((tmp_path / "cache" / "rebuild").iterdir())) == 1  # one rebuild for every trial
@@ -116,25 +163,75 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
 
     # the same command again, without --resume: refused in one line, nothing of the first search touched
     before = {p: p.stat().st_mtime_ns for p in [out / "results.json", out / "summary.png", best]}
-    again = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                                 "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--metric", "val_loss"),
-                           env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        _tune(
+            tmp_path,
+            demo_inputs,
+            "--max-steps",
+            "6",
+            "--val-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-samples",
+            "3",
+            "--warmup-choices",
+            "0",
+            "3",
+            "--name",
+            "t3",
+            "--metric",
+            "val_loss",
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr[-2000:]
     assert "already exists" in again.stderr and "--resume" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in before} == before
     # with --resume: the search finished, so nothing is rewritten and no second summary run is opened
     runs_before = sorted((out / "wandb").glob("offline-run-*"))
-    done = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                                "--num-samples", "3", "--warmup-choices", "0", "3", "--name", "t3", "--resume",
-                                "--metric", "val_loss"),
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _tune(
+            tmp_path,
+            demo_inputs,
+            "--max-steps",
+            "6",
+            "--val-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-samples",
+            "3",
+            "--warmup-choices",
+            "0",
+            "3",
+            "--name",
+            "t3",
+            "--resume",
+            "--metric",
+            "val_loss",
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert str(best) in done.stdout.replace("\n", "")
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert sorted((out / "wandb").glob("offline-run-*")) == runs_before
-    other = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--warmup-choices",
-                                 "0", "--name", "another"), env=_env(tmp_path), capture_output=True, text=True,
-                           timeout=300)  # a new name into the same -o would still replace best/ and results.json
+    other = subprocess.run(
+        _tune(
+            tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--warmup-choices", "0", "--name", "another"
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # a new name into the same -o would still replace best/ and results.json
     assert other.returncode == 2 and "already holds a tune run" in other.stderr, other.stderr[-2000:]
 
 
@@ -147,15 +244,39 @@ def _trial_checkpoints(experiment: Path) -> dict[str, list[int]]:
     from gsv_ray.train.state import problem
 
     trials = [d for d in experiment.iterdir() if d.is_dir()] if experiment.is_dir() else []
-    return {d.name: [step for step, name in checkpoint_folders(LocalFileSystem(), str(d)) if problem(d / name) is None]
-            for d in trials}
+    return {
+        d.name: [step for step, name in checkpoint_folders(LocalFileSystem(), str(d)) if problem(d / name) is None]
+        for d in trials
+    }
 
 
 @pytest.mark.slow
 def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
-    args = _tune(tmp_path, demo_inputs, "--max-steps", "12", "--val-every", "3", "--batch-size", "4", "--num-samples",
-                 "3", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "ti",
-                 "--wandb-mode", "disabled", "--metric", "val_loss", "--no-refit")
+    args = _tune(
+        tmp_path,
+        demo_inputs,
+        "--max-steps",
+        "12",
+        "--val-every",
+        "3",
+        "--batch-size",
+        "4",
+        "--num-samples",
+        "3",
+        "--warmup-choices",
+        "0",
+        "--scheduler",
+        "fifo",
+        "--max-concurrent",
+        "2",
+        "--name",
+        "ti",
+        "--wandb-mode",
+        "disabled",
+        "--metric",
+        "val_loss",
+        "--no-refit",
+    )
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = tmp_path / "run" / "ray"
     deadline = time.time() + 300
@@ -179,8 +300,11 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(res["trials"]) == 3 and all(t["status"] == "completed" for t in res["trials"]), res["trials"]
     for t in res["trials"]:  # none ran twice from scratch: every step appears once in each trial's metrics
-        rows = [row for row in read_metrics(tmp_path / "run" / "trials" / t["trial_id"] / "metrics.jsonl")
-                if row["split"] == "train"]
+        rows = [
+            row
+            for row in read_metrics(tmp_path / "run" / "trials" / t["trial_id"] / "metrics.jsonl")
+            if row["split"] == "train"
+        ]
         assert [row["step"] for row in rows] == list(range(1, 13)), (t["trial_id"], rows)
         # and each continued from its newest complete checkpoint: steps up to it are the first run's
         done = saved.get(t["trial_id"], 0)
@@ -199,8 +323,14 @@ def test_demo_runs_end_to_end(tmp_path):
     env = _env(tmp_path, HOME=str(home), TMPDIR=str(tmp))
     env.pop("GSV_RAY_SCRATCH")  # the default: a per-user folder in the temp dir
     try:
-        r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--max-steps", "6", "--num-samples", "2"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            [sys.executable, "-m", "gsv_ray", "demo", "--dir", "d", "--max-steps", "6", "--num-samples", "2"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         # nothing of ours outside the demo folder (-o and the storage in it), the cache and W&B's
         # folders; the temp dir keeps only Ray's own session logs
@@ -213,8 +343,11 @@ def test_demo_runs_end_to_end(tmp_path):
     lines = (r.stdout + r.stderr).rstrip("\n").splitlines()
     assert len(lines) <= 40, "\n".join(lines)
     # prose at most 80 columns; a longer line is one path or one command, whole
-    wide = [line for line in lines if len(line) > 80 and not (" " not in line.strip() or
-                                                             line.strip().startswith("wandb sync "))]
+    wide = [
+        line
+        for line in lines
+        if len(line) > 80 and not (" " not in line.strip() or line.strip().startswith("wandb sync "))
+    ]
     assert wide == [], "\n".join(wide)
     assert "Traceback" not in r.stdout + r.stderr
     (best,) = (tmp_path / "d/runs/demo/best").glob("SoVITS_weights_v2/*.pth")  # the refit's
@@ -256,10 +389,37 @@ def _padding_stays_sparse(run: Path, home: Path) -> None:
 def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
     """`--workers-per-trial 2`: each trial is a Ray Train run (a worker group under the trial) with
     its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's."""
-    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "2",
-                             "--num-samples", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent",
-                             "1", "--workers-per-trial", "2", "--name", "tw", "--metric", "val_loss", "--no-refit"),
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        _tune(
+            tmp_path,
+            demo_inputs,
+            "--max-steps",
+            "4",
+            "--val-every",
+            "2",
+            "--batch-size",
+            "2",
+            "--num-samples",
+            "2",
+            "--warmup-choices",
+            "0",
+            "--scheduler",
+            "fifo",
+            "--max-concurrent",
+            "1",
+            "--workers-per-trial",
+            "2",
+            "--name",
+            "tw",
+            "--metric",
+            "val_loss",
+            "--no-refit",
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
     trials = json.loads((out / "results.json").read_text())["trials"]
@@ -291,8 +451,13 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_tune_bad_input(case, demo_inputs, tmp_path):
     extra, needle = BAD[case]
-    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "6", "--warmup-choices", "0", "2", *extra), env=_env(tmp_path),
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        _tune(tmp_path, demo_inputs, "--max-steps", "6", "--warmup-choices", "0", "2", *extra),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
@@ -303,9 +468,26 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
     """`gsv-ray demo --version v4`: a search over a narrow v4 model from a LoRA export + its base;
     every trial trains the CFM with LoRA and has its W&B run (config, per-step LR, validation, mel
     images, its export as an artifact), and the best export is a v4 LoRA file."""
-    r = subprocess.run([sys.executable, "-m", "gsv_ray", "demo", "--version", "v4", "--dir", str(tmp_path / "d"),
-                        "--max-steps", "4", "--num-samples", "3"],
-                       env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gsv_ray",
+            "demo",
+            "--version",
+            "v4",
+            "--dir",
+            str(tmp_path / "d"),
+            "--max-steps",
+            "4",
+            "--num-samples",
+            "3",
+        ],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     words = " ".join(r.stdout.split())  # prose is wrapped to 80 columns
     assert words.startswith(f"gsv-ray demo in {tmp_path / 'd'}: a synthetic voice and a small v4 base + LoRA")
@@ -326,8 +508,9 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
     assert (f.kind, f.version, f.lora_rank) == ("sovits-lora-export", "v4", 4) and best.name.endswith("_l4.pth")
 
 
-@pytest.mark.parametrize("given, held_out", [({}, 0.1), ({"val_fraction": 0.25}, 0.25),
-                                             ({"val_names": "names.txt"}, 0.0)])
+@pytest.mark.parametrize(
+    "given, held_out", [({}, 0.1), ({"val_fraction": 0.25}, 0.25), ({"val_names": "names.txt"}, 0.0)]
+)
 def test_tune_holds_out_a_default_set_where_train_holds_out_none(given, held_out, tmp_path):
     """`train` trains on every utterance by default; `tune` compares trials on held-out utterances, so
     without --val-fraction / --val-names it holds out 10 % (an explicit choice is kept as given)."""
@@ -352,9 +535,30 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     the refit trains the winner's settings on every utterance for its best step in -o/refit. A kill in
     the refit leaves the winning trial's weights in best/trial/ and a `--resume` runs only the refit
     (no trial again); a `--resume` with another --metric is refused in one line."""
-    args = _tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples",
-                 "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "tr",
-                 "--metric", "val/mel_l1", "--mode", "min")
+    args = _tune(
+        tmp_path,
+        demo_inputs,
+        "--max-steps",
+        "4",
+        "--val-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-samples",
+        "2",
+        "--warmup-choices",
+        "0",
+        "--scheduler",
+        "fifo",
+        "--max-concurrent",
+        "2",
+        "--name",
+        "tr",
+        "--metric",
+        "val/mel_l1",
+        "--mode",
+        "min",
+    )
     out = tmp_path / "run"
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
@@ -377,8 +581,9 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     assert not (out / "finished.json").exists()
     trial_files = {f: f.stat().st_mtime_ns for f in (out / "trials").rglob("*") if f.is_file()}
 
-    other = subprocess.run(args + ["--resume", "--metric", "val_loss"], env=_env(tmp_path), capture_output=True,
-                           text=True, timeout=300)
+    other = subprocess.run(
+        args + ["--resume", "--metric", "val_loss"], env=_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stdout[-2000:] + other.stderr[-2000:]
     assert "--metric val_loss" in other.stderr and "--metric val/mel_l1 --mode min" in other.stderr
 
@@ -391,7 +596,10 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == steps
     cfg = json.loads((out / "refit" / "config.json").read_text())
     assert (cfg["val_fraction"], cfg["val_names"], cfg["max_steps"]) == (0.0, None, steps)
-    assert (cfg["lr_scale"], cfg["warmup_steps"]) == (pytest.approx(res["best"]["lr_scale"]), res["best"]["warmup_steps"])
+    assert (cfg["lr_scale"], cfg["warmup_steps"]) == (
+        pytest.approx(res["best"]["lr_scale"]),
+        res["best"]["warmup_steps"],
+    )
     rows = read_metrics(out / "refit" / "metrics.jsonl")
     assert [row["step"] for row in rows if row["split"] == "train"] == list(range(1, steps + 1))
     assert not [row for row in rows if row["split"] == "val"]
@@ -403,11 +611,14 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     assert used and used.group(1) == used.group(2), log[-3000:]  # every utterance, the held-out ones too
     (refit_export,) = (out / "refit").glob("SoVITS_weights_v2/*.pth")
     best = out / "best" / refit_export.relative_to(out / "refit")
-    assert best.samefile(refit_export) and (out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner)
-                                            ).samefile(trial_export)
-    assert res["best_files"] == {"trial": [str(out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner))],
-                                 "refit": [str(best)]}
-    assert f"best weights (refit): {best}" in words and f"winning trial: " in words
+    assert best.samefile(refit_export) and (
+        out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner)
+    ).samefile(trial_export)
+    assert res["best_files"] == {
+        "trial": [str(out / "best" / "trial" / trial_export.relative_to(out / "trials" / winner))],
+        "refit": [str(best)],
+    }
+    assert f"best weights (refit): {best}" in words and "winning trial: " in words
     runs = {wr.run_info(recs)["job_type"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
     assert wr.run_info(runs["refit"])["group"] == "tr" and wr.run_config(runs["refit"])["val_fraction"] == 0.0
     summary = wr.summary(runs["tune-summary"])
@@ -431,12 +642,15 @@ def _listening_table(out: Path, res: dict, summary_run, data: Path, profile: Pat
     from gsv_ray.audio import read_wav_pcm16
     from tests.tune.test_listen import _browser_dom, _QuietHandler, _unplayable
 
-    rendered = {t["trial_id"]: sorted((out / "trials" / t["trial_id"] / "samples" / f"step_{t['best_step']:08d}")
-                                      .glob("*.wav")) for t in res["trials"]}
+    rendered = {
+        t["trial_id"]: sorted((out / "trials" / t["trial_id"] / "samples" / f"step_{t['best_step']:08d}").glob("*.wav"))
+        for t in res["trials"]
+    }
     names = {p.stem for files in rendered.values() for p in files}
     assert names
     for name in names:  # the real recording (as samples) beside the page, and each trial's rendering
         (folder,) = [d for d in (out / "listen").iterdir() if d.name.startswith(name)]
+
         def same(a: Path, b: Path) -> bool:  # re-encoded as 16-bit PCM beside the page: within one step
             x, y = read_wav_pcm16(a), read_wav_pcm16(b)
             return x.shape == y.shape and float((x - y).abs().max()) <= 1 / 32768
@@ -447,8 +661,9 @@ def _listening_table(out: Path, res: dict, summary_run, data: Path, profile: Pat
     srv = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(out)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
-        dom = _browser_dom(shutil.which("chromium") or "chromium", f"http://127.0.0.1:{srv.server_address[1]}/listen.html",
-                           profile)
+        dom = _browser_dom(
+            shutil.which("chromium") or "chromium", f"http://127.0.0.1:{srv.server_address[1]}/listen.html", profile
+        )
     finally:
         srv.shutdown()
         srv.server_close()
@@ -463,10 +678,33 @@ def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_
     """A --metric the recipe never logs: the search stops at the first validation with one line naming
     what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
     refuse the corrected command in the same -o (the search, its record)."""
-    args = _tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4", "--num-samples", "2",
-                 "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "2", "--name", "tn")
-    r = subprocess.run(args + ["--metric", "val/nope", "--mode", "max"], env=_env(tmp_path), capture_output=True,
-                       text=True, timeout=600)
+    args = _tune(
+        tmp_path,
+        demo_inputs,
+        "--max-steps",
+        "4",
+        "--val-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-samples",
+        "2",
+        "--warmup-choices",
+        "0",
+        "--scheduler",
+        "fifo",
+        "--max-concurrent",
+        "2",
+        "--name",
+        "tn",
+    )
+    r = subprocess.run(
+        args + ["--metric", "val/nope", "--mode", "max"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     errors = [line for line in r.stderr.splitlines() if line.startswith("gsv-ray: error:")]
     assert r.returncode == 2 and len(errors) == 1, r.stdout[-3000:] + r.stderr[-3000:]  # (and where the log is)
     assert "--metric val/nope: the trials report no such metric" in errors[0] and "val/mel_l1" in errors[0]
@@ -479,9 +717,32 @@ def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_
 @pytest.mark.slow
 def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, tmp_path):
     """No --metric: the search ranks by val/quality (lower is better) and refits its winner."""
-    r = subprocess.run(_tune(tmp_path, demo_inputs, "--max-steps", "4", "--val-every", "2", "--batch-size", "4",
-                             "--num-samples", "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent",
-                             "2", "--name", "tq"), env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        _tune(
+            tmp_path,
+            demo_inputs,
+            "--max-steps",
+            "4",
+            "--val-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-samples",
+            "2",
+            "--warmup-choices",
+            "0",
+            "--scheduler",
+            "fifo",
+            "--max-concurrent",
+            "2",
+            "--name",
+            "tq",
+        ),
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
     res = json.loads((out / "results.json").read_text())
@@ -498,9 +759,31 @@ def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_
     """Ctrl-C after one trial finished (its outputs were placed in -o/trials/<id>/, moved out of
     storage); `--resume` runs the other and keeps the finished trial's export and metrics (before: its
     folder was emptied, and the winner's weights in best/ could be none)."""
-    args = _tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4", "--num-samples",
-                 "2", "--warmup-choices", "0", "--scheduler", "fifo", "--max-concurrent", "1", "--name", "tk",
-                 "--wandb-mode", "disabled", "--metric", "val_loss", "--no-refit")
+    args = _tune(
+        tmp_path,
+        demo_inputs,
+        "--max-steps",
+        "6",
+        "--val-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-samples",
+        "2",
+        "--warmup-choices",
+        "0",
+        "--scheduler",
+        "fifo",
+        "--max-concurrent",
+        "1",
+        "--name",
+        "tk",
+        "--wandb-mode",
+        "disabled",
+        "--metric",
+        "val_loss",
+        "--no-refit",
+    )
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = tmp_path / "run" / "ray" / "tk"
     deadline = time.time() + 300
@@ -517,7 +800,14 @@ def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_
     for tid in res:
         trial = tmp_path / "run" / "trials" / tid
         assert list(trial.glob("SoVITS_weights_v2/*.pth")), (tid, sorted(p.name for p in trial.iterdir()))
-        assert [row["step"] for row in read_metrics(trial / "metrics.jsonl") if row["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+        assert [row["step"] for row in read_metrics(trial / "metrics.jsonl") if row["split"] == "train"] == [
+            1,
+            2,
+            3,
+            4,
+            5,
+            6,
+        ]
     assert list((tmp_path / "run" / "best").rglob("*.pth"))
 
 
@@ -531,10 +821,42 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
 
     data = make_synthetic_experiment(tmp_path / "exp", version="v2", num_utterances=16)
     init = fixtures_dir / "GPT_weights_v2" / "gsvfix-e1.ckpt"
-    args = [sys.executable, "-m", "gsv_ray", "tune", "--init", str(init), "--data", str(data), "-o",
-            str(tmp_path / "run"), "--max-steps", "8", "--val-every", "4", "--batch-size", "4", "--optimizer", "adamw",
-            "--num-samples", "3", "--warmup-choices", "2", "--lr-scale-range", "0.0001", "2", "--search-seed", "79",
-            "--scheduler", "fifo", "--max-concurrent", "2", "--name", "endless", "--no-refit"]
+    args = [
+        sys.executable,
+        "-m",
+        "gsv_ray",
+        "tune",
+        "--init",
+        str(init),
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "8",
+        "--val-every",
+        "4",
+        "--batch-size",
+        "4",
+        "--optimizer",
+        "adamw",
+        "--num-samples",
+        "3",
+        "--warmup-choices",
+        "2",
+        "--lr-scale-range",
+        "0.0001",
+        "2",
+        "--search-seed",
+        "79",
+        "--scheduler",
+        "fifo",
+        "--max-concurrent",
+        "2",
+        "--name",
+        "endless",
+        "--no-refit",
+    ]
     r = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
@@ -555,8 +877,11 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
     value = {t["trial_id"]: t["best_value"] for t in res["trials"]}
     assert max(value, key=value.get) == endless and res["best_trial_id"] != endless
     assert value[endless] > min(value.values()) + 1.0, value  # not a near tie: len_error + (1 - eos_rate) apart
-    table = [line.split()[0 if line.split()[0] != "★" else 1] for line in r.stdout.splitlines()
-             if "_0000" in line and line.split()[-1] == "completed"]
+    table = [
+        line.split()[0 if line.split()[0] != "★" else 1]
+        for line in r.stdout.splitlines()
+        if "_0000" in line and line.split()[-1] == "completed"
+    ]
     assert table[-1] == endless and len(table) == 3, r.stdout[-3000:]  # the printed table: best first, it last
 
     runs = {wr.run_info(recs)["job_type"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
@@ -576,9 +901,28 @@ def test_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
     the refit's Ray run is starting. Tune leaves its SIGINT handler installed after a search that was
     not interrupted, so this Ctrl-C used to be swallowed and the whole refit ran (exit 0). Now it stops
     the command as Ctrl-C does anywhere else: exit 130, the refit pending for a --resume."""
-    args = _tune(tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--batch-size", "4",
-                 "--num-samples", "1", "--warmup-choices", "0", "--scheduler", "fifo", "--name", "cc",
-                 "--metric", "val/mel_l1", "--mode", "min")
+    args = _tune(
+        tmp_path,
+        demo_inputs,
+        "--max-steps",
+        "6",
+        "--val-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-samples",
+        "1",
+        "--warmup-choices",
+        "0",
+        "--scheduler",
+        "fifo",
+        "--name",
+        "cc",
+        "--metric",
+        "val/mel_l1",
+        "--mode",
+        "min",
+    )
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     try:

@@ -30,9 +30,7 @@ def sine_table(start: int, length: int, dim: int, device: torch.device | None = 
     float32 arithmetic as upstream's precomputed table, so values agree bit for bit.
     """
     position = torch.arange(start, start + length, dtype=torch.float32, device=device).unsqueeze(1)
-    div_term = torch.exp(
-        torch.arange(0, dim, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / dim)
-    )
+    div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / dim))
     table = torch.zeros(length, dim, dtype=torch.float32, device=device)
     table[:, 0::2] = torch.sin(position * div_term)
     table[:, 1::2] = torch.cos(position * div_term)
@@ -120,7 +118,9 @@ class SelfAttention(nn.Module):
         probabilities' dropout drawn by ``attn_drop`` (keyed per item)."""
         scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
         if attn_mask is not None:
-            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+            scores = (
+                scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+            )
         return self.attn_drop(F.softmax(scores, dim=-1)) @ v
 
 

@@ -110,7 +110,9 @@ class MultiHeadAttention(nn.Module):
 class FFN(nn.Module):
     """Two "same"-padded convolutions with a ReLU between, masked before each conv."""
 
-    def __init__(self, in_channels: int, out_channels: int, filter_channels: int, kernel_size: int, p_dropout: float = 0.0):
+    def __init__(
+        self, in_channels: int, out_channels: int, filter_channels: int, kernel_size: int, p_dropout: float = 0.0
+    ):
         super().__init__()
         self.pad = ((kernel_size - 1) // 2, kernel_size // 2)
         self.conv_1 = nn.Conv1d(in_channels, filter_channels, kernel_size)

@@ -33,10 +33,10 @@ SHORTCUT_PROBABILITY = 0.3
 class CFMDraws:
     """The random numbers of one training forward (None: drawn here, as upstream draws them)."""
 
-    t: torch.Tensor | None = None          # [B] uniform
-    x0: torch.Tensor | None = None         # like x1, standard normal
-    shortcut_u: float | None = None        # uniform; the shortcut branch runs iff < 0.3
-    base: torch.Tensor | None = None       # [B] int in [2, 8)
+    t: torch.Tensor | None = None  # [B] uniform
+    x0: torch.Tensor | None = None  # like x1, standard normal
+    shortcut_u: float | None = None  # uniform; the shortcut branch runs iff < 0.3
+    base: torch.Tensor | None = None  # [B] int in [2, 8)
 
 
 class CFM(nn.Module):
@@ -45,9 +45,15 @@ class CFM(nn.Module):
         self.in_channels = in_channels
         self.estimator = estimator
 
-    def forward(self, x1: torch.Tensor, x_lens: torch.Tensor, prompt_lens: torch.Tensor, mu: torch.Tensor,
-                draws: CFMDraws = CFMDraws(),
-                on_call: Callable[[str, dict[str, torch.Tensor]], None] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x1: torch.Tensor,
+        x_lens: torch.Tensor,
+        prompt_lens: torch.Tensor,
+        mu: torch.Tensor,
+        draws: CFMDraws = CFMDraws(),
+        on_call: Callable[[str, dict[str, torch.Tensor]], None] | None = None,
+    ) -> torch.Tensor:
         """The flow-matching loss. ``x1`` ``[B, mel, T]`` target mel, ``mu`` ``[B, text_dim, T]``.
         ``on_call(name, io)`` sees every estimator call (``v_pred_1``, ``v_pred_2``, ``vt_pred``)."""
         b = x1.size(0)
@@ -89,8 +95,15 @@ class CFM(nn.Module):
         return loss / b
 
     @torch.no_grad()
-    def inference(self, mu: torch.Tensor, x_lens: torch.Tensor, prompt: torch.Tensor, n_timesteps: int,
-                  temperature: float = 1.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def inference(
+        self,
+        mu: torch.Tensor,
+        x_lens: torch.Tensor,
+        prompt: torch.Tensor,
+        n_timesteps: int,
+        temperature: float = 1.0,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Euler steps from noise to mel ``[B, mel, T]``. ``mu`` ``[B, T, text_dim]`` (time first, as
         upstream's inference passes it); the first ``prompt.size(-1)`` frames are the given prompt."""
         b, t_len = mu.size(0), mu.size(1)

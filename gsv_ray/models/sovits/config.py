@@ -10,19 +10,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gsv_ray.resources import CODEBOOK_SIZE, PRO_VERSIONS, SSL_DIM, VITS_VERSIONS, s2_config  # noqa: F401 -- the versions re-exported for the models
 
-
 # Keys of an s2 json ``model`` section that map 1:1 onto config fields.
 _MODEL_KEYS = (
-    "inter_channels", "hidden_channels", "filter_channels", "n_heads", "n_layers", "kernel_size",
-    "p_dropout", "resblock", "resblock_kernel_sizes", "resblock_dilation_sizes", "upsample_rates",
-    "upsample_initial_channel", "upsample_kernel_sizes", "n_layers_q", "use_spectral_norm",
-    "gin_channels", "semantic_frame_rate", "freeze_quantizer",
+    "inter_channels",
+    "hidden_channels",
+    "filter_channels",
+    "n_heads",
+    "n_layers",
+    "kernel_size",
+    "p_dropout",
+    "resblock",
+    "resblock_kernel_sizes",
+    "resblock_dilation_sizes",
+    "upsample_rates",
+    "upsample_initial_channel",
+    "upsample_kernel_sizes",
+    "n_layers_q",
+    "use_spectral_norm",
+    "gin_channels",
+    "semantic_frame_rate",
+    "freeze_quantizer",
 )
 
 
@@ -40,8 +53,8 @@ class SoVITSConfig:
 
     version: str = "v2"
     # derived from the s2 json's data/train sections
-    spec_channels: int = 1025          # data.filter_length // 2 + 1
-    segment_frames: int = 32           # train.segment_size // data.hop_length
+    spec_channels: int = 1025  # data.filter_length // 2 + 1
+    segment_frames: int = 32  # train.segment_size // data.hop_length
     # the s2 json model section
     inter_channels: int = 192
     hidden_channels: int = 192
@@ -59,31 +72,31 @@ class SoVITSConfig:
     gin_channels: int = 512
     semantic_frame_rate: str = "25hz"
     freeze_quantizer: bool = True
-    n_layers_q: int = 3                # present in the json, unused by the model
-    use_spectral_norm: bool = False    # present in the json, unused by the generator
-    n_speakers: int = 300              # passed by the trainer, unused by the model
+    n_layers_q: int = 3  # present in the json, unused by the model
+    use_spectral_norm: bool = False  # present in the json, unused by the generator
+    n_speakers: int = 300  # passed by the trainer, unused by the model
     # widths upstream hard-codes
-    n_symbols: int | None = None       # text embedding rows: 322 (v1) / 732 (later)
-    ssl_dim: int = SSL_DIM             # HuBERT feature width
+    n_symbols: int | None = None  # text embedding rows: 322 (v1) / 732 (later)
+    ssl_dim: int = SSL_DIM  # HuBERT feature width
     codebook_size: int = CODEBOOK_SIZE
     n_codebooks: int = 1
-    attn_window_size: int = 4          # relative-position window of the text-encoder attention
-    mrte_hidden_channels: int = 512    # MRTE(192 in, 512 hidden, 192 out)
+    attn_window_size: int = 4  # relative-position window of the text-encoder attention
+    mrte_hidden_channels: int = 512  # MRTE(192 in, 512 hidden, 192 out)
     mrte_heads: int = 4
     ref_in_channels: int | None = None  # reference-encoder input bins: spec_channels (v1) / 704
-    ref_hidden_channels: int = 128     # MelStyleEncoder style_hidden
+    ref_hidden_channels: int = 128  # MelStyleEncoder style_hidden
     ref_heads: int = 2
     ref_kernel_size: int = 5
     ref_dropout: float = 0.1
-    sv_emb_channels: int = 20480       # speaker-verification embedding width (Pro)
-    ge_text_channels: int = 512        # ge_to512 output width (Pro); must equal mrte_hidden_channels
+    sv_emb_channels: int = 20480  # speaker-verification embedding width (Pro)
+    ge_text_channels: int = 512  # ge_to512 output width (Pro); must equal mrte_hidden_channels
     posterior_kernel_size: int = 5
     posterior_dilation_rate: int = 1
     posterior_layers: int = 16
     flow_kernel_size: int = 5
     flow_dilation_rate: int = 1
-    flow_layers: int = 4               # WaveNet layers per coupling layer
-    n_flows: int = 4                   # coupling layers (each followed by a channel flip)
+    flow_layers: int = 4  # WaveNet layers per coupling layer
+    n_flows: int = 4  # coupling layers (each followed by a channel flip)
     kmeans_iters: int = 50
     vq_decay: float = 0.99
     vq_epsilon: float = 1e-5
@@ -172,17 +185,20 @@ C_MEL, C_KL = 45.0, 1.0
 class SoVITSTrainConstants:
     """The s2 json ``train`` section's constants of the SoVITS step, typed."""
 
-    c_mel: float = C_MEL                        # mel L1 weight
-    c_kl: float = C_KL                          # KL weight
-    betas: tuple[float, float] = (0.8, 0.99)    # AdamW
+    c_mel: float = C_MEL  # mel L1 weight
+    c_kl: float = C_KL  # KL weight
+    betas: tuple[float, float] = (0.8, 0.99)  # AdamW
     eps: float = 1e-9
-    text_low_lr_rate: float = 0.4               # the text side's LR, as a fraction of the peak
+    text_low_lr_rate: float = 0.4  # the text side's LR, as a fraction of the peak
 
     @classmethod
     def from_s2(cls, s2: Mapping[str, Any]) -> SoVITSTrainConstants:
         train = s2.get("train") or {}
         d = cls()
-        return cls(c_mel=float(train.get("c_mel", d.c_mel)), c_kl=float(train.get("c_kl", d.c_kl)),
-                   betas=tuple(float(b) for b in train.get("betas", d.betas)),  # type: ignore[arg-type]
-                   eps=float(train.get("eps", d.eps)),
-                   text_low_lr_rate=float(train.get("text_low_lr_rate", d.text_low_lr_rate)))
+        return cls(
+            c_mel=float(train.get("c_mel", d.c_mel)),
+            c_kl=float(train.get("c_kl", d.c_kl)),
+            betas=tuple(float(b) for b in train.get("betas", d.betas)),  # type: ignore[arg-type]
+            eps=float(train.get("eps", d.eps)),
+            text_low_lr_rate=float(train.get("text_low_lr_rate", d.text_low_lr_rate)),
+        )

@@ -113,8 +113,11 @@ class PeriodDiscriminator(nn.Module):
         n = len(widths) - 1
         self.convs = nn.ModuleList(
             WNConv2d(
-                widths[i], widths[i + 1], (kernel_size, 1),
-                (stride if i < n - 1 else 1, 1), padding=(pad, 0),
+                widths[i],
+                widths[i + 1],
+                (kernel_size, 1),
+                (stride if i < n - 1 else 1, 1),
+                padding=(pad, 0),
             )
             for i in range(n)
         )

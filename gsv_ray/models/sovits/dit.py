@@ -39,14 +39,14 @@ class DiTConfig:
     dim_head: int = 64
     ff_mult: int = 2
     mel_dim: int = 100
-    text_dim: int = 512          # width of mu (= the bridge/wns1 width)
-    conv_layers: int = 4         # ConvNeXt-V2 blocks on the text path
-    conv_mult: int = 2           # their hidden width, x text_dim
+    text_dim: int = 512  # width of mu (= the bridge/wns1 width)
+    conv_layers: int = 4  # ConvNeXt-V2 blocks on the text path
+    conv_mult: int = 2  # their hidden width, x text_dim
     dropout: float = 0.1
-    freq_embed_dim: int = 256    # sinusoidal features of the time / step
+    freq_embed_dim: int = 256  # sinusoidal features of the time / step
     conv_pos_kernel: int = 31
     conv_pos_groups: int = 16
-    text_max_pos: int = 4096     # the text path's sinusoidal table length
+    text_max_pos: int = 4096  # the text path's sinusoidal table length
 
     def __post_init__(self) -> None:
         if self.dim_head * self.heads != self.dim:
@@ -121,8 +121,10 @@ class ConvPositionEmbedding(nn.Module):
     def __init__(self, dim: int, kernel_size: int, groups: int):
         super().__init__()
         self.conv1d = nn.Sequential(
-            nn.Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2), nn.Mish(),
-            nn.Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2), nn.Mish(),
+            nn.Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2),
+            nn.Mish(),
+            nn.Conv1d(dim, dim, kernel_size, groups=groups, padding=kernel_size // 2),
+            nn.Mish(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, C]
@@ -226,8 +228,11 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.ff = nn.Sequential(nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh")),
-                                KeyedDropout(dropout), nn.Linear(hidden, dim))
+        self.ff = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh")),
+            KeyedDropout(dropout),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ff(x)
@@ -251,8 +256,17 @@ class DiT(nn.Module):
         self.norm_out = AdaLayerNormZero(c.dim, chunks=2)
         self.proj_out = nn.Linear(c.dim, c.mel_dim)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, x_lens: torch.Tensor, time: torch.Tensor,
-                d: torch.Tensor, mu: torch.Tensor, *, trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        x_lens: torch.Tensor,
+        time: torch.Tensor,
+        d: torch.Tensor,
+        mu: torch.Tensor,
+        *,
+        trace: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """``trace``, when given, receives the intermediates the goldens record."""
         x, cond, mu = x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2)
         seq_len = x.size(1)

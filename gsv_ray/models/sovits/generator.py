@@ -37,22 +37,22 @@ POSTERIOR_PREFIX = "enc_q."
 
 
 class LatentStats(NamedTuple):
-    z: torch.Tensor       # posterior sample [B, inter, T]
-    z_p: torch.Tensor     # flow(z)
-    m_p: torch.Tensor     # prior mean
+    z: torch.Tensor  # posterior sample [B, inter, T]
+    z_p: torch.Tensor  # flow(z)
+    m_p: torch.Tensor  # prior mean
     logs_p: torch.Tensor  # prior log-std
-    m_q: torch.Tensor     # posterior mean
+    m_q: torch.Tensor  # posterior mean
     logs_q: torch.Tensor  # posterior log-std
 
 
 class GeneratorOutput(NamedTuple):
     """Training forward result; unpacks like upstream's 7-tuple."""
 
-    y_hat: torch.Tensor      # [B, 1, segment_frames * hop] waveform of the sliced window
-    kl_ssl: torch.Tensor     # quantizer commitment loss (0 when the quantizer is frozen)
+    y_hat: torch.Tensor  # [B, 1, segment_frames * hop] waveform of the sliced window
+    kl_ssl: torch.Tensor  # quantizer commitment loss (0 when the quantizer is frozen)
     ids_slice: torch.Tensor  # [B] window start frames
-    x_mask: torch.Tensor     # [B, 1, T]
-    z_mask: torch.Tensor     # [B, 1, T] (same mask; upstream returns it twice)
+    x_mask: torch.Tensor  # [B, 1, T]
+    z_mask: torch.Tensor  # [B, 1, T] (same mask; upstream returns it twice)
     stats: LatentStats
     quantized: torch.Tensor  # codebook vectors fed to the prior, at the spectrogram frame rate
 
@@ -60,14 +60,14 @@ class GeneratorOutput(NamedTuple):
 class DecodeTrace(NamedTuple):
     """Everything ``decode`` computes before the waveform (for inspection and tests)."""
 
-    ge: torch.Tensor | None       # [B, gin, 1] conditioning of flow and decoder
+    ge: torch.Tensor | None  # [B, gin, 1] conditioning of flow and decoder
     ge_text: torch.Tensor | None  # [B, mrte_hidden, 1] what the text encoder's MRTE receives
     x: torch.Tensor
     m_p: torch.Tensor
     logs_p: torch.Tensor
     y_mask: torch.Tensor
     z_p: torch.Tensor
-    z: torch.Tensor               # flow^-1(z_p)
+    z: torch.Tensor  # flow^-1(z_p)
 
 
 class SoVITSGenerator(nn.Module):
@@ -82,28 +82,58 @@ class SoVITSGenerator(nn.Module):
         self.semantic_frame_rate = c.semantic_frame_rate
 
         self.enc_p = TextEncoder(
-            c.inter_channels, c.hidden_channels, c.filter_channels, c.n_heads, c.n_layers, c.kernel_size,
-            c.p_dropout, n_symbols=c.n_symbols, ssl_dim=c.ssl_dim, mrte_hidden_channels=c.mrte_hidden_channels,
-            mrte_heads=c.mrte_heads, window_size=c.attn_window_size,
+            c.inter_channels,
+            c.hidden_channels,
+            c.filter_channels,
+            c.n_heads,
+            c.n_layers,
+            c.kernel_size,
+            c.p_dropout,
+            n_symbols=c.n_symbols,
+            ssl_dim=c.ssl_dim,
+            mrte_hidden_channels=c.mrte_hidden_channels,
+            mrte_heads=c.mrte_heads,
+            window_size=c.attn_window_size,
         )
         self.dec = HiFiGANGenerator(
-            c.inter_channels, c.resblock, c.resblock_kernel_sizes, c.resblock_dilation_sizes, c.upsample_rates,
-            c.upsample_initial_channel, c.upsample_kernel_sizes, gin_channels=c.gin_channels,
+            c.inter_channels,
+            c.resblock,
+            c.resblock_kernel_sizes,
+            c.resblock_dilation_sizes,
+            c.upsample_rates,
+            c.upsample_initial_channel,
+            c.upsample_kernel_sizes,
+            gin_channels=c.gin_channels,
         )
         self.enc_q = PosteriorEncoder(
-            c.spec_channels, c.inter_channels, c.hidden_channels, c.posterior_kernel_size,
-            c.posterior_dilation_rate, c.posterior_layers, gin_channels=c.gin_channels,
+            c.spec_channels,
+            c.inter_channels,
+            c.hidden_channels,
+            c.posterior_kernel_size,
+            c.posterior_dilation_rate,
+            c.posterior_layers,
+            gin_channels=c.gin_channels,
         )
         self.flow = ResidualCouplingBlock(
-            c.inter_channels, c.hidden_channels, c.flow_kernel_size, c.flow_dilation_rate, c.flow_layers,
-            n_flows=c.n_flows, gin_channels=c.gin_channels,
+            c.inter_channels,
+            c.hidden_channels,
+            c.flow_kernel_size,
+            c.flow_dilation_rate,
+            c.flow_layers,
+            n_flows=c.n_flows,
+            gin_channels=c.gin_channels,
         )
         self.ref_enc = MelStyleEncoder(
             c.ref_in_channels, c.ref_hidden_channels, c.gin_channels, c.ref_kernel_size, c.ref_heads, c.ref_dropout
         )
         self.ssl_proj = build_ssl_proj(c.ssl_dim, c.semantic_frame_rate)
         self.quantizer = build_quantizer(
-            c.ssl_dim, c.codebook_size, c.n_codebooks, c.kmeans_iters, c.vq_decay, c.vq_epsilon,
+            c.ssl_dim,
+            c.codebook_size,
+            c.n_codebooks,
+            c.kmeans_iters,
+            c.vq_decay,
+            c.vq_epsilon,
             c.vq_dead_code_threshold,
         )
         if self.is_pro:
@@ -142,7 +172,9 @@ class SoVITSGenerator(nn.Module):
         if not self.is_pro:
             return ge, ge
         if sv_emb is None:
-            raise ValueError(f"{self.version} needs a speaker-verification embedding (sv_emb [B, {self.config.sv_emb_channels}])")
+            raise ValueError(
+                f"{self.version} needs a speaker-verification embedding (sv_emb [B, {self.config.sv_emb_channels}])"
+            )
         ge = self.prelu(ge + self.sv_emb(sv_emb).unsqueeze(-1))
         return ge, self.project_ge_text(ge)
 
@@ -160,8 +192,9 @@ class SoVITSGenerator(nn.Module):
         if self.freeze_quantizer and (self.ssl_proj.training or self.quantizer.training):
             self.ssl_proj.eval()
             self.quantizer.eval()
-        with torch.autocast(device_type=ssl.device.type, enabled=False), torch.set_grad_enabled(
-            torch.is_grad_enabled() and not self.freeze_quantizer
+        with (
+            torch.autocast(device_type=ssl.device.type, enabled=False),
+            torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_quantizer),
         ):
             x = self.ssl_proj(ssl.to(self.ssl_proj.weight.dtype))
             quantized, codes, commit_loss, _ = self.quantizer(x, layers=[0])

@@ -14,7 +14,9 @@ from gsv_ray.models.sovits.attention import MultiHeadAttention
 
 
 class MRTE(nn.Module):
-    def __init__(self, content_channels: int = 192, hidden_channels: int = 512, out_channels: int = 192, n_heads: int = 4):
+    def __init__(
+        self, content_channels: int = 192, hidden_channels: int = 512, out_channels: int = 192, n_heads: int = 4
+    ):
         super().__init__()
         self.cross_attention = MultiHeadAttention(hidden_channels, hidden_channels, n_heads)
         self.c_pre = nn.Conv1d(content_channels, hidden_channels, 1)

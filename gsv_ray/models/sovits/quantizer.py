@@ -34,7 +34,9 @@ def _nearest(x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
     return dist_.argmin(dim=-1)
 
 
-def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int = 50, max_samples: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    samples: torch.Tensor, num_clusters: int, num_iters: int = 50, max_samples: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on (at most the first ``max_samples``) rows; empty clusters keep their mean."""
     samples = samples[:max_samples].float()
     means = _sample_rows(samples, num_clusters)

@@ -34,7 +34,7 @@ class _Mish(nn.Module):
 
 
 class _ConvNorm(nn.Module):
-    """"Same"-padded ``nn.Conv1d`` one level down (keys ``<name>.conv.*``)."""
+    """ "Same"-padded ``nn.Conv1d`` one level down (keys ``<name>.conv.*``)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
         super().__init__()
@@ -76,7 +76,9 @@ class _StyleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding: torch.Tensor | None) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = (w(x).view(b, t, self.n_heads, self.d_head).transpose(1, 2) for w in (self.w_qs, self.w_ks, self.w_vs))
+        q, k, v = (
+            w(x).view(b, t, self.n_heads, self.d_head).transpose(1, 2) for w in (self.w_qs, self.w_ks, self.w_vs)
+        )
         scores = (q @ k.transpose(-2, -1)) / self.temperature  # [b, h, t, t]
         if key_padding is not None:
             scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))

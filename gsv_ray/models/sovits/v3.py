@@ -35,7 +35,18 @@ from gsv_ray.models.sovits.semantic import build_quantizer, build_ssl_proj
 from gsv_ray.models.sovits.text_encoder import TextEncoder
 from gsv_ray.models.sovits.wavenet import WaveNet
 
-__all__ = ["NEVER_TRAINED", "lora_export_state_dict", "CFM_VERSIONS", "DEFAULT_LORA_RANK", "LORA_TARGETS", "MEL_FRONTENDS", "MEL_NORM", "MEL_SCALE", "SoVITSV3Config", "SoVITSV3Generator"]
+__all__ = [
+    "NEVER_TRAINED",
+    "lora_export_state_dict",
+    "CFM_VERSIONS",
+    "DEFAULT_LORA_RANK",
+    "LORA_TARGETS",
+    "MEL_FRONTENDS",
+    "MEL_NORM",
+    "MEL_SCALE",
+    "SoVITSV3Config",
+    "SoVITSV3Generator",
+]
 
 CFM_VERSIONS = ("v3", "v4")
 #: Mel frames per 50 Hz feature frame: v3's mel is 24 kHz / hop 256 (93.75 Hz), v4's 32 kHz / hop 320.
@@ -74,19 +85,19 @@ class SoVITSV3Config:
     gin_channels: int = _V2.gin_channels
     semantic_frame_rate: str = _V2.semantic_frame_rate
     freeze_quantizer: bool = _V2.freeze_quantizer
-    n_symbols: int = 732                # v2's symbol table
+    n_symbols: int = 732  # v2's symbol table
     ssl_dim: int = _V2.ssl_dim
     codebook_size: int = _V2.codebook_size
     mrte_hidden_channels: int = _V2.mrte_hidden_channels
     mrte_heads: int = _V2.mrte_heads
     attn_window_size: int = _V2.attn_window_size
-    ref_in_channels: int = 704          # upstream builds MelStyleEncoder(704, ...) for v3/v4
+    ref_in_channels: int = 704  # upstream builds MelStyleEncoder(704, ...) for v3/v4
     ref_hidden_channels: int = _V2.ref_hidden_channels
     ref_heads: int = _V2.ref_heads
     ref_kernel_size: int = _V2.ref_kernel_size
     ref_dropout: float = _V2.ref_dropout
     # new in v3/v4
-    bridge_channels: int = 512      # = the DiT's text_dim
+    bridge_channels: int = 512  # = the DiT's text_dim
     wns1_layers: int = 8
     wns1_kernel_size: int = 5
     mel_channels: int = 100
@@ -145,12 +156,22 @@ class SoVITSV3Generator(nn.Module):
         self.version = c.version
         self.freeze_quantizer = bool(c.freeze_quantizer)
         self.enc_p = TextEncoder(
-            c.inter_channels, c.hidden_channels, c.filter_channels, c.n_heads, c.n_layers, c.kernel_size,
-            c.p_dropout, n_symbols=c.n_symbols, ssl_dim=c.ssl_dim, mrte_hidden_channels=c.mrte_hidden_channels,
-            mrte_heads=c.mrte_heads, window_size=c.attn_window_size,
+            c.inter_channels,
+            c.hidden_channels,
+            c.filter_channels,
+            c.n_heads,
+            c.n_layers,
+            c.kernel_size,
+            c.p_dropout,
+            n_symbols=c.n_symbols,
+            ssl_dim=c.ssl_dim,
+            mrte_hidden_channels=c.mrte_hidden_channels,
+            mrte_heads=c.mrte_heads,
+            window_size=c.attn_window_size,
         )
-        self.ref_enc = MelStyleEncoder(c.ref_in_channels, c.ref_hidden_channels, c.gin_channels, c.ref_kernel_size,
-                                       c.ref_heads, c.ref_dropout)
+        self.ref_enc = MelStyleEncoder(
+            c.ref_in_channels, c.ref_hidden_channels, c.gin_channels, c.ref_kernel_size, c.ref_heads, c.ref_dropout
+        )
         self.ssl_proj = build_ssl_proj(c.ssl_dim, c.semantic_frame_rate)
         self.quantizer = build_quantizer(c.ssl_dim, c.codebook_size)
         self.bridge = nn.Sequential(nn.Conv1d(c.inter_channels, c.bridge_channels, 1), nn.LeakyReLU(0.01))
@@ -208,15 +229,24 @@ class SoVITSV3Generator(nn.Module):
         return self.wns1(fea, torch.tensor([fea.size(2)], device=ssl.device), ge)[0]
 
     # -------------------------------------------------------------- training
-    def features(self, ssl: torch.Tensor, spec: torch.Tensor, spec_lengths: torch.Tensor, text: torch.Tensor,
-                 text_lengths: torch.Tensor, mel_lengths: torch.Tensor,
-                 trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def features(
+        self,
+        ssl: torch.Tensor,
+        spec: torch.Tensor,
+        spec_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        mel_lengths: torch.Tensor,
+        trace: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The CFM's condition ``mu`` ``[B, 512, T_mel']`` (``T_mel'`` = the spectrogram frames x the
         version's mel scale, floor)."""
         y_mask = length_mask(spec_lengths, spec.size(2), spec.dtype)
         ge = self.ref_enc(spec[:, : self.config.ref_in_channels] * y_mask, y_mask)
-        with torch.autocast(device_type=ssl.device.type, enabled=False), \
-                torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_quantizer):
+        with (
+            torch.autocast(device_type=ssl.device.type, enabled=False),
+            torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_quantizer),
+        ):
             for m in self.frozen_front_end():
                 m.eval()
             proj = self.ssl_proj(ssl)
@@ -227,17 +257,40 @@ class SoVITSV3Generator(nn.Module):
         fea_up = F.interpolate(fea, scale_factor=self.config.mel_scale, mode="nearest")
         mu, wns_mask = self.wns1(fea_up, mel_lengths, ge)
         if trace is not None:
-            trace.update({"ge": ge, "ssl_proj": proj, "quantized": quantized, "codes": codes,
-                          "commit_loss": commit_loss, "enc_p.x": x, "enc_p.m_p": m_p, "enc_p.logs_p": logs_p,
-                          "enc_p.y_mask": enc_mask, "bridge": fea, "bridge_interp": fea_up, "wns1.fea": mu,
-                          "wns1.mask": wns_mask})
+            trace.update(
+                {
+                    "ge": ge,
+                    "ssl_proj": proj,
+                    "quantized": quantized,
+                    "codes": codes,
+                    "commit_loss": commit_loss,
+                    "enc_p.x": x,
+                    "enc_p.m_p": m_p,
+                    "enc_p.logs_p": logs_p,
+                    "enc_p.y_mask": enc_mask,
+                    "bridge": fea,
+                    "bridge_interp": fea_up,
+                    "wns1.fea": mu,
+                    "wns1.mask": wns_mask,
+                }
+            )
         return mu
 
-    def forward(self, ssl: torch.Tensor, spec: torch.Tensor, mel: torch.Tensor, spec_lengths: torch.Tensor,
-                text: torch.Tensor, text_lengths: torch.Tensor, mel_lengths: torch.Tensor, *,
-                prompt_u: torch.Tensor | None = None, draws: CFMDraws = CFMDraws(),
-                trace: dict[str, torch.Tensor] | None = None,
-                on_call: Callable[[str, dict[str, torch.Tensor]], None] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ssl: torch.Tensor,
+        spec: torch.Tensor,
+        mel: torch.Tensor,
+        spec_lengths: torch.Tensor,
+        text: torch.Tensor,
+        text_lengths: torch.Tensor,
+        mel_lengths: torch.Tensor,
+        *,
+        prompt_u: torch.Tensor | None = None,
+        draws: CFMDraws = CFMDraws(),
+        trace: dict[str, torch.Tensor] | None = None,
+        on_call: Callable[[str, dict[str, torch.Tensor]], None] | None = None,
+    ) -> torch.Tensor:
         """The CFM loss of a batch (upstream's ``SynthesizerTrnV3.forward``). ``mel`` ``[B, 100, T]`` is
         the normalised target; ``prompt_u`` ``[B]`` replaces the uniform draw of the prompt lengths
         (``floor(u * mel_lengths * 2/3)``), ``draws`` the CFM's."""
@@ -267,6 +320,7 @@ def lora_export_state_dict(model: SoVITSV3Generator) -> dict[str, torch.Tensor]:
     freezes (``ssl_proj``, ``enc_p``, the CFM's own weights) — so the adapters, ``ref_enc``,
     ``bridge``, ``wns1``, ``linear_mel`` and every buffer."""
     params = dict(model.named_parameters())
-    frozen_upstream = {n for n in params if n.startswith(("ssl_proj.", "enc_p.")) or
-                       (n.startswith("cfm.") and ".lora_" not in n)}
+    frozen_upstream = {
+        n for n in params if n.startswith(("ssl_proj.", "enc_p.")) or (n.startswith("cfm.") and ".lora_" not in n)
+    }
     return {k: v for k, v in model.state_dict().items() if k not in frozen_upstream}

@@ -21,10 +21,17 @@ from gsv_ray.models.sovits.v3 import MEL_NORM
 __all__ = ["V4_VOCODER", "V4_VOCODER_RATE", "V4Vocoder", "load_v4_vocoder"]
 
 #: ``Generator(...)`` as upstream builds the v4 vocoder (``inference_webui.py init_hifigan``).
-V4_VOCODER = dict(initial_channel=100, resblock="1", resblock_kernel_sizes=(3, 7, 11),
-                  resblock_dilation_sizes=((1, 3, 5), (1, 3, 5), (1, 3, 5)), upsample_rates=(10, 6, 2, 2, 2),
-                  upsample_initial_channel=512, upsample_kernel_sizes=(20, 12, 4, 4, 4), gin_channels=0,
-                  post_bias=True)
+V4_VOCODER = dict(
+    initial_channel=100,
+    resblock="1",
+    resblock_kernel_sizes=(3, 7, 11),
+    resblock_dilation_sizes=((1, 3, 5), (1, 3, 5), (1, 3, 5)),
+    upsample_rates=(10, 6, 2, 2, 2),
+    upsample_initial_channel=512,
+    upsample_kernel_sizes=(20, 12, 4, 4, 4),
+    gin_channels=0,
+    post_bias=True,
+)
 V4_VOCODER_RATE = 48000  # 480 samples per 100 Hz mel frame
 
 
@@ -83,13 +90,16 @@ def load_v4_vocoder(path: str | Path) -> V4Vocoder:
     if isinstance(sd, Mapping) and isinstance(sd.get("weight"), Mapping):
         sd = sd["weight"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise GsvError("not a vocoder state dict", path=path,
-                       fix="pass GPT_SoVITS/pretrained_models/gsv-v4-pretrained/vocoder.pth")
+        raise GsvError(
+            "not a vocoder state dict", path=path, fix="pass GPT_SoVITS/pretrained_models/gsv-v4-pretrained/vocoder.pth"
+        )
     pre = sd.get("conv_pre.weight")
     widths = {"upsample_initial_channel": int(pre.shape[0])} if pre is not None and pre.dim() == 3 else {}
     try:
         return V4Vocoder(**widths).load_plain(sd)
     except (KeyError, RuntimeError) as e:
-        raise GsvError(f"not the v4 vocoder ({str(e).splitlines()[0][:120]})", path=path,
-                       fix="pass GPT_SoVITS/pretrained_models/gsv-v4-pretrained/vocoder.pth (v3's BigVGAN is "
-                           "not supported)") from None
+        raise GsvError(
+            f"not the v4 vocoder ({str(e).splitlines()[0][:120]})",
+            path=path,
+            fix="pass GPT_SoVITS/pretrained_models/gsv-v4-pretrained/vocoder.pth (v3's BigVGAN is not supported)",
+        ) from None

@@ -41,8 +41,11 @@ class WaveNet(nn.Module):
             dilation = dilation_rate**i
             self.in_layers.append(
                 WNConv1d(
-                    hidden_channels, 2 * hidden_channels, kernel_size,
-                    dilation=dilation, padding=(kernel_size * dilation - dilation) // 2,
+                    hidden_channels,
+                    2 * hidden_channels,
+                    kernel_size,
+                    dilation=dilation,
+                    padding=(kernel_size * dilation - dilation) // 2,
                 )
             )
             # the last layer only feeds the skip path
@@ -130,7 +133,9 @@ class ResidualCouplingLayer(nn.Module):
         nn.init.zeros_(self.post.weight)
         nn.init.zeros_(self.post.bias)
 
-    def forward(self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor | None = None, reverse: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor | None = None, reverse: bool = False
+    ) -> torch.Tensor:
         x0, x1 = x.split(self.half_channels, dim=1)
         h = self.enc(self.pre(x0) * x_mask, x_mask, g=g)
         m = self.post(h) * x_mask
@@ -162,11 +167,15 @@ class ResidualCouplingBlock(nn.Module):
         self.flows = nn.ModuleList()
         for _ in range(n_flows):
             self.flows.append(
-                ResidualCouplingLayer(channels, hidden_channels, kernel_size, dilation_rate, n_layers, gin_channels=gin_channels)
+                ResidualCouplingLayer(
+                    channels, hidden_channels, kernel_size, dilation_rate, n_layers, gin_channels=gin_channels
+                )
             )
             self.flows.append(Flip())
 
-    def forward(self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor | None = None, reverse: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, x_mask: torch.Tensor, g: torch.Tensor | None = None, reverse: bool = False
+    ) -> torch.Tensor:
         flows = reversed(self.flows) if reverse else self.flows
         for flow in flows:
             x = flow(x, x_mask, g=g, reverse=reverse)

@@ -37,10 +37,14 @@ def sv_state_dict_problem(model: ERes2NetV2, sd: dict[str, torch.Tensor]) -> str
     missing = [k for k in want if k not in sd]
     extra = [k for k in sd if k not in want]
     if missing or extra:
+
         def first(keys: list[str]) -> str:  # a hostile key may be huge: shown bounded
             return f", e.g. {shown_value(keys[0], 60)}" if keys else ""
-        return (f"not an ERes2NetV2 speaker-verification state_dict ({len(missing)} keys missing{first(missing)}; "
-                f"{len(extra)} unexpected{first(extra)})")
+
+        return (
+            f"not an ERes2NetV2 speaker-verification state_dict ({len(missing)} keys missing{first(missing)}; "
+            f"{len(extra)} unexpected{first(extra)})"
+        )
     for k, t in want.items():
         if tuple(sd[k].shape) != tuple(t.shape):
             return f"ERes2NetV2 key {k} has shape {tuple(sd[k].shape)}, expected {tuple(t.shape)}"
@@ -79,8 +83,11 @@ class SpeakerEncoder:
         obj = safe_load(path).obj
         if not is_tensor_mapping(obj):
             held = f" (its top level holds keys {shown_value(list(obj))})" if isinstance(obj, dict) else ""
-            raise GsvError(f"not a speaker-verification model: expected a torch.save'd state_dict of tensors{held}",
-                           path=path, fix=_FIX)
+            raise GsvError(
+                f"not a speaker-verification model: expected a torch.save'd state_dict of tensors{held}",
+                path=path,
+                fix=_FIX,
+            )
         keys, _ = strip_wrapper_prefixes(list(obj))
         return cls.from_state_dict(dict(zip(keys, obj.values())), source=path)
 

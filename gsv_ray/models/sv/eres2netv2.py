@@ -50,8 +50,9 @@ class _Block(nn.Module):
     3x3 conv sees the previous sub-band's output merged in (added, or AFF-fused when ``fuse``), 1x1
     conv to ``planes * expansion``, plus the (projected) shortcut."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, base_width: int, scale: int,
-                 expansion: int, fuse: bool):
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, base_width: int, scale: int, expansion: int, fuse: bool
+    ):
         super().__init__()
         width = int(math.floor(planes * (base_width / 64.0)))
         out_planes = planes * expansion
@@ -89,8 +90,17 @@ class ERes2NetV2(nn.Module):
     """The network; input fbank ``[B, T, feat_dim]``. :meth:`forward` -> the ``[B, embedding_size]``
     embedding; :meth:`forward3` -> the ``[B, 20480]`` fused-map time average v2Pro stores as ``sv``."""
 
-    def __init__(self, *, num_blocks: tuple[int, ...] = (3, 4, 6, 3), m_channels: int = 64, feat_dim: int = 80,
-                 embedding_size: int = 192, base_width: int = 24, scale: int = 4, expansion: int = 4):
+    def __init__(
+        self,
+        *,
+        num_blocks: tuple[int, ...] = (3, 4, 6, 3),
+        m_channels: int = 64,
+        feat_dim: int = 80,
+        embedding_size: int = 192,
+        base_width: int = 24,
+        scale: int = 4,
+        expansion: int = 4,
+    ):
         super().__init__()
         self._in_planes = m_channels
         stats_dim = int(feat_dim / 8) * m_channels * 8 * expansion
@@ -101,8 +111,9 @@ class ERes2NetV2(nn.Module):
         self.layer2 = self._stage(m_channels * 2, num_blocks[1], 2, cfg, fuse=False)
         self.layer3 = self._stage(m_channels * 4, num_blocks[2], 2, cfg, fuse=True)
         self.layer4 = self._stage(m_channels * 8, num_blocks[3], 2, cfg, fuse=True)
-        self.layer3_ds = nn.Conv2d(m_channels * 4 * expansion, m_channels * 8 * expansion, kernel_size=3,
-                                   padding=1, stride=2, bias=False)
+        self.layer3_ds = nn.Conv2d(
+            m_channels * 4 * expansion, m_channels * 8 * expansion, kernel_size=3, padding=1, stride=2, bias=False
+        )
         self.fuse34 = AFF(m_channels * 8 * expansion, r=4)
         self.seg_1 = nn.Linear(stats_dim * 2, embedding_size)
 
