@@ -25,17 +25,24 @@ def typed_tables(file: str) -> dict[str, Any]:
 @lru_cache(maxsize=None)
 def membership(file: str, scope: str) -> tuple[Any, ...]:
     """The membership literals (character classes, POS sets) of one upstream function, in line order."""
-    doc = json.loads(table_path("zh", file).read_text(encoding="utf-8"))
-    return tuple(m["value"] for s in doc["sources"] for m in s["membership_literals"] if m["scope"] == scope)
+    return tuple(m["value"] for m in _first_with_scope(file, "membership_literals", scope))
 
 
 @lru_cache(maxsize=None)
 def replace_pairs(file: str, scope: str) -> tuple[tuple[str, str], ...]:
     """The constant ``str.replace(old, new)`` pairs of one upstream function, in evaluation order."""
+    return tuple((p["old"], p["new"]) for p in _first_with_scope(file, "replace_pairs_in_order", scope))
+
+
+def _first_with_scope(file: str, kind: str, scope: str) -> list[dict[str, Any]]:
+    """The ``kind`` entries of ``scope`` in the first upstream file that has any (v1's and v2's modules
+    repeat some functions: the first is taken, not both)."""
     doc = json.loads(table_path("zh", file).read_text(encoding="utf-8"))
-    return tuple(
-        (p["old"], p["new"]) for s in doc["sources"] for p in s["replace_pairs_in_order"] if p["scope"] == scope
-    )
+    for source in doc["sources"]:
+        found = [entry for entry in source[kind] if entry["scope"] == scope]
+        if found:
+            return found
+    return []
 
 
 @lru_cache(maxsize=None)

@@ -27,7 +27,7 @@ from typing import Any
 
 from gsv_ray.prepare.text._zh_normalize import normalize_sentences
 from gsv_ray.prepare.text._zh_sandhi import modify_tones, pre_merge
-from gsv_ray.prepare.text._zh_tables import pinyin_to_phones, typed_tables
+from gsv_ray.prepare.text._zh_tables import membership, pinyin_to_phones, replace_pairs, typed_tables
 from gsv_ray.prepare.text.base import TextRejected, table_path
 
 __all__ = ["G2PW_FOLDER", "normalize", "g2p"]
@@ -70,16 +70,26 @@ def normalize(text: str, version: str, *, g2pw_dir: str | Path | None = None, no
     """Upstream's ``norm_text``: sentences normalised (numbers, dates, units in words, traditional ->
     simplified), marks mapped to the six symbols, everything else deleted, runs of marks collapsed."""
     _erhua_mode(version, g2pw_dir, no_g2pw)
-    t = typed_tables(_CHINESE)
-    rep_map: dict[str, str] = t["rep_map"]
-    marks = _marks()
-    mapped = re.compile("|".join(re.escape(k) for k in rep_map))
+    rep_map: dict[str, str] = typed_tables(_CHINESE)["rep_map"]
+    mapped, others, runs = _mark_patterns()
     out = ""
     for sentence in normalize_sentences(text):
-        sentence = sentence.replace("嗯", "恩").replace("呣", "母")
+        for old, new in replace_pairs(_CHINESE, "replace_punctuation"):  # 嗯 -> 恩, 呣 -> 母
+            sentence = sentence.replace(old, new)
         sentence = mapped.sub(lambda m: rep_map[m.group()], sentence)
-        out += re.sub(rf"[^\u4e00-\u9fa5{re.escape(marks)}]+", "", sentence)
-    return re.sub(rf"([{re.escape(marks)}])([{re.escape(marks)}])+", r"\1", out)
+        out += others.sub("", sentence)
+    return runs.sub(r"\1", out)
+
+
+@lru_cache(maxsize=None)
+def _mark_patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """Any key of the punctuation map; any run of what is neither CJK nor a mark; a run of marks."""
+    marks = re.escape(_marks())
+    return (
+        re.compile("|".join(re.escape(k) for k in typed_tables(_CHINESE)["rep_map"])),
+        re.compile(rf"[^\u4e00-\u9fa5{marks}]+"),
+        re.compile(rf"([{marks}])([{marks}])+"),
+    )
 
 
 # --- jieba_fast and pypinyin --------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ def _erhua(word: str, pos: str, finals: list[str]) -> list[str]:
     final 儿 (er2/er5) takes the tone of the syllable before it (小孩儿 er2, 胡同儿 er5)."""
     t = typed_tables(_CHINESE)
     must, never = frozenset(t["must_erhua"]), frozenset(t["not_erhua"])
-    skip_pos, er_finals = (frozenset(v) for v in _erhua_literals())
+    skip_pos, er_finals = (frozenset(v) for v in membership(_CHINESE, "_merge_erhua"))  # {a j nr}, {er2 er5}
     finals = list(finals)
     last = len(finals) - 1
     if finals and last < len(word) and word[last] == "儿" and finals[last] == "er1":
@@ -143,13 +153,6 @@ def _erhua(word: str, pos: str, finals: list[str]) -> list[str]:
     if word[-1] == "儿" and finals[-1] in er_finals and word[-2:] not in never and finals[-2]:
         finals[-1] = "er" + finals[-2][-1]
     return finals
-
-
-@lru_cache(maxsize=None)
-def _erhua_literals() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    doc = json.loads(table_path("zh", _CHINESE).read_text(encoding="utf-8"))
-    found = [m["value"] for s in doc["sources"] for m in s["membership_literals"] if m["scope"] == "_merge_erhua"]
-    return tuple(found[0]), tuple(found[1])
 
 
 def _syllable_phones(initial: str, final: str, word: str, text: str) -> list[str]:
