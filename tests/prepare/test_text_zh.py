@@ -92,6 +92,38 @@ def test_dropped_sentence_is_rejected(zh_goldens, jieba_cache, version, sid):
     assert "\n" not in e.value.reason and ("噷" in e.value.reason or "兙" in e.value.reason)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("sid", ["zh_004", "zh_005"])
+def test_raw_text_without_get_texts_replacement(zh_goldens, jieba_cache, version, sid):
+    """``direct_clean_text_on_raw_text``: the text before 1-get-text's ``%``/``￥`` replacement (25% ->
+    百分之二十五; ￥ is the cleaner's SP2 marker: "," for the module)."""
+    s = zh_goldens[version, sid]
+    direct = s["direct_clean_text_on_raw_text"]
+    text = s["text"].replace("￥", ",")
+    norm = zh.normalize(text, version, **_options(version))
+    assert norm == direct["norm_text"]
+    phones, word2ph = zh.g2p(norm, version, cache_root=jieba_cache, **_options(version))
+    assert (phones, word2ph) == (_module_phones(direct), direct["word2ph"])
+
+
+@pytest.mark.parametrize(
+    "text, norm",
+    [  # behaviours TEXT_FRONTEND.md describes beyond the golden sentences
+        ("下午3:05开会", "下午三点零五分开会"),
+        ("零下-12.5°C", "零下零下十二点五度"),
+        ("打1+1=2", "打一加一等于二"),
+        ("约3/4的人", "约四分之三的人"),
+        ("电话+86 13812345678", "电话八六幺三八幺二三四五六七八"),  # spaces go first: one number
+        ("第①名，α粒子", "第一名,阿尔法粒子"),
+        ("嗯，呣——好～", "恩,母好…"),
+        ("买了3个，还剩2只", "买了三个,还剩两只"),
+        ("x²", "的二次方"),
+    ],
+)
+def test_normaliser_behaviours(text, norm):
+    assert zh.normalize(text, "v1") == norm
+
+
 def test_v1_and_v2_differ_only_by_erhua(zh_goldens, jieba_cache):
     """zh_014 胡同儿: v1 keeps 儿 er2, v2 gives it the tone before it (er5) — the one difference."""
     norm = zh.normalize("小孩儿在胡同儿里玩儿。", "v1")
