@@ -93,7 +93,8 @@ def main() -> None:
         os.environ["GSV_RAY_CACHE"] = str(Path(tmp) / "cache")
         data = make_synthetic_experiment(Path(tmp) / "exp", version="v2", num_utterances=16)
         print(
-            f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, dropout 0.1, median of {args.steps} steps"
+            f"CPU, {torch.get_num_threads()} threads, batch {args.batch_size}, dropout 0.1, "
+            f"median of {args.steps} steps"
         )
         for stage in ("sovits", "gpt"):
             recipe = build_recipe(stage, data, Path(tmp) / stage, args.batch_size)

@@ -448,7 +448,8 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None], C
     "demo": (
         "the main job on an embedded default: synthetic voice + tune, in minutes",
         "Make a small synthetic voice (an old SoVITS v2 export and its discriminator, or with --version v4 a v4 "
-        "base and LoRA export; a preprocessed experiment folder), then search lr_scale and warmup for continuing it with Ray Tune on a local Ray, W&B offline. "
+        "base and LoRA export; a preprocessed experiment folder), then search lr_scale and warmup for continuing it "
+        "with Ray Tune on a local Ray, W&B offline. "
         "Nothing is downloaded; a second demo in the same --dir is a new run beside the first.",
         _demo_flags,
         _cmd_demo,

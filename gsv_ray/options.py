@@ -151,39 +151,7 @@ def add_flags(
             if opt.group not in groups:
                 groups[opt.group] = parser.add_argument_group(opt.group)
             target = groups[opt.group]
-        text = (help or {}).get(f.name, opt.help)
-        default = default_of(f)
-        if (
-            opt.show_default
-            and default is not None
-            and default is not MISSING
-            and default is not False
-            and "default" not in text
-        ):
-            text += f" (default {_shown(default)})"
-        kind = _type_of(f)
-        element = kind.element
-        kw: dict[str, Any] = {"help": text.replace("%", "%%")}
-        if element == "bool":  # on by default: --NAME / --no-NAME (argparse's own), else a switch
-            kw.update(action=argparse.BooleanOptionalAction if default is True else "store_true", default=None)
-            if default is True:
-                kw["help"] = text.replace("%", "%%").replace("(default True)", "(default on)")
-        else:
-            kw.update(type={"int": int, "float": float, "str": str}[element], default=None)
-            if opt.choices is not None:
-                kw["choices"] = list(opt.choices)
-            if kind.container == "tuple":
-                kw["nargs"] = kind.items
-            elif kind.container == "list":
-                kw["nargs"] = "+"
-            if opt.nargs is not None:
-                kw["nargs"] = opt.nargs
-            if opt.const is not None:
-                kw["const"] = opt.const
-            if opt.metavar is not None:
-                kw["metavar"] = opt.metavar
-            elif opt.choices is None:
-                kw["metavar"] = {"int": "N", "float": "X", "str": "TEXT"}[element]
+        kw = _argument(f, opt, (help or {}).get(f.name, opt.help))
         if f.name in positional:
             kw.pop("default", None)
             target.add_argument(f.name, **kw)
@@ -191,6 +159,44 @@ def add_flags(
             if f.name in required:
                 kw["required"] = True
             target.add_argument(*opt.flag_names(f.name), dest=f.name, **kw)
+
+
+def _argument(f: dataclasses.Field, opt: Opt, text: str) -> dict[str, Any]:
+    """``add_argument``'s keywords for the option of field ``f`` (its ``option(...)`` metadata ``opt``),
+    helped by ``text`` plus the dataclass default where the option shows it; default None (absent)."""
+    default = default_of(f)
+    if (
+        opt.show_default
+        and default is not None
+        and default is not MISSING
+        and default is not False
+        and "default" not in text
+    ):
+        text += f" (default {_shown(default)})"
+    kind = _type_of(f)
+    element = kind.element
+    kw: dict[str, Any] = {"help": text.replace("%", "%%")}
+    if element == "bool":  # on by default: --NAME / --no-NAME (argparse's own), else a switch
+        kw.update(action=argparse.BooleanOptionalAction if default is True else "store_true", default=None)
+        if default is True:
+            kw["help"] = text.replace("%", "%%").replace("(default True)", "(default on)")
+        return kw
+    kw.update(type={"int": int, "float": float, "str": str}[element], default=None)
+    if opt.choices is not None:
+        kw["choices"] = list(opt.choices)
+    if kind.container == "tuple":
+        kw["nargs"] = kind.items
+    elif kind.container == "list":
+        kw["nargs"] = "+"
+    if opt.nargs is not None:
+        kw["nargs"] = opt.nargs
+    if opt.const is not None:
+        kw["const"] = opt.const
+    if opt.metavar is not None:
+        kw["metavar"] = opt.metavar
+    elif opt.choices is None:
+        kw["metavar"] = {"int": "N", "float": "X", "str": "TEXT"}[element]
+    return kw
 
 
 def flag_values(args: argparse.Namespace, cls: Any, *, without: Iterable[str] = ()) -> dict[str, Any]:

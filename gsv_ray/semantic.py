@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from gsv_ray.data.experiment import (
 from gsv_ray.distributed.cluster import connect
 from gsv_ray.errors import GsvError, first_line, missing_error
 from gsv_ray.options import check, option
+
+if TYPE_CHECKING:
+    from gsv_ray.rebuild import Rebuilt
 
 OUTPUT = SEMANTIC_TSV
 HEADER = SEMANTIC_HEADER
@@ -383,33 +386,15 @@ def extract_semantic(
     (fp16) needs CUDA. Raises :class:`GsvError` for every bad input, before writing anything.
     """
     t0 = time.perf_counter()
-    data = Path(data_dir)
-    if not data.is_dir():
-        fix = "pass --data logs/<exp>, the experiment folder holding 2-name2text.txt and 4-cnhubert/"
-        raise (
-            missing_error(data, "not found", fix) if not data.exists() else GsvError("not a folder", path=data, fix=fix)
-        )
+    data = _experiment_dir(data_dir)
     if workers < 1:
         raise GsvError(f"--workers must be at least 1, not {workers}", fix="use --workers 1 for in-process")
     device = _resolve_device(device, half)
     out = Path(output) if output is not None else data / OUTPUT
     _check_output(out, overwrite)
     names, ignored, duplicates = read_names(data)
-    feats = data / HUBERT_DIR
-    if not feats.is_dir():
-        raise GsvError(
-            f"no {HUBERT_DIR}/ folder of HuBERT features",
-            path=data,
-            fix="run the HuBERT step (2-get-hubert-wav32k) for this experiment first",
-        )
-
-    from gsv_ray.rebuild import RebuildSpec, rebuild_cached
-
-    rebuilt = rebuild_cached(RebuildSpec(init=str(model), base_g=base_g, task="semantic"), cache_root=cache_root)
-    weights = rebuilt.weights.get("generator")
-    if not weights:
-        raise GsvError("has no SoVITS generator weights", path=model, fix="pass a SoVITS .pth file as --model")
-
+    feats = _features_dir(data)
+    rebuilt, weights = _semantic_weights(model, base_g, cache_root)
     present, missing = _with_features(names, feats)
     paths = [str(feats / f"{n}.pt") for n in present]
     used = min(workers, len(paths))
@@ -436,6 +421,43 @@ def extract_semantic(
         ignored_lines=ignored,
         duplicates=duplicates,
     )
+
+
+def _experiment_dir(data_dir: str | Path) -> Path:
+    """``data_dir``, a folder; :class:`GsvError` when it is missing or not a folder."""
+    data = Path(data_dir)
+    if not data.is_dir():
+        fix = "pass --data logs/<exp>, the experiment folder holding 2-name2text.txt and 4-cnhubert/"
+        raise (
+            missing_error(data, "not found", fix) if not data.exists() else GsvError("not a folder", path=data, fix=fix)
+        )
+    return data
+
+
+def _features_dir(data: Path) -> Path:
+    """The experiment's folder of HuBERT features; :class:`GsvError` when the HuBERT step has not run."""
+    feats = data / HUBERT_DIR
+    if not feats.is_dir():
+        raise GsvError(
+            f"no {HUBERT_DIR}/ folder of HuBERT features",
+            path=data,
+            fix="run the HuBERT step (2-get-hubert-wav32k) for this experiment first",
+        )
+    return feats
+
+
+def _semantic_weights(
+    model: str | Path, base_g: str | Path | None, cache_root: str | Path | None
+) -> tuple[Rebuilt, dict[str, torch.Tensor]]:
+    """``model`` rebuilt for the semantic task (cached) and its generator weights; :class:`GsvError`
+    when it has none."""
+    from gsv_ray.rebuild import RebuildSpec, rebuild_cached
+
+    rebuilt = rebuild_cached(RebuildSpec(init=str(model), base_g=base_g, task="semantic"), cache_root=cache_root)
+    weights = rebuilt.weights.get("generator")
+    if not weights:
+        raise GsvError("has no SoVITS generator weights", path=model, fix="pass a SoVITS .pth file as --model")
+    return rebuilt, weights
 
 
 def first_names(names: Sequence[str], n: int = 5) -> str:

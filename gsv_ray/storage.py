@@ -413,24 +413,33 @@ def fetch(uri_or_path: str | os.PathLike[str], cache_root: str | os.PathLike[str
             if stale.name != ".lock":
                 shutil.rmtree(stale, ignore_errors=True)
         try:
-            with atomic_dir(base / version, sweep_orphans=False) as tmp:
-                dest = tmp / name
-                if info.type == pafs.FileType.Directory:
-                    dest.mkdir()  # copy_files creates nothing for an empty remote folder
-                pafs.copy_files(
-                    path,
-                    str(dest),
-                    source_filesystem=fs,
-                    destination_filesystem=pafs.LocalFileSystem(),
-                    use_threads=True,
-                )
-                for rel, size, _mtime in listing:
-                    got = (dest / rel if rel else dest).stat().st_size
-                    if got != size:
-                        raise OSError(f"short copy of {rel or name}: {got} of {size} bytes (it changed while copying?)")
+            _download(fs, path, info, listing, base / version, name)
         except Exception as exc:  # noqa: BLE001
             raise _explain(exc, s, "download") from None
         for old in base.iterdir():  # older versions of this URI: superseded, free the disk
             if old.is_dir() and old.name != version and not old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _download(
+    fs: pafs.FileSystem, path: str, info: pafs.FileInfo, listing: list[tuple[str, int, int]], folder: Path, name: str
+) -> None:
+    """Copy the remote file or directory ``path`` to ``folder/name``, all or nothing (``folder``
+    appears only complete); :class:`OSError` when a copied file's size is not the one ``listing``
+    recorded."""
+    with atomic_dir(folder, sweep_orphans=False) as tmp:
+        dest = tmp / name
+        if info.type == pafs.FileType.Directory:
+            dest.mkdir()  # copy_files creates nothing for an empty remote folder
+        pafs.copy_files(
+            path,
+            str(dest),
+            source_filesystem=fs,
+            destination_filesystem=pafs.LocalFileSystem(),
+            use_threads=True,
+        )
+        for rel, size, _mtime in listing:
+            got = (dest / rel if rel else dest).stat().st_size
+            if got != size:
+                raise OSError(f"short copy of {rel or name}: {got} of {size} bytes (it changed while copying?)")

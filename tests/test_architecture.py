@@ -3,6 +3,8 @@ import counts, the ones inside functions too) and one deliberate break to show i
 
 from __future__ import annotations
 
+import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -138,3 +140,34 @@ def test_tune_uses_only_the_public_names_of_distributed(tmp_path):
     with open(tmp_path / "tune" / "search.py", "a") as f:
         f.write("\n\ndef _internal():\n    from gsv_ray.distributed.worker import _restore\n\n    return _restore\n")
     assert [v for v in _outside_public_api(tmp_path / "tune") if "distributed.worker" in v]
+
+
+#: the packages below ``distributed/``: they run without Ray (local training, rebuild, data, files)
+RAY_FREE = ("io", "models", "data", "prepare", "rebuild", "track", "train")
+_RAY_WORD = re.compile(r"(^|_)ray($|_)", re.IGNORECASE)
+
+
+def _ray_named(package: Path) -> list[str]:
+    """``path:name`` of every top-level function, class or constant under ``package`` named after Ray."""
+    found = []
+    for f in sorted(package.rglob("*.py")):
+        for node in ast.parse(f.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names = [node.name]
+            elif isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]
+            else:
+                continue
+            found += [f"{f.relative_to(package.parent).as_posix()}:{n}" for n in names if _RAY_WORD.search(n)]
+    return found
+
+
+def test_the_ray_free_packages_name_nothing_after_ray(tmp_path):
+    """What only a Ray launcher knows lives in ``distributed/``: the packages below it hold
+    launcher-neutral names (rundir's ``LAUNCH_RECORD``, not a ``RAY_...`` constant)."""
+    assert [hit for p in RAY_FREE for hit in _ray_named(REPO / "gsv_ray" / p)] == []
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "x.py").write_text('RAY_THING = "a"\narray_size = 1\n\n\ndef ray_helper():\n    pass\n')
+    assert _ray_named(tmp_path / "train") == ["train/x.py:RAY_THING", "train/x.py:ray_helper"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,6 +22,39 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO_ROOT / "README.md").read_text()
     assert f"```bash\n{cmd}\n```" in readme
     assert 'eval "$TEST_CMD"' in script and "torch==2.13.0" in script
+
+
+def _ci_lint_step() -> str:
+    """The part of .ci/run that checks format and lint (between its ``# lint`` markers)."""
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "# lint-start\n" in script and "# lint-end\n" in script, ".ci/run runs no format/lint step"
+    before, rest = script.split("# lint-start\n", 1)
+    step, after = rest.split("# lint-end\n", 1)
+    assert "pip install" in before and 'eval "$TEST_CMD"' in after, "after installing, before the tests"
+    return step
+
+
+def test_ci_fails_before_the_tests_on_unformatted_or_unclean_code(tmp_path):
+    """.ci/run's format/lint step, run with this environment's Python on a folder with the project's
+    settings: a clean file passes; an unformatted one, then an unused import, fail it with one line
+    that says what to run."""
+    step = _ci_lint_step()
+    shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path)
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+
+    def run(source: str) -> subprocess.CompletedProcess:
+        (tmp_path / "m.py").write_text(source)
+        script = f"set -euo pipefail\n{step}"
+        return subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    ok = run("import os\n\nprint(os.sep)\n")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    fmt = run("import os\n\nprint( os.sep )\n")
+    assert fmt.returncode == 1 and "run 'ruff format .'" in fmt.stderr, fmt.stdout + fmt.stderr
+    lint = run("import os\nimport sys\n\nprint(os.sep)\n")
+    assert lint.returncode == 1 and "F401" in lint.stdout and "ruff check" in lint.stderr, lint.stdout + lint.stderr
 
 
 def test_console_script_and_version():

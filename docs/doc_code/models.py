@@ -4,13 +4,13 @@ with random weights in upstream's formats)."""
 import torch
 from _setup import workdir
 
-workdir()
 from gsv_ray.io.writers import write_gpt_export, write_sovits_export
 from gsv_ray.models.gpt import T2SConfig, Text2SemanticDecoder
 from gsv_ray.models.sovits import SoVITSConfig, SoVITSGenerator
 from gsv_ray.models.sovits.config import load_s2_config
 from gsv_ray.resources import s1_config
 
+workdir()
 torch.manual_seed(0)
 write_sovits_export(
     "SoVITS_weights_v2/myvoice_e8_s200.pth",

@@ -8,10 +8,10 @@ import torch
 from _setup import workdir
 from safetensors.torch import save_file
 
-workdir()
 from gsv_ray.audio import write_wav
 from gsv_ray.models.hubert import Hubert, HubertConfig
 
+workdir()
 torch.manual_seed(0)
 hub = "GPT_SoVITS/pretrained_models/chinese-hubert-base"
 __import__("os").makedirs(hub)

@@ -4,9 +4,9 @@ format, made here with random weights)."""
 import torch
 from _setup import workdir
 
-workdir()
 from gsv_ray.models.sv.eres2netv2 import ERes2NetV2
 
+workdir()
 torch.manual_seed(0)
 ckpt = "GPT_SoVITS/pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt"
 __import__("os").makedirs(ckpt.rsplit("/", 1)[0])

@@ -291,7 +291,26 @@ def _decode(data: Any, key: str, root: Path, stage: str, version: str, options: 
     _need(top["options"] == dataclasses.asdict(options), "entry of other options")
     _str(top["root"], "root")
 
-    rep = _obj(top["report"], {"listed", "usable", "examples", "problems"}, "report")
+    report = _decode_report(top["report"], root, stage, version)
+    utts = _decode_utterances(top["utterances"], root)
+    _need(report.usable == len(utts), "report.usable != number of utterances")
+    known = frozenset(_strs(top["known_names"], "known_names"))
+    return Experiment(
+        root,
+        stage,
+        version,
+        utts,
+        report,
+        options,
+        _int(top["sampling_rate"], "sampling_rate"),
+        _int(top["hop_length"], "hop_length"),
+        known,
+    )
+
+
+def _decode_report(data: Any, root: Path, stage: str, version: str) -> DataReport:
+    """An entry's data report -- or :class:`_Corrupt`."""
+    rep = _obj(data, {"listed", "usable", "examples", "problems"}, "report")
     _need(type(rep["problems"]) is list, "report.problems: not a list")
     problems = []
     for i, p in enumerate(rep["problems"]):
@@ -306,7 +325,7 @@ def _decode(data: Any, key: str, root: Path, stage: str, version: str, options: 
                 list(_strs(p["names"], "names")),
             )
         )
-    report = DataReport(
+    return DataReport(
         root=root,
         stage=stage,
         version=version,
@@ -316,10 +335,13 @@ def _decode(data: Any, key: str, root: Path, stage: str, version: str, options: 
         examples=_int(rep["examples"], "examples"),
     )
 
-    _need(type(top["utterances"]) is list, "utterances: not a list")
+
+def _decode_utterances(data: Any, root: Path) -> list[Utterance]:
+    """An entry's utterances, their files under ``root`` -- or :class:`_Corrupt`."""
+    _need(type(data) is list, "utterances: not a list")
     path = _Paths(root)
     utts = []
-    for i, u in enumerate(top["utterances"]):
+    for i, u in enumerate(data):
         u = _obj(u, _UTT_KEYS, f"utterance {i}")
         sem = u["semantic_ids"]
         utts.append(
@@ -338,19 +360,7 @@ def _decode(data: Any, key: str, root: Path, stage: str, version: str, options: 
                 semantic_ids=None if sem is None else _ints(sem, "semantic_ids"),
             )
         )
-    _need(report.usable == len(utts), "report.usable != number of utterances")
-    known = frozenset(_strs(top["known_names"], "known_names"))
-    return Experiment(
-        root,
-        stage,
-        version,
-        utts,
-        report,
-        options,
-        _int(top["sampling_rate"], "sampling_rate"),
-        _int(top["hop_length"], "hop_length"),
-        known,
-    )
+    return utts
 
 
 def _read_entry(

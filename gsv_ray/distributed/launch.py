@@ -41,9 +41,13 @@ from gsv_ray.rebuild import rebuild_cached
 from gsv_ray.storage import display
 from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.loop import TrainResult
-from gsv_ray.train.rundir import RAY_RUN_RECORD, check_new_run, check_same_run, write_config
+from gsv_ray.train.rundir import LAUNCH_RECORD, check_new_run, check_same_run, write_config
 from gsv_ray.train.rundir import exports as run_exports
 from gsv_ray.train.sovits import check_codebook
+
+#: -o/ray_run.json: the Ray run's name, layout ("actor" or "train") and storage (masked; None for the
+#: default -o/ray), written by :func:`_record_run`, read by :func:`_recorded_run`
+RAY_RUN_RECORD = LAUNCH_RECORD
 
 
 def run_name(cfg: TrainConfig, init_sha: str, resume: bool) -> str:
@@ -76,6 +80,12 @@ def _recorded_run(out: str | Path) -> tuple[str, str, str | None] | None:
         return None
     ok = isinstance(name, str) and name.startswith("gsv-") and "/" not in name and layout in ("actor", "train")
     return (name, layout, storage if isinstance(storage, str) and storage else None) if ok else None
+
+
+def _record_run(out: str | Path, name: str, layout: str, storage: str) -> None:
+    """Record in -o the Ray run ``name`` of ``layout`` on ``storage`` (as given; kept masked), for
+    :func:`_recorded_run`."""
+    write_json(Path(out) / RAY_RUN_RECORD, {"name": name, "storage": _recorded_storage(storage, out), "layout": layout})
 
 
 def run_storage(opts: RayOptions, out: str | Path, recorded: tuple[str, str, str | None] | None) -> str:
@@ -237,7 +247,6 @@ def train_on_ray(
     ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the
     log only) and progress are shown there."""
     from gsv_ray.distributed.shared import nbytes, share
-    from gsv_ray.storage import check_writable, resolve, take_credentials
 
     cfg.validate()
     opts.validate()
@@ -247,10 +256,7 @@ def train_on_ray(
         check_new_run(cfg.output_dir)
     layout, recorded = _check_layout(cfg, opts)
     given, cfg, rebuilt = _rebuild_once(cfg, opts, say)
-    given_storage = run_storage(opts, cfg.output_dir, recorded)
-    storage = take_credentials(given_storage, flag="--storage", joined=bool(joined_address(opts.address)))
-    check_writable(storage)  # before Ray starts: a bad --storage is one line, nothing else happens
-    storage_fs, storage_path = resolve(storage)
+    given_storage, storage, storage_fs, storage_path = _checked_storage(opts, cfg.output_dir, recorded)
     import ray
 
     joined = not ray.is_initialized() and bool(opts.address or os.environ.get("RAY_ADDRESS"))
@@ -262,15 +268,8 @@ def train_on_ray(
     shared = share(rebuilt)
     init_sha = rebuilt.report.inputs["init"].get("sha256", "")
     name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)
-    write_json(
-        Path(cfg.output_dir) / RAY_RUN_RECORD,
-        {"name": name, "storage": _recorded_storage(given_storage, cfg.output_dir), "layout": layout},
-    )
-    say(
-        f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
-        f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
-        f"{nbytes(rebuilt) / 2**20:.0f} MiB in the object store; run {name}; storage {shown(given_storage)}"
-    )
+    _record_run(cfg.output_dir, name, layout, given_storage)
+    say(_run_line(cfg, opts, name, nbytes(rebuilt), given_storage))
     relay, display = _console_relay(console, local=started, lines=rank0_lines)
     job = WorkerJob(
         train=dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
@@ -290,14 +289,45 @@ def train_on_ray(
     try:
         result = _fit(job, cfg, opts, storage, storage_path)
     finally:
-        if relay is not None:
-            relay.close()
-            display.close()
-        if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
-            end_local_ray(name)
-        elif joined:  # a cluster we joined: disconnect now (its late log lines then stay out of the console)
-            ray.shutdown()
+        _leave_ray(name, relay, display, started=started, joined=joined)
     return _collect(result, cfg, rebuilt.stage, rebuilt.version, storage_fs, job.run_uri)
+
+
+def _run_line(cfg: TrainConfig, opts: RayOptions, name: str, shared_bytes: int, storage: str) -> str:
+    """The line that says how the run ``name`` is laid out on Ray (``storage`` shown masked)."""
+    return (
+        f"ray: {opts.workers} worker(s) x (CPU {opts.cpus_per_worker:g}, GPU {opts.gpus_per_worker:g}); "
+        f"global batch = {cfg.batch_size} x {opts.workers} x {cfg.grad_accum}; shared rebuild "
+        f"{shared_bytes / 2**20:.0f} MiB in the object store; run {name}; storage {shown(storage)}"
+    )
+
+
+def _checked_storage(
+    opts: RayOptions, out: str | Path, recorded: tuple[str, str, str | None] | None
+) -> tuple[str, str, Any, str]:
+    """(the storage as given, with credentials taken, its filesystem, its path there), checked
+    writable before Ray starts: a bad --storage is one line, nothing else happens."""
+    from gsv_ray.storage import check_writable, resolve, take_credentials
+
+    given = run_storage(opts, out, recorded)
+    storage = take_credentials(given, flag="--storage", joined=bool(joined_address(opts.address)))
+    check_writable(storage)
+    storage_fs, storage_path = resolve(storage)
+    return given, storage, storage_fs, storage_path
+
+
+def _leave_ray(name: str, relay: Any, display: Any, *, started: bool, joined: bool) -> None:
+    """After the run ``name``, however it ended: close the console relay, and stop our own Ray or
+    disconnect from the cluster we joined."""
+    import ray
+
+    if relay is not None:
+        relay.close()
+        display.close()
+    if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
+        end_local_ray(name)
+    elif joined:  # a cluster we joined: disconnect now (its late log lines then stay out of the console)
+        ray.shutdown()
 
 
 def _fit(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: str, storage_path: str):

@@ -191,7 +191,7 @@ def run_worker(job: WorkerJob, session) -> None:
     run_dir = owner.directory
     cfg = _worker_config(job, run_dir)
     progress: Any = False  # the driver's console (no relay: lines only in the worker's log)
-    say = lambda s: None
+    say = _silent  # ranks other than 0 say nothing
     if rank == 0:
         from gsv_ray.distributed.relay import RelayedProgress
 
@@ -331,6 +331,10 @@ def _say(prefix: str, relay=None):
             relay.say(line)
 
     return say
+
+
+def _silent(line: str) -> None:
+    """A ``say`` that drops the line."""
 
 
 # long: one protocol (pick on rank 0, broadcast, fetch on every rank, outputs back on rank 0) kept in one place

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from gsv_ray.errors import GsvError
-from gsv_ray.io.identify import NotGsv, identify
-from gsv_ray.io.safeload import safe_load
+from gsv_ray.io.identify import Identity, NotGsv, identify
+from gsv_ray.io.safeload import Loaded, safe_load
 from gsv_ray.io.writers import PAD_KEY
 from gsv_ray.manifest import sha256_file
 
@@ -111,35 +111,9 @@ def read(path: str | Path, *, expect_stage: str | None = None) -> GsvFile:
     """
     path = Path(path)
     loaded = safe_load(path)
-    try:
-        ident, sd = identify(loaded.obj, loaded.header)
-    except NotGsv as e:
-        raise GsvError(
-            f"not a GPT-SoVITS weights file: {e}",
-            path=path,
-            fix="pass a SoVITS .pth or GPT .ckpt written by GPT-SoVITS or gsv-ray",
-        ) from None
-    if expect_stage and ident.stage != expect_stage:
-        other = "gpt" if expect_stage == "sovits" else "sovits"
-        raise GsvError(
-            f"this is a {_STAGE_NAMES[ident.stage]} file ({ident.kind}), but a {_STAGE_NAMES[expect_stage]} "
-            "file is expected here",
-            path=path,
-            fix=f"pass the {_STAGE_NAMES[expect_stage]} file instead, or use --stage {other}",
-        )
-
-    obj = loaded.obj
-    top = obj if isinstance(obj, dict) else {}
-    config = top.get("config") if isinstance(top.get("config"), dict) else None
-    if ident.kind == "gpt-lightning" and isinstance(top.get("hyper_parameters"), dict):
-        config = top["hyper_parameters"].get("config", config)
-    info = top.get("info") if isinstance(top.get("info"), str) else None
-    epoch, step = parse_info(info)
-    if ident.kind == "gpt-lightning":
-        epoch = top.get("epoch") if isinstance(top.get("epoch"), int) else epoch
-        step = top.get("global_step") if isinstance(top.get("global_step"), int) else step
-    elif ident.kind in ("sovits-train-g", "sovits-train-d") and isinstance(top.get("iteration"), int):
-        epoch = top["iteration"]  # upstream stores the epoch under "iteration"
+    ident, sd = _identify(loaded, path, expect_stage)
+    top = loaded.obj if isinstance(loaded.obj, dict) else {}
+    config, info, epoch, step = _training_info(ident.kind, top)
     lora_rank = top.get("lora_rank")
     lora_rank = int(lora_rank) if isinstance(lora_rank, (int, str)) and str(lora_rank).isdigit() else None
     skip = {"weight", "model", "state_dict", "config", "info", "lora_rank", PAD_KEY}  # PAD_KEY: size padding
@@ -168,3 +142,41 @@ def read(path: str | Path, *, expect_stage: str | None = None) -> GsvFile:
     if nonfinite:
         f.warnings.append(f"{nonfinite_problem(f)}: training from it diverges; gsv-ray refuses it as an input")
     return f
+
+
+def _identify(loaded: Loaded, path: Path, expect_stage: str | None) -> tuple[Identity, dict[str, torch.Tensor]]:
+    """What the loaded file is and its state dict; :class:`GsvError` when it is no GPT-SoVITS file or
+    not of ``expect_stage``."""
+    try:
+        ident, sd = identify(loaded.obj, loaded.header)
+    except NotGsv as e:
+        raise GsvError(
+            f"not a GPT-SoVITS weights file: {e}",
+            path=path,
+            fix="pass a SoVITS .pth or GPT .ckpt written by GPT-SoVITS or gsv-ray",
+        ) from None
+    if expect_stage and ident.stage != expect_stage:
+        other = "gpt" if expect_stage == "sovits" else "sovits"
+        raise GsvError(
+            f"this is a {_STAGE_NAMES[ident.stage]} file ({ident.kind}), but a {_STAGE_NAMES[expect_stage]} "
+            "file is expected here",
+            path=path,
+            fix=f"pass the {_STAGE_NAMES[expect_stage]} file instead, or use --stage {other}",
+        )
+    return ident, sd
+
+
+def _training_info(kind: str, top: dict) -> tuple[dict | None, str | None, int | None, int | None]:
+    """``(config, info, epoch, step)`` a file of ``kind`` records at its top level ``top``; each
+    ``None`` when the file does not say."""
+    config = top.get("config") if isinstance(top.get("config"), dict) else None
+    if kind == "gpt-lightning" and isinstance(top.get("hyper_parameters"), dict):
+        config = top["hyper_parameters"].get("config", config)
+    info = top.get("info") if isinstance(top.get("info"), str) else None
+    epoch, step = parse_info(info)
+    if kind == "gpt-lightning":
+        epoch = top.get("epoch") if isinstance(top.get("epoch"), int) else epoch
+        step = top.get("global_step") if isinstance(top.get("global_step"), int) else step
+    elif kind in ("sovits-train-g", "sovits-train-d") and isinstance(top.get("iteration"), int):
+        epoch = top["iteration"]  # upstream stores the epoch under "iteration"
+    return config, info, epoch, step

@@ -380,7 +380,7 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
     """
     spec = RebuildSpec.of(spec, **options)
     init, base_g, base_d, stage, version = spec.init, spec.base_g, spec.base_d, spec.stage, spec.version
-    task, policy, config = spec.task, spec.policy, (dict(spec.config) if spec.config is not None else None)
+    task, config = spec.task, (dict(spec.config) if spec.config is not None else None)
     cache = Path(cache_root) if cache_root is not None else default_cache_root()
     init_f, base_g_f, base_d_f = _read_inputs(init, base_g, base_d, stage, task)
     stage = init_f.stage
@@ -393,22 +393,44 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
         sources.append(("base", normalise(str(base_g_f.path), base_g_f.state_dict, stage=stage)))
     used: dict[str, set[str]] = {s.path: set() for _, s in sources}
     weights: dict[str, dict[str, torch.Tensor]] = {}
+    resolved_cfg = _fill_targets(
+        spec, config, (init_f, base_g_f, base_d_f), versions, resolved, sources, used, report, weights, cache
+    )
+    resolved_cfg = json.loads(json.dumps(resolved_cfg))  # plain JSON types, exactly as config.json stores it
+    report.config = resolved_cfg
+    if not report.ok:
+        err = GsvError(report.message(), path=init_f.path, fix=_fix_hint(report, init_f, versions))
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    return Rebuilt(
+        stage=stage, version=resolved, task=task, kind=init_f.kind, weights=weights, config=resolved_cfg, report=report
+    )
 
+
+def _fill_targets(
+    spec: RebuildSpec,
+    config: dict[str, Any] | None,
+    files: tuple[GsvFile, GsvFile | None, GsvFile | None],
+    versions: list[str],
+    resolved: str | None,
+    sources: list[tuple[str, Source]],
+    used: dict[str, set[str]],
+    report: RebuildReport,
+    weights: dict[str, dict[str, torch.Tensor]],
+    cache: Path,
+) -> dict[str, Any]:
+    """Fill ``weights`` with the targets of the init file's stage and ``spec.task`` (GPT; the semantic
+    front end; v3/v4 for training or inference; VITS-family v1/v2/v2Pro) and return the resolved
+    config; ``files`` are the read init, base G and base D."""
+    init_f, base_g_f, base_d_f = files
+    stage, task, policy = init_f.stage, spec.task, spec.policy
     if stage == "gpt":
-        cfg = T.gpt_s1_config(versions[0], config, init_f.config, base_g_f.config if base_g_f else None)
-        weights["gpt"] = _fill(T.gpt_target(cfg, policy.seed), sources, report, {}, used, cache)
-        resolved_cfg: dict[str, Any] = {"stage": "gpt", "version": resolved, "task": task, "s1": cfg}
-        _record_dropped(
-            report,
-            sources,
-            used,
-            lambda role, k: "superseded by the init file" if role == "base" else "not part of the GPT model",
-        )
-    elif task == "semantic":
-        resolved_cfg = _semantic(init_f, versions, sources, used, report, weights, cache)
-    elif versions[0] in ("v3", "v4"):
+        return _gpt(init_f, base_g_f, versions, resolved, task, policy, config, sources, used, report, weights, cache)
+    if task == "semantic":
+        return _semantic(init_f, versions, sources, used, report, weights, cache)
+    if versions[0] in ("v3", "v4"):
         if task == "train":
-            resolved_cfg = _v3v4_train(
+            return _v3v4_train(
                 init_f,
                 base_g_f,
                 base_d_f,
@@ -422,33 +444,34 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
                 weights,
                 cache,
             )
-        else:
-            resolved_cfg = _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
-    else:
-        resolved_cfg = _vits(
-            init_f,
-            base_g_f,
-            base_d_f,
-            resolved or versions[0],
-            task,
-            policy,
-            config,
-            sources,
-            used,
-            report,
-            weights,
-            cache,
-        )
-
-    resolved_cfg = json.loads(json.dumps(resolved_cfg))  # plain JSON types, exactly as config.json stores it
-    report.config = resolved_cfg
-    if not report.ok:
-        err = GsvError(report.message(), path=init_f.path, fix=_fix_hint(report, init_f, versions))
-        err.report = report  # type: ignore[attr-defined]
-        raise err
-    return Rebuilt(
-        stage=stage, version=resolved, task=task, kind=init_f.kind, weights=weights, config=resolved_cfg, report=report
+        return _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
+    return _vits(
+        init_f,
+        base_g_f,
+        base_d_f,
+        resolved or versions[0],
+        task,
+        policy,
+        config,
+        sources,
+        used,
+        report,
+        weights,
+        cache,
     )
+
+
+def _gpt(init_f, base_g_f, versions, resolved, task, policy, config, sources, used, report, weights, cache):
+    """The GPT (s1) model: everything else in the files is dropped, said why."""
+    cfg = T.gpt_s1_config(versions[0], config, init_f.config, base_g_f.config if base_g_f else None)
+    weights["gpt"] = _fill(T.gpt_target(cfg, policy.seed), sources, report, {}, used, cache)
+    _record_dropped(
+        report,
+        sources,
+        used,
+        lambda role, k: "superseded by the init file" if role == "base" else "not part of the GPT model",
+    )
+    return {"stage": "gpt", "version": resolved, "task": task, "s1": cfg}
 
 
 def _fix_hint(report: RebuildReport, init_f: GsvFile, versions: list[str]) -> str:

@@ -220,8 +220,8 @@ class Tracker:
         settings: Mapping[str, Any] | None = None,
     ) -> Tracker:
         """Start the run (or do nothing when disabled / not rank 0). ``dir`` is the gsv-ray run
-        directory; ``rank``: this process's world rank (only rank 0 logs; the caller knows it, from its launcher). ``settings`` overrides
-        ``wandb.Settings`` fields. Returns ``self``."""
+        directory; ``rank``: this process's world rank (only rank 0 logs; the caller knows it, from its
+        launcher). ``settings`` overrides ``wandb.Settings`` fields. Returns ``self``."""
         if self._run is not None:
             raise RuntimeError("Tracker already started; finish() it first")
         if resume is not None and resume not in RESUME:

@@ -138,9 +138,9 @@ class TrainConfig:
         None,
         metavar="FILE",
         group=CHECKS,
-        help="SoVITS, and GPT with --eval-sovits: upstream's speaker model (pretrained_models/sv/pretrained_eres2netv2w24s4ep4"
-        ".ckpt) to score validation by speaker similarity, val/spk_sim (default: not "
-        "scored)",
+        help="SoVITS, and GPT with --eval-sovits: upstream's speaker model "
+        "(pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt) to score validation by speaker similarity, "
+        "val/spk_sim (default: not scored)",
     )
     # GPT validation through a SoVITS decoder (issue #26): generated tokens -> audio -> spk_sim / cer
     eval_sovits: str | None = option(

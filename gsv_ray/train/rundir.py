@@ -23,8 +23,12 @@ from gsv_ray.options import flag
 from gsv_ray.owned import RUN_LOCK, RunBusy, RunOwner
 from gsv_ray.train.config import TrainConfig
 
-RAY_RUN_RECORD = "ray_run.json"  # in -o of a Ray run: its name and storage, so --resume finds it after any stop
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", RAY_RUN_RECORD, "ray")
+#: in -o of a run whose checkpoints a launcher keeps elsewhere (``--workers``: Ray's storage): the
+#: launcher's record of where, so a --resume finds them after any stop. What it holds is the launcher's
+#: to write and read (gsv_ray/distributed/launch.py); the name dates from when only Ray wrote one and
+#: stays, so runs recorded before resume
+LAUNCH_RECORD = "ray_run.json"
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoints", LAUNCH_RECORD, "ray")
 #: a tune search's results in its -o
 TUNE_RESULTS = ("results.json", "best", "trials", "summary.png", "refit", "listen.html", "listen")
 #: a tune search's name and objective in its -o (what its --resume compares)

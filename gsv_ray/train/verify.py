@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from gsv_ray.errors import GsvError
 from gsv_ray.options import check, option
-from gsv_ray.rebuild.core import RebuildSpec
+from gsv_ray.rebuild.core import RebuildSpec, Rebuilt
 from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.store import rebuild_cached
 from gsv_ray.rebuild.targets import build_models
@@ -229,35 +230,13 @@ def _evaluate(
 
     base_losses = None
     if base_g is not None:
-        # evaluated as the same model (a bare base checkpoint carries no config of its own)
-        r = rebuilt.resolved
-        rank = r.sovits_v3.lora_rank if r.sovits_v3 else None  # v3/v4: the base with a fresh (B = 0) adapter
-        base = rebuild_cached(
-            RebuildSpec(
-                init=str(base_g),
-                stage=rebuilt.stage,
-                version=rebuilt.version,
-                task="train",
-                config=r.upstream,
-                lora_rank=rank,
-            ),
-            cache_root=cache_root,
-        )
+        base = _base_alone(rebuilt, base_g, cache_root)
         say("evaluating the base alone ...")
         with torch.no_grad():
             base_losses = losses(_model(base).eval(), data_batches, base.resolved, seed)
-
     after = None
     if train_steps > 0:
-        trial = copy.deepcopy(model).train()
-        lr = UPSTREAM_BASE_LR[rebuilt.stage] * DEFAULT_LR_SCALE  # the resumed-training default
-        opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=lr)
-        for step in range(train_steps):
-            say(f"trial step {step + 1}/{train_steps} ...")
-            loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.resolved)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        trial = _trained_copy(model, rebuilt, data_batches, train_loss, train_steps, say)
         with torch.no_grad():
             after = losses(trial.eval(), data_batches, rebuilt.resolved, seed)
 
@@ -287,6 +266,46 @@ def _evaluate(
             )
     result.verdict = "fail" if result.reasons else "pass"
     return result
+
+
+def _base_alone(rebuilt: Rebuilt, base_g: str | Path, cache_root: str | Path | None) -> Rebuilt:
+    """``base_g`` rebuilt as the same model as ``rebuilt`` (a bare base checkpoint carries no config of
+    its own); v3/v4: the base with a fresh (B = 0) adapter of the same rank."""
+    r = rebuilt.resolved
+    rank = r.sovits_v3.lora_rank if r.sovits_v3 else None
+    return rebuild_cached(
+        RebuildSpec(
+            init=str(base_g),
+            stage=rebuilt.stage,
+            version=rebuilt.version,
+            task="train",
+            config=r.upstream,
+            lora_rank=rank,
+        ),
+        cache_root=cache_root,
+    )
+
+
+def _trained_copy(
+    model: torch.nn.Module,
+    rebuilt: Rebuilt,
+    data_batches: list[Any],
+    train_loss: Callable[..., torch.Tensor],
+    train_steps: int,
+    say: Callable[[str], None],
+) -> torch.nn.Module:
+    """A copy of ``model`` after ``train_steps`` AdamW steps at the resumed-training default LR,
+    cycling through ``data_batches``; ``model`` itself is left as it was."""
+    trial = copy.deepcopy(model).train()
+    lr = UPSTREAM_BASE_LR[rebuilt.stage] * DEFAULT_LR_SCALE  # the resumed-training default
+    opt = torch.optim.AdamW([p for p in trial.parameters() if p.requires_grad], lr=lr)
+    for step in range(train_steps):
+        say(f"trial step {step + 1}/{train_steps} ...")
+        loss = train_loss(trial, data_batches[step % len(data_batches)], rebuilt.resolved)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return trial
 
 
 def render(result: VerifyResult) -> Any:

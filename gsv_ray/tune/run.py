@@ -76,6 +76,16 @@ def tune_and_report(
         outcome.refit = run_refit(cfg, opts, outcome.best, group=outcome.name, say=say, console=console)
         place_best(outcome, out, refit=outcome.refit)
         files = write_results(outcome, out)
+    _listen_and_summary_run(cfg, outcome, out, files)
+    best_exports = _say_summary(cfg, outcome, files, say=say, console=console, interrupted=interrupted)
+    if complete:
+        record_search_finished(out, outcome.name, best_exports)  # a later --resume changes nothing
+    return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
+
+
+def _listen_and_summary_run(cfg: TrainConfig, outcome: TuneOutcome, out: Path, files: dict[str, Path]) -> None:
+    """Write the listening page of the search's held-out samples (when it has any; added to ``files``
+    as "listen") and log the W&B summary run (results plot, and the listening table)."""
     rows = search_rows(outcome, out, cfg.data)
     page = None
     if rows:
@@ -100,10 +110,6 @@ def tune_and_report(
         if page is not None
         else None,
     )
-    best_exports = _say_summary(cfg, outcome, files, say=say, console=console, interrupted=interrupted)
-    if complete:
-        record_search_finished(out, outcome.name, best_exports)  # a later --resume changes nothing
-    return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
 
 
 def searched(out: Path, opts: TuneOptions, name: str) -> TuneOutcome | None:

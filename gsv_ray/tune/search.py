@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from gsv_ray.atomic import write_json
 from gsv_ray.distributed import RayOptions, own_signal_handlers
@@ -28,6 +28,16 @@ from gsv_ray.train.config import TrainConfig
 from gsv_ray.train.rundir import SEARCH_RECORD, TUNE_RESULTS
 from gsv_ray.train.rundir import exports as run_exports
 from gsv_ray.tune.params import LR_SCALE, PARAM_FIELDS, WARMUP_STEPS, TrialParams
+from gsv_ray.tune.results import (
+    COMPLETED,
+    EARLY_STOPPED,
+    FAILED,
+    INTERRUPTED,
+    NOT_STARTED,
+    TrialSummary,
+    TuneOutcome,
+    pick_best,
+)
 
 #: ``--metric`` names with their reported key and direction; any other name is a logged validation
 #: metric ``val/NAME``, whose direction ``--mode`` must give.
@@ -385,15 +395,7 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     from ray import tune
 
     from gsv_ray.console import shown
-    from gsv_ray.distributed import (
-        connect,
-        driver_experiment,
-        end_local_ray,
-        experiment_uri,
-        forbidden_inputs,
-        share,
-        trial_train_run,
-    )
+    from gsv_ray.distributed import connect, end_local_ray, experiment_uri, share, trial_train_run
 
     cfg.validate()
     _check_search(cfg, opts)
@@ -417,34 +419,17 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
 
     board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
     relay, rows = _console_relay(console, cfg.max_steps, local=started)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            trial_function,
-            base=cfg,
-            shared=shared,
-            opts=opts,
-            tune_name=name,
-            storage_path=storage_path,
-            storage_fs=storage_fs,
-            experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
-            relay=relay.queue if relay is not None else None,
-            driver_node=ray.get_runtime_context().get_node_id(),
-            forbidden=forbidden_inputs(cfg),
-        ),
-        resources,
-    )
+    trainable = _trainable(cfg, opts, name, rebuilt, shared, resources, storage_path, storage_fs, relay)
     if opts.resume:
         say(f"resuming tune run {name} from {experiment_path}")
-    tuner = (
-        tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             experiment_uri(opts.storage, name),
             trainable=trainable,
             resume_unfinished=True,
             storage_filesystem=storage_fs,
         )
-        if opts.resume
-        else _new_tuner(trainable, cfg, opts, name, storage_path, storage_fs, objective, rows)
-    )
+    else:
+        tuner = _new_tuner(trainable, cfg, opts, name, storage_path, storage_fs, objective, rows)
     say(
         f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
         f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
@@ -463,6 +448,42 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     if not opts.resume and len(outcome.trials) < opts.num_samples:
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
     return outcome
+
+
+def _trainable(
+    cfg: TrainConfig,
+    opts: TuneOptions,
+    name: str,
+    rebuilt: Any,
+    shared: Any,
+    resources: dict[str, float],
+    storage_path: str,
+    storage_fs: Any,
+    relay: Any,
+):
+    """:func:`trial_function` with what every trial shares bound (the rebuild in the object store, the
+    experiment scanned once here, the console relay) and each trial's ``resources``."""
+    import ray
+    from ray import tune
+
+    from gsv_ray.distributed import driver_experiment, forbidden_inputs
+
+    return tune.with_resources(
+        tune.with_parameters(
+            trial_function,
+            base=cfg,
+            shared=shared,
+            opts=opts,
+            tune_name=name,
+            storage_path=storage_path,
+            storage_fs=storage_fs,
+            experiment=driver_experiment(cfg, rebuilt),  # scanned once for every trial
+            relay=relay.queue if relay is not None else None,
+            driver_node=ray.get_runtime_context().get_node_id(),
+            forbidden=forbidden_inputs(cfg),
+        ),
+        resources,
+    )
 
 
 def _rebuild_once(cfg: TrainConfig, say: Callable[[str], None]):
@@ -818,8 +839,6 @@ def _place_trial_outputs(src: str | None, trial_out: Path, storage_fs) -> tuple[
 
 def _fate(failed: bool, steps: int, max_steps: int, stopped_early: bool, has_outputs: bool) -> str:
     """A trial's fate from what it did (its error, its steps, ASHA's record), not Tune's internal status."""
-    from gsv_ray.tune.results import COMPLETED, EARLY_STOPPED, FAILED, INTERRUPTED, NOT_STARTED
-
     if failed:
         return FAILED
     if steps >= max_steps:
@@ -834,24 +853,18 @@ def _fate(failed: bool, steps: int, max_steps: int, stopped_early: bool, has_out
 def collect(
     grid, cfg: TrainConfig, opts: TuneOptions, name: str, rebuilt, storage_fs, storage_path: str, objective: Objective
 ):
-    """Turn the ResultGrid into a ``TuneOutcome``; copy each finished trial's outputs under -o."""
+    """Turn the ResultGrid (one public Result per trial, its folder named by its trial id) into a
+    ``TuneOutcome``, each trial's fate from what it did (:func:`_fate`); copy their outputs under -o."""
     from gsv_ray.distributed import is_final_outputs, latest_outputs
-    from gsv_ray.track import read_metrics
     from gsv_ray.train.tracking import replay_run
     from gsv_ray.tune.asha import stopped_trials
-    from gsv_ray.tune.results import FAILED, INTERRUPTED, NOT_STARTED, TrialSummary, TuneOutcome, pick_best
 
     out = Path(cfg.output_dir)
     stopped_early = stopped_trials(out / EARLY_STOPPED_RECORD)
     trials: list[TrialSummary] = []
-    interrupted = False
-    # one public Result per trial (its folder is named by its trial id: trial_dirname); its fate
-    # comes from what it did (steps, ASHA's record, its error), not from Tune's internal status
     for result in grid:
         trial_id = Path(result.path).name
         trial_config = result.config or {}
-        steps, val, lrs = _reported_history(result, objective.metric)
-        best = best_point(val, objective)
         failed = bool(result.error)
         trial_out = out / "trials" / trial_id
         src = latest_outputs(storage_fs, trial_run_uri(storage_path, name, trial_id, opts))
@@ -883,29 +896,9 @@ def collect(
                     name=trial_id,
                     fate=FAILED if failed else INTERRUPTED,
                 )
-        if (trial_out / "metrics.jsonl").is_file():  # what the trial wrote (Tune's own record of an
-            # interrupted trial can be empty: Ctrl-C came before it was saved)
-            steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"), objective.metric)
-            best = best_point(val, objective)
-        status = _fate(failed, steps, cfg.max_steps or 0, trial_id in stopped_early, src is not None)
-        interrupted = interrupted or status in (NOT_STARTED, INTERRUPTED)
-        trials.append(
-            TrialSummary(
-                trial_id=trial_id,
-                lr_scale=float(trial_config.get(LR_SCALE, float("nan"))),
-                warmup_steps=int(trial_config.get(WARMUP_STEPS, 0)),
-                status=status,
-                error=trial_error(result.error) if result.error else None,
-                steps=steps,
-                best_value=best[1] if best else None,
-                best_step=best[0] if best else None,
-                val_history=val,
-                lr_history=lrs,
-                export_paths=exports,
-                wandb_run_id=trial_id,
-            )
-        )
-    ranked = [t for t in trials if t.status != FAILED]
+        history = _trial_history(result, trial_out, objective)
+        status = _fate(failed, history.steps, cfg.max_steps or 0, trial_id in stopped_early, src is not None)
+        trials.append(_trial_summary(result, status, history, exports))
     return TuneOutcome(
         name=name,
         stage=rebuilt.stage,
@@ -913,6 +906,47 @@ def collect(
         metric=objective.metric,
         mode=objective.mode,
         trials=trials,
-        interrupted=interrupted,
-        best=pick_best(ranked, objective.mode),
+        interrupted=any(t.status in (NOT_STARTED, INTERRUPTED) for t in trials),
+        best=pick_best([t for t in trials if t.status != FAILED], objective.mode),
+    )
+
+
+class _TrialHistory(NamedTuple):
+    """What a trial did: its last step, the objective's (step, value)s, its LR per step, and the
+    (step, value) where the objective was best (None: never measured)."""
+
+    steps: int
+    val: list[tuple[int, float]]
+    lrs: list[tuple[int, float]]
+    best: tuple[int, float] | None
+
+
+def _trial_history(result, trial_out: Path, objective: Objective) -> _TrialHistory:
+    """A trial's history from the metrics.jsonl placed in ``trial_out``, else from what it reported
+    to Tune (Tune's own record of an interrupted trial can be empty: Ctrl-C came before it was saved)."""
+    from gsv_ray.track import read_metrics
+
+    if (trial_out / "metrics.jsonl").is_file():
+        steps, val, lrs = _history(read_metrics(trial_out / "metrics.jsonl"), objective.metric)
+    else:
+        steps, val, lrs = _reported_history(result, objective.metric)
+    return _TrialHistory(steps, val, lrs, best_point(val, objective))
+
+
+def _trial_summary(result, status: str, history: _TrialHistory, exports: list[str]) -> TrialSummary:
+    """The ``TrialSummary`` of the trial whose Tune ``result`` this is (its folder is named by its id)."""
+    trial_id, trial_config, best = Path(result.path).name, result.config or {}, history.best
+    return TrialSummary(
+        trial_id=trial_id,
+        lr_scale=float(trial_config.get(LR_SCALE, float("nan"))),
+        warmup_steps=int(trial_config.get(WARMUP_STEPS, 0)),
+        status=status,
+        error=trial_error(result.error) if result.error else None,
+        steps=history.steps,
+        best_value=best[1] if best else None,
+        best_step=best[0] if best else None,
+        val_history=history.val,
+        lr_history=history.lrs,
+        export_paths=exports,
+        wandb_run_id=trial_id,
     )

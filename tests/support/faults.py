@@ -1,12 +1,12 @@
 """Fault injection for the Ray tests, kept out of the package.
 
 Ray runs :func:`install` in every worker process it starts (``runtime_env``'s documented
-``worker_process_setup_hook``, set by the ``ray_local`` fixture). It wraps
-``RayCheckpoints.save`` so that a worker fails once, right after the checkpoint of a given step,
-when the test has asked for it: :func:`inject` writes ``{output_dir: {kind, step, rank}}`` (the run is recognised by its checkpoint storage, under ``-o``) into the
-file named by ``GSV_TEST_FAULTS``. ``kind`` "raise" raises (a Python exception in the worker);
-"exit" ends the process at once (``os._exit``). A marker file makes the failure happen once: the
-restarted worker goes on.
+``worker_process_setup_hook``, set by the ``ray_local`` fixture). It wraps ``RayCheckpoints.save``
+so that a worker fails once, right after the checkpoint of a given step, when the test has asked for
+it: :func:`inject` writes ``{output_dir: {kind, step, rank}}`` (the run is recognised by its
+checkpoint storage, under ``-o``) into the file named by ``GSV_TEST_FAULTS``. ``kind`` "raise"
+raises (a Python exception in the worker); "exit" ends the process at once (``os._exit``). A marker
+file makes the failure happen once: the restarted worker goes on.
 """
 
 from __future__ import annotations

@@ -71,6 +71,7 @@ class DecodeTrace(NamedTuple):
 
 
 class SoVITSGenerator(nn.Module):
+    # long: only declares upstream's layers, in upstream's order (the order of the state_dict's keys)
     def __init__(self, config: SoVITSConfig):
         super().__init__()
         c = config
