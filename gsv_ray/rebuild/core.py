@@ -393,9 +393,8 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
         sources.append(("base", normalise(str(base_g_f.path), base_g_f.state_dict, stage=stage)))
     used: dict[str, set[str]] = {s.path: set() for _, s in sources}
     weights: dict[str, dict[str, torch.Tensor]] = {}
-    resolved_cfg = _fill_targets(
-        spec, config, (init_f, base_g_f, base_d_f), versions, resolved, sources, used, report, weights, cache
-    )
+    out = _Fill(sources, used, report, weights, cache)
+    resolved_cfg = _fill_targets(spec, config, (init_f, base_g_f, base_d_f), versions, resolved, out)
     resolved_cfg = json.loads(json.dumps(resolved_cfg))  # plain JSON types, exactly as config.json stores it
     report.config = resolved_cfg
     if not report.ok:
@@ -407,17 +406,25 @@ def rebuild(spec: RebuildSpec | str | Path, *, cache_root: str | Path | None = N
     )
 
 
+@dataclass(frozen=True)
+class _Fill:
+    """Where the target builders put their results: the sources they read (and which keys of each they
+    used), the report, the built weights per model, and the cache of converted tensors."""
+
+    sources: list[tuple[str, Source]]
+    used: dict[str, set[str]]
+    report: RebuildReport
+    weights: dict[str, dict[str, torch.Tensor]]
+    cache: Path
+
+
 def _fill_targets(
     spec: RebuildSpec,
     config: dict[str, Any] | None,
     files: tuple[GsvFile, GsvFile | None, GsvFile | None],
     versions: list[str],
     resolved: str | None,
-    sources: list[tuple[str, Source]],
-    used: dict[str, set[str]],
-    report: RebuildReport,
-    weights: dict[str, dict[str, torch.Tensor]],
-    cache: Path,
+    out: _Fill,
 ) -> dict[str, Any]:
     """Fill ``weights`` with the targets of the init file's stage and ``spec.task`` (GPT; the semantic
     front end; v3/v4 for training or inference; VITS-family v1/v2/v2Pro) and return the resolved
@@ -425,44 +432,19 @@ def _fill_targets(
     init_f, base_g_f, base_d_f = files
     stage, task, policy = init_f.stage, spec.task, spec.policy
     if stage == "gpt":
-        return _gpt(init_f, base_g_f, versions, resolved, task, policy, config, sources, used, report, weights, cache)
+        return _gpt(init_f, base_g_f, versions, resolved, task, policy, config, out)
     if task == "semantic":
-        return _semantic(init_f, versions, sources, used, report, weights, cache)
+        return _semantic(init_f, versions, out)
     if versions[0] in ("v3", "v4"):
         if task == "train":
-            return _v3v4_train(
-                init_f,
-                base_g_f,
-                base_d_f,
-                versions,
-                spec.lora_rank,
-                policy,
-                config,
-                sources,
-                used,
-                report,
-                weights,
-                cache,
-            )
-        return _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights)
-    return _vits(
-        init_f,
-        base_g_f,
-        base_d_f,
-        resolved or versions[0],
-        task,
-        policy,
-        config,
-        sources,
-        used,
-        report,
-        weights,
-        cache,
-    )
+            return _v3v4_train(init_f, base_g_f, base_d_f, versions, spec.lora_rank, policy, config, out)
+        return _v3v4_infer(init_f, base_g_f, versions, out)
+    return _vits(init_f, base_g_f, base_d_f, resolved or versions[0], task, policy, config, out)
 
 
-def _gpt(init_f, base_g_f, versions, resolved, task, policy, config, sources, used, report, weights, cache):
+def _gpt(init_f, base_g_f, versions, resolved, task, policy, config, out):
     """The GPT (s1) model: everything else in the files is dropped, said why."""
+    sources, used, report, weights, cache = out.sources, out.used, out.report, out.weights, out.cache
     cfg = T.gpt_s1_config(versions[0], config, init_f.config, base_g_f.config if base_g_f else None)
     weights["gpt"] = _fill(T.gpt_target(cfg, policy.seed), sources, report, {}, used, cache)
     _record_dropped(
@@ -482,7 +464,8 @@ def _fix_hint(report: RebuildReport, init_f: GsvFile, versions: list[str]) -> st
     return f"pass the {versions[0]} base model with --base (GPT-SoVITS: {base}) to fill the missing keys"
 
 
-def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, sources, used, report, weights, cache):
+def _vits(init_f, base_g_f, base_d_f, version, task, policy, config, out):
+    sources, used, report, weights, cache = out.sources, out.used, out.report, out.weights, out.cache
     cfg = T.sovits_s2_config(version, config, init_f.config, base_g_f.config if base_g_f else None)
     widths: dict[str, int] = {}
     for _, src in reversed(sources):  # init's shapes win over the base's
@@ -546,8 +529,9 @@ def _init_reason(prefix: str, version: str) -> str:
     return f"allowed by policy (init_missing={prefix!r}): fresh init"
 
 
-def _semantic(init_f, versions, sources, used, report, weights, cache):
+def _semantic(init_f, versions, out):
     """Only ``ssl_proj`` + ``quantizer`` matter; everything else missing is harmless, said why."""
+    sources, used, report, weights, cache = out.sources, out.used, out.report, out.weights, out.cache
     weights["generator"] = _fill(T.semantic_target(), sources, report, {}, used, cache)
     family = "v2" if versions[0] in ("v3", "v4") else versions[0]
     present = set().union(*(s.tensors.keys() for _, s in sources))
@@ -595,10 +579,11 @@ def _lora_rank(init_f: GsvFile, src: Source) -> int | None:
     return int(next(iter(src.lora.values()))[0].shape[0]) if src.lora else None
 
 
-def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config, sources, used, report, weights, cache):
+def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config, out):
     """The v3/v4 generator with upstream's LoRA on its CFM, for training. From a LoRA export + its
     base (the adapters and the trained parts loaded, the rest from the base), from a base or a plain
     export alone (a fresh, seeded LoRA: ``B = 0``, so it starts as the file's model)."""
+    sources, used, report, weights, cache = out.sources, out.used, out.report, out.weights, out.cache
     if len(versions) > 1:
         raise GsvError(
             "v3 and v4 generators have the same shapes and this file does not say which it is",
@@ -656,8 +641,9 @@ def _v3v4_train(init_f, base_g_f, base_d_f, versions, lora_rank, policy, config,
     }
 
 
-def _v3v4_infer(init_f, base_g_f, versions, sources, used, report, weights):
+def _v3v4_infer(init_f, base_g_f, versions, out):
     """Merge a v3/v4 LoRA export onto its base: ``W + B @ A * alpha / r`` (PEFT's merge)."""
+    sources, used, report, weights = out.sources, out.used, out.report, out.weights
     init_src = sources[0][1]
     if init_src.lora and base_g_f is None:
         raise GsvError(
