@@ -130,7 +130,12 @@ class BertTokenizer:
         ``tokenizer_config.json``; raises a one-line :class:`GsvError` naming a missing or foreign file."""
         folder = Path(folder)
         if (folder / "tokenizer.json").is_file():
-            tok = _from_tokenizer_json(folder / "tokenizer.json")
+            try:
+                tok = _from_tokenizer_json(folder / "tokenizer.json")
+            except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:  # a field of another shape
+                raise GsvError(
+                    f"unexpected tokenizer.json layout ({e!r})", path=folder / "tokenizer.json", fix=_FIX
+                ) from e
         elif (folder / "vocab.txt").is_file():
             tok = _from_vocab_txt(folder)
         else:
@@ -206,7 +211,8 @@ def _from_tokenizer_json(path: Path) -> BertTokenizer:
         cls_tok, sep_tok = post["cls"][0], post["sep"][0]
     elif post.get("type") == "TemplateProcessing":
         single = [s["SpecialToken"]["id"] for s in post.get("single", []) if "SpecialToken" in s]
-        cls_tok, sep_tok = (single + [cls_tok, sep_tok])[:2] if len(single) == 2 else (cls_tok, sep_tok)
+        if len(single) == 2:  # [CLS] $A [SEP]
+            cls_tok, sep_tok = single
     added = tuple(t["content"] for t in raw.get("added_tokens") or [] if t.get("special"))
     return BertTokenizer(
         vocab=model["vocab"],

@@ -229,6 +229,14 @@ def test_bad_folders_are_one_line_errors(small_bert, tmp_path):
     (bad / "pytorch_model.bin").write_bytes((small_bert / "pytorch_model.bin").read_bytes())
     with pytest.raises(BertFolderError, match="no BERT tokenizer"):
         load_bert(bad)
+    (bad / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE"}, "normalizer": None}))
+    with pytest.raises(BertFolderError, match="not a BERT WordPiece tokenizer"):
+        load_bert(bad)
+    bert_json = {"model": {"type": "WordPiece", "vocab": {}}, "normalizer": {"type": "BertNormalizer"}}
+    (bad / "tokenizer.json").write_text(json.dumps({**bert_json, "post_processor": {"type": "BertProcessing"}}))
+    with pytest.raises(BertFolderError, match="unexpected tokenizer.json layout"):
+        load_bert(bad)
+    (bad / "tokenizer.json").unlink()
     cfg = json.loads((small_bert / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 5}))
     (bad / "vocab.txt").write_bytes((small_bert / "vocab.txt").read_bytes())
