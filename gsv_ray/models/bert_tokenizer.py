@@ -10,6 +10,10 @@ runs) for one text with ``[CLS]`` and ``[SEP]`` around it.
 4. WordPiece: longest-match-first pieces (``##`` after the first), a word with no split or more than
    ``max_input_chars_per_word`` characters becomes ``[UNK]``.
 
+Characters are classified by Python's ``unicodedata``; tokenizers uses older Unicode tables, so a few
+hundred rare characters whose category changed since (newer punctuation and combining marks) can
+tokenize differently; ``norm_text`` of Mandarin (CJK ideographs and ``, . ! ? - …``) never holds one.
+
 The settings come from ``tokenizer.json`` when the folder has one (GPT-SoVITS's chinese-roberta-wwm-ext-large
 ships only that), else from ``vocab.txt`` and ``tokenizer_config.json`` (transformers' defaults where absent).
 """
@@ -29,14 +33,15 @@ __all__ = ["BertTokenizer"]
 
 _FIX = "give GPT-SoVITS's chinese-roberta-wwm-ext-large folder (tokenizer.json or vocab.txt)"
 _SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-#: the code-point blocks BERT treats as CJK ideographs (each becomes its own word)
+#: the code-point blocks BERT treats as CJK ideographs (each becomes its own word); the fast tokenizer's
+#: (tokenizers' BertNormalizer) sixth block starts at U+2B920, not at U+2B820 as the python one's
 _CJK = (
     (0x4E00, 0x9FFF),
     (0x3400, 0x4DBF),
     (0x20000, 0x2A6DF),
     (0x2A700, 0x2B73F),
     (0x2B740, 0x2B81F),
-    (0x2B820, 0x2CEAF),
+    (0x2B920, 0x2CEAF),
     (0xF900, 0xFAFF),
     (0x2F800, 0x2FA1F),
 )
@@ -57,7 +62,7 @@ def _clean_char(ch: str) -> str:
     """One character after BERT's clean-text step: ``""`` (dropped), ``" "`` (white space) or itself."""
     if ch in " \t\n\r" or unicodedata.category(ch) == "Zs":
         return " "
-    if ch in ("\0", "\ufffd") or unicodedata.category(ch).startswith("C"):
+    if ch in ("\0", "\ufffd") or unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs"):  # unassigned (Cn) kept
         return ""
     return ch
 

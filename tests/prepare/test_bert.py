@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,24 @@ def test_token_ids_equal_transformers_for_zh_goldens_and_ascii(reference_dir, sm
         assert ours_json.encode(text) == want, text
         assert slow(text)["input_ids"] == want, text  # the two transformers tokenizers agree on these
     assert ours.tokenize("unaffable HELLO") == ["un", "##aff", "##able", "hello"]
+
+
+def test_token_ids_equal_transformers_for_random_mixed_text(tmp_path):
+    """2000 seeded random texts (Latin with accents, general punctuation, CJK, full-width forms, white
+    space and control characters, unassigned code points) give the fast tokenizer's ids, over a vocabulary
+    of those characters (lower-cased, accents stripped) and a few WordPiece pieces."""
+    rng = random.Random(0)
+    blocks = [(0x20, 0x250), (0x2000, 0x2070), (0x3000, 0x3040), (0x4E00, 0x4E80), (0xFF00, 0xFF60)]
+    pool = [chr(c) for lo, hi in blocks for c in range(lo, hi)]
+    pool += ["\t", "\n", "\r", "\x0b", "\x85", "\u2028", "\u200b", "\ufeff", "\ufffd", "\x00", "\u0301", "𠀀", "😀"]
+    chars = {unicodedata.normalize("NFD", c.lower())[0] for c in pool if c.strip()}
+    pieces = ["##" + c for c in "abcdefghij"] + ["ab", "abc", "##bc"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(chars - set("[]")), *pieces]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    hf, ours = transformers.BertTokenizer(str(tmp_path / "vocab.txt")), BertTokenizer.from_folder(tmp_path)
+    for _ in range(2000):
+        text = "".join(rng.choice(pool + list("abc  ")) for _ in range(rng.randint(0, 12)))
+        assert ours.encode(text) == hf(text)["input_ids"], repr(text)
 
 
 def test_features_equal_transformers_for_zh_goldens(reference_dir, small_bert, hf_reference):
