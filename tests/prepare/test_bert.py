@@ -8,14 +8,13 @@ user's layout (the real chinese-roberta-wwm-ext-large config.json with fewer/sma
 characters of the zh goldens' sentences). Measured (transformers 5.25, torch 2.13 CPU, float32, both on
 PyTorch's SDPA): token ids equal for every text; features and every hidden state bitwise equal (max |diff|
 0, values of order 1). Tolerance 1e-5, for other thread counts and BLAS builds.
-No network: local folders only, ``HF_HUB_OFFLINE=1``.
+No network: local folders only (``local_files_only``), ``HF_HUB_OFFLINE=1`` while this module runs.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import random
 import unicodedata
 from pathlib import Path
@@ -28,7 +27,6 @@ from gsv_ray.models.bert_tokenizer import BertTokenizer
 from gsv_ray.prepare.bert import BertFolderError, bert_features, load_bert, write_bert
 from gsv_ray.prepare.text.base import TextRejected
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach the network
 transformers = importlib.import_module("transformers")  # the test extra pins it: missing, the tests fail
 
 #: GPT-SoVITS's chinese-roberta-wwm-ext-large config.json (hfl's, as transformers 4.x saves it)
@@ -86,6 +84,16 @@ def _vocab(reference_dir: Path) -> list[str]:
     chars.update("abcdefghijklmnopqrstuvwxyz0123456789.,!?-…")
     chars -= set(" \t\n")
     return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(chars), *WORDPIECES]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline():
+    """transformers never reaches the network here: offline mode, and every load names a local folder
+    with ``local_files_only`` (the environment is restored after this module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture(scope="module")
