@@ -27,7 +27,7 @@ from gsv_ray.prepare.text.base import TextRejected
 
 __all__ = ["BertFolderError", "load_bert", "bert_features", "write_bert"]
 
-_FIX = "give --bert the chinese-roberta-wwm-ext-large folder from GPT-SoVITS's GPT_SoVITS/pretrained_models"
+_FIX = "give the chinese-roberta-wwm-ext-large folder from GPT-SoVITS's GPT_SoVITS/pretrained_models"
 
 
 class BertFolderError(GsvError):
