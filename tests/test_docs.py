@@ -74,6 +74,7 @@ def test_every_python_block_in_the_docs_is_a_doc_code_file():
     [
         "writing_files.py",
         "prepare_audio.py",
+        "prepare_bert.py",
         pytest.param("models.py", marks=pytest.mark.slow),  # full-size v2 G and GPT
         pytest.param("speaker_embeddings.py", marks=pytest.mark.slow),  # full-size ERes2NetV2
     ],

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +26,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from gsv_ray.errors import GsvError
+from gsv_ray.models.hf_folder import read_state_dict
 
 __all__ = ["HubertConfig", "Hubert", "hubert_frames"]
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _OLD_KEYS = {
     "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv_embed.conv.parametrizations.weight.original0",
     "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv_embed.conv.parametrizations.weight.original1",
@@ -251,26 +250,7 @@ class Hubert(nn.Module):
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The folder's tensors; a ``hubert.`` prefix (checkpoints of models built around HuBERT) is dropped."""
-    path = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
-    if path is None:
-        raise GsvError(
-            f"no HuBERT weights ({' or '.join(_WEIGHT_FILES)})",
-            path=folder,
-            fix="give the chinese-hubert-base folder from GPT-SoVITS's pretrained_models",
-        )
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: Any = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt or foreign file: name it, whatever the reader raised
-        raise GsvError(
-            f"cannot read HuBERT weights ({type(e).__name__}: {str(e)[:120]})",
-            path=path,
-            fix="re-download the model folder",
-        ) from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise GsvError("not a state_dict of tensors", path=path, fix="give a Hugging Face HuBERT folder")
+    sd = read_state_dict(
+        folder, what="HuBERT", fix="give the chinese-hubert-base folder from GPT-SoVITS's pretrained_models"
+    )
     return {k.removeprefix("hubert."): v for k, v in sd.items()}
