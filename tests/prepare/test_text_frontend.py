@@ -31,6 +31,7 @@ from gsv_ray.prepare.text.frontend import (
     utterance_name,
 )
 from gsv_ray.resources import symbols
+from tests.support.text_replay import ReplayLoader
 
 
 @pytest.fixture(scope="session")
@@ -43,44 +44,8 @@ def golden(text_dir) -> dict:
     return json.loads((text_dir / "text_frontend.json").read_text(encoding="utf-8"))
 
 
-class Replay:
-    """A language module that answers the golden sentences of one language and version as upstream's did."""
-
-    def __init__(self, golden: dict, language: str, version: str) -> None:
-        self.norm: dict[str, str] = {}
-        self.g2p_out: dict[str, tuple[list[str], list[int] | None]] = {}
-        self.rejected: set[str] = set()
-        for s in golden["languages"].get(language, {}).get(version, {"sentences": []})["sentences"]:
-            self._add(language, s["get_text_input"], s)
-            if "direct_clean_text_on_raw_text" in s:
-                self._add(language, s["text"], s["direct_clean_text_on_raw_text"])
-
-    def _add(self, language: str, text: str, s: dict) -> None:
-        if s["status"] != "ok":
-            self.rejected.add(text)
-            return
-        phones = list(s.get("module_g2p_before_unk_mapping") or s["phones"])
-        if language == "en" and len(phones) <= 4 and phones[:1] == [","]:
-            phones = phones[1:]  # the cleaner put it there
-        if language == "zh" and ("￥" in text or "^" in text):
-            phones = ["," if p in ("SP2", "SP3") else p for p in phones]  # clean_special's mapping undone
-        self.norm[text] = self.norm[text.replace("￥", ",").replace("^", ",")] = s["norm_text"]
-        self.g2p_out[s["norm_text"]] = (phones, s["word2ph"])
-
-    def normalize(self, text: str, version: str) -> str:
-        if text in self.rejected:
-            raise TextRejected(f"upstream raised on {text!r}")
-        return self.norm[text]
-
-    def g2p(self, norm_text: str, version: str):
-        return self.g2p_out[norm_text]
-
-
 def _loader(golden: dict, version: str):
-    modules = {lang: Replay(golden, lang, version) for lang in ("en", "ja", "ko", "yue", "zh")}
-    modules["en"].norm.setdefault(" ", " ")
-    modules["en"].g2p_out.setdefault(" ", ([], None))  # upstream's english g2p of " " (v1 ko/yue below)
-    return modules.__getitem__
+    return ReplayLoader(version, golden)
 
 
 def _sentences(golden: dict):
