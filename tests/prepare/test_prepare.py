@@ -214,9 +214,9 @@ def test_killed_midway_then_rerun_gives_every_file_once_and_identical(pretrained
     and ends with exactly the files, and bytes, of an uninterrupted run."""
     wavs = tmp_path / "wavs"
     wavs.mkdir()
-    names = [f"a{i:02d}.wav" for i in range(40)]
+    names = [f"a{i:02d}.flac" for i in range(12)]
     for n in names:
-        shutil.copy(goldens_dir / "prepare_inputs" / "arctic_a0007.wav", wavs / n)
+        shutil.copy(goldens_dir / "prepare_inputs" / "tones_32k.flac", wavs / n)
     (tmp_path / "data.list").write_text("".join(f"{n}|spk|en|Hello world.\n" for n in names), encoding="utf-8")
     args = [str(tmp_path / "data.list"), str(tmp_path / "killed"), str(pretrained), str(wavs)]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -224,13 +224,13 @@ def test_killed_midway_then_rerun_gives_every_file_once_and_identical(pretrained
     feats = tmp_path / "killed" / "4-cnhubert"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if feats.is_dir() and len(list(feats.glob("*.pt"))) >= 3:
+        if feats.is_dir() and len(list(feats.glob("*.pt"))) >= 2:
             break
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it was killed"
     done_before = len(list(feats.glob("*.pt")))
-    assert 3 <= done_before < len(names)
+    assert 2 <= done_before < len(names)
     assert not (tmp_path / "killed" / "2-name2text.txt").exists()
 
     rerun = prepare_experiment(*args[:2], version="v2", pretrained=pretrained, wav_dir=wavs, load=ReplayLoader("v2"))
