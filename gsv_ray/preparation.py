@@ -107,10 +107,12 @@ class PrepareResult:
     seconds: float
     tokens: int = 0
     files: dict[str, str] = field(default_factory=dict)
+    notes: list[dict[str, Any]] = field(default_factory=list)  # kept utterances worth a look (same fields)
 
     def report_lines(self) -> list[str]:
         """The report: one line per problem, then the summary."""
         lines = [f"skipped: {p['reason']}: {p['message']}" for p in self.problems]
+        lines += [f"note: {p['reason']}: {p['message']}" for p in self.notes]
         lines.append(
             f"prepared {self.kept} of {self.listed} utterances ({self.resumed} already done, "
             f"{len(self.problems)} skipped; {self.mode}, {self.seconds:.1f} s) in {self.output}"
@@ -126,6 +128,7 @@ class PrepareResult:
             "resumed": self.resumed,
             "skipped": len(self.problems),
             "problems": self.problems,
+            "notes": self.notes,
             "mode": self.mode,
             "seconds": round(self.seconds, 3),
             "tokens": self.tokens,
@@ -306,6 +309,13 @@ def _finish(rows, problems, listed, out, version, models, list_path, workers, ad
     result = PrepareResult(out, version, listed, len(kept), 0, found, "", 0.0)
     if not kept:
         raise EmptyExperiment(result)
+    result.notes = [
+        dict(
+            lineno=r["lineno"], name=r["name"], reason=r["note"].split("\t", 1)[0], message=r["note"].split("\t", 1)[1]
+        )
+        for r in kept
+        if r["note"]
+    ]
     data = render_name2text([r["line"] for r in sorted(kept, key=lambda r: r["lineno"])])
     atomic_write(out / NAME2TEXT, lambda f: f.write(data), overwrite=True, protect=[list_path])
     from gsv_ray.semantic import extract_semantic

@@ -2,7 +2,8 @@
 
 A row is a dict (the same keys in every row, so Ray Data keeps one schema): ``name``, ``wav`` (the
 file), ``lineno``, ``language``, ``text``; the stages fill ``line`` (the ``2-name2text.txt`` line),
-``problem`` (``"<reason>\\t<one line>"``, empty while the utterance is fine), ``wav32k``/``wav16k``
+``problem`` (``"<reason>\\t<one line>"``, empty while the utterance is fine), ``note`` (the same
+form: kept, but worth a look), ``wav32k``/``wav16k``
 (bytes, between the decode task and the HuBERT actor). A row with a problem passes the later stages
 untouched.
 
@@ -111,6 +112,7 @@ def new_row(lineno: int, name: str, wav: str, language: str, text: str) -> dict[
         "text": text,
         "line": "",
         "problem": "",
+        "note": "",
         "wav32k": b"",
         "wav16k": b"",
     }
@@ -155,7 +157,13 @@ def decode_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
         clip = prepare_clip(row["wav"])
     except ClipProblem as e:
         return _failed(row, e.reason, f"line {row['lineno']} ({row['name']}): {e}")
-    return {**row, "wav32k": clip.wav32k.tobytes(), "wav16k": clip.wav16k.tobytes()}
+    note = ""
+    if clip.out_of_range:
+        note = (
+            f"int16_overflow\tline {row['lineno']} ({row['name']}): {clip.out_of_range} samples beyond 16-bit range "
+            "after the loudness mix, wrapped as upstream writes them (clicks): re-export it at a peak of 1.0 or below"
+        )
+    return {**row, "note": note, "wav32k": clip.wav32k.tobytes(), "wav16k": clip.wav16k.tobytes()}
 
 
 def _rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:

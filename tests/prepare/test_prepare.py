@@ -162,11 +162,13 @@ def test_report_names_each_planted_problem(prepared):
     want = [(7, "too_loud"), (8, "silent")] + [(9 + i, reason) for i, (_, reason) in enumerate(PLANTED)]
     assert got == want
     lines = result.report_lines()
-    assert len(lines) == len(want) + 1 and all("\n" not in x for x in lines)
+    assert len(lines) == len(want) + 2 and all("\n" not in x for x in lines)  # + the note, the summary
     for needle in ("peak3_f32.wav", "silence_0p5s.wav", "notaudio.wav", "missing.wav", "'fr'", "4", "also line 1",
                    "BERT", "yue", "control character", "tiny.wav"):  # fmt: skip
         assert any(needle in x for x in lines[:-1]), needle
     assert json.loads(json.dumps(result.to_json()))["skipped"] == len(want)
+    (note,) = result.notes  # kept, as upstream, and named
+    assert note["name"] == "hot1p5_f32.wav" and note["reason"] == "int16_overflow" and "44 samples" in note["message"]
 
 
 @pytest.mark.slow  # the full-size ERes2NetV2 (53 M parameters) regenerated and run on CPU
