@@ -244,6 +244,22 @@ def test_killed_midway_then_rerun_gives_every_file_once_and_identical(pretrained
     assert _files(tmp_path / "killed") == _files(tmp_path / "clean")  # every file once, no temp left
 
 
+def test_cli_with_the_english_front_end_writes_upstreams_lines(golden_text, pretrained, wav_dir, tmp_path, gsv_cache):
+    """The real CLI in a subprocess with the real en front-end (gsv_ray.prepare.text.en): the kept clips'
+    2-name2text.txt lines are upstream's for those sentences (text goldens: POS stand-in NN, as en's)."""
+    (tmp_path / "data.list").write_text(_list(golden_text, planted=()), encoding="utf-8")
+    out = tmp_path / "exp"
+    r = run_cli(
+        "prepare", "--list", str(tmp_path / "data.list"), "-o", str(out), "--version", "v2",
+        "--pretrained", str(pretrained), "--wav-dir", str(wav_dir), env={**ENV, "GSV_RAY_CACHE": str(gsv_cache)},
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    en = golden_text["languages"]["en"]["v2"]["sentences"]
+    want = [en[i]["name2text_line"].replace(en[i]["name"], c, 1) for i, c in enumerate(KEPT)]
+    assert (out / "2-name2text.txt").read_text(encoding="utf-8") == "\n".join(want) + "\n"
+    assert r.stdout.strip().splitlines()[-1].startswith("prepared 6 of 8 utterances")
+
+
 def test_cli_all_lines_bad_is_exit_2_with_the_report(pretrained, wav_dir, tmp_path):
     """The real CLI in a subprocess: nothing preparable -> the report on stdout, one error line, exit 2,
     no 2-name2text.txt that would break training later."""
