@@ -236,6 +236,7 @@ def _run_stages(
 
     started = connect(address, num_cpus=workers * cfg.threads, logging_level=logging.ERROR, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are not the user's report
     gpus = float(ray.cluster_resources().get("GPU", 0))
     num_gpus = min(1.0, gpus / workers) if gpus > 0 else 0.0
     out = run_on_ray(rows, cfg, batch, workers, num_gpus)

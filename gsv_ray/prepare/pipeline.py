@@ -129,8 +129,9 @@ def _failed(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
 
 
 def text_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
-    """``clean_text`` of the row's text (after upstream's pre-replacement) -> its ``2-name2text.txt`` line."""
-    if row["problem"]:
+    """``clean_text`` of the row's text (after upstream's pre-replacement) -> its ``2-name2text.txt`` line
+    (a row that has its line already passes)."""
+    if row["problem"] or row["line"]:
         return row
     where = f"line {row['lineno']} ({row['name']})"
     if row["language"] == "zh":
@@ -284,7 +285,7 @@ def run_on_ray(
     actors = {
         "fn_constructor_kwargs": {"cfg": cfg},
         "batch_size": batch_size,
-        "concurrency": workers,
+        "compute": ray.data.ActorPoolStrategy(size=workers),  # a fixed pool (``concurrency`` is deprecated)
         "num_cpus": cfg.threads,
         "num_gpus": num_gpus,
         "batch_format": "numpy",

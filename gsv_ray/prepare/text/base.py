@@ -6,7 +6,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Protocol
 
-
 #: upstream's ``text.symbols.punctuation``: the only punctuation phones of the symbol tables (the tables
 #: themselves are ``gsv_ray.resources.symbols``).
 PUNCTUATION = ("!", "?", "…", ",", ".", "-")
