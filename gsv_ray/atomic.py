@@ -35,6 +35,7 @@ __all__ = [
     "make_sparse",
     "remove_dir",
     "rust_os_error",
+    "sweep_temp_files",
     "write_json",
 ]
 
@@ -132,6 +133,37 @@ def atomic_write(
             raise named from e
         raise
     return path
+
+
+#: the temp name :func:`atomic_write` and :func:`copy_sparse` use: ``.<name>.<pid>.<12 hex>.tmp``
+_TEMP_FILE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def sweep_temp_files(folder: str | Path) -> int:
+    """Remove the temp files a killed :func:`atomic_write` left in ``folder`` (their writer's process no
+    longer runs on this host); the number removed. Files of live writers are left alone."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        m = _TEMP_FILE.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False) and not _pid_alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def write_json(path: str | Path, obj: Any, *, indent: int | None = None) -> Path:

@@ -116,6 +116,29 @@ def _cmd_semantic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from gsv_ray.options import flag_values, split_mapping
+    from gsv_ray.owned import private_temp_dir
+    from gsv_ray.preparation import EmptyExperiment, PrepareOptions, result_json
+    from gsv_ray.train.config import read_options_file
+
+    (values,) = (
+        split_mapping(read_options_file(args.config), PrepareOptions, path=args.config) if args.config else ({},)
+    )
+    values.update(flag_values(args, PrepareOptions))
+    missing = [f for k, f in PREPARE_REQUIRED.items() if not values.get(k)]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)}", fix="give it as a flag or in --config")
+    try:
+        with private_temp_dir():  # --workers N: our local Ray's session folder
+            r = PrepareOptions(**values).run()
+    except EmptyExperiment as e:
+        print(result_json(e.result) if args.json else "\n".join(e.result.report_lines()[:-1]))
+        raise
+    print(result_json(r) if args.json else "\n".join(r.report_lines()))
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -330,6 +353,19 @@ def _semantic_flags(p: argparse.ArgumentParser) -> None:
     add_flags(p, SemanticOptions)
 
 
+#: prepare's required options (YAML key -> flag); checked after --config is merged
+PREPARE_REQUIRED = {"list_file": "--list", "output": "-o", "version": "--version", "pretrained": "--pretrained"}
+
+
+def _prepare_flags(p: argparse.ArgumentParser) -> None:
+    from gsv_ray.options import add_flags
+    from gsv_ray.preparation import PrepareOptions
+
+    p.add_argument("--config", metavar="YAML", help="options file: the options below by name (flags win)")
+    add_flags(p, PrepareOptions)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
 def _verify_flags(p: argparse.ArgumentParser) -> None:
     from gsv_ray.options import add_flags
     from gsv_ray.train.config import TrainConfig
@@ -422,6 +458,15 @@ COMMANDS: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None], C
         "model's ssl_proj + quantizer, write logs/<exp>/6-name2semantic.tsv in upstream's format.",
         _semantic_flags,
         _cmd_semantic,
+    ),
+    "prepare": (
+        "a .list and its recordings -> a GPT-SoVITS experiment folder (upstream's steps 1A-1C)",
+        "Make logs/<exp> from a .list (wav|speaker|language|text) as GPT-SoVITS's webui does: 2-name2text.txt, "
+        "5-wav32k/, 4-cnhubert/, 7-sv_cn/ (v2Pro/v2ProPlus), 6-name2semantic.tsv, with the models of your "
+        "pretrained_models folder. Lines that cannot be prepared are named in the report; a rerun resumes. "
+        "--workers N runs it on Ray Data.",
+        _prepare_flags,
+        _cmd_prepare,
     ),
     "verify": (
         "trial-run the rebuilt weights on your data next to the base alone (pass/fail)",

@@ -6,6 +6,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Protocol
 
+#: upstream's ``text.symbols.punctuation``: the only punctuation phones of the symbol tables (the tables
+#: themselves are ``gsv_ray.resources.symbols``).
+PUNCTUATION = ("!", "?", "…", ",", ".", "-")
+
 
 class TextRejected(ValueError):
     """A line the front-end cannot turn into phones; upstream drops such a line from ``2-name2text.txt``.

@@ -114,13 +114,11 @@ def _homographs() -> dict[str, tuple[list[str], list[str], str]]:
 
 @lru_cache(maxsize=1)
 def _symbols_v2() -> frozenset[str]:
-    """The v2 symbol set (a superset of v1; upstream drops any English phone outside it), built from
-    symbols2.py's lists as upstream builds it: pad, c, v, ja, pu_symbols, arpa, ``[``/``]``, ko, yue."""
-    sources = json.loads(table_path("common", "tables_symbols.json").read_text(encoding="utf-8"))["sources"]
-    v2 = next(s for s in sources if s["upstream_file"].endswith("symbols2.py"))
-    parts = {t["name"]: t["value"] for t in v2["tables"] if t["scope"] == "module"}
-    names = ("c", "v", "ja_symbols", "pu_symbols", "arpa", "ko_symbols", "yue_symbols")
-    return frozenset([parts["pad"], "[", "]", *(sym for name in names for sym in parts[name])])
+    """The v2 symbol set (a superset of v1; upstream drops any English phone outside it): the one
+    packaged table, ``gsv_ray.resources.symbols("v2")``."""
+    from gsv_ray.resources import symbols
+
+    return frozenset(symbols("v2"))
 
 
 @lru_cache(maxsize=1)

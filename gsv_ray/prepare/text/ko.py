@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gsv_ray.prepare.text.base import table_path
+from gsv_ray.resources import symbols
 
 _PAUSE = "停"
 _FINAL_JAMO = re.compile(r"([\u3131-\u3163])$")
@@ -42,14 +43,8 @@ def _tables() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def _v2_symbols() -> frozenset[str]:
-    """The v2 phone table as a set (upstream ``symbols2.py``: its lists plus ``[``/``]``)."""
-    data = json.loads(table_path("common", "tables_symbols.json").read_text(encoding="utf-8"))
-    src = next(s for s in data["sources"] if s["upstream_file"].endswith("symbols2.py"))
-    out = {"[", "]"}
-    for t in src["tables"]:
-        if t["name"] != "v_without_tone":  # not part of the table
-            out.update(t["value"])  # a str (pad, ko_symbols) adds its characters
-    return frozenset(out)
+    """The v2 phone table as a set."""
+    return frozenset(symbols("v2"))
 
 
 def normalize(text: str, version: str) -> str:

@@ -17,7 +17,6 @@ cache written under gsv-ray's cache (``<cache>/text/jieba_fast-<version>/``), ne
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from functools import lru_cache
@@ -28,7 +27,7 @@ from typing import Any
 from gsv_ray.prepare.text._zh_normalize import normalize_sentences
 from gsv_ray.prepare.text._zh_sandhi import modify_tones, pre_merge
 from gsv_ray.prepare.text._zh_tables import membership, pinyin_to_phones, replace_pairs, typed_tables
-from gsv_ray.prepare.text.base import TextRejected, table_path
+from gsv_ray.prepare.text.base import PUNCTUATION, TextRejected
 
 __all__ = ["G2PW_FOLDER", "normalize", "g2p"]
 
@@ -38,12 +37,9 @@ _CHINESE = "tables_chinese.json"
 _LATIN = re.compile(r"[a-zA-Z]+")
 
 
-@lru_cache(maxsize=None)
 def _marks() -> str:
     """The six marks of the symbol tables (``! ? … , . -``)."""
-    doc = json.loads(table_path("common", "tables_symbols.json").read_text(encoding="utf-8"))
-    values = {t["name"]: t["value"] for s in doc["sources"] for t in s["tables"]}
-    return "".join(values["punctuation"])
+    return "".join(PUNCTUATION)
 
 
 def _erhua_mode(version: str, g2pw_dir: str | Path | None, no_g2pw: bool) -> bool:
