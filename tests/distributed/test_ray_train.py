@@ -119,7 +119,7 @@ def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, 
 
 def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synth, tmp_path):
     from gsv_ray.track import read_metrics
-    from tests.support import wandb_reader as wr
+    from gsv_ray.track import wandb_file as wr
 
     cfg = _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, wandb_mode="offline")
     train_on_ray(cfg, RayOptions(workers=2), say=lambda s: None)
