@@ -151,6 +151,7 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
         assert summary["_runtime"] >= 1.0, summary  # the run really ran (a replay took 0-1 s)
     (summary,) = [recs for recs in runs.values() if wr.run_info(recs).job_type == "tune-summary"]
     assert any(h.get("tune/results", {}).get("_type") == "table-file" for h in wr.history_rows(summary))
+    assert wr.overlapping_writers(out / "wandb") == []  # one writer at a time for every run
 
     (best,) = list((out / "best").rglob("*.pth"))  # --no-refit: the winning trial's own export, at the top
     assert best.parent.parent == out / "best" and not (out / "refit").exists()
