@@ -63,9 +63,9 @@ def _damaged(src: Path, dest: Path, edit) -> Path:
 
 
 def test_cut_short_and_zero_filled_tail_give_the_intact_prefix(run_file, tmp_path):
-    """A writer killed mid-chunk leaves the file cut there; a crash can also leave the rest of the
-    block zero-filled (the file was extended but never written). Both read as the records before
-    the cut, nothing invented, no exit record: the file is not complete."""
+    """A writer killed mid-chunk leaves the file cut there; a crash can also leave a zero-filled
+    tail (the file was extended but never written), from inside a chunk or from a chunk's start.
+    Each reads as the records before the damage, nothing invented, no exit record: not complete."""
     whole = wr.read_records(run_file)
     cut = 2 * BLOCK + 5000  # inside block 2, inside some chunk
 
@@ -73,9 +73,12 @@ def test_cut_short_and_zero_filled_tail_give_the_intact_prefix(run_file, tmp_pat
         del d[cut:]
 
     def zero_tail(d: bytearray) -> None:
-        d[cut:] = bytes(3 * BLOCK - cut)  # zeros to the end of block 2, as a crash leaves them
+        d[cut:] = bytes(3 * BLOCK - cut)  # zeros to the end of block 2
 
-    for edit in (truncate, zero_tail):
+    def zero_blocks(d: bytearray) -> None:
+        d[2 * BLOCK :] = bytes(2 * BLOCK)  # zero chunk headers from block 2's first chunk on
+
+    for edit in (truncate, zero_tail, zero_blocks):
         f = _damaged(run_file, tmp_path / f"{edit.__name__}.wandb", edit)
         got = wr.read_records(f)
         assert 0 < len(got) < len(whole) and _raw(got) == _raw(whole)[: len(got)], edit.__name__
@@ -84,15 +87,16 @@ def test_cut_short_and_zero_filled_tail_give_the_intact_prefix(run_file, tmp_pat
     assert _raw(wr.read_records(tmp_path / "truncate.wandb")) == _raw(wr.read_records(tmp_path / "zero_tail.wandb"))
 
 
-def test_zero_filled_block_inside_the_file_skips_to_the_next_block(run_file, tmp_path):
+@pytest.mark.parametrize("start", [2 * BLOCK, 2 * BLOCK + 5000], ids=["from-a-chunk-header", "inside-a-chunk"])
+def test_zero_filled_block_inside_the_file_skips_to_the_next_block(run_file, tmp_path, start):
     """Zeros inside the file (a crashed writer's unwritten pages, later pages on disk): like
     LevelDB's reader, the rest of that block is skipped, the record it cut is dropped, and reading
-    resumes at the next block, so the end of the file (its exit record) is still found."""
+    resumes at the next block, so the end of the file (its exit record) is still found. (The old
+    package reader stopped at the first zero chunk header: a complete file read as unfinished.)"""
     whole = wr.read_records(run_file)
-    cut = 2 * BLOCK + 5000
 
     def zero_gap(d: bytearray) -> None:
-        d[cut : 3 * BLOCK] = bytes(3 * BLOCK - cut)
+        d[start : 3 * BLOCK] = bytes(3 * BLOCK - start)
 
     f = _damaged(run_file, tmp_path / "gap.wandb", zero_gap)
     got = wr.read_records(f)
