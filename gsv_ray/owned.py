@@ -125,6 +125,31 @@ class RunOwner:
         self.release()
 
 
+class WriterLock:
+    """One live writer at a time on this node: the lock of :class:`RunOwner` (a per-process record
+    lock on ``lock``, the holder's PID inside), taken as soon as no live process holds it. The
+    kernel drops it when its holder dies, however it dies, so a waiter gets it exactly when the
+    previous writer is gone. Raises :class:`RunBusy` (``directory``: the lock file) when it is
+    still held after ``wait_s``. (Waiting is a 50 ms retry: it happens only while a process that
+    should be gone still runs.)"""
+
+    def __init__(self, lock: str | os.PathLike[str], *, wait_s: float = 60.0):
+        self.lock = Path(lock)
+        deadline = time.monotonic() + wait_s
+        while (fd := _lock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB, per_process=True)) is None:
+            if time.monotonic() >= deadline:
+                raise RunBusy(self.lock, _pid_in(self.lock))
+            time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def _pid_in(lock: Path) -> int | None:
     try:
         text = lock.read_text().strip()

@@ -7,20 +7,36 @@ worker side (``distributed``) because the workers read it; ``tune`` only writes 
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 
 class StopBoard:
-    """The scheduler's decision for each (trial, step) it saw, for the trials to read."""
+    """The scheduler's decision for each (trial, step) it saw, for the trials to read. An async
+    actor: :meth:`wait` returns as soon as :meth:`decide` posts the decision it waits for."""
 
     def __init__(self) -> None:
         self._decisions: dict[tuple[str, int], bool] = {}
+        self._posted: dict[tuple[str, int], asyncio.Event] = {}
 
-    def decide(self, trial_id: str, step: int, stop: bool) -> None:
-        self._decisions[(trial_id, int(step))] = bool(stop)
+    def _event(self, key: tuple[str, int]) -> asyncio.Event:
+        return self._posted.setdefault(key, asyncio.Event())
 
-    def decision(self, trial_id: str, step: int) -> bool | None:
+    async def decide(self, trial_id: str, step: int, stop: bool) -> None:
+        key = (trial_id, int(step))
+        self._decisions[key] = bool(stop)
+        self._event(key).set()
+
+    async def decision(self, trial_id: str, step: int) -> bool | None:
         return self._decisions.get((trial_id, int(step)))
+
+    async def wait(self, trial_id: str, step: int, timeout_s: float) -> bool:
+        """The decision for ``(trial_id, step)`` once posted; False when none came in ``timeout_s``."""
+        key = (trial_id, int(step))
+        try:
+            await asyncio.wait_for(self._event(key).wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return self._decisions[key]
 
 
 def board_name(tune_name: str) -> str:
@@ -42,15 +58,8 @@ def start_board(tune_name: str):
 
 
 def wait_for_decision(name: str, trial_id: str, step: int, *, timeout_s: float = 60.0) -> bool:
-    """Whether the scheduler stopped ``trial_id`` at ``step`` (waits until Tune has passed it the
-    result of that report; False after ``timeout_s``: the trial goes on)."""
+    """Whether the scheduler stopped ``trial_id`` at ``step``: one call that returns when Tune has
+    passed the scheduler the result of that report (False after ``timeout_s``: the trial goes on)."""
     import ray
 
-    board = ray.get_actor(name)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        d = ray.get(board.decision.remote(trial_id, step))
-        if d is not None:
-            return d
-        time.sleep(0.05)
-    return False
+    return bool(ray.get(ray.get_actor(name).wait.remote(trial_id, step, timeout_s)))

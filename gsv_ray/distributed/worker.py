@@ -25,6 +25,8 @@ from gsv_ray.errors import GsvError
 
 #: in the node scratch of a run: the run folder the loop writes (its ``-o``) and restored checkpoints
 SCRATCH_RUN, SCRATCH_RESTORE = "run", "restore"
+#: in the node scratch of a run: held by the rank 0 that writes the run's W&B records
+WANDB_WRITER_LOCK = ".wandb-writer.lock"
 
 
 def forbid_opening(paths: list[str]) -> None:
@@ -154,8 +156,9 @@ def _worker_config(job: WorkerJob, run_dir: Path):
     return cfg
 
 
-def _tracking(job: WorkerJob, cfg, rank: int):
-    """Rank 0's W&B run (None on the other ranks)."""
+def _tracking(job: WorkerJob, cfg, rank: int, scratch_dir: Path):
+    """Rank 0's W&B run (None on the other ranks); it writes only once no earlier rank 0 of this
+    run on this node still lives (the lock in ``scratch_dir``, the run's node scratch)."""
     from gsv_ray.train.tracking import Tracking
 
     if rank != 0:
@@ -172,6 +175,7 @@ def _tracking(job: WorkerJob, cfg, rank: int):
         replay_on_resume=True,
         stage_artifacts=True,
         final_dir=_final_dir(job),
+        writer_lock=scratch_dir / WANDB_WRITER_LOCK,
     )
 
 
@@ -204,7 +208,7 @@ def run_worker(job: WorkerJob, session) -> None:
     checkpoints = RayCheckpoints(
         run_dir, Path(cfg.output_dir), session=session, stop_board=job.stop_board, trial_id=job.relay_run
     )
-    tracking = _tracking(job, cfg, rank)
+    tracking = _tracking(job, cfg, rank, run_dir)
     try:
         result = train(
             cfg,
@@ -391,29 +395,29 @@ def _restore(job: WorkerJob, session, run_dir: Path, *, say) -> Path | None:
         return None
     local = fetch(choice["name"], str(rank))
     if rank == 0:  # the run's outputs as they were at that checkpoint
-        snap, run = local / OUTPUTS, run_dir / SCRATCH_RUN
-        run.mkdir(parents=True, exist_ok=True)
-        if (snap / "metrics.jsonl").is_file():
-            shutil.copy2(snap / "metrics.jsonl", run / "metrics.jsonl")
-        for name in ("wandb_run_id", "run_config.json"):
-            if (snap / name).is_file():
-                shutil.copy2(snap / name, run / name)
-        if (snap / "samples").is_dir():
-            shutil.copytree(snap / "samples", run / "samples", dirs_exist_ok=True)
+        _copy_restart_outputs(local / OUTPUTS, run_dir / SCRATCH_RUN)
     return local
 
 
+#: what a run wrote so far that a restart needs (small), in every checkpoint's ``outputs``: the
+#: source of truth of its W&B run (docs/design/architecture.md, "W&B: one writer per run") --
+#: metrics.jsonl, the run config and W&B run id, the audio of each validation. Not the live W&B
+#: folder: an offline run has no records on disk before finish(); a restarted worker gives its
+#: resumed W&B run this history again (``Tracking(replay_on_resume=True)``).
+RESTART_OUTPUTS = ("metrics.jsonl", "wandb_run_id", "run_config.json", "samples")
+
+
+def _copy_restart_outputs(src: Path, dest: Path) -> None:
+    """Copy :data:`RESTART_OUTPUTS` from one run folder to another (those ``src`` has)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RESTART_OUTPUTS:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dest / name, dirs_exist_ok=True)
+        elif (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+
+
 def _snapshot_outputs(run_dir: Path, dest: Path) -> None:
-    """What the run wrote so far that a restart needs (small): metrics.jsonl, the run config and
-    W&B run id, the audio samples."""
+    """A checkpoint's ``outputs``: :data:`RESTART_OUTPUTS` as the run has them now."""
     shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    if (run_dir / "metrics.jsonl").is_file():
-        shutil.copy2(run_dir / "metrics.jsonl", dest / "metrics.jsonl")
-    for name in ("wandb_run_id", "run_config.json"):
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, dest / name)
-    if (run_dir / "samples").is_dir():  # audio of each validation (small)
-        shutil.copytree(run_dir / "samples", dest / "samples", dirs_exist_ok=True)
-    # not the live W&B folder: an offline run has no records on disk before finish(); a restarted
-    # worker gives its resumed W&B run this history again (Tracking(replay_on_resume=True))
+    _copy_restart_outputs(run_dir, dest)

@@ -32,6 +32,7 @@ class Tracking:
         replay_on_resume: bool = False,
         stage_artifacts: bool = False,
         final_dir: str | Path | None = None,
+        writer_lock: str | Path | None = None,
     ):
         self.run_dir = Path(run_dir)
         self.config_overrides = dict(config_overrides or {})  # e.g. a Ray worker's real -o, not its scratch
@@ -46,6 +47,11 @@ class Tracking:
         # None with ``stage_artifacts``: W&B keeps a copy in its staging folder (another node)
         self.stage_artifacts = stage_artifacts
         self.final_dir = Path(final_dir) if final_dir is not None else None
+        # a node-local lock file every writer of this run on this node takes before it opens the
+        # W&B run and holds until it finishes it: a Ray worker restarted on the node where the
+        # old one still runs waits for it to be gone (docs/design/architecture.md, one writer per run)
+        self.writer_lock = Path(writer_lock) if writer_lock is not None else None
+        self._writer: Any = None
         self.metrics: MetricsWriter | None = None
         self.tracker = Tracker()
 
@@ -69,6 +75,7 @@ class Tracking:
         id_file = self.run_dir / "wandb_run_id"
         resumed = resume_step > 0 and id_file.is_file()
         run_id = self.run_id or (id_file.read_text().strip() if resumed else secrets.token_hex(4))
+        self._hold_writer_lock(run_id)
         self.tracker.start(
             config,
             project=self.project,
@@ -90,6 +97,20 @@ class Tracking:
                 _replay_history(self.tracker, self.run_dir, upto=resume_step)
             else:
                 self.tracker.update_config(_rebuild_counts(rebuilt))
+
+    def _hold_writer_lock(self, run_id: str) -> None:
+        if self.writer_lock is None:
+            return
+        from gsv_ray.errors import InfraError
+        from gsv_ray.owned import RunBusy, WriterLock
+
+        try:
+            self._writer = WriterLock(self.writer_lock)
+        except RunBusy as e:
+            raise InfraError(
+                f"W&B run {run_id}: another process (PID {e.pid}) still writes it on this node; "
+                "end that process (a worker of an earlier attempt of this run)"
+            ) from e
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """``train/...`` and ``val/...`` keys: one metrics.jsonl row per split, one W&B row."""
@@ -135,6 +156,9 @@ class Tracking:
         self.tracker.finish(exit_code)
         if self.metrics is not None:
             self.metrics.close()
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
 
     def __enter__(self) -> Tracking:
         return self

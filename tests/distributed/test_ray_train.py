@@ -119,7 +119,7 @@ def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, 
 
 def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synth, tmp_path):
     from gsv_ray.track import read_metrics
-    from tests.support import wandb_reader as wr
+    from gsv_ray.track import wandb_file as wr
 
     cfg = _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, wandb_mode="offline")
     train_on_ray(cfg, RayOptions(workers=2), say=lambda s: None)
@@ -157,8 +157,8 @@ def test_worker_failure_restores_and_matches_uninterrupted(
     # max_failures 2, not 1: on a loaded machine Ray 2.60's PlacementGroupCleaner may take the live
     # controller for dead (a State API miss) and remove the restarted group's placement group (seen
     # here; ray-project/ray#65447 review): one more restart from the same checkpoint, same weights
-    failed = train_on_ray(
-        _cfg("gpt", fixtures_dir, synth, tmp_path / "failed", batch_size=2, max_steps=6),
+    failed = train_on_ray(  # tracked: the restarted rank 0 resumes the W&B run the failed one wrote
+        _cfg("gpt", fixtures_dir, synth, tmp_path / "failed", batch_size=2, max_steps=6, wandb_mode="offline"),
         RayOptions(workers=2, max_failures=2),
         say=lambda s: None,
     )
@@ -167,6 +167,14 @@ def test_worker_failure_restores_and_matches_uninterrupted(
     a, b = _final_state(clean.last_checkpoint), _final_state(failed.last_checkpoint)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    from gsv_ray.track import wandb_file as wr
+
+    # one W&B folder in -o (the failed writer's never left its node scratch), every step logged once,
+    # and no two writers of the run at one time
+    (run_file,) = wr.find_run_files(tmp_path / "failed" / "wandb")
+    steps = [h["_step"] for h in wr.history_rows(wr.read_records(run_file)) if "train/loss" in h]
+    assert steps == list(range(1, 7)) and wr.last_record_type(run_file) == "exit"
+    assert wr.overlapping_writers(tmp_path / "failed" / "wandb") == []
 
 
 def _ray_train_workers(session: int) -> list[int]:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from gsv_ray.track import Tracker, rebuild_config, rebuild_table_rows, resolve_mode, wandb_file
+from gsv_ray.track import Tracker, rebuild_config, rebuild_table_rows, resolve_mode
+from gsv_ray.track import wandb_file as wr
 from gsv_ray.track.wandb_run import has_api_key, jsonable, to_pcm16
-from tests.support import wandb_reader as wr
 
 
 def _config(tmp_path: Path) -> dict:
@@ -101,10 +101,10 @@ def test_run_info_and_folder(full_run):
     assert full_run["wandb_dir"].parent == full_run["dir"] / "wandb"
     assert full_run["wandb_dir"].name.startswith("offline-run-") and full_run["wandb_dir"].name.endswith("-trial00001")
     info = wr.run_info(full_run["records"])
-    assert info["id"] == "trial00001" and info["group"] == "tune-abc"
-    assert info["job_type"] == "trial" and info["name"] == "trial_00001" and info["project"] == "gsv-test"
+    assert info.id == "trial00001" and info.group == "tune-abc"
+    assert info.job_type == "trial" and info.name == "trial_00001" and info.project == "gsv-test"
     assert "exit" in wr.grouped(full_run["records"])  # finish() waited for the file to be flushed
-    assert wandb_file.last_record_type(full_run["run_file"]) == "exit"
+    assert wr.last_record_type(full_run["run_file"]) == "exit"
 
 
 def test_config_has_values_and_rebuild_counts(full_run, tmp_path):
@@ -261,7 +261,7 @@ def test_resume_same_id_offline(tmp_path):
     first, second = (wr.read_records(f) for f in files)
     for recs in (first, second):
         info = wr.run_info(recs)
-        assert (info["id"], info["group"], info["name"]) == ("resumeme", "g", "t1")
+        assert (info.id, info.group, info.name) == ("resumeme", "g", "t1")
         assert wr.grouped(recs)["run"][0].resume  # resume was requested; "resumed" is a server answer
     assert [r["_step"] for r in wr.history_rows(first)] == [0, 1, 2, 3]
     assert [r["_step"] for r in wr.history_rows(second)] == [4, 5, 6]
@@ -299,7 +299,7 @@ def test_online_without_key_falls_back_offline(tmp_path, capsys):
         t.log(0, {"loss": 1.0})
     finally:
         t.finish()
-    assert wr.run_info(wr.read_records(wr.find_run_file(tmp_path / "wandb")))["id"] == "fallback1"
+    assert wr.run_info(wr.read_records(wr.find_run_file(tmp_path / "wandb"))).id == "fallback1"
 
 
 def test_online_start_failure_falls_back_offline(tmp_path, monkeypatch, capsys):
@@ -313,7 +313,7 @@ def test_online_start_failure_falls_back_offline(tmp_path, monkeypatch, capsys):
         t.finish()
     (offline,) = [f for f in wr.find_run_files(tmp_path / "wandb") if f.parent.name.startswith("offline-run-")]
     recs = wr.read_records(offline)
-    assert wr.run_info(recs)["id"] == "unreach1" and "exit" in wr.grouped(recs)
+    assert wr.run_info(recs).id == "unreach1" and "exit" in wr.grouped(recs)
 
 
 def test_wandb_dir_env_wins(tmp_path, monkeypatch):
@@ -372,4 +372,4 @@ def test_reader_handles_records_across_blocks(tmp_path):
     recs = wr.read_records(f)
     assert wr.run_config(recs)["blob"] == blob
     assert [r["_step"] for r in wr.history_rows(recs)] == list(range(400))
-    assert wandb_file.last_record_type(f) == "exit"
+    assert wr.last_record_type(f) == "exit"

@@ -203,7 +203,7 @@ def test_validation_audio_through_the_v4_vocoder(v4_inputs, tmp_path):
     """With --vocoder (upstream's v4 vocoder file: a plain state dict), validation samples are 48 kHz
     audio in W&B; without it, mel images (the other tests)."""
     from gsv_ray.models.sovits.vocoder import V4Vocoder
-    from tests.support import wandb_reader as wr
+    from gsv_ray.track import wandb_file as wr
 
     torch.manual_seed(0)
     voc = tmp_path / "vocoder.pth"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from gsv_ray.io import read
 from gsv_ray.track import read_metrics
-from tests.support import wandb_reader as wr
+from gsv_ray.track import wandb_file as wr
 from tests.support.cli import run_cli_in_process
 
 

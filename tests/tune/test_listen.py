@@ -21,6 +21,7 @@ import torch
 
 from gsv_ray.audio import wav_info
 from gsv_ray.errors import GsvError
+from gsv_ray.track import wandb_file as wr
 from gsv_ray.tune.listen import (
     Clip,
     ListeningRow,
@@ -29,7 +30,6 @@ from gsv_ray.tune.listen import (
     wandb_listening_table,
     write_listening_page,
 )
-from tests.support import wandb_reader as wr
 from tests.track.conftest import wandb_env  # noqa: F401  (the hermetic W&B fixture, used by name)
 
 ARCTIC = ("goldens", "prepare_inputs", "arctic_a0007.wav")  # CMU ARCTIC, 16 kHz, 64000 frames (4 s)

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from gsv_ray.track import wandb_file as wr
 from gsv_ray.tune.results import (
     BEST_MARK,
     TABLE_COLUMNS,
@@ -20,7 +21,6 @@ from gsv_ray.tune.results import (
     results_table,
     write_results,
 )
-from tests.support import wandb_reader as wr
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -265,8 +265,8 @@ def test_log_summary_run_offline(tmp_path):
     assert tracker.run_file is not None and tracker.run_file == wr.find_run_file(run_dir / "wandb")
 
     info = wr.run_info(recs)
-    assert info["job_type"] == "tune-summary" and info["group"] == "tune-voiceA" and info["project"] == "gsv-test"
-    assert info["name"] == "tune-voiceA-summary"
+    assert info.job_type == "tune-summary" and info.group == "tune-voiceA" and info.project == "gsv-test"
+    assert info.name == "tune-voiceA-summary"
     assert "exit" in wr.grouped(recs)
     cfg = wr.run_config(recs)
     assert cfg["tune/name"] == "tune-voiceA" and cfg["num_trials"] == 4 and cfg["interrupted"] is True
@@ -308,7 +308,7 @@ def test_log_summary_run_renders_png_when_not_given(tmp_path):
     log_summary_run(o, project="gsv-test", mode="offline", dir=tmp_path, group="g2")
     assert (tmp_path / "summary.png").read_bytes()[:8] == PNG_SIGNATURE
     recs = wr.read_records(wr.find_run_file(tmp_path / "wandb"))
-    assert wr.run_info(recs)["group"] == "g2"
+    assert wr.run_info(recs).group == "g2"
     assert any(r.get("tune/summary", {}).get("_type") == "image-file" for r in wr.history_rows(recs))
 
 

@@ -17,7 +17,7 @@ import pytest
 from gsv_ray.io import read
 from gsv_ray.rebuild import rebuild
 from gsv_ray.track import read_metrics
-from tests.support import wandb_reader as wr
+from gsv_ray.track import wandb_file as wr
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.01"}
 
@@ -121,12 +121,12 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
     runs = {}
     for f in wr.find_run_files(out / "wandb"):
         recs = wr.read_records(f)
-        runs[wr.run_info(recs)["id"]] = recs
+        runs[wr.run_info(recs).id] = recs
     keys = None
     for t in trials:  # every trial: one offline run with its settings, per-step loss and LR, the rebuild table
         recs = runs[t["trial_id"]]
         info, cfg = wr.run_info(recs), wr.run_config(recs)
-        assert (info["group"], info["job_type"]) == ("t3", "trial")
+        assert (info.group, info.job_type) == ("t3", "trial")
         assert cfg["lr_scale"] == pytest.approx(t["lr_scale"]) and cfg["warmup_steps"] == t["warmup_steps"]
         keys = keys or set(cfg)
         assert set(cfg) == keys and {"peak_lr", "lr_groups", "inputs", "model", "world_size", "total_steps"} <= keys
@@ -149,8 +149,9 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
         summary = wr.summary(recs)
         assert summary["fate"] == t["status"]
         assert summary["_runtime"] >= 1.0, summary  # the run really ran (a replay took 0-1 s)
-    (summary,) = [recs for recs in runs.values() if wr.run_info(recs)["job_type"] == "tune-summary"]
+    (summary,) = [recs for recs in runs.values() if wr.run_info(recs).job_type == "tune-summary"]
     assert any(h.get("tune/results", {}).get("_type") == "table-file" for h in wr.history_rows(summary))
+    assert wr.overlapping_writers(out / "wandb") == []  # one writer at a time for every run
 
     (best,) = list((out / "best").rglob("*.pth"))  # --no-refit: the winning trial's own export, at the top
     assert best.parent.parent == out / "best" and not (out / "refit").exists()
@@ -494,7 +495,7 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
     out = tmp_path / "d" / "runs" / "demo-v4"
     trials = json.loads((out / "results.json").read_text())["trials"]
     assert len(trials) == 3 and {t["status"] for t in trials} <= {"completed", "early-stopped"}
-    runs = {wr.run_info(recs)["id"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
+    runs = {wr.run_info(recs).id: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
     for t in trials:  # ASHA (the demo's scheduler) may stop some after step 2: their runs are as complete
         recs = runs[t["trial_id"]]
         cfg, history = wr.run_config(recs), wr.history_rows(recs)
@@ -619,8 +620,8 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
         "refit": [str(best)],
     }
     assert f"best weights (refit): {best}" in words and "winning trial: " in words
-    runs = {wr.run_info(recs)["job_type"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
-    assert wr.run_info(runs["refit"])["group"] == "tr" and wr.run_config(runs["refit"])["val_fraction"] == 0.0
+    runs = {wr.run_info(recs).job_type: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
+    assert wr.run_info(runs["refit"]).group == "tr" and wr.run_config(runs["refit"])["val_fraction"] == 0.0
     summary = wr.summary(runs["tune-summary"])
     assert summary["refit/status"] == "completed" and summary["best/refit_files"] == [str(best)]
     assert summary["best/metric"] == "val/mel_l1" and summary["best/trial_id"] == winner
@@ -884,7 +885,7 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
     ]
     assert table[-1] == endless and len(table) == 3, r.stdout[-3000:]  # the printed table: best first, it last
 
-    runs = {wr.run_info(recs)["job_type"]: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
+    runs = {wr.run_info(recs).job_type: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
     summary = wr.summary(runs["tune-summary"])
     assert summary["best/trial_id"] == res["best_trial_id"] != endless, summary
     (table_file,) = (out / "wandb").glob("offline-run-*/files/media/table/tune/results_*.table.json")
