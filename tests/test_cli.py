@@ -35,7 +35,7 @@ def test_every_option_has_help_and_every_command_a_description():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{name} {action.option_strings[0]} has no help"
-    tune = " ".join(run_cli("tune", "--help").stdout.split())
+    tune = " ".join(run_cli("tune", "--help", in_process=True).stdout.split())
     assert "(default 8)" in tune and "default 0.02 1" in tune and "of --max-steps" in tune
 
 

@@ -172,34 +172,23 @@ def test_existing_tsv_kept_without_overwrite(tmp_path: Path, golden_model: Path,
 
 
 # ---------------------------------------------------------------- Ray
-@pytest.mark.slow
-def test_workers_2_byte_identical_to_in_process(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
-    items = {"golden.wav": golden_ssl, **random_items(15, seed=1)}
-    exp = make_experiment(tmp_path / "exp", items)
+@pytest.fixture(scope="module")
+def workers_2_run(tmp_path_factory: pytest.TempPathFactory, golden_model: Path, golden_ssl, env):
+    """16 utterances written by the command in-process, then again by ``--workers 2 --overwrite`` (a real
+    process, its own local Ray) run in a private TMPDIR: (the first TSV, the CLI result, the TSV it
+    wrote, what it left in that TMPDIR). Read by the tests below: one Ray run for both."""
+    import tempfile
+
+    exp = make_experiment(
+        tmp_path_factory.mktemp("workers2") / "exp", {"golden.wav": golden_ssl, **random_items(15, seed=1)}
+    )
     t = time.perf_counter()
-    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env)
+    proc = run_cli("semantic", "--data", str(exp), "--model", str(golden_model), env=env, in_process=True)
     t_local = time.perf_counter() - t
     assert proc.returncode == 0, proc.stderr
     local = (exp / TSV).read_bytes()
-    t = time.perf_counter()
-    proc = run_cli(
-        "semantic", "--data", str(exp), "--model", str(golden_model), "--workers", "2", "--overwrite", env=env
-    )
-    t_ray = time.perf_counter() - t
-    assert proc.returncode == 0, proc.stderr
-    assert "2 Ray tasks" in proc.stdout and proc.stderr.strip() == ""
-    assert (exp / TSV).read_bytes() == local
-    print(f"\n16 utterances: in-process {t_local:.1f} s, --workers 2 {t_ray:.1f} s (CLI wall time)")
-
-
-@pytest.mark.slow
-def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, golden_ssl, env) -> None:
-    """Issue 24.12: ``semantic --workers 2`` left ``$TMPDIR/ray/session_*`` and ``torchinductor_<user>``
-    behind; it now runs in a private temp dir removed at the end (as train and tune do)."""
-    import tempfile
-
-    exp = make_experiment(tmp_path / "exp", {"golden.wav": golden_ssl, **random_items(3, seed=3)})
     with tempfile.TemporaryDirectory(prefix="gsvsem-", dir="/tmp") as tmpdir:  # short: Ray's socket paths
+        t = time.perf_counter()
         proc = run_cli(
             "semantic",
             "--data",
@@ -208,11 +197,31 @@ def test_workers_leave_nothing_in_tmpdir(tmp_path: Path, golden_model: Path, gol
             str(golden_model),
             "--workers",
             "2",
+            "--overwrite",
             env={**env, "TMPDIR": tmpdir},
         )
-        assert proc.returncode == 0, proc.stderr
-        assert "2 Ray tasks" in proc.stdout
-        assert sorted(p.name for p in Path(tmpdir).iterdir()) == []
+        t_ray = time.perf_counter() - t
+        left = sorted(p.name for p in Path(tmpdir).iterdir())
+    print(f"\n16 utterances: in-process {t_local:.1f} s (in the test's process), --workers 2 {t_ray:.1f} s (CLI)")
+    return local, proc, (exp / TSV).read_bytes(), left
+
+
+@pytest.mark.slow
+def test_workers_2_byte_identical_to_in_process(workers_2_run) -> None:
+    local, proc, ray_tsv, _ = workers_2_run
+    assert proc.returncode == 0, proc.stderr
+    assert "2 Ray tasks" in proc.stdout and proc.stderr.strip() == ""
+    assert ray_tsv == local
+
+
+@pytest.mark.slow
+def test_workers_leave_nothing_in_tmpdir(workers_2_run) -> None:
+    """Issue 24.12: ``semantic --workers 2`` left ``$TMPDIR/ray/session_*`` and ``torchinductor_<user>``
+    behind; it now runs in a private temp dir removed at the end (as train and tune do)."""
+    _, proc, _, left = workers_2_run
+    assert proc.returncode == 0, proc.stderr
+    assert "2 Ray tasks" in proc.stdout
+    assert left == []
 
 
 @pytest.mark.slow

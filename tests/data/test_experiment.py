@@ -314,6 +314,10 @@ def test_empty_and_truncated_wavs_are_named_with_their_reason(mutable_exp, fixtu
         "--data",
         str(root),
         "--json",
+        "--batches",  # the data report is of the whole folder, whatever the batches evaluated
+        "1",
+        "--batch-size",
+        "1",
         env={"GSV_RAY_CACHE": str(tmp_path / "cache")},
         in_process=True,
     )

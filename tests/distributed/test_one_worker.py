@@ -17,6 +17,7 @@ from gsv_ray.distributed.launch import RayOptions, train_on_ray
 from gsv_ray.train import train
 from tests.distributed.conftest import RAY_ENV
 from tests.distributed.test_ray_train import _cfg, _files, _final_state, assert_same_gpt_exports
+from tests.support.cli import run_cli_in_process
 from tests.support.procs import ray_processes
 
 pytestmark = pytest.mark.slow  # real Ray Train runs
@@ -163,7 +164,14 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
     assert not any(t.startswith(TRAIN_TITLES) for t in seen.values()), sorted(set(seen.values()))
     assert any(t.startswith("ray::ImplicitFunc") for t in seen.values())
     assert not (tmp_path / "scratch").exists()  # the run's node scratch went with it
-    local = subprocess.run(args(tmp_path / "local"), env=env, capture_output=True, text=True, timeout=400)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 gives a new process (and Ray its 1-CPU worker)
+    try:  # local mode needs no process of its own: the command in this one
+        local = run_cli_in_process(*args(tmp_path / "local")[3:], env={"GSV_RAY_SCRATCH": str(tmp_path / "scratch")})
+    finally:
+        torch.set_num_threads(threads)
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
     assert_same_gpt_exports(tmp_path / "local", out)
 

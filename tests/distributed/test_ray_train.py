@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from gsv_ray.distributed.launch import RayOptions, train_on_ray
 from gsv_ray.train import load_config, train
 from tests.distributed.conftest import RAY_ENV
+from tests.support.cli import run_cli_in_process
 from tests.support.procs import ray_processes
 
 pytestmark = pytest.mark.slow  # real Ray Train runs, killed workers
@@ -183,7 +184,7 @@ def _ray_train_workers(session: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds Ray's worker processes through /proc (Linux)")
-def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(fixtures_dir, synth, tmp_path):
+def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(ray_local, fixtures_dir, synth, tmp_path):
     """`train --workers 2 --max-failures 2`: SIGKILL one Ray Train worker process from outside once
     step_20 is on storage. Ray had not registered the newest reports (it polls every 2 s; these steps
     take milliseconds), so before the fix the new worker group started from step 1 and metrics.jsonl
@@ -243,7 +244,8 @@ def test_sigkill_of_a_worker_continues_from_the_newest_complete_checkpoint(fixtu
     steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl") if r["split"] == "train"]
     assert steps == list(range(1, 61))  # every step once
     assert not (tmp_path / "scratch").exists()  # the run's node scratch went with it (and the empty root)
-    r = subprocess.run(args(tmp_path / "clean"), env=env, capture_output=True, text=True, timeout=400)
+    # the uninterrupted run: the same command on the module's Ray (no second local Ray to start)
+    r = run_cli_in_process(*args(tmp_path / "clean")[3:], env={"GSV_RAY_SCRATCH": str(tmp_path / "scratch")})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert_same_gpt_exports(tmp_path / "clean", killed)
 
@@ -319,7 +321,7 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
     live.release()
     assert "the same command with --resume continues" in out
     # without --resume the interrupted run is not overwritten; with it, it continues
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
+    again = run_cli_in_process(*args[3:], env=env, replace_env=True)  # refused before any Ray starts
     assert again.returncode == 2 and "already holds a run" in again.stderr and "--resume" in again.stderr
     done = max(int(c.name[5:]) for c in (tmp_path / "run" / "ray").glob("*/step_*"))
     # the resumed run's driver (and its local Ray) is killed: the same command continues again

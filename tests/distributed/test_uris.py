@@ -12,6 +12,7 @@ import pytest
 
 from gsv_ray.io import read
 from tests.distributed.conftest import RAY_ENV
+from tests.support.cli import run_cli_in_process
 from tests.support.s3server import loopback_s3
 
 
@@ -20,7 +21,9 @@ def s3():
     yield from loopback_s3()
 
 
-def _cli(args, tmp_path, extra_env=None):
+def _cli(args, tmp_path, extra_env=None, *, refused=False):
+    """``train --workers 2`` on ``args``: a real process with its own local Ray, or (``refused``: a run
+    refused before any Ray starts) the command in this process (tests/support/cli.py)."""
     env = {
         **os.environ,
         **RAY_ENV,
@@ -28,30 +31,26 @@ def _cli(args, tmp_path, extra_env=None):
         "GSV_RAY_SCRATCH": str(tmp_path / "scratch"),
         **(extra_env or {}),
     }
+    command = [
+        "train",
+        *args,
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--save-every",
+        "2",
+        "--val-every",
+        "1000",
+        "--wandb-mode",
+        "disabled",
+        "--workers",
+        "2",
+    ]
+    if refused:
+        return run_cli_in_process(*command, env=env, replace_env=True)
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gsv_ray",
-            "train",
-            *args,
-            "--max-steps",
-            "4",
-            "--batch-size",
-            "2",
-            "--save-every",
-            "2",
-            "--val-every",
-            "1000",
-            "--wandb-mode",
-            "disabled",
-            "--workers",
-            "2",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, "-m", "gsv_ray", *command], env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -133,6 +132,7 @@ def test_s3_uris(s3, fixtures_dir, synth, tmp_path):
         ],
         tmp_path,
         env,
+        refused=True,
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-2000:]
 
@@ -164,7 +164,7 @@ def test_ray_bad_input_is_one_line_before_training(case, fixtures_dir, synth, tm
         ro.write_text("a file, not a folder")
         args += ["--storage", str(ro / "sub")]
         needle = "storage"
-    r = _cli(args, tmp_path)
+    r = _cli(args, tmp_path, refused=True)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
@@ -311,13 +311,7 @@ def test_storage_credentials_in_uri_are_never_printed_or_stored(command, s3, fix
         if command == "train":  # a --resume without the keys (to train on: the run finished): one line
             resumed = [*args[: args.index("--storage")], *args[args.index("-o") :], "--resume"]  # saying to give them
             resumed[resumed.index("--max-steps") + 1] = "4"
-            again = subprocess.run(
-                [sys.executable, "-m", "gsv_ray", "train", *resumed],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
+            again = run_cli_in_process("train", *resumed, env=env, replace_env=True)  # refused before Ray
             assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
             assert len(again.stderr.strip().splitlines()) == 1 and "--storage" in again.stderr, again.stderr
 

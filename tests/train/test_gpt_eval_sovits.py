@@ -143,7 +143,7 @@ def test_bad_eval_sovits_file_is_one_line(case, gpt_init, synth_v2, held_out, tm
     bad = gpt_init if case == "gpt-file" else tmp_path / "s2G_broken.pth"
     if case == "not-a-model":
         bad.write_bytes(b"this is no checkpoint\n")
-    r = run_cli(*gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out), "--eval-sovits", str(bad))
+    r = run_cli(*gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out), "--eval-sovits", str(bad), in_process=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--eval-sovits" in r.stderr and str(bad) in r.stderr, r.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -159,7 +159,9 @@ def test_bad_asr_is_one_line(case, gpt_init, synth_v2, sovits_files, held_out, t
     else:
         (folder / "notes.txt").write_text("not a model\n")
     sovits = [] if case == "no-eval-sovits" else ["--eval-sovits", sovits_files["init"]]
-    r = run_cli(*gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out), *sovits, "--asr", str(folder))
+    r = run_cli(
+        *gpt_args(gpt_init, synth_v2, tmp_path / "run", held_out), *sovits, "--asr", str(folder), in_process=True
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "--asr" in r.stderr
     expected = {
@@ -216,12 +218,12 @@ def test_tune_passes_the_options_to_its_trials(tmp_path, monkeypatch):
     trial = dataclasses.replace(cfg, lr_scale=0.5, warmup_steps=5)  # what trial_function builds
     assert (trial.eval_sovits, trial.asr, trial.sv_model) == (cfg.eval_sovits, cfg.asr, cfg.sv_model)
 
-    r = run_cli("tune", "--help")
+    r = run_cli("tune", "--help", in_process=True)
     assert r.returncode == 0 and "--eval-sovits" in r.stdout and "--asr" in r.stdout
     (tmp_path / "asr-only.yaml").write_text(
         "init: GPT_weights_v2/me-e15.ckpt\ndata: logs/me\nmax_steps: 100\nasr: faster-whisper-large-v3\n"
     )
-    r = run_cli("tune", "--config", "asr-only.yaml", "-o", str(tmp_path / "search"))
+    r = run_cli("tune", "--config", "asr-only.yaml", "-o", str(tmp_path / "search"), in_process=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--asr" in r.stderr, r.stderr
 
 

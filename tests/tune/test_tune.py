@@ -18,6 +18,7 @@ from gsv_ray.io import read
 from gsv_ray.rebuild import rebuild
 from gsv_ray.track import read_metrics
 from gsv_ray.track import wandb_file as wr
+from tests.support.cli import run_cli_in_process
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.01"}
 
@@ -39,6 +40,13 @@ def demo_inputs(tmp_path_factory):
     from gsv_ray.demo import make_demo_inputs
 
     return make_demo_inputs(tmp_path_factory.mktemp("demo"))
+
+
+def _in_process(tmp_path, args):
+    """``tune`` as :func:`_tune` gives its command, run in this process (``tests/support/cli.py``) with the
+    environment the subprocess would get: for calls refused or answered before any Ray or trial starts."""
+    assert args[:3] == [sys.executable, "-m", "gsv_ray"], args[:3]
+    return run_cli_in_process(*args[3:], env=_env(tmp_path), replace_env=True)
 
 
 def _tune(tmp_path, inputs, *extra, out="run"):
@@ -164,7 +172,8 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
 
     # the same command again, without --resume: refused in one line, nothing of the first search touched
     before = {p: p.stat().st_mtime_ns for p in [out / "results.json", out / "summary.png", best]}
-    again = subprocess.run(
+    again = _in_process(
+        tmp_path,
         _tune(
             tmp_path,
             demo_inputs,
@@ -184,17 +193,14 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
             "--metric",
             "val_loss",
         ),
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr[-2000:]
     assert "already exists" in again.stderr and "--resume" in again.stderr
     assert {p: p.stat().st_mtime_ns for p in before} == before
     # with --resume: the search finished, so nothing is rewritten and no second summary run is opened
     runs_before = sorted((out / "wandb").glob("offline-run-*"))
-    done = subprocess.run(
+    done = _in_process(
+        tmp_path,
         _tune(
             tmp_path,
             demo_inputs,
@@ -215,23 +221,16 @@ def test_tune_three_trials_asha_fully_tracked(demo_inputs, tmp_path):
             "--metric",
             "val_loss",
         ),
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
     assert str(best) in done.stdout.replace("\n", "")
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert sorted((out / "wandb").glob("offline-run-*")) == runs_before
-    other = subprocess.run(
+    other = _in_process(
+        tmp_path,
         _tune(
             tmp_path, demo_inputs, "--max-steps", "6", "--val-every", "2", "--warmup-choices", "0", "--name", "another"
         ),
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
     )  # a new name into the same -o would still replace best/ and results.json
     assert other.returncode == 2 and "already holds a tune run" in other.stderr, other.stderr[-2000:]
 
@@ -446,19 +445,19 @@ BAD = {
     "a metric without its mode": (["--metric", "val/mel_l1"], "--metric val/mel_l1 needs --mode"),
     "not a validation metric": (["--metric", "loss"], "--metric loss is not a validation metric"),
 }
+#: refused only once the search's local Ray counts its CPUs
+STARTS_RAY = {"more concurrency than fits"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD))
 def test_tune_bad_input(case, demo_inputs, tmp_path):
     extra, needle = BAD[case]
-    r = subprocess.run(
-        _tune(tmp_path, demo_inputs, "--max-steps", "6", "--warmup-choices", "0", "2", *extra),
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = _tune(tmp_path, demo_inputs, "--max-steps", "6", "--warmup-choices", "0", "2", *extra)
+    if case in STARTS_RAY:  # our own local Ray, which that process takes with it
+        r = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    else:  # refused before any Ray starts
+        r = _in_process(tmp_path, args)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
@@ -582,9 +581,7 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     assert not (out / "finished.json").exists()
     trial_files = {f: f.stat().st_mtime_ns for f in (out / "trials").rglob("*") if f.is_file()}
 
-    other = subprocess.run(
-        args + ["--resume", "--metric", "val_loss"], env=_env(tmp_path), capture_output=True, text=True, timeout=300
-    )
+    other = _in_process(tmp_path, args + ["--resume", "--metric", "val_loss"])
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stdout[-2000:] + other.stderr[-2000:]
     assert "--metric val_loss" in other.stderr and "--metric val/mel_l1 --mode min" in other.stderr
 
@@ -626,7 +623,7 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     assert summary["refit/status"] == "completed" and summary["best/refit_files"] == [str(best)]
     assert summary["best/metric"] == "val/mel_l1" and summary["best/trial_id"] == winner
     _listening_table(out, res, runs["tune-summary"], Path(demo_inputs["data"]), tmp_path / "chromium")
-    done = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    done = _in_process(tmp_path, args + ["--resume"])
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
 
 
@@ -698,6 +695,8 @@ def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_
         "2",
         "--name",
         "tn",
+        "--wandb-mode",
+        "disabled",  # W&B is not what this test is about (test_tune_three_trials_asha_fully_tracked)
     )
     r = subprocess.run(
         args + ["--metric", "val/nope", "--mode", "max"],
@@ -738,6 +737,8 @@ def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, 
             "2",
             "--name",
             "tq",
+            "--wandb-mode",
+            "disabled",  # W&B is not what this test is about (test_tune_three_trials_asha_fully_tracked)
         ),
         env=_env(tmp_path),
         capture_output=True,
@@ -919,6 +920,8 @@ def test_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
         "fifo",
         "--name",
         "cc",
+        "--wandb-mode",
+        "disabled",  # W&B is not what this test is about (test_tune_three_trials_asha_fully_tracked)
         "--metric",
         "val/mel_l1",
         "--mode",
