@@ -7,8 +7,12 @@ form: kept, but worth a look), ``wav32k``/``wav16k``
 (bytes, between the decode task and the HuBERT actor). A row with a problem passes the later stages
 untouched.
 
-* :func:`text_stage` (a task): ``clean_text`` -> ``line``; zh lines are refused (they need BERT
-  features, ``3-bert/``, which this version does not compute).
+* :func:`text_stage` (a task): ``clean_text`` -> ``line``. A zh line is refused without the BERT folder
+  (``needs_bert``) and, for a version other than v1, without ``no_g2pw`` (``needs_g2pw``: upstream reads
+  those with the g2pW model, which gsv-ray does not run).
+* :class:`BertStage` (an actor, zh lines only): ``3-bert/<name>.pt`` (:mod:`gsv_ray.prepare.bert`); a line
+  the BERT step rejects (an empty text) is dropped, as upstream drops it. It runs before the audio, so a
+  dropped line has no audio files; a finished ``3-bert`` file is not redone.
 * :func:`decode_stage` (a task): decode, peak filter, loudness mix (:func:`~gsv_ray.prepare.audio.prepare_clip`);
   skipped when the utterance's outputs exist (a rerun).
 * :class:`HubertStage` (an actor: the model loaded once): one utterance per forward (HuBERT's first
@@ -17,13 +21,15 @@ untouched.
 
 :func:`run_in_process` calls the very same functions on batches in this process;
 ``gsv_ray.preparation.run_on_ray`` builds the Ray Data pipeline from them (the launcher layer). Every file is
-written atomically; the ``.pt`` of a stage is its last write, so its presence means the utterance is
-done. Each model stage sets torch's thread count, so both ways give the same bytes.
+written atomically; the ``.pt`` of a stage is its last write, so its presence means the stage is done
+for that utterance (:meth:`Layout.done`: the audio ``.pt`` files, and ``3-bert`` for a zh line). Each
+model stage sets torch's thread count, so both ways give the same bytes.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,7 @@ import numpy as np
 import torch
 
 from gsv_ray.atomic import atomic_write
-from gsv_ray.data.layout import HUBERT_DIR, SV_DIR, WAV_DIR
+from gsv_ray.data.layout import BERT_DIR, HUBERT_DIR, SV_DIR, WAV_DIR, name2text_fields
 from gsv_ray.errors import GsvError, first_line
 from gsv_ray.prepare.audio import ClipProblem, cnhubert, prepare_clip, write_cnhubert, write_wav32k
 from gsv_ray.prepare.text.base import LanguageModule, TextRejected
@@ -52,8 +58,10 @@ __all__ = [
     "problem_of",
     "text_stage",
     "decode_stage",
+    "BertStage",
     "HubertStage",
     "SvStage",
+    "bert_wanted",
     "write_sv",
     "run_in_process",
 ]
@@ -74,15 +82,20 @@ class Layout:
     def sv(self, name: str) -> Path:
         return self.root / SV_DIR / f"{name}.pt"
 
-    def done(self, name: str, pro: bool) -> bool:
-        """Whether a previous run finished this utterance's audio outputs."""
-        return self.cnhubert(name).is_file() and (not pro or self.sv(name).is_file())
+    def bert(self, name: str) -> Path:
+        return self.root / BERT_DIR / f"{name}.pt"
+
+    def done(self, name: str, pro: bool, bert: bool = False) -> bool:
+        """Whether a previous run finished this utterance's audio outputs (and its ``3-bert`` file if ``bert``)."""
+        audio = self.cnhubert(name).is_file() and (not pro or self.sv(name).is_file())
+        return audio and (not bert or self.bert(name).is_file())
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """What every stage needs: the output folder, the version, the models' places, the torch threads
-    per model worker, the device (None: CUDA when the worker has it), the language-module loader."""
+    """What every stage needs: the output folder, the version, the models' places (``bert`` None: not
+    given, zh lines are refused), the torch threads per model worker, the device (None: CUDA when the
+    worker has it), the language-module loader, ``no_g2pw`` (zh v2+: upstream's reading with g2pW off)."""
 
     out: str
     version: str
@@ -91,6 +104,8 @@ class StageConfig:
     threads: int = 1
     device: str | None = None
     load: Callable[[str], LanguageModule] = language_module
+    bert: str | None = None
+    no_g2pw: bool = False
 
     @property
     def layout(self) -> Layout:
@@ -127,21 +142,67 @@ def _failed(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
     return {**row, "problem": f"{reason}\t{message}", "wav32k": b"", "wav16k": b""}
 
 
+@dataclass(frozen=True)
+class _WithoutG2pw:
+    """A zh module's ``normalize``/``g2p`` with ``no_g2pw=True`` (the language-module contract has no options)."""
+
+    module: Any
+
+    def normalize(self, text: str, version: str) -> str:
+        return self.module.normalize(text, version, no_g2pw=True)
+
+    def g2p(self, norm_text: str, version: str) -> tuple[list[str], list[int] | None]:
+        return self.module.g2p(norm_text, version, no_g2pw=True)
+
+
+@dataclass(frozen=True)
+class _LoadWithoutG2pw:
+    """``load`` whose zh module runs with g2pW switched off (picklable, for the Ray tasks)."""
+
+    load: Callable[[str], LanguageModule]
+
+    def __call__(self, language: str) -> LanguageModule:
+        module = self.load(language)
+        return _WithoutG2pw(module) if language == "zh" else module
+
+
+def _zh_refusal(row: dict[str, Any], cfg: StageConfig, where: str) -> dict[str, Any] | None:
+    """The row refused when a zh line cannot be faithful here (no BERT folder; g2pW needed), else None."""
+    if row["language"] != "zh":
+        return None
+    g2pw = cfg.version != "v1" and not cfg.no_g2pw
+    if cfg.bert is None:
+        also = f" (and, for {cfg.version}, --zh-without-g2pw)" if g2pw else ""
+        return _failed(
+            row,
+            "needs_bert",
+            f"{where}: zh lines need BERT features (3-bert/) from chinese-roberta-wwm-ext-large, which is not in "
+            f"--pretrained: put GPT-SoVITS's pretrained_models/chinese-roberta-wwm-ext-large there{also}, "
+            "or leave the zh lines out",
+        )
+    if g2pw:
+        return _failed(
+            row,
+            "needs_g2pw",
+            f"{where}: zh {cfg.version} reads polyphonic characters with upstream's g2pW model, which gsv-ray does "
+            "not run: pass --zh-without-g2pw (upstream's reading with g2pW switched off; polyphonic characters may "
+            "read differently from a webui-made folder), or use --version v1, or leave the zh lines out",
+        )
+    return None
+
+
 def text_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
     """``clean_text`` of the row's text (after upstream's pre-replacement) -> its ``2-name2text.txt`` line
     (a row that has its line already passes)."""
     if row["problem"] or row["line"]:
         return row
     where = f"line {row['lineno']} ({row['name']})"
-    if row["language"] == "zh":
-        return _failed(
-            row,
-            "needs_bert",
-            f"{where}: zh lines need BERT features (3-bert/), which gsv-ray prepare does not compute yet; "
-            "prepare them with GPT-SoVITS's webui, or leave them out",
-        )
+    refused = _zh_refusal(row, cfg, where)
+    if refused is not None:
+        return refused
+    load = _LoadWithoutG2pw(cfg.load) if cfg.no_g2pw else cfg.load
     try:
-        cleaned = clean_text(pre_replace(row["text"]), row["language"], cfg.version, load=cfg.load)
+        cleaned = clean_text(pre_replace(row["text"]), row["language"], cfg.version, load=load)
     except TextRejected as e:
         return _failed(row, "text_rejected", f"{where}: the {row['language']} front-end rejects the text: {e.reason}")
     except LanguageUnavailable as e:
@@ -195,6 +256,44 @@ class _ModelStage:
 
     def one(self, row: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+
+class BertStage(_ModelStage):
+    """``3-bert/<name>.pt`` of each zh row from its ``2-name2text.txt`` line (``norm_text``, ``word2ph``);
+    float16 on CUDA as upstream's ``is_half``, float32 on the CPU. A finished file is not redone."""
+
+    def __init__(self, cfg: StageConfig) -> None:
+        from gsv_ray.prepare.bert import load_bert
+
+        super().__init__(cfg)
+        half = torch.device(self.device).type == "cuda"
+        self.model, self.tokenizer = load_bert(cfg.bert, device=self.device, half=half)  # type: ignore[arg-type]
+
+    def one(self, row: dict[str, Any]) -> dict[str, Any]:
+        path = self.cfg.layout.bert(row["name"])
+        if row["problem"] or row["language"] != "zh" or path.is_file():
+            return row
+        from gsv_ray.prepare.bert import bert_features, write_bert
+
+        _, _, word2ph, norm_text = name2text_fields(row["line"])  # type: ignore[misc]
+        try:
+            feats = bert_features(norm_text, json.loads(word2ph), self.model, self.tokenizer)
+        except TextRejected as e:
+            return _failed(
+                row, "text_rejected", f"line {row['lineno']} ({row['name']}): the BERT step rejects it: {e.reason}"
+            )
+        write_bert(path, feats, overwrite=True)
+        return row
+
+
+def bert_wanted(rows: Sequence[dict[str, Any]], cfg: StageConfig) -> bool:
+    """Whether the BERT stage has work: a BERT folder, zh lines the text stage does not refuse (v1, or
+    ``no_g2pw``), and one of them without a problem or its ``3-bert`` file."""
+    return (
+        cfg.bert is not None
+        and (cfg.version == "v1" or cfg.no_g2pw)
+        and any(r["language"] == "zh" and not r["problem"] and not cfg.layout.bert(r["name"]).is_file() for r in rows)
+    )
 
 
 class HubertStage(_ModelStage):
@@ -257,16 +356,23 @@ class SvStage(_ModelStage):
 
 
 def run_in_process(rows: Sequence[dict[str, Any]], cfg: StageConfig, batch_size: int) -> list[dict[str, Any]]:
-    """All stages over ``rows`` in this process (the functions the Ray pipeline runs), in row order."""
-    rows = [decode_stage(text_stage(r, cfg), cfg) for r in rows]
+    """All stages over ``rows`` in this process (the functions the Ray pipeline runs, in its order), in row order."""
+    rows = [text_stage(r, cfg) for r in rows]
+    if bert_wanted(rows, cfg):
+        rows = _in_batches(BertStage(cfg), rows, batch_size)
+    rows = [decode_stage(r, cfg) for r in rows]
     stages: list[_ModelStage] = []
     if any(r["wav16k"] for r in rows):
         stages.append(HubertStage(cfg))
     if cfg.pro:
         stages.append(SvStage(cfg))
     for stage in stages:
-        out: list[dict[str, Any]] = []
-        for i in range(0, len(rows), batch_size):
-            out.extend(_rows(stage(_batch(rows[i : i + batch_size]))))
-        rows = out
+        rows = _in_batches(stage, rows, batch_size)
     return rows
+
+
+def _in_batches(stage: _ModelStage, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(rows), batch_size):
+        out.extend(_rows(stage(_batch(rows[i : i + batch_size]))))
+    return out
