@@ -2,8 +2,9 @@
 
 Upstream's webui steps 1A-1C in one command, in upstream's layout and formats: ``2-name2text.txt``
 (text front-end), ``3-bert/`` (zh lines: BERT features), ``5-wav32k/`` and ``4-cnhubert/`` (audio,
-HuBERT), ``7-sv_cn/`` (v2Pro/v2ProPlus speaker vectors), ``6-name2semantic.tsv`` (semantic tokens,
-:mod:`gsv_ray.semantic`). The models are read safely from the user's GPT-SoVITS ``pretrained_models`` folder.
+HuBERT), ``7-sv_cn/`` (v2Pro/v2ProPlus speaker vectors), ``6-name2semantic.tsv`` (semantic tokens: the
+last model stage, :class:`gsv_ray.semantic.SemanticStage`). The models are read safely from the user's
+GPT-SoVITS ``pretrained_models`` folder.
 
 Bad data is named, never fatal to the rest: every ``.list`` line that is not prepared is one line of
 the report (its reason and what to do); an experiment that ends empty is an error. A rerun skips the
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gsv_ray.atomic import atomic_write, sweep_temp_files
-from gsv_ray.data.layout import BERT_DIR, HUBERT_DIR, NAME2TEXT, SV_DIR, WAV_DIR
+from gsv_ray.data.layout import BERT_DIR, HUBERT_DIR, NAME2TEXT, SEMANTIC_TSV, SV_DIR, WAV_DIR
 from gsv_ray.errors import ConfigError, GsvError, missing_error
 from gsv_ray.options import check, option
 from gsv_ray.prepare.pipeline import (
@@ -40,6 +41,7 @@ from gsv_ray.prepare.pipeline import (
 )
 from gsv_ray.prepare.text.frontend import ListProblem, language_module, parse_list, render_name2text
 from gsv_ray.resources import PRO_VERSIONS, S2_VERSIONS
+from gsv_ray.semantic import SemanticStage, render_tsv, semantic_weights
 
 __all__ = [
     "PRETRAINED_SOVITS",
@@ -252,13 +254,13 @@ def _run_stages(
 ):
     """The stages in-process or on Ray Data; returns (rows, mode, started_ray)."""
     if not use_ray:
-        return run_in_process(rows, cfg, batch), "in-process", False
+        return run_in_process(rows, cfg, batch, after=(SemanticStage,)), "in-process", False
     import ray
 
     from gsv_ray.distributed.cluster import connect
 
     # Ray Data runs the model stages' actor pools at the same time: each needs its own CPUs and GPU share.
-    pools = 1 + bert_wanted(rows, cfg) + cfg.pro
+    pools = 1 + bert_wanted(rows, cfg) + cfg.pro + (cfg.sovits is not None)  # HuBERT, BERT, SV, semantic
     started = connect(address, num_cpus=pools * workers * cfg.threads, logging_level=logging.ERROR, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are not the user's report
@@ -310,24 +312,26 @@ def prepare_experiment(
         load=load,
         bert=None if models.bert is None else str(models.bert),
         no_g2pw=zh_without_g2pw,
+        sovits=str(models.sovits),
     )
+    semantic_weights(models.sovits, None, None)  # a SoVITS file that cannot make tokens fails here, before the work
     resumed = sum(cfg.layout.done(r["name"], cfg.pro, bert=r["language"] == "zh") for r in rows)
     use_ray = (workers > 1 or address is not None) if use_ray is None else use_ray
     started = False
     try:
         done, mode, started = _run_stages(rows, cfg, workers, address, use_ray, batch_size)
-        result = _finish(done, problems, listed, out, version, models, list_path, workers if use_ray else 1, address)
+        result = _finish(done, problems, listed, out, version, models, list_path)
     finally:
         if started:
-            import ray
+            from gsv_ray.distributed.cluster import shutdown_local_ray
 
-            ray.shutdown()
+            shutdown_local_ray()
     result.resumed, result.mode, result.seconds = resumed, mode, time.perf_counter() - t0
     return result
 
 
-def _finish(rows, problems, listed, out, version, models, list_path, workers, address) -> PrepareResult:
-    """Report the rows' problems; write ``2-name2text.txt`` (list order) and the semantic tokens."""
+def _finish(rows, problems, listed, out, version, models, list_path) -> PrepareResult:
+    """Report the rows' problems; write ``2-name2text.txt`` and ``6-name2semantic.tsv`` (list order)."""
     found = [dict(lineno=p.lineno, name=p.name, reason=p.reason, message=p.message) for p in problems]
     kept = []
     for r in rows:
@@ -347,13 +351,13 @@ def _finish(rows, problems, listed, out, version, models, list_path, workers, ad
         for r in kept
         if r["note"]
     ]
-    data = render_name2text([r["line"] for r in sorted(kept, key=lambda r: r["lineno"])])
+    kept.sort(key=lambda r: r["lineno"])
+    data = render_name2text([r["line"] for r in kept])
     atomic_write(out / NAME2TEXT, lambda f: f.write(data), overwrite=True, protect=[list_path])
-    from gsv_ray.semantic import extract_semantic
-
-    sem = extract_semantic(out, models.sovits, workers=workers, address=address, overwrite=True)
-    result.tokens = sem.tokens
-    result.files = {"name2text": str(out / NAME2TEXT), "semantic": str(sem.path)}
+    tsv = render_tsv([(r["name"], r["semantic"]) for r in kept])
+    atomic_write(out / SEMANTIC_TSV, lambda f: f.write(tsv), overwrite=True, protect=[list_path, models.sovits])
+    result.tokens = sum(len(r["semantic"].split()) for r in kept)
+    result.files = {"name2text": str(out / NAME2TEXT), "semantic": str(out / SEMANTIC_TSV)}
     return result
 
 
@@ -365,8 +369,9 @@ def result_json(result: PrepareResult) -> str:
 def run_on_ray(
     rows: Sequence[dict[str, Any]], cfg: StageConfig, batch_size: int, workers: int, num_gpus: float
 ) -> list[dict[str, Any]]:
-    """The same stages as a Ray Data pipeline: text and decode as tasks, BERT (zh lines), HuBERT and SV as
-    pools of ``workers`` actors (``num_gpus`` each, ``cfg.threads`` CPUs), ``batch_size`` rows per call."""
+    """The same stages as a Ray Data pipeline: text and decode as tasks, BERT (zh lines), HuBERT, SV and the
+    semantic tokens as pools of ``workers`` actors (``num_gpus`` each, ``cfg.threads`` CPUs), ``batch_size``
+    rows per call."""
     import ray.data
 
     ds = ray.data.from_items(list(rows), override_num_blocks=max(1, min(len(rows), 4 * workers)))
@@ -385,4 +390,6 @@ def run_on_ray(
     ds = ds.map_batches(HubertStage, **actors)
     if cfg.pro:
         ds = ds.map_batches(SvStage, **actors)
+    if cfg.sovits is not None:
+        ds = ds.map_batches(SemanticStage, **actors)
     return sorted((dict(r) for r in ds.take_all()), key=lambda r: r["lineno"])

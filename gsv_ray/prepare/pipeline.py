@@ -54,6 +54,8 @@ from gsv_ray.prepare.text.frontend import (
 __all__ = [
     "Layout",
     "StageConfig",
+    "ModelStage",
+    "failed_row",
     "new_row",
     "problem_of",
     "text_stage",
@@ -95,7 +97,8 @@ class Layout:
 class StageConfig:
     """What every stage needs: the output folder, the version, the models' places (``bert`` None: not
     given, zh lines are refused), the torch threads per model worker, the device (None: CUDA when the
-    worker has it), the language-module loader, ``no_g2pw`` (zh v2+: upstream's reading with g2pW off)."""
+    worker has it), the language-module loader, ``no_g2pw`` (zh v2+: upstream's reading with g2pW off),
+    ``sovits`` (the SoVITS file whose quantizer makes the semantic tokens)."""
 
     out: str
     version: str
@@ -106,6 +109,7 @@ class StageConfig:
     load: Callable[[str], LanguageModule] = language_module
     bert: str | None = None
     no_g2pw: bool = False
+    sovits: str | None = None
 
     @property
     def layout(self) -> Layout:
@@ -129,6 +133,7 @@ def new_row(lineno: int, name: str, wav: str, language: str, text: str) -> dict[
         "note": "",
         "wav32k": b"",
         "wav16k": b"",
+        "semantic": "",
     }
 
 
@@ -138,7 +143,8 @@ def problem_of(row: dict[str, Any]) -> tuple[str, str] | None:
     return tuple(p.split("\t", 1)) if p else None  # type: ignore[return-value]
 
 
-def _failed(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+def failed_row(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """``row`` with a problem (``reason``, one-line ``message``); its audio bytes dropped."""
     return {**row, "problem": f"{reason}\t{message}", "wav32k": b"", "wav16k": b""}
 
 
@@ -173,7 +179,7 @@ def _zh_refusal(row: dict[str, Any], cfg: StageConfig, where: str) -> dict[str, 
     g2pw = cfg.version != "v1" and not cfg.no_g2pw
     if cfg.bert is None:
         also = f" (and, for {cfg.version}, --zh-without-g2pw)" if g2pw else ""
-        return _failed(
+        return failed_row(
             row,
             "needs_bert",
             f"{where}: zh lines need BERT features (3-bert/) from chinese-roberta-wwm-ext-large, which is not in "
@@ -181,7 +187,7 @@ def _zh_refusal(row: dict[str, Any], cfg: StageConfig, where: str) -> dict[str, 
             "or leave the zh lines out",
         )
     if g2pw:
-        return _failed(
+        return failed_row(
             row,
             "needs_g2pw",
             f"{where}: zh {cfg.version} reads polyphonic characters with upstream's g2pW model, which gsv-ray does "
@@ -204,9 +210,11 @@ def text_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
     try:
         cleaned = clean_text(pre_replace(row["text"]), row["language"], cfg.version, load=load)
     except TextRejected as e:
-        return _failed(row, "text_rejected", f"{where}: the {row['language']} front-end rejects the text: {e.reason}")
+        return failed_row(
+            row, "text_rejected", f"{where}: the {row['language']} front-end rejects the text: {e.reason}"
+        )
     except LanguageUnavailable as e:
-        return _failed(row, "language_unavailable", f"{where}: {e}")
+        return failed_row(row, "language_unavailable", f"{where}: {e}")
     return {**row, "line": name2text_line(row["name"], cleaned)}
 
 
@@ -217,7 +225,7 @@ def decode_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
     try:
         clip = prepare_clip(row["wav"])
     except ClipProblem as e:
-        return _failed(row, e.reason, f"line {row['lineno']} ({row['name']}): {e}")
+        return failed_row(row, e.reason, f"line {row['lineno']} ({row['name']}): {e}")
     note = ""
     if clip.out_of_range:
         note = (
@@ -239,8 +247,9 @@ def _batch(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: [r[k] for r in rows] for k in keys}
 
 
-class _ModelStage:
-    """A stage holding one model (built once per worker); ``threads`` torch threads while it computes."""
+class ModelStage:
+    """A stage holding one model (built once per worker); ``threads`` torch threads while it computes.
+    Subclasses define ``one(row) -> row``."""
 
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg
@@ -258,7 +267,7 @@ class _ModelStage:
         raise NotImplementedError
 
 
-class BertStage(_ModelStage):
+class BertStage(ModelStage):
     """``3-bert/<name>.pt`` of each zh row from its ``2-name2text.txt`` line (``norm_text``, ``word2ph``);
     float16 on CUDA as upstream's ``is_half``, float32 on the CPU. A finished file is not redone."""
 
@@ -279,7 +288,7 @@ class BertStage(_ModelStage):
         try:
             feats = bert_features(norm_text, json.loads(word2ph), self.model, self.tokenizer)
         except TextRejected as e:
-            return _failed(
+            return failed_row(
                 row, "text_rejected", f"line {row['lineno']} ({row['name']}): the BERT step rejects it: {e.reason}"
             )
         write_bert(path, feats, overwrite=True)
@@ -296,7 +305,7 @@ def bert_wanted(rows: Sequence[dict[str, Any]], cfg: StageConfig) -> bool:
     )
 
 
-class HubertStage(_ModelStage):
+class HubertStage(ModelStage):
     """``5-wav32k/<name>`` and ``4-cnhubert/<name>.pt`` (written in that order, as upstream)."""
 
     def __init__(self, cfg: StageConfig) -> None:
@@ -313,7 +322,7 @@ class HubertStage(_ModelStage):
         try:
             feats = cnhubert(self.model, wav16k, path=row["wav"])
         except ClipProblem as e:
-            return _failed(row, e.reason, f"line {row['lineno']} ({name}): {e}")
+            return failed_row(row, e.reason, f"line {row['lineno']} ({name}): {e}")
         write_wav32k(layout.wav32k(name), np.frombuffer(row["wav32k"], dtype=np.int16), overwrite=True)
         write_cnhubert(layout.cnhubert(name), feats, overwrite=True)
         return {**row, "wav32k": b"", "wav16k": b""}
@@ -326,7 +335,7 @@ def write_sv(path: str | Path, vec: torch.Tensor, *, overwrite: bool = False) ->
     return atomic_write(path, lambda f: f.write(buf.getvalue()), overwrite=overwrite)
 
 
-class SvStage(_ModelStage):
+class SvStage(ModelStage):
     """``7-sv_cn/<name>.pt`` (v2Pro/v2ProPlus) from the written ``5-wav32k/<name>`` (int16 / 32768)."""
 
     def __init__(self, cfg: StageConfig) -> None:
@@ -344,34 +353,43 @@ class SvStage(_ModelStage):
         try:
             wav = read_wav_pcm16(layout.wav32k(name))[0]  # int16 / 32768, as upstream's torchaudio.load
         except (OSError, GsvError, EOFError) as e:
-            return _failed(
+            return failed_row(
                 row, "unreadable", f"line {row['lineno']} ({name}): cannot read its 5-wav32k file ({first_line(e)})"
             )
         try:
             vec = self.encoder.sv_vector(wav, 32000)
         except ValueError as e:  # under 8 fbank frames
-            return _failed(row, "too_short", f"line {row['lineno']} ({name}): {first_line(e)}")
+            return failed_row(row, "too_short", f"line {row['lineno']} ({name}): {first_line(e)}")
         write_sv(layout.sv(name), vec, overwrite=True)
         return row
 
 
-def run_in_process(rows: Sequence[dict[str, Any]], cfg: StageConfig, batch_size: int) -> list[dict[str, Any]]:
-    """All stages over ``rows`` in this process (the functions the Ray pipeline runs, in its order), in row order."""
+def run_in_process(
+    rows: Sequence[dict[str, Any]],
+    cfg: StageConfig,
+    batch_size: int,
+    after: Sequence[Callable[[StageConfig], ModelStage]] = (),
+) -> list[dict[str, Any]]:
+    """All stages over ``rows`` in this process (the functions the Ray pipeline runs, in its order), in row
+    order; ``after``: model stages (built from ``cfg``) run last, when a row is still without a problem."""
     rows = [text_stage(r, cfg) for r in rows]
     if bert_wanted(rows, cfg):
         rows = _in_batches(BertStage(cfg), rows, batch_size)
     rows = [decode_stage(r, cfg) for r in rows]
-    stages: list[_ModelStage] = []
+    stages: list[ModelStage] = []
     if any(r["wav16k"] for r in rows):
         stages.append(HubertStage(cfg))
     if cfg.pro:
         stages.append(SvStage(cfg))
     for stage in stages:
         rows = _in_batches(stage, rows, batch_size)
+    for make in after:
+        if any(not r["problem"] for r in rows):
+            rows = _in_batches(make(cfg), rows, batch_size)
     return rows
 
 
-def _in_batches(stage: _ModelStage, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+def _in_batches(stage: ModelStage, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i in range(0, len(rows), batch_size):
         out.extend(_rows(stage(_batch(rows[i : i + batch_size]))))
