@@ -1,9 +1,10 @@
 """``gsv-ray prepare``: a ``.list`` and its recordings -> a GPT-SoVITS experiment folder (``logs/<exp>``).
 
 Upstream's webui steps 1A-1C in one command, in upstream's layout and formats: ``2-name2text.txt``
-(text front-end), ``5-wav32k/`` and ``4-cnhubert/`` (audio, HuBERT), ``7-sv_cn/`` (v2Pro/v2ProPlus
-speaker vectors), ``6-name2semantic.tsv`` (semantic tokens, :mod:`gsv_ray.semantic`). The models are
-read safely from the user's GPT-SoVITS ``pretrained_models`` folder.
+(text front-end), ``3-bert/`` (zh lines: BERT features), ``5-wav32k/`` and ``4-cnhubert/`` (audio,
+HuBERT), ``7-sv_cn/`` (v2Pro/v2ProPlus speaker vectors), ``6-name2semantic.tsv`` (semantic tokens: the
+last model stage, :class:`gsv_ray.semantic.SemanticStage`). The models are read safely from the user's
+GPT-SoVITS ``pretrained_models`` folder.
 
 Bad data is named, never fatal to the rest: every ``.list`` line that is not prepared is one line of
 the report (its reason and what to do); an experiment that ends empty is an error. A rerun skips the
@@ -23,13 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from gsv_ray.atomic import atomic_write, sweep_temp_files
-from gsv_ray.data.layout import HUBERT_DIR, NAME2TEXT, SV_DIR, WAV_DIR
+from gsv_ray.data.layout import BERT_DIR, HUBERT_DIR, NAME2TEXT, SEMANTIC_TSV, SV_DIR, WAV_DIR
 from gsv_ray.errors import ConfigError, GsvError, missing_error
 from gsv_ray.options import check, option
 from gsv_ray.prepare.pipeline import (
+    BertStage,
     HubertStage,
     StageConfig,
     SvStage,
+    bert_wanted,
     decode_stage,
     new_row,
     problem_of,
@@ -38,6 +41,7 @@ from gsv_ray.prepare.pipeline import (
 )
 from gsv_ray.prepare.text.frontend import ListProblem, language_module, parse_list, render_name2text
 from gsv_ray.resources import PRO_VERSIONS, S2_VERSIONS
+from gsv_ray.semantic import SemanticStage, render_tsv, semantic_weights
 
 __all__ = [
     "PRETRAINED_SOVITS",
@@ -57,6 +61,7 @@ PRETRAINED_SOVITS = {
     "v4": "gsv-v4-pretrained/s2Gv4.pth",
 }
 HUBERT_FOLDER = "chinese-hubert-base"
+BERT_FOLDER = "chinese-roberta-wwm-ext-large"  # upstream's name; without it zh lines are refused (needs_bert)
 SV_CHECKPOINT = "sv/pretrained_eres2netv2w24s4ep4.ckpt"
 _PRETRAINED_FIX = "pass --pretrained GPT_SoVITS/pretrained_models (the folder GPT-SoVITS downloads its models to)"
 
@@ -85,6 +90,11 @@ class PrepareOptions:
     )
     threads: int = option(1, low=1, metavar="N", help="torch threads (CPUs) per model worker")
     batch_size: int = option(8, low=1, metavar="N", help="utterances per model-stage call (each still one forward)")
+    zh_without_g2pw: bool = option(
+        False,
+        help="zh lines for v2 and later: upstream's reading with g2pW switched off (polyphonic characters may "
+        "read differently from a webui-made folder); without it those lines are refused (needs_g2pw)",
+    )
 
     def run(self) -> PrepareResult:
         check(self)
@@ -99,6 +109,7 @@ class PrepareOptions:
             address=self.address,
             threads=self.threads,
             batch_size=self.batch_size,
+            zh_without_g2pw=self.zh_without_g2pw,
         )
 
 
@@ -163,6 +174,7 @@ class _Models:
     hubert: Path
     sv: Path | None
     sovits: Path
+    bert: Path | None
 
 
 def _models(pretrained: str | Path, version: str, sovits: str | Path | None) -> _Models:
@@ -183,7 +195,10 @@ def _models(pretrained: str | Path, version: str, sovits: str | Path | None) -> 
         raise missing_error(
             g, "not found (the SoVITS model for semantic tokens)", "pass --sovits FILE, or " + _PRETRAINED_FIX
         )
-    return _Models(hubert, sv, g)
+    bert = root / BERT_FOLDER
+    if bert.exists() and not (bert / "config.json").is_file():
+        raise GsvError(f"no {BERT_FOLDER}/config.json (the BERT model zh lines need)", path=root, fix=_PRETRAINED_FIX)
+    return _Models(hubert, sv, g, bert if bert.exists() else None)
 
 
 def _odd_name(name: str) -> str | None:
@@ -239,16 +254,18 @@ def _run_stages(
 ):
     """The stages in-process or on Ray Data; returns (rows, mode, started_ray)."""
     if not use_ray:
-        return run_in_process(rows, cfg, batch), "in-process", False
+        return run_in_process(rows, cfg, batch, after=(SemanticStage,)), "in-process", False
     import ray
 
     from gsv_ray.distributed.cluster import connect
 
-    started = connect(address, num_cpus=workers * cfg.threads, logging_level=logging.ERROR, log_to_driver=False)
+    # Ray Data runs the model stages' actor pools at the same time: each needs its own CPUs and GPU share.
+    pools = 1 + bert_wanted(rows, cfg) + cfg.pro + (cfg.sovits is not None)  # HuBERT, BERT, SV, semantic
+    started = connect(address, num_cpus=pools * workers * cfg.threads, logging_level=logging.ERROR, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines are not the user's report
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    num_gpus = min(1.0, gpus / workers) if gpus > 0 else 0.0
+    num_gpus = min(1.0, gpus / (workers * pools)) if gpus > 0 else 0.0
     out = run_on_ray(rows, cfg, batch, workers, num_gpus)
     return (
         out,
@@ -269,19 +286,22 @@ def prepare_experiment(
     address: str | None = None,
     threads: int = 1,
     batch_size: int = 8,
+    zh_without_g2pw: bool = False,
     use_ray: bool | None = None,
     load: Any = language_module,
 ) -> PrepareResult:
     """Fill ``output`` (``logs/<exp>``) from ``list_file``; see the module docstring. ``use_ray`` (default:
     ``workers > 1`` or an ``address``) runs the stages on Ray Data; ``load`` returns a language's front-end
-    module (default: ``gsv_ray.prepare.text.<lang>``). Raises :class:`EmptyExperiment` when nothing is kept."""
+    module (default: ``gsv_ray.prepare.text.<lang>``); ``zh_without_g2pw`` prepares zh lines of v2 and later
+    with upstream's reading without g2pW (else they are refused). Raises :class:`EmptyExperiment` when
+    nothing is kept."""
     t0 = time.perf_counter()
     if version not in S2_VERSIONS:
         raise ConfigError(f"unknown version {version!r}", fix=f"use one of {', '.join(S2_VERSIONS)}")
     models = _models(pretrained, version, sovits)
     list_path, out = Path(list_file), Path(output)
     rows, problems, listed = _plan(_read_list(list_path), wav_dir)
-    for sub in (WAV_DIR, HUBERT_DIR, SV_DIR):
+    for sub in (BERT_DIR, WAV_DIR, HUBERT_DIR, SV_DIR):
         sweep_temp_files(out / sub)  # a killed run's half-written files
     cfg = StageConfig(
         out=str(out),
@@ -290,24 +310,28 @@ def prepare_experiment(
         sv=None if models.sv is None else str(models.sv),
         threads=threads,
         load=load,
+        bert=None if models.bert is None else str(models.bert),
+        no_g2pw=zh_without_g2pw,
+        sovits=str(models.sovits),
     )
-    resumed = sum(cfg.layout.done(r["name"], cfg.pro) for r in rows)
+    semantic_weights(models.sovits, None, None)  # a SoVITS file that cannot make tokens fails here, before the work
+    resumed = sum(cfg.layout.done(r["name"], cfg.pro, bert=r["language"] == "zh") for r in rows)
     use_ray = (workers > 1 or address is not None) if use_ray is None else use_ray
     started = False
     try:
         done, mode, started = _run_stages(rows, cfg, workers, address, use_ray, batch_size)
-        result = _finish(done, problems, listed, out, version, models, list_path, workers if use_ray else 1, address)
+        result = _finish(done, problems, listed, out, version, models, list_path)
     finally:
         if started:
-            import ray
+            from gsv_ray.distributed.cluster import shutdown_local_ray
 
-            ray.shutdown()
+            shutdown_local_ray()
     result.resumed, result.mode, result.seconds = resumed, mode, time.perf_counter() - t0
     return result
 
 
-def _finish(rows, problems, listed, out, version, models, list_path, workers, address) -> PrepareResult:
-    """Report the rows' problems; write ``2-name2text.txt`` (list order) and the semantic tokens."""
+def _finish(rows, problems, listed, out, version, models, list_path) -> PrepareResult:
+    """Report the rows' problems; write ``2-name2text.txt`` and ``6-name2semantic.tsv`` (list order)."""
     found = [dict(lineno=p.lineno, name=p.name, reason=p.reason, message=p.message) for p in problems]
     kept = []
     for r in rows:
@@ -327,13 +351,13 @@ def _finish(rows, problems, listed, out, version, models, list_path, workers, ad
         for r in kept
         if r["note"]
     ]
-    data = render_name2text([r["line"] for r in sorted(kept, key=lambda r: r["lineno"])])
+    kept.sort(key=lambda r: r["lineno"])
+    data = render_name2text([r["line"] for r in kept])
     atomic_write(out / NAME2TEXT, lambda f: f.write(data), overwrite=True, protect=[list_path])
-    from gsv_ray.semantic import extract_semantic
-
-    sem = extract_semantic(out, models.sovits, workers=workers, address=address, overwrite=True)
-    result.tokens = sem.tokens
-    result.files = {"name2text": str(out / NAME2TEXT), "semantic": str(sem.path)}
+    tsv = render_tsv([(r["name"], r["semantic"]) for r in kept])
+    atomic_write(out / SEMANTIC_TSV, lambda f: f.write(tsv), overwrite=True, protect=[list_path, models.sovits])
+    result.tokens = sum(len(r["semantic"].split()) for r in kept)
+    result.files = {"name2text": str(out / NAME2TEXT), "semantic": str(out / SEMANTIC_TSV)}
     return result
 
 
@@ -345,12 +369,13 @@ def result_json(result: PrepareResult) -> str:
 def run_on_ray(
     rows: Sequence[dict[str, Any]], cfg: StageConfig, batch_size: int, workers: int, num_gpus: float
 ) -> list[dict[str, Any]]:
-    """The same stages as a Ray Data pipeline: text and decode as tasks, HuBERT and SV as pools of
-    ``workers`` actors (``num_gpus`` each, ``cfg.threads`` CPUs), ``batch_size`` rows per call."""
+    """The same stages as a Ray Data pipeline: text and decode as tasks, BERT (zh lines), HuBERT, SV and the
+    semantic tokens as pools of ``workers`` actors (``num_gpus`` each, ``cfg.threads`` CPUs), ``batch_size``
+    rows per call."""
     import ray.data
 
     ds = ray.data.from_items(list(rows), override_num_blocks=max(1, min(len(rows), 4 * workers)))
-    ds = ds.map(text_stage, fn_kwargs={"cfg": cfg}).map(decode_stage, fn_kwargs={"cfg": cfg})
+    ds = ds.map(text_stage, fn_kwargs={"cfg": cfg})
     actors = {
         "fn_constructor_kwargs": {"cfg": cfg},
         "batch_size": batch_size,
@@ -359,7 +384,12 @@ def run_on_ray(
         "num_gpus": num_gpus,
         "batch_format": "numpy",
     }
+    if bert_wanted(rows, cfg):
+        ds = ds.map_batches(BertStage, **actors)
+    ds = ds.map(decode_stage, fn_kwargs={"cfg": cfg})
     ds = ds.map_batches(HubertStage, **actors)
     if cfg.pro:
         ds = ds.map_batches(SvStage, **actors)
+    if cfg.sovits is not None:
+        ds = ds.map_batches(SemanticStage, **actors)
     return sorted((dict(r) for r in ds.take_all()), key=lambda r: r["lineno"])

@@ -16,7 +16,8 @@ garbage); an existing TSV is never replaced without ``overwrite``; the file appe
 With ``workers > 1`` the utterances are split into that many contiguous chunks, each extracted by a Ray
 task; the extractor weights travel once through the object store as numpy arrays (zero-copy for every
 task on a node). Tokens do not depend on the mode: every utterance is computed alone (batch 1, as
-upstream), in fp32 unless ``half`` (CUDA only).
+upstream), in fp32 unless ``half`` (CUDA only). ``gsv-ray prepare`` computes the same tokens in its own
+pipeline (:class:`SemanticStage`, an actor stage on Ray Data, fp32).
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from gsv_ray.data.experiment import (
     name2text_fields,
     ssl_features_problem,
 )
-from gsv_ray.distributed.cluster import connect
+from gsv_ray.distributed.cluster import connect, shutdown_local_ray
 from gsv_ray.errors import GsvError, first_line, missing_error
 from gsv_ray.options import check, option
+from gsv_ray.prepare.pipeline import ModelStage, StageConfig, failed_row
 
 if TYPE_CHECKING:
     from gsv_ray.rebuild import Rebuilt
@@ -56,10 +58,12 @@ __all__ = [
     "OUTPUT",
     "SemanticOptions",
     "SemanticResult",
+    "SemanticStage",
     "extract_semantic",
     "first_names",
     "read_names",
     "render_tsv",
+    "semantic_weights",
 ]
 
 
@@ -232,18 +236,45 @@ def _extract_chunk(
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         ext = _build_extractor(weights, device, half)
         dtype = torch.float16 if half else torch.float32
-        lines = []
-        with torch.inference_mode():
-            for p in feature_paths:
-                ssl = _load_features(Path(p)).to(device=device, dtype=dtype)
-                codes = ext.extract_latent(ssl)  # [1, n_q=1, T25]
-                lines.append(" ".join(map(str, codes[0, 0, :].tolist())))
+        lines = [_tokens(ext, Path(p), device, dtype) for p in feature_paths]
         return {"lines": lines, "error": None}
     except GsvError as e:
         return {"lines": None, "error": str(e)}
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.set_num_threads(threads_before)
+
+
+def _tokens(ext: Any, path: Path, device: str, dtype: torch.dtype) -> str:
+    """One utterance's tokens (a TSV line's second field), computed alone (batch 1, as upstream)."""
+    with torch.inference_mode():
+        ssl = _load_features(path).to(device=device, dtype=dtype)
+        codes = ext.extract_latent(ssl)  # [1, n_q=1, T25]
+    return " ".join(map(str, codes[0, 0, :].tolist()))
+
+
+class SemanticStage(ModelStage):
+    """``gsv-ray prepare``'s last model stage: each row still without a problem gets ``semantic`` (its
+    tokens) from its written ``4-cnhubert`` file with ``cfg.sovits``'s quantizer, as
+    :func:`extract_semantic` computes them (fp32, TF32 off); a file under 2 frames is the row's problem."""
+
+    def __init__(self, cfg: StageConfig) -> None:
+        super().__init__(cfg)
+        _, weights = semantic_weights(cfg.sovits, None, None)  # type: ignore[arg-type]
+        self.extractor = _build_extractor(weights, self.device, False)
+
+    def one(self, row: dict[str, Any]) -> dict[str, Any]:
+        if row["problem"]:
+            return row
+        tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        try:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+            tokens = _tokens(self.extractor, self.cfg.layout.cnhubert(row["name"]), self.device, torch.float32)
+        except GsvError as e:  # the HuBERT stage wrote and checked the file: only too few frames is left
+            return failed_row(row, "too_short", f"line {row['lineno']} ({row['name']}): {first_line(e)}")
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        return {**row, "semantic": tokens}
 
 
 # ---------------------------------------------------------------- Ray
@@ -297,7 +328,7 @@ def _extract_ray(
         return lines
     finally:
         if started:
-            ray.shutdown()
+            shutdown_local_ray()
 
 
 # ---------------------------------------------------------------- output
@@ -394,7 +425,7 @@ def extract_semantic(
     _check_output(out, overwrite)
     names, ignored, duplicates = read_names(data)
     feats = _features_dir(data)
-    rebuilt, weights = _semantic_weights(model, base_g, cache_root)
+    rebuilt, weights = semantic_weights(model, base_g, cache_root)
     present, missing = _with_features(names, feats)
     paths = [str(feats / f"{n}.pt") for n in present]
     used = min(workers, len(paths))
@@ -446,7 +477,7 @@ def _features_dir(data: Path) -> Path:
     return feats
 
 
-def _semantic_weights(
+def semantic_weights(
     model: str | Path, base_g: str | Path | None, cache_root: str | Path | None
 ) -> tuple[Rebuilt, dict[str, torch.Tensor]]:
     """``model`` rebuilt for the semantic task (cached) and its generator weights; :class:`GsvError`

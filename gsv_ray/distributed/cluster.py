@@ -135,18 +135,24 @@ def alive_hosts() -> set[str]:
     return {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
 
 
+def shutdown_local_ray() -> None:
+    """Shut down the local Ray :func:`connect` started and take back the ``RAY_ADDRESS`` it pinned (left
+    set, the next ``connect`` in this process would try to join the dead instance)."""
+    import ray
+
+    ray.shutdown()
+    _unpin()
+
+
 def end_local_ray(runs: str) -> None:
     """After success, failure or Ctrl-C: shut our local Ray down (its workers exit and drop their
     hold on the runs' node scratch), then remove the scratch of the runs matching ``runs`` (a run
     name, or a glob such as ``<tune name>-*``). Runs on a cluster are cleaned by their last worker,
     or as orphans by the next run on the node."""
-    import ray
-
     from gsv_ray.cache import scratch_root
     from gsv_ray.owned import remove_when_orphaned
 
-    ray.shutdown()
-    _unpin()
+    shutdown_local_ray()
     root = scratch_root()
     for d in root.glob(runs):
         remove_when_orphaned(d, wait_s=10.0)

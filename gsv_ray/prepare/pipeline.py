@@ -7,8 +7,12 @@ form: kept, but worth a look), ``wav32k``/``wav16k``
 (bytes, between the decode task and the HuBERT actor). A row with a problem passes the later stages
 untouched.
 
-* :func:`text_stage` (a task): ``clean_text`` -> ``line``; zh lines are refused (they need BERT
-  features, ``3-bert/``, which this version does not compute).
+* :func:`text_stage` (a task): ``clean_text`` -> ``line``. A zh line is refused without the BERT folder
+  (``needs_bert``) and, for a version other than v1, without ``no_g2pw`` (``needs_g2pw``: upstream reads
+  those with the g2pW model, which gsv-ray does not run).
+* :class:`BertStage` (an actor, zh lines only): ``3-bert/<name>.pt`` (:mod:`gsv_ray.prepare.bert`); a line
+  the BERT step rejects (an empty text) is dropped, as upstream drops it. It runs before the audio, so a
+  dropped line has no audio files; a finished ``3-bert`` file is not redone.
 * :func:`decode_stage` (a task): decode, peak filter, loudness mix (:func:`~gsv_ray.prepare.audio.prepare_clip`);
   skipped when the utterance's outputs exist (a rerun).
 * :class:`HubertStage` (an actor: the model loaded once): one utterance per forward (HuBERT's first
@@ -17,13 +21,15 @@ untouched.
 
 :func:`run_in_process` calls the very same functions on batches in this process;
 ``gsv_ray.preparation.run_on_ray`` builds the Ray Data pipeline from them (the launcher layer). Every file is
-written atomically; the ``.pt`` of a stage is its last write, so its presence means the utterance is
-done. Each model stage sets torch's thread count, so both ways give the same bytes.
+written atomically; the ``.pt`` of a stage is its last write, so its presence means the stage is done
+for that utterance (:meth:`Layout.done`: the audio ``.pt`` files, and ``3-bert`` for a zh line). Each
+model stage sets torch's thread count, so both ways give the same bytes.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +39,7 @@ import numpy as np
 import torch
 
 from gsv_ray.atomic import atomic_write
-from gsv_ray.data.layout import HUBERT_DIR, SV_DIR, WAV_DIR
+from gsv_ray.data.layout import BERT_DIR, HUBERT_DIR, SV_DIR, WAV_DIR, name2text_fields
 from gsv_ray.errors import GsvError, first_line
 from gsv_ray.prepare.audio import ClipProblem, cnhubert, prepare_clip, write_cnhubert, write_wav32k
 from gsv_ray.prepare.text.base import LanguageModule, TextRejected
@@ -48,12 +54,16 @@ from gsv_ray.prepare.text.frontend import (
 __all__ = [
     "Layout",
     "StageConfig",
+    "ModelStage",
+    "failed_row",
     "new_row",
     "problem_of",
     "text_stage",
     "decode_stage",
+    "BertStage",
     "HubertStage",
     "SvStage",
+    "bert_wanted",
     "write_sv",
     "run_in_process",
 ]
@@ -74,15 +84,21 @@ class Layout:
     def sv(self, name: str) -> Path:
         return self.root / SV_DIR / f"{name}.pt"
 
-    def done(self, name: str, pro: bool) -> bool:
-        """Whether a previous run finished this utterance's audio outputs."""
-        return self.cnhubert(name).is_file() and (not pro or self.sv(name).is_file())
+    def bert(self, name: str) -> Path:
+        return self.root / BERT_DIR / f"{name}.pt"
+
+    def done(self, name: str, pro: bool, bert: bool = False) -> bool:
+        """Whether a previous run finished this utterance's audio outputs (and its ``3-bert`` file if ``bert``)."""
+        audio = self.cnhubert(name).is_file() and (not pro or self.sv(name).is_file())
+        return audio and (not bert or self.bert(name).is_file())
 
 
 @dataclass(frozen=True)
 class StageConfig:
-    """What every stage needs: the output folder, the version, the models' places, the torch threads
-    per model worker, the device (None: CUDA when the worker has it), the language-module loader."""
+    """What every stage needs: the output folder, the version, the models' places (``bert`` None: not
+    given, zh lines are refused), the torch threads per model worker, the device (None: CUDA when the
+    worker has it), the language-module loader, ``no_g2pw`` (zh v2+: upstream's reading with g2pW off),
+    ``sovits`` (the SoVITS file whose quantizer makes the semantic tokens)."""
 
     out: str
     version: str
@@ -91,6 +107,9 @@ class StageConfig:
     threads: int = 1
     device: str | None = None
     load: Callable[[str], LanguageModule] = language_module
+    bert: str | None = None
+    no_g2pw: bool = False
+    sovits: str | None = None
 
     @property
     def layout(self) -> Layout:
@@ -114,6 +133,7 @@ def new_row(lineno: int, name: str, wav: str, language: str, text: str) -> dict[
         "note": "",
         "wav32k": b"",
         "wav16k": b"",
+        "semantic": "",
     }
 
 
@@ -123,8 +143,58 @@ def problem_of(row: dict[str, Any]) -> tuple[str, str] | None:
     return tuple(p.split("\t", 1)) if p else None  # type: ignore[return-value]
 
 
-def _failed(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+def failed_row(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """``row`` with a problem (``reason``, one-line ``message``); its audio bytes dropped."""
     return {**row, "problem": f"{reason}\t{message}", "wav32k": b"", "wav16k": b""}
+
+
+@dataclass(frozen=True)
+class _WithoutG2pw:
+    """A zh module's ``normalize``/``g2p`` with ``no_g2pw=True`` (the language-module contract has no options)."""
+
+    module: Any
+
+    def normalize(self, text: str, version: str) -> str:
+        return self.module.normalize(text, version, no_g2pw=True)
+
+    def g2p(self, norm_text: str, version: str) -> tuple[list[str], list[int] | None]:
+        return self.module.g2p(norm_text, version, no_g2pw=True)
+
+
+@dataclass(frozen=True)
+class _LoadWithoutG2pw:
+    """``load`` whose zh module runs with g2pW switched off (picklable, for the Ray tasks)."""
+
+    load: Callable[[str], LanguageModule]
+
+    def __call__(self, language: str) -> LanguageModule:
+        module = self.load(language)
+        return _WithoutG2pw(module) if language == "zh" else module
+
+
+def _zh_refusal(row: dict[str, Any], cfg: StageConfig, where: str) -> dict[str, Any] | None:
+    """The row refused when a zh line cannot be faithful here (no BERT folder; g2pW needed), else None."""
+    if row["language"] != "zh":
+        return None
+    g2pw = cfg.version != "v1" and not cfg.no_g2pw
+    if cfg.bert is None:
+        also = f" (and, for {cfg.version}, --zh-without-g2pw)" if g2pw else ""
+        return failed_row(
+            row,
+            "needs_bert",
+            f"{where}: zh lines need BERT features (3-bert/) from chinese-roberta-wwm-ext-large, which is not in "
+            f"--pretrained: put GPT-SoVITS's pretrained_models/chinese-roberta-wwm-ext-large there{also}, "
+            "or leave the zh lines out",
+        )
+    if g2pw:
+        return failed_row(
+            row,
+            "needs_g2pw",
+            f"{where}: zh {cfg.version} reads polyphonic characters with upstream's g2pW model, which gsv-ray does "
+            "not run: pass --zh-without-g2pw (upstream's reading with g2pW switched off; polyphonic characters may "
+            "read differently from a webui-made folder), or use --version v1, or leave the zh lines out",
+        )
+    return None
 
 
 def text_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
@@ -133,19 +203,18 @@ def text_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
     if row["problem"] or row["line"]:
         return row
     where = f"line {row['lineno']} ({row['name']})"
-    if row["language"] == "zh":
-        return _failed(
-            row,
-            "needs_bert",
-            f"{where}: zh lines need BERT features (3-bert/), which gsv-ray prepare does not compute yet; "
-            "prepare them with GPT-SoVITS's webui, or leave them out",
-        )
+    refused = _zh_refusal(row, cfg, where)
+    if refused is not None:
+        return refused
+    load = _LoadWithoutG2pw(cfg.load) if cfg.no_g2pw else cfg.load
     try:
-        cleaned = clean_text(pre_replace(row["text"]), row["language"], cfg.version, load=cfg.load)
+        cleaned = clean_text(pre_replace(row["text"]), row["language"], cfg.version, load=load)
     except TextRejected as e:
-        return _failed(row, "text_rejected", f"{where}: the {row['language']} front-end rejects the text: {e.reason}")
+        return failed_row(
+            row, "text_rejected", f"{where}: the {row['language']} front-end rejects the text: {e.reason}"
+        )
     except LanguageUnavailable as e:
-        return _failed(row, "language_unavailable", f"{where}: {e}")
+        return failed_row(row, "language_unavailable", f"{where}: {e}")
     return {**row, "line": name2text_line(row["name"], cleaned)}
 
 
@@ -156,7 +225,7 @@ def decode_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
     try:
         clip = prepare_clip(row["wav"])
     except ClipProblem as e:
-        return _failed(row, e.reason, f"line {row['lineno']} ({row['name']}): {e}")
+        return failed_row(row, e.reason, f"line {row['lineno']} ({row['name']}): {e}")
     note = ""
     if clip.out_of_range:
         note = (
@@ -178,8 +247,9 @@ def _batch(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: [r[k] for r in rows] for k in keys}
 
 
-class _ModelStage:
-    """A stage holding one model (built once per worker); ``threads`` torch threads while it computes."""
+class ModelStage:
+    """A stage holding one model (built once per worker); ``threads`` torch threads while it computes.
+    Subclasses define ``one(row) -> row``."""
 
     def __init__(self, cfg: StageConfig) -> None:
         self.cfg = cfg
@@ -197,7 +267,45 @@ class _ModelStage:
         raise NotImplementedError
 
 
-class HubertStage(_ModelStage):
+class BertStage(ModelStage):
+    """``3-bert/<name>.pt`` of each zh row from its ``2-name2text.txt`` line (``norm_text``, ``word2ph``);
+    float16 on CUDA as upstream's ``is_half``, float32 on the CPU. A finished file is not redone."""
+
+    def __init__(self, cfg: StageConfig) -> None:
+        from gsv_ray.prepare.bert import load_bert
+
+        super().__init__(cfg)
+        half = torch.device(self.device).type == "cuda"
+        self.model, self.tokenizer = load_bert(cfg.bert, device=self.device, half=half)  # type: ignore[arg-type]
+
+    def one(self, row: dict[str, Any]) -> dict[str, Any]:
+        path = self.cfg.layout.bert(row["name"])
+        if row["problem"] or row["language"] != "zh" or path.is_file():
+            return row
+        from gsv_ray.prepare.bert import bert_features, write_bert
+
+        _, _, word2ph, norm_text = name2text_fields(row["line"])  # type: ignore[misc]
+        try:
+            feats = bert_features(norm_text, json.loads(word2ph), self.model, self.tokenizer)
+        except TextRejected as e:
+            return failed_row(
+                row, "text_rejected", f"line {row['lineno']} ({row['name']}): the BERT step rejects it: {e.reason}"
+            )
+        write_bert(path, feats, overwrite=True)
+        return row
+
+
+def bert_wanted(rows: Sequence[dict[str, Any]], cfg: StageConfig) -> bool:
+    """Whether the BERT stage has work: a BERT folder, zh lines the text stage does not refuse (v1, or
+    ``no_g2pw``), and one of them without a problem or its ``3-bert`` file."""
+    return (
+        cfg.bert is not None
+        and (cfg.version == "v1" or cfg.no_g2pw)
+        and any(r["language"] == "zh" and not r["problem"] and not cfg.layout.bert(r["name"]).is_file() for r in rows)
+    )
+
+
+class HubertStage(ModelStage):
     """``5-wav32k/<name>`` and ``4-cnhubert/<name>.pt`` (written in that order, as upstream)."""
 
     def __init__(self, cfg: StageConfig) -> None:
@@ -214,7 +322,7 @@ class HubertStage(_ModelStage):
         try:
             feats = cnhubert(self.model, wav16k, path=row["wav"])
         except ClipProblem as e:
-            return _failed(row, e.reason, f"line {row['lineno']} ({name}): {e}")
+            return failed_row(row, e.reason, f"line {row['lineno']} ({name}): {e}")
         write_wav32k(layout.wav32k(name), np.frombuffer(row["wav32k"], dtype=np.int16), overwrite=True)
         write_cnhubert(layout.cnhubert(name), feats, overwrite=True)
         return {**row, "wav32k": b"", "wav16k": b""}
@@ -227,7 +335,7 @@ def write_sv(path: str | Path, vec: torch.Tensor, *, overwrite: bool = False) ->
     return atomic_write(path, lambda f: f.write(buf.getvalue()), overwrite=overwrite)
 
 
-class SvStage(_ModelStage):
+class SvStage(ModelStage):
     """``7-sv_cn/<name>.pt`` (v2Pro/v2ProPlus) from the written ``5-wav32k/<name>`` (int16 / 32768)."""
 
     def __init__(self, cfg: StageConfig) -> None:
@@ -245,28 +353,44 @@ class SvStage(_ModelStage):
         try:
             wav = read_wav_pcm16(layout.wav32k(name))[0]  # int16 / 32768, as upstream's torchaudio.load
         except (OSError, GsvError, EOFError) as e:
-            return _failed(
+            return failed_row(
                 row, "unreadable", f"line {row['lineno']} ({name}): cannot read its 5-wav32k file ({first_line(e)})"
             )
         try:
             vec = self.encoder.sv_vector(wav, 32000)
         except ValueError as e:  # under 8 fbank frames
-            return _failed(row, "too_short", f"line {row['lineno']} ({name}): {first_line(e)}")
+            return failed_row(row, "too_short", f"line {row['lineno']} ({name}): {first_line(e)}")
         write_sv(layout.sv(name), vec, overwrite=True)
         return row
 
 
-def run_in_process(rows: Sequence[dict[str, Any]], cfg: StageConfig, batch_size: int) -> list[dict[str, Any]]:
-    """All stages over ``rows`` in this process (the functions the Ray pipeline runs), in row order."""
-    rows = [decode_stage(text_stage(r, cfg), cfg) for r in rows]
-    stages: list[_ModelStage] = []
+def run_in_process(
+    rows: Sequence[dict[str, Any]],
+    cfg: StageConfig,
+    batch_size: int,
+    after: Sequence[Callable[[StageConfig], ModelStage]] = (),
+) -> list[dict[str, Any]]:
+    """All stages over ``rows`` in this process (the functions the Ray pipeline runs, in its order), in row
+    order; ``after``: model stages (built from ``cfg``) run last, when a row is still without a problem."""
+    rows = [text_stage(r, cfg) for r in rows]
+    if bert_wanted(rows, cfg):
+        rows = _in_batches(BertStage(cfg), rows, batch_size)
+    rows = [decode_stage(r, cfg) for r in rows]
+    stages: list[ModelStage] = []
     if any(r["wav16k"] for r in rows):
         stages.append(HubertStage(cfg))
     if cfg.pro:
         stages.append(SvStage(cfg))
     for stage in stages:
-        out: list[dict[str, Any]] = []
-        for i in range(0, len(rows), batch_size):
-            out.extend(_rows(stage(_batch(rows[i : i + batch_size]))))
-        rows = out
+        rows = _in_batches(stage, rows, batch_size)
+    for make in after:
+        if any(not r["problem"] for r in rows):
+            rows = _in_batches(make(cfg), rows, batch_size)
     return rows
+
+
+def _in_batches(stage: ModelStage, rows: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(rows), batch_size):
+        out.extend(_rows(stage(_batch(rows[i : i + batch_size]))))
+    return out

@@ -26,64 +26,22 @@ from gsv_ray.models.bert import Bert, BertConfig
 from gsv_ray.models.bert_tokenizer import BertTokenizer
 from gsv_ray.prepare.bert import BertFolderError, bert_features, load_bert, write_bert
 from gsv_ray.prepare.text.base import TextRejected
+from tests.support.small_bert import FULL_CONFIG, SMALL, build_small_bert, zh_sentences
 
 transformers = importlib.import_module("transformers")  # the test extra pins it: missing, the tests fail
 
-#: GPT-SoVITS's chinese-roberta-wwm-ext-large config.json (hfl's, as transformers 4.x saves it)
-FULL_CONFIG = {
-    "architectures": ["BertForMaskedLM"],
-    "attention_probs_dropout_prob": 0.1,
-    "bos_token_id": 0,
-    "directionality": "bidi",
-    "eos_token_id": 2,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "hidden_size": 1024,
-    "initializer_range": 0.02,
-    "intermediate_size": 4096,
-    "max_position_embeddings": 512,
-    "model_type": "bert",
-    "num_attention_heads": 16,
-    "num_hidden_layers": 24,
-    "output_past": True,
-    "pad_token_id": 0,
-    "pooler_fc_size": 768,
-    "pooler_num_attention_heads": 12,
-    "pooler_num_fc_layers": 3,
-    "pooler_size_per_head": 128,
-    "pooler_type": "first_token_transform",
-    "type_vocab_size": 2,
-    "vocab_size": 21128,
-}
-SMALL = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128}
 EXTRA_TEXTS = (  # beyond zh norm_text: what the tokenizer must also get right
     "Hello, WORLD! héllo naïve 123 4.5",
     "abc unaffable [UNK] x[MASK]y tabs\tand\nnewlines",
     "全角，标点！混合 text 与 数字 2024 年",
     "ＡＢＣ ｆｕｌｌ ｗｉｄｔｈ 𠀀 \u00ad soft\u200bhyphen",
 )
-WORDPIECES = ["hello", "world", "un", "##aff", "##able", "he", "##llo", "na", "##ive", "12", "##3", "text"]
-
-
-def _zh_sentences(reference_dir: Path) -> list[dict]:
-    data = json.loads((reference_dir / "text" / "text_frontend.json").read_text(encoding="utf-8"))
-    return [s for v in ("v1", "v2") for s in data["languages"]["zh"][v]["sentences"]]
 
 
 def _kept_zh(reference_dir: Path) -> list[tuple[str, list[int]]]:
     """Each distinct (norm_text, word2ph) of the zh goldens that reaches the BERT step (v1 and v2 share most)."""
-    seen = {(s["norm_text"], tuple(s["word2ph"])) for s in _zh_sentences(reference_dir) if s["status"] == "ok"}
+    seen = {(s["norm_text"], tuple(s["word2ph"])) for s in zh_sentences(reference_dir) if s["status"] == "ok"}
     return sorted((t, list(w)) for t, w in seen if t)
-
-
-def _vocab(reference_dir: Path) -> list[str]:
-    """Specials, then each character of the zh goldens' texts and a few ASCII words and pieces."""
-    chars = set()
-    for s in _zh_sentences(reference_dir):
-        chars.update(s["text"] + (s["norm_text"] or ""))
-    chars.update("abcdefghijklmnopqrstuvwxyz0123456789.,!?-…")
-    chars -= set(" \t\n")
-    return ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(chars), *WORDPIECES]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,21 +56,8 @@ def _offline():
 
 @pytest.fixture(scope="module")
 def small_bert(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random small BERT in GPT-SoVITS's layout (config.json, float16 BertForMaskedLM pytorch_model.bin,
-    vocab.txt), with non-trivial LayerNorms."""
-    folder = tmp_path_factory.mktemp("roberta-small")
-    vocab = _vocab(reference_dir)
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    config = {**FULL_CONFIG, **SMALL, "vocab_size": len(vocab)}
-    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    torch.manual_seed(0)
-    hf = transformers.BertForMaskedLM(transformers.BertConfig(**config))
-    sd = hf.state_dict()
-    for k in sd:
-        if "LayerNorm" in k:
-            sd[k] = sd[k] + 0.1 * torch.randn_like(sd[k])
-    torch.save({k: v.half() for k, v in sd.items()}, folder / "pytorch_model.bin")
-    return folder
+    """A random small BERT in GPT-SoVITS's layout (``tests/support/small_bert.py``)."""
+    return build_small_bert(tmp_path_factory.mktemp("roberta-small"), reference_dir)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +89,7 @@ def test_token_ids_equal_transformers_for_zh_goldens_and_ascii(reference_dir, sm
     hf_tok.save_pretrained(str(json_folder))
     (json_folder / "vocab.txt").unlink(missing_ok=True)  # only tokenizer.json (+ its config) is left
     ours, ours_json = BertTokenizer.from_folder(small_bert), BertTokenizer.from_folder(json_folder)
-    texts = [t for s in _zh_sentences(reference_dir) for t in (s["text"], s["norm_text"]) if t is not None]
+    texts = [t for s in zh_sentences(reference_dir) for t in (s["text"], s["norm_text"]) if t is not None]
     for text in [*texts, *EXTRA_TEXTS]:
         want = hf_tok(text)["input_ids"]
         assert ours.encode(text) == want, text

@@ -189,6 +189,34 @@ def test_v2pro_speaker_vectors_equal_the_goldens(golden_text, pretrained, wav_di
         assert_close_golden(f"{c} sv", got, sv_io[f"out.{c}.sv"])
 
 
+def test_semantic_tokens_are_gsv_ray_semantics(prepared, pretrained, tmp_path):
+    """The semantic stage's 6-name2semantic.tsv is what ``gsv-ray semantic`` (extract_semantic) writes."""
+    from gsv_ray.semantic import extract_semantic
+
+    root, result = prepared
+    sem = extract_semantic(root / "exp", pretrained / "gsv-v2final-pretrained/s2G2333k.pth", output=tmp_path / "s.tsv")
+    assert (tmp_path / "s.tsv").read_bytes() == (root / "exp" / "6-name2semantic.tsv").read_bytes()
+    assert sem.tokens == result.tokens > 0 and result.files["semantic"] == str(root / "exp" / "6-name2semantic.tsv")
+
+
+def test_a_clip_too_short_for_one_token_is_named_and_the_rest_prepared(pretrained, wav_dir, tmp_path):
+    """30 ms: one HuBERT frame, under one 25 Hz token; the semantic stage names it (it used to fail the run)."""
+    from gsv_ray.audio import write_wav
+
+    write_wav(tmp_path / "oneframe.wav", np.full(960, 1000, np.int16), 32000)
+    shutil.copy(wav_dir / "tones_32k.flac", tmp_path / "tones_32k.flac")
+    lst = tmp_path / "data.list"
+    lst.write_text("tones_32k.flac|spk|en|Hello world.\noneframe.wav|spk|en|Hello world.\n", encoding="utf-8")
+    result = prepare_experiment(
+        lst, tmp_path / "exp", version="v2", pretrained=pretrained, wav_dir=tmp_path, load=ReplayLoader("v2")
+    )
+    assert [(p["lineno"], p["reason"]) for p in result.problems] == [(2, "too_short")]
+    assert "oneframe.wav" in result.problems[0]["message"] and result.kept == 1
+    tsv = (tmp_path / "exp" / "6-name2semantic.tsv").read_text().splitlines()
+    assert [x.split("\t")[0] for x in tsv] == ["item_name", "tones_32k.flac"]
+    assert (tmp_path / "exp" / "2-name2text.txt").read_text().startswith("tones_32k.flac\t")
+
+
 @pytest.mark.slow
 def test_ray_two_workers_byte_identical_to_in_process(prepared, golden_text, pretrained, wav_dir, tmp_path):
     root, _ = prepared

@@ -1,0 +1,173 @@
+"""``gsv-ray prepare`` on Mandarin lines: the zh golden sentences (``text/inputs/zh.list``, goldens in
+``text/text_frontend.json``) with a small real clip each, the real zh front-end, and a small random BERT in
+the user's ``chinese-roberta-wwm-ext-large`` layout (``tests/support/small_bert.py``).
+
+What differs from the goldens' ``name2text_file``: the goldens were made with the BERT step stubbed
+(``TEXT_FRONTEND.md``), so they keep zh_021 (an empty text); upstream's BERT step fails on it and drops the
+line, and so does prepare (``text_rejected``). zh_019/zh_020 are dropped by the front-end, as in the goldens.
+zh v2 goldens are upstream's reading with g2pW switched off: prepare gives them with ``--zh-without-g2pw``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gsv_ray.preparation import EmptyExperiment, prepare_experiment
+from gsv_ray.prepare.bert import bert_features, load_bert
+from tests.conftest import run_cli
+from tests.support.goldens import manifest_state_dict
+from tests.support.small_bert import build_small_bert
+from tests.support.text_replay import load_golden
+
+CLIP = "short_0p3s_48k.wav"
+BERT_DROPPED = "zh_021.wav"  # empty text: upstream's BERT step fails, the line is dropped
+FRONT_END_DROPPED = ("zh_019.wav", "zh_020.wav")
+ENV = {"RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def golden_zh() -> dict:
+    return load_golden()["languages"]["zh"]
+
+
+@pytest.fixture(scope="module")
+def gsv_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gsv_cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache_env(gsv_cache, monkeypatch):
+    monkeypatch.setenv("GSV_RAY_CACHE", str(gsv_cache))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="module")
+def pretrained(goldens_dir, fixtures_dir, reference_dir, tmp_path_factory) -> Path:
+    """A ``pretrained_models`` folder: the golden 2-layer HuBERT, the v1 and v2 SoVITS bases (real exports
+    of the fixtures), the small BERT as ``chinese-roberta-wwm-ext-large``."""
+    root = tmp_path_factory.mktemp("pretrained_models")
+    hub = root / "chinese-hubert-base"
+    hub.mkdir()
+    shutil.copy(goldens_dir / "hubert_small.config.json", hub / "config.json")
+    save_file(manifest_state_dict(goldens_dir / "hubert_small.weights.json"), str(hub / "model.safetensors"))
+    shutil.copy(fixtures_dir / "SoVITS_weights" / "gsvfix_e1_s2.pth", root / "s2G488k.pth")
+    (root / "gsv-v2final-pretrained").mkdir()
+    shutil.copy(fixtures_dir / "SoVITS_weights_v2" / "gsvfix_e1_s2.pth", root / "gsv-v2final-pretrained/s2G2333k.pth")
+    build_small_bert(root / "chinese-roberta-wwm-ext-large", reference_dir)
+    return root
+
+
+@pytest.fixture(scope="module")
+def zh_list(reference_dir, goldens_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """The zh goldens' .list and a wav folder with the same 0.3 s clip under each of its names."""
+    d = tmp_path_factory.mktemp("zh")
+    wavs = d / "wavs"
+    wavs.mkdir()
+    for i in range(1, 23):
+        shutil.copy(goldens_dir / "prepare_inputs" / CLIP, wavs / f"zh_{i:03d}.wav")
+    lst = d / "zh.list"
+    shutil.copy(reference_dir / "text" / "inputs" / "zh.list", lst)
+    return lst, wavs
+
+
+def _want_name2text(golden_zh: dict, version: str) -> str:
+    lines = golden_zh[version]["name2text_file"].splitlines()
+    return "".join(x + "\n" for x in lines if not x.startswith(BERT_DROPPED + "\t"))
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prepared_v1(zh_list, pretrained, tmp_path_factory, gsv_cache):
+    os.environ.setdefault("GSV_RAY_CACHE", str(gsv_cache))
+    out = tmp_path_factory.mktemp("prep") / "exp"
+    lst, wavs = zh_list
+    return out, prepare_experiment(lst, out, version="v1", pretrained=pretrained, wav_dir=wavs)
+
+
+def test_v1_lines_and_bert_features_equal_upstreams(prepared_v1, golden_zh, pretrained):
+    out, result = prepared_v1
+    assert (out / "2-name2text.txt").read_text(encoding="utf-8") == _want_name2text(golden_zh, "v1")
+    got = [(p["name"], p["reason"]) for p in result.problems]
+    assert got == [(n, "text_rejected") for n in (*FRONT_END_DROPPED, BERT_DROPPED)]
+    assert "BERT step" in result.problems[-1]["message"] and "no characters" in result.problems[-1]["message"]
+    kept = [s for s in golden_zh["v1"]["sentences"] if s["status"] == "ok" and s["name"] != BERT_DROPPED]
+    assert result.kept == len(kept) == 19
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as prepare's BERT stage: float16 on CUDA (is_half)
+    model, tok = load_bert(pretrained / "chinese-roberta-wwm-ext-large", device=device, half=device == "cuda")
+    for s in kept:
+        feats = torch.load(out / "3-bert" / f"{s['name']}.pt", weights_only=True)
+        assert torch.equal(feats, bert_features(s["norm_text"], s["word2ph"], model, tok)), s["name"]
+        assert feats.shape == (64, len(s["phones"])) and feats.dtype == next(model.parameters()).dtype
+    names = sorted(s["name"] for s in kept)
+    for sub in ("3-bert", "4-cnhubert"):  # a dropped line has no files, as upstream's 2-name2text has no line
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"{n}.pt" for n in names], sub
+    assert sorted(p.name for p in (out / "5-wav32k").iterdir()) == names
+
+
+def test_a_finished_bert_file_is_not_redone(prepared_v1, zh_list, pretrained, tmp_path):
+    out, _ = prepared_v1
+    copy = tmp_path / "exp"
+    shutil.copytree(out, copy)
+    before = {p.name: p.stat().st_mtime_ns for p in (copy / "3-bert").iterdir()}
+    (copy / "3-bert" / "zh_001.wav.pt").unlink()
+    lst, wavs = zh_list
+    result = prepare_experiment(lst, copy, version="v1", pretrained=pretrained, wav_dir=wavs)
+    assert result.resumed == 18 and result.kept == 19
+    after = {p.name: p.stat().st_mtime_ns for p in (copy / "3-bert").iterdir()}
+    assert {k for k in before if before[k] != after[k]} == {"zh_001.wav.pt"}
+    assert _files(copy) == _files(out)
+
+
+def test_v2_without_the_option_is_needs_g2pw(zh_list, pretrained, tmp_path):
+    lst, wavs = zh_list
+    with pytest.raises(EmptyExperiment) as e:
+        prepare_experiment(lst, tmp_path / "exp", version="v2", pretrained=pretrained, wav_dir=wavs)
+    problems = e.value.result.problems
+    assert [p["reason"] for p in problems] == ["needs_g2pw"] * 22
+    assert "--zh-without-g2pw" in problems[0]["message"] and "\n" not in problems[0]["message"]
+
+
+def test_cli_v2_with_zh_without_g2pw_writes_the_v2_goldens(zh_list, pretrained, golden_zh, tmp_path, gsv_cache):
+    """The real CLI in a subprocess with ``--zh-without-g2pw``: the v2 goldens' lines (their g2pW stand-in)."""
+    lst, wavs = zh_list
+    out = tmp_path / "exp"
+    r = run_cli(
+        "prepare", "--list", str(lst), "-o", str(out), "--version", "v2", "--pretrained", str(pretrained),
+        "--wav-dir", str(wavs), "--zh-without-g2pw", env={**ENV, "GSV_RAY_CACHE": str(gsv_cache)},
+    )  # fmt: skip
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert (out / "2-name2text.txt").read_text(encoding="utf-8") == _want_name2text(golden_zh, "v2")
+    assert len(list((out / "3-bert").iterdir())) == 19
+
+
+def test_no_bert_folder_is_needs_bert_and_the_rest_prepared(zh_list, pretrained, golden_zh, tmp_path):
+    no_bert = tmp_path / "pm"
+    no_bert.mkdir()
+    for name in ("chinese-hubert-base", "s2G488k.pth"):
+        (no_bert / name).symlink_to(pretrained / name)
+    lst, wavs = zh_list
+    mixed = tmp_path / "mixed.list"
+    mixed.write_text("zh_001.wav|spk|zh|你好。\nzh_002.wav|spk|en|Hello world.\nzh_003.wav|spk|zh|再见。\n", "utf-8")
+    result = prepare_experiment(mixed, tmp_path / "exp", version="v1", pretrained=no_bert, wav_dir=wavs)
+    assert [(p["lineno"], p["reason"]) for p in result.problems] == [(1, "needs_bert"), (3, "needs_bert")]
+    assert "chinese-roberta-wwm-ext-large" in result.problems[0]["message"]
+    assert result.kept == 1 and not (tmp_path / "exp" / "3-bert").exists()
+
+
+@pytest.mark.slow
+def test_ray_two_workers_byte_identical_to_in_process(prepared_v1, zh_list, pretrained, tmp_path):
+    out, in_process = prepared_v1
+    lst, wavs = zh_list
+    result = prepare_experiment(lst, tmp_path / "exp", version="v1", pretrained=pretrained, wav_dir=wavs, workers=2)
+    assert result.mode.startswith("Ray Data, 2 workers")
+    assert _files(tmp_path / "exp") == _files(out)
+    assert result.problems == in_process.problems
