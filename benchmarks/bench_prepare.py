@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from gsv_ray.prepare.pipeline import StageConfig, new_row, run_in_process  # noqa: E402
 from gsv_ray.preparation import run_on_ray  # noqa: E402
+from gsv_ray.prepare.pipeline import StageConfig, new_row, run_in_process  # noqa: E402
 from tests.support.goldens import rule_tensor  # noqa: E402 -- the goldens' weight rule
 
 GOLDENS = ROOT / "tests" / "reference" / "gpt_sovits" / "goldens"
