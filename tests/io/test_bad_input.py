@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -261,17 +263,41 @@ def test_deeply_nested_pickle_is_one_line(tmp_path):
     _cli_all(p, "refusing to load", "deeper than", tmp_path=tmp_path)
 
 
+def _zeros_zip64(path: Path, name: str, size: int, chunk: int = 64 << 20) -> Path:
+    """A valid zip holding one deflated member of ``size`` zero bytes (zip64 sizes), written as
+    ``zipfile`` with ``force_zip64`` writes it but without deflating every chunk: after a full flush
+    the compressor starts afresh, so each further chunk of zeros deflates to the same bytes, which
+    are repeated (8 s of deflate at level 9 for 3 GiB, before). The CRC is computed over all of it."""
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(chunk)
+    first, again = (z.compress(zeros) + z.flush(zlib.Z_FULL_FLUSH) for _ in range(2))
+    assert z.compress(zeros) + z.flush(zlib.Z_FULL_FLUSH) == again and size % chunk == 0
+    data = first + again * (size // chunk - 1) + z.flush()
+    crc = 0
+    for _ in range(size // chunk):
+        crc = zlib.crc32(zeros, crc)
+    raw, mask = name.encode(), 0xFFFFFFFF
+    extra = struct.pack("<HHQQ", 1, 16, size, len(data))  # zip64: real sizes, 32-bit fields all ones
+    fixed = struct.pack("<HHHHHIII", 45, 0, 8, 0, 0x21, crc, mask, mask)
+    local = struct.pack("<I", 0x04034B50) + fixed + struct.pack("<HH", len(raw), len(extra)) + raw + extra
+    central = (
+        struct.pack("<IH", 0x02014B50, 45)
+        + fixed
+        + struct.pack("<HHHHHII", len(raw), len(extra), 0, 0, 0, 0, 0)
+        + raw
+        + extra
+    )
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(data), 0)
+    path.write_bytes(local + data + central + end)
+    return path
+
+
 @pytest.mark.slow
 def test_decompression_bomb_is_refused_before_inflating(tmp_path):
     """A 3 MiB zip whose data.pkl inflates to 3 GiB: refused at once, without inflating it (before:
     30 s at 6.5 GB RSS)."""
-    p = tmp_path / "bomb.pth"
     size = 3 << 30
-    chunk = bytes(64 << 20)
-    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
-        with zf.open("bomb/data.pkl", "w", force_zip64=True) as f:
-            for _ in range(size // len(chunk)):
-                f.write(chunk)
+    p = _zeros_zip64(tmp_path / "bomb.pth", "bomb/data.pkl", size)
     assert p.stat().st_size < 4 << 20
     with zipfile.ZipFile(p) as zf:  # a valid zip, declaring the 3 GiB
         assert zf.getinfo("bomb/data.pkl").file_size == size

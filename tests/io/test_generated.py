@@ -91,8 +91,8 @@ def test_v3_v4_told_apart_by_tag_or_config_only(schema_files: SchemaFiles, tmp_p
     assert f.kind == "sovits-lora-export" and f.versions == ["v4"]
     assert any("config version says v4" in e for e in f.evidence)
     assert any("untagged" in w for w in f.warnings)
-    assert read(schema_files.path("sovits-pretrained-g", "v4")).versions == ["v3", "v4"]  # no tag, no config
-    schema_files.delete("sovits-pretrained-g", "v4")
+    # An untagged config-less v4 base G reads as ["v3", "v4"]: test_generated_file_identified's
+    # sovits-pretrained-g-v4 case asserts exactly that (EXPECTED), on the same generated file.
 
 
 def test_config_conflict_is_reported(schema_files: SchemaFiles, tmp_path):
@@ -132,8 +132,10 @@ def test_wrapper_prefix_is_stripped(tmp_path, schema_files: SchemaFiles):
 
 
 def test_inspect_pretty_table_for_generated(schema_files: SchemaFiles):
-    r = run_cli("inspect", str(schema_files.path("gpt-lightning", "v1")), in_process=True)
+    path = schema_files.path("gpt-lightning", "v1")
+    r = run_cli("inspect", str(path), in_process=True)
     assert r.returncode == 0, r.stderr
     assert "gpt-lightning" in r.stdout and "v1" in r.stdout and "512 rows" in r.stdout
-    assert isinstance(read(schema_files.path("gpt-lightning", "v1")).extra["hyper_parameters"]["output_dir"], str)
-    assert torch.is_tensor(next(iter(read(schema_files.path("gpt-lightning", "v1")).state_dict.values())))
+    f = read(path)  # once for both checks (the same file, read the same way)
+    assert isinstance(f.extra["hyper_parameters"]["output_dir"], str)
+    assert torch.is_tensor(next(iter(f.state_dict.values())))

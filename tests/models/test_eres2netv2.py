@@ -59,7 +59,8 @@ def vectors(encoder, goldens_dir):
 
 @pytest.mark.slow
 def test_state_dict_keys_and_size(golden_sd):
-    model = ERes2NetV2()
+    with torch.device("meta"):  # keys, shapes and sizes only: no 53.5 M-value random init
+        model = ERes2NetV2()
     sd = model.state_dict()
     assert list(sd) == list(golden_sd)  # upstream's keys in upstream's order, 1001 incl. num_batches_tracked
     assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in golden_sd.items()}
