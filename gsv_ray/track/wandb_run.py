@@ -67,6 +67,17 @@ def has_api_key(env: Mapping[str, str] | None = None) -> bool:
         return False
 
 
+def import_wandb() -> Any:
+    """``import wandb``, with the temp dir the process started with (see
+    :func:`gsv_ray.owned.outside_private_temp_dir`): W&B makes its media temp folder once, at import,
+    and it must outlive the command that happened to import it first."""
+    from gsv_ray.owned import outside_private_temp_dir
+
+    with outside_private_temp_dir():
+        import wandb
+    return wandb
+
+
 def resolve_mode(mode: str | None, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """``(mode, notice)``: the mode to run in and a one-line notice when it differs from what was
     asked (``None`` otherwise)."""
@@ -235,7 +246,7 @@ class Tracker:
             print(self.notice, file=sys.stderr, flush=True)
         if self.mode == "disabled":
             return self
-        import wandb
+        wandb = import_wandb()
 
         root = Path(os.environ.get("WANDB_DIR") or self.dir)
         root.mkdir(parents=True, exist_ok=True)
