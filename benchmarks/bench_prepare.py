@@ -29,17 +29,10 @@ from safetensors.torch import save_file  # noqa: E402
 
 from gsv_ray.preparation import run_on_ray  # noqa: E402
 from gsv_ray.prepare.pipeline import StageConfig, new_row, run_in_process  # noqa: E402
-from tests.support.goldens import rule_tensor  # noqa: E402 -- the goldens' weight rule
+from tests.support.goldens import SV_CLIPS, rule_tensor  # noqa: E402 -- the goldens' weight rule and clips
 
 GOLDENS = ROOT / "tests" / "reference" / "gpt_sovits" / "goldens"
-KEPT = (
-    "arctic_a0007.wav",
-    "arctic_a0007_16k.mp3",
-    "tones_44k1_stereo.wav",
-    "tones_32k.flac",
-    "hot1p5_f32.wav",
-    "short_0p3s_48k.wav",
-)
+KEPT = SV_CLIPS  # the six clips GPT-SoVITS keeps
 
 
 def full_hubert(folder: Path) -> Path:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 OWNER = ".gsv-owner"
 GRACE_S = 60.0  # never sweep a directory touched this recently (its owner may be between mkdir and lock)
@@ -91,7 +92,33 @@ class RunBusy(Exception):
         self.directory, self.pid = directory, pid
 
 
-class RunOwner:
+class _PidLock:
+    """A held per-process lock file with the holder's PID in it; released by :meth:`release`, the
+    ``with`` block's end or the process's end."""
+
+    _fd: int | None = None
+
+    def _hold(self, fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self: L) -> L:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+L = TypeVar("L", bound=_PidLock)
+
+
+class RunOwner(_PidLock):
     """Exclusive ownership of a run directory: a lock on ``<directory>/.gsv-run.lock``, taken
     before the run writes anything and held until :meth:`release` or the process's end, however it
     ends (the kernel drops the lock of a killed process: no stale lock to remove by hand). The file
@@ -109,23 +136,10 @@ class RunOwner:
         fd = _lock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB, per_process=True)
         if fd is None:
             raise RunBusy(self.directory, _pid_in(lock))
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunOwner:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+        self._hold(fd)
 
 
-class WriterLock:
+class WriterLock(_PidLock):
     """One live writer at a time on this node: the lock of :class:`RunOwner` (a per-process record
     lock on ``lock``, the holder's PID inside), taken as soon as no live process holds it. The
     kernel drops it when its holder dies, however it dies, so a waiter gets it exactly when the
@@ -140,14 +154,7 @@ class WriterLock:
             if time.monotonic() >= deadline:
                 raise RunBusy(self.lock, _pid_in(self.lock))
             time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._hold(fd)
 
 
 def _pid_in(lock: Path) -> int | None:

@@ -40,7 +40,7 @@ from gsv_ray.prepare.pipeline import (
     text_stage,
 )
 from gsv_ray.prepare.text.frontend import ListProblem, language_module, parse_list, render_name2text
-from gsv_ray.resources import PRO_VERSIONS, S2_VERSIONS
+from gsv_ray.resources import PRETRAINED_SOVITS, PRO_VERSIONS, S2_VERSIONS
 from gsv_ray.semantic import SemanticStage, render_tsv, semantic_weights
 
 __all__ = [
@@ -51,15 +51,6 @@ __all__ = [
     "prepare_experiment",
 ]
 
-#: Where a GPT-SoVITS ``pretrained_models`` folder keeps each version's SoVITS base (upstream's config.py).
-PRETRAINED_SOVITS = {
-    "v1": "s2G488k.pth",
-    "v2": "gsv-v2final-pretrained/s2G2333k.pth",
-    "v2Pro": "v2Pro/s2Gv2Pro.pth",
-    "v2ProPlus": "v2Pro/s2Gv2ProPlus.pth",
-    "v3": "s2Gv3.pth",
-    "v4": "gsv-v4-pretrained/s2Gv4.pth",
-}
 HUBERT_FOLDER = "chinese-hubert-base"
 BERT_FOLDER = "chinese-roberta-wwm-ext-large"  # upstream's name; without it zh lines are refused (needs_bert)
 SV_CHECKPOINT = "sv/pretrained_eres2netv2w24s4ep4.ckpt"

@@ -13,8 +13,7 @@ and kept in float32 (the released folder stores float16; transformers 4.x upcast
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gsv_ray.errors import GsvError
-from gsv_ray.models.hf_folder import read_state_dict
+from gsv_ray.models.hf_folder import read_config, read_state_dict, refuse_variants
 
 __all__ = ["BertConfig", "Bert"]
 
@@ -51,27 +50,16 @@ class BertConfig:
     @classmethod
     def from_json(cls, path: Path) -> "BertConfig":
         """Read a Hugging Face ``config.json``; refuses variants this implementation does not compute."""
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-            if not isinstance(raw, dict):
-                raise ValueError("not a JSON object")
-            cfg = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
-        except (OSError, ValueError, TypeError) as e:
-            raise GsvError(f"cannot read the BERT config ({e})", path=path, fix=_FIX) from e
-        bad = [
-            f"{k}={v!r}"
-            for k, v, ok in (
-                ("model_type", raw.get("model_type", "bert"), "bert"),
-                ("hidden_act", cfg.hidden_act, "gelu"),
-                ("position_embedding_type", cfg.position_embedding_type, "absolute"),
-                ("is_decoder", raw.get("is_decoder", False), False),
-            )
-            if v != ok
-        ]
-        if cfg.hidden_size % cfg.num_attention_heads:
-            bad.append(f"hidden_size {cfg.hidden_size} not divisible by {cfg.num_attention_heads} heads")
-        if bad:
-            raise GsvError(f"unsupported BERT variant ({', '.join(bad)})", path=path, fix=_FIX)
+        cfg, raw = read_config(path, cls, what="BERT", fix=_FIX)
+        checks = (
+            ("model_type", raw.get("model_type", "bert"), "bert"),
+            ("hidden_act", cfg.hidden_act, "gelu"),
+            ("position_embedding_type", cfg.position_embedding_type, "absolute"),
+            ("is_decoder", raw.get("is_decoder", False), False),
+        )
+        heads = cfg.hidden_size % cfg.num_attention_heads
+        more = [f"hidden_size {cfg.hidden_size} not divisible by {cfg.num_attention_heads} heads"] if heads else []
+        refuse_variants(checks, what="BERT", path=path, fix=_FIX, more=more)
         return cfg
 
 

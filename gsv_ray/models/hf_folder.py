@@ -1,15 +1,20 @@
-"""Reading a Hugging Face model folder's weights safely (the one home of it for HuBERT and BERT)."""
+"""Reading a Hugging Face model folder (config and weights) safely: the one home of it for HuBERT and BERT."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from gsv_ray.errors import GsvError
 
-__all__ = ["WEIGHT_FILES", "read_state_dict"]
+__all__ = ["WEIGHT_FILES", "read_config", "read_state_dict", "refuse_variants"]
+
+C = TypeVar("C")
 
 #: the weight files a Hugging Face folder may hold, in the order transformers prefers them
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -38,3 +43,30 @@ def read_state_dict(folder: Path, *, what: str, fix: str) -> dict[str, torch.Ten
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise GsvError("not a state_dict of tensors", path=path, fix=f"give a Hugging Face {what} folder")
     return sd
+
+
+def read_config(path: Path, cls: type[C], *, what: str, fix: str) -> tuple[C, dict[str, Any]]:
+    """``config.json`` as the dataclass ``cls`` (the fields the file has; JSON lists as tuples) and as the raw
+    dict; an unreadable or ill-typed file raises a :class:`GsvError` naming it."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        kw = {
+            f.name: tuple(raw[f.name]) if isinstance(raw[f.name], list) else raw[f.name]
+            for f in fields(cls)
+            if f.name in raw
+        }
+        return cls(**kw), raw
+    except (OSError, ValueError, TypeError) as e:
+        raise GsvError(f"cannot read the {what} config ({e})", path=path, fix=fix) from e
+
+
+def refuse_variants(
+    checks: Iterable[tuple[str, Any, Any]], *, what: str, path: Path, fix: str, more: Iterable[str] = ()
+) -> None:
+    """Raise a :class:`GsvError` listing every ``(name, value, required)`` whose value differs (and the
+    ``more`` reasons): a variant this implementation does not compute."""
+    bad = [f"{k}={v!r}" for k, v, ok in checks if v != ok] + list(more)
+    if bad:
+        raise GsvError(f"unsupported {what} variant ({', '.join(bad)})", path=path, fix=fix)

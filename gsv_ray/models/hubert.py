@@ -16,8 +16,7 @@ Weights are read safely (safetensors, or ``torch.load(weights_only=True)``) and 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from gsv_ray.errors import GsvError
-from gsv_ray.models.hf_folder import read_state_dict
+from gsv_ray.models.hf_folder import read_config, read_state_dict, refuse_variants
 
 __all__ = ["HubertConfig", "Hubert", "hubert_frames"]
 
@@ -61,37 +60,17 @@ class HubertConfig:
     @classmethod
     def from_json(cls, path: Path) -> "HubertConfig":
         """Read a Hugging Face ``config.json``; refuses variants this implementation does not compute."""
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise GsvError(
-                f"cannot read the HuBERT config ({e})",
-                path=path,
-                fix="give the chinese-hubert-base folder (config.json + weights)",
-            ) from e
-        kw = {
-            f.name: (tuple(raw[f.name]) if isinstance(raw.get(f.name), list) else raw[f.name])
-            for f in fields(cls)
-            if f.name in raw
-        }
-        cfg = cls(**kw)
-        unsupported = [
-            f"{k}={v!r}"
-            for k, v, ok in (
-                ("feat_extract_norm", cfg.feat_extract_norm, "group"),
-                ("do_stable_layer_norm", cfg.do_stable_layer_norm, False),
-                ("conv_pos_batch_norm", cfg.conv_pos_batch_norm, False),
-                ("hidden_act", cfg.hidden_act, "gelu"),
-                ("feat_extract_activation", cfg.feat_extract_activation, "gelu"),
-            )
-            if v != ok
-        ]
-        if unsupported or raw.get("model_type", "hubert") != "hubert":
-            raise GsvError(
-                f"unsupported HuBERT variant ({', '.join(unsupported) or raw.get('model_type')})",
-                path=path,
-                fix="use GPT-SoVITS's chinese-hubert-base folder",
-            )
+        fix = "give the chinese-hubert-base folder (config.json + weights)"
+        cfg, raw = read_config(path, cls, what="HuBERT", fix=fix)
+        checks = (
+            ("model_type", raw.get("model_type", "hubert"), "hubert"),
+            ("feat_extract_norm", cfg.feat_extract_norm, "group"),
+            ("do_stable_layer_norm", cfg.do_stable_layer_norm, False),
+            ("conv_pos_batch_norm", cfg.conv_pos_batch_norm, False),
+            ("hidden_act", cfg.hidden_act, "gelu"),
+            ("feat_extract_activation", cfg.feat_extract_activation, "gelu"),
+        )
+        refuse_variants(checks, what="HuBERT", path=path, fix="use GPT-SoVITS's chinese-hubert-base folder")
         return cfg
 
 

@@ -33,17 +33,10 @@ from gsv_ray.rebuild.report import (
 )
 from gsv_ray.rebuild.resolved import Resolved
 from gsv_ray.rebuild.sources import PEFT_CFM, Source, as_fp32, cast_fp32, lora_delta, normalise, peft_view
-from gsv_ray.resources import VITS_VERSIONS
+from gsv_ray.resources import PRETRAINED_SOVITS, VITS_VERSIONS
 
 TASKS = ("train", "semantic", "infer")
-BASE_NAMES = {  # upstream's pretrained base G per version (for fix hints)
-    "v1": "s2G488k.pth",
-    "v2": "gsv-v2final-pretrained/s2G2333k.pth",
-    "v2Pro": "v2Pro/s2Gv2Pro.pth",
-    "v2ProPlus": "v2Pro/s2Gv2ProPlus.pth",
-    "v3": "s2Gv3.pth",
-    "v4": "gsv-v4-pretrained/s2Gv4.pth",
-}
+BASE_NAMES = PRETRAINED_SOVITS  # upstream's pretrained base G per version (for fix hints)
 
 _WHY_UNUSED_FOR_SEMANTIC = {
     "enc_q": "posterior encoder: only used by training, never by semantic extraction",

@@ -15,6 +15,16 @@ S2_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus", "v3", "v4")
 #: The VITS-family SoVITS versions (what gsv-ray trains); "Pro" ones add a speaker-verification input.
 VITS_VERSIONS = ("v1", "v2", "v2Pro", "v2ProPlus")
 PRO_VERSIONS = ("v2Pro", "v2ProPlus")
+#: Each version's pretrained SoVITS base G, as a GPT-SoVITS ``pretrained_models`` folder keeps it
+#: (upstream's config.py).
+PRETRAINED_SOVITS = {
+    "v1": "s2G488k.pth",
+    "v2": "gsv-v2final-pretrained/s2G2333k.pth",
+    "v2Pro": "v2Pro/s2Gv2Pro.pth",
+    "v2ProPlus": "v2Pro/s2Gv2ProPlus.pth",
+    "v3": "s2Gv3.pth",
+    "v4": "gsv-v4-pretrained/s2Gv4.pth",
+}
 #: GPT (stage 1) configs, and the phone-symbol sets (v1: 322 symbols; v2 and later: 732).
 S1_VERSIONS = ("v1", "v2")
 SYMBOL_SETS = ("v1", "v2")

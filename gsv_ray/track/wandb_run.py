@@ -51,6 +51,7 @@ def has_api_key(env: Mapping[str, str] | None = None) -> bool:
         return True
     host = env.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
     try:  # wandb's own netrc lookup (honours NETRC, the Windows _netrc name, upstream hosts)
+        import_wandb()  # a submodule imports the package: with the process's temp dir (see import_wandb)
         from wandb.sdk.lib.wbauth import read_netrc_auth
 
         return bool(read_netrc_auth(host=host))

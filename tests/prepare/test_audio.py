@@ -32,19 +32,10 @@ from gsv_ray.prepare.audio import (
     write_cnhubert,
     write_wav32k,
 )
-from tests.support.goldens import load_io, manifest_state_dict
+from tests.support.goldens import PREPARE_CLIPS, SV_CLIPS, load_io, manifest_state_dict
 
-CLIPS = (
-    "arctic_a0007.wav",
-    "arctic_a0007_16k.mp3",
-    "tones_44k1_stereo.wav",
-    "tones_32k.flac",
-    "hot1p5_f32.wav",
-    "short_0p3s_48k.wav",
-    "peak3_f32.wav",
-    "silence_0p5s.wav",
-)
-KEPT = CLIPS[:6]
+CLIPS = PREPARE_CLIPS
+KEPT = SV_CLIPS
 HUBERT_REL_TOL = 1e-5  # measured <= 5.2e-6 (module docstring)
 
 

@@ -30,20 +30,18 @@ from safetensors.torch import save_file
 from gsv_ray.errors import GsvError
 from gsv_ray.preparation import EmptyExperiment, prepare_experiment
 from tests.conftest import REPO_ROOT, run_cli
-from tests.support.goldens import assert_close_golden, eres2netv2_state_dict, load_io, manifest_state_dict
+from tests.support.goldens import (
+    PREPARE_CLIPS,
+    SV_CLIPS,
+    assert_close_golden,
+    eres2netv2_state_dict,
+    load_io,
+    manifest_state_dict,
+)
 from tests.support.text_replay import ReplayLoader, load_golden
 
-CLIPS = (
-    "arctic_a0007.wav",
-    "arctic_a0007_16k.mp3",
-    "tones_44k1_stereo.wav",
-    "tones_32k.flac",
-    "hot1p5_f32.wav",
-    "short_0p3s_48k.wav",
-    "peak3_f32.wav",
-    "silence_0p5s.wav",
-)
-KEPT = CLIPS[:6]
+CLIPS = PREPARE_CLIPS
+KEPT = SV_CLIPS
 HUBERT_REL_TOL = 1e-5
 ENV = {"RAY_AUTH_MODE": "disabled"}
 
@@ -111,17 +109,6 @@ def _list(golden_text: dict, planted=PLANTED) -> str:
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def gsv_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("gsv_cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(gsv_cache, monkeypatch):
-    monkeypatch.setenv("GSV_RAY_CACHE", str(gsv_cache))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(scope="module")

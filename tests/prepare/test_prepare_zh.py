@@ -37,17 +37,6 @@ def golden_zh() -> dict:
 
 
 @pytest.fixture(scope="module")
-def gsv_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("gsv_cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache_env(gsv_cache, monkeypatch):
-    monkeypatch.setenv("GSV_RAY_CACHE", str(gsv_cache))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-
-
-@pytest.fixture(scope="module")
 def pretrained(goldens_dir, fixtures_dir, reference_dir, tmp_path_factory) -> Path:
     """A ``pretrained_models`` folder: the golden 2-layer HuBERT, the v1 and v2 SoVITS bases (real exports
     of the fixtures), the small BERT as ``chinese-roberta-wwm-ext-large``."""

@@ -126,12 +126,17 @@ def eres2netv2_state_dict(goldens_dir: Path, *, verify: bool = True) -> dict[str
     return {k: sd[k] for k in order}
 
 
-#: The six clips GPT-SoVITS's SV step kept (PREPARE.md section 0), as named in ``prepare_sv.*``.
-SV_CLIPS = (
+#: The eight input clips of the preparation goldens (``prepare_inputs/``, PREPARE.md section 0): the six
+#: GPT-SoVITS kept, then the two it dropped (too loud, silent).
+PREPARE_CLIPS = (
     "arctic_a0007.wav",
     "arctic_a0007_16k.mp3",
     "tones_44k1_stereo.wav",
     "tones_32k.flac",
     "hot1p5_f32.wav",
     "short_0p3s_48k.wav",
+    "peak3_f32.wav",
+    "silence_0p5s.wav",
 )
+#: The six clips GPT-SoVITS kept (its HuBERT and SV steps), as named in ``prepare_audio.*``/``prepare_sv.*``.
+SV_CLIPS = PREPARE_CLIPS[:6]
