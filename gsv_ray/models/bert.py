@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gsv_ray.errors import GsvError
-from gsv_ray.models.hf_folder import read_config, read_state_dict, refuse_variants
+from gsv_ray.models.hf_folder import load_strict, read_config, read_state_dict, refuse_variants
 
 __all__ = ["BertConfig", "Bert"]
 
@@ -180,15 +179,7 @@ class Bert(nn.Module):
         folder = Path(folder)
         model = cls(BertConfig.from_json(folder / "config.json"))
         sd = _encoder_keys(read_state_dict(folder, what="BERT", fix=_FIX))
-        try:
-            model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-        except RuntimeError as e:
-            raise GsvError(
-                f"weights do not fit the BERT config ({str(e).splitlines()[0]})",
-                path=folder,
-                fix="use the config.json that came with these weights",
-            ) from e
-        return model.eval()
+        return load_strict(model, sd, what="BERT", folder=folder)
 
 
 def _encoder_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,9 +12,10 @@ import torch
 
 from gsv_ray.errors import GsvError
 
-__all__ = ["WEIGHT_FILES", "read_config", "read_state_dict", "refuse_variants"]
+__all__ = ["WEIGHT_FILES", "load_strict", "read_config", "read_state_dict", "refuse_variants"]
 
 C = TypeVar("C")
+M = TypeVar("M", bound=torch.nn.Module)
 
 #: the weight files a Hugging Face folder may hold, in the order transformers prefers them
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -70,3 +71,17 @@ def refuse_variants(
     bad = [f"{k}={v!r}" for k, v, ok in checks if v != ok] + list(more)
     if bad:
         raise GsvError(f"unsupported {what} variant ({', '.join(bad)})", path=path, fix=fix)
+
+
+def load_strict(model: M, sd: dict[str, torch.Tensor], *, what: str, folder: Path) -> M:
+    """``sd`` into ``model`` strictly, in float32; the model in eval mode. Weights that do not fit the
+    config raise a :class:`GsvError` naming ``folder``."""
+    try:
+        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    except RuntimeError as e:
+        raise GsvError(
+            f"weights do not fit the {what} config ({str(e).splitlines()[0]})",
+            path=folder,
+            fix="use the config.json that came with these weights",
+        ) from e
+    return model.eval()

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from gsv_ray.errors import GsvError
-from gsv_ray.models.hf_folder import read_config, read_state_dict, refuse_variants
+from gsv_ray.models.hf_folder import load_strict, read_config, read_state_dict, refuse_variants
 
 __all__ = ["HubertConfig", "Hubert", "hubert_frames"]
 
@@ -216,15 +215,7 @@ class Hubert(nn.Module):
         sd = _read_state_dict(folder)
         sd = {_OLD_KEYS.get(k, k): v for k, v in sd.items()}
         sd.setdefault("masked_spec_embed", model.masked_spec_embed.detach().clone())
-        try:
-            model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-        except RuntimeError as e:
-            raise GsvError(
-                f"weights do not fit the HuBERT config ({str(e).splitlines()[0]})",
-                path=folder,
-                fix="use the config.json that came with these weights",
-            ) from e
-        return model.eval()
+        return load_strict(model, sd, what="HuBERT", folder=folder)
 
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
