@@ -297,21 +297,3 @@ def private_temp_dir() -> Iterator[Path]:
         tempfile.tempdir = cached
         owner.release()
         shutil.rmtree(d, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def outside_private_temp_dir() -> Iterator[None]:
-    """Inside :func:`private_temp_dir`: Python's temp dir set back to the one the command started with,
-    for the block (then the command's again). For what must outlive the command in this process:
-    a library that makes a process-wide temp folder when it is first imported (W&B's media folder).
-    Outside a private temp dir it changes nothing."""
-    here = Path(tempfile.gettempdir())
-    if not here.name.startswith(PRIVATE_TMP_PREFIX):
-        yield
-        return
-    cached = tempfile.tempdir
-    tempfile.tempdir = str(here.parent)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = cached

@@ -29,6 +29,18 @@ def _ctrl_c_reaches_the_processes_we_start() -> None:
 _ctrl_c_reaches_the_processes_we_start()
 
 
+def _wandb_outlives_in_process_commands() -> None:
+    """W&B makes its media temp folder once per process, when it is first imported, under the temp dir
+    of that moment. A command called in-process (``run_cli(..., in_process=True)``) runs in a private
+    temp dir it removes at its end: had it imported W&B first, every later W&B table of the suite's
+    process would fail with FileNotFoundError (seen when test files ran in another order). Importing
+    it here puts that folder in the suite's own temp dir (docs/design/stack-notes.md)."""
+    import wandb  # noqa: F401
+
+
+_wandb_outlives_in_process_commands()
+
+
 #: The copy committed with the tests (see tests/reference/README.md).
 BUNDLED_REFERENCE = REPO_ROOT / "tests" / "reference" / "gpt_sovits"
 

@@ -91,28 +91,3 @@ def test_rebuild_no_cache_scratch_of_a_killed_command_is_swept(sig, tmp_path, fi
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert [p.name for p in tmp_path.iterdir()] == []
-
-
-def test_wandb_tables_work_after_a_command_that_first_imported_wandb_in_this_process(tmp_path):
-    """W&B makes its media temp folder once, when it is imported. A command run in-process (a notebook
-    calling ``gsv_ray.cli.main`` twice, the in-process tests) used to import it inside its private temp
-    dir, which is removed when the command ends: every later table or audio of that process then
-    failed with FileNotFoundError (seen when test files ran in another order)."""
-    import subprocess
-    import sys
-
-    script = f"""
-import tempfile
-from gsv_ray.owned import private_temp_dir
-from gsv_ray.track.wandb_run import import_wandb
-with private_temp_dir():
-    wandb = import_wandb()
-import os
-run = wandb.init(mode="offline", dir={str(tmp_path)!r}, settings=wandb.Settings(silent=True, console="off"))
-run.log({{"t": wandb.Table(columns=["a"], data=[[1]])}})
-run.finish()
-print("ok")
-"""
-    env = {**os.environ, "WANDB_MODE": "offline", "TMPDIR": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

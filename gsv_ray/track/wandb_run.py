@@ -51,7 +51,6 @@ def has_api_key(env: Mapping[str, str] | None = None) -> bool:
         return True
     host = env.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
     try:  # wandb's own netrc lookup (honours NETRC, the Windows _netrc name, upstream hosts)
-        import_wandb()  # a submodule imports the package: with the process's temp dir (see import_wandb)
         from wandb.sdk.lib.wbauth import read_netrc_auth
 
         return bool(read_netrc_auth(host=host))
@@ -66,17 +65,6 @@ def has_api_key(env: Mapping[str, str] | None = None) -> bool:
             return False
     except Exception:
         return False
-
-
-def import_wandb() -> Any:
-    """``import wandb``, with the temp dir the process started with (see
-    :func:`gsv_ray.owned.outside_private_temp_dir`): W&B makes its media temp folder once, at import,
-    and it must outlive the command that happened to import it first."""
-    from gsv_ray.owned import outside_private_temp_dir
-
-    with outside_private_temp_dir():
-        import wandb
-    return wandb
 
 
 def resolve_mode(mode: str | None, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
@@ -247,7 +235,7 @@ class Tracker:
             print(self.notice, file=sys.stderr, flush=True)
         if self.mode == "disabled":
             return self
-        wandb = import_wandb()
+        import wandb
 
         root = Path(os.environ.get("WANDB_DIR") or self.dir)
         root.mkdir(parents=True, exist_ok=True)

@@ -370,9 +370,8 @@ def wandb_listening_table(rows: Sequence[ListeningRow], *, metric: str | None = 
     columns come first. Clips must be files (``ListeningPage.rows``): ``wandb.Audio`` takes a
     waveform only with the soundfile package, which we do not require. Logged in a run, W&B stores
     the table and its audio as that run's ``run_table`` artifact."""
-    from gsv_ray.track.wandb_run import import_wandb
+    import wandb
 
-    wandb = import_wandb()
     trials = _trial_names(rows)
     if best in trials:
         trials.remove(best)

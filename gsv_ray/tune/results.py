@@ -493,7 +493,6 @@ def log_summary_run(
     listening table), built once the run is open. Returns the finished ``Tracker`` (``run_id``,
     ``run_file``, ``mode``)."""
     from gsv_ray.track import Tracker
-    from gsv_ray.track.wandb_run import import_wandb
 
     group = group or outcome.name
     config = {
@@ -519,7 +518,8 @@ def log_summary_run(
         return tracker
     ok = False
     try:
-        wandb = import_wandb()
+        import wandb
+
         if png_path is None:
             png = render_summary_png(outcome)
             png_path = atomic_write(Path(dir) / "summary.png", lambda f: f.write(png), overwrite=True)
