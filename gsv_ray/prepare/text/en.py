@@ -18,6 +18,7 @@ turns letters into Hangul names, zh/yue delete it), so no other language module 
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -69,7 +70,8 @@ def _membership(scope: str, line: int) -> list[str]:
 def _read_tsv(path: Path) -> dict[str, list[str]]:
     """headword -> phones; phones split on single spaces (a leading empty phone is upstream's, kept)."""
     out: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8") as f:
+    opened = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+    with opened as f:
         for line in f:
             fields = line.rstrip("\n").split("\t")
             out[fields[0]] = fields[1].split(" ")
@@ -79,7 +81,7 @@ def _read_tsv(path: Path) -> dict[str, list[str]]:
 @lru_cache(maxsize=1)
 def _engdict() -> dict[str, list[str]]:
     """Upstream's runtime dictionary: cmudict.rep + cmudict-fast.rep + engdict-hot.rep, 143,199 keys."""
-    return _read_tsv(table_path("en", "engdict_runtime.tsv"))
+    return _read_tsv(table_path("en", "engdict_runtime.tsv.gz"))
 
 
 @lru_cache(maxsize=1)
