@@ -44,7 +44,6 @@ from gsv_ray.resources import PRETRAINED_SOVITS, PRO_VERSIONS, S2_VERSIONS
 from gsv_ray.semantic import SemanticStage, render_tsv, semantic_weights
 
 __all__ = [
-    "PRETRAINED_SOVITS",
     "PrepareOptions",
     "PrepareResult",
     "EmptyExperiment",

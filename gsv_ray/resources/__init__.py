@@ -4,6 +4,7 @@ phone-symbol tables. One place to load them from."""
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from typing import Any
@@ -65,3 +66,9 @@ def symbols(symbol_set: str) -> list[str]:
     if symbol_set not in SYMBOL_SETS:
         raise ValueError(f"unknown symbol set {symbol_set!r}; expected v1 or v2")
     return list(table[symbol_set]) if isinstance(table[symbol_set], list) else table[symbol_set]
+
+
+@functools.cache
+def symbol_lookup(symbol_set: str) -> frozenset[str]:
+    """:func:`symbols` as a set, for membership tests (built once per process)."""
+    return frozenset(symbols(symbol_set))

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from gsv_ray.prepare.text.base import TextRejected, table_path
+from gsv_ray.resources import symbol_lookup
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,6 @@ def _homographs() -> dict[str, tuple[list[str], list[str], str]]:
     for word, (first, other, pos) in _literal("homograph2features[read|complex]", "en_G2p.__init__").items():
         out[word] = (first, other, pos)
     return out
-
-
-@lru_cache(maxsize=1)
-def _symbols_v2() -> frozenset[str]:
-    """The v2 symbol set (a superset of v1; upstream drops any English phone outside it): the one
-    packaged table, ``gsv_ray.resources.symbols("v2")``."""
-    from gsv_ray.resources import symbols
-
-    return frozenset(symbols("v2"))
 
 
 @lru_cache(maxsize=1)
@@ -377,7 +369,7 @@ def _cleanup(phones: list[str]) -> list[str]:
         if ph in dropped:
             continue
         ph = replace.get(ph, ph)
-        if ph in _symbols_v2():
+        if ph in symbol_lookup("v2"):
             out.append(ph)
         else:
             log.info("English g2p: phone %r is not in the symbol table; dropped (as upstream)", ph)

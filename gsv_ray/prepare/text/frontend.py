@@ -27,7 +27,7 @@ from typing import Mapping
 
 from gsv_ray.errors import ConfigError
 from gsv_ray.prepare.text.base import LanguageModule, TextRejected, table_path
-from gsv_ray.resources import symbols
+from gsv_ray.resources import symbol_lookup
 
 __all__ = [
     "LANGUAGE_CODES",
@@ -168,11 +168,6 @@ def languages_of(version: str) -> tuple[str, ...]:
     return tuple(v1 if version == "v1" else other)
 
 
-@functools.cache
-def _symbol_table(version: str) -> frozenset[str]:
-    return frozenset(symbols(symbol_set(version)))
-
-
 def language_module(language: str) -> LanguageModule:
     """``gsv_ray.prepare.text.<language>``, imported now; :class:`LanguageUnavailable` (one line naming
     the ``prepare`` extra) when it or a package it needs is missing."""
@@ -203,7 +198,7 @@ def _clean_special(text: str, marker: str, target: str, module: LanguageModule, 
     mapping (upstream asserts every phone is in the table)."""
     norm = module.normalize(text.replace(marker, ","), version)
     phones, word2ph = module.g2p(norm, version)
-    table = _symbol_table(version)
+    table = symbol_lookup(symbol_set(version))
     unknown = [p for p in phones if p not in table]
     if unknown:
         raise TextRejected(f"phone {unknown[0]!r} is not in the {symbol_set(version)} table (text with {marker!r})")
@@ -238,7 +233,7 @@ def clean_text(
         if language == "en" and len(phones) < 4:
             phones = [","] + phones
         word2ph = None
-    table = _symbol_table(version)
+    table = symbol_lookup(symbol_set(version))
     return CleanedText(
         tuple(p if p in table else "UNK" for p in phones), None if word2ph is None else tuple(word2ph), norm
     )

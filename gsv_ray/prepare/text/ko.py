@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gsv_ray.prepare.text.base import table_path
-from gsv_ray.resources import symbols
+from gsv_ray.resources import symbol_lookup
 
 _PAUSE = "停"
 _FINAL_JAMO = re.compile(r"([\u3131-\u3163])$")
@@ -41,12 +41,6 @@ def _tables() -> dict[str, Any]:
     return out
 
 
-@lru_cache(maxsize=1)
-def _v2_symbols() -> frozenset[str]:
-    """The v2 phone table as a set."""
-    return frozenset(symbols("v2"))
-
-
 def normalize(text: str, version: str) -> str:
     """Upstream's ``norm_text`` for Korean: the text unchanged."""
     return text
@@ -62,7 +56,7 @@ def g2p(norm_text: str, version: str) -> tuple[list[str], None]:
     text = _divide_hangul(text, tables["_hangul_divided"])
     text = _fix_rieul_after_eul(text)
     text = _FINAL_JAMO.sub(r"\1.", text)
-    rep_map, symbols = tables["rep_map"], _v2_symbols()
+    rep_map, symbols = tables["rep_map"], symbol_lookup("v2")
     phones = [rep_map.get(ch, ch) for ch in text]
     return [ph if ph in symbols else _PAUSE for ph in phones], None
 

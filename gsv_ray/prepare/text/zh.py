@@ -37,9 +37,8 @@ _CHINESE = "tables_chinese.json"
 _LATIN = re.compile(r"[a-zA-Z]+")
 
 
-def _marks() -> str:
-    """The six marks of the symbol tables (``! ? … , . -``)."""
-    return "".join(PUNCTUATION)
+#: the six marks of the symbol tables (``! ? … , . -``)
+_MARKS = "".join(PUNCTUATION)
 
 
 def _erhua_mode(version: str, g2pw_dir: str | Path | None, no_g2pw: bool) -> bool:
@@ -80,7 +79,7 @@ def normalize(text: str, version: str, *, g2pw_dir: str | Path | None = None, no
 @lru_cache(maxsize=None)
 def _mark_patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     """Any key of the punctuation map; any run of what is neither CJK nor a mark; a run of marks."""
-    marks = re.escape(_marks())
+    marks = re.escape(_MARKS)
     return (
         re.compile("|".join(re.escape(k) for k in typed_tables(_CHINESE)["rep_map"])),
         re.compile(rf"[^\u4e00-\u9fa5{marks}]+"),
@@ -161,7 +160,7 @@ def _syllable_phones(initial: str, final: str, word: str, text: str) -> list[str
         )
 
     if initial == final:
-        if initial and initial in _marks():
+        if initial and initial in _MARKS:
             return [initial]
         raise rejected()
     if not final or final[-1] not in "12345":
@@ -215,7 +214,7 @@ def g2p(
     line: 噷, 兙), and for a version other than v1 without ``no_g2pw`` (see the module docstring).
     ``cache_root``: where jieba_fast's dictionary cache goes (default: gsv-ray's cache root)."""
     erhua = _erhua_mode(version, g2pw_dir, no_g2pw)
-    marks = re.escape(_marks())
+    marks = re.escape(_MARKS)
     segments = [s for s in re.split(rf"(?<=[{marks}])\s*", norm_text) if s.strip() != ""]
     if not segments:
         return [], []
