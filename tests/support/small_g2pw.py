@@ -27,7 +27,7 @@ POLYPHONIC = [
     ("一", "ㄧ1"),  # in upstream's non_polyphonic set: never queried
     ("一", "ㄧ2"),
 ]
-MONOPHONIC = [("銀", "ㄧㄣ2"), ("說", "ㄕㄨㄛ1"), ("話", "ㄏㄨㄚ4"), ("似", "ㄙ4")]  # 似: non_monophonic
+MONOPHONIC = [("銀", "ㄧㄣ2"), ("說", "ㄕㄨㄛ1"), ("話", "ㄏㄨㄚ4"), ("似", "ㄙ1")]  # 似: non_monophonic
 BOPOMOFO = {
     "ㄒㄧㄥ": "xing",
     "ㄏㄤ": "hang",
@@ -101,7 +101,9 @@ def build_model(path: Path) -> Path:
         helper.make_node("Cast", ["m1"], ["mf"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["mf", "phoneme_mask"], ["probs"]),
     ]
-    inputs = [helper.make_tensor_value_info(n, i64, ["b", "l"]) for n in ("input_ids", "token_type_ids", "attention_mask")]
+    inputs = [
+        helper.make_tensor_value_info(n, i64, ["b", "l"]) for n in ("input_ids", "token_type_ids", "attention_mask")
+    ]
     inputs += [
         helper.make_tensor_value_info("phoneme_mask", TensorProto.FLOAT, ["n", "c"]),
         helper.make_tensor_value_info("char_ids", i64, ["n"]),
