@@ -181,7 +181,8 @@ def model_file(folder: str | Path) -> Path:
 
 
 def check_folder(folder: str | Path) -> Path:
-    """The folder, once every file upstream reads is there and the tables parse (the model is not loaded)."""
+    """The folder, once every file upstream reads is there and the tables parse (read afresh, not cached; the
+    model is not loaded)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise G2pwFolderError("not a folder", path=folder, fix=_FIX)
@@ -189,13 +190,18 @@ def check_folder(folder: str | Path) -> Path:
     missing = [f for f in FOLDER_FILES[1:] if not (folder / f).is_file()]
     if missing:
         raise G2pwFolderError(f"no {', '.join(missing)}", path=folder, fix=_FIX)
-    load_tables(str(folder))
+    _read_tables(str(folder))
     return folder
 
 
 @lru_cache(maxsize=4)
 def load_tables(folder: str) -> G2pwTables:
-    """The folder's tables (cached per process), built as ``_G2PWBaseOnnxConverter.__init__`` builds them."""
+    """The folder's tables, read once per process (:func:`_read_tables`)."""
+    return _read_tables(folder)
+
+
+def _read_tables(folder: str) -> G2pwTables:
+    """The folder's tables, built as ``_G2PWBaseOnnxConverter.__init__`` builds them."""
     root = Path(folder)
     config = read_config(root / "config.py")
     use_char_phoneme = bool(config["use_char_phoneme"])
@@ -462,7 +468,8 @@ def load_g2pw(folder: str, tokenizer: str, context_chars: int = 16, sentence_ded
         from gsv_ray.prepare.text.frontend import EXTRA_FIX, LanguageUnavailable
 
         raise LanguageUnavailable("zh with g2pW needs the package 'onnxruntime', not installed", fix=EXTRA_FIX) from e
-    tables = load_tables(str(check_folder(folder)))
+    check_folder(folder)
+    tables = load_tables(str(folder))
     tok = BertTokenizer.from_folder(tokenizer)
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
