@@ -217,3 +217,19 @@ def test_ray_two_workers_byte_identical_to_in_process(prepared_v1, zh_list, pret
     assert result.mode.startswith("Ray Data, 2 workers")
     assert _files(tmp_path / "exp") == _files(out)
     assert result.problems == in_process.problems
+
+
+@pytest.mark.slow
+def test_g2pw_on_ray_two_workers_equals_in_process(zh_list, pretrained, tmp_path):
+    """The text tasks on Ray Data build the g2pW session in their worker processes: the same folder."""
+    _, wavs = zh_list
+    g2pw = build_g2pw_folder(tmp_path / "G2PWModel")
+    lst = _g2pw_list(tmp_path)
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"exp{workers}"
+        runs[workers] = prepare_experiment(
+            lst, out, version="v2", pretrained=pretrained, wav_dir=wavs, g2pw=g2pw, workers=workers
+        )
+    assert runs[2].mode.startswith("Ray Data, 2 workers") and runs[2].kept == 4
+    assert _files(tmp_path / "exp2") == _files(tmp_path / "exp1")
