@@ -143,6 +143,25 @@ def test_context_is_cropped_around_the_polyphonic_characters(g2pw, folders):
     assert no_dedup.readings(sentence) == got
 
 
+def test_over_510_tokens_each_query_gets_its_window_and_dedup_shares_the_first_row(g2pw, folders):
+    """A 600-character text seen whole (context 0): each query's 510 tokens are centred on it and shifted
+    inside the text ([0, 510) for 10, [90, 600) for 590); with upstream's dedup both queries share the first
+    row's tokens (the first query's window), so the second is answered at its position in the other window."""
+    vocab = vocab_ids(folders[1])
+    chars = [FILLER[i % 4] for i in range(600)]
+    chars[10], chars[590] = "行", "長"
+    text = "".join(chars)
+    inputs = model_inputs(g2pw.tokenizer, g2pw.tables, text, [10, 590])
+    window = [[vocab["[CLS]"], *(vocab[c] for c in text[a:b]), vocab["[SEP]"]] for a, b in ((0, 510), (90, 600))]
+    assert inputs["input_ids"].tolist() == window and inputs["position_ids"].tolist() == [11, 501]
+    whole = load_g2pw(str(folders[0]), str(folders[1]), 0, True)
+    got = whole.readings(text)
+    assert got[10] == pinyin_of(expected_label(vocab, text[:510], 10))
+    assert got[590] == pinyin_of(expected_label(vocab, text[:510], 500, char="長"))  # upstream's dedup quirk
+    separate = load_g2pw(str(folders[0]), str(folders[1]), 0, False).readings(text)
+    assert separate[590] == pinyin_of(expected_label(vocab, text[90:], 500)) != got[590]
+
+
 def test_g2p_reads_with_the_model_and_the_session_is_built_once(folders, monkeypatch, tmp_path):
     model, tok = folders
     load_g2pw.cache_clear()

@@ -143,12 +143,13 @@ def vocab_ids(folder: Path) -> dict[str, int]:
     return {t: i for i, t in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").split("\n")[:-1])}
 
 
-def expected_label(vocab: dict[str, int], text: str, query: int) -> str:
+def expected_label(vocab: dict[str, int], text: str, query: int, char: str | None = None) -> str:
     """The small model's answer for the query at ``text[query]`` (``text``: the traditional, cropped text the
-    model is given; every character one token): computed here in plain Python, not by gsv-ray."""
+    model is given; every character one token; ``char``: the queried character when the row's tokens are
+    another's): computed here in plain Python, not by gsv-ray."""
     ids = [vocab["[CLS]"], *(vocab.get(c, vocab["[UNK]"]) for c in text), vocab["[SEP]"]]
     pos = query + 1
-    char = text[query]
+    char = char or text[query]
     key = ids[pos + 1] + 2 * ids[pos] + 3 * len(ids) + 5 * CHARS.index(char)
     allowed = [LABELS.index(p) for c, p in POLYPHONIC if c == char]
     return LABELS[max(allowed, key=lambda k: (key + k) % len(LABELS))]

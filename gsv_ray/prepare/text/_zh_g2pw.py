@@ -464,10 +464,11 @@ def load_g2pw(folder: str, tokenizer: str, context_chars: int = 16, sentence_ded
     upstream's session options (all graph optimisations, sequential, 2 intra-op threads)."""
     try:
         import onnxruntime
+        import opencc  # noqa: F401  (s2tw, used per sentence: missing, it is named here once)
     except ModuleNotFoundError as e:
         from gsv_ray.prepare.text.frontend import EXTRA_FIX, LanguageUnavailable
 
-        raise LanguageUnavailable("zh with g2pW needs the package 'onnxruntime', not installed", fix=EXTRA_FIX) from e
+        raise LanguageUnavailable(f"zh with g2pW needs the package {e.name!r}, not installed", fix=EXTRA_FIX) from e
     check_folder(folder)
     tables = load_tables(str(folder))
     tok = BertTokenizer.from_folder(tokenizer)
