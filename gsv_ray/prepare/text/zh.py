@@ -75,7 +75,7 @@ def _g2pw(version: str, g2pw_dir: str | Path | None, bert_dir: str | Path | None
     return g2pw_from_env(g2pw_dir, tokenizer)
 
 
-def normalize(text: str, version: str, *, g2pw_dir: str | Path | None = None, no_g2pw: bool = False, **_: Any) -> str:
+def normalize(text: str, version: str, *, g2pw_dir: str | Path | None = None, no_g2pw: bool = False) -> str:
     """Upstream's ``norm_text``: sentences normalised (numbers, dates, units in words, traditional ->
     simplified), marks mapped to the six symbols, everything else deleted, runs of marks collapsed."""
     _erhua_mode(version, g2pw_dir, no_g2pw)
