@@ -337,7 +337,9 @@ def _tokenize(tokenizer: BertTokenizer, text: str) -> tuple[list[str], list[int 
     return tokens, text2token, spans
 
 
-def _truncate(query: int, tokens: list[str], text2token: list[int | None], spans: list[tuple[int, int]]):
+def _truncate(
+    query: int, tokens: list[str], text2token: list[int | None], spans: list[tuple[int, int]]
+) -> tuple[int, list[str], list[int | None]]:
     """``dataset._truncate``: at most 510 tokens, centred on the query's token and shifted inside the text;
     returns (query index, tokens, text2token) of the cut."""
     keep = _MAX_LEN - 2
@@ -458,7 +460,9 @@ class G2pw:
 
 
 @lru_cache(maxsize=4)
-def load_g2pw(folder: str, tokenizer: str, context_chars: int = 16, sentence_dedup: bool = True, cuda: bool = False):
+def load_g2pw(
+    folder: str, tokenizer: str, context_chars: int = 16, sentence_dedup: bool = True, cuda: bool = False
+) -> G2pw:
     """The converter of ``folder`` with the tokenizer folder ``tokenizer`` (chinese-roberta-wwm-ext-large),
     built once per process and arguments: onnxruntime's CPU provider (CUDA first when ``cuda`` and available),
     upstream's session options (all graph optimisations, sequential, 2 intra-op threads)."""
