@@ -40,6 +40,7 @@ from gsv_ray.prepare.pipeline import (
     text_stage,
 )
 from gsv_ray.prepare.text.frontend import ListProblem, language_module, parse_list, render_name2text
+from gsv_ray.prepare.text.zh import G2PW_FOLDER_NAME, check_g2pw_folder
 from gsv_ray.resources import PRETRAINED_SOVITS, PRO_VERSIONS, S2_VERSIONS
 from gsv_ray.semantic import SemanticStage, render_tsv, semantic_weights
 
@@ -83,7 +84,14 @@ class PrepareOptions:
     zh_without_g2pw: bool = option(
         False,
         help="zh lines for v2 and later: upstream's reading with g2pW switched off (polyphonic characters may "
-        "read differently from a webui-made folder); without it those lines are refused (needs_g2pw)",
+        "read differently from a webui-made folder); without it or a g2pW folder those lines are refused "
+        "(needs_g2pw)",
+    )
+    g2pw: str | None = option(
+        None,
+        metavar="DIR",
+        help="zh lines for v2 and later: GPT-SoVITS's G2PWModel folder (upstream's g2pW reading; needs the "
+        "chinese-roberta-wwm-ext-large folder of --pretrained); default: <pretrained>/../text/G2PWModel when there",
     )
 
     def run(self) -> PrepareResult:
@@ -100,6 +108,7 @@ class PrepareOptions:
             threads=self.threads,
             batch_size=self.batch_size,
             zh_without_g2pw=self.zh_without_g2pw,
+            g2pw=self.g2pw,
         )
 
 
@@ -191,6 +200,25 @@ def _models(pretrained: str | Path, version: str, sovits: str | Path | None) -> 
     return _Models(hubert, sv, g, bert if bert.exists() else None)
 
 
+def _g2pw_folder(
+    g2pw: str | Path | None, pretrained: str | Path, version: str, without: bool, rows: Sequence[dict[str, Any]]
+) -> Path | None:
+    """The G2PWModel folder zh lines of ``version`` are read with: ``--g2pw``, else ``<pretrained>/../text/
+    G2PWModel`` when it exists (a GPT-SoVITS checkout's place); checked (files, config.py, tables) when zh lines
+    need it. None for v1, ``--zh-without-g2pw``, no zh line, or no folder found."""
+    if g2pw is not None and without:
+        raise ConfigError(
+            "--g2pw and --zh-without-g2pw exclude each other",
+            fix="keep --g2pw for upstream's default reading, or --zh-without-g2pw to read without g2pW",
+        )
+    if version == "v1" or without or not any(r["language"] == "zh" for r in rows):
+        return None
+    folder = Path(g2pw) if g2pw is not None else Path(pretrained).resolve().parent / "text" / G2PW_FOLDER_NAME
+    if g2pw is None and not folder.is_dir():
+        return None
+    return check_g2pw_folder(folder)
+
+
 def _odd_name(name: str) -> str | None:
     """Why ``name`` cannot be an utterance's file name in the experiment folder, or None."""
     if name in ("", ".", ".."):
@@ -277,20 +305,23 @@ def prepare_experiment(
     threads: int = 1,
     batch_size: int = 8,
     zh_without_g2pw: bool = False,
+    g2pw: str | Path | None = None,
     use_ray: bool | None = None,
     load: Any = language_module,
 ) -> PrepareResult:
     """Fill ``output`` (``logs/<exp>``) from ``list_file``; see the module docstring. ``use_ray`` (default:
     ``workers > 1`` or an ``address``) runs the stages on Ray Data; ``load`` returns a language's front-end
-    module (default: ``gsv_ray.prepare.text.<lang>``); ``zh_without_g2pw`` prepares zh lines of v2 and later
-    with upstream's reading without g2pW (else they are refused). Raises :class:`EmptyExperiment` when
-    nothing is kept."""
+    module (default: ``gsv_ray.prepare.text.<lang>``); zh lines of v2 and later are read with upstream's g2pW
+    model from ``g2pw`` (default: ``<pretrained>/../text/G2PWModel`` when it exists), or with
+    ``zh_without_g2pw`` upstream's reading without g2pW (else they are refused). Raises
+    :class:`EmptyExperiment` when nothing is kept."""
     t0 = time.perf_counter()
     if version not in S2_VERSIONS:
         raise ConfigError(f"unknown version {version!r}", fix=f"use one of {', '.join(S2_VERSIONS)}")
     models = _models(pretrained, version, sovits)
     list_path, out = Path(list_file), Path(output)
     rows, problems, listed = _plan(_read_list(list_path), wav_dir)
+    g2pw_folder = _g2pw_folder(g2pw, pretrained, version, zh_without_g2pw, rows)
     for sub in (BERT_DIR, WAV_DIR, HUBERT_DIR, SV_DIR):
         sweep_temp_files(out / sub)  # a killed run's half-written files
     cfg = StageConfig(
@@ -303,6 +334,7 @@ def prepare_experiment(
         bert=None if models.bert is None else str(models.bert),
         no_g2pw=zh_without_g2pw,
         sovits=str(models.sovits),
+        g2pw=None if g2pw_folder is None else str(g2pw_folder),
     )
     semantic_weights(models.sovits, None, None)  # a SoVITS file that cannot make tokens fails here, before the work
     resumed = sum(cfg.layout.done(r["name"], cfg.pro, bert=r["language"] == "zh") for r in rows)

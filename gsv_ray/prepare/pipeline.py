@@ -8,8 +8,8 @@ form: kept, but worth a look), ``wav32k``/``wav16k``
 untouched.
 
 * :func:`text_stage` (a task): ``clean_text`` -> ``line``. A zh line is refused without the BERT folder
-  (``needs_bert``) and, for a version other than v1, without ``no_g2pw`` (``needs_g2pw``: upstream reads
-  those with the g2pW model, which gsv-ray does not run).
+  (``needs_bert``) and, for a version other than v1, without the g2pW folder or ``no_g2pw`` (``needs_g2pw``:
+  upstream reads those with the g2pW model). The g2pW session is built once per worker process (cached).
 * :class:`BertStage` (an actor, zh lines only): ``3-bert/<name>.pt`` (:mod:`gsv_ray.prepare.bert`); a line
   the BERT step rejects (an empty text) is dropped, as upstream drops it. It runs before the audio, so a
   dropped line has no audio files; a finished ``3-bert`` file is not redone.
@@ -98,7 +98,8 @@ class StageConfig:
     """What every stage needs: the output folder, the version, the models' places (``bert`` None: not
     given, zh lines are refused), the torch threads per model worker, the device (None: CUDA when the
     worker has it), the language-module loader, ``no_g2pw`` (zh v2+: upstream's reading with g2pW off),
-    ``sovits`` (the SoVITS file whose quantizer makes the semantic tokens)."""
+    ``sovits`` (the SoVITS file whose quantizer makes the semantic tokens), ``g2pw`` (zh v2+: the user's
+    G2PWModel folder; its tokenizer is the ``bert`` folder's)."""
 
     out: str
     version: str
@@ -110,6 +111,7 @@ class StageConfig:
     bert: str | None = None
     no_g2pw: bool = False
     sovits: str | None = None
+    g2pw: str | None = None
 
     @property
     def layout(self) -> Layout:
@@ -118,6 +120,12 @@ class StageConfig:
     @property
     def pro(self) -> bool:
         return self.sv is not None
+
+    @property
+    def zh_ready(self) -> bool:
+        """Whether zh lines can be read as upstream reads them for this version (v1; g2pW given; or asked
+        to read them without it), BERT folder aside."""
+        return self.version == "v1" or self.no_g2pw or self.g2pw is not None
 
 
 def new_row(lineno: int, name: str, wav: str, language: str, text: str) -> dict[str, Any]:
@@ -149,36 +157,41 @@ def failed_row(row: dict[str, Any], reason: str, message: str) -> dict[str, Any]
 
 
 @dataclass(frozen=True)
-class _WithoutG2pw:
-    """A zh module's ``normalize``/``g2p`` with ``no_g2pw=True`` (the language-module contract has no options)."""
+class _ZhWith:
+    """A zh module's ``normalize``/``g2p`` with the g2pW options (the language-module contract has none)."""
 
     module: Any
+    g2pw_dir: str | None
+    bert_dir: str | None
+    no_g2pw: bool
 
     def normalize(self, text: str, version: str) -> str:
-        return self.module.normalize(text, version, no_g2pw=True)
+        return self.module.normalize(text, version, g2pw_dir=self.g2pw_dir, no_g2pw=self.no_g2pw)
 
     def g2p(self, norm_text: str, version: str) -> tuple[list[str], list[int] | None]:
-        return self.module.g2p(norm_text, version, no_g2pw=True)
+        return self.module.g2p(norm_text, version, g2pw_dir=self.g2pw_dir, bert_dir=self.bert_dir, no_g2pw=self.no_g2pw)
 
 
 @dataclass(frozen=True)
-class _LoadWithoutG2pw:
-    """``load`` whose zh module runs with g2pW switched off (picklable, for the Ray tasks)."""
+class _LoadZhWith:
+    """``load`` whose zh module runs with the stage's g2pW options (picklable, for the Ray tasks)."""
 
     load: Callable[[str], LanguageModule]
+    g2pw_dir: str | None
+    bert_dir: str | None
+    no_g2pw: bool
 
     def __call__(self, language: str) -> LanguageModule:
         module = self.load(language)
-        return _WithoutG2pw(module) if language == "zh" else module
+        return _ZhWith(module, self.g2pw_dir, self.bert_dir, self.no_g2pw) if language == "zh" else module
 
 
 def _zh_refusal(row: dict[str, Any], cfg: StageConfig, where: str) -> dict[str, Any] | None:
     """The row refused when a zh line cannot be faithful here (no BERT folder; g2pW needed), else None."""
     if row["language"] != "zh":
         return None
-    g2pw = cfg.version != "v1" and not cfg.no_g2pw
     if cfg.bert is None:
-        also = f" (and, for {cfg.version}, --zh-without-g2pw)" if g2pw else ""
+        also = "" if cfg.zh_ready else f" (and, for {cfg.version}, --g2pw DIR)"
         return failed_row(
             row,
             "needs_bert",
@@ -186,13 +199,14 @@ def _zh_refusal(row: dict[str, Any], cfg: StageConfig, where: str) -> dict[str, 
             f"--pretrained: put GPT-SoVITS's pretrained_models/chinese-roberta-wwm-ext-large there{also}, "
             "or leave the zh lines out",
         )
-    if g2pw:
+    if not cfg.zh_ready:
         return failed_row(
             row,
             "needs_g2pw",
-            f"{where}: zh {cfg.version} reads polyphonic characters with upstream's g2pW model, which gsv-ray does "
-            "not run: pass --zh-without-g2pw (upstream's reading with g2pW switched off; polyphonic characters may "
-            "read differently from a webui-made folder), or use --version v1, or leave the zh lines out",
+            f"{where}: zh {cfg.version} reads polyphonic characters with upstream's g2pW model: pass --g2pw DIR "
+            "(GPT-SoVITS's GPT_SoVITS/text/G2PWModel; found by itself beside --pretrained in a GPT-SoVITS checkout), "
+            "or --zh-without-g2pw (upstream's reading with g2pW switched off; polyphonic characters may read "
+            "differently from a webui-made folder), or use --version v1, or leave the zh lines out",
         )
     return None
 
@@ -206,7 +220,9 @@ def text_stage(row: dict[str, Any], cfg: StageConfig) -> dict[str, Any]:
     refused = _zh_refusal(row, cfg, where)
     if refused is not None:
         return refused
-    load = _LoadWithoutG2pw(cfg.load) if cfg.no_g2pw else cfg.load
+    load = cfg.load
+    if cfg.version != "v1" and (cfg.no_g2pw or cfg.g2pw is not None):
+        load = _LoadZhWith(cfg.load, None if cfg.no_g2pw else cfg.g2pw, cfg.bert, cfg.no_g2pw)
     try:
         cleaned = clean_text(pre_replace(row["text"]), row["language"], cfg.version, load=load)
     except TextRejected as e:
@@ -296,11 +312,11 @@ class BertStage(ModelStage):
 
 
 def bert_wanted(rows: Sequence[dict[str, Any]], cfg: StageConfig) -> bool:
-    """Whether the BERT stage has work: a BERT folder, zh lines the text stage does not refuse (v1, or
-    ``no_g2pw``), and one of them without a problem or its ``3-bert`` file."""
+    """Whether the BERT stage has work: a BERT folder, zh lines the text stage does not refuse (v1, the g2pW
+    folder, or ``no_g2pw``), and one of them without a problem or its ``3-bert`` file."""
     return (
         cfg.bert is not None
-        and (cfg.version == "v1" or cfg.no_g2pw)
+        and cfg.zh_ready
         and any(r["language"] == "zh" and not r["problem"] and not cfg.layout.bert(r["name"]).is_file() for r in rows)
     )
 

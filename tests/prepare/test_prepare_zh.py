@@ -18,11 +18,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from gsv_ray.errors import ConfigError
 from gsv_ray.preparation import EmptyExperiment, prepare_experiment
 from gsv_ray.prepare.bert import bert_features, load_bert
+from gsv_ray.prepare.text._zh_g2pw import G2pwFolderError
 from tests.conftest import run_cli
 from tests.support.goldens import manifest_state_dict
 from tests.support.small_bert import build_small_bert
+from tests.support.small_g2pw import build_g2pw_folder, expected_label, pinyin_of, vocab_ids
 from tests.support.text_replay import load_golden
 
 CLIP = "short_0p3s_48k.wav"
@@ -122,7 +125,61 @@ def test_v2_without_the_option_is_needs_g2pw(zh_list, pretrained, tmp_path):
         prepare_experiment(lst, tmp_path / "exp", version="v2", pretrained=pretrained, wav_dir=wavs)
     problems = e.value.result.problems
     assert [p["reason"] for p in problems] == ["needs_g2pw"] * 22
-    assert "--zh-without-g2pw" in problems[0]["message"] and "\n" not in problems[0]["message"]
+    message = problems[0]["message"]
+    assert "--g2pw DIR" in message and "--zh-without-g2pw" in message and "\n" not in message
+
+
+def _g2pw_list(tmp_path: Path) -> Path:
+    lst = tmp_path / "g2pw.list"
+    lines = [
+        "zh_001.wav|spk|zh|她好长。",
+        "zh_002.wav|spk|zh|银行说话了。",
+        "zh_003.wav|spk|en|Hello world.",
+        "zh_004.wav|spk|zh|你好。",
+    ]
+    lst.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return lst
+
+
+def test_v2_with_the_g2pw_folder_reads_with_the_model(zh_list, pretrained, tmp_path):
+    """``--g2pw DIR`` (the library call): zh lines of v2 read by the (small stand-in) g2pW model; its answer
+    computed here from the tokenizer's vocabulary (the BERT folder's, as upstream's model_source)."""
+    _, wavs = zh_list
+    g2pw = build_g2pw_folder(tmp_path / "G2PWModel")
+    out = tmp_path / "exp"
+    result = prepare_experiment(_g2pw_list(tmp_path), out, version="v2", pretrained=pretrained, wav_dir=wavs, g2pw=g2pw)
+    assert result.problems == [] and result.kept == 4
+    lines = (out / "2-name2text.txt").read_text(encoding="utf-8").splitlines()
+    vocab = vocab_ids(pretrained / "chinese-roberta-wwm-ext-large")
+    hao, chang = (pinyin_of(expected_label(vocab, "她好長", q)) for q in (1, 2))
+    assert (hao, chang) == ("hao4", "chang2")  # pypinyin (--zh-without-g2pw) reads hao2 zhang3 here
+    assert lines[0] == "zh_001.wav\tt a1 h ao4 ch ang2 .\t[2, 2, 2, 1]\t她好长."
+    assert lines[1].split("\t")[1].startswith("y in2 h ang2 ")  # 银行 from the polyphonic dictionary
+    assert sorted(p.name for p in (out / "3-bert").iterdir()) == ["zh_001.wav.pt", "zh_002.wav.pt", "zh_004.wav.pt"]
+    with pytest.raises(ConfigError, match="exclude each other"):
+        prepare_experiment(
+            _g2pw_list(tmp_path), out, version="v2", pretrained=pretrained, g2pw=g2pw, zh_without_g2pw=True
+        )
+    (g2pw / "config.py").write_text("import os\nuse_mask = True\n", encoding="utf-8")
+    with pytest.raises(G2pwFolderError, match="config.py: line 1 is not a `name = literal`"):
+        prepare_experiment(_g2pw_list(tmp_path), out, version="v2", pretrained=pretrained, g2pw=g2pw)
+
+
+def test_the_g2pw_folder_beside_pretrained_is_found(zh_list, pretrained, tmp_path):
+    """A GPT-SoVITS checkout: ``GPT_SoVITS/text/G2PWModel`` beside ``GPT_SoVITS/pretrained_models`` is used
+    without ``--g2pw``."""
+    _, wavs = zh_list
+    checkout = tmp_path / "GPT_SoVITS"
+    (checkout / "pretrained_models").mkdir(parents=True)
+    for item in pretrained.iterdir():
+        (checkout / "pretrained_models" / item.name).symlink_to(item)
+    build_g2pw_folder(checkout / "text" / "G2PWModel")
+    out = tmp_path / "exp"
+    result = prepare_experiment(
+        _g2pw_list(tmp_path), out, version="v2", pretrained=checkout / "pretrained_models", wav_dir=wavs
+    )
+    assert result.kept == 4
+    assert (out / "2-name2text.txt").read_text(encoding="utf-8").startswith("zh_001.wav\tt a1 h ao4 ch ang2 .\t")
 
 
 def test_cli_v2_with_zh_without_g2pw_writes_the_v2_goldens(zh_list, pretrained, golden_zh, tmp_path, gsv_cache):
@@ -160,3 +217,19 @@ def test_ray_two_workers_byte_identical_to_in_process(prepared_v1, zh_list, pret
     assert result.mode.startswith("Ray Data, 2 workers")
     assert _files(tmp_path / "exp") == _files(out)
     assert result.problems == in_process.problems
+
+
+@pytest.mark.slow
+def test_g2pw_on_ray_two_workers_equals_in_process(zh_list, pretrained, tmp_path):
+    """The text tasks on Ray Data build the g2pW session in their worker processes: the same folder."""
+    _, wavs = zh_list
+    g2pw = build_g2pw_folder(tmp_path / "G2PWModel")
+    lst = _g2pw_list(tmp_path)
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"exp{workers}"
+        runs[workers] = prepare_experiment(
+            lst, out, version="v2", pretrained=pretrained, wav_dir=wavs, g2pw=g2pw, workers=workers
+        )
+    assert runs[2].mode.startswith("Ray Data, 2 workers") and runs[2].kept == 4
+    assert _files(tmp_path / "exp2") == _files(tmp_path / "exp1")

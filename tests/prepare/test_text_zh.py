@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from gsv_ray.prepare.text import zh
+from gsv_ray.prepare.text._zh_g2pw import G2pwFolderError
 from gsv_ray.prepare.text.base import TextRejected
 
 IDS = [f"zh_{i:03d}" for i in range(1, 23)]
@@ -142,9 +143,10 @@ def test_v2_without_g2pw_is_refused_in_one_line(tmp_path, version):
         with pytest.raises(TextRejected, match="no g2pW.onnx") as e:
             call(g2pw_dir=tmp_path)
         assert str(tmp_path) in e.value.reason
-    (tmp_path / "g2pW.onnx").write_bytes(b"")
-    with pytest.raises(TextRejected, match="not implemented"):
+    (tmp_path / "g2pW.onnx").write_bytes(b"")  # a folder with only the model: one line naming what is missing
+    with pytest.raises(G2pwFolderError, match="no config.py, POLYPHONIC_CHARS.txt") as e:
         zh.g2p("你好.", version, g2pw_dir=tmp_path)
+    assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
 
 
 def test_empty_and_marks_only(jieba_cache):

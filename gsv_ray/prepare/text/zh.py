@@ -5,10 +5,13 @@
 from the opencpop-strict table) and ``word2ph`` (2 per character, 1 per mark).
 
 Versions other than v1 are upstream's ``chinese2``, whose default reads polyphonic characters with the
-g2pW ONNX model (a user's download, ``GPT_SoVITS/text/G2PWModel``). gsv-ray does not run g2pW yet: such a
-version needs ``no_g2pw=True`` (upstream's ``chinese2`` with g2pW switched off: pypinyin readings, plus v2's
-erhua rule), else every line is refused with one line saying so. ``g2pw_dir`` is where the model folder
-will be passed.
+g2pW ONNX model (a user's download, ``GPT_SoVITS/text/G2PWModel``): ``g2pw_dir`` names that folder and
+``bert_dir`` the chinese-roberta-wwm-ext-large folder whose tokenizer it uses (default: the
+``pretrained_models`` folder beside it, as in a GPT-SoVITS checkout); :mod:`._zh_g2pw` runs upstream's g2pW
+path (onnxruntime, OpenCC ``s2tw``, GPT-SoVITS's polyphonic dictionary), then the same tone sandhi, v2's
+erhua rule and phone mapping. It follows upstream's code; no golden of the real model exists here.
+``no_g2pw=True`` is upstream's ``chinese2`` with g2pW switched off (pypinyin readings, plus v2's erhua rule);
+without either, every line is refused with one line saying so.
 
 Readings come from pypinyin and word boundaries / POS tags from jieba_fast (pinned in the ``prepare``
 extra). jieba_fast is set up lazily on first use, with its logging kept at warnings and its dictionary
@@ -24,15 +27,20 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
+from gsv_ray.prepare.text._zh_g2pw import check_folder as check_g2pw_folder
+from gsv_ray.prepare.text._zh_g2pw import correct_pronunciation, g2pw_from_env, segment_pinyin
 from gsv_ray.prepare.text._zh_normalize import normalize_sentences
 from gsv_ray.prepare.text._zh_sandhi import modify_tones, pre_merge
 from gsv_ray.prepare.text._zh_tables import membership, pinyin_to_phones, replace_pairs, typed_tables
 from gsv_ray.prepare.text.base import PUNCTUATION, TextRejected
 
-__all__ = ["G2PW_FOLDER", "normalize", "g2p"]
+__all__ = ["G2PW_FOLDER", "G2PW_FOLDER_NAME", "check_g2pw_folder", "normalize", "g2p"]
 
 #: where upstream keeps the g2pW model (in a GPT-SoVITS checkout)
 G2PW_FOLDER = "GPT_SoVITS/text/G2PWModel"
+G2PW_FOLDER_NAME = "G2PWModel"
+#: the tokenizer folder g2pW reads, relative to the GPT-SoVITS checkout's ``GPT_SoVITS`` folder (upstream's default)
+BERT_BESIDE = Path("pretrained_models") / "chinese-roberta-wwm-ext-large"
 _CHINESE = "tables_chinese.json"
 _LATIN = re.compile(r"[a-zA-Z]+")
 
@@ -42,7 +50,8 @@ _MARKS = "".join(PUNCTUATION)
 
 
 def _erhua_mode(version: str, g2pw_dir: str | Path | None, no_g2pw: bool) -> bool:
-    """Whether v2's erhua rule applies (every version but v1); refuses a g2pW-less v2 not asked for."""
+    """Whether v2's erhua rule applies (every version but v1); refuses a version other than v1 with neither
+    a g2pW folder (holding its model) nor ``no_g2pw``."""
     if version == "v1":
         return False
     if no_g2pw:
@@ -53,12 +62,17 @@ def _erhua_mode(version: str, g2pw_dir: str | Path | None, no_g2pw: bool) -> boo
             "was not given: pass its folder (g2pw_dir), or no_g2pw=True for upstream's reading without it"
         )
     folder = Path(g2pw_dir)
-    if not (folder / "g2pW.onnx").is_file():
+    if not any((folder / name).is_file() for name in ("g2pW.onnx", "g2pw.onnx")):
         raise TextRejected(f"the g2pW folder {folder} has no g2pW.onnx: give the {G2PW_FOLDER} folder")
-    raise TextRejected(
-        f"zh {version} with g2pW ({folder}) is not implemented in gsv-ray yet: use no_g2pw=True (pypinyin "
-        "readings; polyphonic characters may differ from upstream's default)"
-    )
+    return True
+
+
+def _g2pw(version: str, g2pw_dir: str | Path | None, bert_dir: str | Path | None, no_g2pw: bool) -> Any:
+    """The g2pW converter this call uses (built once per process and folder), or None (v1, ``no_g2pw``)."""
+    if version == "v1" or no_g2pw or g2pw_dir is None:
+        return None
+    tokenizer = Path(bert_dir) if bert_dir is not None else Path(g2pw_dir).resolve().parent.parent / BERT_BESIDE
+    return g2pw_from_env(g2pw_dir, tokenizer)
 
 
 def normalize(text: str, version: str, *, g2pw_dir: str | Path | None = None, no_g2pw: bool = False) -> str:
@@ -181,15 +195,44 @@ def _syllable_phones(initial: str, final: str, word: str, text: str) -> list[str
     return [phones[0], phones[1] + tone]
 
 
-def _segment_phones(segment: str, erhua: bool, tokenizer: Any, text: str) -> tuple[list[str], list[int]]:
-    """One segment (text up to and including a mark): jieba words, sandhi, erhua (v2), phones."""
-    words = pre_merge([(w, p) for w, p in tokenizer.lcut(_LATIN.sub("", segment))], _finals)
+def _word_readings(word: str, pinyins: list[str], text: str) -> tuple[list[str], list[str]]:
+    """chinese2's g2pW branch for one jieba word: its slice of the segment's readings, corrected by the
+    polyphonic dictionary, split into initials and TONE3 finals (a mark is both)."""
+    from pypinyin.contrib.tone_convert import to_finals_tone3, to_initials
+
+    initials: list[str] = []
+    finals: list[str] = []
+    for pinyin in correct_pronunciation(word, pinyins):
+        if not pinyin:
+            raise TextRejected(f"no reading for {word!r} in {text!r} (upstream fails on it): rewrite that word")
+        if pinyin[0].isalpha():
+            initials.append(to_initials(pinyin))
+            finals.append(to_finals_tone3(pinyin, neutral_tone_with_five=True))
+        else:
+            initials.append(pinyin)
+            finals.append(pinyin)
+    return initials, finals
+
+
+def _segment_phones(
+    segment: str, erhua: bool, tokenizer: Any, text: str, g2pw: Any = None
+) -> tuple[list[str], list[int]]:
+    """One segment (text up to and including a mark): jieba words, readings (per word from pypinyin, or the
+    whole segment through ``g2pw``), sandhi, erhua (v2), phones."""
+    segment = _LATIN.sub("", segment)
+    words = pre_merge([(w, p) for w, p in tokenizer.lcut(segment)], _finals)
+    pinyins = None if g2pw is None else segment_pinyin(segment, g2pw)
     phones: list[str] = []
     word2ph: list[int] = []
+    end = 0
     for word, pos in words:
+        start, end = end, end + len(word)  # the word's slice of the segment's readings (upstream's counter)
         if pos == "eng":
             continue
-        initials, finals = _readings(word)
+        if pinyins is None:
+            initials, finals = _readings(word)
+        else:
+            initials, finals = _word_readings(word, pinyins[start:end], text)
         finals = modify_tones(word, pos, finals, tokenizer.tokenizer.lcut_for_search)
         if erhua:
             finals = _erhua(word, pos, finals)
@@ -205,24 +248,27 @@ def g2p(
     version: str,
     *,
     g2pw_dir: str | Path | None = None,
+    bert_dir: str | Path | None = None,
     no_g2pw: bool = False,
     cache_root: str | Path | None = None,
 ) -> tuple[list[str], list[int]]:
     """Phones and ``word2ph`` of a normalised text (one entry per character: 2, or 1 for a mark).
 
     Raises :class:`TextRejected` for a character pypinyin has no table reading for (upstream drops the
-    line: 噷, 兙), and for a version other than v1 without ``no_g2pw`` (see the module docstring).
+    line: 噷, 兙), and for a version other than v1 with neither ``g2pw_dir`` nor ``no_g2pw`` (see the module
+    docstring). ``bert_dir``: the tokenizer folder g2pW uses (default: beside ``g2pw_dir``, as upstream);
     ``cache_root``: where jieba_fast's dictionary cache goes (default: gsv-ray's cache root)."""
     erhua = _erhua_mode(version, g2pw_dir, no_g2pw)
     marks = re.escape(_MARKS)
     segments = [s for s in re.split(rf"(?<=[{marks}])\s*", norm_text) if s.strip() != ""]
     if not segments:
         return [], []
+    g2pw = _g2pw(version, g2pw_dir, bert_dir, no_g2pw)
     tokenizer = _tokenizer(str(_jieba_cache_dir(cache_root)))
     phones: list[str] = []
     word2ph: list[int] = []
     for segment in segments:
-        seg_phones, seg_word2ph = _segment_phones(segment, erhua, tokenizer, norm_text)
+        seg_phones, seg_word2ph = _segment_phones(segment, erhua, tokenizer, norm_text, g2pw)
         phones += seg_phones
         word2ph += seg_word2ph
     return phones, word2ph
