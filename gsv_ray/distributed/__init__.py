@@ -23,6 +23,7 @@ _HOME = {
     "own_signal_handlers": "signals",
     "connect": "cluster",
     "end_local_ray": "cluster",
+    "RaySession": "cluster",
     "shutdown_local_ray": "cluster",
     "joined_address": "cluster",
     "share": "shared",

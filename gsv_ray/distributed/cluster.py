@@ -81,6 +81,7 @@ def connect(
             num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1),
             object_store_memory=object_store_memory,
             include_dashboard=dashboard,
+            dashboard_port=own_dashboard_port(),
             log_to_driver=log_to_driver,
             logging_level=logging_level,
         )
@@ -108,11 +109,29 @@ def _pin_own_address() -> None:
 
     port = os.environ.get("RAY_GCS_SERVER_PORT")  # the user's choice stays theirs
     if not port:
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = str(s.getsockname()[1])
+        port = str(free_port())
         os.environ["RAY_GCS_SERVER_PORT"] = os.environ[_CHOSEN_PORT] = port
     os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the kernel's choice)."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def own_dashboard_port() -> int:
+    """The dashboard port our local Ray records, with its dashboard or without: a free one, never Ray's default.
+
+    A Ray records its dashboard's address (default ``127.0.0.1:8265``) even with ``include_dashboard=False``,
+    and the State API of its processes asks there. Ray Train's ``PlacementGroupCleaner`` asks it whether our
+    controller lives: with another Ray's dashboard on 8265 (a user's ``ray start --head``, a Tune run) the
+    answer was "no such actor", so it judged our live controller dead and exited, or removed our workers'
+    placement group mid-run ("Destroying worker since its placement group was removed"). On a port of our
+    own, a dashboard-less Ray's State API finds nobody, which the cleaner takes as "unavailable" (it keeps
+    watching), and a dashboard answers for its own cluster."""
+    return free_port()
 
 
 #: set beside RAY_GCS_SERVER_PORT when we chose that port, so _unpin takes back only what we set
@@ -144,19 +163,64 @@ def shutdown_local_ray() -> None:
     _unpin()
 
 
-def end_local_ray(runs: str) -> None:
+def end_local_ray(*runs: str) -> None:
     """After success, failure or Ctrl-C: shut our local Ray down (its workers exit and drop their
-    hold on the runs' node scratch), then remove the scratch of the runs matching ``runs`` (a run
-    name, or a glob such as ``<tune name>-*``). Runs on a cluster are cleaned by their last worker,
+    hold on the runs' node scratch), then remove the scratch of the runs matching ``runs`` (run
+    names, or globs such as ``<tune name>-*``). Runs on a cluster are cleaned by their last worker,
     or as orphans by the next run on the node."""
     from gsv_ray.cache import scratch_root
     from gsv_ray.owned import remove_when_orphaned
 
     shutdown_local_ray()
     root = scratch_root()
-    for d in root.glob(runs):
+    for d in {d for pattern in runs for d in root.glob(pattern)}:
         remove_when_orphaned(d, wait_s=10.0)
     try:
         root.rmdir()  # nothing of ours left behind when no other run uses it
     except OSError:
         pass
+
+
+class RaySession:
+    """One Ray for the runs of one command (a search, then its refit: one local Ray start, not two).
+
+    :meth:`connect` joins the user's cluster or starts our own local Ray, once; a later call reuses
+    it. :meth:`add_runs` names runs whose node scratch is removed when our own Ray ends. :meth:`close`
+    (also on leaving a ``with`` block, Ctrl-C included) shuts our own Ray down and removes that scratch,
+    or disconnects from a joined cluster. A Ray this process had already initialised is left as it
+    is. Not thread-safe; one per command."""
+
+    def __init__(self) -> None:
+        self.started = False  # our own local Ray: ours to end
+        self.joined = False  # the user's cluster: ours to disconnect from
+        self._runs: list[str] = []
+
+    def connect(self, address: str | None, *, num_cpus: float, dashboard: bool = False) -> None:
+        """:func:`connect` unless Ray is initialised already (by this session or by the caller)."""
+        import ray
+
+        if ray.is_initialized():
+            return
+        joined = bool(joined_address(address))
+        self.started = connect(address, num_cpus=num_cpus, dashboard=dashboard)
+        self.joined = joined and not self.started
+
+    def add_runs(self, *runs: str) -> None:
+        """Run names (or globs) whose node scratch :meth:`close` removes after our own Ray stops."""
+        self._runs += runs
+
+    def close(self) -> None:
+        import ray
+
+        if self.started:
+            end_local_ray(*self._runs)
+        elif self.joined:  # disconnect now (its late log lines then stay out of the console)
+            ray.shutdown()
+        self.started = self.joined = False
+        self._runs.clear()
+
+    def __enter__(self) -> RaySession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

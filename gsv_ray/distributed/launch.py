@@ -22,7 +22,7 @@ from typing import Any, Callable
 from gsv_ray.atomic import write_json
 from gsv_ray.cache import default_cache_root
 from gsv_ray.console import shown
-from gsv_ray.distributed.cluster import alive_hosts, connect, end_local_ray, joined_address
+from gsv_ray.distributed.cluster import RaySession, alive_hosts, joined_address
 from gsv_ray.distributed.job import JOB_KEY, WorkerJob
 from gsv_ray.distributed.layout import (
     ACTOR_TRIAL,
@@ -242,10 +242,11 @@ def train_on_ray(
     wandb_job_type: str | None = None,
     console: Any = None,
     rank0_lines: bool = True,
+    session: RaySession | None = None,
 ) -> TrainResult:
-    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc.
-    ``console`` (a :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the
-    log only) and progress are shown there."""
+    """Run ``gsv_ray.train.loop.train`` on ``opts.workers`` Ray workers; see the module doc. ``console`` (a
+    :class:`gsv_ray.console.Chatter`): rank 0's lines (``rank0_lines``; else in the log only) and progress
+    are shown there. ``session``: the command's Ray (the caller closes it), else the run's own."""
     from gsv_ray.distributed.shared import nbytes, share
 
     cfg.validate()
@@ -259,8 +260,8 @@ def train_on_ray(
     given_storage, storage, storage_fs, storage_path = _checked_storage(opts, cfg.output_dir, recorded)
     import ray
 
-    joined = not ray.is_initialized() and bool(opts.address or os.environ.get("RAY_ADDRESS"))
-    started = connect(opts.address, num_cpus=opts.workers * opts.cpus_per_worker)
+    own, session = session is None, session or RaySession()
+    session.connect(opts.address, num_cpus=opts.workers * opts.cpus_per_worker)
     check_resources(opts)
     _check_shared_storage(storage)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,7 @@ def train_on_ray(
     name = recorded[0] if recorded is not None else run_name(cfg, init_sha, opts.resume)
     _record_run(cfg.output_dir, name, layout, given_storage)
     say(_run_line(cfg, opts, name, nbytes(rebuilt), given_storage))
-    relay, display = _console_relay(console, local=started, lines=rank0_lines)
+    relay, display = _console_relay(console, local=session.started, lines=rank0_lines)
     job = WorkerJob(
         train=dataclasses.replace(cfg, resume=None, name=cfg.run_name),  # exports named after -o, as locally
         rebuild=shared,
@@ -286,11 +287,22 @@ def train_on_ray(
         wandb_run_id=wandb_run_id(name),
         relay=relay.queue if relay is not None else None,
     )
+    session.add_runs(name)
     try:
         result = _fit(job, cfg, opts, storage, storage_path)
     finally:
-        _leave_ray(name, relay, display, started=started, joined=joined)
+        _leave_ray(relay, display, session if own else None)
     return _collect(result, cfg, rebuilt.stage, rebuilt.version, storage_fs, job.run_uri)
+
+
+def _leave_ray(relay: Any, display: Any, session: RaySession | None) -> None:
+    """After a run, however it ended: close the console relay, and close ``session`` when the run owns it
+    (our own Ray: its workers stop and the run's scratch goes; a joined cluster: disconnect)."""
+    if relay is not None:
+        relay.close()
+        display.close()
+    if session is not None:
+        session.close()
 
 
 def _run_line(cfg: TrainConfig, opts: RayOptions, name: str, shared_bytes: int, storage: str) -> str:
@@ -314,20 +326,6 @@ def _checked_storage(
     check_writable(storage)
     storage_fs, storage_path = resolve(storage)
     return given, storage, storage_fs, storage_path
-
-
-def _leave_ray(name: str, relay: Any, display: Any, *, started: bool, joined: bool) -> None:
-    """After the run ``name``, however it ended: close the console relay, and stop our own Ray or
-    disconnect from the cluster we joined."""
-    import ray
-
-    if relay is not None:
-        relay.close()
-        display.close()
-    if started:  # our own Ray, on this node: stop its workers and remove the run's scratch now
-        end_local_ray(name)
-    elif joined:  # a cluster we joined: disconnect now (its late log lines then stay out of the console)
-        ray.shutdown()
 
 
 def _fit(job: WorkerJob, cfg: TrainConfig, opts: RayOptions, storage: str, storage_path: str):

@@ -54,8 +54,10 @@ def run_refit(
     group: str,
     say: Callable[[str], None] = print,
     console: Any = None,
+    session: Any = None,
 ) -> RefitSummary:
-    """Train (or continue, or find finished) the refit of ``winner``; see the module doc."""
+    """Train (or continue, or find finished) the refit of ``winner``; see the module doc. ``session``
+    (a :class:`gsv_ray.distributed.RaySession`): the search's Ray, reused (no second local Ray start)."""
     from gsv_ray.console import shown
     from gsv_ray.distributed import RayOptions, recorded_run_name, train_on_ray, wandb_run_id
     from gsv_ray.train.rundir import FINISHED, existing_run, finished_line, own_output_dir, record_finished
@@ -90,6 +92,7 @@ def run_refit(
                 wandb_job_type=REFIT_JOB_TYPE,
                 console=console,
                 rank0_lines=False,
+                session=session,
             )
             record_finished(rcfg, result.steps, result.epochs, result.exports)
             exports = [str(p) for p in result.exports]

@@ -51,11 +51,32 @@ def tune_and_report(
     ``console``: a :class:`gsv_ray.console.Chatter` (lines, live trial rows and the table go there).
     ``interrupted``: what to do after Ctrl-C (default: tune's ``--resume``). A ``--resume`` of a search
     whose trials all finished but whose refit did not goes straight to the refit."""
+    from gsv_ray.distributed import RaySession
+
     say = say or (console.say if console is not None else print)
+    with RaySession() as session:  # one Ray for the search and its refit
+        outcome, files = _search_and_refit(cfg, opts, say=say, console=console, session=session)
+    _listen_and_summary_run(cfg, outcome, Path(cfg.output_dir), files)
+    best_exports = _say_summary(cfg, outcome, files, say=say, console=console, interrupted=interrupted)
+    if _complete(outcome):
+        record_search_finished(Path(cfg.output_dir), outcome.name, best_exports)  # a later --resume changes nothing
+    return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
+
+
+def _complete(outcome: TuneOutcome) -> bool:
+    """Every trial ran to its end (no Ctrl-C, none interrupted)."""
+    return not outcome.interrupted and not any(t.status in INTERRUPTED_STATUSES for t in outcome.trials)
+
+
+def _search_and_refit(
+    cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None], console: Any, session: Any
+) -> tuple[TuneOutcome, dict[str, Path]]:
+    """The search (or, on ``--resume``, its recorded outcome), the results table and files, then the
+    refit of the winner on ``session``'s Ray; returns the outcome and the results files."""
     out = Path(cfg.output_dir)
     outcome = searched(out, opts, opts.name or default_name(cfg)) if opts.resume else None
     if outcome is None:
-        outcome = run_tune(cfg, opts, say=say, console=console)
+        outcome = run_tune(cfg, opts, say=say, console=console, session=session)
     if console is not None:
         from rich.console import Console
 
@@ -64,8 +85,7 @@ def tune_and_report(
         Console(file=console.out, width=WIDTH).print(results_table(outcome))
     for line in failure_lines(outcome):
         say(line)
-    complete = not outcome.interrupted and not any(t.status in INTERRUPTED_STATUSES for t in outcome.trials)
-    refit = opts.refit and complete and outcome.best is not None and bool(outcome.best.best_step)
+    refit = opts.refit and _complete(outcome) and outcome.best is not None and bool(outcome.best.best_step)
     outcome.refit = RefitSummary(
         status=REFIT_PENDING if refit else REFIT_SKIPPED if not opts.refit else REFIT_NOT_RUN,
         steps=outcome.best.best_step if refit else None,
@@ -73,14 +93,12 @@ def tune_and_report(
     place_best(outcome, out, refit=None)  # the winning trial's files now: a refit cut short leaves them
     files = write_results(outcome, out)
     if refit:
-        outcome.refit = run_refit(cfg, opts, outcome.best, group=outcome.name, say=say, console=console)
+        outcome.refit = run_refit(
+            cfg, opts, outcome.best, group=outcome.name, say=say, console=console, session=session
+        )
         place_best(outcome, out, refit=outcome.refit)
         files = write_results(outcome, out)
-    _listen_and_summary_run(cfg, outcome, out, files)
-    best_exports = _say_summary(cfg, outcome, files, say=say, console=console, interrupted=interrupted)
-    if complete:
-        record_search_finished(out, outcome.name, best_exports)  # a later --resume changes nothing
-    return TuneRun(outcome=outcome, results=files, best_exports=best_exports)
+    return outcome, files
 
 
 def _listen_and_summary_run(cfg: TrainConfig, outcome: TuneOutcome, out: Path, files: dict[str, Path]) -> None:

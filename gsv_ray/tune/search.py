@@ -389,13 +389,22 @@ def default_name(cfg: TrainConfig) -> str:
     return f"tune-{Path(cfg.output_dir).resolve().name}"
 
 
-def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] = print, console: Any = None):
-    """Run (or ``--resume``) the search; returns the ``TuneOutcome`` and writes the results to ``-o``."""
+def run_tune(
+    cfg: TrainConfig,
+    opts: TuneOptions,
+    *,
+    say: Callable[[str], None] = print,
+    console: Any = None,
+    session: Any = None,
+):
+    """Run (or ``--resume``) the search; returns the ``TuneOutcome`` and writes the results to ``-o``.
+    ``session`` (a :class:`gsv_ray.distributed.RaySession`): the command's Ray, kept after the search for
+    its refit (the caller closes it); without one the search's own Ray ends with it."""
     import ray
     from ray import tune
 
     from gsv_ray.console import shown
-    from gsv_ray.distributed import connect, end_local_ray, experiment_uri, share, trial_train_run
+    from gsv_ray.distributed import RaySession, experiment_uri, share, trial_train_run
 
     cfg.validate()
     _check_search(cfg, opts)
@@ -409,32 +418,23 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
     cfg, rebuilt = _rebuild_once(cfg, say)
 
     resources = trial_resources(opts)
-    # a local Ray: logical CPUs for two concurrent trials at least, more only where the machine has
-    # the cores; the dashboard on: early-stopped trials then free their workers
-    started = connect(opts.address, num_cpus=min(2, opts.num_samples) * resources["CPU"], dashboard=True)
+    own = session is None
+    session = _search_ray(RaySession() if session is None else session, opts, resources, trial_train_run(name, "*"))
     _check_trials_fit(opts, resources["CPU"], ray.cluster_resources().get("CPU", 0))
 
     shared = share(rebuilt)
     from gsv_ray.tune.asha import start_board
 
     board = start_board(name) if opts.scheduler == "asha" else None  # noqa: F841 -- alive while we hold it
-    relay, rows = _console_relay(console, cfg.max_steps, local=started)
+    relay, rows = _console_relay(console, cfg.max_steps, local=session.started)
     trainable = _trainable(cfg, opts, name, rebuilt, shared, resources, storage_path, storage_fs, relay)
     if opts.resume:
         say(f"resuming tune run {name} from {experiment_path}")
-        tuner = tune.Tuner.restore(
-            experiment_uri(opts.storage, name),
-            trainable=trainable,
-            resume_unfinished=True,
-            storage_filesystem=storage_fs,
-        )
+        uri = experiment_uri(opts.storage, name)
+        tuner = tune.Tuner.restore(uri, trainable, resume_unfinished=True, storage_filesystem=storage_fs)
     else:
         tuner = _new_tuner(trainable, cfg, opts, name, storage_path, storage_fs, objective, rows)
-    say(
-        f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
-        f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
-        f"{opts.workers_per_trial} worker(s)/trial; storage {shown(given_storage)}"
-    )
+    say(_search_line(cfg, opts, name, shown(given_storage)))
     try:
         grid = _fit_search(tuner, relay, rows)
         missing = unreported_metric(grid, objective)
@@ -443,11 +443,28 @@ def run_tune(cfg: TrainConfig, opts: TuneOptions, *, say: Callable[[str], None] 
             raise missing
         outcome = collect(grid, cfg, opts, name, rebuilt, storage_fs, storage_path, objective)
     finally:
-        if started:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
-            end_local_ray(trial_train_run(name, "*"))
+        if own:  # our own Ray: stop it, then remove the trials' node scratch (success, failure, Ctrl-C)
+            session.close()
     if not opts.resume and len(outcome.trials) < opts.num_samples:
         outcome.interrupted = True  # Ctrl-C: Tune returns a partial ResultGrid without raising
     return outcome
+
+
+def _search_line(cfg: TrainConfig, opts: TuneOptions, name: str, storage_shown: str) -> str:
+    return (
+        f"tune {name}: {opts.num_samples} trials, lr_scale in {list(opts.lr_scale_range)}, warmup in "
+        f"{opts.warmups(cfg.max_steps)}, {opts.search} search, {opts.scheduler} scheduler, "
+        f"{opts.workers_per_trial} worker(s)/trial; storage {storage_shown}"
+    )
+
+
+def _search_ray(session: Any, opts: TuneOptions, resources: dict[str, float], trial_runs: str) -> Any:
+    """``session`` connected for the search: a local Ray gets logical CPUs for two concurrent trials at
+    least (more only where the machine has the cores) and the dashboard (early-stopped trials then free
+    their workers); the trials' node scratch (``trial_runs``) goes when it ends."""
+    session.connect(opts.address, num_cpus=min(2, opts.num_samples) * resources["CPU"], dashboard=True)
+    session.add_runs(trial_runs)
+    return session
 
 
 def _trainable(

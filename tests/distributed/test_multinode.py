@@ -41,13 +41,11 @@ def cluster(tmp_path, monkeypatch):
     # lives) find their cluster through RAY_ADDRESS, else the machine's newest Ray: with another Ray
     # running beside this test they asked that one, took our controller for dead and removed our
     # placement group. So the GCS port is chosen here and every node is told its own address.
-    import socket
-
     import ray
 
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        port = sock.getsockname()[1]
+    from gsv_ray.distributed.cluster import free_port, own_dashboard_port
+
+    port = free_port()
     address = f"{ray.util.get_node_ip_address()}:{port}"
 
     def node_env(name: str) -> dict[str, str]:
@@ -65,6 +63,7 @@ def cluster(tmp_path, monkeypatch):
             "gcs_server_port": port,
             "env_vars": node_env("head"),
             "include_dashboard": False,
+            "dashboard_port": own_dashboard_port(),  # its State API never asks another Ray's dashboard
         },
     )
     assert c.address == address, (c.address, address)

@@ -1,7 +1,7 @@
 """Our local Ray is ours: with another Ray started by `ray start --head` on the machine (the newest
-cluster Ray's auto-detection finds), `train --workers 2` without --address neither joins it nor
-fails because of it. Before: `ray.init(num_cpus=...)` attached to the other cluster and failed
-("When connecting to an existing cluster, num_cpus and num_gpus must not be provided"), and Ray
+cluster Ray's auto-detection finds; its dashboard on Ray's default port), `train --workers 2` without
+--address neither joins it nor fails because of it. Before: `ray.init(num_cpus=...)` attached to the
+other cluster and failed ("When connecting to an existing cluster, num_cpus and num_gpus must not be provided"), and Ray
 Train's helper actors queried the other cluster ("Found multiple active Ray instances")."""
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def other_ray(tmp_path):
             str(port),
             "--num-cpus",
             "1",
-            "--include-dashboard",
-            "false",
+            "--dashboard-port",  # its dashboard (on by default) where a dashboard-less Ray's State API looks
+            "8265",
             "--block",
         ],
         env=env,
@@ -107,4 +107,9 @@ def test_train_workers_starts_its_own_ray_beside_another(other_ray, fixtures_dir
     assert r.returncode == 0, out[-3000:]
     assert "Connecting to existing Ray cluster" not in out and "multiple active Ray instances" not in out, out[-3000:]
     assert str(other_ray) not in out
+    # Ray Train's PlacementGroupCleaner asked the other cluster's dashboard about our controller, did not
+    # find it and judged it dead (it then exits, or removes our workers' placement group mid-run)
+    log = (tmp_path / "run" / "logs" / "gsv-ray.log").read_text()
+    assert "Failed to register placement group with cleaner" not in log, log[-3000:]
+    assert "Detected that the Ray Train controller actor" not in log, log[-3000:]
     assert list((tmp_path / "run" / "GPT_weights_v2").glob("*.ckpt"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -360,6 +361,11 @@ def test_demo_runs_end_to_end(tmp_path):
     assert read(best).kind == "sovits-export"
     log = (tmp_path / "d/runs/demo/logs/gsv-ray.log").read_text()
     assert "Configuration for experiment" in log and "[rank 0/1]" in log  # Tune's chatter and the trials' lines
+    # one local Ray for the search and its refit (before: a second one started for the refit): the Ray
+    # session folders the search's and the refit's artifact lines name
+    sessions = set(re.findall(r"/ray/(session_[0-9_-]+)/artifacts/[0-9_-]+/(demo|gsv-[0-9a-f-]+)/", log))
+    assert {run.startswith("gsv-") for _, run in sessions} == {False, True}, sessions  # the search's; the refit's
+    assert len({session for session, _ in sessions}) == 1, sessions
     _padding_stays_sparse(tmp_path / "d/runs/demo", home)
 
 
