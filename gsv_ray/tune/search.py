@@ -418,8 +418,8 @@ def run_tune(
     cfg, rebuilt = _rebuild_once(cfg, say)
 
     resources = trial_resources(opts)
-    own = session is None
-    session = _search_ray(RaySession() if session is None else session, opts, resources, trial_train_run(name, "*"))
+    own, session = session is None, session or RaySession()
+    _search_ray(session, opts, resources, trial_train_run(name, "*"))
     _check_trials_fit(opts, resources["CPU"], ray.cluster_resources().get("CPU", 0))
 
     shared = share(rebuilt)
@@ -458,13 +458,12 @@ def _search_line(cfg: TrainConfig, opts: TuneOptions, name: str, storage_shown: 
     )
 
 
-def _search_ray(session: Any, opts: TuneOptions, resources: dict[str, float], trial_runs: str) -> Any:
+def _search_ray(session: Any, opts: TuneOptions, resources: dict[str, float], trial_runs: str) -> None:
     """``session`` connected for the search: a local Ray gets logical CPUs for two concurrent trials at
     least (more only where the machine has the cores) and the dashboard (early-stopped trials then free
     their workers); the trials' node scratch (``trial_runs``) goes when it ends."""
     session.connect(opts.address, num_cpus=min(2, opts.num_samples) * resources["CPU"], dashboard=True)
     session.add_runs(trial_runs)
-    return session
 
 
 def _trainable(
