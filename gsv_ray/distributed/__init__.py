@@ -26,6 +26,7 @@ _HOME = {
     "RaySession": "cluster",
     "shutdown_local_ray": "cluster",
     "joined_address": "cluster",
+    "local_cpus": "cluster",
     "share": "shared",
     "Relay": "relay",
     "StopBoard": "stopboard",

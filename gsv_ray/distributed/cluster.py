@@ -78,7 +78,7 @@ def connect(
     try:
         ray.init(
             address="local",
-            num_cpus=max(math.ceil(num_cpus), os.cpu_count() or 1),
+            num_cpus=local_cpus(num_cpus),
             object_store_memory=object_store_memory,
             include_dashboard=dashboard,
             dashboard_port=own_dashboard_port(),
@@ -92,6 +92,12 @@ def connect(
             fix = "point TMPDIR (or RAY_TMPDIR) at a short path such as /tmp: Ray's socket paths must fit 107 bytes"
         raise GsvError(f"cannot start a local Ray ({first})", fix=fix) from None
     return True
+
+
+def local_cpus(num_cpus: float) -> int:
+    """The logical CPUs :func:`connect` gives our own local Ray when asked for at least ``num_cpus``: known
+    before it starts, so what cannot fit is refused at once."""
+    return max(math.ceil(num_cpus), os.cpu_count() or 1)
 
 
 def _pin_own_address() -> None:

@@ -238,6 +238,13 @@ def _check_search(cfg: TrainConfig, opts: TuneOptions) -> None:
             "utterances with --val-names FILE",
         )
     opts.validate(cfg.max_steps)
+    import ray
+
+    from gsv_ray.distributed import joined_address, local_cpus
+
+    if not ray.is_initialized() and not joined_address(opts.address):  # our own local Ray: its CPUs known now
+        resources = trial_resources(opts)
+        _check_trials_fit(opts, resources["CPU"], local_cpus(_search_cpus(opts, resources)))
 
 
 def param_space(opts: TuneOptions, max_steps: int) -> dict[str, Any]:
@@ -462,8 +469,13 @@ def _search_ray(session: Any, opts: TuneOptions, resources: dict[str, float], tr
     """``session`` connected for the search: a local Ray gets logical CPUs for two concurrent trials at
     least (more only where the machine has the cores) and the dashboard (early-stopped trials then free
     their workers); the trials' node scratch (``trial_runs``) goes when it ends."""
-    session.connect(opts.address, num_cpus=min(2, opts.num_samples) * resources["CPU"], dashboard=True)
+    session.connect(opts.address, num_cpus=_search_cpus(opts, resources), dashboard=True)
     session.add_runs(trial_runs)
+
+
+def _search_cpus(opts: TuneOptions, resources: dict[str, float]) -> float:
+    """The logical CPUs a search asks of its local Ray: two concurrent trials' at least."""
+    return min(2, opts.num_samples) * resources["CPU"]
 
 
 def _trainable(

@@ -444,29 +444,32 @@ BAD = {
     "empty lr range": (["--lr-scale-range", "1", "0.5"], "LO < HI"),
     "negative warmup": (["--warmup-choices", "-5"], "warmup"),
     "resume of an unknown run": (["--resume", "--name", "nope"], "no tune run named"),
-    "more concurrency than fits": (["--max-concurrent", "64"], "--max-concurrent"),
+    # our own local Ray's CPUs are known before it starts: refused at once (before: after starting Ray)
+    "more concurrency than fits": (["--max-concurrent", "64"], "--max-concurrent 64 trials need"),
     # trials are compared by validation loss: nothing held out was a Tune traceback after training
     "nothing held out": (["--val-fraction", "0"], "--val-fraction 0"),
     # the search's objective: a logged validation metric needs its direction; a name that is none is refused
     "a metric without its mode": (["--metric", "val/mel_l1"], "--metric val/mel_l1 needs --mode"),
     "not a validation metric": (["--metric", "loss"], "--metric loss is not a validation metric"),
 }
-#: refused only once the search's local Ray counts its CPUs
-STARTS_RAY = {"more concurrency than fits"}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(BAD))
 def test_tune_bad_input(case, demo_inputs, tmp_path):
+    """Refused in one line before any Ray starts (a local Ray leaves its session folder in the user's
+    RAY_TMPDIR) or any trial runs."""
     extra, needle = BAD[case]
     args = _tune(tmp_path, demo_inputs, "--max-steps", "6", "--warmup-choices", "0", "2", *extra)
-    if case in STARTS_RAY:  # our own local Ray, which that process takes with it
-        r = subprocess.run(args, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
-    else:  # refused before any Ray starts
-        r = _in_process(tmp_path, args)
+    tmp = Path(tempfile.mkdtemp(prefix="gsv-t-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    try:
+        r = run_cli_in_process(*args[3:], env=_env(tmp_path, RAY_TMPDIR=str(tmp)), replace_env=True)
+        started = list(tmp.iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gsv-ray: error:") and needle in lines[0], r.stderr[-2000:]
+    assert started == [] and not (tmp_path / "run" / "trials").exists()
 
 
 @pytest.mark.slow
