@@ -261,12 +261,13 @@ def assert_same_gpt_exports(a_dir: Path, b_dir: Path) -> None:
         assert torch.equal(wa[k], wb[k]), k
 
 
-def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path):
+def test_node_scratch_is_removed_when_the_run_ends(ray_local, fixtures_dir, synth, tmp_path):
     """A run's node scratch (per run, per user) is gone after Ctrl-C of `train --workers 2` (SIGINT
     to the terminal's process group; the SIGKILL test checks it after a successful run); orphans of
     runs that died (their workers no longer hold them) are removed by the next run, live ones never.
     Then the same command without --resume is refused; with it, it continues the run, and when that
-    driver is killed (SIGKILL of its process group, its local Ray with it), continues again."""
+    driver is killed (SIGKILL of its process group, its local Ray with it), continues again (that last
+    run in this process, on the module's Ray: no third local Ray to start)."""
     from gsv_ray.owned import GRACE_S, OWNER, Owner
 
     root = tmp_path / "scratch"
@@ -352,7 +353,7 @@ def test_node_scratch_is_removed_when_the_run_ends(fixtures_dir, synth, tmp_path
         time.sleep(0.2)
     killed_at = max(int(c.name[5:]) for c in (tmp_path / "run" / "ray").glob("*/step_*"))
     args[args.index(steps)] = str(killed_at + 20)
-    again = subprocess.run(args + ["--resume"], env=env, capture_output=True, text=True, timeout=400)
+    again = run_cli_in_process(*args[3:], "--resume", env=env, replace_env=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restart: continuing from step_" in again.stdout + again.stderr
     assert (tmp_path / "run" / "GPT_weights_v2").is_dir()

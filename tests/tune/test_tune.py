@@ -253,13 +253,18 @@ def _trial_checkpoints(experiment: Path) -> dict[str, list[int]]:
 
 @pytest.mark.slow
 def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
+    """Ctrl-C once one trial has finished (its outputs placed in -o/trials/<id>/, moved out of storage)
+    and the next has its first checkpoint; the third has not started. results.json then shows what each
+    trial had checkpointed. `--resume` continues the interrupted trial from its newest complete
+    checkpoint, runs the third, and keeps the finished trial's export and metrics (before: its folder
+    was emptied, and the winner's weights in best/ could be none): every step once in every trial."""
     args = _tune(
         tmp_path,
         demo_inputs,
         "--max-steps",
-        "12",
+        "6",
         "--val-every",
-        "3",
+        "2",
         "--batch-size",
         "4",
         "--num-samples",
@@ -269,7 +274,7 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
         "--scheduler",
         "fifo",
         "--max-concurrent",
-        "2",
+        "1",
         "--name",
         "ti",
         "--wandb-mode",
@@ -279,37 +284,40 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
         "--no-refit",
     )
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    storage = tmp_path / "run" / "ray"
+    storage = tmp_path / "run" / "ray" / "ti"
+
+    def with_checkpoints() -> dict[str, list[int]]:
+        return {trial_id: steps for trial_id, steps in _trial_checkpoints(storage).items() if steps}
+
     deadline = time.time() + 300
-    while time.time() < deadline and not any(3 in steps for steps in _trial_checkpoints(storage / "ti").values()):
-        time.sleep(0.2)
+    while time.time() < deadline and p.poll() is None and len(with_checkpoints()) < 2:
+        time.sleep(0.05)  # the first trial finished (one at a time), the second has its first checkpoint
     p.send_signal(signal.SIGINT)
     first, _ = p.communicate(timeout=300)
-    assert any(3 in steps for steps in _trial_checkpoints(storage / "ti").values()), first[-3000:]
     assert p.returncode == 130 and "interrupted" in first.lower(), first[-3000:]
     assert not list((tmp_path / "scratch").glob("ti-*")), "the trials' node scratch outlived the run"
     interrupted_at = time.time()
-    saved = {trial_id: max(steps) for trial_id, steps in _trial_checkpoints(storage / "ti").items() if steps}
+    saved = {trial_id: max(steps) for trial_id, steps in with_checkpoints().items()}
+    assert len(saved) == 2, first[-3000:]
     # results.json after Ctrl-C shows what each trial had checkpointed: its steps and validations
     res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
     for trial_id, step in saved.items():
         t = res[trial_id]
-        assert t["steps"] >= step and t["best_value"] is not None and len(t["val_history"]) >= step // 3, t
-        assert t["status"] == "interrupted"
+        assert t["steps"] >= step and t["best_value"] is not None and len(t["val_history"]) >= step // 2, t
+    assert sorted(res[t]["status"] for t in saved) == ["completed", "interrupted"], res  # one done, one mid-run
     r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(res["trials"]) == 3 and all(t["status"] == "completed" for t in res["trials"]), res["trials"]
     for t in res["trials"]:  # none ran twice from scratch: every step appears once in each trial's metrics
-        rows = [
-            row
-            for row in read_metrics(tmp_path / "run" / "trials" / t["trial_id"] / "metrics.jsonl")
-            if row["split"] == "train"
-        ]
-        assert [row["step"] for row in rows] == list(range(1, 13)), (t["trial_id"], rows)
+        trial = tmp_path / "run" / "trials" / t["trial_id"]
+        assert list(trial.glob("SoVITS_weights_v2/*.pth")), (t["trial_id"], sorted(p.name for p in trial.iterdir()))
+        rows = [row for row in read_metrics(trial / "metrics.jsonl") if row["split"] == "train"]
+        assert [row["step"] for row in rows] == list(range(1, 7)), (t["trial_id"], rows)
         # and each continued from its newest complete checkpoint: steps up to it are the first run's
         done = saved.get(t["trial_id"], 0)
         assert all(row["time"] < interrupted_at for row in rows if row["step"] <= done), (t["trial_id"], done)
+    assert list((tmp_path / "run" / "best").rglob("*.pth"))
 
 
 @pytest.mark.slow
@@ -763,63 +771,6 @@ def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, 
     assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
     assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == quality[winner][0]
     assert set(res["best_files"]) == {"trial", "refit"}
-
-
-@pytest.mark.slow
-def test_a_resumed_search_keeps_the_outputs_of_trials_that_finished_before_ctrl_c(demo_inputs, tmp_path):
-    """Ctrl-C after one trial finished (its outputs were placed in -o/trials/<id>/, moved out of
-    storage); `--resume` runs the other and keeps the finished trial's export and metrics (before: its
-    folder was emptied, and the winner's weights in best/ could be none)."""
-    args = _tune(
-        tmp_path,
-        demo_inputs,
-        "--max-steps",
-        "6",
-        "--val-every",
-        "2",
-        "--batch-size",
-        "4",
-        "--num-samples",
-        "2",
-        "--warmup-choices",
-        "0",
-        "--scheduler",
-        "fifo",
-        "--max-concurrent",
-        "1",
-        "--name",
-        "tk",
-        "--wandb-mode",
-        "disabled",
-        "--metric",
-        "val_loss",
-        "--no-refit",
-    )
-    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    storage = tmp_path / "run" / "ray" / "tk"
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and len(_trial_checkpoints(storage)) < 2:
-        time.sleep(0.2)  # the first trial finished, the second has its first checkpoint (its folder in storage)
-    p.send_signal(signal.SIGINT)
-    first, _ = p.communicate(timeout=300)
-    assert p.returncode == 130, first[-3000:]
-    res = {t["trial_id"]: t for t in json.loads((tmp_path / "run" / "results.json").read_text())["trials"]}
-    done = [tid for tid, t in res.items() if t["status"] == "completed"]
-    assert done, res
-    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for tid in res:
-        trial = tmp_path / "run" / "trials" / tid
-        assert list(trial.glob("SoVITS_weights_v2/*.pth")), (tid, sorted(p.name for p in trial.iterdir()))
-        assert [row["step"] for row in read_metrics(trial / "metrics.jsonl") if row["split"] == "train"] == [
-            1,
-            2,
-            3,
-            4,
-            5,
-            6,
-        ]
-    assert list((tmp_path / "run" / "best").rglob("*.pth"))
 
 
 @pytest.mark.slow
