@@ -689,91 +689,6 @@ def _listening_table(out: Path, res: dict, summary_run, data: Path, profile: Pat
 
 
 @pytest.mark.slow
-def test_a_metric_no_trial_reports_is_one_line_and_the_same_o_starts_again(demo_inputs, tmp_path):
-    """A --metric the recipe never logs: the search stops at the first validation with one line naming
-    what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
-    refuse the corrected command in the same -o (the search, its record)."""
-    args = _tune(
-        tmp_path,
-        demo_inputs,
-        "--max-steps",
-        "4",
-        "--val-every",
-        "2",
-        "--batch-size",
-        "4",
-        "--num-samples",
-        "2",
-        "--warmup-choices",
-        "0",
-        "--scheduler",
-        "fifo",
-        "--max-concurrent",
-        "2",
-        "--name",
-        "tn",
-        "--wandb-mode",
-        "disabled",  # W&B is not what this test is about (test_tune_three_trials_asha_fully_tracked)
-    )
-    r = subprocess.run(
-        args + ["--metric", "val/nope", "--mode", "max"],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    errors = [line for line in r.stderr.splitlines() if line.startswith("gsv-ray: error:")]
-    assert r.returncode == 2 and len(errors) == 1, r.stdout[-3000:] + r.stderr[-3000:]  # (and where the log is)
-    assert "--metric val/nope: the trials report no such metric" in errors[0] and "val/mel_l1" in errors[0]
-    assert "Traceback" not in r.stdout + r.stderr
-    out = tmp_path / "run"
-    assert not (out / "ray" / "tn").exists() and not (out / "search.json").exists()
-    assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
-
-
-@pytest.mark.slow
-def test_quality_is_the_default_objective_and_the_refit_follows_it(demo_inputs, tmp_path):
-    """No --metric: the search ranks by val/quality (lower is better) and refits its winner."""
-    r = subprocess.run(
-        _tune(
-            tmp_path,
-            demo_inputs,
-            "--max-steps",
-            "4",
-            "--val-every",
-            "2",
-            "--batch-size",
-            "4",
-            "--num-samples",
-            "2",
-            "--warmup-choices",
-            "0",
-            "--scheduler",
-            "fifo",
-            "--max-concurrent",
-            "2",
-            "--name",
-            "tq",
-            "--wandb-mode",
-            "disabled",  # W&B is not what this test is about (test_tune_three_trials_asha_fully_tracked)
-        ),
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = tmp_path / "run"
-    res = json.loads((out / "results.json").read_text())
-    assert (res["metric"], res["mode"]) == ("val/quality", "min")
-    quality = {t["trial_id"]: _metric_best(out, t["trial_id"], "quality") for t in res["trials"]}
-    winner = min(quality, key=lambda t: quality[t][1])
-    assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
-    assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == quality[winner][0]
-    assert set(res["best_files"]) == {"trial", "refit"}
-
-
-@pytest.mark.slow
 def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_dir, tmp_path):
     """A GPT search where one trial fails the way users hear: its LR (2e-4 x upstream's) is too low to
     learn in 8 steps when to stop, so at every validation it generates past the cap (eos_rate 0, over
@@ -858,35 +773,55 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
 
 
 @pytest.mark.slow
-def test_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
-    """Ctrl-C (SIGINT from outside) the moment the refit is announced: the search's trials are over and
-    the refit's Ray run is starting. Tune leaves its SIGINT handler installed after a search that was
-    not interrupted, so this Ctrl-C used to be swallowed and the whole refit ran (exit 0). Now it stops
-    the command as Ctrl-C does anywhere else: exit 130, the refit pending for a --resume."""
+def test_quality_is_the_default_objective_and_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
+    """Three commands in one -o, as a user would run them.
+
+    1. A --metric the recipe never logs: the search stops at the first validation with one line naming
+       what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
+       refuse the corrected command in the same -o (the search, its record).
+    2. The corrected command, without --metric: the search ranks by val/quality (lower is better).
+       Ctrl-C (SIGINT from outside) the moment the refit is announced: the trials are over and the
+       refit's Ray run is starting. Tune leaves its SIGINT handler installed after a search that was not
+       interrupted, so this Ctrl-C used to be swallowed and the whole refit ran (exit 0). Now it stops the
+       command as Ctrl-C does anywhere else: exit 130, the refit pending for a --resume.
+    3. `--resume`: the refit trains the winner's settings for its best step."""
     args = _tune(
         tmp_path,
         demo_inputs,
         "--max-steps",
-        "6",
+        "4",
         "--val-every",
         "2",
         "--batch-size",
         "4",
         "--num-samples",
-        "1",
+        "2",
         "--warmup-choices",
         "0",
         "--scheduler",
         "fifo",
+        "--max-concurrent",
+        "2",
         "--name",
-        "cc",
+        "tq",
         "--wandb-mode",
         "disabled",  # W&B is not what this test is about (test_tune_three_trials_asha_fully_tracked)
-        "--metric",
-        "val/mel_l1",
-        "--mode",
-        "min",
     )
+    out = tmp_path / "run"
+    r = subprocess.run(
+        args + ["--metric", "val/nope", "--mode", "max"],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    errors = [line for line in r.stderr.splitlines() if line.startswith("gsv-ray: error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stdout[-3000:] + r.stderr[-3000:]  # (and where the log is)
+    assert "--metric val/nope: the trials report no such metric" in errors[0] and "val/mel_l1" in errors[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not (out / "ray" / "tq").exists() and not (out / "search.json").exists()
+    assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
+
     p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     try:
@@ -902,6 +837,17 @@ def test_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
     assert any(s.startswith("refit: ") for s in seen), text[-3000:]
     assert p.returncode == 130, text[-3000:]
     assert "interrupted" in rest and "--resume" in rest, rest[-2000:]
-    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text())
     assert res["refit"]["status"] == "pending", res["refit"]
-    assert not (tmp_path / "run" / "refit" / "finished.json").exists()
+    assert not (out / "refit" / "finished.json").exists()
+    assert (res["metric"], res["mode"]) == ("val/quality", "min")
+    quality = {t["trial_id"]: _metric_best(out, t["trial_id"], "quality") for t in res["trials"]}
+    winner = min(quality, key=lambda t: quality[t][1])
+    assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
+
+    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["best_trial_id"] == winner
+    assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == quality[winner][0]
+    assert set(res["best_files"]) == {"trial", "refit"}
