@@ -24,11 +24,13 @@ from tests.support.cli import run_cli_in_process
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.01"}
 
 
-def _env(tmp_path, **extra):
+def _env(tmp_path, cache=None, **extra):
+    """The commands' environment: the test's own cache unless ``cache`` (the module's, where the test
+    counts no cache entries: the rebuild of the demo inputs is made once, then reused)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(
         RAY_ENV,
-        GSV_RAY_CACHE=str(tmp_path / "cache"),
+        GSV_RAY_CACHE=str(cache or tmp_path / "cache"),
         GSV_RAY_SCRATCH=str(tmp_path / "scratch"),
         WANDB_API_KEY="",
         **extra,
@@ -40,7 +42,7 @@ def _env(tmp_path, **extra):
 def demo_inputs(tmp_path_factory):
     from gsv_ray.demo import make_demo_inputs
 
-    return make_demo_inputs(tmp_path_factory.mktemp("demo"))
+    return {**make_demo_inputs(tmp_path_factory.mktemp("demo")), "cache": tmp_path_factory.mktemp("cache")}
 
 
 def _in_process(tmp_path, args):
@@ -283,7 +285,9 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
         "val_loss",
         "--no-refit",
     )
-    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        args, env=_env(tmp_path, demo_inputs["cache"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     storage = tmp_path / "run" / "ray" / "ti"
 
     def with_checkpoints() -> dict[str, list[int]]:
@@ -305,7 +309,9 @@ def test_interrupted_tune_resumes_every_trial(demo_inputs, tmp_path):
         t = res[trial_id]
         assert t["steps"] >= step and t["best_value"] is not None and len(t["val_history"]) >= step // 2, t
     assert sorted(res[t]["status"] for t in saved) == ["completed", "interrupted"], res  # one done, one mid-run
-    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        args + ["--resume"], env=_env(tmp_path, demo_inputs["cache"]), capture_output=True, text=True, timeout=900
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert len(res["trials"]) == 3 and all(t["status"] == "completed" for t in res["trials"]), res["trials"]
@@ -429,7 +435,7 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
             "val_loss",
             "--no-refit",
         ),
-        env=_env(tmp_path),
+        env=_env(tmp_path, demo_inputs["cache"]),
         capture_output=True,
         text=True,
         timeout=900,
@@ -577,7 +583,9 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
         "min",
     )
     out = tmp_path / "run"
-    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        args, env=_env(tmp_path, demo_inputs["cache"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and not (out / "refit" / "ray_run.json").is_file():
         time.sleep(0.05)
@@ -602,7 +610,9 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stdout[-2000:] + other.stderr[-2000:]
     assert "--metric val_loss" in other.stderr and "--metric val/mel_l1 --mode min" in other.stderr
 
-    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        args + ["--resume"], env=_env(tmp_path, demo_inputs["cache"]), capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resuming tune run" not in r.stdout  # the search is not restored: only the refit is left
     assert {f: f.stat().st_mtime_ns for f in trial_files} == trial_files
@@ -810,7 +820,7 @@ def test_quality_is_the_default_objective_and_ctrl_c_as_the_refit_starts_stops_t
     out = tmp_path / "run"
     r = subprocess.run(
         args + ["--metric", "val/nope", "--mode", "max"],
-        env=_env(tmp_path),
+        env=_env(tmp_path, demo_inputs["cache"]),
         capture_output=True,
         text=True,
         timeout=600,
@@ -822,7 +832,9 @@ def test_quality_is_the_default_objective_and_ctrl_c_as_the_refit_starts_stops_t
     assert not (out / "ray" / "tq").exists() and not (out / "search.json").exists()
     assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
 
-    p = subprocess.Popen(args, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        args, env=_env(tmp_path, demo_inputs["cache"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = []
     try:
         for line in p.stdout:
@@ -845,7 +857,9 @@ def test_quality_is_the_default_objective_and_ctrl_c_as_the_refit_starts_stops_t
     winner = min(quality, key=lambda t: quality[t][1])
     assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
 
-    r = subprocess.run(args + ["--resume"], env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        args + ["--resume"], env=_env(tmp_path, demo_inputs["cache"]), capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["best_trial_id"] == winner
