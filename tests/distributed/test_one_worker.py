@@ -193,11 +193,12 @@ def test_more_workers_than_the_cluster_has_is_refused_before_the_run(ray_local, 
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_that_left_tunes_state_file_empty(fixtures_dir, synth, tmp_path):
+def test_resume_after_a_kill_that_left_tunes_state_file_empty(ray_local, fixtures_dir, synth, tmp_path):
     """Tune writes its experiment state (`tuner.pkl`) in place, so a kill while it writes leaves the file
     empty (seen in CI: the next `--resume` failed with "EOFError: Ran out of input"). A one-worker run
     stopped after its first checkpoints, its `tuner.pkl` then emptied on disk as such a kill leaves it:
-    `--resume` continues from the newest checkpoint and every step is trained once."""
+    `--resume` (in this process, on the module's Ray) continues from the newest checkpoint and every
+    step is trained once."""
     from gsv_ray.track import read_metrics
 
     def args(*extra):
@@ -241,7 +242,7 @@ def test_resume_after_a_kill_that_left_tunes_state_file_empty(fixtures_dir, synt
         p.wait(timeout=60)
     (state,) = (out / "ray").rglob("tuner.pkl")
     state.write_bytes(b"")
-    again = subprocess.run(args("--resume"), env=env, capture_output=True, text=True, timeout=400)
+    again = run_cli_in_process(*args("--resume")[3:], env=env, replace_env=True)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restart: continuing from checkpoint_" in again.stdout + again.stderr
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 41))
