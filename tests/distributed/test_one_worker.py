@@ -103,7 +103,7 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
             "-o",
             str(out),
             "--max-steps",
-            "300",
+            "200",
             "--batch-size",
             "2",
             "--save-every",
@@ -160,7 +160,7 @@ def test_one_worker_survives_sigkill_and_ctrl_c_like_local_mode(fixtures_dir, sy
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "restart: continuing from checkpoint_" in again.stdout + again.stderr
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 301))
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 201))
     assert not any(t.startswith(TRAIN_TITLES) for t in seen.values()), sorted(set(seen.values()))
     assert any(t.startswith("ray::ImplicitFunc") for t in seen.values())
     assert not (tmp_path / "scratch").exists()  # the run's node scratch went with it

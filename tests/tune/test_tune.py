@@ -426,7 +426,7 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
             "--scheduler",
             "fifo",
             "--max-concurrent",
-            "1",
+            "2",  # two Ray Train runs side by side, each its own worker group and Train run folder
             "--workers-per-trial",
             "2",
             "--name",
@@ -487,7 +487,7 @@ def test_tune_bad_input(case, demo_inputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
+def test_v4_demo_every_trial_tracked(tmp_path):
     """`gsv-ray demo --version v4`: a search over a narrow v4 model from a LoRA export + its base;
     every trial trains the CFM with LoRA and has its W&B run (config, per-step LR, validation, mel
     images, its export as an artifact), and the best export is a v4 LoRA file."""
@@ -504,7 +504,7 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
             "--max-steps",
             "4",
             "--num-samples",
-            "3",
+            "2",
         ],
         env=_env(tmp_path),
         capture_output=True,
@@ -516,7 +516,7 @@ def test_v4_demo_three_trials_every_trial_tracked(tmp_path):
     assert words.startswith(f"gsv-ray demo in {tmp_path / 'd'}: a synthetic voice and a small v4 base + LoRA")
     out = tmp_path / "d" / "runs" / "demo-v4"
     trials = json.loads((out / "results.json").read_text())["trials"]
-    assert len(trials) == 3 and {t["status"] for t in trials} <= {"completed", "early-stopped"}
+    assert len(trials) == 2 and {t["status"] for t in trials} <= {"completed", "early-stopped"}
     runs = {wr.run_info(recs).id: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
     for t in trials:  # ASHA (the demo's scheduler) may stop some after step 2: their runs are as complete
         recs = runs[t["trial_id"]]
