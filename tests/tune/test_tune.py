@@ -426,7 +426,7 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
             "--scheduler",
             "fifo",
             "--max-concurrent",
-            "2",  # two Ray Train runs side by side, each its own worker group and Train run folder
+            "1",
             "--workers-per-trial",
             "2",
             "--name",
