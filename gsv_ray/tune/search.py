@@ -306,6 +306,13 @@ def runs_in_trial(opts: TuneOptions) -> bool:
     return opts.workers_per_trial == 1
 
 
+#: What a trial whose workers are a Ray Train run reserves for its Tune function (the run's driver): the
+#: run's workers request their own placement group. Reserving them in the trial too held each worker's
+#: CPUs twice, and with --max-concurrent 2 every trial's function held the CPUs its workers waited for
+#: (Ray Train's worker-group start timed out and retried, forever).
+TRAIN_DRIVER = {"CPU": 1.0}
+
+
 def trial_resources(opts: TuneOptions) -> dict[str, float]:
     """What one trial holds: in its own actor, one worker's CPUs and GPUs; otherwise its Tune actor
     (1 CPU) + its workers' (Ray Train's controller takes none: ``num_cpus=0``)."""
@@ -314,7 +321,7 @@ def trial_resources(opts: TuneOptions) -> dict[str, float]:
     if runs_in_trial(opts):
         return worker_resources(opts)
     return {
-        "CPU": 1 + opts.workers_per_trial * opts.cpus_per_worker,
+        "CPU": TRAIN_DRIVER["CPU"] + opts.workers_per_trial * opts.cpus_per_worker,
         **({"GPU": opts.workers_per_trial * opts.gpus_per_worker} if opts.gpus_per_worker else {}),
     }
 
@@ -510,7 +517,7 @@ def _trainable(
             driver_node=ray.get_runtime_context().get_node_id(),
             forbidden=forbidden_inputs(cfg),
         ),
-        resources,
+        resources if runs_in_trial(opts) else TRAIN_DRIVER,
     )
 
 

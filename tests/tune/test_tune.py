@@ -408,7 +408,9 @@ def _padding_stays_sparse(run: Path, home: Path) -> None:
 @pytest.mark.slow
 def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
     """`--workers-per-trial 2`: each trial is a Ray Train run (a worker group under the trial) with
-    its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's."""
+    its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's. Two such
+trials side by side fit in the CPUs the search counts for them (before, each trial's Tune function
+also held its workers' CPUs: both waited for workers forever)."""
     r = subprocess.run(
         _tune(
             tmp_path,
@@ -426,7 +428,7 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
             "--scheduler",
             "fifo",
             "--max-concurrent",
-            "1",
+            "2",  # side by side: each trial's function and its workers fit (they hung: CPUs held twice)
             "--workers-per-trial",
             "2",
             "--name",
@@ -438,7 +440,7 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
         env=_env(tmp_path, demo_inputs["cache"]),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=300,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run"
