@@ -118,42 +118,16 @@ def test_two_workers_with_accumulation_equal_the_global_batch(stage, ray_local, 
     assert [p.name for p in two.exports] == [p.name for p in one.exports]  # the same files in -o
 
 
-def test_rebuild_once_and_no_worker_opens_the_init(ray_local, fixtures_dir, synth, tmp_path):
-    from gsv_ray.track import read_metrics
-    from gsv_ray.track import wandb_file as wr
-
-    cfg = _cfg("gpt", fixtures_dir, synth, tmp_path / "run", batch_size=2, wandb_mode="offline")
-    train_on_ray(cfg, RayOptions(workers=2), say=lambda s: None)
-    # W&B and metrics come from world rank 0 only, and end up in -o as in local mode
-    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(r["world_size"] == 2 for r in rows)
-    assert all(abs(r["samples_per_s"] - 2 * r["samples_per_s_per_worker"]) < 1e-6 * r["samples_per_s"] for r in rows)
-    (run_file,) = wr.find_run_files(tmp_path / "run" / "wandb")
-    records = wr.read_records(run_file)
-    run_cfg = wr.run_config(records)
-    assert run_cfg["world_size"] == 2 and run_cfg["device"] == "cpu"
-    assert run_cfg["output_dir"] == str((tmp_path / "run").resolve())  # where the outputs are, not a node scratch
-    assert [h["_step"] for h in wr.history_rows(records) if "train/loss" in h] == [1, 2, 3, 4]
-    cache = Path(os.environ["GSV_RAY_CACHE"]) / "rebuild"
-    assert len(list(cache.iterdir())) == 1  # one rebuild for the whole job, on the driver
-    # and the guard the workers run under really refuses to open the inputs
-    code = (
-        "from gsv_ray.distributed.worker import forbid_opening; import sys; forbid_opening([sys.argv[1]])\n"
-        "try:\n    open(sys.argv[1], 'rb')\nexcept PermissionError as e:\n    print('refused', e)"
-    )
-    probe = subprocess.run([sys.executable, "-c", code, cfg.init], capture_output=True, text=True)
-    assert probe.stdout.startswith("refused") and "rebuild is shared" in probe.stdout
-
-
 @pytest.mark.parametrize("kind", ["raise"])  # a worker dying hard: the SIGKILL-from-outside test below
 def test_worker_failure_restores_and_matches_uninterrupted(
     kind, ray_local, inject_fault, fixtures_dir, synth, tmp_path
 ):
-    clean = train_on_ray(
-        _cfg("gpt", fixtures_dir, synth, tmp_path / "clean", batch_size=2, max_steps=6),
-        RayOptions(workers=2),
-        say=lambda s: None,
-    )
+    """A worker fails after step 4: Ray restarts the group from that checkpoint and the weights equal
+    the uninterrupted run's. That run, tracked, shows the rest of a 2-worker run: one rebuild for the
+    job (on the driver; no worker opens the init file), metrics and W&B from rank 0 in -o."""
+    cfg = _cfg("gpt", fixtures_dir, synth, tmp_path / "clean", batch_size=2, max_steps=6, wandb_mode="offline")
+    clean = train_on_ray(cfg, RayOptions(workers=2), say=lambda s: None)
+    _assert_one_rebuild_and_rank_0_tracked(cfg, tmp_path / "clean", steps=6)
     happened = inject_fault(tmp_path / "failed", kind=kind, step=4, rank=1)
     # max_failures 2, not 1: on a loaded machine Ray 2.60's PlacementGroupCleaner may take the live
     # controller for dead (a State API miss) and remove the restarted group's placement group (seen
@@ -176,6 +150,31 @@ def test_worker_failure_restores_and_matches_uninterrupted(
     steps = [h["_step"] for h in wr.history_rows(wr.read_records(run_file)) if "train/loss" in h]
     assert steps == list(range(1, 7)) and wr.last_record_type(run_file) == "exit"
     assert wr.overlapping_writers(tmp_path / "failed" / "wandb") == []
+
+
+def _assert_one_rebuild_and_rank_0_tracked(cfg, out: Path, steps: int) -> None:
+    """W&B and metrics come from world rank 0 only, and end up in -o as in local mode; the job made one
+    rebuild (the driver's), and the guard the workers run under really refuses to open the inputs."""
+    from gsv_ray.track import read_metrics
+    from gsv_ray.track import wandb_file as wr
+
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)) and all(r["world_size"] == 2 for r in rows)
+    assert all(abs(r["samples_per_s"] - 2 * r["samples_per_s_per_worker"]) < 1e-6 * r["samples_per_s"] for r in rows)
+    (run_file,) = wr.find_run_files(out / "wandb")
+    records = wr.read_records(run_file)
+    run_cfg = wr.run_config(records)
+    assert run_cfg["world_size"] == 2 and run_cfg["device"] == "cpu"
+    assert run_cfg["output_dir"] == str(out.resolve())  # where the outputs are, not a node scratch
+    assert [h["_step"] for h in wr.history_rows(records) if "train/loss" in h] == list(range(1, steps + 1))
+    cache = Path(os.environ["GSV_RAY_CACHE"]) / "rebuild"
+    assert len(list(cache.iterdir())) == 1  # one rebuild for the whole job, on the driver
+    code = (
+        "from gsv_ray.distributed.worker import forbid_opening; import sys; forbid_opening([sys.argv[1]])\n"
+        "try:\n    open(sys.argv[1], 'rb')\nexcept PermissionError as e:\n    print('refused', e)"
+    )
+    probe = subprocess.run([sys.executable, "-c", code, cfg.init], capture_output=True, text=True)
+    assert probe.stdout.startswith("refused") and "rebuild is shared" in probe.stdout
 
 
 def _ray_train_workers(session: int) -> list[int]:

@@ -408,9 +408,9 @@ def _padding_stays_sparse(run: Path, home: Path) -> None:
 @pytest.mark.slow
 def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
     """`--workers-per-trial 2`: each trial is a Ray Train run (a worker group under the trial) with
-    its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's. Two such
-trials side by side fit in the CPUs the search counts for them (before, each trial's Tune function
-also held its workers' CPUs: both waited for workers forever)."""
+        its step checkpoints in its own Train run folder; the outputs are as a one-worker trial's. Two such
+    trials side by side fit in the CPUs the search counts for them (before, each trial's Tune function
+    also held its workers' CPUs: both waited for workers forever)."""
     r = subprocess.run(
         _tune(
             tmp_path,
