@@ -1,5 +1,7 @@
 """--init / --data / --storage as file:// URIs and through a real S3 server on loopback, end to end
-with 2 Ray workers (the CLI starts its own local Ray, as a user's command does)."""
+(the CLI starts its own local Ray, as a user's command does): through S3 with 2 Ray Train workers,
+as file:// URIs with one worker (its own Tune actor; file:// storage under Ray Train is the
+two-node test's, tests/distributed/test_multinode.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def s3():
     yield from loopback_s3()
 
 
-def _cli(args, tmp_path, extra_env=None, *, refused=False):
-    """``train --workers 2`` on ``args``: a real process with its own local Ray, or (``refused``: a run
+def _cli(args, tmp_path, extra_env=None, *, refused=False, workers=2):
+    """``train --workers N`` on ``args``: a real process with its own local Ray, or (``refused``: a run
     refused before any Ray starts) the command in this process (tests/support/cli.py)."""
     env = {
         **os.environ,
@@ -45,7 +47,7 @@ def _cli(args, tmp_path, extra_env=None, *, refused=False):
         "--wandb-mode",
         "disabled",
         "--workers",
-        "2",
+        str(workers),
     ]
     if refused:
         return run_cli_in_process(*command, env=env, replace_env=True)
@@ -69,11 +71,18 @@ def test_file_uris(fixtures_dir, synth, tmp_path):
             str(out),
         ],
         tmp_path,
+        workers=1,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (export,) = (out / "GPT_weights_v2").iterdir()
     assert read(export).kind == "gpt-export"
-    assert list(store.glob("*/step_00000004/model.safetensors"))  # checkpoints live in the storage path
+    # checkpoints live in the storage path (a one-worker run's are its Tune trial's, found by their step)
+    from pyarrow.fs import LocalFileSystem
+
+    from gsv_ray.distributed.worker import checkpoint_folders
+
+    steps = [step for run in store.glob("*/run") for step, _ in checkpoint_folders(LocalFileSystem(), str(run))]
+    assert 4 in steps, sorted(str(p.relative_to(store)) for p in store.rglob("*"))[:40]
 
 
 @pytest.mark.slow
