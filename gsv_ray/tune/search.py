@@ -313,6 +313,17 @@ def runs_in_trial(opts: TuneOptions) -> bool:
 TRAIN_DRIVER = {"CPU": 1.0}
 
 
+def max_concurrent(opts: TuneOptions, cluster: dict[str, float]) -> int | None:
+    """Tune's ``max_concurrent_trials``: ``--max-concurrent``, else Tune's own count (trials at once as
+    the cluster's resources allow); for trials whose workers are a Ray Train run, at most as many as
+    fit with their workers. Tune sees only such a trial's function (:data:`TRAIN_DRIVER`): left to it,
+    it starts a function per CPU, and when those hold the CPUs the runs' workers need, none starts."""
+    if opts.max_concurrent or runs_in_trial(opts):
+        return opts.max_concurrent
+    need = trial_resources(opts)
+    return max(1, int(min(cluster.get(k, 0.0) // v for k, v in need.items() if v)))
+
+
 def trial_resources(opts: TuneOptions) -> dict[str, float]:
     """What one trial holds: in its own actor, one worker's CPUs and GPUs; otherwise its Tune actor
     (1 CPU) + its workers' (Ray Train's controller takes none: ``num_cpus=0``)."""
@@ -599,6 +610,7 @@ def _new_tuner(
     trainable, cfg: TrainConfig, opts: TuneOptions, name: str, storage_path: str, storage_fs, objective: Objective, rows
 ):
     """A new search's ``Tuner``: its space, algorithm, scheduler, retention and console rows."""
+    import ray
     from ray import tune
 
     from gsv_ray.tune.asha import board_name
@@ -613,7 +625,7 @@ def _new_tuner(
             num_samples=opts.num_samples,
             search_alg=search_algorithm(opts, objective),
             scheduler=scheduler(opts, cfg.max_steps, cfg.val_every, record, board_name(name)),
-            max_concurrent_trials=opts.max_concurrent,
+            max_concurrent_trials=max_concurrent(opts, ray.cluster_resources()),
             trial_dirname_creator=trial_dirname,
         ),
         # verbose=0: Tune's status tables (one per trial start, result and every 30 s) are not for

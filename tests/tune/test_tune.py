@@ -427,8 +427,6 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
             "0",
             "--scheduler",
             "fifo",
-            "--max-concurrent",
-            "2",  # side by side: each trial's function and its workers fit (they hung: CPUs held twice)
             "--workers-per-trial",
             "2",
             "--name",
@@ -454,6 +452,26 @@ def test_trials_of_two_workers_train_on_ray_train(demo_inputs, tmp_path):
         assert [row["step"] for row in rows if row["split"] == "train"] == [1, 2, 3, 4]
     runs = [wr.run_config(wr.read_records(f)) for f in wr.find_run_files(out / "wandb")]
     assert sorted(c.get("world_size") for c in runs if "lr_scale" in c) == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "given, cluster, want",
+    [
+        ({}, {"CPU": 6.0}, 2),  # two trials: 2 x (1 + 2 workers); Tune alone started six functions
+        ({}, {"CPU": 8.0, "GPU": 2.0}, 1),  # with --gpus-per-worker 1: one trial's two GPUs
+        ({"max_concurrent": 1}, {"CPU": 6.0}, 1),  # the user's choice stands
+        ({"workers_per_trial": 1}, {"CPU": 6.0}, None),  # a one-worker trial reserves all it uses: Tune's count
+    ],
+)
+def test_trials_of_ray_train_runs_start_only_as_many_as_fit_with_their_workers(given, cluster, want):
+    """A trial whose workers are a Ray Train run reserves one CPU for its function in Tune (its workers
+    ask for their own), so Tune alone would start a trial per CPU, whose workers then wait forever."""
+    from gsv_ray.tune.search import TuneOptions, max_concurrent
+
+    kw = {"workers_per_trial": 2, **given}
+    if cluster.get("GPU"):
+        kw["gpus_per_worker"] = 1.0
+    assert max_concurrent(TuneOptions(**kw), cluster) == want
 
 
 BAD = {
