@@ -130,9 +130,7 @@ def test_tune_on_an_output_a_run_owns_is_refused(gpt_init, synth_v2, tmp_path):
                     *extra,
                 ],
                 tmp_path,
-                timeout=120,
-                in_process=False,
-            )
+            )  # refused before any Ray starts: in this process
             line = _one_error_line(r)
             assert r.returncode == 2 and f"PID {train.pid}" in line, line
         assert train.poll() is None
