@@ -722,7 +722,7 @@ def _listening_table(out: Path, res: dict, summary_run, data: Path, profile: Pat
 def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_dir, tmp_path):
     """A GPT search where one trial fails the way users hear: its LR (2e-4 x upstream's) is too low to
     learn in 8 steps when to stop, so at every validation it generates past the cap (eos_rate 0, over
-    twice the real length) while the other two end. `quality` ranks it last everywhere the search
+    twice the real length) while the other ends. `quality` ranks it last everywhere the search
     reports a ranking: the printed table, results.json, the W&B summary run and best/."""
     from gsv_ray.data.synthetic import make_synthetic_experiment
 
@@ -748,7 +748,7 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
         "--optimizer",
         "adamw",
         "--num-samples",
-        "3",
+        "2",
         "--warmup-choices",
         "2",
         "--lr-scale-range",
@@ -769,8 +769,8 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
     out = tmp_path / "run"
     res = json.loads((out / "results.json").read_text())
     assert res["metric"] == "val/quality"
-    # the seed samples one LR far below the others (Tune's seeded random search; if Ray changes its
-    # sampling, pick another --search-seed that gives one lr_scale < 1e-3 and two > 0.4)
+    # the seed samples one LR far below the other (Tune's seeded random search; if Ray changes its
+    # sampling, pick another --search-seed that gives one lr_scale < 1e-3 and one > 0.4)
     scales = sorted((t["lr_scale"], t["trial_id"]) for t in res["trials"])
     assert scales[0][0] < 1e-3 and scales[1][0] > 0.4, scales
     endless = scales[0][1]
@@ -789,7 +789,7 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
         for line in r.stdout.splitlines()
         if "_0000" in line and line.split()[-1] == "completed"
     ]
-    assert table[-1] == endless and len(table) == 3, r.stdout[-3000:]  # the printed table: best first, it last
+    assert table[-1] == endless and len(table) == 2, r.stdout[-3000:]  # the printed table: best first, it last
 
     runs = {wr.run_info(recs).job_type: recs for recs in map(wr.read_records, wr.find_run_files(out / "wandb"))}
     summary = wr.summary(runs["tune-summary"])
