@@ -329,7 +329,7 @@ def test_divergence_on_ray_names_the_real_output(gpt_init, synth_v2, tmp_path):
         "--workers",
         "1",
     )
-    r = _run(args, tmp_path, in_process=False, RAY_AUTH_MODE="disabled")
+    r = _run(args, tmp_path, RAY_AUTH_MODE="disabled")  # its own local Ray, in this process
     line = r.stderr.strip().splitlines()[-1]  # after the line naming Ray's log
     assert r.returncode == 2 and line.startswith("gsv-ray: error:") and "diverged" in line, r.stderr
     m = re.search(r"the same command with --lr-scale (\S+) and -o (\S+?)[.;,]? ", line + " ")
