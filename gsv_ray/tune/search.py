@@ -238,11 +238,15 @@ def _check_search(cfg: TrainConfig, opts: TuneOptions) -> None:
             "utterances with --val-names FILE",
         )
     opts.validate(cfg.max_steps)
+
+
+def _check_local_fit(opts: TuneOptions) -> None:
+    """Before our own local Ray starts (its CPUs are known): the trials fit in it, or one line now."""
     import ray
 
     from gsv_ray.distributed import joined_address, local_cpus
 
-    if not ray.is_initialized() and not joined_address(opts.address):  # our own local Ray: its CPUs known now
+    if not ray.is_initialized() and not joined_address(opts.address):
         resources = trial_resources(opts)
         _check_trials_fit(opts, resources["CPU"], local_cpus(_search_cpus(opts, resources)))
 
@@ -433,6 +437,7 @@ def run_tune(
 
     cfg.validate()
     _check_search(cfg, opts)
+    _check_local_fit(opts)
     out = Path(cfg.output_dir)
     check_output_path(out)
     name = opts.name or default_name(cfg)
