@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from gsv_ray.errors import ConfigError
 from gsv_ray.preparation import EmptyExperiment, prepare_experiment
 from gsv_ray.prepare.bert import bert_features, load_bert
+from gsv_ray.prepare.pipeline import StageConfig
 from gsv_ray.prepare.text._zh_g2pw import G2pwFolderError
 from tests.conftest import run_cli
 from tests.support.goldens import manifest_state_dict
@@ -95,9 +96,15 @@ def test_v1_lines_and_bert_features_equal_upstreams(prepared_v1, golden_zh, pret
     assert result.kept == len(kept) == 19
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as prepare's BERT stage: float16 on CUDA (is_half)
     model, tok = load_bert(pretrained / "chinese-roberta-wwm-ext-large", device=device, half=device == "cuda")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(StageConfig.threads)  # prepare's default: a matmul's sums follow the thread count
+    try:
+        want = {s["name"]: bert_features(s["norm_text"], s["word2ph"], model, tok) for s in kept}
+    finally:
+        torch.set_num_threads(threads)
     for s in kept:
         feats = torch.load(out / "3-bert" / f"{s['name']}.pt", weights_only=True)
-        assert torch.equal(feats, bert_features(s["norm_text"], s["word2ph"], model, tok)), s["name"]
+        assert torch.equal(feats, want[s["name"]]), s["name"]
         assert feats.shape == (64, len(s["phones"])) and feats.dtype == next(model.parameters()).dtype
     names = sorted(s["name"] for s in kept)
     for sub in ("3-bert", "4-cnhubert"):  # a dropped line has no files, as upstream's 2-name2text has no line
