@@ -573,11 +573,21 @@ def _metric_best(run: Path, trial_id: str, key: str) -> tuple[int, float]:
 
 
 @pytest.mark.slow
-def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_inputs, tmp_path):
-    """`--metric val/mel_l1 --mode min` ranks the trials (results.json, best/) by mel L1, not val/loss;
-    the refit trains the winner's settings on every utterance for its best step in -o/refit. A kill in
-    the refit leaves the winning trial's weights in best/trial/ and a `--resume` runs only the refit
-    (no trial again); a `--resume` with another --metric is refused in one line."""
+def test_metric_ranks_the_search_ctrl_c_at_the_refit_stops_it_and_resume_runs_only_the_refit(demo_inputs, tmp_path):
+    """Commands in one -o, as a user would run them.
+
+    1. A --metric the recipe never logs: the search stops at the first validation with one line naming
+       what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
+       refuse the corrected command in the same -o (the search, its record).
+    2. `--metric val/mel_l1 --mode min` ranks the trials (results.json, best/) by mel L1, not val/loss.
+       Ctrl-C (SIGINT from outside) the moment the refit is announced: the trials are over and the
+       refit's Ray run is starting. Tune leaves its SIGINT handler installed after a search that was not
+       interrupted, so this Ctrl-C used to be swallowed and the whole refit ran (exit 0). Now it stops the
+       command as Ctrl-C does anywhere else: exit 130, the refit pending, the winning trial's weights in
+       best/trial/.
+    3. A `--resume` with another --metric is refused in one line; `--resume` runs only the refit (no trial
+       again): the winner's settings on every utterance for its best step, in -o/refit.
+    (The default objective, val/quality without --metric: test_a_trial_whose_generation_never_ends_...)"""
     args = _tune(
         tmp_path,
         demo_inputs,
@@ -597,23 +607,40 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
         "2",
         "--name",
         "tr",
-        "--metric",
-        "val/mel_l1",
-        "--mode",
-        "min",
     )
     out = tmp_path / "run"
+    r = subprocess.run(
+        args + ["--metric", "val/nope", "--mode", "max"],
+        env=_env(tmp_path, demo_inputs["cache"]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    errors = [line for line in r.stderr.splitlines() if line.startswith("gsv-ray: error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stdout[-3000:] + r.stderr[-3000:]  # (and where the log is)
+    assert "--metric val/nope: the trials report no such metric" in errors[0] and "val/mel_l1" in errors[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert not (out / "ray" / "tr").exists() and not (out / "search.json").exists()
+    assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
+
+    args += ["--metric", "val/mel_l1", "--mode", "min"]
     p = subprocess.Popen(
         args, env=_env(tmp_path, demo_inputs["cache"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and not (out / "refit" / "ray_run.json").is_file():
-        time.sleep(0.05)
-    # the trials are done and the refit has started: killed from outside (a Ctrl-C there can lose the race
-    # with a 4-step refit that finishes first; SIGKILL cannot be caught, so the refit is cut short every time)
-    p.kill()
-    first, _ = p.communicate(timeout=300)
-    assert p.returncode == -signal.SIGKILL, first[-3000:]
+    seen = []
+    try:
+        for line in p.stdout:
+            seen.append(line)
+            if line.startswith("refit: "):
+                p.send_signal(signal.SIGINT)
+                break
+        rest, _ = p.communicate(timeout=300)
+    finally:
+        p.kill()
+    text = "".join(seen) + rest
+    assert any(s.startswith("refit: ") for s in seen), text[-3000:]
+    assert p.returncode == 130, text[-3000:]
+    assert "interrupted" in rest and "--resume" in rest, rest[-2000:]
     res = json.loads((out / "results.json").read_text())
     assert (res["metric"], res["mode"], res["refit"]["status"]) == ("val/mel_l1", "min", "pending"), res
     mel = {t["trial_id"]: _metric_best(out, t["trial_id"], "mel_l1") for t in res["trials"]}
@@ -623,10 +650,10 @@ def test_metric_ranks_the_search_and_the_refit_trains_on_every_utterance(demo_in
     (trial_export,) = (out / "trials" / winner).glob("SoVITS_weights_v2/*.pth")
     (kept,) = (out / "best").rglob("*.pth")  # the winning trial's, in best/trial/ until the refit ends
     assert kept.relative_to(out / "best").parts[0] == "trial" and kept.samefile(trial_export)
-    assert not (out / "finished.json").exists()
+    assert not (out / "finished.json").exists() and not (out / "refit" / "finished.json").exists()
     trial_files = {f: f.stat().st_mtime_ns for f in (out / "trials").rglob("*") if f.is_file()}
 
-    other = _in_process(tmp_path, args + ["--resume", "--metric", "val_loss"])
+    other = _in_process(tmp_path, args[:-4] + ["--resume", "--metric", "val_loss"])
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stdout[-2000:] + other.stderr[-2000:]
     assert "--metric val_loss" in other.stderr and "--metric val/mel_l1 --mode min" in other.stderr
 
@@ -800,88 +827,3 @@ def test_a_trial_whose_generation_never_ends_is_ranked_last_by_quality(fixtures_
     assert {row[0]: row[col] for row in w["data"]} == pytest.approx(value)
     (best,) = (out / "best").rglob("*.ckpt")
     assert best.samefile(next((out / "trials" / res["best_trial_id"]).glob("GPT_weights_v2/*.ckpt")))
-
-
-@pytest.mark.slow
-def test_quality_is_the_default_objective_and_ctrl_c_as_the_refit_starts_stops_the_search(demo_inputs, tmp_path):
-    """Three commands in one -o, as a user would run them.
-
-    1. A --metric the recipe never logs: the search stops at the first validation with one line naming
-       what the trials do report (not Tune's traceback after every trial), and leaves nothing that would
-       refuse the corrected command in the same -o (the search, its record).
-    2. The corrected command, without --metric: the search ranks by val/quality (lower is better).
-       Ctrl-C (SIGINT from outside) the moment the refit is announced: the trials are over and the
-       refit's Ray run is starting. Tune leaves its SIGINT handler installed after a search that was not
-       interrupted, so this Ctrl-C used to be swallowed and the whole refit ran (exit 0). Now it stops the
-       command as Ctrl-C does anywhere else: exit 130, the refit pending for a --resume.
-    3. `--resume`: the refit trains the winner's settings for its best step."""
-    args = _tune(
-        tmp_path,
-        demo_inputs,
-        "--max-steps",
-        "4",
-        "--val-every",
-        "2",
-        "--batch-size",
-        "4",
-        "--num-samples",
-        "2",
-        "--warmup-choices",
-        "0",
-        "--scheduler",
-        "fifo",
-        "--max-concurrent",
-        "2",
-        "--name",
-        "tq",
-        "--wandb-mode",
-        "disabled",  # W&B is not what this test is about (test_tune_three_trials_asha_fully_tracked)
-    )
-    out = tmp_path / "run"
-    r = subprocess.run(
-        args + ["--metric", "val/nope", "--mode", "max"],
-        env=_env(tmp_path, demo_inputs["cache"]),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    errors = [line for line in r.stderr.splitlines() if line.startswith("gsv-ray: error:")]
-    assert r.returncode == 2 and len(errors) == 1, r.stdout[-3000:] + r.stderr[-3000:]  # (and where the log is)
-    assert "--metric val/nope: the trials report no such metric" in errors[0] and "val/mel_l1" in errors[0]
-    assert "Traceback" not in r.stdout + r.stderr
-    assert not (out / "ray" / "tq").exists() and not (out / "search.json").exists()
-    assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
-
-    p = subprocess.Popen(
-        args, env=_env(tmp_path, demo_inputs["cache"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    seen = []
-    try:
-        for line in p.stdout:
-            seen.append(line)
-            if line.startswith("refit: "):
-                p.send_signal(signal.SIGINT)
-                break
-        rest, _ = p.communicate(timeout=300)
-    finally:
-        p.kill()
-    text = "".join(seen) + rest
-    assert any(s.startswith("refit: ") for s in seen), text[-3000:]
-    assert p.returncode == 130, text[-3000:]
-    assert "interrupted" in rest and "--resume" in rest, rest[-2000:]
-    res = json.loads((out / "results.json").read_text())
-    assert res["refit"]["status"] == "pending", res["refit"]
-    assert not (out / "refit" / "finished.json").exists()
-    assert (res["metric"], res["mode"]) == ("val/quality", "min")
-    quality = {t["trial_id"]: _metric_best(out, t["trial_id"], "quality") for t in res["trials"]}
-    winner = min(quality, key=lambda t: quality[t][1])
-    assert res["best_trial_id"] == winner and res["best"]["best_step"] == quality[winner][0]
-
-    r = subprocess.run(
-        args + ["--resume"], env=_env(tmp_path, demo_inputs["cache"]), capture_output=True, text=True, timeout=600
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    res = json.loads((out / "results.json").read_text())
-    assert res["best_trial_id"] == winner
-    assert res["refit"]["status"] == "completed" and res["refit"]["steps"] == quality[winner][0]
-    assert set(res["best_files"]) == {"trial", "refit"}
