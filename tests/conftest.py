@@ -41,6 +41,49 @@ def _wandb_outlives_in_process_commands() -> None:
 _wandb_outlives_in_process_commands()
 
 
+#: The tests that start or join a Ray cluster: test files and single tests (node-id prefixes). Under
+#: pytest-xdist (README's test command: ``-n 2``) they run one after another on one worker, first, while
+#: the other worker takes every other test file (:class:`RayFirst`): two local Rays at once would contend
+#: for the two cores, and each Ray test is CPU work that a Ray-free test beside it fills the gaps of.
+#: A Ray test missing here still passes (our local Rays are private); it only runs beside the others.
+RAY_TESTS = (
+    "tests/distributed/",
+    "tests/tune/test_tune.py",
+    "tests/prepare/test_prepare.py::test_ray_",
+    "tests/prepare/test_prepare_zh.py::test_ray_",
+    "tests/prepare/test_prepare_zh.py::test_g2pw_on_ray_",
+    "tests/test_semantic.py::test_workers_2_",
+    "tests/test_semantic.py::test_ray_",
+    "tests/train/test_run_ownership.py::test_divergence_on_ray_",
+)
+
+
+def _is_ray_test(nodeid: str) -> bool:
+    return nodeid.startswith(RAY_TESTS)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's hook: schedule the Ray tests as one unit, given first, and the rest by file."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayFirst(LoadScopeScheduling):
+        # LoadScopeScheduling's documented way to group (its subclasses LoadFile/LoadGroup override this)
+        def _split_scope(self, nodeid: str) -> str:
+            return "ray" if _is_ray_test(nodeid) else nodeid.split("::", 1)[0]
+
+    return RayFirst(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the Ray tests first (the longest unit starts at once); one torch thread per worker
+    (two workers share two cores: torch's default of one thread per core would oversubscribe them)."""
+    if hasattr(config, "workerinput"):
+        items[:] = [i for i in items if _is_ray_test(i.nodeid)] + [i for i in items if not _is_ray_test(i.nodeid)]
+        import torch
+
+        torch.set_num_threads(1)
+
+
 #: The copy committed with the tests (see tests/reference/README.md).
 BUNDLED_REFERENCE = REPO_ROOT / "tests" / "reference" / "gpt_sovits"
 
