@@ -80,6 +80,8 @@ def test_gpt_eval_sovits_logs_spk_sim(gpt_init, synth_v2, sovits_files, sv_model
         sovits_files["init"],
         "--sv-model",
         str(sv_model),
+        # the torch threads of this process, where the run is made again: a matmul's sums follow the thread count
+        env={"OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
