@@ -24,6 +24,21 @@ def test_ci_runs_the_readme_test_command():
     assert 'eval "$TEST_CMD"' in script and "torch==2.13.0" in script
 
 
+def test_ray_tests_list_names_tests_that_exist():
+    """Every entry of RAY_TESTS (the tests xdist runs as one unit) names a test file, and a test in it
+    where it names one: a renamed test would otherwise leave the list and run beside the Ray tests."""
+    import re
+
+    from tests.conftest import RAY_TESTS
+
+    for entry in RAY_TESTS:
+        path, _, name = entry.partition("::")
+        target = REPO_ROOT / path
+        assert target.exists(), entry
+        if name:
+            assert re.search(rf"^def {re.escape(name)}", target.read_text(), re.MULTILINE), entry
+
+
 def _ci_lint_step() -> str:
     """The part of .ci/run that checks format and lint (between its ``# lint`` markers)."""
     script = (REPO_ROOT / ".ci" / "run").read_text()
