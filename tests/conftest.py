@@ -76,14 +76,20 @@ def pytest_xdist_make_scheduler(config, log):
     return RayFirst(config, log)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under xdist, the Ray tests first (the longest unit starts at once); one torch thread per worker
-    (two workers share two cores: torch's default of one thread per core would oversubscribe them)."""
+def pytest_configure(config):
+    """An xdist worker computes with one torch thread: two workers share two cores, and torch's default
+    of one thread per core would oversubscribe them."""
     if hasattr(config, "workerinput"):
-        items[:] = [i for i in items if _is_ray_test(i.nodeid)] + [i for i in items if not _is_ray_test(i.nodeid)]
         import torch
 
         torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the Ray tests first: the longest unit starts at once (a stable sort keeps the order
+    within each part)."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: not _is_ray_test(item.nodeid))
 
 
 #: The copy committed with the tests (see tests/reference/README.md).

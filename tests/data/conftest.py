@@ -9,6 +9,7 @@ from typing import Callable
 import pytest
 
 from gsv_ray.data.synthetic import make_synthetic_experiment
+from tests.support.threads import torch_threads
 
 N_UTTS = 12
 
@@ -42,9 +43,5 @@ def mutable_exp(synth_root: Callable[[str], Path], tmp_path: Path) -> Callable[[
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """These models are tiny: one intra-op thread is faster, and steady when the CPU is shared."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

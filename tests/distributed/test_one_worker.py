@@ -19,6 +19,7 @@ from tests.distributed.conftest import RAY_ENV
 from tests.distributed.test_ray_train import _cfg, _files, _final_state, assert_same_gpt_exports
 from tests.support.cli import run_cli_in_process
 from tests.support.procs import ray_processes
+from tests.support.threads import torch_threads
 
 pytestmark = pytest.mark.slow  # real Ray Train runs
 
@@ -185,14 +186,9 @@ def test_one_worker_survives_sigkill_ctrl_c_and_an_emptied_state_file_like_local
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 201))
     assert not any(t.startswith(TRAIN_TITLES) for t in seen.values()), sorted(set(seen.values()))
     assert any(t.startswith("ray::ImplicitFunc") for t in seen.values())
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 gives a new process (and Ray its 1-CPU worker)
-    try:  # local mode needs no process of its own: the command in this one
+    with torch_threads(1):  # as OMP_NUM_THREADS=1 gives a new process (and Ray its 1-CPU worker)
+        # local mode needs no process of its own: the command in this one
         local = run_cli_in_process(*args(tmp_path / "local")[3:], env={"GSV_RAY_SCRATCH": str(tmp_path / "scratch")})
-    finally:
-        torch.set_num_threads(threads)
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
     assert_same_gpt_exports(tmp_path / "local", out)
 

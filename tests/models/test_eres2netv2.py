@@ -21,16 +21,15 @@ import torch
 from gsv_ray.errors import GsvError
 from gsv_ray.models.sv import EMBEDDING_DIM, SV_DIM, ERes2NetV2, SpeakerEncoder, spk_sim
 from tests.support.goldens import SV_CLIPS, assert_close_golden, eres2netv2_state_dict, load_io
+from tests.support.threads import torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread: on a busy 2-core machine two threads made the 53 M-parameter network 3-5x
     slower (spin-waiting); the goldens hold across thread counts (PREPARE.md section 4: <= 5e-6)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

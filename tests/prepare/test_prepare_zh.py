@@ -28,6 +28,7 @@ from tests.support.goldens import manifest_state_dict
 from tests.support.small_bert import build_small_bert
 from tests.support.small_g2pw import build_g2pw_folder, expected_label, pinyin_of, vocab_ids
 from tests.support.text_replay import load_golden
+from tests.support.threads import torch_threads
 
 CLIP = "short_0p3s_48k.wav"
 BERT_DROPPED = "zh_021.wav"  # empty text: upstream's BERT step fails, the line is dropped
@@ -96,12 +97,8 @@ def test_v1_lines_and_bert_features_equal_upstreams(prepared_v1, golden_zh, pret
     assert result.kept == len(kept) == 19
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as prepare's BERT stage: float16 on CUDA (is_half)
     model, tok = load_bert(pretrained / "chinese-roberta-wwm-ext-large", device=device, half=device == "cuda")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(StageConfig.threads)  # prepare's default: a matmul's sums follow the thread count
-    try:
+    with torch_threads(StageConfig.threads):  # prepare's default, as the stage computed them
         want = {s["name"]: bert_features(s["norm_text"], s["word2ph"], model, tok) for s in kept}
-    finally:
-        torch.set_num_threads(threads)
     for s in kept:
         feats = torch.load(out / "3-bert" / f"{s['name']}.pt", weights_only=True)
         assert torch.equal(feats, want[s["name"]]), s["name"]

@@ -623,9 +623,9 @@ def test_metric_ranks_the_search_ctrl_c_at_the_refit_stops_it_and_resume_runs_on
     assert not (out / "ray" / "tr").exists() and not (out / "search.json").exists()
     assert not [n for n in ("results.json", "best", "trials", "refit") if (out / n).exists()]
 
-    args += ["--metric", "val/mel_l1", "--mode", "min"]
+    ranked = args + ["--metric", "val/mel_l1", "--mode", "min"]
     p = subprocess.Popen(
-        args, env=_env(tmp_path, demo_inputs["cache"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ranked, env=_env(tmp_path, demo_inputs["cache"]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     seen = []
     try:
@@ -653,12 +653,12 @@ def test_metric_ranks_the_search_ctrl_c_at_the_refit_stops_it_and_resume_runs_on
     assert not (out / "finished.json").exists() and not (out / "refit" / "finished.json").exists()
     trial_files = {f: f.stat().st_mtime_ns for f in (out / "trials").rglob("*") if f.is_file()}
 
-    other = _in_process(tmp_path, args[:-4] + ["--resume", "--metric", "val_loss"])
+    other = _in_process(tmp_path, args + ["--resume", "--metric", "val_loss"])
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stdout[-2000:] + other.stderr[-2000:]
     assert "--metric val_loss" in other.stderr and "--metric val/mel_l1 --mode min" in other.stderr
 
     r = subprocess.run(
-        args + ["--resume"], env=_env(tmp_path, demo_inputs["cache"]), capture_output=True, text=True, timeout=600
+        ranked + ["--resume"], env=_env(tmp_path, demo_inputs["cache"]), capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resuming tune run" not in r.stdout  # the search is not restored: only the refit is left
@@ -697,7 +697,7 @@ def test_metric_ranks_the_search_ctrl_c_at_the_refit_stops_it_and_resume_runs_on
     assert summary["refit/status"] == "completed" and summary["best/refit_files"] == [str(best)]
     assert summary["best/metric"] == "val/mel_l1" and summary["best/trial_id"] == winner
     _listening_table(out, res, runs["tune-summary"], Path(demo_inputs["data"]), tmp_path / "chromium")
-    done = _in_process(tmp_path, args + ["--resume"])
+    done = _in_process(tmp_path, ranked + ["--resume"])
     assert done.returncode == 0 and "nothing to resume" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
 
 
